@@ -1,0 +1,158 @@
+/* json.c - wiping allocator for jansson, strict bounded parsing. */
+#include "json.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "secbuf.h"
+
+/* Each block carries its size in a header so free can wipe it. 16 bytes keeps alignment. */
+#define HDR 16
+
+static void *wipe_malloc(size_t n)
+{
+    uint8_t *p;
+    if (n > SIZE_MAX - HDR)
+        return NULL;
+    p = malloc(n + HDR);
+    if (p == NULL)
+        return NULL;
+    memcpy(p, &n, sizeof(n));
+    return p + HDR;
+}
+
+static void wipe_free(void *ptr)
+{
+    uint8_t *p;
+    size_t n;
+    if (ptr == NULL)
+        return;
+    p = (uint8_t *)ptr - HDR;
+    memcpy(&n, p, sizeof(n));
+    kb_wipe(p, n + HDR);
+    free(p);
+}
+
+static int hooks_on;
+
+void kb_json_init(void)
+{
+    json_set_alloc_funcs(wipe_malloc, wipe_free);
+    hooks_on = 1;
+}
+
+static size_t json_depth(const json_t *v, size_t limit)
+{
+    size_t best = 0;
+    if (limit == 0)
+        return 1;
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *c;
+        json_object_foreach((json_t *)v, k, c)
+        {
+            size_t d = json_depth(c, limit - 1);
+            if (d > best)
+                best = d;
+        }
+        return best + 1;
+    }
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *c;
+        json_array_foreach(v, i, c)
+        {
+            size_t d = json_depth(c, limit - 1);
+            if (d > best)
+                best = d;
+        }
+        return best + 1;
+    }
+    return 0;
+}
+
+static void set_err(char *err, size_t err_len, const char *msg)
+{
+    if (err && err_len)
+        snprintf(err, err_len, "%s", msg);
+}
+
+kb_err kb_json_parse(const void *buf, size_t len, size_t max, json_t **out, char *err,
+                     size_t err_len)
+{
+    json_error_t je;
+    json_t *v;
+
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    if (len > max) {
+        set_err(err, err_len, "body too large");
+        return KB_ERR_TOO_LARGE;
+    }
+    if (buf == NULL || len == 0) {
+        set_err(err, err_len, "empty body");
+        return KB_ERR_INVALID;
+    }
+    v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    if (v == NULL) {
+        /* je.text may quote input; give only the position and a generic reason. */
+        char msg[96];
+        snprintf(msg, sizeof(msg), "malformed JSON at byte %d", je.position);
+        set_err(err, err_len, msg);
+        return KB_ERR_INVALID;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        set_err(err, err_len, "expected a JSON object");
+        return KB_ERR_INVALID;
+    }
+    if (json_depth(v, KB_JSON_DEPTH_MAX + 1) > KB_JSON_DEPTH_MAX) {
+        json_decref(v);
+        set_err(err, err_len, "JSON nested too deeply");
+        return KB_ERR_TOO_LARGE;
+    }
+    *out = v;
+    return KB_OK;
+}
+
+kb_err kb_json_only_keys(const json_t *obj, const char *const *allowed, const char **bad)
+{
+    const char *k;
+    json_t *v;
+    KB_ENSURE(json_is_object(obj), KB_ERR_INVALID);
+    json_object_foreach((json_t *)obj, k, v)
+    {
+        int ok = 0;
+        for (size_t i = 0; allowed[i] != NULL; i++) {
+            if (strcmp(k, allowed[i]) == 0) {
+                ok = 1;
+                break;
+            }
+        }
+        if (!ok) {
+            if (bad)
+                *bad = k;
+            return KB_ERR_INVALID;
+        }
+    }
+    return KB_OK;
+}
+
+char *kb_json_dump(const json_t *v)
+{
+    return json_dumps(v, JSON_COMPACT);
+}
+
+void kb_json_free_str(char *s)
+{
+    /* json_dumps allocates through the hooks, so free through them as well (wipes). */
+    if (s == NULL)
+        return;
+    if (hooks_on) {
+        wipe_free(s);
+    } else {
+        kb_wipe(s, strlen(s));
+        free(s);
+    }
+}

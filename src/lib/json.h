@@ -1,0 +1,33 @@
+/* json.h - jansson, set up for secrets and strict input.
+ *
+ * kb_json_init() installs allocator hooks that wipe every block jansson frees, so a JSON tree that
+ * held secret content leaves nothing behind in the heap. Call it once, before any jansson use.
+ *
+ * kb_json_parse() parses a bounded buffer strictly: size limit, duplicate keys rejected, UTF-8
+ * validated, nothing after the value, and a top-level object required.
+ */
+#ifndef KB_JSON_H
+#define KB_JSON_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "err.h"
+
+void kb_json_init(void);
+
+/* Parse buf[0..len) as a JSON object of at most max bytes and at most KB_JSON_DEPTH_MAX deep.
+ * On error, err (if not NULL) gets a short reason that never quotes the input. */
+#define KB_JSON_DEPTH_MAX 32
+KB_WUR kb_err kb_json_parse(const void *buf, size_t len, size_t max, json_t **out, char *err,
+                            size_t err_len);
+
+/* KB_ERR_INVALID if obj has a key not in the NULL-terminated allowed list; *bad names it. */
+KB_WUR kb_err kb_json_only_keys(const json_t *obj, const char *const *allowed, const char **bad);
+
+/* Serialize compactly into a malloc'd string (freed by the caller, wiped first if it held
+ * secrets: use kb_json_free_str). */
+char *kb_json_dump(const json_t *v);
+void kb_json_free_str(char *s);
+
+#endif

@@ -1,0 +1,97 @@
+/* test_buf.c - bounded reader, bounded dynamic buffer, hex. */
+#include <string.h>
+
+#include "kbtest.h"
+#include "lib/buf.h"
+#include "lib/err.h"
+
+static void reader_reads_within_bounds(void **state)
+{
+    (void)state;
+    const uint8_t in[] = {1, 0, 2, 0, 0, 0, 3, 'a', 'b', ':', 'c'};
+    kb_reader r;
+    uint8_t u8;
+    uint16_t u16;
+    uint32_t u32;
+    const uint8_t *p;
+    size_t n;
+
+    kb_reader_init(&r, in, sizeof(in));
+    assert_ok(kb_reader_u8(&r, &u8));
+    assert_int_equal(u8, 1);
+    assert_ok(kb_reader_u16be(&r, &u16));
+    assert_int_equal(u16, 2);
+    assert_ok(kb_reader_u32be(&r, &u32));
+    assert_int_equal(u32, 3);
+    assert_ok(kb_reader_until(&r, ':', 2, &p, &n));
+    assert_int_equal(n, 2);
+    assert_memory_equal(p, "ab", 2);
+    assert_kb(kb_reader_end(&r), KB_ERR_TRAILING);
+    assert_ok(kb_reader_bytes(&r, 1, &p));
+    assert_ok(kb_reader_end(&r));
+}
+
+static void reader_refuses_truncated_and_oversized(void **state)
+{
+    (void)state;
+    const uint8_t in[] = {1, 2, 3};
+    kb_reader r;
+    uint32_t u32;
+    uint64_t u64;
+    const uint8_t *p;
+    size_t n;
+
+    kb_reader_init(&r, in, sizeof(in));
+    assert_kb(kb_reader_u32be(&r, &u32), KB_ERR_TRUNCATED);
+    assert_int_equal(kb_reader_left(&r), 3); /* a failed read consumes nothing */
+    assert_kb(kb_reader_u64be(&r, &u64), KB_ERR_TRUNCATED);
+    assert_kb(kb_reader_until(&r, ':', 8, &p, &n), KB_ERR_TRUNCATED);
+    assert_kb(kb_reader_until(&r, ':', 1, &p, &n), KB_ERR_TOO_LARGE);
+    assert_kb(kb_reader_bytes(&r, SIZE_MAX, &p), KB_ERR_TRUNCATED);
+    kb_reader_init(&r, NULL, 5);
+    assert_int_equal(kb_reader_left(&r), 0);
+}
+
+static void dbuf_refuses_past_max(void **state)
+{
+    (void)state;
+    kb_dbuf b;
+    kb_dbuf_init(&b, 8);
+    assert_ok(kb_dbuf_addstr(&b, "1234"));
+    assert_ok(kb_dbuf_addf(&b, "%d", 567));
+    assert_string_equal(kb_dbuf_str(&b), "1234567");
+    assert_ok(kb_dbuf_addc(&b, '8')); /* exactly at the limit */
+    assert_kb(kb_dbuf_addc(&b, '9'), KB_ERR_TOO_LARGE);
+    assert_kb(kb_dbuf_addf(&b, "%s", "x"), KB_ERR_TOO_LARGE);
+    assert_string_equal(kb_dbuf_str(&b), "12345678"); /* unchanged by the failures */
+    kb_dbuf_reset(&b);
+    assert_string_equal(kb_dbuf_str(&b), "");
+    assert_kb(kb_dbuf_add(&b, "x", SIZE_MAX), KB_ERR_TOO_LARGE);
+    kb_dbuf_free(&b);
+    assert_string_equal(kb_dbuf_str(&b), "");
+}
+
+static void hex_round_trip_and_rejects(void **state)
+{
+    (void)state;
+    uint8_t in[] = {0x00, 0xab, 0xff}, out[3];
+    char hex[7];
+    kb_hex(in, 3, hex);
+    assert_string_equal(hex, "00abff");
+    assert_ok(kb_unhex(hex, 6, out, 3));
+    assert_memory_equal(in, out, 3);
+    assert_kb(kb_unhex("00abf", 5, out, 3), KB_ERR_INVALID);
+    assert_kb(kb_unhex("00abfg", 6, out, 3), KB_ERR_INVALID);
+    assert_kb(kb_unhex("00abff00", 8, out, 3), KB_ERR_INVALID);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(reader_reads_within_bounds),
+        cmocka_unit_test(reader_refuses_truncated_and_oversized),
+        cmocka_unit_test(dbuf_refuses_past_max),
+        cmocka_unit_test(hex_round_trip_and_rejects),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
