@@ -1,0 +1,69 @@
+/* main.c - keybridged, the central secrets server. */
+#include <stdio.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "lib/prog.h"
+#include "server_config.h"
+#include "service.h"
+
+static int cmd_bootstrap(const kb_config *cfg, int argc, char **argv)
+{
+    const char *admin = NULL;
+    kb_err rc;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--admin-id") == 0 && i + 1 < argc) {
+            admin = argv[++i];
+        } else if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: keybridged [--config FILE] bootstrap --admin-id SPIFFE_ID\n\n"
+                   "Create the database, the master keys in the token (or the development key\n"
+                   "file), and the first admin client with an 'admins' group. Runs once.\n");
+            return KB_EXIT_OK;
+        } else {
+            fprintf(stderr, "keybridged bootstrap: unexpected '%s' (see --help)\n", argv[i]);
+            return KB_EXIT_USAGE;
+        }
+    }
+    if (admin == NULL) {
+        fprintf(stderr, "keybridged bootstrap: --admin-id SPIFFE_ID is required\n");
+        return KB_EXIT_USAGE;
+    }
+    rc = svc_bootstrap(cfg, admin);
+    if (rc != KB_OK) {
+        fprintf(stderr, "keybridged bootstrap: failed (%s); see the log above\n", kb_err_str(rc));
+        return kb_exit_code(rc);
+    }
+    printf("bootstrapped: admin client %s in group 'admins'\n", admin);
+    return KB_EXIT_OK;
+}
+
+static int cmd_config_reference(const kb_config *cfg, int argc, char **argv)
+{
+    (void)cfg;
+    (void)argc;
+    (void)argv;
+    kb_config_print_reference(server_config_keys, SERVER_ENV_PREFIX, stdout);
+    return KB_EXIT_OK;
+}
+
+static const kb_subcmd cmds[] = {
+    {"bootstrap", cmd_bootstrap, "create the store, master keys and first admin"},
+    {"config-reference", cmd_config_reference, "print every configuration key (Markdown)"},
+    /* server: register `serve` here */
+    {NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    static const kb_prog prog = {
+        .name = "keybridged",
+        .summary = "keybridge secrets server",
+        .schema = server_config_keys,
+        .env_prefix = SERVER_ENV_PREFIX,
+        .default_config = "/etc/keybridge/keybridged.conf",
+        .cmds = cmds,
+        .default_cmd = NULL,
+        .holds_secrets = 1,
+    };
+    return kb_prog_main(argc, argv, &prog);
+}

@@ -1,0 +1,90 @@
+/* server_config.c - keybridged's configuration keys. */
+#include "server_config.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+const kb_config_key server_config_keys[] = {
+    {"server", "listen", KB_CFG_STRING, "127.0.0.1:8443",
+     "client and admin API address (mTLS); loopback by default"},
+    {"server", "threads", KB_CFG_INT, "0", "event loops; 0 = one per CPU"},
+    {"server", "cert_file", KB_CFG_PATH, NULL, "server SVID chain (PEM, leaf first)"},
+    {"server", "key_file", KB_CFG_PATH, NULL, "server SVID private key (PEM, 0600)"},
+    {"server", "bundle_file", KB_CFG_PATH, NULL, "trust bundle (PEM roots) for client SVIDs"},
+    {"server", "trust_domain", KB_CFG_STRING, NULL,
+     "the only trust domain whose clients are accepted"},
+    {"server", "max_body_bytes", KB_CFG_INT, "1048576", "largest request body"},
+    {"server", "max_header_bytes", KB_CFG_INT, "16384", "largest request header block"},
+    {"server", "timeout", KB_CFG_DURATION, "10s", "read/write/idle timeout per connection"},
+    {"server", "max_connections", KB_CFG_INT, "4096", "connection cap across all loops"},
+    {"server", "metrics_listen", KB_CFG_STRING, "127.0.0.1:9464",
+     "Prometheus metrics address (plain HTTP, loopback only); empty disables"},
+    {"store", "url", KB_CFG_STRING, "sqlite:/var/lib/keybridge/keybridged.db",
+     "database: sqlite:PATH (PostgreSQL later)"},
+    {"store", "max_content_bytes", KB_CFG_INT, "65536",
+     "largest secret content; cloud-synced secrets are capped at 65536 whatever this says"},
+    {"hsm", "keystore", KB_CFG_STRING, "pkcs11",
+     "pkcs11 (production) or file (development only, chosen explicitly)"},
+    {"hsm", "module", KB_CFG_PATH, "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module"},
+    {"hsm", "token_label", KB_CFG_STRING, "keybridge", "PKCS#11 token label"},
+    {"hsm", "key_label", KB_CFG_STRING, "keybridge-master", "master key label in the token"},
+    {"hsm", "pin_file", KB_CFG_SECRET_FILE, NULL, "file holding the token user PIN (0600)"},
+    {"hsm", "key_file", KB_CFG_SECRET_FILE, NULL,
+     "development keystore file (0600), used only with keystore = file"},
+    {"clients", "cloud_prefixes", KB_CFG_STRING, "/lambda/",
+     "comma-separated SPIFFE ID path prefixes that make a client a cloud client"},
+    {"audit", "anchor_every_rows", KB_CFG_INT, "1000", "sign the audit chain head every N rows"},
+    {"audit", "anchor_every", KB_CFG_DURATION, "5m", "... or at least this often"},
+    {"audit", "anchor_file", KB_CFG_PATH, NULL,
+     "where to export the latest signed chain head (keep a copy elsewhere)"},
+    {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
+    {NULL, NULL, 0, NULL, NULL},
+};
+
+kb_err server_config_list(const char *csv, char ***out)
+{
+    char **list;
+    size_t n = 0;
+    const char *p = csv ? csv : "";
+
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    list = calloc(65, sizeof(char *));
+    KB_ENSURE(list != NULL, KB_ERR_NOMEM);
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *s = p;
+        while (len > 0 && isspace((unsigned char)*s)) {
+            s++;
+            len--;
+        }
+        while (len > 0 && isspace((unsigned char)s[len - 1]))
+            len--;
+        if (len > 0) {
+            if (n == 64) {
+                server_config_list_free(list);
+                return KB_ERR_TOO_LARGE;
+            }
+            list[n] = strndup(s, len);
+            if (list[n] == NULL) {
+                server_config_list_free(list);
+                return KB_ERR_NOMEM;
+            }
+            n++;
+        }
+        p = end ? end + 1 : p + strlen(p);
+    }
+    *out = list;
+    return KB_OK;
+}
+
+void server_config_list_free(char **list)
+{
+    if (list == NULL)
+        return;
+    for (size_t i = 0; list[i]; i++)
+        free(list[i]);
+    free(list);
+}

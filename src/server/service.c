@@ -1,0 +1,506 @@
+/* service.c - keybridged's core: seal on write, check-unwrap-audit on read. */
+#include "service.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/asn1.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "lib/envelope.h"
+#include "lib/log.h"
+#include "model.h"
+#include "server_config.h"
+
+/* Purpose labels for keys derived through the token (kb_keystore_derive). */
+#define SVC_LABEL_ROWMAC "rowmac-v1"
+#define SVC_LABEL_AUDIT "audit-v1"
+#define SVC_PIN_MAX 256
+
+struct svc {
+    kb_keystore *ks;
+    kb_secret *checksum_key;
+    kb_secret *rowmac_key;
+    kb_secret *audit_key;
+    store *st;
+    audit_log *audit;
+    char **cloud_prefixes;
+};
+
+static kb_err audit_sign_cb(void *ctx, const uint8_t *msg, size_t msg_len, uint8_t *sig,
+                            size_t sig_max, size_t *sig_len)
+{
+    KB_ENSURE(sig_max >= KB_KEYSTORE_MAC_LEN, KB_ERR_INTERNAL);
+    KB_GUARD(kb_keystore_sign(ctx, msg, msg_len, sig));
+    *sig_len = KB_KEYSTORE_MAC_LEN;
+    return KB_OK;
+}
+
+static kb_err audit_verify_cb(void *ctx, const uint8_t *msg, size_t msg_len, const uint8_t *sig,
+                              size_t sig_len)
+{
+    KB_ENSURE(sig_len == KB_KEYSTORE_MAC_LEN, KB_ERR_AUTH);
+    return kb_keystore_verify(ctx, msg, msg_len, sig) == KB_OK ? KB_OK : KB_ERR_AUTH;
+}
+
+static kb_err open_keystore(const kb_config *cfg, bool create, kb_keystore **out)
+{
+    const char *kind = kb_config_str(cfg, "hsm", "keystore");
+    kb_secret *pin = NULL;
+    kb_err rc = KB_OK;
+
+    if (kind != NULL && strcmp(kind, "file") == 0) {
+        const char *path = kb_config_str(cfg, "hsm", "key_file");
+        if (path == NULL) {
+            kb_log(KB_LOG_ERROR, "keystore_config", "msg", "keystore = file needs [hsm] key_file",
+                   NULL);
+            return KB_ERR_CONFIG;
+        }
+        kb_log(KB_LOG_WARN, "keystore_file", "msg",
+               "development key file keystore in use: not for production", NULL);
+        if (create) {
+            rc = kb_keystore_create_file(path);
+            if (rc != KB_OK && rc != KB_ERR_EXISTS)
+                return rc;
+        }
+        rc = kb_keystore_open_file(path, out);
+        if (rc != KB_OK)
+            kb_log(KB_LOG_ERROR, "keystore_open_failed", "kind", "file", "path", path, "error",
+                   kb_err_str(rc), NULL);
+        return rc;
+    }
+    if (kind == NULL || strcmp(kind, "pkcs11") != 0) {
+        kb_log(KB_LOG_ERROR, "keystore_config", "msg", "[hsm] keystore must be pkcs11 or file",
+               NULL);
+        return KB_ERR_CONFIG;
+    }
+    rc = kb_config_secret(cfg, "hsm", "pin_file", SVC_PIN_MAX, &pin);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "keystore_pin", "msg",
+               "cannot read [hsm] pin_file (it must exist, be at most 256 bytes and not be "
+               "group- or world-accessible)",
+               "error", kb_err_str(rc), NULL);
+        return rc == KB_ERR_CONFIG || rc == KB_ERR_IO ? KB_ERR_CONFIG : rc;
+    }
+    const char *module = kb_config_str(cfg, "hsm", "module");
+    const char *token = kb_config_str(cfg, "hsm", "token_label");
+    const char *label = kb_config_str(cfg, "hsm", "key_label");
+    if (create)
+        KB_GUARD_OUT(rc, kb_keystore_init_pkcs11(module, token, label, pin));
+    KB_GUARD_OUT(rc, kb_keystore_open_pkcs11(module, token, label, pin, out));
+out:
+    if (rc != KB_OK)
+        kb_log(KB_LOG_ERROR, "keystore_open_failed", "kind", "pkcs11", "module",
+               module ? module : "", "token", token ? token : "", "key_label", label ? label : "",
+               "error", kb_err_str(rc), NULL);
+    kb_secret_free(pin);
+    return rc;
+}
+
+kb_err svc_open(const kb_config *cfg, bool create, svc **out)
+{
+    svc *s;
+    kb_err rc = KB_OK;
+    store_opts so;
+    audit_opts ao;
+
+    KB_ENSURE_REF(cfg);
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    s = calloc(1, sizeof(*s));
+    KB_ENSURE(s != NULL, KB_ERR_NOMEM);
+
+    KB_GUARD_OUT(rc, open_keystore(cfg, create, &s->ks));
+    KB_GUARD_OUT(rc, kb_keystore_derive(s->ks, KB_CHECKSUM_LABEL, &s->checksum_key));
+    KB_GUARD_OUT(rc, kb_keystore_derive(s->ks, SVC_LABEL_ROWMAC, &s->rowmac_key));
+    KB_GUARD_OUT(rc, kb_keystore_derive(s->ks, SVC_LABEL_AUDIT, &s->audit_key));
+    KB_GUARD_OUT(rc, server_config_list(kb_config_str(cfg, "clients", "cloud_prefixes"),
+                                        &s->cloud_prefixes));
+    for (size_t i = 0; s->cloud_prefixes[i]; i++) {
+        if (model_cloud_prefix_check(s->cloud_prefixes[i]) != KB_OK) {
+            kb_log(KB_LOG_ERROR, "config_invalid", "key", "clients.cloud_prefixes", "msg",
+                   "each prefix must start with '/'", NULL);
+            rc = KB_ERR_CONFIG;
+            goto out;
+        }
+    }
+
+    memset(&so, 0, sizeof(so));
+    so.row_mac_key = s->rowmac_key;
+    so.content_max = (size_t)kb_config_int(cfg, "store", "max_content_bytes");
+    so.cloud_prefixes = (const char *const *)s->cloud_prefixes;
+    rc = store_open(kb_config_str(cfg, "store", "url"), &so, &s->st);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "store_open_failed", "error", kb_err_str(rc), NULL);
+        goto out;
+    }
+
+    memset(&ao, 0, sizeof(ao));
+    ao.key = s->audit_key;
+    ao.sign = audit_sign_cb;
+    ao.verify = audit_verify_cb;
+    ao.sign_ctx = s->ks;
+    ao.anchor_every_rows = kb_config_int(cfg, "audit", "anchor_every_rows");
+    ao.anchor_every_secs = kb_config_duration(cfg, "audit", "anchor_every");
+    KB_GUARD_OUT(rc, audit_open(s->st, &ao, &s->audit));
+    *out = s;
+    s = NULL;
+out:
+    svc_close(s);
+    return rc;
+}
+
+void svc_close(svc *s)
+{
+    if (s == NULL)
+        return;
+    audit_close(s->audit);
+    store_close(s->st);
+    kb_secret_free(s->checksum_key);
+    kb_secret_free(s->rowmac_key);
+    kb_secret_free(s->audit_key);
+    kb_keystore_free(s->ks);
+    server_config_list_free(s->cloud_prefixes);
+    free(s);
+}
+
+store *svc_store(svc *s)
+{
+    return s->st;
+}
+
+audit_log *svc_audit(svc *s)
+{
+    return s->audit;
+}
+
+kb_keystore *svc_keystore(svc *s)
+{
+    return s->ks;
+}
+
+void svc_audit_event(svc *s, const svc_actor *a, const char *action, const char *object,
+                     int64_t version, kb_err result)
+{
+    audit_event ev = {
+        .time = a->now,
+        .identity = a->identity,
+        .peer = a->peer,
+        .action = action,
+        .object = object,
+        .version = version,
+        .result = kb_err_str(result),
+    };
+    kb_err rc = audit_append(s->audit, &ev, NULL);
+    if (rc != KB_OK)
+        kb_log(KB_LOG_ERROR, "audit_append_failed", "action", action, "error", kb_err_str(rc),
+               NULL);
+}
+
+/* ---- sealing ------------------------------------------------------------------------------- */
+
+typedef struct {
+    svc *s;
+    const uint8_t *content;
+    size_t len;
+} seal_ctx;
+
+/* Called by the store inside its write transaction, once (secret id, version) is known. */
+static kb_err seal_cb(void *ctx, int64_t secret_id, int64_t version, store_envelope *env,
+                      uint8_t checksum[STORE_CHECKSUM_LEN])
+{
+    seal_ctx *c = ctx;
+    kb_envelope e;
+    memset(&e, 0, sizeof(e));
+    KB_ENSURE(secret_id > 0 && version > 0, KB_ERR_INTERNAL);
+    KB_GUARD(
+        kb_envelope_seal(c->s->ks, (uint64_t)secret_id, (uint64_t)version, c->content, c->len, &e));
+    kb_err rc = kb_checksum(c->s->checksum_key, (uint64_t)secret_id, (uint64_t)version, c->content,
+                            c->len, checksum);
+    if (rc != KB_OK) {
+        kb_envelope_clear(&e);
+        return rc;
+    }
+    /* Hand the buffers over: the store frees them with store_envelope_clear. */
+    env->wrapped_key = e.wrapped;
+    env->wrapped_key_len = e.wrapped_len;
+    env->key_id = e.key_id;
+    env->sealed = e.sealed;
+    env->sealed_len = e.sealed_len;
+    return KB_OK;
+}
+
+kb_err svc_pem_not_after(const uint8_t *content, size_t len, int64_t *out)
+{
+    BIO *bio;
+    X509 *x = NULL;
+    struct tm tm;
+    kb_err rc = KB_ERR_NOT_FOUND;
+
+    KB_ENSURE_REF(out);
+    if (content == NULL || len == 0 || len > INT32_MAX ||
+        memmem(content, len, "-----BEGIN CERTIFICATE-----", 27) == NULL)
+        return KB_ERR_NOT_FOUND;
+    bio = BIO_new_mem_buf(content, (int)len);
+    KB_ENSURE(bio != NULL, KB_ERR_NOMEM);
+    x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+    if (x != NULL && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
+        *out = (int64_t)timegm(&tm);
+        rc = KB_OK;
+    }
+    X509_free(x);
+    BIO_free(bio);
+    return rc;
+}
+
+static int64_t expiry_for(const svc_secret_spec *spec)
+{
+    int64_t t = 0;
+    if (spec->expires_at > 0)
+        return spec->expires_at;
+    if (svc_pem_not_after(spec->content, spec->content_len, &t) == KB_OK)
+        return t;
+    return 0;
+}
+
+kb_err svc_secret_create(svc *s, const svc_actor *a, const svc_secret_spec *spec, int64_t *id_out)
+{
+    store_secret_new sn;
+    store_version_new vn;
+    store_group g;
+    seal_ctx sc = {s, spec->content, spec->content_len};
+    kb_err rc = KB_OK;
+    int64_t id = 0;
+
+    memset(&g, 0, sizeof(g));
+    memset(&sn, 0, sizeof(sn));
+    sn.name = spec->name;
+    sn.description = spec->description;
+    sn.cloud_sync = spec->cloud_sync;
+    if (spec->owner_group != NULL) {
+        KB_GUARD_OUT(rc, store_group_get(s->st, spec->owner_group, &g));
+        sn.owner_group_id = g.id;
+    }
+    memset(&vn, 0, sizeof(vn));
+    vn.content_len = spec->content_len;
+    vn.metadata = spec->metadata;
+    vn.expires_at = expiry_for(spec);
+    KB_GUARD_OUT(rc, store_secret_create(s->st, &sn, &vn, seal_cb, &sc, a->identity, a->now, &id));
+    if (id_out)
+        *id_out = id;
+out:
+    store_group_clear(&g);
+    svc_audit_event(s, a, "secret.create", spec->name, rc == KB_OK ? 1 : 0, rc);
+    return rc;
+}
+
+kb_err svc_secret_put(svc *s, const svc_actor *a, const svc_secret_spec *spec, int64_t *version_out)
+{
+    store_secret sec;
+    store_version_new vn;
+    seal_ctx sc = {s, spec->content, spec->content_len};
+    int64_t version = 0;
+    kb_err rc = KB_OK;
+
+    memset(&sec, 0, sizeof(sec));
+    KB_GUARD_OUT(rc, store_secret_get(s->st, spec->name, false, &sec));
+    memset(&vn, 0, sizeof(vn));
+    vn.content_len = spec->content_len;
+    vn.metadata = spec->metadata;
+    vn.expires_at = expiry_for(spec);
+    KB_GUARD_OUT(
+        rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now, &version));
+    if (version_out)
+        *version_out = version;
+out:
+    store_secret_clear(&sec);
+    svc_audit_event(s, a, "secret.put", spec->name, version, rc);
+    return rc;
+}
+
+/* Open a record's envelope in the token. */
+static kb_err open_record(svc *s, const store_record *rec, kb_secret **content)
+{
+    kb_envelope e = {
+        .wrapped = rec->env.wrapped_key,
+        .wrapped_len = rec->env.wrapped_key_len,
+        .key_id = rec->env.key_id,
+        .sealed = rec->env.sealed,
+        .sealed_len = rec->env.sealed_len,
+    };
+    KB_ENSURE(rec->env.sealed != NULL && rec->env.key_id != NULL, KB_ERR_INTEGRITY);
+    return kb_envelope_open(s->ks, (uint64_t)rec->secret.id, (uint64_t)rec->version.version, &e,
+                            content);
+}
+
+kb_err svc_secret_rollback(svc *s, const svc_actor *a, const char *name, int64_t to_version,
+                           int64_t *version_out)
+{
+    store_secret sec;
+    store_record old;
+    kb_secret *content = NULL;
+    store_version_new vn;
+    seal_ctx sc;
+    int64_t version = 0;
+    kb_err rc = KB_OK;
+
+    memset(&sec, 0, sizeof(sec));
+    memset(&old, 0, sizeof(old));
+    KB_ENSURE_OUT(rc, to_version > 0, KB_ERR_INVALID);
+    KB_GUARD_OUT(rc, store_secret_get(s->st, name, false, &sec));
+    KB_GUARD_OUT(rc, store_version_get(s->st, sec.id, to_version, &old));
+    KB_GUARD_OUT(rc, open_record(s, &old, &content));
+    memset(&vn, 0, sizeof(vn));
+    vn.content_len = kb_secret_len(content);
+    vn.metadata = old.version.metadata;
+    vn.expires_at = old.version.expires_at;
+    sc.s = s;
+    sc.content = kb_secret_cdata(content);
+    sc.len = kb_secret_len(content);
+    KB_GUARD_OUT(
+        rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now, &version));
+    if (version_out)
+        *version_out = version;
+out:
+    kb_secret_free(content);
+    store_record_clear(&old);
+    store_secret_clear(&sec);
+    svc_audit_event(s, a, "secret.rollback", name, version, rc);
+    return rc;
+}
+
+kb_err svc_secret_read_admin(svc *s, const svc_actor *a, const char *name, int64_t version,
+                             store_record *rec, kb_secret **content)
+{
+    store_secret sec;
+    kb_err rc = KB_OK;
+
+    memset(&sec, 0, sizeof(sec));
+    memset(rec, 0, sizeof(*rec));
+    *content = NULL;
+    KB_GUARD_OUT(rc, store_secret_get(s->st, name, false, &sec));
+    KB_GUARD_OUT(rc, store_version_get(s->st, sec.id, version, rec));
+    rc = open_record(s, rec, content);
+    if (rc != KB_OK)
+        store_record_clear(rec);
+out:
+    store_secret_clear(&sec);
+    svc_audit_event(s, a, "secret.admin_read", name, rc == KB_OK ? rec->version.version : version,
+                    rc);
+    return rc;
+}
+
+/* ---- clients ------------------------------------------------------------------------------- */
+
+kb_err svc_client_auth(svc *s, const svc_actor *a, store_client *out)
+{
+    kb_err rc;
+    memset(out, 0, sizeof(*out));
+    rc = store_client_get(s->st, a->identity, out);
+    if (rc == KB_OK && !out->enabled)
+        rc = KB_ERR_DENIED;
+    if (rc != KB_OK) {
+        store_client_clear(out);
+        svc_audit_event(s, a, "client.denied", a->identity, 0, rc);
+        return rc;
+    }
+    /* Activity marker (written at most hourly by the store); failure is not fatal. */
+    if (store_client_seen(s->st, out->id, a->now, false) != KB_OK)
+        kb_log(KB_LOG_WARN, "client_seen_failed", NULL);
+    return KB_OK;
+}
+
+kb_err svc_client_list(svc *s, const svc_actor *a, const store_client *c, store_record **out,
+                       size_t *n)
+{
+    kb_err rc = store_readable_list(s->st, c->id, out, n);
+    if (rc == KB_OK) {
+        if (store_client_seen(s->st, c->id, a->now, true) != KB_OK)
+            kb_log(KB_LOG_WARN, "client_seen_failed", NULL);
+    } else {
+        svc_audit_event(s, a, "secret.list", "", 0, rc);
+    }
+    return rc;
+}
+
+/* Unwrap a readable record, log the fetch and audit the read. */
+static kb_err read_record(svc *s, const svc_actor *a, const store_client *c, const char *name,
+                          store_record *rec, kb_err found, kb_secret **content)
+{
+    kb_err rc = found;
+    *content = NULL;
+    if (rc == KB_OK)
+        rc = open_record(s, rec, content);
+    if (rc == KB_OK &&
+        store_fetch_record(s->st, c->id, rec->secret.id, rec->version.version, a->now) != KB_OK)
+        kb_log(KB_LOG_WARN, "fetch_log_failed", "secret", name, NULL);
+    svc_audit_event(s, a, "secret.read", name, rc == KB_OK ? rec->version.version : 0, rc);
+    if (rc != KB_OK) {
+        if (rc == KB_ERR_INTEGRITY)
+            kb_log(KB_LOG_ERROR, "secret_integrity_failure", "secret", name, NULL);
+        store_record_clear(rec);
+    }
+    return rc;
+}
+
+kb_err svc_client_read(svc *s, const svc_actor *a, const store_client *c, const char *name,
+                       int64_t version, store_record *rec, kb_secret **content)
+{
+    kb_err found;
+    memset(rec, 0, sizeof(*rec));
+    found = store_readable_get(s->st, c->id, name, version, rec);
+    return read_record(s, a, c, name, rec, found, content);
+}
+
+kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_client *c,
+                             const char *const *names, size_t n, store_record *rec,
+                             kb_secret **content, kb_err *errs)
+{
+    KB_ENSURE(n <= STORE_BATCH_MAX, KB_ERR_TOO_LARGE);
+    memset(rec, 0, n * sizeof(*rec));
+    KB_GUARD(store_readable_get_batch(s->st, c->id, names, n, rec, errs));
+    for (size_t i = 0; i < n; i++)
+        errs[i] = read_record(s, a, c, names[i], &rec[i], errs[i], &content[i]);
+    return KB_OK;
+}
+
+/* ---- bootstrap ----------------------------------------------------------------------------- */
+
+kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id)
+{
+    svc *s = NULL;
+    store_client *clients = NULL;
+    size_t n = 0;
+    int64_t client_id = 0, group_id = 0;
+    kb_err rc = KB_OK;
+    svc_actor a = {"bootstrap", "local", (int64_t)time(NULL)};
+    store_client_new cn;
+
+    KB_GUARD_OUT(rc, model_spiffe_id_check(admin_spiffe_id));
+    KB_GUARD_OUT(rc, svc_open(cfg, true, &s));
+    KB_GUARD_OUT(rc, store_client_list(s->st, &clients, &n));
+    if (n > 0) {
+        kb_log(KB_LOG_ERROR, "bootstrap_refused", "msg",
+               "the store already has clients; bootstrap runs once", NULL);
+        rc = KB_ERR_EXISTS;
+        goto out;
+    }
+    memset(&cn, 0, sizeof(cn));
+    cn.spiffe_id = admin_spiffe_id;
+    cn.description = "first admin (bootstrap)";
+    cn.enabled = true;
+    cn.admin = true;
+    KB_GUARD_OUT(rc, store_client_create(s->st, &cn, a.identity, a.now, &client_id));
+    KB_GUARD_OUT(rc, store_group_create(s->st, "admins", "administrators (bootstrap)", a.identity,
+                                        a.now, &group_id));
+    KB_GUARD_OUT(rc, store_membership_add(s->st, client_id, group_id));
+    KB_GUARD_OUT(rc, audit_anchor_now(s->audit, a.now));
+out:
+    if (s != NULL)
+        svc_audit_event(s, &a, "bootstrap", admin_spiffe_id ? admin_spiffe_id : "", 0, rc);
+    store_clients_free(clients, n);
+    svc_close(s);
+    return rc;
+}

@@ -1,0 +1,105 @@
+/* service.h - keybridged's core: the store, the keystore and the audit log working together.
+ *
+ * Everything that decides access or touches secret content goes through here, whether it is
+ * called by the HTTPS API, by the `keybridge` CLI in local mode, or by the bootstrap command:
+ *   - writes seal each version under a fresh data key (envelope.h) and record its checksum;
+ *   - client reads check the client (enabled, row MAC), then access (store_readable_*), then
+ *     unwrap in the token, and record who fetched which version (fetch log);
+ *   - every content read, change and denial is appended to the audit chain.
+ * Callers pass an svc_actor naming who is asking and from where, for the audit log.
+ */
+#ifndef KB_SERVER_SERVICE_H
+#define KB_SERVER_SERVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "audit.h"
+#include "lib/config.h"
+#include "lib/keystore.h"
+#include "lib/secbuf.h"
+#include "store.h"
+
+typedef struct svc svc;
+
+/* Who is asking: a SPIFFE ID (or "bootstrap" / "local:<user>"), the peer address, and the time. */
+typedef struct {
+    const char *identity;
+    const char *peer;
+    int64_t now;
+} svc_actor;
+
+/* Open everything keybridged needs from its configuration: the keystore (PKCS#11 token with the
+ * PIN read from pin_file, or the development key file), the purpose keys derived through it
+ * (checksum, row MAC, audit), the store and the audit log. create = true also creates the
+ * master keys in the token if absent (bootstrap); otherwise they must exist. Errors are logged
+ * with what failed (never a secret). */
+KB_WUR kb_err svc_open(const kb_config *cfg, bool create, svc **out);
+void svc_close(svc *s);
+
+store *svc_store(svc *s);
+audit_log *svc_audit(svc *s);
+kb_keystore *svc_keystore(svc *s);
+
+/* Append an audit event for an action taken by actor (result: KB_OK or the error). Audit
+ * failures are logged, never returned: they must not change the outcome the caller reports. */
+void svc_audit_event(svc *s, const svc_actor *a, const char *action, const char *object,
+                     int64_t version, kb_err result);
+
+/* ---- admin writes ---------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    const char *description; /* NULL = "" */
+    const char *owner_group; /* group name or NULL */
+    bool cloud_sync;
+    const uint8_t *content;
+    size_t content_len;
+    const char *metadata; /* JSON object text or NULL */
+    int64_t expires_at;   /* 0 = taken from a PEM certificate's notAfter in content, else never */
+} svc_secret_spec;
+
+/* Create a secret with version 1. */
+KB_WUR kb_err svc_secret_create(svc *s, const svc_actor *a, const svc_secret_spec *spec,
+                                int64_t *id_out);
+/* Write a new version of an existing secret (content, metadata, expiry as in spec; name must
+ * exist; description/owner/cloud_sync in spec are ignored). */
+KB_WUR kb_err svc_secret_put(svc *s, const svc_actor *a, const svc_secret_spec *spec,
+                             int64_t *version_out);
+/* Write a new version holding the content, metadata and expiry of an older version. */
+KB_WUR kb_err svc_secret_rollback(svc *s, const svc_actor *a, const char *name, int64_t to_version,
+                                  int64_t *version_out);
+/* Read a version's content as an admin (audited as secret.admin_read). version 0 = latest. */
+KB_WUR kb_err svc_secret_read_admin(svc *s, const svc_actor *a, const char *name, int64_t version,
+                                    store_record *rec, kb_secret **content);
+
+/* ---- clients --------------------------------------------------------------------------------- */
+
+/* The enabled client for a verified SPIFFE ID. Unknown → KB_ERR_NOT_FOUND, disabled →
+ * KB_ERR_DENIED, tampered row → KB_ERR_INTEGRITY; each denial is audited. */
+KB_WUR kb_err svc_client_auth(svc *s, const svc_actor *a, store_client *out);
+
+/* Metadata of what the client may read (no token operation); marks the client as listed. */
+KB_WUR kb_err svc_client_list(svc *s, const svc_actor *a, const store_client *c, store_record **out,
+                              size_t *n);
+/* One readable secret's content (version 0 = latest): access check, unwrap, open, fetch log,
+ * audit. Not readable and missing are the same KB_ERR_NOT_FOUND. */
+KB_WUR kb_err svc_client_read(svc *s, const svc_actor *a, const store_client *c, const char *name,
+                              int64_t version, store_record *rec, kb_secret **content);
+/* Batch read: rec[i], content[i], errs[i] for each of n names (n <= STORE_BATCH_MAX). */
+KB_WUR kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_client *c,
+                                    const char *const *names, size_t n, store_record *rec,
+                                    kb_secret **content, kb_err *errs);
+
+/* ---- bootstrap ------------------------------------------------------------------------------- */
+
+/* Create the database, the master keys and the first admin client (and an "admins" group)
+ * for admin_spiffe_id. Refuses (KB_ERR_EXISTS) if any client exists already. */
+KB_WUR kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id);
+
+/* The notAfter of the first certificate in a PEM text, if content is one (KB_ERR_NOT_FOUND
+ * otherwise). Used for expiry when none is given. */
+KB_WUR kb_err svc_pem_not_after(const uint8_t *content, size_t len, int64_t *out);
+
+#endif
