@@ -1,0 +1,89 @@
+/* keystore.h - the master key: wrap data keys, derive purpose keys, sign, inside a token.
+ *
+ * A keystore holds two keys that never leave it: an AES-256 master wrapping key and an HMAC-SHA256
+ * key. Production uses a PKCS#11 token (SoftHSM2 by default, any PKCS#11 v2.40 module that does
+ * CKM_AES_GCM and CKM_SHA256_HMAC); a 0600 file of random key material exists for development only
+ * and must be chosen explicitly. Both backends fill one ops table (keystore_impl.h); callers never
+ * know which one they have, except through kb_keystore_kind().
+ *
+ * Every function is thread-safe on one kb_keystore (keybridged serves on several threads).
+ * See docs/internals/keystore.md for the blob format and the PKCS#11 details.
+ */
+#ifndef KB_KEYSTORE_H
+#define KB_KEYSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "secbuf.h"
+
+typedef struct kb_keystore kb_keystore;
+
+/* Size of a data key handed to kb_keystore_wrap (AES-256). */
+#define KB_KEYSTORE_DK_LEN 32
+/* Size of a derived key and of a signature (HMAC-SHA256). */
+#define KB_KEYSTORE_MAC_LEN 32
+/* Longest derive label; labels are [a-z0-9._-]+ (so they never contain the NUL byte that
+ * separates the sign domain from the derive domain). */
+#define KB_KEYSTORE_LABEL_MAX 64
+/* Longest key label / token label accepted (PKCS#11 token labels are 32 bytes). */
+#define KB_KEYSTORE_NAME_MAX 128
+/* Length of a wrapped data key blob (version || iv || ciphertext || tag). */
+#define KB_KEYSTORE_BLOB_LEN (1 + 12 + KB_KEYSTORE_DK_LEN + 16)
+/* Longest key id string (without NUL). */
+#define KB_KEYSTORE_KEY_ID_MAX 512
+
+/* Create keys in the token if absent (idempotent): an AES-256 master wrapping key labelled
+ * key_label and an HMAC (CKK_GENERIC_SECRET, 32 bytes, CKM_SHA256_HMAC) key labelled
+ * "<key_label>-mac". Both sensitive, non-extractable, private token objects.
+ * Errors: KB_ERR_UNAVAILABLE module not loadable, KB_ERR_NOT_FOUND token label not found,
+ * KB_ERR_AUTH wrong PIN (or PIN locked), KB_ERR_CONFLICT more than one key with a label or a key
+ * that is extractable / not sensitive, KB_ERR_HSM any other token failure. */
+KB_WUR kb_err kb_keystore_init_pkcs11(const char *module, const char *token_label,
+                                      const char *key_label, const kb_secret *pin);
+/* Open the token's keys (they must exist: KB_ERR_NOT_FOUND otherwise). */
+KB_WUR kb_err kb_keystore_open_pkcs11(const char *module, const char *token_label,
+                                      const char *key_label, const kb_secret *pin,
+                                      kb_keystore **out);
+
+/* Development only, chosen explicitly: a 0600 file holding random key material. create refuses
+ * to overwrite (KB_ERR_EXISTS); open refuses a file with mode & 077 (KB_ERR_CONFIG) and any
+ * malformed file (KB_ERR_INVALID). */
+KB_WUR kb_err kb_keystore_create_file(const char *path);
+KB_WUR kb_err kb_keystore_open_file(const char *path, kb_keystore **out);
+
+/* Close sessions, wipe key material. NULL is a no-op. */
+void kb_keystore_free(kb_keystore *ks);
+
+/* Stable id of the current master key, recorded beside each wrapped data key so the master key
+ * can be rotated: "pkcs11:<token>:<key_label>:<hex CKA_ID>" or "file:<hex 16 bytes>". */
+const char *kb_keystore_key_id(const kb_keystore *ks);
+const char *kb_keystore_kind(const kb_keystore *ks); /* "pkcs11" | "file" */
+
+/* Wrap a 32-byte data key under the master key (AES-256-GCM inside the token, random 96-bit IV,
+ * AAD binding the key id); *blob (KB_KEYSTORE_BLOB_LEN bytes) is malloc'd, free() it.
+ * Unwrap refuses a key_id that is not this keystore's (KB_ERR_NOT_FOUND) and any malformed or
+ * tampered blob (KB_ERR_INTEGRITY); *dk is a new kb_secret. */
+KB_WUR kb_err kb_keystore_wrap(kb_keystore *ks, const kb_secret *dk, uint8_t **blob, size_t *len);
+KB_WUR kb_err kb_keystore_unwrap(kb_keystore *ks, const char *key_id, const uint8_t *blob,
+                                 size_t len, kb_secret **dk);
+
+/* A 32-byte key for a purpose label ("checksum-v1", "rowmac-v1", "audit-v1"), computed inside the
+ * token as HMAC-SHA256(mac key, label): deterministic across restarts and processes.
+ * KB_ERR_INVALID for an empty, too long or non-[a-z0-9._-] label. */
+KB_WUR kb_err kb_keystore_derive(kb_keystore *ks, const char *label, kb_secret **out);
+
+/* HMAC-SHA256(mac key, "keybridge-sign-v1" || 0x00 || data), made inside the token, for signing
+ * audit chain heads. The NUL byte keeps it apart from every derive label. verify recomputes and
+ * compares in constant time: KB_OK or KB_ERR_INTEGRITY. */
+KB_WUR kb_err kb_keystore_sign(kb_keystore *ks, const uint8_t *data, size_t len, uint8_t sig[32]);
+KB_WUR kb_err kb_keystore_verify(kb_keystore *ks, const uint8_t *data, size_t len,
+                                 const uint8_t sig[32]);
+
+/* Counters for metrics/tests: token operations performed so far (wraps, unwraps, other =
+ * derive + sign + verify). Any pointer may be NULL. */
+void kb_keystore_counters(const kb_keystore *ks, uint64_t *wraps, uint64_t *unwraps,
+                          uint64_t *other);
+
+#endif

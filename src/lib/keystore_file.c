@@ -1,0 +1,236 @@
+/* keystore_file.c - development keystore: random key material in a 0600 file.
+ *
+ * Only for development and tests, and only when chosen explicitly: the keys sit in a file rather
+ * than in a token, so anyone who can read the file (or a backup of it) holds the master key.
+ *
+ * File format (text, exact):
+ *     "keybridge-file-keystore-v1\n" <64 hex: AES-256 wrap key> "\n" <64 hex: HMAC key> "\n"
+ * Key id: "file:" || hex(SHA-256("keybridge-file-key-id-v1" || 0x00 || wrap key || mac key))[0:16
+ * bytes] - a one-way, domain-separated fingerprint that changes with the keys.
+ */
+#include "keystore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
+
+#include "buf.h"
+#include "envelope.h"
+#include "fileio.h"
+#include "keystore_impl.h"
+#include "log.h"
+
+#define FILE_MAGIC "keybridge-file-keystore-v1\n"
+#define FILE_KEY_LEN 32
+#define FILE_LEN (sizeof(FILE_MAGIC) - 1 + 2 * (2 * FILE_KEY_LEN + 1))
+#define KEY_ID_PREFIX "keybridge-file-key-id-v1"
+
+struct file_ks {
+    kb_secret *keys; /* wrap key [0,32) then mac key [32,64) */
+};
+
+static kb_err file_seal(void *impl, const uint8_t iv[KB_KS_IV_LEN], const uint8_t *aad,
+                        size_t aad_len, const uint8_t *in, size_t len, uint8_t *out)
+{
+    struct file_ks *f = impl;
+    return kb_aes256gcm_seal(kb_secret_cdata(f->keys), iv, KB_KS_IV_LEN, aad, aad_len, in, len, out,
+                             out + len);
+}
+
+static kb_err file_open(void *impl, const uint8_t iv[KB_KS_IV_LEN], const uint8_t *aad,
+                        size_t aad_len, const uint8_t *in, size_t len, uint8_t *out)
+{
+    struct file_ks *f = impl;
+    KB_ENSURE(len >= KB_KS_TAG_LEN, KB_ERR_INTEGRITY);
+    return kb_aes256gcm_open(kb_secret_cdata(f->keys), iv, KB_KS_IV_LEN, aad, aad_len, in,
+                             len - KB_KS_TAG_LEN, in + len - KB_KS_TAG_LEN, out);
+}
+
+static kb_err hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, size_t len,
+                          uint8_t out[KB_KEYSTORE_MAC_LEN])
+{
+    size_t outl = 0;
+    /* EVP_Q_mac: one-shot HMAC; thread-safe, keeps no state between calls. */
+    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, data, len, out,
+                  KB_KEYSTORE_MAC_LEN, &outl) == NULL ||
+        outl != KB_KEYSTORE_MAC_LEN)
+        return KB_ERR_CRYPTO;
+    return KB_OK;
+}
+
+static kb_err file_mac(void *impl, const uint8_t *data, size_t len,
+                       uint8_t out[KB_KEYSTORE_MAC_LEN])
+{
+    struct file_ks *f = impl;
+    return hmac_sha256(kb_secret_cdata(f->keys) + FILE_KEY_LEN, FILE_KEY_LEN, data, len, out);
+}
+
+static void file_free(void *impl)
+{
+    struct file_ks *f = impl;
+    if (f == NULL)
+        return;
+    kb_secret_free(f->keys);
+    free(f);
+}
+
+static const struct kb_keystore_ops file_ops = {
+    .kind = "file",
+    .seal = file_seal,
+    .open = file_open,
+    .mac = file_mac,
+    .free = file_free,
+};
+
+static kb_err write_all(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        KB_ENSURE(w > 0, KB_ERR_IO);
+        p += w;
+        n -= (size_t)w;
+    }
+    return KB_OK;
+}
+
+kb_err kb_keystore_create_file(const char *path)
+{
+    kb_secret *keys = NULL, *text = NULL;
+    char dir[4096];
+    uint8_t *t;
+    size_t off;
+    int fd = -1, dfd = -1, created = 0;
+    kb_err rc = KB_OK;
+
+    KB_ENSURE_REF(path);
+    KB_ENSURE(snprintf(dir, sizeof(dir), "%s", path) < (int)sizeof(dir), KB_ERR_TOO_LARGE);
+    KB_GUARD_OUT(rc, kb_secret_new(2 * FILE_KEY_LEN, &keys));
+    KB_ENSURE_OUT(rc, RAND_bytes(kb_secret_data(keys), 2 * FILE_KEY_LEN) == 1, KB_ERR_CRYPTO);
+    KB_GUARD_OUT(rc, kb_secret_new(FILE_LEN + 1, &text)); /* +1: kb_hex writes a NUL */
+    t = kb_secret_data(text);
+    off = sizeof(FILE_MAGIC) - 1;
+    memcpy(t, FILE_MAGIC, off);
+    kb_hex(kb_secret_cdata(keys), FILE_KEY_LEN, (char *)t + off);
+    off += 2 * FILE_KEY_LEN;
+    t[off++] = '\n';
+    kb_hex(kb_secret_cdata(keys) + FILE_KEY_LEN, FILE_KEY_LEN, (char *)t + off);
+    off += 2 * FILE_KEY_LEN;
+    t[off++] = '\n';
+
+    /* O_EXCL: never overwrite an existing master key (that would orphan every wrapped key);
+     * O_NOFOLLOW: never write key material through a planted symlink. */
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        rc = errno == EEXIST ? KB_ERR_EXISTS : KB_ERR_IO;
+        kb_log(KB_LOG_ERROR, "keystore_file_create_failed", "path", path, "error", kb_err_str(rc),
+               NULL);
+        goto out;
+    }
+    created = 1;
+    KB_ENSURE_OUT(rc, fchmod(fd, 0600) == 0, KB_ERR_IO); /* whatever the umask */
+    KB_GUARD_OUT(rc, write_all(fd, t, off));
+    KB_ENSURE_OUT(rc, fsync(fd) == 0, KB_ERR_IO);
+    KB_ENSURE_OUT(rc, close(fd) == 0, KB_ERR_IO);
+    fd = -1;
+    dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    KB_ENSURE_OUT(rc, dfd >= 0 && fsync(dfd) == 0, KB_ERR_IO);
+out:
+    if (fd >= 0)
+        close(fd);
+    if (dfd >= 0)
+        close(dfd);
+    if (rc != KB_OK && created)
+        unlink(path);
+    kb_secret_free(keys);
+    kb_secret_free(text);
+    return rc;
+}
+
+static kb_err parse_file(const kb_secret *text, kb_secret *keys)
+{
+    kb_reader r;
+    const uint8_t *p;
+    size_t n;
+    kb_err rc;
+
+    /* kb_file_read_secret strips one trailing newline; accept the file with or without it. */
+    kb_reader_init(&r, kb_secret_cdata(text), kb_secret_len(text));
+    rc = kb_reader_bytes(&r, sizeof(FILE_MAGIC) - 1, &p);
+    KB_ENSURE(rc == KB_OK && memcmp(p, FILE_MAGIC, sizeof(FILE_MAGIC) - 1) == 0, KB_ERR_INVALID);
+    rc = kb_reader_until(&r, '\n', 2 * FILE_KEY_LEN, &p, &n);
+    KB_ENSURE(rc == KB_OK, KB_ERR_INVALID);
+    KB_ENSURE(kb_unhex((const char *)p, n, kb_secret_data(keys), FILE_KEY_LEN) == KB_OK,
+              KB_ERR_INVALID);
+    n = kb_reader_left(&r);
+    if (n == 2 * FILE_KEY_LEN + 1 && kb_secret_cdata(text)[kb_secret_len(text) - 1] == '\n')
+        n--;
+    KB_ENSURE(kb_reader_bytes(&r, n, &p) == KB_OK, KB_ERR_INVALID);
+    KB_ENSURE(kb_unhex((const char *)p, n, kb_secret_data(keys) + FILE_KEY_LEN, FILE_KEY_LEN) ==
+                  KB_OK,
+              KB_ERR_INVALID);
+    return KB_OK;
+}
+
+kb_err kb_keystore_open_file(const char *path, kb_keystore **out)
+{
+    struct file_ks *f = NULL;
+    kb_secret *text = NULL;
+    uint8_t *idin = NULL;
+    uint8_t digest[32];
+    size_t plen = sizeof(KEY_ID_PREFIX); /* with its NUL separator */
+    char hex[2 * 16 + 1];
+    char key_id[sizeof("file:") + sizeof(hex)];
+    kb_err rc = KB_OK;
+
+    KB_ENSURE_REF(path);
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    rc = kb_file_read_secret(path, FILE_LEN, &text);
+    if (rc != KB_OK) {
+        /* KB_ERR_CONFIG here means group/other may access the file: refuse to use it. */
+        kb_log(KB_LOG_ERROR, "keystore_file_open_failed", "path", path, "error", kb_err_str(rc),
+               "hint",
+               rc == KB_ERR_CONFIG ? "key file must not be accessible to group or others (0600)"
+                                   : "cannot read key file",
+               NULL);
+        goto out;
+    }
+    f = calloc(1, sizeof(*f));
+    KB_ENSURE_OUT(rc, f != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, kb_secret_new(2 * FILE_KEY_LEN, &f->keys));
+    rc = parse_file(text, f->keys);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "keystore_file_malformed", "path", path, NULL);
+        goto out;
+    }
+    idin = malloc(plen + 2 * FILE_KEY_LEN);
+    KB_ENSURE_OUT(rc, idin != NULL, KB_ERR_NOMEM);
+    memcpy(idin, KEY_ID_PREFIX, plen);
+    memcpy(idin + plen, kb_secret_cdata(f->keys), 2 * FILE_KEY_LEN);
+    KB_ENSURE_OUT(rc,
+                  EVP_Digest(idin, plen + 2 * FILE_KEY_LEN, digest, NULL, EVP_sha256(), NULL) == 1,
+                  KB_ERR_CRYPTO);
+    kb_hex(digest, 16, hex);
+    snprintf(key_id, sizeof(key_id), "file:%s", hex);
+    rc = kb_keystore_new(&file_ops, f, key_id, out);
+    f = NULL; /* owned by the keystore, or freed by kb_keystore_new on failure */
+out:
+    if (idin != NULL) {
+        kb_wipe(idin, plen + 2 * FILE_KEY_LEN);
+        free(idin);
+    }
+    file_free(f);
+    kb_secret_free(text);
+    return rc;
+}

@@ -1,0 +1,38 @@
+/* keystore_impl.h - the backend table behind kb_keystore (internal to keystore*.c).
+ *
+ * keystore.c owns the blob format, key-id checks, label rules and counters; a backend only
+ * performs the two primitive operations with the keys it holds (OpenSMTPD-style table of
+ * function pointers). Every op must be safe to call from several threads at once.
+ */
+#ifndef KB_KEYSTORE_IMPL_H
+#define KB_KEYSTORE_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "keystore.h"
+#include "secbuf.h"
+
+#define KB_KS_IV_LEN 12
+#define KB_KS_TAG_LEN 16
+
+struct kb_keystore_ops {
+    const char *kind;
+    /* AES-256-GCM under the master key: out gets len bytes of ciphertext then the 16-byte tag. */
+    kb_err (*seal)(void *impl, const uint8_t iv[KB_KS_IV_LEN], const uint8_t *aad, size_t aad_len,
+                   const uint8_t *in, size_t len, uint8_t *out);
+    /* The inverse: in is ciphertext || tag (len includes the tag); out gets len - 16 bytes.
+     * A failed tag check is KB_ERR_INTEGRITY. */
+    kb_err (*open)(void *impl, const uint8_t iv[KB_KS_IV_LEN], const uint8_t *aad, size_t aad_len,
+                   const uint8_t *in, size_t len, uint8_t *out);
+    /* HMAC-SHA256 under the mac key. */
+    kb_err (*mac)(void *impl, const uint8_t *data, size_t len, uint8_t out[KB_KEYSTORE_MAC_LEN]);
+    void (*free)(void *impl);
+};
+
+/* Take ownership of impl (freed with ops->free on failure too) and make a keystore with key_id. */
+KB_WUR kb_err kb_keystore_new(const struct kb_keystore_ops *ops, void *impl, const char *key_id,
+                              kb_keystore **out);
+
+#endif
