@@ -1,0 +1,876 @@
+/* api.c - request parsing, routing, and the client API (native /v1 and Keywhiz's endpoints).
+ *
+ * Order of checks for every API route: parse the raw path and query strictly (no percent in
+ * paths, no empty, "." or ".." segments), authenticate the verified SPIFFE ID through
+ * svc_client_auth (unknown → 401, disabled → 403: every request, so a client disabled while its
+ * connection is kept alive is refused on its next request), then route. A secret the client may
+ * not read is reported exactly like a missing one: service.h returns KB_ERR_NOT_FOUND for both
+ * and every handler turns that into the same constant body.
+ */
+#include "api.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lib/buf.h"
+#include "lib/config.h"
+#include "lib/json.h"
+#include "lib/log.h"
+#include "model.h"
+
+/* One body for "missing" and "not readable", on every client endpoint. */
+#define API_MSG_SECRET_NOT_FOUND "secret not found"
+
+/* ---- responses ------------------------------------------------------------------------------ */
+
+void api_response_clear(api_response *r)
+{
+    if (r == NULL)
+        return;
+    json_decref(r->body);
+    memset(r, 0, sizeof(*r));
+}
+
+void api_ok(api_response *r, int status, json_t *body)
+{
+    json_decref(r->body);
+    r->status = status;
+    r->body = body;
+    if (body == NULL && status != 204) {
+        r->status = 500;
+        r->body = json_pack("{s:s,s:s}", "error", "internal", "message", "out of memory");
+    }
+}
+
+void api_error(api_response *r, int status, const char *code, const char *msg)
+{
+    json_decref(r->body);
+    r->status = status;
+    r->body = json_pack("{s:s,s:s}", "error", code, "message", msg);
+}
+
+int api_status_for(kb_err e)
+{
+    switch (e) {
+    case KB_OK:
+        return 200;
+    case KB_ERR_INVALID:
+    case KB_ERR_TRUNCATED:
+    case KB_ERR_TRAILING:
+    case KB_ERR_NULL:
+        return 400;
+    case KB_ERR_TOO_LARGE:
+        return 413;
+    case KB_ERR_NOT_FOUND:
+        return 404;
+    case KB_ERR_EXISTS:
+    case KB_ERR_CONFLICT:
+        return 409;
+    case KB_ERR_DENIED:
+        return 403;
+    case KB_ERR_AUTH:
+        return 401;
+    case KB_ERR_LIMIT:
+        return 429;
+    case KB_ERR_HSM:
+    case KB_ERR_UNAVAILABLE:
+    case KB_ERR_TIMEOUT:
+    case KB_ERR_DB:
+        return 503;
+    default:
+        return 500;
+    }
+}
+
+void api_error_kb(api_response *r, kb_err e, const char *msg)
+{
+    int st = api_status_for(e);
+    /* Server-side failures never explain themselves to the client: the log has the detail. */
+    if (st >= 500) {
+        if (st == 500)
+            kb_log(KB_LOG_ERROR, "api_internal_error", "error", kb_err_str(e), NULL);
+        msg = st == 503 ? "temporarily unavailable, retry later" : "internal error";
+        e = st == 503 ? KB_ERR_UNAVAILABLE : KB_ERR_INTERNAL;
+    }
+    api_error(r, st, kb_err_str(e), msg);
+    if (st == 429 || st == 503)
+        r->retry_after = 1;
+}
+
+/* ---- base64 (RFC 4648 section 4) ---------------------------------------------------------- */
+
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int b64_val(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z')
+        return ch - 'A';
+    if (ch >= 'a' && ch <= 'z')
+        return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9')
+        return ch - '0' + 52;
+    if (ch == '+')
+        return 62;
+    if (ch == '/')
+        return 63;
+    return -1;
+}
+
+char *api_b64_encode(const uint8_t *in, size_t len)
+{
+    size_t olen = (len + 2) / 3 * 4;
+    char *out = malloc(olen + 1);
+    size_t o = 0;
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < len)
+            v |= in[i + 2];
+        out[o++] = b64_alphabet[(v >> 18) & 63];
+        out[o++] = b64_alphabet[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? b64_alphabet[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* Strict: length a multiple of 4, padding only at the end, unused bits zero (canonical), no
+ * whitespace, so one content has exactly one encoding. */
+kb_err api_b64_decode(const char *in, size_t in_len, kb_secret **out)
+{
+    kb_secret *s = NULL;
+    size_t o = 0, pad = 0;
+    uint8_t *d;
+
+    *out = NULL;
+    KB_ENSURE(in_len % 4 == 0, KB_ERR_INVALID);
+    KB_ENSURE(in_len / 4 * 3 <= KB_SECRET_MAX, KB_ERR_TOO_LARGE);
+    if (in_len > 0 && in[in_len - 1] == '=')
+        pad++;
+    if (in_len > 1 && in[in_len - 2] == '=')
+        pad++;
+    KB_GUARD(kb_secret_new(in_len / 4 * 3, &s));
+    d = kb_secret_data(s);
+    for (size_t i = 0; i < in_len; i += 4) {
+        int v[4];
+        bool last = i + 4 == in_len;
+        for (size_t j = 0; j < 4; j++) {
+            unsigned char ch = (unsigned char)in[i + j];
+            if (ch == '=' && last && j >= 4 - pad) {
+                v[j] = 0;
+                continue;
+            }
+            v[j] = b64_val(ch);
+            if (v[j] < 0) {
+                kb_secret_free(s);
+                return KB_ERR_INVALID;
+            }
+        }
+        uint32_t w =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        if (last && ((pad == 1 && (w & 0xff) != 0) || (pad == 2 && (w & 0xffff) != 0))) {
+            kb_wipe(&w, sizeof(w));
+            kb_secret_free(s);
+            return KB_ERR_INVALID;
+        }
+        d[o++] = (uint8_t)(w >> 16);
+        if (!(last && pad == 2))
+            d[o++] = (uint8_t)(w >> 8);
+        if (!(last && pad >= 1))
+            d[o++] = (uint8_t)w;
+        kb_wipe(&w, sizeof(w));
+        kb_wipe(v, sizeof(v));
+    }
+    if (kb_secret_truncate(s, o) != KB_OK) {
+        kb_secret_free(s);
+        return KB_ERR_INTERNAL;
+    }
+    *out = s;
+    return KB_OK;
+}
+
+/* ---- request parsing ---------------------------------------------------------------------- */
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decode a query value (RFC 3986 section 2.1). '+' stays '+': names may contain it.
+ * Decoded control characters (including NUL) are refused. */
+static kb_err pct_decode(const char *in, size_t len, char **out)
+{
+    char *o = malloc(len + 1);
+    size_t n = 0;
+    KB_ENSURE(o != NULL, KB_ERR_NOMEM);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch == '%') {
+            if (i + 2 >= len) {
+                free(o);
+                return KB_ERR_INVALID;
+            }
+            int h = hexval(in[i + 1]), l = hexval(in[i + 2]);
+            if (h < 0 || l < 0) {
+                free(o);
+                return KB_ERR_INVALID;
+            }
+            ch = (unsigned char)(h << 4 | l);
+            i += 2;
+        }
+        if (ch < 0x20 || ch == 0x7f) {
+            free(o);
+            return KB_ERR_INVALID;
+        }
+        o[n++] = (char)ch;
+    }
+    o[n] = '\0';
+    *out = o;
+    return KB_OK;
+}
+
+static void ctx_free(api_ctx *c)
+{
+    free(c->path_copy);
+    for (size_t i = 0; i < c->nq; i++) {
+        free(c->qkey[i]);
+        free(c->qval[i]);
+    }
+    memset(c, 0, sizeof(*c));
+}
+
+static kb_err parse_path(api_ctx *c, const char *path)
+{
+    size_t len = strlen(path);
+    char *p;
+    KB_ENSURE(len > 0 && path[0] == '/', KB_ERR_INVALID);
+    KB_ENSURE(len <= API_PATH_MAX, KB_ERR_TOO_LARGE);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)path[i];
+        /* Printable ASCII only; no percent-encoding at all: no name needs it, and decoding
+         * would let "%2f" or "%2e%2e" smuggle separators past the segment checks. */
+        KB_ENSURE(ch > 0x20 && ch < 0x7f && ch != '%' && ch != '\\', KB_ERR_INVALID);
+    }
+    c->path_copy = strdup(path + 1);
+    KB_ENSURE(c->path_copy != NULL, KB_ERR_NOMEM);
+    p = c->path_copy;
+    for (;;) {
+        char *slash = strchr(p, '/');
+        if (slash)
+            *slash = '\0';
+        KB_ENSURE(*p != '\0', KB_ERR_INVALID); /* "//" or a trailing '/' */
+        KB_ENSURE(strcmp(p, ".") != 0 && strcmp(p, "..") != 0, KB_ERR_INVALID);
+        KB_ENSURE(c->nseg < API_SEGS_MAX, KB_ERR_INVALID);
+        c->seg[c->nseg++] = p;
+        if (!slash)
+            break;
+        p = slash + 1;
+    }
+    return KB_OK;
+}
+
+static kb_err parse_query(api_ctx *c, const char *q)
+{
+    size_t len = strlen(q);
+    const char *p = q, *end = q + len;
+    KB_ENSURE(len <= API_QUERY_MAX, KB_ERR_TOO_LARGE);
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(stop - p));
+        KB_ENSURE(eq != NULL && eq > p, KB_ERR_INVALID);
+        for (const char *k = p; k < eq; k++)
+            KB_ENSURE((*k >= 'a' && *k <= 'z') || *k == '_', KB_ERR_INVALID);
+        KB_ENSURE(c->nq < API_QUERY_PARAMS_MAX, KB_ERR_INVALID);
+        c->qkey[c->nq] = strndup(p, (size_t)(eq - p));
+        KB_ENSURE(c->qkey[c->nq] != NULL, KB_ERR_NOMEM);
+        kb_err rc = pct_decode(eq + 1, (size_t)(stop - eq - 1), &c->qval[c->nq]);
+        if (rc != KB_OK) {
+            free(c->qkey[c->nq]);
+            c->qkey[c->nq] = NULL;
+            return rc;
+        }
+        for (size_t i = 0; i < c->nq; i++)
+            KB_ENSURE(strcmp(c->qkey[i], c->qkey[c->nq]) != 0, (c->nq++, KB_ERR_INVALID));
+        c->nq++;
+        p = amp ? amp + 1 : end;
+        KB_ENSURE(!(amp && p == end), KB_ERR_INVALID); /* trailing '&' */
+    }
+    return KB_OK;
+}
+
+const char *api_query(const api_ctx *c, const char *key)
+{
+    for (size_t i = 0; i < c->nq; i++)
+        if (strcmp(c->qkey[i], key) == 0)
+            return c->qval[i];
+    return NULL;
+}
+
+kb_err api_query_only(const api_ctx *c, const char *const *allowed)
+{
+    for (size_t i = 0; i < c->nq; i++) {
+        bool ok = false;
+        for (size_t j = 0; allowed && allowed[j]; j++)
+            if (strcmp(c->qkey[i], allowed[j]) == 0)
+                ok = true;
+        KB_ENSURE(ok, KB_ERR_INVALID);
+    }
+    return KB_OK;
+}
+
+kb_err api_query_int(const api_ctx *c, const char *key, int64_t def, int64_t *out)
+{
+    const char *v = api_query(c, key);
+    *out = def;
+    if (v == NULL)
+        return KB_OK;
+    KB_ENSURE(*v >= '0' && *v <= '9', KB_ERR_INVALID);
+    KB_GUARD(kb_parse_int64(v, out));
+    KB_ENSURE(*out >= 0, KB_ERR_INVALID);
+    return KB_OK;
+}
+
+kb_err api_body(const api_ctx *c, const char *const *allowed, int empty_ok, json_t **out,
+                api_response *r)
+{
+    char why[128] = "";
+    const char *bad = NULL;
+    json_t *obj = NULL;
+    kb_err rc;
+
+    *out = NULL;
+    if (c->req->body_len == 0 && empty_ok) {
+        *out = json_object();
+        if (*out == NULL) {
+            api_error_kb(r, KB_ERR_NOMEM, "");
+            return KB_ERR_NOMEM;
+        }
+        return KB_OK;
+    }
+    if (c->req->body_len > API_BODY_MAX) {
+        api_error(r, 413, "too_large", "request body too large");
+        return KB_ERR_TOO_LARGE;
+    }
+    rc = kb_json_parse(c->req->body, c->req->body_len, API_BODY_MAX, &obj, why, sizeof(why));
+    if (rc != KB_OK) {
+        api_error(r, rc == KB_ERR_TOO_LARGE ? 413 : 400, kb_err_str(rc),
+                  why[0] ? why : "malformed JSON body");
+        return rc;
+    }
+    rc = kb_json_only_keys(obj, allowed, &bad);
+    if (rc != KB_OK) {
+        json_decref(obj);
+        api_error(r, 400, "invalid", "unknown field in request body");
+        return rc;
+    }
+    *out = obj;
+    return KB_OK;
+}
+
+/* ---- record rendering --------------------------------------------------------------------- */
+
+json_t *api_metadata_json(const char *canon)
+{
+    json_t *m = NULL;
+    if (canon != NULL && canon[0] != '\0')
+        m = json_loads(canon, JSON_REJECT_DUPLICATES, NULL);
+    if (m == NULL || !json_is_object(m)) {
+        json_decref(m);
+        m = json_object();
+    }
+    return m;
+}
+
+json_t *api_time_or_null(int64_t t)
+{
+    return t > 0 ? json_integer(t) : json_null();
+}
+
+json_t *api_checksum_json(const uint8_t *sum)
+{
+    char hex[STORE_CHECKSUM_LEN * 2 + 1];
+    kb_hex(sum, STORE_CHECKSUM_LEN, hex);
+    return json_string(hex);
+}
+
+/* Add "content" (base64) to o; the temporary encoding is wiped. */
+static int add_b64(json_t *o, const char *key, const kb_secret *content)
+{
+    char *b = api_b64_encode(kb_secret_cdata(content), kb_secret_len(content));
+    int rc;
+    if (b == NULL)
+        return -1;
+    rc = json_object_set_new(o, key, json_string(b));
+    kb_json_free_str(b);
+    return rc;
+}
+
+/* The native record: list entries omit content. */
+json_t *api_record_json(const store_record *rec, const kb_secret *content)
+{
+    json_t *o = json_object();
+    if (o == NULL)
+        return NULL;
+    if (json_object_set_new(o, "name", json_string(rec->secret.name)) ||
+        json_object_set_new(o, "version", json_integer(rec->version.version)) ||
+        json_object_set_new(o, "checksum", api_checksum_json(rec->version.checksum)) ||
+        json_object_set_new(o, "expires_at", api_time_or_null(rec->version.expires_at)) ||
+        json_object_set_new(o, "metadata", api_metadata_json(rec->version.metadata)) ||
+        json_object_set_new(o, "updated_at", json_integer(rec->version.created_at)) ||
+        (content != NULL && add_b64(o, "content", content))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Keywhiz dates (ApiDate) are ISO 8601 in UTC. */
+static json_t *iso_date(int64_t t)
+{
+    char buf[32];
+    struct tm tm;
+    time_t tt = (time_t)t;
+    if (gmtime_r(&tt, &tm) == NULL || strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        return json_null();
+    return json_string(buf);
+}
+
+/* Keywhiz's SecretDeliveryResponse shape (what keysync parses): name, secret (base64),
+ * secretLength, checksum, creationDate, updateDate, expiry, then the metadata flattened, which is
+ * where keysync's mode/owner/group come from. Metadata never overrides a fixed field. */
+static json_t *keywhiz_json(const store_record *rec, const kb_secret *content)
+{
+    json_t *o = json_object(), *meta;
+    const char *k;
+    json_t *v;
+    if (o == NULL)
+        return NULL;
+    if (json_object_set_new(o, "name", json_string(rec->secret.name)) ||
+        (content != NULL && add_b64(o, "secret", content)) ||
+        json_object_set_new(o, "secretLength", json_integer(rec->version.content_len)) ||
+        json_object_set_new(o, "checksum", api_checksum_json(rec->version.checksum)) ||
+        json_object_set_new(o, "creationDate", iso_date(rec->secret.created_at)) ||
+        json_object_set_new(o, "updateDate", iso_date(rec->version.created_at)) ||
+        json_object_set_new(o, "expiry", json_integer(rec->version.expires_at)) ||
+        json_object_set_new(o, "version", json_integer(rec->version.version))) {
+        json_decref(o);
+        return NULL;
+    }
+    meta = api_metadata_json(rec->version.metadata);
+    json_object_foreach(meta, k, v)
+    {
+        if (json_object_get(o, k) == NULL)
+            json_object_set(o, k, v);
+    }
+    json_decref(meta);
+    return o;
+}
+
+/* ---- client handlers ---------------------------------------------------------------------- */
+
+static void not_found_secret(api_response *r)
+{
+    api_error(r, 404, "not_found", API_MSG_SECRET_NOT_FOUND);
+}
+
+static void h_list(svc *s, api_ctx *c, const store_client *who, bool keywhiz, api_response *r)
+{
+    store_record *recs = NULL;
+    size_t n = 0;
+    json_t *arr, *o;
+    kb_err rc;
+
+    if (api_query_only(c, NULL) != KB_OK) {
+        api_error(r, 400, "invalid", "unexpected query parameter");
+        return;
+    }
+    rc = svc_client_list(s, &c->actor, who, &recs, &n);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "cannot list secrets");
+        return;
+    }
+    arr = json_array();
+    for (size_t i = 0; arr != NULL && i < n; i++) {
+        json_t *e = keywhiz ? keywhiz_json(&recs[i], NULL) : api_record_json(&recs[i], NULL);
+        if (e == NULL || json_array_append_new(arr, e) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    store_records_free(recs, n);
+    if (arr == NULL) {
+        api_error_kb(r, KB_ERR_NOMEM, "");
+        return;
+    }
+    if (keywhiz) {
+        api_ok(r, 200, arr);
+        return;
+    }
+    o = json_pack("{s:s,s:s,s:o}", "client", who->spiffe_id, "application",
+                  who->app_name ? who->app_name : "", "secrets", arr);
+    api_ok(r, 200, o);
+}
+
+static void h_get(svc *s, api_ctx *c, const store_client *who, const char *name, bool keywhiz,
+                  api_response *r)
+{
+    static const char *const q_native[] = {"version", NULL};
+    store_record rec;
+    kb_secret *content = NULL;
+    int64_t version = 0;
+    kb_err rc;
+
+    if (api_query_only(c, keywhiz ? NULL : q_native) != KB_OK ||
+        api_query_int(c, "version", 0, &version) != KB_OK) {
+        api_error(r, 400, "invalid", "bad query parameter");
+        return;
+    }
+    if (model_name_check(name) != KB_OK) {
+        api_error(r, 400, "invalid", "invalid secret name");
+        return;
+    }
+    rc = svc_client_read(s, &c->actor, who, name, version, &rec, &content);
+    if (rc == KB_ERR_NOT_FOUND) {
+        not_found_secret(r);
+        return;
+    }
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "cannot read secret");
+        return;
+    }
+    api_ok(r, 200, keywhiz ? keywhiz_json(&rec, content) : api_record_json(&rec, content));
+    kb_secret_free(content);
+    store_record_clear(&rec);
+}
+
+/* Names from a JSON array: strings, valid names, no duplicates, 1..STORE_BATCH_MAX. */
+static kb_err batch_names(const json_t *arr, const char ***out, size_t *n)
+{
+    size_t len;
+    const char **names;
+    if (!json_is_array(arr))
+        return KB_ERR_INVALID;
+    len = json_array_size(arr);
+    KB_ENSURE(len > 0, KB_ERR_INVALID);
+    KB_ENSURE(len <= STORE_BATCH_MAX, KB_ERR_TOO_LARGE);
+    names = calloc(len, sizeof(*names));
+    KB_ENSURE(names != NULL, KB_ERR_NOMEM);
+    for (size_t i = 0; i < len; i++) {
+        const json_t *v = json_array_get(arr, i);
+        if (!json_is_string(v) || model_name_check(json_string_value(v)) != KB_OK) {
+            free(names);
+            return KB_ERR_INVALID;
+        }
+        names[i] = json_string_value(v);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(names[j], names[i]) == 0) {
+                free(names);
+                return KB_ERR_INVALID;
+            }
+        }
+    }
+    *out = names;
+    *n = len;
+    return KB_OK;
+}
+
+static void h_batch(svc *s, api_ctx *c, const store_client *who, bool keywhiz, api_response *r)
+{
+    static const char *const k_native[] = {"names", NULL};
+    static const char *const k_keywhiz[] = {"secrets", NULL};
+    json_t *body = NULL, *arr = NULL;
+    const char **names = NULL;
+    size_t n = 0;
+    store_record *recs = NULL;
+    kb_secret **contents = NULL;
+    kb_err *errs = NULL, rc;
+
+    if (api_query_only(c, NULL) != KB_OK) {
+        api_error(r, 400, "invalid", "unexpected query parameter");
+        return;
+    }
+    if (api_body(c, keywhiz ? k_keywhiz : k_native, 0, &body, r) != KB_OK)
+        return;
+    rc = batch_names(json_object_get(body, keywhiz ? "secrets" : "names"), &names, &n);
+    if (rc != KB_OK) {
+        api_error(r, api_status_for(rc), kb_err_str(rc),
+                  "names must be a non-empty array of distinct valid secret names (at most "
+                  "1000)");
+        goto out;
+    }
+    recs = calloc(n, sizeof(*recs));
+    contents = calloc(n, sizeof(*contents));
+    errs = calloc(n, sizeof(*errs));
+    if (recs == NULL || contents == NULL || errs == NULL) {
+        api_error_kb(r, KB_ERR_NOMEM, "");
+        goto out;
+    }
+    rc = svc_client_read_batch(s, &c->actor, who, names, n, recs, contents, errs);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "cannot read secrets");
+        goto out;
+    }
+    if (keywhiz) {
+        /* Keywhiz answers a batch all-or-nothing: any unreadable name is a 404 for the whole
+         * request, with the same body as a single missing secret. */
+        for (size_t i = 0; i < n; i++) {
+            if (errs[i] != KB_OK) {
+                if (errs[i] == KB_ERR_NOT_FOUND)
+                    not_found_secret(r);
+                else
+                    api_error_kb(r, errs[i], "cannot read secrets");
+                goto out;
+            }
+        }
+    }
+    arr = json_array();
+    for (size_t i = 0; arr != NULL && i < n; i++) {
+        json_t *e;
+        if (errs[i] == KB_OK)
+            e = keywhiz ? keywhiz_json(&recs[i], contents[i])
+                        : api_record_json(&recs[i], contents[i]);
+        else
+            e = json_pack("{s:s,s:s}", "name", names[i], "error",
+                          api_status_for(errs[i]) >= 500 ? "unavailable" : kb_err_str(errs[i]));
+        if (e == NULL || json_array_append_new(arr, e) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    if (arr == NULL) {
+        api_error_kb(r, KB_ERR_NOMEM, "");
+        goto out;
+    }
+    if (keywhiz)
+        api_ok(r, 200, arr);
+    else
+        api_ok(r, 200, json_pack("{s:o}", "secrets", arr));
+out:
+    for (size_t i = 0; i < n; i++) {
+        if (contents)
+            kb_secret_free(contents[i]);
+        if (recs)
+            store_record_clear(&recs[i]);
+    }
+    free(contents);
+    free(recs);
+    free(errs);
+    free(names);
+    json_decref(body);
+}
+
+/* ---- health ------------------------------------------------------------------------------- */
+
+static void h_health(svc *s, bool ready, api_response *r)
+{
+    int v = 0;
+    if (!ready) {
+        api_ok(r, 200, json_pack("{s:s}", "status", "ok"));
+        return;
+    }
+    /* Ready = the store answers; the keys were derived through the token at start-up. */
+    if (s == NULL || store_schema_version(svc_store(s), &v) != KB_OK) {
+        api_error(r, 503, "unavailable", "store not ready");
+        r->retry_after = 1;
+        return;
+    }
+    api_ok(r, 200, json_pack("{s:s,s:i}", "status", "ready", "schema", v));
+}
+
+/* ---- routing ------------------------------------------------------------------------------ */
+
+static bool is(const char *a, const char *b)
+{
+    return strcmp(a, b) == 0;
+}
+
+static void method_not_allowed(api_response *r)
+{
+    api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+}
+
+void api_handle(svc *s, const api_request *req, api_response *r)
+{
+    api_ctx c;
+    store_client who;
+    kb_err prc, rc;
+    const char *m;
+
+    memset(r, 0, sizeof(*r));
+    memset(&c, 0, sizeof(c));
+    memset(&who, 0, sizeof(who));
+    if (req == NULL || req->method == NULL || req->path == NULL) {
+        api_error(r, 400, "invalid", "malformed request");
+        return;
+    }
+    m = req->method;
+    c.req = req;
+    c.actor.identity = req->spiffe_id ? req->spiffe_id : "";
+    c.actor.peer = req->peer ? req->peer : "";
+    c.actor.now = req->now;
+    prc = parse_path(&c, req->path);
+    if (prc == KB_OK)
+        prc = parse_query(&c, req->query ? req->query : "");
+
+    /* Health needs no client row: the TLS layer already required a valid SVID. */
+    if (prc == KB_OK && c.nseg == 1 && (is(c.seg[0], "healthz") || is(c.seg[0], "readyz"))) {
+        if (!is(m, "GET"))
+            method_not_allowed(r);
+        else
+            h_health(s, is(c.seg[0], "readyz"), r);
+        goto out;
+    }
+
+    if (req->spiffe_id == NULL || req->spiffe_id[0] == '\0') {
+        api_error(r, 401, "auth", "a client certificate is required");
+        goto out;
+    }
+    rc = svc_client_auth(s, &c.actor, &who);
+    if (rc == KB_ERR_NOT_FOUND) {
+        api_error(r, 401, "auth", "unknown client");
+        goto out;
+    }
+    if (rc == KB_ERR_DENIED || rc == KB_ERR_INTEGRITY) {
+        api_error(r, 403, "denied", "client is disabled");
+        goto out;
+    }
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "");
+        goto out;
+    }
+    if (prc != KB_OK) {
+        api_error(r, api_status_for(prc), kb_err_str(prc), "malformed path or query");
+        goto out;
+    }
+
+    if (c.nseg >= 2 && is(c.seg[0], "v1") && is(c.seg[1], "admin")) {
+        if (!who.admin) {
+            svc_audit_event(s, &c.actor, "admin.denied", req->path, 0, KB_ERR_DENIED);
+            api_error(r, 403, "denied", "admin identity required");
+            goto out;
+        }
+        api_admin(s, &c, &who, r);
+        goto out;
+    }
+    if (c.nseg == 2 && is(c.seg[0], "v1") && is(c.seg[1], "secrets")) {
+        if (is(m, "GET"))
+            h_list(s, &c, &who, false, r);
+        else
+            method_not_allowed(r);
+    } else if (c.nseg == 3 && is(c.seg[0], "v1") && is(c.seg[1], "secrets")) {
+        if (is(m, "GET"))
+            h_get(s, &c, &who, c.seg[2], false, r);
+        else
+            method_not_allowed(r);
+    } else if (c.nseg == 2 && is(c.seg[0], "v1") && is(c.seg[1], "secrets:batchGet")) {
+        if (is(m, "POST"))
+            h_batch(s, &c, &who, false, r);
+        else
+            method_not_allowed(r);
+    } else if (c.nseg == 1 && is(c.seg[0], "secrets")) {
+        if (is(m, "GET"))
+            h_list(s, &c, &who, true, r);
+        else
+            method_not_allowed(r);
+    } else if (c.nseg == 2 && is(c.seg[0], "secret")) {
+        if (is(m, "GET"))
+            h_get(s, &c, &who, c.seg[1], true, r);
+        else
+            method_not_allowed(r);
+    } else if (c.nseg == 1 && is(c.seg[0], "batchsecret")) {
+        if (is(m, "POST"))
+            h_batch(s, &c, &who, true, r);
+        else
+            method_not_allowed(r);
+    } else {
+        api_error(r, 404, "not_found", "no such route");
+    }
+out:
+    if (r->body == NULL && r->status != 204)
+        api_error(r, 500, "internal", "internal error");
+    store_client_clear(&who);
+    ctx_free(&c);
+}
+
+/* ---- metrics route names ------------------------------------------------------------------ */
+
+static const char *const admin_colls[] = {"secrets",     "expiring", "groups", "clients",
+                                          "memberships", "grants",   "audit",  NULL};
+static const char *const admin_routes2[] = {
+    "/v1/admin/secrets",     "/v1/admin/expiring", "/v1/admin/groups", "/v1/admin/clients",
+    "/v1/admin/memberships", "/v1/admin/grants",   "/v1/admin/audit",
+};
+static const char *const admin_routes3[] = {
+    "/v1/admin/secrets/{name}", NULL, "/v1/admin/groups/{name}",
+    "/v1/admin/clients/{id}",   NULL, NULL,
+    "/v1/admin/audit/verify",
+};
+static const char *const secret_actions[] = {"restore", "purge",  "versions", "rollback",
+                                             "content", "status", NULL};
+static const char *const secret_action_routes[] = {
+    "/v1/admin/secrets/{name}/restore",  "/v1/admin/secrets/{name}/purge",
+    "/v1/admin/secrets/{name}/versions", "/v1/admin/secrets/{name}/rollback",
+    "/v1/admin/secrets/{name}/content",  "/v1/admin/secrets/{name}/status",
+};
+
+const char *api_route_name(const char *method, const char *path)
+{
+    api_ctx c;
+    const char *name = "other";
+    (void)method;
+    memset(&c, 0, sizeof(c));
+    if (path == NULL || parse_path(&c, path) != KB_OK)
+        goto out;
+    if (c.nseg == 1) {
+        if (is(c.seg[0], "healthz"))
+            name = "/healthz";
+        else if (is(c.seg[0], "readyz"))
+            name = "/readyz";
+        else if (is(c.seg[0], "secrets"))
+            name = "/secrets";
+        else if (is(c.seg[0], "batchsecret"))
+            name = "/batchsecret";
+    } else if (c.nseg == 2 && is(c.seg[0], "secret")) {
+        name = "/secret/{name}";
+    } else if (c.nseg >= 2 && is(c.seg[0], "v1")) {
+        if (c.nseg == 2 && is(c.seg[1], "secrets"))
+            name = "/v1/secrets";
+        else if (c.nseg == 2 && is(c.seg[1], "secrets:batchGet"))
+            name = "/v1/secrets:batchGet";
+        else if (c.nseg == 3 && is(c.seg[1], "secrets"))
+            name = "/v1/secrets/{name}";
+        else if (c.nseg >= 3 && c.nseg <= 5 && is(c.seg[1], "admin")) {
+            for (size_t i = 0; admin_colls[i]; i++) {
+                if (!is(c.seg[2], admin_colls[i]))
+                    continue;
+                if (c.nseg == 3)
+                    name = admin_routes2[i];
+                else if (c.nseg == 4 && admin_routes3[i])
+                    name = admin_routes3[i];
+                else if (c.nseg == 5 && i == 0) {
+                    for (size_t j = 0; secret_actions[j]; j++)
+                        if (is(c.seg[4], secret_actions[j]))
+                            name = secret_action_routes[j];
+                }
+                break;
+            }
+        }
+    }
+out:
+    ctx_free(&c);
+    return name;
+}

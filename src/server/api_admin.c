@@ -1,0 +1,959 @@
+/* api_admin.c - the admin API (/v1/admin/...): secrets, versions, groups, clients,
+ * memberships, grants, expiry and audit. The caller (api_handle) has already checked that the
+ * client is an enabled admin. Content reads and writes go through service.h (sealing, checksum,
+ * audit); other changes call store.h and are audited here with svc_audit_event, success or not.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "lib/config.h"
+#include "lib/json.h"
+#include "model.h"
+
+static bool is(const char *a, const char *b)
+{
+    return strcmp(a, b) == 0;
+}
+
+/* ---- typed body fields (absent is fine unless required; a wrong type is KB_ERR_INVALID) ---- */
+
+static kb_err f_str(const json_t *o, const char *k, bool required, const char **out)
+{
+    const json_t *v = json_object_get(o, k);
+    *out = NULL;
+    if (v == NULL)
+        return required ? KB_ERR_INVALID : KB_OK;
+    KB_ENSURE(json_is_string(v), KB_ERR_INVALID);
+    /* JSON strings may carry "\u0000": refuse them rather than silently truncate. */
+    KB_ENSURE(strlen(json_string_value(v)) == json_string_length(v), KB_ERR_INVALID);
+    *out = json_string_value(v);
+    return KB_OK;
+}
+
+static kb_err f_bool(const json_t *o, const char *k, int *out)
+{
+    const json_t *v = json_object_get(o, k);
+    *out = -1;
+    if (v == NULL)
+        return KB_OK;
+    KB_ENSURE(json_is_boolean(v), KB_ERR_INVALID);
+    *out = json_is_true(v) ? 1 : 0;
+    return KB_OK;
+}
+
+/* Non-negative integer; JSON null counts as 0 when nullable. */
+static kb_err f_int(const json_t *o, const char *k, bool nullable, int64_t *out)
+{
+    const json_t *v = json_object_get(o, k);
+    *out = 0;
+    if (v == NULL || (nullable && json_is_null(v)))
+        return KB_OK;
+    KB_ENSURE(json_is_integer(v), KB_ERR_INVALID);
+    KB_ENSURE(json_integer_value(v) >= 0, KB_ERR_INVALID);
+    *out = (int64_t)json_integer_value(v);
+    return KB_OK;
+}
+
+/* Metadata object → canonical text for the store (NULL if absent). */
+static kb_err f_metadata(const json_t *o, char **out)
+{
+    const json_t *v = json_object_get(o, "metadata");
+    *out = NULL;
+    if (v == NULL || json_is_null(v))
+        return KB_OK;
+    KB_ENSURE(json_is_object(v), KB_ERR_INVALID);
+    KB_GUARD(model_metadata_check(v));
+    *out = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+    KB_ENSURE(*out != NULL, KB_ERR_NOMEM);
+    return KB_OK;
+}
+
+static void bad_body(api_response *r, kb_err rc, const char *msg)
+{
+    api_error(r, api_status_for(rc) == 413 ? 413 : 400, kb_err_str(rc), msg);
+}
+
+/* Audit an admin change and answer its error, if any. Returns true if rc is an error. */
+static bool audited(svc *s, api_ctx *c, const char *action, const char *object, kb_err rc,
+                    api_response *r, const char *not_found_msg)
+{
+    svc_audit_event(s, &c->actor, action, object ? object : "", 0, rc);
+    if (rc == KB_OK)
+        return false;
+    api_error_kb(r, rc, rc == KB_ERR_NOT_FOUND ? not_found_msg : "request refused");
+    return true;
+}
+
+/* ---- rendering ---------------------------------------------------------------------------- */
+
+typedef struct {
+    store_group *g;
+    size_t n;
+} groups_map;
+
+static json_t *group_name_json(const groups_map *gm, int64_t id)
+{
+    for (size_t i = 0; id > 0 && i < gm->n; i++)
+        if (gm->g[i].id == id)
+            return json_string(gm->g[i].name);
+    return json_null();
+}
+
+static json_t *admin_record_json(const store_record *rec, const groups_map *gm)
+{
+    const store_secret *s = &rec->secret;
+    const store_version *v = &rec->version;
+    json_t *o = json_object();
+    if (o == NULL)
+        return NULL;
+    if (json_object_set_new(o, "name", json_string(s->name)) ||
+        json_object_set_new(o, "id", json_integer(s->id)) ||
+        json_object_set_new(o, "version", json_integer(s->latest_version)) ||
+        json_object_set_new(o, "description", json_string(s->description ? s->description : "")) ||
+        json_object_set_new(o, "owner_group", group_name_json(gm, s->owner_group_id)) ||
+        json_object_set_new(o, "cloud_sync", json_boolean(s->cloud_sync)) ||
+        json_object_set_new(o, "deleted_at", api_time_or_null(s->deleted_at)) ||
+        json_object_set_new(o, "checksum", api_checksum_json(v->checksum)) ||
+        json_object_set_new(o, "content_length", json_integer(v->content_len)) ||
+        json_object_set_new(o, "expires_at", api_time_or_null(v->expires_at)) ||
+        json_object_set_new(o, "metadata", api_metadata_json(v->metadata)) ||
+        json_object_set_new(o, "created_by", json_string(s->created_by ? s->created_by : "")) ||
+        json_object_set_new(o, "created_at", json_integer(s->created_at)) ||
+        json_object_set_new(o, "updated_by", json_string(s->updated_by ? s->updated_by : "")) ||
+        json_object_set_new(o, "updated_at", json_integer(s->updated_at))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static json_t *version_json(const store_version *v)
+{
+    return json_pack("{s:I,s:o,s:I,s:o,s:o,s:s,s:I}", "version", (json_int_t)v->version, "checksum",
+                     api_checksum_json(v->checksum), "content_length", (json_int_t)v->content_len,
+                     "metadata", api_metadata_json(v->metadata), "expires_at",
+                     api_time_or_null(v->expires_at), "created_by",
+                     v->created_by ? v->created_by : "", "created_at", (json_int_t)v->created_at);
+}
+
+static json_t *client_json(const store_client *cl)
+{
+    return json_pack(
+        "{s:I,s:s,s:b,s:b,s:b,s:s,s:s,s:o,s:o,s:s,s:I}", "id", (json_int_t)cl->id, "spiffe_id",
+        cl->spiffe_id, "enabled", cl->enabled, "admin", cl->admin, "cloud", cl->cloud, "app_name",
+        cl->app_name ? cl->app_name : "", "description", cl->description ? cl->description : "",
+        "last_seen", api_time_or_null(cl->last_seen), "last_list_at",
+        api_time_or_null(cl->last_list_at), "created_by", cl->created_by ? cl->created_by : "",
+        "created_at", (json_int_t)cl->created_at);
+}
+
+static json_t *group_json(const store_group *g)
+{
+    return json_pack("{s:I,s:s,s:s,s:s,s:I}", "id", (json_int_t)g->id, "name", g->name,
+                     "description", g->description ? g->description : "", "created_by",
+                     g->created_by ? g->created_by : "", "created_at", (json_int_t)g->created_at);
+}
+
+static json_t *records_json(const store_record *recs, size_t n, const groups_map *gm)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr != NULL && i < n; i++) {
+        if (json_array_append_new(arr, admin_record_json(&recs[i], gm)) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    return arr;
+}
+
+/* ---- secrets ------------------------------------------------------------------------------ */
+
+static void secrets_list(svc *s, api_ctx *c, api_response *r)
+{
+    static const char *const q[] = {"deleted", NULL};
+    const char *del = api_query(c, "deleted");
+    store_record *recs = NULL;
+    size_t n = 0;
+    groups_map gm = {NULL, 0};
+    kb_err rc;
+
+    if (api_query_only(c, q) != KB_OK || (del && !is(del, "0") && !is(del, "1"))) {
+        api_error(r, 400, "invalid", "bad query parameter");
+        return;
+    }
+    rc = store_secret_list(svc_store(s), del && is(del, "1"), &recs, &n);
+    if (rc == KB_OK)
+        rc = store_group_list(svc_store(s), &gm.g, &gm.n);
+    if (rc != KB_OK)
+        api_error_kb(r, rc, "");
+    else
+        api_ok(r, 200, json_pack("{s:o}", "secrets", records_json(recs, n, &gm)));
+    store_records_free(recs, n);
+    store_groups_free(gm.g, gm.n);
+}
+
+/* Shared by create (POST) and new version (PUT). */
+static void secret_write(svc *s, api_ctx *c, const char *path_name, api_response *r)
+{
+    static const char *const k_create[] = {"name",       "content",     "description", "metadata",
+                                           "expires_at", "owner_group", "cloud_sync",  NULL};
+    static const char *const k_put[] = {"content", "metadata", "expires_at", NULL};
+    bool create = path_name == NULL;
+    json_t *body = NULL;
+    const char *b64 = NULL;
+    char *meta = NULL;
+    kb_secret *content = NULL;
+    svc_secret_spec spec;
+    int cloud = -1;
+    int64_t id = 0, version = 0;
+    kb_err rc;
+
+    memset(&spec, 0, sizeof(spec));
+    if (api_query_only(c, NULL) != KB_OK) {
+        api_error(r, 400, "invalid", "unexpected query parameter");
+        return;
+    }
+    if (api_body(c, create ? k_create : k_put, 0, &body, r) != KB_OK)
+        return;
+    spec.name = path_name;
+    if ((create && f_str(body, "name", true, &spec.name) != KB_OK) ||
+        f_str(body, "content", true, &b64) != KB_OK ||
+        f_str(body, "description", false, &spec.description) != KB_OK ||
+        f_str(body, "owner_group", false, &spec.owner_group) != KB_OK ||
+        f_bool(body, "cloud_sync", &cloud) != KB_OK ||
+        f_int(body, "expires_at", true, &spec.expires_at) != KB_OK) {
+        bad_body(r, KB_ERR_INVALID, "missing field or wrong type");
+        goto out;
+    }
+    if ((rc = model_name_check(spec.name)) != KB_OK ||
+        (rc = model_description_check(spec.description)) != KB_OK ||
+        (spec.owner_group && (rc = model_name_check(spec.owner_group)) != KB_OK)) {
+        bad_body(r, rc, "invalid name, description or owner group");
+        goto out;
+    }
+    if ((rc = f_metadata(body, &meta)) != KB_OK) {
+        bad_body(r, rc, "metadata must be an object of at most 64 valid string values");
+        goto out;
+    }
+    if ((rc = api_b64_decode(b64, strlen(b64), &content)) != KB_OK) {
+        bad_body(r, rc, "content must be canonical padded base64");
+        goto out;
+    }
+    spec.cloud_sync = cloud == 1;
+    spec.content = kb_secret_cdata(content);
+    spec.content_len = kb_secret_len(content);
+    spec.metadata = meta;
+    if (create)
+        rc = svc_secret_create(s, &c->actor, &spec, &id);
+    else
+        rc = svc_secret_put(s, &c->actor, &spec, &version);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc,
+                     rc == KB_ERR_NOT_FOUND
+                         ? (create ? "owner group not found" : "secret not found")
+                     : rc == KB_ERR_EXISTS    ? "a secret with this name exists (maybe deleted)"
+                     : rc == KB_ERR_TOO_LARGE ? "content too large"
+                                              : "request refused");
+        goto out;
+    }
+    if (create)
+        api_ok(r, 201,
+               json_pack("{s:s,s:I,s:i}", "name", spec.name, "id", (json_int_t)id, "version", 1));
+    else
+        api_ok(r, 200, json_pack("{s:s,s:I}", "name", spec.name, "version", (json_int_t)version));
+out:
+    kb_secret_free(content);
+    free(meta);
+    json_decref(body);
+}
+
+static void secret_show(svc *s, const char *name, api_response *r)
+{
+    store_secret sec;
+    store_version *vers = NULL;
+    store_group *grps = NULL;
+    size_t nv = 0, ng = 0;
+    groups_map gm = {NULL, 0};
+    store_record rec;
+    json_t *o = NULL, *garr;
+    kb_err rc;
+
+    memset(&sec, 0, sizeof(sec));
+    memset(&rec, 0, sizeof(rec));
+    rc = store_secret_get(svc_store(s), name, true, &sec);
+    if (rc == KB_OK)
+        rc = store_version_list(svc_store(s), sec.id, &vers, &nv);
+    if (rc == KB_OK)
+        rc = store_secret_groups(svc_store(s), sec.id, &grps, &ng);
+    if (rc == KB_OK)
+        rc = store_group_list(svc_store(s), &gm.g, &gm.n);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "secret not found");
+        goto out;
+    }
+    /* admin_record_json wants a record: the secret with its newest version (list is newest
+     * first); borrowed pointers, not freed through rec. */
+    rec.secret = sec;
+    if (nv > 0)
+        rec.version = vers[0];
+    o = admin_record_json(&rec, &gm);
+    garr = json_array();
+    for (size_t i = 0; garr && i < ng; i++)
+        json_array_append_new(garr, json_string(grps[i].name));
+    if (o == NULL || garr == NULL || json_object_set_new(o, "groups", garr) ||
+        json_object_set_new(o, "versions", json_integer((json_int_t)nv))) {
+        json_decref(o);
+        o = NULL;
+    }
+    api_ok(r, 200, o);
+out:
+    store_secret_clear(&sec);
+    store_versions_free(vers, nv);
+    store_groups_free(grps, ng);
+    store_groups_free(gm.g, gm.n);
+}
+
+static void secret_patch(svc *s, api_ctx *c, const char *name, api_response *r)
+{
+    static const char *const k[] = {"description", "cloud_sync", "owner_group", NULL};
+    store_secret_patch p = STORE_SECRET_PATCH_INIT;
+    store_secret sec;
+    store_group g;
+    json_t *body = NULL, *og;
+    kb_err rc;
+
+    memset(&sec, 0, sizeof(sec));
+    memset(&g, 0, sizeof(g));
+    if (api_body(c, k, 0, &body, r) != KB_OK)
+        return;
+    og = json_object_get(body, "owner_group");
+    if (f_str(body, "description", false, &p.description) != KB_OK ||
+        f_bool(body, "cloud_sync", &p.cloud_sync) != KB_OK ||
+        (og != NULL && !json_is_null(og) && !json_is_string(og))) {
+        bad_body(r, KB_ERR_INVALID, "wrong type");
+        goto out;
+    }
+    if ((rc = model_description_check(p.description)) != KB_OK ||
+        (json_is_string(og) && (rc = model_name_check(json_string_value(og))) != KB_OK)) {
+        bad_body(r, rc, "invalid description or owner group");
+        goto out;
+    }
+    rc = store_secret_get(svc_store(s), name, false, &sec);
+    if (rc == KB_OK && json_is_string(og)) {
+        rc = store_group_get(svc_store(s), json_string_value(og), &g);
+        p.owner_group_id = g.id;
+    } else if (og != NULL) {
+        p.owner_group_id = 0;
+    }
+    if (rc == KB_OK)
+        rc = store_secret_update(svc_store(s), sec.id, &p, c->actor.identity, c->actor.now);
+    if (audited(s, c, "secret.update", name, rc, r, "secret or owner group not found"))
+        goto out;
+    api_ok(r, 200, json_pack("{s:s}", "name", name));
+out:
+    store_group_clear(&g);
+    store_secret_clear(&sec);
+    json_decref(body);
+}
+
+typedef enum { LIFE_DELETE, LIFE_RESTORE, LIFE_PURGE } life_op;
+
+static void secret_life(svc *s, api_ctx *c, const char *name, life_op op, api_response *r)
+{
+    static const char *const actions[] = {"secret.delete", "secret.restore", "secret.purge"};
+    store_secret sec;
+    kb_err rc;
+    memset(&sec, 0, sizeof(sec));
+    if (c->req->body_len != 0 || api_query_only(c, NULL) != KB_OK) {
+        api_error(r, 400, "invalid", "this request takes no body or query");
+        return;
+    }
+    rc = store_secret_get(svc_store(s), name, op != LIFE_DELETE, &sec);
+    if (rc == KB_OK) {
+        if (op == LIFE_DELETE)
+            rc = store_secret_delete(svc_store(s), sec.id, c->actor.identity, c->actor.now);
+        else if (op == LIFE_RESTORE)
+            rc = store_secret_restore(svc_store(s), sec.id, c->actor.identity, c->actor.now);
+        else
+            rc = store_secret_purge(svc_store(s), sec.id);
+    }
+    if (!audited(s, c, actions[op], name, rc, r, "secret not found"))
+        api_ok(r, 200, json_pack("{s:s,s:s}", "name", name, "result", "ok"));
+    store_secret_clear(&sec);
+}
+
+static void secret_versions(svc *s, const char *name, api_response *r)
+{
+    store_secret sec;
+    store_version *vers = NULL;
+    size_t nv = 0;
+    json_t *arr;
+    kb_err rc;
+    memset(&sec, 0, sizeof(sec));
+    rc = store_secret_get(svc_store(s), name, true, &sec);
+    if (rc == KB_OK)
+        rc = store_version_list(svc_store(s), sec.id, &vers, &nv);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "secret not found");
+        goto out;
+    }
+    arr = json_array();
+    for (size_t i = 0; arr && i < nv; i++)
+        json_array_append_new(arr, version_json(&vers[i]));
+    api_ok(r, 200, json_pack("{s:s,s:o}", "name", name, "versions", arr));
+out:
+    store_secret_clear(&sec);
+    store_versions_free(vers, nv);
+}
+
+static void secret_rollback(svc *s, api_ctx *c, const char *name, api_response *r)
+{
+    static const char *const k[] = {"version", NULL};
+    json_t *body = NULL;
+    int64_t to = 0, version = 0;
+    kb_err rc;
+    if (api_body(c, k, 0, &body, r) != KB_OK)
+        return;
+    if (f_int(body, "version", false, &to) != KB_OK || to < 1) {
+        bad_body(r, KB_ERR_INVALID, "version must be a positive integer");
+        goto out;
+    }
+    rc = svc_secret_rollback(s, &c->actor, name, to, &version);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc,
+                     rc == KB_ERR_NOT_FOUND ? "secret or version not found" : "request refused");
+        goto out;
+    }
+    api_ok(r, 200,
+           json_pack("{s:s,s:I,s:I}", "name", name, "version", (json_int_t)version, "from_version",
+                     (json_int_t)to));
+out:
+    json_decref(body);
+}
+
+static void secret_content(svc *s, api_ctx *c, const char *name, api_response *r)
+{
+    static const char *const q[] = {"version", NULL};
+    store_record rec;
+    kb_secret *content = NULL;
+    int64_t version = 0;
+    kb_err rc;
+    if (api_query_only(c, q) != KB_OK || api_query_int(c, "version", 0, &version) != KB_OK) {
+        api_error(r, 400, "invalid", "bad query parameter");
+        return;
+    }
+    memset(&rec, 0, sizeof(rec));
+    rc = svc_secret_read_admin(s, &c->actor, name, version, &rec, &content);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "secret or version not found");
+        return;
+    }
+    api_ok(r, 200, api_record_json(&rec, content));
+    kb_secret_free(content);
+    store_record_clear(&rec);
+}
+
+static void secret_status(svc *s, const char *name, api_response *r)
+{
+    store_secret sec;
+    store_fetch *f = NULL;
+    size_t n = 0;
+    json_t *arr;
+    kb_err rc;
+    memset(&sec, 0, sizeof(sec));
+    rc = store_secret_get(svc_store(s), name, true, &sec);
+    if (rc == KB_OK)
+        rc = store_secret_status(svc_store(s), sec.id, &f, &n);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "secret not found");
+        goto out;
+    }
+    arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, json_pack("{s:s,s:I,s:I,s:b}", "client",
+                                             f[i].spiffe_id ? f[i].spiffe_id : "", "version",
+                                             (json_int_t)f[i].version, "fetched_at",
+                                             (json_int_t)f[i].fetched_at, "current",
+                                             f[i].version == sec.latest_version));
+    api_ok(r, 200,
+           json_pack("{s:s,s:I,s:o}", "name", name, "latest_version",
+                     (json_int_t)sec.latest_version, "clients", arr));
+out:
+    store_secret_clear(&sec);
+    store_fetches_free(f, n);
+}
+
+static void expiring(svc *s, api_ctx *c, api_response *r)
+{
+    static const char *const q[] = {"within", NULL};
+    store_record *recs = NULL;
+    size_t n = 0;
+    groups_map gm = {NULL, 0};
+    int64_t within = 0;
+    kb_err rc;
+    if (api_query_only(c, q) != KB_OK || api_query(c, "within") == NULL ||
+        api_query_int(c, "within", 0, &within) != KB_OK || within > INT64_MAX / 4) {
+        api_error(r, 400, "invalid", "within=SECONDS is required");
+        return;
+    }
+    rc = store_secrets_expiring(svc_store(s), c->actor.now, c->actor.now + within, &recs, &n);
+    if (rc == KB_OK)
+        rc = store_group_list(svc_store(s), &gm.g, &gm.n);
+    if (rc != KB_OK)
+        api_error_kb(r, rc, "");
+    else
+        api_ok(r, 200,
+               json_pack("{s:I,s:I,s:o}", "from", (json_int_t)c->actor.now, "to",
+                         (json_int_t)(c->actor.now + within), "secrets",
+                         records_json(recs, n, &gm)));
+    store_records_free(recs, n);
+    store_groups_free(gm.g, gm.n);
+}
+
+static void secrets_route(svc *s, api_ctx *c, api_response *r)
+{
+    const char *m = c->req->method;
+    const char *name;
+    if (c->nseg == 3) {
+        if (is(m, "GET"))
+            secrets_list(s, c, r);
+        else if (is(m, "POST"))
+            secret_write(s, c, NULL, r);
+        else
+            api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+        return;
+    }
+    name = c->seg[3];
+    if (model_name_check(name) != KB_OK) {
+        api_error(r, 400, "invalid", "invalid secret name");
+        return;
+    }
+    if (c->nseg == 4) {
+        if (is(m, "GET") && api_query_only(c, NULL) == KB_OK)
+            secret_show(s, name, r);
+        else if (is(m, "GET"))
+            api_error(r, 400, "invalid", "unexpected query parameter");
+        else if (is(m, "PUT"))
+            secret_write(s, c, name, r);
+        else if (is(m, "PATCH"))
+            secret_patch(s, c, name, r);
+        else if (is(m, "DELETE"))
+            secret_life(s, c, name, LIFE_DELETE, r);
+        else
+            api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+        return;
+    }
+    const char *act = c->seg[4];
+    bool get = is(m, "GET"), post = is(m, "POST");
+    if (post && is(act, "restore"))
+        secret_life(s, c, name, LIFE_RESTORE, r);
+    else if (post && is(act, "purge"))
+        secret_life(s, c, name, LIFE_PURGE, r);
+    else if (post && is(act, "rollback"))
+        secret_rollback(s, c, name, r);
+    else if (get && is(act, "content"))
+        secret_content(s, c, name, r);
+    else if (get && is(act, "versions"))
+        secret_versions(s, name, r);
+    else if (get && is(act, "status"))
+        secret_status(s, name, r);
+    else
+        api_error(r, 404, "not_found", "no such route");
+}
+
+/* ---- groups ------------------------------------------------------------------------------- */
+
+static void groups_route(svc *s, api_ctx *c, api_response *r)
+{
+    static const char *const k[] = {"name", "description", NULL};
+    const char *m = c->req->method;
+    store *st = svc_store(s);
+    json_t *body = NULL, *arr;
+    store_group *gs = NULL, g;
+    store_client *cls = NULL;
+    size_t n = 0;
+    const char *name = NULL, *desc = NULL;
+    int64_t id = 0;
+    kb_err rc;
+
+    memset(&g, 0, sizeof(g));
+    if (c->nseg == 3 && is(m, "GET")) {
+        rc = store_group_list(st, &gs, &n);
+        if (rc != KB_OK) {
+            api_error_kb(r, rc, "");
+            return;
+        }
+        arr = json_array();
+        for (size_t i = 0; arr && i < n; i++)
+            json_array_append_new(arr, group_json(&gs[i]));
+        api_ok(r, 200, json_pack("{s:o}", "groups", arr));
+        store_groups_free(gs, n);
+        return;
+    }
+    if (c->nseg == 3 && is(m, "POST")) {
+        if (api_body(c, k, 0, &body, r) != KB_OK)
+            return;
+        if (f_str(body, "name", true, &name) != KB_OK ||
+            f_str(body, "description", false, &desc) != KB_OK) {
+            bad_body(r, KB_ERR_INVALID, "missing field or wrong type");
+        } else if ((rc = model_name_check(name)) != KB_OK ||
+                   (rc = model_description_check(desc)) != KB_OK) {
+            bad_body(r, rc, "invalid name or description");
+        } else {
+            rc = store_group_create(st, name, desc ? desc : "", c->actor.identity, c->actor.now,
+                                    &id);
+            if (!audited(s, c, "group.create", name, rc, r, "not found"))
+                api_ok(r, 201, json_pack("{s:s,s:I}", "name", name, "id", (json_int_t)id));
+        }
+        json_decref(body);
+        return;
+    }
+    if (c->nseg != 4) {
+        api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+        return;
+    }
+    name = c->seg[3];
+    if (model_name_check(name) != KB_OK) {
+        api_error(r, 400, "invalid", "invalid group name");
+        return;
+    }
+    rc = store_group_get(st, name, &g);
+    if (is(m, "GET")) {
+        if (rc == KB_OK)
+            rc = store_group_clients(st, g.id, &cls, &n);
+        if (rc != KB_OK) {
+            api_error_kb(r, rc, "group not found");
+        } else {
+            json_t *o = group_json(&g);
+            arr = json_array();
+            for (size_t i = 0; arr && i < n; i++)
+                json_array_append_new(arr, json_string(cls[i].spiffe_id));
+            json_object_set_new(o, "clients", arr);
+            api_ok(r, 200, o);
+        }
+    } else if (is(m, "DELETE")) {
+        if (rc == KB_OK)
+            rc = store_group_delete(st, g.id);
+        if (!audited(s, c, "group.delete", name, rc, r, "group not found"))
+            api_ok(r, 200, json_pack("{s:s,s:s}", "name", name, "result", "ok"));
+    } else {
+        api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+    }
+    store_clients_free(cls, n);
+    store_group_clear(&g);
+}
+
+/* ---- clients ------------------------------------------------------------------------------ */
+
+static void clients_list(svc *s, api_ctx *c, api_response *r)
+{
+    static const char *const q[] = {"spiffe_id", "stale", NULL};
+    const char *sid = api_query(c, "spiffe_id");
+    store_client *cls = NULL, one;
+    size_t n = 0;
+    int64_t stale = 0;
+    json_t *arr;
+    kb_err rc;
+
+    memset(&one, 0, sizeof(one));
+    if (api_query_only(c, q) != KB_OK || api_query_int(c, "stale", 0, &stale) != KB_OK ||
+        (sid && api_query(c, "stale")) || (sid && model_spiffe_id_check(sid) != KB_OK)) {
+        api_error(r, 400, "invalid", "bad query parameter");
+        return;
+    }
+    if (sid) {
+        rc = store_client_get(svc_store(s), sid, &one);
+        if (rc != KB_OK) {
+            api_error_kb(r, rc, "client not found");
+            return;
+        }
+        api_ok(r, 200, json_pack("{s:[o]}", "clients", client_json(&one)));
+        store_client_clear(&one);
+        return;
+    }
+    if (api_query(c, "stale"))
+        rc = store_clients_stale(svc_store(s), c->actor.now - stale, &cls, &n);
+    else
+        rc = store_client_list(svc_store(s), &cls, &n);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "");
+        return;
+    }
+    arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, client_json(&cls[i]));
+    api_ok(r, 200, json_pack("{s:o}", "clients", arr));
+    store_clients_free(cls, n);
+}
+
+static void client_create(svc *s, api_ctx *c, api_response *r)
+{
+    static const char *const k[] = {"spiffe_id", "app_name", "description",
+                                    "admin",     "enabled",  NULL};
+    store_client_new cn;
+    json_t *body = NULL;
+    int admin, enabled;
+    int64_t id = 0;
+    kb_err rc;
+    memset(&cn, 0, sizeof(cn));
+    if (api_body(c, k, 0, &body, r) != KB_OK)
+        return;
+    if (f_str(body, "spiffe_id", true, &cn.spiffe_id) != KB_OK ||
+        f_str(body, "app_name", false, &cn.app_name) != KB_OK ||
+        f_str(body, "description", false, &cn.description) != KB_OK ||
+        f_bool(body, "admin", &admin) != KB_OK || f_bool(body, "enabled", &enabled) != KB_OK) {
+        bad_body(r, KB_ERR_INVALID, "missing field or wrong type");
+        goto out;
+    }
+    if ((rc = model_spiffe_id_check(cn.spiffe_id)) != KB_OK ||
+        (cn.app_name && cn.app_name[0] && (rc = model_name_check(cn.app_name)) != KB_OK) ||
+        (rc = model_description_check(cn.description)) != KB_OK) {
+        bad_body(r, rc, "invalid SPIFFE ID, application name or description");
+        goto out;
+    }
+    cn.admin = admin == 1;
+    cn.enabled = enabled != 0;
+    rc = store_client_create(svc_store(s), &cn, c->actor.identity, c->actor.now, &id);
+    if (!audited(s, c, "client.create", cn.spiffe_id, rc, r, "not found"))
+        api_ok(r, 201, json_pack("{s:I,s:s}", "id", (json_int_t)id, "spiffe_id", cn.spiffe_id));
+out:
+    json_decref(body);
+}
+
+static void client_one(svc *s, api_ctx *c, api_response *r)
+{
+    static const char *const k[] = {"enabled", "admin", "app_name", "description", NULL};
+    const char *m = c->req->method;
+    store *st = svc_store(s);
+    store_client cl;
+    store_group *gs = NULL;
+    size_t n = 0;
+    int64_t id = 0;
+    json_t *body = NULL;
+    kb_err rc;
+
+    memset(&cl, 0, sizeof(cl));
+    if (c->seg[3][0] < '1' || c->seg[3][0] > '9' || kb_parse_int64(c->seg[3], &id) != KB_OK) {
+        api_error(r, 400, "invalid", "client id must be a positive integer");
+        return;
+    }
+    rc = store_client_get_by_id(st, id, &cl);
+    if (is(m, "GET")) {
+        json_t *o, *arr;
+        if (rc == KB_OK)
+            rc = store_client_groups(st, id, &gs, &n);
+        if (rc != KB_OK) {
+            api_error_kb(r, rc, "client not found");
+            goto out;
+        }
+        o = client_json(&cl);
+        arr = json_array();
+        for (size_t i = 0; arr && i < n; i++)
+            json_array_append_new(arr, json_string(gs[i].name));
+        json_object_set_new(o, "groups", arr);
+        api_ok(r, 200, o);
+    } else if (is(m, "PATCH")) {
+        store_client_patch p = STORE_CLIENT_PATCH_INIT;
+        if (api_body(c, k, 0, &body, r) != KB_OK)
+            goto out;
+        if (f_bool(body, "enabled", &p.enabled) != KB_OK ||
+            f_bool(body, "admin", &p.admin) != KB_OK ||
+            f_str(body, "app_name", false, &p.app_name) != KB_OK ||
+            f_str(body, "description", false, &p.description) != KB_OK) {
+            bad_body(r, KB_ERR_INVALID, "wrong type");
+            goto out;
+        }
+        if ((p.app_name && p.app_name[0] && (rc = model_name_check(p.app_name)) != KB_OK) ||
+            (rc = model_description_check(p.description)) != KB_OK) {
+            bad_body(r, rc, "invalid application name or description");
+            goto out;
+        }
+        if (rc == KB_OK)
+            rc = store_client_update(st, id, &p);
+        if (!audited(s, c, "client.update", cl.spiffe_id ? cl.spiffe_id : c->seg[3], rc, r,
+                     "client not found"))
+            api_ok(r, 200, json_pack("{s:I,s:s}", "id", (json_int_t)id, "result", "ok"));
+    } else if (is(m, "DELETE")) {
+        if (rc == KB_OK)
+            rc = store_client_delete(st, id);
+        if (!audited(s, c, "client.delete", cl.spiffe_id ? cl.spiffe_id : c->seg[3], rc, r,
+                     "client not found"))
+            api_ok(r, 200, json_pack("{s:I,s:s}", "id", (json_int_t)id, "result", "ok"));
+    } else {
+        api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+    }
+out:
+    json_decref(body);
+    store_groups_free(gs, n);
+    store_client_clear(&cl);
+}
+
+/* ---- memberships and grants --------------------------------------------------------------- */
+
+static void link_route(svc *s, api_ctx *c, bool grant, api_response *r)
+{
+    static const char *const k_m[] = {"client", "group", NULL};
+    static const char *const k_g[] = {"group", "secret", NULL};
+    const char *m = c->req->method;
+    bool add = is(m, "POST");
+    store *st = svc_store(s);
+    json_t *body = NULL;
+    const char *a = NULL, *gname = NULL;
+    store_client cl;
+    store_group g;
+    store_secret sec;
+    char obj[MODEL_SPIFFE_ID_MAX + MODEL_NAME_MAX + 8];
+    const char *action;
+    kb_err rc;
+
+    memset(&cl, 0, sizeof(cl));
+    memset(&g, 0, sizeof(g));
+    memset(&sec, 0, sizeof(sec));
+    if (c->nseg != 3 || (!add && !is(m, "DELETE"))) {
+        api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+        return;
+    }
+    if (api_body(c, grant ? k_g : k_m, 0, &body, r) != KB_OK)
+        return;
+    if (f_str(body, grant ? "secret" : "client", true, &a) != KB_OK ||
+        f_str(body, "group", true, &gname) != KB_OK) {
+        bad_body(r, KB_ERR_INVALID, "missing field or wrong type");
+        goto out;
+    }
+    if (model_name_check(gname) != KB_OK ||
+        (grant ? model_name_check(a) : model_spiffe_id_check(a)) != KB_OK) {
+        bad_body(r, KB_ERR_INVALID,
+                 grant ? "invalid group or secret name" : "invalid group name or SPIFFE ID");
+        goto out;
+    }
+    snprintf(obj, sizeof(obj), "%s %s", gname, a);
+    rc = store_group_get(st, gname, &g);
+    if (rc == KB_OK)
+        rc = grant ? store_secret_get(st, a, false, &sec) : store_client_get(st, a, &cl);
+    if (rc == KB_OK) {
+        if (grant)
+            rc = add ? store_grant_add(st, g.id, sec.id) : store_grant_remove(st, g.id, sec.id);
+        else
+            rc = add ? store_membership_add(st, cl.id, g.id)
+                     : store_membership_remove(st, cl.id, g.id);
+    }
+    action = grant ? (add ? "grant.add" : "grant.remove")
+                   : (add ? "membership.add" : "membership.remove");
+    if (!audited(s, c, action, obj, rc, r,
+                 grant ? "group, secret or grant not found"
+                       : "group, client or membership not found"))
+        api_ok(r, add ? 201 : 200,
+               json_pack("{s:s,s:s,s:s}", "group", gname, grant ? "secret" : "client", a, "result",
+                         "ok"));
+out:
+    store_client_clear(&cl);
+    store_group_clear(&g);
+    store_secret_clear(&sec);
+    json_decref(body);
+}
+
+/* ---- audit -------------------------------------------------------------------------------- */
+
+static void audit_route(svc *s, api_ctx *c, api_response *r)
+{
+    static const char *const q[] = {"object", "identity", "since", "until", "limit", NULL};
+    const char *m = c->req->method;
+    if (c->nseg == 4 && is(c->seg[3], "verify")) {
+        json_t *body = NULL;
+        audit_report rep;
+        kb_err rc;
+        if (!is(m, "POST")) {
+            api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+            return;
+        }
+        if (api_body(c, NULL, 1, &body, r) != KB_OK)
+            return;
+        json_decref(body);
+        memset(&rep, 0, sizeof(rep));
+        rc = audit_verify(svc_audit(s), NULL, &rep);
+        svc_audit_event(s, &c->actor, "audit.verify", "", 0, rc);
+        if (rc != KB_OK) {
+            api_error_kb(r, rc, "");
+            return;
+        }
+        api_ok(r, 200,
+               json_pack("{s:b,s:I,s:I,s:I,s:s}", "ok", rep.ok, "rows", (json_int_t)rep.rows,
+                         "first_bad_seq", (json_int_t)rep.first_bad_seq, "anchor_seq",
+                         (json_int_t)rep.anchor_seq, "reason", rep.reason ? rep.reason : ""));
+        return;
+    }
+    if (c->nseg != 3) {
+        api_error(r, 404, "not_found", "no such route");
+        return;
+    }
+    if (!is(m, "GET")) {
+        api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+        return;
+    }
+    audit_filter f;
+    int64_t limit = 0;
+    audit_row *rows = NULL;
+    size_t n = 0;
+    json_t *arr;
+    kb_err rc;
+    memset(&f, 0, sizeof(f));
+    f.object = api_query(c, "object");
+    f.identity = api_query(c, "identity");
+    if (api_query_only(c, q) != KB_OK || api_query_int(c, "since", 0, &f.since) != KB_OK ||
+        api_query_int(c, "until", 0, &f.until) != KB_OK ||
+        api_query_int(c, "limit", API_AUDIT_LIMIT_DEFAULT, &limit) != KB_OK || limit < 1 ||
+        limit > STORE_AUDIT_QUERY_MAX) {
+        api_error(r, 400, "invalid", "bad query parameter");
+        return;
+    }
+    f.limit = (size_t)limit;
+    rc = audit_query(svc_audit(s), &f, &rows, &n);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc, "");
+        return;
+    }
+    arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(
+            arr, json_pack("{s:I,s:I,s:s,s:s,s:s,s:s,s:I,s:s}", "seq", (json_int_t)rows[i].seq,
+                           "time", (json_int_t)rows[i].time, "identity", rows[i].identity, "peer",
+                           rows[i].peer, "action", rows[i].action, "object", rows[i].object,
+                           "version", (json_int_t)rows[i].version, "result", rows[i].result));
+    api_ok(r, 200, json_pack("{s:o}", "events", arr));
+    audit_rows_free(rows, n);
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
+void api_admin(svc *s, api_ctx *c, const store_client *who, api_response *r)
+{
+    const char *coll;
+    (void)who;
+    if (c->nseg < 3) {
+        api_error(r, 404, "not_found", "no such route");
+        return;
+    }
+    coll = c->seg[2];
+    if (is(coll, "secrets") && c->nseg <= 5)
+        secrets_route(s, c, r);
+    else if (is(coll, "expiring") && c->nseg == 3 && is(c->req->method, "GET"))
+        expiring(s, c, r);
+    else if (is(coll, "groups") && c->nseg <= 4)
+        groups_route(s, c, r);
+    else if (is(coll, "clients") && c->nseg == 3 && is(c->req->method, "GET"))
+        clients_list(s, c, r);
+    else if (is(coll, "clients") && c->nseg == 3 && is(c->req->method, "POST"))
+        client_create(s, c, r);
+    else if (is(coll, "clients") && c->nseg == 4)
+        client_one(s, c, r);
+    else if (is(coll, "memberships") && c->nseg == 3)
+        link_route(s, c, false, r);
+    else if (is(coll, "grants") && c->nseg == 3)
+        link_route(s, c, true, r);
+    else if (is(coll, "audit") && c->nseg <= 4)
+        audit_route(s, c, r);
+    else
+        api_error(r, 404, "not_found", "no such route");
+}
