@@ -1,0 +1,1887 @@
+/* api.c - Secrets Manager operations for keybridge-cache (see api.h).
+ *
+ * Shapes and limits: botocore secretsmanager/2017-10-17/service-2.json. Behaviour (stages,
+ * idempotency, deletion) follows the Secrets Manager API Reference; see docs/internals/cache.md
+ * for where this cache deliberately differs.
+ */
+#include "api.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/core_names.h>
+#include <openssl/rand.h>
+
+#include "lib/buf.h"
+#include "lib/json.h"
+#include "lib/log.h"
+
+#define DAY_MS ((int64_t)86400 * 1000)
+#define STAGE_CURRENT "AWSCURRENT"
+#define STAGE_PREVIOUS "AWSPREVIOUS"
+
+struct cache_api {
+    char region[64];
+    cache_store *store;
+    const cache_creds *creds;
+    pthread_mutex_t lock;
+    int64_t last_purge_ms;
+};
+
+/* Per-request operation context: who, when, and the error to report. */
+typedef struct {
+    cache_api *api;
+    const char *account;
+    int64_t now_ms;
+    int status;
+    const char *etype;
+    char emsg[256];
+} op_ctx;
+
+/* Record an AWS error; returns -1 so handlers can `return fail(...)`. Messages are static text
+ * plus field names: never a value from the request. */
+__attribute__((format(printf, 3, 4))) static int fail(op_ctx *c, const char *type, const char *fmt,
+                                                      ...)
+{
+    va_list ap;
+    c->etype = type;
+    c->status = strcmp(type, "InternalServiceError") == 0 ? 500 : 400;
+    va_start(ap, fmt);
+    vsnprintf(c->emsg, sizeof(c->emsg), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int fail_internal(op_ctx *c, kb_err e)
+{
+    kb_log(KB_LOG_ERROR, "internal_error", "err", kb_err_str(e), NULL);
+    return fail(c, "InternalServiceError", "An error occurred on the server side.");
+}
+
+#define E_PARAM "InvalidParameterException"
+#define E_REQUEST "InvalidRequestException"
+#define E_NOTFOUND "ResourceNotFoundException"
+#define E_EXISTS "ResourceExistsException"
+#define E_NEXTTOKEN "InvalidNextTokenException"
+#define MSG_NOTFOUND "Secrets Manager can't find the specified secret."
+#define MSG_DELETED                                                                                \
+    "You can't perform this operation on the secret because it was marked for deletion."
+
+/* ------------------------------------------------------------------ small helpers */
+
+static kb_err uuid4(char out[37])
+{
+    uint8_t b[16];
+    KB_ENSURE(RAND_bytes(b, sizeof(b)) == 1, KB_ERR_CRYPTO);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* RFC 9562 section 5.4: version 4 */
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* variant 10 */
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+    return KB_OK;
+}
+
+static json_t *ts(int64_t ms)
+{
+    /* JSON 1.1 timestamps are epoch seconds, fractional (botocore parses a number). */
+    return json_real((double)ms / 1000.0);
+}
+
+static int set(json_t *o, const char *k, json_t *v)
+{
+    return v == NULL || json_object_set_new(o, k, v) != 0 ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------- input checking */
+
+static int check_keys(op_ctx *c, const json_t *in, const char *const *allowed)
+{
+    const char *bad = NULL;
+    if (kb_json_only_keys(in, allowed, &bad) != KB_OK)
+        return fail(c, E_PARAM, "Unknown parameter in input: %.64s", bad ? bad : "?");
+    return 0;
+}
+
+/* A string member: absent (*out = NULL) unless required; bytes within [min, max]. */
+static int get_str(op_ctx *c, const json_t *in, const char *key, size_t min, size_t max,
+                   int required, const char **out, size_t *len)
+{
+    json_t *v = json_object_get(in, key);
+    *out = NULL;
+    if (len)
+        *len = 0;
+    if (v == NULL || json_is_null(v)) {
+        if (required)
+            return fail(c, E_PARAM, "Missing required parameter: %s", key);
+        return 0;
+    }
+    if (!json_is_string(v))
+        return fail(c, E_PARAM, "Invalid type for parameter %s: expected a string", key);
+    if (json_string_length(v) < min || json_string_length(v) > max)
+        return fail(c, E_PARAM, "Invalid length for parameter %s: must be %zu to %zu", key, min,
+                    max);
+    *out = json_string_value(v);
+    if (len)
+        *len = json_string_length(v);
+    return 0;
+}
+
+static int get_bool(op_ctx *c, const json_t *in, const char *key, int *out)
+{
+    json_t *v = json_object_get(in, key);
+    *out = 0;
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v))
+        return fail(c, E_PARAM, "Invalid type for parameter %s: expected a boolean", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* An integer member in [min, max]; *present says whether it was given. */
+static int get_int(op_ctx *c, const json_t *in, const char *key, int64_t min, int64_t max,
+                   int64_t *out, int *present)
+{
+    json_t *v = json_object_get(in, key);
+    *present = 0;
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v))
+        return fail(c, E_PARAM, "Invalid type for parameter %s: expected an integer", key);
+    if (json_integer_value(v) < min || json_integer_value(v) > max)
+        return fail(c, E_PARAM, "Invalid value for parameter %s: must be %lld to %lld", key,
+                    (long long)min, (long long)max);
+    *out = json_integer_value(v);
+    *present = 1;
+    return 0;
+}
+
+/* Secret names: ASCII letters, digits and /_+=.@- (Secrets Manager's CreateSecret Name rule). */
+static int name_ok(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++) {
+        if (!isalnum((unsigned char)*s) && strchr("/_+=.@-", *s) == NULL)
+            return 0;
+    }
+    return 1;
+}
+
+static int token_ok(const char *s)
+{
+    for (; *s; s++) {
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_')
+            return 0;
+    }
+    return 1;
+}
+
+static int get_token(op_ctx *c, const json_t *in, const char **out)
+{
+    if (get_str(c, in, "ClientRequestToken", CACHE_TOKEN_MIN, CACHE_TOKEN_MAX, 0, out, NULL))
+        return -1;
+    if (*out && !token_ok(*out))
+        return fail(c, E_PARAM, "Invalid ClientRequestToken: use letters, digits, '-' and '_'");
+    return 0;
+}
+
+/* Strict base64 (RFC 4648 section 4, padding required, no whitespace). */
+static int b64val(unsigned char ch)
+{
+    if (ch >= 'A' && ch <= 'Z')
+        return ch - 'A';
+    if (ch >= 'a' && ch <= 'z')
+        return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9')
+        return ch - '0' + 52;
+    if (ch == '+')
+        return 62;
+    if (ch == '/')
+        return 63;
+    return -1;
+}
+
+static kb_err b64_decode(const char *in, size_t n, size_t max, kb_secret **out)
+{
+    kb_secret *s = NULL;
+    size_t pad = 0, o = 0, olen;
+    kb_err rc = KB_OK;
+    KB_ENSURE(n > 0 && n % 4 == 0, KB_ERR_INVALID);
+    if (in[n - 1] == '=')
+        pad++;
+    if (in[n - 2] == '=')
+        pad++;
+    olen = n / 4 * 3 - pad;
+    KB_ENSURE(olen <= max, KB_ERR_TOO_LARGE);
+    KB_GUARD(kb_secret_new(olen, &s));
+    for (size_t i = 0; i < n; i += 4) {
+        int v[4];
+        uint32_t w = 0;
+        for (int j = 0; j < 4; j++) {
+            v[j] = b64val((unsigned char)in[i + (size_t)j]);
+            if (v[j] < 0) {
+                /* '=' only as the final one or two characters. */
+                KB_ENSURE_OUT(rc, in[i + (size_t)j] == '=' && i + 4 == n && j >= 2, KB_ERR_INVALID);
+                KB_ENSURE_OUT(rc, j == 3 || in[n - 1] == '=', KB_ERR_INVALID);
+                v[j] = 0;
+            }
+            w = (w << 6) | (uint32_t)v[j];
+        }
+        uint8_t bytes[3] = {(uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w};
+        for (int j = 0; j < 3 && o < olen; j++)
+            kb_secret_data(s)[o++] = bytes[j];
+        kb_wipe(bytes, sizeof(bytes));
+    }
+    *out = s;
+    s = NULL;
+out:
+    kb_secret_free(s);
+    return rc;
+}
+
+static json_t *b64_json(const uint8_t *p, size_t n)
+{
+    size_t olen = 4 * ((n + 2) / 3);
+    unsigned char *buf = malloc(olen + 1);
+    json_t *j;
+    if (buf == NULL)
+        return NULL;
+    EVP_EncodeBlock(buf, p, (int)n);
+    j = json_stringn((const char *)buf, olen);
+    kb_wipe(buf, olen + 1);
+    free(buf);
+    return j;
+}
+
+/* A secret value from SecretString / SecretBinary: *present = 0 when neither was given. */
+typedef struct {
+    int present;
+    int binary;
+    kb_secret *v;
+} value_in;
+
+static int get_value(op_ctx *c, const json_t *in, value_in *out)
+{
+    const char *s = NULL, *b = NULL;
+    size_t sl = 0, bl = 0;
+    kb_err e;
+    memset(out, 0, sizeof(*out));
+    if (get_str(c, in, "SecretString", 1, CACHE_SECRET_VALUE_MAX, 0, &s, &sl) ||
+        get_str(c, in, "SecretBinary", 1, 4 * ((CACHE_SECRET_VALUE_MAX + 2) / 3), 0, &b, &bl))
+        return -1;
+    if (s && b)
+        return fail(c, E_PARAM,
+                    "You can't specify both a binary secret value and a string "
+                    "secret value in the same secret.");
+    if (s) {
+        e = kb_secret_from(s, sl, &out->v);
+        if (e != KB_OK)
+            return fail_internal(c, e);
+        out->present = 1;
+    } else if (b) {
+        e = b64_decode(b, bl, CACHE_SECRET_VALUE_MAX, &out->v);
+        if (e == KB_ERR_TOO_LARGE)
+            return fail(c, E_PARAM, "Invalid length for parameter SecretBinary: must be 1 to %d",
+                        CACHE_SECRET_VALUE_MAX);
+        if (e != KB_OK || kb_secret_len(out->v) == 0) {
+            kb_secret_free(out->v);
+            out->v = NULL;
+            return fail(c, E_PARAM, "Invalid base64 in parameter SecretBinary");
+        }
+        out->present = 1;
+        out->binary = 1;
+    }
+    return 0;
+}
+
+/* Tag keys and values: printable UTF-8 (no control characters); "aws:" keys are reserved. */
+static int tag_text_ok(const char *s)
+{
+    for (; *s; s++) {
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static int check_tag_key(op_ctx *c, const json_t *k)
+{
+    if (!json_is_string(k))
+        return fail(c, E_PARAM, "Invalid type for tag key: expected a string");
+    if (json_string_length(k) < 1 || json_string_length(k) > CACHE_TAG_KEY_MAX)
+        return fail(c, E_PARAM, "Invalid tag key length: must be 1 to %d", CACHE_TAG_KEY_MAX);
+    if (!tag_text_ok(json_string_value(k)))
+        return fail(c, E_PARAM, "Invalid characters in tag key");
+    if (strncasecmp(json_string_value(k), "aws:", 4) == 0)
+        return fail(c, E_PARAM, "Tag keys starting with aws: are reserved");
+    return 0;
+}
+
+/* Tags: a list of {Key, Value}; checked completely before anything is written. */
+static int check_tags(op_ctx *c, const json_t *tags, int required)
+{
+    static const char *const keys[] = {"Key", "Value", NULL};
+    size_t i;
+    json_t *t;
+    if (tags == NULL || json_is_null(tags)) {
+        if (required)
+            return fail(c, E_PARAM, "Missing required parameter: Tags");
+        return 0;
+    }
+    if (!json_is_array(tags))
+        return fail(c, E_PARAM, "Invalid type for parameter Tags: expected a list");
+    if (json_array_size(tags) > CACHE_TAGS_MAX)
+        return fail(c, E_PARAM, "Too many tags: at most %d", CACHE_TAGS_MAX);
+    json_array_foreach(tags, i, t)
+    {
+        json_t *v;
+        if (!json_is_object(t))
+            return fail(c, E_PARAM, "Invalid type for a tag: expected a structure");
+        if (check_keys(c, t, keys) || check_tag_key(c, json_object_get(t, "Key")))
+            return -1;
+        v = json_object_get(t, "Value");
+        if (v != NULL && !json_is_string(v))
+            return fail(c, E_PARAM, "Invalid type for tag value: expected a string");
+        if (v != NULL &&
+            (json_string_length(v) > CACHE_TAG_VALUE_MAX || !tag_text_ok(json_string_value(v))))
+            return fail(c, E_PARAM, "Invalid tag value: at most %d printable characters",
+                        CACHE_TAG_VALUE_MAX);
+    }
+    return 0;
+}
+
+static const char *tag_value(const json_t *t)
+{
+    json_t *v = json_object_get(t, "Value");
+    return v ? json_string_value(v) : "";
+}
+
+/* ------------------------------------------------------------------ secret lookup */
+
+/* Find a secret of the caller's account; a secret whose recovery window has ended is removed on
+ * sight (it no longer exists). */
+static int find_secret(op_ctx *c, const char *id, cache_secret *s)
+{
+    kb_err e = cache_store_find(c->api->store, c->account, id, s);
+    if (e == KB_OK && s->deleted_ms != 0 && s->deletion_ms <= c->now_ms) {
+        e = cache_store_secret_delete(c->api->store, s->id);
+        if (e != KB_OK)
+            return fail_internal(c, e);
+        e = KB_ERR_NOT_FOUND;
+    }
+    if (e == KB_ERR_NOT_FOUND)
+        return fail(c, E_NOTFOUND, MSG_NOTFOUND);
+    if (e != KB_OK)
+        return fail_internal(c, e);
+    return 0;
+}
+
+static int get_secret_id(op_ctx *c, const json_t *in, cache_secret *s, int allow_deleted)
+{
+    const char *id;
+    if (get_str(c, in, "SecretId", 1, CACHE_SECRET_ID_MAX, 1, &id, NULL) || find_secret(c, id, s))
+        return -1;
+    if (!allow_deleted && s->deleted_ms != 0)
+        return fail(c, E_REQUEST, MSG_DELETED);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- JSON builders */
+
+static int stage_to_map(void *arg, const char *vid, const char *stage)
+{
+    json_t *map = arg, *arr = json_object_get(map, vid);
+    if (arr == NULL) {
+        arr = json_array();
+        if (arr == NULL || json_object_set_new(map, vid, arr) != 0)
+            return -1;
+    }
+    return json_array_append_new(arr, json_string(stage)) == 0 ? 0 : -1;
+}
+
+static int stage_to_list(void *arg, const char *vid, const char *stage)
+{
+    (void)vid;
+    return json_array_append_new((json_t *)arg, json_string(stage)) == 0 ? 0 : -1;
+}
+
+static json_t *stages_map(op_ctx *c, const cache_secret *s)
+{
+    json_t *m = json_object();
+    if (m && cache_store_stages(c->api->store, s->id, NULL, stage_to_map, m) != KB_OK) {
+        json_decref(m);
+        return NULL;
+    }
+    return m;
+}
+
+static json_t *version_stages(op_ctx *c, const cache_secret *s, const char *vid)
+{
+    json_t *a = json_array();
+    if (a && cache_store_stages(c->api->store, s->id, vid, stage_to_list, a) != KB_OK) {
+        json_decref(a);
+        return NULL;
+    }
+    return a;
+}
+
+static json_t *tags_json(const cache_tag_list *t)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < t->n; i++) {
+        json_t *o = json_pack("{s:s, s:s}", "Key", t->t[i].key, "Value", t->t[i].value);
+        if (o == NULL || json_array_append_new(a, o) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    }
+    return a;
+}
+
+/* Fields shared by DescribeSecret and a ListSecrets entry. */
+static int describe(op_ctx *c, const cache_secret *s, const cache_tag_list *tags, json_t *o,
+                    const char *map_key)
+{
+    if (set(o, "ARN", json_string(s->arn)) || set(o, "Name", json_string(s->name)))
+        return -1;
+    if (s->has_description && set(o, "Description", json_string(s->description)))
+        return -1;
+    if (s->has_kms_key_id && set(o, "KmsKeyId", json_string(s->kms_key_id)))
+        return -1;
+    if (set(o, "LastChangedDate", ts(s->changed_ms)))
+        return -1;
+    if (s->accessed_ms && set(o, "LastAccessedDate", ts(s->accessed_ms)))
+        return -1;
+    if (s->deleted_ms && set(o, "DeletedDate", ts(s->deleted_ms)))
+        return -1;
+    if (set(o, "Tags", tags_json(tags)) || set(o, map_key, stages_map(c, s)) ||
+        set(o, "CreatedDate", ts(s->created_ms)))
+        return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- versions */
+
+/* Add a version (or recognise an idempotent retry): vid is the client's token or a new UUID.
+ * stages NULL means ["AWSCURRENT"]. Moving AWSCURRENT gives the old current AWSPREVIOUS. */
+static int new_version(op_ctx *c, cache_secret *s, const char *token, const value_in *val,
+                       const json_t *stages, char vid[CACHE_VERSION_ID_MAX + 1], int *created)
+{
+    cache_store *st = c->api->store;
+    kb_err e;
+    size_t i;
+    json_t *stage;
+    json_t *def = NULL;
+    int rc = -1;
+
+    *created = 0;
+    if (token) {
+        snprintf(vid, CACHE_VERSION_ID_MAX + 1, "%s", token);
+    } else if ((e = uuid4(vid)) != KB_OK) {
+        return fail_internal(c, e);
+    }
+    e = cache_store_version_exists(st, s->id, vid);
+    if (e == KB_OK) {
+        int bin = 0;
+        kb_secret *old = NULL;
+        int same;
+        e = cache_store_version_read(st, s, vid, &bin, &old, NULL);
+        if (e != KB_OK)
+            return e == KB_ERR_INTEGRITY ? fail(c, "DecryptionFailure",
+                                                "Secrets Manager can't decrypt the "
+                                                "protected secret text using the provided "
+                                                "key.")
+                                         : fail_internal(c, e);
+        same = bin == val->binary && kb_secret_len(old) == kb_secret_len(val->v) &&
+               kb_ct_eq(kb_secret_cdata(old), kb_secret_cdata(val->v), kb_secret_len(old));
+        kb_secret_free(old);
+        if (!same)
+            return fail(c, E_EXISTS,
+                        "You can't modify an existing version, you can only create a new version.");
+        return 0; /* same token, same value: no new version (idempotent retry) */
+    }
+    if (e != KB_ERR_NOT_FOUND)
+        return fail_internal(c, e);
+    e = cache_store_version_add(st, s, vid, val->binary, kb_secret_cdata(val->v),
+                                kb_secret_len(val->v), c->now_ms);
+    if (e != KB_OK)
+        return fail_internal(c, e);
+    if (stages == NULL) {
+        def = json_pack("[s]", STAGE_CURRENT);
+        if (def == NULL)
+            return fail_internal(c, KB_ERR_NOMEM);
+        stages = def;
+    }
+    json_array_foreach(stages, i, stage)
+    {
+        const char *name = json_string_value(stage);
+        if (strcmp(name, STAGE_CURRENT) == 0) {
+            char prev[CACHE_VERSION_ID_MAX + 1];
+            e = cache_store_stage_get(st, s->id, STAGE_CURRENT, prev);
+            if (e == KB_OK && strcmp(prev, vid) != 0)
+                e = cache_store_stage_set(st, s->id, STAGE_PREVIOUS, prev);
+            else if (e == KB_ERR_NOT_FOUND)
+                e = KB_OK;
+            if (e != KB_OK)
+                goto internal;
+        }
+        if ((e = cache_store_stage_set(st, s->id, name, vid)) != KB_OK)
+            goto internal;
+    }
+    if ((e = cache_store_versions_prune(st, s->id, CACHE_VERSIONS_MAX)) != KB_OK)
+        goto internal;
+    s->changed_ms = c->now_ms;
+    if ((e = cache_store_secret_update(st, s)) != KB_OK)
+        goto internal;
+    *created = 1;
+    rc = 0;
+    goto out;
+internal:
+    rc = fail_internal(c, e);
+out:
+    json_decref(def);
+    return rc;
+}
+
+static int check_stages(op_ctx *c, const json_t *stages)
+{
+    size_t i;
+    json_t *v;
+    if (stages == NULL || json_is_null(stages))
+        return 0;
+    if (!json_is_array(stages))
+        return fail(c, E_PARAM, "Invalid type for parameter VersionStages: expected a list");
+    if (json_array_size(stages) < 1 || json_array_size(stages) > CACHE_STAGES_PER_VERSION)
+        return fail(c, E_PARAM, "Invalid length for parameter VersionStages: must be 1 to %d",
+                    CACHE_STAGES_PER_VERSION);
+    json_array_foreach(stages, i, v)
+    {
+        if (!json_is_string(v) || json_string_length(v) < 1 ||
+            json_string_length(v) > CACHE_STAGE_MAX || !tag_text_ok(json_string_value(v)))
+            return fail(c, E_PARAM, "Invalid staging label in VersionStages");
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- operations */
+
+static int op_create(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"Name",
+                                       "ClientRequestToken",
+                                       "Description",
+                                       "KmsKeyId",
+                                       "SecretBinary",
+                                       "SecretString",
+                                       "Tags",
+                                       "AddReplicaRegions",
+                                       "ForceOverwriteReplicaSecret",
+                                       "Type",
+                                       NULL};
+    const char *name, *token, *desc, *kms, *type;
+    cache_secret *s = NULL;
+    value_in val = {0};
+    char vid[CACHE_VERSION_ID_MAX + 1] = "";
+    int created = 0, force = 0, rc = -1;
+    kb_err e;
+    json_t *tags = json_object_get(in, "Tags"), *repl = json_object_get(in, "AddReplicaRegions");
+
+    if (check_keys(c, in, keys) || get_str(c, in, "Name", 1, CACHE_NAME_MAX, 1, &name, NULL) ||
+        get_token(c, in, &token) ||
+        get_str(c, in, "Description", 0, CACHE_DESC_MAX, 0, &desc, NULL) ||
+        get_str(c, in, "KmsKeyId", 0, CACHE_KMS_MAX, 0, &kms, NULL) ||
+        get_str(c, in, "Type", 0, 256, 0, &type, NULL) ||
+        get_bool(c, in, "ForceOverwriteReplicaSecret", &force) || check_tags(c, tags, 0))
+        return -1;
+    if (!name_ok(name))
+        return fail(c, E_PARAM,
+                    "Invalid name. Must be a valid name containing alphanumeric "
+                    "characters, or any of the following: -/_+=.@!");
+    if (repl != NULL && !json_is_null(repl))
+        return fail(c, E_REQUEST, "Replication to other Regions is not supported.");
+    if (get_value(c, in, &val))
+        return -1;
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    e = cache_store_find_name(c->api->store, c->account, name, s);
+    if (e == KB_OK && s->deleted_ms != 0 && s->deletion_ms <= c->now_ms) {
+        if ((e = cache_store_secret_delete(c->api->store, s->id)) == KB_OK)
+            e = KB_ERR_NOT_FOUND;
+    }
+    if (e == KB_OK) {
+        if (s->deleted_ms != 0) {
+            rc = fail(c, E_REQUEST,
+                      "You can't create this secret because a secret with this "
+                      "name is already scheduled for deletion.");
+            goto out;
+        }
+        /* A retried CreateSecret (same token, same value) gets the first answer again. */
+        if (token && val.present &&
+            cache_store_version_exists(c->api->store, s->id, token) == KB_OK) {
+            if (new_version(c, s, token, &val, NULL, vid, &created))
+                goto out;
+            rc = set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name)) ||
+                         set(out, "VersionId", json_string(vid))
+                     ? fail_internal(c, KB_ERR_NOMEM)
+                     : 0;
+            goto out;
+        }
+        rc = fail(c, E_EXISTS, "The operation failed because the secret %s already exists.",
+                  "with this name");
+        goto out;
+    }
+    if (e != KB_ERR_NOT_FOUND) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    memset(s, 0, sizeof(*s));
+    snprintf(s->account, sizeof(s->account), "%s", c->account);
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    if (desc) {
+        s->has_description = 1;
+        snprintf(s->description, sizeof(s->description), "%s", desc);
+    }
+    if (kms) {
+        s->has_kms_key_id = 1;
+        snprintf(s->kms_key_id, sizeof(s->kms_key_id), "%s", kms);
+    }
+    s->created_ms = s->changed_ms = c->now_ms;
+    /* ARN suffix: 6 random characters, as Secrets Manager appends (retry on a collision). */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        static const char alnum[] =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        uint8_t r[6];
+        char suffix[7];
+        if (RAND_bytes(r, sizeof(r)) != 1) {
+            rc = fail_internal(c, KB_ERR_CRYPTO);
+            goto out;
+        }
+        for (int i = 0; i < 6; i++)
+            suffix[i] = alnum[r[i] % 62];
+        suffix[6] = '\0';
+        snprintf(s->arn, sizeof(s->arn), "arn:aws:secretsmanager:%s:%s:secret:%s-%s",
+                 c->api->region, c->account, name, suffix);
+        e = cache_store_secret_insert(c->api->store, s);
+        if (e != KB_ERR_EXISTS)
+            break;
+    }
+    if (e != KB_OK) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    if (tags) {
+        size_t i;
+        json_t *t;
+        json_array_foreach(tags, i, t)
+        {
+            e = cache_store_tag_set(c->api->store, s->id,
+                                    json_string_value(json_object_get(t, "Key")), tag_value(t));
+            if (e != KB_OK) {
+                rc = fail_internal(c, e);
+                goto out;
+            }
+        }
+    }
+    if (val.present && new_version(c, s, token, &val, NULL, vid, &created))
+        goto out;
+    if (set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name)) ||
+        (val.present && set(out, "VersionId", json_string(vid)))) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    rc = 0;
+out:
+    kb_secret_free(val.v);
+    free(s);
+    return rc;
+}
+
+static int op_put_value(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId",
+                                       "ClientRequestToken",
+                                       "SecretBinary",
+                                       "SecretString",
+                                       "VersionStages",
+                                       "RotationToken",
+                                       NULL};
+    const char *token, *rot;
+    cache_secret *s = malloc(sizeof(*s));
+    value_in val = {0};
+    char vid[CACHE_VERSION_ID_MAX + 1];
+    int created = 0, rc = -1;
+    json_t *stages = json_object_get(in, "VersionStages");
+
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) || get_token(c, in, &token) ||
+        get_str(c, in, "RotationToken", 36, 256, 0, &rot, NULL) || check_stages(c, stages) ||
+        get_value(c, in, &val))
+        goto out;
+    if (!val.present) {
+        rc = fail(c, E_REQUEST, "You must provide either SecretString or SecretBinary.");
+        goto out;
+    }
+    if (get_secret_id(c, in, s, 0))
+        goto out;
+    if (json_is_null(stages))
+        stages = NULL;
+    if (new_version(c, s, token, &val, stages, vid, &created))
+        goto out;
+    if (set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name)) ||
+        set(out, "VersionId", json_string(vid)) ||
+        set(out, "VersionStages", version_stages(c, s, vid))) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    rc = 0;
+out:
+    kb_secret_free(val.v);
+    free(s);
+    return rc;
+}
+
+static int op_update(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {
+        "SecretId",     "ClientRequestToken", "Description", "KmsKeyId",
+        "SecretBinary", "SecretString",       "Type",        NULL};
+    const char *token, *desc, *kms, *type;
+    cache_secret *s = malloc(sizeof(*s));
+    value_in val = {0};
+    char vid[CACHE_VERSION_ID_MAX + 1];
+    int created = 0, rc = -1;
+    kb_err e;
+
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) || get_token(c, in, &token) ||
+        get_str(c, in, "Description", 0, CACHE_DESC_MAX, 0, &desc, NULL) ||
+        get_str(c, in, "KmsKeyId", 0, CACHE_KMS_MAX, 0, &kms, NULL) ||
+        get_str(c, in, "Type", 0, 256, 0, &type, NULL) || get_value(c, in, &val) ||
+        get_secret_id(c, in, s, 0))
+        goto out;
+    if (desc) {
+        s->has_description = 1;
+        snprintf(s->description, sizeof(s->description), "%s", desc);
+    }
+    if (kms) {
+        s->has_kms_key_id = 1;
+        snprintf(s->kms_key_id, sizeof(s->kms_key_id), "%s", kms);
+    }
+    s->changed_ms = c->now_ms;
+    if ((e = cache_store_secret_update(c->api->store, s)) != KB_OK) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    if (val.present && new_version(c, s, token, &val, NULL, vid, &created))
+        goto out;
+    if (set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name)) ||
+        (val.present && set(out, "VersionId", json_string(vid)))) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    rc = 0;
+out:
+    kb_secret_free(val.v);
+    free(s);
+    return rc;
+}
+
+/* Resolve (VersionId, VersionStage) to a version id; default AWSCURRENT. */
+static int pick_version(op_ctx *c, const cache_secret *s, const char *want_vid,
+                        const char *want_stage, char vid[CACHE_VERSION_ID_MAX + 1])
+{
+    static const char msg[] =
+        "Secrets Manager can't find the specified secret value for VersionId or VersionStage.";
+    kb_err e;
+    if (want_vid) {
+        e = cache_store_version_exists(c->api->store, s->id, want_vid);
+        if (e == KB_ERR_NOT_FOUND)
+            return fail(c, E_NOTFOUND, msg);
+        if (e != KB_OK)
+            return fail_internal(c, e);
+        snprintf(vid, CACHE_VERSION_ID_MAX + 1, "%s", want_vid);
+        if (want_stage == NULL)
+            return 0;
+    }
+    {
+        char staged[CACHE_VERSION_ID_MAX + 1];
+        e = cache_store_stage_get(c->api->store, s->id, want_stage ? want_stage : STAGE_CURRENT,
+                                  staged);
+        if (e == KB_ERR_NOT_FOUND || (e == KB_OK && want_vid && strcmp(staged, want_vid) != 0))
+            return fail(c, E_NOTFOUND, msg);
+        if (e != KB_OK)
+            return fail_internal(c, e);
+        snprintf(vid, CACHE_VERSION_ID_MAX + 1, "%s", staged);
+    }
+    return 0;
+}
+
+/* Fill a GetSecretValue-shaped object for version vid of s. */
+static int value_entry(op_ctx *c, const cache_secret *s, const char *vid, json_t *o)
+{
+    int bin = 0;
+    int64_t created = 0;
+    kb_secret *v = NULL;
+    kb_err e = cache_store_version_read(c->api->store, s, vid, &bin, &v, &created);
+    int rc;
+    if (e == KB_ERR_INTEGRITY)
+        return fail(c, "DecryptionFailure",
+                    "Secrets Manager can't decrypt the protected secret text using the provided "
+                    "key.");
+    if (e != KB_OK)
+        return fail_internal(c, e);
+    rc = set(o, "ARN", json_string(s->arn)) || set(o, "Name", json_string(s->name)) ||
+         set(o, "VersionId", json_string(vid)) ||
+         set(o, bin ? "SecretBinary" : "SecretString",
+             bin ? b64_json(kb_secret_cdata(v), kb_secret_len(v))
+                 : json_stringn((const char *)kb_secret_cdata(v), kb_secret_len(v))) ||
+         set(o, "VersionStages", version_stages(c, s, vid)) || set(o, "CreatedDate", ts(created));
+    kb_secret_free(v);
+    return rc ? fail_internal(c, KB_ERR_NOMEM) : 0;
+}
+
+/* LastAccessedDate is kept to the day, as Secrets Manager does: at most one write per secret and
+ * day, so reads stay reads. */
+static void touch(op_ctx *c, cache_secret *s)
+{
+    int64_t day = c->now_ms - c->now_ms % DAY_MS;
+    if (s->accessed_ms != day) {
+        s->accessed_ms = day;
+        if (cache_store_secret_update(c->api->store, s) != KB_OK)
+            kb_log(KB_LOG_WARN, "touch_failed", NULL);
+    }
+}
+
+static int op_get_value(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", "VersionId", "VersionStage", NULL};
+    const char *want_vid, *want_stage;
+    cache_secret *s = malloc(sizeof(*s));
+    char vid[CACHE_VERSION_ID_MAX + 1];
+    int rc = -1;
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) ||
+        get_str(c, in, "VersionId", CACHE_TOKEN_MIN, CACHE_TOKEN_MAX, 0, &want_vid, NULL) ||
+        get_str(c, in, "VersionStage", 1, CACHE_STAGE_MAX, 0, &want_stage, NULL) ||
+        get_secret_id(c, in, s, 0) || pick_version(c, s, want_vid, want_stage, vid) ||
+        value_entry(c, s, vid, out))
+        goto out;
+    touch(c, s);
+    rc = 0;
+out:
+    free(s);
+    return rc;
+}
+
+static int op_describe(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", NULL};
+    cache_secret *s = malloc(sizeof(*s));
+    cache_tag_list *tags = malloc(sizeof(*tags));
+    int rc = -1;
+    kb_err e;
+    if (s == NULL || tags == NULL) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    if (check_keys(c, in, keys) || get_secret_id(c, in, s, 1))
+        goto out;
+    if ((e = cache_store_tags_get(c->api->store, s->id, tags)) != KB_OK) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    rc = describe(c, s, tags, out, "VersionIdsToStages") ? fail_internal(c, KB_ERR_NOMEM) : 0;
+out:
+    free(s);
+    free(tags);
+    return rc;
+}
+
+static int op_delete(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", "RecoveryWindowInDays",
+                                       "ForceDeleteWithoutRecovery", NULL};
+    cache_secret *s = malloc(sizeof(*s));
+    int64_t days = CACHE_RECOVERY_DEFAULT_DAYS, when;
+    int has_days = 0, force = 0, rc = -1;
+    kb_err e;
+    json_t *d = json_object_get(in, "RecoveryWindowInDays");
+
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) || get_bool(c, in, "ForceDeleteWithoutRecovery", &force))
+        goto out;
+    if (d != NULL && !json_is_null(d) && !json_is_integer(d)) {
+        rc = fail(c, E_PARAM,
+                  "Invalid type for parameter RecoveryWindowInDays: expected an "
+                  "integer");
+        goto out;
+    }
+    if (d != NULL && json_is_integer(d)) {
+        has_days = 1;
+        days = json_integer_value(d);
+    }
+    if (force && has_days) {
+        rc = fail(c, E_PARAM,
+                  "You can't use ForceDeleteWithoutRecovery in conjunction with "
+                  "RecoveryWindowInDays.");
+        goto out;
+    }
+    if (days < CACHE_RECOVERY_MIN_DAYS || days > CACHE_RECOVERY_MAX_DAYS) {
+        rc = fail(c, E_PARAM,
+                  "The RecoveryWindowInDays value must be between %d and %d days "
+                  "(inclusive).",
+                  CACHE_RECOVERY_MIN_DAYS, CACHE_RECOVERY_MAX_DAYS);
+        goto out;
+    }
+    if (get_secret_id(c, in, s, 1))
+        goto out;
+    if (force) {
+        e = cache_store_secret_delete(c->api->store, s->id);
+        when = c->now_ms;
+    } else {
+        if (s->deleted_ms != 0) {
+            rc = fail(c, E_REQUEST,
+                      "You can't perform this operation on the secret because it "
+                      "was already scheduled for deletion.");
+            goto out;
+        }
+        s->deleted_ms = c->now_ms;
+        s->deletion_ms = when = c->now_ms + days * DAY_MS;
+        e = cache_store_secret_update(c->api->store, s);
+    }
+    if (e != KB_OK) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    rc = set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name)) ||
+                 set(out, "DeletionDate", ts(when))
+             ? fail_internal(c, KB_ERR_NOMEM)
+             : 0;
+out:
+    free(s);
+    return rc;
+}
+
+static int op_restore(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", NULL};
+    cache_secret *s = malloc(sizeof(*s));
+    int rc = -1;
+    kb_err e;
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) || get_secret_id(c, in, s, 1))
+        goto out;
+    if (s->deleted_ms != 0) {
+        s->deleted_ms = s->deletion_ms = 0;
+        if ((e = cache_store_secret_update(c->api->store, s)) != KB_OK) {
+            rc = fail_internal(c, e);
+            goto out;
+        }
+    }
+    rc = set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name))
+             ? fail_internal(c, KB_ERR_NOMEM)
+             : 0;
+out:
+    free(s);
+    return rc;
+}
+
+static int op_tag(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", "Tags", NULL};
+    cache_secret *s = malloc(sizeof(*s));
+    cache_tag_list *have = malloc(sizeof(*have));
+    json_t *tags = json_object_get(in, "Tags"), *t;
+    size_t i, total;
+    int rc = -1;
+    kb_err e;
+    (void)out;
+    if (s == NULL || have == NULL) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    if (check_keys(c, in, keys) || check_tags(c, tags, 1) || get_secret_id(c, in, s, 0))
+        goto out;
+    if ((e = cache_store_tags_get(c->api->store, s->id, have)) != KB_OK) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    /* The limit applies to the merged set: count the keys that are new. */
+    total = have->n;
+    json_array_foreach(tags, i, t)
+    {
+        const char *k = json_string_value(json_object_get(t, "Key"));
+        int known = 0;
+        for (size_t j = 0; j < have->n && !known; j++)
+            known = strcmp(have->t[j].key, k) == 0;
+        for (size_t j = 0; j < i && !known; j++)
+            known =
+                strcmp(json_string_value(json_object_get(json_array_get(tags, j), "Key")), k) == 0;
+        total += known ? 0 : 1;
+    }
+    if (total > CACHE_TAGS_MAX) {
+        rc = fail(c, E_PARAM, "A secret can have at most %d tags.", CACHE_TAGS_MAX);
+        goto out;
+    }
+    json_array_foreach(tags, i, t)
+    {
+        e = cache_store_tag_set(c->api->store, s->id, json_string_value(json_object_get(t, "Key")),
+                                tag_value(t));
+        if (e != KB_OK) {
+            rc = fail_internal(c, e);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    free(s);
+    free(have);
+    return rc;
+}
+
+static int op_untag(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", "TagKeys", NULL};
+    cache_secret *s = malloc(sizeof(*s));
+    json_t *k = json_object_get(in, "TagKeys"), *v;
+    size_t i;
+    int rc = -1;
+    kb_err e;
+    (void)out;
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys))
+        goto out;
+    if (k == NULL || !json_is_array(k)) {
+        rc = fail(c, E_PARAM, "Missing or invalid parameter: TagKeys (a list of strings)");
+        goto out;
+    }
+    if (json_array_size(k) > CACHE_UNTAG_KEYS_MAX) {
+        rc = fail(c, E_PARAM, "Too many TagKeys: at most %d", CACHE_UNTAG_KEYS_MAX);
+        goto out;
+    }
+    json_array_foreach(k, i, v)
+    {
+        if (!json_is_string(v) || json_string_length(v) < 1 ||
+            json_string_length(v) > CACHE_TAG_KEY_MAX) {
+            rc = fail(c, E_PARAM, "Invalid tag key in TagKeys");
+            goto out;
+        }
+    }
+    if (get_secret_id(c, in, s, 0))
+        goto out;
+    json_array_foreach(k, i, v)
+    {
+        if ((e = cache_store_tag_remove(c->api->store, s->id, json_string_value(v))) != KB_OK) {
+            rc = fail_internal(c, e);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    free(s);
+    return rc;
+}
+
+static int op_policy(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", NULL};
+    cache_secret *s = malloc(sizeof(*s));
+    int rc = -1;
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    /* This cache never attaches resource policies: no ResourcePolicy member, as AWS answers for
+     * a secret without one. */
+    if (check_keys(c, in, keys) || get_secret_id(c, in, s, 1))
+        goto out;
+    rc = set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name))
+             ? fail_internal(c, KB_ERR_NOMEM)
+             : 0;
+out:
+    free(s);
+    return rc;
+}
+
+/* ------------------------------------------------------- filters and pagination */
+
+static const char *const FILTER_KEYS[] = {
+    "description", "name", "tag-key", "tag-value", "primary-region", "owning-service", "all", NULL};
+
+/* Filter value pattern from the model: ^\!?[a-zA-Z0-9 :_@\/\+\=\.\-\!]*$ */
+static int filter_value_ok(const char *s)
+{
+    for (; *s; s++) {
+        if (!isalnum((unsigned char)*s) && strchr(" :_@/+=.-!", *s) == NULL)
+            return 0;
+    }
+    return 1;
+}
+
+static int check_filters(op_ctx *c, const json_t *f)
+{
+    static const char *const keys[] = {"Key", "Values", NULL};
+    size_t i, j;
+    json_t *e, *v;
+    if (f == NULL || json_is_null(f))
+        return 0;
+    if (!json_is_array(f))
+        return fail(c, E_PARAM, "Invalid type for parameter Filters: expected a list");
+    if (json_array_size(f) > CACHE_FILTERS_MAX)
+        return fail(c, E_PARAM, "Too many filters: at most %d", CACHE_FILTERS_MAX);
+    json_array_foreach(f, i, e)
+    {
+        json_t *k, *vals;
+        int known = 0;
+        if (!json_is_object(e) || check_keys(c, e, keys))
+            return json_is_object(e) ? -1
+                                     : fail(c, E_PARAM, "Invalid filter: expected a structure");
+        k = json_object_get(e, "Key");
+        vals = json_object_get(e, "Values");
+        if (!json_is_string(k))
+            return fail(c, E_PARAM, "Invalid filter: Key must be a string");
+        for (size_t n = 0; FILTER_KEYS[n] && !known; n++)
+            known = strcmp(FILTER_KEYS[n], json_string_value(k)) == 0;
+        if (!known)
+            return fail(c, E_PARAM, "Invalid filter key");
+        if (!json_is_array(vals) || json_array_size(vals) < 1 ||
+            json_array_size(vals) > CACHE_FILTER_VALUES_MAX)
+            return fail(c, E_PARAM, "Invalid filter: Values must be a list of 1 to %d strings",
+                        CACHE_FILTER_VALUES_MAX);
+        json_array_foreach(vals, j, v)
+        {
+            if (!json_is_string(v) || json_string_length(v) > CACHE_FILTER_VALUE_MAX ||
+                !filter_value_ok(json_string_value(v)))
+                return fail(c, E_PARAM, "Invalid filter value");
+        }
+    }
+    return 0;
+}
+
+static int has_prefix(const char *s, const char *p, int ci)
+{
+    size_t n = strlen(p);
+    return ci ? strncasecmp(s, p, n) == 0 : strncmp(s, p, n) == 0;
+}
+
+static int word_sep(char ch)
+{
+    return strchr(" /_-.:+=@", ch) != NULL;
+}
+
+/* "all": every word of the filter value must be a case-insensitive prefix of an attribute or
+ * of a word inside one. */
+static int word_in(const char *attr, const char *word, size_t wl)
+{
+    for (const char *p = attr; *p; p++) {
+        if ((p == attr || word_sep(p[-1])) && strncasecmp(p, word, wl) == 0)
+            return 1;
+    }
+    return wl == 0;
+}
+
+static int all_match(const cache_secret *s, const cache_tag_list *t, const char *value)
+{
+    const char *w = value;
+    while (*w) {
+        size_t wl;
+        int hit;
+        while (*w == ' ')
+            w++;
+        if (*w == '\0')
+            break;
+        wl = strcspn(w, " ");
+        hit = word_in(s->name, w, wl) || (s->has_description && word_in(s->description, w, wl));
+        for (size_t i = 0; i < t->n && !hit; i++)
+            hit = word_in(t->t[i].key, w, wl) || word_in(t->t[i].value, w, wl);
+        if (!hit)
+            return 0;
+        w += wl;
+    }
+    return 1;
+}
+
+static int attr_match(const char *key, const cache_secret *s, const cache_tag_list *t,
+                      const char *v)
+{
+    if (strcmp(key, "name") == 0)
+        return has_prefix(s->name, v, 0);
+    if (strcmp(key, "description") == 0)
+        return s->has_description && has_prefix(s->description, v, 1);
+    if (strcmp(key, "tag-key") == 0 || strcmp(key, "tag-value") == 0) {
+        int k = key[4] == 'k';
+        for (size_t i = 0; i < t->n; i++) {
+            if (has_prefix(k ? t->t[i].key : t->t[i].value, v, 0))
+                return 1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "all") == 0)
+        return all_match(s, t, v);
+    return 0; /* primary-region, owning-service: no replicas, no owning service here */
+}
+
+/* Filters are ANDed. Within one filter: at least one positive value must match (if any is
+ * given), and no "!"-negated value may match. */
+static int filters_match(const json_t *filters, const cache_secret *s, const cache_tag_list *t)
+{
+    size_t i, j;
+    json_t *f, *v;
+    if (filters == NULL || json_is_null(filters))
+        return 1;
+    json_array_foreach(filters, i, f)
+    {
+        const char *key = json_string_value(json_object_get(f, "Key"));
+        int npos = 0, pos_hit = 0;
+        json_array_foreach(json_object_get(f, "Values"), j, v)
+        {
+            const char *val = json_string_value(v);
+            if (val[0] == '!') {
+                if (attr_match(key, s, t, val + 1))
+                    return 0;
+            } else {
+                npos++;
+                pos_hit |= attr_match(key, s, t, val);
+            }
+        }
+        if (npos > 0 && !pos_hit)
+            return 0;
+    }
+    return 1;
+}
+
+/* NextToken: base64url(version 1 | offset u64 | HMAC-SHA256(token key, binding)[0..16]). The
+ * binding covers the account, the operation and the query (filters, order, deleted flag) so a
+ * token can neither be forged nor replayed against another query or account. */
+#define TOKEN_MAC_LEN 16
+#define TOKEN_RAW_LEN (1 + 8 + TOKEN_MAC_LEN)
+
+static kb_err token_mac(op_ctx *c, const char *op, const char *query, uint64_t off, uint8_t mac[32])
+{
+    uint8_t offb[8];
+    const kb_secret *k = cache_store_token_key(c->api->store);
+    kb_err rc = KB_OK;
+    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *mc = m ? EVP_MAC_CTX_new(m) : NULL;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
+                           OSSL_PARAM_construct_end()};
+    size_t outl = 0;
+    for (int i = 0; i < 8; i++)
+        offb[i] = (uint8_t)(off >> (56 - 8 * i));
+    KB_ENSURE_OUT(rc, mc != NULL, KB_ERR_CRYPTO);
+    KB_ENSURE_OUT(rc,
+                  EVP_MAC_init(mc, kb_secret_cdata(k), kb_secret_len(k), params) == 1 &&
+                      EVP_MAC_update(mc, (const uint8_t *)c->account, strlen(c->account) + 1) ==
+                          1 &&
+                      EVP_MAC_update(mc, (const uint8_t *)op, strlen(op) + 1) == 1 &&
+                      EVP_MAC_update(mc, (const uint8_t *)query, strlen(query) + 1) == 1 &&
+                      EVP_MAC_update(mc, offb, sizeof(offb)) == 1 &&
+                      EVP_MAC_final(mc, mac, &outl, 32) == 1 && outl == 32,
+                  KB_ERR_CRYPTO);
+out:
+    EVP_MAC_CTX_free(mc);
+    EVP_MAC_free(m);
+    return rc;
+}
+
+static const char B64URL[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static json_t *token_make(op_ctx *c, const char *op, const char *query, uint64_t off)
+{
+    uint8_t raw[TOKEN_RAW_LEN + 2] = {0}, mac[32];
+    char out[4 * (TOKEN_RAW_LEN + 2) / 3 + 1];
+    size_t o = 0;
+    raw[0] = 1;
+    for (int i = 0; i < 8; i++)
+        raw[1 + i] = (uint8_t)(off >> (56 - 8 * i));
+    if (token_mac(c, op, query, off, mac) != KB_OK)
+        return NULL;
+    memcpy(raw + 9, mac, TOKEN_MAC_LEN);
+    /* TOKEN_RAW_LEN (25) padded to 27 bytes: 36 characters, no '=' needed. */
+    for (size_t i = 0; i < TOKEN_RAW_LEN + 2; i += 3) {
+        uint32_t w = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
+        out[o++] = B64URL[(w >> 18) & 63];
+        out[o++] = B64URL[(w >> 12) & 63];
+        out[o++] = B64URL[(w >> 6) & 63];
+        out[o++] = B64URL[w & 63];
+    }
+    out[o] = '\0';
+    return json_string(out);
+}
+
+static int token_parse(op_ctx *c, const char *op, const char *query, const char *tok, uint64_t *off)
+{
+    uint8_t raw[TOKEN_RAW_LEN + 2], mac[32];
+    size_t n = strlen(tok), o = 0;
+    if (n != 4 * (TOKEN_RAW_LEN + 2) / 3)
+        return fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
+    for (size_t i = 0; i < n; i += 4) {
+        uint32_t w = 0;
+        for (size_t j = 0; j < 4; j++) {
+            const char *p = strchr(B64URL, tok[i + j]);
+            if (p == NULL || tok[i + j] == '\0')
+                return fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
+            w = (w << 6) | (uint32_t)(p - B64URL);
+        }
+        raw[o++] = (uint8_t)(w >> 16);
+        raw[o++] = (uint8_t)(w >> 8);
+        raw[o++] = (uint8_t)w;
+    }
+    if (raw[0] != 1 || raw[TOKEN_RAW_LEN] != 0 || raw[TOKEN_RAW_LEN + 1] != 0)
+        return fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
+    *off = 0;
+    for (int i = 0; i < 8; i++)
+        *off = (*off << 8) | raw[1 + i];
+    if (token_mac(c, op, query, *off, mac) != KB_OK)
+        return fail_internal(c, KB_ERR_CRYPTO);
+    if (!kb_ct_eq(mac, raw + 9, TOKEN_MAC_LEN))
+        return fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
+    return 0;
+}
+
+typedef struct {
+    op_ctx *c;
+    const json_t *filters;
+    int batch;       /* BatchGetSecretValue: entries carry values */
+    uint64_t offset; /* matches to skip */
+    uint64_t seen;   /* matches so far */
+    size_t max;
+    json_t *list;
+    json_t *errors;
+    int more;
+    int failed;
+    cache_tag_list tags;
+} list_state;
+
+static int list_visit(void *arg, const cache_secret *s)
+{
+    list_state *ls = arg;
+    op_ctx *c = ls->c;
+    json_t *o;
+    if (cache_store_tags_get(c->api->store, s->id, &ls->tags) != KB_OK)
+        return -1;
+    if (!filters_match(ls->filters, s, &ls->tags))
+        return 0;
+    if (ls->seen++ < ls->offset)
+        return 0;
+    if (json_array_size(ls->list) + (ls->errors ? json_array_size(ls->errors) : 0) >= ls->max) {
+        ls->more = 1;
+        return 1;
+    }
+    o = json_object();
+    if (o == NULL)
+        return -1;
+    if (ls->batch) {
+        char vid[CACHE_VERSION_ID_MAX + 1];
+        if (pick_version(c, s, NULL, NULL, vid) || value_entry(c, s, vid, o)) {
+            json_decref(o);
+            if (c->status == 500)
+                return -1;
+            /* Per-secret failures go to Errors, as BatchGetSecretValue reports them. */
+            o = json_pack("{s:s, s:s, s:s}", "SecretId", s->arn, "ErrorCode", c->etype, "Message",
+                          c->emsg);
+            c->etype = NULL;
+            c->status = 0;
+            return o && json_array_append_new(ls->errors, o) == 0 ? 0 : -1;
+        }
+    } else if (describe(c, s, &ls->tags, o, "SecretVersionsToStages")) {
+        json_decref(o);
+        return -1;
+    }
+    return json_array_append_new(ls->list, o) == 0 ? 0 : -1;
+}
+
+/* The query a NextToken is bound to, canonical (sorted keys, compact). */
+static char *query_key(const json_t *in, const char *const *members)
+{
+    json_t *q = json_object();
+    char *s;
+    for (size_t i = 0; q && members[i]; i++) {
+        json_t *v = json_object_get(in, members[i]);
+        if (v && !json_is_null(v))
+            json_object_set(q, members[i], v);
+    }
+    s = q ? json_dumps(q, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(q);
+    return s;
+}
+
+static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, int batch, size_t max,
+                    const char *next, int include_deleted, cache_sort sort, int desc)
+{
+    static const char *const bind[] = {"Filters", "SortOrder", "SortBy", "IncludePlannedDeletion",
+                                       NULL};
+    list_state *ls = calloc(1, sizeof(*ls));
+    char *qk = query_key(in, bind);
+    int rc = -1;
+    kb_err e;
+    if (ls == NULL || qk == NULL) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    ls->c = c;
+    ls->filters = json_object_get(in, "Filters");
+    ls->batch = batch;
+    ls->max = max;
+    ls->list = json_array();
+    ls->errors = batch ? json_array() : NULL;
+    if (next && token_parse(c, op, qk, next, &ls->offset))
+        goto out;
+    e = cache_store_list(c->api->store, c->account, include_deleted, sort, desc, list_visit, ls);
+    if (e != KB_OK || ls->list == NULL || (batch && ls->errors == NULL)) {
+        rc = fail_internal(c, e != KB_OK ? e : KB_ERR_NOMEM);
+        goto out;
+    }
+    if (set(out, batch ? "SecretValues" : "SecretList", json_incref(ls->list)) ||
+        (batch && set(out, "Errors", json_incref(ls->errors))) ||
+        (ls->more && set(out, "NextToken", token_make(c, op, qk, ls->offset + ls->max)))) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (ls) {
+        json_decref(ls->list);
+        json_decref(ls->errors);
+    }
+    free(ls);
+    free(qk);
+    return rc;
+}
+
+static int op_list(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"IncludePlannedDeletion",
+                                       "MaxResults",
+                                       "NextToken",
+                                       "Filters",
+                                       "SortOrder",
+                                       "SortBy",
+                                       NULL};
+    static const char *const sorts[] = {"created-date", "last-changed-date", "last-accessed-date",
+                                        "name"};
+    static const cache_sort sort_of[] = {CACHE_SORT_CREATED, CACHE_SORT_CHANGED,
+                                         CACHE_SORT_ACCESSED, CACHE_SORT_NAME};
+    const char *next, *order, *by;
+    int64_t max = CACHE_LIST_MAX;
+    int has_max, incl = 0, desc = 0;
+    cache_sort sort = CACHE_SORT_CREATED;
+    if (check_keys(c, in, keys) || get_bool(c, in, "IncludePlannedDeletion", &incl) ||
+        get_int(c, in, "MaxResults", 1, CACHE_LIST_MAX, &max, &has_max) ||
+        get_str(c, in, "NextToken", 1, CACHE_NEXT_TOKEN_MAX, 0, &next, NULL) ||
+        get_str(c, in, "SortOrder", 1, 8, 0, &order, NULL) ||
+        get_str(c, in, "SortBy", 1, 32, 0, &by, NULL) ||
+        check_filters(c, json_object_get(in, "Filters")))
+        return -1;
+    if (order) {
+        if (strcmp(order, "desc") != 0 && strcmp(order, "asc") != 0)
+            return fail(c, E_PARAM, "Invalid SortOrder: asc or desc");
+        desc = order[0] == 'd';
+    }
+    if (by) {
+        size_t i;
+        for (i = 0; i < KB_ARRAY_LEN(sorts) && strcmp(sorts[i], by) != 0; i++)
+            ;
+        if (i == KB_ARRAY_LEN(sorts))
+            return fail(c, E_PARAM, "Invalid SortBy");
+        sort = sort_of[i];
+    }
+    return run_list(c, in, out, "ListSecrets", 0, (size_t)max, next, incl, sort, desc);
+}
+
+static int op_batch_get(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretIdList", "Filters", "MaxResults", "NextToken", NULL};
+    json_t *ids = json_object_get(in, "SecretIdList"), *filters = json_object_get(in, "Filters");
+    json_t *values = NULL, *errors = NULL, *v;
+    const char *next;
+    int64_t max = CACHE_BATCH_MAX;
+    int has_max, rc = -1;
+    size_t i;
+    cache_secret *s = NULL;
+
+    if (check_keys(c, in, keys) ||
+        get_int(c, in, "MaxResults", 1, CACHE_BATCH_MAX, &max, &has_max) ||
+        get_str(c, in, "NextToken", 1, CACHE_NEXT_TOKEN_MAX, 0, &next, NULL) ||
+        check_filters(c, filters))
+        return -1;
+    if (json_is_null(ids))
+        ids = NULL;
+    if (json_is_null(filters))
+        filters = NULL;
+    if ((ids == NULL) == (filters == NULL))
+        return fail(c, E_PARAM, "Provide either SecretIdList or Filters, but not both.");
+    if (filters)
+        return run_list(c, in, out, "BatchGetSecretValue", 1, (size_t)max, next, 0,
+                        CACHE_SORT_CREATED, 0);
+    if (has_max || next)
+        return fail(c, E_PARAM, "MaxResults and NextToken can only be used with Filters.");
+    if (!json_is_array(ids) || json_array_size(ids) < 1 || json_array_size(ids) > CACHE_BATCH_MAX)
+        return fail(c, E_PARAM, "SecretIdList must be a list of 1 to %d secret ids",
+                    CACHE_BATCH_MAX);
+    json_array_foreach(ids, i, v)
+    {
+        if (!json_is_string(v) || json_string_length(v) < 1 ||
+            json_string_length(v) > CACHE_SECRET_ID_MAX)
+            return fail(c, E_PARAM, "Invalid secret id in SecretIdList");
+    }
+    values = json_array();
+    errors = json_array();
+    s = malloc(sizeof(*s));
+    if (values == NULL || errors == NULL || s == NULL) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    json_array_foreach(ids, i, v)
+    {
+        char vid[CACHE_VERSION_ID_MAX + 1];
+        json_t *o = json_object();
+        if (o == NULL) {
+            rc = fail_internal(c, KB_ERR_NOMEM);
+            goto out;
+        }
+        if (find_secret(c, json_string_value(v), s) ||
+            (s->deleted_ms != 0 && fail(c, E_REQUEST, MSG_DELETED)) ||
+            pick_version(c, s, NULL, NULL, vid) || value_entry(c, s, vid, o)) {
+            json_decref(o);
+            if (c->status == 500)
+                goto out;
+            o = json_pack("{s:O, s:s, s:s}", "SecretId", v, "ErrorCode", c->etype, "Message",
+                          c->emsg);
+            c->etype = NULL;
+            c->status = 0;
+            if (o == NULL || json_array_append_new(errors, o) != 0) {
+                rc = fail_internal(c, KB_ERR_NOMEM);
+                goto out;
+            }
+            continue;
+        }
+        touch(c, s);
+        if (json_array_append_new(values, o) != 0) {
+            rc = fail_internal(c, KB_ERR_NOMEM);
+            goto out;
+        }
+    }
+    rc = set(out, "SecretValues", json_incref(values)) || set(out, "Errors", json_incref(errors))
+             ? fail_internal(c, KB_ERR_NOMEM)
+             : 0;
+out:
+    json_decref(values);
+    json_decref(errors);
+    free(s);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+typedef int (*op_fn)(op_ctx *c, const json_t *in, json_t *out);
+
+static const struct {
+    const char *name;
+    op_fn fn;
+    int writes; /* runs in a write transaction */
+} OPS[] = {
+    {"CreateSecret", op_create, 1},
+    {"PutSecretValue", op_put_value, 1},
+    {"UpdateSecret", op_update, 1},
+    {"GetSecretValue", op_get_value, 1}, /* may record LastAccessedDate */
+    {"BatchGetSecretValue", op_batch_get, 1},
+    {"ListSecrets", op_list, 0},
+    {"DescribeSecret", op_describe, 1}, /* may purge an expired secret */
+    {"DeleteSecret", op_delete, 1},
+    {"RestoreSecret", op_restore, 1},
+    {"TagResource", op_tag, 1},
+    {"UntagResource", op_untag, 1},
+    {"GetResourcePolicy", op_policy, 1},
+};
+
+static kb_err respond_json(cache_response *r, int status, json_t *body)
+{
+    char *s = kb_json_dump(body);
+    KB_ENSURE(s != NULL, KB_ERR_NOMEM);
+    r->status = status;
+    r->body = s;
+    r->body_len = strlen(s);
+    return KB_OK;
+}
+
+static kb_err respond_error(cache_response *r, int status, const char *type, const char *msg)
+{
+    json_t *o = json_pack("{s:s, s:s}", "__type", type, "message", msg);
+    kb_err rc;
+    KB_ENSURE(o != NULL, KB_ERR_NOMEM);
+    rc = respond_json(r, status, o);
+    json_decref(o);
+    return rc;
+}
+
+static kb_err begin_response(cache_response *out)
+{
+    memset(out, 0, sizeof(*out));
+    return uuid4(out->request_id);
+}
+
+kb_err cache_api_dispatch(cache_api *a, const char *account, const char *operation,
+                          const uint8_t *body, size_t len, int64_t now_ms, cache_response *out)
+{
+    op_ctx c;
+    json_t *in = NULL, *res = NULL;
+    char jerr[96];
+    kb_err rc, e;
+    size_t i;
+    int locked = 0, in_tx = 0, failed;
+
+    KB_ENSURE_REF(a);
+    KB_ENSURE_REF(account);
+    KB_ENSURE_REF(operation);
+    KB_ENSURE_REF(out);
+    KB_GUARD(begin_response(out));
+    for (i = 0; i < KB_ARRAY_LEN(OPS) && strcmp(OPS[i].name, operation) != 0; i++)
+        ;
+    if (i == KB_ARRAY_LEN(OPS))
+        return respond_error(out, 400, "UnknownOperationException", "Unknown operation");
+    e = kb_json_parse(body, len, CACHE_BODY_MAX, &in, jerr, sizeof(jerr));
+    if (e == KB_ERR_TOO_LARGE && len > CACHE_BODY_MAX)
+        return respond_error(out, 413, "RequestEntityTooLargeException", "Request body too large");
+    if (e != KB_OK)
+        return respond_error(out, 400, "SerializationException", jerr);
+
+    memset(&c, 0, sizeof(c));
+    c.api = a;
+    c.account = account;
+    c.now_ms = now_ms;
+    res = json_object();
+    if (res == NULL) {
+        rc = KB_ERR_NOMEM;
+        goto out;
+    }
+    pthread_mutex_lock(&a->lock);
+    locked = 1;
+    if (OPS[i].writes) {
+        if ((e = cache_store_begin(a->store)) != KB_OK) {
+            failed = fail_internal(&c, e);
+            goto done;
+        }
+        in_tx = 1;
+        /* Secrets past their recovery window go, at most once a minute (AWS: "background task
+         * with low priority"); find_secret also drops them on sight. */
+        if (now_ms - a->last_purge_ms > 60000 || now_ms < a->last_purge_ms) {
+            if (cache_store_purge_expired(a->store, now_ms) == KB_OK)
+                a->last_purge_ms = now_ms;
+        }
+    }
+    failed = OPS[i].fn(&c, in, res);
+    if (in_tx) {
+        if (failed) {
+            cache_store_rollback(a->store);
+        } else if ((e = cache_store_commit(a->store)) != KB_OK) {
+            /* Not acknowledged: the client sees an error and may retry with its token. */
+            failed = fail_internal(&c, e);
+        }
+    }
+done:
+    if (locked)
+        pthread_mutex_unlock(&a->lock);
+    if (failed) {
+        kb_log(KB_LOG_INFO, "request_failed", "op", operation, "error", c.etype, "account", account,
+               NULL);
+        rc = respond_error(out, c.status ? c.status : 500,
+                           c.etype ? c.etype : "InternalServiceError", c.emsg);
+    } else {
+        rc = respond_json(out, 200, res);
+    }
+out:
+    json_decref(in);
+    json_decref(res);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- HTTP + SigV4 */
+
+static kb_err lookup(void *arg, const char *akid, const kb_secret **key, void **user)
+{
+    const cache_api *a = arg;
+    const char *account = NULL;
+    if (a->creds == NULL)
+        return KB_ERR_NOT_FOUND;
+    KB_GUARD(cache_creds_lookup(a->creds, akid, key, &account));
+    *user = (void *)account;
+    return KB_OK;
+}
+
+static const char *header(const cache_request *r, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < r->n_headers; i++) {
+        if (r->headers[i].name_len == n && strncasecmp(r->headers[i].name, name, n) == 0)
+            return r->headers[i].value;
+    }
+    return NULL;
+}
+
+static size_t header_count(const cache_request *r, const char *name)
+{
+    size_t n = strlen(name), k = 0;
+    for (size_t i = 0; i < r->n_headers; i++) {
+        if (r->headers[i].name_len == n && strncasecmp(r->headers[i].name, name, n) == 0)
+            k++;
+    }
+    return k;
+}
+
+static kb_err auth_error(cache_response *out, kb_err e, const char *why, const cache_request *r,
+                         time_t now)
+{
+    if (e == KB_ERR_NOT_FOUND)
+        return respond_error(out, 400, "UnrecognizedClientException",
+                             "The security token included in the request is invalid.");
+    if (e == KB_ERR_TIMEOUT) {
+        char msg[200], nowd[17], lim[17];
+        const char *d = header(r, "x-amz-date");
+        time_t t = 0;
+        int late;
+        /* The date is echoed only once it parsed as a date: never raw client bytes. */
+        if (d == NULL || kb_sigv4_parse_date(d, strlen(d), &t) != KB_OK ||
+            kb_sigv4_format_date(now, nowd) != KB_OK)
+            return respond_error(out, 400, "InvalidSignatureException", "Signature expired");
+        late = t < now;
+        if (kb_sigv4_format_date(late ? now - CACHE_SKEW_MAX : now + CACHE_SKEW_MAX, lim) != KB_OK)
+            return respond_error(out, 400, "InvalidSignatureException", "Signature expired");
+        if (late)
+            snprintf(msg, sizeof(msg),
+                     "Signature expired: %s is now earlier than %s (%s - 15 min.)", d, lim, nowd);
+        else
+            snprintf(msg, sizeof(msg),
+                     "Signature not yet current: %s is still later than %s (%s + 15 min.)", d, lim,
+                     nowd);
+        return respond_error(out, 400, "InvalidSignatureException", msg);
+    }
+    if (e == KB_ERR_INVALID)
+        return respond_error(out, 400, "IncompleteSignatureException",
+                             why ? why : "The request signature is malformed.");
+    if (e == KB_ERR_AUTH)
+        return respond_error(out, 400, "InvalidSignatureException",
+                             why ? why
+                                 : "The request signature we calculated does not match the "
+                                   "signature you provided. Check your AWS Secret Access Key and "
+                                   "signing method. Consult the service documentation for "
+                                   "details.");
+    kb_log(KB_LOG_ERROR, "auth_internal_error", "err", kb_err_str(e), NULL);
+    return respond_error(out, 500, "InternalServiceError", "An error occurred on the server side.");
+}
+
+kb_err cache_api_handle(cache_api *a, const cache_request *r, cache_response *out)
+{
+    static const char *const required[] = {"host", "x-amz-date", "x-amz-target", "content-type"};
+    static const char prefix[] = "secretsmanager.";
+    kb_sigv4_request sr;
+    kb_sigv4_verify_opts vo;
+    char region[64] = "";
+    void *user = NULL;
+    const char *why = NULL, *target, *ctype;
+    time_t now;
+    kb_err e;
+
+    KB_ENSURE_REF(a);
+    KB_ENSURE_REF(r);
+    KB_ENSURE_REF(out);
+    KB_GUARD(begin_response(out));
+    now = (time_t)(r->now_ms / 1000);
+    if (r->body_len > CACHE_BODY_MAX)
+        return respond_error(out, 413, "RequestEntityTooLargeException", "Request body too large");
+    if (r->method == NULL || strcmp(r->method, "POST") != 0 || r->path == NULL ||
+        strcmp(r->path, "/") != 0)
+        return respond_error(out, 404, "UnknownOperationException",
+                             "Only POST / is served (AWS JSON 1.1 protocol)");
+    if (header_count(r, "authorization") == 0)
+        return respond_error(out, 400, "MissingAuthenticationTokenException",
+                             "Missing Authentication Token");
+
+    memset(&sr, 0, sizeof(sr));
+    sr.method = r->method;
+    sr.path = r->path;
+    sr.query = r->query ? r->query : "";
+    sr.headers = r->headers;
+    sr.n_headers = r->n_headers;
+    sr.body = r->body;
+    sr.body_len = r->body_len;
+    memset(&vo, 0, sizeof(vo));
+    vo.lookup = lookup;
+    vo.lookup_arg = a;
+    vo.service = "secretsmanager";
+    vo.required_signed = required;
+    vo.n_required = KB_ARRAY_LEN(required);
+    vo.now = now;
+    vo.max_skew = CACHE_SKEW_MAX;
+    e = kb_sigv4_verify(&sr, &vo, region, &user, &why);
+    if (e != KB_OK)
+        return auth_error(out, e, why, r, now);
+    if (strcmp(region, a->region) != 0)
+        return respond_error(out, 400, "InvalidSignatureException",
+                             "Credential should be scoped to a valid region.");
+
+    /* Signed, so these headers are authentic; exactly one of each. */
+    target = header(r, "x-amz-target");
+    ctype = header(r, "content-type");
+    if (target == NULL || header_count(r, "x-amz-target") != 1 ||
+        strncmp(target, prefix, sizeof(prefix) - 1) != 0)
+        return respond_error(out, 400, "UnknownOperationException", "Unknown operation");
+    if (ctype == NULL || header_count(r, "content-type") != 1 ||
+        strncmp(ctype, "application/x-amz-json-1.1", 26) != 0 ||
+        (ctype[26] != '\0' && ctype[26] != ';'))
+        return respond_error(out, 400, "SerializationException",
+                             "Content-Type must be application/x-amz-json-1.1");
+    return cache_api_dispatch(a, (const char *)user, target + sizeof(prefix) - 1, r->body,
+                              r->body_len, r->now_ms, out);
+}
+
+void cache_response_free(cache_response *r)
+{
+    if (r == NULL)
+        return;
+    kb_json_free_str(r->body);
+    r->body = NULL;
+    r->body_len = 0;
+}
+
+kb_err cache_api_new(const cache_api_opts *o, cache_api **out)
+{
+    cache_api *a;
+    KB_ENSURE_REF(o);
+    KB_ENSURE_REF(o->store);
+    KB_ENSURE_REF(o->region);
+    KB_ENSURE_REF(out);
+    KB_ENSURE(strlen(o->region) > 0 && strlen(o->region) < 64, KB_ERR_CONFIG);
+    a = calloc(1, sizeof(*a));
+    KB_ENSURE(a != NULL, KB_ERR_NOMEM);
+    snprintf(a->region, sizeof(a->region), "%s", o->region);
+    a->store = o->store;
+    a->creds = o->creds;
+    if (pthread_mutex_init(&a->lock, NULL) != 0) {
+        free(a);
+        return KB_ERR_INTERNAL;
+    }
+    *out = a;
+    return KB_OK;
+}
+
+void cache_api_free(cache_api *a)
+{
+    if (a == NULL)
+        return;
+    pthread_mutex_destroy(&a->lock);
+    free(a);
+}

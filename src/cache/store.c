@@ -1,0 +1,654 @@
+/* store.c - SQLite storage for keybridge-cache (see store.h). */
+#include "store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "lib/buf.h"
+#include "lib/log.h"
+#include "seal.h"
+
+/* Schema version 1. Dates are milliseconds since the epoch. Secret values are only ever stored
+ * sealed (seal.h). deleted_ms > 0 marks a secret scheduled for deletion until deletion_ms. */
+static const char *const SCHEMA =
+    "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+    "INSERT OR IGNORE INTO meta(k, v) VALUES('schema', '1');"
+    "CREATE TABLE IF NOT EXISTS secrets("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " account TEXT NOT NULL, name TEXT NOT NULL, arn TEXT NOT NULL UNIQUE,"
+    " partial_arn TEXT NOT NULL,"
+    " description TEXT, kms_key_id TEXT,"
+    " created_ms INTEGER NOT NULL, changed_ms INTEGER NOT NULL, accessed_ms INTEGER NOT NULL,"
+    " deleted_ms INTEGER NOT NULL, deletion_ms INTEGER NOT NULL,"
+    " UNIQUE(account, name));"
+    "CREATE INDEX IF NOT EXISTS secrets_partial ON secrets(account, partial_arn);"
+    "CREATE TABLE IF NOT EXISTS versions("
+    " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
+    " vid TEXT NOT NULL, created_ms INTEGER NOT NULL, seq INTEGER NOT NULL,"
+    " is_binary INTEGER NOT NULL, sealed BLOB NOT NULL,"
+    " PRIMARY KEY(secret_id, vid));"
+    "CREATE TABLE IF NOT EXISTS stages("
+    " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
+    " stage TEXT NOT NULL, vid TEXT NOT NULL,"
+    " PRIMARY KEY(secret_id, stage));"
+    "CREATE TABLE IF NOT EXISTS tags("
+    " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
+    " k TEXT NOT NULL, v TEXT NOT NULL,"
+    " PRIMARY KEY(secret_id, k));";
+
+enum {
+    Q_FIND_NAME,
+    Q_FIND_ARN,
+    Q_INSERT,
+    Q_UPDATE,
+    Q_DELETE,
+    Q_EXPIRED,
+    Q_TAGS,
+    Q_TAG_SET,
+    Q_TAG_DEL,
+    Q_VER_ADD,
+    Q_VER_READ,
+    Q_VER_EXISTS,
+    Q_VER_COUNT,
+    Q_VER_PRUNE,
+    Q_STAGE_GET,
+    Q_STAGE_SET,
+    Q_STAGE_DEL,
+    Q_STAGES,
+    Q_STAGES_VID,
+    Q_BEGIN,
+    Q_COMMIT,
+    Q_ROLLBACK,
+    Q__COUNT
+};
+
+#define SECRET_COLS                                                                                \
+    "id, account, name, arn, description, kms_key_id, created_ms, changed_ms, accessed_ms,"        \
+    " deleted_ms, deletion_ms"
+
+static const char *const SQL[Q__COUNT] = {
+    [Q_FIND_NAME] = "SELECT " SECRET_COLS " FROM secrets WHERE account = ?1 AND name = ?2",
+    [Q_FIND_ARN] = "SELECT " SECRET_COLS " FROM secrets WHERE account = ?1 AND"
+                   " (arn = ?2 OR partial_arn = ?2) ORDER BY arn = ?2 DESC LIMIT 1",
+    [Q_INSERT] = "INSERT INTO secrets(account, name, arn, partial_arn, description, kms_key_id,"
+                 " created_ms, changed_ms, accessed_ms, deleted_ms, deletion_ms)"
+                 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    [Q_UPDATE] = "UPDATE secrets SET description = ?2, kms_key_id = ?3, changed_ms = ?4,"
+                 " accessed_ms = ?5, deleted_ms = ?6, deletion_ms = ?7 WHERE id = ?1",
+    [Q_DELETE] = "DELETE FROM secrets WHERE id = ?1",
+    [Q_EXPIRED] = "DELETE FROM secrets WHERE deleted_ms > 0 AND deletion_ms <= ?1",
+    [Q_TAGS] = "SELECT k, v FROM tags WHERE secret_id = ?1 ORDER BY rowid",
+    [Q_TAG_SET] = "INSERT INTO tags(secret_id, k, v) VALUES(?1, ?2, ?3)"
+                  " ON CONFLICT(secret_id, k) DO UPDATE SET v = excluded.v",
+    [Q_TAG_DEL] = "DELETE FROM tags WHERE secret_id = ?1 AND k = ?2",
+    [Q_VER_ADD] = "INSERT INTO versions(secret_id, vid, created_ms, seq, is_binary, sealed)"
+                  " VALUES(?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM versions"
+                  " WHERE secret_id = ?1), ?4, ?5)",
+    [Q_VER_READ] = "SELECT is_binary, sealed, created_ms FROM versions WHERE secret_id = ?1 AND"
+                   " vid = ?2",
+    [Q_VER_EXISTS] = "SELECT 1 FROM versions WHERE secret_id = ?1 AND vid = ?2",
+    [Q_VER_COUNT] = "SELECT COUNT(*) FROM versions WHERE secret_id = ?1",
+    [Q_VER_PRUNE] = "DELETE FROM versions WHERE rowid IN (SELECT v.rowid FROM versions v"
+                    " WHERE v.secret_id = ?1 AND NOT EXISTS (SELECT 1 FROM stages s WHERE"
+                    " s.secret_id = v.secret_id AND s.vid = v.vid) ORDER BY v.seq LIMIT ?2)",
+    [Q_STAGE_GET] = "SELECT vid FROM stages WHERE secret_id = ?1 AND stage = ?2",
+    [Q_STAGE_SET] = "INSERT INTO stages(secret_id, stage, vid) VALUES(?1, ?2, ?3)"
+                    " ON CONFLICT(secret_id, stage) DO UPDATE SET vid = excluded.vid",
+    [Q_STAGE_DEL] = "DELETE FROM stages WHERE secret_id = ?1 AND stage = ?2",
+    [Q_STAGES] = "SELECT vid, stage FROM stages WHERE secret_id = ?1 ORDER BY vid, stage",
+    [Q_STAGES_VID] = "SELECT vid, stage FROM stages WHERE secret_id = ?1 AND vid = ?2"
+                     " ORDER BY stage",
+    [Q_BEGIN] = "BEGIN IMMEDIATE",
+    [Q_COMMIT] = "COMMIT",
+    [Q_ROLLBACK] = "ROLLBACK",
+};
+
+struct cache_store {
+    sqlite3 *db;
+    kb_secret *key;
+    kb_secret *token_key;
+    sqlite3_stmt *q[Q__COUNT];
+};
+
+static kb_err db_err(cache_store *st, const char *what)
+{
+    kb_log(KB_LOG_ERROR, "store_error", "op", what, "sqlite", sqlite3_errmsg(st->db), NULL);
+    return KB_ERR_DB;
+}
+
+/* A cached prepared statement, reset and unbound, ready for binding. */
+static kb_err stmt(cache_store *st, int i, sqlite3_stmt **out)
+{
+    if (st->q[i] == NULL) {
+        if (sqlite3_prepare_v3(st->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &st->q[i], NULL) !=
+            SQLITE_OK)
+            return db_err(st, "prepare");
+    } else {
+        sqlite3_reset(st->q[i]);
+        sqlite3_clear_bindings(st->q[i]);
+    }
+    *out = st->q[i];
+    return KB_OK;
+}
+
+static void done(sqlite3_stmt *s)
+{
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+}
+
+static kb_err bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    int r = v ? sqlite3_bind_text(s, i, v, -1, SQLITE_STATIC) : sqlite3_bind_null(s, i);
+    return r == SQLITE_OK ? KB_OK : KB_ERR_DB;
+}
+
+static kb_err bind_i64(sqlite3_stmt *s, int i, int64_t v)
+{
+    return sqlite3_bind_int64(s, i, v) == SQLITE_OK ? KB_OK : KB_ERR_DB;
+}
+
+/* Run a statement that returns no rows. */
+static kb_err exec_step(cache_store *st, sqlite3_stmt *s, const char *what)
+{
+    int r = sqlite3_step(s);
+    kb_err rc = KB_OK;
+    if (r == SQLITE_CONSTRAINT)
+        rc = KB_ERR_EXISTS;
+    else if (r != SQLITE_DONE && r != SQLITE_ROW)
+        rc = db_err(st, what);
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_open(const char *path, kb_secret *key, cache_store **out)
+{
+    cache_store *st = NULL;
+    kb_err rc = KB_OK;
+    char *errmsg = NULL;
+
+    if (out)
+        *out = NULL;
+    KB_ENSURE_OUT(rc, path && key && out, KB_ERR_NULL);
+    st = calloc(1, sizeof(*st));
+    KB_ENSURE_OUT(rc, st != NULL, KB_ERR_NOMEM);
+    st->key = key;
+    key = NULL;
+    KB_GUARD_OUT(rc, cache_key_derive(st->key, "keybridge-cache next-token v1", &st->token_key));
+    if (sqlite3_open_v2(path, &st->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        kb_log(KB_LOG_ERROR, "store_open_failed", "path", path, NULL);
+        rc = KB_ERR_DB;
+        goto out;
+    }
+    sqlite3_busy_timeout(st->db, 5000);
+    /* WAL + synchronous=FULL: a COMMIT has reached the disk before we answer the client. */
+    if (sqlite3_exec(st->db,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"
+                     " PRAGMA secure_delete=ON;",
+                     NULL, NULL, &errmsg) != SQLITE_OK ||
+        sqlite3_exec(st->db, SCHEMA, NULL, NULL, &errmsg) != SQLITE_OK) {
+        kb_log(KB_LOG_ERROR, "store_schema_failed", "sqlite", errmsg ? errmsg : "?", NULL);
+        rc = KB_ERR_DB;
+        goto out;
+    }
+    {
+        sqlite3_stmt *s = NULL;
+        int ok = sqlite3_prepare_v2(st->db, "SELECT v FROM meta WHERE k = 'schema'", -1, &s,
+                                    NULL) == SQLITE_OK &&
+                 sqlite3_step(s) == SQLITE_ROW &&
+                 strcmp((const char *)sqlite3_column_text(s, 0), "1") == 0;
+        sqlite3_finalize(s);
+        KB_ENSURE_OUT(rc, ok, KB_ERR_SCHEMA);
+    }
+    *out = st;
+    st = NULL;
+out:
+    sqlite3_free(errmsg);
+    kb_secret_free(key);
+    cache_store_close(st);
+    return rc;
+}
+
+void cache_store_close(cache_store *st)
+{
+    if (st == NULL)
+        return;
+    for (int i = 0; i < Q__COUNT; i++)
+        sqlite3_finalize(st->q[i]);
+    sqlite3_close(st->db);
+    kb_secret_free(st->key);
+    kb_secret_free(st->token_key);
+    free(st);
+}
+
+const kb_secret *cache_store_token_key(const cache_store *st)
+{
+    return st->token_key;
+}
+
+kb_err cache_store_begin(cache_store *st)
+{
+    sqlite3_stmt *s;
+    KB_GUARD(stmt(st, Q_BEGIN, &s));
+    return exec_step(st, s, "begin") == KB_OK ? KB_OK : KB_ERR_DB;
+}
+
+kb_err cache_store_commit(cache_store *st)
+{
+    sqlite3_stmt *s;
+    kb_err rc;
+    KB_GUARD(stmt(st, Q_COMMIT, &s));
+    rc = exec_step(st, s, "commit");
+    if (rc != KB_OK) {
+        cache_store_rollback(st);
+        return KB_ERR_DB;
+    }
+    return KB_OK;
+}
+
+void cache_store_rollback(cache_store *st)
+{
+    sqlite3_stmt *s;
+    if (!sqlite3_get_autocommit(st->db) && stmt(st, Q_ROLLBACK, &s) == KB_OK)
+        (void)exec_step(st, s, "rollback");
+}
+
+static void copy_col(sqlite3_stmt *s, int col, char *dst, size_t cap, int *present)
+{
+    const unsigned char *v = sqlite3_column_text(s, col);
+    if (present)
+        *present = v != NULL;
+    snprintf(dst, cap, "%s", v ? (const char *)v : "");
+}
+
+static void row_to_secret(sqlite3_stmt *s, cache_secret *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->id = sqlite3_column_int64(s, 0);
+    copy_col(s, 1, o->account, sizeof(o->account), NULL);
+    copy_col(s, 2, o->name, sizeof(o->name), NULL);
+    copy_col(s, 3, o->arn, sizeof(o->arn), NULL);
+    copy_col(s, 4, o->description, sizeof(o->description), &o->has_description);
+    copy_col(s, 5, o->kms_key_id, sizeof(o->kms_key_id), &o->has_kms_key_id);
+    o->created_ms = sqlite3_column_int64(s, 6);
+    o->changed_ms = sqlite3_column_int64(s, 7);
+    o->accessed_ms = sqlite3_column_int64(s, 8);
+    o->deleted_ms = sqlite3_column_int64(s, 9);
+    o->deletion_ms = sqlite3_column_int64(s, 10);
+}
+
+static kb_err find_one(cache_store *st, int q, const char *account, const char *key,
+                       cache_secret *out)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_ENSURE_REF(account);
+    KB_ENSURE_REF(key);
+    KB_ENSURE_REF(out);
+    KB_GUARD(stmt(st, q, &s));
+    KB_GUARD_OUT(rc, bind_text(s, 1, account));
+    KB_GUARD_OUT(rc, bind_text(s, 2, key));
+    r = sqlite3_step(s);
+    if (r == SQLITE_ROW)
+        row_to_secret(s, out);
+    else if (r == SQLITE_DONE)
+        rc = KB_ERR_NOT_FOUND;
+    else
+        rc = db_err(st, "find");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_find_name(cache_store *st, const char *account, const char *name,
+                             cache_secret *out)
+{
+    return find_one(st, Q_FIND_NAME, account, name, out);
+}
+
+kb_err cache_store_find(cache_store *st, const char *account, const char *secret_id,
+                        cache_secret *out)
+{
+    KB_ENSURE_REF(secret_id);
+    /* Names cannot contain ':' (the name pattern), so "arn:" can only be an ARN. */
+    if (strncmp(secret_id, "arn:", 4) == 0)
+        return find_one(st, Q_FIND_ARN, account, secret_id, out);
+    return find_one(st, Q_FIND_NAME, account, secret_id, out);
+}
+
+kb_err cache_store_secret_insert(cache_store *st, cache_secret *sec)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    char partial[CACHE_ARN_MAX + 1];
+    size_t n = strlen(sec->arn);
+
+    /* The partial ARN is the ARN without "-" and the 6 random characters. */
+    KB_ENSURE(n > 7 && sec->arn[n - 7] == '-', KB_ERR_INTERNAL);
+    snprintf(partial, sizeof(partial), "%.*s", (int)(n - 7), sec->arn);
+    KB_GUARD(stmt(st, Q_INSERT, &s));
+    KB_GUARD_OUT(rc, bind_text(s, 1, sec->account));
+    KB_GUARD_OUT(rc, bind_text(s, 2, sec->name));
+    KB_GUARD_OUT(rc, bind_text(s, 3, sec->arn));
+    KB_GUARD_OUT(rc, bind_text(s, 4, partial));
+    KB_GUARD_OUT(rc, bind_text(s, 5, sec->has_description ? sec->description : NULL));
+    KB_GUARD_OUT(rc, bind_text(s, 6, sec->has_kms_key_id ? sec->kms_key_id : NULL));
+    KB_GUARD_OUT(rc, bind_i64(s, 7, sec->created_ms));
+    KB_GUARD_OUT(rc, bind_i64(s, 8, sec->changed_ms));
+    KB_GUARD_OUT(rc, bind_i64(s, 9, sec->accessed_ms));
+    KB_GUARD_OUT(rc, bind_i64(s, 10, sec->deleted_ms));
+    KB_GUARD_OUT(rc, bind_i64(s, 11, sec->deletion_ms));
+    rc = exec_step(st, s, "insert");
+    if (rc == KB_OK)
+        sec->id = sqlite3_last_insert_rowid(st->db);
+    return rc;
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_secret_update(cache_store *st, const cache_secret *sec)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    KB_GUARD(stmt(st, Q_UPDATE, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, sec->has_description ? sec->description : NULL));
+    KB_GUARD_OUT(rc, bind_text(s, 3, sec->has_kms_key_id ? sec->kms_key_id : NULL));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, sec->changed_ms));
+    KB_GUARD_OUT(rc, bind_i64(s, 5, sec->accessed_ms));
+    KB_GUARD_OUT(rc, bind_i64(s, 6, sec->deleted_ms));
+    KB_GUARD_OUT(rc, bind_i64(s, 7, sec->deletion_ms));
+    return exec_step(st, s, "update");
+out:
+    done(s);
+    return rc;
+}
+
+static kb_err exec_id(cache_store *st, int q, int64_t id, const char *what)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    KB_GUARD(stmt(st, q, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    return exec_step(st, s, what);
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_secret_delete(cache_store *st, int64_t id)
+{
+    /* foreign_keys=ON: versions, stages and tags go with the secret (ON DELETE CASCADE). */
+    return exec_id(st, Q_DELETE, id, "delete");
+}
+
+kb_err cache_store_purge_expired(cache_store *st, int64_t now_ms)
+{
+    return exec_id(st, Q_EXPIRED, now_ms, "purge");
+}
+
+kb_err cache_store_list(cache_store *st, const char *account, int include_deleted, cache_sort sort,
+                        int descending, cache_store_visit_fn fn, void *arg)
+{
+    static const char *const cols[] = {"created_ms", "changed_ms", "accessed_ms", "name"};
+    char sql[512];
+    sqlite3_stmt *s = NULL;
+    kb_err rc = KB_OK;
+    int r;
+    cache_secret *sec = NULL;
+
+    KB_ENSURE_REF(account);
+    KB_ENSURE_REF(fn);
+    KB_ENSURE((unsigned)sort < KB_ARRAY_LEN(cols), KB_ERR_INVALID);
+    snprintf(sql, sizeof(sql),
+             "SELECT " SECRET_COLS " FROM secrets WHERE account = ?1%s"
+             " ORDER BY %s %s, id %s",
+             include_deleted ? "" : " AND deleted_ms = 0", cols[sort], descending ? "DESC" : "ASC",
+             descending ? "DESC" : "ASC");
+    /* Not cached: the callback may run other cached statements while this one is open. */
+    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+        return db_err(st, "list");
+    sec = malloc(sizeof(*sec));
+    KB_ENSURE_OUT(rc, sec != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, bind_text(s, 1, account));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        int v;
+        row_to_secret(s, sec);
+        v = fn(arg, sec);
+        KB_ENSURE_OUT(rc, v >= 0, KB_ERR_INTERNAL);
+        if (v > 0)
+            goto out;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(st, "list");
+out:
+    free(sec);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+kb_err cache_store_tags_get(cache_store *st, int64_t id, cache_tag_list *out)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    out->n = 0;
+    KB_GUARD(stmt(st, Q_TAGS, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        KB_ENSURE_OUT(rc, out->n < CACHE_TAGS_MAX, KB_ERR_INTERNAL);
+        copy_col(s, 0, out->t[out->n].key, sizeof(out->t[0].key), NULL);
+        copy_col(s, 1, out->t[out->n].value, sizeof(out->t[0].value), NULL);
+        out->n++;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(st, "tags");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_tag_set(cache_store *st, int64_t id, const char *key, const char *value)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    KB_GUARD(stmt(st, Q_TAG_SET, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, key));
+    KB_GUARD_OUT(rc, bind_text(s, 3, value));
+    return exec_step(st, s, "tag_set");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_tag_remove(cache_store *st, int64_t id, const char *key)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    KB_GUARD(stmt(st, Q_TAG_DEL, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, key));
+    return exec_step(st, s, "tag_remove");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_version_add(cache_store *st, const cache_secret *sec, const char *vid,
+                               int binary, const uint8_t *value, size_t len, int64_t now_ms)
+{
+    sqlite3_stmt *s = NULL;
+    kb_dbuf sealed;
+    kb_err rc = KB_OK;
+
+    kb_dbuf_init(&sealed, len + CACHE_SEAL_OVERHEAD);
+    KB_GUARD_OUT(rc, cache_seal(st->key, sec->account, sec->arn, vid, value, len, &sealed));
+    KB_GUARD_OUT(rc, stmt(st, Q_VER_ADD, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, vid));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, now_ms));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, binary ? 1 : 0));
+    KB_ENSURE_OUT(rc,
+                  sqlite3_bind_blob(s, 5, sealed.p, (int)sealed.len, SQLITE_STATIC) == SQLITE_OK,
+                  KB_ERR_DB);
+    rc = exec_step(st, s, "version_add");
+    s = NULL;
+out:
+    if (s)
+        done(s);
+    kb_dbuf_free(&sealed);
+    return rc;
+}
+
+kb_err cache_store_version_read(cache_store *st, const cache_secret *sec, const char *vid,
+                                int *binary, kb_secret **value, int64_t *created_ms)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_GUARD(stmt(st, Q_VER_READ, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, vid));
+    r = sqlite3_step(s);
+    if (r == SQLITE_DONE) {
+        rc = KB_ERR_NOT_FOUND;
+    } else if (r != SQLITE_ROW) {
+        rc = db_err(st, "version_read");
+    } else {
+        const uint8_t *blob = sqlite3_column_blob(s, 1);
+        size_t n = (size_t)sqlite3_column_bytes(s, 1);
+        if (binary)
+            *binary = sqlite3_column_int(s, 0) != 0;
+        if (created_ms)
+            *created_ms = sqlite3_column_int64(s, 2);
+        if (value) {
+            KB_ENSURE_OUT(rc, blob != NULL, KB_ERR_INTEGRITY);
+            rc = cache_unseal(st->key, sec->account, sec->arn, vid, blob, n, value);
+        }
+    }
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_version_exists(cache_store *st, int64_t id, const char *vid)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_GUARD(stmt(st, Q_VER_EXISTS, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, vid));
+    r = sqlite3_step(s);
+    rc = r == SQLITE_ROW ? KB_OK : r == SQLITE_DONE ? KB_ERR_NOT_FOUND : db_err(st, "exists");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_version_count(cache_store *st, int64_t id, size_t *n)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    KB_GUARD(stmt(st, Q_VER_COUNT, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_ENSURE_OUT(rc, sqlite3_step(s) == SQLITE_ROW, KB_ERR_DB);
+    *n = (size_t)sqlite3_column_int64(s, 0);
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_versions_prune(cache_store *st, int64_t id, size_t max)
+{
+    sqlite3_stmt *s;
+    size_t n = 0;
+    kb_err rc = KB_OK;
+    KB_GUARD(cache_store_version_count(st, id, &n));
+    if (n <= max)
+        return KB_OK;
+    KB_GUARD(stmt(st, Q_VER_PRUNE, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, (int64_t)(n - max)));
+    return exec_step(st, s, "prune");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_stage_get(cache_store *st, int64_t id, const char *stage, char *vid)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_GUARD(stmt(st, Q_STAGE_GET, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, stage));
+    r = sqlite3_step(s);
+    if (r == SQLITE_ROW)
+        copy_col(s, 0, vid, CACHE_VERSION_ID_MAX + 1, NULL);
+    else
+        rc = r == SQLITE_DONE ? KB_ERR_NOT_FOUND : db_err(st, "stage_get");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_stage_set(cache_store *st, int64_t id, const char *stage, const char *vid)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    KB_GUARD(stmt(st, Q_STAGE_SET, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, stage));
+    KB_GUARD_OUT(rc, bind_text(s, 3, vid));
+    return exec_step(st, s, "stage_set");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_stage_remove(cache_store *st, int64_t id, const char *stage)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    KB_GUARD(stmt(st, Q_STAGE_DEL, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, stage));
+    return exec_step(st, s, "stage_remove");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_stages(cache_store *st, int64_t id, const char *only_vid,
+                          cache_store_stage_fn fn, void *arg)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_GUARD(stmt(st, only_vid ? Q_STAGES_VID : Q_STAGES, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    if (only_vid)
+        KB_GUARD_OUT(rc, bind_text(s, 2, only_vid));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        int v = fn(arg, (const char *)sqlite3_column_text(s, 0),
+                   (const char *)sqlite3_column_text(s, 1));
+        KB_ENSURE_OUT(rc, v >= 0, KB_ERR_INTERNAL);
+        if (v > 0)
+            goto out;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(st, "stages");
+out:
+    done(s);
+    return rc;
+}
