@@ -1,0 +1,115 @@
+/* store_impl.h - the storage backend interface (OpenSMTPD's table_* style): a backend fills one
+ * struct store_ops and registers it under a URL scheme in store.c. Only store.c, audit.c and the
+ * backends include this file.
+ *
+ * Contract for every backend:
+ *   - every op is safe to call from several threads at once;
+ *   - store.c has already validated names, sizes, metadata and actors (model.h) before calling;
+ *     the backend enforces what needs the database (existence, uniqueness, version order) and
+ *     computes/verifies row MACs through rowmac.h on every access-deciding read and write;
+ *   - multi-row changes are atomic (one transaction);
+ *   - schema migrations are versioned; a newer database is refused with KB_ERR_SCHEMA.
+ */
+#ifndef KB_SERVER_STORE_IMPL_H
+#define KB_SERVER_STORE_IMPL_H
+
+#include "audit.h"
+#include "store.h"
+
+/* Options as the store keeps them (owned copies). */
+typedef struct {
+    kb_secret *row_mac_key;
+    size_t content_max;
+    char **cloud_prefixes; /* NULL-terminated */
+    int busy_timeout_ms;
+} store_cfg;
+
+/* Called by audit_append inside the backend's write transaction, with the previous row's MAC
+ * (zeros before the first row) and the new row's seq; fills the new row's MAC. */
+typedef kb_err (*store_audit_mac_fn)(void *ctx, const uint8_t prev[AUDIT_MAC_LEN], int64_t seq,
+                                     const audit_event *ev, uint8_t mac[AUDIT_MAC_LEN]);
+
+struct store_ops {
+    const char *scheme; /* "sqlite" */
+    int schema_version; /* the version this backend's migrations reach */
+
+    kb_err (*open)(store *st, const char *location);
+    void (*close)(store *st);
+    kb_err (*get_schema_version)(store *st, int *out);
+
+    kb_err (*secret_create)(store *st, const store_secret_new *s, const store_version_new *v,
+                            const char *metadata, store_seal_fn seal, void *seal_ctx,
+                            const char *actor, int64_t now, int64_t *id_out);
+    kb_err (*version_add)(store *st, int64_t secret_id, const store_version_new *v,
+                          const char *metadata, store_seal_fn seal, void *seal_ctx,
+                          const char *actor, int64_t now, int64_t *version_out);
+    kb_err (*secret_update)(store *st, int64_t secret_id, const store_secret_patch *p,
+                            const char *actor, int64_t now);
+    kb_err (*secret_set_deleted)(store *st, int64_t secret_id, bool deleted, const char *actor,
+                                 int64_t now);
+    kb_err (*secret_purge)(store *st, int64_t secret_id);
+    kb_err (*secret_get)(store *st, const char *name, int64_t id, bool include_deleted,
+                         store_secret *out);
+    kb_err (*secret_list)(store *st, bool include_deleted, store_record **out, size_t *n);
+    kb_err (*version_list)(store *st, int64_t secret_id, store_version **out, size_t *n);
+    kb_err (*version_get)(store *st, int64_t secret_id, int64_t version, store_record *out);
+    kb_err (*secrets_expiring)(store *st, int64_t from, int64_t to, store_record **out, size_t *n);
+
+    kb_err (*group_create)(store *st, const char *name, const char *description, const char *actor,
+                           int64_t now, int64_t *id_out);
+    kb_err (*group_get)(store *st, const char *name, store_group *out);
+    kb_err (*group_list)(store *st, store_group **out, size_t *n);
+    kb_err (*group_delete)(store *st, int64_t group_id);
+
+    kb_err (*client_create)(store *st, const store_client_new *c, bool cloud, const char *actor,
+                            int64_t now, int64_t *id_out);
+    kb_err (*client_get)(store *st, const char *spiffe_id, int64_t id, store_client *out);
+    kb_err (*client_list)(store *st, store_client **out, size_t *n);
+    kb_err (*client_update)(store *st, int64_t client_id, const store_client_patch *p);
+    kb_err (*client_delete)(store *st, int64_t client_id);
+    kb_err (*client_seen)(store *st, int64_t client_id, int64_t now, bool listed);
+    kb_err (*clients_stale)(store *st, int64_t before, store_client **out, size_t *n);
+
+    kb_err (*membership_set)(store *st, int64_t client_id, int64_t group_id, bool present);
+    kb_err (*client_groups)(store *st, int64_t client_id, store_group **out, size_t *n);
+    kb_err (*group_clients)(store *st, int64_t group_id, store_client **out, size_t *n);
+    kb_err (*grant_set)(store *st, int64_t group_id, int64_t secret_id, bool present);
+    kb_err (*secret_groups)(store *st, int64_t secret_id, store_group **out, size_t *n);
+
+    kb_err (*readable_list)(store *st, int64_t client_id, store_record **out, size_t *n);
+    kb_err (*readable_get_batch)(store *st, int64_t client_id, const char *const *names,
+                                 const int64_t *versions, size_t n, store_record *out,
+                                 kb_err *errs);
+
+    kb_err (*fetch_record)(store *st, int64_t client_id, int64_t secret_id, int64_t version,
+                           int64_t now);
+    kb_err (*secret_status)(store *st, int64_t secret_id, store_fetch **out, size_t *n);
+
+    kb_err (*audit_append)(store *st, const audit_event *ev, store_audit_mac_fn mac, void *ctx,
+                           int64_t *seq_out);
+    /* Rows with seq > after, ascending, at most limit. */
+    kb_err (*audit_rows)(store *st, int64_t after, size_t limit, audit_row **out, size_t *n);
+    kb_err (*audit_query)(store *st, const audit_filter *f, audit_row **out, size_t *n);
+    /* The last row's seq and MAC (seq 0 and zeros when empty). */
+    kb_err (*audit_head)(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN]);
+    kb_err (*anchor_put)(store *st, const audit_anchor *a);
+    /* All anchors ascending by seq (out may be NULL when n is 0). */
+    kb_err (*anchor_list)(store *st, audit_anchor **out, size_t *n);
+};
+
+struct store {
+    const struct store_ops *ops;
+    void *impl; /* the backend's state */
+    store_cfg cfg;
+};
+
+extern const struct store_ops store_sqlite_ops;
+
+/* Test hook: the SQL of schema migration step `version` (1-based) of the SQLite backend, or NULL
+ * past the last one; lets tests build an old database by hand. */
+const char *store_sqlite_migration(int version);
+
+/* Shared by backends: log a row-MAC mismatch (table and ids only, never values). */
+void store_log_integrity(const char *table, int64_t id1, int64_t id2);
+
+#endif

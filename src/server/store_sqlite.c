@@ -1,0 +1,2025 @@
+/* store_sqlite.c - the SQLite backend of the store (store_impl.h).
+ *
+ * One connection guarded by one mutex: SQLite serialises writers anyway, and keybridged's reads
+ * are short. WAL with synchronous=FULL, so an acknowledged commit survives power loss
+ * (https://sqlite.org/wal.html, https://sqlite.org/pragma.html#pragma_synchronous); foreign keys
+ * on; secure_delete on, so purged envelopes are overwritten on disk, not just unlinked from the
+ * b-tree; AUTOINCREMENT ids, so an id (which every row MAC binds) is never reused.
+ *
+ * Schema changes are numbered migration steps (migrations[] below) recorded in schema_version;
+ * a newer binary upgrades an older database in one transaction; an older binary refuses a newer
+ * database (KB_ERR_SCHEMA).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "lib/log.h"
+#include "model.h"
+#include "rowmac.h"
+#include "store_impl.h"
+
+/* ---- schema ---- */
+
+static const char *const migrations[] = {
+    /* 1: the model. */
+    "CREATE TABLE schema_version(version INTEGER NOT NULL);"
+    "INSERT INTO schema_version(version) VALUES (0);"
+    "CREATE TABLE groups("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " name TEXT NOT NULL UNIQUE,"
+    " description TEXT NOT NULL DEFAULT '',"
+    " created_by TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL);"
+    "CREATE TABLE clients("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " spiffe_id TEXT NOT NULL UNIQUE,"
+    " enabled INTEGER NOT NULL,"
+    " admin INTEGER NOT NULL,"
+    " cloud INTEGER NOT NULL,"
+    " app_name TEXT NOT NULL DEFAULT '',"
+    " description TEXT NOT NULL DEFAULT '',"
+    " last_seen INTEGER NOT NULL DEFAULT 0,"
+    " last_list_at INTEGER NOT NULL DEFAULT 0,"
+    " created_by TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " mac BLOB NOT NULL);"
+    "CREATE TABLE secrets("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " name TEXT NOT NULL UNIQUE,"
+    " description TEXT NOT NULL DEFAULT '',"
+    " owner_group_id INTEGER REFERENCES groups(id),"
+    " cloud_sync INTEGER NOT NULL,"
+    " deleted_at INTEGER NOT NULL DEFAULT 0,"
+    " latest_version INTEGER NOT NULL DEFAULT 0,"
+    " created_by TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " updated_by TEXT NOT NULL,"
+    " updated_at INTEGER NOT NULL,"
+    " mac BLOB NOT NULL);"
+    "CREATE TABLE versions("
+    " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
+    " version INTEGER NOT NULL,"
+    " wrapped_key BLOB NOT NULL,"
+    " key_id TEXT NOT NULL,"
+    " sealed BLOB NOT NULL,"
+    " checksum BLOB NOT NULL,"
+    " content_len INTEGER NOT NULL,"
+    " metadata TEXT NOT NULL,"
+    " expires_at INTEGER NOT NULL DEFAULT 0,"
+    " created_by TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " PRIMARY KEY (secret_id, version));"
+    "CREATE TABLE memberships("
+    " client_id INTEGER NOT NULL REFERENCES clients(id) ON DELETE CASCADE,"
+    " group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    " mac BLOB NOT NULL,"
+    " PRIMARY KEY (client_id, group_id));"
+    "CREATE TABLE grants("
+    " group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,"
+    " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
+    " mac BLOB NOT NULL,"
+    " PRIMARY KEY (group_id, secret_id));"
+    "CREATE TABLE fetch_log("
+    " client_id INTEGER NOT NULL REFERENCES clients(id) ON DELETE CASCADE,"
+    " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
+    " version INTEGER NOT NULL,"
+    " fetched_at INTEGER NOT NULL,"
+    " PRIMARY KEY (client_id, secret_id));"
+    "CREATE TABLE audit_log("
+    " seq INTEGER PRIMARY KEY,"
+    " time INTEGER NOT NULL,"
+    " identity TEXT NOT NULL,"
+    " peer TEXT NOT NULL,"
+    " action TEXT NOT NULL,"
+    " object TEXT NOT NULL,"
+    " version INTEGER NOT NULL,"
+    " result TEXT NOT NULL,"
+    " mac BLOB NOT NULL);"
+    "CREATE TABLE audit_anchors("
+    " seq INTEGER PRIMARY KEY,"
+    " mac BLOB NOT NULL,"
+    " time INTEGER NOT NULL,"
+    " sig BLOB NOT NULL);",
+    /* 2: indexes for the reverse lookups (grants by secret, memberships by group, fetch log by
+     * secret), expiry windows and audit queries. */
+    "CREATE INDEX grants_by_secret ON grants(secret_id);"
+    "CREATE INDEX memberships_by_group ON memberships(group_id);"
+    "CREATE INDEX fetch_log_by_secret ON fetch_log(secret_id);"
+    "CREATE INDEX versions_by_expiry ON versions(expires_at) WHERE expires_at > 0;"
+    "CREATE INDEX audit_by_object ON audit_log(object, seq);"
+    "CREATE INDEX audit_by_identity ON audit_log(identity, seq);",
+};
+
+#define SCHEMA_VERSION ((int)KB_ARRAY_LEN(migrations))
+
+const char *store_sqlite_migration(int version)
+{
+    if (version < 1 || version > SCHEMA_VERSION)
+        return NULL;
+    return migrations[version - 1];
+}
+
+/* ---- connection and helpers ---- */
+
+typedef struct {
+    sqlite3 *db;
+    pthread_mutex_t mu;
+} sq;
+
+#define SQ(st) ((sq *)(st)->impl)
+
+static kb_err db_err(sq *b, int rc, const char *what)
+{
+    int ext = sqlite3_extended_errcode(b->db);
+    if (rc == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_CONSTRAINT) {
+        if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
+            return KB_ERR_EXISTS;
+        if (ext == SQLITE_CONSTRAINT_FOREIGNKEY)
+            return KB_ERR_NOT_FOUND;
+    }
+    /* sqlite3_errmsg names tables and columns, never bound values. */
+    kb_log(KB_LOG_ERROR, "store_db_error", "op", what, "error", sqlite3_errstr(rc), "detail",
+           sqlite3_errmsg(b->db), NULL);
+    return KB_ERR_DB;
+}
+
+static kb_err prep(sq *b, const char *sql, sqlite3_stmt **s)
+{
+    int rc = sqlite3_prepare_v2(b->db, sql, -1, s, NULL);
+    if (rc != SQLITE_OK) {
+        *s = NULL;
+        return db_err(b, rc, "prepare");
+    }
+    return KB_OK;
+}
+
+static kb_err exec(sq *b, const char *sql)
+{
+    int rc = sqlite3_exec(b->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? KB_OK : db_err(b, rc, "exec");
+}
+
+/* Step a statement that returns no rows (or whose rows we ignore). */
+static kb_err step_done(sq *b, sqlite3_stmt *s, const char *what)
+{
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+        return KB_OK;
+    return db_err(b, rc, what);
+}
+
+/* SQLITE_ROW -> KB_OK, SQLITE_DONE -> KB_ERR_NOT_FOUND. */
+static kb_err step_row(sq *b, sqlite3_stmt *s, const char *what)
+{
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        return KB_OK;
+    if (rc == SQLITE_DONE)
+        return KB_ERR_NOT_FOUND;
+    return db_err(b, rc, what);
+}
+
+static kb_err bind_text(sqlite3_stmt *s, int i, const char *v)
+{
+    return sqlite3_bind_text(s, i, v ? v : "", -1, SQLITE_TRANSIENT) == SQLITE_OK ? KB_OK
+                                                                                  : KB_ERR_DB;
+}
+
+static kb_err bind_blob(sqlite3_stmt *s, int i, const void *p, size_t n)
+{
+    if (n > INT32_MAX)
+        return KB_ERR_TOO_LARGE;
+    return sqlite3_bind_blob(s, i, n ? p : "", (int)n, SQLITE_TRANSIENT) == SQLITE_OK ? KB_OK
+                                                                                      : KB_ERR_DB;
+}
+
+static kb_err bind_i64(sqlite3_stmt *s, int i, int64_t v)
+{
+    return sqlite3_bind_int64(s, i, v) == SQLITE_OK ? KB_OK : KB_ERR_DB;
+}
+
+static kb_err col_str(sqlite3_stmt *s, int i, char **out)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    *out = strdup(t ? (const char *)t : "");
+    return *out ? KB_OK : KB_ERR_NOMEM;
+}
+
+static kb_err col_blob(sqlite3_stmt *s, int i, uint8_t **out, size_t *len)
+{
+    const void *p = sqlite3_column_blob(s, i);
+    int n = sqlite3_column_bytes(s, i);
+    *out = malloc(n > 0 ? (size_t)n : 1);
+    KB_ENSURE(*out != NULL, KB_ERR_NOMEM);
+    if (n > 0)
+        memcpy(*out, p, (size_t)n);
+    *len = n > 0 ? (size_t)n : 0;
+    return KB_OK;
+}
+
+static bool col_mac_ok(sqlite3_stmt *s, int i, const uint8_t want[ROWMAC_LEN])
+{
+    const void *p = sqlite3_column_blob(s, i);
+    int n = sqlite3_column_bytes(s, i);
+    return rowmac_equal(want, p, n > 0 ? (size_t)n : 0);
+}
+
+static kb_err tx_begin(sq *b, bool write)
+{
+    /* IMMEDIATE takes the write lock up front, so a read-then-write transaction never fails
+     * half-way with SQLITE_BUSY on lock upgrade. */
+    return exec(b, write ? "BEGIN IMMEDIATE" : "BEGIN");
+}
+
+static kb_err tx_end(sq *b, kb_err rc)
+{
+    if (rc == KB_OK) {
+        rc = exec(b, "COMMIT");
+        if (rc == KB_OK)
+            return KB_OK;
+    }
+    if (!sqlite3_get_autocommit(b->db))
+        (void)sqlite3_exec(b->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+static kb_err grow(void **arr, size_t *cap, size_t n, size_t elem)
+{
+    void *p;
+    size_t nc;
+    if (n < *cap)
+        return KB_OK;
+    nc = *cap ? *cap * 2 : 16;
+    KB_ENSURE(nc < SIZE_MAX / elem, KB_ERR_NOMEM);
+    p = realloc(*arr, nc * elem);
+    KB_ENSURE(p != NULL, KB_ERR_NOMEM);
+    memset((char *)p + *cap * elem, 0, (nc - *cap) * elem);
+    *arr = p;
+    *cap = nc;
+    return KB_OK;
+}
+
+#define LOCK(b) pthread_mutex_lock(&(b)->mu)
+#define UNLOCK(b) pthread_mutex_unlock(&(b)->mu)
+
+/* ---- row loaders (column lists and their readers kept side by side) ---- */
+
+#define SECRET_COLS                                                                                \
+    "s.id, s.name, s.description, s.owner_group_id, s.cloud_sync, s.deleted_at, "                  \
+    "s.latest_version, s.created_by, s.created_at, s.updated_by, s.updated_at, s.mac"
+#define SECRET_NCOLS 12
+#define VERSION_COLS                                                                               \
+    "v.secret_id, v.version, v.checksum, v.content_len, v.metadata, v.expires_at, "                \
+    "v.created_by, v.created_at"
+#define VERSION_NCOLS 8
+#define ENV_COLS "v.wrapped_key, v.key_id, v.sealed"
+#define CLIENT_COLS                                                                                \
+    "c.id, c.spiffe_id, c.enabled, c.admin, c.cloud, c.app_name, c.description, c.last_seen, "     \
+    "c.last_list_at, c.created_by, c.created_at, c.mac"
+#define CLIENT_NCOLS 12
+#define GROUP_COLS "g.id, g.name, g.description, g.created_by, g.created_at"
+#define GROUP_NCOLS 5
+
+/* Load a secret row at column c0 and check its MAC: KB_ERR_INTEGRITY (logged) on mismatch. */
+static kb_err load_secret(store *st, sqlite3_stmt *s, int c0, store_secret *out)
+{
+    uint8_t want[ROWMAC_LEN];
+    kb_err rc = KB_OK;
+    memset(out, 0, sizeof(*out));
+    out->id = sqlite3_column_int64(s, c0 + 0);
+    out->owner_group_id = sqlite3_column_int64(s, c0 + 3);
+    out->cloud_sync = sqlite3_column_int64(s, c0 + 4) != 0;
+    out->deleted_at = sqlite3_column_int64(s, c0 + 5);
+    out->latest_version = sqlite3_column_int64(s, c0 + 6);
+    out->created_at = sqlite3_column_int64(s, c0 + 8);
+    out->updated_at = sqlite3_column_int64(s, c0 + 10);
+    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->name));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 7, &out->created_by));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->updated_by));
+    KB_GUARD_OUT(rc, rowmac_secret(st->cfg.row_mac_key, out->id, out->name, out->owner_group_id,
+                                   out->cloud_sync, out->deleted_at, want));
+    if (!col_mac_ok(s, c0 + 11, want)) {
+        store_log_integrity("secrets", out->id, 0);
+        rc = KB_ERR_INTEGRITY;
+    }
+out:
+    if (rc != KB_OK)
+        store_secret_clear(out);
+    return rc;
+}
+
+static kb_err load_version(sqlite3_stmt *s, int c0, store_version *out)
+{
+    kb_err rc = KB_OK;
+    const void *ck = sqlite3_column_blob(s, c0 + 2);
+    memset(out, 0, sizeof(*out));
+    out->secret_id = sqlite3_column_int64(s, c0 + 0);
+    out->version = sqlite3_column_int64(s, c0 + 1);
+    KB_ENSURE_OUT(rc, ck != NULL && sqlite3_column_bytes(s, c0 + 2) == STORE_CHECKSUM_LEN,
+                  KB_ERR_INTEGRITY);
+    memcpy(out->checksum, ck, STORE_CHECKSUM_LEN);
+    out->content_len = sqlite3_column_int64(s, c0 + 3);
+    KB_GUARD_OUT(rc, col_str(s, c0 + 4, &out->metadata));
+    out->expires_at = sqlite3_column_int64(s, c0 + 5);
+    KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->created_by));
+    out->created_at = sqlite3_column_int64(s, c0 + 7);
+out:
+    if (rc != KB_OK)
+        store_version_clear(out);
+    return rc;
+}
+
+static kb_err load_env(sqlite3_stmt *s, int c0, store_envelope *out)
+{
+    kb_err rc = KB_OK;
+    memset(out, 0, sizeof(*out));
+    KB_GUARD_OUT(rc, col_blob(s, c0 + 0, &out->wrapped_key, &out->wrapped_key_len));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->key_id));
+    KB_GUARD_OUT(rc, col_blob(s, c0 + 2, &out->sealed, &out->sealed_len));
+out:
+    if (rc != KB_OK)
+        store_envelope_clear(out);
+    return rc;
+}
+
+/* Load a client row at c0, check its MAC, and derive the effective flags: cloud if the stored
+ * flag or the configured prefixes say so (a forgotten setting fails closed), and never admin
+ * together with cloud. */
+static kb_err load_client(store *st, sqlite3_stmt *s, int c0, store_client *out)
+{
+    uint8_t want[ROWMAC_LEN];
+    kb_err rc = KB_OK;
+    memset(out, 0, sizeof(*out));
+    out->id = sqlite3_column_int64(s, c0 + 0);
+    out->enabled = sqlite3_column_int64(s, c0 + 2) != 0;
+    out->admin = sqlite3_column_int64(s, c0 + 3) != 0;
+    out->cloud = sqlite3_column_int64(s, c0 + 4) != 0;
+    out->last_seen = sqlite3_column_int64(s, c0 + 7);
+    out->last_list_at = sqlite3_column_int64(s, c0 + 8);
+    out->created_at = sqlite3_column_int64(s, c0 + 10);
+    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->spiffe_id));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 5, &out->app_name));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->description));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->created_by));
+    KB_GUARD_OUT(rc, rowmac_client(st->cfg.row_mac_key, out->id, out->spiffe_id, out->enabled,
+                                   out->admin, out->cloud, out->app_name, want));
+    if (!col_mac_ok(s, c0 + 11, want)) {
+        store_log_integrity("clients", out->id, 0);
+        KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
+    }
+    if (model_spiffe_is_cloud(out->spiffe_id, (const char *const *)st->cfg.cloud_prefixes))
+        out->cloud = true;
+    if (out->admin && out->cloud) {
+        char id[24];
+        snprintf(id, sizeof(id), "%" PRId64, out->id);
+        kb_log(KB_LOG_WARN, "store_admin_cloud_client", "msg",
+               "client is admin but its SPIFFE ID is a cloud identity: admin ignored", "id", id,
+               NULL);
+        out->admin = false;
+    }
+out:
+    if (rc != KB_OK)
+        store_client_clear(out);
+    return rc;
+}
+
+static kb_err load_group(sqlite3_stmt *s, int c0, store_group *out)
+{
+    kb_err rc = KB_OK;
+    memset(out, 0, sizeof(*out));
+    out->id = sqlite3_column_int64(s, c0 + 0);
+    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->name));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 3, &out->created_by));
+    out->created_at = sqlite3_column_int64(s, c0 + 4);
+out:
+    if (rc != KB_OK)
+        store_group_clear(out);
+    return rc;
+}
+
+/* Fetch one verified secret by name or id (lock held). */
+static kb_err secret_fetch(store *st, const char *name, int64_t id, store_secret *out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    if (name != NULL) {
+        KB_GUARD(prep(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.name = ?1", &s));
+        rc = bind_text(s, 1, name);
+    } else {
+        KB_GUARD(prep(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.id = ?1", &s));
+        rc = bind_i64(s, 1, id);
+    }
+    if (rc == KB_OK)
+        rc = step_row(b, s, "secret_fetch");
+    if (rc == KB_OK)
+        rc = load_secret(st, s, 0, out);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static kb_err client_fetch(store *st, const char *spiffe_id, int64_t id, store_client *out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    if (spiffe_id != NULL) {
+        KB_GUARD(prep(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.spiffe_id = ?1", &s));
+        rc = bind_text(s, 1, spiffe_id);
+    } else {
+        KB_GUARD(prep(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.id = ?1", &s));
+        rc = bind_i64(s, 1, id);
+    }
+    if (rc == KB_OK)
+        rc = step_row(b, s, "client_fetch");
+    if (rc == KB_OK)
+        rc = load_client(st, s, 0, out);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static kb_err exists(sq *b, const char *sql, int64_t id)
+{
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD(prep(b, sql, &s));
+    rc = bind_i64(s, 1, id);
+    if (rc == KB_OK)
+        rc = step_row(b, s, "exists");
+    sqlite3_finalize(s);
+    return rc;
+}
+
+/* ---- open / close / migrate ---- */
+
+static kb_err read_schema_version(sq *b, int *out)
+{
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    *out = 0;
+    KB_GUARD(prep(b,
+                  "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+                  "name = 'schema_version'",
+                  &s));
+    rc = step_row(b, s, "schema_probe");
+    if (rc == KB_OK && sqlite3_column_int(s, 0) == 0) {
+        sqlite3_finalize(s);
+        return KB_OK; /* a new, empty database */
+    }
+    sqlite3_finalize(s);
+    s = NULL;
+    KB_GUARD(rc);
+    KB_GUARD(prep(b, "SELECT min(version), max(version), count(*) FROM schema_version", &s));
+    rc = step_row(b, s, "schema_version");
+    if (rc == KB_OK) {
+        if (sqlite3_column_int(s, 2) != 1 || sqlite3_column_int(s, 0) != sqlite3_column_int(s, 1) ||
+            sqlite3_column_int(s, 0) < 0)
+            rc = KB_ERR_SCHEMA;
+        else
+            *out = sqlite3_column_int(s, 0);
+    }
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static kb_err migrate(sq *b)
+{
+    int cur = 0;
+    char have[16], want[16];
+    kb_err rc;
+
+    KB_GUARD(tx_begin(b, true));
+    KB_GUARD_OUT(rc, read_schema_version(b, &cur));
+    snprintf(have, sizeof(have), "%d", cur);
+    snprintf(want, sizeof(want), "%d", SCHEMA_VERSION);
+    if (cur > SCHEMA_VERSION) {
+        kb_log(KB_LOG_ERROR, "store_schema_too_new", "msg",
+               "the database was written by a newer keybridged: upgrade this binary",
+               "db_schema_version", have, "supported_schema_version", want, NULL);
+        KB_ENSURE_OUT(rc, false, KB_ERR_SCHEMA);
+    }
+    for (int v = cur + 1; v <= SCHEMA_VERSION; v++)
+        KB_GUARD_OUT(rc, exec(b, migrations[v - 1]));
+    if (cur < SCHEMA_VERSION) {
+        sqlite3_stmt *s = NULL;
+        KB_GUARD_OUT(rc, prep(b, "UPDATE schema_version SET version = ?1", &s));
+        rc = bind_i64(s, 1, SCHEMA_VERSION);
+        if (rc == KB_OK)
+            rc = step_done(b, s, "schema_version_set");
+        sqlite3_finalize(s);
+        KB_GUARD_OUT(rc, rc);
+        kb_log(KB_LOG_INFO, "store_schema_migrated", "from", have, "to", want, NULL);
+    }
+out:
+    return tx_end(b, rc);
+}
+
+static kb_err sq_open(store *st, const char *path)
+{
+    sq *b;
+    int fd, rc;
+    kb_err e = KB_OK;
+    char pragmas[160];
+    sqlite3_stmt *s = NULL;
+
+    KB_ENSURE(path != NULL && path[0] != '\0', KB_ERR_CONFIG);
+    /* Create the file private (0600) before SQLite does (it would use 0644); the -wal and -shm
+     * files inherit the database file's mode. */
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        kb_log(KB_LOG_ERROR, "store_open_failed", "error", strerror(errno), NULL);
+        return KB_ERR_IO;
+    }
+    close(fd);
+    b = calloc(1, sizeof(*b));
+    KB_ENSURE(b != NULL, KB_ERR_NOMEM);
+    if (pthread_mutex_init(&b->mu, NULL) != 0) {
+        free(b);
+        return KB_ERR_INTERNAL;
+    }
+    st->impl = b;
+    rc = sqlite3_open_v2(
+        path, &b->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW, NULL);
+    if (rc != SQLITE_OK) {
+        kb_log(KB_LOG_ERROR, "store_open_failed", "error", sqlite3_errstr(rc), NULL);
+        KB_ENSURE_OUT(e, false, KB_ERR_DB);
+    }
+    sqlite3_extended_result_codes(b->db, 1);
+    sqlite3_busy_timeout(b->db, st->cfg.busy_timeout_ms);
+    /* journal_mode returns the mode in effect: insist on WAL. */
+    KB_GUARD_OUT(e, prep(b, "PRAGMA journal_mode = WAL", &s));
+    KB_GUARD_OUT(e, step_row(b, s, "journal_mode"));
+    KB_ENSURE_OUT(e,
+                  sqlite3_column_text(s, 0) != NULL &&
+                      strcmp((const char *)sqlite3_column_text(s, 0), "wal") == 0,
+                  KB_ERR_DB);
+    snprintf(pragmas, sizeof(pragmas),
+             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
+             "PRAGMA trusted_schema = OFF;");
+    KB_GUARD_OUT(e, exec(b, pragmas));
+    KB_GUARD_OUT(e, migrate(b));
+out:
+    sqlite3_finalize(s);
+    if (e != KB_OK) {
+        sqlite3_close(b->db);
+        pthread_mutex_destroy(&b->mu);
+        free(b);
+        st->impl = NULL;
+    }
+    return e;
+}
+
+static void sq_close(store *st)
+{
+    sq *b = SQ(st);
+    if (b == NULL)
+        return;
+    sqlite3_close(b->db);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+    st->impl = NULL;
+}
+
+static kb_err sq_schema_version(store *st, int *out)
+{
+    sq *b = SQ(st);
+    kb_err rc;
+    LOCK(b);
+    rc = read_schema_version(b, out);
+    UNLOCK(b);
+    return rc;
+}
+
+/* ---- secrets and versions ---- */
+
+/* Insert version `ver` of secret `id` (lock and write transaction held). */
+static kb_err insert_version(store *st, int64_t id, int64_t ver, const store_version_new *v,
+                             const char *metadata, store_seal_fn seal, void *seal_ctx,
+                             const char *actor, int64_t now)
+{
+    sq *b = SQ(st);
+    store_envelope env = {0};
+    uint8_t checksum[STORE_CHECKSUM_LEN] = {0};
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+
+    KB_GUARD_OUT(rc, seal(seal_ctx, id, ver, &env, checksum));
+    KB_ENSURE_OUT(rc, env.wrapped_key != NULL && env.wrapped_key_len > 0 && env.sealed != NULL,
+                  KB_ERR_INVALID);
+    KB_ENSURE_OUT(rc, env.wrapped_key_len <= STORE_BLOB_MAX && env.sealed_len <= STORE_BLOB_MAX,
+                  KB_ERR_TOO_LARGE);
+    KB_ENSURE_OUT(rc, env.key_id != NULL && env.key_id[0] != '\0', KB_ERR_INVALID);
+    KB_ENSURE_OUT(rc, strnlen(env.key_id, STORE_KEY_ID_MAX + 1) <= STORE_KEY_ID_MAX,
+                  KB_ERR_TOO_LARGE);
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO versions(secret_id, version, wrapped_key, key_id, sealed, "
+                          "checksum, content_len, metadata, expires_at, created_by, created_at) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, ver));
+    KB_GUARD_OUT(rc, bind_blob(s, 3, env.wrapped_key, env.wrapped_key_len));
+    KB_GUARD_OUT(rc, bind_text(s, 4, env.key_id));
+    KB_GUARD_OUT(rc, bind_blob(s, 5, env.sealed, env.sealed_len));
+    KB_GUARD_OUT(rc, bind_blob(s, 6, checksum, sizeof(checksum)));
+    KB_GUARD_OUT(rc, bind_i64(s, 7, (int64_t)v->content_len));
+    KB_GUARD_OUT(rc, bind_text(s, 8, metadata));
+    KB_GUARD_OUT(rc, bind_i64(s, 9, v->expires_at));
+    KB_GUARD_OUT(rc, bind_text(s, 10, actor));
+    KB_GUARD_OUT(rc, bind_i64(s, 11, now));
+    KB_GUARD_OUT(rc, step_done(b, s, "version_insert"));
+    sqlite3_finalize(s);
+    s = NULL;
+    KB_GUARD_OUT(rc, prep(b,
+                          "UPDATE secrets SET latest_version = ?1, updated_by = ?2, "
+                          "updated_at = ?3 WHERE id = ?4",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, ver));
+    KB_GUARD_OUT(rc, bind_text(s, 2, actor));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, now));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, id));
+    KB_GUARD_OUT(rc, step_done(b, s, "secret_latest"));
+out:
+    sqlite3_finalize(s);
+    store_envelope_clear(&env);
+    kb_wipe(checksum, sizeof(checksum));
+    return rc;
+}
+
+/* Rewrite the MAC'd fields of a secret with a fresh MAC (lock and transaction held). */
+static kb_err secret_write_flags(store *st, const store_secret *sec, const char *actor, int64_t now)
+{
+    sq *b = SQ(st);
+    uint8_t mac[ROWMAC_LEN];
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD(rowmac_secret(st->cfg.row_mac_key, sec->id, sec->name, sec->owner_group_id,
+                           sec->cloud_sync, sec->deleted_at, mac));
+    KB_GUARD(prep(b,
+                  "UPDATE secrets SET description = ?1, owner_group_id = ?2, cloud_sync = ?3, "
+                  "deleted_at = ?4, updated_by = ?5, updated_at = ?6, mac = ?7 WHERE id = ?8",
+                  &s));
+    KB_GUARD_OUT(rc, bind_text(s, 1, sec->description));
+    if (sec->owner_group_id > 0)
+        KB_GUARD_OUT(rc, bind_i64(s, 2, sec->owner_group_id));
+    else
+        KB_ENSURE_OUT(rc, sqlite3_bind_null(s, 2) == SQLITE_OK, KB_ERR_DB);
+    KB_GUARD_OUT(rc, bind_i64(s, 3, sec->cloud_sync ? 1 : 0));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, sec->deleted_at));
+    KB_GUARD_OUT(rc, bind_text(s, 5, actor));
+    KB_GUARD_OUT(rc, bind_i64(s, 6, now));
+    KB_GUARD_OUT(rc, bind_blob(s, 7, mac, sizeof(mac)));
+    KB_GUARD_OUT(rc, bind_i64(s, 8, sec->id));
+    KB_GUARD_OUT(rc, step_done(b, s, "secret_update"));
+out:
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static kb_err sq_secret_create(store *st, const store_secret_new *sn, const store_version_new *v,
+                               const char *metadata, store_seal_fn seal, void *seal_ctx,
+                               const char *actor, int64_t now, int64_t *id_out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    store_secret sec = {0};
+    kb_err rc;
+
+    LOCK(b);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    if (sn->owner_group_id > 0)
+        KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = ?1", sn->owner_group_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO secrets(name, description, cloud_sync, created_by, "
+                          "created_at, updated_by, updated_at, mac) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?5, x'')",
+                          &s));
+    KB_GUARD_OUT(rc, bind_text(s, 1, sn->name));
+    KB_GUARD_OUT(rc, bind_text(s, 2, sn->description));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, sn->cloud_sync ? 1 : 0));
+    KB_GUARD_OUT(rc, bind_text(s, 4, actor));
+    KB_GUARD_OUT(rc, bind_i64(s, 5, now));
+    KB_GUARD_OUT(rc, step_done(b, s, "secret_insert"));
+    /* The MAC binds the id, which exists only now: write it in the same transaction. */
+    sec.id = sqlite3_last_insert_rowid(b->db);
+    sec.name = (char *)sn->name;
+    sec.description = (char *)(sn->description ? sn->description : "");
+    sec.owner_group_id = sn->owner_group_id;
+    sec.cloud_sync = sn->cloud_sync;
+    KB_GUARD_OUT(rc, secret_write_flags(st, &sec, actor, now));
+    KB_GUARD_OUT(rc, insert_version(st, sec.id, 1, v, metadata, seal, seal_ctx, actor, now));
+    *id_out = sec.id;
+out:
+    sqlite3_finalize(s);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err max_content_len(sq *b, int64_t secret_id, int64_t *out)
+{
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD(
+        prep(b, "SELECT coalesce(max(content_len), 0) FROM versions WHERE secret_id = ?1", &s));
+    rc = bind_i64(s, 1, secret_id);
+    if (rc == KB_OK)
+        rc = step_row(b, s, "max_content_len");
+    if (rc == KB_OK)
+        *out = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_new *v,
+                             const char *metadata, store_seal_fn seal, void *seal_ctx,
+                             const char *actor, int64_t now, int64_t *version_out)
+{
+    sq *b = SQ(st);
+    store_secret sec = {0};
+    kb_err rc;
+
+    LOCK(b);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, secret_fetch(st, NULL, secret_id, &sec));
+    KB_ENSURE_OUT(rc, sec.deleted_at == 0, KB_ERR_CONFLICT);
+    KB_GUARD_OUT(rc, model_content_len_check(v->content_len, st->cfg.content_max, sec.cloud_sync));
+    KB_ENSURE_OUT(rc, sec.latest_version < INT64_MAX, KB_ERR_CONFLICT);
+    KB_GUARD_OUT(rc, insert_version(st, sec.id, sec.latest_version + 1, v, metadata, seal, seal_ctx,
+                                    actor, now));
+    *version_out = sec.latest_version + 1;
+out:
+    store_secret_clear(&sec);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
+                               const char *actor, int64_t now)
+{
+    sq *b = SQ(st);
+    store_secret sec = {0};
+    char *old_desc = NULL;
+    kb_err rc;
+
+    LOCK(b);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, secret_fetch(st, NULL, secret_id, &sec));
+    if (p->cloud_sync == 1 && !sec.cloud_sync) {
+        int64_t maxlen = 0;
+        KB_GUARD_OUT(rc, max_content_len(b, secret_id, &maxlen));
+        KB_ENSURE_OUT(rc, maxlen <= MODEL_CLOUD_CONTENT_MAX, KB_ERR_TOO_LARGE);
+    }
+    if (p->cloud_sync >= 0)
+        sec.cloud_sync = p->cloud_sync == 1;
+    if (p->owner_group_id > 0)
+        KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = ?1", p->owner_group_id));
+    if (p->owner_group_id >= 0)
+        sec.owner_group_id = p->owner_group_id;
+    if (p->description != NULL) {
+        old_desc = sec.description;
+        sec.description = (char *)p->description;
+    }
+    KB_GUARD_OUT(rc, secret_write_flags(st, &sec, actor, now));
+out:
+    if (old_desc != NULL) {
+        sec.description = old_desc;
+    }
+    store_secret_clear(&sec);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, const char *actor,
+                                    int64_t now)
+{
+    sq *b = SQ(st);
+    store_secret sec = {0};
+    kb_err rc;
+
+    LOCK(b);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, secret_fetch(st, NULL, secret_id, &sec));
+    KB_ENSURE_OUT(rc, (sec.deleted_at != 0) != deleted, KB_ERR_CONFLICT);
+    sec.deleted_at = deleted ? now : 0;
+    KB_GUARD_OUT(rc, secret_write_flags(st, &sec, actor, now));
+out:
+    store_secret_clear(&sec);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_secret_purge(store *st, int64_t secret_id)
+{
+    sq *b = SQ(st);
+    store_secret sec = {0};
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+
+    LOCK(b);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, secret_fetch(st, NULL, secret_id, &sec));
+    KB_ENSURE_OUT(rc, sec.deleted_at != 0, KB_ERR_CONFLICT);
+    /* ON DELETE CASCADE removes versions (envelopes), grants and the fetch log; secure_delete
+     * overwrites the freed pages. */
+    KB_GUARD_OUT(rc, prep(b, "DELETE FROM secrets WHERE id = ?1", &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
+    KB_GUARD_OUT(rc, step_done(b, s, "secret_purge"));
+out:
+    sqlite3_finalize(s);
+    store_secret_clear(&sec);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_secret_get(store *st, const char *name, int64_t id, bool include_deleted,
+                            store_secret *out)
+{
+    sq *b = SQ(st);
+    kb_err rc;
+    LOCK(b);
+    rc = secret_fetch(st, name, id, out);
+    UNLOCK(b);
+    if (rc == KB_OK && !include_deleted && out->deleted_at != 0) {
+        store_secret_clear(out);
+        rc = KB_ERR_NOT_FOUND;
+    }
+    return rc;
+}
+
+/* Collect (secret, version[, envelope]) rows; rows failing their MAC are dropped (logged), and
+ * with live_only, deleted secrets are dropped after verification (the SQL filter is only a
+ * hint on unverified columns). */
+static kb_err collect_records(store *st, sqlite3_stmt *s, bool live_only, bool cloud_only,
+                              store_record **out, size_t *n)
+{
+    sq *b = SQ(st);
+    store_record *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    kb_err rc = KB_OK;
+    int r;
+
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        store_record rec;
+        memset(&rec, 0, sizeof(rec));
+        kb_err e = load_secret(st, s, 0, &rec.secret);
+        if (e == KB_ERR_INTEGRITY)
+            continue;
+        KB_GUARD_OUT(rc, e);
+        if ((live_only && rec.secret.deleted_at != 0) || (cloud_only && !rec.secret.cloud_sync) ||
+            (cnt > 0 && arr[cnt - 1].secret.id == rec.secret.id)) {
+            store_secret_clear(&rec.secret);
+            continue;
+        }
+        e = load_version(s, SECRET_NCOLS, &rec.version);
+        if (e != KB_OK) {
+            store_secret_clear(&rec.secret);
+            KB_GUARD_OUT(rc, e);
+        }
+        e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
+        if (e != KB_OK) {
+            store_record_clear(&rec);
+            KB_GUARD_OUT(rc, e);
+        }
+        arr[cnt++] = rec;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "collect_records");
+out:
+    if (rc != KB_OK) {
+        store_records_free(arr, cnt);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
+static kb_err sq_secret_list(store *st, bool include_deleted, store_record **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    rc = prep(b,
+              "SELECT " SECRET_COLS ", " VERSION_COLS " FROM secrets s JOIN versions v ON "
+              "v.secret_id = s.id AND v.version = s.latest_version ORDER BY s.name, s.id",
+              &s);
+    if (rc == KB_OK)
+        rc = collect_records(st, s, !include_deleted, false, out, n);
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_version_list(store *st, int64_t secret_id, store_version **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    store_version *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    kb_err rc;
+    int r;
+
+    LOCK(b);
+    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " VERSION_COLS
+                          " FROM versions v WHERE v.secret_id = ?1 ORDER BY v.version DESC",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
+        KB_GUARD_OUT(rc, load_version(s, 0, &arr[cnt]));
+        cnt++;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "version_list");
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    if (rc != KB_OK) {
+        store_versions_free(arr, cnt);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
+/* Version `ver` (0 = latest) of an already verified secret, with its envelope (lock held). */
+static kb_err version_fetch(store *st, const store_secret *sec, int64_t ver, store_record *out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    memset(&out->version, 0, sizeof(out->version));
+    memset(&out->env, 0, sizeof(out->env));
+    KB_GUARD(prep(b,
+                  "SELECT " VERSION_COLS ", " ENV_COLS
+                  " FROM versions v WHERE v.secret_id = ?1 AND v.version = ?2",
+                  &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, ver ? ver : sec->latest_version));
+    KB_GUARD_OUT(rc, step_row(b, s, "version_fetch"));
+    KB_GUARD_OUT(rc, load_version(s, 0, &out->version));
+    rc = load_env(s, VERSION_NCOLS, &out->env);
+    if (rc != KB_OK)
+        store_version_clear(&out->version);
+out:
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static kb_err sq_version_get(store *st, int64_t secret_id, int64_t version, store_record *out)
+{
+    sq *b = SQ(st);
+    kb_err rc;
+    memset(out, 0, sizeof(*out));
+    LOCK(b);
+    rc = secret_fetch(st, NULL, secret_id, &out->secret);
+    if (rc == KB_OK) {
+        rc = version_fetch(st, &out->secret, version, out);
+        if (rc != KB_OK)
+            store_secret_clear(&out->secret);
+    }
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_secrets_expiring(store *st, int64_t from, int64_t to, store_record **out,
+                                  size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " SECRET_COLS ", " VERSION_COLS
+                          " FROM secrets s JOIN versions v ON v.secret_id = s.id AND "
+                          "v.version = s.latest_version WHERE s.deleted_at = 0 AND "
+                          "v.expires_at > 0 AND v.expires_at BETWEEN ?1 AND ?2 "
+                          "ORDER BY v.expires_at, s.name",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, from));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, to));
+    rc = collect_records(st, s, true, false, out, n);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+/* ---- groups ---- */
+
+static kb_err sq_group_create(store *st, const char *name, const char *description,
+                              const char *actor, int64_t now, int64_t *id_out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO groups(name, description, created_by, created_at) "
+                          "VALUES (?1, ?2, ?3, ?4)",
+                          &s));
+    KB_GUARD_OUT(rc, bind_text(s, 1, name));
+    KB_GUARD_OUT(rc, bind_text(s, 2, description));
+    KB_GUARD_OUT(rc, bind_text(s, 3, actor));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, now));
+    KB_GUARD_OUT(rc, step_done(b, s, "group_insert"));
+    *id_out = sqlite3_last_insert_rowid(b->db);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_group_get(store *st, const char *name, store_group *out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b, "SELECT " GROUP_COLS " FROM groups g WHERE g.name = ?1", &s));
+    KB_GUARD_OUT(rc, bind_text(s, 1, name));
+    KB_GUARD_OUT(rc, step_row(b, s, "group_get"));
+    rc = load_group(s, 0, out);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+/* Collect groups; with mac_kind set, column GROUP_NCOLS holds a membership or grant MAC bound to
+ * (fixed_id, group id) that must verify, or the row is dropped. */
+enum { LINK_NONE, LINK_MEMBERSHIP, LINK_GRANT };
+
+static kb_err collect_groups(store *st, sqlite3_stmt *s, int link, int64_t fixed_id,
+                             store_group **out, size_t *n)
+{
+    sq *b = SQ(st);
+    store_group *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    kb_err rc = KB_OK;
+    int r;
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        int64_t gid = sqlite3_column_int64(s, 0);
+        if (link != LINK_NONE) {
+            uint8_t want[ROWMAC_LEN];
+            if (link == LINK_MEMBERSHIP)
+                KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, fixed_id, gid, want));
+            else
+                KB_GUARD_OUT(rc, rowmac_grant(st->cfg.row_mac_key, gid, fixed_id, want));
+            if (!col_mac_ok(s, GROUP_NCOLS, want)) {
+                store_log_integrity(link == LINK_MEMBERSHIP ? "memberships" : "grants",
+                                    link == LINK_MEMBERSHIP ? fixed_id : gid,
+                                    link == LINK_MEMBERSHIP ? gid : fixed_id);
+                continue;
+            }
+        }
+        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
+        KB_GUARD_OUT(rc, load_group(s, 0, &arr[cnt]));
+        cnt++;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "collect_groups");
+out:
+    if (rc != KB_OK) {
+        store_groups_free(arr, cnt);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
+static kb_err sq_group_list(store *st, store_group **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    rc = prep(b, "SELECT " GROUP_COLS " FROM groups g ORDER BY g.name", &s);
+    if (rc == KB_OK)
+        rc = collect_groups(st, s, LINK_NONE, 0, out, n);
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_group_delete(store *st, int64_t group_id)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = ?1", group_id));
+    /* An owner group is part of its secrets' MAC'd rows: refuse rather than rewrite them. */
+    rc = exists(b, "SELECT 1 FROM secrets WHERE owner_group_id = ?1", group_id);
+    KB_ENSURE_OUT(rc, rc == KB_ERR_NOT_FOUND, rc == KB_OK ? KB_ERR_CONFLICT : rc);
+    KB_GUARD_OUT(rc, prep(b, "DELETE FROM groups WHERE id = ?1", &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
+    rc = step_done(b, s, "group_delete");
+out:
+    sqlite3_finalize(s);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+/* ---- clients ---- */
+
+static kb_err client_write_mac(store *st, const store_client *c, bool stored_cloud)
+{
+    sq *b = SQ(st);
+    uint8_t mac[ROWMAC_LEN];
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD(rowmac_client(st->cfg.row_mac_key, c->id, c->spiffe_id, c->enabled, c->admin,
+                           stored_cloud, c->app_name, mac));
+    KB_GUARD(prep(b,
+                  "UPDATE clients SET enabled = ?1, admin = ?2, cloud = ?3, app_name = ?4, "
+                  "description = ?5, mac = ?6 WHERE id = ?7",
+                  &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, c->enabled ? 1 : 0));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, c->admin ? 1 : 0));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, stored_cloud ? 1 : 0));
+    KB_GUARD_OUT(rc, bind_text(s, 4, c->app_name));
+    KB_GUARD_OUT(rc, bind_text(s, 5, c->description));
+    KB_GUARD_OUT(rc, bind_blob(s, 6, mac, sizeof(mac)));
+    KB_GUARD_OUT(rc, bind_i64(s, 7, c->id));
+    rc = step_done(b, s, "client_update");
+out:
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud, const char *actor,
+                               int64_t now, int64_t *id_out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    store_client c = {0};
+    kb_err rc;
+    LOCK(b);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO clients(spiffe_id, enabled, admin, cloud, created_by, "
+                          "created_at, mac) VALUES (?1, 0, 0, 0, ?2, ?3, x'')",
+                          &s));
+    KB_GUARD_OUT(rc, bind_text(s, 1, cn->spiffe_id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, actor));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, now));
+    KB_GUARD_OUT(rc, step_done(b, s, "client_insert"));
+    c.id = sqlite3_last_insert_rowid(b->db);
+    c.spiffe_id = (char *)cn->spiffe_id;
+    c.enabled = cn->enabled;
+    c.admin = cn->admin;
+    c.app_name = (char *)(cn->app_name ? cn->app_name : "");
+    c.description = (char *)(cn->description ? cn->description : "");
+    KB_GUARD_OUT(rc, client_write_mac(st, &c, cloud));
+    *id_out = c.id;
+out:
+    sqlite3_finalize(s);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_client_get(store *st, const char *spiffe_id, int64_t id, store_client *out)
+{
+    sq *b = SQ(st);
+    kb_err rc;
+    LOCK(b);
+    rc = client_fetch(st, spiffe_id, id, out);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err collect_clients(store *st, sqlite3_stmt *s, bool stale_only, int64_t group_id,
+                              store_client **out, size_t *n)
+{
+    sq *b = SQ(st);
+    store_client *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    kb_err rc = KB_OK;
+    int r;
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        store_client c;
+        kb_err e;
+        if (group_id > 0) {
+            uint8_t want[ROWMAC_LEN];
+            int64_t cid = sqlite3_column_int64(s, 0);
+            KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, cid, group_id, want));
+            if (!col_mac_ok(s, CLIENT_NCOLS, want)) {
+                store_log_integrity("memberships", cid, group_id);
+                continue;
+            }
+        }
+        e = load_client(st, s, 0, &c);
+        if (e == KB_ERR_INTEGRITY)
+            continue;
+        KB_GUARD_OUT(rc, e);
+        if (stale_only && (!c.enabled || c.admin)) {
+            store_client_clear(&c);
+            continue;
+        }
+        e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
+        if (e != KB_OK) {
+            store_client_clear(&c);
+            KB_GUARD_OUT(rc, e);
+        }
+        arr[cnt++] = c;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "collect_clients");
+out:
+    if (rc != KB_OK) {
+        store_clients_free(arr, cnt);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
+static kb_err sq_client_list(store *st, store_client **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    rc = prep(b, "SELECT " CLIENT_COLS " FROM clients c ORDER BY c.spiffe_id", &s);
+    if (rc == KB_OK)
+        rc = collect_clients(st, s, false, 0, out, n);
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_client_update(store *st, int64_t client_id, const store_client_patch *p)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    store_client c = {0};
+    char *keep_app = NULL, *keep_desc = NULL;
+    bool stored_cloud;
+    kb_err rc;
+    LOCK(b);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, client_fetch(st, NULL, client_id, &c));
+    /* load_client ORs in the derived flag; the stored one must be what we re-MAC. */
+    KB_GUARD_OUT(rc, prep(b, "SELECT cloud FROM clients WHERE id = ?1", &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
+    KB_GUARD_OUT(rc, step_row(b, s, "client_cloud"));
+    stored_cloud = sqlite3_column_int64(s, 0) != 0;
+    if (p->enabled >= 0)
+        c.enabled = p->enabled == 1;
+    if (p->admin >= 0)
+        c.admin = p->admin == 1;
+    KB_GUARD_OUT(rc, model_client_flags_check(c.admin, c.cloud));
+    if (p->app_name != NULL) {
+        keep_app = c.app_name;
+        c.app_name = (char *)p->app_name;
+    }
+    if (p->description != NULL) {
+        keep_desc = c.description;
+        c.description = (char *)p->description;
+    }
+    KB_GUARD_OUT(rc, client_write_mac(st, &c, stored_cloud));
+out:
+    sqlite3_finalize(s);
+    if (keep_app)
+        c.app_name = keep_app;
+    if (keep_desc)
+        c.description = keep_desc;
+    store_client_clear(&c);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err delete_by_id(store *st, const char *sql, int64_t id)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b, sql, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, step_done(b, s, "delete"));
+    KB_ENSURE_OUT(rc, sqlite3_changes(b->db) > 0, KB_ERR_NOT_FOUND);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_client_delete(store *st, int64_t client_id)
+{
+    return delete_by_id(st, "DELETE FROM clients WHERE id = ?1", client_id);
+}
+
+static kb_err sq_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = ?1", client_id));
+    /* Throttled so that a busy client does not turn every read into a write. */
+    KB_GUARD_OUT(rc, prep(b,
+                          "UPDATE clients SET "
+                          " last_seen = CASE WHEN last_seen <= ?1 - ?3 THEN ?1 ELSE last_seen END,"
+                          " last_list_at = CASE WHEN ?4 AND last_list_at <= ?1 - ?3 THEN ?1 "
+                          "  ELSE last_list_at END "
+                          "WHERE id = ?2 AND (last_seen <= ?1 - ?3 OR (?4 AND "
+                          " last_list_at <= ?1 - ?3))",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, now));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, client_id));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, STORE_TOUCH_INTERVAL));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, listed ? 1 : 0));
+    rc = step_done(b, s, "client_seen");
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_clients_stale(store *st, int64_t before, store_client **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " CLIENT_COLS " FROM clients c WHERE c.last_list_at < ?1 "
+                          "ORDER BY c.last_list_at, c.spiffe_id",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, before));
+    rc = collect_clients(st, s, true, 0, out, n);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+/* ---- memberships and grants ---- */
+
+static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool present)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    uint8_t mac[ROWMAC_LEN];
+    kb_err rc;
+    LOCK(b);
+    if (!present) {
+        KB_GUARD_OUT(rc, prep(b,
+                              membership ? "DELETE FROM memberships WHERE client_id = ?1 AND "
+                                           "group_id = ?2"
+                                         : "DELETE FROM grants WHERE secret_id = ?1 AND "
+                                           "group_id = ?2",
+                              &s));
+        KB_GUARD_OUT(rc, bind_i64(s, 1, a));
+        KB_GUARD_OUT(rc, bind_i64(s, 2, g));
+        KB_GUARD_OUT(rc, step_done(b, s, "link_delete"));
+        KB_ENSURE_OUT(rc, sqlite3_changes(b->db) > 0, KB_ERR_NOT_FOUND);
+        goto out;
+    }
+    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = ?1", g));
+    if (membership) {
+        KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = ?1", a));
+        KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, a, g, mac));
+        KB_GUARD_OUT(rc, prep(b,
+                              "INSERT INTO memberships(client_id, group_id, mac) "
+                              "VALUES (?1, ?2, ?3)",
+                              &s));
+    } else {
+        KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", a));
+        KB_GUARD_OUT(rc, rowmac_grant(st->cfg.row_mac_key, g, a, mac));
+        KB_GUARD_OUT(
+            rc, prep(b, "INSERT INTO grants(secret_id, group_id, mac) VALUES (?1, ?2, ?3)", &s));
+    }
+    KB_GUARD_OUT(rc, bind_i64(s, 1, a));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, g));
+    KB_GUARD_OUT(rc, bind_blob(s, 3, mac, sizeof(mac)));
+    rc = step_done(b, s, "link_insert");
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_membership_set(store *st, int64_t client_id, int64_t group_id, bool present)
+{
+    return link_set(st, true, client_id, group_id, present);
+}
+
+static kb_err sq_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present)
+{
+    return link_set(st, false, secret_id, group_id, present);
+}
+
+static kb_err sq_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = ?1", client_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " GROUP_COLS ", m.mac FROM memberships m JOIN groups g ON "
+                          "g.id = m.group_id WHERE m.client_id = ?1 ORDER BY g.name",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
+    rc = collect_groups(st, s, LINK_MEMBERSHIP, client_id, out, n);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " GROUP_COLS ", gr.mac FROM grants gr JOIN groups g ON "
+                          "g.id = gr.group_id WHERE gr.secret_id = ?1 ORDER BY g.name",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
+    rc = collect_groups(st, s, LINK_GRANT, secret_id, out, n);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_group_clients(store *st, int64_t group_id, store_client **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = ?1", group_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " CLIENT_COLS ", m.mac FROM memberships m JOIN clients c ON "
+                          "c.id = m.client_id WHERE m.group_id = ?1 ORDER BY c.spiffe_id",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
+    rc = collect_clients(st, s, false, group_id, out, n);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+/* ---- client reads ---- */
+
+/* The verified, enabled client (lock held). */
+static kb_err reader_client(store *st, int64_t client_id, store_client *c)
+{
+    KB_GUARD(client_fetch(st, NULL, client_id, c));
+    if (!c->enabled) {
+        store_client_clear(c);
+        return KB_ERR_DENIED;
+    }
+    return KB_OK;
+}
+
+static kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    store_record *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    store_client c = {0};
+    kb_err rc;
+    int r;
+
+    LOCK(b);
+    rc = tx_begin(b, false); /* one snapshot for the client row and the listing */
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, reader_client(st, client_id, &c));
+    /* Every (membership, grant) path to every candidate secret, grouped by secret; each link and
+     * the secret row are verified below, and the flags re-checked on verified values. */
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " SECRET_COLS ", " VERSION_COLS ", m.group_id, m.mac, gr.mac "
+                          "FROM memberships m JOIN grants gr ON gr.group_id = m.group_id "
+                          "JOIN secrets s ON s.id = gr.secret_id "
+                          "JOIN versions v ON v.secret_id = s.id AND "
+                          "v.version = s.latest_version "
+                          "WHERE m.client_id = ?1 AND s.deleted_at = 0 "
+                          "ORDER BY s.name, s.id",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        const int c0 = SECRET_NCOLS + VERSION_NCOLS;
+        int64_t sid = sqlite3_column_int64(s, 0);
+        int64_t gid = sqlite3_column_int64(s, c0);
+        uint8_t want[ROWMAC_LEN];
+        store_record rec;
+        kb_err e;
+
+        if (cnt > 0 && arr[cnt - 1].secret.id == sid)
+            continue; /* already reachable through a verified path */
+        KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, client_id, gid, want));
+        if (!col_mac_ok(s, c0 + 1, want)) {
+            store_log_integrity("memberships", client_id, gid);
+            continue;
+        }
+        KB_GUARD_OUT(rc, rowmac_grant(st->cfg.row_mac_key, gid, sid, want));
+        if (!col_mac_ok(s, c0 + 2, want)) {
+            store_log_integrity("grants", gid, sid);
+            continue;
+        }
+        memset(&rec, 0, sizeof(rec));
+        e = load_secret(st, s, 0, &rec.secret);
+        if (e == KB_ERR_INTEGRITY)
+            continue;
+        KB_GUARD_OUT(rc, e);
+        if (rec.secret.deleted_at != 0 || (c.cloud && !rec.secret.cloud_sync)) {
+            store_secret_clear(&rec.secret);
+            continue;
+        }
+        e = load_version(s, SECRET_NCOLS, &rec.version);
+        if (e == KB_OK)
+            e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
+        if (e != KB_OK) {
+            store_record_clear(&rec);
+            KB_GUARD_OUT(rc, e);
+        }
+        arr[cnt++] = rec;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "readable_list");
+out:
+    sqlite3_finalize(s);
+    store_client_clear(&c);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    if (rc != KB_OK) {
+        store_records_free(arr, cnt);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
+/* One readable secret for a verified client (lock and snapshot held). */
+static kb_err readable_one(store *st, const store_client *c, const char *name, int64_t version,
+                           store_record *out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    bool granted = false, tampered = false;
+    kb_err rc;
+    int r = SQLITE_DONE;
+
+    memset(out, 0, sizeof(*out));
+    KB_GUARD_OUT(rc, secret_fetch(st, name, 0, &out->secret));
+    KB_ENSURE_OUT(rc, out->secret.deleted_at == 0, KB_ERR_NOT_FOUND);
+    KB_ENSURE_OUT(rc, !c->cloud || out->secret.cloud_sync, KB_ERR_NOT_FOUND);
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT m.group_id, m.mac, gr.mac FROM memberships m JOIN grants gr "
+                          "ON gr.group_id = m.group_id WHERE m.client_id = ?1 AND "
+                          "gr.secret_id = ?2",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, c->id));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, out->secret.id));
+    while (!granted && (r = sqlite3_step(s)) == SQLITE_ROW) {
+        uint8_t want[ROWMAC_LEN];
+        int64_t gid = sqlite3_column_int64(s, 0);
+        KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, c->id, gid, want));
+        if (!col_mac_ok(s, 1, want)) {
+            store_log_integrity("memberships", c->id, gid);
+            tampered = true;
+            continue;
+        }
+        KB_GUARD_OUT(rc, rowmac_grant(st->cfg.row_mac_key, gid, out->secret.id, want));
+        if (!col_mac_ok(s, 2, want)) {
+            store_log_integrity("grants", gid, out->secret.id);
+            tampered = true;
+            continue;
+        }
+        granted = true;
+    }
+    if (!granted && r != SQLITE_DONE)
+        KB_ENSURE_OUT(rc, false, db_err(b, r, "readable_get"));
+    KB_ENSURE_OUT(rc, granted, tampered ? KB_ERR_INTEGRITY : KB_ERR_NOT_FOUND);
+    rc = version_fetch(st, &out->secret, version, out);
+out:
+    sqlite3_finalize(s);
+    if (rc != KB_OK)
+        store_record_clear(out);
+    return rc;
+}
+
+static kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *const *names,
+                                    const int64_t *versions, size_t n, store_record *out,
+                                    kb_err *errs)
+{
+    sq *b = SQ(st);
+    store_client c = {0};
+    kb_err rc;
+    LOCK(b);
+    rc = tx_begin(b, false);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, reader_client(st, client_id, &c));
+    for (size_t i = 0; i < n; i++) {
+        if (errs[i] != KB_OK)
+            continue;
+        errs[i] = readable_one(st, &c, names[i], versions[i], &out[i]);
+        /* A database failure fails the whole batch; per-name outcomes do not. */
+        if (errs[i] == KB_ERR_DB || errs[i] == KB_ERR_NOMEM) {
+            rc = errs[i];
+            for (size_t k = 0; k <= i; k++)
+                store_record_clear(&out[k]);
+            goto out;
+        }
+    }
+out:
+    store_client_clear(&c);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+/* ---- fetch log ---- */
+
+static kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
+                              int64_t now)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO fetch_log(client_id, secret_id, version, fetched_at) "
+                          "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(client_id, secret_id) DO UPDATE "
+                          "SET version = excluded.version, fetched_at = excluded.fetched_at "
+                          "WHERE excluded.fetched_at >= fetch_log.fetched_at",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, secret_id));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, version));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, now));
+    rc = step_done(b, s, "fetch_record");
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    store_fetch *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    kb_err rc;
+    int r;
+    LOCK(b);
+    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT f.client_id, c.spiffe_id, f.secret_id, f.version, f.fetched_at "
+                          "FROM fetch_log f JOIN clients c ON c.id = f.client_id "
+                          "WHERE f.secret_id = ?1 ORDER BY c.spiffe_id",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
+        arr[cnt].client_id = sqlite3_column_int64(s, 0);
+        KB_GUARD_OUT(rc, col_str(s, 1, &arr[cnt].spiffe_id));
+        arr[cnt].secret_id = sqlite3_column_int64(s, 2);
+        arr[cnt].version = sqlite3_column_int64(s, 3);
+        arr[cnt].fetched_at = sqlite3_column_int64(s, 4);
+        cnt++;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "secret_status");
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    if (rc != KB_OK) {
+        store_fetches_free(arr, cap > cnt ? cnt + 1 : cnt);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
+/* ---- audit ---- */
+
+static kb_err head_locked(sq *b, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
+{
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    *seq = 0;
+    memset(mac, 0, AUDIT_MAC_LEN);
+    KB_GUARD(prep(b, "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1", &s));
+    rc = step_row(b, s, "audit_head");
+    if (rc == KB_OK) {
+        *seq = sqlite3_column_int64(s, 0);
+        if (sqlite3_column_bytes(s, 1) == AUDIT_MAC_LEN)
+            memcpy(mac, sqlite3_column_blob(s, 1), AUDIT_MAC_LEN);
+    } else if (rc == KB_ERR_NOT_FOUND) {
+        rc = KB_OK;
+    }
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static kb_err sq_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
+{
+    sq *b = SQ(st);
+    kb_err rc;
+    LOCK(b);
+    rc = head_locked(b, seq, mac);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_fn macfn, void *ctx,
+                              int64_t *seq_out)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    uint8_t prev[AUDIT_MAC_LEN], mac[AUDIT_MAC_LEN];
+    int64_t seq = 0;
+    kb_err rc;
+    LOCK(b);
+    /* The write lock is taken before the head is read, so two appenders (threads or
+     * processes) can never extend the same head. */
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        UNLOCK(b);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, head_locked(b, &seq, prev));
+    seq++;
+    KB_GUARD_OUT(rc, macfn(ctx, prev, seq, ev, mac));
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO audit_log(seq, time, identity, peer, action, object, "
+                          "version, result, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, seq));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, ev->time));
+    KB_GUARD_OUT(rc, bind_text(s, 3, ev->identity));
+    KB_GUARD_OUT(rc, bind_text(s, 4, ev->peer));
+    KB_GUARD_OUT(rc, bind_text(s, 5, ev->action));
+    KB_GUARD_OUT(rc, bind_text(s, 6, ev->object));
+    KB_GUARD_OUT(rc, bind_i64(s, 7, ev->version));
+    KB_GUARD_OUT(rc, bind_text(s, 8, ev->result));
+    KB_GUARD_OUT(rc, bind_blob(s, 9, mac, sizeof(mac)));
+    KB_GUARD_OUT(rc, step_done(b, s, "audit_insert"));
+    if (seq_out)
+        *seq_out = seq;
+out:
+    sqlite3_finalize(s);
+    rc = tx_end(b, rc);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err collect_audit(sq *b, sqlite3_stmt *s, audit_row **out, size_t *n)
+{
+    audit_row *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    kb_err rc = KB_OK;
+    int r;
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        audit_row *a;
+        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
+        a = &arr[cnt++];
+        a->seq = sqlite3_column_int64(s, 0);
+        a->time = sqlite3_column_int64(s, 1);
+        KB_GUARD_OUT(rc, col_str(s, 2, &a->identity));
+        KB_GUARD_OUT(rc, col_str(s, 3, &a->peer));
+        KB_GUARD_OUT(rc, col_str(s, 4, &a->action));
+        KB_GUARD_OUT(rc, col_str(s, 5, &a->object));
+        a->version = sqlite3_column_int64(s, 6);
+        KB_GUARD_OUT(rc, col_str(s, 7, &a->result));
+        /* A MAC of the wrong size stays all-zero: it will not verify. */
+        if (sqlite3_column_bytes(s, 8) == AUDIT_MAC_LEN)
+            memcpy(a->mac, sqlite3_column_blob(s, 8), AUDIT_MAC_LEN);
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "audit_rows");
+out:
+    if (rc != KB_OK) {
+        audit_rows_free(arr, cnt);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
+#define AUDIT_COLS "seq, time, identity, peer, action, object, version, result, mac"
+
+static kb_err sq_audit_rows(store *st, int64_t after, size_t limit, audit_row **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(
+        rc,
+        prep(b, "SELECT " AUDIT_COLS " FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2", &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, after));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, (int64_t)limit));
+    rc = collect_audit(b, s, out, n);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_audit_query(store *st, const audit_filter *f, audit_row **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " AUDIT_COLS " FROM audit_log WHERE "
+                          "(?1 IS NULL OR object = ?1) AND (?2 IS NULL OR identity = ?2) AND "
+                          "(?3 = 0 OR time >= ?3) AND (?4 = 0 OR time <= ?4) "
+                          "ORDER BY seq DESC LIMIT ?5",
+                          &s));
+    if (f->object)
+        KB_GUARD_OUT(rc, bind_text(s, 1, f->object));
+    if (f->identity)
+        KB_GUARD_OUT(rc, bind_text(s, 2, f->identity));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, f->since));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, f->until));
+    KB_GUARD_OUT(rc, bind_i64(s, 5, (int64_t)f->limit));
+    rc = collect_audit(b, s, out, n);
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_anchor_put(store *st, const audit_anchor *a)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT OR IGNORE INTO audit_anchors(seq, mac, time, sig) "
+                          "VALUES (?1, ?2, ?3, ?4)",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, a->seq));
+    KB_GUARD_OUT(rc, bind_blob(s, 2, a->mac, AUDIT_MAC_LEN));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, a->time));
+    KB_GUARD_OUT(rc, bind_blob(s, 4, a->sig, a->sig_len));
+    rc = step_done(b, s, "anchor_put");
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    return rc;
+}
+
+static kb_err sq_anchor_list(store *st, audit_anchor **out, size_t *n)
+{
+    sq *b = SQ(st);
+    sqlite3_stmt *s = NULL;
+    audit_anchor *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    kb_err rc;
+    int r;
+    LOCK(b);
+    KB_GUARD_OUT(rc, prep(b, "SELECT seq, mac, time, sig FROM audit_anchors ORDER BY seq", &s));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        int sl = sqlite3_column_bytes(s, 3);
+        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
+        arr[cnt].seq = sqlite3_column_int64(s, 0);
+        if (sqlite3_column_bytes(s, 1) == AUDIT_MAC_LEN)
+            memcpy(arr[cnt].mac, sqlite3_column_blob(s, 1), AUDIT_MAC_LEN);
+        arr[cnt].time = sqlite3_column_int64(s, 2);
+        if (sl > 0 && sl <= AUDIT_SIG_MAX) {
+            memcpy(arr[cnt].sig, sqlite3_column_blob(s, 3), (size_t)sl);
+            arr[cnt].sig_len = (size_t)sl;
+        }
+        cnt++;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "anchor_list");
+out:
+    sqlite3_finalize(s);
+    UNLOCK(b);
+    if (rc != KB_OK) {
+        free(arr);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
+const struct store_ops store_sqlite_ops = {
+    .scheme = "sqlite",
+    .schema_version = SCHEMA_VERSION,
+    .open = sq_open,
+    .close = sq_close,
+    .get_schema_version = sq_schema_version,
+    .secret_create = sq_secret_create,
+    .version_add = sq_version_add,
+    .secret_update = sq_secret_update,
+    .secret_set_deleted = sq_secret_set_deleted,
+    .secret_purge = sq_secret_purge,
+    .secret_get = sq_secret_get,
+    .secret_list = sq_secret_list,
+    .version_list = sq_version_list,
+    .version_get = sq_version_get,
+    .secrets_expiring = sq_secrets_expiring,
+    .group_create = sq_group_create,
+    .group_get = sq_group_get,
+    .group_list = sq_group_list,
+    .group_delete = sq_group_delete,
+    .client_create = sq_client_create,
+    .client_get = sq_client_get,
+    .client_list = sq_client_list,
+    .client_update = sq_client_update,
+    .client_delete = sq_client_delete,
+    .client_seen = sq_client_seen,
+    .clients_stale = sq_clients_stale,
+    .membership_set = sq_membership_set,
+    .client_groups = sq_client_groups,
+    .group_clients = sq_group_clients,
+    .grant_set = sq_grant_set,
+    .secret_groups = sq_secret_groups,
+    .readable_list = sq_readable_list,
+    .readable_get_batch = sq_readable_get_batch,
+    .fetch_record = sq_fetch_record,
+    .secret_status = sq_secret_status,
+    .audit_append = sq_audit_append,
+    .audit_rows = sq_audit_rows,
+    .audit_query = sq_audit_query,
+    .audit_head = sq_audit_head,
+    .anchor_put = sq_anchor_put,
+    .anchor_list = sq_anchor_list,
+};
