@@ -23,7 +23,7 @@ kb_softhsm_make() {
     KB_HSM_KEEP=0
   fi
   chmod 700 "$dir"
-  mkdir -p "$dir/tokens"
+  mkdir -m 700 -p "$dir/tokens"
   (umask 077 && cat >"$dir/softhsm2.conf" <<CONF
 directories.tokendir = $dir/tokens
 objectstore.backend = file
