@@ -162,9 +162,9 @@ static void cell(const json_t *v, char *buf, size_t len)
     else if (json_is_false(v))
         snprintf(buf, len, "no");
     else {
-        char *s = json_dumps(v, JSON_COMPACT);
+        char *s = kb_json_dump(v);
         snprintf(buf, len, "%s", s ? s : "?");
-        free(s);
+        kb_json_free_str(s);
     }
 }
 

@@ -2,44 +2,31 @@
 #include "json.h"
 
 #include <stdio.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "secbuf.h"
 
-/* Each block carries its size in a header so free can wipe it. 16 bytes keeps alignment. */
-#define HDR 16
-
+/* jansson's blocks come from plain malloc, so a string from json_dumps() may be released with
+ * free() anywhere; on release through jansson (or kb_json_free_str) the whole usable block is
+ * wiped first. malloc_usable_size() gives that size without a header that free() would trip on. */
 static void *wipe_malloc(size_t n)
 {
-    uint8_t *p;
-    if (n > SIZE_MAX - HDR)
-        return NULL;
-    p = malloc(n + HDR);
-    if (p == NULL)
-        return NULL;
-    memcpy(p, &n, sizeof(n));
-    return p + HDR;
+    return malloc(n);
 }
 
 static void wipe_free(void *ptr)
 {
-    uint8_t *p;
-    size_t n;
     if (ptr == NULL)
         return;
-    p = (uint8_t *)ptr - HDR;
-    memcpy(&n, p, sizeof(n));
-    kb_wipe(p, n + HDR);
-    free(p);
+    kb_wipe(ptr, malloc_usable_size(ptr));
+    free(ptr);
 }
-
-static int hooks_on;
 
 void kb_json_init(void)
 {
     json_set_alloc_funcs(wipe_malloc, wipe_free);
-    hooks_on = 1;
 }
 
 static size_t json_depth(const json_t *v, size_t limit)
@@ -146,13 +133,5 @@ char *kb_json_dump(const json_t *v)
 
 void kb_json_free_str(char *s)
 {
-    /* json_dumps allocates through the hooks, so free through them as well (wipes). */
-    if (s == NULL)
-        return;
-    if (hooks_on) {
-        wipe_free(s);
-    } else {
-        kb_wipe(s, strlen(s));
-        free(s);
-    }
+    wipe_free(s);
 }

@@ -25,8 +25,8 @@ KB_WUR kb_err kb_json_parse(const void *buf, size_t len, size_t max, json_t **ou
 /* KB_ERR_INVALID if obj has a key not in the NULL-terminated allowed list; *bad names it. */
 KB_WUR kb_err kb_json_only_keys(const json_t *obj, const char *const *allowed, const char **bad);
 
-/* Serialize compactly into a malloc'd string (freed by the caller, wiped first if it held
- * secrets: use kb_json_free_str). */
+/* Serialize compactly into a malloc'd string. kb_json_free_str wipes and frees any malloc'd
+ * string (this one, json_dumps' output, or another module's); plain free() is also safe. */
 char *kb_json_dump(const json_t *v);
 void kb_json_free_str(char *s);
 
