@@ -189,11 +189,12 @@ static void pin_hash(const uint8_t salt[16], const kb_secret *pin, uint8_t out[3
 
 /* Log in on session s. Called with the keystore's sessions open; the registry lock serialises
  * logins so the record of the accepted PIN matches the module's state. */
-static kb_err module_login(struct p11_module *m, CK_SLOT_ID slot, CK_SESSION_HANDLE s,
-                           const kb_secret *pin)
+static kb_err module_login(struct p11_module *m, CK_SLOT_ID slot, const char *token_label,
+                           CK_SESSION_HANDLE s, const kb_secret *pin)
 {
     struct p11_login *l;
-    uint8_t h[32];
+    uint8_t h[32] = {0};
+    char hb[24];
     kb_err rc = KB_OK;
     CK_RV rv;
 
@@ -214,16 +215,23 @@ static kb_err module_login(struct p11_module *m, CK_SLOT_ID slot, CK_SESSION_HAN
         pin_hash(l->salt, pin, l->pin_hash);
     } else if (rv == CKR_USER_ALREADY_LOGGED_IN) {
         /* Another keystore in this process holds the login: the PIN must be the same one. */
-        KB_ENSURE_OUT(rc, l != NULL, KB_ERR_AUTH);
-        pin_hash(l->salt, pin, h);
-        KB_ENSURE_OUT(rc, kb_ct_eq(h, l->pin_hash, sizeof(h)), KB_ERR_AUTH);
+        if (l != NULL)
+            pin_hash(l->salt, pin, h);
+        if (l == NULL || !kb_ct_eq(h, l->pin_hash, sizeof(h))) {
+            kb_log(KB_LOG_ERROR, "pkcs11_login_refused", "token", token_label, "msg",
+                   "user PIN does not match the PIN this process logged in with", NULL);
+            rc = KB_ERR_AUTH;
+        }
     } else if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_LOCKED ||
                rv == CKR_PIN_EXPIRED || rv == CKR_PIN_INVALID ||
                rv == CKR_USER_PIN_NOT_INITIALIZED) {
-        log_rv("pkcs11_login_refused", "C_Login", rv);
+        kb_log(KB_LOG_ERROR, "pkcs11_login_refused", "token", token_label, "msg",
+               "user PIN rejected (wrong, locked, expired or not initialised)", "ckr",
+               rv_hex(rv, hb), NULL);
         rc = KB_ERR_AUTH;
     } else {
-        log_rv("pkcs11_login_failed", "C_Login", rv);
+        kb_log(KB_LOG_ERROR, "pkcs11_login_failed", "token", token_label, "call", "C_Login", "ckr",
+               rv_hex(rv, hb), NULL);
         rc = KB_ERR_HSM;
     }
 out:
@@ -640,11 +648,7 @@ static kb_err p11_start(const char *module, const char *token_label, const kb_se
         }
         k->nsess++;
     }
-    rc = module_login(k->mod, k->slot, k->sess[0], pin);
-    if (rc == KB_ERR_AUTH)
-        kb_log(KB_LOG_ERROR, "pkcs11_login_refused", "token", token_label, "msg",
-               "user PIN rejected", NULL);
-    KB_GUARD_OUT(rc, rc);
+    KB_GUARD_OUT(rc, module_login(k->mod, k->slot, token_label, k->sess[0], pin));
     *out = k;
     k = NULL;
 out:
