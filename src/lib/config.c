@@ -208,11 +208,11 @@ kb_err kb_config_load(const kb_config_key *keys, const char *path, const char *e
         r = ini_parse_string(kb_dbuf_str(&body), on_ini, &ctx);
         kb_dbuf_free(&body);
         if (r != 0 || ctx.failed) {
-            char tmp[200];
+            char tmp[sizeof(ebuf)];
             if (!ctx.failed)
                 snprintf(ebuf, sizeof(ebuf), "line %d: syntax error", r);
-            snprintf(tmp, sizeof(tmp), "%s", ebuf);
-            snprintf(ebuf, sizeof(ebuf), "%.50s: %s", path, tmp);
+            snprintf(tmp, sizeof(tmp), "%.150s", ebuf);
+            snprintf(ebuf, sizeof(ebuf), "%.80s: %.150s", path, tmp);
             rc = KB_ERR_CONFIG;
             goto out;
         }
