@@ -4,6 +4,7 @@
 
 #include "lib/log.h"
 #include "lib/prog.h"
+#include "serve.h"
 #include "server_config.h"
 #include "service.h"
 
@@ -49,7 +50,7 @@ static int cmd_config_reference(const kb_config *cfg, int argc, char **argv)
 static const kb_subcmd cmds[] = {
     {"bootstrap", cmd_bootstrap, "create the store, master keys and first admin"},
     {"config-reference", cmd_config_reference, "print every configuration key (Markdown)"},
-    /* server: register `serve` here */
+    {"serve", serve_main, "serve the client, Keywhiz and admin APIs over mTLS"},
     {NULL, NULL, NULL},
 };
 

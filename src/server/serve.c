@@ -1,0 +1,398 @@
+/* serve.c - `keybridged serve`: the HTTPS/mTLS front of api_handle, plus the metrics listener.
+ *
+ * Threads: kb_httpd's event loops (one per core) call handle() concurrently; a signal thread
+ * waits (sigwait) for SIGHUP (reload) and SIGTERM/SIGINT (stop); the metrics listener runs its
+ * own single loop. The trust bundle set is shared read-only and swapped under a mutex with
+ * reference counts, so a handshake in progress keeps the set it started with.
+ */
+#include "serve.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "api.h"
+#include "lib/httpd.h"
+#include "lib/json.h"
+#include "lib/log.h"
+#include "lib/prog.h"
+#include "lib/spiffe_bundle.h"
+#include "lib/x509svid.h"
+#include "metrics.h"
+#include "service.h"
+
+typedef struct {
+    svc *s;
+    kb_httpd *h;
+    kb_httpd *mh;
+    metrics *m;
+    const char *td;
+    const char *bundle_file;
+    pthread_mutex_t mu; /* guards the fields below */
+    spiffe_bundle_set *bs;
+    struct stat bundle_st;
+    int64_t checked_at;
+    uint64_t bundle_reloads;
+} server;
+
+/* ---- trust bundle ------------------------------------------------------------------------- */
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* (Re)load the bundle if forced or the file changed. Called with sv->mu held. A bundle that
+ * fails to parse, or whose spiffe_sequence goes backwards, is refused and the old one kept. */
+static kb_err bundle_reload_locked(server *sv, bool force)
+{
+    struct stat st;
+    spiffe_bundle *b = NULL;
+    spiffe_bundle_set *set = NULL;
+    const char *why = NULL;
+    kb_err rc;
+
+    if (stat(sv->bundle_file, &st) != 0) {
+        kb_log(KB_LOG_ERROR, "bundle_unreadable", "path", sv->bundle_file, NULL);
+        return KB_ERR_IO;
+    }
+    if (!force && sv->bs != NULL && same_file(&st, &sv->bundle_st))
+        return KB_OK;
+    rc = spiffe_bundle_load_file(sv->td, sv->bundle_file, &b, &why);
+    if (rc == KB_OK && sv->bs != NULL)
+        rc = spiffe_bundle_check_update(spiffe_bundle_set_get(sv->bs, sv->td), b, &why);
+    if (rc == KB_OK)
+        rc = spiffe_bundle_set_new(&set);
+    if (rc == KB_OK) {
+        rc = spiffe_bundle_set_put(set, b);
+        if (rc == KB_OK)
+            b = NULL;
+    }
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "bundle_refused", "path", sv->bundle_file, "reason",
+               why ? why : kb_err_str(rc), NULL);
+        /* Remember the stamp anyway: the same bad file is not re-parsed every second. */
+        sv->bundle_st = st;
+        spiffe_bundle_free(b);
+        spiffe_bundle_set_free(set);
+        return rc;
+    }
+    spiffe_bundle_set_free(sv->bs);
+    sv->bs = set;
+    sv->bundle_st = st;
+    sv->bundle_reloads++;
+    kb_log(KB_LOG_INFO, "bundle_loaded", "path", sv->bundle_file, "trust_domain", sv->td, NULL);
+    return KB_OK;
+}
+
+/* The current set (a reference the caller frees), checking the file at most once a second. */
+static spiffe_bundle_set *bundle_get(server *sv)
+{
+    spiffe_bundle_set *bs;
+    int64_t now = (int64_t)time(NULL);
+    pthread_mutex_lock(&sv->mu);
+    if (now != sv->checked_at) {
+        sv->checked_at = now;
+        (void)bundle_reload_locked(sv, false);
+    }
+    bs = sv->bs;
+    if (bs != NULL)
+        spiffe_bundle_set_up_ref(bs);
+    pthread_mutex_unlock(&sv->mu);
+    return bs;
+}
+
+/* kb_http_peer_verify: the peer must be an X509-SVID of our trust domain (X509-SVID.md 5). */
+static int verify_peer(void *arg, X509 *leaf, STACK_OF(X509) * chain, char *id, size_t id_len,
+                       const char **why)
+{
+    server *sv = arg;
+    spiffe_bundle_set *bs = bundle_get(sv);
+    spiffe_id sid;
+    kb_err rc;
+    if (bs == NULL) {
+        *why = "no trust bundle";
+        return 0;
+    }
+    rc = x509svid_verify(bs, leaf, chain, X509SVID_PURPOSE_CLIENT, 0, &sid, why);
+    spiffe_bundle_set_free(bs);
+    if (rc != KB_OK)
+        return 0;
+    if ((size_t)snprintf(id, id_len, "%s", spiffe_id_str(&sid)) >= id_len) {
+        *why = "SPIFFE ID too long";
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- request handling --------------------------------------------------------------------- */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void reply(kb_http_req *hr, const api_response *r)
+{
+    char ra[32];
+    if (r->retry_after > 0) {
+        snprintf(ra, sizeof(ra), "%lld", (long long)r->retry_after);
+        kb_http_set_header(hr, "Retry-After", ra);
+    }
+    if (r->status == 204 || r->body == NULL)
+        kb_http_reply(hr, r->status, NULL, NULL, 0);
+    else
+        kb_http_reply_json(hr, r->status, r->body);
+}
+
+static void handle(kb_http_req *hr, void *arg)
+{
+    server *sv = arg;
+    double t0 = mono_now();
+    const char *method = kb_http_req_method(hr), *path = kb_http_req_path(hr);
+    api_response resp;
+    api_request q;
+    X509 *cert = kb_http_req_peer_cert(hr);
+
+    memset(&resp, 0, sizeof(resp));
+    memset(&q, 0, sizeof(q));
+    /* A kept-alive connection or a resumed session must not outlive the certificate
+     * (DESIGN.md, Identity): every request checks notAfter again. */
+    if (cert != NULL && X509_cmp_time(X509_get0_notAfter(cert), NULL) <= 0) {
+        api_error(&resp, 401, "auth", "client certificate expired");
+    } else {
+        q.method = method;
+        q.path = path;
+        q.query = kb_http_req_query(hr);
+        kb_http_req_body(hr, &q.body, &q.body_len);
+        q.peer = kb_http_req_peer_addr(hr);
+        q.spiffe_id = kb_http_req_peer_id(hr);
+        q.now = (int64_t)time(NULL);
+        api_handle(sv->s, &q, &resp);
+    }
+    reply(hr, &resp);
+    metrics_observe(sv->m, api_route_name(method, path), resp.status, mono_now() - t0);
+    api_response_clear(&resp);
+}
+
+static void handle_metrics(kb_http_req *hr, void *arg)
+{
+    server *sv = arg;
+    const char *path = kb_http_req_path(hr);
+    kb_dbuf b;
+    metrics_server_state st;
+
+    if (strcmp(kb_http_req_method(hr), "GET") != 0) {
+        kb_http_reply_error(hr, 405, "method_not_allowed", "GET only");
+        return;
+    }
+    if (strcmp(path, "/healthz") == 0) {
+        kb_http_reply(hr, 200, "text/plain; charset=utf-8", "ok\n", 3);
+        return;
+    }
+    if (strcmp(path, "/metrics") != 0) {
+        kb_http_reply_error(hr, 404, "not_found", "try /metrics");
+        return;
+    }
+    st.connections = kb_httpd_connections(sv->h);
+    pthread_mutex_lock(&sv->mu);
+    st.reloads = kb_httpd_reload_count(sv->h) + sv->bundle_reloads;
+    pthread_mutex_unlock(&sv->mu);
+    kb_dbuf_init(&b, METRICS_TEXT_MAX);
+    if (metrics_render(sv->m, sv->s, &st, (int64_t)time(NULL), &b) != KB_OK) {
+        kb_http_reply_error(hr, 500, "internal", "metrics unavailable");
+    } else {
+        kb_http_reply(hr, 200, "text/plain; version=0.0.4; charset=utf-8",
+                      b.p ? b.p : (uint8_t *)"", b.len);
+    }
+    kb_dbuf_free(&b);
+}
+
+/* ---- threads ------------------------------------------------------------------------------ */
+
+static void *metrics_thread(void *arg)
+{
+    server *sv = arg;
+    if (kb_httpd_run(sv->mh) != KB_OK)
+        kb_log(KB_LOG_ERROR, "metrics_listener_failed", NULL);
+    return NULL;
+}
+
+static void *signal_thread(void *arg)
+{
+    server *sv = arg;
+    sigset_t set;
+    int sig = 0;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    for (;;) {
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            kb_err rc = kb_httpd_reload(sv->h);
+            pthread_mutex_lock(&sv->mu);
+            kb_err brc = bundle_reload_locked(sv, true);
+            pthread_mutex_unlock(&sv->mu);
+            kb_log(rc == KB_OK && brc == KB_OK ? KB_LOG_INFO : KB_LOG_ERROR, "reload", "tls",
+                   kb_err_str(rc), "bundle", kb_err_str(brc), NULL);
+            continue;
+        }
+        kb_log(KB_LOG_INFO, "stopping", "signal", sig == SIGTERM ? "TERM" : "INT", NULL);
+        kb_httpd_stop(sv->h);
+        if (sv->mh)
+            kb_httpd_stop(sv->mh);
+        return NULL;
+    }
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+static bool loopback_addr(const char *a)
+{
+    return strncmp(a, "127.", 4) == 0 || strncmp(a, "[::1]:", 6) == 0 ||
+           strncmp(a, "localhost:", 10) == 0;
+}
+
+int serve_main(const kb_config *cfg, int argc, char **argv)
+{
+    server sv;
+    kb_httpd_opts o, mo;
+    sigset_t set;
+    pthread_t sig_tid, m_tid;
+    bool sig_started = false, m_started = false;
+    const char *mlisten;
+    int code = KB_EXIT_FAIL;
+    kb_err rc;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: keybridged [--config FILE] serve\n\n"
+                   "Serve the client, Keywhiz and admin APIs over HTTPS with mTLS (SPIFFE), and\n"
+                   "Prometheus metrics on [server] metrics_listen. SIGHUP reloads the server\n"
+                   "certificate, key and trust bundle; SIGTERM stops.\n");
+            return KB_EXIT_OK;
+        }
+        fprintf(stderr, "keybridged serve: unexpected '%s' (see --help)\n", argv[i]);
+        return KB_EXIT_USAGE;
+    }
+    memset(&sv, 0, sizeof(sv));
+    pthread_mutex_init(&sv.mu, NULL);
+    sv.td = kb_config_str(cfg, "server", "trust_domain");
+    sv.bundle_file = kb_config_str(cfg, "server", "bundle_file");
+    if (sv.td == NULL || sv.bundle_file == NULL ||
+        kb_config_str(cfg, "server", "cert_file") == NULL ||
+        kb_config_str(cfg, "server", "key_file") == NULL) {
+        kb_log(KB_LOG_ERROR, "config_invalid", "msg",
+               "serve needs [server] trust_domain, cert_file, key_file and bundle_file", NULL);
+        code = KB_EXIT_CONFIG;
+        goto out;
+    }
+    mlisten = kb_config_str(cfg, "server", "metrics_listen");
+    if (mlisten != NULL && mlisten[0] != '\0' && !loopback_addr(mlisten)) {
+        kb_log(KB_LOG_ERROR, "config_invalid", "key", "server.metrics_listen", "msg",
+               "the metrics listener is plain HTTP and must be on loopback", NULL);
+        code = KB_EXIT_CONFIG;
+        goto out;
+    }
+    /* Block the signals before any thread starts, so only the signal thread receives them;
+     * a peer closing mid-write must not kill the server (SIGPIPE). */
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    pthread_mutex_lock(&sv.mu);
+    rc = bundle_reload_locked(&sv, true);
+    pthread_mutex_unlock(&sv.mu);
+    if (rc != KB_OK) {
+        code = KB_EXIT_CONFIG;
+        goto out;
+    }
+    if ((rc = metrics_new(&sv.m)) != KB_OK || (rc = svc_open(cfg, false, &sv.s)) != KB_OK) {
+        code = kb_exit_code(rc);
+        goto out;
+    }
+
+    memset(&o, 0, sizeof(o));
+    o.listen = kb_config_str(cfg, "server", "listen");
+    o.threads = (int)kb_config_int(cfg, "server", "threads");
+    o.cert_file = kb_config_str(cfg, "server", "cert_file");
+    o.key_file = kb_config_str(cfg, "server", "key_file");
+    o.client_ca_file = sv.bundle_file;
+    o.verify_peer = verify_peer;
+    o.verify_arg = &sv;
+    o.max_header_bytes = (size_t)kb_config_int(cfg, "server", "max_header_bytes");
+    o.max_body_bytes = (size_t)kb_config_int(cfg, "server", "max_body_bytes");
+    o.timeout_secs = (int)kb_config_duration(cfg, "server", "timeout");
+    o.max_connections = (int)kb_config_int(cfg, "server", "max_connections");
+    o.handler = handle;
+    o.handler_arg = &sv;
+    rc = kb_httpd_new(&o, &sv.h);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "listen_failed", "addr", o.listen ? o.listen : "", "error",
+               kb_err_str(rc), NULL);
+        code = kb_exit_code(rc);
+        goto out;
+    }
+    if (mlisten != NULL && mlisten[0] != '\0') {
+        memset(&mo, 0, sizeof(mo));
+        mo.listen = mlisten;
+        mo.threads = 1;
+        mo.max_connections = 64;
+        mo.max_body_bytes = 1024;
+        mo.handler = handle_metrics;
+        mo.handler_arg = &sv;
+        rc = kb_httpd_new(&mo, &sv.mh);
+        if (rc != KB_OK) {
+            kb_log(KB_LOG_ERROR, "listen_failed", "addr", mlisten, "error", kb_err_str(rc), NULL);
+            code = kb_exit_code(rc);
+            goto out;
+        }
+        if (pthread_create(&m_tid, NULL, metrics_thread, &sv) != 0)
+            goto out;
+        m_started = true;
+        char port[16];
+        snprintf(port, sizeof(port), "%d", kb_httpd_port(sv.mh));
+        kb_log(KB_LOG_INFO, "metrics_listening", "addr", mlisten, "port", port, NULL);
+    }
+    if (pthread_create(&sig_tid, NULL, signal_thread, &sv) != 0)
+        goto out;
+    sig_started = true;
+    {
+        char port[16];
+        snprintf(port, sizeof(port), "%d", kb_httpd_port(sv.h));
+        kb_log(KB_LOG_INFO, "listening", "addr", o.listen ? o.listen : "", "port", port,
+               "trust_domain", sv.td, NULL);
+    }
+    rc = kb_httpd_run(sv.h);
+    code = rc == KB_OK ? KB_EXIT_OK : kb_exit_code(rc);
+out:
+    if (sv.mh)
+        kb_httpd_stop(sv.mh);
+    if (m_started)
+        pthread_join(m_tid, NULL);
+    if (sig_started) {
+        /* The signal thread is in sigwait: wake it with a signal it will treat as "stop". */
+        pthread_kill(sig_tid, SIGTERM);
+        pthread_join(sig_tid, NULL);
+    }
+    kb_httpd_free(sv.mh);
+    kb_httpd_free(sv.h);
+    svc_close(sv.s);
+    metrics_free(sv.m);
+    spiffe_bundle_set_free(sv.bs);
+    pthread_mutex_destroy(&sv.mu);
+    return code;
+}
