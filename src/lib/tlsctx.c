@@ -188,7 +188,8 @@ static kb_err load_key(SSL_CTX *ctx, const char *path)
     KB_ENSURE_OUT(rc, bio != NULL, KB_ERR_NOMEM);
     pk = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
     KB_ENSURE_OUT(rc, pk != NULL, KB_ERR_CRYPTO);
-    KB_ENSURE_OUT(rc, SSL_CTX_use_PrivateKey(ctx, pk) == 1, KB_ERR_CRYPTO);
+    /* fails when the key does not match the certificate */
+    KB_ENSURE_OUT(rc, SSL_CTX_use_PrivateKey(ctx, pk) == 1, KB_ERR_CONFIG);
     KB_ENSURE_OUT(rc, SSL_CTX_check_private_key(ctx) == 1, KB_ERR_CONFIG);
 out:
     EVP_PKEY_free(pk);
