@@ -3,7 +3,7 @@
  * Each MAC covers a canonical encoding: a table tag and then every deciding field, each
  * length-prefixed (u32be length + bytes; integers as 8-byte big-endian), *including the row's
  * primary key*, so a row cannot be edited, forged, or copied under another id. Booleans are
- * encoded as 0/1 integers, so "admin = 2" in the database is a mismatch too.
+ * encoded as 0/1 integers; backends also refuse any other stored value ("admin = 2").
  *
  * Backend-neutral: every store backend computes and checks MACs through these functions.
  */

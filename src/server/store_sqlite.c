@@ -225,6 +225,15 @@ static kb_err col_blob(sqlite3_stmt *s, int i, uint8_t **out, size_t *len)
     return KB_OK;
 }
 
+/* Booleans must be stored as exactly 0 or 1: anything else is tampering, not "true". */
+static bool col_bool(sqlite3_stmt *s, int i, bool *strict)
+{
+    int64_t v = sqlite3_column_int64(s, i);
+    if (sqlite3_column_type(s, i) != SQLITE_INTEGER || (v != 0 && v != 1))
+        *strict = false;
+    return v != 0;
+}
+
 static bool col_mac_ok(sqlite3_stmt *s, int i, const uint8_t want[ROWMAC_LEN])
 {
     const void *p = sqlite3_column_blob(s, i);
@@ -293,10 +302,11 @@ static kb_err load_secret(store *st, sqlite3_stmt *s, int c0, store_secret *out)
 {
     uint8_t want[ROWMAC_LEN];
     kb_err rc = KB_OK;
+    bool strict = true;
     memset(out, 0, sizeof(*out));
     out->id = sqlite3_column_int64(s, c0 + 0);
     out->owner_group_id = sqlite3_column_int64(s, c0 + 3);
-    out->cloud_sync = sqlite3_column_int64(s, c0 + 4) != 0;
+    out->cloud_sync = col_bool(s, c0 + 4, &strict);
     out->deleted_at = sqlite3_column_int64(s, c0 + 5);
     out->latest_version = sqlite3_column_int64(s, c0 + 6);
     out->created_at = sqlite3_column_int64(s, c0 + 8);
@@ -307,7 +317,7 @@ static kb_err load_secret(store *st, sqlite3_stmt *s, int c0, store_secret *out)
     KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->updated_by));
     KB_GUARD_OUT(rc, rowmac_secret(st->cfg.row_mac_key, out->id, out->name, out->owner_group_id,
                                    out->cloud_sync, out->deleted_at, want));
-    if (!col_mac_ok(s, c0 + 11, want)) {
+    if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("secrets", out->id, 0);
         rc = KB_ERR_INTEGRITY;
     }
@@ -358,11 +368,12 @@ static kb_err load_client(store *st, sqlite3_stmt *s, int c0, store_client *out)
 {
     uint8_t want[ROWMAC_LEN];
     kb_err rc = KB_OK;
+    bool strict = true;
     memset(out, 0, sizeof(*out));
     out->id = sqlite3_column_int64(s, c0 + 0);
-    out->enabled = sqlite3_column_int64(s, c0 + 2) != 0;
-    out->admin = sqlite3_column_int64(s, c0 + 3) != 0;
-    out->cloud = sqlite3_column_int64(s, c0 + 4) != 0;
+    out->enabled = col_bool(s, c0 + 2, &strict);
+    out->admin = col_bool(s, c0 + 3, &strict);
+    out->cloud = col_bool(s, c0 + 4, &strict);
     out->last_seen = sqlite3_column_int64(s, c0 + 7);
     out->last_list_at = sqlite3_column_int64(s, c0 + 8);
     out->created_at = sqlite3_column_int64(s, c0 + 10);
@@ -372,7 +383,7 @@ static kb_err load_client(store *st, sqlite3_stmt *s, int c0, store_client *out)
     KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->created_by));
     KB_GUARD_OUT(rc, rowmac_client(st->cfg.row_mac_key, out->id, out->spiffe_id, out->enabled,
                                    out->admin, out->cloud, out->app_name, want));
-    if (!col_mac_ok(s, c0 + 11, want)) {
+    if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("clients", out->id, 0);
         KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
     }
@@ -563,6 +574,8 @@ static kb_err sq_open(store *st, const char *path)
                   sqlite3_column_text(s, 0) != NULL &&
                       strcmp((const char *)sqlite3_column_text(s, 0), "wal") == 0,
                   KB_ERR_DB);
+    sqlite3_finalize(s);
+    s = NULL;
     snprintf(pragmas, sizeof(pragmas),
              "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
              "PRAGMA trusted_schema = OFF;");
