@@ -1458,7 +1458,7 @@ out:
         json_decref(ls->errors);
     }
     free(ls);
-    free(qk);
+    kb_json_free_str(qk);
     return rc;
 }
 

@@ -1,0 +1,211 @@
+/* main.c - keybridge-cache, an AWS Secrets Manager-compatible cache (JSON 1.1 + SigV4). */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "api.h"
+#include "creds.h"
+#include "lib/httpd.h"
+#include "lib/log.h"
+#include "lib/prog.h"
+#include "seal.h"
+#include "server.h"
+#include "store.h"
+
+#define ENV_PREFIX "KEYBRIDGE_CACHE"
+
+static const kb_config_key keys[] = {
+    {"server", "listen", KB_CFG_STRING, "127.0.0.1:4566",
+     "address:port to listen on; plain HTTP only on loopback, anything else needs cert_file"},
+    {"server", "cert_file", KB_CFG_PATH, NULL, "TLS certificate chain (PEM); unset = plain HTTP"},
+    {"server", "key_file", KB_CFG_PATH, NULL, "TLS private key (PEM, 0600)"},
+    {"server", "threads", KB_CFG_INT, "0", "event loops; 0 = one per online CPU"},
+    {"store", "path", KB_CFG_PATH, "keybridge-cache.db", "SQLite database file"},
+    {"store", "key_file", KB_CFG_SECRET_FILE, NULL,
+     "0600 key file for at-rest encryption (keybridge-cache init-key --out FILE)"},
+    {"auth", "credentials_file", KB_CFG_SECRET_FILE, NULL,
+     "0600 file: one 'ACCESS_KEY_ID SECRET_ACCESS_KEY ACCOUNT_ID' per line"},
+    {"aws", "region", KB_CFG_STRING, "us-east-1", "region served (ARNs, credential scope)"},
+    {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
+    {NULL, NULL, 0, NULL, NULL},
+};
+
+static kb_httpd *volatile g_httpd;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (g_httpd)
+        kb_httpd_stop(g_httpd); /* async-signal-safe (httpd.h) */
+}
+
+static int cmd_serve(const kb_config *cfg, int argc, char **argv)
+{
+    const char *store_path = kb_config_str(cfg, "store", "path");
+    const char *key_path = kb_config_str(cfg, "store", "key_file");
+    const char *creds_path = kb_config_str(cfg, "auth", "credentials_file");
+    const char *region = kb_config_str(cfg, "aws", "region");
+    int64_t threads = kb_config_int(cfg, "server", "threads");
+    kb_secret *key = NULL;
+    cache_store *st = NULL;
+    cache_creds *creds = NULL;
+    cache_api *api = NULL;
+    kb_httpd *h = NULL;
+    kb_httpd_opts ho;
+    cache_api_opts ao;
+    struct sigaction sa;
+    size_t bad_line = 0;
+    char port[16], nc[16];
+    kb_err rc;
+    int code = KB_EXIT_CONFIG;
+
+    (void)argv;
+    if (argc > 1) {
+        fprintf(stderr, "keybridge-cache serve: takes no arguments\n");
+        return KB_EXIT_USAGE;
+    }
+    if (key_path == NULL || creds_path == NULL || store_path == NULL) {
+        fprintf(stderr, "keybridge-cache: [store] key_file, [store] path and "
+                        "[auth] credentials_file are required\n");
+        return KB_EXIT_CONFIG;
+    }
+    if (threads < 0 || threads > KB_HTTPD_MAX_THREADS) {
+        fprintf(stderr, "keybridge-cache: [server] threads must be 0 to %d\n",
+                KB_HTTPD_MAX_THREADS);
+        return KB_EXIT_CONFIG;
+    }
+    rc = cache_key_load(key_path, &key);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "key_file_refused", "path", key_path, "err", kb_err_str(rc), NULL);
+        fprintf(stderr, "keybridge-cache: [store] key_file: %s (must be 0600, 64 hex chars)\n",
+                kb_err_str(rc));
+        return kb_exit_code(rc);
+    }
+    rc = cache_creds_load(creds_path, &creds, &bad_line);
+    if (rc != KB_OK) {
+        snprintf(nc, sizeof(nc), "%zu", bad_line);
+        kb_log(KB_LOG_ERROR, "credentials_file_refused", "path", creds_path, "err", kb_err_str(rc),
+               "line", nc, NULL);
+        fprintf(stderr, "keybridge-cache: [auth] credentials_file: %s%s%s\n", kb_err_str(rc),
+                bad_line ? " at line " : "", bad_line ? nc : "");
+        kb_secret_free(key);
+        return KB_EXIT_CONFIG;
+    }
+    rc = cache_store_open(store_path, key, &st); /* takes key */
+    if (rc != KB_OK) {
+        fprintf(stderr, "keybridge-cache: cannot open the store: %s\n", kb_err_str(rc));
+        code = kb_exit_code(rc);
+        goto out;
+    }
+    memset(&ao, 0, sizeof(ao));
+    ao.region = region;
+    ao.store = st;
+    ao.creds = creds;
+    if ((rc = cache_api_new(&ao, &api)) != KB_OK) {
+        code = kb_exit_code(rc);
+        goto out;
+    }
+    memset(&ho, 0, sizeof(ho));
+    ho.listen = kb_config_str(cfg, "server", "listen");
+    ho.threads = (int)threads;
+    ho.cert_file = kb_config_str(cfg, "server", "cert_file");
+    ho.key_file = kb_config_str(cfg, "server", "key_file");
+    ho.max_body_bytes = CACHE_BODY_MAX;
+    ho.handler = cache_server_handler;
+    ho.handler_arg = api;
+    rc = kb_httpd_new(&ho, &h);
+    if (rc != KB_OK) {
+        fprintf(stderr,
+                "keybridge-cache: cannot listen on %s: %s (plain HTTP is only allowed "
+                "on loopback; set [server] cert_file and key_file)\n",
+                ho.listen ? ho.listen : "?", kb_err_str(rc));
+        code = kb_exit_code(rc);
+        goto out;
+    }
+    g_httpd = h;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    snprintf(port, sizeof(port), "%d", kb_httpd_port(h));
+    snprintf(nc, sizeof(nc), "%zu", cache_creds_count(creds));
+    kb_log(KB_LOG_INFO, "listening", "listen", ho.listen, "port", port, "tls",
+           ho.cert_file ? "true" : "false", "credentials", nc, "region", region, NULL);
+    rc = kb_httpd_run(h);
+    g_httpd = NULL;
+    kb_log(KB_LOG_INFO, "stopped", "err", kb_err_str(rc), NULL);
+    code = rc == KB_OK ? KB_EXIT_OK : KB_EXIT_FAIL;
+out:
+    kb_httpd_free(h);
+    cache_api_free(api);
+    cache_store_close(st);
+    cache_creds_free(creds);
+    return code;
+}
+
+static int cmd_init_key(const kb_config *cfg, int argc, char **argv)
+{
+    const char *out = NULL;
+    kb_err rc;
+    (void)cfg;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
+            out = argv[++i];
+        } else if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: keybridge-cache init-key --out FILE\n\n"
+                   "Write a new random AES-256 key (hex) to FILE with mode 0600. Refuses to\n"
+                   "overwrite an existing file: losing the key loses every stored value.\n");
+            return KB_EXIT_OK;
+        } else {
+            fprintf(stderr, "keybridge-cache init-key: unexpected '%s' (see --help)\n", argv[i]);
+            return KB_EXIT_USAGE;
+        }
+    }
+    if (out == NULL) {
+        fprintf(stderr, "keybridge-cache init-key: --out FILE is required\n");
+        return KB_EXIT_USAGE;
+    }
+    rc = cache_key_generate(out);
+    if (rc == KB_ERR_EXISTS) {
+        fprintf(stderr, "keybridge-cache init-key: %s exists; refusing to overwrite it\n", out);
+        return KB_EXIT_FAIL;
+    }
+    if (rc != KB_OK) {
+        fprintf(stderr, "keybridge-cache init-key: cannot write %s: %s\n", out, kb_err_str(rc));
+        return kb_exit_code(rc);
+    }
+    printf("wrote %s (0600)\n", out);
+    return KB_EXIT_OK;
+}
+
+static int cmd_config_reference(const kb_config *cfg, int argc, char **argv)
+{
+    (void)cfg;
+    (void)argc;
+    (void)argv;
+    kb_config_print_reference(keys, ENV_PREFIX, stdout);
+    return KB_EXIT_OK;
+}
+
+static const kb_subcmd cmds[] = {
+    {"serve", cmd_serve, "serve the Secrets Manager API (default)"},
+    {"init-key", cmd_init_key, "create the at-rest encryption key file (--out FILE)"},
+    {"config-reference", cmd_config_reference, "print every configuration key (Markdown)"},
+    {NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    static const kb_prog prog = {
+        .name = "keybridge-cache",
+        .summary = "AWS Secrets Manager-compatible cache (JSON 1.1 + SigV4)",
+        .schema = keys,
+        .env_prefix = ENV_PREFIX,
+        .default_config = NULL,
+        .cmds = cmds,
+        .default_cmd = "serve",
+        .holds_secrets = 1,
+    };
+    return kb_prog_main(argc, argv, &prog);
+}

@@ -1,0 +1,970 @@
+/* test_cache_api.c - keybridge-cache's pure request handler: operations, shapes, limits, filters,
+ * pagination, idempotency, stages, account isolation, deletion lifecycle, SigV4 auth. */
+#include <string.h>
+#include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kbtest.h"
+#include "cache/api.h"
+#include "cache/creds.h"
+#include "cache/seal.h"
+#include "cache/store.h"
+#include "lib/fileio.h"
+#include "lib/json.h"
+#include "lib/secbuf.h"
+#include "lib/sigv4.h"
+
+#define ACCT_A "111111111111"
+#define ACCT_B "222222222222"
+#define T0 ((int64_t)1700000000000)
+
+typedef struct {
+    char *dir;
+    char db[512];
+    cache_store *st;
+    cache_creds *creds;
+    cache_api *api;
+    int64_t now;
+} fx;
+
+static const char CREDS[] = "# test credentials\n"
+                            "AKIDAAAAAAAAAAAAAAAA secretA " ACCT_A "\n"
+                            "AKIDBBBBBBBBBBBBBBBB secretB " ACCT_B "\n";
+
+static void open_store(fx *f)
+{
+    kb_secret *key = NULL;
+    char kp[600];
+    snprintf(kp, sizeof(kp), "%s/key", f->dir);
+    if (access(kp, F_OK) != 0)
+        assert_ok(cache_key_generate(kp));
+    assert_ok(cache_key_load(kp, &key));
+    assert_ok(cache_store_open(f->db, key, &f->st));
+    cache_api_opts o = {.region = "us-east-1", .store = f->st, .creds = f->creds};
+    assert_ok(cache_api_new(&o, &f->api));
+}
+
+static void close_store(fx *f)
+{
+    cache_api_free(f->api);
+    cache_store_close(f->st);
+    f->api = NULL;
+    f->st = NULL;
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    size_t bad = 0;
+    f->dir = kbtest_tmpdir();
+    snprintf(f->db, sizeof(f->db), "%s/cache.db", f->dir);
+    assert_ok(cache_creds_parse(CREDS, strlen(CREDS), &f->creds, &bad));
+    f->now = T0;
+    open_store(f);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    static const char *const files[] = {"cache.db", "cache.db-wal", "cache.db-shm", "key"};
+    char p[600];
+    close_store(f);
+    cache_creds_free(f->creds);
+    for (size_t i = 0; i < KB_ARRAY_LEN(files); i++) {
+        snprintf(p, sizeof(p), "%s/%s", f->dir, files[i]);
+        unlink(p);
+    }
+    rmdir(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+/* Call an operation as account; returns the parsed response body, *status the HTTP status. */
+static json_t *call_as(fx *f, const char *acct, const char *op, const char *body, int *status)
+{
+    cache_response r;
+    json_t *j = NULL;
+    f->now += 1000;
+    assert_ok(
+        cache_api_dispatch(f->api, acct, op, (const uint8_t *)body, strlen(body), f->now, &r));
+    assert_int_equal(strlen(r.request_id), 36);
+    assert_ok(kb_json_parse(r.body, r.body_len, 1 << 22, &j, NULL, 0));
+    if (status)
+        *status = r.status;
+    cache_response_free(&r);
+    return j;
+}
+
+static json_t *ok(fx *f, const char *op, const char *body)
+{
+    int st = 0;
+    json_t *j = call_as(f, ACCT_A, op, body, &st);
+    if (st != 200)
+        fail_msg("%s %s: status %d %s", op, body, st,
+                 json_string_value(json_object_get(j, "__type")));
+    return j;
+}
+
+static void expect_err_as(fx *f, const char *acct, const char *op, const char *body, int status,
+                          const char *type)
+{
+    int st = 0;
+    json_t *j = call_as(f, acct, op, body, &st);
+    const char *t = json_string_value(json_object_get(j, "__type"));
+    if (st != status || t == NULL || strcmp(t, type) != 0)
+        fail_msg("%s %.200s: got %d %s, want %d %s", op, body, st, t ? t : "(none)", status, type);
+    assert_non_null(json_string_value(json_object_get(j, "message")));
+    json_decref(j);
+}
+
+static void expect_err(fx *f, const char *op, const char *body, const char *type)
+{
+    expect_err_as(f, ACCT_A, op, body, 400, type);
+}
+
+static const char *str(const json_t *j, const char *k)
+{
+    const char *v = json_string_value(json_object_get(j, k));
+    if (v == NULL)
+        fail_msg("missing string member %s", k);
+    return v;
+}
+
+static void done(json_t *j)
+{
+    json_decref(j);
+}
+
+/* ------------------------------------------------------------------------------ */
+
+static void create_get_describe(void **state)
+{
+    fx *f = *state;
+    json_t *c = ok(f, "CreateSecret",
+                   "{\"Name\":\"app/db\",\"SecretString\":\"hunter2\",\"Description\":\"DB pw\","
+                   "\"Tags\":[{\"Key\":\"team\",\"Value\":\"core\"}]}");
+    char arn[600], vid[80];
+    snprintf(arn, sizeof(arn), "%s", str(c, "ARN"));
+    snprintf(vid, sizeof(vid), "%s", str(c, "VersionId"));
+    assert_string_equal(str(c, "Name"), "app/db");
+    assert_int_equal(strncmp(arn, "arn:aws:secretsmanager:us-east-1:" ACCT_A ":secret:app/db-", 55),
+                     0);
+    assert_int_equal(strlen(arn),
+                     strlen("arn:aws:secretsmanager:us-east-1:" ACCT_A ":secret:app/db-") + 6);
+    assert_int_equal(strlen(vid), 36);
+    done(c);
+
+    json_t *g = ok(f, "GetSecretValue", "{\"SecretId\":\"app/db\"}");
+    assert_string_equal(str(g, "SecretString"), "hunter2");
+    assert_string_equal(str(g, "VersionId"), vid);
+    assert_string_equal(str(g, "ARN"), arn);
+    assert_int_equal(json_array_size(json_object_get(g, "VersionStages")), 1);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(g, "VersionStages"), 0)),
+                        "AWSCURRENT");
+    assert_true(json_is_number(json_object_get(g, "CreatedDate")));
+    done(g);
+
+    /* by full ARN and by partial ARN (no random suffix) */
+    char body[800];
+    snprintf(body, sizeof(body), "{\"SecretId\":\"%s\"}", arn);
+    done(ok(f, "GetSecretValue", body));
+    arn[strlen(arn) - 7] = '\0';
+    snprintf(body, sizeof(body), "{\"SecretId\":\"%s\"}", arn);
+    done(ok(f, "GetSecretValue", body));
+    /* a wrong suffix is not found */
+    snprintf(body, sizeof(body), "{\"SecretId\":\"%s-XXXXXX\"}", arn);
+    expect_err(f, "GetSecretValue", body, "ResourceNotFoundException");
+
+    json_t *d = ok(f, "DescribeSecret", "{\"SecretId\":\"app/db\"}");
+    assert_string_equal(str(d, "Description"), "DB pw");
+    assert_int_equal(json_array_size(json_object_get(d, "Tags")), 1);
+    assert_true(json_is_object(json_object_get(d, "VersionIdsToStages")));
+    assert_non_null(json_object_get(json_object_get(d, "VersionIdsToStages"), vid));
+    assert_true(json_is_number(json_object_get(d, "LastAccessedDate")));
+    assert_null(json_object_get(d, "DeletedDate"));
+    done(d);
+
+    json_t *p = ok(f, "GetResourcePolicy", "{\"SecretId\":\"app/db\"}");
+    assert_null(json_object_get(p, "ResourcePolicy"));
+    assert_string_equal(str(p, "Name"), "app/db");
+    done(p);
+
+    expect_err(f, "CreateSecret", "{\"Name\":\"app/db\",\"SecretString\":\"x\"}",
+               "ResourceExistsException");
+    expect_err(f, "GetSecretValue", "{\"SecretId\":\"nope\"}", "ResourceNotFoundException");
+}
+
+static void binary_values(void **state)
+{
+    fx *f = *state;
+    done(ok(f, "CreateSecret", "{\"Name\":\"bin\",\"SecretBinary\":\"AAECAwT/\"}"));
+    json_t *g = ok(f, "GetSecretValue", "{\"SecretId\":\"bin\"}");
+    assert_string_equal(str(g, "SecretBinary"), "AAECAwT/");
+    assert_null(json_object_get(g, "SecretString"));
+    done(g);
+    expect_err(f, "CreateSecret", "{\"Name\":\"b2\",\"SecretBinary\":\"not base64!\"}",
+               "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"b2\",\"SecretBinary\":\"AA=A\"}",
+               "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"b2\",\"SecretBinary\":\"AAE\"}",
+               "InvalidParameterException");
+    expect_err(f, "CreateSecret",
+               "{\"Name\":\"b2\",\"SecretBinary\":\"AAAA\",\"SecretString\":\"x\"}",
+               "InvalidParameterException");
+    expect_err(f, "DescribeSecret", "{\"SecretId\":\"b2\"}", "ResourceNotFoundException");
+}
+
+static char *big_json(const char *prefix, size_t n, char fill, const char *suffix)
+{
+    size_t pl = strlen(prefix), sl = strlen(suffix);
+    char *b = malloc(pl + n + sl + 1);
+    memcpy(b, prefix, pl);
+    memset(b + pl, fill, n);
+    memcpy(b + pl + n, suffix, sl + 1);
+    return b;
+}
+
+static void limits(void **state)
+{
+    fx *f = *state;
+    char *b;
+    /* SecretString: 65536 bytes ok, 65537 refused, 0 refused */
+    b = big_json("{\"Name\":\"big\",\"SecretString\":\"", 65536, 'x', "\"}");
+    done(ok(f, "CreateSecret", b));
+    free(b);
+    b = big_json("{\"Name\":\"big2\",\"SecretString\":\"", 65537, 'x', "\"}");
+    expect_err(f, "CreateSecret", b, "InvalidParameterException");
+    free(b);
+    expect_err(f, "CreateSecret", "{\"Name\":\"e\",\"SecretString\":\"\"}",
+               "InvalidParameterException");
+    /* SecretBinary: 65536 decoded bytes ok (87384 base64 chars), 65537 refused */
+    b = big_json("{\"Name\":\"bigbin\",\"SecretBinary\":\"", 87380, 'A', "AA==\"}");
+    done(ok(f, "CreateSecret", b)); /* 87384 / 4 * 3 - 2 = 65536 bytes */
+    free(b);
+    b = big_json("{\"Name\":\"bigbin2\",\"SecretBinary\":\"", 87384, 'A', "\"}");
+    expect_err(f, "CreateSecret", b, "InvalidParameterException"); /* 65538 bytes */
+    free(b);
+    /* Name: 512 ok, 513 refused, bad characters refused */
+    b = big_json("{\"Name\":\"", 512, 'n', "\"}");
+    done(ok(f, "CreateSecret", b));
+    free(b);
+    b = big_json("{\"Name\":\"", 513, 'n', "\"}");
+    expect_err(f, "CreateSecret", b, "InvalidParameterException");
+    free(b);
+    expect_err(f, "CreateSecret", "{\"Name\":\"a b\"}", "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"arn:x\"}", "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"\"}", "InvalidParameterException");
+    /* Description: 2048 ok, 2049 refused */
+    b = big_json("{\"Name\":\"d1\",\"Description\":\"", 2048, 'd', "\"}");
+    done(ok(f, "CreateSecret", b));
+    free(b);
+    b = big_json("{\"Name\":\"d2\",\"Description\":\"", 2049, 'd', "\"}");
+    expect_err(f, "CreateSecret", b, "InvalidParameterException");
+    free(b);
+    /* Tags: key 128 ok / 129 refused, value 256 ok / 257 refused */
+    b = big_json("{\"Name\":\"t1\",\"Tags\":[{\"Key\":\"", 128, 'k', "\",\"Value\":\"v\"}]}");
+    done(ok(f, "CreateSecret", b));
+    free(b);
+    b = big_json("{\"Name\":\"t2\",\"Tags\":[{\"Key\":\"", 129, 'k', "\",\"Value\":\"v\"}]}");
+    expect_err(f, "CreateSecret", b, "InvalidParameterException");
+    free(b);
+    b = big_json("{\"Name\":\"t3\",\"Tags\":[{\"Key\":\"k\",\"Value\":\"", 256, 'v', "\"}]}");
+    done(ok(f, "CreateSecret", b));
+    free(b);
+    b = big_json("{\"Name\":\"t4\",\"Tags\":[{\"Key\":\"k\",\"Value\":\"", 257, 'v', "\"}]}");
+    expect_err(f, "CreateSecret", b, "InvalidParameterException");
+    free(b);
+    expect_err(f, "CreateSecret",
+               "{\"Name\":\"t5\",\"Tags\":[{\"Key\":\"aws:x\",\"Value\":\"v\"}]}",
+               "InvalidParameterException");
+    /* 50 tags ok, 51 refused; TagResource counts the merged set */
+    {
+        char buf[8192];
+        size_t o = (size_t)snprintf(buf, sizeof(buf), "{\"Name\":\"t50\",\"Tags\":[");
+        for (int i = 0; i < 50; i++)
+            o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%s{\"Key\":\"k%d\",\"Value\":\"v\"}",
+                                  i ? "," : "", i);
+        snprintf(buf + o, sizeof(buf) - o, "]}");
+        done(ok(f, "CreateSecret", buf));
+        expect_err(f, "TagResource", "{\"SecretId\":\"t50\",\"Tags\":[{\"Key\":\"new\"}]}",
+                   "InvalidParameterException");
+        done(ok(f, "TagResource",
+                "{\"SecretId\":\"t50\",\"Tags\":[{\"Key\":\"k1\",\"Value\":\"w\"}]}"));
+        buf[o - 0] = '\0';
+        o += (size_t)snprintf(buf + o, sizeof(buf) - o, ",{\"Key\":\"k50\",\"Value\":\"v\"}]}");
+        memcpy(buf, "{\"Name\":\"t51\"", 13);
+        expect_err(f, "CreateSecret", buf, "InvalidParameterException");
+    }
+    /* ClientRequestToken: 32..64 */
+    expect_err(f, "CreateSecret",
+               "{\"Name\":\"tok\",\"SecretString\":\"x\",\"ClientRequestToken\":\"short\"}",
+               "InvalidParameterException");
+    b = big_json("{\"Name\":\"tok\",\"SecretString\":\"x\",\"ClientRequestToken\":\"", 65, 'a',
+                 "\"}");
+    expect_err(f, "CreateSecret", b, "InvalidParameterException");
+    free(b);
+    b = big_json("{\"Name\":\"tok\",\"SecretString\":\"x\",\"ClientRequestToken\":\"", 64, 'a',
+                 "\"}");
+    json_t *t = ok(f, "CreateSecret", b);
+    assert_int_equal(strlen(str(t, "VersionId")), 64);
+    done(t);
+    free(b);
+    /* oversized body */
+    b = big_json("{\"Name\":\"huge\",\"Description\":\"", CACHE_BODY_MAX, 'h', "\"}");
+    expect_err_as(f, ACCT_A, "CreateSecret", b, 413, "RequestEntityTooLargeException");
+    free(b);
+    expect_err(f, "DescribeSecret", "{\"SecretId\":\"huge\"}", "ResourceNotFoundException");
+}
+
+static void bad_json_and_types(void **state)
+{
+    fx *f = *state;
+    expect_err(f, "CreateSecret", "{\"Name\":", "SerializationException");
+    expect_err(f, "CreateSecret", "[1]", "SerializationException");
+    expect_err(f, "CreateSecret", "", "SerializationException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"a\",\"Name\":\"b\"}", "SerializationException");
+    expect_err(f, "CreateSecret", "{\"Name\":5}", "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"x\",\"SecretString\":[]}",
+               "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"x\",\"Tags\":{}}", "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"x\",\"Bogus\":1}", "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{}", "InvalidParameterException");
+    expect_err(f, "ListSecrets", "{\"MaxResults\":\"10\"}", "InvalidParameterException");
+    expect_err(f, "ListSecrets", "{\"MaxResults\":0}", "InvalidParameterException");
+    expect_err(f, "ListSecrets", "{\"MaxResults\":101}", "InvalidParameterException");
+    expect_err(f, "ListSecrets", "{\"SortOrder\":\"up\"}", "InvalidParameterException");
+    expect_err(f, "ListSecrets", "{\"Filters\":[{\"Key\":\"color\",\"Values\":[\"x\"]}]}",
+               "InvalidParameterException");
+    expect_err(f, "ListSecrets", "{\"Filters\":[{\"Key\":\"name\",\"Values\":[]}]}",
+               "InvalidParameterException");
+    expect_err(f, "ListSecrets", "{\"Filters\":[{\"Key\":\"name\",\"Values\":[\"a;b\"]}]}",
+               "InvalidParameterException");
+    expect_err(f, "DeleteSecret", "{\"SecretId\":\"x\",\"RecoveryWindowInDays\":\"7\"}",
+               "InvalidParameterException");
+    expect_err_as(f, ACCT_A, "Frobnicate", "{}", 400, "UnknownOperationException");
+    /* nothing was created by any of the above */
+    json_t *l = ok(f, "ListSecrets", "{}");
+    assert_int_equal(json_array_size(json_object_get(l, "SecretList")), 0);
+    done(l);
+}
+
+static void versions_and_stages(void **state)
+{
+    fx *f = *state;
+    char v1[80], v2[80], v3[80];
+    json_t *j = ok(f, "CreateSecret", "{\"Name\":\"s\",\"SecretString\":\"one\"}");
+    snprintf(v1, sizeof(v1), "%s", str(j, "VersionId"));
+    done(j);
+    j = ok(f, "PutSecretValue", "{\"SecretId\":\"s\",\"SecretString\":\"two\"}");
+    snprintf(v2, sizeof(v2), "%s", str(j, "VersionId"));
+    assert_string_not_equal(v1, v2);
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"s\",\"VersionStage\":\"AWSPREVIOUS\"}");
+    assert_string_equal(str(j, "SecretString"), "one");
+    assert_string_equal(str(j, "VersionId"), v1);
+    done(j);
+    j = ok(f, "UpdateSecret", "{\"SecretId\":\"s\",\"SecretString\":\"three\"}");
+    snprintf(v3, sizeof(v3), "%s", str(j, "VersionId"));
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"s\"}");
+    assert_string_equal(str(j, "SecretString"), "three");
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"s\",\"VersionStage\":\"AWSPREVIOUS\"}");
+    assert_string_equal(str(j, "VersionId"), v2);
+    done(j);
+    /* v1 lost its stages but is still readable by id (deprecated version) */
+    char body[300];
+    snprintf(body, sizeof(body), "{\"SecretId\":\"s\",\"VersionId\":\"%s\"}", v1);
+    j = ok(f, "GetSecretValue", body);
+    assert_string_equal(str(j, "SecretString"), "one");
+    assert_int_equal(json_array_size(json_object_get(j, "VersionStages")), 0);
+    done(j);
+    /* VersionId and VersionStage must agree */
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"s\",\"VersionId\":\"%s\",\"VersionStage\":\"AWSCURRENT\"}", v1);
+    expect_err(f, "GetSecretValue", body, "ResourceNotFoundException");
+    /* custom stage without AWSCURRENT leaves the current version alone */
+    j = ok(f, "PutSecretValue",
+           "{\"SecretId\":\"s\",\"SecretString\":\"pending\",\"VersionStages\":[\"AWSPENDING\"]}");
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"s\"}");
+    assert_string_equal(str(j, "SecretString"), "three");
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"s\",\"VersionStage\":\"AWSPENDING\"}");
+    assert_string_equal(str(j, "SecretString"), "pending");
+    done(j);
+    j = ok(f, "DescribeSecret", "{\"SecretId\":\"s\"}");
+    assert_int_equal(json_object_size(json_object_get(j, "VersionIdsToStages")), 3);
+    done(j);
+    expect_err(f, "PutSecretValue", "{\"SecretId\":\"s\"}", "InvalidRequestException");
+    expect_err(f, "PutSecretValue",
+               "{\"SecretId\":\"s\",\"SecretString\":\"x\",\"VersionStages\":[]}",
+               "InvalidParameterException");
+    /* a secret created without a value has no AWSCURRENT */
+    done(ok(f, "CreateSecret", "{\"Name\":\"empty\"}"));
+    expect_err(f, "GetSecretValue", "{\"SecretId\":\"empty\"}", "ResourceNotFoundException");
+}
+
+static void version_cap(void **state)
+{
+    fx *f = *state;
+    size_t n = 0;
+    cache_secret s;
+    done(ok(f, "CreateSecret", "{\"Name\":\"many\",\"SecretString\":\"0\"}"));
+    for (int i = 1; i <= CACHE_VERSIONS_MAX + 5; i++) {
+        char b[100];
+        snprintf(b, sizeof(b), "{\"SecretId\":\"many\",\"SecretString\":\"%d\"}", i);
+        done(ok(f, "PutSecretValue", b));
+    }
+    assert_ok(cache_store_find(f->st, ACCT_A, "many", &s));
+    assert_ok(cache_store_version_count(f->st, s.id, &n));
+    assert_int_equal(n, CACHE_VERSIONS_MAX);
+    json_t *j = ok(f, "GetSecretValue", "{\"SecretId\":\"many\",\"VersionStage\":\"AWSPREVIOUS\"}");
+    assert_string_equal(str(j, "SecretString"), "104");
+    done(j);
+}
+
+static void idempotency(void **state)
+{
+    fx *f = *state;
+    const char *tok = "0123456789abcdef0123456789abcdef";
+    char b[300];
+    done(ok(f, "CreateSecret", "{\"Name\":\"i\",\"SecretString\":\"a\"}"));
+    snprintf(b, sizeof(b),
+             "{\"SecretId\":\"i\",\"SecretString\":\"b\",\"ClientRequestToken\":\"%s\"}", tok);
+    json_t *j = ok(f, "PutSecretValue", b);
+    assert_string_equal(str(j, "VersionId"), tok);
+    done(j);
+    /* same token, same value: no new version, AWSPREVIOUS does not move */
+    done(ok(f, "PutSecretValue", b));
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"i\",\"VersionStage\":\"AWSPREVIOUS\"}");
+    assert_string_equal(str(j, "SecretString"), "a");
+    done(j);
+    j = ok(f, "DescribeSecret", "{\"SecretId\":\"i\"}");
+    assert_int_equal(json_object_size(json_object_get(j, "VersionIdsToStages")), 2);
+    done(j);
+    /* same token, other value: ResourceExistsException, nothing changes */
+    snprintf(b, sizeof(b),
+             "{\"SecretId\":\"i\",\"SecretString\":\"c\",\"ClientRequestToken\":\"%s\"}", tok);
+    expect_err(f, "PutSecretValue", b, "ResourceExistsException");
+    snprintf(b, sizeof(b),
+             "{\"SecretId\":\"i\",\"SecretBinary\":\"Yg==\",\"ClientRequestToken\":\"%s\"}", tok);
+    expect_err(f, "PutSecretValue", b, "ResourceExistsException"); /* "b" as binary differs */
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"i\"}");
+    assert_string_equal(str(j, "SecretString"), "b");
+    done(j);
+    /* CreateSecret retried with the same token and value answers the same */
+    snprintf(b, sizeof(b), "{\"Name\":\"i2\",\"SecretString\":\"z\",\"ClientRequestToken\":\"%s\"}",
+             tok);
+    j = ok(f, "CreateSecret", b);
+    char arn[600];
+    snprintf(arn, sizeof(arn), "%s", str(j, "ARN"));
+    done(j);
+    j = ok(f, "CreateSecret", b);
+    assert_string_equal(str(j, "ARN"), arn);
+    done(j);
+    snprintf(b, sizeof(b), "{\"Name\":\"i2\",\"SecretString\":\"y\",\"ClientRequestToken\":\"%s\"}",
+             tok);
+    expect_err(f, "CreateSecret", b, "ResourceExistsException");
+}
+
+static void account_isolation(void **state)
+{
+    fx *f = *state;
+    json_t *j = ok(f, "CreateSecret", "{\"Name\":\"mine\",\"SecretString\":\"a\"}");
+    char b[700];
+    snprintf(b, sizeof(b), "{\"SecretId\":\"%s\"}", str(j, "ARN"));
+    done(j);
+    expect_err_as(f, ACCT_B, "GetSecretValue", "{\"SecretId\":\"mine\"}", 400,
+                  "ResourceNotFoundException");
+    expect_err_as(f, ACCT_B, "GetSecretValue", b, 400, "ResourceNotFoundException");
+    expect_err_as(f, ACCT_B, "DescribeSecret", b, 400, "ResourceNotFoundException");
+    expect_err_as(f, ACCT_B, "DeleteSecret", b, 400, "ResourceNotFoundException");
+    expect_err_as(f, ACCT_B, "PutSecretValue", "{\"SecretId\":\"mine\",\"SecretString\":\"x\"}",
+                  400, "ResourceNotFoundException");
+    j = call_as(f, ACCT_B, "ListSecrets", "{}", NULL);
+    assert_int_equal(json_array_size(json_object_get(j, "SecretList")), 0);
+    done(j);
+    /* B may use the same name independently */
+    j = call_as(f, ACCT_B, "CreateSecret", "{\"Name\":\"mine\",\"SecretString\":\"b\"}", NULL);
+    assert_non_null(strstr(str(j, "ARN"), ACCT_B));
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"mine\"}");
+    assert_string_equal(str(j, "SecretString"), "a");
+    done(j);
+}
+
+static void delete_restore(void **state)
+{
+    fx *f = *state;
+    done(ok(f, "CreateSecret", "{\"Name\":\"d\",\"SecretString\":\"a\"}"));
+    expect_err(f, "DeleteSecret", "{\"SecretId\":\"d\",\"RecoveryWindowInDays\":6}",
+               "InvalidParameterException");
+    expect_err(f, "DeleteSecret", "{\"SecretId\":\"d\",\"RecoveryWindowInDays\":31}",
+               "InvalidParameterException");
+    expect_err(
+        f, "DeleteSecret",
+        "{\"SecretId\":\"d\",\"RecoveryWindowInDays\":7,\"ForceDeleteWithoutRecovery\":true}",
+        "InvalidParameterException");
+    json_t *j = ok(f, "DeleteSecret", "{\"SecretId\":\"d\",\"RecoveryWindowInDays\":7}");
+    double when = json_number_value(json_object_get(j, "DeletionDate"));
+    assert_true(when > (double)T0 / 1000 + 7 * 86400 - 10);
+    done(j);
+    expect_err(f, "GetSecretValue", "{\"SecretId\":\"d\"}", "InvalidRequestException");
+    expect_err(f, "PutSecretValue", "{\"SecretId\":\"d\",\"SecretString\":\"b\"}",
+               "InvalidRequestException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"d\",\"SecretString\":\"b\"}",
+               "InvalidRequestException");
+    expect_err(f, "DeleteSecret", "{\"SecretId\":\"d\"}", "InvalidRequestException");
+    j = ok(f, "DescribeSecret", "{\"SecretId\":\"d\"}");
+    assert_true(json_is_number(json_object_get(j, "DeletedDate")));
+    done(j);
+    j = ok(f, "ListSecrets", "{}");
+    assert_int_equal(json_array_size(json_object_get(j, "SecretList")), 0);
+    done(j);
+    j = ok(f, "ListSecrets", "{\"IncludePlannedDeletion\":true}");
+    assert_int_equal(json_array_size(json_object_get(j, "SecretList")), 1);
+    done(j);
+    done(ok(f, "RestoreSecret", "{\"SecretId\":\"d\"}"));
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"d\"}");
+    assert_string_equal(str(j, "SecretString"), "a");
+    done(j);
+    /* force delete: gone now, the name is free again */
+    done(ok(f, "DeleteSecret", "{\"SecretId\":\"d\",\"ForceDeleteWithoutRecovery\":true}"));
+    expect_err(f, "DescribeSecret", "{\"SecretId\":\"d\"}", "ResourceNotFoundException");
+    done(ok(f, "CreateSecret", "{\"Name\":\"d\",\"SecretString\":\"new\"}"));
+    /* the recovery window ends: the secret is gone */
+    done(ok(f, "DeleteSecret", "{\"SecretId\":\"d\",\"RecoveryWindowInDays\":7}"));
+    f->now += (int64_t)8 * 86400 * 1000;
+    expect_err(f, "DescribeSecret", "{\"SecretId\":\"d\"}", "ResourceNotFoundException");
+    expect_err(f, "RestoreSecret", "{\"SecretId\":\"d\"}", "ResourceNotFoundException");
+    done(ok(f, "CreateSecret", "{\"Name\":\"d\"}"));
+}
+
+static void tags_ops(void **state)
+{
+    fx *f = *state;
+    done(ok(f, "CreateSecret", "{\"Name\":\"t\",\"Tags\":[{\"Key\":\"a\",\"Value\":\"1\"}]}"));
+    done(ok(f, "TagResource",
+            "{\"SecretId\":\"t\",\"Tags\":[{\"Key\":\"b\",\"Value\":\"2\"},{\"Key\":\"a\","
+            "\"Value\":\"9\"}]}"));
+    json_t *j = ok(f, "DescribeSecret", "{\"SecretId\":\"t\"}");
+    json_t *tags = json_object_get(j, "Tags");
+    assert_int_equal(json_array_size(tags), 2);
+    assert_string_equal(str(json_array_get(tags, 0), "Value"), "9");
+    done(j);
+    done(ok(f, "UntagResource", "{\"SecretId\":\"t\",\"TagKeys\":[\"a\",\"zzz\"]}"));
+    j = ok(f, "DescribeSecret", "{\"SecretId\":\"t\"}");
+    assert_int_equal(json_array_size(json_object_get(j, "Tags")), 1);
+    done(j);
+    expect_err(f, "TagResource", "{\"SecretId\":\"t\"}", "InvalidParameterException");
+    expect_err(f, "UntagResource", "{\"SecretId\":\"t\",\"TagKeys\":\"a\"}",
+               "InvalidParameterException");
+    expect_err(f, "TagResource", "{\"SecretId\":\"zz\",\"Tags\":[]}", "ResourceNotFoundException");
+}
+
+static size_t list_count(fx *f, const char *body)
+{
+    json_t *j = ok(f, "ListSecrets", body);
+    size_t n = json_array_size(json_object_get(j, "SecretList"));
+    done(j);
+    return n;
+}
+
+static void filters(void **state)
+{
+    fx *f = *state;
+    done(ok(f, "CreateSecret",
+            "{\"Name\":\"prod/db\",\"Description\":\"Main Database\","
+            "\"Tags\":[{\"Key\":\"owner\",\"Value\":\"keybridge\"}]}"));
+    done(ok(f, "CreateSecret",
+            "{\"Name\":\"prod/api\",\"Tags\":[{\"Key\":\"env\",\"Value\":\"prod\"}]}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"dev/db\",\"Description\":\"dev database\"}"));
+    assert_int_equal(list_count(f, "{}"), 3);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"name\",\"Values\":[\"prod/\"]}]}"), 2);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"name\",\"Values\":[\"Prod/\"]}]}"), 0);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"name\",\"Values\":[\"!prod/\"]}]}"),
+                     1);
+    assert_int_equal(
+        list_count(f, "{\"Filters\":[{\"Key\":\"name\",\"Values\":[\"dev\",\"prod/a\"]}]}"), 2);
+    assert_int_equal(
+        list_count(f, "{\"Filters\":[{\"Key\":\"description\",\"Values\":[\"main\"]}]}"), 1);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"tag-key\",\"Values\":[\"own\"]}]}"),
+                     1);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"tag-key\",\"Values\":[\"!own\"]}]}"),
+                     2);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"tag-value\",\"Values\":[\"keyb\"]}]}"),
+                     1);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"tag-value\",\"Values\":[\"Keyb\"]}]}"),
+                     0);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"all\",\"Values\":[\"DATABASE\"]}]}"),
+                     2);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"all\",\"Values\":[\"db\"]}]}"), 2);
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"all\",\"Values\":[\"prod\"]}]}"), 2);
+    /* filters AND */
+    assert_int_equal(list_count(f, "{\"Filters\":[{\"Key\":\"name\",\"Values\":[\"prod\"]},"
+                                   "{\"Key\":\"tag-key\",\"Values\":[\"env\"]}]}"),
+                     1);
+    assert_int_equal(
+        list_count(f, "{\"Filters\":[{\"Key\":\"primary-region\",\"Values\":[\"us\"]}]}"), 0);
+    /* Tags are in every entry; sort order */
+    json_t *j = ok(f, "ListSecrets", "{\"SortOrder\":\"desc\"}");
+    json_t *l = json_object_get(j, "SecretList");
+    assert_string_equal(str(json_array_get(l, 0), "Name"), "dev/db");
+    for (size_t i = 0; i < json_array_size(l); i++) {
+        assert_true(json_is_array(json_object_get(json_array_get(l, i), "Tags")));
+        assert_true(
+            json_is_object(json_object_get(json_array_get(l, i), "SecretVersionsToStages")));
+    }
+    done(j);
+    j = ok(f, "ListSecrets", "{\"SortBy\":\"name\"}");
+    assert_string_equal(str(json_array_get(json_object_get(j, "SecretList"), 0), "Name"), "dev/db");
+    done(j);
+}
+
+static void pagination(void **state)
+{
+    fx *f = *state;
+    char b[200], tok[200];
+    size_t total = 0;
+    int pages = 0;
+    for (int i = 0; i < 205; i++) {
+        snprintf(b, sizeof(b), "{\"Name\":\"p%03d\"}", i);
+        done(ok(f, "CreateSecret", b));
+    }
+    tok[0] = '\0';
+    do {
+        if (tok[0])
+            snprintf(b, sizeof(b), "{\"MaxResults\":100,\"NextToken\":\"%s\"}", tok);
+        else
+            snprintf(b, sizeof(b), "{\"MaxResults\":100}");
+        json_t *j = ok(f, "ListSecrets", b);
+        json_t *l = json_object_get(j, "SecretList");
+        if (pages == 0)
+            assert_string_equal(str(json_array_get(l, 0), "Name"), "p000");
+        if (pages == 2)
+            assert_string_equal(str(json_array_get(l, 0), "Name"), "p200");
+        total += json_array_size(l);
+        const char *n = json_string_value(json_object_get(j, "NextToken"));
+        snprintf(tok, sizeof(tok), "%s", n ? n : "");
+        done(j);
+        pages++;
+    } while (tok[0]);
+    assert_int_equal(total, 205);
+    assert_int_equal(pages, 3);
+    /* default page size is 100 */
+    json_t *j = ok(f, "ListSecrets", "{}");
+    assert_int_equal(json_array_size(json_object_get(j, "SecretList")), 100);
+    snprintf(tok, sizeof(tok), "%s", str(j, "NextToken"));
+    done(j);
+    /* a token is bound to its query and account, and cannot be edited */
+    snprintf(b, sizeof(b), "{\"NextToken\":\"%s\",\"SortOrder\":\"desc\"}", tok);
+    expect_err(f, "ListSecrets", b, "InvalidNextTokenException");
+    snprintf(b, sizeof(b), "{\"NextToken\":\"%s\"}", tok);
+    expect_err_as(f, ACCT_B, "ListSecrets", b, 400, "InvalidNextTokenException");
+    tok[5] = tok[5] == 'A' ? 'B' : 'A';
+    snprintf(b, sizeof(b), "{\"NextToken\":\"%s\"}", tok);
+    expect_err(f, "ListSecrets", b, "InvalidNextTokenException");
+    expect_err(f, "ListSecrets", "{\"NextToken\":\"garbage\"}", "InvalidNextTokenException");
+}
+
+static void batch_get(void **state)
+{
+    fx *f = *state;
+    done(ok(
+        f, "CreateSecret",
+        "{\"Name\":\"b1\",\"SecretString\":\"one\",\"Tags\":[{\"Key\":\"g\",\"Value\":\"x\"}]}"));
+    done(ok(
+        f, "CreateSecret",
+        "{\"Name\":\"b2\",\"SecretBinary\":\"AQID\",\"Tags\":[{\"Key\":\"g\",\"Value\":\"x\"}]}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"b3\"}"));
+    json_t *j = ok(f, "BatchGetSecretValue", "{\"SecretIdList\":[\"b1\",\"b2\",\"nope\",\"b3\"]}");
+    json_t *v = json_object_get(j, "SecretValues"), *e = json_object_get(j, "Errors");
+    assert_int_equal(json_array_size(v), 2);
+    assert_string_equal(str(json_array_get(v, 0), "SecretString"), "one");
+    assert_string_equal(str(json_array_get(v, 1), "SecretBinary"), "AQID");
+    assert_int_equal(json_array_size(e), 2);
+    assert_string_equal(str(json_array_get(e, 0), "SecretId"), "nope");
+    assert_string_equal(str(json_array_get(e, 0), "ErrorCode"), "ResourceNotFoundException");
+    done(j);
+    j = ok(f, "BatchGetSecretValue",
+           "{\"Filters\":[{\"Key\":\"tag-key\",\"Values\":[\"g\"]}],\"MaxResults\":1}");
+    assert_int_equal(json_array_size(json_object_get(j, "SecretValues")), 1);
+    assert_non_null(json_object_get(j, "NextToken"));
+    done(j);
+    expect_err(f, "BatchGetSecretValue", "{}", "InvalidParameterException");
+    expect_err(f, "BatchGetSecretValue",
+               "{\"SecretIdList\":[\"b1\"],\"Filters\":[{\"Key\":\"name\",\"Values\":[\"b\"]}]}",
+               "InvalidParameterException");
+    expect_err(f, "BatchGetSecretValue", "{\"SecretIdList\":[]}", "InvalidParameterException");
+    expect_err(f, "BatchGetSecretValue",
+               "{\"SecretIdList\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"10\","
+               "\"11\",\"12\",\"13\",\"14\",\"15\",\"16\",\"17\",\"18\",\"19\",\"20\",\"21\"]}",
+               "InvalidParameterException");
+}
+
+static void persistence_and_tamper(void **state)
+{
+    fx *f = *state;
+    done(ok(f, "CreateSecret", "{\"Name\":\"keep\",\"SecretString\":\"durable\"}"));
+    close_store(f);
+    open_store(f);
+    json_t *j = ok(f, "GetSecretValue", "{\"SecretId\":\"keep\"}");
+    assert_string_equal(str(j, "SecretString"), "durable");
+    done(j);
+    /* plaintext is not in the database file */
+    {
+        kb_dbuf b;
+        kb_dbuf_init(&b, 1 << 24);
+        assert_ok(kb_file_read(f->db, b.max, &b));
+        assert_null(memmem(b.p, b.len, "durable", 7));
+        kb_dbuf_free(&b);
+    }
+    /* a sealed value bound to another version id does not open */
+    cache_secret s;
+    int bin;
+    kb_secret *v = NULL;
+    char vid[80];
+    assert_ok(cache_store_find(f->st, ACCT_A, "keep", &s));
+    assert_ok(cache_store_stage_get(f->st, s.id, "AWSCURRENT", vid));
+    assert_ok(cache_store_version_read(f->st, &s, vid, &bin, &v, NULL));
+    kb_secret_free(v);
+    snprintf(s.arn, sizeof(s.arn),
+             "arn:aws:secretsmanager:us-east-1:" ACCT_A ":secret:other-abcdef");
+    assert_kb(cache_store_version_read(f->st, &s, vid, &bin, &v, NULL), KB_ERR_INTEGRITY);
+    assert_null(v);
+}
+
+/* ------------------------------------------------------------------ HTTP + SigV4 */
+
+typedef struct {
+    kb_sigv4_header h[8];
+    size_t n;
+    char auth[1024];
+    char date[17];
+    char target[128];
+} signed_req;
+
+static void sign(signed_req *s, const char *akid, const char *secret, const char *target,
+                 const char *body, time_t when, int sign_target)
+{
+    kb_secret *k = NULL;
+    kb_dbuf a;
+    snprintf(s->target, sizeof(s->target), "secretsmanager.%s", target);
+    s->n = 0;
+    s->h[s->n++] = (kb_sigv4_header){"Host", 4, "127.0.0.1:4566", 14};
+    s->h[s->n++] = (kb_sigv4_header){"Content-Type", 12, "application/x-amz-json-1.1", 26};
+    if (sign_target)
+        s->h[s->n++] = (kb_sigv4_header){"X-Amz-Target", 12, s->target, strlen(s->target)};
+    kb_sigv4_request r = {.method = "POST",
+                          .path = "/",
+                          .query = "",
+                          .headers = s->h,
+                          .n_headers = s->n,
+                          .body = (const uint8_t *)body,
+                          .body_len = strlen(body)};
+    assert_ok(kb_secret_from(secret, strlen(secret), &k));
+    kb_sigv4_params p = {.access_key_id = akid,
+                         .secret_key = k,
+                         .region = "us-east-1",
+                         .service = "secretsmanager",
+                         .now = when,
+                         .normalize_path = 1};
+    kb_dbuf_init(&a, 1024);
+    assert_ok(kb_sigv4_sign(&r, &p, &a, s->date));
+    snprintf(s->auth, sizeof(s->auth), "%s", kb_dbuf_str(&a));
+    kb_dbuf_free(&a);
+    kb_secret_free(k);
+    if (!sign_target)
+        s->h[s->n++] = (kb_sigv4_header){"X-Amz-Target", 12, s->target, strlen(s->target)};
+    s->h[s->n++] = (kb_sigv4_header){"X-Amz-Date", 10, s->date, 16};
+    s->h[s->n++] = (kb_sigv4_header){"Authorization", 13, s->auth, strlen(s->auth)};
+}
+
+static json_t *send_req(fx *f, signed_req *s, const char *body, int64_t now_ms, int *status)
+{
+    cache_response r;
+    json_t *j = NULL;
+    cache_request q = {.method = "POST",
+                       .path = "/",
+                       .query = "",
+                       .headers = s->h,
+                       .n_headers = s->n,
+                       .body = (const uint8_t *)body,
+                       .body_len = strlen(body),
+                       .now_ms = now_ms};
+    assert_ok(cache_api_handle(f->api, &q, &r));
+    assert_int_equal(strlen(r.request_id), 36);
+    assert_ok(kb_json_parse(r.body, r.body_len, 1 << 22, &j, NULL, 0));
+    *status = r.status;
+    cache_response_free(&r);
+    return j;
+}
+
+static void expect_http(fx *f, signed_req *s, const char *body, int64_t now_ms, int status,
+                        const char *type)
+{
+    int st;
+    json_t *j = send_req(f, s, body, now_ms, &st);
+    const char *t = json_string_value(json_object_get(j, "__type"));
+    if (st != status || (type && (t == NULL || strcmp(t, type) != 0)))
+        fail_msg("got %d %s, want %d %s", st, t ? t : "-", status, type ? type : "-");
+    json_decref(j);
+}
+
+static void sigv4_auth(void **state)
+{
+    fx *f = *state;
+    signed_req s;
+    time_t now = (time_t)(T0 / 1000);
+    const char *body = "{\"Name\":\"signed\",\"SecretString\":\"v\"}";
+    int64_t now_ms = (int64_t)now * 1000;
+
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "CreateSecret", body, now, 1);
+    expect_http(f, &s, body, now_ms, 200, NULL);
+    /* captured request replayed as another operation: the target is signed */
+    s.h[2].value = "secretsmanager.DeleteSecret";
+    s.h[2].value_len = strlen(s.h[2].value);
+    expect_http(f, &s, body, now_ms, 400, "InvalidSignatureException");
+    /* body tampered */
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "ListSecrets", "{}", now, 1);
+    expect_http(f, &s, "{ }", now_ms, 400, "InvalidSignatureException");
+    /* wrong secret key */
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "wrong", "ListSecrets", "{}", now, 1);
+    expect_http(f, &s, "{}", now_ms, 400, "InvalidSignatureException");
+    /* unknown key id */
+    sign(&s, "AKIDZZZZZZZZZZZZZZZZ", "secretA", "ListSecrets", "{}", now, 1);
+    expect_http(f, &s, "{}", now_ms, 400, "UnrecognizedClientException");
+    /* stale and future dates */
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "ListSecrets", "{}", now - 901, 1);
+    expect_http(f, &s, "{}", now_ms, 400, "InvalidSignatureException");
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "ListSecrets", "{}", now + 901, 1);
+    expect_http(f, &s, "{}", now_ms, 400, "InvalidSignatureException");
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "ListSecrets", "{}", now - 899, 1);
+    expect_http(f, &s, "{}", now_ms, 200, NULL);
+    /* x-amz-target not signed */
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "ListSecrets", "{}", now, 0);
+    expect_http(f, &s, "{}", now_ms, 400, NULL);
+    /* unsigned */
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "ListSecrets", "{}", now, 1);
+    s.n--;
+    expect_http(f, &s, "{}", now_ms, 400, "MissingAuthenticationTokenException");
+    /* malformed Authorization */
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "ListSecrets", "{}", now, 1);
+    s.h[s.n - 1].value = "AWS4-HMAC-SHA256 garbage";
+    s.h[s.n - 1].value_len = strlen(s.h[s.n - 1].value);
+    expect_http(f, &s, "{}", now_ms, 400, "IncompleteSignatureException");
+    /* unknown target, correctly signed */
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "Frobnicate", "{}", now, 1);
+    expect_http(f, &s, "{}", now_ms, 400, "UnknownOperationException");
+    /* account B signs: cannot see A's secret */
+    body = "{\"SecretId\":\"signed\"}";
+    sign(&s, "AKIDBBBBBBBBBBBBBBBB", "secretB", "GetSecretValue", body, now, 1);
+    expect_http(f, &s, body, now_ms, 400, "ResourceNotFoundException");
+    sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "GetSecretValue", body, now, 1);
+    expect_http(f, &s, body, now_ms, 200, NULL);
+    /* no state change from any refused request */
+    json_t *l = ok(f, "ListSecrets", "{}");
+    assert_int_equal(json_array_size(json_object_get(l, "SecretList")), 1);
+    done(l);
+}
+
+static void creds_file(void **state)
+{
+    (void)state;
+    cache_creds *c = NULL;
+    size_t bad = 0;
+    const kb_secret *k;
+    const char *acct;
+    assert_ok(cache_creds_parse(CREDS, strlen(CREDS), &c, &bad));
+    assert_int_equal(cache_creds_count(c), 2);
+    assert_ok(cache_creds_lookup(c, "AKIDBBBBBBBBBBBBBBBB", &k, &acct));
+    assert_string_equal(acct, ACCT_B);
+    assert_int_equal(kb_secret_len(k), 7);
+    assert_kb(cache_creds_lookup(c, "AKIDCCCCCCCCCCCCCCCC", &k, &acct), KB_ERR_NOT_FOUND);
+    cache_creds_free(c);
+    static const char *const bads[] = {
+        "AKIDAAAAAAAAAAAAAAAA secret 12345678901\n",        /* short account */
+        "AKIDAAAAAAAAAAAAAAAA secret 123456789012 extra\n", /* 4 fields */
+        "akid-lower-case-xx secret 123456789012\n",         /* bad key id */
+        "AKID secret 123456789012\n",                       /* key id too short */
+        "AKIDAAAAAAAAAAAAAAAA secret 123456789012\nAKIDAAAAAAAAAAAAAAAA s2 123456789012\n",
+        "# nothing\n",
+    };
+    for (size_t i = 0; i < KB_ARRAY_LEN(bads); i++) {
+        c = NULL;
+        assert_kb(cache_creds_parse(bads[i], strlen(bads[i]), &c, &bad), KB_ERR_INVALID);
+        assert_null(c);
+    }
+    /* the file must be private */
+    char *d = kbtest_tmpdir(), p[600];
+    snprintf(p, sizeof(p), "%s/creds", d);
+    FILE *fp = fopen(p, "w");
+    fputs(CREDS, fp);
+    fclose(fp);
+    chmod(p, 0644);
+    assert_kb(cache_creds_load(p, &c, &bad), KB_ERR_CONFIG);
+    chmod(p, 0600);
+    assert_ok(cache_creds_load(p, &c, &bad));
+    cache_creds_free(c);
+    unlink(p);
+    rmdir(d);
+    free(d);
+}
+
+static void key_file(void **state)
+{
+    (void)state;
+    char *d = kbtest_tmpdir(), p[600];
+    kb_secret *k = NULL;
+    struct stat sb;
+    snprintf(p, sizeof(p), "%s/key", d);
+    assert_ok(cache_key_generate(p));
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    assert_kb(cache_key_generate(p), KB_ERR_EXISTS);
+    assert_ok(cache_key_load(p, &k));
+    assert_int_equal(kb_secret_len(k), CACHE_KEY_LEN);
+    kb_secret_free(k);
+    chmod(p, 0640);
+    assert_kb(cache_key_load(p, &k), KB_ERR_CONFIG);
+    FILE *fp = fopen(p, "w");
+    fputs("zz\n", fp);
+    fclose(fp);
+    chmod(p, 0600);
+    assert_kb(cache_key_load(p, &k), KB_ERR_INVALID);
+    unlink(p);
+    rmdir(d);
+    free(d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(create_get_describe, setup, teardown),
+        cmocka_unit_test_setup_teardown(binary_values, setup, teardown),
+        cmocka_unit_test_setup_teardown(limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(bad_json_and_types, setup, teardown),
+        cmocka_unit_test_setup_teardown(versions_and_stages, setup, teardown),
+        cmocka_unit_test_setup_teardown(version_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(idempotency, setup, teardown),
+        cmocka_unit_test_setup_teardown(account_isolation, setup, teardown),
+        cmocka_unit_test_setup_teardown(delete_restore, setup, teardown),
+        cmocka_unit_test_setup_teardown(tags_ops, setup, teardown),
+        cmocka_unit_test_setup_teardown(filters, setup, teardown),
+        cmocka_unit_test_setup_teardown(pagination, setup, teardown),
+        cmocka_unit_test_setup_teardown(batch_get, setup, teardown),
+        cmocka_unit_test_setup_teardown(persistence_and_tamper, setup, teardown),
+        cmocka_unit_test_setup_teardown(sigv4_auth, setup, teardown),
+        cmocka_unit_test(creds_file),
+        cmocka_unit_test(key_file),
+    };
+    if (kb_secmem_init() != KB_OK)
+        return 1;
+    kb_json_init();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
