@@ -273,10 +273,6 @@ static kb_err jwk_rsa(const json_t *key, EVP_PKEY **out, const char **why)
     }
     if (rc != KB_OK)
         goto out;
-    if (EVP_PKEY_get_bits(pk) < RSA_BITS_MIN) {
-        rc = fail(why, "RSA key is shorter than 2048 bits", KB_ERR_INVALID);
-        goto out;
-    }
     *out = pk;
     pk = NULL;
 out:
@@ -654,6 +650,12 @@ static kb_err parse_jwt_entry(spiffe_bundle *b, const json_t *key, const char *k
     if (rc == KB_ERR_NOT_FOUND)
         return fail(why, "jwt-svid entry has an unsupported 'kty' (EC or RSA)", KB_ERR_INVALID);
     KB_GUARD(rc);
+    /* A JWT-SVID key signs tokens on its own, so its size is policy here (NIST SP 800-131A).
+     * An x509-svid entry's key is the certificate's, whose strength path validation judges. */
+    if (EVP_PKEY_is_a(pk, "RSA") && EVP_PKEY_get_bits(pk) < RSA_BITS_MIN) {
+        EVP_PKEY_free(pk);
+        return fail(why, "RSA key is shorter than 2048 bits", KB_ERR_INVALID);
+    }
     rc = spiffe_bundle_add_jwt_key(b, json_string_value(kid), pk);
     if (rc == KB_ERR_TOO_LARGE)
         fail(why, "bundle has too many keys", rc);
