@@ -49,7 +49,8 @@ void kb_dbuf_init(kb_dbuf *b, size_t max);
 KB_WUR kb_err kb_dbuf_add(kb_dbuf *b, const void *p, size_t n);
 KB_WUR kb_err kb_dbuf_addstr(kb_dbuf *b, const char *s);
 KB_WUR kb_err kb_dbuf_addf(kb_dbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-KB_WUR kb_err kb_dbuf_vaddf(kb_dbuf *b, const char *fmt, va_list ap);
+KB_WUR kb_err kb_dbuf_vaddf(kb_dbuf *b, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 KB_WUR kb_err kb_dbuf_addc(kb_dbuf *b, char c);
 /* The contents as a NUL-terminated string ("" when empty; never NULL). */
 const char *kb_dbuf_str(const kb_dbuf *b);

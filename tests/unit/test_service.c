@@ -368,7 +368,9 @@ static void tampered_access_rows_fail_closed(void **state)
     create_secret(f, "public", "q", false);
     exec_sql(f->db, "INSERT INTO grants SELECT group_id, (SELECT id FROM secrets WHERE "
                     "name='private'), mac FROM grants LIMIT 1");
-    assert_kb(client_read(f, APP, "private", 0, buf, sizeof(buf), NULL), KB_ERR_NOT_FOUND);
+    /* the forged row is the only access path: integrity failure, never the content */
+    assert_kb(client_read(f, APP, "private", 0, buf, sizeof(buf), NULL), KB_ERR_INTEGRITY);
+    assert_kb(client_read(f, OTHER, "private", 0, buf, sizeof(buf), NULL), KB_ERR_NOT_FOUND);
     /* make the hr client an admin by editing the file */
     exec_sql(f->db, "UPDATE clients SET admin=1 WHERE spiffe_id='" OTHER "'");
     svc_actor o = actor(OTHER);
