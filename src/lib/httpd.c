@@ -319,7 +319,8 @@ static void conn_free(conn *c)
     if (c->deadline)
         event_free(c->deadline);
     if (c->bev) {
-        if (c->ssl != NULL && SSL_is_init_finished(c->ssl)) {
+        if (c->ssl != NULL && SSL_is_init_finished(c->ssl) &&
+            !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN)) {
             /* Best-effort close_notify (RFC 8446 section 6.1); never blocks. */
             SSL_set_quiet_shutdown(c->ssl, 0);
             (void)SSL_shutdown(c->ssl);
@@ -885,12 +886,12 @@ static void on_write(struct bufferevent *bev, void *arg)
         /* Lingering close: stop sending, keep draining for a moment so the client reads our
          * reply instead of a reset caused by its unread upload (RFC 9112 section 9.6). */
         c->st = ST_LINGER;
-        if (c->ssl == NULL) {
-            shutdown(bufferevent_getfd(bev), SHUT_WR);
-        } else {
-            conn_free(c);
-            return;
+        if (c->ssl != NULL) {
+            /* close_notify first (RFC 8446 section 6.1), then the TCP half-close */
+            (void)SSL_shutdown(c->ssl);
+            ERR_clear_error();
         }
+        shutdown(bufferevent_getfd(bev), SHUT_WR);
         bufferevent_enable(bev, EV_READ);
         conn_arm(c, KB_HTTPD_LINGER_SECS);
         return;

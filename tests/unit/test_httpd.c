@@ -840,6 +840,21 @@ static void test_tls_server_only(void **state)
     assert_true(json_is_null(json_object_get(j, "id")));
     json_decref(j);
     resp_free(&r);
+    /* over the body limit over TLS: a JSON 413 reaches the client (lingering close) */
+    {
+        size_t big_len = 3 * KB_HTTPD_MAX_BODY_DEFAULT;
+        uint8_t *big = calloc(1, big_len);
+        CURL *c = curl_easy_init();
+        do_req(c, url, "PUT", big, big_len, NULL, &t, &r);
+        assert_int_equal(r.status, 413);
+        assert_json_error(&r, "payload_too_large");
+        resp_free(&r);
+        do_req(c, url, "PUT", big, KB_HTTPD_MAX_BODY_DEFAULT, NULL, &t, &r);
+        assert_int_equal(r.status, 200);
+        resp_free(&r);
+        curl_easy_cleanup(c);
+        free(big);
+    }
     /* wrong trust anchor on the client: fails */
     tlsopt bad = {.cafile = f->p.other_ca};
     get1(url, &bad, &r);
