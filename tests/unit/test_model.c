@@ -122,7 +122,7 @@ static void metadata_keys_and_values(void **state)
 static json_t *md_with_entries(size_t n)
 {
     json_t *o = json_object();
-    char k[16];
+    char k[32];
     for (size_t i = 0; i < n; i++) {
         snprintf(k, sizeof(k), "k%zu", i);
         json_object_set_new(o, k, json_string("v"));
