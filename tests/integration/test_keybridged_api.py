@@ -215,6 +215,49 @@ def make_hsm(d):
     return {"module": module, "label": "kbtest", "pin_file": out[1]}
 
 
+def prometheus_scrape(d, srv):
+    """A real Prometheus (Debian `prometheus`) scrapes the metrics listener; we query it back."""
+    port = free_port()
+    with open(f"{d}/prometheus.yml", "w") as f:
+        f.write(f"""global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: keybridged
+    static_configs:
+      - targets: ['127.0.0.1:{srv.mport}']
+""")
+    plog = open(f"{d}/prometheus.log", "w")
+    p = subprocess.Popen(["prometheus", f"--config.file={d}/prometheus.yml",
+                          f"--storage.tsdb.path={d}/prom", f"--web.listen-address=127.0.0.1:{port}"],
+                         stdout=plog, stderr=plog)
+    got = None
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and got is None:
+            time.sleep(0.5)
+            r = subprocess.run(["curl", "-sS", "--max-time", "2",
+                                f"http://127.0.0.1:{port}/api/v1/query?query="
+                                "keybridged_requests_total"], capture_output=True)
+            try:
+                res = json.loads(r.stdout)["data"]["result"]
+                if res:
+                    got = res
+            except (ValueError, KeyError, TypeError):
+                pass
+        check(got is not None, "prometheus scraped keybridged_requests_total")
+        if got:
+            routes = {x["metric"].get("route") for x in got}
+            check("/v1/secrets" in routes, f"prometheus sees route labels {routes}")
+            check(all(x["metric"].get("job") == "keybridged" for x in got), "job label")
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def main():
     if not os.path.exists(KEYBRIDGED):
         print("SKIP: keybridged not built", file=sys.stderr)
@@ -395,11 +438,22 @@ def main():
         check('keybridged_hsm_operations_total{op="unwrap"}' in m, "metrics: HSM operations")
         check("keybridged_secrets{" in m and "keybridged_clients{" in m, "metrics: gauges")
         check("a-plain" not in m and "example.org" not in m, "metrics carry no names or IDs")
+        if shutil.which("promtool"):
+            p = subprocess.run(["promtool", "check", "metrics"], input=m.encode(),
+                               capture_output=True)
+            check(p.returncode == 0, f"promtool check metrics: {p.stdout!r} {p.stderr!r}")
+        if shutil.which("prometheus"):
+            prometheus_scrape(d, srv)
+        else:
+            print("note: prometheus not installed; scrape check skipped", file=sys.stderr)
         log = open(f"{d}/keybridged.log").read()
         check("aGVsbG8=" not in log and "hello" not in log, "no secret content in logs")
     finally:
         if srv:
             srv.stop()
+            # A clean exit on SIGTERM (under ASan this also means no leak report).
+            check(srv.proc is None or srv.proc.returncode == 0,
+                  f"keybridged exit status {srv.proc.returncode if srv.proc else None}")
         if failures:
             print(f"keybridged log: {d}/keybridged.log (kept)", file=sys.stderr)
         else:
