@@ -8,7 +8,8 @@ BUILD=build
 CMAKE_ARGS=()
 if [ "${1:-}" = "--sanitize" ]; then
   BUILD=build-asan
-  CMAKE_ARGS+=(-DKB_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
+  # Same optimisation level as the plain build (-O2 -g): identical warnings, faster tests.
+  CMAKE_ARGS+=(-DKB_SANITIZE=ON)
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 fi
