@@ -867,6 +867,13 @@ static void sigv4_auth(void **state)
     expect_http(f, &s, body, now_ms, 400, "ResourceNotFoundException");
     sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "GetSecretValue", body, now, 1);
     expect_http(f, &s, body, now_ms, 200, NULL);
+    /* a large body (over 64 KiB) signs and verifies; the value itself is over the limit */
+    {
+        char *big = big_json("{\"Name\":\"large\",\"SecretString\":\"", 70000, 'x', "\"}");
+        sign(&s, "AKIDAAAAAAAAAAAAAAAA", "secretA", "CreateSecret", big, now, 1);
+        expect_http(f, &s, big, now_ms, 400, "InvalidParameterException");
+        free(big);
+    }
     /* no state change from any refused request */
     json_t *l = ok(f, "ListSecrets", "{}");
     assert_int_equal(json_array_size(json_object_get(l, "SecretList")), 1);
