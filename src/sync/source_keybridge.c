@@ -1,0 +1,479 @@
+/* source_keybridge.c - keybridged's client API over mTLS with server_id pinning (see .h). */
+#include "source_keybridge.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <openssl/ssl.h>
+
+#include "b64.h"
+#include "lib/buf.h"
+#include "lib/json.h"
+#include "lib/log.h"
+#include "lib/version.h"
+
+typedef struct {
+    CURL *curl;
+    char *url;
+    char *server_id;
+    const sync_identity *id;
+    long timeout_ms;
+    int retry_after_max;
+    char why[256];
+} kbsrc;
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_FAILED_INIT;
+
+static void curl_init(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* Verify the server as an X509-SVID and pin its ID (called instead of X509_verify_cert). */
+static int verify_cb(X509_STORE_CTX *ctx, void *arg)
+{
+    kbsrc *k = arg;
+    spiffe_id peer;
+    const char *why = "";
+    X509 *leaf = X509_STORE_CTX_get0_cert(ctx);
+    if (leaf == NULL || x509svid_verify(k->id->bundles, leaf, X509_STORE_CTX_get0_untrusted(ctx),
+                                        X509SVID_PURPOSE_SERVER, 0, &peer, &why) != KB_OK) {
+        snprintf(k->why, sizeof(k->why), "server SVID refused: %s", why ? why : "");
+        X509_STORE_CTX_set_error(ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+        return 0;
+    }
+    if (strcmp(spiffe_id_str(&peer), k->server_id) != 0) {
+        snprintf(k->why, sizeof(k->why), "server is %.100s, not the pinned server_id",
+                 spiffe_id_str(&peer));
+        X509_STORE_CTX_set_error(ctx, X509_V_ERR_APPLICATION_VERIFICATION);
+        return 0;
+    }
+    X509_STORE_CTX_set_error(ctx, X509_V_OK);
+    return 1;
+}
+
+static CURLcode ssl_ctx_cb(CURL *curl, void *sslctx, void *arg)
+{
+    kbsrc *k = arg;
+    SSL_CTX *ctx = sslctx;
+    STACK_OF(X509) *chain = x509svid_intermediates(k->id->svid);
+    (void)curl;
+    if (SSL_CTX_use_certificate(ctx, x509svid_leaf(k->id->svid)) != 1)
+        return CURLE_SSL_CERTPROBLEM;
+    for (int i = 0; i < sk_X509_num(chain); i++)
+        if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i)) != 1)
+            return CURLE_SSL_CERTPROBLEM;
+    if (SSL_CTX_use_PrivateKey(ctx, x509svid_key(k->id->svid)) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1)
+        return CURLE_SSL_CERTPROBLEM;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_cert_verify_callback(ctx, verify_cb, k);
+    /* Resumed sessions skip verification: never resume (DESIGN.md Identity). */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    return CURLE_OK;
+}
+
+typedef struct {
+    kb_dbuf *out;
+    int too_large;
+} wsink;
+
+static size_t on_data(char *p, size_t size, size_t n, void *arg)
+{
+    wsink *w = arg;
+    if (kb_dbuf_add(w->out, p, size * n) != KB_OK) {
+        w->too_large = 1;
+        return 0;
+    }
+    return size * n;
+}
+
+static kb_err map_curl(CURLcode c, int too_large)
+{
+    if (too_large)
+        return KB_ERR_TOO_LARGE;
+    switch (c) {
+    case CURLE_OK:
+        return KB_OK;
+    case CURLE_OPERATION_TIMEDOUT:
+        return KB_ERR_TIMEOUT;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+        return KB_ERR_UNAVAILABLE;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE:
+        return KB_ERR_AUTH;
+    default:
+        return KB_ERR_IO;
+    }
+}
+
+static kb_err status_err(long st)
+{
+    if (st == 200)
+        return KB_OK;
+    if (st == 401 || st == 403)
+        return KB_ERR_DENIED;
+    if (st == 404)
+        return KB_ERR_NOT_FOUND;
+    if (st == 429)
+        return KB_ERR_LIMIT;
+    if (st >= 500)
+        return KB_ERR_UNAVAILABLE;
+    return KB_ERR_INVALID;
+}
+
+/* One request; retries 429/503 up to SYNC_KB_RETRIES times, waiting Retry-After (capped). */
+static kb_err request(kbsrc *k, const char *path, const char *body, kb_dbuf *resp,
+                      sync_summary *sum, sync_op op)
+{
+    char url[2048];
+    struct curl_slist *hdrs = NULL;
+    kb_err rc = KB_OK;
+    int n = snprintf(url, sizeof(url), "%s%s", k->url, path);
+    KB_ENSURE(n > 0 && (size_t)n < sizeof(url), KB_ERR_TOO_LARGE);
+    for (int attempt = 0;; attempt++) {
+        wsink w = {resp, 0};
+        long st = 0;
+        curl_off_t ra = 0;
+        CURLcode c;
+        kb_dbuf_reset(resp);
+        k->why[0] = '\0';
+        curl_easy_setopt(k->curl, CURLOPT_URL, url);
+        curl_easy_setopt(k->curl, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(k->curl, CURLOPT_WRITEDATA, &w);
+        if (body) {
+            hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+            KB_ENSURE(hdrs != NULL, KB_ERR_NOMEM);
+            curl_easy_setopt(k->curl, CURLOPT_HTTPHEADER, hdrs);
+            curl_easy_setopt(k->curl, CURLOPT_POSTFIELDS, body);
+            curl_easy_setopt(k->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+        } else {
+            curl_easy_setopt(k->curl, CURLOPT_HTTPHEADER, NULL);
+            curl_easy_setopt(k->curl, CURLOPT_HTTPGET, 1L);
+        }
+        sum->calls[op]++;
+        c = curl_easy_perform(k->curl);
+        curl_easy_setopt(k->curl, CURLOPT_HTTPHEADER, NULL);
+        curl_slist_free_all(hdrs);
+        hdrs = NULL;
+        rc = map_curl(c, w.too_large);
+        if (rc != KB_OK) {
+            kb_log(KB_LOG_ERROR, "keybridged_request_failed", "path", path, "err", kb_err_str(rc),
+                   "reason", k->why[0] ? k->why : curl_easy_strerror(c), NULL);
+            return rc;
+        }
+        curl_easy_getinfo(k->curl, CURLINFO_RESPONSE_CODE, &st);
+        rc = status_err(st);
+        if ((st == 429 || st == 503) && attempt < SYNC_KB_RETRIES) {
+            curl_easy_getinfo(k->curl, CURLINFO_RETRY_AFTER, &ra);
+            if (ra < 1)
+                ra = 1;
+            if (ra > k->retry_after_max)
+                ra = k->retry_after_max;
+            kb_log(KB_LOG_WARN, "keybridged_busy", "path", path, "err", kb_err_str(rc), NULL);
+            if (ra > 0)
+                sleep((unsigned)ra);
+            continue;
+        }
+        if (rc != KB_OK) {
+            char sts[16];
+            snprintf(sts, sizeof(sts), "%ld", st);
+            kb_log(KB_LOG_ERROR, "keybridged_refused", "path", path, "status", sts, "err",
+                   kb_err_str(rc), NULL);
+        }
+        return rc;
+    }
+}
+
+/* ---- parsing ------------------------------------------------------------------------------ */
+
+static kb_err parse_meta_fields(const json_t *o, char **name, int64_t *version, char *checksum,
+                                json_t **metadata)
+{
+    const json_t *n = json_object_get(o, "name"), *v = json_object_get(o, "version"),
+                 *c = json_object_get(o, "checksum"), *m = json_object_get(o, "metadata");
+    const char *k;
+    json_t *mv;
+    KB_ENSURE(json_is_string(n) && sync_name_ok(json_string_value(n)), KB_ERR_INVALID);
+    KB_ENSURE(json_is_integer(v) && json_integer_value(v) >= 1, KB_ERR_INVALID);
+    KB_ENSURE(json_is_string(c) && sync_checksum_ok(json_string_value(c)), KB_ERR_INVALID);
+    KB_ENSURE(m == NULL || json_is_null(m) || json_is_object(m), KB_ERR_INVALID);
+    if (json_is_object(m)) {
+        json_object_foreach((json_t *)m, k, mv)
+        {
+            KB_ENSURE(json_is_string(mv), KB_ERR_INVALID);
+        }
+    }
+    *name = strdup(json_string_value(n));
+    KB_ENSURE(*name != NULL, KB_ERR_NOMEM);
+    *version = json_integer_value(v);
+    memcpy(checksum, json_string_value(c), SYNC_CHECKSUM_HEX + 1);
+    *metadata = json_is_object(m) ? json_incref((json_t *)m) : json_object();
+    return KB_OK;
+}
+
+static int app_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && n <= SYNC_APP_MAX && sync_name_ok(s);
+}
+
+kb_err sync_kb_parse_list(const void *body, size_t len, sync_listing *out)
+{
+    json_t *doc = NULL, *arr, *app, *client;
+    char err[128];
+    size_t n;
+    kb_err rc;
+    KB_ENSURE_REF(out);
+    memset(out, 0, sizeof(*out));
+    KB_GUARD(kb_json_parse(body, len, SYNC_KB_LIST_MAX, &doc, err, sizeof(err)));
+    arr = json_object_get(doc, "secrets");
+    app = json_object_get(doc, "application");
+    client = json_object_get(doc, "client");
+    KB_ENSURE_OUT(rc, json_is_array(arr) && json_is_string(app) && json_is_string(client),
+                  KB_ERR_INVALID);
+    /* Cloud names are keybridge/<application>/<name>: the server must name the application. */
+    KB_ENSURE_OUT(rc, app_name_ok(json_string_value(app)), KB_ERR_CONFIG);
+    n = json_array_size(arr);
+    KB_ENSURE_OUT(rc, n <= SYNC_LIST_MAX, KB_ERR_TOO_LARGE);
+    out->application = strdup(json_string_value(app));
+    out->client = strdup(json_string_value(client));
+    out->items = calloc(n + 1, sizeof(*out->items));
+    KB_ENSURE_OUT(rc, out->application && out->client && out->items, KB_ERR_NOMEM);
+    for (size_t i = 0; i < n; i++) {
+        sync_meta *m = &out->items[i];
+        const json_t *o = json_array_get(arr, i);
+        KB_ENSURE_OUT(rc, json_is_object(o), KB_ERR_INVALID);
+        KB_GUARD_OUT(rc, parse_meta_fields(o, &m->name, &m->version, m->checksum, &m->metadata));
+        out->n++;
+    }
+    rc = KB_OK;
+out:
+    json_decref(doc);
+    if (rc != KB_OK)
+        sync_listing_clear(out);
+    return rc;
+}
+
+static kb_err item_error(const char *e)
+{
+    if (strcmp(e, "limit") == 0)
+        return KB_ERR_LIMIT;
+    if (strcmp(e, "not_found") == 0)
+        return KB_ERR_NOT_FOUND;
+    if (strcmp(e, "denied") == 0)
+        return KB_ERR_DENIED;
+    if (strcmp(e, "unavailable") == 0 || strcmp(e, "hsm") == 0)
+        return KB_ERR_UNAVAILABLE;
+    return KB_ERR_INVALID;
+}
+
+kb_err sync_kb_parse_batch(const void *body, size_t len, const char *const *names, size_t n,
+                           sync_content *out, size_t *fetched)
+{
+    json_t *doc = NULL, *arr;
+    char err[128];
+    size_t i;
+    json_t *o;
+    kb_err rc = KB_OK;
+    KB_ENSURE_REF(out);
+    KB_ENSURE_REF(fetched);
+    *fetched = 0;
+    for (i = 0; i < n; i++) {
+        sync_content_clear(&out[i]);
+        out[i].err = KB_ERR_NOT_FOUND;
+    }
+    KB_GUARD(kb_json_parse(body, len, SYNC_KB_BATCH_MAX, &doc, err, sizeof(err)));
+    arr = json_object_get(doc, "secrets");
+    KB_ENSURE_OUT(rc, json_is_array(arr), KB_ERR_INVALID);
+    KB_ENSURE_OUT(rc, json_array_size(arr) <= n, KB_ERR_INVALID);
+    json_array_foreach(arr, i, o)
+    {
+        const char *nm = json_string_value(json_object_get(o, "name"));
+        const json_t *e = json_object_get(o, "error"), *c = json_object_get(o, "content");
+        size_t j;
+        sync_content *dst;
+        KB_ENSURE_OUT(rc, json_is_object(o) && nm != NULL, KB_ERR_INVALID);
+        for (j = 0; j < n && strcmp(names[j], nm) != 0; j++)
+            ;
+        /* An answer for a name we did not ask for, or twice for one name, is malformed. */
+        KB_ENSURE_OUT(rc, j < n && out[j].name == NULL, KB_ERR_INVALID);
+        dst = &out[j];
+        if (e != NULL) {
+            KB_ENSURE_OUT(rc, json_is_string(e), KB_ERR_INVALID);
+            dst->name = strdup(nm);
+            KB_ENSURE_OUT(rc, dst->name != NULL, KB_ERR_NOMEM);
+            dst->err = item_error(json_string_value(e));
+            continue;
+        }
+        KB_ENSURE_OUT(rc, json_is_string(c), KB_ERR_INVALID);
+        KB_GUARD_OUT(
+            rc, parse_meta_fields(o, &dst->name, &dst->version, dst->checksum, &dst->metadata));
+        rc = sync_b64_decode(json_string_value(c), json_string_length(c), SYNC_KB_CONTENT_MAX,
+                             &dst->content);
+        if (rc != KB_OK) {
+            dst->err = rc;
+            rc = KB_OK;
+            continue;
+        }
+        dst->err = KB_OK;
+        (*fetched)++;
+    }
+out:
+    json_decref(doc); /* wiped by kb_json_init's allocator */
+    if (rc != KB_OK)
+        for (i = 0; i < n; i++) {
+            sync_content_clear(&out[i]);
+            out[i].err = rc;
+        }
+    return rc;
+}
+
+/* ---- ops ---------------------------------------------------------------------------------- */
+
+static kb_err kb_list(sync_source *s, sync_listing *out, sync_summary *sum)
+{
+    kbsrc *k = s->impl;
+    kb_dbuf resp;
+    kb_err rc;
+    kb_dbuf_init(&resp, SYNC_KB_LIST_MAX);
+    rc = request(k, "/v1/secrets", NULL, &resp, sum, SYNC_OP_KB_LIST);
+    if (rc == KB_OK) {
+        rc = sync_kb_parse_list(resp.p ? resp.p : (const uint8_t *)"", resp.len, out);
+        if (rc == KB_ERR_CONFIG)
+            kb_log(KB_LOG_ERROR, "no_application", "reason",
+                   "keybridged names no application for this client", NULL);
+        else if (rc != KB_OK)
+            kb_log(KB_LOG_ERROR, "bad_listing", "err", kb_err_str(rc), NULL);
+    }
+    kb_dbuf_free(&resp);
+    return rc;
+}
+
+static kb_err kb_fetch(sync_source *s, const char *const *names, size_t n, sync_content *out,
+                       sync_summary *sum)
+{
+    kbsrc *k = s->impl;
+    kb_dbuf resp;
+    json_t *req = NULL, *arr = json_array();
+    char *body = NULL;
+    size_t fetched = 0;
+    kb_err rc = KB_OK;
+    KB_ENSURE(arr != NULL, KB_ERR_NOMEM);
+    kb_dbuf_init(&resp, SYNC_KB_BATCH_MAX);
+    for (size_t i = 0; i < n; i++)
+        KB_ENSURE_OUT(rc, json_array_append_new(arr, json_string(names[i])) == 0, KB_ERR_NOMEM);
+    req = json_pack("{s:O}", "names", arr);
+    KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
+    body = kb_json_dump(req);
+    KB_ENSURE_OUT(rc, body != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, request(k, "/v1/secrets:batchGet", body, &resp, sum, SYNC_OP_KB_BATCH));
+    sum->bytes_fetched += (int64_t)resp.len;
+    rc = sync_kb_parse_batch(resp.p ? resp.p : (const uint8_t *)"", resp.len, names, n, out,
+                             &fetched);
+    sum->hsm_fetches += (int64_t)fetched;
+out:
+    kb_dbuf_free(&resp); /* wiped */
+    kb_json_free_str(body);
+    json_decref(req);
+    json_decref(arr);
+    return rc;
+}
+
+static void kb_free(sync_source *s)
+{
+    kbsrc *k;
+    if (s == NULL)
+        return;
+    k = s->impl;
+    if (k) {
+        if (k->curl)
+            curl_easy_cleanup(k->curl);
+        free(k->url);
+        free(k->server_id);
+        free(k);
+    }
+    free(s);
+}
+
+static const sync_source_ops KB_OPS = {"keybridged", kb_list, kb_fetch, kb_free};
+
+const char *sync_source_keybridge_why(const sync_source *s)
+{
+    return s && s->impl ? ((const kbsrc *)s->impl)->why : "";
+}
+
+kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out)
+{
+    sync_source *s = NULL;
+    kbsrc *k = NULL;
+    spiffe_id sid;
+    size_t ul;
+    KB_ENSURE_REF(o);
+    KB_ENSURE_REF(out);
+    KB_ENSURE(o->url != NULL && strncmp(o->url, "https://", 8) == 0, KB_ERR_CONFIG);
+    KB_ENSURE(o->server_id != NULL && spiffe_id_parse_str(o->server_id, &sid, NULL) == KB_OK &&
+                  !spiffe_id_is_root(&sid),
+              KB_ERR_CONFIG);
+    KB_ENSURE(o->identity != NULL && o->identity->svid != NULL && o->identity->bundles != NULL,
+              KB_ERR_CONFIG);
+    pthread_once(&curl_once, curl_init);
+    KB_ENSURE(curl_init_rc == CURLE_OK, KB_ERR_INTERNAL);
+    s = calloc(1, sizeof(*s));
+    k = calloc(1, sizeof(*k));
+    if (s == NULL || k == NULL)
+        goto nomem;
+    s->ops = &KB_OPS;
+    s->impl = k;
+    k->id = o->identity;
+    k->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 10000;
+    k->retry_after_max = o->retry_after_max >= 0 ? o->retry_after_max : SYNC_KB_RETRY_AFTER_MAX;
+    k->url = strdup(o->url);
+    k->server_id = strdup(o->server_id);
+    k->curl = curl_easy_init();
+    if (k->url == NULL || k->server_id == NULL || k->curl == NULL)
+        goto nomem;
+    ul = strlen(k->url);
+    while (ul > 8 && k->url[ul - 1] == '/')
+        k->url[--ul] = '\0';
+    curl_easy_setopt(k->curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(k->curl, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(k->curl, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(k->curl, CURLOPT_TIMEOUT_MS, k->timeout_ms);
+    curl_easy_setopt(k->curl, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    /* Chain and identity are checked by verify_cb (X509-SVID rules + server_id pin); the
+     * certificate has a URI SAN only, so there is no host name to match. */
+    curl_easy_setopt(k->curl, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(k->curl, CURLOPT_SSL_VERIFYHOST, 0L);
+    curl_easy_setopt(k->curl, CURLOPT_SSL_SESSIONID_CACHE, 0L);
+    curl_easy_setopt(k->curl, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
+    curl_easy_setopt(k->curl, CURLOPT_SSL_CTX_DATA, k);
+    curl_easy_setopt(k->curl, CURLOPT_USERAGENT, "keybridge-sync/" KB_VERSION);
+    *out = s;
+    return KB_OK;
+nomem:
+    kb_free(s ? s : NULL);
+    if (s == NULL) {
+        if (k && k->curl)
+            curl_easy_cleanup(k->curl);
+        if (k) {
+            free(k->url);
+            free(k->server_id);
+        }
+        free(k);
+    }
+    return KB_ERR_NOMEM;
+}
