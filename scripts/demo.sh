@@ -47,7 +47,7 @@ pkcs11-tool --module "$KB_HSM_MODULE" --token-label keybridge --login \
 step "admin: group, client, grant; two secrets"
 "${KB[@]}" "${LOCAL[@]}" --as "$ADMIN" group create payments --description "payments team"
 "${KB[@]}" "${LOCAL[@]}" --as "$ADMIN" client create "$APP" --app payments-api
-"${KB[@]}" "${LOCAL[@]}" --as "$ADMIN" membership add "$APP" payments
+"${KB[@]}" "${LOCAL[@]}" --as "$ADMIN" member add "$APP" payments
 printf 'correct horse battery staple' | "${KB[@]}" "${LOCAL[@]}" --as "$ADMIN" \
   secret create db-password --content-file - --description "payments DB" \
   --metadata mode=0400 --cloud-sync

@@ -68,5 +68,6 @@ int cli_dispatch(cli *c, const char *group, const cli_cmd *table, int argc, char
 int cli_cmd_secret(cli *c, int argc, char **argv);
 int cli_cmd_read(cli *c, int argc, char **argv);
 int cli_cmd_list(cli *c, int argc, char **argv);
+int cli_cmd_admin(cli *c, int argc, char **argv);
 
 #endif

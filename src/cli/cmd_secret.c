@@ -281,5 +281,13 @@ static const cli_cmd secret_cmds[] = {
 
 int cli_cmd_secret(cli *c, int argc, char **argv)
 {
+    /* create/put/get/list here; the lifecycle verbs live with the other admin commands. */
+    if (argc >= 2) {
+        for (const cli_cmd *e = secret_cmds; e->name; e++)
+            if (strcmp(e->name, argv[1]) == 0)
+                return e->fn(c, argc - 1, argv + 1);
+        if (strcmp(argv[1], "--help") != 0 && strcmp(argv[1], "help") != 0)
+            return cli_cmd_admin(c, argc + 1, argv - 1);
+    }
     return cli_dispatch(c, "secret", secret_cmds, argc - 1, argv + 1);
 }

@@ -9,11 +9,25 @@
 #include "lib/secbuf.h"
 #include "lib/version.h"
 
+/* `keybridge group ...` is `keybridge admin group ...`: the admin groups are top-level too. */
+static int admin_alias(cli *c, int argc, char **argv)
+{
+    return cli_cmd_admin(c, argc + 1, argv - 1);
+}
+
 static const cli_cmd commands[] = {
-    {"secret", cli_cmd_secret, "manage secrets: create, put, get, list, ..."},
+    {"secret", cli_cmd_secret,
+     "secrets: create, put, get, list, show, versions, status, rollback, delete, restore, purge"},
+    {"group", admin_alias, "groups: list, create, show, delete"},
+    {"client", admin_alias, "clients: list, create, show, enable, disable, delete"},
+    {"clients", admin_alias, "list clients (--stale 45m: whose last listing is older)"},
+    {"member", admin_alias, "memberships: add|remove SPIFFE_ID GROUP"},
+    {"grant", admin_alias, "grants: add|remove GROUP SECRET"},
+    {"expiring", admin_alias, "secrets expiring --within DURATION"},
+    {"audit", admin_alias, "audit list, audit verify"},
+    {"admin", cli_cmd_admin, "all of the admin groups above, under one name"},
     {"read", cli_cmd_read, "read a secret as a client (client API)"},
     {"list", cli_cmd_list, "list what the client may read (client API)"},
-    /* server: register admin command groups here */
     {NULL, NULL, NULL},
 };
 
@@ -61,6 +75,9 @@ int main(int argc, char **argv)
             c.as_id = v, i++;
         } else if (strcmp(argv[i], "--check-config") == 0) {
             rc = -1;
+        } else if (strcmp(argv[i], "--config-reference") == 0) {
+            kb_config_print_reference(cli_config_keys, CLI_ENV_PREFIX, stdout);
+            return KB_EXIT_OK;
         } else {
             fprintf(stderr, "keybridge: bad option '%s' (see --help)\n", argv[i]);
             return KB_EXIT_USAGE;

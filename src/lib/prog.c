@@ -15,7 +15,7 @@ static void usage(const kb_prog *p, FILE *f)
 {
     fprintf(f, "%s %s - %s\n\n", p->name, KB_VERSION, p->summary);
     fprintf(f, "usage: %s [--config FILE] [--check-config] <command> [args]\n", p->name);
-    fprintf(f, "       %s --help | --version\n\ncommands:\n", p->name);
+    fprintf(f, "       %s --help | --version | --config-reference\n\ncommands:\n", p->name);
     for (const kb_subcmd *c = p->cmds; c && c->name; c++)
         fprintf(f, "  %-18s %s\n", c->name, c->help);
     if (p->schema)
@@ -71,6 +71,11 @@ int kb_prog_main(int argc, char **argv, const kb_prog *p)
             config_path = argv[i];
         } else if (strcmp(argv[i], "--check-config") == 0) {
             check = 1;
+        } else if (strcmp(argv[i], "--config-reference") == 0) {
+            /* The Markdown table docs/configuration.md is generated from. */
+            if (p->schema)
+                kb_config_print_reference(p->schema, p->env_prefix, stdout);
+            return KB_EXIT_OK;
         } else if (argv[i][0] == '-') {
             fprintf(stderr, "%s: unknown option '%s' (see --help)\n", p->name, argv[i]);
             return KB_EXIT_USAGE;

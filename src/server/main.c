@@ -38,18 +38,8 @@ static int cmd_bootstrap(const kb_config *cfg, int argc, char **argv)
     return KB_EXIT_OK;
 }
 
-static int cmd_config_reference(const kb_config *cfg, int argc, char **argv)
-{
-    (void)cfg;
-    (void)argc;
-    (void)argv;
-    kb_config_print_reference(server_config_keys, SERVER_ENV_PREFIX, stdout);
-    return KB_EXIT_OK;
-}
-
 static const kb_subcmd cmds[] = {
     {"bootstrap", cmd_bootstrap, "create the store, master keys and first admin"},
-    {"config-reference", cmd_config_reference, "print every configuration key (Markdown)"},
     {"serve", serve_main, "serve the client, Keywhiz and admin APIs over mTLS"},
     {NULL, NULL, NULL},
 };
