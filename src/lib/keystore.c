@@ -243,3 +243,77 @@ void kb_keystore_counters(const kb_keystore *ks, uint64_t *wraps, uint64_t *unwr
     if (other)
         *other = ks ? (uint64_t)atomic_load(&ks->other) : 0;
 }
+
+/* ---- EC signers --------------------------------------------------------------------------- */
+
+struct kb_ec_signer {
+    const struct kb_ec_signer_ops *ops;
+    void *impl;
+    EVP_PKEY *pub;
+    atomic_uint_fast64_t signs;
+};
+
+kb_err kb_ec_signer_new(const struct kb_ec_signer_ops *ops, void *impl, EVP_PKEY *pub,
+                        kb_ec_signer **out)
+{
+    kb_ec_signer *s;
+
+    if (out == NULL || ops == NULL || pub == NULL) {
+        if (ops != NULL && impl != NULL)
+            ops->free(impl);
+        EVP_PKEY_free(pub);
+        return KB_ERR_NULL;
+    }
+    *out = NULL;
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        ops->free(impl);
+        EVP_PKEY_free(pub);
+        return KB_ERR_NOMEM;
+    }
+    s->ops = ops;
+    s->impl = impl;
+    s->pub = pub;
+    atomic_init(&s->signs, 0);
+    *out = s;
+    return KB_OK;
+}
+
+kb_err kb_ec_signer_sign(kb_ec_signer *s, const uint8_t digest[32], uint8_t der[KB_EC_SIG_DER_MAX],
+                         size_t *der_len)
+{
+    kb_err rc;
+
+    KB_ENSURE_REF(s);
+    KB_ENSURE_REF(digest);
+    KB_ENSURE_REF(der);
+    KB_ENSURE_REF(der_len);
+    rc = s->ops->sign(s->impl, digest, der, der_len);
+    if (rc == KB_OK)
+        atomic_fetch_add(&s->signs, 1);
+    return rc;
+}
+
+EVP_PKEY *kb_ec_signer_pubkey(const kb_ec_signer *s)
+{
+    return s ? s->pub : NULL;
+}
+
+const char *kb_ec_signer_kind(const kb_ec_signer *s)
+{
+    return s ? s->ops->kind : "";
+}
+
+uint64_t kb_ec_signer_count(const kb_ec_signer *s)
+{
+    return s ? (uint64_t)atomic_load(&s->signs) : 0;
+}
+
+void kb_ec_signer_free(kb_ec_signer *s)
+{
+    if (s == NULL)
+        return;
+    s->ops->free(s->impl);
+    EVP_PKEY_free(s->pub);
+    free(s);
+}

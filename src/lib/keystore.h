@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/evp.h>
+
 #include "err.h"
 #include "secbuf.h"
 
@@ -85,5 +87,45 @@ KB_WUR kb_err kb_keystore_verify(kb_keystore *ks, const uint8_t *data, size_t le
  * derive + sign + verify). Any pointer may be NULL. */
 void kb_keystore_counters(const kb_keystore *ks, uint64_t *wraps, uint64_t *unwraps,
                           uint64_t *other);
+
+/* ---- EC P-256 signing keys (CA keys) ------------------------------------------------------ *
+ *
+ * A signing key for a certificate authority: an EC P-256 key pair whose private half is
+ * generated inside the token (CKM_EC_KEY_PAIR_GEN; CKA_SENSITIVE, not CKA_EXTRACTABLE, private
+ * token object) and used only through CKM_ECDSA over a SHA-256 digest computed by the caller.
+ * Only the public key ever leaves the token. A 0600 PEM file (PKCS#8) is the development
+ * twin, chosen explicitly. Both give one kb_ec_signer; callers never know which they have
+ * except through kb_ec_signer_kind(). Thread-safe like the keystore (a session pool). */
+typedef struct kb_ec_signer kb_ec_signer;
+
+/* Longest DER ECDSA-Sig-Value for P-256 (SEQUENCE of two INTEGERs of at most 33 bytes). */
+#define KB_EC_SIG_DER_MAX 72
+
+/* Generate the key pair labelled label in the token if no key has that label (idempotent: an
+ * existing pair is checked - P-256, sensitive, never extractable - and kept). Errors as for
+ * kb_keystore_init_pkcs11. */
+KB_WUR kb_err kb_keystore_ec_init(const char *module, const char *token_label, const char *label,
+                                  const kb_secret *pin);
+/* Open the pair labelled label (KB_ERR_NOT_FOUND if absent, KB_ERR_CONFLICT if ambiguous or
+ * extractable). */
+KB_WUR kb_err kb_keystore_ec_open(const char *module, const char *token_label, const char *label,
+                                  const kb_secret *pin, kb_ec_signer **out);
+
+/* Development only: create a new P-256 key as a 0600 PKCS#8 PEM file (KB_ERR_EXISTS if path
+ * exists), and open one (refused with KB_ERR_CONFIG if group/world accessible, KB_ERR_INVALID if
+ * it is not an EC P-256 private key). */
+KB_WUR kb_err kb_keystore_ec_create_file(const char *path);
+KB_WUR kb_err kb_keystore_ec_open_file(const char *path, kb_ec_signer **out);
+
+/* ECDSA over a 32-byte SHA-256 digest; *der_len gets the length of the DER ECDSA-Sig-Value
+ * (RFC 5480 2.2 / RFC 3279 2.2.3) written to der[0..KB_EC_SIG_DER_MAX). */
+KB_WUR kb_err kb_ec_signer_sign(kb_ec_signer *s, const uint8_t digest[32],
+                                uint8_t der[KB_EC_SIG_DER_MAX], size_t *der_len);
+/* The public key (borrowed, valid while s is). */
+EVP_PKEY *kb_ec_signer_pubkey(const kb_ec_signer *s);
+const char *kb_ec_signer_kind(const kb_ec_signer *s); /* "pkcs11" | "file" */
+/* Signatures made so far (metrics, tests). */
+uint64_t kb_ec_signer_count(const kb_ec_signer *s);
+void kb_ec_signer_free(kb_ec_signer *s);
 
 #endif

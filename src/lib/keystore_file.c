@@ -234,3 +234,139 @@ out:
     kb_secret_free(text);
     return rc;
 }
+
+/* ---- development EC signing key (PKCS#8 PEM, 0600) ---------------------------------------- */
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#define EC_FILE_MAX ((size_t)16 * 1024)
+
+struct file_ec {
+    EVP_PKEY *key;
+};
+
+static kb_err file_ec_sign(void *impl, const uint8_t digest[32], uint8_t der[KB_EC_SIG_DER_MAX],
+                           size_t *der_len)
+{
+    struct file_ec *f = impl;
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(f->key, NULL);
+    size_t n = KB_EC_SIG_DER_MAX;
+    kb_err rc = KB_ERR_CRYPTO;
+
+    if (c != NULL && EVP_PKEY_sign_init(c) == 1 && EVP_PKEY_sign(c, der, &n, digest, 32) == 1) {
+        *der_len = n;
+        rc = KB_OK;
+    }
+    EVP_PKEY_CTX_free(c);
+    return rc;
+}
+
+static void file_ec_free(void *impl)
+{
+    struct file_ec *f = impl;
+
+    if (f == NULL)
+        return;
+    EVP_PKEY_free(f->key); /* OpenSSL clears private key material on free */
+    free(f);
+}
+
+static const struct kb_ec_signer_ops file_ec_ops = {
+    .kind = "file",
+    .sign = file_ec_sign,
+    .free = file_ec_free,
+};
+
+static int is_p256(EVP_PKEY *k)
+{
+    char group[32] = "";
+    size_t gl = 0;
+
+    if (k == NULL || EVP_PKEY_get_base_id(k) != EVP_PKEY_EC)
+        return 0;
+    if (EVP_PKEY_get_utf8_string_param(k, "group", group, sizeof(group), &gl) != 1)
+        return 0;
+    return strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0;
+}
+
+/* A public-only copy (SubjectPublicKeyInfo round trip), so callers never hold the private key. */
+static EVP_PKEY *public_copy(EVP_PKEY *k)
+{
+    unsigned char *der = NULL;
+    const unsigned char *p;
+    EVP_PKEY *pub = NULL;
+    int n = i2d_PUBKEY(k, &der);
+
+    if (n > 0) {
+        p = der;
+        pub = d2i_PUBKEY(NULL, &p, n);
+    }
+    OPENSSL_free(der);
+    return pub;
+}
+
+kb_err kb_keystore_ec_create_file(const char *path)
+{
+    EVP_PKEY *k = NULL;
+    BIO *b = NULL;
+    char *pem = NULL;
+    long n;
+    int fd = -1;
+    kb_err rc = KB_OK;
+
+    KB_ENSURE_REF(path);
+    k = EVP_EC_gen("P-256");
+    KB_ENSURE_OUT(rc, k != NULL, KB_ERR_CRYPTO);
+    b = BIO_new(BIO_s_secmem());
+    KB_ENSURE_OUT(rc, b != NULL, KB_ERR_NOMEM);
+    KB_ENSURE_OUT(rc, PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) == 1,
+                  KB_ERR_CRYPTO);
+    n = BIO_get_mem_data(b, &pem);
+    KB_ENSURE_OUT(rc, n > 0, KB_ERR_CRYPTO);
+    /* O_EXCL: never replace an existing key (a CA key lost is a trust domain lost). */
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        rc = errno == EEXIST ? KB_ERR_EXISTS : KB_ERR_IO;
+        goto out;
+    }
+    KB_ENSURE_OUT(rc, write(fd, pem, (size_t)n) == (ssize_t)n, KB_ERR_IO);
+    KB_ENSURE_OUT(rc, fchmod(fd, 0600) == 0 && fsync(fd) == 0, KB_ERR_IO);
+out:
+    if (fd >= 0 && close(fd) != 0 && rc == KB_OK)
+        rc = KB_ERR_IO;
+    if (fd >= 0 && rc != KB_OK)
+        (void)unlink(path);
+    BIO_free(b); /* secmem BIO: cleansed on free */
+    EVP_PKEY_free(k);
+    return rc;
+}
+
+kb_err kb_keystore_ec_open_file(const char *path, kb_ec_signer **out)
+{
+    kb_secret *pem = NULL;
+    struct file_ec *f = NULL;
+    EVP_PKEY *pub = NULL;
+    BIO *b = NULL;
+    kb_err rc = KB_OK;
+
+    KB_ENSURE_REF(path);
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    KB_GUARD(kb_file_read_secret(path, EC_FILE_MAX, &pem));
+    f = calloc(1, sizeof(*f));
+    KB_ENSURE_OUT(rc, f != NULL, KB_ERR_NOMEM);
+    b = BIO_new_mem_buf(kb_secret_cdata(pem), (int)kb_secret_len(pem));
+    KB_ENSURE_OUT(rc, b != NULL, KB_ERR_NOMEM);
+    f->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    KB_ENSURE_OUT(rc, f->key != NULL && is_p256(f->key), KB_ERR_INVALID);
+    pub = public_copy(f->key);
+    KB_ENSURE_OUT(rc, pub != NULL, KB_ERR_CRYPTO);
+    rc = kb_ec_signer_new(&file_ec_ops, f, pub, out);
+    f = NULL;
+out:
+    BIO_free(b);
+    kb_secret_free(pem);
+    file_ec_free(f);
+    return rc;
+}

@@ -35,4 +35,16 @@ struct kb_keystore_ops {
 KB_WUR kb_err kb_keystore_new(const struct kb_keystore_ops *ops, void *impl, const char *key_id,
                               kb_keystore **out);
 
+/* The backend table behind kb_ec_signer: sign a SHA-256 digest, giving DER. */
+struct kb_ec_signer_ops {
+    const char *kind;
+    kb_err (*sign)(void *impl, const uint8_t digest[32], uint8_t der[KB_EC_SIG_DER_MAX],
+                   size_t *der_len);
+    void (*free)(void *impl);
+};
+
+/* Take ownership of impl and pub (both freed on failure too) and make a signer. */
+KB_WUR kb_err kb_ec_signer_new(const struct kb_ec_signer_ops *ops, void *impl, EVP_PKEY *pub,
+                               kb_ec_signer **out);
+
 #endif

@@ -1,0 +1,608 @@
+/* ca.c - the authority: generations, bundle, issuance (see ca.h). */
+#include "ca.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "ca_cert.h"
+#include "lib/buf.h"
+#include "lib/keystore.h"
+#include "lib/log.h"
+
+#define PEM_MAX ((size_t)1024 * 1024)
+
+/* One consistent view of the generations, swapped whole on reload. */
+struct ca_state {
+    int64_t gen;
+    kb_ec_signer *signer;
+    X509 *cert;
+    STACK_OF(X509) * chain; /* above cert, excluding the root */
+    char *chain_pem;        /* cert + chain, appended after each leaf */
+    spiffe_bundle *bundle;
+    char *bundle_pem;
+    int64_t bundle_seq;
+    time_t not_after;
+    char fingerprint[64]; /* of the generation table, to detect changes cheaply */
+};
+
+struct ca_authority {
+    ca_store *st;
+    ca_keys keys;
+    char td[SPIFFE_TD_MAX + 1];
+    pthread_rwlock_t lk;
+    struct ca_state *s;
+};
+
+static STACK_OF(X509) * pem_certs(const char *pem)
+{
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    BIO *b;
+    X509 *x;
+
+    if (sk == NULL || pem == NULL)
+        return sk;
+    b = BIO_new_mem_buf(pem, (int)strlen(pem));
+    if (b == NULL) {
+        sk_X509_free(sk);
+        return NULL;
+    }
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (sk_X509_push(sk, x) <= 0) {
+            X509_free(x);
+            break;
+        }
+    }
+    ERR_clear_error(); /* end of input */
+    BIO_free(b);
+    return sk;
+}
+
+static kb_err pem_append(kb_dbuf *b, X509 *x)
+{
+    BIO *m = BIO_new(BIO_s_mem());
+    char *p = NULL;
+    long n;
+    kb_err rc = KB_ERR_CRYPTO;
+
+    if (m != NULL && PEM_write_bio_X509(m, x) == 1 && (n = BIO_get_mem_data(m, &p)) > 0)
+        rc = kb_dbuf_add(b, p, (size_t)n);
+    BIO_free(m);
+    return rc;
+}
+
+static char *pem_of_x509(X509 *x)
+{
+    kb_dbuf b;
+
+    kb_dbuf_init(&b, PEM_MAX);
+    if (pem_append(&b, x) != KB_OK) {
+        kb_dbuf_free(&b);
+        return NULL;
+    }
+    return kb_dbuf_steal(&b, NULL);
+}
+
+static void state_free(struct ca_state *s)
+{
+    if (s == NULL)
+        return;
+    kb_ec_signer_free(s->signer);
+    X509_free(s->cert);
+    sk_X509_pop_free(s->chain, X509_free);
+    free(s->chain_pem);
+    spiffe_bundle_free(s->bundle);
+    free(s->bundle_pem);
+    free(s);
+}
+
+static kb_err open_signer(const ca_keys *keys, const char *kind, const char *ref,
+                          kb_ec_signer **out)
+{
+    if (strcmp(kind, "file") == 0)
+        return kb_keystore_ec_open_file(ref, out);
+    if (strcmp(kind, "pkcs11") == 0) {
+        KB_ENSURE(keys != NULL && keys->pkcs11_module && keys->pkcs11_token && keys->pin,
+                  KB_ERR_CONFIG);
+        return kb_keystore_ec_open(keys->pkcs11_module, keys->pkcs11_token, ref, keys->pin, out);
+    }
+    return KB_ERR_CONFIG;
+}
+
+kb_err ca_store_trust_domain(ca_store *st, char *td, size_t len)
+{
+    return ca_store_meta_get(st, "trust_domain", td, len);
+}
+
+static kb_err bundle_seq_get(ca_store *st, int64_t *seq)
+{
+    char v[32];
+    kb_err rc = ca_store_meta_get(st, "bundle_sequence", v, sizeof(v));
+
+    if (rc == KB_ERR_NOT_FOUND) {
+        *seq = 0;
+        return KB_OK;
+    }
+    KB_GUARD(rc);
+    *seq = strtoll(v, NULL, 10);
+    return KB_OK;
+}
+
+/* Build a state from the generation table. */
+static kb_err state_load(ca_authority *ca, struct ca_state **out)
+{
+    struct ca_state *s = NULL;
+    ca_gen *g = NULL;
+    size_t n = 0;
+    kb_dbuf fp, cp, bp;
+    time_t now = time(NULL);
+    const ca_gen *active = NULL;
+    STACK_OF(X509) *sk = NULL;
+    kb_err rc = KB_OK;
+
+    kb_dbuf_init(&fp, 4096);
+    kb_dbuf_init(&cp, PEM_MAX);
+    kb_dbuf_init(&bp, PEM_MAX);
+    *out = NULL;
+    KB_GUARD_OUT(rc, ca_store_gen_list(ca->st, &g, &n));
+    s = calloc(1, sizeof(*s));
+    KB_ENSURE_OUT(rc, s != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, bundle_seq_get(ca->st, &s->bundle_seq));
+    KB_GUARD_OUT(rc, spiffe_bundle_new(ca->td, &s->bundle));
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(g[i].state, CA_STATE_ACTIVE) == 0)
+            active = &g[i];
+        if (g[i].cert_pem == NULL || strcmp(g[i].state, CA_STATE_PENDING) == 0)
+            continue;
+        /* Retired CAs stay trusted until they expire: SVIDs they signed end no later. */
+        if (strcmp(g[i].state, CA_STATE_RETIRED) == 0 && g[i].not_after <= now)
+            continue;
+        sk = pem_certs(g[i].roots_pem);
+        KB_ENSURE_OUT(rc, sk != NULL && sk_X509_num(sk) > 0, KB_ERR_INTEGRITY);
+        for (int j = 0; j < sk_X509_num(sk); j++)
+            KB_GUARD_OUT(rc, spiffe_bundle_add_x509_root(s->bundle, sk_X509_value(sk, j)));
+        sk_X509_pop_free(sk, X509_free);
+        sk = NULL;
+    }
+    if (active == NULL) {
+        rc = KB_ERR_NOT_FOUND;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        KB_GUARD_OUT(rc, kb_dbuf_addf(&fp, "%lld:%s;", (long long)g[i].gen, g[i].state));
+    KB_GUARD_OUT(rc, kb_dbuf_addf(&fp, "seq=%lld", (long long)s->bundle_seq));
+    {
+        uint8_t md[32];
+        unsigned int mdl = 0;
+        KB_ENSURE_OUT(rc, EVP_Digest(fp.p, fp.len, md, &mdl, EVP_sha256(), NULL) == 1,
+                      KB_ERR_CRYPTO);
+        kb_hex(md, 31, s->fingerprint); /* 62 hex chars + NUL fits */
+    }
+    s->gen = active->gen;
+    KB_GUARD_OUT(rc, open_signer(&ca->keys, active->key_kind, active->key_ref, &s->signer));
+    sk = pem_certs(active->cert_pem);
+    KB_ENSURE_OUT(rc, sk != NULL && sk_X509_num(sk) == 1, KB_ERR_INTEGRITY);
+    s->cert = sk_X509_shift(sk);
+    sk_X509_free(sk);
+    sk = NULL;
+    {
+        const char *why = NULL;
+        rc = ca_cert_check_ca(s->cert, kb_ec_signer_pubkey(s->signer), ca->td, &why);
+        if (rc != KB_OK) {
+            kb_log(KB_LOG_ERROR, "ca_certificate_refused", "why", why ? why : "?", NULL);
+            goto out;
+        }
+    }
+    s->chain = pem_certs(active->chain_pem);
+    KB_ENSURE_OUT(rc, s->chain != NULL, KB_ERR_NOMEM);
+    s->not_after = (time_t)active->not_after;
+    /* A root CA is in the bundle: the chain a leaf carries is just the leaf. An intermediate
+     * sends itself and the upstream intermediates. */
+    if (X509_check_issued(s->cert, s->cert) != X509_V_OK) {
+        KB_GUARD_OUT(rc, pem_append(&cp, s->cert));
+        for (int j = 0; j < sk_X509_num(s->chain); j++)
+            KB_GUARD_OUT(rc, pem_append(&cp, sk_X509_value(s->chain, j)));
+    }
+    s->chain_pem = kb_dbuf_steal(&cp, NULL);
+    KB_ENSURE_OUT(rc, s->chain_pem != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, spiffe_bundle_set_sequence(s->bundle, (uint64_t)s->bundle_seq));
+    KB_GUARD_OUT(rc, spiffe_bundle_set_refresh_hint(s->bundle, CA_BUNDLE_REFRESH_HINT));
+    KB_GUARD_OUT(rc, spiffe_bundle_to_pem(s->bundle, &bp));
+    s->bundle_pem = kb_dbuf_steal(&bp, NULL);
+    KB_ENSURE_OUT(rc, s->bundle_pem != NULL, KB_ERR_NOMEM);
+    *out = s;
+    s = NULL;
+out:
+    sk_X509_pop_free(sk, X509_free);
+    state_free(s);
+    ca_gen_list_free(g, n);
+    kb_dbuf_free(&fp);
+    kb_dbuf_free(&cp);
+    kb_dbuf_free(&bp);
+    return rc;
+}
+
+kb_err ca_open(ca_store *st, const ca_keys *keys, ca_authority **out)
+{
+    ca_authority *ca;
+    kb_err rc;
+
+    KB_ENSURE_REF(st);
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    ca = calloc(1, sizeof(*ca));
+    KB_ENSURE(ca != NULL, KB_ERR_NOMEM);
+    ca->st = st;
+    if (keys != NULL)
+        ca->keys = *keys;
+    pthread_rwlock_init(&ca->lk, NULL);
+    rc = ca_store_trust_domain(st, ca->td, sizeof(ca->td));
+    if (rc == KB_OK)
+        rc = state_load(ca, &ca->s);
+    if (rc != KB_OK) {
+        ca_free(ca);
+        return rc;
+    }
+    *out = ca;
+    return KB_OK;
+}
+
+void ca_free(ca_authority *ca)
+{
+    if (ca == NULL)
+        return;
+    state_free(ca->s);
+    pthread_rwlock_destroy(&ca->lk);
+    free(ca);
+}
+
+kb_err ca_reload(ca_authority *ca, int *changed)
+{
+    struct ca_state *s = NULL, *old;
+
+    *changed = 0;
+    KB_GUARD(state_load(ca, &s));
+    pthread_rwlock_wrlock(&ca->lk);
+    old = ca->s;
+    if (strcmp(old->fingerprint, s->fingerprint) != 0 ||
+        strcmp(old->bundle_pem, s->bundle_pem) != 0) {
+        ca->s = s;
+        s = old;
+        *changed = 1;
+    }
+    pthread_rwlock_unlock(&ca->lk);
+    state_free(s);
+    return KB_OK;
+}
+
+const char *ca_trust_domain(const ca_authority *ca)
+{
+    return ca->td;
+}
+
+int64_t ca_active_gen(ca_authority *ca)
+{
+    int64_t g;
+
+    pthread_rwlock_rdlock(&ca->lk);
+    g = ca->s->gen;
+    pthread_rwlock_unlock(&ca->lk);
+    return g;
+}
+
+int64_t ca_bundle_sequence(ca_authority *ca)
+{
+    int64_t g;
+
+    pthread_rwlock_rdlock(&ca->lk);
+    g = ca->s->bundle_seq;
+    pthread_rwlock_unlock(&ca->lk);
+    return g;
+}
+
+time_t ca_not_after(ca_authority *ca)
+{
+    time_t t;
+
+    pthread_rwlock_rdlock(&ca->lk);
+    t = ca->s->not_after;
+    pthread_rwlock_unlock(&ca->lk);
+    return t;
+}
+
+kb_err ca_bundle_pem(ca_authority *ca, kb_dbuf *out)
+{
+    kb_err rc;
+
+    pthread_rwlock_rdlock(&ca->lk);
+    rc = kb_dbuf_addstr(out, ca->s->bundle_pem);
+    pthread_rwlock_unlock(&ca->lk);
+    return rc;
+}
+
+kb_err ca_bundle_jwks(ca_authority *ca, kb_dbuf *out)
+{
+    kb_err rc;
+
+    pthread_rwlock_rdlock(&ca->lk);
+    rc = spiffe_bundle_to_jwks(ca->s->bundle, out);
+    pthread_rwlock_unlock(&ca->lk);
+    return rc;
+}
+
+kb_err ca_bundle_set(ca_authority *ca, spiffe_bundle_set **out)
+{
+    spiffe_bundle_set *set = NULL;
+    spiffe_bundle *b = NULL;
+    const char *why;
+    kb_err rc;
+
+    KB_GUARD(spiffe_bundle_set_new(&set));
+    pthread_rwlock_rdlock(&ca->lk);
+    rc = spiffe_bundle_parse_pem(ca->td, ca->s->bundle_pem, strlen(ca->s->bundle_pem), &b, &why);
+    pthread_rwlock_unlock(&ca->lk);
+    if (rc == KB_OK)
+        rc = spiffe_bundle_set_put(set, b);
+    if (rc != KB_OK) {
+        spiffe_bundle_free(b);
+        spiffe_bundle_set_free(set);
+        return rc;
+    }
+    *out = set;
+    return KB_OK;
+}
+
+void ca_svid_clear(ca_svid *s)
+{
+    if (s == NULL)
+        return;
+    free(s->chain_pem);
+    kb_secret_free(s->key_pem);
+    free(s->bundle_pem);
+    X509_free(s->leaf);
+    memset(s, 0, sizeof(*s));
+}
+
+/* PKCS#8 PEM of k into locked memory; OpenSSL's secure-memory BIO is cleansed on free. */
+static kb_err key_pem(EVP_PKEY *k, kb_secret **out)
+{
+    BIO *b = BIO_new(BIO_s_secmem());
+    char *p = NULL;
+    long n;
+    kb_err rc = KB_ERR_CRYPTO;
+
+    if (b != NULL && PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) == 1 &&
+        (n = BIO_get_mem_data(b, &p)) > 0)
+        rc = kb_secret_from(p, (size_t)n, out);
+    BIO_free(b);
+    return rc;
+}
+
+kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pub,
+                const char *audit_target, const char *reason, ca_svid *out)
+{
+    EVP_PKEY *k = NULL;
+    ca_issuer iss;
+    kb_dbuf b;
+    kb_err rc = KB_OK;
+    time_t now = time(NULL);
+
+    KB_ENSURE_REF(ca);
+    KB_ENSURE_REF(id);
+    KB_ENSURE_REF(out);
+    memset(out, 0, sizeof(*out));
+    KB_ENSURE(spiffe_id_member_of(id, ca->td), KB_ERR_DENIED);
+    kb_dbuf_init(&b, PEM_MAX);
+    if (pub == NULL) {
+        k = EVP_EC_gen("P-256");
+        KB_ENSURE(k != NULL, KB_ERR_CRYPTO);
+        pub = k;
+    }
+    pthread_rwlock_rdlock(&ca->lk);
+    iss.signer = ca->s->signer;
+    iss.cert = ca->s->cert;
+    iss.chain = ca->s->chain;
+    rc = ca_cert_leaf(&iss, pub, id, ttl, now, &out->leaf);
+    if (rc == KB_OK)
+        rc = pem_append(&b, out->leaf);
+    if (rc == KB_OK)
+        rc = kb_dbuf_addstr(&b, ca->s->chain_pem);
+    if (rc == KB_OK) {
+        out->bundle_pem = strdup(ca->s->bundle_pem);
+        rc = out->bundle_pem ? KB_OK : KB_ERR_NOMEM;
+    }
+    out->ca_gen = ca->s->gen;
+    out->bundle_seq = ca->s->bundle_seq;
+    pthread_rwlock_unlock(&ca->lk);
+    KB_GUARD_OUT(rc, rc);
+    out->chain_pem = kb_dbuf_steal(&b, NULL);
+    KB_ENSURE_OUT(rc, out->chain_pem != NULL, KB_ERR_NOMEM);
+    if (k != NULL)
+        KB_GUARD_OUT(rc, key_pem(k, &out->key_pem));
+    ca_cert_serial_hex(out->leaf, out->serial, sizeof(out->serial));
+    out->not_after = (int64_t)ca_cert_not_after(out->leaf);
+    if (audit_target != NULL) {
+        KB_GUARD_OUT(rc, ca_store_audit_add(ca->st, out->serial, spiffe_id_str(id), audit_target,
+                                            reason ? reason : "", out->ca_gen, out->not_after,
+                                            (int64_t)now));
+        kb_log(KB_LOG_INFO, "svid_issued", "serial", out->serial, "spiffe_id", spiffe_id_str(id),
+               "target", audit_target, "reason", reason ? reason : "", NULL);
+    }
+out:
+    EVP_PKEY_free(k);
+    kb_dbuf_free(&b);
+    if (rc != KB_OK)
+        ca_svid_clear(out);
+    return rc;
+}
+
+/* ---- administration ----------------------------------------------------------------------- */
+
+static kb_err bump_bundle(ca_store *st)
+{
+    int64_t seq;
+    return ca_store_meta_incr(st, "bundle_sequence", &seq);
+}
+
+kb_err ca_new_generation(ca_store *st, const ca_keys *keys, const ca_new_gen_opts *o, int64_t *gen,
+                         char **csr_pem)
+{
+    char td[SPIFFE_TD_MAX + 1];
+    kb_ec_signer *s = NULL;
+    X509 *cert = NULL;
+    X509_REQ *req = NULL;
+    ca_gen g;
+    BIO *m = NULL;
+    char *p;
+    long n;
+    int64_t next;
+    kb_err rc = KB_OK;
+
+    KB_ENSURE_REF(o);
+    KB_ENSURE_REF(o->td);
+    memset(&g, 0, sizeof(g));
+    rc = ca_store_trust_domain(st, td, sizeof(td));
+    if (rc == KB_ERR_NOT_FOUND)
+        KB_GUARD(ca_store_meta_set(st, "trust_domain", o->td));
+    else if (rc != KB_OK)
+        return rc;
+    else
+        KB_ENSURE(strcmp(td, o->td) == 0, KB_ERR_CONFLICT);
+    if (strcmp(o->key_kind, "file") == 0) {
+        KB_GUARD(kb_keystore_ec_create_file(o->key_ref));
+    } else if (strcmp(o->key_kind, "pkcs11") == 0) {
+        KB_ENSURE(keys && keys->pkcs11_module && keys->pkcs11_token && keys->pin, KB_ERR_CONFIG);
+        KB_GUARD(
+            kb_keystore_ec_init(keys->pkcs11_module, keys->pkcs11_token, o->key_ref, keys->pin));
+    } else {
+        return KB_ERR_CONFIG;
+    }
+    KB_GUARD(open_signer(keys, o->key_kind, o->key_ref, &s));
+    KB_GUARD_OUT(rc, ca_store_meta_incr(st, "generation_counter", &next));
+    snprintf(g.key_kind, sizeof(g.key_kind), "%s", o->key_kind);
+    snprintf(g.key_ref, sizeof(g.key_ref), "%s", o->key_ref);
+    if (o->intermediate) {
+        snprintf(g.state, sizeof(g.state), "%s", CA_STATE_PENDING);
+        KB_GUARD_OUT(rc, ca_cert_csr(s, o->td, next, &req));
+        m = BIO_new(BIO_s_mem());
+        KB_ENSURE_OUT(rc, m != NULL && PEM_write_bio_X509_REQ(m, req) == 1, KB_ERR_CRYPTO);
+        n = BIO_get_mem_data(m, &p);
+        KB_ENSURE_OUT(rc, n > 0 && csr_pem != NULL, KB_ERR_CRYPTO);
+        *csr_pem = strndup(p, (size_t)n);
+        KB_ENSURE_OUT(rc, *csr_pem != NULL, KB_ERR_NOMEM);
+        KB_GUARD_OUT(rc, ca_store_gen_add(st, &g));
+    } else {
+        snprintf(g.state, sizeof(g.state), "%s", o->state ? o->state : CA_STATE_ACTIVE);
+        KB_GUARD_OUT(rc, ca_cert_root(s, o->td, next, o->ttl, time(NULL), &cert));
+        g.cert_pem = pem_of_x509(cert);
+        g.roots_pem = g.cert_pem;
+        g.chain_pem = "";
+        KB_ENSURE_OUT(rc, g.cert_pem != NULL, KB_ERR_NOMEM);
+        g.not_after = (int64_t)ca_cert_not_after(cert);
+        if (strcmp(g.state, CA_STATE_ACTIVE) == 0) {
+            snprintf(g.state, sizeof(g.state), "%s", CA_STATE_PREPARED);
+            KB_GUARD_OUT(rc, ca_store_gen_add(st, &g));
+            KB_GUARD_OUT(rc, ca_store_gen_activate(st, g.gen));
+        } else {
+            KB_GUARD_OUT(rc, ca_store_gen_add(st, &g));
+        }
+        KB_GUARD_OUT(rc, bump_bundle(st));
+    }
+    if (gen != NULL)
+        *gen = g.gen;
+    kb_log(KB_LOG_INFO, "ca_generation_created", "trust_domain", o->td, "key", o->key_kind, "state",
+           o->intermediate ? CA_STATE_PENDING : (o->state ? o->state : "active"), NULL);
+out:
+    if (g.cert_pem != NULL)
+        free(g.cert_pem);
+    BIO_free(m);
+    X509_REQ_free(req);
+    X509_free(cert);
+    kb_ec_signer_free(s);
+    return rc;
+}
+
+kb_err ca_import_chain(ca_store *st, const ca_keys *keys, int64_t gen, const char *chain_pem,
+                       const char *roots_pem, const char *state, const char **why)
+{
+    char td[SPIFFE_TD_MAX + 1];
+    STACK_OF(X509) *chain = NULL, *roots = NULL;
+    X509_STORE *store = NULL;
+    X509_STORE_CTX *ctx = NULL;
+    kb_ec_signer *s = NULL;
+    ca_gen *g = NULL, *mine = NULL;
+    size_t n = 0;
+    kb_dbuf up;
+    kb_err rc = KB_OK;
+
+    *why = "import failed";
+    kb_dbuf_init(&up, PEM_MAX);
+    KB_GUARD(ca_store_trust_domain(st, td, sizeof(td)));
+    KB_GUARD_OUT(rc, ca_store_gen_list(st, &g, &n));
+    for (size_t i = 0; i < n; i++)
+        if (g[i].gen == gen)
+            mine = &g[i];
+    if (mine == NULL || strcmp(mine->state, CA_STATE_PENDING) != 0) {
+        *why = "no pending generation with that number";
+        rc = KB_ERR_NOT_FOUND;
+        goto out;
+    }
+    chain = pem_certs(chain_pem);
+    roots = pem_certs(roots_pem);
+    if (chain == NULL || roots == NULL || sk_X509_num(chain) < 1 || sk_X509_num(roots) < 1) {
+        *why = "chain and roots must each hold at least one PEM certificate";
+        rc = KB_ERR_INVALID;
+        goto out;
+    }
+    KB_GUARD_OUT(rc, open_signer(keys, mine->key_kind, mine->key_ref, &s));
+    KB_GUARD_OUT(rc, ca_cert_check_ca(sk_X509_value(chain, 0), kb_ec_signer_pubkey(s), td, why));
+    store = X509_STORE_new();
+    ctx = X509_STORE_CTX_new();
+    KB_ENSURE_OUT(rc, store != NULL && ctx != NULL, KB_ERR_NOMEM);
+    for (int i = 0; i < sk_X509_num(roots); i++)
+        KB_ENSURE_OUT(rc, X509_STORE_add_cert(store, sk_X509_value(roots, i)) == 1, KB_ERR_CRYPTO);
+    KB_ENSURE_OUT(rc, X509_STORE_CTX_init(ctx, store, sk_X509_value(chain, 0), chain) == 1,
+                  KB_ERR_CRYPTO);
+    X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_ANY);
+    if (X509_verify_cert(ctx) != 1) {
+        *why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+        rc = KB_ERR_AUTH;
+        goto out;
+    }
+    for (int i = 1; i < sk_X509_num(chain); i++)
+        KB_GUARD_OUT(rc, pem_append(&up, sk_X509_value(chain, i)));
+    free(mine->cert_pem);
+    mine->cert_pem = pem_of_x509(sk_X509_value(chain, 0));
+    free(mine->chain_pem);
+    mine->chain_pem = kb_dbuf_steal(&up, NULL);
+    free(mine->roots_pem);
+    mine->roots_pem = strdup(roots_pem);
+    KB_ENSURE_OUT(rc, mine->cert_pem && mine->chain_pem && mine->roots_pem, KB_ERR_NOMEM);
+    mine->not_after = (int64_t)ca_cert_not_after(sk_X509_value(chain, 0));
+    snprintf(mine->state, sizeof(mine->state), "%s", CA_STATE_PREPARED);
+    KB_GUARD_OUT(rc, ca_store_gen_update(st, mine));
+    if (state != NULL && strcmp(state, CA_STATE_ACTIVE) == 0)
+        KB_GUARD_OUT(rc, ca_store_gen_activate(st, gen));
+    KB_GUARD_OUT(rc, bump_bundle(st));
+    *why = NULL;
+out:
+    kb_dbuf_free(&up);
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    sk_X509_pop_free(chain, X509_free);
+    sk_X509_pop_free(roots, X509_free);
+    kb_ec_signer_free(s);
+    ca_gen_list_free(g, n);
+    return rc;
+}
+
+kb_err ca_activate(ca_store *st, int64_t gen)
+{
+    KB_GUARD(ca_store_gen_activate(st, gen));
+    return bump_bundle(st);
+}

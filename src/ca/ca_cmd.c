@@ -1,0 +1,135 @@
+/* ca_cmd.c - shared set-up of keybridge-ca's subcommands (see ca_cmd.h). */
+#include "ca_cmd.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/rand.h>
+
+#include "lib/buf.h"
+#include "lib/log.h"
+#include "lib/prog.h"
+
+#define PIN_MAX 256
+
+struct ca_ctx {
+    const kb_config *cfg;
+    ca_store *st;
+    kb_secret *pin;
+    ca_keys keys;
+    ca_authority *ca;
+};
+
+int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out)
+{
+    const char *db = kb_config_str(cfg, "ca", "db");
+    const char *kind = kb_config_str(cfg, "ca", "key");
+    ca_ctx *x;
+    kb_err rc;
+
+    *out = NULL;
+    x = calloc(1, sizeof(*x));
+    if (x == NULL)
+        return KB_EXIT_FAIL;
+    x->cfg = cfg;
+    if (kind == NULL || (strcmp(kind, "pkcs11") != 0 && strcmp(kind, "file") != 0)) {
+        fprintf(stderr, "keybridge-ca: [ca] key must be pkcs11 or file\n");
+        free(x);
+        return KB_EXIT_CONFIG;
+    }
+    if (strcmp(kind, "pkcs11") == 0) {
+        rc = kb_config_secret(cfg, "pkcs11", "pin_file", PIN_MAX, &x->pin);
+        if (rc != KB_OK) {
+            fprintf(stderr, "keybridge-ca: [pkcs11] pin_file: %s (required, mode 0600)\n",
+                    kb_err_str(rc));
+            free(x);
+            return KB_EXIT_CONFIG;
+        }
+        x->keys.pkcs11_module = kb_config_str(cfg, "pkcs11", "module");
+        x->keys.pkcs11_token = kb_config_str(cfg, "pkcs11", "token");
+        x->keys.pin = x->pin;
+    }
+    rc = ca_store_open(db, &x->st);
+    if (rc != KB_OK) {
+        fprintf(stderr, "keybridge-ca: cannot open the database %s: %s\n", db, kb_err_str(rc));
+        ca_ctx_close(x);
+        return kb_exit_code(rc);
+    }
+    if (with_ca) {
+        rc = ca_open(x->st, &x->keys, &x->ca);
+        if (rc != KB_OK) {
+            fprintf(stderr, "keybridge-ca: cannot open the CA: %s%s\n", kb_err_str(rc),
+                    rc == KB_ERR_NOT_FOUND ? " (no active CA: run keybridge-ca init)" : "");
+            ca_ctx_close(x);
+            return kb_exit_code(rc);
+        }
+    }
+    *out = x;
+    return KB_EXIT_OK;
+}
+
+void ca_ctx_close(ca_ctx *x)
+{
+    if (x == NULL)
+        return;
+    ca_free(x->ca);
+    ca_store_close(x->st);
+    kb_secret_free(x->pin);
+    free(x);
+}
+
+ca_store *ca_ctx_store(ca_ctx *x)
+{
+    return x->st;
+}
+
+ca_authority *ca_ctx_ca(ca_ctx *x)
+{
+    return x->ca;
+}
+
+const ca_keys *ca_ctx_keys(ca_ctx *x)
+{
+    return &x->keys;
+}
+
+const kb_config *ca_ctx_config(ca_ctx *x)
+{
+    return x->cfg;
+}
+
+kb_err ca_ctx_new_generation(ca_ctx *x, const char *td, int intermediate, const char *state,
+                             int64_t *gen, char **csr_pem)
+{
+    const char *kind = kb_config_str(x->cfg, "ca", "key");
+    char ref[CA_REF_MAX], hex[17];
+    uint8_t r[8];
+    ca_new_gen_opts o;
+    int n;
+
+    /* A fresh name per generation: keys are never replaced, so a rotation can be rolled back
+     * while the old key still exists. */
+    KB_ENSURE(RAND_bytes(r, sizeof(r)) == 1, KB_ERR_CRYPTO);
+    kb_hex(r, sizeof(r), hex);
+    if (strcmp(kind, "file") == 0) {
+        const char *dir = kb_config_str(x->cfg, "ca", "key_dir");
+        if (dir == NULL) {
+            fprintf(stderr, "keybridge-ca: [ca] key = file needs [ca] key_dir\n");
+            return KB_ERR_CONFIG;
+        }
+        n = snprintf(ref, sizeof(ref), "%s/ca-%s.key", dir, hex);
+    } else {
+        n = snprintf(ref, sizeof(ref), "%s-%s", kb_config_str(x->cfg, "pkcs11", "key_label"), hex);
+    }
+    KB_ENSURE(n > 0 && (size_t)n < sizeof(ref), KB_ERR_TOO_LARGE);
+    memset(&o, 0, sizeof(o));
+    o.td = td;
+    o.key_kind = kind;
+    o.key_ref = ref;
+    o.ttl = kb_config_duration(x->cfg, "ca", "ca_ttl");
+    o.intermediate = intermediate;
+    o.state = state;
+    return ca_new_generation(x->st, &x->keys, &o, gen, csr_pem);
+}

@@ -1,0 +1,610 @@
+/* ca_store.c - SQLite state for keybridge-ca (see ca_store.h). */
+#include "ca_store.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "lib/log.h"
+
+#define SCHEMA_VERSION 1
+#define BUSY_TIMEOUT_MS 30000
+
+struct ca_store {
+    sqlite3 *db;
+    pthread_mutex_t mu; /* recursive: the write guard spans calls from one thread */
+};
+
+static const char *SCHEMA =
+    "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS gen ("
+    " gen INTEGER PRIMARY KEY AUTOINCREMENT, state TEXT NOT NULL, key_kind TEXT NOT NULL,"
+    " key_ref TEXT NOT NULL, cert_pem TEXT, chain_pem TEXT NOT NULL DEFAULT '',"
+    " roots_pem TEXT NOT NULL DEFAULT '', not_after INTEGER NOT NULL DEFAULT 0,"
+    " created INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS reg ("
+    " rid INTEGER PRIMARY KEY AUTOINCREMENT, spiffe_id TEXT NOT NULL, ttl INTEGER NOT NULL,"
+    " avail INTEGER NOT NULL, target TEXT NOT NULL, renewable INTEGER NOT NULL,"
+    " endpoint TEXT NOT NULL DEFAULT '', region TEXT NOT NULL DEFAULT '',"
+    " creds_file TEXT NOT NULL DEFAULT '', not_after INTEGER NOT NULL DEFAULT 0,"
+    " next_renew INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,"
+    " bundle_seq INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL,"
+    " UNIQUE (spiffe_id, target));"
+    "CREATE TABLE IF NOT EXISTS audit ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, serial TEXT NOT NULL, spiffe_id TEXT NOT NULL,"
+    " target TEXT NOT NULL, reason TEXT NOT NULL, ca_gen INTEGER NOT NULL,"
+    " not_after INTEGER NOT NULL, at INTEGER NOT NULL);";
+
+static void lock(ca_store *st)
+{
+    pthread_mutex_lock(&st->mu);
+}
+
+static void unlock(ca_store *st)
+{
+    pthread_mutex_unlock(&st->mu);
+}
+
+static kb_err db_err(ca_store *st, const char *what)
+{
+    kb_log(KB_LOG_ERROR, "ca_db_error", "op", what, "msg", sqlite3_errmsg(st->db), NULL);
+    return KB_ERR_DB;
+}
+
+static kb_err exec(ca_store *st, const char *sql)
+{
+    char *em = NULL;
+    int r = sqlite3_exec(st->db, sql, NULL, NULL, &em);
+
+    if (r != SQLITE_OK) {
+        kb_log(KB_LOG_ERROR, "ca_db_error", "op", "exec", "msg", em ? em : "?", NULL);
+        sqlite3_free(em);
+        return KB_ERR_DB;
+    }
+    return KB_OK;
+}
+
+kb_err ca_store_open(const char *path, ca_store **out)
+{
+    pthread_mutexattr_t a;
+    ca_store *st;
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+    int v = 0;
+
+    KB_ENSURE_REF(path);
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    st = calloc(1, sizeof(*st));
+    KB_ENSURE(st != NULL, KB_ERR_NOMEM);
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&st->mu, &a);
+    pthread_mutexattr_destroy(&a);
+    if (sqlite3_open_v2(path, &st->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        NULL) != SQLITE_OK) {
+        kb_log(KB_LOG_ERROR, "ca_db_open_failed", "path", path, "msg",
+               st->db ? sqlite3_errmsg(st->db) : "out of memory", NULL);
+        rc = KB_ERR_DB;
+        goto out;
+    }
+    sqlite3_busy_timeout(st->db, BUSY_TIMEOUT_MS);
+    KB_GUARD_OUT(rc, exec(st, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                              "PRAGMA foreign_keys=ON;"));
+    KB_ENSURE_OUT(rc, sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &q, NULL) == SQLITE_OK,
+                  db_err(st, "user_version"));
+    if (sqlite3_step(q) == SQLITE_ROW)
+        v = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    KB_ENSURE_OUT(rc, v <= SCHEMA_VERSION, KB_ERR_SCHEMA);
+    KB_GUARD_OUT(rc, exec(st, "BEGIN IMMEDIATE"));
+    rc = exec(st, SCHEMA);
+    if (rc == KB_OK)
+        rc = exec(st, "PRAGMA user_version=1; COMMIT");
+    if (rc != KB_OK)
+        (void)exec(st, "ROLLBACK");
+    KB_GUARD_OUT(rc, rc);
+    *out = st;
+    st = NULL;
+out:
+    ca_store_close(st);
+    return rc;
+}
+
+void ca_store_close(ca_store *st)
+{
+    if (st == NULL)
+        return;
+    sqlite3_close(st->db);
+    pthread_mutex_destroy(&st->mu);
+    free(st);
+}
+
+static kb_err prep(ca_store *st, const char *sql, sqlite3_stmt **q)
+{
+    if (sqlite3_prepare_v2(st->db, sql, -1, q, NULL) != SQLITE_OK)
+        return db_err(st, "prepare");
+    return KB_OK;
+}
+
+static void copy_col(sqlite3_stmt *q, int i, char *dst, size_t len)
+{
+    const unsigned char *t = sqlite3_column_text(q, i);
+
+    snprintf(dst, len, "%s", t ? (const char *)t : "");
+}
+
+static char *dup_col(sqlite3_stmt *q, int i)
+{
+    const unsigned char *t = sqlite3_column_text(q, i);
+
+    return t ? strdup((const char *)t) : NULL;
+}
+
+kb_err ca_store_meta_get(ca_store *st, const char *k, char *v, size_t vlen)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_ERR_NOT_FOUND;
+    int r;
+
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st, "SELECT v FROM meta WHERE k = ?", &q));
+    sqlite3_bind_text(q, 1, k, -1, SQLITE_STATIC);
+    r = sqlite3_step(q);
+    if (r == SQLITE_ROW) {
+        copy_col(q, 0, v, vlen);
+        rc = KB_OK;
+    } else if (r != SQLITE_DONE) {
+        rc = db_err(st, "meta_get");
+    } else {
+        rc = KB_ERR_NOT_FOUND;
+    }
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_meta_set(ca_store *st, const char *k, const char *v)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE "
+                          "SET v = excluded.v",
+                          &q));
+    sqlite3_bind_text(q, 1, k, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, v, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) != SQLITE_DONE)
+        rc = db_err(st, "meta_set");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_meta_incr(ca_store *st, const char *k, int64_t *out)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "INSERT INTO meta (k, v) VALUES (?, '1') ON CONFLICT (k) DO UPDATE "
+                          "SET v = CAST(v AS INTEGER) + 1 RETURNING CAST(v AS INTEGER)",
+                          &q));
+    sqlite3_bind_text(q, 1, k, -1, SQLITE_STATIC);
+    if (sqlite3_step(q) != SQLITE_ROW) {
+        rc = db_err(st, "meta_incr");
+        goto out;
+    }
+    *out = sqlite3_column_int64(q, 0);
+    (void)sqlite3_step(q);
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_gen_add(ca_store *st, ca_gen *g)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+
+    KB_ENSURE_REF(g);
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "INSERT INTO gen (state, key_kind, key_ref, cert_pem, chain_pem, "
+                          "roots_pem, not_after, created) VALUES (?,?,?,?,?,?,?,?)",
+                          &q));
+    sqlite3_bind_text(q, 1, g->state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, g->key_kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, g->key_ref, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, g->cert_pem, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 5, g->chain_pem ? g->chain_pem : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 6, g->roots_pem ? g->roots_pem : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 7, g->not_after);
+    sqlite3_bind_int64(q, 8, (int64_t)time(NULL));
+    if (sqlite3_step(q) != SQLITE_DONE) {
+        rc = db_err(st, "gen_add");
+        goto out;
+    }
+    g->gen = sqlite3_last_insert_rowid(st->db);
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+void ca_gen_list_free(ca_gen *g, size_t n)
+{
+    if (g == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(g[i].cert_pem);
+        free(g[i].chain_pem);
+        free(g[i].roots_pem);
+    }
+    free(g);
+}
+
+kb_err ca_store_gen_list(ca_store *st, ca_gen **out, size_t *n)
+{
+    sqlite3_stmt *q = NULL;
+    ca_gen *v = NULL, *nv;
+    size_t cnt = 0;
+    kb_err rc = KB_OK;
+    int r;
+
+    *out = NULL;
+    *n = 0;
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "SELECT gen, state, key_kind, key_ref, cert_pem, chain_pem, roots_pem, "
+                          "not_after, created FROM gen ORDER BY gen",
+                          &q));
+    while ((r = sqlite3_step(q)) == SQLITE_ROW) {
+        nv = realloc(v, (cnt + 1) * sizeof(*v));
+        KB_ENSURE_OUT(rc, nv != NULL, KB_ERR_NOMEM);
+        v = nv;
+        memset(&v[cnt], 0, sizeof(v[cnt]));
+        v[cnt].gen = sqlite3_column_int64(q, 0);
+        copy_col(q, 1, v[cnt].state, sizeof(v[cnt].state));
+        copy_col(q, 2, v[cnt].key_kind, sizeof(v[cnt].key_kind));
+        copy_col(q, 3, v[cnt].key_ref, sizeof(v[cnt].key_ref));
+        v[cnt].cert_pem = dup_col(q, 4);
+        v[cnt].chain_pem = dup_col(q, 5);
+        v[cnt].roots_pem = dup_col(q, 6);
+        v[cnt].not_after = sqlite3_column_int64(q, 7);
+        v[cnt].created = sqlite3_column_int64(q, 8);
+        cnt++;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(st, "gen_list");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    if (rc != KB_OK) {
+        ca_gen_list_free(v, cnt);
+        return rc;
+    }
+    *out = v;
+    *n = cnt;
+    return KB_OK;
+}
+
+kb_err ca_store_gen_update(ca_store *st, const ca_gen *g)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "UPDATE gen SET state = ?, cert_pem = ?, chain_pem = ?, roots_pem = ?, "
+                          "not_after = ? WHERE gen = ?",
+                          &q));
+    sqlite3_bind_text(q, 1, g->state, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, g->cert_pem, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, g->chain_pem ? g->chain_pem : "", -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, g->roots_pem ? g->roots_pem : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, g->not_after);
+    sqlite3_bind_int64(q, 6, g->gen);
+    if (sqlite3_step(q) != SQLITE_DONE)
+        rc = db_err(st, "gen_update");
+    else if (sqlite3_changes(st->db) != 1)
+        rc = KB_ERR_NOT_FOUND;
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_gen_activate(ca_store *st, int64_t gen)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+
+    lock(st);
+    KB_GUARD_OUT(rc, exec(st, "BEGIN IMMEDIATE"));
+    KB_GUARD_OUT(rc, prep(st, "UPDATE gen SET state = 'retired' WHERE state = 'active'", &q));
+    if (sqlite3_step(q) != SQLITE_DONE)
+        rc = db_err(st, "activate");
+    sqlite3_finalize(q);
+    q = NULL;
+    if (rc == KB_OK) {
+        rc = prep(st,
+                  "UPDATE gen SET state = 'active' WHERE gen = ? AND cert_pem IS NOT NULL AND "
+                  "state IN ('prepared', 'pending', 'active', 'retired')",
+                  &q);
+        if (rc == KB_OK) {
+            sqlite3_bind_int64(q, 1, gen);
+            if (sqlite3_step(q) != SQLITE_DONE)
+                rc = db_err(st, "activate");
+            else if (sqlite3_changes(st->db) != 1)
+                rc = KB_ERR_NOT_FOUND;
+        }
+    }
+    if (rc == KB_OK)
+        rc = exec(st, "COMMIT");
+    if (rc != KB_OK)
+        (void)exec(st, "ROLLBACK");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+#define REG_COLS                                                                                   \
+    "rid, spiffe_id, ttl, avail, target, renewable, endpoint, region, creds_file, not_after, "     \
+    "next_renew, failures, bundle_seq, created"
+
+static void reg_row(sqlite3_stmt *q, ca_reg *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->rid = sqlite3_column_int64(q, 0);
+    copy_col(q, 1, r->spiffe_id, sizeof(r->spiffe_id));
+    r->ttl = sqlite3_column_int64(q, 2);
+    r->avail = sqlite3_column_int64(q, 3);
+    copy_col(q, 4, r->target, sizeof(r->target));
+    r->renewable = sqlite3_column_int(q, 5);
+    copy_col(q, 6, r->endpoint, sizeof(r->endpoint));
+    copy_col(q, 7, r->region, sizeof(r->region));
+    copy_col(q, 8, r->creds_file, sizeof(r->creds_file));
+    r->not_after = sqlite3_column_int64(q, 9);
+    r->next_renew = sqlite3_column_int64(q, 10);
+    r->failures = sqlite3_column_int64(q, 11);
+    r->bundle_seq = sqlite3_column_int64(q, 12);
+    r->created = sqlite3_column_int64(q, 13);
+}
+
+kb_err ca_store_reg_add(ca_store *st, ca_reg *r)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+    int s;
+
+    KB_ENSURE_REF(r);
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "INSERT INTO reg (spiffe_id, ttl, avail, target, renewable, endpoint, "
+                          "region, creds_file, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                          &q));
+    sqlite3_bind_text(q, 1, r->spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, r->ttl);
+    sqlite3_bind_int64(q, 3, r->avail);
+    sqlite3_bind_text(q, 4, r->target, -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 5, r->renewable ? 1 : 0);
+    sqlite3_bind_text(q, 6, r->endpoint, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 7, r->region, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 8, r->creds_file, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 9, (int64_t)time(NULL));
+    s = sqlite3_step(q);
+    if (s == SQLITE_CONSTRAINT)
+        rc = KB_ERR_EXISTS;
+    else if (s != SQLITE_DONE)
+        rc = db_err(st, "reg_add");
+    else
+        r->rid = sqlite3_last_insert_rowid(st->db);
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_reg_get(ca_store *st, int64_t rid, ca_reg *out)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+    int s;
+
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st, "SELECT " REG_COLS " FROM reg WHERE rid = ?", &q));
+    sqlite3_bind_int64(q, 1, rid);
+    s = sqlite3_step(q);
+    if (s == SQLITE_ROW)
+        reg_row(q, out);
+    else
+        rc = s == SQLITE_DONE ? KB_ERR_NOT_FOUND : db_err(st, "reg_get");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_reg_list(ca_store *st, ca_reg **out, size_t *n)
+{
+    sqlite3_stmt *q = NULL;
+    ca_reg *v = NULL, *nv;
+    size_t cnt = 0;
+    kb_err rc = KB_OK;
+    int s;
+
+    *out = NULL;
+    *n = 0;
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st, "SELECT " REG_COLS " FROM reg ORDER BY rid", &q));
+    while ((s = sqlite3_step(q)) == SQLITE_ROW) {
+        nv = realloc(v, (cnt + 1) * sizeof(*v));
+        KB_ENSURE_OUT(rc, nv != NULL, KB_ERR_NOMEM);
+        v = nv;
+        reg_row(q, &v[cnt++]);
+    }
+    if (s != SQLITE_DONE)
+        rc = db_err(st, "reg_list");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    if (rc != KB_OK) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *n = cnt;
+    return KB_OK;
+}
+
+kb_err ca_store_reg_remove(ca_store *st, int64_t rid, ca_reg *removed)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+
+    lock(st);
+    KB_GUARD_OUT(rc, exec(st, "BEGIN IMMEDIATE"));
+    rc = ca_store_reg_get(st, rid, removed);
+    if (rc == KB_OK) {
+        rc = prep(st, "DELETE FROM reg WHERE rid = ?", &q);
+        if (rc == KB_OK) {
+            sqlite3_bind_int64(q, 1, rid);
+            if (sqlite3_step(q) != SQLITE_DONE)
+                rc = db_err(st, "reg_remove");
+        }
+    }
+    if (rc == KB_OK)
+        rc = exec(st, "COMMIT");
+    if (rc != KB_OK)
+        (void)exec(st, "ROLLBACK");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_reg_set_state(ca_store *st, int64_t rid, int64_t not_after, int64_t next_renew,
+                              int64_t failures, int64_t bundle_seq)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "UPDATE reg SET not_after = ?, next_renew = ?, failures = ?, "
+                          "bundle_seq = ? WHERE rid = ?",
+                          &q));
+    sqlite3_bind_int64(q, 1, not_after);
+    sqlite3_bind_int64(q, 2, next_renew);
+    sqlite3_bind_int64(q, 3, failures);
+    sqlite3_bind_int64(q, 4, bundle_seq);
+    sqlite3_bind_int64(q, 5, rid);
+    if (sqlite3_step(q) != SQLITE_DONE)
+        rc = db_err(st, "reg_set_state");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_write_begin(ca_store *st, int64_t rid)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+    int s;
+
+    lock(st);
+    rc = exec(st, "BEGIN IMMEDIATE");
+    if (rc != KB_OK) {
+        unlock(st);
+        return rc;
+    }
+    rc = prep(st, "SELECT 1 FROM reg WHERE rid = ?", &q);
+    if (rc == KB_OK) {
+        sqlite3_bind_int64(q, 1, rid);
+        s = sqlite3_step(q);
+        if (s == SQLITE_DONE)
+            rc = KB_ERR_CONFLICT; /* removed while the renewal was under way */
+        else if (s != SQLITE_ROW)
+            rc = db_err(st, "write_begin");
+    }
+    sqlite3_finalize(q);
+    if (rc != KB_OK) {
+        (void)exec(st, "ROLLBACK");
+        unlock(st);
+    }
+    return rc; /* on KB_OK the lock and the transaction are held until write_end */
+}
+
+kb_err ca_store_write_end(ca_store *st, int commit)
+{
+    kb_err rc = exec(st, commit ? "COMMIT" : "ROLLBACK");
+
+    if (rc != KB_OK && commit)
+        (void)exec(st, "ROLLBACK");
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_audit_add(ca_store *st, const char *serial, const char *spiffe_id,
+                          const char *target, const char *reason, int64_t gen, int64_t not_after,
+                          int64_t at)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "INSERT INTO audit (serial, spiffe_id, target, reason, ca_gen, "
+                          "not_after, at) VALUES (?,?,?,?,?,?,?)",
+                          &q));
+    sqlite3_bind_text(q, 1, serial, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, target, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, gen);
+    sqlite3_bind_int64(q, 6, not_after);
+    sqlite3_bind_int64(q, 7, at);
+    if (sqlite3_step(q) != SQLITE_DONE)
+        rc = db_err(st, "audit_add");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}
+
+kb_err ca_store_audit_each(ca_store *st, ca_audit_fn fn, void *arg)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_OK;
+    int s;
+
+    lock(st);
+    KB_GUARD_OUT(rc, prep(st,
+                          "SELECT serial, spiffe_id, target, reason, ca_gen, not_after, at "
+                          "FROM audit ORDER BY id",
+                          &q));
+    while ((s = sqlite3_step(q)) == SQLITE_ROW)
+        fn(arg, (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1),
+           (const char *)sqlite3_column_text(q, 2), (const char *)sqlite3_column_text(q, 3),
+           sqlite3_column_int64(q, 4), sqlite3_column_int64(q, 5), sqlite3_column_int64(q, 6));
+    if (s != SQLITE_DONE)
+        rc = db_err(st, "audit_each");
+out:
+    sqlite3_finalize(q);
+    unlock(st);
+    return rc;
+}

@@ -1,0 +1,107 @@
+/* ca_store.h - keybridge-ca's SQLite state: CA generations, registrations, issuance audit.
+ *
+ * Never holds a private key: leaf keys go to their target and are wiped; the CA key lives in the
+ * token (or the dev key file) and only its reference is stored here.
+ *
+ * Concurrency: SQLite in WAL mode with full sync and a busy timeout, so the CLI (register,
+ * remove) and the daemon share the file. One ca_store may be used from several threads (a
+ * recursive mutex serialises them). The write guard (ca_store_write_begin/end) holds an IMMEDIATE
+ * transaction, i.e. SQLite's write lock, across "check the registration still exists" and the
+ * write to its target: a remove (which deletes the row in its own IMMEDIATE transaction, then the
+ * stored SVID) either runs wholly before the check - the renewal then sees the row gone and
+ * writes nothing - or wholly after the write, and deletes what was written. Registration ids are
+ * AUTOINCREMENT, never reused, so an id is a registration's generation: a remove followed by a new
+ * registration for the same SPIFFE ID and target never passes an old renewal's check.
+ */
+#ifndef KB_CA_STORE_H
+#define KB_CA_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/err.h"
+
+typedef struct ca_store ca_store;
+
+#define CA_STATE_PENDING "pending"   /* intermediate: CSR out, signed chain not imported yet */
+#define CA_STATE_PREPARED "prepared" /* next CA: published in the bundle, not signing yet */
+#define CA_STATE_ACTIVE "active"     /* signs every new SVID; exactly one */
+#define CA_STATE_RETIRED "retired"   /* no longer signs; in the bundle until it expires */
+
+#define CA_REF_MAX 512
+#define CA_TARGET_MAX 1024
+#define CA_STORE_TEXT_MAX ((size_t)256 * 1024)
+
+typedef struct {
+    int64_t gen;
+    char state[16];
+    char key_kind[16];        /* "pkcs11" | "file" */
+    char key_ref[CA_REF_MAX]; /* token key label, or key file path */
+    char *cert_pem;           /* CA certificate (NULL while pending) */
+    char *chain_pem;          /* certificates above it, up to but excluding the root ("" none) */
+    char *roots_pem;          /* the root(s) it chains to (its own cert for a root CA) */
+    int64_t not_after;        /* of cert_pem; 0 while pending */
+    int64_t created;
+} ca_gen;
+
+typedef struct {
+    int64_t rid; /* AUTOINCREMENT: the registration's generation */
+    char spiffe_id[2049];
+    int64_t ttl;
+    int64_t avail; /* availability target, seconds */
+    char target[CA_TARGET_MAX];
+    int renewable;
+    char endpoint[512];          /* Secrets Manager endpoint override ("" = default) */
+    char region[64];             /* Secrets Manager region ("" = default) */
+    char creds_file[CA_REF_MAX]; /* credentials file ("" = environment) */
+    /* renewal state */
+    int64_t not_after;  /* of the SVID last written; 0 = none yet */
+    int64_t next_renew; /* when to renew next */
+    int64_t failures;   /* consecutive failures */
+    int64_t bundle_seq; /* bundle sequence of the last write */
+    int64_t created;
+} ca_reg;
+
+KB_WUR kb_err ca_store_open(const char *path, ca_store **out);
+void ca_store_close(ca_store *st);
+
+/* Small key/value settings: "trust_domain", "bundle_sequence". */
+KB_WUR kb_err ca_store_meta_get(ca_store *st, const char *k, char *v, size_t vlen);
+KB_WUR kb_err ca_store_meta_set(ca_store *st, const char *k, const char *v);
+/* Atomically add 1 to an integer setting (missing = 0) and return the new value. */
+KB_WUR kb_err ca_store_meta_incr(ca_store *st, const char *k, int64_t *out);
+
+/* Generations. add sets g->gen. */
+KB_WUR kb_err ca_store_gen_add(ca_store *st, ca_gen *g);
+KB_WUR kb_err ca_store_gen_list(ca_store *st, ca_gen **out, size_t *n); /* by gen ascending */
+void ca_gen_list_free(ca_gen *g, size_t n);
+KB_WUR kb_err ca_store_gen_update(ca_store *st, const ca_gen *g); /* state, cert, chain, roots */
+/* Make gen the active one and every other active one retired, in one transaction. */
+KB_WUR kb_err ca_store_gen_activate(ca_store *st, int64_t gen);
+
+/* Registrations. add: KB_ERR_EXISTS if (spiffe_id, target) is registered; sets r->rid. */
+KB_WUR kb_err ca_store_reg_add(ca_store *st, ca_reg *r);
+KB_WUR kb_err ca_store_reg_get(ca_store *st, int64_t rid, ca_reg *out);
+KB_WUR kb_err ca_store_reg_list(ca_store *st, ca_reg **out, size_t *n);
+/* Delete the row (KB_ERR_NOT_FOUND if absent), copying it to *removed first. */
+KB_WUR kb_err ca_store_reg_remove(ca_store *st, int64_t rid, ca_reg *removed);
+/* Record renewal state (no-op if the row is gone). */
+KB_WUR kb_err ca_store_reg_set_state(ca_store *st, int64_t rid, int64_t not_after,
+                                     int64_t next_renew, int64_t failures, int64_t bundle_seq);
+
+/* The write guard (see the header comment). begin: KB_ERR_CONFLICT if registration rid no
+ * longer exists (nothing is held then); on KB_OK the caller must call end exactly once. */
+KB_WUR kb_err ca_store_write_begin(ca_store *st, int64_t rid);
+KB_WUR kb_err ca_store_write_end(ca_store *st, int commit);
+
+/* Audit of issuance: one row per certificate signed. */
+KB_WUR kb_err ca_store_audit_add(ca_store *st, const char *serial, const char *spiffe_id,
+                                 const char *target, const char *reason, int64_t gen,
+                                 int64_t not_after, int64_t at);
+/* Call fn for each audit row, oldest first. */
+typedef void (*ca_audit_fn)(void *arg, const char *serial, const char *spiffe_id,
+                            const char *target, const char *reason, int64_t gen, int64_t not_after,
+                            int64_t at);
+KB_WUR kb_err ca_store_audit_each(ca_store *st, ca_audit_fn fn, void *arg);
+
+#endif
