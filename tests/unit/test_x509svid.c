@@ -339,6 +339,17 @@ static void basic_constraints_and_key_usage(void **state)
     assert_reason(verify_leaf(f, &o, X509SVID_PURPOSE_CLIENT, T0), "leaf has keyCertSign");
     o.ku = "critical,digitalSignature,cRLSign";
     assert_reason(verify_leaf(f, &o, X509SVID_PURPOSE_CLIENT, T0), "leaf has cRLSign");
+
+    /* Two key usage extensions (RFC 5280 4.2: at most one of each): which one would count? */
+    o = leaf_opts();
+    X509 *leaf = make_cert(&o, f->leaf_key, f->root, f->root_key);
+    add_ext(leaf, f->root, NID_key_usage, "critical,keyCertSign");
+    assert_true(X509_sign(leaf, f->root_key, EVP_sha256()) > 0);
+    const char *why;
+    assert_kb(x509svid_verify(f->set, leaf, NULL, X509SVID_PURPOSE_CLIENT, T0, NULL, &why),
+              KB_ERR_AUTH);
+    assert_reason(why, "leaf has malformed or duplicate extensions");
+    X509_free(leaf);
 }
 
 static void extended_key_usage(void **state)
