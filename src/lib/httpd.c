@@ -55,6 +55,13 @@
 typedef struct loop loop;
 typedef struct conn conn;
 
+typedef struct {
+    conn *owner; /* NULL once the connection is gone */
+    size_t cap;
+    int busy; /* referenced by the output evbuffer */
+    uint8_t data[];
+} obuf;
+
 struct kb_httpd {
     kb_httpd_opts o;
     char *listen, *cert_file, *key_file, *client_ca_file;
@@ -82,6 +89,8 @@ struct loop {
     struct evconnlistener *lev;
     struct event *stop_ev;
     struct event *poll_ev; /* loop 0 only */
+    /* libevent "common timeouts": O(1) add/remove for the per-connection deadlines */
+    const struct timeval *to_req, *to_linger;
     pthread_t th;
     int started;
     conn *conns; /* doubly linked, for cleanup */
@@ -120,12 +129,12 @@ struct conn {
     size_t trailer_bytes;
     uint64_t need; /* body bytes (or chunk bytes) still to read */
     int close_after;
+    int rd_off;    /* reads disabled (error reply in flight) */
+    int linger;    /* drain input after the reply before closing */
     uint8_t *bbuf; /* request body, wiped after the handler */
     size_t bcap, blen;
-    kb_dbuf out;   /* response head */
-    uint8_t *obuf; /* response body copy, wiped once sent */
-    size_t ocap, olen;
-    int obuf_busy;
+    kb_dbuf out; /* response head */
+    obuf *ob;    /* reply block (head + body), wiped once sent */
     size_t lingered;
     kb_http_req req;
 };
@@ -307,6 +316,8 @@ static const char *loop_date(loop *lp)
 
 /* ---------- connection lifetime ---------- */
 
+static void obuf_release(conn *c);
+
 static void conn_free(conn *c)
 {
     loop *lp = c->lp;
@@ -332,10 +343,7 @@ static void conn_free(conn *c)
         kb_wipe(c->hbuf, c->hcap);
         free(c->hbuf);
     }
-    if (c->obuf) {
-        kb_wipe(c->obuf, c->ocap);
-        free(c->obuf);
-    }
+    obuf_release(c);
     body_release(c, 0);
     kb_dbuf_free(&c->out);
     kb_dbuf_free(&c->req.extra);
@@ -343,22 +351,43 @@ static void conn_free(conn *c)
     free(c);
 }
 
-static void conn_arm(conn *c, int secs)
+static void conn_arm(conn *c, const struct timeval *tv)
 {
-    struct timeval tv = {.tv_sec = secs, .tv_usec = 0};
-    evtimer_add(c->deadline, &tv);
+    evtimer_add(c->deadline, tv);
 }
 
 static void conn_process(conn *c);
 
 /* ---------- replies ---------- */
 
+/* Called by libevent when the block has been written out, or when the bufferevent is freed
+ * (possibly later than the connection: bufferevents are finalized from the loop). */
 static void obuf_cleanup(const void *data, size_t len, void *arg)
 {
-    conn *c = arg;
+    obuf *o = arg;
     (void)data;
-    kb_wipe(c->obuf, len);
-    c->obuf_busy = 0;
+    kb_wipe(o->data, len);
+    o->busy = 0;
+    if (o->owner == NULL) {
+        free(o);
+    } else if (o->cap > KB_HTTPD_BODY_KEEP) {
+        o->owner->ob = NULL; /* do not keep a large block for an idle connection */
+        free(o);
+    }
+}
+
+static void obuf_release(conn *c)
+{
+    obuf *o = c->ob;
+    c->ob = NULL;
+    if (o == NULL)
+        return;
+    if (o->busy) {
+        o->owner = NULL; /* obuf_cleanup frees it */
+        return;
+    }
+    kb_wipe(o->data, o->cap);
+    free(o);
 }
 
 static void conn_send(conn *c, kb_http_req *r, int status, const char *ctype, const void *body,
@@ -396,37 +425,37 @@ static void conn_send(conn *c, kb_http_req *r, int status, const char *ctype, co
         evbuffer_add(out, fail500, sizeof(fail500) - 1);
         return;
     }
-    evbuffer_add(out, c->out.p, c->out.len);
-    if (!no_body && !r->is_head && len > 0) {
-        /* The body goes out by reference from a per-connection buffer that is wiped as soon as
-         * the socket (or SSL_write) has consumed it: no unwiped copy in libevent's chains. */
-        if (c->obuf_busy || c->ocap < len) {
-            if (!c->obuf_busy && c->obuf) {
-                kb_wipe(c->obuf, c->ocap);
-                free(c->obuf);
-                c->obuf = NULL;
-                c->ocap = 0;
-            }
-            if (c->obuf_busy) {
-                /* cannot happen: one reply in flight per connection */
-                c->close_after = 1;
-                return;
-            }
-            c->obuf = malloc(len);
-            if (c->obuf == NULL) {
-                c->close_after = 1;
-                return;
-            }
-            c->ocap = len;
-        }
-        memcpy(c->obuf, body, len);
-        c->olen = len;
-        c->obuf_busy = 1;
-        if (evbuffer_add_reference(out, c->obuf, len, obuf_cleanup, c) != 0) {
-            kb_wipe(c->obuf, len);
-            c->obuf_busy = 0;
+    /* Head and body go out as ONE referenced block: one write(2) / one TLS record per
+     * reply, and the block is wiped as soon as the socket (or SSL_write) has consumed it, so
+     * no unwiped copy of a secret stays in libevent's chains. */
+    size_t blen = (!no_body && !r->is_head && body != NULL) ? len : 0;
+    size_t total = c->out.len + blen;
+    obuf *o = c->ob;
+    if (o != NULL && o->busy) { /* cannot happen: one reply in flight per connection */
+        c->close_after = 1;
+        return;
+    }
+    if (o == NULL || o->cap < total) {
+        obuf_release(c);
+        size_t cap = total < 1024 ? 1024 : total;
+        o = malloc(sizeof(*o) + cap);
+        if (o == NULL) {
             c->close_after = 1;
+            return;
         }
+        o->owner = c;
+        o->cap = cap;
+        o->busy = 0;
+        c->ob = o;
+    }
+    memcpy(o->data, c->out.p, c->out.len);
+    if (blen > 0)
+        memcpy(o->data + c->out.len, body, blen);
+    o->busy = 1;
+    if (evbuffer_add_reference(out, o->data, total, obuf_cleanup, o) != 0) {
+        kb_wipe(o->data, total);
+        o->busy = 0;
+        c->close_after = 1;
     }
 }
 
@@ -437,12 +466,14 @@ static void conn_error(conn *c, int status, const char *code, const char *msg)
     int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
     kb_http_req *r = &c->req;
     c->close_after = 1;
+    c->linger = 1; /* the client may still be sending what we refused to read */
     kb_dbuf_reset(&r->extra);
     conn_send(c, r, status, "application/json", body, (size_t)n);
     r->replied = 1;
     c->st = ST_WRITE;
     bufferevent_disable(c->bev, EV_READ);
-    conn_arm(c, c->lp->h->o.timeout_secs);
+    c->rd_off = 1;
+    conn_arm(c, c->lp->to_req);
 }
 
 /* ---------- request parsing (RFC 9112) ---------- */
@@ -638,8 +669,9 @@ static void conn_dispatch(conn *c)
     kb_httpd *h = c->lp->h;
     kb_http_req *r = &c->req;
     evtimer_del(c->deadline);
+    /* Reads stay enabled (no epoll_ctl per request); input that arrives meanwhile waits in the
+     * buffer, bounded by the read high-watermark. */
     c->st = ST_WRITE;
-    bufferevent_disable(c->bev, EV_READ);
     r->replied = 0;
     h->o.handler(r, h->o.handler_arg);
     if (!r->replied)
@@ -648,7 +680,7 @@ static void conn_dispatch(conn *c)
     body_release(c, 1);
     kb_wipe(c->hbuf, c->hlen);
     kb_dbuf_reset(&r->extra);
-    conn_arm(c, h->o.timeout_secs);
+    conn_arm(c, c->lp->to_req);
     /* Nothing could be queued (out of memory): on_write will never fire, so close now. */
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         conn_free(c);
@@ -882,6 +914,10 @@ static void on_write(struct bufferevent *bev, void *arg)
     conn *c = arg;
     if (c->st != ST_WRITE || evbuffer_get_length(bufferevent_get_output(bev)) > 0)
         return;
+    if (c->close_after && !c->linger && evbuffer_get_length(bufferevent_get_input(bev)) == 0) {
+        conn_free(c); /* request fully read: a plain close is safe (sends close_notify) */
+        return;
+    }
     if (c->close_after) {
         /* Lingering close: stop sending, keep draining for a moment so the client reads our
          * reply instead of a reset caused by its unread upload (RFC 9112 section 9.6). */
@@ -892,13 +928,17 @@ static void on_write(struct bufferevent *bev, void *arg)
             ERR_clear_error();
         }
         shutdown(bufferevent_getfd(bev), SHUT_WR);
-        bufferevent_enable(bev, EV_READ);
-        conn_arm(c, KB_HTTPD_LINGER_SECS);
+        if (c->rd_off)
+            bufferevent_enable(bev, EV_READ);
+        c->rd_off = 0;
+        conn_arm(c, c->lp->to_linger);
         return;
     }
     conn_start_request(c);
-    conn_arm(c, c->lp->h->o.timeout_secs);
-    bufferevent_enable(bev, EV_READ);
+    conn_arm(c, c->lp->to_req);
+    if (c->rd_off)
+        bufferevent_enable(bev, EV_READ);
+    c->rd_off = 0;
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
         conn_process(c); /* pipelined request already here */
 }
@@ -1003,9 +1043,13 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     lp->conns = c;
     conn_start_request(c);
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    /* A whole request (head + body) fits under the high-watermark; past it libevent stops
+     * reading until we consume, so a pipelining client cannot grow the buffer without bound. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0,
+                             h->o.max_header_bytes + h->o.max_body_bytes + 64 * 1024);
     bufferevent_enable(c->bev, EV_READ);
     /* The deadline covers the handshake and the whole first request (slow-loris). */
-    conn_arm(c, h->o.timeout_secs);
+    conn_arm(c, lp->to_req);
     return;
 fail:
     if (c) {
@@ -1274,6 +1318,11 @@ kb_err kb_httpd_new(const kb_httpd_opts *o, kb_httpd **out)
                                      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, lp->fd);
         KB_ENSURE_OUT(rc, lp->lev != NULL, KB_ERR_NOMEM);
         lp->fd = -1; /* owned by the listener */
+        struct timeval tv_req = {.tv_sec = h->o.timeout_secs, .tv_usec = 0};
+        struct timeval tv_linger = {.tv_sec = KB_HTTPD_LINGER_SECS, .tv_usec = 0};
+        lp->to_req = event_base_init_common_timeout(lp->base, &tv_req);
+        lp->to_linger = event_base_init_common_timeout(lp->base, &tv_linger);
+        KB_ENSURE_OUT(rc, lp->to_req != NULL && lp->to_linger != NULL, KB_ERR_NOMEM);
         lp->stop_ev = event_new(lp->base, h->stop_pipe[0], EV_READ | EV_PERSIST, on_stop, lp);
         KB_ENSURE_OUT(rc, lp->stop_ev != NULL && event_add(lp->stop_ev, NULL) == 0, KB_ERR_NOMEM);
         if (i == 0 && h->is_tls) {

@@ -208,6 +208,10 @@ static void handler(kb_http_req *r, void *arg)
     }
     if (strcmp(path, "/noreply") == 0)
         return;
+    if (strcmp(path, "/static") == 0) {
+        kb_http_reply(r, 200, "text/plain", "ok\n", 3);
+        return;
+    }
     if (strcmp(path, "/twice") == 0) {
         kb_http_reply(r, 201, "text/plain", "one", 3);
         kb_http_reply(r, 202, "text/plain", "two", 3);
@@ -1183,15 +1187,24 @@ static int serve_main(void)
     const char *dir = getenv("KB_HTTPD_DIR");
     if (dir == NULL)
         return 2;
+    /* KB_HTTPD_SERVE=mtls (default) | tls | plain; KB_HTTPD_THREADS=n */
+    const char *mode = getenv("KB_HTTPD_SERVE");
+    const char *th = getenv("KB_HTTPD_THREADS");
     pki p;
     make_pki(&p, dir, "server-A");
     kb_httpd_opts o = {.listen = "127.0.0.1:0",
-                       .threads = 2,
+                       .threads = th ? (int)strtol(th, NULL, 10) : 0,
                        .cert_file = p.cert,
                        .key_file = p.key,
                        .client_ca_file = p.ca,
                        .verify_peer = verify_ok,
                        .handler = handler};
+    if (strcmp(mode, "tls") == 0 || strcmp(mode, "plain") == 0) {
+        o.client_ca_file = NULL;
+        o.verify_peer = NULL;
+    }
+    if (strcmp(mode, "plain") == 0)
+        o.cert_file = o.key_file = NULL;
     if (kb_httpd_new(&o, &g_serve) != KB_OK)
         return 1;
     signal(SIGTERM, on_term);
