@@ -28,10 +28,14 @@ static int run(cli *c, const char *method, const char *path, const char *query, 
 {
     api_response r;
     int rc;
+    kb_err e;
     memset(&r, 0, sizeof(r));
-    if (cli_call(c, method, path, query, body, &r) != KB_OK) {
+    e = cli_call(c, method, path, query, body, &r);
+    if (e != KB_OK) {
+        /* Transport failures keep their meaning in the exit code: a missing server_id is a
+         * configuration error (3), a server with the wrong identity is refused (4). */
         json_decref(body);
-        return KB_EXIT_FAIL;
+        return kb_exit_code(e);
     }
     json_decref(body);
     rc = cli_check(&r);
