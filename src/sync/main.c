@@ -1,0 +1,646 @@
+/* main.c - keybridge-sync, the per-application syncer (docs/keybridge-sync.md).
+ *
+ *   keybridge-sync [--config FILE] [sync] [--allow-mass-delete]   one run (default)
+ *   keybridge-sync daemon                                         every interval, /status
+ *   keybridge-sync schedule APP [--interval 15]                   offset + EventBridge cron
+ *   keybridge-sync iam-policy APP [--account N] [--region R]      least-privilege policies
+ * With AWS_LAMBDA_RUNTIME_API set, the default command runs the Lambda custom runtime loop. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "identity.h"
+#include "lambda.h"
+#include "lib/awsreq.h"
+#include "lib/httpd.h"
+#include "lib/json.h"
+#include "lib/log.h"
+#include "lib/prog.h"
+#include "schedule.h"
+#include "sink_dir.h"
+#include "sink_secretsmanager.h"
+#include "source_keybridge.h"
+#include "sync.h"
+
+#define ENV_PREFIX "KEYBRIDGE_SYNC"
+#define MAX_REGIONS 16
+#define MAX_ALLOW 64
+
+static const kb_config_key keys[] = {
+    {"source", "url", KB_CFG_STRING, NULL, "keybridged base URL (https://host:port), required"},
+    {"source", "server_id", KB_CFG_STRING, NULL,
+     "keybridged's SPIFFE ID, pinned (required): any other server identity is refused"},
+    {"source", "svid_cert_file", KB_CFG_PATH, NULL, "our X509-SVID chain (svid.pem, leaf first)"},
+    {"source", "svid_key_file", KB_CFG_PATH, NULL, "our SVID private key (svid.key, 0600)"},
+    {"source", "bundle_file", KB_CFG_PATH, NULL, "trust bundle for the server (bundle.pem)"},
+    {"source", "svid_secret_id", KB_CFG_STRING, NULL,
+     "instead of files: Secrets Manager secret with SPIRE SVIDStore JSON (read from the first "
+     "sink region and endpoint)"},
+    {"source", "timeout", KB_CFG_DURATION, "30s", "per request to keybridged"},
+    {"sink", "target", KB_CFG_STRING, NULL, "dir:/path/to/dir or secretsmanager (required)"},
+    {"sink", "regions", KB_CFG_STRING, NULL,
+     "secretsmanager: comma-separated regions written from one fetch (default $AWS_REGION)"},
+    {"sink", "endpoint", KB_CFG_STRING, NULL,
+     "secretsmanager: endpoint override, e.g. http://127.0.0.1:4566 ({region} is replaced)"},
+    {"sink", "ca_file", KB_CFG_PATH, NULL, "secretsmanager: PEM CA file for the endpoint"},
+    {"sink", "delete_policy", KB_CFG_STRING, "delete",
+     "delete (7-day recovery window) or retain (never delete)"},
+    {"sink", "max_delete_fraction", KB_CFG_STRING, "0.10",
+     "largest share of managed secrets one run may delete (0..1)"},
+    {"sink", "owners", KB_CFG_STRING, "", "dir: comma-separated users files may be owned by"},
+    {"sink", "groups", KB_CFG_STRING, "", "dir: comma-separated groups files may belong to"},
+    {"daemon", "interval", KB_CFG_INT, "15", "minutes between runs (divides 60)"},
+    {"daemon", "listen", KB_CFG_STRING, "127.0.0.1:9477", "local /status, /metrics, POST /sync"},
+    {"daemon", "stale_after", KB_CFG_DURATION, "0",
+     "/status answers 503 when the last success is older (0: 3 intervals)"},
+    {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
+    {NULL, NULL, 0, NULL, NULL},
+};
+
+typedef struct {
+    const kb_config *cfg;
+    int allow_mass_delete;
+} run_ctx;
+
+/* Split a comma list into dst (pointers into buf). */
+static size_t split(char *buf, const char **dst, size_t max)
+{
+    size_t n = 0;
+    char *p = buf;
+    while (p && *p && n < max) {
+        char *c = strchr(p, ',');
+        if (c)
+            *c = '\0';
+        while (*p == ' ')
+            p++;
+        if (*p)
+            dst[n++] = p;
+        p = c ? c + 1 : NULL;
+    }
+    dst[n] = NULL;
+    return n;
+}
+
+static kb_err load_identity(const kb_config *cfg, const sync_sm_opts *smo, sync_identity *id,
+                            sync_summary *sum)
+{
+    const char *server_id = kb_config_str(cfg, "source", "server_id");
+    const char *secret_id = kb_config_str(cfg, "source", "svid_secret_id");
+    const char *why = "";
+    spiffe_id sid;
+    kb_err rc;
+    if (server_id == NULL || spiffe_id_parse_str(server_id, &sid, &why) != KB_OK ||
+        spiffe_id_is_root(&sid)) {
+        sync_summary_fail(sum, KB_ERR_CONFIG,
+                          "[source] server_id is required and must be a SPIFFE ID (%s)",
+                          server_id ? why : "unset");
+        return KB_ERR_CONFIG;
+    }
+    if (secret_id) {
+        kb_secret *v = NULL;
+        if (smo == NULL) {
+            sync_summary_fail(sum, KB_ERR_CONFIG,
+                              "[source] svid_secret_id needs AWS credentials and a region");
+            return KB_ERR_CONFIG;
+        }
+        rc = sync_sm_get_value(smo, secret_id, &v, sum);
+        if (rc != KB_OK) {
+            sync_summary_fail(sum, rc, "cannot read the SVID secret %s (%s)", secret_id,
+                              kb_err_str(rc));
+            return rc;
+        }
+        rc = sync_identity_from_svidstore(kb_secret_cdata(v), kb_secret_len(v),
+                                          spiffe_id_trust_domain(&sid), id, &why);
+        kb_secret_free(v);
+    } else {
+        const char *c = kb_config_str(cfg, "source", "svid_cert_file"),
+                   *k = kb_config_str(cfg, "source", "svid_key_file"),
+                   *b = kb_config_str(cfg, "source", "bundle_file");
+        if (!c || !k || !b) {
+            sync_summary_fail(sum, KB_ERR_CONFIG,
+                              "set [source] svid_cert_file, svid_key_file and bundle_file, or "
+                              "svid_secret_id");
+            return KB_ERR_CONFIG;
+        }
+        rc = sync_identity_from_files(c, k, b, spiffe_id_trust_domain(&sid), id, &why);
+    }
+    if (rc != KB_OK)
+        sync_summary_fail(sum, rc, "cannot load our SVID: %s (%s)", why ? why : "", kb_err_str(rc));
+    return rc;
+}
+
+static kb_err parse_fraction(const char *s, double *out)
+{
+    char *end;
+    double d;
+    errno = 0;
+    d = strtod(s, &end);
+    KB_ENSURE(errno == 0 && end != s && *end == '\0' && d >= 0.0 && d <= 1.0, KB_ERR_CONFIG);
+    *out = d;
+    return KB_OK;
+}
+
+/* One run: identity, source, sinks, sync_run. */
+static kb_err run_once(void *arg, sync_summary *sum)
+{
+    run_ctx *rx = arg;
+    const kb_config *cfg = rx->cfg;
+    const char *target = kb_config_str(cfg, "sink", "target");
+    const char *endpoint = kb_config_str(cfg, "sink", "endpoint");
+    const char *policy = kb_config_str(cfg, "sink", "delete_policy");
+    char regbuf[1024], ownbuf[2048], grpbuf[2048], ep[512];
+    const char *regions[MAX_REGIONS + 1], *owners[MAX_ALLOW + 1], *groups[MAX_ALLOW + 1];
+    size_t nreg = 0, nsinks = 0;
+    sync_sink *sinks[MAX_REGIONS];
+    sync_source *src = NULL;
+    sync_identity id;
+    kb_aws_creds creds;
+    int have_creds = 0, is_sm;
+    sync_sm_opts smo;
+    sync_run_opts ro;
+    int64_t t0 = sync_mono_ms();
+    kb_err rc = KB_OK;
+
+    memset(&id, 0, sizeof(id));
+    memset(&creds, 0, sizeof(creds));
+    memset(&smo, 0, sizeof(smo));
+    memset(&ro, 0, sizeof(ro));
+    if (target == NULL || kb_config_str(cfg, "source", "url") == NULL) {
+        sync_summary_fail(sum, KB_ERR_CONFIG, "[source] url and [sink] target are required");
+        return KB_ERR_CONFIG;
+    }
+    is_sm = strcmp(target, "secretsmanager") == 0 || strcmp(target, "secretsmanager:") == 0;
+    if (!is_sm && strncmp(target, "dir:", 4) != 0) {
+        sync_summary_fail(sum, KB_ERR_CONFIG, "[sink] target must be dir:PATH or secretsmanager");
+        return KB_ERR_CONFIG;
+    }
+    if (parse_fraction(kb_config_str(cfg, "sink", "max_delete_fraction"),
+                       &ro.max_delete_fraction) != KB_OK ||
+        (strcmp(policy, "delete") != 0 && strcmp(policy, "retain") != 0)) {
+        sync_summary_fail(sum, KB_ERR_CONFIG,
+                          "[sink] max_delete_fraction must be 0..1 and delete_policy "
+                          "delete or retain");
+        return KB_ERR_CONFIG;
+    }
+    ro.retain_deletes = strcmp(policy, "retain") == 0;
+    ro.allow_mass_delete = rx->allow_mass_delete;
+    snprintf(regbuf, sizeof(regbuf), "%s",
+             kb_config_str(cfg, "sink", "regions")
+                 ? kb_config_str(cfg, "sink", "regions")
+                 : (getenv("AWS_REGION") ? getenv("AWS_REGION") : "us-east-1"));
+    nreg = split(regbuf, regions, MAX_REGIONS);
+    if (is_sm || kb_config_str(cfg, "source", "svid_secret_id")) {
+        rc = kb_aws_creds_from_env(&creds);
+        if (rc != KB_OK) {
+            sync_summary_fail(sum, KB_ERR_CONFIG,
+                              "AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                              "(and AWS_SESSION_TOKEN) (%s)",
+                              kb_err_str(rc));
+            rc = KB_ERR_CONFIG;
+            goto out;
+        }
+        have_creds = 1;
+        if (nreg == 0) {
+            sync_summary_fail(sum, KB_ERR_CONFIG, "[sink] regions is empty");
+            rc = KB_ERR_CONFIG;
+            goto out;
+        }
+        smo.creds = &creds;
+        smo.ca_file = kb_config_str(cfg, "sink", "ca_file");
+        smo.timeout_ms = 30000;
+    }
+    /* the SVID is read at every run: a rotated one is picked up without a restart */
+    if (have_creds) {
+        smo.region = regions[0];
+        if (endpoint) {
+            const char *r = strstr(endpoint, "{region}");
+            if (r)
+                snprintf(ep, sizeof(ep), "%.*s%s%s", (int)(r - endpoint), endpoint, regions[0],
+                         r + 8);
+            else
+                snprintf(ep, sizeof(ep), "%s", endpoint);
+            smo.endpoint = ep;
+        }
+    }
+    KB_GUARD_OUT(rc, load_identity(cfg, have_creds ? &smo : NULL, &id, sum));
+    {
+        sync_kb_opts ko = {
+            .url = kb_config_str(cfg, "source", "url"),
+            .server_id = kb_config_str(cfg, "source", "server_id"),
+            .identity = &id,
+            .timeout_ms = (long)kb_config_duration(cfg, "source", "timeout") * 1000,
+            .retry_after_max = -1,
+        };
+        rc = sync_source_keybridge_new(&ko, &src);
+        if (rc != KB_OK) {
+            sync_summary_fail(sum, rc, "[source] url must be https:// (%s)", kb_err_str(rc));
+            goto out;
+        }
+    }
+    if (is_sm) {
+        for (size_t i = 0; i < nreg; i++) {
+            sync_sm_opts o = smo;
+            char rep[512];
+            o.region = regions[i];
+            if (endpoint) {
+                const char *r = strstr(endpoint, "{region}");
+                if (r)
+                    snprintf(rep, sizeof(rep), "%.*s%s%s", (int)(r - endpoint), endpoint,
+                             regions[i], r + 8);
+                else
+                    snprintf(rep, sizeof(rep), "%s", endpoint);
+                o.endpoint = rep;
+            }
+            rc = sync_sink_sm_new(&o, &sinks[nsinks]);
+            if (rc != KB_OK) {
+                sync_summary_fail(sum, rc, "bad secretsmanager sink for region %s", regions[i]);
+                goto out;
+            }
+            nsinks++;
+        }
+    } else {
+        sync_dir_opts d = {.path = target + 4, .owners = owners, .groups = groups, .as_root = -1};
+        snprintf(ownbuf, sizeof(ownbuf), "%s", kb_config_str(cfg, "sink", "owners"));
+        snprintf(grpbuf, sizeof(grpbuf), "%s", kb_config_str(cfg, "sink", "groups"));
+        split(ownbuf, owners, MAX_ALLOW);
+        split(grpbuf, groups, MAX_ALLOW);
+        rc = sync_sink_dir_new(&d, &sinks[0]);
+        if (rc != KB_OK) {
+            sync_summary_fail(sum, rc, "cannot open the sink directory %s", target + 4);
+            goto out;
+        }
+        nsinks = 1;
+    }
+    rc = sync_run(src, sinks, nsinks, &ro, sum);
+    if (rc != KB_OK && sum->err != KB_OK && sum->calls[SYNC_OP_KB_LIST] > 0 &&
+        sync_source_keybridge_why(src)[0] != '\0') {
+        /* make a TLS refusal readable: which rule, or which identity */
+        char e[256];
+        snprintf(e, sizeof(e), "%.120s: %.120s", sum->error, sync_source_keybridge_why(src));
+        snprintf(sum->error, sizeof(sum->error), "%s", e);
+    }
+out:
+    for (size_t i = 0; i < nsinks; i++)
+        sync_sink_free(sinks[i]);
+    if (src)
+        src->ops->free(src);
+    sync_identity_clear(&id);
+    if (have_creds)
+        kb_aws_creds_free(&creds);
+    sum->duration_ms = sync_mono_ms() - t0;
+    return rc;
+}
+
+static void print_summary(const sync_summary *sum)
+{
+    json_t *j = sync_summary_json(sum);
+    char *s = j ? kb_json_dump(j) : NULL;
+    printf("%s\n", s ? s : "{\"ok\":false}");
+    fflush(stdout);
+    kb_json_free_str(s);
+    json_decref(j);
+}
+
+static int exit_for(kb_err rc, const sync_summary *sum)
+{
+    if (rc == KB_OK && sync_summary_ok(sum))
+        return KB_EXIT_OK;
+    if (sum->err != KB_OK && sum->err != KB_ERR_NOT_FOUND)
+        return kb_exit_code(sum->err) == KB_EXIT_OK ? KB_EXIT_FAIL : kb_exit_code(sum->err);
+    return KB_EXIT_FAIL;
+}
+
+static int cmd_sync(const kb_config *cfg, int argc, char **argv)
+{
+    run_ctx rx = {cfg, 0};
+    sync_summary sum;
+    kb_err rc;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--allow-mass-delete") == 0) {
+            rx.allow_mass_delete = 1;
+        } else if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: keybridge-sync [--config FILE] sync [--allow-mass-delete]\n\n"
+                   "One run: list from keybridged, diff against the sink, fetch what changed,\n"
+                   "write and delete. Prints one JSON summary on stdout; exit 0 only if\n"
+                   "everything applied. With AWS_LAMBDA_RUNTIME_API set, runs the Lambda\n"
+                   "custom runtime loop instead.\n");
+            return KB_EXIT_OK;
+        } else {
+            fprintf(stderr, "keybridge-sync sync: unexpected '%s' (see --help)\n", argv[i]);
+            return KB_EXIT_USAGE;
+        }
+    }
+    if (getenv("AWS_LAMBDA_RUNTIME_API") != NULL) {
+        kb_err init = KB_OK;
+        const char *msg = NULL;
+        if (kb_config_str(cfg, "source", "url") == NULL ||
+            kb_config_str(cfg, "source", "server_id") == NULL ||
+            kb_config_str(cfg, "sink", "target") == NULL) {
+            init = KB_ERR_CONFIG;
+            msg = "configuration: [source] url, [source] server_id and [sink] target are "
+                  "required (KEYBRIDGE_SYNC_SOURCE_URL, ...)";
+        }
+        return sync_lambda_run(getenv("AWS_LAMBDA_RUNTIME_API"), init, msg, run_once, &rx);
+    }
+    sync_summary_init(&sum);
+    rc = run_once(&rx, &sum);
+    print_summary(&sum);
+    if (sum.err != KB_OK)
+        fprintf(stderr, "keybridge-sync: %s\n", sum.error);
+    return exit_for(rc, &sum);
+}
+
+/* ---- daemon --------------------------------------------------------------------------------
+ */
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int trigger, stop, running;
+    int64_t last_success_s, last_run_s, stale_after_s, runs, failures;
+    char *last_summary; /* JSON */
+} daemon_state;
+
+static daemon_state g_d = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
+static kb_httpd *volatile g_httpd;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    g_d.stop = 1;
+    if (g_httpd)
+        kb_httpd_stop(g_httpd);
+}
+
+static void daemon_handler(kb_http_req *r, void *arg)
+{
+    const char *m = kb_http_req_method(r), *p = kb_http_req_path(r);
+    int64_t now = time(NULL);
+    (void)arg;
+    pthread_mutex_lock(&g_d.mu);
+    if (strcmp(p, "/status") == 0 && strcmp(m, "GET") == 0) {
+        int fresh = g_d.last_success_s > 0 && now - g_d.last_success_s <= g_d.stale_after_s;
+        json_t *o = json_pack("{s:s,s:I,s:I,s:I}", "status", fresh ? "ok" : "unavailable",
+                              "last_success", (json_int_t)g_d.last_success_s, "runs",
+                              (json_int_t)g_d.runs, "failures", (json_int_t)g_d.failures);
+        json_t *last = g_d.last_summary ? json_loads(g_d.last_summary, 0, NULL) : NULL;
+        if (o && last)
+            json_object_set_new(o, "last", last);
+        kb_http_reply_json(r, fresh ? 200 : 503, o);
+        json_decref(o);
+    } else if (strcmp(p, "/metrics") == 0 && strcmp(m, "GET") == 0) {
+        char buf[1024];
+        snprintf(buf, sizeof(buf),
+                 "# TYPE keybridge_sync_runs_total counter\nkeybridge_sync_runs_total %lld\n"
+                 "# TYPE keybridge_sync_failures_total counter\n"
+                 "keybridge_sync_failures_total %lld\n"
+                 "# TYPE keybridge_sync_last_success_timestamp_seconds gauge\n"
+                 "keybridge_sync_last_success_timestamp_seconds %lld\n",
+                 (long long)g_d.runs, (long long)g_d.failures, (long long)g_d.last_success_s);
+        kb_http_reply(r, 200, "text/plain; version=0.0.4", buf, strlen(buf));
+    } else if (strcmp(p, "/sync") == 0 && strcmp(m, "POST") == 0) {
+        g_d.trigger = 1;
+        pthread_cond_signal(&g_d.cv);
+        kb_http_reply_error(r, 202, "accepted", "sync scheduled");
+    } else {
+        kb_http_reply_error(r, 404, "not_found", "GET /status, GET /metrics, POST /sync");
+    }
+    pthread_mutex_unlock(&g_d.mu);
+}
+
+static void *httpd_thread(void *arg)
+{
+    if (kb_httpd_run(arg) != KB_OK)
+        kb_log(KB_LOG_ERROR, "status_listener_stopped", NULL);
+    return NULL;
+}
+
+static int cmd_daemon(const kb_config *cfg, int argc, char **argv)
+{
+    run_ctx rx = {cfg, 0};
+    int64_t interval = kb_config_int(cfg, "daemon", "interval");
+    int64_t stale = kb_config_duration(cfg, "daemon", "stale_after");
+    kb_httpd_opts ho;
+    kb_httpd *h = NULL;
+    pthread_t th;
+    struct sigaction sa;
+    char app[SYNC_APP_MAX + 1] = "";
+    char port[16];
+    (void)argv;
+    if (argc > 1) {
+        printf("usage: keybridge-sync [--config FILE] daemon\n\nRun every [daemon] interval "
+               "minutes at the application's hashed offset and second;\nserve GET /status, "
+               "GET /metrics and POST /sync on [daemon] listen (loopback).\n");
+        return strcmp(argv[1], "--help") == 0 ? KB_EXIT_OK : KB_EXIT_USAGE;
+    }
+    if (interval < 1 || interval > 60 || 60 % interval != 0) {
+        fprintf(stderr, "keybridge-sync: [daemon] interval must divide 60\n");
+        return KB_EXIT_CONFIG;
+    }
+    g_d.stale_after_s = stale > 0 ? stale : interval * 60 * 3;
+    memset(&ho, 0, sizeof(ho));
+    ho.listen = kb_config_str(cfg, "daemon", "listen");
+    ho.threads = 1;
+    ho.handler = daemon_handler;
+    if (kb_httpd_new(&ho, &h) != KB_OK) {
+        fprintf(stderr, "keybridge-sync: cannot listen on %s (loopback only)\n", ho.listen);
+        return KB_EXIT_CONFIG;
+    }
+    g_httpd = h;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    snprintf(port, sizeof(port), "%d", kb_httpd_port(h));
+    kb_log(KB_LOG_INFO, "status_listening", "listen", ho.listen, "port", port, NULL);
+    if (pthread_create(&th, NULL, httpd_thread, h) != 0) {
+        kb_httpd_free(h);
+        return KB_EXIT_FAIL;
+    }
+    g_d.trigger = 1; /* first run at start, then on the schedule */
+    while (!g_d.stop) {
+        sync_summary sum;
+        json_t *j;
+        kb_err rc;
+        int minute = 0;
+        pthread_mutex_lock(&g_d.mu);
+        while (!g_d.trigger && !g_d.stop) {
+            struct timespec ts;
+            int64_t now = time(NULL), delay;
+            if (app[0] && sync_schedule_offset(app, (int)interval, &minute) == KB_OK)
+                delay =
+                    sync_schedule_next_delay(now, (int)interval, minute, sync_schedule_second(app));
+            else
+                delay = interval * 60;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += delay > 1 ? 1 : delay; /* wake each second: signals, stop */
+            pthread_cond_timedwait(&g_d.cv, &g_d.mu, &ts);
+            if (time(NULL) >= now + delay || delay <= 1)
+                break;
+        }
+        g_d.trigger = 0;
+        pthread_mutex_unlock(&g_d.mu);
+        if (g_d.stop)
+            break;
+        sync_summary_init(&sum);
+        rc = run_once(&rx, &sum);
+        print_summary(&sum);
+        if (sum.application[0])
+            snprintf(app, sizeof(app), "%s", sum.application);
+        j = sync_summary_json(&sum);
+        pthread_mutex_lock(&g_d.mu);
+        g_d.runs++;
+        g_d.last_run_s = time(NULL);
+        if (rc == KB_OK && sync_summary_ok(&sum))
+            g_d.last_success_s = g_d.last_run_s;
+        else
+            g_d.failures++;
+        kb_json_free_str(g_d.last_summary);
+        g_d.last_summary = j ? kb_json_dump(j) : NULL;
+        pthread_mutex_unlock(&g_d.mu);
+        json_decref(j);
+    }
+    kb_httpd_stop(h);
+    pthread_join(th, NULL);
+    g_httpd = NULL;
+    kb_httpd_free(h);
+    kb_json_free_str(g_d.last_summary);
+    return KB_EXIT_OK;
+}
+
+/* ---- schedule, iam-policy -------------------------------------------------------------------
+ */
+
+static int cmd_schedule(const kb_config *cfg, int argc, char **argv)
+{
+    const char *app = NULL;
+    int64_t interval = 15;
+    int minute;
+    char cron[64];
+    (void)cfg;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc) {
+            if (kb_parse_int64(argv[++i], &interval) != KB_OK || interval < 1 || interval > 60) {
+                fprintf(stderr, "keybridge-sync schedule: --interval must divide 60\n");
+                return KB_EXIT_USAGE;
+            }
+        } else if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: keybridge-sync schedule APP [--interval MINUTES]\n\n"
+                   "Print APP's offset (first 32 bits of SHA-256(APP), big-endian, mod the\n"
+                   "interval) and its EventBridge cron expression. The interval divides 60.\n");
+            return KB_EXIT_OK;
+        } else if (app == NULL && argv[i][0] != '-') {
+            app = argv[i];
+        } else {
+            fprintf(stderr, "keybridge-sync schedule: unexpected '%s'\n", argv[i]);
+            return KB_EXIT_USAGE;
+        }
+    }
+    if (app == NULL || sync_schedule_offset(app, (int)interval, &minute) != KB_OK ||
+        sync_schedule_cron(minute, (int)interval, cron, sizeof(cron)) != KB_OK) {
+        fprintf(stderr, "keybridge-sync schedule: need APP and an interval that divides 60\n");
+        return KB_EXIT_USAGE;
+    }
+    printf("offset %d\n%s\n", minute, cron);
+    return KB_EXIT_OK;
+}
+
+static int cmd_iam_policy(const kb_config *cfg, int argc, char **argv)
+{
+    const char *app = NULL, *account = "*", *region = "*", *svid = NULL;
+    char res[512], svid_res[512];
+    json_t *out;
+    char *s;
+    (void)cfg;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--account") == 0 && i + 1 < argc)
+            account = argv[++i];
+        else if (strcmp(argv[i], "--region") == 0 && i + 1 < argc)
+            region = argv[++i];
+        else if (strcmp(argv[i], "--svid-secret") == 0 && i + 1 < argc)
+            svid = argv[++i];
+        else if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: keybridge-sync iam-policy APP [--account N] [--region R] "
+                   "[--svid-secret NAME]\n\nPrint least-privilege IAM policies (JSON) for the "
+                   "syncer's role and the function's role.\n");
+            return KB_EXIT_OK;
+        } else if (app == NULL && argv[i][0] != '-')
+            app = argv[i];
+        else {
+            fprintf(stderr, "keybridge-sync iam-policy: unexpected '%s'\n", argv[i]);
+            return KB_EXIT_USAGE;
+        }
+    }
+    if (app == NULL || !sync_name_ok(app) || strlen(app) > SYNC_APP_MAX) {
+        fprintf(stderr, "keybridge-sync iam-policy: need a valid APP name\n");
+        return KB_EXIT_USAGE;
+    }
+    /* Secret ARNs end in -XXXXXX (6 random characters): match with "-??????". */
+    snprintf(res, sizeof(res), "arn:aws:secretsmanager:%s:%s:secret:keybridge/%s/*", region,
+             account, app);
+    snprintf(svid_res, sizeof(svid_res), "arn:aws:secretsmanager:%s:%s:secret:%s-??????", region,
+             account, svid ? svid : "keybridge/svid/*");
+    out = json_pack(
+        "{s:{s:s,s:[{s:s,s:s,s:[s,s,s,s,s,s,s],s:s},{s:s,s:s,s:[s,s],s:s,s:{s:{s:s}}},"
+        "{s:s,s:s,s:s,s:s},{s:s,s:s,s:s,s:s}]},"
+        "s:{s:s,s:[{s:s,s:s,s:[s,s],s:s},{s:s,s:s,s:s,s:s}]}}",
+        "syncer_role", "Version", "2012-10-17", "Statement", "Sid", "ManageOwnSecrets", "Effect",
+        "Allow", "Action", "secretsmanager:DescribeSecret", "secretsmanager:GetResourcePolicy",
+        "secretsmanager:PutSecretValue", "secretsmanager:TagResource",
+        "secretsmanager:DeleteSecret", "secretsmanager:RestoreSecret",
+        "secretsmanager:UpdateSecret", "Resource", res, "Sid", "CreateOwnSecrets", "Effect",
+        "Allow", "Action", "secretsmanager:CreateSecret", "secretsmanager:TagResource", "Resource",
+        res, "Condition", "StringEquals", "aws:RequestTag/keybridge:app", app, "Sid", "ListManaged",
+        "Effect", "Allow", "Action", "secretsmanager:ListSecrets", "Resource", "*", "Sid",
+        "ReadOwnSvid", "Effect", "Allow", "Action", "secretsmanager:GetSecretValue", "Resource",
+        svid_res, "function_role", "Version", "2012-10-17", "Statement", "Sid", "ReadAppSecrets",
+        "Effect", "Allow", "Action", "secretsmanager:GetSecretValue",
+        "secretsmanager:DescribeSecret", "Resource", res, "Sid", "ReadOwnSvid", "Effect", "Allow",
+        "Action", "secretsmanager:GetSecretValue", "Resource", svid_res);
+    s = out ? json_dumps(out, JSON_INDENT(2)) : NULL;
+    json_decref(out);
+    if (s == NULL)
+        return KB_EXIT_FAIL;
+    printf("%s\n", s);
+    kb_json_free_str(s);
+    return KB_EXIT_OK;
+}
+
+static int cmd_config_reference(const kb_config *cfg, int argc, char **argv)
+{
+    (void)cfg;
+    (void)argc;
+    (void)argv;
+    kb_config_print_reference(keys, ENV_PREFIX, stdout);
+    return KB_EXIT_OK;
+}
+
+static const kb_subcmd cmds[] = {
+    {"sync", cmd_sync, "one run (default; Lambda runtime when AWS_LAMBDA_RUNTIME_API is set)"},
+    {"daemon", cmd_daemon, "run on the schedule with a local /status, /metrics, POST /sync"},
+    {"schedule", cmd_schedule, "print APP's offset and EventBridge cron (--interval 15)"},
+    {"iam-policy", cmd_iam_policy, "print least-privilege IAM policies for APP"},
+    {"config-reference", cmd_config_reference, "print every configuration key (Markdown)"},
+    {NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    static const kb_prog prog = {
+        .name = "keybridge-sync",
+        .summary = "per-application syncer: keybridged -> Secrets Manager | directory",
+        .schema = keys,
+        .env_prefix = ENV_PREFIX,
+        .default_config = "/etc/keybridge/keybridge-sync.conf",
+        .cmds = cmds,
+        .default_cmd = "sync",
+        .holds_secrets = 1,
+    };
+    return kb_prog_main(argc, argv, &prog);
+}
