@@ -45,7 +45,8 @@ static const kb_config_key keys[] = {
     {"sink", "regions", KB_CFG_STRING, NULL,
      "secretsmanager: comma-separated regions written from one fetch (default $AWS_REGION)"},
     {"sink", "endpoint", KB_CFG_STRING, NULL,
-     "secretsmanager: endpoint override, e.g. http://127.0.0.1:4566 ({region} is replaced)"},
+     "secretsmanager: endpoint override, e.g. http://127.0.0.1:4566 ({region} is replaced), "
+     "or a comma-separated list, one per region"},
     {"sink", "ca_file", KB_CFG_PATH, NULL, "secretsmanager: PEM CA file for the endpoint"},
     {"sink", "delete_policy", KB_CFG_STRING, "delete",
      "delete (7-day recovery window) or retain (never delete)"},
@@ -83,6 +84,35 @@ static size_t split(char *buf, const char **dst, size_t max)
     }
     dst[n] = NULL;
     return n;
+}
+
+/* The endpoint for region i: one of a comma list (one per region), or a template where
+ * {region} is replaced, or NULL (AWS's regional endpoint). */
+static const char *endpoint_for(const char *endpoint, size_t i, size_t nreg, const char *region,
+                                char *buf, size_t len)
+{
+    const char *r;
+    if (endpoint == NULL || endpoint[0] == '\0')
+        return NULL;
+    if (strchr(endpoint, ',') != NULL) {
+        const char *p = endpoint;
+        size_t k = 0;
+        char tmp[1024];
+        const char *eps[MAX_REGIONS + 1];
+        snprintf(tmp, sizeof(tmp), "%s", endpoint);
+        (void)p;
+        k = split(tmp, eps, MAX_REGIONS);
+        if (k != nreg || i >= k)
+            return "";
+        snprintf(buf, len, "%s", eps[i]);
+        return buf;
+    }
+    r = strstr(endpoint, "{region}");
+    if (r)
+        snprintf(buf, len, "%.*s%s%s", (int)(r - endpoint), endpoint, region, r + 8);
+    else
+        snprintf(buf, len, "%s", endpoint);
+    return buf;
 }
 
 static kb_err load_identity(const kb_config *cfg, const sync_sm_opts *smo, sync_identity *id,
@@ -216,15 +246,7 @@ static kb_err run_once(void *arg, sync_summary *sum)
     /* the SVID is read at every run: a rotated one is picked up without a restart */
     if (have_creds) {
         smo.region = regions[0];
-        if (endpoint) {
-            const char *r = strstr(endpoint, "{region}");
-            if (r)
-                snprintf(ep, sizeof(ep), "%.*s%s%s", (int)(r - endpoint), endpoint, regions[0],
-                         r + 8);
-            else
-                snprintf(ep, sizeof(ep), "%s", endpoint);
-            smo.endpoint = ep;
-        }
+        smo.endpoint = endpoint_for(endpoint, 0, nreg, regions[0], ep, sizeof(ep));
     }
     KB_GUARD_OUT(rc, load_identity(cfg, have_creds ? &smo : NULL, &id, sum));
     {
@@ -246,14 +268,12 @@ static kb_err run_once(void *arg, sync_summary *sum)
             sync_sm_opts o = smo;
             char rep[512];
             o.region = regions[i];
-            if (endpoint) {
-                const char *r = strstr(endpoint, "{region}");
-                if (r)
-                    snprintf(rep, sizeof(rep), "%.*s%s%s", (int)(r - endpoint), endpoint,
-                             regions[i], r + 8);
-                else
-                    snprintf(rep, sizeof(rep), "%s", endpoint);
-                o.endpoint = rep;
+            o.endpoint = endpoint_for(endpoint, i, nreg, regions[i], rep, sizeof(rep));
+            if (o.endpoint && o.endpoint[0] == '\0') {
+                sync_summary_fail(sum, KB_ERR_CONFIG,
+                                  "[sink] endpoint: give one endpoint per region");
+                rc = KB_ERR_CONFIG;
+                goto out;
             }
             rc = sync_sink_sm_new(&o, &sinks[nsinks]);
             if (rc != KB_OK) {
