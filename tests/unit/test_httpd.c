@@ -811,6 +811,24 @@ static void test_bad_options(void **state)
     assert_ok(kb_httpd_run(h));
     kb_httpd_free(h);
     kb_httpd_free(NULL);
+
+    /* IPv6 loopback, when the machine has it */
+    srv s6 = {0};
+    kb_httpd_opts o6 = {.listen = "[::1]:0", .threads = 1, .handler = handler};
+    if (kb_httpd_new(&o6, &s6.h) == KB_OK) {
+        s6.port = kb_httpd_port(s6.h);
+        assert_int_equal(pthread_create(&s6.th, NULL, srv_main, &s6), 0);
+        char url[128];
+        resp r;
+        snprintf(url, sizeof(url), "http://[::1]:%d/v6", s6.port);
+        get1(url, NULL, &r);
+        assert_int_equal(r.status, 200);
+        json_t *j = resp_json(&r);
+        assert_string_equal(json_string_value(json_object_get(j, "path")), "/v6");
+        json_decref(j);
+        resp_free(&r);
+        srv_stop(&s6);
+    }
 }
 
 /* ---------- tests: TLS ---------- */
