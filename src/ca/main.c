@@ -46,7 +46,6 @@ static const kb_config_key keys[] = {
     {"renew", "tick", KB_CFG_DURATION, "1s", "how often the daemon looks for due renewals"},
     {"renew", "api_min_interval", KB_CFG_DURATION, "10s",
      "per-ID minimum interval between API renewals (0 = off, benchmarks only)"},
-    {"renew", "workers", KB_CFG_INT, "4", "parallel renewals (stored SVIDs)"},
     {"aws", "region", KB_CFG_STRING, "us-east-1", "default Secrets Manager region"},
     {"aws", "endpoint", KB_CFG_STRING, NULL, "default Secrets Manager endpoint override"},
     {"aws", "credentials_file", KB_CFG_PATH, NULL,

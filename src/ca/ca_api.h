@@ -1,0 +1,41 @@
+/* ca_api.h - keybridge-ca's mTLS API (issue 5, point 4):
+ *
+ *   POST /v1/svid/renew   body: a PEM CSR. The caller authenticates with its current SVID
+ *                         (mTLS, X509-SVID rules against this CA's bundle). Allowed only for a
+ *                         registration of the caller's ID marked renewable, only after a third
+ *                         of the current certificate's lifetime has passed, at most once per
+ *                         min_interval per ID, and only while no stored-SVID renewal is waiting
+ *                         (those go first: 503 + Retry-After). Reply: {"spiffe_id", "svid" (PEM
+ *                         chain), "bundle" (PEM), "expires_at"}.
+ *   GET  /v1/bundle       SPIFFE bundle JWKS (spiffe_sequence, spiffe_refresh_hint);
+ *                         ?format=pem or Accept: application/x-pem-file for PEM.
+ *   GET  /metrics         Prometheus text: lowest remaining life, failures, renewals.
+ */
+#ifndef KB_CA_API_H
+#define KB_CA_API_H
+
+#include "ca.h"
+#include "ca_renew.h"
+#include "ca_store.h"
+#include "lib/httpd.h"
+
+typedef struct ca_api ca_api;
+
+typedef struct {
+    ca_authority *ca;
+    ca_store *st;
+    ca_renewer *renewer;  /* may be NULL */
+    int64_t min_interval; /* per-ID seconds between renewals; 0 = off (benchmarks) */
+} ca_api_opts;
+
+KB_WUR kb_err ca_api_new(const ca_api_opts *o, ca_api **out);
+void ca_api_free(ca_api *a);
+/* Rebuild the verification bundle from the authority (after ca_reload reports a change). */
+KB_WUR kb_err ca_api_refresh_bundle(ca_api *a);
+
+void ca_api_handler(kb_http_req *req, void *arg);
+/* verify_peer for kb_httpd_opts (arg = the ca_api). */
+int ca_api_verify_peer(void *arg, X509 *leaf, STACK_OF(X509) * chain, char *id, size_t id_len,
+                       const char **why);
+
+#endif

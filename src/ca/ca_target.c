@@ -1,0 +1,555 @@
+/* ca_target.c - dir: and Secrets Manager targets (see ca_target.h).
+ *
+ * Secrets Manager API reference: DescribeSecret, CreateSecret, GetResourcePolicy, RestoreSecret,
+ * PutSecretValue, DeleteSecret (JSON 1.1 over SigV4; awsreq.h). SPIRE's SVIDStore format:
+ * spire/pkg/common/plugin/aws/svidstore (spiffeID, x509SVID, x509SVIDKey, bundle,
+ * federatedBundles), stored as SecretBinary.
+ */
+#include "ca_target.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "lib/awsreq.h"
+#include "lib/buf.h"
+#include "lib/fileio.h"
+#include "lib/json.h"
+#include "lib/log.h"
+
+#define TAG_TD "keybridge:trust-domain"
+#define TAG_REG "keybridge:registration"
+#define RESP_MAX ((size_t)1024 * 1024)
+#define CREDS_MAX 8192
+
+static int name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           strchr("/_+=.@-", c) != NULL;
+}
+
+static int canonical_abs(const char *p)
+{
+    const char *s = p;
+
+    if (p[0] != '/' || p[1] == '\0')
+        return 0; /* never the root directory itself */
+    while (*s == '/') {
+        const char *e = strchr(++s, '/');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        if (n == 0 || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+            return 0;
+        s += n;
+    }
+    return *s == '\0';
+}
+
+kb_err ca_target_parse(const char *s, ca_target_spec *out, const char **why)
+{
+    const char *p, *c;
+    size_t n;
+
+    KB_ENSURE_REF(out);
+    *why = "target must be dir:/ABSOLUTE/PATH or secretsmanager:ACCOUNT:NAME";
+    memset(out, 0, sizeof(*out));
+    KB_ENSURE(s != NULL, KB_ERR_INVALID);
+    if (strlen(s) >= CA_TARGET_MAX) {
+        *why = "target too long";
+        return KB_ERR_TOO_LARGE;
+    }
+    if (strncmp(s, "dir:", 4) == 0) {
+        p = s + 4;
+        if (!canonical_abs(p)) {
+            *why = "dir: needs a canonical absolute path (no '.', '..', '//' or trailing '/')";
+            return KB_ERR_INVALID;
+        }
+        out->kind = CA_TARGET_DIR;
+        snprintf(out->path, sizeof(out->path), "%s", p);
+        return KB_OK;
+    }
+    if (strncmp(s, "secretsmanager:", 15) == 0) {
+        p = s + 15;
+        c = strchr(p, ':');
+        if (c == NULL || c - p != 12) {
+            *why = "secretsmanager: needs ACCOUNT:NAME with a 12-digit account";
+            return KB_ERR_INVALID;
+        }
+        for (const char *q = p; q < c; q++)
+            if (*q < '0' || *q > '9') {
+                *why = "secretsmanager: account must be 12 digits";
+                return KB_ERR_INVALID;
+            }
+        n = strlen(c + 1);
+        if (n == 0 || n > CA_SM_NAME_MAX) {
+            *why = "secretsmanager: secret name must be 1-512 characters";
+            return KB_ERR_INVALID;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (!name_char(c[1 + i])) {
+                *why = "secretsmanager: secret name has a character outside A-Z a-z 0-9 /_+=.@-";
+                return KB_ERR_INVALID;
+            }
+        out->kind = CA_TARGET_SM;
+        memcpy(out->account, p, 12);
+        snprintf(out->name, sizeof(out->name), "%s", c + 1);
+        return KB_OK;
+    }
+    return KB_ERR_INVALID;
+}
+
+/* ---- dir: ---------------------------------------------------------------------------------- */
+
+static kb_err dir_file(const char *dir, const char *name, char *path, size_t len)
+{
+    int n = snprintf(path, len, "%s/%s", dir, name);
+    KB_ENSURE(n > 0 && (size_t)n < len, KB_ERR_TOO_LARGE);
+    return KB_OK;
+}
+
+static kb_err dir_write(const ca_target_spec *t, const ca_svid *sv, const char **why)
+{
+    char path[CA_TARGET_MAX + 32];
+    struct stat st;
+
+    *why = "cannot write the target directory";
+    if (mkdir(t->path, 0700) != 0 && errno != EEXIST)
+        return KB_ERR_IO;
+    /* Never write through a symlinked directory: the policy checked this path, not another. */
+    if (lstat(t->path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        *why = "target is not a directory (symlinks are refused)";
+        return KB_ERR_DENIED;
+    }
+    KB_ENSURE(sv->key_pem != NULL, KB_ERR_INTERNAL);
+    /* Key first: a reader that sees the new certificate finds its key already in place... but
+     * svid.pem and svid.key are separate files, so readers should re-read if they mismatch
+     * (x509svid_load refuses a key that does not match the leaf). */
+    KB_GUARD(dir_file(t->path, "svid.key", path, sizeof(path)));
+    KB_GUARD(
+        kb_file_write_atomic(path, kb_secret_cdata(sv->key_pem), kb_secret_len(sv->key_pem), 0600));
+    KB_GUARD(dir_file(t->path, "svid.pem", path, sizeof(path)));
+    KB_GUARD(kb_file_write_atomic(path, sv->chain_pem, strlen(sv->chain_pem), 0600));
+    KB_GUARD(dir_file(t->path, "bundle.pem", path, sizeof(path)));
+    KB_GUARD(kb_file_write_atomic(path, sv->bundle_pem, strlen(sv->bundle_pem), 0600));
+    *why = NULL;
+    return KB_OK;
+}
+
+static kb_err dir_remove(const ca_target_spec *t, const char **why)
+{
+    static const char *const names[] = {"svid.pem", "svid.key", "bundle.pem"};
+    char path[CA_TARGET_MAX + 32];
+
+    for (size_t i = 0; i < KB_ARRAY_LEN(names); i++) {
+        KB_GUARD(dir_file(t->path, names[i], path, sizeof(path)));
+        if (unlink(path) != 0 && errno != ENOENT) {
+            *why = "cannot delete a stored SVID file";
+            return KB_ERR_IO;
+        }
+    }
+    return KB_OK;
+}
+
+/* ---- Secrets Manager ---------------------------------------------------------------------- */
+
+typedef struct {
+    kb_awsreq_cfg cfg;
+    kb_aws_creds creds;
+    char endpoint[600];
+} sm_conn;
+
+static kb_err creds_from_file(const char *path, kb_aws_creds *c)
+{
+    kb_secret *f = NULL;
+    const char *p;
+    size_t n, i = 0, a0, a1, s0, s1, t0, t1;
+    kb_err rc = KB_OK;
+
+    memset(c, 0, sizeof(*c));
+    KB_GUARD(kb_file_read_secret(path, CREDS_MAX, &f));
+    p = (const char *)kb_secret_cdata(f);
+    n = kb_secret_len(f);
+#define SKIP_WS()                                                                                  \
+    while (i < n && (p[i] == ' ' || p[i] == '\t'))                                                 \
+    i++
+#define WORD(b, e)                                                                                 \
+    do {                                                                                           \
+        b = i;                                                                                     \
+        while (i < n && p[i] > ' ' && p[i] < 0x7f)                                                 \
+            i++;                                                                                   \
+        e = i;                                                                                     \
+    } while (0)
+    SKIP_WS();
+    WORD(a0, a1);
+    SKIP_WS();
+    WORD(s0, s1);
+    SKIP_WS();
+    WORD(t0, t1);
+    SKIP_WS();
+    if (i < n && p[i] == '\n')
+        i++;
+    KB_ENSURE_OUT(rc,
+                  i == n && a1 > a0 && s1 > s0 && a1 - a0 <= 128 &&
+                      s1 - s0 <= KB_AWSREQ_MAX_SECRET_KEY && t1 - t0 <= KB_AWSREQ_MAX_TOKEN,
+                  KB_ERR_CONFIG);
+#undef SKIP_WS
+#undef WORD
+    c->access_key_id = strndup(p + a0, a1 - a0);
+    KB_ENSURE_OUT(rc, c->access_key_id != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, kb_secret_from(p + s0, s1 - s0, &c->secret_key));
+    if (t1 > t0) {
+        c->session_token = strndup(p + t0, t1 - t0);
+        KB_ENSURE_OUT(rc, c->session_token != NULL, KB_ERR_NOMEM);
+    }
+out:
+    if (rc != KB_OK)
+        kb_aws_creds_free(c);
+    kb_secret_free(f);
+    return rc;
+}
+
+static kb_err sm_open(const ca_target_env *env, const ca_reg *r, sm_conn *c, const char **why)
+{
+    const char *region = r->region[0] ? r->region : env->region;
+    const char *ep = r->endpoint[0] ? r->endpoint : env->endpoint;
+    const char *cf = r->creds_file[0] ? r->creds_file : env->credentials_file;
+    kb_err rc;
+
+    memset(c, 0, sizeof(*c));
+    if (region == NULL || region[0] == '\0') {
+        *why = "no Secrets Manager region";
+        return KB_ERR_CONFIG;
+    }
+    if (ep != NULL && ep[0] != '\0')
+        snprintf(c->endpoint, sizeof(c->endpoint), "%s", ep);
+    else
+        snprintf(c->endpoint, sizeof(c->endpoint), "https://secretsmanager.%s.amazonaws.com",
+                 region);
+    rc = (cf != NULL && cf[0] != '\0') ? creds_from_file(cf, &c->creds)
+                                       : kb_aws_creds_from_env(&c->creds);
+    if (rc != KB_OK) {
+        *why = "no usable AWS credentials (credentials file must be 0600: "
+               "ACCESS_KEY_ID SECRET_ACCESS_KEY [SESSION_TOKEN])";
+        return rc;
+    }
+    c->cfg.endpoint = c->endpoint;
+    c->cfg.region = region;
+    c->cfg.service = "secretsmanager";
+    c->cfg.access_key_id = c->creds.access_key_id;
+    c->cfg.secret_key = c->creds.secret_key;
+    c->cfg.session_token = c->creds.session_token;
+    return KB_OK;
+}
+
+static void sm_close(sm_conn *c)
+{
+    kb_aws_creds_free(&c->creds);
+}
+
+/* One call; *resp = parsed JSON body (object) or NULL; *etype = the AWS error type or "". */
+static kb_err sm_call(sm_conn *c, const char *op, json_t *req, long *status, json_t **resp,
+                      char *etype, size_t etype_len)
+{
+    char target[64];
+    char *body = kb_json_dump(req);
+    kb_dbuf b;
+    kb_err rc;
+
+    *resp = NULL;
+    etype[0] = '\0';
+    KB_ENSURE(body != NULL, KB_ERR_NOMEM);
+    snprintf(target, sizeof(target), "secretsmanager.%s", op);
+    kb_dbuf_init(&b, RESP_MAX);
+    rc = kb_awsreq_call(&c->cfg, target, body, strlen(body), status, &b);
+    kb_json_free_str(body);
+    if (rc == KB_OK && b.len > 0 && kb_json_parse(b.p, b.len, RESP_MAX, resp, NULL, 0) != KB_OK &&
+        *status == 200)
+        rc = KB_ERR_INVALID;
+    if (rc == KB_OK && *status != 200 && *resp != NULL) {
+        const char *t = json_string_value(json_object_get(*resp, "__type"));
+        const char *h = t ? strrchr(t, '#') : NULL;
+        snprintf(etype, etype_len, "%s", h ? h + 1 : (t ? t : ""));
+    }
+    kb_dbuf_free(&b);
+    return rc;
+}
+
+static int tag_value_is(json_t *tags, const char *key, const char *want)
+{
+    size_t i;
+    json_t *t;
+
+    json_array_foreach(tags, i, t)
+    {
+        const char *k = json_string_value(json_object_get(t, "Key"));
+        const char *v = json_string_value(json_object_get(t, "Value"));
+        if (k && v && strcmp(k, key) == 0)
+            return strcmp(v, want) == 0;
+    }
+    return 0;
+}
+
+/* arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-xxxxxx */
+static int arn_account_is(const char *arn, const char *account)
+{
+    const char *p = arn;
+
+    for (int i = 0; p != NULL && i < 4; i++) {
+        p = strchr(p, ':');
+        if (p)
+            p++;
+    }
+    return p != NULL && strncmp(p, account, 12) == 0 && p[12] == ':';
+}
+
+kb_err ca_target_svidstore_json(const char *id_str, const ca_svid *sv, char **out)
+{
+    json_t *o = json_object();
+    json_t *key = NULL;
+    kb_err rc = KB_OK;
+
+    KB_ENSURE(o != NULL, KB_ERR_NOMEM);
+    if (sv->key_pem != NULL)
+        key = json_stringn((const char *)kb_secret_cdata(sv->key_pem), kb_secret_len(sv->key_pem));
+    if (json_object_set_new(o, "spiffeID", json_string(id_str)) != 0 ||
+        json_object_set_new(o, "x509SVID", json_string(sv->chain_pem)) != 0 ||
+        json_object_set_new(o, "x509SVIDKey", key ? key : json_string("")) != 0 ||
+        json_object_set_new(o, "bundle", json_string(sv->bundle_pem)) != 0 ||
+        json_object_set_new(o, "federatedBundles", json_object()) != 0)
+        rc = KB_ERR_NOMEM;
+    if (rc == KB_OK) {
+        *out = kb_json_dump(o);
+        rc = *out ? KB_OK : KB_ERR_NOMEM;
+    }
+    json_decref(o); /* the wiping allocator clears the key's copy */
+    return rc;
+}
+
+/* base64 of s into a new jansson string (wiped when freed: kb_json_init's allocator). */
+static json_t *b64_json(const char *s)
+{
+    size_t n = strlen(s), cap = 4 * ((n + 2) / 3) + 1;
+    kb_secret *b = NULL;
+    json_t *j = NULL;
+    int k;
+
+    if (kb_secret_new(cap, &b) != KB_OK)
+        return NULL;
+    k = EVP_EncodeBlock(kb_secret_data(b), (const unsigned char *)s, (int)n);
+    if (k >= 0)
+        j = json_stringn((const char *)kb_secret_cdata(b), (size_t)k);
+    kb_secret_free(b);
+    return j;
+}
+
+static void token_from_serial(const char *serial, char out[37])
+{
+    /* Idempotency token (36 chars, UUID shape) derived from the leaf serial: a retried write of
+     * the same SVID is one version, a new SVID is a new version. */
+    char h[33];
+    size_t n = strlen(serial);
+
+    for (size_t i = 0; i < 32; i++)
+        h[i] = i < n ? serial[i] : '0';
+    h[32] = '\0';
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
+}
+
+static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_target_spec *t,
+                       const ca_svid *sv, const char **why)
+{
+    sm_conn c;
+    json_t *req = NULL, *resp = NULL, *tags = NULL;
+    char *doc = NULL, etype[96], tok[37];
+    long st = 0;
+    kb_err rc;
+
+    KB_GUARD(sm_open(env, r, &c, why));
+    *why = "Secrets Manager call failed";
+    KB_GUARD_OUT(rc, ca_target_svidstore_json(r->spiffe_id, sv, &doc));
+    token_from_serial(sv->serial, tok);
+    req = json_pack("{s:s}", "SecretId", t->name);
+    KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, sm_call(&c, "DescribeSecret", req, &st, &resp, etype, sizeof(etype)));
+    json_decref(req);
+    req = NULL;
+    if (st != 200 && strcmp(etype, "ResourceNotFoundException") == 0) {
+        /* Absent: create it with the value, under the default key (no KmsKeyId), tagged. */
+        json_decref(resp);
+        resp = NULL;
+        tags = json_pack("[{s:s,s:s},{s:s,s:s}]", "Key", TAG_TD, "Value", env->trust_domain, "Key",
+                         TAG_REG, "Value", r->spiffe_id);
+        req = json_pack("{s:s,s:s,s:o,s:o}", "Name", t->name, "ClientRequestToken", tok,
+                        "SecretBinary", b64_json(doc), "Tags", tags);
+        tags = NULL;
+        KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
+        KB_GUARD_OUT(rc, sm_call(&c, "CreateSecret", req, &st, &resp, etype, sizeof(etype)));
+        if (st != 200) {
+            *why = "CreateSecret failed";
+            kb_log(KB_LOG_WARN, "sm_create_failed", "secret", t->name, "aws_error", etype, NULL);
+            rc = KB_ERR_UNAVAILABLE;
+            goto out;
+        }
+        if (!arn_account_is(json_string_value(json_object_get(resp, "ARN")) ?: "", t->account)) {
+            *why = "created secret's ARN names another AWS account than the registration's";
+            rc = KB_ERR_DENIED;
+            goto out;
+        }
+        rc = KB_OK;
+        goto out;
+    }
+    if (st != 200 || resp == NULL) {
+        *why = "DescribeSecret failed";
+        kb_log(KB_LOG_WARN, "sm_describe_failed", "secret", t->name, "aws_error", etype, NULL);
+        rc = KB_ERR_UNAVAILABLE;
+        goto out;
+    }
+    /* Present: it must be ours, in the right account, on the default key, without a policy. */
+    if (!tag_value_is(json_object_get(resp, "Tags"), TAG_TD, env->trust_domain) ||
+        !tag_value_is(json_object_get(resp, "Tags"), TAG_REG, r->spiffe_id)) {
+        *why = "existing secret lacks keybridge's ownership tags for this trust domain and ID";
+        rc = KB_ERR_DENIED;
+        goto out;
+    }
+    {
+        const char *kms = json_string_value(json_object_get(resp, "KmsKeyId"));
+        if (kms != NULL && kms[0] != '\0' && strcmp(kms, "alias/aws/secretsmanager") != 0) {
+            *why = "existing secret is encrypted under another key than the default";
+            rc = KB_ERR_DENIED;
+            goto out;
+        }
+    }
+    if (!arn_account_is(json_string_value(json_object_get(resp, "ARN")) ?: "", t->account)) {
+        *why = "secret's ARN names another AWS account than the registration's";
+        rc = KB_ERR_DENIED;
+        goto out;
+    }
+    {
+        int deleted = json_object_get(resp, "DeletedDate") != NULL;
+        json_decref(resp);
+        resp = NULL;
+        req = json_pack("{s:s}", "SecretId", t->name);
+        KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
+        KB_GUARD_OUT(rc, sm_call(&c, "GetResourcePolicy", req, &st, &resp, etype, sizeof(etype)));
+        if (st != 200) {
+            *why = "GetResourcePolicy failed";
+            rc = KB_ERR_UNAVAILABLE;
+            goto out;
+        }
+        if (json_string_value(json_object_get(resp, "ResourcePolicy")) != NULL) {
+            *why = "existing secret has a resource policy";
+            rc = KB_ERR_DENIED;
+            goto out;
+        }
+        if (deleted) {
+            json_decref(resp);
+            resp = NULL;
+            KB_GUARD_OUT(rc, sm_call(&c, "RestoreSecret", req, &st, &resp, etype, sizeof(etype)));
+            if (st != 200) {
+                *why = "RestoreSecret failed";
+                rc = KB_ERR_UNAVAILABLE;
+                goto out;
+            }
+        }
+        json_decref(req);
+        req = NULL;
+    }
+    json_decref(resp);
+    resp = NULL;
+    req = json_pack("{s:s,s:s,s:o}", "SecretId", t->name, "ClientRequestToken", tok, "SecretBinary",
+                    b64_json(doc));
+    KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, sm_call(&c, "PutSecretValue", req, &st, &resp, etype, sizeof(etype)));
+    if (st != 200) {
+        *why = "PutSecretValue failed";
+        kb_log(KB_LOG_WARN, "sm_put_failed", "secret", t->name, "aws_error", etype, NULL);
+        rc = KB_ERR_UNAVAILABLE;
+        goto out;
+    }
+    rc = KB_OK;
+out:
+    if (rc == KB_OK)
+        *why = NULL;
+    json_decref(tags);
+    json_decref(req);
+    json_decref(resp);
+    kb_json_free_str(doc);
+    sm_close(&c);
+    return rc;
+}
+
+static kb_err sm_remove(const ca_target_env *env, const ca_reg *r, const ca_target_spec *t,
+                        const char **why)
+{
+    sm_conn c;
+    json_t *req = NULL, *resp = NULL;
+    char etype[96];
+    long st = 0;
+    kb_err rc;
+
+    KB_GUARD(sm_open(env, r, &c, why));
+    req = json_pack("{s:s}", "SecretId", t->name);
+    KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, sm_call(&c, "DescribeSecret", req, &st, &resp, etype, sizeof(etype)));
+    if (st != 200 && strcmp(etype, "ResourceNotFoundException") == 0) {
+        rc = KB_OK; /* nothing stored */
+        goto out;
+    }
+    if (st != 200) {
+        *why = "DescribeSecret failed";
+        rc = KB_ERR_UNAVAILABLE;
+        goto out;
+    }
+    if (!tag_value_is(json_object_get(resp, "Tags"), TAG_TD, env->trust_domain) ||
+        !tag_value_is(json_object_get(resp, "Tags"), TAG_REG, r->spiffe_id)) {
+        *why = "secret lacks keybridge's ownership tags; not deleting it";
+        rc = KB_ERR_DENIED;
+        goto out;
+    }
+    if (json_object_get(resp, "DeletedDate") != NULL) {
+        rc = KB_OK; /* already pending deletion */
+        goto out;
+    }
+    json_decref(req);
+    json_decref(resp);
+    resp = NULL;
+    req = json_pack("{s:s,s:i}", "SecretId", t->name, "RecoveryWindowInDays", CA_SM_RECOVERY_DAYS);
+    KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, sm_call(&c, "DeleteSecret", req, &st, &resp, etype, sizeof(etype)));
+    if (st != 200) {
+        *why = "DeleteSecret failed";
+        rc = KB_ERR_UNAVAILABLE;
+    }
+out:
+    json_decref(req);
+    json_decref(resp);
+    sm_close(&c);
+    return rc;
+}
+
+kb_err ca_target_write(const ca_target_env *env, const ca_reg *r, const ca_svid *sv,
+                       const char **why)
+{
+    ca_target_spec t;
+
+    KB_GUARD(ca_target_parse(r->target, &t, why));
+    if (t.kind == CA_TARGET_DIR)
+        return dir_write(&t, sv, why);
+    return sm_write(env, r, &t, sv, why);
+}
+
+kb_err ca_target_remove(const ca_target_env *env, const ca_reg *r, const char **why)
+{
+    ca_target_spec t;
+
+    KB_GUARD(ca_target_parse(r->target, &t, why));
+    if (t.kind == CA_TARGET_DIR)
+        return dir_remove(&t, why);
+    return sm_remove(env, r, &t, why);
+}
