@@ -6,7 +6,7 @@ PKGS=(
   libssl-dev libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev sqlite3 libpq-dev
   postgresql libp11-kit-dev softhsm2 opensc libinih-dev libcmocka-dev
   openssl curl python3 python3-cryptography python3-botocore python3-boto3 awscli
-  nginx apache2-utils prometheus util-linux procps
+  nginx apache2-utils prometheus jq util-linux procps
 )
 missing=()
 for p in "${PKGS[@]}"; do

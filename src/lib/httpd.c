@@ -261,6 +261,8 @@ static void evbuf_take(struct evbuffer *in, void *dst, size_t n)
         }
         evbuffer_drain(in, got);
         left -= got;
+        if (d != NULL)
+            d += got; /* the next peek round continues where this one stopped */
     }
 }
 
