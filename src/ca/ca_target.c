@@ -380,16 +380,18 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
     json_decref(req);
     req = NULL;
     if (st != 200 && strcmp(etype, "ResourceNotFoundException") == 0) {
-        /* Absent: create it with the value, under the default key (no KmsKeyId), tagged. */
+        /* Absent: create it empty under the default key (no KmsKeyId), tagged, and check the
+         * ARN's account before any key material is sent: a wrong account never receives it. */
         json_decref(resp);
         resp = NULL;
         tags = json_pack("[{s:s,s:s},{s:s,s:s}]", "Key", TAG_TD, "Value", env->trust_domain, "Key",
                          TAG_REG, "Value", r->spiffe_id);
-        req = json_pack("{s:s,s:s,s:o,s:o}", "Name", t->name, "ClientRequestToken", tok,
-                        "SecretBinary", b64_json(doc), "Tags", tags);
+        req = json_pack("{s:s,s:o}", "Name", t->name, "Tags", tags);
         tags = NULL;
         KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
         KB_GUARD_OUT(rc, sm_call(&c, "CreateSecret", req, &st, &resp, etype, sizeof(etype)));
+        json_decref(req);
+        req = NULL;
         if (st != 200) {
             *why = "CreateSecret failed";
             kb_log(KB_LOG_WARN, "sm_create_failed", "secret", t->name, "aws_error", etype, NULL);
@@ -401,8 +403,7 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
             rc = KB_ERR_DENIED;
             goto out;
         }
-        rc = KB_OK;
-        goto out;
+        goto put;
     }
     if (st != 200 || resp == NULL) {
         *why = "DescribeSecret failed";
@@ -460,6 +461,7 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
         json_decref(req);
         req = NULL;
     }
+put:
     json_decref(resp);
     resp = NULL;
     req = json_pack("{s:s,s:s,s:o}", "SecretId", t->name, "ClientRequestToken", tok, "SecretBinary",
