@@ -539,35 +539,43 @@ static int cmd_daemon(const kb_config *cfg, int argc, char **argv)
 
 static int cmd_schedule(const kb_config *cfg, int argc, char **argv)
 {
-    const char *app = NULL;
     int64_t interval = 15;
-    int minute;
+    int napps = 0, minute;
     char cron[64];
     (void)cfg;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--interval") == 0 && i + 1 < argc) {
-            if (kb_parse_int64(argv[++i], &interval) != KB_OK || interval < 1 || interval > 60) {
+            if (kb_parse_int64(argv[++i], &interval) != KB_OK || interval < 1 || interval > 60 ||
+                60 % interval != 0) {
                 fprintf(stderr, "keybridge-sync schedule: --interval must divide 60\n");
                 return KB_EXIT_USAGE;
             }
         } else if (strcmp(argv[i], "--help") == 0) {
-            printf("usage: keybridge-sync schedule APP [--interval MINUTES]\n\n"
-                   "Print APP's offset (first 32 bits of SHA-256(APP), big-endian, mod the\n"
+            printf("usage: keybridge-sync schedule APP [APP...] [--interval MINUTES]\n\n"
+                   "Print each APP's offset (first 32 bits of SHA-256(APP), big-endian, mod the\n"
                    "interval) and its EventBridge cron expression. The interval divides 60.\n");
             return KB_EXIT_OK;
-        } else if (app == NULL && argv[i][0] != '-') {
-            app = argv[i];
-        } else {
+        } else if (argv[i][0] == '-' || argv[i][0] == '\0') {
             fprintf(stderr, "keybridge-sync schedule: unexpected '%s'\n", argv[i]);
             return KB_EXIT_USAGE;
+        } else {
+            napps++;
         }
     }
-    if (app == NULL || sync_schedule_offset(app, (int)interval, &minute) != KB_OK ||
-        sync_schedule_cron(minute, (int)interval, cron, sizeof(cron)) != KB_OK) {
-        fprintf(stderr, "keybridge-sync schedule: need APP and an interval that divides 60\n");
+    if (napps == 0) {
+        fprintf(stderr, "keybridge-sync schedule: need APP (see --help)\n");
         return KB_EXIT_USAGE;
     }
-    printf("offset %d\n%s\n", minute, cron);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--interval") == 0) {
+            i++;
+            continue;
+        }
+        if (sync_schedule_offset(argv[i], (int)interval, &minute) != KB_OK ||
+            sync_schedule_cron(minute, (int)interval, cron, sizeof(cron)) != KB_OK)
+            return KB_EXIT_USAGE;
+        printf("offset %d\n%s\n", minute, cron);
+    }
     return KB_EXIT_OK;
 }
 
