@@ -109,7 +109,8 @@ json_t *sync_summary_emf(const sync_summary *s)
                     "CloudWatchMetrics", "Namespace", "keybridge/sync", "Dimensions", "Application",
                     "Metrics", metrics);
     if (aws == NULL || json_object_set_new(o, "_aws", aws) ||
-        json_object_set_new(o, "Application", json_string(s->application))) {
+        json_object_set_new(o, "Application",
+                            json_string(s->application[0] ? s->application : "unknown"))) {
         json_decref(o);
         return NULL;
     }
