@@ -114,14 +114,16 @@ static kb_err dbuf_reserve(kb_dbuf *b, size_t n)
     size_t need, cap;
     uint8_t *np;
 
-    KB_ENSURE(n <= b->max && b->len <= b->max - n, KB_ERR_TOO_LARGE);
+    /* len + n + 1 must not wrap, even for a buffer whose max is SIZE_MAX ("no limit"). */
+    KB_ENSURE(n <= b->max && b->len <= b->max - n && b->len + n < SIZE_MAX, KB_ERR_TOO_LARGE);
     need = b->len + n + 1;
     if (need <= b->cap)
         return KB_OK;
     cap = b->cap ? b->cap : 64;
     while (cap < need)
         cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    if (cap > b->max + 1)
+    /* Never more than max + 1 (the NUL); need <= max + 1 holds, so cap stays >= need. */
+    if (b->max < SIZE_MAX && cap > b->max + 1)
         cap = b->max + 1;
     np = malloc(cap);
     KB_ENSURE(np != NULL, KB_ERR_NOMEM);

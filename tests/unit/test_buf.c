@@ -71,6 +71,22 @@ static void dbuf_refuses_past_max(void **state)
     assert_string_equal(kb_dbuf_str(&b), "");
 }
 
+/* max = SIZE_MAX ("no limit") once wrapped max + 1 to 0: the block was cut to 0 bytes and the
+ * NUL and the data were written past it; len + n + 1 could wrap too. */
+static void dbuf_unlimited_max_does_not_wrap(void **state)
+{
+    (void)state;
+    kb_dbuf b;
+    kb_dbuf_init(&b, SIZE_MAX);
+    assert_ok(kb_dbuf_addstr(&b, "abc"));
+    assert_true(b.cap > b.len);
+    assert_string_equal(kb_dbuf_str(&b), "abc");
+    assert_kb(kb_dbuf_add(&b, "x", SIZE_MAX - 3), KB_ERR_TOO_LARGE);
+    assert_kb(kb_dbuf_add(&b, "x", SIZE_MAX), KB_ERR_TOO_LARGE);
+    assert_string_equal(kb_dbuf_str(&b), "abc");
+    kb_dbuf_free(&b);
+}
+
 static void hex_round_trip_and_rejects(void **state)
 {
     (void)state;
@@ -91,6 +107,7 @@ int main(void)
         cmocka_unit_test(reader_reads_within_bounds),
         cmocka_unit_test(reader_refuses_truncated_and_oversized),
         cmocka_unit_test(dbuf_refuses_past_max),
+        cmocka_unit_test(dbuf_unlimited_max_does_not_wrap),
         cmocka_unit_test(hex_round_trip_and_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
