@@ -82,7 +82,8 @@ kb_err kb_reader_until(kb_reader *r, uint8_t delim, size_t max, const uint8_t **
                        size_t *out_len)
 {
     size_t left = kb_reader_left(r);
-    size_t scan = left < max + 1 ? left : max + 1;
+    /* Scan max bytes plus one for the delimiter; max = SIZE_MAX must not wrap to a 0 scan. */
+    size_t scan = left <= max ? left : max + 1;
     const uint8_t *start = r->p + r->pos;
     const uint8_t *hit = memchr(start, delim, scan);
 

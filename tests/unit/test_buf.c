@@ -71,6 +71,28 @@ static void dbuf_refuses_past_max(void **state)
     assert_string_equal(kb_dbuf_str(&b), "");
 }
 
+/* max + 1 once wrapped to 0 for max = SIZE_MAX: nothing was scanned and a present delimiter
+ * was reported as truncated input. */
+static void reader_until_unlimited_max(void **state)
+{
+    (void)state;
+    const uint8_t in[] = {'a', 'b', ':', 'c'};
+    kb_reader r;
+    const uint8_t *p;
+    size_t n;
+    kb_reader_init(&r, in, sizeof(in));
+    assert_ok(kb_reader_until(&r, ':', SIZE_MAX, &p, &n));
+    assert_int_equal(n, 2);
+    assert_memory_equal(p, "ab", 2);
+    assert_kb(kb_reader_until(&r, ':', SIZE_MAX, &p, &n), KB_ERR_TRUNCATED);
+    assert_int_equal(kb_reader_left(&r), 1);
+    /* at the limit: the delimiter right after max bytes is still found */
+    kb_reader_init(&r, in, sizeof(in));
+    assert_ok(kb_reader_until(&r, ':', 2, &p, &n));
+    kb_reader_init(&r, in, sizeof(in));
+    assert_kb(kb_reader_until(&r, ':', 1, &p, &n), KB_ERR_TOO_LARGE);
+}
+
 /* max = SIZE_MAX ("no limit") once wrapped max + 1 to 0: the block was cut to 0 bytes and the
  * NUL and the data were written past it; len + n + 1 could wrap too. */
 static void dbuf_unlimited_max_does_not_wrap(void **state)
@@ -108,6 +130,7 @@ int main(void)
         cmocka_unit_test(reader_refuses_truncated_and_oversized),
         cmocka_unit_test(dbuf_refuses_past_max),
         cmocka_unit_test(dbuf_unlimited_max_does_not_wrap),
+        cmocka_unit_test(reader_until_unlimited_max),
         cmocka_unit_test(hex_round_trip_and_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
