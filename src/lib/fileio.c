@@ -39,7 +39,9 @@ kb_err kb_file_read(const char *path, size_t max, kb_dbuf *b)
     kb_err rc;
 
     KB_ENSURE_REF(path);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO (or a device) must not block before fstat refuses it; on a
+     * regular file it changes nothing (POSIX open(), read()). */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     KB_ENSURE(fd >= 0, KB_ERR_IO);
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -66,7 +68,7 @@ kb_err kb_file_read_secret(const char *path, size_t max, kb_secret **out)
     KB_ENSURE_REF(out);
     *out = NULL;
     kb_dbuf_init(&b, max);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* see kb_file_read */
     KB_ENSURE_OUT(rc, fd >= 0, KB_ERR_IO);
     KB_ENSURE_OUT(rc, fstat(fd, &st) == 0 && S_ISREG(st.st_mode), KB_ERR_IO);
     KB_ENSURE_OUT(rc, (st.st_mode & 077) == 0, KB_ERR_CONFIG);

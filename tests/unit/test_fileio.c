@@ -76,11 +76,38 @@ static void refuses_bad_files(void **state)
     free(dir);
 }
 
+/* A FIFO used to block open() until a writer came (a config, key or PIN path pointing at one
+ * hung start-up forever); it must be refused like any other non-regular file. The alarm turns
+ * a hang into a test failure. */
+static void refuses_fifo_without_blocking(void **state)
+{
+    (void)state;
+    char *dir = kbtest_tmpdir();
+    char path[512];
+    kb_dbuf b;
+    kb_secret *s = NULL;
+
+    snprintf(path, sizeof(path), "%s/fifo", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    alarm(20);
+    kb_dbuf_init(&b, 100);
+    assert_kb(kb_file_read(path, 100, &b), KB_ERR_IO);
+    assert_int_equal(b.len, 0);
+    kb_dbuf_free(&b);
+    assert_kb(kb_file_read_secret(path, 100, &s), KB_ERR_IO);
+    assert_null(s);
+    alarm(0);
+    unlink(path);
+    rmdir(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(atomic_write_and_read),
         cmocka_unit_test(refuses_bad_files),
+        cmocka_unit_test(refuses_fifo_without_blocking),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
