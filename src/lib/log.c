@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -42,39 +43,91 @@ int kb_log_level_parse(const char *s, kb_log_level *out)
     return -1;
 }
 
-/* Append s as a JSON string (with quotes) to buf, never past cap-1; returns the new position.
- * Control characters are escaped; other bytes pass through (callers log ASCII identifiers). */
-static size_t put_json_str(char *buf, size_t pos, size_t cap, const char *s)
+/* Length of the valid UTF-8 sequence at s (RFC 3629 section 4: no overlongs, no surrogates,
+ * nothing above U+10FFFF), or 0 if the bytes there are not one. s is NUL-terminated. */
+static size_t utf8_seq_len(const unsigned char *s)
+{
+    size_t need;
+    uint32_t cp;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        need = 1;
+        cp = s[0] & 0x1f;
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        need = 2;
+        cp = s[0] & 0x0f;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        need = 3;
+        cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    for (size_t k = 1; k <= need; k++) {
+        if ((s[k] & 0xc0) != 0x80) /* also stops at the NUL */
+            return 0;
+        cp = (cp << 6) | (s[k] & 0x3f);
+    }
+    if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return need + 1;
+}
+
+/* Append s as a JSON string (with quotes) to buf, never past cap; returns the new position, or
+ * pos unchanged if not even "" fits. Control characters are escaped, bytes that are not valid
+ * UTF-8 become U+FFFD (RFC 8259 section 8.1: JSON text is UTF-8), and a string cut short for
+ * room is cut between characters and still closed, so every line stays valid JSON. */
+static size_t put_json_str(char *buf, size_t pos, size_t cap, const char *s, int *full)
 {
     static const char hex[] = "0123456789abcdef";
-    if (pos + 1 < cap)
-        buf[pos++] = '"';
-    for (; s != NULL && *s != '\0' && pos + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            buf[pos++] = '\\';
-            buf[pos++] = (char)c;
-        } else if (c < 0x20 || c == 0x7f) {
-            buf[pos++] = '\\';
-            buf[pos++] = 'u';
-            buf[pos++] = '0';
-            buf[pos++] = '0';
-            buf[pos++] = hex[c >> 4];
-            buf[pos++] = hex[c & 15];
-        } else {
-            buf[pos++] = (char)c;
-        }
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    if (pos + 2 > cap) {
+        *full = 1;
+        return pos;
     }
-    if (pos + 1 < cap)
-        buf[pos++] = '"';
+    buf[pos++] = '"';
+    while (*p != '\0') {
+        char esc[6];
+        const char *out = esc;
+        size_t n, used = 1;
+        if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+            n = 2;
+        } else if (*p < 0x20 || *p == 0x7f) {
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[*p >> 4];
+            esc[5] = hex[*p & 15];
+            n = 6;
+        } else if (*p < 0x80) {
+            out = (const char *)p;
+            n = 1;
+        } else if ((used = utf8_seq_len(p)) > 0) {
+            out = (const char *)p;
+            n = used;
+        } else {
+            out = "\\ufffd";
+            n = 6;
+            used = 1;
+        }
+        if (pos + n + 1 > cap) { /* keep room for the closing quote */
+            *full = 1;
+            break;
+        }
+        memcpy(buf + pos, out, n);
+        pos += n;
+        p += used;
+    }
+    buf[pos++] = '"';
     return pos;
 }
 
-static size_t put_raw(char *buf, size_t pos, size_t cap, const char *s)
+static size_t put_raw(char *buf, size_t pos, size_t cap, const char *s, int *full)
 {
     size_t n = strlen(s);
-    if (pos + n >= cap)
-        n = cap - pos - 1;
+    if (pos + n > cap) {
+        *full = 1;
+        return pos;
+    }
     memcpy(buf + pos, s, n);
     return pos + n;
 }
@@ -95,27 +148,43 @@ void kb_log(kb_log_level lvl, const char *event, ...)
     snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000L);
 
-    /* Leave room for "}\n". */
+    /* Leave room for "}\n". A field that does not fit whole is dropped with all after it (a
+     * long value is cut instead), so the line is always one valid JSON object. */
     const size_t cap = sizeof(line) - 2;
-    pos = put_raw(line, pos, cap, "{\"ts\":");
-    pos = put_json_str(line, pos, cap, ts);
-    pos = put_raw(line, pos, cap, ",\"level\":");
-    pos = put_json_str(line, pos, cap, level_names[lvl]);
-    pos = put_raw(line, pos, cap, ",\"prog\":");
-    pos = put_json_str(line, pos, cap, log_prog);
-    pos = put_raw(line, pos, cap, ",\"event\":");
-    pos = put_json_str(line, pos, cap, event);
+    int full = 0;
+    pos = put_raw(line, pos, cap, "{\"ts\":", &full);
+    pos = put_json_str(line, pos, cap, ts, &full);
+    pos = put_raw(line, pos, cap, ",\"level\":", &full);
+    pos = put_json_str(line, pos, cap, level_names[lvl], &full);
+    pos = put_raw(line, pos, cap, ",\"prog\":", &full);
+    pos = put_json_str(line, pos, cap, log_prog, &full);
+    pos = put_raw(line, pos, cap, ",\"event\":", &full);
+    pos = put_json_str(line, pos, cap, event, &full);
     va_start(ap, event);
     for (;;) {
         const char *k = va_arg(ap, const char *);
         const char *v;
+        size_t start = pos;
+        int cut = 0;
         if (k == NULL)
             break;
         v = va_arg(ap, const char *);
-        pos = put_raw(line, pos, cap, ",");
-        pos = put_json_str(line, pos, cap, k);
-        pos = put_raw(line, pos, cap, ":");
-        pos = put_json_str(line, pos, cap, v ? v : "");
+        if (full)
+            continue; /* drain the arguments */
+        pos = put_raw(line, pos, cap, ",", &cut);
+        if (!cut)
+            pos = put_json_str(line, pos, cap, k, &cut);
+        if (!cut)
+            pos = put_raw(line, pos, cap, ":", &cut);
+        if (!cut) {
+            size_t at = pos;
+            pos = put_json_str(line, pos, cap, v ? v : "", &full);
+            cut = pos == at; /* not even "" fitted */
+        }
+        if (cut) { /* the key, the separator or the value did not fit: drop the whole field */
+            pos = start;
+            full = 1;
+        }
     }
     va_end(ap);
     line[pos++] = '}';

@@ -117,13 +117,85 @@ static void log_line_is_bounded(void **state)
     assert_int_equal(buf[n - 1], '\n');
 }
 
+/* Read one log line written by fn into buf and parse it; NULL if it is not valid JSON. */
+static json_t *log_one_line(void (*fn)(const void *), const void *arg, char *buf, size_t cap)
+{
+    int fds[2];
+    ssize_t n;
+    json_error_t je;
+    assert_int_equal(pipe(fds), 0);
+    kb_log_set_fd(fds[1]);
+    fn(arg);
+    kb_log_set_fd(2);
+    close(fds[1]);
+    n = read(fds[0], buf, cap - 1);
+    close(fds[0]);
+    assert_true(n > 0 && (size_t)n <= 4096);
+    buf[n] = 0;
+    assert_int_equal(buf[n - 1], '\n');
+    return json_loads(buf, 0, &je);
+}
+
+static void log_two_fields(const void *arg)
+{
+    kb_log(KB_LOG_ERROR, "cut", "first", (const char *)arg, "second", "v2", "third", "v3", NULL);
+}
+
+static void log_bad_utf8(const void *arg)
+{
+    (void)arg;
+    kb_log(KB_LOG_ERROR, "utf8", "bad", "a\xff\xc3(b\xed\xa0\x80", "good", "caf\xc3\xa9", "cut",
+           "\xe2\x82", NULL);
+}
+
+/* Lines that hit the length limit used to end in a dangling ',"' or '"key":' and values with
+ * bytes that are not UTF-8 were copied as is: either way the line was not JSON, and a log
+ * pipeline drops such lines (a peer-chosen value could hide its own event). Every length of the
+ * first value around the limit must still give a valid object. */
+static void log_lines_stay_json_when_cut_or_not_utf8(void **state)
+{
+    (void)state;
+    static char big[4200], buf[8192];
+    json_t *v;
+
+    for (size_t len = 3900; len < sizeof(big); len++) {
+        memset(big, 'x', len);
+        big[len] = 0;
+        v = log_one_line(log_two_fields, big, buf, sizeof(buf));
+        if (v == NULL)
+            fail_msg("value of %zu bytes gave a line that is not JSON: ...%s", len,
+                     buf + strlen(buf) - (strlen(buf) > 40 ? 40 : strlen(buf)));
+        assert_string_equal(json_string_value(json_object_get(v, "event")), "cut");
+        assert_non_null(json_object_get(v, "first"));
+        json_decref(v);
+    }
+    /* a cut in the middle of an escape or a multi-byte character never splits it */
+    for (size_t len = 3900; len < sizeof(big) - 4; len++) {
+        memset(big, '"', len);
+        memcpy(big + len, "\xc3\xa9", 3);
+        v = log_one_line(log_two_fields, big, buf, sizeof(buf));
+        assert_non_null(v);
+        json_decref(v);
+    }
+    v = log_one_line(log_bad_utf8, NULL, buf, sizeof(buf));
+    assert_non_null(v);
+    assert_string_equal(json_string_value(json_object_get(v, "bad")),
+                        "a\xef\xbf\xbd\xef\xbf\xbd(b\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    assert_string_equal(json_string_value(json_object_get(v, "good")), "caf\xc3\xa9");
+    assert_string_equal(json_string_value(json_object_get(v, "cut")), "\xef\xbf\xbd\xef\xbf\xbd");
+    json_decref(v);
+}
+
 int main(void)
 {
     kb_json_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(parse_strict),        cmocka_unit_test(parse_depth_limit),
-        cmocka_unit_test(dump_and_free_wipes), cmocka_unit_test(log_lines_are_json),
+        cmocka_unit_test(parse_strict),
+        cmocka_unit_test(parse_depth_limit),
+        cmocka_unit_test(dump_and_free_wipes),
+        cmocka_unit_test(log_lines_are_json),
         cmocka_unit_test(log_line_is_bounded),
+        cmocka_unit_test(log_lines_stay_json_when_cut_or_not_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
