@@ -1,4 +1,5 @@
 /* cmd_secret.c - `keybridge secret create|put|get|list`, and the client-side `read` / `list`. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,10 +22,19 @@ static kb_err read_content(const char *path, kb_secret **out)
     kb_dbuf_init(&b, CLI_CONTENT_MAX);
     if (strcmp(path, "-") == 0) {
         uint8_t chunk[4096];
-        ssize_t n;
         rc = KB_OK;
-        while (rc == KB_OK && (n = read(0, chunk, sizeof(chunk))) > 0)
+        /* A read error is not the end of the content: storing what came before it would
+         * silently write a truncated secret. */
+        while (rc == KB_OK) {
+            ssize_t n = read(0, chunk, sizeof(chunk));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                rc = n == 0 ? KB_OK : KB_ERR_IO;
+                break;
+            }
             rc = kb_dbuf_add(&b, chunk, (size_t)n);
+        }
         kb_wipe(chunk, sizeof(chunk));
     } else {
         rc = kb_file_read(path, CLI_CONTENT_MAX, &b);
