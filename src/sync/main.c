@@ -95,12 +95,10 @@ static const char *endpoint_for(const char *endpoint, size_t i, size_t nreg, con
     if (endpoint == NULL || endpoint[0] == '\0')
         return NULL;
     if (strchr(endpoint, ',') != NULL) {
-        const char *p = endpoint;
-        size_t k = 0;
+        size_t k;
         char tmp[1024];
         const char *eps[MAX_REGIONS + 1];
         snprintf(tmp, sizeof(tmp), "%s", endpoint);
-        (void)p;
         k = split(tmp, eps, MAX_REGIONS);
         if (k != nreg || i >= k)
             return "";
