@@ -136,6 +136,7 @@ struct conn {
     kb_dbuf out; /* response head */
     obuf *ob;    /* reply block (head + body), wiped once sent */
     size_t lingered;
+    void *data; /* program's per-connection state (kb_http_req_conn_data) */
     kb_http_req req;
 };
 
@@ -349,6 +350,8 @@ static void conn_free(conn *c)
     body_release(c, 0);
     kb_dbuf_free(&c->out);
     kb_dbuf_free(&c->req.extra);
+    if (c->data != NULL && lp->h->o.conn_closed != NULL)
+        lp->h->o.conn_closed(c->data, lp->h->o.handler_arg);
     atomic_fetch_sub(&lp->h->nconn, 1);
     free(c);
 }
@@ -1496,6 +1499,16 @@ const char *kb_http_req_peer_addr(kb_http_req *r)
 const char *kb_http_req_peer_id(kb_http_req *r)
 {
     return r->c->ssl ? kb_tlsctx_peer_id(r->c->ssl) : NULL;
+}
+
+void **kb_http_req_conn_data(kb_http_req *r)
+{
+    return &r->c->data;
+}
+
+void kb_http_req_close_after(kb_http_req *r)
+{
+    r->c->close_after = 1;
 }
 
 X509 *kb_http_req_peer_cert(kb_http_req *r)

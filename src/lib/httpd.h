@@ -68,6 +68,10 @@ typedef struct {
     int max_connections; /* total cap (across loops), default 4096; over it: closed at accept */
     kb_http_handler handler;
     void *handler_arg;
+    /* Optional: called from the connection's loop when a connection whose data slot
+     * (kb_http_req_conn_data) is non-NULL closes, with that data and handler_arg. Lets a program
+     * keep per-connection state, e.g. per-client connection counts. */
+    void (*conn_closed)(void *conn_data, void *arg);
 } kb_httpd_opts;
 
 /* Validate options, load TLS material, bind and listen. Fails fast (KB_ERR_CONFIG for bad
@@ -106,6 +110,11 @@ const char *kb_http_req_peer_addr(kb_http_req *r); /* "127.0.0.1:53211", "[::1]:
 const char *kb_http_req_peer_id(kb_http_req *r);   /* verified SPIFFE ID, or NULL */
 X509 *kb_http_req_peer_cert(kb_http_req *r);       /* verified leaf, or NULL (not owned) */
 int kb_http_req_is_tls(kb_http_req *r);
+/* The connection's data slot (NULL on a new connection), kept across its requests; see
+ * kb_httpd_opts.conn_closed. */
+void **kb_http_req_conn_data(kb_http_req *r);
+/* Close the connection after this reply (the reply says Connection: close). */
+void kb_http_req_close_after(kb_http_req *r);
 
 /* Add a response header (before replying). Names/values with CR, LF or NUL are dropped. The
  * layer sets Content-Type, Content-Length, Cache-Control and Connection itself. */

@@ -22,6 +22,8 @@
 
 /* One body for "missing" and "not readable", on every client endpoint. */
 #define API_MSG_SECRET_NOT_FOUND "secret not found"
+/* The HSM budget is empty (issue 7): 429 with Retry-After, nothing read or changed. */
+#define API_MSG_BUDGET "HSM budget exhausted; retry after the Retry-After delay"
 
 /* ---- responses ------------------------------------------------------------------------------ */
 
@@ -548,6 +550,11 @@ static void h_get(svc *s, api_ctx *c, const store_client *who, const char *name,
         not_found_secret(r);
         return;
     }
+    if (rc == KB_ERR_LIMIT) {
+        api_error(r, 429, kb_err_str(rc), API_MSG_BUDGET);
+        r->retry_after = svc_retry_after(s, &c->actor, who->cloud);
+        return;
+    }
     if (rc != KB_OK) {
         api_error_kb(r, rc, "cannot read secret");
         return;
@@ -598,6 +605,7 @@ static void h_batch(svc *s, api_ctx *c, const store_client *who, bool keywhiz, a
     store_record *recs = NULL;
     kb_secret **contents = NULL;
     kb_err *errs = NULL, rc;
+    int64_t retry = 0;
 
     if (api_query_only(c, NULL) != KB_OK) {
         api_error(r, 400, "invalid", "unexpected query parameter");
@@ -624,9 +632,26 @@ static void h_batch(svc *s, api_ctx *c, const store_client *who, bool keywhiz, a
         api_error_kb(r, rc, "cannot read secrets");
         goto out;
     }
+    /* Names the budget could not cover are deferred, all with the same hint (issue 7). */
+    for (size_t i = 0; i < n && retry == 0; i++)
+        if (errs[i] == KB_ERR_LIMIT)
+            retry = svc_retry_after(s, &c->actor, who->cloud);
     if (keywhiz) {
         /* Keywhiz answers a batch all-or-nothing: any unreadable name is a 404 for the whole
-         * request, with the same body as a single missing secret. */
+         * request, with the same body as a single missing secret; failing that, any deferred
+         * name makes it a 429 (the names served meanwhile have their data keys cached, so
+         * the retry costs only the rest). */
+        for (size_t i = 0; i < n; i++) {
+            if (errs[i] == KB_ERR_NOT_FOUND) {
+                not_found_secret(r);
+                goto out;
+            }
+        }
+        if (retry > 0) {
+            api_error(r, 429, kb_err_str(KB_ERR_LIMIT), API_MSG_BUDGET);
+            r->retry_after = retry;
+            goto out;
+        }
         for (size_t i = 0; i < n; i++) {
             if (errs[i] != KB_OK) {
                 if (errs[i] == KB_ERR_NOT_FOUND)
@@ -643,6 +668,9 @@ static void h_batch(svc *s, api_ctx *c, const store_client *who, bool keywhiz, a
         if (errs[i] == KB_OK)
             e = keywhiz ? keywhiz_json(&recs[i], contents[i])
                         : api_record_json(&recs[i], contents[i]);
+        else if (errs[i] == KB_ERR_LIMIT)
+            e = json_pack("{s:s,s:s,s:I}", "name", names[i], "error", "deferred", "retry_after",
+                          (json_int_t)retry);
         else
             e = json_pack("{s:s,s:s}", "name", names[i], "error",
                           api_status_for(errs[i]) >= 500 ? "unavailable" : kb_err_str(errs[i]));
@@ -659,6 +687,8 @@ static void h_batch(svc *s, api_ctx *c, const store_client *who, bool keywhiz, a
         api_ok(r, 200, arr);
     else
         api_ok(r, 200, json_pack("{s:o}", "secrets", arr));
+    /* A 200 with deferred entries also carries the hint as a header, for generic clients. */
+    r->retry_after = retry;
 out:
     for (size_t i = 0; i < n; i++) {
         if (contents)
@@ -802,6 +832,9 @@ void api_handle(svc *s, const api_request *req, api_response *r)
 out:
     if (r->body == NULL && r->status != 204)
         api_error(r, 500, "internal", "internal error");
+    /* A budget refusal anywhere (admin writes, rollback, admin reads): the real hint. */
+    if (r->status == 429 && who.id != 0 && r->retry_after <= 1)
+        r->retry_after = svc_retry_after(s, &c.actor, who.cloud);
     store_client_clear(&who);
     ctx_free(&c);
 }

@@ -378,6 +378,9 @@ static void secret_life(svc *s, api_ctx *c, const char *name, life_op op, api_re
             rc = store_secret_restore(svc_store(s), sec.id, c->actor.identity, c->actor.now);
         else
             rc = store_secret_purge(svc_store(s), sec.id);
+        /* A deleted or purged secret's data keys have no reason to stay in memory. */
+        if (rc == KB_OK && op != LIFE_RESTORE)
+            svc_forget_secret(s, sec.id);
     }
     if (!audited(s, c, actions[op], name, rc, r, "secret not found"))
         api_ok(r, 200, json_pack("{s:s,s:s}", "name", name, "result", "ok"));

@@ -128,6 +128,57 @@ static void refresh_gauges(metrics *m, svc *s, int64_t now)
     m->gauges_ok = true;
 }
 
+/* HSM budget and data-key cache (issue 7). A bucket that is off has no level line. */
+static kb_err render_budget(svc *s, kb_dbuf *out)
+{
+    hsm_budget_stats b;
+    dkcache_stats d;
+    const char *names[] = {"global", "cloud", "dc"};
+    double levels[3];
+
+    hsm_budget_stats_get(svc_budget(s), hsm_budget_now(), &b);
+    dkcache_stats_get(svc_dkcache(s), &d);
+    levels[0] = b.global;
+    levels[1] = b.cloud;
+    levels[2] = b.dc;
+    KB_GUARD(kb_dbuf_addstr(out, "# HELP keybridged_hsm_budget_tokens Tokens left in each HSM "
+                                 "budget bucket (buckets that are off are not shown).\n"
+                                 "# TYPE keybridged_hsm_budget_tokens gauge\n"));
+    for (size_t i = 0; i < 3; i++)
+        if (levels[i] >= 0)
+            KB_GUARD(kb_dbuf_addf(out, "keybridged_hsm_budget_tokens{bucket=\"%s\"} %.3f\n",
+                                  names[i], levels[i]));
+    KB_GUARD(kb_dbuf_addf(
+        out,
+        "# HELP keybridged_hsm_budget_granted_total Token operations the budget allowed.\n"
+        "# TYPE keybridged_hsm_budget_granted_total counter\n"
+        "keybridged_hsm_budget_granted_total %llu\n"
+        "# HELP keybridged_hsm_budget_refused_total Token operations refused (answered 429 or "
+        "deferred), by client class.\n"
+        "# TYPE keybridged_hsm_budget_refused_total counter\n"
+        "keybridged_hsm_budget_refused_total{class=\"cloud\"} %llu\n"
+        "keybridged_hsm_budget_refused_total{class=\"dc\"} %llu\n"
+        "# HELP keybridged_hsm_budget_clients Per-client buckets tracked.\n"
+        "# TYPE keybridged_hsm_budget_clients gauge\n"
+        "keybridged_hsm_budget_clients %zu\n"
+        "# HELP keybridged_dkcache_hits_total Content reads served with a cached data key.\n"
+        "# TYPE keybridged_dkcache_hits_total counter\n"
+        "keybridged_dkcache_hits_total %llu\n"
+        "# HELP keybridged_dkcache_misses_total Content reads that needed a token unwrap.\n"
+        "# TYPE keybridged_dkcache_misses_total counter\n"
+        "keybridged_dkcache_misses_total %llu\n"
+        "# HELP keybridged_dkcache_evictions_total Data keys dropped early (cache full).\n"
+        "# TYPE keybridged_dkcache_evictions_total counter\n"
+        "keybridged_dkcache_evictions_total %llu\n"
+        "# HELP keybridged_dkcache_entries Data keys held in locked memory.\n"
+        "# TYPE keybridged_dkcache_entries gauge\n"
+        "keybridged_dkcache_entries %zu\n",
+        (unsigned long long)b.granted, (unsigned long long)b.refused_cloud,
+        (unsigned long long)b.refused_dc, b.clients, (unsigned long long)d.hits,
+        (unsigned long long)d.misses, (unsigned long long)d.evictions, d.entries));
+    return KB_OK;
+}
+
 kb_err metrics_render(metrics *m, svc *s, const metrics_server_state *st, int64_t now, kb_dbuf *out)
 {
     kb_err rc = KB_OK;
@@ -179,6 +230,7 @@ kb_err metrics_render(metrics *m, svc *s, const metrics_server_state *st, int64_
                                       "keybridged_hsm_operations_total{op=\"other\"} %llu\n",
                                       (unsigned long long)w, (unsigned long long)u,
                                       (unsigned long long)o));
+        KB_GUARD_OUT(rc, render_budget(s, out));
         refresh_gauges(m, s, now);
         if (m->gauges_ok)
             KB_GUARD_OUT(rc, kb_dbuf_addf(out,
@@ -200,8 +252,16 @@ kb_err metrics_render(metrics *m, svc *s, const metrics_server_state *st, int64_
                                       "# HELP keybridged_tls_reloads_total Certificate and "
                                       "bundle reloads.\n"
                                       "# TYPE keybridged_tls_reloads_total counter\n"
-                                      "keybridged_tls_reloads_total %llu\n",
-                                      st->connections, (unsigned long long)st->reloads));
+                                      "keybridged_tls_reloads_total %llu\n"
+                                      "# HELP keybridged_fairness_refused_total Requests "
+                                      "answered 429 by the per-SPIFFE-ID caps.\n"
+                                      "# TYPE keybridged_fairness_refused_total counter\n"
+                                      "keybridged_fairness_refused_total{cap=\"connections\"} "
+                                      "%llu\n"
+                                      "keybridged_fairness_refused_total{cap=\"rate\"} %llu\n",
+                                      st->connections, (unsigned long long)st->reloads,
+                                      (unsigned long long)st->fair_refused_conns,
+                                      (unsigned long long)st->fair_refused_requests));
 out:
     pthread_mutex_unlock(&m->mu);
     return rc;

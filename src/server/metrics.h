@@ -1,9 +1,11 @@
 /* metrics.h - keybridged's Prometheus metrics (text exposition format 0.0.4).
  *
  * Requests by route template and status, a latency histogram per route, token (HSM) operations,
- * and gauges for secrets, clients, open connections and certificate reloads. Labels only ever
- * hold route templates (api_route_name) and status codes: never names, IDs or anything a client
- * sent, so a metric cannot leak a secret's name and label cardinality stays bounded.
+ * and gauges for secrets, clients, open connections and certificate reloads; the HSM budget
+ * (bucket levels, refusals), the data-key cache (hits, misses, entries) and fairness refusals.
+ * Labels only ever hold route templates (api_route_name) and status codes: never names, IDs or
+ * anything a client sent, so a metric cannot leak a secret's name and label cardinality stays
+ * bounded.
  *
  * Thread-safe: metrics_observe is called from every event loop.
  */
@@ -34,6 +36,8 @@ void metrics_observe(metrics *m, const char *route, int status, double seconds);
 typedef struct {
     int connections;
     uint64_t reloads;
+    uint64_t fair_refused_conns;    /* per-SPIFFE-ID connection cap (fairness.h) */
+    uint64_t fair_refused_requests; /* per-SPIFFE-ID request rate */
 } metrics_server_state;
 
 /* Append the exposition text to out. s may be NULL (no store gauges or HSM counters). */

@@ -3,7 +3,13 @@
  * Threads: kb_httpd's event loops (one per core) call handle() concurrently; a signal thread
  * waits (sigwait) for SIGHUP (reload) and SIGTERM/SIGINT (stop); the metrics listener runs its
  * own single loop. The trust bundle set is shared read-only and swapped under a mutex with
- * reference counts, so a handshake in progress keeps the set it started with.
+ * reference counts, so a handshake in progress keeps the set it started with. A maintenance
+ * thread wipes expired cached data keys every second (dkcache.h).
+ *
+ * Fairness (issue 7, point 3): before a request reaches the API, its verified SPIFFE ID must be
+ * within its caps (fairness.h): a connection is admitted on its first request and counted until
+ * it closes (kb_httpd_opts.conn_closed); over the connection cap the reply is 429 and the
+ * connection is closed; over the request rate, 429 with Retry-After.
  */
 #include "serve.h"
 
@@ -23,6 +29,7 @@
 #include "lib/prog.h"
 #include "lib/spiffe_bundle.h"
 #include "lib/x509svid.h"
+#include "fairness.h"
 #include "metrics.h"
 #include "service.h"
 
@@ -38,6 +45,11 @@ typedef struct {
     struct stat bundle_st;
     int64_t checked_at;
     uint64_t bundle_reloads;
+    fairness *fair;    /* NULL when both per-ID caps are off */
+    int64_t max_conns; /* [fairness] max_connections_per_client */
+    pthread_mutex_t maint_mu;
+    pthread_cond_t maint_cv;
+    bool maint_stop;
 } server;
 
 /* ---- trust bundle ------------------------------------------------------------------------- */
@@ -153,6 +165,41 @@ static void reply(kb_http_req *hr, const api_response *r)
         kb_http_reply_json(hr, r->status, r->body);
 }
 
+/* Per-SPIFFE-ID caps. false = resp filled with the 429. */
+static bool fair_admit(server *sv, kb_http_req *hr, api_response *resp)
+{
+    const char *id = kb_http_req_peer_id(hr);
+    void **slot = kb_http_req_conn_data(hr);
+    double now = hsm_budget_now();
+    int64_t ra = 0;
+
+    if (sv->fair == NULL || id == NULL)
+        return true;
+    if (sv->max_conns > 0 && *slot == NULL) {
+        fairness_conn *fc = NULL;
+        if (fairness_conn_acquire(sv->fair, id, now, &fc) != KB_OK) {
+            api_error(resp, 429, kb_err_str(KB_ERR_LIMIT),
+                      "too many open connections for this client");
+            resp->retry_after = 1;
+            kb_http_req_close_after(hr);
+            return false;
+        }
+        *slot = fc;
+    }
+    if (fairness_request(sv->fair, id, now, &ra) != KB_OK) {
+        api_error(resp, 429, kb_err_str(KB_ERR_LIMIT), "request rate over this client's share");
+        resp->retry_after = ra > 0 ? ra : 1;
+        return false;
+    }
+    return true;
+}
+
+static void conn_closed(void *data, void *arg)
+{
+    server *sv = arg;
+    fairness_conn_release(sv->fair, data);
+}
+
 static void handle(kb_http_req *hr, void *arg)
 {
     server *sv = arg;
@@ -168,7 +215,7 @@ static void handle(kb_http_req *hr, void *arg)
      * (DESIGN.md, Identity): every request checks notAfter again. */
     if (cert != NULL && X509_cmp_time(X509_get0_notAfter(cert), NULL) <= 0) {
         api_error(&resp, 401, "auth", "client certificate expired");
-    } else {
+    } else if (fair_admit(sv, hr, &resp)) {
         q.method = method;
         q.path = path;
         q.query = kb_http_req_query(hr);
@@ -203,6 +250,12 @@ static void handle_metrics(kb_http_req *hr, void *arg)
         return;
     }
     st.connections = kb_httpd_connections(sv->h);
+    {
+        fairness_stats fs;
+        fairness_stats_get(sv->fair, &fs);
+        st.fair_refused_conns = fs.refused_conns;
+        st.fair_refused_requests = fs.refused_requests;
+    }
     pthread_mutex_lock(&sv->mu);
     st.reloads = kb_httpd_reload_count(sv->h) + sv->bundle_reloads;
     pthread_mutex_unlock(&sv->mu);
@@ -224,6 +277,48 @@ static void *metrics_thread(void *arg)
     if (kb_httpd_run(sv->mh) != KB_OK)
         kb_log(KB_LOG_ERROR, "metrics_listener_failed", NULL);
     return NULL;
+}
+
+/* Every second: wipe expired data keys, so none outlives its TTL by much even when idle. */
+static void *maint_thread(void *arg)
+{
+    server *sv = arg;
+    pthread_mutex_lock(&sv->maint_mu);
+    while (!sv->maint_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        (void)pthread_cond_timedwait(&sv->maint_cv, &sv->maint_mu, &ts);
+        if (sv->maint_stop)
+            break;
+        pthread_mutex_unlock(&sv->maint_mu);
+        svc_maintenance(sv->s);
+        pthread_mutex_lock(&sv->maint_mu);
+    }
+    pthread_mutex_unlock(&sv->maint_mu);
+    return NULL;
+}
+
+/* [fairness]: NULL *out when both caps are off. */
+static kb_err open_fairness(const kb_config *cfg, server *sv)
+{
+    fairness_opts fo;
+    int64_t max_ids = kb_config_int(cfg, "fairness", "max_tracked");
+    kb_err rc;
+    memset(&fo, 0, sizeof(fo));
+    fo.max_conns = kb_config_int(cfg, "fairness", "max_connections_per_client");
+    fo.rate = kb_config_int(cfg, "fairness", "requests_per_second");
+    fo.burst = kb_config_int(cfg, "fairness", "request_burst");
+    fo.max_ids = max_ids > 0 ? (size_t)max_ids : 0;
+    sv->max_conns = fo.max_conns;
+    if (fo.max_conns == 0 && fo.rate == 0)
+        return KB_OK;
+    rc = max_ids < 0 ? KB_ERR_CONFIG : fairness_new(&fo, &sv->fair);
+    if (rc != KB_OK)
+        kb_log(KB_LOG_ERROR, "config_invalid", "section", "fairness", "msg",
+               "caps must be >= 0, and request_burst at least 1 when requests_per_second is set",
+               NULL);
+    return rc;
 }
 
 static void *signal_thread(void *arg)
@@ -268,8 +363,8 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
     server sv;
     kb_httpd_opts o, mo;
     sigset_t set;
-    pthread_t sig_tid, m_tid;
-    bool sig_started = false, m_started = false;
+    pthread_t sig_tid, m_tid, maint_tid;
+    bool sig_started = false, m_started = false, maint_started = false;
     const char *mlisten;
     int code = KB_EXIT_FAIL;
     kb_err rc;
@@ -287,6 +382,8 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
     }
     memset(&sv, 0, sizeof(sv));
     pthread_mutex_init(&sv.mu, NULL);
+    pthread_mutex_init(&sv.maint_mu, NULL);
+    pthread_cond_init(&sv.maint_cv, NULL);
     sv.td = kb_config_str(cfg, "server", "trust_domain");
     sv.bundle_file = kb_config_str(cfg, "server", "bundle_file");
     if (sv.td == NULL || sv.bundle_file == NULL ||
@@ -320,7 +417,8 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
         code = KB_EXIT_CONFIG;
         goto out;
     }
-    if ((rc = metrics_new(&sv.m)) != KB_OK || (rc = svc_open(cfg, false, &sv.s)) != KB_OK) {
+    if ((rc = metrics_new(&sv.m)) != KB_OK || (rc = svc_open(cfg, false, &sv.s)) != KB_OK ||
+        (rc = open_fairness(cfg, &sv)) != KB_OK) {
         code = kb_exit_code(rc);
         goto out;
     }
@@ -339,6 +437,7 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
     o.max_connections = (int)kb_config_int(cfg, "server", "max_connections");
     o.handler = handle;
     o.handler_arg = &sv;
+    o.conn_closed = conn_closed;
     rc = kb_httpd_new(&o, &sv.h);
     if (rc != KB_OK) {
         kb_log(KB_LOG_ERROR, "listen_failed", "addr", o.listen ? o.listen : "", "error",
@@ -370,6 +469,9 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
     if (pthread_create(&sig_tid, NULL, signal_thread, &sv) != 0)
         goto out;
     sig_started = true;
+    if (pthread_create(&maint_tid, NULL, maint_thread, &sv) != 0)
+        goto out;
+    maint_started = true;
     {
         char port[16];
         snprintf(port, sizeof(port), "%d", kb_httpd_port(sv.h));
@@ -388,11 +490,21 @@ out:
         pthread_kill(sig_tid, SIGTERM);
         pthread_join(sig_tid, NULL);
     }
+    if (maint_started) {
+        pthread_mutex_lock(&sv.maint_mu);
+        sv.maint_stop = true;
+        pthread_cond_signal(&sv.maint_cv);
+        pthread_mutex_unlock(&sv.maint_mu);
+        pthread_join(maint_tid, NULL);
+    }
     kb_httpd_free(sv.mh);
-    kb_httpd_free(sv.h);
+    kb_httpd_free(sv.h); /* releases every admitted connection: fairness must still exist */
+    fairness_free(sv.fair);
     svc_close(sv.s);
     metrics_free(sv.m);
     spiffe_bundle_set_free(sv.bs);
     pthread_mutex_destroy(&sv.mu);
+    pthread_cond_destroy(&sv.maint_cv);
+    pthread_mutex_destroy(&sv.maint_mu);
     return code;
 }

@@ -9,6 +9,8 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "dkcache.h"
+#include "hsm_budget.h"
 #include "lib/envelope.h"
 #include "lib/log.h"
 #include "model.h"
@@ -27,6 +29,8 @@ struct svc {
     store *st;
     audit_log *audit;
     char **cloud_prefixes;
+    hsm_budget *budget; /* token buckets over wraps and unwraps (NULL never: rates may be 0) */
+    dkcache *dkc;       /* unwrapped data keys (ttl 0 = off) */
 };
 
 static kb_err audit_sign_cb(void *ctx, const uint8_t *msg, size_t msg_len, uint8_t *sig,
@@ -99,6 +103,50 @@ out:
     return rc;
 }
 
+/* [hsm_budget]: the buckets and the data-key cache (issue 7). */
+static kb_err open_budget(const kb_config *cfg, hsm_budget **b, dkcache **c)
+{
+    hsm_budget_opts o;
+    kb_err rc;
+    int64_t max_clients = kb_config_int(cfg, "hsm_budget", "max_clients");
+    int64_t max_entries = kb_config_int(cfg, "hsm_budget", "cache_max_entries");
+
+    memset(&o, 0, sizeof(o));
+    o.global_rate = kb_config_int(cfg, "hsm_budget", "global_rate");
+    o.global_burst = kb_config_int(cfg, "hsm_budget", "global_burst");
+    o.cloud_rate = kb_config_int(cfg, "hsm_budget", "cloud_rate");
+    o.cloud_burst = kb_config_int(cfg, "hsm_budget", "cloud_burst");
+    o.dc_rate = kb_config_int(cfg, "hsm_budget", "dc_rate");
+    o.dc_burst = kb_config_int(cfg, "hsm_budget", "dc_burst");
+    o.client_rate = kb_config_int(cfg, "hsm_budget", "client_rate");
+    o.client_burst = kb_config_int(cfg, "hsm_budget", "client_burst");
+    o.max_clients = max_clients > 0 ? (size_t)max_clients : 0;
+    if (max_clients < 0 || (rc = hsm_budget_new(&o, hsm_budget_now(), b)) != KB_OK) {
+        kb_log(KB_LOG_ERROR, "config_invalid", "section", "hsm_budget", "msg",
+               "rates and bursts must be 0..1000000, and a burst at least 1 where the rate is "
+               "not 0",
+               NULL);
+        return KB_ERR_CONFIG;
+    }
+    /* The class buckets only keep a cloud herd from starving the data center if together they
+     * fit in the global one (hsm_budget.h). */
+    if (o.global_rate > 0 &&
+        (o.cloud_rate == 0 || o.dc_rate == 0 || o.cloud_rate + o.dc_rate > o.global_rate ||
+         o.cloud_burst + o.dc_burst > o.global_burst))
+        kb_log(KB_LOG_WARN, "hsm_budget_shares", "msg",
+               "cloud_rate + dc_rate (and the bursts) exceed the global budget: one class can "
+               "starve the other",
+               NULL);
+    rc = dkcache_new(kb_config_duration(cfg, "hsm_budget", "cache_ttl"),
+                     max_entries > 0 ? (size_t)max_entries : 0, c);
+    if (rc == KB_ERR_CONFIG)
+        kb_log(KB_LOG_ERROR, "config_invalid", "section", "hsm_budget", "msg",
+               "cache_ttl must be 0..1h and cache_max_entries 1..65536", NULL);
+    else if (rc != KB_OK)
+        kb_log(KB_LOG_ERROR, "dkcache_failed", "error", kb_err_str(rc), NULL);
+    return rc;
+}
+
 kb_err svc_open(const kb_config *cfg, bool create, svc **out)
 {
     svc *s;
@@ -126,6 +174,8 @@ kb_err svc_open(const kb_config *cfg, bool create, svc **out)
             goto out;
         }
     }
+
+    KB_GUARD_OUT(rc, open_budget(cfg, &s->budget, &s->dkc));
 
     memset(&so, 0, sizeof(so));
     so.row_mac_key = s->rowmac_key;
@@ -163,6 +213,8 @@ void svc_close(svc *s)
     kb_secret_free(s->audit_key);
     kb_keystore_free(s->ks);
     server_config_list_free(s->cloud_prefixes);
+    dkcache_free(s->dkc);
+    hsm_budget_free(s->budget);
     free(s);
 }
 
@@ -179,6 +231,39 @@ audit_log *svc_audit(svc *s)
 kb_keystore *svc_keystore(svc *s)
 {
     return s->ks;
+}
+
+hsm_budget *svc_budget(svc *s)
+{
+    return s->budget;
+}
+
+dkcache *svc_dkcache(svc *s)
+{
+    return s->dkc;
+}
+
+void svc_maintenance(svc *s)
+{
+    if (s != NULL)
+        (void)dkcache_sweep(s->dkc, hsm_budget_now());
+}
+
+void svc_forget_secret(svc *s, int64_t secret_id)
+{
+    if (s != NULL)
+        dkcache_forget_secret(s->dkc, secret_id);
+}
+
+/* One token for one token operation by actor a (cloud: a cloud client). */
+static kb_err take_token(svc *s, const svc_actor *a, bool cloud)
+{
+    return hsm_budget_take(s->budget, a->identity, cloud, hsm_budget_now(), NULL);
+}
+
+int64_t svc_retry_after(svc *s, const svc_actor *a, bool cloud)
+{
+    return hsm_budget_retry_after(s->budget, a->identity, cloud, hsm_budget_now());
 }
 
 void svc_audit_event(svc *s, const svc_actor *a, const char *action, const char *object,
@@ -287,12 +372,16 @@ kb_err svc_secret_create(svc *s, const svc_actor *a, const svc_secret_spec *spec
     vn.content_len = spec->content_len;
     vn.metadata = spec->metadata;
     vn.expires_at = expiry_for(spec);
+    KB_GUARD_OUT(rc, take_token(s, a, false)); /* the wrap in seal_cb */
     KB_GUARD_OUT(rc, store_secret_create(s->st, &sn, &vn, seal_cb, &sc, a->identity, a->now, &id));
     if (id_out)
         *id_out = id;
 out:
     store_group_clear(&g);
-    svc_audit_event(s, a, "secret.create", spec->name, rc == KB_OK ? 1 : 0, rc);
+    /* A budget refusal changes nothing and is not audited: an audit row can cost a token
+     * operation of its own (the chain head signature). It is counted in the metrics. */
+    if (rc != KB_ERR_LIMIT)
+        svc_audit_event(s, a, "secret.create", spec->name, rc == KB_OK ? 1 : 0, rc);
     return rc;
 }
 
@@ -310,29 +399,56 @@ kb_err svc_secret_put(svc *s, const svc_actor *a, const svc_secret_spec *spec, i
     vn.content_len = spec->content_len;
     vn.metadata = spec->metadata;
     vn.expires_at = expiry_for(spec);
+    KB_GUARD_OUT(rc, take_token(s, a, false));
     KB_GUARD_OUT(
         rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now, &version));
+    /* A new version: the older versions' data keys need not stay in memory. */
+    dkcache_forget_secret(s->dkc, sec.id);
     if (version_out)
         *version_out = version;
 out:
     store_secret_clear(&sec);
-    svc_audit_event(s, a, "secret.put", spec->name, version, rc);
+    if (rc != KB_ERR_LIMIT)
+        svc_audit_event(s, a, "secret.put", spec->name, version, rc);
     return rc;
 }
 
-/* Open a record's envelope in the token. */
-static kb_err open_record(svc *s, const store_record *rec, kb_secret **content)
+/* Open a record's envelope: with a cached data key if there is one (no token operation, no
+ * budget), else unwrap in the token within the budget (KB_ERR_LIMIT: no token call made) and
+ * keep the key for the cache's TTL. */
+static kb_err open_record(svc *s, const svc_actor *a, bool cloud, const store_record *rec,
+                          kb_secret **content)
 {
-    kb_envelope e = {
-        .wrapped = rec->env.wrapped_key,
-        .wrapped_len = rec->env.wrapped_key_len,
-        .key_id = rec->env.key_id,
-        .sealed = rec->env.sealed,
-        .sealed_len = rec->env.sealed_len,
-    };
-    KB_ENSURE(rec->env.sealed != NULL && rec->env.key_id != NULL, KB_ERR_INTEGRITY);
-    return kb_envelope_open(s->ks, (uint64_t)rec->secret.id, (uint64_t)rec->version.version, &e,
-                            content);
+    const store_envelope *env = &rec->env;
+    kb_secret *dk = NULL;
+    double now = hsm_budget_now();
+    kb_err rc;
+
+    *content = NULL;
+    KB_ENSURE(env->sealed != NULL && env->key_id != NULL, KB_ERR_INTEGRITY);
+    /* Check the sealed part's shape before spending a token (as kb_envelope_open does). */
+    KB_ENSURE(env->sealed_len >= KB_ENVELOPE_OVERHEAD, KB_ERR_INTEGRITY);
+    rc = dkcache_get(s->dkc, rec->secret.id, rec->version.version, env->wrapped_key,
+                     env->wrapped_key_len, now, &dk);
+    if (rc == KB_ERR_NOT_FOUND) {
+        KB_GUARD(take_token(s, a, cloud));
+        KB_GUARD(
+            kb_keystore_unwrap(s->ks, env->key_id, env->wrapped_key, env->wrapped_key_len, &dk));
+        rc = KB_OK;
+        /* Keep it only once the content opened with it (a wrong key is never cached). */
+    } else if (rc != KB_OK) {
+        return rc;
+    } else {
+        now = -1; /* a hit: nothing to put back */
+    }
+    rc = kb_envelope_open_with_key(dk, (uint64_t)rec->secret.id, (uint64_t)rec->version.version,
+                                   env->sealed, env->sealed_len, content);
+    if (rc == KB_OK && now >= 0 &&
+        dkcache_put(s->dkc, rec->secret.id, rec->version.version, env->wrapped_key,
+                    env->wrapped_key_len, dk, now) != KB_OK)
+        kb_log(KB_LOG_WARN, "dkcache_put_failed", NULL);
+    kb_secret_free(dk);
+    return rc;
 }
 
 kb_err svc_secret_rollback(svc *s, const svc_actor *a, const char *name, int64_t to_version,
@@ -351,7 +467,8 @@ kb_err svc_secret_rollback(svc *s, const svc_actor *a, const char *name, int64_t
     KB_ENSURE_OUT(rc, to_version > 0, KB_ERR_INVALID);
     KB_GUARD_OUT(rc, store_secret_get(s->st, name, false, &sec));
     KB_GUARD_OUT(rc, store_version_get(s->st, sec.id, to_version, &old));
-    KB_GUARD_OUT(rc, open_record(s, &old, &content));
+    KB_GUARD_OUT(rc, open_record(s, a, false, &old, &content));
+    KB_GUARD_OUT(rc, take_token(s, a, false)); /* the wrap of the new version */
     memset(&vn, 0, sizeof(vn));
     vn.content_len = kb_secret_len(content);
     vn.metadata = old.version.metadata;
@@ -361,13 +478,15 @@ kb_err svc_secret_rollback(svc *s, const svc_actor *a, const char *name, int64_t
     sc.len = kb_secret_len(content);
     KB_GUARD_OUT(
         rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now, &version));
+    dkcache_forget_secret(s->dkc, sec.id);
     if (version_out)
         *version_out = version;
 out:
     kb_secret_free(content);
     store_record_clear(&old);
     store_secret_clear(&sec);
-    svc_audit_event(s, a, "secret.rollback", name, version, rc);
+    if (rc != KB_ERR_LIMIT)
+        svc_audit_event(s, a, "secret.rollback", name, version, rc);
     return rc;
 }
 
@@ -382,13 +501,14 @@ kb_err svc_secret_read_admin(svc *s, const svc_actor *a, const char *name, int64
     *content = NULL;
     KB_GUARD_OUT(rc, store_secret_get(s->st, name, false, &sec));
     KB_GUARD_OUT(rc, store_version_get(s->st, sec.id, version, rec));
-    rc = open_record(s, rec, content);
+    rc = open_record(s, a, false, rec, content);
     if (rc != KB_OK)
         store_record_clear(rec);
 out:
     store_secret_clear(&sec);
-    svc_audit_event(s, a, "secret.admin_read", name, rc == KB_OK ? rec->version.version : version,
-                    rc);
+    if (rc != KB_ERR_LIMIT)
+        svc_audit_event(s, a, "secret.admin_read", name,
+                        rc == KB_OK ? rec->version.version : version, rc);
     return rc;
 }
 
@@ -432,11 +552,13 @@ static kb_err read_record(svc *s, const svc_actor *a, const store_client *c, con
     kb_err rc = found;
     *content = NULL;
     if (rc == KB_OK)
-        rc = open_record(s, rec, content);
+        rc = open_record(s, a, c->cloud, rec, content);
     if (rc == KB_OK &&
         store_fetch_record(s->st, c->id, rec->secret.id, rec->version.version, a->now) != KB_OK)
         kb_log(KB_LOG_WARN, "fetch_log_failed", "secret", name, NULL);
-    svc_audit_event(s, a, "secret.read", name, rc == KB_OK ? rec->version.version : 0, rc);
+    /* Over budget: deferred, nothing read, nothing recorded (see svc_secret_create). */
+    if (rc != KB_ERR_LIMIT)
+        svc_audit_event(s, a, "secret.read", name, rc == KB_OK ? rec->version.version : 0, rc);
     if (rc != KB_OK) {
         if (rc == KB_ERR_INTEGRITY)
             kb_log(KB_LOG_ERROR, "secret_integrity_failure", "secret", name, NULL);

@@ -16,6 +16,8 @@
 #include <stdint.h>
 
 #include "audit.h"
+#include "dkcache.h"
+#include "hsm_budget.h"
 #include "lib/config.h"
 #include "lib/keystore.h"
 #include "lib/secbuf.h"
@@ -41,6 +43,21 @@ void svc_close(svc *s);
 store *svc_store(svc *s);
 audit_log *svc_audit(svc *s);
 kb_keystore *svc_keystore(svc *s);
+hsm_budget *svc_budget(svc *s);
+dkcache *svc_dkcache(svc *s);
+
+/* HSM budget and data-key cache ([hsm_budget], issue 7): every token wrap (writes, rollback) and
+ * unwrap (reads that miss the data-key cache) takes a token from the global, class (cloud or
+ * data center) and per-identity buckets first. Empty: the call returns KB_ERR_LIMIT, makes no
+ * token call, changes nothing and is not audited; svc_retry_after() then gives the hint. */
+
+/* Whole seconds (>= 1) until actor a (a cloud client if cloud) can get a token again. */
+int64_t svc_retry_after(svc *s, const svc_actor *a, bool cloud);
+
+/* Periodic upkeep (serve runs it every second): wipes expired cached data keys. */
+void svc_maintenance(svc *s);
+/* Wipe the cached data keys of a secret (deleted, purged). */
+void svc_forget_secret(svc *s, int64_t secret_id);
 
 /* Append an audit event for an action taken by actor (result: KB_OK or the error). Audit
  * failures are logged, never returned: they must not change the outcome the caller reports. */
@@ -87,7 +104,8 @@ KB_WUR kb_err svc_client_list(svc *s, const svc_actor *a, const store_client *c,
  * audit. Not readable and missing are the same KB_ERR_NOT_FOUND. */
 KB_WUR kb_err svc_client_read(svc *s, const svc_actor *a, const store_client *c, const char *name,
                               int64_t version, store_record *rec, kb_secret **content);
-/* Batch read: rec[i], content[i], errs[i] for each of n names (n <= STORE_BATCH_MAX). */
+/* Batch read: rec[i], content[i], errs[i] for each of n names (n <= STORE_BATCH_MAX). Names the
+ * budget cannot cover get errs[i] = KB_ERR_LIMIT (deferred); the others are served. */
 KB_WUR kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_client *c,
                                     const char *const *names, size_t n, store_record *rec,
                                     kb_secret **content, kb_err *errs);
