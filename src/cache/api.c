@@ -832,8 +832,11 @@ static int value_entry(op_ctx *c, const cache_secret *s, const char *vid, json_t
 {
     int bin = 0;
     int64_t created = 0;
-    kb_secret *v = NULL;
-    kb_err e = cache_store_version_read(c->api->store, s, vid, &bin, &v, &created);
+    const uint8_t *v = NULL;
+    size_t vlen = 0;
+    /* Plaintext in the store's locked scratch buffer (no locked mapping per request); it is
+     * copied into the response tree, whose blocks are wiped on free (kb_json_init). */
+    kb_err e = cache_store_version_peek(c->api->store, s, vid, &bin, &v, &vlen, &created);
     int rc;
     if (e == KB_ERR_INTEGRITY)
         return fail(c, "DecryptionFailure",
@@ -844,10 +847,9 @@ static int value_entry(op_ctx *c, const cache_secret *s, const char *vid, json_t
     rc = set(o, "ARN", json_string(s->arn)) || set(o, "Name", json_string(s->name)) ||
          set(o, "VersionId", json_string(vid)) ||
          set(o, bin ? "SecretBinary" : "SecretString",
-             bin ? b64_json(kb_secret_cdata(v), kb_secret_len(v))
-                 : json_stringn((const char *)kb_secret_cdata(v), kb_secret_len(v))) ||
+             bin ? b64_json(v, vlen) : json_stringn((const char *)v, vlen)) ||
          set(o, "VersionStages", version_stages(c, s, vid)) || set(o, "CreatedDate", ts(created));
-    kb_secret_free(v);
+    cache_store_peek_release(c->api->store);
     return rc ? fail_internal(c, KB_ERR_NOMEM) : 0;
 }
 
@@ -1592,20 +1594,16 @@ typedef int (*op_fn)(op_ctx *c, const json_t *in, json_t *out);
 static const struct {
     const char *name;
     op_fn fn;
-    int writes; /* runs in a write transaction */
+    int writes; /* 1: a write transaction (all or nothing); 0: a read transaction whose
+                 * bookkeeping writes (LastAccessedDate, dropping a secret past its recovery
+                 * window on sight) are kept whatever the outcome: cache_api_dispatch */
 } OPS[] = {
-    {"CreateSecret", op_create, 1},
-    {"PutSecretValue", op_put_value, 1},
-    {"UpdateSecret", op_update, 1},
-    {"GetSecretValue", op_get_value, 1}, /* may record LastAccessedDate */
-    {"BatchGetSecretValue", op_batch_get, 1},
-    {"ListSecrets", op_list, 0},
-    {"DescribeSecret", op_describe, 1}, /* may purge an expired secret */
-    {"DeleteSecret", op_delete, 1},
-    {"RestoreSecret", op_restore, 1},
-    {"TagResource", op_tag, 1},
-    {"UntagResource", op_untag, 1},
-    {"GetResourcePolicy", op_policy, 1},
+    {"CreateSecret", op_create, 1},           {"PutSecretValue", op_put_value, 1},
+    {"UpdateSecret", op_update, 1},           {"GetSecretValue", op_get_value, 0},
+    {"BatchGetSecretValue", op_batch_get, 0}, {"ListSecrets", op_list, 0},
+    {"DescribeSecret", op_describe, 0},       {"DeleteSecret", op_delete, 1},
+    {"RestoreSecret", op_restore, 1},         {"TagResource", op_tag, 1},
+    {"UntagResource", op_untag, 1},           {"GetResourcePolicy", op_policy, 0},
 };
 
 static kb_err respond_json(cache_response *r, int status, json_t *body)
@@ -1670,7 +1668,15 @@ kb_err cache_api_dispatch(cache_api *a, const char *account, const char *operati
     }
     pthread_mutex_lock(&a->lock);
     locked = 1;
-    if (OPS[i].writes) {
+    if (!OPS[i].writes) {
+        /* One snapshot and one lock for all the statements of a read (a ListSecrets page runs
+         * two per entry); a LastAccessedDate update inside it upgrades it (touch). */
+        if ((e = cache_store_begin_read(a->store)) != KB_OK) {
+            failed = fail_internal(&c, e);
+            goto done;
+        }
+        in_tx = 1;
+    } else {
         if ((e = cache_store_begin(a->store)) != KB_OK) {
             failed = fail_internal(&c, e);
             goto done;
@@ -1684,7 +1690,13 @@ kb_err cache_api_dispatch(cache_api *a, const char *account, const char *operati
         }
     }
     failed = OPS[i].fn(&c, in, res);
-    if (in_tx) {
+    if (in_tx && !OPS[i].writes) {
+        /* A read's only writes are bookkeeping (LastAccessedDate, dropping a secret past its
+         * recovery window on sight): kept whatever the outcome, as they were before reads ran
+         * in a transaction; failing to keep them does not fail the read. */
+        if (cache_store_commit(a->store) != KB_OK)
+            kb_log(KB_LOG_WARN, "read_commit_failed", "op", operation, NULL);
+    } else if (in_tx) {
         if (failed) {
             cache_store_rollback(a->store);
         } else if ((e = cache_store_commit(a->store)) != KB_OK) {

@@ -137,27 +137,27 @@ out:
     return rc;
 }
 
-kb_err cache_unseal(const kb_secret *key, const char *account, const char *arn,
-                    const char *version_id, const uint8_t *blob, size_t len, kb_secret **out)
+kb_err cache_unseal_to(const kb_secret *key, const char *account, const char *arn,
+                       const char *version_id, const uint8_t *blob, size_t len, uint8_t *out,
+                       size_t cap, size_t *out_len)
 {
     EVP_CIPHER_CTX *ctx = NULL;
     kb_dbuf aad;
-    kb_secret *pt = NULL;
     uint8_t tag[CACHE_SEAL_TAG_LEN];
-    size_t ct_len;
+    size_t ct_len = 0;
     kb_err rc = KB_OK;
     int n = 0;
 
     kb_dbuf_init(&aad, 8192);
-    KB_ENSURE_OUT(rc, key && out && blob, KB_ERR_NULL);
-    *out = NULL;
+    KB_ENSURE_OUT(rc, key && blob && out_len && (out || cap == 0), KB_ERR_NULL);
+    *out_len = 0;
     KB_ENSURE_OUT(rc, kb_secret_len(key) == CACHE_KEY_LEN, KB_ERR_INTERNAL);
     KB_ENSURE_OUT(rc, len >= CACHE_SEAL_OVERHEAD, KB_ERR_INTEGRITY);
     ct_len = len - CACHE_SEAL_OVERHEAD;
     KB_ENSURE_OUT(rc, ct_len <= INT32_MAX, KB_ERR_TOO_LARGE);
+    KB_ENSURE_OUT(rc, ct_len <= cap, KB_ERR_TOO_LARGE);
     KB_GUARD_OUT(rc, build_aad(&aad, account, arn, version_id));
     memcpy(tag, blob + len - CACHE_SEAL_TAG_LEN, sizeof(tag));
-    KB_GUARD_OUT(rc, kb_secret_new(ct_len, &pt));
     ctx = EVP_CIPHER_CTX_new();
     KB_ENSURE_OUT(rc, ctx != NULL, KB_ERR_NOMEM);
     KB_ENSURE_OUT(rc,
@@ -165,19 +165,39 @@ kb_err cache_unseal(const kb_secret *key, const char *account, const char *arn,
                   KB_ERR_CRYPTO);
     KB_ENSURE_OUT(rc, EVP_DecryptUpdate(ctx, NULL, &n, aad.p, (int)aad.len) == 1, KB_ERR_CRYPTO);
     if (ct_len > 0)
-        KB_ENSURE_OUT(rc,
-                      EVP_DecryptUpdate(ctx, kb_secret_data(pt), &n, blob + CACHE_SEAL_NONCE_LEN,
-                                        (int)ct_len) == 1,
-                      KB_ERR_INTEGRITY);
+        KB_ENSURE_OUT(
+            rc, EVP_DecryptUpdate(ctx, out, &n, blob + CACHE_SEAL_NONCE_LEN, (int)ct_len) == 1,
+            KB_ERR_INTEGRITY);
     KB_ENSURE_OUT(rc, EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, sizeof(tag), tag) == 1,
                   KB_ERR_CRYPTO);
     KB_ENSURE_OUT(rc, EVP_DecryptFinal_ex(ctx, tag, &n) == 1, KB_ERR_INTEGRITY);
+    *out_len = ct_len;
+out:
+    /* A plaintext that failed authentication is never handed out. */
+    if (rc != KB_OK && out != NULL && ct_len <= cap)
+        kb_wipe(out, ct_len);
+    EVP_CIPHER_CTX_free(ctx);
+    kb_dbuf_free(&aad);
+    return rc;
+}
+
+kb_err cache_unseal(const kb_secret *key, const char *account, const char *arn,
+                    const char *version_id, const uint8_t *blob, size_t len, kb_secret **out)
+{
+    kb_secret *pt = NULL;
+    size_t n = 0;
+    kb_err rc = KB_OK;
+
+    KB_ENSURE_OUT(rc, key && out && blob, KB_ERR_NULL);
+    *out = NULL;
+    KB_ENSURE_OUT(rc, len >= CACHE_SEAL_OVERHEAD, KB_ERR_INTEGRITY);
+    KB_GUARD_OUT(rc, kb_secret_new(len - CACHE_SEAL_OVERHEAD, &pt));
+    KB_GUARD_OUT(rc, cache_unseal_to(key, account, arn, version_id, blob, len, kb_secret_data(pt),
+                                     kb_secret_len(pt), &n));
     *out = pt;
     pt = NULL;
 out:
-    EVP_CIPHER_CTX_free(ctx);
-    kb_dbuf_free(&aad);
-    kb_secret_free(pt); /* wipes a plaintext that failed authentication */
+    kb_secret_free(pt);
     return rc;
 }
 

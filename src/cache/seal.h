@@ -35,6 +35,13 @@ KB_WUR kb_err cache_unseal(const kb_secret *key, const char *account, const char
                            const char *version_id, const uint8_t *blob, size_t len,
                            kb_secret **out);
 
+/* The same, decrypting into out[0..cap) (locked memory the caller owns, e.g. the store's scratch
+ * buffer): no allocation of a locked mapping per call. *out_len = plaintext length on success;
+ * KB_ERR_TOO_LARGE if it would not fit; on any failure out holds nothing of the plaintext. */
+KB_WUR kb_err cache_unseal_to(const kb_secret *key, const char *account, const char *arn,
+                              const char *version_id, const uint8_t *blob, size_t len, uint8_t *out,
+                              size_t cap, size_t *out_len);
+
 /* A purpose key derived from the master key: HMAC-SHA256(key, label). */
 KB_WUR kb_err cache_key_derive(const kb_secret *key, const char *label, kb_secret **out);
 

@@ -60,6 +60,7 @@ enum {
     Q_STAGES,
     Q_STAGES_VID,
     Q_BEGIN,
+    Q_BEGIN_READ,
     Q_COMMIT,
     Q_ROLLBACK,
     Q__COUNT
@@ -102,6 +103,7 @@ static const char *const SQL[Q__COUNT] = {
     [Q_STAGES_VID] = "SELECT vid, stage FROM stages WHERE secret_id = ?1 AND vid = ?2"
                      " ORDER BY stage",
     [Q_BEGIN] = "BEGIN IMMEDIATE",
+    [Q_BEGIN_READ] = "BEGIN DEFERRED",
     [Q_COMMIT] = "COMMIT",
     [Q_ROLLBACK] = "ROLLBACK",
 };
@@ -111,6 +113,10 @@ struct cache_store {
     kb_secret *key;
     kb_secret *token_key;
     sqlite3_stmt *q[Q__COUNT];
+    /* Plaintext of the last cache_store_version_peek (locked; grown on demand, wiped after
+     * use). One locked mapping for the store's lifetime instead of one per read. */
+    kb_secret *scratch;
+    size_t scratch_used;
 };
 
 static kb_err db_err(cache_store *st, const char *what)
@@ -223,6 +229,7 @@ void cache_store_close(cache_store *st)
     sqlite3_close(st->db);
     kb_secret_free(st->key);
     kb_secret_free(st->token_key);
+    kb_secret_free(st->scratch);
     free(st);
 }
 
@@ -236,6 +243,13 @@ kb_err cache_store_begin(cache_store *st)
     sqlite3_stmt *s;
     KB_GUARD(stmt(st, Q_BEGIN, &s));
     return exec_step(st, s, "begin") == KB_OK ? KB_OK : KB_ERR_DB;
+}
+
+kb_err cache_store_begin_read(cache_store *st)
+{
+    sqlite3_stmt *s;
+    KB_GUARD(stmt(st, Q_BEGIN_READ, &s));
+    return exec_step(st, s, "begin_read") == KB_OK ? KB_OK : KB_ERR_DB;
 }
 
 kb_err cache_store_commit(cache_store *st)
@@ -537,6 +551,63 @@ kb_err cache_store_version_read(cache_store *st, const cache_secret *sec, const 
 out:
     done(s);
     return rc;
+}
+
+/* Smallest scratch buffer: the largest SecretString/SecretBinary the API accepts is 64 KiB. */
+#define SCRATCH_MIN ((size_t)65536)
+
+kb_err cache_store_version_peek(cache_store *st, const cache_secret *sec, const char *vid,
+                                int *binary, const uint8_t **value, size_t *len,
+                                int64_t *created_ms)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_ENSURE_REF(value);
+    KB_ENSURE_REF(len);
+    *value = NULL;
+    *len = 0;
+    cache_store_peek_release(st);
+    KB_GUARD(stmt(st, Q_VER_READ, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, vid));
+    r = sqlite3_step(s);
+    if (r == SQLITE_DONE) {
+        rc = KB_ERR_NOT_FOUND;
+    } else if (r != SQLITE_ROW) {
+        rc = db_err(st, "version_read");
+    } else {
+        const uint8_t *blob = sqlite3_column_blob(s, 1);
+        size_t n = (size_t)sqlite3_column_bytes(s, 1);
+        KB_ENSURE_OUT(rc, blob != NULL && n >= CACHE_SEAL_OVERHEAD, KB_ERR_INTEGRITY);
+        if (st->scratch == NULL || kb_secret_len(st->scratch) < n - CACHE_SEAL_OVERHEAD) {
+            size_t want =
+                n - CACHE_SEAL_OVERHEAD > SCRATCH_MIN ? n - CACHE_SEAL_OVERHEAD : SCRATCH_MIN;
+            kb_secret_free(st->scratch);
+            st->scratch = NULL;
+            KB_GUARD_OUT(rc, kb_secret_new(want, &st->scratch));
+        }
+        KB_GUARD_OUT(rc,
+                     cache_unseal_to(st->key, sec->account, sec->arn, vid, blob, n,
+                                     kb_secret_data(st->scratch), kb_secret_len(st->scratch), len));
+        st->scratch_used = *len;
+        *value = kb_secret_cdata(st->scratch);
+        if (binary)
+            *binary = sqlite3_column_int(s, 0) != 0;
+        if (created_ms)
+            *created_ms = sqlite3_column_int64(s, 2);
+    }
+out:
+    done(s);
+    return rc;
+}
+
+void cache_store_peek_release(cache_store *st)
+{
+    if (st != NULL && st->scratch != NULL && st->scratch_used > 0) {
+        kb_wipe(kb_secret_data(st->scratch), st->scratch_used);
+        st->scratch_used = 0;
+    }
 }
 
 kb_err cache_store_version_exists(cache_store *st, int64_t id, const char *vid)

@@ -73,6 +73,9 @@ KB_WUR kb_err cache_store_open(const char *path, kb_secret *key, cache_store **o
 void cache_store_close(cache_store *st);
 
 KB_WUR kb_err cache_store_begin(cache_store *st);
+/* A deferred (read) transaction: the statements of one read-only request share one snapshot
+ * and one lock acquisition instead of locking per statement. End it with commit or rollback. */
+KB_WUR kb_err cache_store_begin_read(cache_store *st);
 KB_WUR kb_err cache_store_commit(cache_store *st);
 void cache_store_rollback(cache_store *st);
 
@@ -106,6 +109,13 @@ KB_WUR kb_err cache_store_version_add(cache_store *st, const cache_secret *s, co
 /* Read and open a version. KB_ERR_NOT_FOUND if absent, KB_ERR_INTEGRITY if it fails to open. */
 KB_WUR kb_err cache_store_version_read(cache_store *st, const cache_secret *s, const char *vid,
                                        int *binary, kb_secret **value, int64_t *created_ms);
+/* As version_read, without allocating: *value points into the store's locked scratch buffer,
+ * valid until the next peek or cache_store_peek_release(), which wipes it. The
+ * store is single-threaded (callers hold the API lock), so one buffer serves every read. */
+KB_WUR kb_err cache_store_version_peek(cache_store *st, const cache_secret *s, const char *vid,
+                                       int *binary, const uint8_t **value, size_t *len,
+                                       int64_t *created_ms);
+void cache_store_peek_release(cache_store *st);
 KB_WUR kb_err cache_store_version_exists(cache_store *st, int64_t id, const char *vid);
 KB_WUR kb_err cache_store_version_count(cache_store *st, int64_t id, size_t *n);
 /* Remove the oldest versions that carry no stage until at most max remain. */
