@@ -150,7 +150,7 @@ code="$(rq POST "$PORT" /v1/svid/renew "${A[@]}" "$W/r.json" "$W/new.csr")"
 # an SVID past a third of its life: issue one with notBefore far enough back is not possible, so
 # use a short-TTL registration: ttl 1m, wait 21 s
 ca register --spiffe-id spiffe://example.org/ns/short --target "dir:$W/svids/short" --ttl 1m --availability 10s --renewable >/dev/null 2>&1
-for _ in $(seq 1 100); do [ -e "$W/svids/short/svid.pem" ] && break; sleep 0.1; done
+for _ in $(seq 1 300); do [ -e "$W/svids/short/svid.pem" ] && break; sleep 0.1; done
 [ -e "$W/svids/short/svid.pem" ] || fail "serve did not write the new registration"
 cp "$W/svids/short/svid.pem" "$W/short.pem"; cp "$W/svids/short/svid.key" "$W/short.key"
 sleep 21
@@ -178,7 +178,7 @@ code="$(rq POST "$PORT" /v1/svid/renew "${S[@]}" "$W/r.json" "$W/new.csr" garbag
 [ "$code" = 400 ] || fail "garbage CSR got $code"
 # a non-renewable registration (b was removed; d is not renewable)
 ca register --spiffe-id spiffe://example.org/ns/d --target "dir:$W/svids/d" --ttl 1m --availability 10s >/dev/null 2>&1
-for _ in $(seq 1 100); do [ -e "$W/svids/d/svid.pem" ] && break; sleep 0.1; done
+for _ in $(seq 1 300); do [ -e "$W/svids/d/svid.pem" ] && break; sleep 0.1; done
 sleep 1
 code="$(rq POST "$PORT" /v1/svid/renew "$W/svids/d/svid.pem" "$W/svids/d/svid.key" "$W/r.json" "$W/new.csr")"
 [ "$code" = 403 ] || fail "non-renewable got $code"
@@ -191,7 +191,7 @@ G="$(ca rotate prepare 2>/dev/null | awk '{print $2}')"
 ca bundle | grep -c "BEGIN CERTIFICATE" | grep -q 2 || fail "prepared CA not in the bundle"
 ca rotate activate --generation "$G" >/dev/null 2>&1 || fail activate
 # the daemon notices and rewrites every stored SVID (bundle changed)
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
   if ! cmp -s "$W/old.pem" "$W/svids/a/svid.pem" && [ "$(grep -c 'BEGIN CERTIFICATE' "$W/svids/a/bundle.pem")" = 2 ]; then break; fi
   sleep 0.1
 done

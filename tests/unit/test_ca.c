@@ -139,6 +139,8 @@ static void test_pkcs11_signer(void **state)
     assert_ok(kb_keystore_ec_open(KBTEST_SOFTHSM_MODULE, t.label, "ca-1", pin, &s));
     /* a second open in the same process (module already initialised) works; a wrong PIN not */
     assert_ok(kb_keystore_ec_open(KBTEST_SOFTHSM_MODULE, t.label, "ca-1", pin, &s2));
+    kb_ec_signer_free(s2);
+    s2 = NULL;
     assert_kb(kb_keystore_ec_open(KBTEST_SOFTHSM_MODULE, t.label, "ca-1", bad, &s2), KB_ERR_AUTH);
     assert_string_equal(kb_ec_signer_kind(s), "pkcs11");
     assert_ok(kb_ec_signer_sign(s, md, sig, &n));
