@@ -111,7 +111,8 @@ kb_err kb_json_only_keys(const json_t *obj, const char *const *allowed, const ch
     json_object_foreach((json_t *)obj, k, v)
     {
         int ok = 0;
-        for (size_t i = 0; allowed[i] != NULL; i++) {
+        /* allowed == NULL: no field is allowed (a body-less route), never a NULL dereference. */
+        for (size_t i = 0; allowed != NULL && allowed[i] != NULL; i++) {
             if (strcmp(k, allowed[i]) == 0) {
                 ok = 1;
                 break;

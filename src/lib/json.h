@@ -22,7 +22,8 @@ void kb_json_init(void);
 KB_WUR kb_err kb_json_parse(const void *buf, size_t len, size_t max, json_t **out, char *err,
                             size_t err_len);
 
-/* KB_ERR_INVALID if obj has a key not in the NULL-terminated allowed list; *bad names it. */
+/* KB_ERR_INVALID if obj has a key not in the NULL-terminated allowed list (NULL: no key is
+ * allowed); *bad names it. */
 KB_WUR kb_err kb_json_only_keys(const json_t *obj, const char *const *allowed, const char **bad);
 
 /* Serialize compactly into a malloc'd string. kb_json_free_str wipes and frees any malloc'd

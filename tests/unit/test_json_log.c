@@ -38,6 +38,22 @@ static void parse_strict(void **state)
     assert_null(v);
 }
 
+/* A NULL list (a route that takes no fields) crashed on the first key: keybridged's
+ * POST /v1/admin/audit/verify with body {"":null} (found by fuzz_api_request). */
+static void only_keys_null_list_allows_none(void **state)
+{
+    (void)state;
+    json_t *v = NULL;
+    const char *bad = NULL;
+    assert_ok(kb_json_parse("{}", 2, 64, &v, NULL, 0));
+    assert_ok(kb_json_only_keys(v, NULL, &bad));
+    json_decref(v);
+    assert_ok(kb_json_parse("{\"\":null}", 9, 64, &v, NULL, 0));
+    assert_kb(kb_json_only_keys(v, NULL, &bad), KB_ERR_INVALID);
+    assert_string_equal(bad, "");
+    json_decref(v);
+}
+
 static void parse_depth_limit(void **state)
 {
     (void)state;
@@ -191,6 +207,7 @@ int main(void)
     kb_json_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(parse_strict),
+        cmocka_unit_test(only_keys_null_list_allows_none),
         cmocka_unit_test(parse_depth_limit),
         cmocka_unit_test(dump_and_free_wipes),
         cmocka_unit_test(log_lines_are_json),
