@@ -1373,16 +1373,23 @@ static int list_visit(void *arg, const cache_secret *s)
     list_state *ls = arg;
     op_ctx *c = ls->c;
     json_t *o;
-    if (cache_store_tags_get(c->api->store, s->id, &ls->tags) != KB_OK)
-        return -1;
-    if (!filters_match(ls->filters, s, &ls->tags))
-        return 0;
+    int filtered = ls->filters != NULL && json_array_size(ls->filters) > 0;
+    /* Tags are read only when a filter needs them or the entry is returned: the entries a
+     * NextToken skips cost one row each, not a tag query each. */
+    if (filtered) {
+        if (cache_store_tags_get(c->api->store, s->id, &ls->tags) != KB_OK)
+            return -1;
+        if (!filters_match(ls->filters, s, &ls->tags))
+            return 0;
+    }
     if (ls->seen++ < ls->offset)
         return 0;
     if (json_array_size(ls->list) + (ls->errors ? json_array_size(ls->errors) : 0) >= ls->max) {
         ls->more = 1;
         return 1;
     }
+    if (!filtered && cache_store_tags_get(c->api->store, s->id, &ls->tags) != KB_OK)
+        return -1;
     o = json_object();
     if (o == NULL)
         return -1;

@@ -25,6 +25,12 @@ static const char *const SCHEMA =
     " deleted_ms INTEGER NOT NULL, deletion_ms INTEGER NOT NULL,"
     " UNIQUE(account, name));"
     "CREATE INDEX IF NOT EXISTS secrets_partial ON secrets(account, partial_arn);"
+    /* ListSecrets' orders: pages stream in index order instead of sorting the whole account
+     * per page (100,000 secrets: a sort of 100,000 rows for every 100 returned). Added to schema
+     * 1 in place: IF NOT EXISTS creates it on an existing store at the next open. */
+    "CREATE INDEX IF NOT EXISTS secrets_created ON secrets(account, created_ms, id);"
+    "CREATE INDEX IF NOT EXISTS secrets_changed ON secrets(account, changed_ms, id);"
+    "CREATE INDEX IF NOT EXISTS secrets_accessed ON secrets(account, accessed_ms, id);"
     "CREATE TABLE IF NOT EXISTS versions("
     " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
     " vid TEXT NOT NULL, created_ms INTEGER NOT NULL, seq INTEGER NOT NULL,"
