@@ -221,6 +221,9 @@ kb_err hsm_budget_take(hsm_budget *b, const char *client, bool cloud, double now
         *retry_after = 0;
     if (b == NULL)
         return KB_OK;
+    /* An over-long key is refused, never truncated into someone else's bucket. */
+    if (client != NULL && strnlen(client, HSM_BUDGET_CLIENT_MAX + 1) > HSM_BUDGET_CLIENT_MAX)
+        return KB_ERR_INVALID;
     pthread_mutex_lock(&b->mu);
     cls = cloud ? &b->cloud : &b->dc;
     hsm_bucket_refill(&b->global, now);
