@@ -86,6 +86,9 @@ kb_err kb_json_parse(const void *buf, size_t len, size_t max, json_t **out, char
         /* je.text may quote input; give only the position and a generic reason. */
         char msg[96];
         snprintf(msg, sizeof(msg), "malformed JSON at byte %d", je.position);
+        /* ... and the quoted token (a piece of a secret body, perhaps) is a stack temporary:
+         * wiped before returning (STYLE.md 5). */
+        kb_wipe(&je, sizeof(je));
         set_err(err, err_len, msg);
         return KB_ERR_INVALID;
     }
