@@ -82,8 +82,9 @@ struct hsm_budget {
     uint64_t granted, refused_cloud, refused_dc;
 };
 
-static kb_err check_pair(int64_t rate, int64_t burst)
+static kb_err check_pair(double rate, int64_t burst)
 {
+    /* written so that NaN fails too */
     KB_ENSURE(rate >= 0 && rate <= HSM_BUDGET_RATE_MAX, KB_ERR_CONFIG);
     KB_ENSURE(burst >= 0 && burst <= HSM_BUDGET_RATE_MAX, KB_ERR_CONFIG);
     KB_ENSURE(rate == 0 || burst >= 1, KB_ERR_CONFIG);
@@ -112,10 +113,10 @@ kb_err hsm_budget_new(const hsm_budget_opts *o, double now, hsm_budget **out)
         free(b);
         return KB_ERR_NOMEM;
     }
-    hsm_bucket_init(&b->global, (double)o->global_rate, (double)o->global_burst, now);
-    hsm_bucket_init(&b->cloud, (double)o->cloud_rate, (double)o->cloud_burst, now);
-    hsm_bucket_init(&b->dc, (double)o->dc_rate, (double)o->dc_burst, now);
-    b->client_rate = (double)o->client_rate;
+    hsm_bucket_init(&b->global, o->global_rate, (double)o->global_burst, now);
+    hsm_bucket_init(&b->cloud, o->cloud_rate, (double)o->cloud_burst, now);
+    hsm_bucket_init(&b->dc, o->dc_rate, (double)o->dc_burst, now);
+    b->client_rate = o->client_rate;
     b->client_burst = (double)o->client_burst;
     *out = b;
     return KB_OK;

@@ -56,11 +56,16 @@ int64_t hsm_retry_after_secs(double wait);
 
 /* ---- the budget ------------------------------------------------------------------------------ */
 
+/* Rates are ops/s and may be fractional (0.05 = one every 20 s); bursts are whole tokens. */
 typedef struct {
-    int64_t global_rate, global_burst; /* ops/s and tokens; rate 0 = off */
-    int64_t cloud_rate, cloud_burst;
-    int64_t dc_rate, dc_burst;
-    int64_t client_rate, client_burst;
+    double global_rate;
+    int64_t global_burst; /* rate 0 = off */
+    double cloud_rate;
+    int64_t cloud_burst;
+    double dc_rate;
+    int64_t dc_burst;
+    double client_rate;
+    int64_t client_burst;
     size_t max_clients; /* 0 = HSM_BUDGET_CLIENTS_DEFAULT */
 } hsm_budget_opts;
 

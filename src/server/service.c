@@ -103,28 +103,43 @@ out:
     return rc;
 }
 
+/* A rate: a plain decimal number of ops/s ("500", "0.05"), nothing else. */
+static bool cfg_rate(const kb_config *cfg, const char *name, double *out)
+{
+    const char *v = kb_config_str(cfg, "hsm_budget", name);
+    char *end = NULL;
+    *out = 0;
+    if (v == NULL || v[0] == '\0')
+        return true;
+    for (const char *p = v; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || *p == '.'))
+            return false; /* no sign, exponent, hex, inf or nan */
+    *out = strtod(v, &end);
+    return end != v && *end == '\0';
+}
+
 /* [hsm_budget]: the buckets and the data-key cache (issue 7). */
 static kb_err open_budget(const kb_config *cfg, hsm_budget **b, dkcache **c)
 {
     hsm_budget_opts o;
-    kb_err rc;
+    kb_err rc = KB_ERR_CONFIG;
     int64_t max_clients = kb_config_int(cfg, "hsm_budget", "max_clients");
     int64_t max_entries = kb_config_int(cfg, "hsm_budget", "cache_max_entries");
+    bool ok;
 
     memset(&o, 0, sizeof(o));
-    o.global_rate = kb_config_int(cfg, "hsm_budget", "global_rate");
+    ok = cfg_rate(cfg, "global_rate", &o.global_rate) &&
+         cfg_rate(cfg, "cloud_rate", &o.cloud_rate) && cfg_rate(cfg, "dc_rate", &o.dc_rate) &&
+         cfg_rate(cfg, "client_rate", &o.client_rate);
     o.global_burst = kb_config_int(cfg, "hsm_budget", "global_burst");
-    o.cloud_rate = kb_config_int(cfg, "hsm_budget", "cloud_rate");
     o.cloud_burst = kb_config_int(cfg, "hsm_budget", "cloud_burst");
-    o.dc_rate = kb_config_int(cfg, "hsm_budget", "dc_rate");
     o.dc_burst = kb_config_int(cfg, "hsm_budget", "dc_burst");
-    o.client_rate = kb_config_int(cfg, "hsm_budget", "client_rate");
     o.client_burst = kb_config_int(cfg, "hsm_budget", "client_burst");
     o.max_clients = max_clients > 0 ? (size_t)max_clients : 0;
-    if (max_clients < 0 || (rc = hsm_budget_new(&o, hsm_budget_now(), b)) != KB_OK) {
+    if (!ok || max_clients < 0 || (rc = hsm_budget_new(&o, hsm_budget_now(), b)) != KB_OK) {
         kb_log(KB_LOG_ERROR, "config_invalid", "section", "hsm_budget", "msg",
-               "rates and bursts must be 0..1000000, and a burst at least 1 where the rate is "
-               "not 0",
+               "rates (decimal ops/s) and bursts (whole tokens) must be 0..1000000, and a burst "
+               "at least 1 where the rate is not 0",
                NULL);
         return KB_ERR_CONFIG;
     }
