@@ -51,7 +51,9 @@ int main(int argc, char **argv)
     char err[256], name[64], id[128];
     int64_t *gids = NULL, bench_gid = 0, cid = 0, sid = 0, nsec, ncli, ngrp;
     int rc = 1;
-    svc_actor a = {.identity = "spiffe://example.org/ns/ops/sa/admin", .peer = "local", .now = (int64_t)time(NULL)};
+    svc_actor a = {.identity = "spiffe://example.org/ns/ops/sa/admin",
+                   .peer = "local",
+                   .now = (int64_t)time(NULL)};
 
     if (argc != 6) {
         fprintf(stderr, "usage: populate KEYBRIDGED_CONF SECRETS CLIENTS GROUPS BENCH_ID\n");
