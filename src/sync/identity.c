@@ -85,6 +85,7 @@ kb_err sync_identity_from_svidstore(const void *json, size_t len, const char *se
         why = &dummy;
     *why = "";
     KB_ENSURE_REF(json);
+    KB_ENSURE_REF(server_td);
     KB_ENSURE_REF(out);
     memset(out, 0, sizeof(*out));
     rc = kb_json_parse(json, len, SYNC_SVIDSTORE_MAX, &doc, err, sizeof(err));
@@ -116,6 +117,13 @@ kb_err sync_identity_from_svidstore(const void *json, size_t len, const char *se
     if (!spiffe_id_eq(&sid, &own_id)) {
         *why = "spiffeID does not match the SVID's URI SAN";
         rc = KB_ERR_INVALID;
+        goto out;
+    }
+    /* keybridged only accepts peers of its own trust domain (docs/api.md): an SVID of another
+     * domain would be refused in the handshake anyway; say so before any connection. */
+    if (strcmp(spiffe_id_trust_domain(&sid), server_td) != 0) {
+        *why = "the stored SVID's trust domain is not the server's (server_id)";
+        rc = KB_ERR_AUTH;
         goto out;
     }
     KB_GUARD_OUT(rc, spiffe_bundle_set_new(&out->bundles));
