@@ -131,8 +131,9 @@ static int secret_write(cli *c, int argc, char **argv, int create)
     } else if (cli_path(path, sizeof(path), "/v1/admin/secrets/", name, NULL) != KB_OK) {
         goto out;
     }
-    if (cli_call(c, create ? "POST" : "PUT", path, NULL, body, &resp) != KB_OK) {
-        rc = KB_EXIT_FAIL;
+    kb_err crc = cli_call(c, create ? "POST" : "PUT", path, NULL, body, &resp);
+    if (crc != KB_OK) {
+        rc = kb_exit_code(crc); /* a refused server identity is 4, bad configuration 3 */
         goto out;
     }
     rc = cli_check(&resp);
@@ -218,8 +219,9 @@ static int get_content(cli *c, int argc, char **argv, const char *prefix, const 
     }
     if (cli_path(path, sizeof(path), prefix, name, suffix) != KB_OK)
         return KB_EXIT_USAGE;
-    if (cli_call(c, "GET", path, query, NULL, &resp) != KB_OK)
-        return KB_EXIT_FAIL;
+    kb_err crc = cli_call(c, "GET", path, query, NULL, &resp);
+    if (crc != KB_OK)
+        return kb_exit_code(crc);
     rc = cli_check(&resp);
     if (rc == KB_EXIT_OK) {
         if (c->json_output)
@@ -246,8 +248,9 @@ static int print_list(cli *c, const char *path, const char *query, const char *k
 {
     api_response resp;
     int rc;
-    if (cli_call(c, "GET", path, query, NULL, &resp) != KB_OK)
-        return KB_EXIT_FAIL;
+    kb_err crc = cli_call(c, "GET", path, query, NULL, &resp);
+    if (crc != KB_OK)
+        return kb_exit_code(crc);
     rc = cli_check(&resp);
     if (rc == KB_EXIT_OK) {
         if (c->json_output)
