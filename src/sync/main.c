@@ -6,6 +6,7 @@
  *   keybridge-sync iam-policy APP [--account N] [--region R]      least-privilege policies
  * With AWS_LAMBDA_RUNTIME_API set, the default command runs the Lambda custom runtime loop. */
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -379,12 +380,14 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int trigger, stop, running;
-    int64_t last_success_s, last_run_s, stale_after_s, runs, failures;
-    char *last_summary; /* JSON */
+    int64_t last_success_s, last_run_s, stale_after_s, runs, failures, next_run_s;
+    int64_t interval, minute, second; /* schedule; minute/second -1 until the app is known */
+    sync_summary last;                /* counts of the last run (metrics) */
+    char *last_summary;               /* JSON */
 } daemon_state;
 
 static daemon_state g_d = {
-    PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
+    .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .minute = -1, .second = -1};
 static kb_httpd *volatile g_httpd;
 
 static void on_term(int sig)
@@ -395,6 +398,85 @@ static void on_term(int sig)
         kb_httpd_stop(g_httpd);
 }
 
+static void reply_status(kb_http_req *r, int64_t now)
+{
+    /* 503 until a run has succeeded, and again once the last success is older than
+     * stale_after: a probe (systemd, Kubernetes, a load balancer) sees a syncer that has
+     * stopped converging, not just one that is alive. */
+    int fresh = g_d.last_success_s > 0 && now - g_d.last_success_s <= g_d.stale_after_s;
+    json_t *o =
+        json_pack("{s:s,s:b,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I,s:I}}", "status",
+                  fresh ? "ok" : "unavailable", "running", g_d.running, "last_success",
+                  (json_int_t)g_d.last_success_s, "last_run", (json_int_t)g_d.last_run_s,
+                  "next_run", (json_int_t)g_d.next_run_s, "runs", (json_int_t)g_d.runs, "failures",
+                  (json_int_t)g_d.failures, "schedule", "interval", (json_int_t)g_d.interval,
+                  "minute", (json_int_t)g_d.minute, "second", (json_int_t)g_d.second);
+    json_t *last = g_d.last_summary ? json_loads(g_d.last_summary, 0, NULL) : NULL;
+    if (o && last)
+        json_object_set_new(o, "last", last);
+    else
+        json_decref(last);
+    kb_http_reply_json(r, fresh ? 200 : 503, o);
+    json_decref(o);
+}
+
+static void reply_metrics(kb_http_req *r, int64_t now)
+{
+    /* Prometheus text format 0.0.4. Counts only: no secret names, no identities. */
+    static const struct {
+        const char *op;
+        size_t off;
+    } counts[] = {
+        {"unchanged", offsetof(sync_summary, unchanged)},
+        {"created", offsetof(sync_summary, created)},
+        {"updated", offsetof(sync_summary, updated)},
+        {"restored", offsetof(sync_summary, restored)},
+        {"deleted", offsetof(sync_summary, deleted)},
+        {"retained", offsetof(sync_summary, retained)},
+        {"deferred", offsetof(sync_summary, deferred)},
+        {"failed", offsetof(sync_summary, failed)},
+    };
+    char buf[4096];
+    size_t n = 0;
+    int fresh = g_d.last_success_s > 0 && now - g_d.last_success_s <= g_d.stale_after_s;
+    int k = snprintf(
+        buf, sizeof(buf),
+        "# HELP keybridge_sync_runs_total Sync runs since start.\n"
+        "# TYPE keybridge_sync_runs_total counter\nkeybridge_sync_runs_total %lld\n"
+        "# HELP keybridge_sync_failures_total Sync runs that did not apply everything.\n"
+        "# TYPE keybridge_sync_failures_total counter\nkeybridge_sync_failures_total %lld\n"
+        "# HELP keybridge_sync_last_success_timestamp_seconds End of the last successful run.\n"
+        "# TYPE keybridge_sync_last_success_timestamp_seconds gauge\n"
+        "keybridge_sync_last_success_timestamp_seconds %lld\n"
+        "# HELP keybridge_sync_next_run_timestamp_seconds Next scheduled run.\n"
+        "# TYPE keybridge_sync_next_run_timestamp_seconds gauge\n"
+        "keybridge_sync_next_run_timestamp_seconds %lld\n"
+        "# HELP keybridge_sync_up 1 if the last success is fresh (what /status reports).\n"
+        "# TYPE keybridge_sync_up gauge\nkeybridge_sync_up %d\n"
+        "# HELP keybridge_sync_last_run_duration_seconds Duration of the last run.\n"
+        "# TYPE keybridge_sync_last_run_duration_seconds gauge\n"
+        "keybridge_sync_last_run_duration_seconds %.3f\n"
+        "# HELP keybridge_sync_last_run_secrets Secrets by outcome in the last run.\n"
+        "# TYPE keybridge_sync_last_run_secrets gauge\n",
+        (long long)g_d.runs, (long long)g_d.failures, (long long)g_d.last_success_s,
+        (long long)g_d.next_run_s, fresh, (double)g_d.last.duration_ms / 1000.0);
+    if (k < 0 || (size_t)k >= sizeof(buf)) {
+        kb_http_reply_error(r, 500, "internal", "metrics");
+        return;
+    }
+    n = (size_t)k;
+    for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+        int64_t v = *(const int64_t *)(const void *)((const char *)&g_d.last + counts[i].off);
+        k = snprintf(buf + n, sizeof(buf) - n,
+                     "keybridge_sync_last_run_secrets{outcome=\"%s\"} %lld\n", counts[i].op,
+                     (long long)v);
+        if (k < 0 || (size_t)k >= sizeof(buf) - n)
+            break;
+        n += (size_t)k;
+    }
+    kb_http_reply(r, 200, "text/plain; version=0.0.4", buf, n);
+}
+
 static void daemon_handler(kb_http_req *r, void *arg)
 {
     const char *m = kb_http_req_method(r), *p = kb_http_req_path(r);
@@ -402,29 +484,16 @@ static void daemon_handler(kb_http_req *r, void *arg)
     (void)arg;
     pthread_mutex_lock(&g_d.mu);
     if (strcmp(p, "/status") == 0 && strcmp(m, "GET") == 0) {
-        int fresh = g_d.last_success_s > 0 && now - g_d.last_success_s <= g_d.stale_after_s;
-        json_t *o = json_pack("{s:s,s:I,s:I,s:I}", "status", fresh ? "ok" : "unavailable",
-                              "last_success", (json_int_t)g_d.last_success_s, "runs",
-                              (json_int_t)g_d.runs, "failures", (json_int_t)g_d.failures);
-        json_t *last = g_d.last_summary ? json_loads(g_d.last_summary, 0, NULL) : NULL;
-        if (o && last)
-            json_object_set_new(o, "last", last);
-        kb_http_reply_json(r, fresh ? 200 : 503, o);
-        json_decref(o);
+        reply_status(r, now);
     } else if (strcmp(p, "/metrics") == 0 && strcmp(m, "GET") == 0) {
-        char buf[1024];
-        snprintf(buf, sizeof(buf),
-                 "# TYPE keybridge_sync_runs_total counter\nkeybridge_sync_runs_total %lld\n"
-                 "# TYPE keybridge_sync_failures_total counter\n"
-                 "keybridge_sync_failures_total %lld\n"
-                 "# TYPE keybridge_sync_last_success_timestamp_seconds gauge\n"
-                 "keybridge_sync_last_success_timestamp_seconds %lld\n",
-                 (long long)g_d.runs, (long long)g_d.failures, (long long)g_d.last_success_s);
-        kb_http_reply(r, 200, "text/plain; version=0.0.4", buf, strlen(buf));
+        reply_metrics(r, now);
     } else if (strcmp(p, "/sync") == 0 && strcmp(m, "POST") == 0) {
+        /* Triggers coalesce: several POSTs during a run give one more run, not a queue. */
         g_d.trigger = 1;
         pthread_cond_signal(&g_d.cv);
         kb_http_reply_error(r, 202, "accepted", "sync scheduled");
+    } else if (strcmp(p, "/status") == 0 || strcmp(p, "/metrics") == 0 || strcmp(p, "/sync") == 0) {
+        kb_http_reply_error(r, 405, "method_not_allowed", "GET /status, GET /metrics, POST /sync");
     } else {
         kb_http_reply_error(r, 404, "not_found", "GET /status, GET /metrics, POST /sync");
     }
@@ -436,6 +505,35 @@ static void *httpd_thread(void *arg)
     if (kb_httpd_run(arg) != KB_OK)
         kb_log(KB_LOG_ERROR, "status_listener_stopped", NULL);
     return NULL;
+}
+
+/* Wait (g_d.mu held) until the next scheduled run, a POST /sync or a stop. The schedule is the
+ * application's hashed minute within the interval and hashed second within the minute
+ * (schedule.h), so a fleet of syncers spreads its load on keybridged; until the application
+ * name is known (no run has reached keybridged yet), a retry comes one interval later. */
+static void wait_next(const char *app)
+{
+    int64_t now = time(NULL), target;
+    int minute;
+    if (app[0] && sync_schedule_offset(app, (int)g_d.interval, &minute) == KB_OK) {
+        g_d.minute = minute;
+        g_d.second = sync_schedule_second(app);
+        target = now + sync_schedule_next_delay(now, (int)g_d.interval, minute, (int)g_d.second);
+    } else {
+        target = now + g_d.interval * 60;
+    }
+    g_d.next_run_s = target;
+    {
+        char at[32];
+        snprintf(at, sizeof(at), "%lld", (long long)target);
+        kb_log(KB_LOG_INFO, "next_run", "at", at, NULL);
+    }
+    while (!g_d.trigger && !g_d.stop && time(NULL) < target) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1; /* wake each second: SIGTERM only sets a flag */
+        pthread_cond_timedwait(&g_d.cv, &g_d.mu, &ts);
+    }
 }
 
 static int cmd_daemon(const kb_config *cfg, int argc, char **argv)
@@ -460,11 +558,13 @@ static int cmd_daemon(const kb_config *cfg, int argc, char **argv)
         fprintf(stderr, "keybridge-sync: [daemon] interval must divide 60\n");
         return KB_EXIT_CONFIG;
     }
+    g_d.interval = interval;
     g_d.stale_after_s = stale > 0 ? stale : interval * 60 * 3;
     memset(&ho, 0, sizeof(ho));
     ho.listen = kb_config_str(cfg, "daemon", "listen");
     ho.threads = 1;
     ho.handler = daemon_handler;
+    /* plain HTTP, so kb_httpd refuses anything but 127.0.0.0/8 and ::1 */
     if (kb_httpd_new(&ho, &h) != KB_OK) {
         fprintf(stderr, "keybridge-sync: cannot listen on %s (loopback only)\n", ho.listen);
         return KB_EXIT_CONFIG;
@@ -482,27 +582,16 @@ static int cmd_daemon(const kb_config *cfg, int argc, char **argv)
         return KB_EXIT_FAIL;
     }
     g_d.trigger = 1; /* first run at start, then on the schedule */
+    sync_summary_init(&g_d.last);
     while (!g_d.stop) {
         sync_summary sum;
         json_t *j;
         kb_err rc;
-        int minute = 0;
         pthread_mutex_lock(&g_d.mu);
-        while (!g_d.trigger && !g_d.stop) {
-            struct timespec ts;
-            int64_t now = time(NULL), delay;
-            if (app[0] && sync_schedule_offset(app, (int)interval, &minute) == KB_OK)
-                delay =
-                    sync_schedule_next_delay(now, (int)interval, minute, sync_schedule_second(app));
-            else
-                delay = interval * 60;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += delay > 1 ? 1 : delay; /* wake each second: signals, stop */
-            pthread_cond_timedwait(&g_d.cv, &g_d.mu, &ts);
-            if (time(NULL) >= now + delay || delay <= 1)
-                break;
-        }
+        if (!g_d.trigger)
+            wait_next(app);
         g_d.trigger = 0;
+        g_d.running = !g_d.stop;
         pthread_mutex_unlock(&g_d.mu);
         if (g_d.stop)
             break;
@@ -513,8 +602,10 @@ static int cmd_daemon(const kb_config *cfg, int argc, char **argv)
             snprintf(app, sizeof(app), "%s", sum.application);
         j = sync_summary_json(&sum);
         pthread_mutex_lock(&g_d.mu);
+        g_d.running = 0;
         g_d.runs++;
         g_d.last_run_s = time(NULL);
+        g_d.last = sum;
         if (rc == KB_OK && sync_summary_ok(&sum))
             g_d.last_success_s = g_d.last_run_s;
         else
