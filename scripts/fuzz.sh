@@ -73,6 +73,8 @@ done
 
 if [ "${#failed[@]}" -ne 0 ]; then
   echo "fuzz.sh: failing targets: ${failed[*]}" >&2
+  echo "fuzz: $((${#targets[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"
   exit 1
 fi
 echo "fuzz.sh: ${#targets[@]} targets ran ${SECONDS_EACH}s each without a finding"
+echo "fuzz: ${#targets[@]} passed, 0 failed"
