@@ -7,6 +7,7 @@
 # Environment: N_NEW (requests per new-connection run, default 4000), N_KA (keep-alive run,
 # default 40000), C_NEW (new-connection concurrency, default 32), ROUNDS (default 3; the median
 # is reported), BIG_SECRETS (100000), BIG_CLIENTS (10000), BIG_GROUPS (500), SLOW (500).
+# BIG=0 skips the big store (3) and SLOW=0 the slow-loris part (4), for quick A/B runs.
 #
 # One run: (1) keybridged with a client holding 20 secrets and nginx (ssl_verify_client on, same
 # CA, same server key and certificate, the same JSON body as a static file) are measured
@@ -28,6 +29,7 @@ BIG_SECRETS="${BIG_SECRETS:-100000}"
 BIG_CLIENTS="${BIG_CLIENTS:-10000}"
 BIG_GROUPS="${BIG_GROUPS:-500}"
 SLOW="${SLOW:-500}"
+BIG="${BIG:-1}"
 THREADS="$(nproc)"
 TD=example.org
 ADMIN="spiffe://$TD/ns/ops/sa/admin"
@@ -275,47 +277,54 @@ LAT_SMALL="$(python3 "$HERE/clients.py" latency "$SMALL_PORT" "$D/ca.pem" "$D/be
   "$D/bench.key" 5000)"
 
 # ---- (4) slow-loris against the small instance
-say "slow-loris: $SLOW connections"
-python3 "$HERE/clients.py" slowloris "$SMALL_PORT" "$D/ca.pem" "$D/bench.pem" "$D/bench.key" \
-  "$SLOW" 25 >"$D/slowloris.out" &
-SL_PID=$!
-PIDS+=("$SL_PID")
-for _ in $(seq 600); do
-  grep -q ready "$D/slowloris.out" 2>/dev/null && break
-  sleep 0.1
-done
-SL_READY="$(head -1 "$D/slowloris.out")"
-LAT_SLOW="$(python3 "$HERE/clients.py" latency "$SMALL_PORT" "$D/ca.pem" "$D/bench.pem" \
-  "$D/bench.key" 3000)"
-OPEN_DURING="$(ls /proc/"$SMALL_PID"/fd | wc -l)"
-wait "$SL_PID" || true
-SL_DONE="$(tail -1 "$D/slowloris.out")"
+SL_READY=skipped SL_DONE=skipped OPEN_DURING=- LAT_SLOW=skipped
+if [ "$SLOW" -gt 0 ]; then
+  say "slow-loris: $SLOW connections"
+  python3 "$HERE/clients.py" slowloris "$SMALL_PORT" "$D/ca.pem" "$D/bench.pem" "$D/bench.key" \
+    "$SLOW" 25 >"$D/slowloris.out" &
+  SL_PID=$!
+  PIDS+=("$SL_PID")
+  for _ in $(seq 600); do
+    grep -q ready "$D/slowloris.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  SL_READY="$(head -1 "$D/slowloris.out")"
+  LAT_SLOW="$(python3 "$HERE/clients.py" latency "$SMALL_PORT" "$D/ca.pem" "$D/bench.pem" \
+    "$D/bench.key" 3000)"
+  OPEN_DURING="$(ls /proc/"$SMALL_PID"/fd | wc -l)"
+  wait "$SL_PID" || true
+  SL_DONE="$(tail -1 "$D/slowloris.out")"
+fi
 kbd_stop
 kill -TERM "$NGINX_PID"
 wait "$NGINX_PID" || true
 
 # ---- (3) memory and latency at scale
-say "big store: $BIG_SECRETS secrets, $BIG_CLIENTS clients, $BIG_GROUPS groups (populating)"
-kbd_setup big
-t0="$(date +%s)"
-"$D/populate" "$D/big/conf" "$BIG_SECRETS" "$BIG_CLIENTS" "$BIG_GROUPS" "$BENCH_ID"
-POP_SECS=$(($(date +%s) - t0))
-DB_MB="$(du -m "$D/big/kb.db" | cut -f1)"
-kbd_start big
-BIG_PID="$KPID"
-BIG_START_RSS="$(rss_kb "$BIG_PID")"
-LAT_BIG="$(python3 "$HERE/clients.py" latency "$KPORT" "$D/ca.pem" "$D/bench.pem" \
-  "$D/bench.key" 3000)"
-BIG_KA="$(ab_run keybridged-big "https://127.0.0.1:$KPORT/v1/secrets" 20000 32 -k 2>/dev/null ||
-  true)"
-BIG_HWM_CLIENT="$(hwm_kb "$BIG_PID")" # before the admin list below
-# The admin's full list (100k secrets) is the largest single response the server builds.
-t0="$(date +%s%N)"
-ADMIN_LIST_BYTES="$(curl -sS -k --cert "$D/admin.pem" --key "$D/admin.key" \
-  "https://127.0.0.1:$KPORT/v1/admin/secrets" | wc -c)"
-ADMIN_LIST_MS=$((($(date +%s%N) - t0) / 1000000))
-BIG_HWM="$(hwm_kb "$BIG_PID")"
-kbd_stop
+POP_SECS=- DB_MB=- LAT_BIG=skipped BIG_KA=skipped ADMIN_LIST_BYTES=- ADMIN_LIST_MS=-
+BIG_START_RSS=0 BIG_HWM_CLIENT=0 BIG_HWM=0
+if [ "$BIG" != 0 ]; then
+  say "big store: $BIG_SECRETS secrets, $BIG_CLIENTS clients, $BIG_GROUPS groups (populating)"
+  kbd_setup big
+  t0="$(date +%s)"
+  "$D/populate" "$D/big/conf" "$BIG_SECRETS" "$BIG_CLIENTS" "$BIG_GROUPS" "$BENCH_ID"
+  POP_SECS=$(($(date +%s) - t0))
+  DB_MB="$(du -m "$D/big/kb.db" | cut -f1)"
+  kbd_start big
+  BIG_PID="$KPID"
+  BIG_START_RSS="$(rss_kb "$BIG_PID")"
+  LAT_BIG="$(python3 "$HERE/clients.py" latency "$KPORT" "$D/ca.pem" "$D/bench.pem" \
+    "$D/bench.key" 3000)"
+  BIG_KA="$(ab_run keybridged-big "https://127.0.0.1:$KPORT/v1/secrets" 20000 32 -k 2>/dev/null ||
+    true)"
+  BIG_HWM_CLIENT="$(hwm_kb "$BIG_PID")" # before the admin list below
+  # The admin's full list (100k secrets) is the largest single response the server builds.
+  t0="$(date +%s%N)"
+  ADMIN_LIST_BYTES="$(curl -sS -k --cert "$D/admin.pem" --key "$D/admin.key" \
+    "https://127.0.0.1:$KPORT/v1/admin/secrets" | wc -c)"
+  ADMIN_LIST_MS=$((($(date +%s%N) - t0) / 1000000))
+  BIG_HWM="$(hwm_kb "$BIG_PID")"
+  kbd_stop
+fi
 
 # ---- report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }

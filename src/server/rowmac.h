@@ -6,6 +6,17 @@
  * encoded as 0/1 integers; backends also refuse any other stored value ("admin = 2").
  *
  * Backend-neutral: every store backend computes and checks MACs through these functions.
+ *
+ * Cost: a store checks one MAC per row it reads on the request path (client, membership, grant,
+ * secret), so the HMAC algorithm is fetched and keyed once per rowmac_ctx (rowmac_ctx_new), and
+ * each MAC only resets the keyed context (EVP_MAC_init with a NULL key: the HMAC ipad/opad
+ * states are reused, RFC 2104 section 4 "precomputations") instead of fetching the algorithm and
+ * hashing the key again for every row.
+ *
+ * Thread safety: a rowmac_ctx is used by one thread at a time (a store backend keeps one per
+ * database connection). The raw key stays in the caller's kb_secret (locked memory); the keyed
+ * OpenSSL context holds the derived HMAC states in OpenSSL's heap and is cleansed by OpenSSL when
+ * freed (rowmac_ctx_free).
  */
 #ifndef KB_SERVER_ROWMAC_H
 #define KB_SERVER_ROWMAC_H
@@ -18,16 +29,23 @@
 #include "lib/secbuf.h"
 
 #define ROWMAC_LEN 32
+#define ROWMAC_KEY_MIN 32
 
-KB_WUR kb_err rowmac_client(const kb_secret *key, int64_t id, const char *spiffe_id, bool enabled,
+typedef struct rowmac_ctx rowmac_ctx;
+
+/* A keyed context for key (at least ROWMAC_KEY_MIN bytes): KB_ERR_INVALID if shorter,
+ * KB_ERR_CRYPTO if OpenSSL fails. */
+KB_WUR kb_err rowmac_ctx_new(const kb_secret *key, rowmac_ctx **out);
+void rowmac_ctx_free(rowmac_ctx *m);
+
+KB_WUR kb_err rowmac_client(rowmac_ctx *m, int64_t id, const char *spiffe_id, bool enabled,
                             bool admin, bool cloud, const char *app_name, uint8_t out[ROWMAC_LEN]);
-KB_WUR kb_err rowmac_membership(const kb_secret *key, int64_t client_id, int64_t group_id,
+KB_WUR kb_err rowmac_membership(rowmac_ctx *m, int64_t client_id, int64_t group_id,
                                 uint8_t out[ROWMAC_LEN]);
-KB_WUR kb_err rowmac_grant(const kb_secret *key, int64_t group_id, int64_t secret_id,
+KB_WUR kb_err rowmac_grant(rowmac_ctx *m, int64_t group_id, int64_t secret_id,
                            uint8_t out[ROWMAC_LEN]);
-KB_WUR kb_err rowmac_secret(const kb_secret *key, int64_t id, const char *name,
-                            int64_t owner_group_id, bool cloud_sync, int64_t deleted_at,
-                            uint8_t out[ROWMAC_LEN]);
+KB_WUR kb_err rowmac_secret(rowmac_ctx *m, int64_t id, const char *name, int64_t owner_group_id,
+                            bool cloud_sync, int64_t deleted_at, uint8_t out[ROWMAC_LEN]);
 
 /* Constant-time check of a stored MAC (stored may be NULL or of the wrong length: mismatch). */
 bool rowmac_equal(const uint8_t want[ROWMAC_LEN], const void *stored, size_t stored_len);

@@ -127,16 +127,46 @@ const char *store_sqlite_migration(int version)
     return migrations[version - 1];
 }
 
-/* ---- connection and helpers ---- */
+/* ---- connections and helpers ---- */
 
-typedef struct {
+/* Prepared statements are kept per connection for its lifetime (SQLITE_PREPARE_PERSISTENT,
+ * https://sqlite.org/c3ref/c_prepare_normalize.html): parsing and planning a statement cost more
+ * than running keybridged's short queries. They are found by the address of their SQL text,
+ * which is always a string literal, so the lookup is a pointer hash, not a string compare. */
+#define STMT_SLOTS 128 /* power of two, over twice the number of distinct SQL texts */
+
+typedef struct cx {
+    store *st;
     sqlite3 *db;
-    pthread_mutex_t mu;
+    rowmac_ctx *mac; /* this connection's keyed HMAC context (one user at a time, like db) */
+    bool writer;
+    struct cx *next_idle;
+    size_t nstmts;
+    struct {
+        const char *sql;
+        sqlite3_stmt *s;
+    } stmts[STMT_SLOTS];
+} cx;
+
+/* One writer connection behind a mutex (SQLite has one writer at a time anyway), and a pool of
+ * reader connections: in WAL mode readers never block the writer nor each other
+ * (https://sqlite.org/wal.html#concurrency), so the event loops' reads run in parallel. Every
+ * reader statement runs in its own snapshot, or in one BEGIN ... COMMIT where several reads must
+ * agree (the client row and its listing; a batch get). */
+typedef struct {
+    cx *writer;
+    pthread_mutex_t wmu;
+    pthread_mutex_t pmu; /* guards idle */
+    pthread_cond_t pcv;  /* signalled when a reader is put back */
+    cx *idle;
+    cx **readers; /* all of them, for close */
+    size_t nreaders;
 } sq;
 
 #define SQ(st) ((sq *)(st)->impl)
+#define STORE_SQLITE_READERS_MAX 16
 
-static kb_err db_err(sq *b, int rc, const char *what)
+static kb_err db_err(cx *b, int rc, const char *what)
 {
     int ext = sqlite3_extended_errcode(b->db);
     if (rc == SQLITE_CONSTRAINT || (rc & 0xff) == SQLITE_CONSTRAINT) {
@@ -151,24 +181,54 @@ static kb_err db_err(sq *b, int rc, const char *what)
     return KB_ERR_DB;
 }
 
-static kb_err prep(sq *b, const char *sql, sqlite3_stmt **s)
+/* The connection's cached statement for sql (a string literal), prepared on first use. The
+ * caller hands it back with done() on every path: a statement left mid-step would pin an old
+ * snapshot (and, on the writer, a transaction). */
+static kb_err prep(cx *b, const char *sql, sqlite3_stmt **s)
 {
-    int rc = sqlite3_prepare_v2(b->db, sql, -1, s, NULL);
-    if (rc != SQLITE_OK) {
-        *s = NULL;
-        return db_err(b, rc, "prepare");
+    size_t h = (size_t)(((uintptr_t)sql >> 3) * (uintptr_t)0x9E3779B97F4A7C15u);
+    int rc;
+    *s = NULL;
+    for (size_t i = 0; i < STMT_SLOTS; i++) {
+        size_t k = (h + i) & (STMT_SLOTS - 1);
+        if (b->stmts[k].sql == sql) {
+            *s = b->stmts[k].s;
+            return KB_OK;
+        }
+        if (b->stmts[k].sql != NULL)
+            continue;
+        /* Keep at least half the table empty so probes stay short. */
+        KB_ENSURE(b->nstmts < STMT_SLOTS / 2, KB_ERR_INTERNAL);
+        rc = sqlite3_prepare_v3(b->db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL);
+        if (rc != SQLITE_OK) {
+            *s = NULL;
+            return db_err(b, rc, "prepare");
+        }
+        b->stmts[k].sql = sql;
+        b->stmts[k].s = *s;
+        b->nstmts++;
+        return KB_OK;
     }
-    return KB_OK;
+    return KB_ERR_INTERNAL;
 }
 
-static kb_err exec(sq *b, const char *sql)
+/* Reset a cached statement for its next use: ends its read, drops its bound values. */
+static void done(sqlite3_stmt *s)
+{
+    if (s != NULL) {
+        (void)sqlite3_reset(s);
+        (void)sqlite3_clear_bindings(s);
+    }
+}
+
+static kb_err exec(cx *b, const char *sql)
 {
     int rc = sqlite3_exec(b->db, sql, NULL, NULL, NULL);
     return rc == SQLITE_OK ? KB_OK : db_err(b, rc, "exec");
 }
 
 /* Step a statement that returns no rows (or whose rows we ignore). */
-static kb_err step_done(sq *b, sqlite3_stmt *s, const char *what)
+static kb_err step_done(cx *b, sqlite3_stmt *s, const char *what)
 {
     int rc = sqlite3_step(s);
     if (rc == SQLITE_DONE || rc == SQLITE_ROW)
@@ -177,7 +237,7 @@ static kb_err step_done(sq *b, sqlite3_stmt *s, const char *what)
 }
 
 /* SQLITE_ROW -> KB_OK, SQLITE_DONE -> KB_ERR_NOT_FOUND. */
-static kb_err step_row(sq *b, sqlite3_stmt *s, const char *what)
+static kb_err step_row(cx *b, sqlite3_stmt *s, const char *what)
 {
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW)
@@ -241,17 +301,28 @@ static bool col_mac_ok(sqlite3_stmt *s, int i, const uint8_t want[ROWMAC_LEN])
     return rowmac_equal(want, p, n > 0 ? (size_t)n : 0);
 }
 
-static kb_err tx_begin(sq *b, bool write)
+/* Run one cached, parameterless statement (BEGIN, COMMIT). */
+static kb_err run(cx *b, const char *sql)
+{
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD(prep(b, sql, &s));
+    rc = step_done(b, s, sql);
+    done(s);
+    return rc;
+}
+
+static kb_err tx_begin(cx *b, bool write)
 {
     /* IMMEDIATE takes the write lock up front, so a read-then-write transaction never fails
      * half-way with SQLITE_BUSY on lock upgrade. */
-    return exec(b, write ? "BEGIN IMMEDIATE" : "BEGIN");
+    return run(b, write ? "BEGIN IMMEDIATE" : "BEGIN");
 }
 
-static kb_err tx_end(sq *b, kb_err rc)
+static kb_err tx_end(cx *b, kb_err rc)
 {
     if (rc == KB_OK) {
-        rc = exec(b, "COMMIT");
+        rc = run(b, "COMMIT");
         if (rc == KB_OK)
             return KB_OK;
     }
@@ -276,8 +347,51 @@ static kb_err grow(void **arr, size_t *cap, size_t n, size_t elem)
     return KB_OK;
 }
 
-#define LOCK(b) pthread_mutex_lock(&(b)->mu)
-#define UNLOCK(b) pthread_mutex_unlock(&(b)->mu)
+/* Take the writer (waits for the other writers of this process). */
+static cx *wr_get(sq *q)
+{
+    pthread_mutex_lock(&q->wmu);
+    return q->writer;
+}
+
+/* Take an idle reader, waiting for one if all are busy. */
+static cx *rd_get(sq *q)
+{
+    cx *b;
+    pthread_mutex_lock(&q->pmu);
+    while (q->idle == NULL)
+        pthread_cond_wait(&q->pcv, &q->pmu);
+    b = q->idle;
+    q->idle = b->next_idle;
+    pthread_mutex_unlock(&q->pmu);
+    return b;
+}
+
+/* Hand a connection back. Every path resets its statements and ends its transaction, so this
+ * is a safety net: a statement still mid-step would pin the next user to an old snapshot. */
+static void cx_put(sq *q, cx *b)
+{
+    sqlite3_stmt *s = NULL;
+    while ((s = sqlite3_next_stmt(b->db, s)) != NULL) {
+        if (sqlite3_stmt_busy(s))
+            (void)sqlite3_reset(s);
+    }
+    if (!sqlite3_get_autocommit(b->db))
+        (void)sqlite3_exec(b->db, "ROLLBACK", NULL, NULL, NULL);
+    if (b->writer) {
+        pthread_mutex_unlock(&q->wmu);
+        return;
+    }
+    pthread_mutex_lock(&q->pmu);
+    b->next_idle = q->idle;
+    q->idle = b;
+    pthread_cond_signal(&q->pcv);
+    pthread_mutex_unlock(&q->pmu);
+}
+
+#define WR(st) wr_get(SQ(st))
+#define RD(st) rd_get(SQ(st))
+#define PUT(st, b) cx_put(SQ(st), (b))
 
 /* ---- row loaders (column lists and their readers kept side by side) ---- */
 
@@ -298,7 +412,7 @@ static kb_err grow(void **arr, size_t *cap, size_t n, size_t elem)
 #define GROUP_NCOLS 5
 
 /* Load a secret row at column c0 and check its MAC: KB_ERR_INTEGRITY (logged) on mismatch. */
-static kb_err load_secret(store *st, sqlite3_stmt *s, int c0, store_secret *out)
+static kb_err load_secret(cx *b, sqlite3_stmt *s, int c0, store_secret *out)
 {
     uint8_t want[ROWMAC_LEN];
     kb_err rc = KB_OK;
@@ -315,8 +429,8 @@ static kb_err load_secret(store *st, sqlite3_stmt *s, int c0, store_secret *out)
     KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
     KB_GUARD_OUT(rc, col_str(s, c0 + 7, &out->created_by));
     KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->updated_by));
-    KB_GUARD_OUT(rc, rowmac_secret(st->cfg.row_mac_key, out->id, out->name, out->owner_group_id,
-                                   out->cloud_sync, out->deleted_at, want));
+    KB_GUARD_OUT(rc, rowmac_secret(b->mac, out->id, out->name, out->owner_group_id, out->cloud_sync,
+                                   out->deleted_at, want));
     if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("secrets", out->id, 0);
         rc = KB_ERR_INTEGRITY;
@@ -364,7 +478,7 @@ out:
 /* Load a client row at c0, check its MAC, and derive the effective flags: cloud if the stored
  * flag or the configured prefixes say so (a forgotten setting fails closed), and never admin
  * together with cloud. */
-static kb_err load_client(store *st, sqlite3_stmt *s, int c0, store_client *out)
+static kb_err load_client(cx *b, sqlite3_stmt *s, int c0, store_client *out)
 {
     uint8_t want[ROWMAC_LEN];
     kb_err rc = KB_OK;
@@ -381,13 +495,13 @@ static kb_err load_client(store *st, sqlite3_stmt *s, int c0, store_client *out)
     KB_GUARD_OUT(rc, col_str(s, c0 + 5, &out->app_name));
     KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->description));
     KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->created_by));
-    KB_GUARD_OUT(rc, rowmac_client(st->cfg.row_mac_key, out->id, out->spiffe_id, out->enabled,
-                                   out->admin, out->cloud, out->app_name, want));
+    KB_GUARD_OUT(rc, rowmac_client(b->mac, out->id, out->spiffe_id, out->enabled, out->admin,
+                                   out->cloud, out->app_name, want));
     if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("clients", out->id, 0);
         KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
     }
-    if (model_spiffe_is_cloud(out->spiffe_id, (const char *const *)st->cfg.cloud_prefixes))
+    if (model_spiffe_is_cloud(out->spiffe_id, (const char *const *)b->st->cfg.cloud_prefixes))
         out->cloud = true;
     if (out->admin && out->cloud) {
         char id[24];
@@ -419,9 +533,8 @@ out:
 }
 
 /* Fetch one verified secret by name or id (lock held). */
-static kb_err secret_fetch(store *st, const char *name, int64_t id, store_secret *out)
+static kb_err secret_fetch(cx *b, const char *name, int64_t id, store_secret *out)
 {
-    sq *b = SQ(st);
     sqlite3_stmt *s = NULL;
     kb_err rc;
     if (name != NULL) {
@@ -434,14 +547,13 @@ static kb_err secret_fetch(store *st, const char *name, int64_t id, store_secret
     if (rc == KB_OK)
         rc = step_row(b, s, "secret_fetch");
     if (rc == KB_OK)
-        rc = load_secret(st, s, 0, out);
-    sqlite3_finalize(s);
+        rc = load_secret(b, s, 0, out);
+    done(s);
     return rc;
 }
 
-static kb_err client_fetch(store *st, const char *spiffe_id, int64_t id, store_client *out)
+static kb_err client_fetch(cx *b, const char *spiffe_id, int64_t id, store_client *out)
 {
-    sq *b = SQ(st);
     sqlite3_stmt *s = NULL;
     kb_err rc;
     if (spiffe_id != NULL) {
@@ -454,12 +566,12 @@ static kb_err client_fetch(store *st, const char *spiffe_id, int64_t id, store_c
     if (rc == KB_OK)
         rc = step_row(b, s, "client_fetch");
     if (rc == KB_OK)
-        rc = load_client(st, s, 0, out);
-    sqlite3_finalize(s);
+        rc = load_client(b, s, 0, out);
+    done(s);
     return rc;
 }
 
-static kb_err exists(sq *b, const char *sql, int64_t id)
+static kb_err exists(cx *b, const char *sql, int64_t id)
 {
     sqlite3_stmt *s = NULL;
     kb_err rc;
@@ -467,13 +579,13 @@ static kb_err exists(sq *b, const char *sql, int64_t id)
     rc = bind_i64(s, 1, id);
     if (rc == KB_OK)
         rc = step_row(b, s, "exists");
-    sqlite3_finalize(s);
+    done(s);
     return rc;
 }
 
 /* ---- open / close / migrate ---- */
 
-static kb_err read_schema_version(sq *b, int *out)
+static kb_err read_schema_version(cx *b, int *out)
 {
     sqlite3_stmt *s = NULL;
     kb_err rc;
@@ -484,10 +596,10 @@ static kb_err read_schema_version(sq *b, int *out)
                   &s));
     rc = step_row(b, s, "schema_probe");
     if (rc == KB_OK && sqlite3_column_int(s, 0) == 0) {
-        sqlite3_finalize(s);
+        done(s);
         return KB_OK; /* a new, empty database */
     }
-    sqlite3_finalize(s);
+    done(s);
     s = NULL;
     KB_GUARD(rc);
     KB_GUARD(prep(b, "SELECT min(version), max(version), count(*) FROM schema_version", &s));
@@ -499,11 +611,11 @@ static kb_err read_schema_version(sq *b, int *out)
         else
             *out = sqlite3_column_int(s, 0);
     }
-    sqlite3_finalize(s);
+    done(s);
     return rc;
 }
 
-static kb_err migrate(sq *b)
+static kb_err migrate(cx *b)
 {
     int cur = 0;
     char have[16], want[16];
@@ -527,7 +639,7 @@ static kb_err migrate(sq *b)
         rc = bind_i64(s, 1, SCHEMA_VERSION);
         if (rc == KB_OK)
             rc = step_done(b, s, "schema_version_set");
-        sqlite3_finalize(s);
+        done(s);
         KB_GUARD_OUT(rc, rc);
         kb_log(KB_LOG_INFO, "store_schema_migrated", "from", have, "to", want, NULL);
     }
@@ -535,13 +647,97 @@ out:
     return tx_end(b, rc);
 }
 
+static void cx_close(cx *b)
+{
+    if (b == NULL)
+        return;
+    for (size_t i = 0; i < STMT_SLOTS; i++)
+        sqlite3_finalize(b->stmts[i].s);
+    sqlite3_close(b->db);
+    rowmac_ctx_free(b->mac);
+    free(b);
+}
+
+/* Open one connection: the writer sets WAL and migrates; readers are query_only. NOMUTEX:
+ * each connection is used by one thread at a time (wr_get/rd_get), so SQLite's own per-call
+ * mutex is redundant (https://sqlite.org/threadsafe.html). */
+static kb_err cx_open(store *st, const char *path, bool writer, cx **out)
+{
+    cx *b;
+    int rc;
+    kb_err e = KB_OK;
+    sqlite3_stmt *s = NULL;
+
+    *out = NULL;
+    b = calloc(1, sizeof(*b));
+    KB_ENSURE(b != NULL, KB_ERR_NOMEM);
+    b->st = st;
+    b->writer = writer;
+    KB_GUARD_OUT(e, rowmac_ctx_new(st->cfg.row_mac_key, &b->mac));
+    rc = sqlite3_open_v2(path, &b->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW, NULL);
+    if (rc != SQLITE_OK) {
+        kb_log(KB_LOG_ERROR, "store_open_failed", "error", sqlite3_errstr(rc), NULL);
+        KB_ENSURE_OUT(e, false, KB_ERR_DB);
+    }
+    sqlite3_extended_result_codes(b->db, 1);
+    sqlite3_busy_timeout(b->db, st->cfg.busy_timeout_ms);
+    if (writer) {
+        /* journal_mode returns the mode in effect: insist on WAL. */
+        KB_GUARD_OUT(e, prep(b, "PRAGMA journal_mode = WAL", &s));
+        KB_GUARD_OUT(e, step_row(b, s, "journal_mode"));
+        KB_ENSURE_OUT(e,
+                      sqlite3_column_text(s, 0) != NULL &&
+                          strcmp((const char *)sqlite3_column_text(s, 0), "wal") == 0,
+                      KB_ERR_DB);
+        done(s);
+        s = NULL;
+        KB_GUARD_OUT(e, exec(b, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; "
+                                "PRAGMA secure_delete = ON; PRAGMA trusted_schema = OFF;"));
+        KB_GUARD_OUT(e, migrate(b));
+    } else {
+        KB_GUARD_OUT(e, exec(b, "PRAGMA query_only = ON; PRAGMA foreign_keys = ON; "
+                                "PRAGMA trusted_schema = OFF;"));
+    }
+    *out = b;
+    b = NULL;
+out:
+    done(s);
+    cx_close(b);
+    return e;
+}
+
+static void sq_free(sq *q)
+{
+    if (q == NULL)
+        return;
+    for (size_t i = 0; i < q->nreaders; i++)
+        cx_close(q->readers[i]);
+    free(q->readers);
+    cx_close(q->writer);
+    pthread_cond_destroy(&q->pcv);
+    pthread_mutex_destroy(&q->pmu);
+    pthread_mutex_destroy(&q->wmu);
+    free(q);
+}
+
+/* Readers: one per event loop (one per core) plus one for the odd admin or background call. */
+static size_t readers_wanted(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    if (n + 1 > STORE_SQLITE_READERS_MAX)
+        return STORE_SQLITE_READERS_MAX;
+    return n + 1 < 2 ? 2 : (size_t)n + 1;
+}
+
 static kb_err sq_open(store *st, const char *path)
 {
-    sq *b;
-    int fd, rc;
+    sq *q;
+    int fd;
+    size_t want;
     kb_err e = KB_OK;
-    char pragmas[160];
-    sqlite3_stmt *s = NULL;
 
     KB_ENSURE(path != NULL && path[0] != '\0', KB_ERR_CONFIG);
     /* Create the file private (0600) before SQLite does (it would use 0644); the -wal and -shm
@@ -552,75 +748,64 @@ static kb_err sq_open(store *st, const char *path)
         return KB_ERR_IO;
     }
     close(fd);
-    b = calloc(1, sizeof(*b));
-    KB_ENSURE(b != NULL, KB_ERR_NOMEM);
-    if (pthread_mutex_init(&b->mu, NULL) != 0) {
-        free(b);
+    q = calloc(1, sizeof(*q));
+    KB_ENSURE(q != NULL, KB_ERR_NOMEM);
+    if (pthread_mutex_init(&q->wmu, NULL) != 0) {
+        free(q);
         return KB_ERR_INTERNAL;
     }
-    st->impl = b;
-    rc = sqlite3_open_v2(
-        path, &b->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW, NULL);
-    if (rc != SQLITE_OK) {
-        kb_log(KB_LOG_ERROR, "store_open_failed", "error", sqlite3_errstr(rc), NULL);
-        KB_ENSURE_OUT(e, false, KB_ERR_DB);
+    if (pthread_mutex_init(&q->pmu, NULL) != 0) {
+        pthread_mutex_destroy(&q->wmu);
+        free(q);
+        return KB_ERR_INTERNAL;
     }
-    sqlite3_extended_result_codes(b->db, 1);
-    sqlite3_busy_timeout(b->db, st->cfg.busy_timeout_ms);
-    /* journal_mode returns the mode in effect: insist on WAL. */
-    KB_GUARD_OUT(e, prep(b, "PRAGMA journal_mode = WAL", &s));
-    KB_GUARD_OUT(e, step_row(b, s, "journal_mode"));
-    KB_ENSURE_OUT(e,
-                  sqlite3_column_text(s, 0) != NULL &&
-                      strcmp((const char *)sqlite3_column_text(s, 0), "wal") == 0,
-                  KB_ERR_DB);
-    sqlite3_finalize(s);
-    s = NULL;
-    snprintf(pragmas, sizeof(pragmas),
-             "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;"
-             "PRAGMA trusted_schema = OFF;");
-    KB_GUARD_OUT(e, exec(b, pragmas));
-    KB_GUARD_OUT(e, migrate(b));
+    if (pthread_cond_init(&q->pcv, NULL) != 0) {
+        pthread_mutex_destroy(&q->pmu);
+        pthread_mutex_destroy(&q->wmu);
+        free(q);
+        return KB_ERR_INTERNAL;
+    }
+    /* The writer first: it sets WAL and migrates before any reader looks at the schema. */
+    KB_GUARD_OUT(e, cx_open(st, path, true, &q->writer));
+    want = readers_wanted();
+    q->readers = calloc(want, sizeof(*q->readers));
+    KB_ENSURE_OUT(e, q->readers != NULL, KB_ERR_NOMEM);
+    for (size_t i = 0; i < want; i++) {
+        KB_GUARD_OUT(e, cx_open(st, path, false, &q->readers[i]));
+        q->nreaders++;
+        q->readers[i]->next_idle = q->idle;
+        q->idle = q->readers[i];
+    }
+    st->impl = q;
+    q = NULL;
 out:
-    sqlite3_finalize(s);
-    if (e != KB_OK) {
-        sqlite3_close(b->db);
-        pthread_mutex_destroy(&b->mu);
-        free(b);
-        st->impl = NULL;
-    }
+    sq_free(q);
     return e;
 }
 
 static void sq_close(store *st)
 {
-    sq *b = SQ(st);
-    if (b == NULL)
-        return;
-    sqlite3_close(b->db);
-    pthread_mutex_destroy(&b->mu);
-    free(b);
+    sq_free(SQ(st));
     st->impl = NULL;
 }
 
 static kb_err sq_schema_version(store *st, int *out)
 {
-    sq *b = SQ(st);
+    cx *b;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     rc = read_schema_version(b, out);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 /* ---- secrets and versions ---- */
 
 /* Insert version `ver` of secret `id` (lock and write transaction held). */
-static kb_err insert_version(store *st, int64_t id, int64_t ver, const store_version_new *v,
+static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version_new *v,
                              const char *metadata, store_seal_fn seal, void *seal_ctx,
                              const char *actor, int64_t now)
 {
-    sq *b = SQ(st);
     store_envelope env = {0};
     uint8_t checksum[STORE_CHECKSUM_LEN] = {0};
     sqlite3_stmt *s = NULL;
@@ -651,7 +836,7 @@ static kb_err insert_version(store *st, int64_t id, int64_t ver, const store_ver
     KB_GUARD_OUT(rc, bind_text(s, 10, actor));
     KB_GUARD_OUT(rc, bind_i64(s, 11, now));
     KB_GUARD_OUT(rc, step_done(b, s, "version_insert"));
-    sqlite3_finalize(s);
+    done(s);
     s = NULL;
     KB_GUARD_OUT(rc, prep(b,
                           "UPDATE secrets SET latest_version = ?1, updated_by = ?2, "
@@ -663,21 +848,20 @@ static kb_err insert_version(store *st, int64_t id, int64_t ver, const store_ver
     KB_GUARD_OUT(rc, bind_i64(s, 4, id));
     KB_GUARD_OUT(rc, step_done(b, s, "secret_latest"));
 out:
-    sqlite3_finalize(s);
+    done(s);
     store_envelope_clear(&env);
     kb_wipe(checksum, sizeof(checksum));
     return rc;
 }
 
 /* Rewrite the MAC'd fields of a secret with a fresh MAC (lock and transaction held). */
-static kb_err secret_write_flags(store *st, const store_secret *sec, const char *actor, int64_t now)
+static kb_err secret_write_flags(cx *b, const store_secret *sec, const char *actor, int64_t now)
 {
-    sq *b = SQ(st);
     uint8_t mac[ROWMAC_LEN];
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    KB_GUARD(rowmac_secret(st->cfg.row_mac_key, sec->id, sec->name, sec->owner_group_id,
-                           sec->cloud_sync, sec->deleted_at, mac));
+    KB_GUARD(rowmac_secret(b->mac, sec->id, sec->name, sec->owner_group_id, sec->cloud_sync,
+                           sec->deleted_at, mac));
     KB_GUARD(prep(b,
                   "UPDATE secrets SET description = ?1, owner_group_id = ?2, cloud_sync = ?3, "
                   "deleted_at = ?4, updated_by = ?5, updated_at = ?6, mac = ?7 WHERE id = ?8",
@@ -695,7 +879,7 @@ static kb_err secret_write_flags(store *st, const store_secret *sec, const char 
     KB_GUARD_OUT(rc, bind_i64(s, 8, sec->id));
     KB_GUARD_OUT(rc, step_done(b, s, "secret_update"));
 out:
-    sqlite3_finalize(s);
+    done(s);
     return rc;
 }
 
@@ -703,15 +887,15 @@ static kb_err sq_secret_create(store *st, const store_secret_new *sn, const stor
                                const char *metadata, store_seal_fn seal, void *seal_ctx,
                                const char *actor, int64_t now, int64_t *id_out)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     store_secret sec = {0};
     kb_err rc;
 
-    LOCK(b);
+    b = WR(st);
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
     if (sn->owner_group_id > 0)
@@ -733,17 +917,17 @@ static kb_err sq_secret_create(store *st, const store_secret_new *sn, const stor
     sec.description = (char *)(sn->description ? sn->description : "");
     sec.owner_group_id = sn->owner_group_id;
     sec.cloud_sync = sn->cloud_sync;
-    KB_GUARD_OUT(rc, secret_write_flags(st, &sec, actor, now));
-    KB_GUARD_OUT(rc, insert_version(st, sec.id, 1, v, metadata, seal, seal_ctx, actor, now));
+    KB_GUARD_OUT(rc, secret_write_flags(b, &sec, actor, now));
+    KB_GUARD_OUT(rc, insert_version(b, sec.id, 1, v, metadata, seal, seal_ctx, actor, now));
     *id_out = sec.id;
 out:
-    sqlite3_finalize(s);
+    done(s);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
-static kb_err max_content_len(sq *b, int64_t secret_id, int64_t *out)
+static kb_err max_content_len(cx *b, int64_t secret_id, int64_t *out)
 {
     sqlite3_stmt *s = NULL;
     kb_err rc;
@@ -754,7 +938,7 @@ static kb_err max_content_len(sq *b, int64_t secret_id, int64_t *out)
         rc = step_row(b, s, "max_content_len");
     if (rc == KB_OK)
         *out = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
+    done(s);
     return rc;
 }
 
@@ -762,45 +946,45 @@ static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_n
                              const char *metadata, store_seal_fn seal, void *seal_ctx,
                              const char *actor, int64_t now, int64_t *version_out)
 {
-    sq *b = SQ(st);
+    cx *b;
     store_secret sec = {0};
     kb_err rc;
 
-    LOCK(b);
+    b = WR(st);
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, secret_fetch(st, NULL, secret_id, &sec));
+    KB_GUARD_OUT(rc, secret_fetch(b, NULL, secret_id, &sec));
     KB_ENSURE_OUT(rc, sec.deleted_at == 0, KB_ERR_CONFLICT);
     KB_GUARD_OUT(rc, model_content_len_check(v->content_len, st->cfg.content_max, sec.cloud_sync));
     KB_ENSURE_OUT(rc, sec.latest_version < INT64_MAX, KB_ERR_CONFLICT);
-    KB_GUARD_OUT(rc, insert_version(st, sec.id, sec.latest_version + 1, v, metadata, seal, seal_ctx,
+    KB_GUARD_OUT(rc, insert_version(b, sec.id, sec.latest_version + 1, v, metadata, seal, seal_ctx,
                                     actor, now));
     *version_out = sec.latest_version + 1;
 out:
     store_secret_clear(&sec);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
                                const char *actor, int64_t now)
 {
-    sq *b = SQ(st);
+    cx *b;
     store_secret sec = {0};
     char *old_desc = NULL;
     kb_err rc;
 
-    LOCK(b);
+    b = WR(st);
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, secret_fetch(st, NULL, secret_id, &sec));
+    KB_GUARD_OUT(rc, secret_fetch(b, NULL, secret_id, &sec));
     if (p->cloud_sync == 1 && !sec.cloud_sync) {
         int64_t maxlen = 0;
         KB_GUARD_OUT(rc, max_content_len(b, secret_id, &maxlen));
@@ -816,55 +1000,55 @@ static kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_
         old_desc = sec.description;
         sec.description = (char *)p->description;
     }
-    KB_GUARD_OUT(rc, secret_write_flags(st, &sec, actor, now));
+    KB_GUARD_OUT(rc, secret_write_flags(b, &sec, actor, now));
 out:
     if (old_desc != NULL) {
         sec.description = old_desc;
     }
     store_secret_clear(&sec);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, const char *actor,
                                     int64_t now)
 {
-    sq *b = SQ(st);
+    cx *b;
     store_secret sec = {0};
     kb_err rc;
 
-    LOCK(b);
+    b = WR(st);
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, secret_fetch(st, NULL, secret_id, &sec));
+    KB_GUARD_OUT(rc, secret_fetch(b, NULL, secret_id, &sec));
     KB_ENSURE_OUT(rc, (sec.deleted_at != 0) != deleted, KB_ERR_CONFLICT);
     sec.deleted_at = deleted ? now : 0;
-    KB_GUARD_OUT(rc, secret_write_flags(st, &sec, actor, now));
+    KB_GUARD_OUT(rc, secret_write_flags(b, &sec, actor, now));
 out:
     store_secret_clear(&sec);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secret_purge(store *st, int64_t secret_id)
 {
-    sq *b = SQ(st);
+    cx *b;
     store_secret sec = {0};
     sqlite3_stmt *s = NULL;
     kb_err rc;
 
-    LOCK(b);
+    b = WR(st);
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, secret_fetch(st, NULL, secret_id, &sec));
+    KB_GUARD_OUT(rc, secret_fetch(b, NULL, secret_id, &sec));
     KB_ENSURE_OUT(rc, sec.deleted_at != 0, KB_ERR_CONFLICT);
     /* ON DELETE CASCADE removes versions (envelopes), grants and the fetch log; secure_delete
      * overwrites the freed pages. */
@@ -872,21 +1056,21 @@ static kb_err sq_secret_purge(store *st, int64_t secret_id)
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
     KB_GUARD_OUT(rc, step_done(b, s, "secret_purge"));
 out:
-    sqlite3_finalize(s);
+    done(s);
     store_secret_clear(&sec);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secret_get(store *st, const char *name, int64_t id, bool include_deleted,
                             store_secret *out)
 {
-    sq *b = SQ(st);
+    cx *b;
     kb_err rc;
-    LOCK(b);
-    rc = secret_fetch(st, name, id, out);
-    UNLOCK(b);
+    b = RD(st);
+    rc = secret_fetch(b, name, id, out);
+    PUT(st, b);
     if (rc == KB_OK && !include_deleted && out->deleted_at != 0) {
         store_secret_clear(out);
         rc = KB_ERR_NOT_FOUND;
@@ -897,10 +1081,9 @@ static kb_err sq_secret_get(store *st, const char *name, int64_t id, bool includ
 /* Collect (secret, version[, envelope]) rows; rows failing their MAC are dropped (logged), and
  * with live_only, deleted secrets are dropped after verification (the SQL filter is only a
  * hint on unverified columns). */
-static kb_err collect_records(store *st, sqlite3_stmt *s, bool live_only, bool cloud_only,
+static kb_err collect_records(cx *b, sqlite3_stmt *s, bool live_only, bool cloud_only,
                               store_record **out, size_t *n)
 {
-    sq *b = SQ(st);
     store_record *arr = NULL;
     size_t cnt = 0, cap = 0;
     kb_err rc = KB_OK;
@@ -909,7 +1092,7 @@ static kb_err collect_records(store *st, sqlite3_stmt *s, bool live_only, bool c
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
         store_record rec;
         memset(&rec, 0, sizeof(rec));
-        kb_err e = load_secret(st, s, 0, &rec.secret);
+        kb_err e = load_secret(b, s, 0, &rec.secret);
         if (e == KB_ERR_INTEGRITY)
             continue;
         KB_GUARD_OUT(rc, e);
@@ -944,31 +1127,31 @@ out:
 
 static kb_err sq_secret_list(store *st, bool include_deleted, store_record **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     rc = prep(b,
               "SELECT " SECRET_COLS ", " VERSION_COLS " FROM secrets s JOIN versions v ON "
               "v.secret_id = s.id AND v.version = s.latest_version ORDER BY s.name, s.id",
               &s);
     if (rc == KB_OK)
-        rc = collect_records(st, s, !include_deleted, false, out, n);
-    sqlite3_finalize(s);
-    UNLOCK(b);
+        rc = collect_records(b, s, !include_deleted, false, out, n);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_version_list(store *st, int64_t secret_id, store_version **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     store_version *arr = NULL;
     size_t cnt = 0, cap = 0;
     kb_err rc;
     int r;
 
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT " VERSION_COLS
@@ -983,8 +1166,8 @@ static kb_err sq_version_list(store *st, int64_t secret_id, store_version **out,
     if (r != SQLITE_DONE)
         rc = db_err(b, r, "version_list");
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     if (rc != KB_OK) {
         store_versions_free(arr, cnt);
         return rc;
@@ -995,9 +1178,8 @@ out:
 }
 
 /* Version `ver` (0 = latest) of an already verified secret, with its envelope (lock held). */
-static kb_err version_fetch(store *st, const store_secret *sec, int64_t ver, store_record *out)
+static kb_err version_fetch(cx *b, const store_secret *sec, int64_t ver, store_record *out)
 {
-    sq *b = SQ(st);
     sqlite3_stmt *s = NULL;
     kb_err rc;
     memset(&out->version, 0, sizeof(out->version));
@@ -1014,33 +1196,33 @@ static kb_err version_fetch(store *st, const store_secret *sec, int64_t ver, sto
     if (rc != KB_OK)
         store_version_clear(&out->version);
 out:
-    sqlite3_finalize(s);
+    done(s);
     return rc;
 }
 
 static kb_err sq_version_get(store *st, int64_t secret_id, int64_t version, store_record *out)
 {
-    sq *b = SQ(st);
+    cx *b;
     kb_err rc;
     memset(out, 0, sizeof(*out));
-    LOCK(b);
-    rc = secret_fetch(st, NULL, secret_id, &out->secret);
+    b = RD(st);
+    rc = secret_fetch(b, NULL, secret_id, &out->secret);
     if (rc == KB_OK) {
-        rc = version_fetch(st, &out->secret, version, out);
+        rc = version_fetch(b, &out->secret, version, out);
         if (rc != KB_OK)
             store_secret_clear(&out->secret);
     }
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secrets_expiring(store *st, int64_t from, int64_t to, store_record **out,
                                   size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT " SECRET_COLS ", " VERSION_COLS
                           " FROM secrets s JOIN versions v ON v.secret_id = s.id AND "
@@ -1050,10 +1232,10 @@ static kb_err sq_secrets_expiring(store *st, int64_t from, int64_t to, store_rec
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, from));
     KB_GUARD_OUT(rc, bind_i64(s, 2, to));
-    rc = collect_records(st, s, true, false, out, n);
+    rc = collect_records(b, s, true, false, out, n);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
@@ -1062,10 +1244,10 @@ out:
 static kb_err sq_group_create(store *st, const char *name, const char *description,
                               const char *actor, int64_t now, int64_t *id_out)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     KB_GUARD_OUT(rc, prep(b,
                           "INSERT INTO groups(name, description, created_by, created_at) "
                           "VALUES (?1, ?2, ?3, ?4)",
@@ -1077,24 +1259,24 @@ static kb_err sq_group_create(store *st, const char *name, const char *descripti
     KB_GUARD_OUT(rc, step_done(b, s, "group_insert"));
     *id_out = sqlite3_last_insert_rowid(b->db);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_group_get(store *st, const char *name, store_group *out)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, prep(b, "SELECT " GROUP_COLS " FROM groups g WHERE g.name = ?1", &s));
     KB_GUARD_OUT(rc, bind_text(s, 1, name));
     KB_GUARD_OUT(rc, step_row(b, s, "group_get"));
     rc = load_group(s, 0, out);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
@@ -1102,10 +1284,9 @@ out:
  * (fixed_id, group id) that must verify, or the row is dropped. */
 enum { LINK_NONE, LINK_MEMBERSHIP, LINK_GRANT };
 
-static kb_err collect_groups(store *st, sqlite3_stmt *s, int link, int64_t fixed_id,
-                             store_group **out, size_t *n)
+static kb_err collect_groups(cx *b, sqlite3_stmt *s, int link, int64_t fixed_id, store_group **out,
+                             size_t *n)
 {
-    sq *b = SQ(st);
     store_group *arr = NULL;
     size_t cnt = 0, cap = 0;
     kb_err rc = KB_OK;
@@ -1115,9 +1296,9 @@ static kb_err collect_groups(store *st, sqlite3_stmt *s, int link, int64_t fixed
         if (link != LINK_NONE) {
             uint8_t want[ROWMAC_LEN];
             if (link == LINK_MEMBERSHIP)
-                KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, fixed_id, gid, want));
+                KB_GUARD_OUT(rc, rowmac_membership(b->mac, fixed_id, gid, want));
             else
-                KB_GUARD_OUT(rc, rowmac_grant(st->cfg.row_mac_key, gid, fixed_id, want));
+                KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, fixed_id, want));
             if (!col_mac_ok(s, GROUP_NCOLS, want)) {
                 store_log_integrity(link == LINK_MEMBERSHIP ? "memberships" : "grants",
                                     link == LINK_MEMBERSHIP ? fixed_id : gid,
@@ -1143,27 +1324,27 @@ out:
 
 static kb_err sq_group_list(store *st, store_group **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     rc = prep(b, "SELECT " GROUP_COLS " FROM groups g ORDER BY g.name", &s);
     if (rc == KB_OK)
-        rc = collect_groups(st, s, LINK_NONE, 0, out, n);
-    sqlite3_finalize(s);
-    UNLOCK(b);
+        rc = collect_groups(b, s, LINK_NONE, 0, out, n);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_group_delete(store *st, int64_t group_id)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = ?1", group_id));
@@ -1174,22 +1355,21 @@ static kb_err sq_group_delete(store *st, int64_t group_id)
     KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
     rc = step_done(b, s, "group_delete");
 out:
-    sqlite3_finalize(s);
+    done(s);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 /* ---- clients ---- */
 
-static kb_err client_write_mac(store *st, const store_client *c, bool stored_cloud)
+static kb_err client_write_mac(cx *b, const store_client *c, bool stored_cloud)
 {
-    sq *b = SQ(st);
     uint8_t mac[ROWMAC_LEN];
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    KB_GUARD(rowmac_client(st->cfg.row_mac_key, c->id, c->spiffe_id, c->enabled, c->admin,
-                           stored_cloud, c->app_name, mac));
+    KB_GUARD(rowmac_client(b->mac, c->id, c->spiffe_id, c->enabled, c->admin, stored_cloud,
+                           c->app_name, mac));
     KB_GUARD(prep(b,
                   "UPDATE clients SET enabled = ?1, admin = ?2, cloud = ?3, app_name = ?4, "
                   "description = ?5, mac = ?6 WHERE id = ?7",
@@ -1203,21 +1383,21 @@ static kb_err client_write_mac(store *st, const store_client *c, bool stored_clo
     KB_GUARD_OUT(rc, bind_i64(s, 7, c->id));
     rc = step_done(b, s, "client_update");
 out:
-    sqlite3_finalize(s);
+    done(s);
     return rc;
 }
 
 static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud, const char *actor,
                                int64_t now, int64_t *id_out)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     store_client c = {0};
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
     KB_GUARD_OUT(rc, prep(b,
@@ -1234,29 +1414,28 @@ static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud
     c.admin = cn->admin;
     c.app_name = (char *)(cn->app_name ? cn->app_name : "");
     c.description = (char *)(cn->description ? cn->description : "");
-    KB_GUARD_OUT(rc, client_write_mac(st, &c, cloud));
+    KB_GUARD_OUT(rc, client_write_mac(b, &c, cloud));
     *id_out = c.id;
 out:
-    sqlite3_finalize(s);
+    done(s);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_client_get(store *st, const char *spiffe_id, int64_t id, store_client *out)
 {
-    sq *b = SQ(st);
+    cx *b;
     kb_err rc;
-    LOCK(b);
-    rc = client_fetch(st, spiffe_id, id, out);
-    UNLOCK(b);
+    b = RD(st);
+    rc = client_fetch(b, spiffe_id, id, out);
+    PUT(st, b);
     return rc;
 }
 
-static kb_err collect_clients(store *st, sqlite3_stmt *s, bool stale_only, int64_t group_id,
+static kb_err collect_clients(cx *b, sqlite3_stmt *s, bool stale_only, int64_t group_id,
                               store_client **out, size_t *n)
 {
-    sq *b = SQ(st);
     store_client *arr = NULL;
     size_t cnt = 0, cap = 0;
     kb_err rc = KB_OK;
@@ -1267,13 +1446,13 @@ static kb_err collect_clients(store *st, sqlite3_stmt *s, bool stale_only, int64
         if (group_id > 0) {
             uint8_t want[ROWMAC_LEN];
             int64_t cid = sqlite3_column_int64(s, 0);
-            KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, cid, group_id, want));
+            KB_GUARD_OUT(rc, rowmac_membership(b->mac, cid, group_id, want));
             if (!col_mac_ok(s, CLIENT_NCOLS, want)) {
                 store_log_integrity("memberships", cid, group_id);
                 continue;
             }
         }
-        e = load_client(st, s, 0, &c);
+        e = load_client(b, s, 0, &c);
         if (e == KB_ERR_INTEGRITY)
             continue;
         KB_GUARD_OUT(rc, e);
@@ -1302,33 +1481,33 @@ out:
 
 static kb_err sq_client_list(store *st, store_client **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     rc = prep(b, "SELECT " CLIENT_COLS " FROM clients c ORDER BY c.spiffe_id", &s);
     if (rc == KB_OK)
-        rc = collect_clients(st, s, false, 0, out, n);
-    sqlite3_finalize(s);
-    UNLOCK(b);
+        rc = collect_clients(b, s, false, 0, out, n);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_client_update(store *st, int64_t client_id, const store_client_patch *p)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     store_client c = {0};
     char *keep_app = NULL, *keep_desc = NULL;
     bool stored_cloud;
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, client_fetch(st, NULL, client_id, &c));
+    KB_GUARD_OUT(rc, client_fetch(b, NULL, client_id, &c));
     /* load_client ORs in the derived flag; the stored one must be what we re-MAC. */
     KB_GUARD_OUT(rc, prep(b, "SELECT cloud FROM clients WHERE id = ?1", &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
@@ -1347,32 +1526,32 @@ static kb_err sq_client_update(store *st, int64_t client_id, const store_client_
         keep_desc = c.description;
         c.description = (char *)p->description;
     }
-    KB_GUARD_OUT(rc, client_write_mac(st, &c, stored_cloud));
+    KB_GUARD_OUT(rc, client_write_mac(b, &c, stored_cloud));
 out:
-    sqlite3_finalize(s);
+    done(s);
     if (keep_app)
         c.app_name = keep_app;
     if (keep_desc)
         c.description = keep_desc;
     store_client_clear(&c);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err delete_by_id(store *st, const char *sql, int64_t id)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     KB_GUARD_OUT(rc, prep(b, sql, &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, step_done(b, s, "delete"));
     KB_ENSURE_OUT(rc, sqlite3_changes(b->db) > 0, KB_ERR_NOT_FOUND);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
@@ -1381,13 +1560,11 @@ static kb_err sq_client_delete(store *st, int64_t client_id)
     return delete_by_id(st, "DELETE FROM clients WHERE id = ?1", client_id);
 }
 
-static kb_err sq_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
+static kb_err client_touch(store *st, int64_t client_id, int64_t now, bool listed)
 {
-    sq *b = SQ(st);
+    cx *b = WR(st);
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
-    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = ?1", client_id));
     /* Throttled so that a busy client does not turn every read into a write. */
     KB_GUARD_OUT(rc, prep(b,
                           "UPDATE clients SET "
@@ -1403,26 +1580,48 @@ static kb_err sq_client_seen(store *st, int64_t client_id, int64_t now, bool lis
     KB_GUARD_OUT(rc, bind_i64(s, 4, listed ? 1 : 0));
     rc = step_done(b, s, "client_seen");
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
+}
+
+/* Called on every request: decide on a reader whether anything is due, so the common case (a
+ * client seen within the hour) never queues behind the writer; the UPDATE re-checks the same
+ * conditions, so a race with another thread only skips a redundant write. */
+static kb_err sq_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
+{
+    cx *b = RD(st);
+    sqlite3_stmt *s = NULL;
+    bool due = false;
+    kb_err rc;
+    KB_GUARD_OUT(rc, prep(b, "SELECT last_seen, last_list_at FROM clients WHERE id = ?1", &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
+    KB_GUARD_OUT(rc, step_row(b, s, "client_seen_check"));
+    due = sqlite3_column_int64(s, 0) <= now - STORE_TOUCH_INTERVAL ||
+          (listed && sqlite3_column_int64(s, 1) <= now - STORE_TOUCH_INTERVAL);
+out:
+    done(s);
+    PUT(st, b);
+    if (rc != KB_OK || !due)
+        return rc;
+    return client_touch(st, client_id, now, listed);
 }
 
 static kb_err sq_clients_stale(store *st, int64_t before, store_client **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT " CLIENT_COLS " FROM clients c WHERE c.last_list_at < ?1 "
                           "ORDER BY c.last_list_at, c.spiffe_id",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, before));
-    rc = collect_clients(st, s, true, 0, out, n);
+    rc = collect_clients(b, s, true, 0, out, n);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
@@ -1430,11 +1629,11 @@ out:
 
 static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool present)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     uint8_t mac[ROWMAC_LEN];
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     if (!present) {
         KB_GUARD_OUT(rc, prep(b,
                               membership ? "DELETE FROM memberships WHERE client_id = ?1 AND "
@@ -1451,14 +1650,14 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = ?1", g));
     if (membership) {
         KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = ?1", a));
-        KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, a, g, mac));
+        KB_GUARD_OUT(rc, rowmac_membership(b->mac, a, g, mac));
         KB_GUARD_OUT(rc, prep(b,
                               "INSERT INTO memberships(client_id, group_id, mac) "
                               "VALUES (?1, ?2, ?3)",
                               &s));
     } else {
         KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", a));
-        KB_GUARD_OUT(rc, rowmac_grant(st->cfg.row_mac_key, g, a, mac));
+        KB_GUARD_OUT(rc, rowmac_grant(b->mac, g, a, mac));
         KB_GUARD_OUT(
             rc, prep(b, "INSERT INTO grants(secret_id, group_id, mac) VALUES (?1, ?2, ?3)", &s));
     }
@@ -1467,8 +1666,8 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     KB_GUARD_OUT(rc, bind_blob(s, 3, mac, sizeof(mac)));
     rc = step_done(b, s, "link_insert");
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
@@ -1484,67 +1683,67 @@ static kb_err sq_grant_set(store *st, int64_t group_id, int64_t secret_id, bool 
 
 static kb_err sq_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = ?1", client_id));
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT " GROUP_COLS ", m.mac FROM memberships m JOIN groups g ON "
                           "g.id = m.group_id WHERE m.client_id = ?1 ORDER BY g.name",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
-    rc = collect_groups(st, s, LINK_MEMBERSHIP, client_id, out, n);
+    rc = collect_groups(b, s, LINK_MEMBERSHIP, client_id, out, n);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT " GROUP_COLS ", gr.mac FROM grants gr JOIN groups g ON "
                           "g.id = gr.group_id WHERE gr.secret_id = ?1 ORDER BY g.name",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
-    rc = collect_groups(st, s, LINK_GRANT, secret_id, out, n);
+    rc = collect_groups(b, s, LINK_GRANT, secret_id, out, n);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_group_clients(store *st, int64_t group_id, store_client **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = ?1", group_id));
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT " CLIENT_COLS ", m.mac FROM memberships m JOIN clients c ON "
                           "c.id = m.client_id WHERE m.group_id = ?1 ORDER BY c.spiffe_id",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
-    rc = collect_clients(st, s, false, group_id, out, n);
+    rc = collect_clients(b, s, false, group_id, out, n);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 /* ---- client reads ---- */
 
 /* The verified, enabled client (lock held). */
-static kb_err reader_client(store *st, int64_t client_id, store_client *c)
+static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
 {
-    KB_GUARD(client_fetch(st, NULL, client_id, c));
+    KB_GUARD(client_fetch(b, NULL, client_id, c));
     if (!c->enabled) {
         store_client_clear(c);
         return KB_ERR_DENIED;
@@ -1554,7 +1753,7 @@ static kb_err reader_client(store *st, int64_t client_id, store_client *c)
 
 static kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     store_record *arr = NULL;
     size_t cnt = 0, cap = 0;
@@ -1562,13 +1761,13 @@ static kb_err sq_readable_list(store *st, int64_t client_id, store_record **out,
     kb_err rc;
     int r;
 
-    LOCK(b);
+    b = RD(st);
     rc = tx_begin(b, false); /* one snapshot for the client row and the listing */
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, reader_client(st, client_id, &c));
+    KB_GUARD_OUT(rc, reader_client(b, client_id, &c));
     /* Every (membership, grant) path to every candidate secret, grouped by secret; each link and
      * the secret row are verified below, and the flags re-checked on verified values. */
     KB_GUARD_OUT(rc, prep(b,
@@ -1591,18 +1790,18 @@ static kb_err sq_readable_list(store *st, int64_t client_id, store_record **out,
 
         if (cnt > 0 && arr[cnt - 1].secret.id == sid)
             continue; /* already reachable through a verified path */
-        KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, client_id, gid, want));
+        KB_GUARD_OUT(rc, rowmac_membership(b->mac, client_id, gid, want));
         if (!col_mac_ok(s, c0 + 1, want)) {
             store_log_integrity("memberships", client_id, gid);
             continue;
         }
-        KB_GUARD_OUT(rc, rowmac_grant(st->cfg.row_mac_key, gid, sid, want));
+        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, sid, want));
         if (!col_mac_ok(s, c0 + 2, want)) {
             store_log_integrity("grants", gid, sid);
             continue;
         }
         memset(&rec, 0, sizeof(rec));
-        e = load_secret(st, s, 0, &rec.secret);
+        e = load_secret(b, s, 0, &rec.secret);
         if (e == KB_ERR_INTEGRITY)
             continue;
         KB_GUARD_OUT(rc, e);
@@ -1622,10 +1821,10 @@ static kb_err sq_readable_list(store *st, int64_t client_id, store_record **out,
     if (r != SQLITE_DONE)
         rc = db_err(b, r, "readable_list");
 out:
-    sqlite3_finalize(s);
+    done(s);
     store_client_clear(&c);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     if (rc != KB_OK) {
         store_records_free(arr, cnt);
         return rc;
@@ -1636,17 +1835,16 @@ out:
 }
 
 /* One readable secret for a verified client (lock and snapshot held). */
-static kb_err readable_one(store *st, const store_client *c, const char *name, int64_t version,
+static kb_err readable_one(cx *b, const store_client *c, const char *name, int64_t version,
                            store_record *out)
 {
-    sq *b = SQ(st);
     sqlite3_stmt *s = NULL;
     bool granted = false, tampered = false;
     kb_err rc;
     int r = SQLITE_DONE;
 
     memset(out, 0, sizeof(*out));
-    KB_GUARD_OUT(rc, secret_fetch(st, name, 0, &out->secret));
+    KB_GUARD_OUT(rc, secret_fetch(b, name, 0, &out->secret));
     KB_ENSURE_OUT(rc, out->secret.deleted_at == 0, KB_ERR_NOT_FOUND);
     KB_ENSURE_OUT(rc, !c->cloud || out->secret.cloud_sync, KB_ERR_NOT_FOUND);
     KB_GUARD_OUT(rc, prep(b,
@@ -1659,13 +1857,13 @@ static kb_err readable_one(store *st, const store_client *c, const char *name, i
     while (!granted && (r = sqlite3_step(s)) == SQLITE_ROW) {
         uint8_t want[ROWMAC_LEN];
         int64_t gid = sqlite3_column_int64(s, 0);
-        KB_GUARD_OUT(rc, rowmac_membership(st->cfg.row_mac_key, c->id, gid, want));
+        KB_GUARD_OUT(rc, rowmac_membership(b->mac, c->id, gid, want));
         if (!col_mac_ok(s, 1, want)) {
             store_log_integrity("memberships", c->id, gid);
             tampered = true;
             continue;
         }
-        KB_GUARD_OUT(rc, rowmac_grant(st->cfg.row_mac_key, gid, out->secret.id, want));
+        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, out->secret.id, want));
         if (!col_mac_ok(s, 2, want)) {
             store_log_integrity("grants", gid, out->secret.id);
             tampered = true;
@@ -1676,9 +1874,9 @@ static kb_err readable_one(store *st, const store_client *c, const char *name, i
     if (!granted && r != SQLITE_DONE)
         KB_ENSURE_OUT(rc, false, db_err(b, r, "readable_get"));
     KB_ENSURE_OUT(rc, granted, tampered ? KB_ERR_INTEGRITY : KB_ERR_NOT_FOUND);
-    rc = version_fetch(st, &out->secret, version, out);
+    rc = version_fetch(b, &out->secret, version, out);
 out:
-    sqlite3_finalize(s);
+    done(s);
     if (rc != KB_OK)
         store_record_clear(out);
     return rc;
@@ -1688,20 +1886,20 @@ static kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *co
                                     const int64_t *versions, size_t n, store_record *out,
                                     kb_err *errs)
 {
-    sq *b = SQ(st);
+    cx *b;
     store_client c = {0};
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     rc = tx_begin(b, false);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, reader_client(st, client_id, &c));
+    KB_GUARD_OUT(rc, reader_client(b, client_id, &c));
     for (size_t i = 0; i < n; i++) {
         if (errs[i] != KB_OK)
             continue;
-        errs[i] = readable_one(st, &c, names[i], versions[i], &out[i]);
+        errs[i] = readable_one(b, &c, names[i], versions[i], &out[i]);
         /* A database failure fails the whole batch; per-name outcomes do not. */
         if (errs[i] == KB_ERR_DB || errs[i] == KB_ERR_NOMEM) {
             rc = errs[i];
@@ -1713,7 +1911,7 @@ static kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *co
 out:
     store_client_clear(&c);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
@@ -1722,10 +1920,10 @@ out:
 static kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
                               int64_t now)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     KB_GUARD_OUT(rc, prep(b,
                           "INSERT INTO fetch_log(client_id, secret_id, version, fetched_at) "
                           "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(client_id, secret_id) DO UPDATE "
@@ -1738,20 +1936,20 @@ static kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, i
     KB_GUARD_OUT(rc, bind_i64(s, 4, now));
     rc = step_done(b, s, "fetch_record");
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     store_fetch *arr = NULL;
     size_t cnt = 0, cap = 0;
     kb_err rc;
     int r;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT f.client_id, c.spiffe_id, f.secret_id, f.version, f.fetched_at "
@@ -1771,8 +1969,8 @@ static kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, 
     if (r != SQLITE_DONE)
         rc = db_err(b, r, "secret_status");
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     if (rc != KB_OK) {
         store_fetches_free(arr, cap > cnt ? cnt + 1 : cnt);
         return rc;
@@ -1784,7 +1982,7 @@ out:
 
 /* ---- audit ---- */
 
-static kb_err head_locked(sq *b, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
+static kb_err head_locked(cx *b, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
 {
     sqlite3_stmt *s = NULL;
     kb_err rc;
@@ -1799,34 +1997,34 @@ static kb_err head_locked(sq *b, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
     } else if (rc == KB_ERR_NOT_FOUND) {
         rc = KB_OK;
     }
-    sqlite3_finalize(s);
+    done(s);
     return rc;
 }
 
 static kb_err sq_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
 {
-    sq *b = SQ(st);
+    cx *b;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     rc = head_locked(b, seq, mac);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_fn macfn, void *ctx,
                               int64_t *seq_out)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     uint8_t prev[AUDIT_MAC_LEN], mac[AUDIT_MAC_LEN];
     int64_t seq = 0;
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     /* The write lock is taken before the head is read, so two appenders (threads or
      * processes) can never extend the same head. */
     rc = tx_begin(b, true);
     if (rc != KB_OK) {
-        UNLOCK(b);
+        PUT(st, b);
         return rc;
     }
     KB_GUARD_OUT(rc, head_locked(b, &seq, prev));
@@ -1849,13 +2047,13 @@ static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_
     if (seq_out)
         *seq_out = seq;
 out:
-    sqlite3_finalize(s);
+    done(s);
     rc = tx_end(b, rc);
-    UNLOCK(b);
+    PUT(st, b);
     return rc;
 }
 
-static kb_err collect_audit(sq *b, sqlite3_stmt *s, audit_row **out, size_t *n)
+static kb_err collect_audit(cx *b, sqlite3_stmt *s, audit_row **out, size_t *n)
 {
     audit_row *arr = NULL;
     size_t cnt = 0, cap = 0;
@@ -1893,10 +2091,10 @@ out:
 
 static kb_err sq_audit_rows(store *st, int64_t after, size_t limit, audit_row **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(
         rc,
         prep(b, "SELECT " AUDIT_COLS " FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2", &s));
@@ -1904,17 +2102,17 @@ static kb_err sq_audit_rows(store *st, int64_t after, size_t limit, audit_row **
     KB_GUARD_OUT(rc, bind_i64(s, 2, (int64_t)limit));
     rc = collect_audit(b, s, out, n);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_audit_query(store *st, const audit_filter *f, audit_row **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT " AUDIT_COLS " FROM audit_log WHERE "
                           "(?1 IS NULL OR object = ?1) AND (?2 IS NULL OR identity = ?2) AND "
@@ -1930,17 +2128,17 @@ static kb_err sq_audit_query(store *st, const audit_filter *f, audit_row **out, 
     KB_GUARD_OUT(rc, bind_i64(s, 5, (int64_t)f->limit));
     rc = collect_audit(b, s, out, n);
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_anchor_put(store *st, const audit_anchor *a)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    LOCK(b);
+    b = WR(st);
     KB_GUARD_OUT(rc, prep(b,
                           "INSERT OR IGNORE INTO audit_anchors(seq, mac, time, sig) "
                           "VALUES (?1, ?2, ?3, ?4)",
@@ -1951,20 +2149,20 @@ static kb_err sq_anchor_put(store *st, const audit_anchor *a)
     KB_GUARD_OUT(rc, bind_blob(s, 4, a->sig, a->sig_len));
     rc = step_done(b, s, "anchor_put");
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     return rc;
 }
 
 static kb_err sq_anchor_list(store *st, audit_anchor **out, size_t *n)
 {
-    sq *b = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
     audit_anchor *arr = NULL;
     size_t cnt = 0, cap = 0;
     kb_err rc;
     int r;
-    LOCK(b);
+    b = RD(st);
     KB_GUARD_OUT(rc, prep(b, "SELECT seq, mac, time, sig FROM audit_anchors ORDER BY seq", &s));
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
         int sl = sqlite3_column_bytes(s, 3);
@@ -1982,8 +2180,8 @@ static kb_err sq_anchor_list(store *st, audit_anchor **out, size_t *n)
     if (r != SQLITE_DONE)
         rc = db_err(b, r, "anchor_list");
 out:
-    sqlite3_finalize(s);
-    UNLOCK(b);
+    done(s);
+    PUT(st, b);
     if (rc != KB_OK) {
         free(arr);
         return rc;
