@@ -739,6 +739,142 @@ static void persistence_and_tamper(void **state)
     assert_null(v);
 }
 
+/* Reads without a locked mapping each (version_peek into the store's scratch buffer), reads in
+ * a read transaction that keeps its bookkeeping, tags loaded only when needed, one process per
+ * store (locking_mode=EXCLUSIVE), and cache_unseal_to's bounds. */
+static void reads_and_scratch(void **state)
+{
+    fx *f = *state;
+    char b[256], vid[CACHE_VERSION_ID_MAX + 1];
+    const uint8_t *v = (const uint8_t *)"x";
+    size_t vlen = 99, i;
+    int bin = -1;
+    int64_t created = 0;
+    cache_secret s;
+    json_t *j, *l;
+
+    /* peek: the value, then wiped by release; bound to the ARN; unknown version */
+    done(ok(f, "CreateSecret", "{\"Name\":\"pk\",\"SecretString\":\"peek-value\"}"));
+    assert_ok(cache_store_find(f->st, ACCT_A, "pk", &s));
+    assert_ok(cache_store_stage_get(f->st, s.id, "AWSCURRENT", vid));
+    assert_ok(cache_store_version_peek(f->st, &s, vid, &bin, &v, &vlen, &created));
+    assert_int_equal(vlen, 10);
+    assert_memory_equal(v, "peek-value", 10);
+    assert_int_equal(bin, 0);
+    assert_true(created >= T0 && created <= f->now);
+    cache_store_peek_release(f->st);
+    for (i = 0; i < 10; i++)
+        assert_int_equal(v[i], 0);
+    assert_kb(cache_store_version_peek(f->st, &s, "no-such-version", &bin, &v, &vlen, NULL),
+              KB_ERR_NOT_FOUND);
+    assert_null(v);
+    assert_int_equal(vlen, 0);
+    snprintf(s.arn, sizeof(s.arn), "arn:aws:secretsmanager:us-east-1:" ACCT_A ":secret:pk-zzzzzz");
+    assert_kb(cache_store_version_peek(f->st, &s, vid, &bin, &v, &vlen, NULL), KB_ERR_INTEGRITY);
+    assert_null(v);
+    assert_int_equal(vlen, 0);
+    /* GetSecretValue (a read transaction now) still answers and records LastAccessedDate */
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"pk\"}");
+    assert_string_equal(str(j, "SecretString"), "peek-value");
+    done(j);
+    j = ok(f, "DescribeSecret", "{\"SecretId\":\"pk\"}");
+    assert_true(json_is_number(json_object_get(j, "LastAccessedDate")));
+    done(j);
+
+    /* a failing read still commits its bookkeeping: the secret past its window is dropped */
+    done(ok(f, "CreateSecret", "{\"Name\":\"gone\"}"));
+    done(ok(f, "DeleteSecret", "{\"SecretId\":\"gone\",\"RecoveryWindowInDays\":7}"));
+    f->now += (int64_t)8 * 86400 * 1000;
+    assert_ok(cache_store_find(f->st, ACCT_A, "gone", &s));
+    expect_err(f, "GetSecretValue", "{\"SecretId\":\"gone\"}", "ResourceNotFoundException");
+    assert_kb(cache_store_find(f->st, ACCT_A, "gone", &s), KB_ERR_NOT_FOUND);
+
+    /* tag filters across pages; unfiltered pages still carry every entry's tags */
+    for (i = 0; i < 150; i++) {
+        snprintf(b, sizeof(b), "{\"Name\":\"t%03zu\",\"Tags\":[{\"Key\":\"k\",\"Value\":\"%s\"}]}",
+                 i, i % 2 ? "odd" : "even");
+        done(ok(f, "CreateSecret", b));
+    }
+    j = ok(f, "ListSecrets",
+           "{\"MaxResults\":50,\"Filters\":[{\"Key\":\"tag-value\",\"Values\":[\"even\"]}]}");
+    l = json_object_get(j, "SecretList");
+    assert_int_equal(json_array_size(l), 50);
+    assert_string_equal(str(json_array_get(l, 49), "Name"), "t098");
+    snprintf(b, sizeof(b),
+             "{\"MaxResults\":50,\"Filters\":[{\"Key\":\"tag-value\",\"Values\":[\"even\"]}],"
+             "\"NextToken\":\"%s\"}",
+             str(j, "NextToken"));
+    done(j);
+    j = ok(f, "ListSecrets", b);
+    l = json_object_get(j, "SecretList");
+    assert_int_equal(json_array_size(l), 25);
+    assert_string_equal(str(json_array_get(l, 0), "Name"), "t100");
+    assert_null(json_object_get(j, "NextToken"));
+    done(j);
+    j = ok(f, "ListSecrets", "{\"MaxResults\":100}");
+    l = json_object_get(j, "SecretList");
+    assert_int_equal(json_array_size(l), 100);
+    assert_string_equal(str(json_array_get(l, 1), "Name"), "t000");
+    assert_int_equal(json_array_size(json_object_get(json_array_get(l, 1), "Tags")), 1);
+    snprintf(b, sizeof(b), "{\"MaxResults\":100,\"NextToken\":\"%s\"}", str(j, "NextToken"));
+    done(j);
+    j = ok(f, "ListSecrets", b);
+    l = json_object_get(j, "SecretList");
+    assert_int_equal(json_array_size(l), 51);
+    assert_string_equal(str(json_array_get(l, 50), "Name"), "t149");
+    assert_string_equal(
+        str(json_array_get(json_object_get(json_array_get(l, 50), "Tags"), 0), "Value"), "odd");
+    done(j);
+
+    /* one process per store: a second open of the same file fails (after the busy timeout) */
+    {
+        kb_secret *key = NULL;
+        cache_store *st2 = NULL;
+        char kp[600];
+        snprintf(kp, sizeof(kp), "%s/key", f->dir);
+        assert_ok(cache_key_load(kp, &key));
+        assert_kb(cache_store_open(f->db, key, &st2), KB_ERR_DB);
+        assert_null(st2);
+    }
+}
+
+static void unseal_to_bounds(void **state)
+{
+    kb_secret *key = NULL;
+    kb_dbuf blob;
+    uint8_t out[16];
+    size_t n = 99;
+    (void)state;
+    assert_ok(kb_secret_new(CACHE_KEY_LEN, &key));
+    memset(kb_secret_data(key), 7, CACHE_KEY_LEN);
+    kb_dbuf_init(&blob, 4096);
+    assert_ok(cache_seal(key, ACCT_A, "arn:x", "v1", (const uint8_t *)"hello", 5, &blob));
+    assert_kb(cache_unseal_to(key, ACCT_A, "arn:x", "v1", blob.p, blob.len, out, 4, &n),
+              KB_ERR_TOO_LARGE);
+    assert_int_equal(n, 0);
+    assert_ok(cache_unseal_to(key, ACCT_A, "arn:x", "v1", blob.p, blob.len, out, 5, &n));
+    assert_int_equal(n, 5);
+    assert_memory_equal(out, "hello", 5);
+    /* wrong binding, flipped ciphertext byte, truncated blob: nothing of the plaintext left */
+    assert_kb(cache_unseal_to(key, ACCT_A, "arn:x", "v2", blob.p, blob.len, out, sizeof(out), &n),
+              KB_ERR_INTEGRITY);
+    assert_int_equal(n, 0);
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(out[i], 0);
+    blob.p[CACHE_SEAL_NONCE_LEN] ^= 1;
+    assert_kb(cache_unseal_to(key, ACCT_A, "arn:x", "v1", blob.p, blob.len, out, sizeof(out), &n),
+              KB_ERR_INTEGRITY);
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(out[i], 0);
+    assert_kb(cache_unseal_to(key, ACCT_A, "arn:x", "v1", blob.p, CACHE_SEAL_OVERHEAD - 1, out,
+                              sizeof(out), &n),
+              KB_ERR_INTEGRITY);
+    assert_kb(cache_unseal_to(key, ACCT_A, "arn:x", "v1", blob.p, blob.len, NULL, 5, &n),
+              KB_ERR_NULL);
+    kb_dbuf_free(&blob);
+    kb_secret_free(key);
+}
+
 /* ------------------------------------------------------------------ HTTP + SigV4 */
 
 typedef struct {
@@ -966,6 +1102,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(pagination, setup, teardown),
         cmocka_unit_test_setup_teardown(batch_get, setup, teardown),
         cmocka_unit_test_setup_teardown(persistence_and_tamper, setup, teardown),
+        cmocka_unit_test_setup_teardown(reads_and_scratch, setup, teardown),
+        cmocka_unit_test(unseal_to_bounds),
         cmocka_unit_test_setup_teardown(sigv4_auth, setup, teardown),
         cmocka_unit_test(creds_file),
         cmocka_unit_test(key_file),
