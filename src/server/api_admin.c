@@ -871,7 +871,8 @@ static void audit_route(svc *s, api_ctx *c, api_response *r)
             api_error(r, 405, "method_not_allowed", "method not allowed on this route");
             return;
         }
-        if (api_body(c, NULL, 1, &body, r) != KB_OK)
+        static const char *const no_fields[] = {NULL};
+        if (api_body(c, no_fields, 1, &body, r) != KB_OK)
             return;
         json_decref(body);
         memset(&rep, 0, sizeof(rep));

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include <openssl/asn1.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -194,6 +195,12 @@ kb_err svc_open(const kb_config *cfg, bool create, svc **out)
 
     memset(&so, 0, sizeof(so));
     so.row_mac_key = s->rowmac_key;
+    if (kb_config_int(cfg, "store", "max_content_bytes") <= 0) {
+        kb_log(KB_LOG_ERROR, "config_invalid", "key", "store.max_content_bytes", "msg",
+               "must be a positive number of bytes", NULL);
+        rc = KB_ERR_CONFIG;
+        goto out;
+    }
     so.content_max = (size_t)kb_config_int(cfg, "store", "max_content_bytes");
     so.cloud_prefixes = (const char *const *)s->cloud_prefixes;
     rc = store_open(kb_config_str(cfg, "store", "url"), &so, &s->st);
@@ -345,7 +352,24 @@ kb_err svc_pem_not_after(const uint8_t *content, size_t len, int64_t *out)
         return KB_ERR_NOT_FOUND;
     bio = BIO_new_mem_buf(content, (int)len);
     KB_ENSURE(bio != NULL, KB_ERR_NOMEM);
-    x = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+    /* Walk the PEM blocks ourselves with PEM_FLAG_SECURE: a secret often holds a private key
+     * before its certificate, and PEM_read_bio_X509 would decode that key into ordinary heap
+     * and free it uncleared. Every decoded block is wiped here. */
+    for (int blocks = 0; blocks < 64 && x == NULL; blocks++) {
+        char *name = NULL, *header = NULL;
+        unsigned char *data = NULL;
+        long dlen = 0;
+        if (!PEM_read_bio_ex(bio, &name, &header, &data, &dlen, PEM_FLAG_SECURE))
+            break;
+        if (strcmp(name, "CERTIFICATE") == 0) {
+            const unsigned char *p = data;
+            x = d2i_X509(NULL, &p, dlen);
+        }
+        OPENSSL_secure_clear_free(data, (size_t)dlen);
+        OPENSSL_secure_free(name);
+        OPENSSL_secure_free(header);
+    }
+    ERR_clear_error();
     if (x != NULL && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
         *out = (int64_t)timegm(&tm);
         rc = KB_OK;

@@ -295,6 +295,17 @@ static void expiry_from_pem(void **state)
     assert_kb(svc_pem_not_after((const uint8_t *)"hello", 5, &t), KB_ERR_NOT_FOUND);
     assert_kb(svc_pem_not_after((const uint8_t *)"-----BEGIN CERTIFICATE-----\nAAAA\n", 33, &t),
               KB_ERR_NOT_FOUND);
+    /* a key block before the certificate (the usual bundle order) is skipped */
+    char *bundle = malloc(strlen(pem) + 200);
+    snprintf(
+        bundle, strlen(pem) + 200,
+        "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END "
+        "PRIVATE KEY-----\n%s",
+        pem);
+    t = 0;
+    assert_ok(svc_pem_not_after((const uint8_t *)bundle, strlen(bundle), &t));
+    assert_int_equal(t, na);
+    free(bundle);
     create_secret(f, "tls-cert", pem, false);
     assert_ok(store_secret_get(svc_store(f->s), "tls-cert", false, &sec));
     assert_ok(store_version_get(svc_store(f->s), sec.id, 0, &rec));
@@ -438,6 +449,21 @@ static void open_fails_cleanly(void **state)
     fclose(fp);
     assert_ok(kb_config_load(server_config_keys, ini, NULL, &cfg, err, sizeof(err)));
     assert_kb(svc_open(cfg, false, &s), KB_ERR_CONFIG);
+    kb_config_free(cfg);
+    /* a negative content limit is refused, not read as a huge one */
+    snprintf(body, sizeof(body),
+             "[store]\nurl = sqlite:%s/x.db\nmax_content_bytes = -1\n[hsm]\nkeystore = file\n"
+             "key_file = %s/k\n",
+             dir, dir);
+    fp = fopen(ini, "w");
+    fputs(body, fp);
+    fclose(fp);
+    assert_ok(kb_config_load(server_config_keys, ini, NULL, &cfg, err, sizeof(err)));
+    char keyfile[512];
+    snprintf(keyfile, sizeof(keyfile), "%s/k", dir);
+    assert_ok(kb_keystore_create_file(keyfile));
+    assert_kb(svc_open(cfg, false, &s), KB_ERR_CONFIG);
+    assert_null(s);
     kb_config_free(cfg);
     free(dir);
 }
