@@ -7,6 +7,7 @@
 # Environment: N_GET (GetSecretValue requests per ab run, default 100000), N_LIST (ListSecrets,
 # default 10000), DURATION (seconds per wrk run, default 8), CONC (connections, default 32),
 # ROUNDS (default 3; medians reported), BIG (secrets in the memory run, default 100000),
+# N_BIG_LIST (ListSecrets requests on the big store, default 2000),
 # TOOLS ("ab wrk" by default; wrk needs the Debian package wrk).
 #
 # One run: (1) a store with 100 secrets; keybridge-cache (one event loop per CPU) and nginx (one
@@ -28,6 +29,7 @@ DURATION="${DURATION:-8}"
 CONC="${CONC:-32}"
 ROUNDS="${ROUNDS:-3}"
 BIG="${BIG:-100000}"
+N_BIG_LIST="${N_BIG_LIST:-2000}"
 TOOLS="${TOOLS:-ab wrk}"
 THREADS="$(nproc)"
 REGION=us-east-1
@@ -332,7 +334,7 @@ BIG_LIST_COUNT="$(curl_signed list "$CPORT" |
 BIG_LIST_MS=$((($(date +%s%N) - t0) / 1000000))
 BIG_GET_LOAD="$(load1)"
 BIG_GET="$(load ab cache get)"
-BIG_LIST="$(N_LIST=2000 load ab cache list)"
+BIG_LIST="$(N_LIST="$N_BIG_LIST" load ab cache list)"
 BIG_HWM="$(hwm_kb "$BIG_PID")"
 cache_stop
 
@@ -364,6 +366,6 @@ keybridge-cache VmHWM after the runs ($SMALL-secret store): $((SMALL_HWM / 1024)
 big store: $BIG secrets (2 tags each), populated in ${POP_SECS} s through cache_api_dispatch (load1 before: $BIG_LOAD_BEFORE); db $DB_MB MB
 RSS at start $((BIG_START_RSS / 1024)) MB; first ListSecrets page (count, NextToken present): $BIG_LIST_COUNT in $BIG_LIST_MS ms
 ab GetSecretValue on the big store (load1 before: $BIG_GET_LOAD): rps cpu_us/req p50 p99 bad = $BIG_GET
-ab ListSecrets first page on the big store, n=2000: rps cpu_us/req p50 p99 bad = $BIG_LIST
+ab ListSecrets first page on the big store, n=$N_BIG_LIST: rps cpu_us/req p50 p99 bad = $BIG_LIST
 max RSS (VmHWM) with $BIG secrets after these runs: $((BIG_HWM / 1024)) MB
 EOF
