@@ -8,6 +8,8 @@
 # default 40000), C_NEW (new-connection concurrency, default 32), ROUNDS (default 3; the median
 # is reported), BIG_SECRETS (100000), BIG_CLIENTS (10000), BIG_GROUPS (500), SLOW (500).
 # BIG=0 skips the big store (3) and SLOW=0 the slow-loris part (4), for quick A/B runs.
+# PERF=DIR also profiles keybridged (perf record -g) over one more keep-alive run and writes
+# perf reports by library and by symbol into DIR.
 #
 # One run: (1) keybridged with a client holding 20 secrets and nginx (ssl_verify_client on, same
 # CA, same server key and certificate, the same JSON body as a static file) are measured
@@ -270,6 +272,23 @@ for k in "${!R[@]}"; do
   fails=$((fails + $5 + $6))
 done
 SMALL_HWM="$(hwm_kb "$SMALL_PID")"
+
+if [ -n "${PERF:-}" ]; then
+  say "perf profile of keybridged over one keep-alive run -> $PERF"
+  mkdir -p "$PERF"
+  perf record -q -F 1999 -g -p "$SMALL_PID" -o "$D/perf.data" 2>/dev/null &
+  PERF_PID=$!
+  sleep 0.5
+  ab_run keybridged "$URL_K" "$N_KA" 32 -k >/dev/null
+  kill -INT "$PERF_PID"
+  wait "$PERF_PID" || true
+  perf report -i "$D/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -20 >"$PERF/by-library.txt" || true
+  perf report -i "$D/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -60 >"$PERF/by-symbol.txt" || true
+  perf report -i "$D/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -80 >"$PERF/inclusive.txt" || true
+fi
 
 # ---- (2) list latency (one kept-alive connection, sequential)
 say "list latency, 20 secrets"
