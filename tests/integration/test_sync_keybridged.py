@@ -45,10 +45,17 @@ def delta(a, b):
 
 class Admin:
     def __init__(self, srv, pki, cert):
+        self.args = (srv, pki, cert)
         self.c = kbapi.Conn(srv, pki, cert)
 
     def __call__(self, method, path, body=None, want=None):
-        st, out = self.c.req(method, path, body)
+        try:
+            st, out = self.c.req(method, path, body)
+        except (OSError, kbapi.http.client.HTTPException):
+            # the server closed the idle keep-alive connection: one new connection, one retry
+            self.c.close()
+            self.c = kbapi.Conn(*self.args)
+            st, out = self.c.req(method, path, body)
         if want is not None and st != want:
             raise AssertionError(f"{method} {path}: {st} (want {want}): {out[:300]!r}")
         return st, json.loads(out) if out else None
