@@ -75,6 +75,15 @@ stop_pid() { # stop_pid PID: SIGTERM, wait (never a broad kill)
   kill -TERM "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
+stop_checked() { # stop_checked NAME PID: SIGTERM; the server must exit 0 with no sanitizer report
+  local rc=0
+  kill -TERM "$2" 2>/dev/null || true
+  wait "$2" || rc=$?
+  [ "$rc" = 0 ] || fail "$1 exited with $rc on SIGTERM"
+  if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$LOGS/$1.log"; then
+    fail "$1: sanitizer report in its log"
+  fi
+}
 cleanup() {
   local rc=$?
   stop_pid "$KBD_PID"
@@ -410,13 +419,12 @@ managed() { # sorted names of the application's secrets in the cache (not pendin
 }
 snapshot() { # everything the sync could have changed: names, tags, versions, contents
   local n
-  awsc secretsmanager list-secrets --output json |
-    jq -S --arg p "keybridge/$APPNAME/" '[.SecretList[] | select(.Name | startswith($p))
-      | {Name, DeletedDate, Tags: ((.Tags // []) | sort_by(.Key)),
-         Versions: .SecretVersionsToStages}] | sort_by(.Name)'
-  for n in $(awsc secretsmanager list-secrets --output json |
-    jq -r --arg p "keybridge/$APPNAME/" '.SecretList[] | select(.Name | startswith($p))
-      | select(.DeletedDate == null) | .Name'); do
+  awsc secretsmanager list-secrets --output json >"$WORK/list.json"
+  jq -S --arg p "keybridge/$APPNAME/" '[.SecretList[] | select(.Name | startswith($p))
+    | {Name, DeletedDate, Tags: ((.Tags // []) | sort_by(.Key)),
+       Versions: .SecretVersionsToStages}] | sort_by(.Name)' "$WORK/list.json"
+  for n in $(jq -r --arg p "keybridge/$APPNAME/" '.SecretList[] | select(.Name | startswith($p))
+    | select(.DeletedDate == null) | .Name' "$WORK/list.json" | sort); do
     awsc secretsmanager get-secret-value --secret-id "$n" --output json |
       jq -S '{Name, VersionId, SecretString, SecretBinary, VersionStages}'
   done
@@ -518,7 +526,7 @@ printf 'correct horse battery staple v4' >"$WORK/db4"
 kb secret put db-password --content-file "$WORK/db4" # a pending change the cache must not see
 kb grant remove payments signing-key >/dev/null                   # and a pending delete
 snapshot >"$WORK/before-outage.json"
-stop_pid "$KBD_PID"
+stop_checked keybridged "$KBD_PID"
 KBD_PID=""
 sync_run outage
 [ "$SRC_RC" != 0 ] || fail "sync succeeded with keybridged stopped"
@@ -564,6 +572,18 @@ if [ "$SERVE" = 1 ]; then
     sleep 1
   done
   fail "a server stopped"
+fi
+
+if [ "$SERVE" = 0 ]; then
+  step "the servers stop cleanly (SIGTERM, exit 0)"
+  stop_checked keybridge-ca "$CA_PID"
+  CA_PID=""
+  stop_checked keybridge-cache "$CACHE_PID"
+  CACHE_PID=""
+  if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$LOGS"/*.log; then
+    fail "a sanitizer report in the programs' logs"
+  fi
+  ok "keybridged, keybridge-ca, keybridge-cache"
 fi
 
 step "done: the main job works end to end"
