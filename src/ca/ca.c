@@ -11,6 +11,7 @@
 #include <openssl/x509v3.h>
 
 #include "ca_cert.h"
+#include "ca_leafkey.h"
 #include "lib/buf.h"
 #include "lib/keystore.h"
 #include "lib/log.h"
@@ -364,23 +365,7 @@ void ca_svid_clear(ca_svid *s)
     free(s->chain_pem);
     kb_secret_free(s->key_pem);
     free(s->bundle_pem);
-    X509_free(s->leaf);
     memset(s, 0, sizeof(*s));
-}
-
-/* PKCS#8 PEM of k into locked memory; OpenSSL's secure-memory BIO is cleansed on free. */
-static kb_err key_pem(EVP_PKEY *k, kb_secret **out)
-{
-    BIO *b = BIO_new(BIO_s_secmem());
-    char *p = NULL;
-    long n;
-    kb_err rc = KB_ERR_CRYPTO;
-
-    if (b != NULL && PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) == 1 &&
-        (n = BIO_get_mem_data(b, &p)) > 0)
-        rc = kb_secret_from(p, (size_t)n, out);
-    BIO_free(b);
-    return rc;
 }
 
 kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pub,
@@ -388,7 +373,9 @@ kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pu
 {
     EVP_PKEY *k = NULL;
     ca_issuer iss;
-    kb_dbuf b;
+    kb_dbuf der;
+    time_t not_after = 0;
+    size_t pl, cl;
     kb_err rc = KB_OK;
     time_t now = time(NULL);
 
@@ -397,35 +384,35 @@ kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pu
     KB_ENSURE_REF(out);
     memset(out, 0, sizeof(*out));
     KB_ENSURE(spiffe_id_member_of(id, ca->td), KB_ERR_DENIED);
-    kb_dbuf_init(&b, PEM_MAX);
+    kb_dbuf_init(&der, PEM_MAX);
     if (pub == NULL) {
-        k = EVP_EC_gen("P-256");
-        KB_ENSURE(k != NULL, KB_ERR_CRYPTO);
+        KB_GUARD(ca_leafkey_new(&k));
         pub = k;
     }
     pthread_rwlock_rdlock(&ca->lk);
     iss.signer = ca->s->signer;
     iss.cert = ca->s->cert;
     iss.chain = ca->s->chain;
-    rc = ca_cert_leaf(&iss, pub, id, ttl, now, &out->leaf);
-    if (rc == KB_OK)
-        rc = pem_append(&b, out->leaf);
-    if (rc == KB_OK)
-        rc = kb_dbuf_addstr(&b, ca->s->chain_pem);
+    rc = ca_cert_leaf_der(&iss, pub, id, ttl, now, &der, out->serial, &not_after);
     if (rc == KB_OK) {
+        /* leaf PEM (made from the DER we just signed) + the CA's chain PEM */
+        pl = ca_pem_len(der.len, "CERTIFICATE");
+        cl = strlen(ca->s->chain_pem);
+        out->chain_pem = malloc(pl + cl + 1);
         out->bundle_pem = strdup(ca->s->bundle_pem);
-        rc = out->bundle_pem ? KB_OK : KB_ERR_NOMEM;
+        rc = out->chain_pem && out->bundle_pem ? KB_OK : KB_ERR_NOMEM;
+        if (rc == KB_OK) {
+            ca_pem_write(der.p, der.len, "CERTIFICATE", out->chain_pem);
+            memcpy(out->chain_pem + pl, ca->s->chain_pem, cl + 1);
+        }
     }
     out->ca_gen = ca->s->gen;
     out->bundle_seq = ca->s->bundle_seq;
     pthread_rwlock_unlock(&ca->lk);
     KB_GUARD_OUT(rc, rc);
-    out->chain_pem = kb_dbuf_steal(&b, NULL);
-    KB_ENSURE_OUT(rc, out->chain_pem != NULL, KB_ERR_NOMEM);
     if (k != NULL)
-        KB_GUARD_OUT(rc, key_pem(k, &out->key_pem));
-    ca_cert_serial_hex(out->leaf, out->serial, sizeof(out->serial));
-    out->not_after = (int64_t)ca_cert_not_after(out->leaf);
+        KB_GUARD_OUT(rc, ca_leafkey_pkcs8_pem(k, &out->key_pem));
+    out->not_after = (int64_t)not_after;
     if (audit_target != NULL) {
         KB_GUARD_OUT(rc, ca_store_audit_add(ca->st, out->serial, spiffe_id_str(id), audit_target,
                                             reason ? reason : "", out->ca_gen, out->not_after,
@@ -435,7 +422,7 @@ kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pu
     }
 out:
     EVP_PKEY_free(k);
-    kb_dbuf_free(&b);
+    kb_dbuf_free(&der);
     if (rc != KB_OK)
         ca_svid_clear(out);
     return rc;

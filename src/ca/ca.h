@@ -57,8 +57,7 @@ typedef struct {
     char *chain_pem;    /* leaf first, then intermediates */
     kb_secret *key_pem; /* PKCS#8 PEM of the leaf key (NULL when issued for a CSR) */
     char *bundle_pem;
-    X509 *leaf;
-    char serial[48];
+    char serial[48]; /* hex */
     int64_t not_after;
     int64_t ca_gen;
     int64_t bundle_seq;

@@ -13,6 +13,7 @@
 
 #include <openssl/x509.h>
 
+#include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/keystore.h"
 #include "lib/spiffe_id.h"
@@ -48,6 +49,13 @@ KB_WUR kb_err ca_cert_csr(kb_ec_signer *s, const char *td, int64_t gen, X509_REQ
  * KB_ERR_INVALID if the CA certificate has already expired at now. */
 KB_WUR kb_err ca_cert_leaf(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *id, int64_t ttl,
                            time_t now, X509 **out);
+
+/* The same leaf as DER (appended to der), without parsing it back into an X509 (the issuance
+ * hot path: PEM is made from the DER). serial gets the serial as hex, not_after the end. */
+#define CA_SERIAL_HEX_LEN (2 * 20 + 1)
+KB_WUR kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *id,
+                               int64_t ttl, time_t now, kb_dbuf *der,
+                               char serial[CA_SERIAL_HEX_LEN], time_t *not_after);
 
 /* Check a CA certificate for SPIFFE signing rules and that it carries signer's public key. */
 KB_WUR kb_err ca_cert_check_ca(X509 *cert, EVP_PKEY *pub, const char *td, const char **why);

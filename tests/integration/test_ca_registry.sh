@@ -190,16 +190,25 @@ cp "$W/svids/a/svid.pem" "$W/old.pem"
 G="$(ca rotate prepare 2>/dev/null | awk '{print $2}')"
 ca bundle | grep -c "BEGIN CERTIFICATE" | grep -q 2 || fail "prepared CA not in the bundle"
 ca rotate activate --generation "$G" >/dev/null 2>&1 || fail activate
-# the daemon notices and rewrites every stored SVID (bundle changed)
-for _ in $(seq 1 300); do
-  if ! cmp -s "$W/old.pem" "$W/svids/a/svid.pem" && [ "$(grep -c 'BEGIN CERTIFICATE' "$W/svids/a/bundle.pem")" = 2 ]; then break; fi
+# The daemon notices and rewrites every stored SVID (bundle changed). Wait for the condition
+# itself - the stored leaf signed by the new CA, with both CAs in its bundle - not for the file to
+# change: `prepare` already rewrote it once (still signed by the old CA, bundle of 2), and under
+# sanitizers the re-issue for `activate` (reason "bundle") can land a few seconds later.
+old_issuer="$(openssl x509 -in "$W/old.pem" -noout -issuer)"
+new_issuer=""
+deadline=$((SECONDS + 30))
+while [ "$SECONDS" -lt "$deadline" ]; do
+  new_issuer="$(openssl x509 -in "$W/svids/a/svid.pem" -noout -issuer 2>/dev/null || true)"
+  if [ -n "$new_issuer" ] && [ "$new_issuer" != "$old_issuer" ] &&
+    [ "$(grep -c 'BEGIN CERTIFICATE' "$W/svids/a/bundle.pem")" = 2 ]; then break; fi
   sleep 0.1
 done
+[ -n "$new_issuer" ] && [ "$new_issuer" != "$old_issuer" ] || fail "still signed by the old CA (30 s after activate)"
 [ "$(grep -c 'BEGIN CERTIFICATE' "$W/svids/a/bundle.pem")" = 2 ] || fail "bundle not republished"
 openssl verify -purpose sslclient -CAfile "$W/svids/a/bundle.pem" "$W/svids/a/svid.pem" >/dev/null || fail "new leaf"
 openssl verify -purpose sslclient -CAfile "$W/svids/a/bundle.pem" "$W/old.pem" >/dev/null || fail "old leaf after rotation"
-new_issuer="$(openssl x509 -in "$W/svids/a/svid.pem" -noout -issuer)"
-old_issuer="$(openssl x509 -in "$W/old.pem" -noout -issuer)"
-[ "$new_issuer" != "$old_issuer" ] || fail "still signed by the old CA"
+# and the leaf chains to the new (active) CA: its issuer is the CA generation just activated
+[ "$(openssl x509 -in "$W/svids/a/svid.pem" -noout -issuer)" = "$new_issuer" ] || fail "leaf changed under us"
+echo "$new_issuer" | grep -q "keybridge CA $G" || fail "new leaf not signed by generation $G: $new_issuer"
 kill "$PID"; wait "$PID" || true; PID=""
 echo ok

@@ -13,6 +13,7 @@
 #include "ca/ca.h"
 #include "ca/ca_cert.h"
 #include "ca/ca_csr.h"
+#include "ca/ca_leafkey.h"
 #include "ca/ca_policy.h"
 #include "ca/ca_renew.h"
 #include "ca/ca_store.h"
@@ -100,6 +101,167 @@ static void certs_with(kb_ec_signer *s)
     X509_free(leaf);
     X509_free(root);
     EVP_PKEY_free(k);
+}
+
+/* OpenSSL's own PEM of DER under label, NUL-terminated (malloc'd). */
+static char *openssl_pem(const char *label, const uint8_t *der, size_t len)
+{
+    BIO *m = BIO_new(BIO_s_mem());
+    char *p = NULL, *r;
+    long n;
+
+    assert_non_null(m);
+    assert_true(PEM_write_bio(m, label, "", der, (long)len) > 0);
+    n = BIO_get_mem_data(m, &p);
+    r = strndup(p, (size_t)n);
+    BIO_free(m);
+    return r;
+}
+
+/* The PEM armour matches OpenSSL's for every length around the 48-byte line boundary. */
+static void test_pem_write(void **state)
+{
+    uint8_t der[200];
+    char out[400];
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(der); i++)
+        der[i] = (uint8_t)(i * 7 + 3);
+    for (size_t len = 1; len <= sizeof(der); len++) {
+        char *want = openssl_pem("CERTIFICATE", der, len);
+        size_t n = ca_pem_len(len, "CERTIFICATE");
+        assert_true(n < sizeof(out));
+        assert_int_equal(ca_pem_write(der, len, "CERTIFICATE", out), n);
+        assert_int_equal(n, strlen(want));
+        assert_memory_equal(out, want, n);
+        free(want);
+    }
+}
+
+/* Leaf keys: fresh each time, and their PKCS#8 PEM is byte for byte what OpenSSL writes;
+ * other curves are refused. */
+static void test_leafkey(void **state)
+{
+    EVP_PKEY *k = NULL, *k2 = NULL, *p384 = EVP_EC_gen("P-384"), *back;
+    uint8_t pt[CA_P256_POINT_LEN], pt2[CA_P256_POINT_LEN];
+    kb_secret *pem = NULL;
+    BIO *m;
+    char *want = NULL;
+    long n;
+    (void)state;
+
+    assert_ok(ca_leafkey_new(&k));
+    assert_ok(ca_leafkey_new(&k2));
+    assert_ok(ca_leafkey_point(k, pt));
+    assert_ok(ca_leafkey_point(k2, pt2));
+    assert_int_equal(pt[0], 0x04);
+    assert_memory_not_equal(pt, pt2, sizeof(pt));
+    assert_int_equal(EVP_PKEY_eq(k, k2), 0);
+    assert_ok(ca_leafkey_pkcs8_pem(k, &pem));
+    m = BIO_new(BIO_s_mem());
+    assert_non_null(m);
+    assert_int_equal(PEM_write_bio_PrivateKey(m, k, NULL, NULL, 0, NULL, NULL), 1);
+    n = BIO_get_mem_data(m, &want);
+    assert_int_equal((size_t)n, kb_secret_len(pem));
+    assert_memory_equal(kb_secret_cdata(pem), want, (size_t)n);
+    BIO_free(m);
+    /* and it reads back as the same key */
+    m = BIO_new_mem_buf(kb_secret_cdata(pem), (int)kb_secret_len(pem));
+    back = PEM_read_bio_PrivateKey(m, NULL, NULL, NULL);
+    assert_non_null(back);
+    assert_int_equal(EVP_PKEY_eq(back, k), 1);
+    EVP_PKEY_free(back);
+    BIO_free(m);
+    kb_secret_free(pem);
+    pem = NULL;
+    /* not P-256, or no key */
+    assert_non_null(p384);
+    assert_kb(ca_leafkey_point(p384, pt), KB_ERR_INVALID);
+    assert_kb(ca_leafkey_pkcs8_pem(p384, &pem), KB_ERR_INVALID);
+    assert_null(pem);
+    assert_kb(ca_leafkey_new(NULL), KB_ERR_NULL);
+    assert_kb(ca_leafkey_point(NULL, pt), KB_ERR_NULL);
+    EVP_PKEY_free(p384);
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(k2);
+}
+
+/* The fast subjectPublicKeyInfo (EC keys set field by field) is the DER OpenSSL's encoder makes,
+ * for P-256, P-384 and (through X509_set_pubkey) RSA; ca_cert_leaf_der gives the same leaf as
+ * DER with its serial and notAfter. */
+static void test_leaf_spki_and_der(void **state)
+{
+    char *d = kbtest_tmpdir(), path[256], serial[CA_SERIAL_HEX_LEN], hex[CA_SERIAL_HEX_LEN];
+    EVP_PKEY *keys[3] = {EVP_EC_gen("P-256"), EVP_EC_gen("P-384"), EVP_RSA_gen(2048)};
+    kb_ec_signer *s = NULL;
+    X509 *root = NULL;
+    ca_issuer iss;
+    spiffe_id id;
+    const char *why;
+    time_t now = time(NULL), end = 0;
+    (void)state;
+
+    snprintf(path, sizeof(path), "%s/ca.key", d);
+    assert_ok(kb_keystore_ec_create_file(path));
+    assert_ok(kb_keystore_ec_open_file(path, &s));
+    assert_ok(ca_cert_root(s, "example.org", 1, 86400, now, &root));
+    iss.signer = s;
+    iss.cert = root;
+    iss.chain = NULL;
+    assert_ok(spiffe_id_parse_str("spiffe://example.org/ns/a", &id, &why));
+    for (int i = 0; i < 3; i++) {
+        X509 *leaf = NULL, *parsed;
+        unsigned char *a = NULL, *b = NULL;
+        const unsigned char *p;
+        kb_dbuf der;
+        int na, nb;
+
+        assert_non_null(keys[i]);
+        assert_ok(ca_cert_leaf(&iss, keys[i], &id, 3600, now, &leaf));
+        na = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(leaf), &a);
+        nb = i2d_PUBKEY(keys[i], &b);
+        assert_true(na > 0);
+        assert_int_equal(na, nb);
+        assert_memory_equal(a, b, (size_t)na);
+        assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(leaf), keys[i]), 1);
+        verify_leaf_with_bundle(root, leaf, "spiffe://example.org/ns/a");
+        OPENSSL_free(a);
+        OPENSSL_free(b);
+        X509_free(leaf);
+
+        kb_dbuf_init(&der, 64 * 1024);
+        assert_ok(ca_cert_leaf_der(&iss, keys[i], &id, 3600, now, &der, serial, &end));
+        p = der.p;
+        parsed = d2i_X509(NULL, &p, (long)der.len);
+        assert_non_null(parsed);
+        assert_ptr_equal(p, der.p + der.len); /* nothing trailing */
+        assert_int_equal(X509_verify(parsed, kb_ec_signer_pubkey(s)), 1);
+        ca_cert_serial_hex(parsed, hex, sizeof(hex));
+        assert_string_equal(serial, hex);
+        assert_true(strlen(serial) >= 16);
+        assert_int_equal((long)end, (long)ca_cert_not_after(parsed));
+        assert_int_equal((long)end, (long)(now + 3600));
+        verify_leaf_with_bundle(root, parsed, "spiffe://example.org/ns/a");
+        X509_free(parsed);
+        kb_dbuf_free(&der);
+    }
+    /* refusals leave nothing behind */
+    {
+        kb_dbuf der;
+        kb_dbuf_init(&der, 64 * 1024);
+        assert_kb(ca_cert_leaf_der(&iss, keys[0], &id, 10, now, &der, serial, &end),
+                  KB_ERR_INVALID);
+        assert_kb(ca_cert_leaf_der(&iss, keys[0], &id, 3600, now + 2 * 86400, &der, serial, &end),
+                  KB_ERR_INVALID);
+        assert_kb(ca_cert_leaf_der(&iss, NULL, &id, 3600, now, &der, serial, &end), KB_ERR_NULL);
+        assert_int_equal(der.len, 0);
+        kb_dbuf_free(&der);
+    }
+    for (int i = 0; i < 3; i++)
+        EVP_PKEY_free(keys[i]);
+    X509_free(root);
+    kb_ec_signer_free(s);
+    free(d);
 }
 
 static void test_file_signer(void **state)
@@ -318,9 +480,15 @@ static void test_store_generation_check(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_file_signer), cmocka_unit_test(test_pkcs11_signer),
-        cmocka_unit_test(test_csr),         cmocka_unit_test(test_policy_and_targets),
-        cmocka_unit_test(test_schedule),    cmocka_unit_test(test_store_generation_check),
+        cmocka_unit_test(test_file_signer),
+        cmocka_unit_test(test_pkcs11_signer),
+        cmocka_unit_test(test_csr),
+        cmocka_unit_test(test_policy_and_targets),
+        cmocka_unit_test(test_schedule),
+        cmocka_unit_test(test_store_generation_check),
+        cmocka_unit_test(test_pem_write),
+        cmocka_unit_test(test_leafkey),
+        cmocka_unit_test(test_leaf_spki_and_der),
     };
     kb_json_init();
     if (kb_secmem_init() != KB_OK)
