@@ -357,7 +357,23 @@ key_file = $SV/admin/svid.key
 bundle_file = $SV/admin/bundle.pem
 timeout = 10s
 CONF
-kb() { "${KB[@]}" --config "$WORK/admin.conf" "$@"; }
+kb() {
+  # The CA replaces svid.key and svid.pem by two renames (src/ca/ca_target.c): a CLI started
+  # between them finds a key that does not match the certificate and stops before sending
+  # anything ("cannot load the CLI's SVID"), so that failure alone is safe to retry.
+  local i rc
+  for i in 1 2 3; do
+    rc=0
+    "${KB[@]}" --config "$WORK/admin.conf" "$@" 2>"$WORK/kb.err" || rc=$?
+    if [ "$rc" != 0 ] && grep -q "cannot load the CLI's SVID" "$WORK/kb.err"; then
+      sleep 0.5
+      continue
+    fi
+    break
+  done
+  cat "$WORK/kb.err" >&2
+  return "$rc"
+}
 
 step "admin (remote, mTLS): the cloud application '$APPNAME' — groups, a cloud client, secrets"
 kb group create billing --description "billing team" >/dev/null
