@@ -1,15 +1,35 @@
 /* rowmac.c - canonical, table-tagged, length-prefixed encoding of access-deciding rows and their
- * HMAC-SHA256 (see rowmac.h and docs/internals/store.md). */
+ * HMAC-SHA256 (see rowmac.h and docs/internals/store.md).
+ *
+ * Each encoding is built in a buffer on the stack, then MAC'd with the context's keyed HMAC
+ * (re-initialised, not re-keyed). Short encodings are also memoised: a direct-mapped table maps
+ * an encoding, compared in full, to its MAC. A store re-reads the same rows request after request
+ * (the client, its memberships, the grants and secrets it lists), and a memo hit costs a hash and
+ * a memcmp instead of an HMAC. This is exact memoisation of a deterministic function: the caller
+ * still compares the result with the stored MAC (kb_ct_eq), so a tampered row never matches. The
+ * table holds row encodings (ids, SPIFFE IDs, names, flags) and their MACs, never key material;
+ * it is wiped when the context is freed. */
 #include "rowmac.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+
+#define RM_BUF 512         /* encodings are built here; longer ones are streamed, not memoised */
+#define RM_MEMO_ENC 192    /* longest memoised encoding (a client row with a ~100-byte ID) */
+#define RM_MEMO_SLOTS 1024 /* power of two; ~230 KB per context */
+
+typedef struct {
+    uint64_t hash;
+    uint32_t len; /* 0 = empty slot */
+    uint8_t mac[ROWMAC_LEN];
+    uint8_t enc[RM_MEMO_ENC];
+} rm_memo;
 
 struct rowmac_ctx {
     EVP_MAC_CTX *ctx; /* keyed once; re-initialised (same key) for every MAC */
+    rm_memo *memo;    /* RM_MEMO_SLOTS entries */
 };
 
 kb_err rowmac_ctx_new(const kb_secret *key, rowmac_ctx **out)
@@ -26,6 +46,8 @@ kb_err rowmac_ctx_new(const kb_secret *key, rowmac_ctx **out)
     KB_ENSURE(kb_secret_len(key) >= ROWMAC_KEY_MIN, KB_ERR_INVALID);
     m = calloc(1, sizeof(*m));
     KB_ENSURE(m != NULL, KB_ERR_NOMEM);
+    m->memo = calloc(RM_MEMO_SLOTS, sizeof(*m->memo));
+    KB_ENSURE_OUT(rc, m->memo != NULL, KB_ERR_NOMEM);
     mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
     KB_ENSURE_OUT(rc, mac != NULL, KB_ERR_CRYPTO);
     m->ctx = EVP_MAC_CTX_new(mac);
@@ -47,21 +69,49 @@ void rowmac_ctx_free(rowmac_ctx *m)
     if (m == NULL)
         return;
     EVP_MAC_CTX_free(m->ctx); /* OpenSSL cleanses the HMAC states */
+    if (m->memo != NULL) {
+        kb_wipe(m->memo, RM_MEMO_SLOTS * sizeof(*m->memo));
+        free(m->memo);
+    }
     free(m);
 }
 
-/* An incremental HMAC with length-prefixed fields. The tag starts every encoding, so the same
- * field values in two tables never share a MAC. */
+/* One encoding in progress. The tag starts every encoding, so the same field values in two
+ * tables never share a MAC. */
 typedef struct {
-    EVP_MAC_CTX *ctx;
+    rowmac_ctx *k;
     kb_err err;
+    bool streaming; /* the encoding outgrew buf: HMAC started, no memo */
+    size_t len;
+    uint8_t buf[RM_BUF];
 } rm;
+
+static void rm_raw(rm *m, const void *p, size_t n)
+{
+    if (m->err != KB_OK || n == 0)
+        return;
+    if (!m->streaming && m->len + n <= sizeof(m->buf)) {
+        memcpy(m->buf + m->len, p, n);
+        m->len += n;
+        return;
+    }
+    if (!m->streaming) {
+        /* A NULL key re-initialises HMAC with the key already set (OpenSSL 3 EVP_MAC-HMAC). */
+        if (EVP_MAC_init(m->k->ctx, NULL, 0, NULL) != 1 ||
+            EVP_MAC_update(m->k->ctx, m->buf, m->len) != 1) {
+            m->err = KB_ERR_CRYPTO;
+            return;
+        }
+        m->streaming = true;
+        m->len = 0;
+    }
+    if (EVP_MAC_update(m->k->ctx, p, n) != 1)
+        m->err = KB_ERR_CRYPTO;
+}
 
 static void rm_bytes(rm *m, const void *p, size_t n)
 {
     uint8_t len[4];
-    if (m->err != KB_OK)
-        return;
     if (n > UINT32_MAX) {
         m->err = KB_ERR_TOO_LARGE;
         return;
@@ -70,9 +120,8 @@ static void rm_bytes(rm *m, const void *p, size_t n)
     len[1] = (uint8_t)(n >> 16);
     len[2] = (uint8_t)(n >> 8);
     len[3] = (uint8_t)n;
-    if (EVP_MAC_update(m->ctx, len, sizeof(len)) != 1 ||
-        (n > 0 && EVP_MAC_update(m->ctx, p, n) != 1))
-        m->err = KB_ERR_CRYPTO;
+    rm_raw(m, len, sizeof(len));
+    rm_raw(m, p, n);
 }
 
 static void rm_str(rm *m, const char *s)
@@ -96,24 +145,67 @@ static void rm_i64(rm *m, int64_t v)
 static kb_err rm_begin(rm *m, rowmac_ctx *k, const char *tag)
 {
     KB_ENSURE_REF(k);
+    m->k = k;
     m->err = KB_OK;
-    m->ctx = k->ctx;
-    /* A NULL key re-initialises HMAC with the key already set (OpenSSL 3 EVP_MAC-HMAC). */
-    KB_ENSURE(EVP_MAC_init(m->ctx, NULL, 0, NULL) == 1, KB_ERR_CRYPTO);
+    m->streaming = false;
+    m->len = 0;
     rm_str(m, tag);
     return KB_OK;
 }
 
+/* A fast multiply-xorshift hash, 8 bytes at a step: it only spreads encodings over the memo
+ * table; equality is then checked in full, so its quality affects the hit rate, never the
+ * result. */
+static uint64_t rm_hash(const uint8_t *p, size_t n)
+{
+    const uint64_t k = 0x9E3779B97F4A7C15u;
+    uint64_t h = (uint64_t)n * k, w;
+    while (n >= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * k;
+        h ^= h >> 32;
+        p += 8;
+        n -= 8;
+    }
+    w = 0;
+    memcpy(&w, p, n);
+    h = (h ^ w) * k;
+    return h ^ (h >> 29);
+}
+
 static kb_err rm_end(rm *m, uint8_t out[ROWMAC_LEN])
 {
+    EVP_MAC_CTX *ctx = m->k->ctx;
     size_t len = 0;
+    uint64_t h = 0;
+    rm_memo *slot = NULL;
     kb_err rc = m->err;
-    if (rc == KB_OK && (EVP_MAC_final(m->ctx, out, &len, ROWMAC_LEN) != 1 || len != ROWMAC_LEN))
+
+    if (rc == KB_OK && !m->streaming) {
+        if (m->len <= RM_MEMO_ENC) {
+            h = rm_hash(m->buf, m->len);
+            slot = &m->k->memo[h & (RM_MEMO_SLOTS - 1)];
+            if (slot->len == m->len && slot->hash == h && memcmp(slot->enc, m->buf, m->len) == 0) {
+                memcpy(out, slot->mac, ROWMAC_LEN);
+                return KB_OK;
+            }
+        }
+        if (EVP_MAC_init(ctx, NULL, 0, NULL) != 1 || EVP_MAC_update(ctx, m->buf, m->len) != 1)
+            rc = KB_ERR_CRYPTO;
+    }
+    if (rc == KB_OK && (EVP_MAC_final(ctx, out, &len, ROWMAC_LEN) != 1 || len != ROWMAC_LEN))
         rc = KB_ERR_CRYPTO;
-    m->ctx = NULL;
-    if (rc != KB_OK)
+    if (rc != KB_OK) {
         memset(out, 0, ROWMAC_LEN);
-    return rc;
+        return rc;
+    }
+    if (slot != NULL) {
+        slot->hash = h;
+        slot->len = (uint32_t)m->len;
+        memcpy(slot->enc, m->buf, m->len);
+        memcpy(slot->mac, out, ROWMAC_LEN);
+    }
+    return KB_OK;
 }
 
 kb_err rowmac_client(rowmac_ctx *k, int64_t id, const char *spiffe_id, bool enabled, bool admin,

@@ -161,7 +161,13 @@ typedef struct {
     cx *idle;
     cx **readers; /* all of them, for close */
     size_t nreaders;
+    pthread_mutex_t smu; /* guards seen */
+    struct seen_entry {
+        int64_t id, last_seen, last_list_at;
+    } * seen; /* SEEN_SLOTS, direct-mapped by client id: see sq_client_seen */
 } sq;
+
+#define SEEN_SLOTS 4096 /* power of two */
 
 #define SQ(st) ((sq *)(st)->impl)
 #define STORE_SQLITE_READERS_MAX 16
@@ -715,6 +721,8 @@ static void sq_free(sq *q)
         cx_close(q->readers[i]);
     free(q->readers);
     cx_close(q->writer);
+    free(q->seen);
+    pthread_mutex_destroy(&q->smu);
     pthread_cond_destroy(&q->pcv);
     pthread_mutex_destroy(&q->pmu);
     pthread_mutex_destroy(&q->wmu);
@@ -765,6 +773,15 @@ static kb_err sq_open(store *st, const char *path)
         free(q);
         return KB_ERR_INTERNAL;
     }
+    if (pthread_mutex_init(&q->smu, NULL) != 0) {
+        pthread_cond_destroy(&q->pcv);
+        pthread_mutex_destroy(&q->pmu);
+        pthread_mutex_destroy(&q->wmu);
+        free(q);
+        return KB_ERR_INTERNAL;
+    }
+    q->seen = calloc(SEEN_SLOTS, sizeof(*q->seen));
+    KB_ENSURE_OUT(e, q->seen != NULL, KB_ERR_NOMEM);
     /* The writer first: it sets WAL and migrates before any reader looks at the schema. */
     KB_GUARD_OUT(e, cx_open(st, path, true, &q->writer));
     want = readers_wanted();
@@ -1555,11 +1572,6 @@ out:
     return rc;
 }
 
-static kb_err sq_client_delete(store *st, int64_t client_id)
-{
-    return delete_by_id(st, "DELETE FROM clients WHERE id = ?1", client_id);
-}
-
 static kb_err client_touch(store *st, int64_t client_id, int64_t now, bool listed)
 {
     cx *b = WR(st);
@@ -1585,26 +1597,86 @@ out:
     return rc;
 }
 
-/* Called on every request: decide on a reader whether anything is due, so the common case (a
- * client seen within the hour) never queues behind the writer; the UPDATE re-checks the same
- * conditions, so a race with another thread only skips a redundant write. */
+/* The last_seen / last_list_at values this process last read for a client: lower bounds of the
+ * stored ones (they only move forward, and ids are never reused), so when they say nothing is
+ * due, nothing is, and the request needs no database access at all for its activity marker. */
+static bool seen_get(sq *q, int64_t id, int64_t *ls, int64_t *lla)
+{
+    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
+    bool hit;
+    pthread_mutex_lock(&q->smu);
+    hit = e->id == id;
+    if (hit) {
+        *ls = e->last_seen;
+        *lla = e->last_list_at;
+    }
+    pthread_mutex_unlock(&q->smu);
+    return hit;
+}
+
+static void seen_put(sq *q, int64_t id, int64_t ls, int64_t lla)
+{
+    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
+    pthread_mutex_lock(&q->smu);
+    e->id = id;
+    e->last_seen = ls;
+    e->last_list_at = lla;
+    pthread_mutex_unlock(&q->smu);
+}
+
+static void seen_forget(sq *q, int64_t id)
+{
+    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
+    pthread_mutex_lock(&q->smu);
+    if (e->id == id)
+        e->id = 0;
+    pthread_mutex_unlock(&q->smu);
+}
+
+static bool seen_due(int64_t ls, int64_t lla, int64_t now, bool listed)
+{
+    return ls <= now - STORE_TOUCH_INTERVAL || (listed && lla <= now - STORE_TOUCH_INTERVAL);
+}
+
+/* Called twice on every request (svc_client_auth, svc_client_list). Decided from the values
+ * remembered above when possible, else on a reader, so the common case (a client seen within
+ * the hour) never touches the database, let alone queues behind the writer. The UPDATE re-checks
+ * the same conditions, so a race with another thread only skips a redundant write. A client
+ * deleted by another process may still be answered KB_OK here until its entry is evicted:
+ * the marker is advisory; access is decided by store_client_get and the reads. */
 static kb_err sq_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
 {
-    cx *b = RD(st);
+    sq *q = SQ(st);
+    cx *b;
     sqlite3_stmt *s = NULL;
-    bool due = false;
+    int64_t ls = 0, lla = 0;
     kb_err rc;
+    if (seen_get(q, client_id, &ls, &lla) && !seen_due(ls, lla, now, listed))
+        return KB_OK;
+    b = RD(st);
     KB_GUARD_OUT(rc, prep(b, "SELECT last_seen, last_list_at FROM clients WHERE id = ?1", &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
     KB_GUARD_OUT(rc, step_row(b, s, "client_seen_check"));
-    due = sqlite3_column_int64(s, 0) <= now - STORE_TOUCH_INTERVAL ||
-          (listed && sqlite3_column_int64(s, 1) <= now - STORE_TOUCH_INTERVAL);
+    ls = sqlite3_column_int64(s, 0);
+    lla = sqlite3_column_int64(s, 1);
 out:
     done(s);
     PUT(st, b);
-    if (rc != KB_OK || !due)
+    if (rc != KB_OK)
         return rc;
+    if (!seen_due(ls, lla, now, listed)) {
+        seen_put(q, client_id, ls, lla);
+        return KB_OK;
+    }
+    /* Written values are re-read next time rather than guessed (the UPDATE may lose a race). */
+    seen_forget(q, client_id);
     return client_touch(st, client_id, now, listed);
+}
+
+static kb_err sq_client_delete(store *st, int64_t client_id)
+{
+    seen_forget(SQ(st), client_id);
+    return delete_by_id(st, "DELETE FROM clients WHERE id = ?1", client_id);
 }
 
 static kb_err sq_clients_stale(store *st, int64_t before, store_client **out, size_t *n)

@@ -454,12 +454,45 @@ static void errors_leave_connections_clean(void **state)
     }
 }
 
+/* The activity marker is decided from remembered values when it can be: a write that is due is
+ * still made, a listing marker is not hidden by an earlier plain one, and a deleted client is
+ * not found. Checked through store_client_get_by_id, which reads the database. */
+static void activity_marker_through_memory(void **state)
+{
+    fx *f = *state;
+    store_client c;
+    const int64_t I = STORE_TOUCH_INTERVAL;
+
+    assert_ok(store_client_seen(f->st, f->client, T0 + I, false));
+    assert_ok(store_client_get_by_id(f->st, f->client, &c));
+    assert_int_equal(c.last_seen, T0 + I);
+    assert_int_equal(c.last_list_at, 0);
+    store_client_clear(&c);
+    for (int i = 0; i < 5; i++) /* remembered: nothing due */
+        assert_ok(store_client_seen(f->st, f->client, T0 + I + 10 + i, false));
+    assert_ok(store_client_seen(f->st, f->client, T0 + I + 20, true)); /* listing never marked */
+    assert_ok(store_client_get_by_id(f->st, f->client, &c));
+    assert_int_equal(c.last_seen, T0 + I);
+    assert_int_equal(c.last_list_at, T0 + I + 20);
+    store_client_clear(&c);
+    assert_ok(store_client_seen(f->st, f->client, T0 + 2 * I + 5, false)); /* due again */
+    assert_ok(store_client_get_by_id(f->st, f->client, &c));
+    assert_int_equal(c.last_seen, T0 + 2 * I + 5);
+    assert_int_equal(c.last_list_at, T0 + I + 20);
+    store_client_clear(&c);
+    assert_ok(store_client_delete(f->st, f->client));
+    assert_kb(store_client_seen(f->st, f->client, T0 + 3 * I, true), KB_ERR_NOT_FOUND);
+    assert_kb(store_client_seen(f->st, f->client, T0 + 3 * I + 1, false), KB_ERR_NOT_FOUND);
+    assert_kb(store_client_seen(f->st, 0x7fffffff, T0, false), KB_ERR_NOT_FOUND);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(mixed_reads_and_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(every_connection_sees_the_latest_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(errors_leave_connections_clean, setup, teardown),
+        cmocka_unit_test_setup_teardown(activity_marker_through_memory, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
