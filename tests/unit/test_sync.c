@@ -9,11 +9,18 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "kbtest.h"
 #include "lib/json.h"
 #include "sync/b64.h"
 #include "sync/diff.h"
+#include "sync/identity.h"
 #include "sync/schedule.h"
 #include "sync/sink.h"
 #include "sync/sink_dir.h"
@@ -470,6 +477,251 @@ static void test_summary_json(void **state)
     json_decref(e);
 }
 
+/* ---- SVIDStore JSON (identity.c) ---------------------------------------------------------- */
+
+static char *pem_of_cert(X509 *c)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *p, *out;
+    long n;
+    assert_non_null(b);
+    assert_int_equal(PEM_write_bio_X509(b, c), 1);
+    n = BIO_get_mem_data(b, &p);
+    out = strndup(p, (size_t)n);
+    BIO_free(b);
+    return out;
+}
+
+static char *pem_of_key(EVP_PKEY *k)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *p, *out;
+    long n;
+    assert_non_null(b);
+    assert_int_equal(PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL), 1);
+    n = BIO_get_mem_data(b, &p);
+    out = strndup(p, (size_t)n);
+    BIO_free(b);
+    return out;
+}
+
+static void add_ext(X509 *c, X509 *issuer, int nid, const char *v)
+{
+    X509V3_CTX ctx;
+    X509_EXTENSION *e;
+    X509V3_set_ctx(&ctx, issuer, c, NULL, NULL, 0);
+    e = X509V3_EXT_conf_nid(NULL, &ctx, nid, v);
+    assert_non_null(e);
+    assert_int_equal(X509_add_ext(c, e, -1), 1);
+    X509_EXTENSION_free(e);
+}
+
+/* A certificate for uri (a SPIFFE ID), signed by ca_key (self-signed if issuer is NULL), valid
+ * from now - 60 s for life_s seconds (negative: already expired). */
+static long serial;
+
+static X509 *make_cert(EVP_PKEY *key, EVP_PKEY *ca_key, X509 *issuer, const char *uri, int is_ca,
+                       long life_s)
+{
+    X509 *c = X509_new();
+    char san[300];
+    assert_non_null(c);
+    X509_set_version(c, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(c), ++serial);
+    X509_gmtime_adj(X509_getm_notBefore(c), life_s < 0 ? life_s - 120 : -60);
+    X509_gmtime_adj(X509_getm_notAfter(c), life_s);
+    X509_set_pubkey(c, key);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "O", MBSTRING_ASC,
+                               (const unsigned char *)"kbtest", -1, -1, 0);
+    X509_set_issuer_name(c, issuer ? X509_get_subject_name(issuer) : X509_get_subject_name(c));
+    add_ext(c, issuer ? issuer : c, NID_basic_constraints,
+            is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+    add_ext(c, issuer ? issuer : c, NID_key_usage,
+            is_ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
+    snprintf(san, sizeof(san), "URI:%s", uri);
+    add_ext(c, issuer ? issuer : c, NID_subject_alt_name, san);
+    assert_true(X509_sign(c, ca_key, EVP_sha256()) > 0);
+    return c;
+}
+
+typedef struct {
+    char *bundle, *cert, *key, *other_key, *expired_cert, *expired_key, *evil_cert, *evil_key,
+        *evil_bundle;
+} svid_fixture;
+
+static void svid_fixture_make(svid_fixture *f)
+{
+    EVP_PKEY *ca = EVP_EC_gen("P-256"), *leaf = EVP_EC_gen("P-256"), *other = EVP_EC_gen("P-256");
+    EVP_PKEY *eca = EVP_EC_gen("P-256");
+    X509 *root, *c, *x, *er, *ec;
+    assert_non_null(ca);
+    assert_non_null(leaf);
+    assert_non_null(other);
+    assert_non_null(eca);
+    root = make_cert(ca, ca, NULL, "spiffe://example.org", 1, 86400);
+    c = make_cert(leaf, ca, root, "spiffe://example.org/ns/a/sa/sync", 0, 3600);
+    x = make_cert(leaf, ca, root, "spiffe://example.org/ns/a/sa/sync", 0, -30);
+    er = make_cert(eca, eca, NULL, "spiffe://evil.org", 1, 86400);
+    ec = make_cert(leaf, eca, er, "spiffe://evil.org/ns/a/sa/sync", 0, 3600);
+    f->bundle = pem_of_cert(root);
+    f->cert = pem_of_cert(c);
+    f->key = pem_of_key(leaf);
+    f->other_key = pem_of_key(other);
+    f->expired_cert = pem_of_cert(x);
+    f->expired_key = pem_of_key(leaf);
+    f->evil_cert = pem_of_cert(ec);
+    f->evil_key = pem_of_key(leaf);
+    f->evil_bundle = pem_of_cert(er);
+    X509_free(root);
+    X509_free(c);
+    X509_free(x);
+    X509_free(er);
+    X509_free(ec);
+    EVP_PKEY_free(ca);
+    EVP_PKEY_free(leaf);
+    EVP_PKEY_free(other);
+    EVP_PKEY_free(eca);
+}
+
+static void svid_fixture_free(svid_fixture *f)
+{
+    char **p[] = {&f->bundle,      &f->cert,      &f->key,      &f->other_key,  &f->expired_cert,
+                  &f->expired_key, &f->evil_cert, &f->evil_key, &f->evil_bundle};
+    for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++) {
+        free(*p[i]);
+        *p[i] = NULL;
+    }
+}
+
+/* Parse doc (a JSON object, consumed) as SVIDStore JSON for server trust domain example.org. */
+static kb_err svidstore(json_t *doc, const char **why)
+{
+    sync_identity id;
+    char *s = json_dumps(doc, JSON_COMPACT);
+    kb_err rc;
+    json_decref(doc);
+    assert_non_null(s);
+    rc = sync_identity_from_svidstore(s, strlen(s), "example.org", &id, why);
+    if (rc == KB_OK) {
+        assert_non_null(id.svid);
+        assert_true(id.not_after > time(NULL));
+        sync_identity_clear(&id);
+    }
+    free(s);
+    return rc;
+}
+
+static json_t *good_doc(const svid_fixture *f, const char *id_key)
+{
+    return json_pack("{s:s,s:s,s:s,s:s,s:{}}", id_key, "spiffe://example.org/ns/a/sa/sync",
+                     "x509SVID", f->cert, "x509SVIDKey", f->key, "bundle", f->bundle,
+                     "federatedBundles");
+}
+
+static void test_identity_svidstore(void **state)
+{
+    svid_fixture f;
+    const char *why = "";
+    json_t *d;
+    sync_identity id;
+    (void)state;
+    svid_fixture_make(&f);
+
+    /* good: both spellings of the ID; federatedBundles absent, null, or with a domain */
+    assert_ok(svidstore(good_doc(&f, "spiffeID"), &why));
+    assert_ok(svidstore(good_doc(&f, "spiffeId"), &why));
+    d = good_doc(&f, "spiffeID");
+    json_object_del(d, "federatedBundles");
+    assert_ok(svidstore(d, &why));
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "federatedBundles", json_null());
+    assert_ok(svidstore(d, &why));
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "federatedBundles",
+                        json_pack("{s:s}", "spiffe://evil.org", f.evil_bundle));
+    assert_ok(svidstore(d, &why));
+
+    /* malformed */
+    assert_kb(sync_identity_from_svidstore("[1]", 3, "example.org", &id, &why), KB_ERR_INVALID);
+    assert_kb(sync_identity_from_svidstore("{\"spiffeID\":", 12, "example.org", &id, &why),
+              KB_ERR_INVALID);
+    assert_kb(sync_identity_from_svidstore(NULL, 0, "example.org", &id, &why), KB_ERR_NULL);
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "spiffeId", json_string("spiffe://example.org/ns/a/sa/sync"));
+    assert_kb(svidstore(d, &why), KB_ERR_INVALID); /* both spellings */
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "extra", json_true());
+    assert_kb(svidstore(d, &why), KB_ERR_INVALID);
+    assert_non_null(strstr(why, "unknown member"));
+    {
+        static const char *const members[] = {"spiffeID", "x509SVID", "x509SVIDKey", "bundle"};
+        for (size_t i = 0; i < 4; i++) {
+            d = good_doc(&f, "spiffeID");
+            json_object_del(d, members[i]);
+            assert_kb(svidstore(d, &why), KB_ERR_INVALID); /* missing */
+            d = good_doc(&f, "spiffeID");
+            json_object_set_new(d, members[i], json_integer(7));
+            assert_kb(svidstore(d, &why), KB_ERR_INVALID); /* wrong type */
+        }
+    }
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "federatedBundles", json_pack("[s]", f.bundle));
+    assert_kb(svidstore(d, &why), KB_ERR_INVALID);
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "federatedBundles", json_pack("{s:i}", "evil.org", 1));
+    assert_kb(svidstore(d, &why), KB_ERR_INVALID);
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "x509SVID", json_stringn(f.cert, 120)); /* truncated PEM */
+    assert_true(svidstore(d, &why) != KB_OK);
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "bundle", json_string("not a PEM"));
+    assert_true(svidstore(d, &why) != KB_OK);
+
+    /* mismatches: key, ID, trust domain, expiry */
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "x509SVIDKey", json_string(f.other_key));
+    assert_true(svidstore(d, &why) != KB_OK);
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "spiffeID", json_string("spiffe://example.org/ns/a/sa/other"));
+    assert_kb(svidstore(d, &why), KB_ERR_INVALID);
+    assert_non_null(strstr(why, "URI SAN"));
+    d = json_pack("{s:s,s:s,s:s,s:s,s:{s:s}}", "spiffeID", "spiffe://evil.org/ns/a/sa/sync",
+                  "x509SVID", f.evil_cert, "x509SVIDKey", f.evil_key, "bundle", f.evil_bundle,
+                  "federatedBundles", "example.org", f.bundle);
+    assert_kb(svidstore(d, &why), KB_ERR_AUTH);
+    assert_non_null(strstr(why, "trust domain"));
+    d = good_doc(&f, "spiffeID");
+    json_object_set_new(d, "x509SVID", json_string(f.expired_cert));
+    assert_kb(svidstore(d, &why), KB_ERR_AUTH);
+    assert_non_null(strstr(why, "expired"));
+    /* our own trust domain's bundle is not the server's: the server's domain must be present */
+    {
+        char *s;
+        d = good_doc(&f, "spiffeID");
+        s = json_dumps(d, JSON_COMPACT);
+        json_decref(d);
+        assert_true(sync_identity_from_svidstore(s, strlen(s), "other.org", &id, &why) != KB_OK);
+        free(s);
+    }
+
+    /* the size limit: at the limit it is parsed (then refused for its content), above: too large */
+    {
+        size_t n = SYNC_SVIDSTORE_MAX + 1;
+        char *big = malloc(n);
+        assert_non_null(big);
+        memset(big, ' ', n);
+        big[0] = '{';
+        big[SYNC_SVIDSTORE_MAX - 1] = '}';
+        assert_kb(sync_identity_from_svidstore(big, SYNC_SVIDSTORE_MAX, "example.org", &id, &why),
+                  KB_ERR_INVALID);
+        big[SYNC_SVIDSTORE_MAX - 1] = ' ';
+        big[n - 1] = '}';
+        assert_kb(sync_identity_from_svidstore(big, n, "example.org", &id, &why), KB_ERR_TOO_LARGE);
+        free(big);
+    }
+    svid_fixture_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -484,6 +736,7 @@ int main(void)
         cmocka_unit_test(test_dir_names_modes),
         cmocka_unit_test(test_engine_failsafe),
         cmocka_unit_test(test_summary_json),
+        cmocka_unit_test(test_identity_svidstore),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
