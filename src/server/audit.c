@@ -32,6 +32,10 @@ struct audit_log {
     pthread_mutex_t mu; /* guards the two fields below */
     int64_t last_anchor_seq;
     int64_t last_anchor_time;
+    /* HMAC fetched and keyed once (re-initialised per row with a NULL key) instead of fetch +
+     * new context + key setup per append and per verified row; OpenSSL cleanses it on free. */
+    pthread_mutex_t macmu; /* guards mac: appends and a verify may run at once */
+    EVP_MAC_CTX *mac;
 };
 
 static kb_err put_len(kb_dbuf *b, size_t n)
@@ -75,28 +79,43 @@ static kb_err canon(kb_dbuf *b, int64_t seq, int64_t time, const char *identity,
     return put_str(b, result);
 }
 
-/* mac = HMAC-SHA256(key, prev || canonical(row)) */
-static kb_err chain_mac(const kb_secret *key, const uint8_t prev[AUDIT_MAC_LEN], const kb_dbuf *c,
-                        uint8_t out[AUDIT_MAC_LEN])
+static kb_err mac_new(const kb_secret *key, EVP_MAC_CTX **out)
 {
     EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
     EVP_MAC_CTX *ctx = NULL;
     OSSL_PARAM params[2];
     char digest[] = "SHA256";
-    size_t len = 0;
-    kb_err rc = KB_ERR_CRYPTO;
 
+    *out = NULL;
     if (mac == NULL)
         return KB_ERR_CRYPTO;
     ctx = EVP_MAC_CTX_new(mac);
+    EVP_MAC_free(mac);
     params[0] = OSSL_PARAM_construct_utf8_string("digest", digest, 0);
     params[1] = OSSL_PARAM_construct_end();
-    if (ctx != NULL && EVP_MAC_init(ctx, kb_secret_cdata(key), kb_secret_len(key), params) == 1 &&
-        EVP_MAC_update(ctx, prev, AUDIT_MAC_LEN) == 1 && EVP_MAC_update(ctx, c->p, c->len) == 1 &&
-        EVP_MAC_final(ctx, out, &len, AUDIT_MAC_LEN) == 1 && len == AUDIT_MAC_LEN)
+    if (ctx == NULL || EVP_MAC_init(ctx, kb_secret_cdata(key), kb_secret_len(key), params) != 1) {
+        EVP_MAC_CTX_free(ctx);
+        return KB_ERR_CRYPTO;
+    }
+    *out = ctx;
+    return KB_OK;
+}
+
+/* mac = HMAC-SHA256(key, prev || canonical(row)) */
+static kb_err chain_mac(audit_log *a, const uint8_t prev[AUDIT_MAC_LEN], const kb_dbuf *c,
+                        uint8_t out[AUDIT_MAC_LEN])
+{
+    size_t len = 0;
+    kb_err rc = KB_ERR_CRYPTO;
+
+    pthread_mutex_lock(&a->macmu);
+    /* A NULL key re-initialises HMAC with the key already set (OpenSSL 3 EVP_MAC-HMAC). */
+    if (EVP_MAC_init(a->mac, NULL, 0, NULL) == 1 &&
+        EVP_MAC_update(a->mac, prev, AUDIT_MAC_LEN) == 1 &&
+        EVP_MAC_update(a->mac, c->p, c->len) == 1 &&
+        EVP_MAC_final(a->mac, out, &len, AUDIT_MAC_LEN) == 1 && len == AUDIT_MAC_LEN)
         rc = KB_OK;
-    EVP_MAC_CTX_free(ctx);
-    EVP_MAC_free(mac);
+    pthread_mutex_unlock(&a->macmu);
     return rc;
 }
 
@@ -110,7 +129,7 @@ static kb_err append_mac(void *vctx, const uint8_t prev[AUDIT_MAC_LEN], int64_t 
     rc = canon(&b, seq, ev->time, ev->identity, ev->peer, ev->action, ev->object, ev->version,
                ev->result);
     if (rc == KB_OK)
-        rc = chain_mac(a->key, prev, &b, mac);
+        rc = chain_mac(a, prev, &b, mac);
     kb_dbuf_free(&b);
     return rc;
 }
@@ -156,6 +175,11 @@ kb_err audit_open(store *st, const audit_opts *o, audit_log **out)
         free(a);
         return KB_ERR_INTERNAL;
     }
+    if (pthread_mutex_init(&a->macmu, NULL) != 0) {
+        pthread_mutex_destroy(&a->mu);
+        free(a);
+        return KB_ERR_INTERNAL;
+    }
     a->st = st;
     a->sign = o->sign;
     a->verify = o->verify;
@@ -163,6 +187,7 @@ kb_err audit_open(store *st, const audit_opts *o, audit_log **out)
     a->every_rows = o->anchor_every_rows ? o->anchor_every_rows : AUDIT_ANCHOR_ROWS_DEFAULT;
     a->every_secs = o->anchor_every_secs ? o->anchor_every_secs : AUDIT_ANCHOR_SECS_DEFAULT;
     KB_GUARD_OUT(rc, kb_secret_from(kb_secret_cdata(o->key), kb_secret_len(o->key), &a->key));
+    KB_GUARD_OUT(rc, mac_new(a->key, &a->mac));
     KB_GUARD_OUT(rc, st->ops->anchor_list(st, &anchors, &n));
     if (n > 0) {
         a->last_anchor_seq = anchors[n - 1].seq;
@@ -181,6 +206,8 @@ void audit_close(audit_log *a)
     if (a == NULL)
         return;
     kb_secret_free(a->key);
+    EVP_MAC_CTX_free(a->mac);
+    pthread_mutex_destroy(&a->macmu);
     pthread_mutex_destroy(&a->mu);
     free(a);
 }
@@ -377,7 +404,7 @@ kb_err audit_verify(audit_log *a, const char *anchor_path, audit_report *report)
             rc = canon(&c, r->seq, r->time, r->identity, r->peer, r->action, r->object, r->version,
                        r->result);
             if (rc == KB_OK)
-                rc = chain_mac(a->key, prev, &c, want);
+                rc = chain_mac(a, prev, &c, want);
             if (rc != KB_OK)
                 break;
             if (!kb_ct_eq(want, r->mac, AUDIT_MAC_LEN)) {
