@@ -1,19 +1,107 @@
 #!/usr/bin/env bash
-# bench/ca/run.sh BUILD_DIR [N] - in-process issuance of N SVIDs (default 10000) on 2 threads,
-# with the CA key in SoftHSM2 and in a dev file. Prints one JSON line per key kind.
-# (The network half of the issue's benchmark - renew endpoint vs cfssl - is not scripted yet.)
+# bench/ca/run.sh BUILD_DIR [N] - keybridge-ca benchmarks (issue 5), N = 10000 by default:
+#  (0) the signing ceiling: N ECDSA signatures alone through the CA signer (SoftHSM2, file);
+#  (a) in-process issuance of N SVIDs on 2 threads (leaf key + certificate + PEM, in memory),
+#      CA key in SoftHSM2 and in a dev file;
+#  (b) the same N pre-made P-256 CSRs signed over each CA's network API, keep-alive HTTPS,
+#      C clients (libcurl) on CONNS connections: keybridge-ca's POST /v1/svid/renew (mTLS, CA key
+#      in SoftHSM2, [renew] api_min_interval = 0s) vs `cfssl serve` /api/v1/cfssl/sign (TLS,
+#      EC P-256 CA key file). cfssl (golang-cfssl) is installed with apt-get when missing.
+# CONNS (16) client connections, SERVER_THREADS (16) keybridge-ca event loops, PART=all|inprocess|
+# network. Prints one JSON line per measurement, then the ratio. Everything listens on 127.0.0.1 only and
+# is stopped on exit.
 set -euo pipefail
-BD="$(cd "${1:?build dir}" && pwd)"; N="${2:-10000}"
+BD="$(cd "${1:?build dir}" && pwd)"; N="${2:-10000}"; CONNS="${CONNS:-16}"; SERVER_THREADS="${SERVER_THREADS:-16}"; PART="${PART:-all}"
 SRC="$(cd "$(dirname "$0")/../.." && pwd)"
-W="$(mktemp -d /tmp/kbca-bench.XXXXXX)"; trap 'rm -rf -- "$W"' EXIT
+W="$(mktemp -d /tmp/kbca-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf -- "$W"
+}
+trap cleanup EXIT
 . "$SRC/tests/lib/softhsm.sh"
-cc -O2 -std=gnu11 -I"$SRC/src" -o "$W/bench" "$SRC/bench/ca/bench_issue.c" \
-  "$BD/libkbca.a" "$BD/libkb.a" $(pkg-config --libs sqlite3 jansson inih libcurl libevent libevent_openssl libevent_pthreads) -lssl -lcrypto -ldl -lpthread
+LIBS="$BD/libkbca.a $BD/libkb.a $(pkg-config --libs sqlite3 jansson inih libcurl libevent libevent_openssl libevent_pthreads) -lssl -lcrypto -ldl -lpthread"
+cc -O2 -std=gnu11 -I"$SRC/src" -o "$W/bench" "$SRC/bench/ca/bench_issue.c" $LIBS
+cc -O2 -std=gnu11 -I"$SRC/src" -o "$W/bsign" "$SRC/bench/ca/bench_sign.c" $LIBS
+cc -O2 -std=gnu11 -o "$W/bhttp" "$SRC/bench/ca/bench_http.c" $(pkg-config --libs libcurl) -lpthread
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
 kb_softhsm_make kbca-bench "$W/hsm" >/dev/null
-mkdir -m 700 "$W/keys"
-printf '[ca]\ndb=%s/hsm.db\nkey=pkcs11\n[pkcs11]\nmodule=%s\ntoken=%s\npin_file=%s\n' "$W" "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$KB_HSM_PIN_FILE" >"$W/hsm.ini"
+mkdir -m 700 "$W/keys" "$W/svids"
+cat >"$W/policy.json" <<JSON
+{"rules": [{"path_prefix": "/ns/", "target": "dir", "dir_root": "$W/svids", "renewable": true}]}
+JSON
+PORT="$(free_port)"
+printf '[ca]\ndb=%s/hsm.db\nkey=pkcs11\n[pkcs11]\nmodule=%s\ntoken=%s\npin_file=%s\n[policy]\nfile=%s/policy.json\n[server]\nlisten=127.0.0.1:%s\nsvid_dir=%s/server\nthreads=%s\n[renew]\napi_min_interval=0s\n[log]\nlevel=warn\n' \
+  "$W" "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$KB_HSM_PIN_FILE" "$W" "$PORT" "$W" "$SERVER_THREADS" >"$W/hsm.ini"
 printf '[ca]\ndb=%s/file.db\nkey=file\nkey_dir=%s/keys\n' "$W" "$W" >"$W/file.ini"
 "$BD/keybridge-ca" -c "$W/hsm.ini" init --trust-domain example.org >/dev/null 2>&1
 "$BD/keybridge-ca" -c "$W/file.ini" init --trust-domain example.org >/dev/null 2>&1
-echo -n "softhsm2: "; "$W/bench" "$W/hsm.db" "$N" 2 "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$(cat "$KB_HSM_PIN_FILE")"
-echo -n "file:     "; "$W/bench" "$W/file.db" "$N" 2
+HSM_KEY="$(sqlite3 "$W/hsm.db" "select key_ref from gen where state='active'")"
+FILE_KEY="$(sqlite3 "$W/file.db" "select key_ref from gen where state='active'")"
+
+# (0) signing ceiling, (a) in-process issuance
+if [ "$PART" != network ]; then
+echo -n '{"part":"sign","key":"softhsm2",'; "$W/bsign" - "$N" 2 "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$HSM_KEY" <"$KB_HSM_PIN_FILE" | cut -c2-
+echo -n '{"part":"sign","key":"file",'; "$W/bsign" "$FILE_KEY" "$N" 2 | cut -c2-
+echo -n '{"part":"issue","key":"softhsm2",'; "$W/bench" "$W/hsm.db" "$N" 2 "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$(cat "$KB_HSM_PIN_FILE")" | cut -c2-
+echo -n '{"part":"issue","key":"file",'; "$W/bench" "$W/file.db" "$N" 2 | cut -c2-
+fi
+[ "$PART" != inprocess ] || exit 0
+
+# (b) network: the same N CSRs for both
+python3 "$SRC/bench/ca/make_csrs.py" "$W/csrs.pem" "$N" spiffe://example.org/ns/bench
+# keybridge-ca: a renewable registration for the client's ID, and the client's current SVID
+# (1 min: the renew endpoint answers only after a third of the current lifetime has passed, so
+# it is made first and used ~15 s later, after the cfssl run).
+"$BD/keybridge-ca" -c "$W/hsm.ini" register --spiffe-id spiffe://example.org/ns/bench \
+  --target "dir:$W/svids/bench" --ttl 1h --renewable >/dev/null 2>&1
+"$BD/keybridge-ca" -c "$W/hsm.ini" issue --spiffe-id spiffe://example.org/ns/bench --ttl 1m \
+  --out "$W/client" >/dev/null 2>&1
+T_CLIENT=$SECONDS
+"$BD/keybridge-ca" -c "$W/hsm.ini" serve >"$W/serve.out" 2>"$W/serve.log" &
+PIDS+=($!)
+
+# cfssl: an EC P-256 root made by cfssl itself, a 1 h profile with client+server auth, TLS.
+if ! command -v cfssl >/dev/null; then
+  apt-get install -y golang-cfssl >/dev/null 2>&1 || { echo "cannot install golang-cfssl" >&2; exit 1; }
+fi
+mkdir "$W/cfssl"
+(cd "$W/cfssl" &&
+  echo '{"CN":"cfssl bench CA","key":{"algo":"ecdsa","size":256}}' | cfssl gencert -initca - 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+open("ca.pem", "w").write(d["cert"]); open("ca-key.pem", "w").write(d["key"])' &&
+  chmod 600 ca-key.pem &&
+  echo '{"CN":"127.0.0.1","hosts":["127.0.0.1"],"key":{"algo":"ecdsa","size":256}}' |
+  cfssl gencert -ca ca.pem -ca-key ca-key.pem - 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+open("tls.pem", "w").write(d["cert"]); open("tls-key.pem", "w").write(d["key"])')
+cat >"$W/cfssl/config.json" <<'JSON'
+{"signing": {"default": {"expiry": "1h", "usages": ["digital signature", "key encipherment",
+ "server auth", "client auth"]}}}
+JSON
+CPORT="$(free_port)"
+cfssl serve -address 127.0.0.1 -port "$CPORT" -ca "$W/cfssl/ca.pem" -ca-key "$W/cfssl/ca-key.pem" \
+  -config "$W/cfssl/config.json" -tls-cert "$W/cfssl/tls.pem" -tls-key "$W/cfssl/tls-key.pem" \
+  >"$W/cfssl.log" 2>&1 &
+PIDS+=($!)
+wait_port "$CPORT" || { echo "cfssl did not start" >&2; tail "$W/cfssl.log" >&2; exit 1; }
+CF="$("$W/bhttp" cfssl "https://127.0.0.1:$CPORT/api/v1/cfssl/sign" "$W/csrs.pem" "$N" "$CONNS" - - "$W/cfssl/ca.pem")"
+echo "{\"part\":\"network\",${CF#\{}"
+
+wait_port "$PORT" || { echo "keybridge-ca did not start" >&2; tail "$W/serve.log" >&2; exit 1; }
+while [ $((SECONDS - T_CLIENT)) -lt 15 ]; do sleep 0.5; done
+KB="$("$W/bhttp" kb "https://127.0.0.1:$PORT/v1/svid/renew" "$W/csrs.pem" "$N" "$CONNS" \
+  "$W/client/svid.pem" "$W/client/svid.key" "$W/server/bundle.pem")"
+echo "{\"part\":\"network\",${KB#\{}"
+rows="$(sqlite3 "$W/hsm.db" "select count(*) from audit where target='api'")"
+echo "{\"part\":\"network\",\"keybridge_audit_rows\":$rows}"
+python3 - "$CF" "$KB" <<'PY'
+import json, sys
+cf, kb = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(json.dumps({"part": "network", "ratio_keybridge_to_cfssl": round(kb["per_second"] / cf["per_second"], 2)}))
+PY

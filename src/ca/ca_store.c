@@ -14,10 +14,30 @@
 #define SCHEMA_VERSION 1
 #define BUSY_TIMEOUT_MS 30000
 
+/* One audit row waiting for a group commit; lives on its caller's stack until committed. */
+struct audit_row {
+    const char *serial, *spiffe_id, *target, *reason;
+    int64_t gen, not_after, at;
+    kb_err rc; /* set by the committing thread */
+    int done;
+    struct audit_row *next;
+};
+
 struct ca_store {
     sqlite3 *db;
     pthread_mutex_t mu; /* recursive: the write guard spans calls from one thread */
+    /* Audit group commit: rows queue under amu; one thread at a time (the leader) takes the
+     * whole queue and commits it in one transaction - one fsync for the batch - then wakes the
+     * writers, each of which returns only once its own row is committed. */
+    pthread_mutex_t amu;
+    pthread_cond_t acv;
+    struct audit_row *aq_head, **aq_tail;
+    int a_leader;
 };
+
+/* The write guard (write_begin .. write_end) held by this thread: audit rows then go straight
+ * into its transaction (the leader could not begin another, and must not wait for itself). */
+static _Thread_local int tl_guard;
 
 static const char *SCHEMA =
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);"
@@ -85,6 +105,9 @@ kb_err ca_store_open(const char *path, ca_store **out)
     pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&st->mu, &a);
     pthread_mutexattr_destroy(&a);
+    pthread_mutex_init(&st->amu, NULL);
+    pthread_cond_init(&st->acv, NULL);
+    st->aq_tail = &st->aq_head;
     if (sqlite3_open_v2(path, &st->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                         NULL) != SQLITE_OK) {
@@ -122,6 +145,8 @@ void ca_store_close(ca_store *st)
         return;
     sqlite3_close(st->db);
     pthread_mutex_destroy(&st->mu);
+    pthread_mutex_destroy(&st->amu);
+    pthread_cond_destroy(&st->acv);
     free(st);
 }
 
@@ -546,6 +571,8 @@ kb_err ca_store_write_begin(ca_store *st, int64_t rid)
         (void)exec(st, "ROLLBACK");
         unlock(st);
     }
+    if (rc == KB_OK)
+        tl_guard = 1;
     return rc; /* on KB_OK the lock and the transaction are held until write_end */
 }
 
@@ -555,35 +582,98 @@ kb_err ca_store_write_end(ca_store *st, int commit)
 
     if (rc != KB_OK && commit)
         (void)exec(st, "ROLLBACK");
+    tl_guard = 0;
     unlock(st);
     return rc;
+}
+
+/* INSERT one row (the caller holds st->mu). */
+static kb_err audit_insert(ca_store *st, sqlite3_stmt *q, const struct audit_row *r)
+{
+    sqlite3_reset(q);
+    sqlite3_bind_text(q, 1, r->serial, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, r->spiffe_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 3, r->target, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 4, r->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 5, r->gen);
+    sqlite3_bind_int64(q, 6, r->not_after);
+    sqlite3_bind_int64(q, 7, r->at);
+    return sqlite3_step(q) == SQLITE_DONE ? KB_OK : db_err(st, "audit_add");
+}
+
+#define AUDIT_INSERT_SQL                                                                           \
+    "INSERT INTO audit (serial, spiffe_id, target, reason, ca_gen, not_after, at) "                \
+    "VALUES (?,?,?,?,?,?,?)"
+
+/* Commit a batch of rows in one transaction (synchronous=FULL: one WAL fsync). All or none:
+ * on any failure every row of the batch gets the error. */
+static void audit_commit(ca_store *st, struct audit_row *batch)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc;
+
+    lock(st);
+    rc = exec(st, "BEGIN IMMEDIATE");
+    if (rc == KB_OK) {
+        rc = prep(st, AUDIT_INSERT_SQL, &q);
+        for (struct audit_row *r = batch; rc == KB_OK && r != NULL; r = r->next)
+            rc = audit_insert(st, q, r);
+        sqlite3_finalize(q);
+        if (rc == KB_OK)
+            rc = exec(st, "COMMIT");
+        if (rc != KB_OK)
+            (void)exec(st, "ROLLBACK");
+    }
+    unlock(st);
+    for (struct audit_row *r = batch; r != NULL; r = r->next)
+        r->rc = rc;
 }
 
 kb_err ca_store_audit_add(ca_store *st, const char *serial, const char *spiffe_id,
                           const char *target, const char *reason, int64_t gen, int64_t not_after,
                           int64_t at)
 {
-    sqlite3_stmt *q = NULL;
-    kb_err rc = KB_OK;
+    struct audit_row me = {serial, spiffe_id, target, reason, gen, not_after, at, KB_OK, 0, NULL};
+    struct audit_row *batch, *next;
 
-    lock(st);
-    KB_GUARD_OUT(rc, prep(st,
-                          "INSERT INTO audit (serial, spiffe_id, target, reason, ca_gen, "
-                          "not_after, at) VALUES (?,?,?,?,?,?,?)",
-                          &q));
-    sqlite3_bind_text(q, 1, serial, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 2, spiffe_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 3, target, -1, SQLITE_STATIC);
-    sqlite3_bind_text(q, 4, reason, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(q, 5, gen);
-    sqlite3_bind_int64(q, 6, not_after);
-    sqlite3_bind_int64(q, 7, at);
-    if (sqlite3_step(q) != SQLITE_DONE)
-        rc = db_err(st, "audit_add");
-out:
-    sqlite3_finalize(q);
-    unlock(st);
-    return rc;
+    KB_ENSURE_REF(st);
+    if (tl_guard) { /* inside this thread's write transaction: commits with it */
+        sqlite3_stmt *q = NULL;
+        kb_err rc;
+        lock(st);
+        rc = prep(st, AUDIT_INSERT_SQL, &q);
+        if (rc == KB_OK)
+            rc = audit_insert(st, q, &me);
+        sqlite3_finalize(q);
+        unlock(st);
+        return rc;
+    }
+    pthread_mutex_lock(&st->amu);
+    *st->aq_tail = &me;
+    st->aq_tail = &me.next;
+    while (!me.done) {
+        if (st->a_leader) {
+            pthread_cond_wait(&st->acv, &st->amu);
+            continue;
+        }
+        /* Lead: take everything queued so far (our row included) and commit it. Rows that
+         * arrive meanwhile wait for the next batch, led by one of their writers. */
+        st->a_leader = 1;
+        batch = st->aq_head;
+        st->aq_head = NULL;
+        st->aq_tail = &st->aq_head;
+        pthread_mutex_unlock(&st->amu);
+        audit_commit(st, batch);
+        pthread_mutex_lock(&st->amu);
+        for (struct audit_row *r = batch; r != NULL; r = next) {
+            next = r->next; /* r may return (and vanish) as soon as done is set and we unlock */
+            r->done = 1;
+        }
+        st->a_leader = 0;
+        pthread_cond_broadcast(&st->acv);
+    }
+    pthread_mutex_unlock(&st->amu);
+    return me.rc;
 }
 
 kb_err ca_store_audit_each(ca_store *st, ca_audit_fn fn, void *arg)

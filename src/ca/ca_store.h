@@ -94,7 +94,10 @@ KB_WUR kb_err ca_store_reg_set_state(ca_store *st, int64_t rid, int64_t not_afte
 KB_WUR kb_err ca_store_write_begin(ca_store *st, int64_t rid);
 KB_WUR kb_err ca_store_write_end(ca_store *st, int commit);
 
-/* Audit of issuance: one row per certificate signed. */
+/* Audit of issuance: one row per certificate signed. Returns only once the row is committed
+ * (synchronous=FULL), so a certificate is never handed out without its row surviving a crash.
+ * Concurrent callers are group-committed: rows queued while one transaction is being written
+ * go together in the next (one fsync per batch instead of per row). All of a batch or none. */
 KB_WUR kb_err ca_store_audit_add(ca_store *st, const char *serial, const char *spiffe_id,
                                  const char *target, const char *reason, int64_t gen,
                                  int64_t not_after, int64_t at);
