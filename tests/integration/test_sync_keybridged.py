@@ -258,6 +258,19 @@ def main():
         check(rc == 0 and s["deleted"] == 1, (rc, s))
         print("ok: removed grant -> deleted (7-day window), regranted -> restored; opt-out deletes")
 
+        # the same sync with the SVID stored in the cache as SVIDStore JSON (as keybridge-ca does)
+        rd = lambda p: open(p).read()  # noqa: E731
+        sm.create_secret(Name="spiffe/payments", SecretBinary=json.dumps(
+            {"spiffeID": h.CLIENT_ID, "x509SVID": rd(client[0]), "x509SVIDKey": rd(client[1]),
+             "bundle": rd(pki.bundle), "federatedBundles": {}}).encode())
+        senv = dict(env, KEYBRIDGE_SYNC_SOURCE_SVID_SECRET_ID="spiffe/payments")
+        for k in ("SVID_CERT_FILE", "SVID_KEY_FILE", "BUNDLE_FILE"):
+            senv.pop("KEYBRIDGE_SYNC_SOURCE_" + k)
+        rc, s, err = e.run(env=senv)
+        check(rc == 0 and s["unchanged"] == total - 1 and h.calls(s, "GetSecretValue") == 1,
+              (rc, s, err))
+        print("ok: SVID from an SVIDStore secret in keybridge-cache against the real keybridged")
+
         # 5. keybridged stopped: fails, the cache untouched
         admin("PUT", "/v1/admin/secrets/s006", {"content": b64(b"never synced")}, want=200)
         admin.c.close()
