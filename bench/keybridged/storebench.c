@@ -3,9 +3,11 @@
  * secrets through one group: membership, grant and secret MACs per row), store_client_seen
  * again, as svc_client_auth + svc_client_list do. Prints microseconds of CPU per request for 1
  * thread and for THREADS threads sharing the store handle, so store changes can be measured
- * apart from the network stack (and profiled with perf).
+ * apart from the network stack (and profiled with perf). With "json" as the last argument each
+ * request also renders the response as api.c's h_list does (api_record_json per record,
+ * json_pack, kb_json_dump with the wiping allocator), to measure the JSON share.
  *
- *   storebench DBDIR [REQUESTS] [THREADS] [SECRETS]
+ *   storebench DBDIR [REQUESTS] [THREADS] [SECRETS] [json]
  *
  * Built by hand against a build's static libraries (see README.md). Not part of ctest.
  */
@@ -16,7 +18,9 @@
 #include <time.h>
 
 #include "lib/err.h"
+#include "lib/json.h"
 #include "lib/secbuf.h"
+#include "server/api.h"
 #include "server/store.h"
 
 static const char *ID = "spiffe://example.org/ns/bench/sa/syncer";
@@ -41,6 +45,32 @@ typedef struct {
     kb_err rc;
 } job;
 
+static bool with_json;
+
+/* The body api.c's h_list sends for the native endpoint. */
+static kb_err render(const store_client *c, const store_record *recs, size_t n)
+{
+    json_t *arr = json_array(), *o;
+    char *body;
+    for (size_t i = 0; arr != NULL && i < n; i++) {
+        json_t *e = api_record_json(&recs[i], NULL);
+        if (e == NULL || json_array_append_new(arr, e) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    if (arr == NULL)
+        return KB_ERR_NOMEM;
+    o = json_pack("{s:s,s:s,s:o}", "client", c->spiffe_id, "application", c->app_name, "secrets",
+                  arr);
+    body = o ? kb_json_dump(o) : NULL;
+    json_decref(o);
+    if (body == NULL)
+        return KB_ERR_NOMEM;
+    kb_json_free_str(body);
+    return KB_OK;
+}
+
 static void *run(void *arg)
 {
     job *j = arg;
@@ -56,6 +86,8 @@ static void *run(void *arg)
             j->rc = store_readable_list(j->st, c.id, &recs, &n);
         if (j->rc == KB_OK)
             j->rc = store_client_seen(j->st, c.id, 1700000000, true);
+        if (j->rc == KB_OK && with_json)
+            j->rc = render(&c, recs, n);
         store_records_free(recs, n);
         store_client_clear(&c);
     }
@@ -114,6 +146,8 @@ int main(int argc, char **argv)
     int secrets = argc > 4 ? (int)strtol(argv[4], NULL, 10) : 20;
     int64_t cid, gid;
 
+    with_json = argc > 5 && strcmp(argv[5], "json") == 0;
+    kb_json_init();
     if (argc < 2 || requests < 1 || threads < 1 || threads > 64 || secrets < 1) {
         fprintf(stderr, "usage: storebench DBDIR [REQUESTS] [THREADS] [SECRETS]\n");
         return 2;
