@@ -494,14 +494,15 @@ if [ "$E2E" = 1 ]; then
   # what the servers present is the current file (polled and reloaded without a restart)
   presents_current "$KBD_PORT" "$SV/keybridged/svid.pem" keybridged
   presents_current "$CA_PORT" "$SV/keybridge-ca/svid.pem" keybridge-ca
-  for f in "$SV/keybridged/svid.pem" "$SV/keybridge-ca/svid.pem"; do
+  stored_svid
+  for f in "$SV/keybridged/svid.pem" "$SV/keybridge-ca/svid.pem" "$SV/admin/svid.pem" \
+    "$WORK/stored.pem"; do
     life=$(($(date -d "$(openssl x509 -in "$f" -noout -enddate | cut -d= -f2)" +%s) -
       $(date -d "$(openssl x509 -in "$f" -noout -startdate | cut -d= -f2)" +%s)))
     [ "$life" -le $((TTL_S + 120)) ] || fail "$f lives $life s, want the registration's $TTL"
   done
   grep -q '"tls_reloaded"' "$LOGS/keybridged.log" || fail "keybridged logged no TLS reload"
   grep -q '"tls_reloaded"' "$LOGS/keybridge-ca.log" || fail "keybridge-ca logged no TLS reload"
-  stored_svid
   [ "$(fp_file "$WORK/stored.pem")" != "$GEN1_APP" ] || fail "stored application SVID not renewed"
   openssl x509 -in "$WORK/stored.pem" -noout -checkend 0 >/dev/null ||
     fail "the stored application SVID has expired"
@@ -580,7 +581,8 @@ if [ "$SERVE" = 1 ]; then
   echo "  keybridge-ca     https://127.0.0.1:$CA_PORT ($CA_ID)"
   echo "  keybridge-cache  $EP"
   echo "  sync again:      AWS_ACCESS_KEY_ID=$SYNC_AKID AWS_SECRET_ACCESS_KEY=$SYNC_SKEY \\"
-  echo "                   $BUILD/keybridge-sync --config $WORK/sync.ini"
+  echo "                   $BUILD/keybridge-sync --config $WORK/sync.ini --allow-mass-delete"
+  echo "                   (applies the pending v4 and removes signing-key, whose grant was removed)"
   echo "  admin CLI:       $BUILD/keybridge --config $WORK/admin.conf secret list"
   trap 'exit 0' INT TERM
   while kill -0 "$KBD_PID" 2>/dev/null && kill -0 "$CA_PID" 2>/dev/null &&
