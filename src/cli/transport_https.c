@@ -137,7 +137,8 @@ static kb_err pin_setup(cli *c, tls_pin *p)
     rc = x509svid_load(cert, key, &p->svid, &why);
     if (rc != KB_OK) {
         fprintf(stderr, "keybridge: cannot load the CLI's SVID (%s): %s\n", cert, why ? why : "");
-        return rc == KB_ERR_IO ? KB_ERR_CONFIG : rc;
+        /* Our own identity files are local state, whatever was wrong with them: exit 3. */
+        return KB_ERR_CONFIG;
     }
     rc = spiffe_bundle_load_file(spiffe_id_trust_domain(&sid), bundle, &b, &why);
     if (rc == KB_OK)
