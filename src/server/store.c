@@ -107,6 +107,19 @@ void store_close(store *st)
     free(st);
 }
 
+uint64_t store_generation(store *st)
+{
+    return st ? atomic_load(&st->generation) : 0;
+}
+
+/* After a change that may alter listings (store_impl.h, store_generation): always bumped, also on
+ * failure, since a spurious bump only costs a cache miss. */
+static kb_err changed(store *st, kb_err rc)
+{
+    atomic_fetch_add(&st->generation, 1);
+    return rc;
+}
+
 int store_schema_version_supported(void)
 {
     return store_sqlite_ops.schema_version;
@@ -153,7 +166,7 @@ kb_err store_secret_create(store *st, const store_secret_new *s, const store_ver
     KB_GUARD(model_actor_check(actor));
     KB_ENSURE(s->owner_group_id >= 0, KB_ERR_INVALID);
     KB_GUARD(check_version_new(st, v, s->cloud_sync, &md));
-    rc = st->ops->secret_create(st, s, v, md, seal, seal_ctx, actor, now, id_out);
+    rc = changed(st, st->ops->secret_create(st, s, v, md, seal, seal_ctx, actor, now, id_out));
     free(md);
     return rc;
 }
@@ -172,7 +185,8 @@ kb_err store_version_add(store *st, int64_t secret_id, const store_version_new *
     /* The cloud cap depends on the secret's flag, which the backend checks in its transaction;
      * here the configured limit. */
     KB_GUARD(check_version_new(st, v, false, &md));
-    rc = st->ops->version_add(st, secret_id, v, md, seal, seal_ctx, actor, now, version_out);
+    rc = changed(
+        st, st->ops->version_add(st, secret_id, v, md, seal, seal_ctx, actor, now, version_out));
     free(md);
     return rc;
 }
@@ -187,7 +201,7 @@ kb_err store_secret_update(store *st, int64_t secret_id, const store_secret_patc
     KB_GUARD(model_description_check(p->description));
     KB_ENSURE(p->cloud_sync >= -1 && p->cloud_sync <= 1, KB_ERR_INVALID);
     KB_ENSURE(p->owner_group_id >= -1, KB_ERR_INVALID);
-    return st->ops->secret_update(st, secret_id, p, actor, now);
+    return changed(st, st->ops->secret_update(st, secret_id, p, actor, now));
 }
 
 kb_err store_secret_delete(store *st, int64_t secret_id, const char *actor, int64_t now)
@@ -196,7 +210,7 @@ kb_err store_secret_delete(store *st, int64_t secret_id, const char *actor, int6
     KB_GUARD(check_id(secret_id));
     KB_GUARD(model_actor_check(actor));
     KB_ENSURE(now > 0, KB_ERR_INVALID);
-    return st->ops->secret_set_deleted(st, secret_id, true, actor, now);
+    return changed(st, st->ops->secret_set_deleted(st, secret_id, true, actor, now));
 }
 
 kb_err store_secret_restore(store *st, int64_t secret_id, const char *actor, int64_t now)
@@ -204,14 +218,14 @@ kb_err store_secret_restore(store *st, int64_t secret_id, const char *actor, int
     KB_ENSURE_REF(st);
     KB_GUARD(check_id(secret_id));
     KB_GUARD(model_actor_check(actor));
-    return st->ops->secret_set_deleted(st, secret_id, false, actor, now);
+    return changed(st, st->ops->secret_set_deleted(st, secret_id, false, actor, now));
 }
 
 kb_err store_secret_purge(store *st, int64_t secret_id)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(check_id(secret_id));
-    return st->ops->secret_purge(st, secret_id);
+    return changed(st, st->ops->secret_purge(st, secret_id));
 }
 
 kb_err store_secret_get(store *st, const char *name, bool include_deleted, store_secret *out)
@@ -298,7 +312,7 @@ kb_err store_group_delete(store *st, int64_t group_id)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(check_id(group_id));
-    return st->ops->group_delete(st, group_id);
+    return changed(st, st->ops->group_delete(st, group_id));
 }
 
 /* ---- clients ---- */
@@ -317,7 +331,7 @@ kb_err store_client_create(store *st, const store_client_new *c, const char *act
     KB_GUARD(model_actor_check(actor));
     cloud = model_spiffe_is_cloud(c->spiffe_id, (const char *const *)st->cfg.cloud_prefixes);
     KB_GUARD(model_client_flags_check(c->admin, cloud));
-    return st->ops->client_create(st, c, cloud, actor, now, id_out);
+    return changed(st, st->ops->client_create(st, c, cloud, actor, now, id_out));
 }
 
 kb_err store_client_get(store *st, const char *spiffe_id, store_client *out)
@@ -354,14 +368,14 @@ kb_err store_client_update(store *st, int64_t client_id, const store_client_patc
     if (p->app_name != NULL && p->app_name[0] != '\0')
         KB_GUARD(model_name_check(p->app_name));
     KB_GUARD(model_description_check(p->description));
-    return st->ops->client_update(st, client_id, p);
+    return changed(st, st->ops->client_update(st, client_id, p));
 }
 
 kb_err store_client_delete(store *st, int64_t client_id)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(check_id(client_id));
-    return st->ops->client_delete(st, client_id);
+    return changed(st, st->ops->client_delete(st, client_id));
 }
 
 kb_err store_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
@@ -384,7 +398,7 @@ kb_err store_membership_add(store *st, int64_t client_id, int64_t group_id)
     KB_ENSURE_REF(st);
     KB_GUARD(check_id(client_id));
     KB_GUARD(check_id(group_id));
-    return st->ops->membership_set(st, client_id, group_id, true);
+    return changed(st, st->ops->membership_set(st, client_id, group_id, true));
 }
 
 kb_err store_membership_remove(store *st, int64_t client_id, int64_t group_id)
@@ -392,7 +406,7 @@ kb_err store_membership_remove(store *st, int64_t client_id, int64_t group_id)
     KB_ENSURE_REF(st);
     KB_GUARD(check_id(client_id));
     KB_GUARD(check_id(group_id));
-    return st->ops->membership_set(st, client_id, group_id, false);
+    return changed(st, st->ops->membership_set(st, client_id, group_id, false));
 }
 
 kb_err store_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
@@ -418,7 +432,7 @@ kb_err store_grant_add(store *st, int64_t group_id, int64_t secret_id)
     KB_ENSURE_REF(st);
     KB_GUARD(check_id(group_id));
     KB_GUARD(check_id(secret_id));
-    return st->ops->grant_set(st, group_id, secret_id, true);
+    return changed(st, st->ops->grant_set(st, group_id, secret_id, true));
 }
 
 kb_err store_grant_remove(store *st, int64_t group_id, int64_t secret_id)
@@ -426,7 +440,7 @@ kb_err store_grant_remove(store *st, int64_t group_id, int64_t secret_id)
     KB_ENSURE_REF(st);
     KB_GUARD(check_id(group_id));
     KB_GUARD(check_id(secret_id));
-    return st->ops->grant_set(st, group_id, secret_id, false);
+    return changed(st, st->ops->grant_set(st, group_id, secret_id, false));
 }
 
 kb_err store_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)

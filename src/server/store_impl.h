@@ -13,6 +13,9 @@
 #ifndef KB_SERVER_STORE_IMPL_H
 #define KB_SERVER_STORE_IMPL_H
 
+#include <stdatomic.h>
+#include <stdint.h>
+
 #include "audit.h"
 #include "store.h"
 
@@ -101,7 +104,18 @@ struct store {
     const struct store_ops *ops;
     void *impl; /* the backend's state */
     store_cfg cfg;
+    _Atomic uint64_t generation; /* see store_generation */
 };
+
+/* A counter that grows after every change made through this handle that can alter what a client
+ * may list or read, or how its listing is rendered: secrets, versions, grants, memberships,
+ * clients, group deletion. Activity markers, the fetch log and the audit log do not move it.
+ * It is bumped after the backend's transaction has ended, so a caller that reads it BEFORE
+ * taking a listing may cache that listing under the value read and serve it while the counter
+ * is unchanged: a newer commit always shows as a newer value first. Changes made by another
+ * process or another handle on the same database are not seen: bound any cache's lifetime.
+ * (Meant for store.h, where keybridged's API layer can use it to cache rendered listings.) */
+uint64_t store_generation(store *st);
 
 extern const struct store_ops store_sqlite_ops;
 

@@ -17,6 +17,7 @@
 #include "lib/err.h"
 #include "lib/secbuf.h"
 #include "server/store.h"
+#include "server/store_impl.h" /* store_generation */
 
 #define T0 1700000000
 #define N0 10         /* secrets granted before the threads start */
@@ -231,8 +232,14 @@ static void *reader_main(void *arg)
     fx *f = w->f;
     int last_n = 0;
     const char *names[3] = {"base-00", "no-such-secret", "base-09"};
+    uint64_t last_gen = 0;
     for (int i = 0; i < READ_LOOPS && w->why[0] == '\0'; i++) {
         store_record r, batch[3];
+        uint64_t gen = store_generation(f->st);
+        if (gen < last_gen)
+            FAIL(w, "generation went back from %llu to %llu", (unsigned long long)last_gen,
+                 (unsigned long long)gen);
+        last_gen = gen;
         kb_err errs[3];
         store_client c;
         kb_err rc;
@@ -486,6 +493,72 @@ static void activity_marker_through_memory(void **state)
     assert_kb(store_client_seen(f->st, 0x7fffffff, T0, false), KB_ERR_NOT_FOUND);
 }
 
+/* store_generation moves after every change that can alter a listing, and only then: reads,
+ * activity markers and the fetch log leave it alone. */
+static void generation_moves_on_changes_only(void **state)
+{
+    fx *f = *state;
+    store_secret_new sn = {.name = "gen-secret"};
+    store_version_new vn = {.content_len = 4};
+    store_secret_patch sp = STORE_SECRET_PATCH_INIT;
+    store_client_patch cp = STORE_CLIENT_PATCH_INIT;
+    store_client_new cn = {.spiffe_id = "spiffe://example.org/ns/gen/sa/new", .enabled = true};
+    store_record *recs = NULL, r;
+    store_client c;
+    size_t n = 0;
+    int64_t id = 0, ver = 0, cid = 0, gid = 0;
+    uint64_t g = store_generation(f->st), g2;
+
+#define MOVED(call)                                                                                \
+    do {                                                                                           \
+        assert_ok(call);                                                                           \
+        g2 = store_generation(f->st);                                                              \
+        if (g2 <= g)                                                                               \
+            fail_msg("generation did not move after %s", #call);                                   \
+        g = g2;                                                                                    \
+    } while (0)
+#define STILL(call)                                                                                \
+    do {                                                                                           \
+        assert_ok(call);                                                                           \
+        if (store_generation(f->st) != g)                                                          \
+            fail_msg("generation moved after %s", #call);                                          \
+    } while (0)
+
+    assert_int_equal(store_generation(NULL), 0);
+    STILL(store_readable_list(f->st, f->client, &recs, &n));
+    store_records_free(recs, n);
+    STILL(store_readable_get(f->st, f->client, "base-00", 0, &r));
+    STILL(store_fetch_record(f->st, f->client, r.secret.id, 1, T0));
+    store_record_clear(&r);
+    STILL(store_client_get(f->st, CLIENT, &c));
+    store_client_clear(&c);
+    STILL(store_client_seen(f->st, f->client, T0 + 10 * STORE_TOUCH_INTERVAL, true)); /* writes */
+    STILL(store_secret_list(f->st, true, &recs, &n));
+    store_records_free(recs, n);
+
+    MOVED(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id));
+    MOVED(store_version_add(f->st, id, &vn, fake_seal, NULL, ADMIN, T0, &ver));
+    MOVED(store_grant_add(f->st, f->group, id));
+    sp.cloud_sync = 1;
+    MOVED(store_secret_update(f->st, id, &sp, ADMIN, T0));
+    MOVED(store_secret_delete(f->st, id, ADMIN, T0 + 1));
+    MOVED(store_secret_restore(f->st, id, ADMIN, T0 + 2));
+    MOVED(store_grant_remove(f->st, f->group, id));
+    MOVED(store_client_create(f->st, &cn, ADMIN, T0, &cid));
+    cp.app_name = "renamed";
+    MOVED(store_client_update(f->st, f->client, &cp));
+    MOVED(store_group_create(f->st, "gen-group", NULL, ADMIN, T0, &gid) == KB_OK
+              ? store_membership_add(f->st, cid, gid)
+              : KB_ERR_INTERNAL);
+    MOVED(store_membership_remove(f->st, cid, gid));
+    MOVED(store_group_delete(f->st, gid));
+    MOVED(store_client_delete(f->st, cid));
+    MOVED(store_secret_delete(f->st, id, ADMIN, T0 + 3));
+    MOVED(store_secret_purge(f->st, id));
+#undef MOVED
+#undef STILL
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -493,6 +566,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(every_connection_sees_the_latest_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(errors_leave_connections_clean, setup, teardown),
         cmocka_unit_test_setup_teardown(activity_marker_through_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(generation_moves_on_changes_only, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
