@@ -8,7 +8,7 @@
 #      in SoftHSM2, [renew] api_min_interval = 0s) vs `cfssl serve` /api/v1/cfssl/sign (TLS,
 #      EC P-256 CA key file). cfssl (golang-cfssl) is installed with apt-get when missing.
 # CONNS (16) client connections, SERVER_THREADS (16) keybridge-ca event loops, PART=all|inprocess|
-# network. Prints one JSON line per measurement, then the ratio. Everything listens on 127.0.0.1 only and
+# network, PERF=FILE (perf record of the server's network run). Prints one JSON line per measurement, then the ratio. Everything listens on 127.0.0.1 only and
 # is stopped on exit.
 set -euo pipefail
 BD="$(cd "${1:?build dir}" && pwd)"; N="${2:-10000}"; CONNS="${CONNS:-16}"; SERVER_THREADS="${SERVER_THREADS:-16}"; PART="${PART:-all}"
@@ -95,8 +95,14 @@ echo "{\"part\":\"network\",${CF#\{}"
 
 wait_port "$PORT" || { echo "keybridge-ca did not start" >&2; tail "$W/serve.log" >&2; exit 1; }
 while [ $((SECONDS - T_CLIENT)) -lt 15 ]; do sleep 0.5; done
+PERFPID=""
+if [ -n "${PERF:-}" ]; then # PERF=FILE: perf record the keybridge-ca server during its run
+  perf record -F 999 --call-graph dwarf,16384 -o "$PERF" -p "${PIDS[0]}" >/dev/null 2>&1 & PERFPID=$!
+  sleep 1
+fi
 KB="$("$W/bhttp" kb "https://127.0.0.1:$PORT/v1/svid/renew" "$W/csrs.pem" "$N" "$CONNS" \
   "$W/client/svid.pem" "$W/client/svid.key" "$W/server/bundle.pem")"
+if [ -n "$PERFPID" ]; then kill -INT "$PERFPID"; wait "$PERFPID" || true; fi
 echo "{\"part\":\"network\",${KB#\{}"
 rows="$(sqlite3 "$W/hsm.db" "select count(*) from audit where target='api'")"
 echo "{\"part\":\"network\",\"keybridge_audit_rows\":$rows}"

@@ -149,8 +149,8 @@ static void do_renew(ca_api *a, kb_http_req *req)
     const char *peer = kb_http_req_peer_id(req), *why = NULL;
     X509 *cur = kb_http_req_peer_cert(req);
     const uint8_t *body;
-    size_t blen, n = 0;
-    ca_reg *regs = NULL, *mine = NULL;
+    size_t blen;
+    int64_t ttl = 0;
     EVP_PKEY *pub = NULL;
     spiffe_id id;
     ca_svid sv;
@@ -164,14 +164,12 @@ static void do_renew(ca_api *a, kb_http_req *req)
         kb_http_reply_error(req, 401, "unauthenticated", "a client SVID is required");
         return;
     }
-    if (ca_store_reg_list(a->o.st, &regs, &n) != KB_OK) {
+    rc = ca_store_reg_renewable(a->o.st, peer, &ttl);
+    if (rc != KB_OK && rc != KB_ERR_NOT_FOUND) {
         kb_http_reply_error(req, 500, "internal", "registration lookup failed");
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(regs[i].spiffe_id, peer) == 0 && regs[i].renewable)
-            mine = &regs[i];
-    if (mine == NULL) {
+    if (rc == KB_ERR_NOT_FOUND) {
         kb_log(KB_LOG_WARN, "api_renew_denied", "spiffe_id", peer, "why", "not renewable", NULL);
         kb_http_reply_error(req, 403, "denied",
                             "no renewable registration for this SPIFFE ID (stored SVIDs are "
@@ -201,7 +199,7 @@ static void do_renew(ca_api *a, kb_http_req *req)
         kb_http_reply_error(req, 429, "rate_limited", "renewal rate limit for this SPIFFE ID");
         goto out;
     }
-    rc = ca_issue(a->o.ca, &id, mine->ttl, pub, "api", "api-renew", &sv);
+    rc = ca_issue(a->o.ca, &id, ttl, pub, "api", "api-renew", &sv);
     if (rc != KB_OK) {
         kb_http_reply_error(req, 500, "issue_failed", kb_err_str(rc));
         goto out;
@@ -217,7 +215,6 @@ out:
     json_decref(o);
     ca_svid_clear(&sv);
     EVP_PKEY_free(pub);
-    free(regs);
 }
 
 static void do_bundle(ca_api *a, kb_http_req *req)

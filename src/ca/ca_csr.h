@@ -28,4 +28,9 @@
 KB_WUR kb_err ca_csr_parse(const void *buf, size_t len, const spiffe_id *expect, EVP_PKEY **pub,
                            const char **why);
 
+/* The same; openssl_only = 1 skips the fast EC path (ca_csr.c) and parses with d2i_X509_REQ
+ * alone - for tests and the fuzz target, which check that both paths agree. */
+KB_WUR kb_err ca_csr_parse_ex(const void *buf, size_t len, const spiffe_id *expect, EVP_PKEY **pub,
+                              const char **why, int openssl_only);
+
 #endif

@@ -29,6 +29,12 @@ struct ca_store {
     /* Audit group commit: rows queue under amu; one thread at a time (the leader) takes the
      * whole queue and commits it in one transaction - one fsync for the batch - then wakes the
      * writers, each of which returns only once its own row is committed. */
+    /* A second, read-only connection for the API's per-request registration look-up: WAL
+     * readers never wait for the writer, so a renewal request is not queued behind an audit
+     * commit's fsync (https://sqlite.org/wal.html 2.2). NULL: the main connection is used. */
+    sqlite3 *rdb;
+    sqlite3_stmt *r_renewable;
+    pthread_mutex_t rmu;
     pthread_mutex_t amu;
     pthread_cond_t acv;
     struct audit_row *aq_head, **aq_tail;
@@ -58,6 +64,10 @@ static const char *SCHEMA =
     " id INTEGER PRIMARY KEY AUTOINCREMENT, serial TEXT NOT NULL, spiffe_id TEXT NOT NULL,"
     " target TEXT NOT NULL, reason TEXT NOT NULL, ca_gen INTEGER NOT NULL,"
     " not_after INTEGER NOT NULL, at INTEGER NOT NULL);";
+
+/* The newest renewable registration of an ID (the UNIQUE (spiffe_id, target) index serves it). */
+#define RENEWABLE_SQL                                                                              \
+    "SELECT ttl FROM reg WHERE spiffe_id = ? AND renewable = 1 ORDER BY rid DESC LIMIT 1"
 
 static void lock(ca_store *st)
 {
@@ -106,6 +116,7 @@ kb_err ca_store_open(const char *path, ca_store **out)
     pthread_mutex_init(&st->mu, &a);
     pthread_mutexattr_destroy(&a);
     pthread_mutex_init(&st->amu, NULL);
+    pthread_mutex_init(&st->rmu, NULL);
     pthread_cond_init(&st->acv, NULL);
     st->aq_tail = &st->aq_head;
     if (sqlite3_open_v2(path, &st->db,
@@ -132,6 +143,16 @@ kb_err ca_store_open(const char *path, ca_store **out)
     if (rc != KB_OK)
         (void)exec(st, "ROLLBACK");
     KB_GUARD_OUT(rc, rc);
+    if (sqlite3_open_v2(path, &st->rdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX, NULL) !=
+            SQLITE_OK ||
+        sqlite3_prepare_v2(st->rdb, RENEWABLE_SQL, -1, &st->r_renewable, NULL) != SQLITE_OK) {
+        sqlite3_finalize(st->r_renewable); /* fall back to the main connection */
+        st->r_renewable = NULL;
+        sqlite3_close(st->rdb);
+        st->rdb = NULL;
+    } else {
+        sqlite3_busy_timeout(st->rdb, BUSY_TIMEOUT_MS);
+    }
     *out = st;
     st = NULL;
 out:
@@ -143,8 +164,11 @@ void ca_store_close(ca_store *st)
 {
     if (st == NULL)
         return;
+    sqlite3_finalize(st->r_renewable);
+    sqlite3_close(st->rdb);
     sqlite3_close(st->db);
     pthread_mutex_destroy(&st->mu);
+    pthread_mutex_destroy(&st->rmu);
     pthread_mutex_destroy(&st->amu);
     pthread_cond_destroy(&st->acv);
     free(st);
@@ -493,6 +517,46 @@ out:
     *out = v;
     *n = cnt;
     return KB_OK;
+}
+
+kb_err ca_store_reg_renewable(ca_store *st, const char *spiffe_id, int64_t *ttl)
+{
+    sqlite3_stmt *q = NULL;
+    kb_err rc = KB_ERR_NOT_FOUND;
+    int s;
+
+    KB_ENSURE_REF(st);
+    KB_ENSURE_REF(spiffe_id);
+    KB_ENSURE_REF(ttl);
+    if (st->rdb == NULL) {
+        lock(st);
+        if (prep(st, RENEWABLE_SQL, &q) != KB_OK) {
+            unlock(st);
+            return KB_ERR_DB;
+        }
+    } else {
+        pthread_mutex_lock(&st->rmu);
+        q = st->r_renewable;
+    }
+    sqlite3_bind_text(q, 1, spiffe_id, -1, SQLITE_STATIC);
+    s = sqlite3_step(q);
+    if (s == SQLITE_ROW) {
+        *ttl = sqlite3_column_int64(q, 0);
+        rc = KB_OK;
+    } else if (s != SQLITE_DONE) {
+        kb_log(KB_LOG_ERROR, "ca_db_error", "op", "reg_renewable", "msg",
+               sqlite3_errmsg(sqlite3_db_handle(q)), NULL);
+        rc = KB_ERR_DB;
+    }
+    if (st->rdb == NULL) {
+        sqlite3_finalize(q);
+        unlock(st);
+    } else {
+        sqlite3_reset(q); /* ends the read transaction */
+        sqlite3_clear_bindings(q);
+        pthread_mutex_unlock(&st->rmu);
+    }
+    return rc;
 }
 
 kb_err ca_store_reg_remove(ca_store *st, int64_t rid, ca_reg *removed)

@@ -83,6 +83,9 @@ KB_WUR kb_err ca_store_gen_activate(ca_store *st, int64_t gen);
 KB_WUR kb_err ca_store_reg_add(ca_store *st, ca_reg *r);
 KB_WUR kb_err ca_store_reg_get(ca_store *st, int64_t rid, ca_reg *out);
 KB_WUR kb_err ca_store_reg_list(ca_store *st, ca_reg **out, size_t *n);
+/* The TTL of the newest registration of spiffe_id marked renewable (KB_ERR_NOT_FOUND if none):
+ * the renew API's per-request check, on a read-only connection that never waits for a commit. */
+KB_WUR kb_err ca_store_reg_renewable(ca_store *st, const char *spiffe_id, int64_t *ttl);
 /* Delete the row (KB_ERR_NOT_FOUND if absent), copying it to *removed first. */
 KB_WUR kb_err ca_store_reg_remove(ca_store *st, int64_t rid, ca_reg *removed);
 /* Record renewal state (no-op if the row is gone). */
