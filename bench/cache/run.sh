@@ -7,7 +7,8 @@
 # Environment: N_GET (GetSecretValue requests per ab run, default 100000), N_LIST (ListSecrets,
 # default 10000), DURATION (seconds per wrk run, default 8), CONC (connections, default 32),
 # ROUNDS (default 3; medians reported), BIG (secrets in the memory run, default 100000),
-# N_BIG_LIST (ListSecrets requests on the big store, default 2000),
+# N_BIG_LIST (ListSecrets requests on the big store, default 2000), FULL_LIST (1: page through
+# the whole big store with boto3, unfiltered and filtered on a tag key; 0: skip),
 # TOOLS ("ab wrk" by default; wrk needs the Debian package wrk).
 #
 # One run: (1) a store with 100 secrets; keybridge-cache (one event loop per CPU) and nginx (one
@@ -335,6 +336,20 @@ BIG_LIST_MS=$((($(date +%s%N) - t0) / 1000000))
 BIG_GET_LOAD="$(load1)"
 BIG_GET="$(load ab cache get)"
 BIG_LIST="$(N_LIST="$N_BIG_LIST" load ab cache list)"
+# A full listing, 100 a page, as keybridge-sync reads a cache's state: unfiltered, and filtered
+# on a tag key (every row's tags are read to match). Server CPU from /proc as above.
+full_list() { # full_list [TAG_KEY] -> "secrets pages seconds cpu_seconds"
+  local t0 t1 out
+  t0="$(ticks "$BIG_PID")"
+  out="$(python3 "$HERE/listall.py" "http://127.0.0.1:$CPORT" "$REGION" "$AKID" "$D/sk" "$@")"
+  t1="$(ticks "$BIG_PID")"
+  echo "$out $(awk -v dt="$((t1 - t0))" -v hz="$HZ" 'BEGIN {printf "%.1f", dt / hz}')"
+}
+if [ "${FULL_LIST:-1}" = 1 ]; then
+  FULL_LOAD="$(load1)"
+  FULL_PLAIN="$(full_list)"
+  FULL_TAG="$(full_list managed-by)"
+fi
 BIG_HWM="$(hwm_kb "$BIG_PID")"
 cache_stop
 
@@ -367,5 +382,6 @@ big store: $BIG secrets (2 tags each), populated in ${POP_SECS} s through cache_
 RSS at start $((BIG_START_RSS / 1024)) MB; first ListSecrets page (count, NextToken present): $BIG_LIST_COUNT in $BIG_LIST_MS ms
 ab GetSecretValue on the big store (load1 before: $BIG_GET_LOAD): rps cpu_us/req p50 p99 bad = $BIG_GET
 ab ListSecrets first page on the big store, n=$N_BIG_LIST: rps cpu_us/req p50 p99 bad = $BIG_LIST
+full listing with boto3's paginator (load1 before: ${FULL_LOAD:-}): secrets pages seconds server_cpu_seconds = unfiltered ${FULL_PLAIN:-skipped}; tag-key filter ${FULL_TAG:-skipped}
 max RSS (VmHWM) with $BIG secrets after these runs: $((BIG_HWM / 1024)) MB
 EOF

@@ -1275,15 +1275,28 @@ static int filters_match(const json_t *filters, const cache_secret *s, const cac
     return 1;
 }
 
-/* NextToken: base64url(version 1 | offset u64 | HMAC-SHA256(token key, binding)[0..16]). The
- * binding covers the account, the operation and the query (filters, order, deleted flag) so a
- * token can neither be forged nor replayed against another query or account. */
+/* NextToken: base64url, unpadded, of
+ *     version 2 | id u64 | num i64 | text length u16 | text | HMAC-SHA256(token key,
+ * binding)[0..16] where (num or text, id) is the sort key of the last secret returned
+ * (cache_list_after) and the MAC binds the account, the operation, the query (filters, order,
+ * deleted flag) and the payload, so a token can neither be forged nor replayed against another
+ * query or account. A key rather than an offset: each page is a range scan from where the last one
+ * ended, so reading a whole account of N secrets costs O(N), not O(N^2 / page), and secrets created
+ * or deleted meanwhile shift nothing. */
+#define TOKEN_VERSION 2
 #define TOKEN_MAC_LEN 16
-#define TOKEN_RAW_LEN (1 + 8 + TOKEN_MAC_LEN)
+#define TOKEN_HEAD_LEN (1 + 8 + 8 + 2)
+#define TOKEN_RAW_MAX (TOKEN_HEAD_LEN + CACHE_NAME_MAX + TOKEN_MAC_LEN)
 
-static kb_err token_mac(op_ctx *c, const char *op, const char *query, uint64_t off, uint8_t mac[32])
+typedef struct {
+    int64_t id;
+    int64_t num;
+    char text[CACHE_NAME_MAX + 1];
+} list_cursor;
+
+static kb_err token_mac(op_ctx *c, const char *op, const char *query, const uint8_t *payload,
+                        size_t len, uint8_t mac[32])
 {
-    uint8_t offb[8];
     const kb_secret *k = cache_store_token_key(c->api->store);
     kb_err rc = KB_OK;
     EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
@@ -1291,8 +1304,6 @@ static kb_err token_mac(op_ctx *c, const char *op, const char *query, uint64_t o
     OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
                            OSSL_PARAM_construct_end()};
     size_t outl = 0;
-    for (int i = 0; i < 8; i++)
-        offb[i] = (uint8_t)(off >> (56 - 8 * i));
     KB_ENSURE_OUT(rc, mc != NULL, KB_ERR_CRYPTO);
     KB_ENSURE_OUT(rc,
                   EVP_MAC_init(mc, kb_secret_cdata(k), kb_secret_len(k), params) == 1 &&
@@ -1300,7 +1311,7 @@ static kb_err token_mac(op_ctx *c, const char *op, const char *query, uint64_t o
                           1 &&
                       EVP_MAC_update(mc, (const uint8_t *)op, strlen(op) + 1) == 1 &&
                       EVP_MAC_update(mc, (const uint8_t *)query, strlen(query) + 1) == 1 &&
-                      EVP_MAC_update(mc, offb, sizeof(offb)) == 1 &&
+                      EVP_MAC_update(mc, payload, len) == 1 &&
                       EVP_MAC_final(mc, mac, &outl, 32) == 1 && outl == 32,
                   KB_ERR_CRYPTO);
 out:
@@ -1311,65 +1322,105 @@ out:
 
 static const char B64URL[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-static json_t *token_make(op_ctx *c, const char *op, const char *query, uint64_t off)
+static void put_u64(uint8_t *p, uint64_t v)
 {
-    uint8_t raw[TOKEN_RAW_LEN + 2] = {0}, mac[32];
-    char out[4 * (TOKEN_RAW_LEN + 2) / 3 + 1];
-    size_t o = 0;
-    raw[0] = 1;
     for (int i = 0; i < 8; i++)
-        raw[1 + i] = (uint8_t)(off >> (56 - 8 * i));
-    if (token_mac(c, op, query, off, mac) != KB_OK)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static uint64_t get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static json_t *token_make(op_ctx *c, const char *op, const char *query, const list_cursor *cur)
+{
+    uint8_t raw[TOKEN_RAW_MAX], mac[32];
+    char out[(TOKEN_RAW_MAX + 2) / 3 * 4 + 1];
+    size_t tl = strlen(cur->text), n, o = 0;
+    if (tl > CACHE_NAME_MAX)
         return NULL;
-    memcpy(raw + 9, mac, TOKEN_MAC_LEN);
-    /* TOKEN_RAW_LEN (25) padded to 27 bytes: 36 characters, no '=' needed. */
-    for (size_t i = 0; i < TOKEN_RAW_LEN + 2; i += 3) {
-        uint32_t w = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
+    raw[0] = TOKEN_VERSION;
+    put_u64(raw + 1, (uint64_t)cur->id);
+    put_u64(raw + 9, (uint64_t)cur->num);
+    raw[17] = (uint8_t)(tl >> 8);
+    raw[18] = (uint8_t)tl;
+    memcpy(raw + TOKEN_HEAD_LEN, cur->text, tl);
+    n = TOKEN_HEAD_LEN + tl;
+    if (token_mac(c, op, query, raw, n, mac) != KB_OK)
+        return NULL;
+    memcpy(raw + n, mac, TOKEN_MAC_LEN);
+    n += TOKEN_MAC_LEN;
+    /* RFC 4648 section 5, without padding. */
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t w = (uint32_t)raw[i] << 16;
+        if (i + 1 < n)
+            w |= (uint32_t)raw[i + 1] << 8;
+        if (i + 2 < n)
+            w |= raw[i + 2];
         out[o++] = B64URL[(w >> 18) & 63];
         out[o++] = B64URL[(w >> 12) & 63];
-        out[o++] = B64URL[(w >> 6) & 63];
-        out[o++] = B64URL[w & 63];
+        if (i + 1 < n)
+            out[o++] = B64URL[(w >> 6) & 63];
+        if (i + 2 < n)
+            out[o++] = B64URL[w & 63];
     }
     out[o] = '\0';
     return json_string(out);
 }
 
-static int token_parse(op_ctx *c, const char *op, const char *query, const char *tok, uint64_t *off)
+static int token_parse(op_ctx *c, const char *op, const char *query, const char *tok,
+                       list_cursor *cur)
 {
-    uint8_t raw[TOKEN_RAW_LEN + 2], mac[32];
-    size_t n = strlen(tok), o = 0;
-    if (n != 4 * (TOKEN_RAW_LEN + 2) / 3)
-        return fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
-    for (size_t i = 0; i < n; i += 4) {
-        uint32_t w = 0;
-        for (size_t j = 0; j < 4; j++) {
-            const char *p = strchr(B64URL, tok[i + j]);
-            if (p == NULL || tok[i + j] == '\0')
-                return fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
-            w = (w << 6) | (uint32_t)(p - B64URL);
+    static const char bad[] = "The NextToken value is invalid.";
+    uint8_t raw[TOKEN_RAW_MAX + 2], mac[32];
+    size_t n = strlen(tok), o = 0, tl;
+    uint32_t w = 0;
+    int bits = 0;
+    if (n < (TOKEN_HEAD_LEN + TOKEN_MAC_LEN) * 4 / 3 || n > (TOKEN_RAW_MAX * 4 + 2) / 3 ||
+        n % 4 == 1)
+        return fail(c, E_NEXTTOKEN, bad);
+    for (size_t i = 0; i < n; i++) {
+        const char *p = strchr(B64URL, tok[i]);
+        if (p == NULL)
+            return fail(c, E_NEXTTOKEN, bad);
+        w = (w << 6) | (uint32_t)(p - B64URL);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            raw[o++] = (uint8_t)(w >> bits);
+            w &= (1u << bits) - 1;
         }
-        raw[o++] = (uint8_t)(w >> 16);
-        raw[o++] = (uint8_t)(w >> 8);
-        raw[o++] = (uint8_t)w;
     }
-    if (raw[0] != 1 || raw[TOKEN_RAW_LEN] != 0 || raw[TOKEN_RAW_LEN + 1] != 0)
-        return fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
-    *off = 0;
-    for (int i = 0; i < 8; i++)
-        *off = (*off << 8) | raw[1 + i];
-    if (token_mac(c, op, query, *off, mac) != KB_OK)
+    /* Canonical encoding only: the unused low bits of the last character are zero. */
+    if (w != 0 || o < TOKEN_HEAD_LEN + TOKEN_MAC_LEN || raw[0] != TOKEN_VERSION)
+        return fail(c, E_NEXTTOKEN, bad);
+    tl = (size_t)raw[17] << 8 | raw[18];
+    if (tl > CACHE_NAME_MAX || o != TOKEN_HEAD_LEN + tl + TOKEN_MAC_LEN)
+        return fail(c, E_NEXTTOKEN, bad);
+    if (token_mac(c, op, query, raw, TOKEN_HEAD_LEN + tl, mac) != KB_OK)
         return fail_internal(c, KB_ERR_CRYPTO);
-    if (!kb_ct_eq(mac, raw + 9, TOKEN_MAC_LEN))
-        return fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
+    if (!kb_ct_eq(mac, raw + TOKEN_HEAD_LEN + tl, TOKEN_MAC_LEN))
+        return fail(c, E_NEXTTOKEN, bad);
+    /* Authentic from here on: we wrote it. */
+    cur->id = (int64_t)get_u64(raw + 1);
+    cur->num = (int64_t)get_u64(raw + 9);
+    memcpy(cur->text, raw + TOKEN_HEAD_LEN, tl);
+    cur->text[tl] = '\0';
+    if (cur->id <= 0 || strlen(cur->text) != tl)
+        return fail(c, E_NEXTTOKEN, bad);
     return 0;
 }
 
 typedef struct {
     op_ctx *c;
     const json_t *filters;
-    int batch;       /* BatchGetSecretValue: entries carry values */
-    uint64_t offset; /* matches to skip */
-    uint64_t seen;   /* matches so far */
+    int batch; /* BatchGetSecretValue: entries carry values */
+    cache_sort sort;
+    list_cursor last; /* sort key of the last entry returned */
     size_t max;
     json_t *list;
     json_t *errors;
@@ -1384,22 +1435,26 @@ static int list_visit(void *arg, const cache_secret *s)
     op_ctx *c = ls->c;
     json_t *o;
     int filtered = ls->filters != NULL && json_array_size(ls->filters) > 0;
-    /* Tags are read only when a filter needs them or the entry is returned: the entries a
-     * NextToken skips cost one row each, not a tag query each. */
+    /* Tags are read only when a filter needs them or the entry is returned. */
     if (filtered) {
         if (cache_store_tags_get(c->api->store, s->id, &ls->tags) != KB_OK)
             return -1;
         if (!filters_match(ls->filters, s, &ls->tags))
             return 0;
     }
-    if (ls->seen++ < ls->offset)
-        return 0;
     if (json_array_size(ls->list) + (ls->errors ? json_array_size(ls->errors) : 0) >= ls->max) {
-        ls->more = 1;
+        ls->more = 1; /* one more match exists: the page ends at ls->last */
         return 1;
     }
     if (!filtered && cache_store_tags_get(c->api->store, s->id, &ls->tags) != KB_OK)
         return -1;
+    ls->last.id = s->id;
+    ls->last.num = ls->sort == CACHE_SORT_CREATED    ? s->created_ms
+                   : ls->sort == CACHE_SORT_CHANGED  ? s->changed_ms
+                   : ls->sort == CACHE_SORT_ACCESSED ? s->accessed_ms
+                                                     : 0;
+    if (ls->sort == CACHE_SORT_NAME)
+        snprintf(ls->last.text, sizeof(ls->last.text), "%s", s->name);
     o = json_object();
     if (o == NULL)
         return -1;
@@ -1445,6 +1500,8 @@ static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, in
                                        NULL};
     list_state *ls = calloc(1, sizeof(*ls));
     char *qk = query_key(in, bind);
+    list_cursor *from = NULL;
+    cache_list_after after;
     int rc = -1;
     kb_err e;
     if (ls == NULL || qk == NULL) {
@@ -1454,19 +1511,32 @@ static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, in
     ls->c = c;
     ls->filters = json_object_get(in, "Filters");
     ls->batch = batch;
+    ls->sort = sort;
     ls->max = max;
     ls->list = json_array();
     ls->errors = batch ? json_array() : NULL;
-    if (next && token_parse(c, op, qk, next, &ls->offset))
-        goto out;
-    e = cache_store_list(c->api->store, c->account, include_deleted, sort, desc, list_visit, ls);
+    memset(&after, 0, sizeof(after));
+    if (next) {
+        from = calloc(1, sizeof(*from));
+        if (from == NULL) {
+            rc = fail_internal(c, KB_ERR_NOMEM);
+            goto out;
+        }
+        if (token_parse(c, op, qk, next, from))
+            goto out;
+        after.id = from->id;
+        after.num = from->num;
+        after.text = from->text;
+    }
+    e = cache_store_list(c->api->store, c->account, include_deleted, sort, desc, &after, list_visit,
+                         ls);
     if (e != KB_OK || ls->list == NULL || (batch && ls->errors == NULL)) {
         rc = fail_internal(c, e != KB_OK ? e : KB_ERR_NOMEM);
         goto out;
     }
     if (set(out, batch ? "SecretValues" : "SecretList", json_incref(ls->list)) ||
         (batch && set(out, "Errors", json_incref(ls->errors))) ||
-        (ls->more && set(out, "NextToken", token_make(c, op, qk, ls->offset + ls->max)))) {
+        (ls->more && set(out, "NextToken", token_make(c, op, qk, &ls->last)))) {
         rc = fail_internal(c, KB_ERR_NOMEM);
         goto out;
     }
@@ -1477,6 +1547,7 @@ out:
         json_decref(ls->errors);
     }
     free(ls);
+    free(from);
     kb_json_free_str(qk);
     return rc;
 }

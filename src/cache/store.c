@@ -422,29 +422,42 @@ kb_err cache_store_purge_expired(cache_store *st, int64_t now_ms)
 }
 
 kb_err cache_store_list(cache_store *st, const char *account, int include_deleted, cache_sort sort,
-                        int descending, cache_store_visit_fn fn, void *arg)
+                        int descending, const cache_list_after *after, cache_store_visit_fn fn,
+                        void *arg)
 {
     static const char *const cols[] = {"created_ms", "changed_ms", "accessed_ms", "name"};
     char sql[512];
     sqlite3_stmt *s = NULL;
     kb_err rc = KB_OK;
-    int r;
+    int r, resume = after != NULL && after->id != 0;
     cache_secret *sec = NULL;
 
     KB_ENSURE_REF(account);
     KB_ENSURE_REF(fn);
     KB_ENSURE((unsigned)sort < KB_ARRAY_LEN(cols), KB_ERR_INVALID);
+    KB_ENSURE(!resume || sort != CACHE_SORT_NAME || after->text != NULL, KB_ERR_NULL);
+    /* Row-value comparison (SQLite >= 3.15) resumes the index range scan right after the last
+     * key returned (https://www.sqlite.org/rowvalue.html#scrolling_window_queries). */
     snprintf(sql, sizeof(sql),
-             "SELECT " SECRET_COLS " FROM secrets WHERE account = ?1%s"
+             "SELECT " SECRET_COLS " FROM secrets WHERE account = ?1%s%s%s%s"
              " ORDER BY %s %s, id %s",
-             include_deleted ? "" : " AND deleted_ms = 0", cols[sort], descending ? "DESC" : "ASC",
-             descending ? "DESC" : "ASC");
+             include_deleted ? "" : " AND deleted_ms = 0", resume ? " AND (" : "",
+             resume ? cols[sort] : "",
+             resume ? (descending ? ", id) < (?2, ?3)" : ", id) > (?2, ?3)") : "", cols[sort],
+             descending ? "DESC" : "ASC", descending ? "DESC" : "ASC");
     /* Not cached: the callback may run other cached statements while this one is open. */
     if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
         return db_err(st, "list");
     sec = malloc(sizeof(*sec));
     KB_ENSURE_OUT(rc, sec != NULL, KB_ERR_NOMEM);
     KB_GUARD_OUT(rc, bind_text(s, 1, account));
+    if (resume) {
+        if (sort == CACHE_SORT_NAME)
+            KB_GUARD_OUT(rc, bind_text(s, 2, after->text));
+        else
+            KB_GUARD_OUT(rc, bind_i64(s, 2, after->num));
+        KB_GUARD_OUT(rc, bind_i64(s, 3, after->id));
+    }
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
         int v;
         row_to_secret(s, sec);

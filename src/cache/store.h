@@ -93,11 +93,21 @@ KB_WUR kb_err cache_store_secret_delete(cache_store *st, int64_t id);
 /* Remove every secret whose recovery window ended at or before now_ms. */
 KB_WUR kb_err cache_store_purge_expired(cache_store *st, int64_t now_ms);
 
-/* Visit the account's secrets in order (ties by id). The callback returns 0 to go on, 1 to stop,
- * or a negative value on error (KB_ERR_INTERNAL). */
+/* Where a page ends: the sort key (value, id) of the last secret returned. */
+typedef struct {
+    int64_t id;       /* 0: start from the beginning */
+    int64_t num;      /* created/changed/accessed date of that secret (date sorts) */
+    const char *text; /* its name (CACHE_SORT_NAME) */
+} cache_list_after;
+
+/* Visit the account's secrets in order (ties by id), starting strictly after `after` (NULL or
+ * id 0: from the start). The resume point is a key, not an offset: a page deep in a listing
+ * costs a range scan of the index from there, not a walk over every earlier secret. The callback
+ * returns 0 to go on, 1 to stop, or a negative value on error (KB_ERR_INTERNAL). */
 typedef int (*cache_store_visit_fn)(void *arg, const cache_secret *s);
 KB_WUR kb_err cache_store_list(cache_store *st, const char *account, int include_deleted,
-                               cache_sort sort, int descending, cache_store_visit_fn fn, void *arg);
+                               cache_sort sort, int descending, const cache_list_after *after,
+                               cache_store_visit_fn fn, void *arg);
 
 KB_WUR kb_err cache_store_tags_get(cache_store *st, int64_t id, cache_tag_list *out);
 KB_WUR kb_err cache_store_tag_set(cache_store *st, int64_t id, const char *key, const char *value);

@@ -739,6 +739,99 @@ static void persistence_and_tamper(void **state)
     assert_null(v);
 }
 
+/* Walk every page of a ListSecrets query (MaxResults 7), appending names to out (space
+ * separated); between the first and second page, run `between` if given. Returns the pages. */
+static int walk_pages(fx *f, const char *query_members, char *out, size_t cap,
+                      void (*between)(fx *f))
+{
+    char b[1024], tok[800] = "";
+    int pages = 0;
+    out[0] = '\0';
+    do {
+        snprintf(b, sizeof(b), "{\"MaxResults\":7%s%s%s%s%s}", query_members[0] ? "," : "",
+                 query_members, tok[0] ? ",\"NextToken\":\"" : "", tok, tok[0] ? "\"" : "");
+        json_t *j = ok(f, "ListSecrets", b);
+        json_t *l = json_object_get(j, "SecretList"), *e;
+        size_t i;
+        json_array_foreach(l, i, e)
+        {
+            size_t n = strlen(out);
+            snprintf(out + n, cap - n, "%s ", str(e, "Name"));
+        }
+        const char *nt = json_string_value(json_object_get(j, "NextToken"));
+        assert_true(nt == NULL || strlen(nt) < sizeof(tok));
+        snprintf(tok, sizeof(tok), "%s", nt ? nt : "");
+        done(j);
+        if (pages++ == 0 && between)
+            between(f);
+    } while (tok[0]);
+    return pages;
+}
+
+static void drop_k05_add_k99(fx *f)
+{
+    done(ok(f, "DeleteSecret", "{\"SecretId\":\"k05\",\"ForceDeleteWithoutRecovery\":true}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"k99\"}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"a00\"}"));
+}
+
+/* NextToken is a key (sort value, id), not an offset: pages resume after the last entry
+ * returned even when it is deleted, inserts do not shift entries, every order works, and only
+ * tokens the server wrote are accepted. */
+static void pagination_keyset(void **state)
+{
+    fx *f = *state;
+    char names[2048], b[1200];
+    for (int i = 0; i < 20; i++) {
+        snprintf(b, sizeof(b), "{\"Name\":\"k%02d\"}", (i * 7) % 20); /* created out of order */
+        done(ok(f, "CreateSecret", b));
+    }
+    assert_int_equal(walk_pages(f, "\"SortBy\":\"name\"", names, sizeof(names), NULL), 3);
+    assert_string_equal(names, "k00 k01 k02 k03 k04 k05 k06 k07 k08 k09 k10 k11 k12 k13 k14 k15 "
+                               "k16 k17 k18 k19 ");
+    assert_int_equal(
+        walk_pages(f, "\"SortBy\":\"name\",\"SortOrder\":\"desc\"", names, sizeof(names), NULL), 3);
+    assert_string_equal(names, "k19 k18 k17 k16 k15 k14 k13 k12 k11 k10 k09 k08 k07 k06 k05 k04 "
+                               "k03 k02 k01 k00 ");
+    /* created order, 7 a page: after page 1, k05 (due on page 3) is dropped and k99, a00 are
+     * created; they come last, nothing is repeated or lost (21 entries: 3 pages) */
+    assert_int_equal(walk_pages(f, "", names, sizeof(names), drop_k05_add_k99), 3);
+    assert_string_equal(names, "k00 k07 k14 k01 k08 k15 k02 k09 k16 k03 k10 k17 k04 k11 k18 k12 "
+                               "k19 k06 k13 k99 a00 ");
+    /* the entry a page ended on is deleted before the next page is asked for */
+    {
+        json_t *j = ok(f, "ListSecrets", "{\"MaxResults\":2,\"SortBy\":\"name\"}");
+        char tok[800];
+        assert_string_equal(str(json_array_get(json_object_get(j, "SecretList"), 1), "Name"),
+                            "k00");
+        snprintf(tok, sizeof(tok), "%s", str(j, "NextToken"));
+        done(j);
+        done(ok(f, "DeleteSecret", "{\"SecretId\":\"k00\",\"ForceDeleteWithoutRecovery\":true}"));
+        snprintf(b, sizeof(b), "{\"MaxResults\":2,\"SortBy\":\"name\",\"NextToken\":\"%s\"}", tok);
+        j = ok(f, "ListSecrets", b);
+        assert_string_equal(str(json_array_get(json_object_get(j, "SecretList"), 0), "Name"),
+                            "k01");
+        done(j);
+        /* edited, truncated, padded, non-canonical, or bound to another order: refused */
+        size_t n = strlen(tok);
+        char t2[800];
+        snprintf(t2, sizeof(t2), "%s", tok);
+        t2[n / 2] = t2[n / 2] == 'A' ? 'B' : 'A';
+        snprintf(b, sizeof(b), "{\"SortBy\":\"name\",\"NextToken\":\"%s\"}", t2);
+        expect_err(f, "ListSecrets", b, "InvalidNextTokenException");
+        snprintf(b, sizeof(b), "{\"SortBy\":\"name\",\"NextToken\":\"%.*s\"}", (int)n - 4, tok);
+        expect_err(f, "ListSecrets", b, "InvalidNextTokenException");
+        snprintf(b, sizeof(b), "{\"SortBy\":\"name\",\"NextToken\":\"%s=\"}", tok);
+        expect_err(f, "ListSecrets", b, "InvalidNextTokenException");
+        snprintf(b, sizeof(b), "{\"SortBy\":\"name\",\"NextToken\":\"%sA\"}", tok);
+        expect_err(f, "ListSecrets", b, "InvalidNextTokenException");
+        snprintf(b, sizeof(b), "{\"NextToken\":\"%s\"}", tok);
+        expect_err(f, "ListSecrets", b, "InvalidNextTokenException");
+        expect_err(f, "ListSecrets", "{\"NextToken\":\"AgAAAAAAAAAB\"}",
+                   "InvalidNextTokenException");
+    }
+}
+
 /* Reads without a locked mapping each (version_peek into the store's scratch buffer), reads in
  * a read transaction that keeps its bookkeeping, tags loaded only when needed, one process per
  * store (locking_mode=EXCLUSIVE), and cache_unseal_to's bounds. */
@@ -1103,6 +1196,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(batch_get, setup, teardown),
         cmocka_unit_test_setup_teardown(persistence_and_tamper, setup, teardown),
         cmocka_unit_test_setup_teardown(reads_and_scratch, setup, teardown),
+        cmocka_unit_test_setup_teardown(pagination_keyset, setup, teardown),
         cmocka_unit_test(unseal_to_bounds),
         cmocka_unit_test_setup_teardown(sigv4_auth, setup, teardown),
         cmocka_unit_test(creds_file),
