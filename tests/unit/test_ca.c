@@ -4,10 +4,12 @@
 #include "kbtest.h"
 #include "kbtest_softhsm.h"
 
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 
 #include <openssl/pem.h>
+#include <sqlite3.h>
 #include <openssl/x509v3.h>
 
 #include "ca/ca.h"
@@ -360,6 +362,225 @@ static void test_csr(void **state)
     EVP_PKEY_free(k);
 }
 
+/* A DER CSR for k signed with md; san: URI SAN or NULL; ext_twice: two extension requests;
+ * challenge: a challengePassword attribute too. */
+static unsigned char *make_csr(EVP_PKEY *k, const EVP_MD *md, const char *san, int ext_twice,
+                               int challenge, int *n)
+{
+    X509_REQ *req = X509_REQ_new();
+    STACK_OF(X509_EXTENSION) *exts = sk_X509_EXTENSION_new_null();
+    unsigned char *der = NULL;
+
+    assert_non_null(req);
+    assert_int_equal(X509_REQ_set_pubkey(req, k), 1);
+    assert_int_equal(X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_UTF8,
+                                                (const unsigned char *)"w", -1, -1, 0),
+                     1);
+    if (san != NULL) {
+        char v[300];
+        snprintf(v, sizeof(v), "URI:%s", san);
+        X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, NULL, NID_subject_alt_name, v);
+        assert_non_null(e);
+        assert_true(sk_X509_EXTENSION_push(exts, e) > 0);
+        assert_int_equal(X509_REQ_add_extensions(req, exts), 1);
+        if (ext_twice) { /* again, as Microsoft's extension request attribute */
+            unsigned char *ed = NULL;
+            int el = i2d_X509_EXTENSIONS(exts, &ed);
+            assert_true(el > 0);
+            assert_int_equal(
+                X509_REQ_add1_attr_by_NID(req, NID_ms_ext_req, V_ASN1_SEQUENCE, ed, el), 1);
+            OPENSSL_free(ed);
+        }
+    }
+    if (challenge)
+        assert_int_equal(X509_REQ_add1_attr_by_NID(req, NID_pkcs9_challengePassword, MBSTRING_ASC,
+                                                   (const unsigned char *)"pw", -1),
+                         1);
+    assert_true(X509_REQ_sign(req, k, md) > 0);
+    *n = i2d_X509_REQ(req, &der);
+    assert_true(*n > 0);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_REQ_free(req);
+    return der;
+}
+
+/* The fast EC path and the OpenSSL-only path give the same answer (and the same key). */
+static kb_err both_paths(const unsigned char *der, int n, const spiffe_id *id, EVP_PKEY *want)
+{
+    EVP_PKEY *a = NULL, *b = NULL;
+    const char *wa = NULL, *wb = NULL;
+    kb_err ra = ca_csr_parse_ex(der, (size_t)n, id, &a, &wa, 0);
+    kb_err rb = ca_csr_parse_ex(der, (size_t)n, id, &b, &wb, 1);
+
+    assert_int_equal(ra, rb);
+    if (ra == KB_OK) {
+        assert_int_equal(EVP_PKEY_eq(a, b), 1);
+        assert_int_equal(EVP_PKEY_eq(a, want), 1);
+        assert_null(wa);
+    } else {
+        assert_null(a);
+        assert_null(b);
+        assert_non_null(wa);
+        assert_non_null(wb);
+    }
+    EVP_PKEY_free(a);
+    EVP_PKEY_free(b);
+    return ra;
+}
+
+static void test_csr_paths(void **state)
+{
+    EVP_PKEY *p256 = EVP_EC_gen("P-256"), *p384 = EVP_EC_gen("P-384"), *rsa = EVP_RSA_gen(2048);
+    EVP_PKEY *pub = NULL;
+    spiffe_id id;
+    const char *why;
+    unsigned char *der;
+    int n;
+    (void)state;
+
+    assert_ok(spiffe_id_parse_str("spiffe://example.org/ns/a", &id, &why));
+    der = make_csr(p256, EVP_sha256(), "spiffe://example.org/ns/a", 0, 0, &n);
+    assert_ok(both_paths(der, n, &id, p256));
+    assert_ok(both_paths(der, n, NULL, p256));
+    /* tampered signature, then a public point off the curve */
+    {
+        uint8_t pt[65];
+        size_t pl = 0;
+        der[n - 3] ^= 0x01;
+        assert_kb(both_paths(der, n, &id, p256), KB_ERR_AUTH);
+        der[n - 3] ^= 0x01;
+        assert_int_equal(EVP_PKEY_get_octet_string_param(p256, "pub", pt, sizeof(pt), &pl), 1);
+        for (int i = 0; i + 65 <= n; i++) {
+            if (memcmp(der + i, pt, 65) == 0) {
+                der[i + 64] ^= 0x01; /* Y changed: not on the curve */
+                break;
+            }
+        }
+        assert_kb(both_paths(der, n, &id, p256), KB_ERR_INVALID);
+    }
+    OPENSSL_free(der);
+    der = make_csr(p256, EVP_sha512(), NULL, 0, 1, &n); /* SHA-512, challengePassword, no SAN */
+    assert_ok(both_paths(der, n, &id, p256));
+    OPENSSL_free(der);
+    der = make_csr(p384, EVP_sha384(), "spiffe://example.org/ns/a", 0, 0, &n);
+    assert_ok(both_paths(der, n, &id, p384));
+    OPENSSL_free(der);
+    der = make_csr(p256, EVP_sha256(), "spiffe://example.org/ns/other", 0, 0, &n);
+    assert_kb(both_paths(der, n, &id, p256), KB_ERR_DENIED);
+    OPENSSL_free(der);
+    der = make_csr(rsa, EVP_sha256(), "spiffe://example.org/ns/a", 0, 0, &n); /* OpenSSL path */
+    assert_ok(both_paths(der, n, &id, rsa));
+    OPENSSL_free(der);
+    /* the fast path's one stricter rule: two extension requests (PKCS#9 and Microsoft's) are
+     * refused, not picked from; OpenSSL alone takes the first */
+    der = make_csr(p256, EVP_sha256(), "spiffe://example.org/ns/a", 1, 0, &n);
+    assert_kb(ca_csr_parse(der, (size_t)n, &id, &pub, &why), KB_ERR_INVALID);
+    assert_string_equal(why, "malformed CSR: more than one extension request");
+    assert_null(pub);
+    assert_ok(ca_csr_parse_ex(der, (size_t)n, &id, &pub, &why, 1));
+    EVP_PKEY_free(pub);
+    pub = NULL;
+    OPENSSL_free(der);
+    EVP_PKEY_free(p256);
+    EVP_PKEY_free(p384);
+    EVP_PKEY_free(rsa);
+}
+
+struct audit_thread {
+    ca_store *st;
+    int base, n, fails;
+};
+
+static void *audit_writer(void *arg)
+{
+    struct audit_thread *t = arg;
+    char serial[32];
+
+    for (int i = 0; i < t->n; i++) {
+        snprintf(serial, sizeof(serial), "%08x", (unsigned)(t->base + i));
+        if (ca_store_audit_add(t->st, serial, "spiffe://example.org/ns/a", "api", "test", 1, 2,
+                               3) != KB_OK)
+            t->fails++;
+    }
+    return NULL;
+}
+
+static void count_row(void *arg, const char *serial, const char *sid, const char *target,
+                      const char *reason, int64_t gen, int64_t not_after, int64_t at)
+{
+    int *seen = arg;
+    unsigned long v = strtoul(serial, NULL, 16);
+
+    (void)sid;
+    (void)target;
+    (void)reason;
+    (void)gen;
+    (void)not_after;
+    (void)at;
+    if (v < 200)
+        seen[v]++;
+    seen[200]++; /* total */
+}
+
+/* Group commit: concurrent writers each get their own row committed exactly once; a row added
+ * under the write guard joins (and rolls back with) that transaction; a failing commit fails
+ * every row of its batch. */
+static void test_audit_group_commit(void **state)
+{
+    char *d = kbtest_tmpdir(), path[256];
+    ca_store *st = NULL;
+    pthread_t th[8];
+    struct audit_thread t[8];
+    int seen[201];
+    ca_reg r;
+    sqlite3 *db;
+    (void)state;
+
+    snprintf(path, sizeof(path), "%s/ca.db", d);
+    assert_ok(ca_store_open(path, &st));
+    for (int i = 0; i < 8; i++) {
+        t[i] = (struct audit_thread){st, i * 25, 25, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, audit_writer, &t[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(t[i].fails, 0);
+    }
+    memset(seen, 0, sizeof(seen));
+    assert_ok(ca_store_audit_each(st, count_row, seen));
+    assert_int_equal(seen[200], 200);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(seen[i], 1);
+    /* inside the write guard */
+    memset(&r, 0, sizeof(r));
+    snprintf(r.spiffe_id, sizeof(r.spiffe_id), "spiffe://example.org/ns/a");
+    snprintf(r.target, sizeof(r.target), "dir:/x");
+    r.ttl = 3600;
+    assert_ok(ca_store_reg_add(st, &r));
+    assert_ok(ca_store_write_begin(st, r.rid));
+    assert_ok(
+        ca_store_audit_add(st, "000000c7", "spiffe://example.org/ns/a", "dir:/x", "t", 1, 2, 3));
+    assert_ok(ca_store_write_end(st, 0)); /* rolled back with it */
+    memset(seen, 0, sizeof(seen));
+    assert_ok(ca_store_audit_each(st, count_row, seen));
+    assert_int_equal(seen[200], 200);
+    /* a commit that cannot succeed: every writer of the batch is told */
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "DROP TABLE audit", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    for (int i = 0; i < 4; i++) {
+        t[i] = (struct audit_thread){st, i * 5, 5, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, audit_writer, &t[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(t[i].fails, 5);
+    }
+    assert_kb(ca_store_audit_add(NULL, "x", "y", "z", "r", 1, 2, 3), KB_ERR_NULL);
+    ca_store_close(st);
+    free(d);
+}
+
 static void test_policy_and_targets(void **state)
 {
     static const char good[] =
@@ -462,6 +683,22 @@ static void test_store_generation_check(void **state)
     assert_ok(ca_store_reg_add(st, &r));
     assert_kb(ca_store_reg_add(st, &r), KB_ERR_EXISTS);
     int64_t first = r.rid;
+    /* the renew API's look-up: only renewable registrations, the newest one's TTL */
+    int64_t ttl = 0;
+    assert_kb(ca_store_reg_renewable(st, r.spiffe_id, &ttl), KB_ERR_NOT_FOUND);
+    {
+        ca_reg r2 = r;
+        snprintf(r2.target, sizeof(r2.target), "dir:/y");
+        r2.renewable = 1;
+        r2.ttl = 600;
+        assert_ok(ca_store_reg_add(st, &r2));
+        assert_ok(ca_store_reg_renewable(st, r.spiffe_id, &ttl));
+        assert_int_equal(ttl, 600);
+        assert_kb(ca_store_reg_renewable(st, "spiffe://example.org/ns/b", &ttl), KB_ERR_NOT_FOUND);
+        assert_ok(ca_store_reg_remove(st, r2.rid, &got));
+        assert_kb(ca_store_reg_renewable(st, r.spiffe_id, &ttl), KB_ERR_NOT_FOUND);
+        assert_kb(ca_store_reg_renewable(st, NULL, &ttl), KB_ERR_NULL);
+    }
     assert_ok(ca_store_write_begin(st, first));
     assert_ok(ca_store_write_end(st, 1));
     assert_ok(ca_store_reg_remove(st, first, &got));
@@ -489,6 +726,8 @@ int main(void)
         cmocka_unit_test(test_pem_write),
         cmocka_unit_test(test_leafkey),
         cmocka_unit_test(test_leaf_spki_and_der),
+        cmocka_unit_test(test_csr_paths),
+        cmocka_unit_test(test_audit_group_commit),
     };
     kb_json_init();
     if (kb_secmem_init() != KB_OK)
