@@ -8,7 +8,9 @@
 
 #include <curl/curl.h>
 
+#include "backoff.h"
 #include "lib/buf.h"
+#include "lib/config.h"
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/prog.h"
@@ -19,6 +21,7 @@
 typedef struct {
     kb_dbuf *body;
     char req_id[LAMBDA_REQ_ID_MAX + 1];
+    int64_t deadline_epoch_ms; /* Lambda-Runtime-Deadline-Ms, 0 if absent or malformed */
 } next_ctx;
 
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
@@ -32,6 +35,20 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
     next_ctx *c = arg;
     size_t len = size * n;
     static const char h[] = "lambda-runtime-aws-request-id:";
+    static const char dl[] = "lambda-runtime-deadline-ms:";
+    if (len > sizeof(dl) - 1 && len < sizeof(dl) + 32 && strncasecmp(p, dl, sizeof(dl) - 1) == 0) {
+        /* milliseconds since the epoch (Lambda Runtime API, "Next invocation") */
+        char v[40];
+        size_t i = sizeof(dl) - 1, j = 0;
+        int64_t ms;
+        while (i < len && p[i] == ' ')
+            i++;
+        while (i < len && p[i] != '\r' && p[i] != '\n' && j < sizeof(v) - 1)
+            v[j++] = p[i++];
+        v[j] = '\0';
+        c->deadline_epoch_ms = kb_parse_int64(v, &ms) == KB_OK && ms > 0 ? ms : 0;
+        return len;
+    }
     if (len > sizeof(h) - 1 && strncasecmp(p, h, sizeof(h) - 1) == 0) {
         size_t i = sizeof(h) - 1, j = 0;
         while (i < len && p[i] == ' ')
@@ -143,7 +160,17 @@ int sync_lambda_run(const char *api, kb_err init_err, const char *init_msg, sync
             break;
         }
         sync_summary_init(&sum);
-        rc = fn(arg, &sum);
+        {
+            /* the epoch deadline onto the monotonic clock the run uses */
+            int64_t dl = 0;
+            if (nc.deadline_epoch_ms > 0) {
+                dl =
+                    sync_mono_ms() + (nc.deadline_epoch_ms - sync_now_ms()) - SYNC_LAMBDA_MARGIN_MS;
+                if (dl <= 0)
+                    dl = 1; /* already past: a run that stops at once */
+            }
+            rc = fn(arg, dl, &sum);
+        }
         j = sync_summary_emf(&sum);
         if (j) {
             char *emf = kb_json_dump(j);

@@ -10,8 +10,10 @@
 #include "lib/err.h"
 #include "summary.h"
 
-/* One invocation's work: fill sum; return its result. */
-typedef kb_err (*sync_lambda_fn)(void *arg, sync_summary *sum);
+/* One invocation's work: fill sum; return its result. deadline_ms is the invocation's deadline
+ * (Lambda-Runtime-Deadline-Ms) on the monotonic clock, less SYNC_LAMBDA_MARGIN_MS to post the
+ * answer; 0 when the Runtime API sent none. */
+typedef kb_err (*sync_lambda_fn)(void *arg, int64_t deadline_ms, sync_summary *sum);
 
 /* Serve invocations until the Runtime API stops answering. api is AWS_LAMBDA_RUNTIME_API
  * ("127.0.0.1:9001"). If init_err != KB_OK, report it to /runtime/init/error and return.

@@ -42,6 +42,9 @@ static const kb_config_key keys[] = {
      "instead of files: Secrets Manager secret with SPIRE SVIDStore JSON (read from the first "
      "sink region and endpoint)"},
     {"source", "timeout", KB_CFG_DURATION, "30s", "per request to keybridged"},
+    {"run", "deadline", KB_CFG_DURATION, "60s",
+     "time limit of one run, retries after 429/503 and deferred names included (0: none; "
+     "on Lambda the invocation's deadline)"},
     {"sink", "target", KB_CFG_STRING, NULL, "dir:/path/to/dir or secretsmanager (required)"},
     {"sink", "regions", KB_CFG_STRING, NULL,
      "secretsmanager: comma-separated regions written from one fetch (default $AWS_REGION)"},
@@ -66,6 +69,7 @@ static const kb_config_key keys[] = {
 typedef struct {
     const kb_config *cfg;
     int allow_mass_delete;
+    int64_t deadline_s; /* --deadline; <0: [run] deadline */
 } run_ctx;
 
 /* Split a comma list into dst (pointers into buf). */
@@ -173,8 +177,9 @@ static kb_err parse_fraction(const char *s, double *out)
     return KB_OK;
 }
 
-/* One run: identity, source, sinks, sync_run. */
-static kb_err run_once(void *arg, sync_summary *sum)
+/* One run: identity, source, sinks, sync_run. deadline_ms: the Lambda invocation's (monotonic),
+ * or 0 for --deadline / [run] deadline from the start of the run. */
+static kb_err run_once(void *arg, int64_t deadline_ms, sync_summary *sum)
 {
     run_ctx *rx = arg;
     const kb_config *cfg = rx->cfg;
@@ -192,8 +197,17 @@ static kb_err run_once(void *arg, sync_summary *sum)
     sync_sm_opts smo;
     sync_run_opts ro;
     int64_t t0 = sync_mono_ms();
+    sync_clock clk;
     kb_err rc = KB_OK;
 
+    memset(&clk, 0, sizeof(clk));
+    if (deadline_ms > 0) {
+        clk.deadline_ms = deadline_ms;
+    } else {
+        int64_t d =
+            rx->deadline_s >= 0 ? rx->deadline_s : kb_config_duration(cfg, "run", "deadline");
+        clk.deadline_ms = d > 0 ? t0 + d * 1000 : 0;
+    }
     memset(&id, 0, sizeof(id));
     memset(&creds, 0, sizeof(creds));
     memset(&smo, 0, sizeof(smo));
@@ -254,7 +268,7 @@ static kb_err run_once(void *arg, sync_summary *sum)
             .server_id = kb_config_str(cfg, "source", "server_id"),
             .identity = &id,
             .timeout_ms = (long)kb_config_duration(cfg, "source", "timeout") * 1000,
-            .retry_after_max = -1,
+            .clock = &clk,
         };
         rc = sync_source_keybridge_new(&ko, &src);
         if (rc != KB_OK) {
@@ -335,18 +349,27 @@ static int exit_for(kb_err rc, const sync_summary *sum)
 
 static int cmd_sync(const kb_config *cfg, int argc, char **argv)
 {
-    run_ctx rx = {cfg, 0};
+    run_ctx rx = {cfg, 0, -1};
     sync_summary sum;
     kb_err rc;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--allow-mass-delete") == 0) {
             rx.allow_mass_delete = 1;
+        } else if (strcmp(argv[i], "--deadline") == 0 && i + 1 < argc) {
+            if (kb_parse_duration(argv[++i], &rx.deadline_s) != KB_OK || rx.deadline_s < 0) {
+                fprintf(stderr, "keybridge-sync sync: --deadline takes a duration (60s, 2m)\n");
+                return KB_EXIT_USAGE;
+            }
         } else if (strcmp(argv[i], "--help") == 0) {
-            printf("usage: keybridge-sync [--config FILE] sync [--allow-mass-delete]\n\n"
+            printf("usage: keybridge-sync [--config FILE] sync [--allow-mass-delete] "
+                   "[--deadline DURATION]\n\n"
                    "One run: list from keybridged, diff against the sink, fetch what changed,\n"
                    "write and delete. Prints one JSON summary on stdout; exit 0 only if\n"
-                   "everything applied. With AWS_LAMBDA_RUNTIME_API set, runs the Lambda\n"
-                   "custom runtime loop instead.\n");
+                   "everything applied. 429/503 answers and deferred names are retried after\n"
+                   "their Retry-After plus jitter until --deadline ([run] deadline, default\n"
+                   "60s); what is left is reported as deferred (exit non-zero, no deletes).\n"
+                   "With AWS_LAMBDA_RUNTIME_API set, runs the Lambda custom runtime loop\n"
+                   "instead (deadline: the invocation's).\n");
             return KB_EXIT_OK;
         } else {
             fprintf(stderr, "keybridge-sync sync: unexpected '%s' (see --help)\n", argv[i]);
@@ -366,7 +389,7 @@ static int cmd_sync(const kb_config *cfg, int argc, char **argv)
         return sync_lambda_run(getenv("AWS_LAMBDA_RUNTIME_API"), init, msg, run_once, &rx);
     }
     sync_summary_init(&sum);
-    rc = run_once(&rx, &sum);
+    rc = run_once(&rx, 0, &sum);
     print_summary(&sum);
     if (sum.err != KB_OK)
         fprintf(stderr, "keybridge-sync: %s\n", sum.error);
@@ -538,7 +561,7 @@ static void wait_next(const char *app)
 
 static int cmd_daemon(const kb_config *cfg, int argc, char **argv)
 {
-    run_ctx rx = {cfg, 0};
+    run_ctx rx = {cfg, 0, -1};
     int64_t interval = kb_config_int(cfg, "daemon", "interval");
     int64_t stale = kb_config_duration(cfg, "daemon", "stale_after");
     kb_httpd_opts ho;
@@ -596,7 +619,7 @@ static int cmd_daemon(const kb_config *cfg, int argc, char **argv)
         if (g_d.stop)
             break;
         sync_summary_init(&sum);
-        rc = run_once(&rx, &sum);
+        rc = run_once(&rx, 0, &sum);
         print_summary(&sum);
         if (sum.application[0])
             snprintf(app, sizeof(app), "%s", sum.application);

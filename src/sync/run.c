@@ -209,8 +209,11 @@ static sync_content *find_content(sync_content *cs, const char **names, size_t n
     return hit ? &cs[hit - names] : NULL;
 }
 
+/* unsure: some content could not be fetched (deferred by the HSM budget or failed). Such a run
+ * deletes nothing (issue 7 point 4: "delete nothing it is unsure of"; keep it simple: no deletes
+ * at all): the planned deletes count as deferred and the next complete run makes them. */
 static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, const char **names,
-                       size_t nnames, const sync_run_opts *o, sync_summary *sum)
+                       size_t nnames, int unsure, const sync_run_opts *o, sync_summary *sum)
 {
     size_t n_delete = 0, n_managed = 0;
     int mass;
@@ -259,6 +262,12 @@ static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, con
             }
             if (mass)
                 break;
+            if (unsure) {
+                log_item(KB_LOG_WARN, "delete_deferred", r->sink, a->name,
+                         "some contents were not fetched in this run", KB_ERR_LIMIT);
+                sum->deferred++;
+                break;
+            }
             e = r->sink->ops->remove(r->sink, have, sum);
             if (e != KB_OK) {
                 log_item(KB_LOG_ERROR, "delete_failed", r->sink, a->name, "", e);
@@ -362,7 +371,7 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
     sink_run *runs = NULL;
     const char **names = NULL;
     sync_content *cs = NULL;
-    size_t nnames = 0, k;
+    size_t nnames = 0, k, n_limit = 0, n_unfetched = 0;
     int64_t t0 = sync_mono_ms();
     kb_err rc = KB_OK;
 
@@ -445,9 +454,13 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
         }
     }
 
-    /* 5. apply */
+    /* 5. apply what was fetched; with anything unfetched, no deletes */
+    for (k = 0; k < nnames; k++) {
+        n_limit += cs[k].err == KB_ERR_LIMIT;
+        n_unfetched += cs[k].err != KB_OK;
+    }
     for (size_t s = 0; s < n; s++) {
-        apply_sink(&runs[s], &l, cs, names, nnames, o, sum);
+        apply_sink(&runs[s], &l, cs, names, nnames, n_unfetched > 0, o, sum);
         if (sinks[s]->ops->finish) {
             kb_err fe = sinks[s]->ops->finish(sinks[s], sum);
             if (fe != KB_OK)
@@ -455,6 +468,11 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
                                   kb_err_str(fe));
         }
     }
+    if (n_limit > 0)
+        sync_summary_fail(sum, KB_ERR_LIMIT,
+                          "%zu of %zu secrets deferred: keybridged's HSM budget did not serve them "
+                          "before the deadline; applied what was fetched, deleted nothing",
+                          n_limit, nnames);
     rc = sum->err;
 out:
     if (rc != KB_OK && sum->err == KB_OK)

@@ -22,7 +22,7 @@ typedef struct {
     char *server_id;
     const sync_identity *id;
     long timeout_ms;
-    int retry_after_max;
+    const sync_clock *clock;
     char why[256];
 } kbsrc;
 
@@ -135,7 +135,9 @@ static kb_err status_err(long st)
     return KB_ERR_INVALID;
 }
 
-/* One request; retries 429/503 up to SYNC_KB_RETRIES times, waiting Retry-After (capped). */
+/* One request. A 429 or 503 is retried after its Retry-After plus jitter while the deadline
+ * allows (backoff.h); when it does not, the answer's error is returned at once (KB_ERR_LIMIT for
+ * 429, KB_ERR_UNAVAILABLE for 503). Each request's transfer timeout is cut to the time left. */
 static kb_err request(kbsrc *k, const char *path, const char *body, kb_dbuf *resp,
                       sync_summary *sum, sync_op op)
 {
@@ -144,14 +146,21 @@ static kb_err request(kbsrc *k, const char *path, const char *body, kb_dbuf *res
     kb_err rc = KB_OK;
     int n = snprintf(url, sizeof(url), "%s%s", k->url, path);
     KB_ENSURE(n > 0 && (size_t)n < sizeof(url), KB_ERR_TOO_LARGE);
-    for (int attempt = 0;; attempt++) {
+    for (unsigned attempt = 0;; attempt++) {
         wsink w = {resp, 0};
         long st = 0;
-        curl_off_t ra = 0;
+        curl_off_t ra = -1;
+        int64_t left = sync_clock_left(k->clock), waited = 0;
         CURLcode c;
+        if (left <= 0) {
+            kb_log(KB_LOG_WARN, "deadline_reached", "path", path, NULL);
+            return KB_ERR_TIMEOUT;
+        }
         kb_dbuf_reset(resp);
         k->why[0] = '\0';
         curl_easy_setopt(k->curl, CURLOPT_URL, url);
+        curl_easy_setopt(k->curl, CURLOPT_TIMEOUT_MS,
+                         left < k->timeout_ms ? (long)left : k->timeout_ms);
         curl_easy_setopt(k->curl, CURLOPT_WRITEFUNCTION, on_data);
         curl_easy_setopt(k->curl, CURLOPT_WRITEDATA, &w);
         if (body) {
@@ -177,16 +186,26 @@ static kb_err request(kbsrc *k, const char *path, const char *body, kb_dbuf *res
         }
         curl_easy_getinfo(k->curl, CURLINFO_RESPONSE_CODE, &st);
         rc = status_err(st);
-        if ((st == 429 || st == 503) && attempt < SYNC_KB_RETRIES) {
-            curl_easy_getinfo(k->curl, CURLINFO_RETRY_AFTER, &ra);
-            if (ra < 1)
-                ra = 1;
-            if (ra > k->retry_after_max)
-                ra = k->retry_after_max;
-            kb_log(KB_LOG_WARN, "keybridged_busy", "path", path, "err", kb_err_str(rc), NULL);
-            if (ra > 0)
-                sleep((unsigned)ra);
-            continue;
+        if (st == 429 || st == 503) {
+            char hs[24];
+            sum->throttled++;
+            /* curl reports 0 when there is no Retry-After (RFC 9110 10.2.3; keybridged always
+             * sends one, at least 1 s); a 0 from the server means "now", also fine as no hint */
+            if (curl_easy_getinfo(k->curl, CURLINFO_RETRY_AFTER, &ra) != CURLE_OK || ra <= 0)
+                ra = -1;
+            snprintf(hs, sizeof(hs), "%lld", (long long)ra);
+            if (attempt + 1 < SYNC_BACKOFF_MAX_ATTEMPTS &&
+                sync_backoff_wait(k->clock, ra > 0 ? (int64_t)ra * 1000 : -1, attempt, &waited) ==
+                    KB_OK) {
+                char ws[24];
+                snprintf(ws, sizeof(ws), "%lld", (long long)waited);
+                kb_log(KB_LOG_WARN, "keybridged_busy", "path", path, "err", kb_err_str(rc),
+                       "retry_after", hs, "waited_ms", ws, NULL);
+                continue;
+            }
+            kb_log(KB_LOG_WARN, "keybridged_busy_giving_up", "path", path, "err", kb_err_str(rc),
+                   "retry_after", hs, "reason", "the hint does not fit in the deadline", NULL);
+            return rc;
         }
         if (rc != KB_OK) {
             char sts[16];
@@ -270,7 +289,9 @@ out:
 
 static kb_err item_error(const char *e)
 {
-    if (strcmp(e, "limit") == 0)
+    /* "deferred": over the HSM budget, retry after retry_after (docs/api.md); "limit" is the
+     * older spelling of the same. */
+    if (strcmp(e, "deferred") == 0 || strcmp(e, "limit") == 0)
         return KB_ERR_LIMIT;
     if (strcmp(e, "not_found") == 0)
         return KB_ERR_NOT_FOUND;
@@ -295,6 +316,7 @@ kb_err sync_kb_parse_batch(const void *body, size_t len, const char *const *name
     for (i = 0; i < n; i++) {
         sync_content_clear(&out[i]);
         out[i].err = KB_ERR_NOT_FOUND;
+        out[i].retry_after_ms = -1;
     }
     KB_GUARD(kb_json_parse(body, len, SYNC_KB_BATCH_MAX, &doc, err, sizeof(err)));
     arr = json_object_get(doc, "secrets");
@@ -313,10 +335,18 @@ kb_err sync_kb_parse_batch(const void *body, size_t len, const char *const *name
         KB_ENSURE_OUT(rc, j < n && out[j].name == NULL, KB_ERR_INVALID);
         dst = &out[j];
         if (e != NULL) {
+            const json_t *ra = json_object_get(o, "retry_after");
             KB_ENSURE_OUT(rc, json_is_string(e), KB_ERR_INVALID);
+            /* the hint, when present, is whole seconds (as Retry-After), bounded */
+            KB_ENSURE_OUT(rc,
+                          ra == NULL || (json_is_integer(ra) && json_integer_value(ra) >= 0 &&
+                                         json_integer_value(ra) <= SYNC_KB_RETRY_AFTER_LIMIT),
+                          KB_ERR_INVALID);
             dst->name = strdup(nm);
             KB_ENSURE_OUT(rc, dst->name != NULL, KB_ERR_NOMEM);
             dst->err = item_error(json_string_value(e));
+            if (dst->err == KB_ERR_LIMIT && ra != NULL)
+                dst->retry_after_ms = (int64_t)json_integer_value(ra) * 1000;
             continue;
         }
         KB_ENSURE_OUT(rc, json_is_string(c), KB_ERR_INVALID);
@@ -338,6 +368,7 @@ out:
         for (i = 0; i < n; i++) {
             sync_content_clear(&out[i]);
             out[i].err = rc;
+            out[i].retry_after_ms = -1;
         }
     return rc;
 }
@@ -363,10 +394,10 @@ static kb_err kb_list(sync_source *s, sync_listing *out, sync_summary *sum)
     return rc;
 }
 
-static kb_err kb_fetch(sync_source *s, const char *const *names, size_t n, sync_content *out,
-                       sync_summary *sum)
+/* One batchGet of names[0..n) into out[0..n). */
+static kb_err fetch_once(kbsrc *k, const char *const *names, size_t n, sync_content *out,
+                         sync_summary *sum)
 {
-    kbsrc *k = s->impl;
     kb_dbuf resp;
     json_t *req = NULL, *arr = json_array();
     char *body = NULL;
@@ -390,6 +421,70 @@ out:
     kb_json_free_str(body);
     json_decref(req);
     json_decref(arr);
+    return rc;
+}
+
+/* The batch, then the deferred names again after their hint (plus jitter) for as long as the
+ * deadline allows (docs/api.md: "Retry just the deferred names after N seconds"). What is still
+ * deferred at the end stays KB_ERR_LIMIT: the engine reports it as deferred. */
+static kb_err kb_fetch(sync_source *s, const char *const *names, size_t n, sync_content *out,
+                       sync_summary *sum)
+{
+    kbsrc *k = s->impl;
+    const char **again = NULL;
+    size_t *idx = NULL;
+    sync_content *tmp = NULL;
+    kb_err rc;
+    KB_GUARD(fetch_once(k, names, n, out, sum));
+    again = calloc(n + 1, sizeof(*again));
+    idx = calloc(n + 1, sizeof(*idx));
+    tmp = calloc(n + 1, sizeof(*tmp));
+    if (again == NULL || idx == NULL || tmp == NULL) {
+        /* the first answer stands; what it deferred stays deferred */
+        rc = KB_OK;
+        goto out;
+    }
+    for (unsigned attempt = 0; attempt < SYNC_BACKOFF_MAX_ATTEMPTS; attempt++) {
+        size_t m = 0;
+        int64_t hint = -1, waited = 0;
+        char ns[24], hs[24];
+        for (size_t i = 0; i < n; i++) {
+            if (out[i].err != KB_ERR_LIMIT)
+                continue;
+            if (out[i].retry_after_ms > hint)
+                hint = out[i].retry_after_ms;
+            idx[m] = i;
+            again[m++] = names[i];
+        }
+        if (m == 0)
+            break;
+        sum->throttled++;
+        snprintf(ns, sizeof(ns), "%zu", m);
+        snprintf(hs, sizeof(hs), "%lld", (long long)(hint < 0 ? -1 : hint / 1000));
+        if (sync_backoff_wait(k->clock, hint, attempt, &waited) != KB_OK) {
+            kb_log(KB_LOG_WARN, "deferred_giving_up", "names", ns, "retry_after", hs, "reason",
+                   "the hint does not fit in the deadline", NULL);
+            break;
+        }
+        kb_log(KB_LOG_INFO, "deferred_retry", "names", ns, "retry_after", hs, NULL);
+        if (fetch_once(k, again, m, tmp, sum) != KB_OK) {
+            /* the retry itself failed (deadline, 429 without room, transport): they stay
+             * deferred; what was fetched before stands */
+            for (size_t j = 0; j < m; j++)
+                sync_content_clear(&tmp[j]);
+            break;
+        }
+        for (size_t j = 0; j < m; j++) {
+            sync_content_clear(&out[idx[j]]);
+            out[idx[j]] = tmp[j];
+            memset(&tmp[j], 0, sizeof(tmp[j]));
+        }
+    }
+    rc = KB_OK;
+out:
+    free(again);
+    free(idx);
+    free(tmp);
     return rc;
 }
 
@@ -440,7 +535,7 @@ kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out)
     s->impl = k;
     k->id = o->identity;
     k->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 10000;
-    k->retry_after_max = o->retry_after_max >= 0 ? o->retry_after_max : SYNC_KB_RETRY_AFTER_MAX;
+    k->clock = o->clock;
     k->url = strdup(o->url);
     k->server_id = strdup(o->server_id);
     k->curl = curl_easy_init();

@@ -8,6 +8,7 @@
 #ifndef KB_SYNC_SOURCE_KEYBRIDGE_H
 #define KB_SYNC_SOURCE_KEYBRIDGE_H
 
+#include "backoff.h"
 #include "identity.h"
 #include "source.h"
 
@@ -16,16 +17,18 @@
 #define SYNC_KB_BATCH_MAX ((size_t)32 * 1024 * 1024)
 /* Largest single content accepted from the server (the dir sink may hold more than the cloud). */
 #define SYNC_KB_CONTENT_MAX ((size_t)1024 * 1024)
-/* Retries of a 429/503 answer, and the longest Retry-After honoured. */
-#define SYNC_KB_RETRIES 2
-#define SYNC_KB_RETRY_AFTER_MAX 10
+/* Largest retry_after accepted in a deferred batch entry (seconds). */
+#define SYNC_KB_RETRY_AFTER_LIMIT 86400
+/* 429 / 503 answers and deferred batch entries are retried after the server's Retry-After plus
+ * jitter for as long as the run's deadline allows (backoff.h); a hint that does not fit stops the
+ * run early. */
 
 typedef struct {
     const char *url;               /* "https://127.0.0.1:8443" (https only) */
     const char *server_id;         /* pinned SPIFFE ID of keybridged (required) */
     const sync_identity *identity; /* borrowed; must outlive the source */
-    long timeout_ms;               /* per request; 0 = 10 s */
-    int retry_after_max;           /* seconds; <0 = SYNC_KB_RETRY_AFTER_MAX */
+    long timeout_ms;               /* per request; 0 = 10 s (cut to what the deadline leaves) */
+    const sync_clock *clock;       /* borrowed; deadline, sleep, random; NULL = real, none */
 } sync_kb_opts;
 
 KB_WUR kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out);

@@ -77,6 +77,7 @@ json_t *sync_summary_json(const sync_summary *s)
     bad |= json_object_set(o, "calls", calls);
     bad |= json_object_set_new(o, "bytes_fetched", json_integer(s->bytes_fetched));
     bad |= json_object_set_new(o, "hsm_fetches", json_integer(s->hsm_fetches));
+    bad |= json_object_set_new(o, "throttled", json_integer(s->throttled));
     bad |= json_object_set_new(o, "duration_ms", json_integer(s->duration_ms));
     if (s->err != KB_OK) {
         bad |= json_object_set_new(o, "error", json_string(s->error));

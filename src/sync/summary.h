@@ -36,6 +36,7 @@ typedef struct {
     int64_t calls[SYNC_OP__COUNT];
     int64_t bytes_fetched; /* response bytes of content fetches */
     int64_t hsm_fetches;   /* secrets whose content was fetched (each may cost an HSM unwrap) */
+    int64_t throttled;     /* 429/503 answers and batch answers with deferred names (issue 7) */
     int64_t duration_ms;
     int64_t started_ms; /* wall clock at start (ms since the epoch), for the EMF timestamp */
     kb_err err;         /* first fatal error, KB_OK if none */
@@ -50,7 +51,7 @@ void sync_summary_fail(sync_summary *s, kb_err e, const char *fmt, ...)
 int sync_summary_ok(const sync_summary *s);
 
 /* {"ok":..,"application":..,"unchanged":..,...,"calls":{...},"bytes_fetched":..,
- *  "hsm_fetches":..,"duration_ms":..[,"error":..]} */
+ *  "hsm_fetches":..,"throttled":..,"duration_ms":..[,"error":..]} */
 json_t *sync_summary_json(const sync_summary *s);
 /* The same as one CloudWatch Embedded Metric Format record (namespace "keybridge/sync",
  * dimension Application). */

@@ -56,8 +56,9 @@ typedef struct {
     int64_t version;
     char checksum[SYNC_CHECKSUM_HEX + 1];
     json_t *metadata;
-    kb_secret *content; /* NULL when err != KB_OK */
-    kb_err err;         /* per-secret fetch result; KB_ERR_LIMIT = over the HSM budget */
+    kb_secret *content;     /* NULL when err != KB_OK */
+    kb_err err;             /* per-secret fetch result; KB_ERR_LIMIT = over the HSM budget */
+    int64_t retry_after_ms; /* err == KB_ERR_LIMIT: the server's hint, -1 if none */
 } sync_content;
 
 void sync_content_clear(sync_content *c);
