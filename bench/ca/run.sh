@@ -26,6 +26,17 @@ cc -O2 -std=gnu11 -I"$SRC/src" -o "$W/bench" "$SRC/bench/ca/bench_issue.c" $LIBS
 cc -O2 -std=gnu11 -I"$SRC/src" -o "$W/bsign" "$SRC/bench/ca/bench_sign.c" $LIBS
 cc -O2 -std=gnu11 -o "$W/bhttp" "$SRC/bench/ca/bench_http.c" $(pkg-config --libs libcurl) -lpthread
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# CPU seconds (user + system) a process has used so far: servers' cost per request, which the
+# other load on a shared 2-core machine does not distort the way it distorts wall-clock rates.
+cpu_of() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+with_cpu() { # JSON-LINE PID CPU_BEFORE -> the line with server_cpu_seconds and server_cpu_us_each
+  python3 - "$1" "$(cpu_of "$2")" "$3" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1]); c = float(sys.argv[2]) - float(sys.argv[3])
+d["server_cpu_seconds"] = round(c, 2); d["server_cpu_us_each"] = round(c * 1e6 / max(d["ok"], 1))
+print(json.dumps(d, separators=(",", ":")))
+PY
+}
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 kb_softhsm_make kbca-bench "$W/hsm" >/dev/null
@@ -36,7 +47,9 @@ JSON
 PORT="$(free_port)"
 printf '[ca]\ndb=%s/hsm.db\nkey=pkcs11\n[pkcs11]\nmodule=%s\ntoken=%s\npin_file=%s\n[policy]\nfile=%s/policy.json\n[server]\nlisten=127.0.0.1:%s\nsvid_dir=%s/server\nthreads=%s\n[renew]\napi_min_interval=0s\n[log]\nlevel=warn\n' \
   "$W" "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$KB_HSM_PIN_FILE" "$W" "$PORT" "$W" "$SERVER_THREADS" >"$W/hsm.ini"
-printf '[ca]\ndb=%s/file.db\nkey=file\nkey_dir=%s/keys\n' "$W" "$W" >"$W/file.ini"
+FPORT="$(free_port)"
+printf '[ca]\ndb=%s/file.db\nkey=file\nkey_dir=%s/keys\n[policy]\nfile=%s/policy.json\n[server]\nlisten=127.0.0.1:%s\nsvid_dir=%s/server-file\nthreads=%s\n[renew]\napi_min_interval=0s\n[log]\nlevel=warn\n' \
+  "$W" "$W" "$W" "$FPORT" "$W" "$SERVER_THREADS" >"$W/file.ini"
 "$BD/keybridge-ca" -c "$W/hsm.ini" init --trust-domain example.org >/dev/null 2>&1
 "$BD/keybridge-ca" -c "$W/file.ini" init --trust-domain example.org >/dev/null 2>&1
 HSM_KEY="$(sqlite3 "$W/hsm.db" "select key_ref from gen where state='active'")"
@@ -56,12 +69,16 @@ python3 "$SRC/bench/ca/make_csrs.py" "$W/csrs.pem" "$N" spiffe://example.org/ns/
 # keybridge-ca: a renewable registration for the client's ID, and the client's current SVID
 # (1 min: the renew endpoint answers only after a third of the current lifetime has passed, so
 # it is made first and used ~15 s later, after the cfssl run).
-"$BD/keybridge-ca" -c "$W/hsm.ini" register --spiffe-id spiffe://example.org/ns/bench \
-  --target "dir:$W/svids/bench" --ttl 1h --renewable >/dev/null 2>&1
-"$BD/keybridge-ca" -c "$W/hsm.ini" issue --spiffe-id spiffe://example.org/ns/bench --ttl 1m \
-  --out "$W/client" >/dev/null 2>&1
+for k in hsm file; do
+  "$BD/keybridge-ca" -c "$W/$k.ini" register --spiffe-id spiffe://example.org/ns/bench \
+    --target "dir:$W/svids/bench-$k" --ttl 1h --renewable >/dev/null 2>&1
+  "$BD/keybridge-ca" -c "$W/$k.ini" issue --spiffe-id spiffe://example.org/ns/bench --ttl 1m \
+    --out "$W/client-$k" >/dev/null 2>&1
+done
 T_CLIENT=$SECONDS
 "$BD/keybridge-ca" -c "$W/hsm.ini" serve >"$W/serve.out" 2>"$W/serve.log" &
+PIDS+=($!)
+"$BD/keybridge-ca" -c "$W/file.ini" serve >"$W/serve-file.out" 2>"$W/serve-file.log" &
 PIDS+=($!)
 
 # cfssl: an EC P-256 root made by cfssl itself, a 1 h profile with client+server auth, TLS.
@@ -90,24 +107,36 @@ cfssl serve -address 127.0.0.1 -port "$CPORT" -ca "$W/cfssl/ca.pem" -ca-key "$W/
   >"$W/cfssl.log" 2>&1 &
 PIDS+=($!)
 wait_port "$CPORT" || { echo "cfssl did not start" >&2; tail "$W/cfssl.log" >&2; exit 1; }
+CF_PID="${PIDS[2]}"; C0="$(cpu_of "$CF_PID")"
 CF="$("$W/bhttp" cfssl "https://127.0.0.1:$CPORT/api/v1/cfssl/sign" "$W/csrs.pem" "$N" "$CONNS" - - "$W/cfssl/ca.pem")"
-echo "{\"part\":\"network\",${CF#\{}"
+CF="$(with_cpu "$CF" "$CF_PID" "$C0")"
+echo "{\"part\":\"network\",\"key\":\"file\",${CF#\{}"
 
-wait_port "$PORT" || { echo "keybridge-ca did not start" >&2; tail "$W/serve.log" >&2; exit 1; }
+# keybridge-ca, CA key in SoftHSM2 (production) and then in a dev file
+kb_run() { # KIND PORT PID-INDEX SERVER-SVID-DIR CLIENT-SVID-DIR
+  local pid="${PIDS[$3]}" c0 out perfpid=""
+  wait_port "$2" || { echo "keybridge-ca ($1) did not start" >&2; exit 1; }
+  c0="$(cpu_of "$pid")"
+  if [ -n "${PERF:-}" ] && [ "$1" = softhsm2 ]; then # PERF=FILE: perf record this server's run
+    perf record -F 999 --call-graph dwarf,16384 -o "$PERF" -p "$pid" >/dev/null 2>&1 &
+    perfpid=$!
+    sleep 1
+  fi
+  out="$("$W/bhttp" kb "https://127.0.0.1:$2/v1/svid/renew" "$W/csrs.pem" "$N" "$CONNS" \
+    "$5/svid.pem" "$5/svid.key" "$4/bundle.pem")"
+  if [ -n "$perfpid" ]; then kill -INT "$perfpid"; wait "$perfpid" || true; fi
+  out="$(with_cpu "$out" "$pid" "$c0")"
+  echo "{\"part\":\"network\",\"key\":\"$1\",${out#\{}"
+}
 while [ $((SECONDS - T_CLIENT)) -lt 15 ]; do sleep 0.5; done
-PERFPID=""
-if [ -n "${PERF:-}" ]; then # PERF=FILE: perf record the keybridge-ca server during its run
-  perf record -F 999 --call-graph dwarf,16384 -o "$PERF" -p "${PIDS[0]}" >/dev/null 2>&1 & PERFPID=$!
-  sleep 1
-fi
-KB="$("$W/bhttp" kb "https://127.0.0.1:$PORT/v1/svid/renew" "$W/csrs.pem" "$N" "$CONNS" \
-  "$W/client/svid.pem" "$W/client/svid.key" "$W/server/bundle.pem")"
-if [ -n "$PERFPID" ]; then kill -INT "$PERFPID"; wait "$PERFPID" || true; fi
-echo "{\"part\":\"network\",${KB#\{}"
+KB="$(kb_run softhsm2 "$PORT" 0 "$W/server" "$W/client-hsm")"
+echo "$KB"
+kb_run file "$FPORT" 1 "$W/server-file" "$W/client-file"
 rows="$(sqlite3 "$W/hsm.db" "select count(*) from audit where target='api'")"
 echo "{\"part\":\"network\",\"keybridge_audit_rows\":$rows}"
 python3 - "$CF" "$KB" <<'PY'
 import json, sys
 cf, kb = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(json.dumps({"part": "network", "ratio_keybridge_to_cfssl": round(kb["per_second"] / cf["per_second"], 2)}))
+print(json.dumps({"part": "network", "ratio_keybridge_to_cfssl": round(kb["per_second"] / cf["per_second"], 2),
+                  "server_cpu_ratio_cfssl_to_keybridge": round(cf["server_cpu_us_each"] / kb["server_cpu_us_each"], 2)}))
 PY
