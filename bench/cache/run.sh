@@ -78,6 +78,7 @@ HZ="$(getconf CLK_TCK)"
 
 # ---- the loader, against the build's static libraries
 say "building populate"
+# shellcheck disable=SC2046 # pkg-config output is meant to split into flags
 cc -std=c11 -O2 -D_GNU_SOURCE -I"$SRC/src" $(pkg-config --cflags jansson) \
   "$HERE/populate.c" "$BUILD/libkbcache.a" "$BUILD/libkb.a" \
   $(pkg-config --libs jansson sqlite3 inih libevent libevent_openssl libevent_pthreads libcurl) \
@@ -206,6 +207,7 @@ for _ in $(seq 100); do
   sleep 0.05
 done
 sleep 0.3
+# shellcheck disable=SC2207 # one pid per line
 NGINX_PIDS=("$NGINX_PID" $(ps --ppid "$NGINX_PID" -o pid= || true))
 for c in get list; do
   cmp -s <(curl_signed "$c" "$NPORT" "$c") "$D/www/$c" || {
