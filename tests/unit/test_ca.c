@@ -167,6 +167,23 @@ static void test_leafkey(void **state)
     assert_int_equal((size_t)n, kb_secret_len(pem));
     assert_memory_equal(kb_secret_cdata(pem), want, (size_t)n);
     BIO_free(m);
+    /* many keys: some scalars start with zero bytes, which must stay (32 bytes, RFC 5915 3) */
+    for (int i = 0; i < 600; i++) {
+        EVP_PKEY *x = NULL;
+        kb_secret *xp = NULL;
+        BIO *xm = BIO_new(BIO_s_mem());
+        char *w = NULL;
+        long wl;
+        assert_ok(ca_leafkey_new(&x));
+        assert_ok(ca_leafkey_pkcs8_pem(x, &xp));
+        assert_int_equal(PEM_write_bio_PrivateKey(xm, x, NULL, NULL, 0, NULL, NULL), 1);
+        wl = BIO_get_mem_data(xm, &w);
+        assert_int_equal((size_t)wl, kb_secret_len(xp));
+        assert_memory_equal(kb_secret_cdata(xp), w, (size_t)wl);
+        BIO_free(xm);
+        kb_secret_free(xp);
+        EVP_PKEY_free(x);
+    }
     /* and it reads back as the same key */
     m = BIO_new_mem_buf(kb_secret_cdata(pem), (int)kb_secret_len(pem));
     back = PEM_read_bio_PrivateKey(m, NULL, NULL, NULL);
