@@ -16,6 +16,11 @@ ulimit -n 8192 2>/dev/null || true
 # the whole benchmark is bounded: each run stops its syncers after 600 s at most
 timeout --kill-after=10 1800 python3 "$HERE/herd.py" "$@"
 TAG=""
-for ((i = 1; i <= $#; i++)); do [ "${!i}" = "--tag" ] && { j=$((i + 1)); TAG="${!j}"; }; done
+prev=""
+for a in "$@"; do
+  case "$a" in --tag=*) TAG="${a#--tag=}" ;; esac
+  [ "$prev" = "--tag" ] && TAG="$a"
+  prev="$a"
+done
 python3 "$HERE/plot.py" "$KB_SOURCE_DIR/bench/results/herd$TAG.json" \
   "$KB_SOURCE_DIR/bench/results/herd$TAG.svg"
