@@ -371,7 +371,8 @@ void ca_svid_clear(ca_svid *s)
 kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pub,
                 const char *audit_target, const char *reason, ca_svid *out)
 {
-    EVP_PKEY *k = NULL;
+    ca_leafkey k; /* a fresh leaf key when pub is NULL; wiped on every return */
+    int fresh = pub == NULL;
     ca_issuer iss;
     kb_dbuf der;
     time_t not_after = 0;
@@ -384,16 +385,15 @@ kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pu
     KB_ENSURE_REF(out);
     memset(out, 0, sizeof(*out));
     KB_ENSURE(spiffe_id_member_of(id, ca->td), KB_ERR_DENIED);
+    if (fresh)
+        KB_GUARD(ca_leafkey_gen(&k));
     kb_dbuf_init(&der, PEM_MAX);
-    if (pub == NULL) {
-        KB_GUARD(ca_leafkey_new(&k));
-        pub = k;
-    }
     pthread_rwlock_rdlock(&ca->lk);
     iss.signer = ca->s->signer;
     iss.cert = ca->s->cert;
     iss.chain = ca->s->chain;
-    rc = ca_cert_leaf_der(&iss, pub, id, ttl, now, &der, out->serial, &not_after);
+    rc = ca_cert_leaf_der(&iss, pub, fresh ? k.point : NULL, id, ttl, now, &der, out->serial,
+                          &not_after);
     if (rc == KB_OK) {
         /* leaf PEM (made from the DER we just signed) + the CA's chain PEM */
         pl = ca_pem_len(der.len, "CERTIFICATE");
@@ -410,8 +410,8 @@ kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pu
     out->bundle_seq = ca->s->bundle_seq;
     pthread_rwlock_unlock(&ca->lk);
     KB_GUARD_OUT(rc, rc);
-    if (k != NULL)
-        KB_GUARD_OUT(rc, ca_leafkey_pkcs8_pem(k, &out->key_pem));
+    if (fresh)
+        KB_GUARD_OUT(rc, ca_leafkey_pkcs8_pem(&k, &out->key_pem));
     out->not_after = (int64_t)not_after;
     if (audit_target != NULL) {
         KB_GUARD_OUT(rc, ca_store_audit_add(ca->st, out->serial, spiffe_id_str(id), audit_target,
@@ -421,7 +421,8 @@ kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pu
                "target", audit_target, "reason", reason ? reason : "", NULL);
     }
 out:
-    EVP_PKEY_free(k);
+    if (fresh)
+        ca_leafkey_wipe(&k);
     kb_dbuf_free(&der);
     if (rc != KB_OK)
         ca_svid_clear(out);

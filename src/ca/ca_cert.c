@@ -123,12 +123,25 @@ out:
  * the namedCurve OID, then the point as found in the key): X509_set_pubkey would run the key
  * through an OpenSSL 3 encoder and a decoder (provider look-ups), ~35 % of an issuance. The
  * result is the same DER (tested); other keys take X509_set_pubkey. */
+/* subjectPublicKeyInfo from an uncompressed P-256 point (a leaf key made by ca_leafkey). */
+static kb_err set_point(X509 *x, const uint8_t *pt, size_t n, int nid)
+{
+    unsigned char *enc = OPENSSL_memdup(pt, n);
+
+    KB_ENSURE(enc != NULL, KB_ERR_NOMEM);
+    if (X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), OBJ_nid2obj(NID_X9_62_id_ecPublicKey),
+                               V_ASN1_OBJECT, OBJ_nid2obj(nid), enc, (int)n) != 1) {
+        OPENSSL_free(enc);
+        return KB_ERR_CRYPTO;
+    }
+    return KB_OK;
+}
+
 static kb_err set_pubkey(X509 *x, EVP_PKEY *pub)
 {
     char g[32] = "";
     uint8_t pt[1 + 2 * 48];
     size_t n = 0;
-    unsigned char *enc;
     int nid;
 
     if (!EVP_PKEY_is_a(pub, "EC") ||
@@ -138,14 +151,7 @@ static kb_err set_pubkey(X509 *x, EVP_PKEY *pub)
         EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof(pt), &n) != 1 ||
         n == 0)
         return X509_set_pubkey(x, pub) == 1 ? KB_OK : KB_ERR_CRYPTO;
-    enc = OPENSSL_memdup(pt, n);
-    KB_ENSURE(enc != NULL, KB_ERR_NOMEM);
-    if (X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), OBJ_nid2obj(NID_X9_62_id_ecPublicKey),
-                               V_ASN1_OBJECT, OBJ_nid2obj(nid), enc, (int)n) != 1) {
-        OPENSSL_free(enc);
-        return KB_ERR_CRYPTO;
-    }
-    return KB_OK;
+    return set_point(x, pt, n, nid);
 }
 
 static kb_err add_ext(X509 *x, STACK_OF(X509_EXTENSION) * *sk, int nid, void *val, int crit)
@@ -423,8 +429,9 @@ time_t ca_cert_not_after(X509 *x)
 }
 
 /* The unsigned leaf: every field but the signature. */
-static kb_err leaf_build(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *id, int64_t ttl,
-                         time_t now, X509 **out, time_t *not_after)
+static kb_err leaf_build(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p256_point,
+                         const spiffe_id *id, int64_t ttl, time_t now, X509 **out,
+                         time_t *not_after)
 {
     X509_NAME *subj = NULL;
     X509 *x = NULL;
@@ -434,7 +441,7 @@ static kb_err leaf_build(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *i
     KB_ENSURE_REF(iss);
     KB_ENSURE_REF(iss->cert);
     KB_ENSURE_REF(iss->signer);
-    KB_ENSURE_REF(pub);
+    KB_ENSURE((pub != NULL) != (p256_point != NULL), KB_ERR_NULL); /* exactly one key */
     KB_ENSURE_REF(id);
     KB_ENSURE_REF(out);
     *out = NULL;
@@ -461,7 +468,10 @@ static kb_err leaf_build(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *i
                   X509_time_adj_ex(X509_getm_notBefore(x), 0, -CA_BACKDATE_SECS, &now) != NULL &&
                       X509_time_adj_ex(X509_getm_notAfter(x), 0, (long)(end - now), &now) != NULL,
                   KB_ERR_CRYPTO);
-    KB_GUARD_OUT(rc, set_pubkey(x, pub));
+    if (pub != NULL)
+        KB_GUARD_OUT(rc, set_pubkey(x, pub));
+    else
+        KB_GUARD_OUT(rc, set_point(x, p256_point, 65, NID_X9_62_prime256v1));
     KB_GUARD_OUT(rc, ext_basic(x, NULL, 0));
     KB_GUARD_OUT(rc, ext_key_usage(x, NULL, 0));
     KB_GUARD_OUT(rc, ext_eku(x));
@@ -485,14 +495,16 @@ kb_err ca_cert_leaf(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *id, in
 
     KB_ENSURE_REF(out);
     *out = NULL;
-    KB_GUARD(leaf_build(iss, pub, id, ttl, now, &x, NULL));
+    KB_ENSURE_REF(pub);
+    KB_GUARD(leaf_build(iss, pub, NULL, id, ttl, now, &x, NULL));
     rc = cert_sign(x, iss->signer, out);
     X509_free(x);
     return rc;
 }
 
-kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *id, int64_t ttl,
-                        time_t now, kb_dbuf *der, char serial[CA_SERIAL_HEX_LEN], time_t *not_after)
+kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p256_point,
+                        const spiffe_id *id, int64_t ttl, time_t now, kb_dbuf *der,
+                        char serial[CA_SERIAL_HEX_LEN], time_t *not_after)
 {
     X509 *x = NULL;
     kb_err rc;
@@ -500,7 +512,7 @@ kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *id
     KB_ENSURE_REF(der);
     KB_ENSURE_REF(serial);
     KB_ENSURE_REF(not_after);
-    KB_GUARD(leaf_build(iss, pub, id, ttl, now, &x, not_after));
+    KB_GUARD(leaf_build(iss, pub, p256_point, id, ttl, now, &x, not_after));
     rc = cert_sign_der(x, iss->signer, der);
     if (rc == KB_OK)
         ca_cert_serial_hex(x, serial, CA_SERIAL_HEX_LEN);

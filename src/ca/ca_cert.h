@@ -51,10 +51,12 @@ KB_WUR kb_err ca_cert_leaf(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id 
                            time_t now, X509 **out);
 
 /* The same leaf as DER (appended to der), without parsing it back into an X509 (the issuance
- * hot path: PEM is made from the DER). serial gets the serial as hex, not_after the end. */
+ * hot path: PEM is made from the DER). The key is either pub or, for a key made by ca_leafkey,
+ * p256_point (65 bytes, uncompressed): exactly one of them. serial gets the serial as hex,
+ * not_after the end. */
 #define CA_SERIAL_HEX_LEN (2 * 20 + 1)
-KB_WUR kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *id,
-                               int64_t ttl, time_t now, kb_dbuf *der,
+KB_WUR kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p256_point,
+                               const spiffe_id *id, int64_t ttl, time_t now, kb_dbuf *der,
                                char serial[CA_SERIAL_HEX_LEN], time_t *not_after);
 
 /* Check a CA certificate for SPIFFE signing rules and that it carries signer's public key. */

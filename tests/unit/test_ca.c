@@ -140,69 +140,77 @@ static void test_pem_write(void **state)
     }
 }
 
-/* Leaf keys: fresh each time, and their PKCS#8 PEM is byte for byte what OpenSSL writes;
- * other curves are refused. */
+/* Leaf keys: fresh each time, d*G is the point, and the PKCS#8 PEM is byte for byte what OpenSSL
+ * writes for the same key. */
+static void check_leafkey_pem(const ca_leafkey *k)
+{
+    kb_secret *pem = NULL;
+    EVP_PKEY *back;
+    BIO *m;
+    char *again = NULL;
+    uint8_t pt[CA_P256_POINT_LEN];
+    size_t pl = 0;
+    long n;
+
+    assert_ok(ca_leafkey_pkcs8_pem(k, &pem));
+    m = BIO_new_mem_buf(kb_secret_cdata(pem), (int)kb_secret_len(pem));
+    back = PEM_read_bio_PrivateKey(m, NULL, NULL, NULL); /* OpenSSL checks d*G == Q on load */
+    assert_non_null(back);
+    BIO_free(m);
+    assert_int_equal(EVP_PKEY_get_octet_string_param(back, "pub", pt, sizeof(pt), &pl), 1);
+    assert_int_equal(pl, sizeof(pt));
+    assert_memory_equal(pt, k->point, sizeof(pt));
+    {
+        EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(back, NULL);
+        assert_non_null(c);
+        assert_int_equal(EVP_PKEY_pairwise_check(c), 1); /* the scalar and the point match */
+        EVP_PKEY_CTX_free(c);
+    }
+    m = BIO_new(BIO_s_mem());
+    assert_int_equal(PEM_write_bio_PrivateKey(m, back, NULL, NULL, 0, NULL, NULL), 1);
+    n = BIO_get_mem_data(m, &again);
+    assert_int_equal((size_t)n, kb_secret_len(pem));
+    assert_memory_equal(kb_secret_cdata(pem), again, (size_t)n);
+    BIO_free(m);
+    EVP_PKEY_free(back);
+    kb_secret_free(pem);
+}
+
 static void test_leafkey(void **state)
 {
-    EVP_PKEY *k = NULL, *k2 = NULL, *p384 = EVP_EC_gen("P-384"), *back;
-    uint8_t pt[CA_P256_POINT_LEN], pt2[CA_P256_POINT_LEN];
+    ca_leafkey a, b;
     kb_secret *pem = NULL;
-    BIO *m;
-    char *want = NULL;
-    long n;
     (void)state;
 
-    assert_ok(ca_leafkey_new(&k));
-    assert_ok(ca_leafkey_new(&k2));
-    assert_ok(ca_leafkey_point(k, pt));
-    assert_ok(ca_leafkey_point(k2, pt2));
-    assert_int_equal(pt[0], 0x04);
-    assert_memory_not_equal(pt, pt2, sizeof(pt));
-    assert_int_equal(EVP_PKEY_eq(k, k2), 0);
-    assert_ok(ca_leafkey_pkcs8_pem(k, &pem));
-    m = BIO_new(BIO_s_mem());
-    assert_non_null(m);
-    assert_int_equal(PEM_write_bio_PrivateKey(m, k, NULL, NULL, 0, NULL, NULL), 1);
-    n = BIO_get_mem_data(m, &want);
-    assert_int_equal((size_t)n, kb_secret_len(pem));
-    assert_memory_equal(kb_secret_cdata(pem), want, (size_t)n);
-    BIO_free(m);
-    /* many keys: some scalars start with zero bytes, which must stay (32 bytes, RFC 5915 3) */
-    for (int i = 0; i < 600; i++) {
-        EVP_PKEY *x = NULL;
-        kb_secret *xp = NULL;
-        BIO *xm = BIO_new(BIO_s_mem());
-        char *w = NULL;
-        long wl;
-        assert_ok(ca_leafkey_new(&x));
-        assert_ok(ca_leafkey_pkcs8_pem(x, &xp));
-        assert_int_equal(PEM_write_bio_PrivateKey(xm, x, NULL, NULL, 0, NULL, NULL), 1);
-        wl = BIO_get_mem_data(xm, &w);
-        assert_int_equal((size_t)wl, kb_secret_len(xp));
-        assert_memory_equal(kb_secret_cdata(xp), w, (size_t)wl);
-        BIO_free(xm);
-        kb_secret_free(xp);
-        EVP_PKEY_free(x);
+    assert_ok(ca_leafkey_gen(&a));
+    assert_ok(ca_leafkey_gen(&b));
+    assert_int_equal(a.point[0], 0x04);
+    assert_memory_not_equal(a.d, b.d, sizeof(a.d));
+    assert_memory_not_equal(a.point, b.point, sizeof(a.point));
+    check_leafkey_pem(&a);
+    for (int i = 0; i < 100; i++) {
+        assert_ok(ca_leafkey_gen(&b));
+        check_leafkey_pem(&b);
     }
-    /* and it reads back as the same key */
-    m = BIO_new_mem_buf(kb_secret_cdata(pem), (int)kb_secret_len(pem));
-    back = PEM_read_bio_PrivateKey(m, NULL, NULL, NULL);
-    assert_non_null(back);
-    assert_int_equal(EVP_PKEY_eq(back, k), 1);
-    EVP_PKEY_free(back);
-    BIO_free(m);
-    kb_secret_free(pem);
-    pem = NULL;
-    /* not P-256, or no key */
-    assert_non_null(p384);
-    assert_kb(ca_leafkey_point(p384, pt), KB_ERR_INVALID);
-    assert_kb(ca_leafkey_pkcs8_pem(p384, &pem), KB_ERR_INVALID);
+    /* a scalar with leading zero bytes keeps its 32 bytes (RFC 5915 3): d = 1, Q = G */
+    {
+        static const char g[] = "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+                                "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";
+        memset(b.d, 0, sizeof(b.d));
+        b.d[31] = 1;
+        assert_ok(kb_unhex(g, strlen(g), b.point, sizeof(b.point)));
+        check_leafkey_pem(&b);
+    }
+    ca_leafkey_wipe(&b);
+    for (size_t i = 0; i < sizeof(b); i++)
+        assert_int_equal(((uint8_t *)&b)[i], 0);
+    /* refusals */
+    a.point[0] = 0x02;
+    assert_kb(ca_leafkey_pkcs8_pem(&a, &pem), KB_ERR_INVALID);
     assert_null(pem);
-    assert_kb(ca_leafkey_new(NULL), KB_ERR_NULL);
-    assert_kb(ca_leafkey_point(NULL, pt), KB_ERR_NULL);
-    EVP_PKEY_free(p384);
-    EVP_PKEY_free(k);
-    EVP_PKEY_free(k2);
+    assert_kb(ca_leafkey_pkcs8_pem(NULL, &pem), KB_ERR_NULL);
+    assert_kb(ca_leafkey_gen(NULL), KB_ERR_NULL);
+    ca_leafkey_wipe(&a);
 }
 
 /* The fast subjectPublicKeyInfo (EC keys set field by field) is the DER OpenSSL's encoder makes,
@@ -249,7 +257,7 @@ static void test_leaf_spki_and_der(void **state)
         X509_free(leaf);
 
         kb_dbuf_init(&der, 64 * 1024);
-        assert_ok(ca_cert_leaf_der(&iss, keys[i], &id, 3600, now, &der, serial, &end));
+        assert_ok(ca_cert_leaf_der(&iss, keys[i], NULL, &id, 3600, now, &der, serial, &end));
         p = der.p;
         parsed = d2i_X509(NULL, &p, (long)der.len);
         assert_non_null(parsed);
@@ -264,15 +272,51 @@ static void test_leaf_spki_and_der(void **state)
         X509_free(parsed);
         kb_dbuf_free(&der);
     }
+    /* a leaf key made by ca_leafkey: the certificate carries exactly its point */
+    {
+        ca_leafkey lk;
+        kb_secret *pem = NULL;
+        EVP_PKEY *lp;
+        X509 *parsed;
+        BIO *m;
+        const unsigned char *p;
+        kb_dbuf der;
+
+        assert_ok(ca_leafkey_gen(&lk));
+        assert_ok(ca_leafkey_pkcs8_pem(&lk, &pem));
+        m = BIO_new_mem_buf(kb_secret_cdata(pem), (int)kb_secret_len(pem));
+        lp = PEM_read_bio_PrivateKey(m, NULL, NULL, NULL);
+        assert_non_null(lp);
+        BIO_free(m);
+        kb_dbuf_init(&der, 64 * 1024);
+        assert_ok(ca_cert_leaf_der(&iss, NULL, lk.point, &id, 3600, now, &der, serial, &end));
+        p = der.p;
+        parsed = d2i_X509(NULL, &p, (long)der.len);
+        assert_non_null(parsed);
+        assert_int_equal(X509_verify(parsed, kb_ec_signer_pubkey(s)), 1);
+        assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(parsed), lp), 1);
+        verify_leaf_with_bundle(root, parsed, "spiffe://example.org/ns/a");
+        /* exactly one of the two keys */
+        der.len = 0;
+        assert_kb(ca_cert_leaf_der(&iss, lp, lk.point, &id, 3600, now, &der, serial, &end),
+                  KB_ERR_NULL);
+        X509_free(parsed);
+        kb_dbuf_free(&der);
+        EVP_PKEY_free(lp);
+        kb_secret_free(pem);
+        ca_leafkey_wipe(&lk);
+    }
     /* refusals leave nothing behind */
     {
         kb_dbuf der;
         kb_dbuf_init(&der, 64 * 1024);
-        assert_kb(ca_cert_leaf_der(&iss, keys[0], &id, 10, now, &der, serial, &end),
+        assert_kb(ca_cert_leaf_der(&iss, keys[0], NULL, &id, 10, now, &der, serial, &end),
                   KB_ERR_INVALID);
-        assert_kb(ca_cert_leaf_der(&iss, keys[0], &id, 3600, now + 2 * 86400, &der, serial, &end),
-                  KB_ERR_INVALID);
-        assert_kb(ca_cert_leaf_der(&iss, NULL, &id, 3600, now, &der, serial, &end), KB_ERR_NULL);
+        assert_kb(
+            ca_cert_leaf_der(&iss, keys[0], NULL, &id, 3600, now + 2 * 86400, &der, serial, &end),
+            KB_ERR_INVALID);
+        assert_kb(ca_cert_leaf_der(&iss, NULL, NULL, &id, 3600, now, &der, serial, &end),
+                  KB_ERR_NULL);
         assert_int_equal(der.len, 0);
         kb_dbuf_free(&der);
     }
