@@ -252,6 +252,24 @@ kb_err store_secret_list(store *st, bool include_deleted, store_record **out, si
     return st->ops->secret_list(st, include_deleted, out, n);
 }
 
+kb_err store_secret_list_page(store *st, bool include_deleted, const char *after, size_t limit,
+                              store_record **out, size_t *n, char **next)
+{
+    KB_ENSURE_REF(st);
+    KB_ENSURE_REF(out);
+    KB_ENSURE_REF(n);
+    KB_ENSURE_REF(next);
+    *out = NULL;
+    *n = 0;
+    *next = NULL;
+    KB_ENSURE(limit >= 1, KB_ERR_INVALID);
+    KB_ENSURE(limit <= STORE_PAGE_MAX, KB_ERR_TOO_LARGE);
+    /* The cursor is a name this store returned; it is only bound, never parsed, but bounded. */
+    KB_ENSURE(after == NULL || strnlen(after, MODEL_NAME_MAX + 1) <= MODEL_NAME_MAX,
+              KB_ERR_TOO_LARGE);
+    return st->ops->secret_list_page(st, include_deleted, after ? after : "", limit, out, n, next);
+}
+
 kb_err store_version_list(store *st, int64_t secret_id, store_version **out, size_t *n)
 {
     KB_ENSURE_REF(st);

@@ -54,6 +54,8 @@ struct store_ops {
     kb_err (*secret_get)(store *st, const char *name, int64_t id, bool include_deleted,
                          store_secret *out);
     kb_err (*secret_list)(store *st, bool include_deleted, store_record **out, size_t *n);
+    kb_err (*secret_list_page)(store *st, bool include_deleted, const char *after, size_t limit,
+                               store_record **out, size_t *n, char **next);
     kb_err (*version_list)(store *st, int64_t secret_id, store_version **out, size_t *n);
     kb_err (*version_get)(store *st, int64_t secret_id, int64_t version, store_record *out);
     kb_err (*secrets_expiring)(store *st, int64_t from, int64_t to, store_record **out, size_t *n);
@@ -116,6 +118,19 @@ struct store {
  * process or another handle on the same database are not seen: bound any cache's lifetime.
  * (Meant for store.h, where keybridged's API layer can use it to cache rendered listings.) */
 uint64_t store_generation(store *st);
+
+#define STORE_PAGE_MAX 10000 /* rows one store_secret_list_page call may examine */
+
+/* One page of store_secret_list, for listings too large to hold at once (100,000 secrets):
+ * secrets whose name sorts after `after` (NULL or "" = from the start), by name, examining at
+ * most `limit` (1..STORE_PAGE_MAX) rows. *next gets a malloc'd cursor to pass as `after` for the
+ * next page, or NULL after the last page. Rows failing their MAC (logged) and, without
+ * include_deleted, deleted secrets are dropped, so a page may hold fewer than `limit` records
+ * (even none) while *next is set: continue until *next is NULL. Each page is its own snapshot:
+ * a secret created or deleted meanwhile may or may not appear, but none appears twice.
+ * (Meant for store.h, where api_admin.c can stream the admin listing page by page.) */
+KB_WUR kb_err store_secret_list_page(store *st, bool include_deleted, const char *after,
+                                     size_t limit, store_record **out, size_t *n, char **next);
 
 extern const struct store_ops store_sqlite_ops;
 

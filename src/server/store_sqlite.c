@@ -1159,6 +1159,84 @@ static kb_err sq_secret_list(store *st, bool include_deleted, store_record **out
     return rc;
 }
 
+static kb_err sq_secret_list_page(store *st, bool include_deleted, const char *after, size_t limit,
+                                  store_record **out, size_t *n, char **next)
+{
+    cx *b = RD(st);
+    sqlite3_stmt *s = NULL;
+    store_record *arr = NULL;
+    size_t cnt = 0, cap = 0, seen = 0, lastcap = 0;
+    char *last = NULL; /* name of the last row examined: the next page's cursor */
+    kb_err rc = KB_OK;
+    int r;
+
+    /* Names are UNIQUE, so "name > cursor" pages without repeats or gaps. */
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " SECRET_COLS ", " VERSION_COLS " FROM secrets s JOIN versions v "
+                          "ON v.secret_id = s.id AND v.version = s.latest_version "
+                          "WHERE s.name > ?1 ORDER BY s.name LIMIT ?2",
+                          &s));
+    KB_GUARD_OUT(rc, bind_text(s, 1, after));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, (int64_t)limit));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        store_record rec;
+        const unsigned char *nm = sqlite3_column_text(s, 1);
+        size_t nl = (size_t)sqlite3_column_bytes(s, 1);
+        kb_err e;
+        seen++;
+        /* A name with a NUL inside (only by tampering) would make a cursor that does not
+         * advance: refuse the page rather than loop. */
+        if (nm == NULL || memchr(nm, 0, nl) != NULL) {
+            store_log_integrity("secrets", sqlite3_column_int64(s, 0), 0);
+            KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
+        }
+        if (nl + 1 > lastcap) {
+            char *p = realloc(last, nl + 1);
+            KB_ENSURE_OUT(rc, p != NULL, KB_ERR_NOMEM);
+            last = p;
+            lastcap = nl + 1;
+        }
+        if (nl > 0)
+            memcpy(last, nm, nl);
+        last[nl] = '\0';
+        memset(&rec, 0, sizeof(rec));
+        e = load_secret(b, s, 0, &rec.secret);
+        if (e == KB_ERR_INTEGRITY)
+            continue;
+        KB_GUARD_OUT(rc, e);
+        if (!include_deleted && rec.secret.deleted_at != 0) {
+            store_secret_clear(&rec.secret);
+            continue;
+        }
+        e = load_version(s, SECRET_NCOLS, &rec.version);
+        if (e == KB_OK)
+            e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
+        if (e != KB_OK) {
+            store_record_clear(&rec);
+            KB_GUARD_OUT(rc, e);
+        }
+        arr[cnt++] = rec;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, "secret_list_page");
+out:
+    done(s);
+    PUT(st, b);
+    if (rc != KB_OK) {
+        free(last);
+        store_records_free(arr, cnt);
+        return rc;
+    }
+    if (seen < limit) { /* the last page */
+        free(last);
+        last = NULL;
+    }
+    *out = arr;
+    *n = cnt;
+    *next = last;
+    return KB_OK;
+}
+
 static kb_err sq_version_list(store *st, int64_t secret_id, store_version **out, size_t *n)
 {
     cx *b;
@@ -2276,6 +2354,7 @@ const struct store_ops store_sqlite_ops = {
     .secret_purge = sq_secret_purge,
     .secret_get = sq_secret_get,
     .secret_list = sq_secret_list,
+    .secret_list_page = sq_secret_list_page,
     .version_list = sq_version_list,
     .version_get = sq_version_get,
     .secrets_expiring = sq_secrets_expiring,
