@@ -18,6 +18,7 @@
 
 #include "cli.h"
 #include "lib/config.h"
+#include "lib/fileio.h"
 #include "lib/prog.h"
 
 int cli_cmd_admin(cli *c, int argc, char **argv);
@@ -240,13 +241,94 @@ static void qadd(char *q, size_t len, const char *k, const char *v)
     q[pos] = '\0';
 }
 
+/* `audit verify [--anchor FILE]`: exit 0 only if the chain verifies (a finding is exit 1). */
+static int cmd_audit_verify(cli *c, const char *anchor_path)
+{
+    json_t *body = json_object();
+    api_response r;
+    kb_err rc;
+    int ec;
+
+    if (anchor_path != NULL) {
+        json_error_t je;
+        json_t *an = json_load_file(anchor_path, JSON_REJECT_DUPLICATES, &je);
+        if (an == NULL || !json_is_object(an)) {
+            fprintf(stderr, "keybridge: %s is not an exported audit anchor\n", anchor_path);
+            json_decref(an);
+            json_decref(body);
+            return KB_EXIT_USAGE;
+        }
+        json_object_set_new(body, "anchor", an);
+    }
+    memset(&r, 0, sizeof(r));
+    rc = cli_call(c, "POST", "/v1/admin/audit/verify", "", body, &r);
+    json_decref(body);
+    if (rc != KB_OK)
+        return kb_exit_code(rc);
+    ec = cli_check(&r);
+    if (ec == KB_EXIT_OK) {
+        const json_t *ok = json_object_get(r.body, "ok");
+        if (c->json_output)
+            cli_print_json(stdout, r.body);
+        else
+            printf("audit chain: %s (%lld rows checked, anchor at seq %lld)%s%s\n",
+                   json_is_true(ok) ? "ok" : "FAILED",
+                   (long long)json_integer_value(json_object_get(r.body, "rows")),
+                   (long long)json_integer_value(json_object_get(r.body, "anchor_seq")),
+                   json_is_true(ok) ? "" : ": ",
+                   json_is_true(ok) ? "" : json_string_value(json_object_get(r.body, "reason")));
+        if (!json_is_true(ok)) {
+            if (!c->json_output)
+                printf("first bad seq: %lld\n",
+                       (long long)json_integer_value(json_object_get(r.body, "first_bad_seq")));
+            ec = KB_EXIT_FAIL;
+        }
+    }
+    api_response_clear(&r);
+    return ec;
+}
+
+/* `audit anchor [--out FILE]`: sign the head now; keep the anchor somewhere else (0600). */
+static int cmd_audit_anchor(cli *c, const char *out_path)
+{
+    api_response r;
+    kb_err rc;
+    int ec;
+    memset(&r, 0, sizeof(r));
+    rc = cli_call(c, "POST", "/v1/admin/audit/anchor", "", NULL, &r);
+    if (rc != KB_OK)
+        return kb_exit_code(rc);
+    ec = cli_check(&r);
+    if (ec == KB_EXIT_OK) {
+        char *text = json_dumps(r.body, JSON_COMPACT | JSON_SORT_KEYS);
+        if (text == NULL) {
+            ec = KB_EXIT_FAIL;
+        } else if (out_path != NULL) {
+            if (kb_file_write_atomic(out_path, text, strlen(text), 0600) != KB_OK) {
+                fprintf(stderr, "keybridge: cannot write %s\n", out_path);
+                ec = KB_EXIT_FAIL;
+            } else if (!c->json_output) {
+                printf("anchor at seq %lld written to %s\n",
+                       (long long)json_integer_value(json_object_get(r.body, "seq")), out_path);
+            }
+        } else {
+            printf("%s\n", text);
+        }
+        free(text);
+    }
+    api_response_clear(&r);
+    return ec;
+}
+
 static int cmd_audit(cli *c, int argc, char **argv)
 {
     static const char *const cols[] = {"seq",    "time",    "identity", "action",
                                        "object", "version", "result",   NULL};
     char q[4096] = "";
     if (argc >= 2 && strcmp(argv[1], "verify") == 0)
-        return run(c, "POST", "/v1/admin/audit/verify", "", NULL, NULL, NULL);
+        return cmd_audit_verify(c, opt(argc, argv, "--anchor"));
+    if (argc >= 2 && strcmp(argv[1], "anchor") == 0)
+        return cmd_audit_anchor(c, opt(argc, argv, "--out"));
     if (argc >= 2 && strcmp(argv[1], "list") == 0) {
         qadd(q, sizeof(q), "object", opt(argc, argv, "--object"));
         qadd(q, sizeof(q), "identity", opt(argc, argv, "--identity"));
@@ -254,7 +336,8 @@ static int cmd_audit(cli *c, int argc, char **argv)
         qadd(q, sizeof(q), "since", opt(argc, argv, "--since"));
         return run(c, "GET", "/v1/admin/audit", q, NULL, "events", cols);
     }
-    return usage("audit list [--object O] [--identity ID] [--since UNIX] [--limit N] | verify");
+    return usage("audit list [--object O] [--identity ID] [--since UNIX] [--limit N]\n"
+                 "       keybridge audit verify [--anchor FILE] | anchor [--out FILE]");
 }
 
 int cli_cmd_admin(cli *c, int argc, char **argv)

@@ -864,19 +864,34 @@ static void audit_route(svc *s, api_ctx *c, api_response *r)
     static const char *const q[] = {"object", "identity", "since", "until", "limit", NULL};
     const char *m = c->req->method;
     if (c->nseg == 4 && is(c->seg[3], "verify")) {
-        json_t *body = NULL;
+        /* Optional {"anchor": <an exported anchor>}: an anchor kept outside the database makes
+         * a truncated tail detectable even when the stored anchors were removed with it. */
+        static const char *const fields[] = {"anchor", NULL};
+        json_t *body = NULL, *anchor;
+        audit_anchor an;
         audit_report rep;
         kb_err rc;
         if (!is(m, "POST")) {
             api_error(r, 405, "method_not_allowed", "method not allowed on this route");
             return;
         }
-        static const char *const no_fields[] = {NULL};
-        if (api_body(c, no_fields, 1, &body, r) != KB_OK)
+        if (api_body(c, fields, 1, &body, r) != KB_OK)
             return;
-        json_decref(body);
+        anchor = json_object_get(body, "anchor");
+        if (anchor != NULL) {
+            char *text = json_is_object(anchor) ? json_dumps(anchor, JSON_COMPACT) : NULL;
+            rc = text ? audit_anchor_parse(text, strlen(text), &an) : KB_ERR_INVALID;
+            free(text);
+            if (rc != KB_OK) {
+                json_decref(body);
+                api_error(r, 400, "invalid",
+                          "anchor must be an exported audit anchor {seq, mac, sig, time}");
+                return;
+            }
+        }
         memset(&rep, 0, sizeof(rep));
-        rc = audit_verify(svc_audit(s), NULL, &rep);
+        rc = audit_verify_anchor(svc_audit(s), anchor ? &an : NULL, &rep);
+        json_decref(body);
         svc_audit_event(s, &c->actor, "audit.verify", "", 0, rc);
         if (rc != KB_OK) {
             api_error_kb(r, rc, "");
@@ -886,6 +901,37 @@ static void audit_route(svc *s, api_ctx *c, api_response *r)
                json_pack("{s:b,s:I,s:I,s:I,s:s}", "ok", rep.ok, "rows", (json_int_t)rep.rows,
                          "first_bad_seq", (json_int_t)rep.first_bad_seq, "anchor_seq",
                          (json_int_t)rep.anchor_seq, "reason", rep.reason ? rep.reason : ""));
+        return;
+    }
+    if (c->nseg == 4 && is(c->seg[3], "anchor")) {
+        /* Sign the chain head now and hand the anchor out, to be kept away from this database. */
+        static const char *const no_fields[] = {NULL};
+        json_t *body = NULL, *out;
+        json_error_t je;
+        char *text = NULL;
+        kb_err rc;
+        if (!is(m, "POST")) {
+            api_error(r, 405, "method_not_allowed", "method not allowed on this route");
+            return;
+        }
+        if (api_body(c, no_fields, 1, &body, r) != KB_OK)
+            return;
+        json_decref(body);
+        rc = audit_anchor_now(svc_audit(s), c->req->now);
+        if (rc == KB_OK)
+            rc = audit_anchor_json(svc_audit(s), &text);
+        svc_audit_event(s, &c->actor, "audit.anchor", "", 0, rc);
+        if (rc != KB_OK) {
+            api_error_kb(r, rc, "no audit rows to anchor");
+            return;
+        }
+        out = json_loads(text, 0, &je);
+        free(text);
+        if (out == NULL) {
+            api_error(r, 500, "internal", "cannot encode the anchor");
+            return;
+        }
+        api_ok(r, 200, out);
         return;
     }
     if (c->nseg != 3) {

@@ -273,17 +273,17 @@ kb_err audit_append(audit_log *a, const audit_event *ev, int64_t *seq_out)
     return KB_OK;
 }
 
-kb_err audit_export_anchor(audit_log *a, const char *path)
+kb_err audit_anchor_json(audit_log *a, char **out)
 {
     audit_anchor *anchors = NULL;
     size_t n = 0;
     char mac_hex[AUDIT_MAC_LEN * 2 + 1], sig_hex[AUDIT_SIG_MAX * 2 + 1];
     json_t *o = NULL;
-    char *text = NULL;
-    kb_err rc;
+    kb_err rc = KB_OK;
 
     KB_ENSURE_REF(a);
-    KB_ENSURE_REF(path);
+    KB_ENSURE_REF(out);
+    *out = NULL;
     KB_GUARD(a->st->ops->anchor_list(a->st, &anchors, &n));
     KB_ENSURE_OUT(rc, n > 0, KB_ERR_NOT_FOUND);
     kb_hex(anchors[n - 1].mac, AUDIT_MAC_LEN, mac_hex);
@@ -291,30 +291,37 @@ kb_err audit_export_anchor(audit_log *a, const char *path)
     o = json_pack("{s:I, s:s, s:s, s:I}", "seq", (json_int_t)anchors[n - 1].seq, "mac", mac_hex,
                   "sig", sig_hex, "time", (json_int_t)anchors[n - 1].time);
     KB_ENSURE_OUT(rc, o != NULL, KB_ERR_NOMEM);
-    text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
-    KB_ENSURE_OUT(rc, text != NULL, KB_ERR_NOMEM);
-    rc = kb_file_write_atomic(path, text, strlen(text), 0600);
+    *out = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    KB_ENSURE_OUT(rc, *out != NULL, KB_ERR_NOMEM);
 out:
-    free(text);
     json_decref(o);
     free(anchors);
     return rc;
 }
 
-/* Parse an exported anchor file strictly: exactly the four keys, hex of the right sizes. */
-static kb_err read_anchor_file(const char *path, audit_anchor *an)
+kb_err audit_export_anchor(audit_log *a, const char *path)
+{
+    char *text = NULL;
+    kb_err rc;
+    KB_ENSURE_REF(path);
+    KB_GUARD(audit_anchor_json(a, &text));
+    rc = kb_file_write_atomic(path, text, strlen(text), 0600);
+    free(text);
+    return rc;
+}
+
+/* Parse an exported anchor strictly: exactly the four keys, hex of the right sizes. */
+kb_err audit_anchor_parse(const void *buf, size_t len, audit_anchor *an)
 {
     static const char *const keys[] = {"seq", "mac", "sig", "time", NULL};
-    kb_dbuf b;
     json_t *o = NULL, *seq, *mac, *sig, *tm;
     const char *bad = NULL;
     kb_err rc;
     size_t sl;
 
+    KB_ENSURE_REF(an);
     memset(an, 0, sizeof(*an));
-    kb_dbuf_init(&b, AUDIT_ANCHOR_FILE_MAX);
-    KB_GUARD_OUT(rc, kb_file_read(path, AUDIT_ANCHOR_FILE_MAX, &b));
-    KB_GUARD_OUT(rc, kb_json_parse(b.p, b.len, AUDIT_ANCHOR_FILE_MAX, &o, NULL, 0));
+    KB_GUARD_OUT(rc, kb_json_parse(buf, len, AUDIT_ANCHOR_FILE_MAX, &o, NULL, 0));
     KB_GUARD_OUT(rc, kb_json_only_keys(o, keys, &bad));
     seq = json_object_get(o, "seq");
     mac = json_object_get(o, "mac");
@@ -335,6 +342,17 @@ static kb_err read_anchor_file(const char *path, audit_anchor *an)
     an->sig_len = sl / 2;
 out:
     json_decref(o);
+    return rc;
+}
+
+static kb_err read_anchor_file(const char *path, audit_anchor *an)
+{
+    kb_dbuf b;
+    kb_err rc;
+    kb_dbuf_init(&b, AUDIT_ANCHOR_FILE_MAX);
+    rc = kb_file_read(path, AUDIT_ANCHOR_FILE_MAX, &b);
+    if (rc == KB_OK)
+        rc = audit_anchor_parse(b.p, b.len, an);
     kb_dbuf_free(&b);
     return rc;
 }
@@ -356,6 +374,16 @@ static void fail(audit_report *r, int64_t seq, const char *why)
 
 kb_err audit_verify(audit_log *a, const char *anchor_path, audit_report *report)
 {
+    audit_anchor an;
+    if (anchor_path == NULL)
+        return audit_verify_anchor(a, NULL, report);
+    KB_ENSURE_REF(report);
+    KB_GUARD(read_anchor_file(anchor_path, &an));
+    return audit_verify_anchor(a, &an, report);
+}
+
+kb_err audit_verify_anchor(audit_log *a, const audit_anchor *extra, audit_report *report)
+{
     audit_anchor *anchors = NULL, *tmp;
     size_t na = 0, ai = 0;
     uint8_t prev[AUDIT_MAC_LEN] = {0};
@@ -371,11 +399,11 @@ kb_err audit_verify(audit_log *a, const char *anchor_path, audit_report *report)
     kb_dbuf_init(&c, AUDIT_CANON_MAX);
 
     KB_GUARD_OUT(rc, a->st->ops->anchor_list(a->st, &anchors, &na));
-    if (anchor_path != NULL) {
+    if (extra != NULL) {
         tmp = realloc(anchors, (na + 1) * sizeof(*anchors));
         KB_ENSURE_OUT(rc, tmp != NULL, KB_ERR_NOMEM);
         anchors = tmp;
-        KB_GUARD_OUT(rc, read_anchor_file(anchor_path, &anchors[na]));
+        anchors[na] = *extra;
         na++;
         qsort(anchors, na, sizeof(*anchors), anchor_cmp);
     }

@@ -111,6 +111,12 @@ KB_WUR kb_err audit_export_anchor(audit_log *a, const char *path);
  * the exported anchor. Returns KB_OK with report->ok telling the verdict (a tampered log is a
  * finding, not a failure of the call); errors are for I/O or a malformed anchor file. */
 KB_WUR kb_err audit_verify(audit_log *a, const char *anchor_path, audit_report *report);
+/* The same with an anchor already in memory (NULL: only the stored anchors). */
+KB_WUR kb_err audit_verify_anchor(audit_log *a, const audit_anchor *extra, audit_report *report);
+/* Parse an exported anchor (the JSON audit_export_anchor writes), strictly. */
+KB_WUR kb_err audit_anchor_parse(const void *buf, size_t len, audit_anchor *out);
+/* The latest stored anchor as that JSON text (malloc'd); KB_ERR_NOT_FOUND if there is none. */
+KB_WUR kb_err audit_anchor_json(audit_log *a, char **out);
 /* Rows matching the filter, newest first. */
 KB_WUR kb_err audit_query(audit_log *a, const audit_filter *f, audit_row **out, size_t *n);
 

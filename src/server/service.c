@@ -13,6 +13,7 @@
 #include "dkcache.h"
 #include "hsm_budget.h"
 #include "lib/envelope.h"
+#include "lib/fileio.h"
 #include "lib/log.h"
 #include "model.h"
 #include "server_config.h"
@@ -32,6 +33,8 @@ struct svc {
     char **cloud_prefixes;
     hsm_budget *budget; /* token buckets over wraps and unwraps (NULL never: rates may be 0) */
     dkcache *dkc;       /* unwrapped data keys (ttl 0 = off) */
+    char *anchor_file;  /* [audit] anchor_file: where the latest signed head is exported */
+    char *anchor_last;  /* the anchor JSON last written there */
 };
 
 static kb_err audit_sign_cb(void *ctx, const uint8_t *msg, size_t msg_len, uint8_t *sig,
@@ -217,6 +220,10 @@ kb_err svc_open(const kb_config *cfg, bool create, svc **out)
     ao.anchor_every_rows = kb_config_int(cfg, "audit", "anchor_every_rows");
     ao.anchor_every_secs = kb_config_duration(cfg, "audit", "anchor_every");
     KB_GUARD_OUT(rc, audit_open(s->st, &ao, &s->audit));
+    if (kb_config_str(cfg, "audit", "anchor_file") != NULL) {
+        s->anchor_file = strdup(kb_config_str(cfg, "audit", "anchor_file"));
+        KB_ENSURE_OUT(rc, s->anchor_file != NULL, KB_ERR_NOMEM);
+    }
     *out = s;
     s = NULL;
 out:
@@ -265,10 +272,29 @@ dkcache *svc_dkcache(svc *s)
     return s->dkc;
 }
 
+void svc_export_anchor(svc *s)
+{
+    char *text = NULL;
+    if (s == NULL || s->anchor_file == NULL || audit_anchor_json(s->audit, &text) != KB_OK)
+        return;
+    if (s->anchor_last == NULL || strcmp(text, s->anchor_last) != 0) {
+        if (kb_file_write_atomic(s->anchor_file, text, strlen(text), 0600) == KB_OK) {
+            free(s->anchor_last);
+            s->anchor_last = text;
+            text = NULL;
+        } else {
+            kb_log(KB_LOG_ERROR, "audit_anchor_export_failed", "path", s->anchor_file, NULL);
+        }
+    }
+    free(text);
+}
+
 void svc_maintenance(svc *s)
 {
-    if (s != NULL)
-        (void)dkcache_sweep(s->dkc, hsm_budget_now());
+    if (s == NULL)
+        return;
+    (void)dkcache_sweep(s->dkc, hsm_budget_now());
+    svc_export_anchor(s);
 }
 
 void svc_forget_secret(svc *s, int64_t secret_id)
@@ -657,9 +683,12 @@ kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id)
     KB_GUARD_OUT(rc, store_group_create(s->st, "admins", "administrators (bootstrap)", a.identity,
                                         a.now, &group_id));
     KB_GUARD_OUT(rc, store_membership_add(s->st, client_id, group_id));
+    /* The first row of the chain, then its first signed anchor (exported if configured). */
+    svc_audit_event(s, &a, "bootstrap", admin_spiffe_id, 0, KB_OK);
     KB_GUARD_OUT(rc, audit_anchor_now(s->audit, a.now));
+    svc_export_anchor(s);
 out:
-    if (s != NULL)
+    if (s != NULL && rc != KB_OK)
         svc_audit_event(s, &a, "bootstrap", admin_spiffe_id ? admin_spiffe_id : "", 0, rc);
     store_clients_free(clients, n);
     svc_close(s);

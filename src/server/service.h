@@ -56,6 +56,9 @@ int64_t svc_retry_after(svc *s, const svc_actor *a, bool cloud);
 
 /* Periodic upkeep (serve runs it every second): wipes expired cached data keys. */
 void svc_maintenance(svc *s);
+/* Write the latest signed audit anchor to [audit] anchor_file (0600, atomically) if it changed;
+ * svc_maintenance does this every time it runs. No-op without an anchor_file. */
+void svc_export_anchor(svc *s);
 /* Wipe the cached data keys of a secret (deleted, purged). */
 void svc_forget_secret(svc *s, int64_t secret_id);
 
