@@ -363,7 +363,7 @@ void ca_svid_clear(ca_svid *s)
     if (s == NULL)
         return;
     free(s->chain_pem);
-    kb_secret_free(s->key_pem);
+    ca_keypem_free(s->key_pem);
     free(s->bundle_pem);
     memset(s, 0, sizeof(*s));
 }

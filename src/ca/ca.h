@@ -14,6 +14,7 @@
 
 #include <openssl/x509.h>
 
+#include "ca_leafkey.h"
 #include "ca_store.h"
 #include "lib/err.h"
 #include "lib/secbuf.h"
@@ -55,7 +56,7 @@ KB_WUR kb_err ca_bundle_set(ca_authority *ca, spiffe_bundle_set **out);
 /* An issued SVID, all in memory. */
 typedef struct {
     char *chain_pem;    /* leaf first, then intermediates */
-    kb_secret *key_pem; /* PKCS#8 PEM of the leaf key (NULL when issued for a CSR) */
+    ca_keypem *key_pem; /* PKCS#8 PEM of the leaf key, locked (NULL when issued for a CSR) */
     char *bundle_pem;
     char serial[48]; /* hex */
     int64_t not_after;

@@ -2,7 +2,9 @@
 #include "ca_leafkey.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <openssl/bn.h>
 #include <openssl/ec.h>
@@ -30,6 +32,107 @@ static void init_once(void)
 {
     g_group = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
 }
+
+/* ---- the locked slab ---------------------------------------------------------------------- */
+
+struct ca_keypem {
+    uint8_t *data; /* in the slab, or kb_secret_data(sec) */
+    size_t len;
+    kb_secret *sec; /* NULL for a slab slot */
+    int slot;
+};
+
+static pthread_once_t g_slab_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_slab_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t *g_slab; /* NULL: no slab, every PEM gets its own kb_secret */
+static int g_free[CA_KEYSLAB_SLOTS];
+static int g_nfree;
+
+static void slab_init(void)
+{
+    size_t len = (size_t)CA_KEYSLAB_SLOTS * CA_KEYSLAB_SLOT;
+    void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (m == MAP_FAILED)
+        return;
+    if (mlock(m, len) != 0 || madvise(m, len, MADV_DONTDUMP) != 0) {
+        munmap(m, len); /* never used: nothing to wipe */
+        return;
+    }
+    g_slab = m; /* kept for the life of the process, like kb_secmem's locked pages */
+    for (int i = 0; i < CA_KEYSLAB_SLOTS; i++)
+        g_free[i] = CA_KEYSLAB_SLOTS - 1 - i;
+    g_nfree = CA_KEYSLAB_SLOTS;
+}
+
+static int slot_take(void)
+{
+    int s = -1;
+
+    pthread_once(&g_slab_once, slab_init);
+    if (g_slab == NULL)
+        return -1;
+    pthread_mutex_lock(&g_slab_mu);
+    if (g_nfree > 0)
+        s = g_free[--g_nfree];
+    pthread_mutex_unlock(&g_slab_mu);
+    return s;
+}
+
+const uint8_t *ca_keypem_data(const ca_keypem *p)
+{
+    return p != NULL ? p->data : NULL;
+}
+
+size_t ca_keypem_len(const ca_keypem *p)
+{
+    return p != NULL ? p->len : 0;
+}
+
+int ca_keypem_in_slab(const ca_keypem *p)
+{
+    return p != NULL && p->sec == NULL;
+}
+
+void ca_keypem_free(ca_keypem *p)
+{
+    if (p == NULL)
+        return;
+    if (p->sec != NULL) {
+        kb_secret_free(p->sec);
+    } else {
+        kb_wipe(p->data, CA_KEYSLAB_SLOT);
+        pthread_mutex_lock(&g_slab_mu);
+        g_free[g_nfree++] = p->slot;
+        pthread_mutex_unlock(&g_slab_mu);
+    }
+    free(p);
+}
+
+/* Room for len bytes: a slab slot when one is free and big enough, else a kb_secret. */
+static kb_err keypem_new(size_t len, ca_keypem **out)
+{
+    ca_keypem *p = calloc(1, sizeof(*p));
+    int s;
+
+    KB_ENSURE(p != NULL, KB_ERR_NOMEM);
+    p->len = len;
+    if (len <= CA_KEYSLAB_SLOT && (s = slot_take()) >= 0) {
+        p->slot = s;
+        p->data = g_slab + (size_t)s * CA_KEYSLAB_SLOT;
+    } else {
+        kb_err rc = kb_secret_new(len, &p->sec);
+        if (rc != KB_OK) {
+            free(p);
+            return rc;
+        }
+        p->data = kb_secret_data(p->sec);
+    }
+    *out = p;
+    return KB_OK;
+}
+
+/* ---- keys --------------------------------------------------------------------------------- */
 
 void ca_leafkey_wipe(ca_leafkey *k)
 {
@@ -108,10 +211,10 @@ size_t ca_pem_write(const uint8_t *der, size_t der_len, const char *label, char 
     return o;
 }
 
-kb_err ca_leafkey_pkcs8_pem(const ca_leafkey *k, kb_secret **out)
+kb_err ca_leafkey_pkcs8_pem(const ca_leafkey *k, ca_keypem **out)
 {
     uint8_t der[PKCS8_LEN];
-    kb_secret *s = NULL;
+    ca_keypem *s = NULL;
     size_t o = 0, pl;
     kb_err rc = KB_OK;
 
@@ -127,14 +230,13 @@ kb_err ca_leafkey_pkcs8_pem(const ca_leafkey *k, kb_secret **out)
     o += sizeof(PKCS8_MID);
     memcpy(der + o, k->point, sizeof(k->point));
     pl = ca_pem_len(sizeof(der), "PRIVATE KEY");
-    KB_GUARD_OUT(rc, kb_secret_new(pl, &s));
-    KB_ENSURE_OUT(rc,
-                  ca_pem_write(der, sizeof(der), "PRIVATE KEY", (char *)kb_secret_data(s)) == pl,
+    KB_GUARD_OUT(rc, keypem_new(pl, &s));
+    KB_ENSURE_OUT(rc, ca_pem_write(der, sizeof(der), "PRIVATE KEY", (char *)s->data) == pl,
                   KB_ERR_INTERNAL);
     *out = s;
     s = NULL;
 out:
     kb_wipe(der, sizeof(der));
-    kb_secret_free(s);
+    ca_keypem_free(s);
     return rc;
 }

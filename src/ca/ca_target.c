@@ -132,7 +132,7 @@ static kb_err dir_write(const ca_target_spec *t, const ca_svid *sv, const char *
      * (x509svid_load refuses a key that does not match the leaf). */
     KB_GUARD(dir_file(t->path, "svid.key", path, sizeof(path)));
     KB_GUARD(
-        kb_file_write_atomic(path, kb_secret_cdata(sv->key_pem), kb_secret_len(sv->key_pem), 0600));
+        kb_file_write_atomic(path, ca_keypem_data(sv->key_pem), ca_keypem_len(sv->key_pem), 0600));
     KB_GUARD(dir_file(t->path, "svid.pem", path, sizeof(path)));
     KB_GUARD(kb_file_write_atomic(path, sv->chain_pem, strlen(sv->chain_pem), 0600));
     KB_GUARD(dir_file(t->path, "bundle.pem", path, sizeof(path)));
@@ -316,7 +316,7 @@ kb_err ca_target_svidstore_json(const char *id_str, const ca_svid *sv, char **ou
 
     KB_ENSURE(o != NULL, KB_ERR_NOMEM);
     if (sv->key_pem != NULL)
-        key = json_stringn((const char *)kb_secret_cdata(sv->key_pem), kb_secret_len(sv->key_pem));
+        key = json_stringn((const char *)ca_keypem_data(sv->key_pem), ca_keypem_len(sv->key_pem));
     if (json_object_set_new(o, "spiffeID", json_string(id_str)) != 0 ||
         json_object_set_new(o, "x509SVID", json_string(sv->chain_pem)) != 0 ||
         json_object_set_new(o, "x509SVIDKey", key ? key : json_string("")) != 0 ||

@@ -335,8 +335,8 @@ static int cmd_issue(const kb_config *cfg, int argc, char **argv)
     }
     KB_GUARD_OUT(rc, ca_issue(ca_ctx_ca(x), &id, ttl, pub, out, "issue", &sv));
     if (sv.key_pem != NULL)
-        KB_GUARD_OUT(rc, write_out(out, "svid.key", kb_secret_cdata(sv.key_pem),
-                                   kb_secret_len(sv.key_pem), 0600));
+        KB_GUARD_OUT(rc, write_out(out, "svid.key", ca_keypem_data(sv.key_pem),
+                                   ca_keypem_len(sv.key_pem), 0600));
     KB_GUARD_OUT(rc, write_out(out, "svid.pem", sv.chain_pem, strlen(sv.chain_pem), 0644));
     KB_GUARD_OUT(rc, write_out(out, "bundle.pem", sv.bundle_pem, strlen(sv.bundle_pem), 0644));
     printf("issued %s serial %s valid until %lld\n", id_s, sv.serial, (long long)sv.not_after);

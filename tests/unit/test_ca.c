@@ -144,7 +144,7 @@ static void test_pem_write(void **state)
  * writes for the same key. */
 static void check_leafkey_pem(const ca_leafkey *k)
 {
-    kb_secret *pem = NULL;
+    ca_keypem *pem = NULL;
     EVP_PKEY *back;
     BIO *m;
     char *again = NULL;
@@ -153,8 +153,8 @@ static void check_leafkey_pem(const ca_leafkey *k)
     long n;
 
     assert_ok(ca_leafkey_pkcs8_pem(k, &pem));
-    m = BIO_new_mem_buf(kb_secret_cdata(pem), (int)kb_secret_len(pem));
-    back = PEM_read_bio_PrivateKey(m, NULL, NULL, NULL); /* OpenSSL checks d*G == Q on load */
+    m = BIO_new_mem_buf(ca_keypem_data(pem), (int)ca_keypem_len(pem));
+    back = PEM_read_bio_PrivateKey(m, NULL, NULL, NULL);
     assert_non_null(back);
     BIO_free(m);
     assert_int_equal(EVP_PKEY_get_octet_string_param(back, "pub", pt, sizeof(pt), &pl), 1);
@@ -169,17 +169,18 @@ static void check_leafkey_pem(const ca_leafkey *k)
     m = BIO_new(BIO_s_mem());
     assert_int_equal(PEM_write_bio_PrivateKey(m, back, NULL, NULL, 0, NULL, NULL), 1);
     n = BIO_get_mem_data(m, &again);
-    assert_int_equal((size_t)n, kb_secret_len(pem));
-    assert_memory_equal(kb_secret_cdata(pem), again, (size_t)n);
+    assert_int_equal((size_t)n, ca_keypem_len(pem));
+    assert_memory_equal(ca_keypem_data(pem), again, (size_t)n);
     BIO_free(m);
     EVP_PKEY_free(back);
-    kb_secret_free(pem);
+    ca_keypem_free(pem);
 }
 
 static void test_leafkey(void **state)
 {
     ca_leafkey a, b;
-    kb_secret *pem = NULL;
+    ca_keypem *pem = NULL, *many[CA_KEYSLAB_SLOTS + 10];
+    size_t live = kb_secret_live_count();
     (void)state;
 
     assert_ok(ca_leafkey_gen(&a));
@@ -201,6 +202,23 @@ static void test_leafkey(void **state)
         assert_ok(kb_unhex(g, strlen(g), b.point, sizeof(b.point)));
         check_leafkey_pem(&b);
     }
+    /* the locked slab: full, then each further PEM in its own kb_secret; all released */
+    for (int i = 0; i < CA_KEYSLAB_SLOTS + 10; i++) {
+        assert_ok(ca_leafkey_pkcs8_pem(&b, &many[i]));
+        assert_int_equal(ca_keypem_in_slab(many[i]), i < CA_KEYSLAB_SLOTS);
+        assert_int_equal(ca_keypem_len(many[i]), ca_keypem_len(many[0]));
+        assert_memory_equal(ca_keypem_data(many[i]), ca_keypem_data(many[0]),
+                            ca_keypem_len(many[0]));
+    }
+    assert_int_equal(kb_secret_live_count(), live + 10);
+    for (int i = 0; i < CA_KEYSLAB_SLOTS + 10; i++)
+        ca_keypem_free(many[i]);
+    assert_int_equal(kb_secret_live_count(), live);
+    assert_ok(ca_leafkey_pkcs8_pem(&b, &pem));
+    assert_true(ca_keypem_in_slab(pem)); /* slots come back */
+    ca_keypem_free(pem);
+    pem = NULL;
+    ca_keypem_free(NULL);
     ca_leafkey_wipe(&b);
     for (size_t i = 0; i < sizeof(b); i++)
         assert_int_equal(((uint8_t *)&b)[i], 0);
@@ -275,7 +293,7 @@ static void test_leaf_spki_and_der(void **state)
     /* a leaf key made by ca_leafkey: the certificate carries exactly its point */
     {
         ca_leafkey lk;
-        kb_secret *pem = NULL;
+        ca_keypem *pem = NULL;
         EVP_PKEY *lp;
         X509 *parsed;
         BIO *m;
@@ -284,7 +302,7 @@ static void test_leaf_spki_and_der(void **state)
 
         assert_ok(ca_leafkey_gen(&lk));
         assert_ok(ca_leafkey_pkcs8_pem(&lk, &pem));
-        m = BIO_new_mem_buf(kb_secret_cdata(pem), (int)kb_secret_len(pem));
+        m = BIO_new_mem_buf(ca_keypem_data(pem), (int)ca_keypem_len(pem));
         lp = PEM_read_bio_PrivateKey(m, NULL, NULL, NULL);
         assert_non_null(lp);
         BIO_free(m);
@@ -303,7 +321,7 @@ static void test_leaf_spki_and_der(void **state)
         X509_free(parsed);
         kb_dbuf_free(&der);
         EVP_PKEY_free(lp);
-        kb_secret_free(pem);
+        ca_keypem_free(pem);
         ca_leafkey_wipe(&lk);
     }
     /* refusals leave nothing behind */
