@@ -1,4 +1,5 @@
-/* awsreq.c - SigV4-signed AWS JSON 1.1 POSTs over libcurl; credentials from the environment.
+/* awsreq.c - SigV4-signed AWS JSON 1.1 POSTs over httpc (kept-alive per endpoint); credentials from
+ * the environment.
  *
  * References: AWS JSON 1.1 protocol (X-Amz-Target, application/x-amz-json-1.1); AWS IAM User
  * Guide, "Signature Version 4"; AWS Lambda "Defined runtime environment variables"
@@ -12,21 +13,15 @@
 #include <strings.h>
 #include <time.h>
 
-#include <curl/curl.h>
-
+#include "httpc.h"
 #include "log.h"
 #include "sigv4.h"
 #include "version.h"
 
 #define AWS_JSON_CT "application/x-amz-json-1.1"
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc = CURLE_FAILED_INIT;
-
-static void curl_init(void)
-{
-    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
+/* Idle kept-alive clients kept for reuse (one per endpoint in practice: a syncer writes to one
+ * endpoint per region, keybridge-ca to a few targets). */
+#define POOL_MAX 16
 
 static int target_ok(const char *t)
 {
@@ -54,74 +49,96 @@ static int header_value_ok(const char *v, size_t max)
     return 1;
 }
 
-static int is_loopback_host(const char *h)
+/* ---- connection pool -----------------------------------------------------------------------
+ * A full sync of 100 changed secrets makes ~400 calls to one endpoint: each reuses one
+ * keep-alive connection (one TCP + TLS handshake, one load of the CA store) instead of opening
+ * its own. A client is taken out of the pool for the length of a call, so concurrent callers
+ * (keybridge-ca's threads) never share a connection. */
+
+typedef struct pooled {
+    struct pooled *next;
+    char *key; /* "scheme://authority\n" + ca_file */
+    kb_httpc *c;
+} pooled;
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pooled *pool_head;
+static size_t pool_n;
+
+static pooled *pool_take(const char *key)
 {
-    return strcmp(h, "127.0.0.1") == 0 || strcmp(h, "[::1]") == 0 ||
-           strcasecmp(h, "localhost") == 0;
+    pooled **pp, *p = NULL;
+    pthread_mutex_lock(&pool_mu);
+    for (pp = &pool_head; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->key, key) == 0) {
+            p = *pp;
+            *pp = p->next;
+            pool_n--;
+            break;
+        }
+    pthread_mutex_unlock(&pool_mu);
+    return p;
 }
 
-typedef struct {
-    kb_dbuf *out;
-    int too_large;
-} sink;
-
-static size_t on_data(char *p, size_t size, size_t n, void *arg)
+static void pooled_free(pooled *p)
 {
-    sink *s = arg;
-    size_t len = size * n;
-    if (kb_dbuf_add(s->out, p, len) != KB_OK) {
-        s->too_large = 1;
-        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    if (p == NULL)
+        return;
+    kb_httpc_free(p->c);
+    free(p->key);
+    free(p);
+}
+
+static void pool_put(pooled *p)
+{
+    pthread_mutex_lock(&pool_mu);
+    if (pool_n < POOL_MAX) {
+        p->next = pool_head;
+        pool_head = p;
+        pool_n++;
+        p = NULL;
     }
-    return len;
+    pthread_mutex_unlock(&pool_mu);
+    pooled_free(p);
 }
 
-static kb_err map_curl(CURLcode c, const sink *s)
+void kb_awsreq_pool_clear(void)
 {
-    switch (c) {
-    case CURLE_OK:
-        return KB_OK;
-    case CURLE_WRITE_ERROR:
-        return s->too_large ? KB_ERR_TOO_LARGE : KB_ERR_IO;
-    case CURLE_OPERATION_TIMEDOUT:
-        return KB_ERR_TIMEOUT;
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-    case CURLE_COULDNT_CONNECT:
-        return KB_ERR_UNAVAILABLE;
-    case CURLE_PEER_FAILED_VERIFICATION:
-        return KB_ERR_AUTH;
-    case CURLE_SSL_CACERT_BADFILE:
-        return KB_ERR_CONFIG;
-    default:
+    pooled *p;
+    pthread_mutex_lock(&pool_mu);
+    p = pool_head;
+    pool_head = NULL;
+    pool_n = 0;
+    pthread_mutex_unlock(&pool_mu);
+    while (p) {
+        pooled *n = p->next;
+        pooled_free(p);
+        p = n;
+    }
+}
+
+static kb_err map_err(kb_err e)
+{
+    switch (e) {
+    case KB_ERR_TOO_LARGE:
+    case KB_ERR_TIMEOUT:
+    case KB_ERR_UNAVAILABLE:
+    case KB_ERR_AUTH:
+    case KB_ERR_NOMEM:
+        return e;
+    default: /* malformed, truncated or trailing answers, socket errors */
         return KB_ERR_IO;
     }
-}
-
-/* Add "Name: value" to a curl header list (curl copies the string). */
-static kb_err add_header(struct curl_slist **l, kb_dbuf *tmp, const char *name, const char *value)
-{
-    struct curl_slist *n;
-    kb_dbuf_reset(tmp);
-    KB_GUARD(kb_dbuf_addf(tmp, "%s: %s", name, value));
-    n = curl_slist_append(*l, kb_dbuf_str(tmp));
-    KB_ENSURE(n != NULL, KB_ERR_NOMEM);
-    *l = n;
-    return KB_OK;
 }
 
 kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *json_body,
                       size_t len, long *http_status, kb_dbuf *resp)
 {
-    CURLU *u = NULL;
-    CURL *c = NULL;
-    struct curl_slist *hl = NULL;
-    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL, *user = NULL;
-    char *frag = NULL;
-    kb_dbuf hostv, auth, tmp;
+    kb_httpc_url *u = NULL;
+    kb_dbuf auth, key;
     char amz_date[17];
-    sink s = {resp, 0};
-    CURLcode cc;
+    pooled *p = NULL;
+    int st = 0;
     kb_err rc = KB_OK;
 
     KB_ENSURE_REF(cfg);
@@ -139,129 +156,85 @@ kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *
                   header_value_ok(cfg->session_token, KB_AWSREQ_MAX_TOKEN),
               KB_ERR_INVALID);
     KB_ENSURE(cfg->timeout_ms >= 0, KB_ERR_INVALID);
-    pthread_once(&curl_once, curl_init);
-    KB_ENSURE(curl_init_rc == CURLE_OK, KB_ERR_INTERNAL);
     *http_status = 0;
-    kb_dbuf_init(&hostv, 512);
     kb_dbuf_init(&auth, 8192);
-    kb_dbuf_init(&tmp, KB_AWSREQ_MAX_TOKEN + 64);
-
-    /* The endpoint, split the way curl will send it, so we sign exactly what goes out. */
-    u = curl_url();
+    kb_dbuf_init(&key, KB_HTTPC_MAX_URL + 4096);
+    u = malloc(sizeof(*u));
     KB_ENSURE_OUT(rc, u != NULL, KB_ERR_NOMEM);
-    KB_ENSURE_OUT(rc, curl_url_set(u, CURLUPART_URL, cfg->endpoint, 0) == CURLUE_OK,
-                  KB_ERR_INVALID);
-    KB_ENSURE_OUT(rc, curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK, KB_ERR_INVALID);
-    KB_ENSURE_OUT(rc, curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK, KB_ERR_INVALID);
-    KB_ENSURE_OUT(rc, curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_NO_USER,
-                  KB_ERR_INVALID); /* no credentials in URLs */
-    KB_ENSURE_OUT(rc, curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0) == CURLUE_NO_FRAGMENT,
-                  KB_ERR_INVALID);
-    if (curl_url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK)
-        port = NULL;
-    KB_ENSURE_OUT(rc, curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK, KB_ERR_INVALID);
-    if (curl_url_get(u, CURLUPART_QUERY, &query, 0) != CURLUE_OK)
-        query = NULL;
-    if (strcasecmp(scheme, "http") == 0) {
-        /* Request and response bodies carry secrets: cleartext only on this machine. */
-        KB_ENSURE_OUT(rc, is_loopback_host(host), KB_ERR_CONFIG);
-    } else {
-        KB_ENSURE_OUT(rc, strcasecmp(scheme, "https") == 0, KB_ERR_INVALID);
-    }
-    KB_GUARD_OUT(rc, kb_dbuf_addstr(&hostv, host));
-    if (port)
-        KB_GUARD_OUT(rc, kb_dbuf_addf(&hostv, ":%s", port));
+
+    /* The endpoint, split the way it goes on the wire, so we sign exactly what goes out. */
+    KB_GUARD_OUT(rc, kb_httpc_parse_url(cfg->endpoint, u));
+    /* Request and response bodies carry secrets: cleartext only on this machine. */
+    KB_ENSURE_OUT(rc, u->tls || kb_httpc_host_is_loopback(u->host), KB_ERR_CONFIG);
 
     /* Sign host, content-type, x-amz-target (+ x-amz-date, x-amz-security-token). */
     {
+        const char *q = u->target[u->path_len] == '?' ? u->target + u->path_len + 1 : "";
+        char path[KB_HTTPC_MAX_URL];
         kb_sigv4_header hs[] = {
-            {"Host", 4, kb_dbuf_str(&hostv), hostv.len},
+            {"Host", 4, u->authority, strlen(u->authority)},
             {"Content-Type", 12, AWS_JSON_CT, strlen(AWS_JSON_CT)},
             {"X-Amz-Target", 12, target, strlen(target)},
         };
-        kb_sigv4_request r = {"POST", path, query ? query : "", hs, 3, (const uint8_t *)json_body,
-                              len};
-        kb_sigv4_params p = {cfg->access_key_id,
-                             cfg->secret_key,
-                             cfg->session_token,
-                             cfg->region,
-                             cfg->service,
-                             time(NULL),
-                             1};
-        KB_GUARD_OUT(rc, kb_sigv4_sign(&r, &p, &auth, amz_date));
+        kb_sigv4_request r = {"POST", path, q, hs, 3, (const uint8_t *)json_body, len};
+        kb_sigv4_params sp = {cfg->access_key_id,
+                              cfg->secret_key,
+                              cfg->session_token,
+                              cfg->region,
+                              cfg->service,
+                              time(NULL),
+                              1};
+        memcpy(path, u->target, u->path_len);
+        path[u->path_len] = '\0';
+        KB_GUARD_OUT(rc, kb_sigv4_sign(&r, &sp, &auth, amz_date));
     }
 
-    KB_GUARD_OUT(rc, add_header(&hl, &tmp, "Host", kb_dbuf_str(&hostv)));
-    KB_GUARD_OUT(rc, add_header(&hl, &tmp, "Content-Type", AWS_JSON_CT));
-    KB_GUARD_OUT(rc, add_header(&hl, &tmp, "X-Amz-Target", target));
-    KB_GUARD_OUT(rc, add_header(&hl, &tmp, "X-Amz-Date", amz_date));
-    if (cfg->session_token)
-        KB_GUARD_OUT(rc, add_header(&hl, &tmp, "X-Amz-Security-Token", cfg->session_token));
-    KB_GUARD_OUT(rc, add_header(&hl, &tmp, "Authorization", kb_dbuf_str(&auth)));
-    /* No "Expect: 100-continue" round trip (curl adds it for larger bodies). */
-    KB_GUARD_OUT(rc, add_header(&hl, &tmp, "Expect", ""));
-    kb_dbuf_reset(&tmp);
-
-    c = curl_easy_init();
-    KB_ENSURE_OUT(rc, c != NULL, KB_ERR_NOMEM);
-    cc = curl_easy_setopt(c, CURLOPT_CURLU, u);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    if (cc == CURLE_OK && cfg->ca_file)
-        cc = curl_easy_setopt(c, CURLOPT_CAINFO, cfg->ca_file);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_TIMEOUT_MS,
-                              cfg->timeout_ms ? cfg->timeout_ms : KB_AWSREQ_DEFAULT_TIMEOUT_MS);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_USERAGENT, "keybridge/" KB_VERSION);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_POST, 1L);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_POSTFIELDS, len ? json_body : "");
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-    if (cc == CURLE_OK)
-        cc = curl_easy_setopt(c, CURLOPT_WRITEDATA, &s);
-    KB_ENSURE_OUT(rc, cc == CURLE_OK, KB_ERR_INTERNAL);
-
-    cc = curl_easy_perform(c);
-    rc = map_curl(cc, &s);
+    /* One client per (origin, trust anchors). */
+    KB_GUARD_OUT(rc, kb_dbuf_addf(&key, "%s://%s\n%s", u->tls ? "https" : "http", u->authority,
+                                  cfg->ca_file ? cfg->ca_file : ""));
+    p = pool_take(kb_dbuf_str(&key));
+    if (p == NULL) {
+        kb_httpc_opts o = {cfg->endpoint, cfg->ca_file, NULL, "keybridge/" KB_VERSION};
+        p = calloc(1, sizeof(*p));
+        KB_ENSURE_OUT(rc, p != NULL, KB_ERR_NOMEM);
+        p->key = strdup(kb_dbuf_str(&key));
+        KB_ENSURE_OUT(rc, p->key != NULL, KB_ERR_NOMEM);
+        KB_GUARD_OUT(rc, kb_httpc_new(&o, &p->c));
+    }
+    {
+        kb_httpc_field f[5];
+        size_t nf = 0;
+        kb_httpc_req r;
+        f[nf++] = (kb_httpc_field){"Content-Type", AWS_JSON_CT};
+        f[nf++] = (kb_httpc_field){"X-Amz-Target", target};
+        f[nf++] = (kb_httpc_field){"X-Amz-Date", amz_date};
+        if (cfg->session_token)
+            f[nf++] = (kb_httpc_field){"X-Amz-Security-Token", cfg->session_token};
+        f[nf++] = (kb_httpc_field){"Authorization", kb_dbuf_str(&auth)};
+        r = (kb_httpc_req){"POST",
+                           u->target,
+                           f,
+                           nf,
+                           len ? json_body : "",
+                           len,
+                           cfg->timeout_ms ? cfg->timeout_ms : KB_AWSREQ_DEFAULT_TIMEOUT_MS};
+        rc = kb_httpc_do(p->c, &r, &st, resp);
+    }
     if (rc != KB_OK) {
         kb_log(KB_LOG_WARN, "awsreq_failed", "target", target, "endpoint", cfg->endpoint, "error",
-               curl_easy_strerror(cc), NULL);
+               kb_httpc_why(p->c)[0] ? kb_httpc_why(p->c) : kb_err_str(rc), NULL);
+        rc = map_err(rc);
         goto out;
     }
-    KB_ENSURE_OUT(rc, curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, http_status) == CURLE_OK,
-                  KB_ERR_IO);
+    *http_status = st;
 out:
-    if (c)
-        curl_easy_cleanup(c);
-    curl_slist_free_all(hl);
-    curl_url_cleanup(u);
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(port);
-    curl_free(path);
-    curl_free(query);
-    curl_free(user);
-    curl_free(frag);
-    kb_dbuf_free(&hostv);
+    if (p != NULL && p->c != NULL)
+        pool_put(p);
+    else
+        pooled_free(p);
+    free(u);
     kb_dbuf_free(&auth);
-    kb_dbuf_free(&tmp);
+    kb_dbuf_free(&key);
     return rc;
 }
 

@@ -1,11 +1,12 @@
-/* awsreq.h - one SigV4-signed AWS JSON 1.1 call over libcurl (Secrets Manager and friends).
+/* awsreq.h - one SigV4-signed AWS JSON 1.1 call over httpc (Secrets Manager and friends).
  *
  * kb_awsreq_call POSTs json_body to cfg->endpoint with the headers of the AWS JSON 1.1 protocol
  * (Content-Type: application/x-amz-json-1.1, X-Amz-Target: <target>), signed with SigV4 over
  * host, content-type, x-amz-date, x-amz-target and x-amz-security-token (when a session token
  * is set). TLS peers are verified (TLS 1.2 or later, system CAs or cfg->ca_file); plain http is
  * only allowed to loopback hosts, since bodies and responses carry secrets. Redirects are not
- * followed. See docs/internals/sigv4.md.
+ * followed. Calls to one endpoint reuse one kept-alive connection (an internal pool of idle
+ * clients, safe across threads). See docs/internals/sigv4.md and docs/internals/httpc.md.
  *
  * Credentials come from the environment as on AWS Lambda (kb_aws_creds_from_env): the secret
  * access key is copied into locked memory at once and is never logged.
@@ -43,6 +44,9 @@ typedef struct {
  * verification failed), KB_ERR_IO (other transfer failures). */
 KB_WUR kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *json_body,
                              size_t len, long *http_status, kb_dbuf *resp);
+
+/* Close the idle kept-alive connections (tests; programs may leave them to exit). */
+void kb_awsreq_pool_clear(void);
 
 typedef struct {
     char *access_key_id; /* malloc'd */

@@ -7,32 +7,26 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <openssl/ssl.h>
 
 #include "b64.h"
 #include "lib/buf.h"
+#include "lib/httpc.h"
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/version.h"
 
 typedef struct {
-    CURL *curl;
+    kb_httpc *http; /* one kept-alive mTLS connection, reused for the list and every batch */
+    SSL_CTX *ctx;
     char *url;
+    char prefix[KB_HTTPC_MAX_URL]; /* the URL's path, prepended to every request path */
     char *server_id;
     const sync_identity *id;
     long timeout_ms;
     const sync_clock *clock;
     char why[256];
 } kbsrc;
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc = CURLE_FAILED_INIT;
-
-static void curl_init(void)
-{
-    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 /* Verify the server as an X509-SVID and pin its ID (called instead of X509_verify_cert). */
 static int verify_cb(X509_STORE_CTX *ctx, void *arg)
@@ -57,67 +51,66 @@ static int verify_cb(X509_STORE_CTX *ctx, void *arg)
     return 1;
 }
 
-static CURLcode ssl_ctx_cb(CURL *curl, void *sslctx, void *arg)
+/* The client context: our SVID presented, the peer verified by verify_cb only. No CA store is
+ * loaded (verify_cb never consults one; parsing the system bundle was most of a no-op run's CPU,
+ * bench/sync/README.md), no host name check (the SVID has a URI SAN only), and no session
+ * resumption: every connection re-verifies the pinned identity (DESIGN.md Identity). */
+static kb_err build_ctx(kbsrc *k)
 {
-    kbsrc *k = arg;
-    SSL_CTX *ctx = sslctx;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     STACK_OF(X509) *chain = x509svid_intermediates(k->id->svid);
-    (void)curl;
-    if (SSL_CTX_use_certificate(ctx, x509svid_leaf(k->id->svid)) != 1)
-        return CURLE_SSL_CERTPROBLEM;
+    kb_err rc = KB_OK;
+    KB_ENSURE(ctx != NULL, KB_ERR_NOMEM);
+    KB_ENSURE_OUT(rc, SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) == 1, KB_ERR_CRYPTO);
+    KB_ENSURE_OUT(rc, SSL_CTX_use_certificate(ctx, x509svid_leaf(k->id->svid)) == 1, KB_ERR_CONFIG);
     for (int i = 0; i < sk_X509_num(chain); i++)
-        if (SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i)) != 1)
-            return CURLE_SSL_CERTPROBLEM;
-    if (SSL_CTX_use_PrivateKey(ctx, x509svid_key(k->id->svid)) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1)
-        return CURLE_SSL_CERTPROBLEM;
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+        KB_ENSURE_OUT(rc, SSL_CTX_add1_chain_cert(ctx, sk_X509_value(chain, i)) == 1,
+                      KB_ERR_CONFIG);
+    KB_ENSURE_OUT(rc,
+                  SSL_CTX_use_PrivateKey(ctx, x509svid_key(k->id->svid)) == 1 &&
+                      SSL_CTX_check_private_key(ctx) == 1,
+                  KB_ERR_CONFIG);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_cert_verify_callback(ctx, verify_cb, k);
-    /* Resumed sessions skip verification: never resume (DESIGN.md Identity). */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-    return CURLE_OK;
-}
-
-typedef struct {
-    kb_dbuf *out;
-    int too_large;
-} wsink;
-
-static size_t on_data(char *p, size_t size, size_t n, void *arg)
-{
-    wsink *w = arg;
-    if (kb_dbuf_add(w->out, p, size * n) != KB_OK) {
-        w->too_large = 1;
-        return 0;
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
+out:
+    if (rc != KB_OK) {
+        SSL_CTX_free(ctx);
+        return rc;
     }
-    return size * n;
+    k->ctx = ctx;
+    return KB_OK;
 }
 
-static kb_err map_curl(CURLcode c, int too_large)
+/* Transport errors as the engine knows them: a peer that answered garbage or went away
+ * mid-answer is unavailable; a failed handshake or refused identity is an auth failure. */
+static kb_err map_http(kb_err e)
 {
-    if (too_large)
-        return KB_ERR_TOO_LARGE;
-    switch (c) {
-    case CURLE_OK:
-        return KB_OK;
-    case CURLE_OPERATION_TIMEDOUT:
-        return KB_ERR_TIMEOUT;
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_GOT_NOTHING:
+    switch (e) {
+    case KB_ERR_INVALID:
+    case KB_ERR_TRUNCATED:
+    case KB_ERR_TRAILING:
         return KB_ERR_UNAVAILABLE;
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CACERT_BADFILE:
-        return KB_ERR_AUTH;
     default:
-        return KB_ERR_IO;
+        return e;
     }
+}
+
+/* Retry-After as delay-seconds (RFC 9110 10.2.3; keybridged always sends seconds, at least 1);
+ * an HTTP-date or anything else counts as no hint (-1). */
+static int64_t retry_after_s(const char *v)
+{
+    int64_t x = 0;
+    size_t n = v ? strlen(v) : 0;
+    if (n == 0 || n > 9)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        x = x * 10 + (v[i] - '0');
+    }
+    return x > 0 ? x : -1;
 }
 
 static kb_err status_err(long st)
@@ -141,62 +134,43 @@ static kb_err status_err(long st)
 static kb_err request(kbsrc *k, const char *path, const char *body, kb_dbuf *resp,
                       sync_summary *sum, sync_op op)
 {
-    char url[2048];
-    struct curl_slist *hdrs = NULL;
+    static const kb_httpc_field json_ct[] = {{"Content-Type", "application/json"}};
+    char target[KB_HTTPC_MAX_URL];
     kb_err rc = KB_OK;
-    int n = snprintf(url, sizeof(url), "%s%s", k->url, path);
-    KB_ENSURE(n > 0 && (size_t)n < sizeof(url), KB_ERR_TOO_LARGE);
+    int tn = snprintf(target, sizeof(target), "%s%s", k->prefix, path);
+    KB_ENSURE(tn > 0 && (size_t)tn < sizeof(target), KB_ERR_TOO_LARGE);
     for (unsigned attempt = 0;; attempt++) {
-        wsink w = {resp, 0};
-        long st = 0;
-        curl_off_t ra = -1;
-        int64_t left = sync_clock_left(k->clock), waited = 0;
-        CURLcode c;
+        int st = 0;
+        int64_t ra, left = sync_clock_left(k->clock), waited = 0;
+        kb_httpc_req r = {body ? "POST" : "GET",
+                          target,
+                          body ? json_ct : NULL,
+                          body ? 1 : 0,
+                          body,
+                          body ? strlen(body) : 0,
+                          left < k->timeout_ms ? (long)left : k->timeout_ms};
         if (left <= 0) {
             kb_log(KB_LOG_WARN, "deadline_reached", "path", path, NULL);
             return KB_ERR_TIMEOUT;
         }
         kb_dbuf_reset(resp);
         k->why[0] = '\0';
-        curl_easy_setopt(k->curl, CURLOPT_URL, url);
-        curl_easy_setopt(k->curl, CURLOPT_TIMEOUT_MS,
-                         left < k->timeout_ms ? (long)left : k->timeout_ms);
-        curl_easy_setopt(k->curl, CURLOPT_WRITEFUNCTION, on_data);
-        curl_easy_setopt(k->curl, CURLOPT_WRITEDATA, &w);
-        if (body) {
-            hdrs = curl_slist_append(NULL, "Content-Type: application/json");
-            KB_ENSURE(hdrs != NULL, KB_ERR_NOMEM);
-            curl_easy_setopt(k->curl, CURLOPT_HTTPHEADER, hdrs);
-            curl_easy_setopt(k->curl, CURLOPT_POSTFIELDS, body);
-            curl_easy_setopt(k->curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-        } else {
-            curl_easy_setopt(k->curl, CURLOPT_HTTPHEADER, NULL);
-            curl_easy_setopt(k->curl, CURLOPT_HTTPGET, 1L);
-        }
         sum->calls[op]++;
-        c = curl_easy_perform(k->curl);
-        curl_easy_setopt(k->curl, CURLOPT_HTTPHEADER, NULL);
-        curl_slist_free_all(hdrs);
-        hdrs = NULL;
-        rc = map_curl(c, w.too_large);
+        rc = kb_httpc_do(k->http, &r, &st, resp);
         if (rc != KB_OK) {
+            rc = map_http(rc);
             kb_log(KB_LOG_ERROR, "keybridged_request_failed", "path", path, "err", kb_err_str(rc),
-                   "reason", k->why[0] ? k->why : curl_easy_strerror(c), NULL);
+                   "reason", k->why[0] ? k->why : kb_httpc_why(k->http), NULL);
             return rc;
         }
-        curl_easy_getinfo(k->curl, CURLINFO_RESPONSE_CODE, &st);
         rc = status_err(st);
         if (st == 429 || st == 503) {
             char hs[24];
             sum->throttled++;
-            /* curl reports 0 when there is no Retry-After (RFC 9110 10.2.3; keybridged always
-             * sends one, at least 1 s); a 0 from the server means "now", also fine as no hint */
-            if (curl_easy_getinfo(k->curl, CURLINFO_RETRY_AFTER, &ra) != CURLE_OK || ra <= 0)
-                ra = -1;
+            ra = retry_after_s(kb_httpc_field_get(k->http, "Retry-After"));
             snprintf(hs, sizeof(hs), "%lld", (long long)ra);
             if (attempt + 1 < SYNC_BACKOFF_MAX_ATTEMPTS &&
-                sync_backoff_wait(k->clock, ra > 0 ? (int64_t)ra * 1000 : -1, attempt, &waited) ==
-                    KB_OK) {
+                sync_backoff_wait(k->clock, ra > 0 ? ra * 1000 : -1, attempt, &waited) == KB_OK) {
                 char ws[24];
                 snprintf(ws, sizeof(ws), "%lld", (long long)waited);
                 kb_log(KB_LOG_WARN, "keybridged_busy", "path", path, "err", kb_err_str(rc),
@@ -209,7 +183,7 @@ static kb_err request(kbsrc *k, const char *path, const char *body, kb_dbuf *res
         }
         if (rc != KB_OK) {
             char sts[16];
-            snprintf(sts, sizeof(sts), "%ld", st);
+            snprintf(sts, sizeof(sts), "%d", st);
             kb_log(KB_LOG_ERROR, "keybridged_refused", "path", path, "status", sts, "err",
                    kb_err_str(rc), NULL);
         }
@@ -495,8 +469,8 @@ static void kb_free(sync_source *s)
         return;
     k = s->impl;
     if (k) {
-        if (k->curl)
-            curl_easy_cleanup(k->curl);
+        kb_httpc_free(k->http);
+        SSL_CTX_free(k->ctx);
         free(k->url);
         free(k->server_id);
         free(k);
@@ -517,6 +491,7 @@ kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out)
     kbsrc *k = NULL;
     spiffe_id sid;
     size_t ul;
+    kb_err rc = KB_OK;
     KB_ENSURE_REF(o);
     KB_ENSURE_REF(out);
     KB_ENSURE(o->url != NULL && strncmp(o->url, "https://", 8) == 0, KB_ERR_CONFIG);
@@ -525,12 +500,13 @@ kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out)
               KB_ERR_CONFIG);
     KB_ENSURE(o->identity != NULL && o->identity->svid != NULL && o->identity->bundles != NULL,
               KB_ERR_CONFIG);
-    pthread_once(&curl_once, curl_init);
-    KB_ENSURE(curl_init_rc == CURLE_OK, KB_ERR_INTERNAL);
     s = calloc(1, sizeof(*s));
     k = calloc(1, sizeof(*k));
-    if (s == NULL || k == NULL)
-        goto nomem;
+    if (s == NULL || k == NULL) {
+        free(s);
+        free(k);
+        return KB_ERR_NOMEM;
+    }
     s->ops = &KB_OPS;
     s->impl = k;
     k->id = o->identity;
@@ -538,42 +514,28 @@ kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out)
     k->clock = o->clock;
     k->url = strdup(o->url);
     k->server_id = strdup(o->server_id);
-    k->curl = curl_easy_init();
-    if (k->url == NULL || k->server_id == NULL || k->curl == NULL)
-        goto nomem;
+    KB_ENSURE_OUT(rc, k->url != NULL && k->server_id != NULL, KB_ERR_NOMEM);
     ul = strlen(k->url);
     while (ul > 8 && k->url[ul - 1] == '/')
         k->url[--ul] = '\0';
-    curl_easy_setopt(k->curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(k->curl, CURLOPT_PROTOCOLS_STR, "https");
-    curl_easy_setopt(k->curl, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(k->curl, CURLOPT_TIMEOUT_MS, k->timeout_ms);
-    curl_easy_setopt(k->curl, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    /* Chain and identity are checked by verify_cb (X509-SVID rules + server_id pin); the
-     * certificate has a URI SAN only, so there is no host name to match. */
-    curl_easy_setopt(k->curl, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(k->curl, CURLOPT_SSL_VERIFYHOST, 0L);
-    curl_easy_setopt(k->curl, CURLOPT_SSL_SESSIONID_CACHE, 0L);
-    /* verify_cb checks the chain against our SPIFFE bundle only: the system CA store is never
-     * consulted, so do not let curl parse it (~140 PEM certificates, most of a no-op run's CPU
-     * time; bench/sync/README.md). */
-    curl_easy_setopt(k->curl, CURLOPT_CAINFO, NULL);
-    curl_easy_setopt(k->curl, CURLOPT_CAPATH, NULL);
-    curl_easy_setopt(k->curl, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
-    curl_easy_setopt(k->curl, CURLOPT_SSL_CTX_DATA, k);
-    curl_easy_setopt(k->curl, CURLOPT_USERAGENT, "keybridge-sync/" KB_VERSION);
+    KB_GUARD_OUT(rc, build_ctx(k));
+    {
+        kb_httpc_url u;
+        KB_ENSURE_OUT(rc, kb_httpc_parse_url(k->url, &u) == KB_OK, KB_ERR_CONFIG);
+        KB_ENSURE_OUT(rc, u.target[u.path_len] == '\0', KB_ERR_CONFIG); /* no query */
+        if (u.path_len > 1)
+            memcpy(k->prefix, u.target, u.path_len + 1);
+    }
+    {
+        kb_httpc_opts ho = {k->url, NULL, k->ctx, "keybridge-sync/" KB_VERSION};
+        rc = kb_httpc_new(&ho, &k->http);
+        if (rc == KB_ERR_INVALID)
+            rc = KB_ERR_CONFIG;
+        KB_GUARD_OUT(rc, rc);
+    }
     *out = s;
     return KB_OK;
-nomem:
-    kb_free(s ? s : NULL);
-    if (s == NULL) {
-        if (k && k->curl)
-            curl_easy_cleanup(k->curl);
-        if (k) {
-            free(k->url);
-            free(k->server_id);
-        }
-        free(k);
-    }
-    return KB_ERR_NOMEM;
+out:
+    kb_free(s);
+    return rc;
 }

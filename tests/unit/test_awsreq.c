@@ -40,6 +40,7 @@ static const char k_server[] =
     "        body = self.rfile.read(int(self.headers.get('Content-Length', '0')))\n"
     "        if self.path == '/slow': time.sleep(3)\n"
     "        out = {'path': self.path, 'body_sha': hashlib.sha256(body).hexdigest()}\n"
+    "        out['peer_port'] = self.client_address[1]  # tells connections apart\n"
     "        for k in ('X-Amz-Target', 'Content-Type', 'X-Amz-Security-Token', 'X-Amz-Date',\n"
     "                  'Host', 'Expect'):\n"
     "            out[k.lower()] = self.headers.get(k)\n"
@@ -222,6 +223,32 @@ static void endpoint_path_and_query_are_signed(void **state)
     json_decref(j);
 }
 
+/* Calls to one endpoint share one kept-alive connection (issue 6: ~400 calls per full sync). */
+static void calls_reuse_one_connection(void **state)
+{
+    fixture *f = *state;
+    kb_awsreq_cfg c = cfg_for(f, NULL);
+    json_int_t port1, port2;
+    json_t *j;
+    kb_awsreq_pool_clear();
+    j = call_ok(&c, "{}", 200);
+    port1 = json_integer_value(json_object_get(j, "peer_port"));
+    json_decref(j);
+    for (int i = 0; i < 5; i++) {
+        j = call_ok(&c, "{\"i\":1}", 200);
+        assert_true(json_is_true(json_object_get(j, "signature_ok")));
+        assert_int_equal(json_integer_value(json_object_get(j, "peer_port")), port1);
+        json_decref(j);
+    }
+    /* a fresh pool opens a new connection */
+    kb_awsreq_pool_clear();
+    j = call_ok(&c, "{}", 200);
+    port2 = json_integer_value(json_object_get(j, "peer_port"));
+    json_decref(j);
+    assert_true(port1 > 0 && port2 > 0 && port1 != port2);
+    kb_awsreq_pool_clear();
+}
+
 static void wrong_secret_is_refused_by_server(void **state)
 {
     fixture *f = *state;
@@ -372,11 +399,16 @@ int main(void)
         cmocka_unit_test(signed_call_verifies_with_botocore),
         cmocka_unit_test(session_token_is_sent_and_signed),
         cmocka_unit_test(endpoint_path_and_query_are_signed),
+        cmocka_unit_test(calls_reuse_one_connection),
         cmocka_unit_test(wrong_secret_is_refused_by_server),
         cmocka_unit_test(transport_failures_map_to_codes),
         cmocka_unit_test(bad_input_is_refused_before_sending),
     };
     kb_json_init();
     /* One server for the group: python3 + botocore start once. */
-    return cmocka_run_group_tests(tests, setup, teardown);
+    {
+        int rc = cmocka_run_group_tests(tests, setup, teardown);
+        kb_awsreq_pool_clear();
+        return rc;
+    }
 }
