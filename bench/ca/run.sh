@@ -4,14 +4,17 @@
 #  (a) in-process issuance of N SVIDs on 2 threads (leaf key + certificate + PEM, in memory),
 #      CA key in SoftHSM2 and in a dev file;
 #  (b) the same N pre-made P-256 CSRs signed over each CA's network API, keep-alive HTTPS,
-#      C clients (libcurl) on CONNS connections: keybridge-ca's POST /v1/svid/renew (mTLS, CA key
-#      in SoftHSM2, [renew] api_min_interval = 0s) vs `cfssl serve` /api/v1/cfssl/sign (TLS,
-#      EC P-256 CA key file). cfssl (golang-cfssl) is installed with apt-get when missing.
-# CONNS (16) client connections, SERVER_THREADS (16) keybridge-ca event loops, PART=all|inprocess|
-# network, PERF=FILE (perf record of the server's network run). Prints one JSON line per measurement, then the ratio. Everything listens on 127.0.0.1 only and
-# is stopped on exit.
+#      C clients (libcurl) on CONNS connections: `cfssl serve` /api/v1/cfssl/sign (TLS, EC P-256
+#      CA key file), then keybridge-ca's POST /v1/svid/renew (mTLS, [renew] api_min_interval =
+#      0s) with the CA key in SoftHSM2 and in a file. cfssl (golang-cfssl) is installed with
+#      apt-get when missing.
+# Settings: CONNS (16) client connections, SERVER_THREADS (16) keybridge-ca event loops,
+# PART=all|inprocess|network, PERF=FILE (perf record of the SoftHSM2 server's network run).
+# Prints one JSON line per measurement (with CPU per operation), then the ratio. Everything
+# listens on 127.0.0.1 only and is stopped on exit. Results: bench/ca/README.md.
 set -euo pipefail
-BD="$(cd "${1:?build dir}" && pwd)"; N="${2:-10000}"; CONNS="${CONNS:-16}"; SERVER_THREADS="${SERVER_THREADS:-16}"; PART="${PART:-all}"
+BD="$(cd "${1:?build dir}" && pwd)"; N="${2:-10000}"
+CONNS="${CONNS:-16}"; SERVER_THREADS="${SERVER_THREADS:-16}"; PART="${PART:-all}"
 SRC="$(cd "$(dirname "$0")/../.." && pwd)"
 W="$(mktemp -d /tmp/kbca-bench.XXXXXX)"
 PIDS=()
