@@ -33,6 +33,10 @@ typedef struct {
 /* Refresh hint published in the bundle (SPIFFE_Trust_Domain_and_Bundle.md 4.1.2). */
 #define CA_BUNDLE_REFRESH_HINT 300
 #define CA_DEFAULT_TTL 3600
+/* Bounds of [server] svid_ttl, the CA's own server SVID: renewed at half its life, so 30 s is
+ * a renewal every 15 s; a month is already far longer than DESIGN.md's short-lived servers. */
+#define CA_MIN_SERVER_SVID_TTL 30
+#define CA_MAX_SERVER_SVID_TTL (30 * 86400)
 
 /* Open with the store's active generation (KB_ERR_NOT_FOUND if there is none: run init).
  * st stays owned by the caller and must outlive the authority. */

@@ -252,13 +252,15 @@ int ca_cmd_renew_once(const kb_config *cfg, int argc, char **argv)
     ca_renewer *rn = NULL;
     ca_renew_opts ro;
     ca_ctx *x = NULL;
-    int code, ok = 0, bad = 0;
+    int code, ok = 0, bad = 0, force = 0;
     kb_err rc;
 
-    (void)argv;
-    if (argc > 1) {
-        printf("usage: keybridge-ca renew-once\n\nOne pass of the renewal loop: renew every "
-               "registration that is due, then exit (1 if any failed).\n");
+    if (argc == 2 && strcmp(argv[1], "--force") == 0)
+        force = 1;
+    else if (argc > 1) {
+        printf("usage: keybridge-ca renew-once [--force]\n\nOne pass of the renewal loop: renew "
+               "every registration that is due (--force: every registration, e.g. after a\n"
+               "suspected leaf key exposure), then exit (1 if any failed).\n");
         return KB_EXIT_USAGE;
     }
     if ((code = load_policy(cfg, &pol)) != KB_EXIT_OK)
@@ -270,6 +272,7 @@ int ca_cmd_renew_once(const kb_config *cfg, int argc, char **argv)
     ro.st = ca_ctx_store(x);
     ro.policy = pol;
     ro.tick = kb_config_duration(cfg, "renew", "tick");
+    ro.force = force;
     target_env(cfg, ro.ca, NULL, &ro.env);
     if ((rc = ca_renewer_new(&ro, &rn)) == KB_OK)
         rc = ca_renew_pass(rn, time(NULL), &ok, &bad);
@@ -305,7 +308,8 @@ static void *httpd_thread(void *arg)
 }
 
 /* The CA's own server SVID, kept fresh in [server] svid_dir like a dir: registration. */
-static kb_err own_svid(ca_authority *ca, const char *dir, const char *id_s, int64_t *renew_at)
+static kb_err own_svid(ca_authority *ca, const char *dir, const char *id_s, int64_t ttl,
+                       int64_t *renew_at)
 {
     ca_reg r;
     ca_svid sv;
@@ -319,7 +323,7 @@ static kb_err own_svid(ca_authority *ca, const char *dir, const char *id_s, int6
     KB_GUARD(spiffe_id_parse_str(id_s, &id, &why));
     KB_ENSURE(snprintf(r.target, sizeof(r.target), "dir:%s", dir) < (int)sizeof(r.target),
               KB_ERR_TOO_LARGE);
-    KB_GUARD(ca_issue(ca, &id, CA_DEFAULT_TTL, NULL, r.target, "server-svid", &sv));
+    KB_GUARD(ca_issue(ca, &id, ttl, NULL, r.target, "server-svid", &sv));
     rc = ca_target_write(&env, &r, &sv, &why);
     *renew_at = (int64_t)time(NULL) + (sv.not_after - (int64_t)time(NULL)) / 2;
     ca_svid_clear(&sv);
@@ -331,6 +335,7 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     const char *svid_dir = kb_config_str(cfg, "server", "svid_dir");
     const char *own_id = kb_config_str(cfg, "server", "spiffe_id");
     int64_t tick = kb_config_duration(cfg, "renew", "tick"), own_renew = 0;
+    int64_t svid_ttl = kb_config_duration(cfg, "server", "svid_ttl");
     int64_t threads = kb_config_int(cfg, "server", "threads");
     char idbuf[SPIFFE_ID_MAX + 1], cert[4096], key[4096], bundle[4096], port[16];
     ca_policy *pol = NULL;
@@ -356,6 +361,11 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
         fprintf(stderr, "keybridge-ca serve: [server] svid_dir is required\n");
         return KB_EXIT_CONFIG;
     }
+    if (svid_ttl < CA_MIN_SERVER_SVID_TTL || svid_ttl > CA_MAX_SERVER_SVID_TTL) {
+        fprintf(stderr, "keybridge-ca serve: [server] svid_ttl must be between %ds and %dd\n",
+                CA_MIN_SERVER_SVID_TTL, CA_MAX_SERVER_SVID_TTL / 86400);
+        return KB_EXIT_CONFIG;
+    }
     if (tick < 1 || threads < 1 || threads > KB_HTTPD_MAX_THREADS) {
         fprintf(stderr, "keybridge-ca serve: [renew] tick >= 1s, [server] threads 1..%d\n",
                 KB_HTTPD_MAX_THREADS);
@@ -370,7 +380,7 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
         snprintf(idbuf, sizeof(idbuf), "spiffe://%s/keybridge-ca", ca_trust_domain(ca_ctx_ca(x)));
         own_id = idbuf;
     }
-    if ((rc = own_svid(ca_ctx_ca(x), svid_dir, own_id, &own_renew)) != KB_OK) {
+    if ((rc = own_svid(ca_ctx_ca(x), svid_dir, own_id, svid_ttl, &own_renew)) != KB_OK) {
         fprintf(stderr, "keybridge-ca serve: cannot write the server SVID into %s: %s\n", svid_dir,
                 kb_err_str(rc));
         code = kb_exit_code(rc);
@@ -430,7 +440,8 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
                 kb_log(KB_LOG_ERROR, "bundle_refresh_failed", NULL);
             own_renew = 0;
         }
-        if ((int64_t)now >= own_renew && own_svid(ro.ca, svid_dir, own_id, &own_renew) != KB_OK) {
+        if ((int64_t)now >= own_renew &&
+            own_svid(ro.ca, svid_dir, own_id, svid_ttl, &own_renew) != KB_OK) {
             kb_log(KB_LOG_ERROR, "server_svid_renewal_failed", NULL);
             own_renew = (int64_t)now + 5;
         }

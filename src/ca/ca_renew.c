@@ -152,7 +152,7 @@ kb_err ca_renew_pass(ca_renewer *r, time_t now, int *renewed, int *failed)
     *failed = 0;
     KB_GUARD(ca_store_reg_list(r->o.st, &regs, &n));
     for (size_t i = 0; i < n; i++)
-        if (regs[i].not_after == 0 || regs[i].next_renew <= (int64_t)now ||
+        if (r->o.force || regs[i].not_after == 0 || regs[i].next_renew <= (int64_t)now ||
             regs[i].bundle_seq < seq)
             due++;
     atomic_store(&r->backlog, (int64_t)due);
@@ -167,6 +167,8 @@ kb_err ca_renew_pass(ca_renewer *r, time_t now, int *renewed, int *failed)
             reason = "bundle";
         else if (g->next_renew <= (int64_t)now)
             reason = g->failures ? "retry" : "schedule";
+        else if (r->o.force)
+            reason = "forced";
         else
             reason = NULL;
         if (reason != NULL) {

@@ -28,6 +28,7 @@ typedef struct {
     const ca_policy *policy; /* re-checked before every renewal; NULL refuses everything */
     ca_target_env env;
     int64_t tick; /* seconds between passes (margin for the availability target) */
+    int force;    /* every registration is due at every pass (renew-once --force) */
 } ca_renew_opts;
 
 KB_WUR kb_err ca_renewer_new(const ca_renew_opts *o, ca_renewer **out);

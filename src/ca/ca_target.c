@@ -7,11 +7,14 @@
  */
 #include "ca_target.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -106,54 +109,249 @@ kb_err ca_target_parse(const char *s, ca_target_spec *out, const char **why)
 
 /* ---- dir: ---------------------------------------------------------------------------------- */
 
-static kb_err dir_file(const char *dir, const char *name, char *path, size_t len)
+/* Layout of a dir: target (docs/keybridge-ca.md, "dir: targets"):
+ *
+ *     DIR/.gen-<n>/{svid.pem,svid.key,bundle.pem}   one complete set per generation (0700/0600)
+ *     DIR/current -> .gen-<n>                          switched with one rename(2)
+ *     DIR/svid.pem -> current/svid.pem                 stable names for generic readers
+ *     DIR/svid.key -> current/svid.key
+ *     DIR/bundle.pem -> current/bundle.pem
+ *     DIR/.lock                                        flock(2) between writers
+ *
+ * Separate renames of svid.key and svid.pem let a reader open a key and a certificate that do
+ * not belong together (an fsync-long window between the two renames). Here a generation is
+ * complete and fsync'd before it becomes visible, and rename(2) of the `current` symlink is the
+ * single switch point (POSIX rename: atomic replacement of the name). A reader that opens
+ * DIR/current once (as a directory fd) and openat()s the files gets a matching set, always; a
+ * reader opening DIR/svid.pem and DIR/svid.key separately sees one switch point instead of two.
+ * The previous generation is kept until the next write, so a reader that resolved `current`
+ * just before a switch can still open its files; older ones are removed. stat(2) follows the
+ * links, so file watchers (tlsctx) see a new inode at every switch, and kb_file_read_secret's
+ * mode check applies to the 0600 file the links lead to. */
+#define GEN_PREFIX ".gen-"
+#define GEN_NAME_MAX 32
+
+static const char *const dir_names[] = {"svid.key", "svid.pem", "bundle.pem"};
+
+static kb_err write_at(int dfd, const char *name, const void *data, size_t len)
 {
-    int n = snprintf(path, len, "%s/%s", dir, name);
-    KB_ENSURE(n > 0 && (size_t)n < len, KB_ERR_TOO_LARGE);
+    const unsigned char *p = data;
+    int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    kb_err rc = KB_OK;
+
+    KB_ENSURE(fd >= 0, KB_ERR_IO);
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        KB_ENSURE_OUT(rc, w > 0, KB_ERR_IO);
+        p += w;
+        len -= (size_t)w;
+    }
+    KB_ENSURE_OUT(rc, fsync(fd) == 0, KB_ERR_IO);
+out:
+    if (close(fd) != 0 && rc == KB_OK)
+        rc = KB_ERR_IO;
+    return rc;
+}
+
+/* Remove DIR/<name>, a generation directory: only its plain entries, never following links. */
+static kb_err gen_remove(int dfd, const char *name)
+{
+    int gfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct dirent *e;
+    DIR *d;
+
+    if (gfd < 0)
+        return errno == ENOENT ? KB_OK : KB_ERR_IO;
+    d = fdopendir(gfd);
+    if (d == NULL) {
+        close(gfd);
+        return KB_ERR_IO;
+    }
+    while ((e = readdir(d)) != NULL)
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            (void)unlinkat(gfd, e->d_name, 0);
+    closedir(d);
+    return (unlinkat(dfd, name, AT_REMOVEDIR) == 0 || errno == ENOENT) ? KB_OK : KB_ERR_IO;
+}
+
+/* Generation number that DIR/current points to (0 if none or not ours). */
+static uint64_t gen_current(int dfd, char *name, size_t len)
+{
+    char l[GEN_NAME_MAX + 1];
+    ssize_t n = readlinkat(dfd, "current", l, sizeof(l) - 1);
+    uint64_t v = 0;
+
+    name[0] = '\0';
+    if (n <= (ssize_t)strlen(GEN_PREFIX) || n >= (ssize_t)sizeof(l) - 1)
+        return 0;
+    l[n] = '\0';
+    if (strncmp(l, GEN_PREFIX, strlen(GEN_PREFIX)) != 0)
+        return 0;
+    for (const char *c = l + strlen(GEN_PREFIX); *c; c++) {
+        if (*c < '0' || *c > '9' || v > UINT64_MAX / 10 - 1)
+            return 0;
+        v = v * 10 + (uint64_t)(*c - '0');
+    }
+    snprintf(name, len, "%s", l);
+    return v;
+}
+
+/* Make DIR/<name> a symlink to target, atomically (symlink to <name>.tmp, rename over). */
+static kb_err link_set(int dfd, const char *name, const char *target)
+{
+    char cur[64], tmp[64];
+    ssize_t n = readlinkat(dfd, name, cur, sizeof(cur) - 1);
+
+    if (n >= 0) {
+        cur[n] = '\0';
+        if (strcmp(cur, target) == 0)
+            return KB_OK;
+    }
+    snprintf(tmp, sizeof(tmp), "%s.tmp", name);
+    (void)unlinkat(dfd, tmp, 0);
+    KB_ENSURE(symlinkat(target, dfd, tmp) == 0, KB_ERR_IO);
+    if (renameat(dfd, tmp, dfd, name) != 0) {
+        (void)unlinkat(dfd, tmp, 0);
+        return KB_ERR_IO;
+    }
     return KB_OK;
+}
+
+/* Open DIR (never through a symlink: the policy checked this path, not another) and take the
+ * writers' lock. */
+static kb_err dir_open_locked(const char *path, int create, int *dfd, int *lfd, const char **why)
+{
+    *dfd = *lfd = -1;
+    *why = "cannot open the target directory";
+    if (create && mkdir(path, 0700) != 0 && errno != EEXIST)
+        return KB_ERR_IO;
+    *dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (*dfd < 0) {
+        if (errno == ENOENT && !create)
+            return KB_ERR_NOT_FOUND;
+        *why = "target is not a directory (symlinks are refused)";
+        return errno == ELOOP || errno == ENOTDIR ? KB_ERR_DENIED : KB_ERR_IO;
+    }
+    *lfd = openat(*dfd, ".lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (*lfd < 0 || flock(*lfd, LOCK_EX) != 0) {
+        if (*lfd >= 0)
+            close(*lfd);
+        close(*dfd);
+        *dfd = *lfd = -1;
+        return KB_ERR_IO;
+    }
+    return KB_OK;
+}
+
+static void dir_close_locked(int dfd, int lfd)
+{
+    if (lfd >= 0)
+        close(lfd); /* releases the flock */
+    if (dfd >= 0)
+        close(dfd);
 }
 
 static kb_err dir_write(const ca_target_spec *t, const ca_svid *sv, const char **why)
 {
-    char path[CA_TARGET_MAX + 32];
-    struct stat st;
+    char prev[GEN_NAME_MAX + 1], name[GEN_NAME_MAX + 1], lt[64];
+    int dfd, lfd, gfd = -1, switched = 0;
+    uint64_t n;
+    kb_err rc;
+    DIR *d = NULL;
+    struct dirent *e;
 
-    *why = "cannot write the target directory";
-    if (mkdir(t->path, 0700) != 0 && errno != EEXIST)
-        return KB_ERR_IO;
-    /* Never write through a symlinked directory: the policy checked this path, not another. */
-    if (lstat(t->path, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        *why = "target is not a directory (symlinks are refused)";
-        return KB_ERR_DENIED;
-    }
     KB_ENSURE(sv->key_pem != NULL, KB_ERR_INTERNAL);
-    /* Key first: a reader that sees the new certificate finds its key already in place... but
-     * svid.pem and svid.key are separate files, so readers should re-read if they mismatch
-     * (x509svid_load refuses a key that does not match the leaf). */
-    KB_GUARD(dir_file(t->path, "svid.key", path, sizeof(path)));
-    KB_GUARD(
-        kb_file_write_atomic(path, ca_keypem_data(sv->key_pem), ca_keypem_len(sv->key_pem), 0600));
-    KB_GUARD(dir_file(t->path, "svid.pem", path, sizeof(path)));
-    KB_GUARD(kb_file_write_atomic(path, sv->chain_pem, strlen(sv->chain_pem), 0600));
-    KB_GUARD(dir_file(t->path, "bundle.pem", path, sizeof(path)));
-    KB_GUARD(kb_file_write_atomic(path, sv->bundle_pem, strlen(sv->bundle_pem), 0600));
+    KB_GUARD(dir_open_locked(t->path, 1, &dfd, &lfd, why));
+    *why = "cannot write the target directory";
+    n = gen_current(dfd, prev, sizeof(prev)) + 1;
+    snprintf(name, sizeof(name), GEN_PREFIX "%llu", (unsigned long long)n);
+    KB_GUARD_OUT(rc, gen_remove(dfd, name)); /* a leftover of an interrupted write */
+    KB_ENSURE_OUT(rc, mkdirat(dfd, name, 0700) == 0, KB_ERR_IO);
+    gfd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    KB_ENSURE_OUT(rc, gfd >= 0, KB_ERR_IO);
+    KB_GUARD_OUT(
+        rc, write_at(gfd, "svid.key", ca_keypem_data(sv->key_pem), ca_keypem_len(sv->key_pem)));
+    KB_GUARD_OUT(rc, write_at(gfd, "svid.pem", sv->chain_pem, strlen(sv->chain_pem)));
+    KB_GUARD_OUT(rc, write_at(gfd, "bundle.pem", sv->bundle_pem, strlen(sv->bundle_pem)));
+    KB_ENSURE_OUT(rc, fsync(gfd) == 0, KB_ERR_IO);
+    /* The switch: one rename of the `current` link. */
+    KB_GUARD_OUT(rc, link_set(dfd, "current", name));
+    switched = 1;
+    for (size_t i = 0; i < KB_ARRAY_LEN(dir_names); i++) {
+        /* First write into a directory of the old layout (regular files): replaced once. */
+        snprintf(lt, sizeof(lt), "current/%s", dir_names[i]);
+        KB_GUARD_OUT(rc, link_set(dfd, dir_names[i], lt));
+    }
+    KB_ENSURE_OUT(rc, fsync(dfd) == 0, KB_ERR_IO);
+    /* Keep the previous generation for readers that resolved `current` just before the switch;
+     * remove anything older. Failure to prune is not a failed write. */
+    {
+        int d2 = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (d2 >= 0 && (d = fdopendir(d2)) == NULL)
+            close(d2);
+    }
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, GEN_PREFIX, strlen(GEN_PREFIX)) != 0 ||
+            strcmp(e->d_name, name) == 0 || strcmp(e->d_name, prev) == 0)
+            continue;
+        if (gen_remove(dfd, e->d_name) != KB_OK)
+            kb_log(KB_LOG_WARN, "svid_generation_not_removed", "dir", t->path, "generation",
+                   e->d_name, NULL);
+    }
+    rc = KB_OK;
     *why = NULL;
-    return KB_OK;
+out:
+    if (d != NULL)
+        closedir(d);
+    if (gfd >= 0)
+        close(gfd);
+    if (rc != KB_OK && gfd >= 0 && !switched)
+        (void)gen_remove(dfd, name); /* never switched to: nothing refers to it */
+    dir_close_locked(dfd, lfd);
+    return rc;
 }
 
 static kb_err dir_remove(const ca_target_spec *t, const char **why)
 {
-    static const char *const names[] = {"svid.pem", "svid.key", "bundle.pem"};
-    char path[CA_TARGET_MAX + 32];
+    static const char *const extra[] = {"current", "current.tmp", "svid.key.tmp", "svid.pem.tmp",
+                                        "bundle.pem.tmp"};
+    int dfd, lfd;
+    kb_err rc = KB_OK;
+    DIR *d = NULL;
+    struct dirent *e;
 
-    for (size_t i = 0; i < KB_ARRAY_LEN(names); i++) {
-        KB_GUARD(dir_file(t->path, names[i], path, sizeof(path)));
-        if (unlink(path) != 0 && errno != ENOENT) {
-            *why = "cannot delete a stored SVID file";
-            return KB_ERR_IO;
-        }
+    rc = dir_open_locked(t->path, 0, &dfd, &lfd, why);
+    if (rc == KB_ERR_NOT_FOUND)
+        return KB_OK; /* nothing stored */
+    KB_GUARD(rc);
+    *why = "cannot delete a stored SVID file";
+    /* Links first, so no reader finds a name leading into a half-removed generation. Old-layout
+     * regular files go the same way. */
+    for (size_t i = 0; i < KB_ARRAY_LEN(dir_names); i++)
+        KB_ENSURE_OUT(rc, unlinkat(dfd, dir_names[i], 0) == 0 || errno == ENOENT, KB_ERR_IO);
+    for (size_t i = 0; i < KB_ARRAY_LEN(extra); i++)
+        KB_ENSURE_OUT(rc, unlinkat(dfd, extra[i], 0) == 0 || errno == ENOENT, KB_ERR_IO);
+    {
+        int d2 = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        KB_ENSURE_OUT(rc, d2 >= 0, KB_ERR_IO);
+        d = fdopendir(d2);
+        if (d == NULL)
+            close(d2);
+        KB_ENSURE_OUT(rc, d != NULL, KB_ERR_IO);
     }
-    return KB_OK;
+    while ((e = readdir(d)) != NULL)
+        if (strncmp(e->d_name, GEN_PREFIX, strlen(GEN_PREFIX)) == 0)
+            KB_GUARD_OUT(rc, gen_remove(dfd, e->d_name));
+    (void)unlinkat(dfd, ".lock", 0);
+    KB_ENSURE_OUT(rc, fsync(dfd) == 0, KB_ERR_IO);
+    *why = NULL;
+out:
+    if (d != NULL)
+        closedir(d);
+    dir_close_locked(dfd, lfd);
+    return rc;
 }
 
 /* ---- Secrets Manager ---------------------------------------------------------------------- */

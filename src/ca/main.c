@@ -41,6 +41,8 @@ static const kb_config_key keys[] = {
     {"server", "threads", KB_CFG_INT, "2", "event loops"},
     {"server", "svid_dir", KB_CFG_PATH, NULL,
      "directory where the CA keeps its own server SVID (svid.pem, svid.key, bundle.pem)"},
+    {"server", "svid_ttl", KB_CFG_DURATION, "1h",
+     "lifetime of the CA's own server SVID (renewed at half of it; 30s..30d)"},
     {"server", "spiffe_id", KB_CFG_STRING, NULL,
      "the CA's own ID (default spiffe://TD/keybridge-ca)"},
     {"renew", "tick", KB_CFG_DURATION, "1s", "how often the daemon looks for due renewals"},

@@ -72,15 +72,36 @@ if ca register --spiffe-id spiffe://example.org/ns/a --target "dir:$W/svids/a" >
 ca renew-once 2>/dev/null | grep -q "renewed 2 failed 0" || fail "renew-once"
 for r in a b; do
   for f in svid.pem svid.key bundle.pem; do
-    [ "$(stat -c %a "$W/svids/$r/$f")" = 600 ] || fail "$r/$f not 0600"
+    [ "$(stat -L -c %a "$W/svids/$r/$f")" = 600 ] || fail "$r/$f not 0600"
   done
   openssl verify -purpose sslclient -CAfile "$W/svids/$r/bundle.pem" "$W/svids/$r/svid.pem" >/dev/null || fail verify
 done
 ca list | grep -q "spiffe://example.org/ns/a" || fail list
 # nothing due: a second pass renews nothing
 ca renew-once 2>/dev/null | grep -q "renewed 0 failed 0" || fail "second pass renewed"
+# dir: layout (docs/keybridge-ca.md): stable names are links into `current`, which names one
+# complete generation; --force renews every registration; the previous generation is kept, older
+# ones removed
+for f in svid.pem svid.key bundle.pem; do
+  [ "$(readlink "$W/svids/a/$f")" = "current/$f" ] || fail "$f is not a link into current/"
+done
+[ "$(readlink "$W/svids/a/current")" = .gen-1 ] || fail "current -> $(readlink "$W/svids/a/current")"
+[ "$(stat -c %a "$W/svids/a/.gen-1")" = 700 ] || fail ".gen-1 not 0700"
+exec 7<"$W/svids/a/svid.key" # an open fd of generation 1 stays valid across renewals
+if ca renew-once --bogus >/dev/null 2>&1; then fail "renew-once accepted --bogus"; fi
+ca renew-once --force 2>/dev/null | grep -q "renewed 2 failed 0" || fail "renew-once --force"
+[ "$(readlink "$W/svids/a/current")" = .gen-2 ] || fail "forced renewal did not switch to .gen-2"
+[ -d "$W/svids/a/.gen-1" ] || fail "previous generation removed too early"
+ca renew-once --force 2>/dev/null | grep -q "renewed 2 failed 0" || fail "renew-once --force (2)"
+[ "$(cd "$W/svids/a" && ls -d .gen-*)" = "$(printf '.gen-2\n.gen-3')" ] || fail "generations: $(ls -A "$W/svids/a")"
+grep -q "PRIVATE KEY" <&7 || fail "open fd of a removed generation lost its content"
+exec 7<&-
+cmp -s "$W/svids/a/svid.pem" "$W/svids/a/.gen-3/svid.pem" || fail "svid.pem is not the current generation's"
+openssl verify -purpose sslserver -CAfile "$W/svids/a/bundle.pem" "$W/svids/a/svid.pem" >/dev/null || fail "verify after --force"
 ca remove --id "$R2" >/dev/null 2>&1 || fail remove
 [ ! -e "$W/svids/b/svid.pem" ] && [ ! -e "$W/svids/b/svid.key" ] || fail "remove left files"
+# nothing at all is left: no links (dangling or not), no generation directory, no lock
+[ -z "$(ls -A "$W/svids/b")" ] || fail "remove left: $(ls -A "$W/svids/b")"
 ca audit | grep -q "spiffe://example.org/ns/b" || fail "audit"
 
 # --- generation check: remove during a renewal ---
@@ -94,6 +115,7 @@ ca remove --id "$R3" >/dev/null 2>&1 || fail "remove during renewal"
 rm -f "$W/hold/hold"
 wait "$RP" || true
 [ ! -e "$W/svids/c/svid.pem" ] && [ ! -e "$W/svids/c/svid.key" ] || fail "removed registration came back"
+[ -z "$(ls -A "$W/svids/c" 2>/dev/null)" ] || fail "removed registration left: $(ls -A "$W/svids/c")"
 grep -q "renewal_dropped" "$W/race.log" || fail "no renewal_dropped log"
 # re-registering the same ID and target is a new generation; the old renewal could not pass
 R4="$(ca register --spiffe-id spiffe://example.org/ns/c --target "dir:$W/svids/c" --ttl 10m 2>/dev/null)"
