@@ -244,6 +244,8 @@ void svc_close(svc *s)
     server_config_list_free(s->cloud_prefixes);
     dkcache_free(s->dkc);
     hsm_budget_free(s->budget);
+    free(s->anchor_file);
+    free(s->anchor_last);
     free(s);
 }
 
