@@ -146,10 +146,21 @@ except (ssl.SSLError, ConnectionError, OSError) as e:
     print("000")
 PY
 rq() { python3 "$W/req.py" "$@"; }
+# [server] svid_ttl: the CA's own SVID lifetime; out of range (30s..30d) is a config error
+sed 's/^\[server\]$/[server]\nsvid_ttl = 10s/' "$W/ca.ini" >"$W/badttl.ini"
+if err="$("$B" -c "$W/badttl.ini" serve 2>&1 >/dev/null)"; then fail "serve accepted svid_ttl = 10s"; fi
+echo "$err" | grep -q "svid_ttl" || fail "svid_ttl refusal did not name the key: $err"
+sed -i 's/^\[server\]$/[server]\nsvid_ttl = 60s/' "$W/ca.ini"
+grep -q "^svid_ttl = 60s" "$W/ca.ini" || fail "could not set svid_ttl"
 ca serve >"$W/serve.out" 2>"$W/serve.log" &
 PID=$!
 A=("$W/svids/a/svid.pem" "$W/svids/a/svid.key")
 for _ in $(seq 1 200); do [ -e "$W/server/bundle.pem" ] && [ "$(rq GET "$PORT" /v1/bundle "${A[@]}" "$W/jwks.json")" = 200 ] && break; sleep 0.05; done
+# the served certificate lives svid_ttl (60 s) + the 10 s notBefore backdating, not the 1 h default
+openssl s_client -connect "127.0.0.1:$PORT" -cert "${A[0]}" -key "${A[1]}" </dev/null 2>/dev/null | openssl x509 -noout -dates >"$W/served.dates" || fail "no served certificate"
+NB="$(date -d "$(sed -n 's/^notBefore=//p' "$W/served.dates")" +%s)"
+NA="$(date -d "$(sed -n 's/^notAfter=//p' "$W/served.dates")" +%s)"
+[ $((NA - NB)) -eq 70 ] || fail "served certificate lifetime $((NA - NB)) s, want 70 (svid_ttl 60s + 10s)"
 [ "$(rq GET "$PORT" /v1/bundle "${A[@]}" "$W/jwks.json")" = 200 ] || fail "GET bundle"
 python3 - "$W/jwks.json" <<'PY' || fail "jwks"
 import json, sys
