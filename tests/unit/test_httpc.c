@@ -192,7 +192,7 @@ typedef struct {
     SSL_CTX *tls;
     const step *script;
     size_t nsteps; /* the last step repeats */
-    int conns, reqs, stop;
+    int conns, reqs, closed, stop;
     char last_req[4096];
 } srv;
 
@@ -278,6 +278,7 @@ static void *srv_main(void *arg)
             SSL_free(ssl);
         }
         close(fd);
+        __atomic_add_fetch(&s->closed, 1, __ATOMIC_SEQ_CST);
     }
     return NULL;
 }
@@ -305,6 +306,14 @@ static void srv_stop(srv *s)
     __atomic_store_n(&s->stop, 1, __ATOMIC_SEQ_CST);
     pthread_join(s->th, NULL);
     close(s->lfd);
+}
+
+/* Wait (bounded) until the server has closed n connections: a sync point, not a timing test. */
+static void wait_closed(srv *s, int n)
+{
+    for (int i = 0; i < 1000 && __atomic_load_n(&s->closed, __ATOMIC_SEQ_CST) < n; i++)
+        usleep(10 * 1000);
+    assert_true(__atomic_load_n(&s->closed, __ATOMIC_SEQ_CST) >= n);
 }
 
 static kb_httpc *client_for(const srv *s, const char *scheme, const char *host, const char *ca,
@@ -384,7 +393,7 @@ static void reconnects_when_peer_closed(void **state)
     for (int i = 0; i < 3; i++) {
         assert_ok(do_req(c, "POST", "{}", 0, &st, &b));
         assert_string_equal(kb_dbuf_str(&b), "hello");
-        usleep(20 * 1000); /* let the FIN arrive (it is what is being tested, not its timing) */
+        wait_closed(&s, i + 1); /* the server has closed: the next call must notice */
     }
     assert_int_equal(kb_httpc_connects(c), 3);
     kb_httpc_free(c);
