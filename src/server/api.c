@@ -9,6 +9,8 @@
  */
 #include "api.h"
 
+#include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,17 +29,41 @@
 
 /* ---- responses ------------------------------------------------------------------------------ */
 
+/* Listing bodies hold no secret content, but they are wiped like everything else. */
+static void raw_drop(api_response *r)
+{
+    if (r->raw != NULL) {
+        kb_wipe(r->raw, r->raw_len);
+        free(r->raw);
+    }
+    r->raw = NULL;
+    r->raw_len = 0;
+}
+
 void api_response_clear(api_response *r)
 {
     if (r == NULL)
         return;
     json_decref(r->body);
+    raw_drop(r);
     memset(r, 0, sizeof(*r));
+}
+
+/* A 200 with pre-rendered bytes (ownership of raw passes to r). */
+static void api_ok_raw(api_response *r, char *raw, size_t len)
+{
+    json_decref(r->body);
+    raw_drop(r);
+    r->body = NULL;
+    r->status = 200;
+    r->raw = raw;
+    r->raw_len = len;
 }
 
 void api_ok(api_response *r, int status, json_t *body)
 {
     json_decref(r->body);
+    raw_drop(r);
     r->status = status;
     r->body = body;
     if (body == NULL && status != 204) {
@@ -49,6 +75,7 @@ void api_ok(api_response *r, int status, json_t *body)
 void api_error(api_response *r, int status, const char *code, const char *msg)
 {
     json_decref(r->body);
+    raw_drop(r);
     r->status = status;
     r->body = json_pack("{s:s,s:s}", "error", code, "message", msg);
 }
@@ -440,6 +467,94 @@ json_t *api_record_json(const store_record *rec, const kb_secret *content)
     return o;
 }
 
+/* A JSON string exactly as jansson's compact dump writes it (dump.c: '"' and '\\' escaped, the
+ * five short escapes, other control characters as \u00XX with uppercase hex, everything else,
+ * UTF-8 included, verbatim), so a rendered body is byte-identical to json_dumps of the tree. */
+kb_err api_render_string(kb_dbuf *b, const char *str)
+{
+    static const char hexd[] = "0123456789ABCDEF";
+    const char *run = str;
+    KB_GUARD(kb_dbuf_addc(b, '"'));
+    for (const char *p = str; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        char esc[7] = {'\\', 0, 0, 0, 0, 0, 0};
+        size_t el = 2;
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        KB_GUARD(kb_dbuf_add(b, run, (size_t)(p - run)));
+        run = p + 1;
+        switch (ch) {
+        case '"':
+        case '\\':
+            esc[1] = (char)ch;
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hexd[ch >> 4];
+            esc[5] = hexd[ch & 15];
+            el = 6;
+        }
+        KB_GUARD(kb_dbuf_add(b, esc, el));
+    }
+    KB_GUARD(kb_dbuf_add(b, run, strlen(run)));
+    return kb_dbuf_addc(b, '"');
+}
+
+/* The stored metadata text is model_metadata_canon's output (json_dumps COMPACT|SORT_KEYS of a
+ * flat object of strings, made at write time), i.e. already what dumping the parsed object
+ * gives: paste it instead of parsing it per record per request. Text that does not look like
+ * that dump (not an object, or raw control bytes, which a dump never holds) goes the slow way,
+ * which renders anything unparsable as {} like api_metadata_json. */
+static kb_err render_metadata(kb_dbuf *b, const char *canon)
+{
+    size_t n = canon ? strlen(canon) : 0;
+    bool ok = n >= 2 && canon[0] == '{' && canon[n - 1] == '}';
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (unsigned char)canon[i] >= 0x20;
+    if (n == 0)
+        return kb_dbuf_add(b, "{}", 2);
+    if (ok)
+        return kb_dbuf_add(b, canon, n);
+    json_t *m = api_metadata_json(canon);
+    char *t = m ? kb_json_dump(m) : NULL;
+    kb_err rc = t ? kb_dbuf_addstr(b, t) : KB_ERR_NOMEM;
+    kb_json_free_str(t);
+    json_decref(m);
+    return rc;
+}
+
+kb_err api_record_render(kb_dbuf *b, const store_record *rec)
+{
+    char hex[STORE_CHECKSUM_LEN * 2 + 1];
+    kb_hex(rec->version.checksum, STORE_CHECKSUM_LEN, hex);
+    KB_GUARD(kb_dbuf_addstr(b, "{\"name\":"));
+    KB_GUARD(api_render_string(b, rec->secret.name));
+    KB_GUARD(kb_dbuf_addf(b, ",\"version\":%" PRId64 ",\"checksum\":\"%s\",\"expires_at\":",
+                          rec->version.version, hex));
+    if (rec->version.expires_at > 0)
+        KB_GUARD(kb_dbuf_addf(b, "%" PRId64, rec->version.expires_at));
+    else
+        KB_GUARD(kb_dbuf_add(b, "null", 4));
+    KB_GUARD(kb_dbuf_addstr(b, ",\"metadata\":"));
+    KB_GUARD(render_metadata(b, rec->version.metadata));
+    return kb_dbuf_addf(b, ",\"updated_at\":%" PRId64 "}", rec->version.created_at);
+}
+
 /* Keywhiz dates (ApiDate) are ISO 8601 in UTC. */
 static json_t *iso_date(int64_t t)
 {
@@ -489,15 +604,178 @@ static void not_found_secret(api_response *r)
     api_error(r, 404, "not_found", API_MSG_SECRET_NOT_FOUND);
 }
 
+/* ---- the listing cache (docs/internals/api.md) ---------------------------------------------
+ *
+ * A client's listing is the same bytes until something that can change it is committed, and a
+ * fleet lists far more often than anything changes: keep each client's rendered body, keyed on
+ * the store handle and the store_generation read BEFORE the listing was taken (a change
+ * committed meanwhile moves the counter, so the entry is already stale when stored), and serve
+ * it while the counter has not moved and the entry is younger than API_LIST_CACHE_TTL (changes
+ * made by another process, e.g. `keybridge --local`, do not move this process's counter).
+ * Authentication and the enabled check run before this on every request; only the listing
+ * query and the rendering are saved. Direct-mapped: a colliding client replaces the entry. */
+typedef struct {
+    const store *st;
+    uint64_t gen;
+    int64_t client_id;
+    int64_t at;
+    bool keywhiz;
+    char *raw;
+    size_t len;
+} list_entry;
+
+static list_entry lc_tab[API_LIST_CACHE_SLOTS];
+static size_t lc_bytes, lc_entries;
+static uint64_t lc_hits, lc_misses;
+static pthread_mutex_t lc_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static list_entry *lc_slot(int64_t client_id, bool keywhiz)
+{
+    uint64_t h = ((uint64_t)client_id * 2 + (keywhiz ? 1 : 0)) * UINT64_C(0x9E3779B97F4A7C15);
+    return &lc_tab[(h >> 32) % API_LIST_CACHE_SLOTS];
+}
+
+static void lc_drop(list_entry *e)
+{
+    if (e->raw != NULL) {
+        kb_wipe(e->raw, e->len);
+        free(e->raw);
+        lc_bytes -= e->len;
+        lc_entries--;
+    }
+    memset(e, 0, sizeof(*e));
+}
+
+void api_list_cache_clear(void)
+{
+    pthread_mutex_lock(&lc_mu);
+    for (size_t i = 0; i < API_LIST_CACHE_SLOTS; i++)
+        lc_drop(&lc_tab[i]);
+    pthread_mutex_unlock(&lc_mu);
+}
+
+void api_list_cache_stats_get(api_list_cache_stats *out)
+{
+    pthread_mutex_lock(&lc_mu);
+    out->hits = lc_hits;
+    out->misses = lc_misses;
+    out->entries = lc_entries;
+    out->bytes = lc_bytes;
+    pthread_mutex_unlock(&lc_mu);
+}
+
+/* A copy of the cached body (malloc'd), or NULL on a miss. */
+static char *lc_get(const store *st, uint64_t gen, int64_t client_id, bool keywhiz, int64_t now,
+                    size_t *len)
+{
+    char *out = NULL;
+    pthread_mutex_lock(&lc_mu);
+    list_entry *e = lc_slot(client_id, keywhiz);
+    if (e->raw != NULL && e->st == st && e->client_id == client_id && e->keywhiz == keywhiz) {
+        /* A clock that went back also ends an entry. */
+        if (e->gen == gen && now >= e->at && now - e->at < API_LIST_CACHE_TTL) {
+            out = malloc(e->len);
+            if (out != NULL) {
+                memcpy(out, e->raw, e->len);
+                *len = e->len;
+            }
+        } else {
+            lc_drop(e);
+        }
+    }
+    if (out != NULL)
+        lc_hits++;
+    else
+        lc_misses++;
+    pthread_mutex_unlock(&lc_mu);
+    return out;
+}
+
+static void lc_put(const store *st, uint64_t gen, int64_t client_id, bool keywhiz, int64_t now,
+                   const char *raw, size_t len)
+{
+    char *copy;
+    if (len > API_LIST_CACHE_ENTRY_MAX || (copy = malloc(len)) == NULL)
+        return;
+    memcpy(copy, raw, len);
+    pthread_mutex_lock(&lc_mu);
+    list_entry *e = lc_slot(client_id, keywhiz);
+    lc_drop(e);
+    /* Over the byte budget: start over (simple, and rare with entries this small). */
+    if (lc_bytes + len > API_LIST_CACHE_BYTES_MAX)
+        for (size_t i = 0; i < API_LIST_CACHE_SLOTS; i++)
+            lc_drop(&lc_tab[i]);
+    *e = (list_entry){.st = st,
+                      .gen = gen,
+                      .client_id = client_id,
+                      .at = now,
+                      .keywhiz = keywhiz,
+                      .raw = copy,
+                      .len = len};
+    lc_bytes += len;
+    lc_entries++;
+    pthread_mutex_unlock(&lc_mu);
+}
+
+#define API_LIST_BODY_MAX ((size_t)64 * 1024 * 1024) /* a client's rendered listing */
+
+/* Render a listing: the native shape straight into bytes, Keywhiz's through jansson (its
+ * flattened metadata), both compact and byte-identical to dumping the old trees. */
+static kb_err render_list(const store_client *who, bool keywhiz, const store_record *recs, size_t n,
+                          kb_dbuf *b)
+{
+    if (keywhiz) {
+        json_t *arr = json_array();
+        char *t;
+        kb_err rc;
+        for (size_t i = 0; arr != NULL && i < n; i++) {
+            json_t *e = keywhiz_json(&recs[i], NULL);
+            if (e == NULL || json_array_append_new(arr, e) != 0) {
+                json_decref(arr);
+                arr = NULL;
+            }
+        }
+        t = arr ? kb_json_dump(arr) : NULL;
+        json_decref(arr);
+        rc = t ? kb_dbuf_addstr(b, t) : KB_ERR_NOMEM;
+        kb_json_free_str(t);
+        return rc;
+    }
+    KB_GUARD(kb_dbuf_addstr(b, "{\"client\":"));
+    KB_GUARD(api_render_string(b, who->spiffe_id));
+    KB_GUARD(kb_dbuf_addstr(b, ",\"application\":"));
+    KB_GUARD(api_render_string(b, who->app_name ? who->app_name : ""));
+    KB_GUARD(kb_dbuf_addstr(b, ",\"secrets\":["));
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            KB_GUARD(kb_dbuf_addc(b, ','));
+        KB_GUARD(api_record_render(b, &recs[i]));
+    }
+    return kb_dbuf_addstr(b, "]}");
+}
+
 static void h_list(svc *s, api_ctx *c, const store_client *who, bool keywhiz, api_response *r)
 {
+    store *st = svc_store(s);
     store_record *recs = NULL;
-    size_t n = 0;
-    json_t *arr, *o;
+    size_t n = 0, len = 0;
+    uint64_t gen;
+    kb_dbuf b;
+    char *raw;
     kb_err rc;
 
     if (api_query_only(c, NULL) != KB_OK) {
         api_error(r, 400, "invalid", "unexpected query parameter");
+        return;
+    }
+    /* Read before the listing is taken (store.h, store_generation). */
+    gen = store_generation(st);
+    raw = lc_get(st, gen, who->id, keywhiz, c->actor.now, &len);
+    if (raw != NULL) {
+        /* Still a listing: the activity marker moves as svc_client_list would move it. */
+        if (store_client_seen(st, who->id, c->actor.now, true) != KB_OK)
+            kb_log(KB_LOG_WARN, "client_seen_failed", NULL);
+        api_ok_raw(r, raw, len);
         return;
     }
     rc = svc_client_list(s, &c->actor, who, &recs, &n);
@@ -505,26 +783,21 @@ static void h_list(svc *s, api_ctx *c, const store_client *who, bool keywhiz, ap
         api_error_kb(r, rc, "cannot list secrets");
         return;
     }
-    arr = json_array();
-    for (size_t i = 0; arr != NULL && i < n; i++) {
-        json_t *e = keywhiz ? keywhiz_json(&recs[i], NULL) : api_record_json(&recs[i], NULL);
-        if (e == NULL || json_array_append_new(arr, e) != 0) {
-            json_decref(arr);
-            arr = NULL;
-        }
-    }
+    kb_dbuf_init(&b, API_LIST_BODY_MAX);
+    rc = render_list(who, keywhiz, recs, n, &b);
     store_records_free(recs, n);
-    if (arr == NULL) {
+    if (rc != KB_OK) {
+        kb_dbuf_free(&b);
+        api_error_kb(r, rc == KB_ERR_TOO_LARGE ? KB_ERR_INTERNAL : rc, "");
+        return;
+    }
+    raw = kb_dbuf_steal(&b, &len);
+    if (raw == NULL) {
         api_error_kb(r, KB_ERR_NOMEM, "");
         return;
     }
-    if (keywhiz) {
-        api_ok(r, 200, arr);
-        return;
-    }
-    o = json_pack("{s:s,s:s,s:o}", "client", who->spiffe_id, "application",
-                  who->app_name ? who->app_name : "", "secrets", arr);
-    api_ok(r, 200, o);
+    lc_put(st, gen, who->id, keywhiz, c->actor.now, raw, len);
+    api_ok_raw(r, raw, len);
 }
 
 static void h_get(svc *s, api_ctx *c, const store_client *who, const char *name, bool keywhiz,
@@ -830,7 +1103,16 @@ void api_handle(svc *s, const api_request *req, api_response *r)
         api_error(r, 404, "not_found", "no such route");
     }
 out:
-    if (r->body == NULL && r->status != 204)
+    /* In-process callers get a tree (api.h, raw_ok); the bytes were made by json_dumps or
+     * byte-identically to it, so this parse cannot fail short of memory. */
+    if (r->raw != NULL && !req->raw_ok) {
+        json_error_t je;
+        json_t *t = json_loadb(r->raw, r->raw_len, 0, &je);
+        raw_drop(r);
+        if (t != NULL)
+            r->body = t;
+    }
+    if (r->body == NULL && r->raw == NULL && r->status != 204)
         api_error(r, 500, "internal", "internal error");
     /* A budget refusal anywhere (admin writes, rollback, admin reads): the real hint. */
     if (r->status == 429 && who.id != 0 && r->retry_after <= 1)

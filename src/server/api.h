@@ -11,9 +11,11 @@
 #define KB_SERVER_API_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/buf.h"
 #include "lib/err.h"
 #include "service.h"
 
@@ -31,18 +33,41 @@ typedef struct {
     const char *peer;      /* "127.0.0.1:5555" or "local" */
     const char *spiffe_id; /* verified peer SPIFFE ID (never NULL for API routes) */
     int64_t now;
+    /* The caller sends api_response.raw as is (serve.c). Without it api_handle parses any
+     * pre-rendered body into api_response.body, so in-process callers (the CLI's --local mode,
+     * tests) always get a tree. */
+    bool raw_ok;
 } api_request;
 
 typedef struct {
     int status;
     json_t *body;        /* owned; NULL only for 204 */
     int64_t retry_after; /* seconds, 0 = none (429/503) */
+    /* A pre-rendered JSON body (malloc'd, wiped and freed by api_response_clear); when set,
+     * body is NULL and this is what is sent. Only ever set when the request had raw_ok. */
+    char *raw;
+    size_t raw_len;
 } api_response;
 
 /* Route and answer one request. Never fails: errors become a JSON error response
  * {"error": kb_err_str() or an HTTP name, "message": text that never quotes secret content}. */
 void api_handle(svc *s, const api_request *req, api_response *resp);
 void api_response_clear(api_response *r);
+
+/* The per-client cache of rendered listings (GET /v1/secrets and GET /secrets), see
+ * docs/internals/api.md: entries live at most API_LIST_CACHE_TTL seconds and are keyed on
+ * (store handle, store_generation read before the listing, client id, shape). */
+#define API_LIST_CACHE_SLOTS 4096                           /* entries (direct-mapped) */
+#define API_LIST_CACHE_TTL 2                                /* seconds */
+#define API_LIST_CACHE_ENTRY_MAX ((size_t)256 * 1024)       /* larger bodies are not cached */
+#define API_LIST_CACHE_BYTES_MAX ((size_t)64 * 1024 * 1024) /* all entries together */
+typedef struct {
+    uint64_t hits, misses;
+    size_t entries, bytes;
+} api_list_cache_stats;
+void api_list_cache_stats_get(api_list_cache_stats *out);
+/* Drop every entry (wiped). For tests and shutdown. */
+void api_list_cache_clear(void);
 
 /* The route template a request matched, for metrics labels ("/v1/secrets/{name}", ...), or
  * "other". Static string; never contains request data. */
@@ -90,6 +115,11 @@ json_t *api_checksum_json(const uint8_t *sum);
 /* The native client record {name, version, checksum, expires_at, metadata, updated_at[, content]}.
  */
 json_t *api_record_json(const store_record *rec, const kb_secret *content);
+/* The same record without content, rendered straight into b: byte-identical to kb_json_dump of
+ * api_record_json(rec, NULL), with the stored canonical metadata pasted instead of re-parsed. */
+KB_WUR kb_err api_record_render(kb_dbuf *b, const store_record *rec);
+/* A JSON string literal exactly as jansson's compact dump writes it. */
+KB_WUR kb_err api_render_string(kb_dbuf *b, const char *str);
 
 void api_admin(svc *s, api_ctx *c, const store_client *who, api_response *r);
 

@@ -159,7 +159,9 @@ static void reply(kb_http_req *hr, const api_response *r)
         snprintf(ra, sizeof(ra), "%lld", (long long)r->retry_after);
         kb_http_set_header(hr, "Retry-After", ra);
     }
-    if (r->status == 204 || r->body == NULL)
+    if (r->raw != NULL)
+        kb_http_reply(hr, r->status, "application/json", r->raw, r->raw_len);
+    else if (r->status == 204 || r->body == NULL)
         kb_http_reply(hr, r->status, NULL, NULL, 0);
     else
         kb_http_reply_json(hr, r->status, r->body);
@@ -223,6 +225,7 @@ static void handle(kb_http_req *hr, void *arg)
         q.peer = kb_http_req_peer_addr(hr);
         q.spiffe_id = kb_http_req_peer_id(hr);
         q.now = (int64_t)time(NULL);
+        q.raw_ok = true; /* reply() sends pre-rendered bodies as they are */
         api_handle(sv->s, &q, &resp);
     }
     reply(hr, &resp);

@@ -62,6 +62,8 @@ static kb_err cfg_copy(const store_opts *o, store_cfg *c)
     return KB_OK;
 }
 
+static _Atomic uint64_t store_epochs;
+
 kb_err store_open(const char *url, const store_opts *opts, store **out)
 {
     store *st = NULL;
@@ -87,6 +89,10 @@ kb_err store_open(const char *url, const store_opts *opts, store **out)
     }
     KB_GUARD_OUT(rc, cfg_copy(opts, &st->cfg));
     KB_GUARD_OUT(rc, st->ops->open(st, colon + 1));
+    /* Each handle starts 2^40 past the previous one (store.h, store_generation): a cache keyed
+     * on (handle, generation) cannot confuse a new handle at a reused address with a closed one.
+     * 2^40 changes per handle and 2^24 handles per process are both out of reach. */
+    atomic_store(&st->generation, (atomic_fetch_add(&store_epochs, 1) + 1) << 40);
     *out = st;
     st = NULL;
 out:

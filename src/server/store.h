@@ -6,7 +6,8 @@
  * the code that uses it, knows which backend it has.
  *
  * Thread safety: a store handle may be used from several threads at once (the SQLite backend
- * serialises on one mutex-guarded connection; a pooled backend may do better).
+ * keeps a pool of reader connections and one writer connection; see
+ * docs/internals/store-performance.md).
  *
  * Integrity: the rows that decide access (clients, memberships, grants and a secret's name,
  * owner, cloud_sync and deleted_at) carry an HMAC-SHA256 under the row-MAC key given at open,
@@ -203,6 +204,32 @@ KB_WUR kb_err store_secret_get_by_id(store *st, int64_t id, bool include_deleted
                                      store_secret *out);
 /* All secrets with their latest version's metadata (no envelopes), by name. */
 KB_WUR kb_err store_secret_list(store *st, bool include_deleted, store_record **out, size_t *n);
+
+/* A counter that grows after every change made through this handle that can alter what a client
+ * may list or read, or how its listing is rendered: secrets, versions, grants, memberships,
+ * clients, group deletion. Activity markers, the fetch log and the audit log do not move it.
+ * It is bumped after the backend's transaction has ended, so a caller that reads it BEFORE
+ * taking a listing may cache that listing under the value read and serve it while the counter
+ * is unchanged: a newer commit always shows as a newer value first. Changes made by another
+ * process or another handle on the same database are not seen: bound any cache's lifetime.
+ * keybridged's API layer caches rendered listings under it (docs/internals/api.md). The value
+ * starts at a process-wide distinct offset per handle, so (handle, generation) never repeats in a
+ * process even when a closed handle's memory is reused by a new one. */
+uint64_t store_generation(store *st);
+
+#define STORE_PAGE_MAX 10000 /* rows one store_secret_list_page call may examine */
+
+/* One page of store_secret_list, for listings too large to hold at once (100,000 secrets):
+ * secrets whose name sorts after `after` (NULL or "" = from the start), by name, examining at
+ * most `limit` (1..STORE_PAGE_MAX) rows. *next gets a malloc'd cursor to pass as `after` for the
+ * next page, or NULL after the last page. Rows failing their MAC (logged) and, without
+ * include_deleted, deleted secrets are dropped, so a page may hold fewer than `limit` records
+ * (even none) while *next is set: continue until *next is NULL. Each page is its own snapshot:
+ * a secret created or deleted meanwhile may or may not appear, but none appears twice.
+ * api_admin.c streams the admin listing page by page with it. */
+KB_WUR kb_err store_secret_list_page(store *st, bool include_deleted, const char *after,
+                                     size_t limit, store_record **out, size_t *n, char **next);
+
 /* Versions of one secret, newest first (no envelopes). */
 KB_WUR kb_err store_version_list(store *st, int64_t secret_id, store_version **out, size_t *n);
 /* One version (0 = latest) with its envelope, for admin reads and rollback. */

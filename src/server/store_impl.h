@@ -109,29 +109,6 @@ struct store {
     _Atomic uint64_t generation; /* see store_generation */
 };
 
-/* A counter that grows after every change made through this handle that can alter what a client
- * may list or read, or how its listing is rendered: secrets, versions, grants, memberships,
- * clients, group deletion. Activity markers, the fetch log and the audit log do not move it.
- * It is bumped after the backend's transaction has ended, so a caller that reads it BEFORE
- * taking a listing may cache that listing under the value read and serve it while the counter
- * is unchanged: a newer commit always shows as a newer value first. Changes made by another
- * process or another handle on the same database are not seen: bound any cache's lifetime.
- * (Meant for store.h, where keybridged's API layer can use it to cache rendered listings.) */
-uint64_t store_generation(store *st);
-
-#define STORE_PAGE_MAX 10000 /* rows one store_secret_list_page call may examine */
-
-/* One page of store_secret_list, for listings too large to hold at once (100,000 secrets):
- * secrets whose name sorts after `after` (NULL or "" = from the start), by name, examining at
- * most `limit` (1..STORE_PAGE_MAX) rows. *next gets a malloc'd cursor to pass as `after` for the
- * next page, or NULL after the last page. Rows failing their MAC (logged) and, without
- * include_deleted, deleted secrets are dropped, so a page may hold fewer than `limit` records
- * (even none) while *next is set: continue until *next is NULL. Each page is its own snapshot:
- * a secret created or deleted meanwhile may or may not appear, but none appears twice.
- * (Meant for store.h, where api_admin.c can stream the admin listing page by page.) */
-KB_WUR kb_err store_secret_list_page(store *st, bool include_deleted, const char *after,
-                                     size_t limit, store_record **out, size_t *n, char **next);
-
 extern const struct store_ops store_sqlite_ops;
 
 /* Test hook: the SQL of schema migration step `version` (1-based) of the SQLite backend, or NULL
