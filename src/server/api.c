@@ -1006,7 +1006,7 @@ static void method_not_allowed(api_response *r)
     api_error(r, 405, "method_not_allowed", "method not allowed on this route");
 }
 
-void api_handle(svc *s, const api_request *req, api_response *r)
+static void handle(svc *s, const api_request *req, api_response *r, bool raw_ok)
 {
     api_ctx c;
     store_client who;
@@ -1103,9 +1103,9 @@ void api_handle(svc *s, const api_request *req, api_response *r)
         api_error(r, 404, "not_found", "no such route");
     }
 out:
-    /* In-process callers get a tree (api.h, raw_ok); the bytes were made by json_dumps or
+    /* In-process callers get a tree (api.h, api_handle_raw); the bytes were made by json_dumps or
      * byte-identically to it, so this parse cannot fail short of memory. */
-    if (r->raw != NULL && !req->raw_ok) {
+    if (r->raw != NULL && !raw_ok) {
         json_error_t je;
         json_t *t = json_loadb(r->raw, r->raw_len, 0, &je);
         raw_drop(r);
@@ -1119,6 +1119,16 @@ out:
         r->retry_after = svc_retry_after(s, &c.actor, who.cloud);
     store_client_clear(&who);
     ctx_free(&c);
+}
+
+void api_handle(svc *s, const api_request *req, api_response *r)
+{
+    handle(s, req, r, false);
+}
+
+void api_handle_raw(svc *s, const api_request *req, api_response *r)
+{
+    handle(s, req, r, true);
 }
 
 /* ---- metrics route names ------------------------------------------------------------------ */

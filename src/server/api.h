@@ -33,10 +33,6 @@ typedef struct {
     const char *peer;      /* "127.0.0.1:5555" or "local" */
     const char *spiffe_id; /* verified peer SPIFFE ID (never NULL for API routes) */
     int64_t now;
-    /* The caller sends api_response.raw as is (serve.c). Without it api_handle parses any
-     * pre-rendered body into api_response.body, so in-process callers (the CLI's --local mode,
-     * tests) always get a tree. */
-    bool raw_ok;
 } api_request;
 
 typedef struct {
@@ -44,7 +40,7 @@ typedef struct {
     json_t *body;        /* owned; NULL only for 204 */
     int64_t retry_after; /* seconds, 0 = none (429/503) */
     /* A pre-rendered JSON body (malloc'd, wiped and freed by api_response_clear); when set,
-     * body is NULL and this is what is sent. Only ever set when the request had raw_ok. */
+     * body is NULL and this is what is sent. Only ever set by api_handle_raw. */
     char *raw;
     size_t raw_len;
 } api_response;
@@ -52,6 +48,10 @@ typedef struct {
 /* Route and answer one request. Never fails: errors become a JSON error response
  * {"error": kb_err_str() or an HTTP name, "message": text that never quotes secret content}. */
 void api_handle(svc *s, const api_request *req, api_response *resp);
+/* The same, but the response may carry a pre-rendered body in resp->raw instead of resp->body,
+ * for a caller that sends it as is (serve.c). api_handle parses such bytes back into a tree, so
+ * in-process callers (the CLI's --local mode, tests) always get resp->body. */
+void api_handle_raw(svc *s, const api_request *req, api_response *resp);
 void api_response_clear(api_response *r);
 
 /* The per-client cache of rendered listings (GET /v1/secrets and GET /secrets), see

@@ -225,8 +225,7 @@ static void handle(kb_http_req *hr, void *arg)
         q.peer = kb_http_req_peer_addr(hr);
         q.spiffe_id = kb_http_req_peer_id(hr);
         q.now = (int64_t)time(NULL);
-        q.raw_ok = true; /* reply() sends pre-rendered bodies as they are */
-        api_handle(sv->s, &q, &resp);
+        api_handle_raw(sv->s, &q, &resp); /* reply() sends pre-rendered bodies as they are */
     }
     reply(hr, &resp);
     metrics_observe(sv->m, api_route_name(method, path), resp.status, mono_now() - t0);
