@@ -696,12 +696,200 @@ static void test_acl_property(void **state)
     assert_true(denials > 100);
 }
 
+/* ---- the listing cache (api.h, docs/internals/api.md) ------------------------------------- */
+
+#define CLC "spiffe://example.org/ns/c/sa/app"
+#define CLOUDC "spiffe://example.org/lambda/acct/1/fn/lc"
+
+/* A list through api_handle_raw (what serve.c sends); the bytes, malloc'd and NUL-terminated. */
+static char *list_raw(const char *who, const char *path, int want)
+{
+    api_request q = {.method = "GET",
+                     .path = path,
+                     .query = "",
+                     .peer = "local",
+                     .spiffe_id = who,
+                     .now = g_now};
+    api_response r = {0};
+    char *out;
+    api_handle_raw(g_svc, &q, &r);
+    assert_int_equal(r.status, want);
+    if (r.raw != NULL) {
+        assert_null(r.body);
+        out = strndup(r.raw, r.raw_len);
+        assert_int_equal(strlen(out), r.raw_len);
+    } else {
+        assert_non_null(r.body);
+        out = kb_json_dump(r.body);
+    }
+    assert_non_null(out);
+    api_response_clear(&r);
+    return out;
+}
+
+static uint64_t cache_hits(void)
+{
+    api_list_cache_stats st;
+    api_list_cache_stats_get(&st);
+    return st.hits;
+}
+
+/* Bytes equal what jansson makes of them (so the hand-rendered body is the old tree's dump). */
+static void assert_jansson_identical(const char *raw)
+{
+    json_t *j = json_loads(raw, 0, NULL);
+    assert_non_null(j);
+    char *d = kb_json_dump(j);
+    assert_string_equal(d, raw);
+    free(d);
+    json_decref(j);
+}
+
+static void test_list_cache(void **state)
+{
+    (void)state;
+    char *a, *b, *c;
+    uint64_t h;
+
+    mk_group("lc");
+    mk_client(CLC, "app-c", "lc");
+    mk_client(CLOUDC, "lc-fn", "lc");
+    /* Metadata that needs escaping, to check the pasted canonical text. */
+    expect_free(201, ADMIN, "POST", "/v1/admin/secrets", NULL,
+                "{\"name\":\"lc-one\",\"content\":\"aGVsbG8=\",\"cloud_sync\":false,"
+                "\"metadata\":{\"owner\":\"a\\\"b\\\\c/\\u00e9\",\"mode\":\"0400\"}}");
+    expect_free(201, ADMIN, "POST", "/v1/admin/grants", NULL,
+                "{\"group\":\"lc\",\"secret\":\"lc-one\"}");
+    mk_secret("lc-two", "d29ybGQ=", false, NULL);
+
+    /* A miss, then a hit: the same bytes, and those are jansson's dump of the same tree. */
+    h = cache_hits();
+    a = list_raw(CLC, "/v1/secrets", 200);
+    b = list_raw(CLC, "/v1/secrets", 200);
+    assert_int_equal(cache_hits(), h + 1);
+    assert_string_equal(a, b);
+    assert_jansson_identical(a);
+    assert_non_null(strstr(a, "\"application\":\"app-c\""));
+    assert_non_null(strstr(a, "lc-one"));
+    assert_null(strstr(a, "lc-two"));
+    free(b);
+    /* In-process callers get the tree: the same text again. */
+    b = expect(200, CLC, "GET", "/v1/secrets", NULL, NULL);
+    assert_string_equal(a, b);
+    free(b);
+    /* Uncached (emptied cache): byte-identical. */
+    api_list_cache_clear();
+    h = cache_hits();
+    b = list_raw(CLC, "/v1/secrets", 200);
+    assert_int_equal(cache_hits(), h);
+    assert_string_equal(a, b);
+    free(b);
+    free(a);
+    /* Keywhiz's shape likewise. */
+    a = list_raw(CLC, "/secrets", 200);
+    b = list_raw(CLC, "/secrets", 200);
+    assert_string_equal(a, b);
+    assert_jansson_identical(a);
+    api_list_cache_clear();
+    c = list_raw(CLC, "/secrets", 200);
+    assert_string_equal(a, c);
+    free(a);
+    free(b);
+    free(c);
+    /* The native and Keywhiz entries never stand in for each other. */
+    a = list_raw(CLC, "/v1/secrets", 200);
+    b = list_raw(CLC, "/secrets", 200);
+    assert_string_not_equal(a, b);
+    assert_true(a[0] == '{' && b[0] == '[');
+    free(a);
+    free(b);
+
+    /* A grant added, then removed: visible on the very next list (cache primed before). */
+    free(list_raw(CLC, "/v1/secrets", 200));
+    expect_free(201, ADMIN, "POST", "/v1/admin/grants", NULL,
+                "{\"group\":\"lc\",\"secret\":\"lc-two\"}");
+    a = list_raw(CLC, "/v1/secrets", 200);
+    assert_non_null(strstr(a, "lc-two"));
+    free(a);
+    free(list_raw(CLC, "/v1/secrets", 200));
+    expect_free(200, ADMIN, "DELETE", "/v1/admin/grants", NULL,
+                "{\"group\":\"lc\",\"secret\":\"lc-two\"}");
+    a = list_raw(CLC, "/v1/secrets", 200);
+    assert_null(strstr(a, "lc-two"));
+    free(a);
+
+    /* A new version. */
+    a = list_raw(CLC, "/v1/secrets", 200);
+    assert_non_null(strstr(a, "\"name\":\"lc-one\",\"version\":1,"));
+    free(a);
+    expect_free(200, ADMIN, "PUT", "/v1/admin/secrets/lc-one", NULL, "{\"content\":\"YWdhaW4=\"}");
+    a = list_raw(CLC, "/v1/secrets", 200);
+    assert_non_null(strstr(a, "\"name\":\"lc-one\",\"version\":2,"));
+    free(a);
+
+    /* cloud_sync flipped on and off: the cloud client's next list follows. */
+    a = list_raw(CLOUDC, "/v1/secrets", 200);
+    assert_null(strstr(a, "lc-one"));
+    free(a);
+    expect_free(200, ADMIN, "PATCH", "/v1/admin/secrets/lc-one", NULL, "{\"cloud_sync\":true}");
+    a = list_raw(CLOUDC, "/v1/secrets", 200);
+    assert_non_null(strstr(a, "lc-one"));
+    free(a);
+    free(list_raw(CLOUDC, "/v1/secrets", 200));
+    expect_free(200, ADMIN, "PATCH", "/v1/admin/secrets/lc-one", NULL, "{\"cloud_sync\":false}");
+    a = list_raw(CLOUDC, "/v1/secrets", 200);
+    assert_null(strstr(a, "lc-one"));
+    free(a);
+
+    /* Disabled: refused although its listing is cached; removed: unknown. */
+    free(list_raw(CLC, "/v1/secrets", 200));
+    free(list_raw(CLC, "/secrets", 200));
+    a = expect(200, ADMIN, "GET", "/v1/admin/clients", "spiffe_id=" CLC, NULL);
+    json_t *j = json_loads(a, 0, NULL);
+    int64_t id =
+        json_integer_value(json_object_get(json_array_get(json_object_get(j, "clients"), 0), "id"));
+    json_decref(j);
+    assert_non_null(strstr(a, "\"last_list_at\":1")); /* listings mark the client */
+    free(a);
+    char path[64];
+    snprintf(path, sizeof(path), "/v1/admin/clients/%lld", (long long)id);
+    expect_free(200, ADMIN, "PATCH", path, NULL, "{\"enabled\":false}");
+    a = list_raw(CLC, "/v1/secrets", 403);
+    assert_null(strstr(a, "lc-one"));
+    free(a);
+    a = list_raw(CLC, "/secrets", 403);
+    assert_null(strstr(a, "lc-one"));
+    free(a);
+    expect_free(200, ADMIN, "PATCH", path, NULL, "{\"enabled\":true}");
+    free(list_raw(CLC, "/v1/secrets", 200));
+    expect_free(200, ADMIN, "DELETE", path, NULL, NULL);
+    a = list_raw(CLC, "/v1/secrets", 401);
+    assert_null(strstr(a, "lc-one"));
+    free(a);
+
+    /* A later request (past the lifetime) renders again: changes by other processes show. */
+    free(list_raw(CLOUDC, "/v1/secrets", 200));
+    h = cache_hits();
+    g_now += API_LIST_CACHE_TTL;
+    free(list_raw(CLOUDC, "/v1/secrets", 200));
+    assert_int_equal(cache_hits(), h);
+    g_now -= API_LIST_CACHE_TTL;
+    /* A clock that went back does not revive an entry either. */
+    free(list_raw(CLOUDC, "/v1/secrets", 200));
+    assert_int_equal(cache_hits(), h);
+    api_list_cache_clear();
+    api_list_cache_stats st;
+    api_list_cache_stats_get(&st);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.bytes, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_b64),          cmocka_unit_test(test_route_names),
         cmocka_unit_test(test_flow),         cmocka_unit_test(test_bad_input),
-        cmocka_unit_test(test_acl_property),
+        cmocka_unit_test(test_acl_property), cmocka_unit_test(test_list_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
