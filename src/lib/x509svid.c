@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -439,14 +440,64 @@ out:
     return rc;
 }
 
+/* keybridge-ca's dir: targets switch a whole set at once: DIR/current -> .gen-N, and
+ * DIR/svid.pem -> current/svid.pem (docs/keybridge-ca.md). Reading the two files by path could
+ * straddle a switch and pair an old certificate with a new key, so when both files are such
+ * links in one directory, resolve `current` once and read both from that generation. Returns 1
+ * and fills the two paths if it applies, else 0 (read the paths as given). */
+static int pin_generation(const char *cert_path, const char *key_path, char *cert_out,
+                          char *key_out, size_t len)
+{
+    char dir[4096], gen[256], link[4200], want[512];
+    const char *cb, *kb;
+    size_t dl;
+    ssize_t n;
+
+    if (key_path == NULL || (cb = strrchr(cert_path, '/')) == NULL ||
+        (kb = strrchr(key_path, '/')) == NULL)
+        return 0;
+    dl = (size_t)(cb - cert_path);
+    if (dl >= sizeof(dir) || (size_t)(kb - key_path) != dl || memcmp(cert_path, key_path, dl) != 0)
+        return 0;
+    memcpy(dir, cert_path, dl);
+    dir[dl] = 0;
+    cb++, kb++;
+    for (int i = 0; i < 2; i++) {
+        const char *path = i == 0 ? cert_path : key_path, *base = i == 0 ? cb : kb;
+        n = readlink(path, link, sizeof(link) - 1);
+        if (n <= 0)
+            return 0;
+        link[n] = 0;
+        snprintf(want, sizeof(want), "current/%s", base);
+        if (strcmp(link, want) != 0)
+            return 0;
+    }
+    snprintf(link, sizeof(link), "%s/current", dir);
+    n = readlink(link, gen, sizeof(gen) - 1);
+    if (n <= 0)
+        return 0;
+    gen[n] = 0;
+    if (strchr(gen, '/') != NULL || strcmp(gen, "..") == 0 || strcmp(gen, ".") == 0)
+        return 0; /* a generation is a sibling directory name, nothing else */
+    if ((size_t)snprintf(cert_out, len, "%s/%s/%s", dir, gen, cb) >= len ||
+        (size_t)snprintf(key_out, len, "%s/%s/%s", dir, gen, kb) >= len)
+        return 0;
+    return 1;
+}
+
 kb_err x509svid_load(const char *cert_path, const char *key_path, x509svid **out, const char **why)
 {
     kb_err rc;
     kb_dbuf certs;
     kb_secret *key = NULL;
+    char cert_pinned[4096], key_pinned[4096];
     KB_ENSURE_REF(out);
     *out = NULL;
     KB_ENSURE_REF(cert_path);
+    if (pin_generation(cert_path, key_path, cert_pinned, key_pinned, sizeof(cert_pinned))) {
+        cert_path = cert_pinned;
+        key_path = key_pinned;
+    }
     kb_dbuf_init(&certs, X509SVID_PEM_MAX);
     rc = kb_file_read(cert_path, X509SVID_PEM_MAX, &certs);
     if (rc != KB_OK) {

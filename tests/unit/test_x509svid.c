@@ -661,6 +661,54 @@ static char *pem_of(X509 *cert, EVP_PKEY *key, int format)
     return out;
 }
 
+/* keybridge-ca's dir: layout: DIR/current -> .gen-N and DIR/svid.{pem,key} -> current/...;
+ * x509svid_load resolves `current` once so the pair always comes from one generation. */
+static void generation_links_read_one_set(void **state)
+{
+    fixture *f = *state;
+    opts o = leaf_opts();
+    EVP_PKEY *k2 = gen_key();
+    X509 *l1 = make_cert(&o, f->leaf_key, f->root, f->root_key);
+    X509 *l2 = make_cert(&o, k2, f->root, f->root_key);
+    char *dir = kbtest_tmpdir(), p[600], q[600];
+    x509svid *s = NULL;
+    const char *why;
+
+    for (int g = 1; g <= 2; g++) {
+        char *c = pem_of(g == 1 ? l1 : l2, NULL, 0),
+             *k = pem_of(NULL, g == 1 ? f->leaf_key : k2, 0);
+        snprintf(p, sizeof(p), "%s/.gen-%d", dir, g);
+        assert_int_equal(mkdir(p, 0700), 0);
+        snprintf(p, sizeof(p), "%s/.gen-%d/svid.pem", dir, g);
+        assert_ok(kb_file_write_atomic(p, c, strlen(c), 0600));
+        snprintf(p, sizeof(p), "%s/.gen-%d/svid.key", dir, g);
+        assert_ok(kb_file_write_atomic(p, k, strlen(k), 0600));
+        free(c);
+        free(k);
+    }
+    snprintf(p, sizeof(p), "%s/current", dir);
+    assert_int_equal(symlink(".gen-2", p), 0);
+    snprintf(p, sizeof(p), "%s/svid.pem", dir);
+    assert_int_equal(symlink("current/svid.pem", p), 0);
+    snprintf(q, sizeof(q), "%s/svid.key", dir);
+    assert_int_equal(symlink("current/svid.key", q), 0);
+    assert_ok(x509svid_load(p, q, &s, &why));
+    assert_int_equal(EVP_PKEY_eq(x509svid_key(s), k2), 1);
+    x509svid_free(s);
+    /* a `current` that leaves the directory is not used for pinning; the by-path read then
+     * follows the links as the kernel resolves them (here: to nothing) */
+    snprintf(p, sizeof(p), "%s/current", dir);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(symlink("../elsewhere", p), 0);
+    snprintf(p, sizeof(p), "%s/svid.pem", dir);
+    assert_kb(x509svid_load(p, q, &s, &why), KB_ERR_IO);
+    assert_null(s);
+    X509_free(l1);
+    X509_free(l2);
+    EVP_PKEY_free(k2);
+    free(dir);
+}
+
 static void pem_key_formats_and_files(void **state)
 {
     fixture *f = *state;
@@ -767,6 +815,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(vectors_good, setup, teardown),
         cmocka_unit_test_setup_teardown(vectors_wrong, setup, teardown),
         cmocka_unit_test_setup_teardown(vectors_chain_with_fixed_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(generation_links_read_one_set, setup, teardown),
         cmocka_unit_test_setup_teardown(pem_key_formats_and_files, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
