@@ -152,7 +152,7 @@ if err="$("$B" -c "$W/badttl.ini" serve 2>&1 >/dev/null)"; then fail "serve acce
 echo "$err" | grep -q "svid_ttl" || fail "svid_ttl refusal did not name the key: $err"
 sed -i 's/^\[server\]$/[server]\nsvid_ttl = 60s/' "$W/ca.ini"
 grep -q "^svid_ttl = 60s" "$W/ca.ini" || fail "could not set svid_ttl"
-ca serve >"$W/serve.out" 2>"$W/serve.log" &
+"$B" -c "$W/ca.ini" serve >"$W/serve.out" 2>"$W/serve.log" &  # not through ca(): $! must be the server itself
 PID=$!
 A=("$W/svids/a/svid.pem" "$W/svids/a/svid.key")
 for _ in $(seq 1 200); do [ -e "$W/server/bundle.pem" ] && [ "$(rq GET "$PORT" /v1/bundle "${A[@]}" "$W/jwks.json")" = 200 ] && break; sleep 0.05; done

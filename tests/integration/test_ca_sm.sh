@@ -152,7 +152,7 @@ for i in $(seq 1 "$N"); do
     --target "secretsmanager:111122223333:soak/f$i" --ttl 1m --availability 20s >/dev/null 2>&1 || fail "register $i"
   NAMES+=("soak/f$i")
 done
-ca serve >/dev/null 2>"$W/serve.log" &
+"$CA" -c "$W/ca.ini" serve >/dev/null 2>"$W/serve.log" &  # not through ca(): $! must be the server itself
 SPID=$!
 for _ in $(seq 1 300); do smpy remaining x "${NAMES[@]}" >/dev/null 2>&1 && break; sleep 0.2; done
 end=$((SECONDS + SOAK))
