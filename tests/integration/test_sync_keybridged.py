@@ -30,9 +30,10 @@ check = h.check
 
 
 class RecordingProxy:
-    """A TCP relay to keybridge-cache that keeps what the client sent (one request per
-    connection is enough here: kb_awsreq opens a connection per call). SigV4 still verifies:
-    the bytes, Host header included, reach the cache unchanged."""
+    """A TCP relay to keybridge-cache that keeps what the client sent, one entry per connection
+    (kb_awsreq keeps one connection per endpoint alive, so a run's calls share an entry). SigV4
+    still verifies: the bytes, Host header included, reach the cache unchanged. stop() waits for
+    every relayed connection to finish, so `requests` is complete when it returns."""
 
     def __init__(self, port):
         self.requests = []
@@ -42,6 +43,8 @@ class RecordingProxy:
         self.ls.listen(16)
         self.port = self.ls.getsockname()[1]
         self.stopped = False
+        self.conns = []
+        self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -50,7 +53,10 @@ class RecordingProxy:
                 c, _ = self.ls.accept()
             except OSError:
                 return
-            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
+            t = threading.Thread(target=self._conn, args=(c,), daemon=True)
+            with self.lock:
+                self.conns.append(t)
+            t.start()
 
     def _conn(self, c):
         u = socket.create_connection(("127.0.0.1", self.up))
@@ -78,11 +84,18 @@ class RecordingProxy:
         t.join(10)
         c.close()
         u.close()
-        self.requests.append(b"".join(got))
+        with self.lock:
+            self.requests.append(b"".join(got))
 
     def stop(self):
+        """Called after the client process has exited: its connections are closed, so each
+        relay thread ends as soon as it has forwarded the last bytes."""
         self.stopped = True
         self.ls.close()
+        with self.lock:
+            conns = list(self.conns)
+        for t in conns:
+            t.join(20)
 
 
 def server_requests(srv):
