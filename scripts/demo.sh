@@ -292,8 +292,9 @@ KB=("$BUILD/keybridge")
 LOCAL=(--local "$WORK/keybridged.conf")
 
 step "the master key is sensitive and never extractable (pkcs11-tool)"
-pkcs11-tool --module "$KB_HSM_MODULE" --token-label keybridge --login \
-  --pin "$(cat "$KBD_PIN_FILE")" --list-objects --type secrkey 2>/dev/null |
+# the PIN goes through the environment (--pin env:NAME), never on a command line
+KB_DEMO_PIN="$(cat "$KBD_PIN_FILE")" pkcs11-tool --module "$KB_HSM_MODULE" --token-label keybridge \
+  --login --pin env:KB_DEMO_PIN --list-objects --type secrkey 2>/dev/null |
   grep -E "Secret Key|label|Access" | sed 's/^/  /'
 
 step "admin (--local, on the server host): group, client, grant; two secrets"
