@@ -1869,42 +1869,39 @@ static kb_err sq_grant_set(store *st, int64_t group_id, int64_t secret_id, bool 
     return link_set(st, false, secret_id, group_id, present);
 }
 
-static kb_err sq_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
+/* The groups linked to one row (a client's memberships or a secret's grants), verified by
+ * collect_groups; owner_sql checks that the row itself exists. */
+static kb_err linked_groups(store *st, const char *owner_sql, const char *sql, int kind, int64_t id,
+                            store_group **out, size_t *n)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = ?1", client_id));
-    KB_GUARD_OUT(rc, prep(b,
-                          "SELECT " GROUP_COLS ", m.mac FROM memberships m JOIN groups g ON "
-                          "g.id = m.group_id WHERE m.client_id = ?1 ORDER BY g.name",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
-    rc = collect_groups(b, s, LINK_MEMBERSHIP, client_id, out, n);
+    KB_GUARD_OUT(rc, exists(b, owner_sql, id));
+    KB_GUARD_OUT(rc, prep(b, sql, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    rc = collect_groups(b, s, kind, id, out, n);
 out:
     done(s);
     PUT(st, b);
     return rc;
 }
 
+static kb_err sq_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
+{
+    return linked_groups(st, "SELECT 1 FROM clients WHERE id = ?1",
+                         "SELECT " GROUP_COLS ", m.mac FROM memberships m JOIN groups g ON "
+                         "g.id = m.group_id WHERE m.client_id = ?1 ORDER BY g.name",
+                         LINK_MEMBERSHIP, client_id, out, n);
+}
+
 static kb_err sq_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)
 {
-    cx *b;
-    sqlite3_stmt *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
-    KB_GUARD_OUT(rc, prep(b,
-                          "SELECT " GROUP_COLS ", gr.mac FROM grants gr JOIN groups g ON "
-                          "g.id = gr.group_id WHERE gr.secret_id = ?1 ORDER BY g.name",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
-    rc = collect_groups(b, s, LINK_GRANT, secret_id, out, n);
-out:
-    done(s);
-    PUT(st, b);
-    return rc;
+    return linked_groups(st, "SELECT 1 FROM secrets WHERE id = ?1",
+                         "SELECT " GROUP_COLS ", gr.mac FROM grants gr JOIN groups g ON "
+                         "g.id = gr.group_id WHERE gr.secret_id = ?1 ORDER BY g.name",
+                         LINK_GRANT, secret_id, out, n);
 }
 
 static kb_err sq_group_clients(store *st, int64_t group_id, store_client **out, size_t *n)
