@@ -71,16 +71,6 @@ void fairness_free(fairness *f)
     free(f);
 }
 
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 static bool idle(ent *e, double now)
 {
     hsm_bucket_refill(&e->b, now);
@@ -115,7 +105,7 @@ static bool evict_idle(fairness *f, double now)
 /* The entry for id, created if needed; NULL if the table is full of busy IDs or on ENOMEM. */
 static ent *get(fairness *f, const char *id, double now)
 {
-    uint64_t h = hash_str(id);
+    uint64_t h = hsm_id_hash(id);
     size_t len = strnlen(id, FAIRNESS_ID_MAX + 1);
     ent *e;
     if (len > FAIRNESS_ID_MAX)

@@ -141,7 +141,7 @@ void hsm_budget_free(hsm_budget *b)
 
 /* FNV-1a: table placement only (IDs come from verified certificates, and a collision costs a
  * longer chain, never a wrong answer). */
-static uint64_t hash_str(const char *s)
+uint64_t hsm_id_hash(const char *s)
 {
     uint64_t h = 1469598103934665603ULL;
     for (; *s; s++) {
@@ -188,7 +188,7 @@ found:
 
 static client_ent *client_get(hsm_budget *b, const char *id, double now)
 {
-    uint64_t h = hash_str(id);
+    uint64_t h = hsm_id_hash(id);
     size_t len = strnlen(id, HSM_BUDGET_CLIENT_MAX + 1);
     client_ent *e;
     if (len > HSM_BUDGET_CLIENT_MAX)
@@ -268,7 +268,7 @@ out:
 
 static client_ent *client_find(hsm_budget *b, const char *id)
 {
-    uint64_t h = hash_str(id);
+    uint64_t h = hsm_id_hash(id);
     for (client_ent *e = b->slots[h & (b->nslots - 1)]; e; e = e->next)
         if (e->hash == h && strcmp(e->id, id) == 0)
             return e;

@@ -98,4 +98,8 @@ void hsm_budget_stats_get(hsm_budget *b, double now, hsm_budget_stats *out);
 /* CLOCK_MONOTONIC in seconds: what production passes as now. */
 double hsm_budget_now(void);
 
+/* FNV-1a of a SPIFFE ID, for placing per-ID entries in a hash table (hsm_budget and
+ * fairness); a collision costs a longer chain, never a wrong answer. */
+uint64_t hsm_id_hash(const char *s);
+
 #endif
