@@ -5,7 +5,7 @@ PKGS=(
   build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
   libssl-dev libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev sqlite3 libpq-dev
   postgresql libp11-kit-dev softhsm2 opensc libinih-dev libcmocka-dev
-  openssl curl python3 python3-cryptography python3-botocore python3-boto3 awscli
+  openssl curl python3 python3-cryptography python3-botocore python3-boto3 awscli golang-go
   nginx apache2-utils prometheus jq util-linux procps
 )
 missing=()

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "lib/buf.h"
@@ -587,10 +588,22 @@ static json_t *keywhiz_json(const store_record *rec, const kb_secret *content)
         json_decref(o);
         return NULL;
     }
+    /* Go clients match keys ignoring case, the last one winning: a stored key that equals a
+     * fixed field, or an earlier key, ignoring case (possible in rows written before the model
+     * refused them) is left out rather than let it replace what the client reads. Sorted keys:
+     * the first of a case-equal pair is kept, the same one every time. */
     meta = api_metadata_json(rec->version.metadata);
     json_object_foreach(meta, k, v)
     {
-        if (json_object_get(o, k) == NULL)
+        bool clash = model_metadata_key_reserved(k);
+        const char *seen;
+        json_t *unused;
+        json_object_foreach(o, seen, unused)
+        {
+            (void)unused;
+            clash = clash || strcasecmp(seen, k) == 0;
+        }
+        if (!clash)
             json_object_set(o, k, v);
     }
     json_decref(meta);
@@ -873,6 +886,7 @@ static void h_batch(svc *s, api_ctx *c, const store_client *who, bool keywhiz, a
     static const char *const k_native[] = {"names", NULL};
     static const char *const k_keywhiz[] = {"secrets", NULL};
     json_t *body = NULL, *arr = NULL;
+    const json_t *want;
     const char **names = NULL;
     size_t n = 0;
     store_record *recs = NULL;
@@ -886,7 +900,15 @@ static void h_batch(svc *s, api_ctx *c, const store_client *who, bool keywhiz, a
     }
     if (api_body(c, keywhiz ? k_keywhiz : k_native, 0, &body, r) != KB_OK)
         return;
-    rc = batch_names(json_object_get(body, keywhiz ? "secrets" : "names"), &names, &n);
+    want = json_object_get(body, keywhiz ? "secrets" : "names");
+    if (keywhiz && (json_is_null(want) || (json_is_array(want) && json_array_size(want) == 0))) {
+        /* keysync posts {"secrets":null} (a nil Go slice) on every poll with nothing to fetch:
+         * Keywhiz answers an empty batch, so do we. Only an absent or wrong-typed member is an
+         * error. */
+        api_ok(r, 200, json_array());
+        goto out;
+    }
+    rc = batch_names(want, &names, &n);
     if (rc != KB_OK) {
         api_error(r, api_status_for(rc), kb_err_str(rc),
                   "names must be a non-empty array of distinct valid secret names (at most "

@@ -297,7 +297,10 @@ static void secret_write(svc *s, api_ctx *c, const char *path_name, api_response
         goto out;
     }
     if ((rc = f_metadata(body, &meta)) != KB_OK) {
-        bad_body(r, rc, "metadata must be an object of at most 64 valid string values");
+        bad_body(r, rc,
+                 "metadata must be an object of at most 64 valid string values whose keys are "
+                 "distinct ignoring case and are not a Keywhiz field ignoring case (name, secret, "
+                 "secretLength, checksum, creationDate, updateDate, expiry, version)");
         goto out;
     }
     if ((rc = api_b64_decode(b64, strlen(b64), &content)) != KB_OK) {

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static bool name_char(unsigned char c)
 {
@@ -107,9 +108,21 @@ kb_err model_metadata_value_check(const char *value, size_t len)
     return utf8_text_check(value, len);
 }
 
+bool model_metadata_key_reserved(const char *key)
+{
+    /* What api.c's keywhiz_json renders before the flattened metadata. */
+    static const char *const fixed[] = {"name",         "secret",     "secretLength", "checksum",
+                                        "creationDate", "updateDate", "expiry",       "version"};
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+        if (strcasecmp(key, fixed[i]) == 0)
+            return true;
+    return false;
+}
+
 kb_err model_metadata_check(const json_t *obj)
 {
-    const char *k;
+    const char *k, *seen[MODEL_METADATA_ENTRIES_MAX];
+    size_t n = 0;
     json_t *v;
     KB_ENSURE_REF(obj);
     KB_ENSURE(json_is_object(obj), KB_ERR_INVALID);
@@ -118,6 +131,10 @@ kb_err model_metadata_check(const json_t *obj)
     {
         /* jansson keys may hold NUL only with JSON_ALLOW_NUL, which we never pass. */
         KB_GUARD(model_metadata_key_check(k));
+        KB_ENSURE(!model_metadata_key_reserved(k), KB_ERR_INVALID);
+        for (size_t i = 0; i < n; i++)
+            KB_ENSURE(strcasecmp(seen[i], k) != 0, KB_ERR_INVALID);
+        seen[n++] = k;
         KB_ENSURE(json_is_string(v), KB_ERR_INVALID);
         KB_GUARD(model_metadata_value_check(json_string_value(v), json_string_length(v)));
     }

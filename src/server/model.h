@@ -39,7 +39,13 @@ KB_WUR kb_err model_metadata_key_check(const char *key);
 /* value[0..len): valid UTF-8 (no overlongs, surrogates or code points past U+10FFFF), no C0, DEL
  * or C1 control characters, at most MODEL_METADATA_VALUE_MAX bytes. */
 KB_WUR kb_err model_metadata_value_check(const char *value, size_t len);
-/* obj must be a JSON object of at most MODEL_METADATA_ENTRIES_MAX string values. */
+/* True if key equals, ignoring ASCII case, a fixed field of Keywhiz's secret shape (name, secret,
+ * secretLength, checksum, creationDate, updateDate, expiry, version). Keywhiz clients written in
+ * Go (keysync) decode keys case-insensitively with the last key winning, so a metadata key
+ * `Secret` flattened beside `secret` would replace the content they write. */
+bool model_metadata_key_reserved(const char *key);
+/* obj must be a JSON object of at most MODEL_METADATA_ENTRIES_MAX string values, whose keys are
+ * valid, not reserved (model_metadata_key_reserved), and distinct ignoring ASCII case. */
 KB_WUR kb_err model_metadata_check(const json_t *obj);
 /* Parse and check metadata text (NULL or "" = {}), and return its canonical form (compact,
  * sorted keys; malloc'd, caller frees). */

@@ -1,4 +1,5 @@
 /* test_model.c - data model rules: every limit at, below and above, and the negative cases. */
+#include <ctype.h>
 #include <string.h>
 
 #include "kbtest.h"
@@ -167,7 +168,38 @@ static void metadata_objects(void **state)
     assert_kb(model_metadata_canon("{\"a\":\"b\\u0007\"}", &canon), KB_ERR_INVALID);
     assert_kb(model_metadata_canon("{\"a\":\"b\\u0000c\"}", &canon), KB_ERR_INVALID);
     assert_kb(model_metadata_canon("{\"bad key\":\"v\"}", &canon), KB_ERR_INVALID);
+    /* Keys a Go decoder would read over a Keywhiz field, or over each other (issue 14). */
+    assert_kb(model_metadata_canon("{\"Secret\":\"v\"}", &canon), KB_ERR_INVALID);
+    assert_kb(model_metadata_canon("{\"secret\":\"v\"}", &canon), KB_ERR_INVALID);
+    assert_kb(model_metadata_canon("{\"SECRETLENGTH\":\"1\"}", &canon), KB_ERR_INVALID);
+    assert_kb(model_metadata_canon("{\"mode\":\"0400\",\"MODE\":\"0666\"}", &canon),
+              KB_ERR_INVALID);
     assert_null(canon);
+    assert_ok(model_metadata_canon("{\"mode\":\"0400\",\"owner\":\"a\",\"group\":\"b\","
+                                   "\"filename\":\"x.pem\",\"secrets\":\"s\"}",
+                                   &canon));
+    free(canon);
+    canon = NULL;
+}
+
+static void metadata_reserved_keys(void **state)
+{
+    (void)state;
+    static const char *const fixed[] = {"name",         "secret",     "secretLength", "checksum",
+                                        "creationDate", "updateDate", "expiry",       "version"};
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
+        char up[32];
+        size_t n = strlen(fixed[i]);
+        assert_true(model_metadata_key_reserved(fixed[i]));
+        for (size_t k = 0; k <= n; k++)
+            up[k] = (char)toupper((unsigned char)fixed[i][k]);
+        assert_true(model_metadata_key_reserved(up));
+    }
+    assert_false(model_metadata_key_reserved("mode"));
+    assert_false(model_metadata_key_reserved("filename"));
+    assert_false(model_metadata_key_reserved("secret_"));
+    assert_false(model_metadata_key_reserved("names"));
+    assert_false(model_metadata_key_reserved("nam"));
 }
 
 static void spiffe_and_prefixes(void **state)
@@ -236,6 +268,7 @@ int main(void)
         cmocka_unit_test(content_sizes),
         cmocka_unit_test(metadata_keys_and_values),
         cmocka_unit_test(metadata_objects),
+        cmocka_unit_test(metadata_reserved_keys),
         cmocka_unit_test(spiffe_and_prefixes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
