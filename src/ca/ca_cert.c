@@ -52,17 +52,25 @@ static kb_err der_hdr(kb_dbuf *b, uint8_t tag, size_t len)
 /* SHA-256 fetched once: EVP_sha256() in EVP_Digest is an implicit fetch, a provider store
  * look-up under a lock on every call (OpenSSL 3, crypto(7) "Performance"). */
 static pthread_once_t g_md_once = PTHREAD_ONCE_INIT;
-static EVP_MD *g_sha256;
+static EVP_MD *g_sha256, *g_sha1;
 
 static void md_init(void)
 {
     g_sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    g_sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
 }
 
 static const EVP_MD *sha256(void)
 {
     pthread_once(&g_md_once, md_init);
     return g_sha256 != NULL ? g_sha256 : EVP_sha256();
+}
+
+/* SHA-1 for key identifiers (RFC 5280 4.2.1.2), fetched with SHA-256. */
+static const EVP_MD *sha1(void)
+{
+    pthread_once(&g_md_once, md_init);
+    return g_sha1 != NULL ? g_sha1 : EVP_sha1();
 }
 
 /* SEQUENCE { tbs, ecdsa-with-SHA256, BIT STRING (0 unused bits) signature } signed by s. */
@@ -258,6 +266,30 @@ static kb_err ext_ski(X509 *x, EVP_PKEY *pub, ASN1_OCTET_STRING **keep)
     return rc;
 }
 
+/* A leaf's SKI (RFC 5280 4.2.1.2: SHOULD; SPIRE sets it): SHA-1 of the subjectPublicKey BIT
+ * STRING's bytes, the same value as ext_ski, hashed with the once-fetched digest (the issuance
+ * hot path). */
+static kb_err ext_leaf_ski(X509 *x)
+{
+    ASN1_BIT_STRING *bits = X509_get0_pubkey_bitstr(x);
+    unsigned char md[20];
+    unsigned int mdl = 0;
+    ASN1_OCTET_STRING *ski = NULL;
+    kb_err rc = KB_ERR_CRYPTO;
+
+    KB_ENSURE(bits != NULL, KB_ERR_CRYPTO);
+    KB_ENSURE(EVP_Digest(ASN1_STRING_get0_data(bits), (size_t)ASN1_STRING_length(bits), md, &mdl,
+                         sha1(), NULL) == 1 &&
+                  mdl == sizeof(md),
+              KB_ERR_CRYPTO);
+    ski = ASN1_OCTET_STRING_new();
+    KB_ENSURE(ski != NULL, KB_ERR_NOMEM);
+    if (ASN1_OCTET_STRING_set(ski, md, (int)mdl) == 1)
+        rc = add_ext(x, NULL, NID_subject_key_identifier, ski, 0);
+    ASN1_OCTET_STRING_free(ski);
+    return rc;
+}
+
 static kb_err ext_aki(X509 *x, const ASN1_OCTET_STRING *keyid)
 {
     AUTHORITY_KEYID *ak;
@@ -314,17 +346,24 @@ static kb_err random_serial(X509 *x)
     return rc;
 }
 
+/* O=keybridge, OU=<trust domain>, CN=keybridge CA <gen>. An OU holds at most 64 characters
+ * (RFC 5280 A.1 ub-organizational-unit-name; OpenSSL refuses longer), a trust domain up to 255
+ * (SPIFFE-ID.md 2.1): a longer one is left out of the subject. The URI SAN always names it. */
+#define CA_OU_MAX 64
 static kb_err ca_name(X509_NAME *n, const char *td, int64_t gen)
 {
     char cn[64];
 
     snprintf(cn, sizeof(cn), "keybridge CA %lld", (long long)gen);
     KB_ENSURE(X509_NAME_add_entry_by_txt(n, "O", MBSTRING_UTF8, (const unsigned char *)"keybridge",
-                                         -1, -1, 0) == 1 &&
-                  X509_NAME_add_entry_by_txt(n, "OU", MBSTRING_UTF8, (const unsigned char *)td, -1,
-                                             -1, 0) == 1 &&
-                  X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
+                                         -1, -1, 0) == 1,
+              KB_ERR_INVALID);
+    if (strlen(td) <= CA_OU_MAX)
+        KB_ENSURE(X509_NAME_add_entry_by_txt(n, "OU", MBSTRING_UTF8, (const unsigned char *)td, -1,
                                              -1, 0) == 1,
+                  KB_ERR_INVALID);
+    KB_ENSURE(X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1,
+                                         0) == 1,
               KB_ERR_INVALID);
     return KB_OK;
 }
@@ -476,6 +515,7 @@ static kb_err leaf_build(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p25
     KB_GUARD_OUT(rc, ext_key_usage(x, NULL, 0));
     KB_GUARD_OUT(rc, ext_eku(x));
     KB_GUARD_OUT(rc, ext_san(x, NULL, spiffe_id_str(id)));
+    KB_GUARD_OUT(rc, ext_leaf_ski(x));
     KB_GUARD_OUT(rc, ext_aki(x, X509_get0_subject_key_id(iss->cert)));
     if (not_after != NULL)
         *not_after = end;

@@ -5,10 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
 #include "lib/buf.h"
+#include "lib/keystore.h"
 #include "lib/log.h"
 #include "lib/prog.h"
 
@@ -21,6 +23,88 @@ struct ca_ctx {
     ca_keys keys;
     ca_authority *ca;
 };
+
+#define SOFTHSM2_DEFAULT_CONF "/etc/softhsm/softhsm2.conf"
+
+/* Why the PKCS#11 side fails, in words (module, SoftHSM2's configuration, token), or NULL when
+ * the module loads and the token is there. */
+static const char *pkcs11_why(const ca_ctx *x, char *buf, size_t len)
+{
+    const char *mod = x->keys.pkcs11_module, *tok = x->keys.pkcs11_token;
+    const char *conf = getenv("SOFTHSM2_CONF");
+    int softhsm = mod != NULL && strstr(mod, "softhsm") != NULL;
+
+    if (x->pin == NULL || mod == NULL || tok == NULL)
+        return NULL; /* [ca] key = file */
+    if (access(mod, R_OK) != 0) {
+        snprintf(buf, len, "[pkcs11] module %s cannot be read", mod);
+        return buf;
+    }
+    if (softhsm && conf != NULL && access(conf, R_OK) != 0) {
+        snprintf(buf, len, "SOFTHSM2_CONF names %.512s, which cannot be read", conf);
+        return buf;
+    }
+    if (softhsm && conf == NULL && access(SOFTHSM2_DEFAULT_CONF, R_OK) != 0) {
+        snprintf(buf, len,
+                 "SOFTHSM2_CONF is not set and %s does not exist: SoftHSM2 has no token "
+                 "store (set SOFTHSM2_CONF to the configuration naming the token's directory)",
+                 SOFTHSM2_DEFAULT_CONF);
+        return buf;
+    }
+    switch (kb_pkcs11_token_check(mod, tok)) {
+    case KB_OK:
+        return NULL;
+    case KB_ERR_UNAVAILABLE:
+        snprintf(buf, len, "[pkcs11] module %s is not a loadable PKCS#11 module", mod);
+        return buf;
+    case KB_ERR_NOT_FOUND:
+        snprintf(buf, len, "no initialised token labelled '%s' ([pkcs11] token) in %s%s", tok, mod,
+                 softhsm && conf == NULL ? " (SOFTHSM2_CONF is not set, so SoftHSM2 read "
+                                           "its default " SOFTHSM2_DEFAULT_CONF ")"
+                                         : "");
+        return buf;
+    case KB_ERR_CONFLICT:
+        snprintf(buf, len, "several tokens are labelled '%s' ([pkcs11] token)", tok);
+        return buf;
+    default:
+        snprintf(buf, len, "the PKCS#11 module %s failed to initialise%s", mod,
+                 softhsm ? " (SoftHSM2: check SOFTHSM2_CONF and its directories.tokendir)" : "");
+        return buf;
+    }
+}
+
+/* 1 if the store has an active generation. */
+static int has_active(ca_store *st)
+{
+    ca_gen *g = NULL;
+    size_t n = 0;
+    int found = 0;
+
+    if (ca_store_gen_list(st, &g, &n) != KB_OK)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(g[i].state, CA_STATE_ACTIVE) == 0)
+            found = 1;
+    ca_gen_list_free(g, n);
+    return found;
+}
+
+const char *ca_ctx_explain(ca_ctx *x, kb_err rc, char *buf, size_t len)
+{
+    const char *w = pkcs11_why(x, buf, len);
+
+    if (w != NULL)
+        return w;
+    if (rc == KB_ERR_NOT_FOUND && x->st != NULL && !has_active(x->st))
+        return "no active CA: run keybridge-ca init";
+    if (rc == KB_ERR_NOT_FOUND)
+        return "the active CA's key was not found (in the token named by [pkcs11] token, or "
+               "the key file in [ca] key_dir)";
+    if (rc == KB_ERR_AUTH)
+        return "refused: the PKCS#11 PIN ([pkcs11] pin_file), or the stored CA certificate "
+               "(the log names the check)";
+    return kb_err_str(rc);
+}
 
 int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out)
 {
@@ -60,8 +144,9 @@ int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out)
     if (with_ca) {
         rc = ca_open(x->st, &x->keys, &x->ca);
         if (rc != KB_OK) {
-            fprintf(stderr, "keybridge-ca: cannot open the CA: %s%s\n", kb_err_str(rc),
-                    rc == KB_ERR_NOT_FOUND ? " (no active CA: run keybridge-ca init)" : "");
+            char why[1024];
+            fprintf(stderr, "keybridge-ca: cannot open the CA: %s\n",
+                    ca_ctx_explain(x, rc, why, sizeof(why)));
             ca_ctx_close(x);
             return kb_exit_code(rc);
         }

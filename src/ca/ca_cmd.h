@@ -13,6 +13,9 @@ typedef struct ca_ctx ca_ctx;
  * Returns an exit code (KB_EXIT_OK on success; a message has been printed otherwise). */
 int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out);
 void ca_ctx_close(ca_ctx *x);
+/* A message naming why opening or creating the CA failed with rc: the PKCS#11 module, a missing
+ * SOFTHSM2_CONF or token, no active CA, a missing key (buf holds it, or a static string). */
+const char *ca_ctx_explain(ca_ctx *x, kb_err rc, char *buf, size_t len);
 ca_store *ca_ctx_store(ca_ctx *x);
 ca_authority *ca_ctx_ca(ca_ctx *x);
 const ca_keys *ca_ctx_keys(ca_ctx *x);

@@ -506,6 +506,9 @@ static int arn_account_is(const char *arn, const char *account)
     return p != NULL && strncmp(p, account, 12) == 0 && p[12] == ':';
 }
 
+/* federatedBundles is left out: keybridge-ca federates with no other trust domain, and SPIRE's
+ * SVIDStore plugins omit the member when it would be empty (encoding/json omitempty), so a
+ * reader written for SPIRE sees the same document. */
 kb_err ca_target_svidstore_json(const char *id_str, const ca_svid *sv, char **out)
 {
     json_t *o = json_object();
@@ -518,8 +521,7 @@ kb_err ca_target_svidstore_json(const char *id_str, const ca_svid *sv, char **ou
     if (json_object_set_new(o, "spiffeID", json_string(id_str)) != 0 ||
         json_object_set_new(o, "x509SVID", json_string(sv->chain_pem)) != 0 ||
         json_object_set_new(o, "x509SVIDKey", key ? key : json_string("")) != 0 ||
-        json_object_set_new(o, "bundle", json_string(sv->bundle_pem)) != 0 ||
-        json_object_set_new(o, "federatedBundles", json_object()) != 0)
+        json_object_set_new(o, "bundle", json_string(sv->bundle_pem)) != 0)
         rc = KB_ERR_NOMEM;
     if (rc == KB_OK) {
         *out = kb_json_dump(o);

@@ -75,7 +75,8 @@ static int need_arg(int i, int argc, const char *cmd, const char *opt)
 static int cmd_init(const kb_config *cfg, int argc, char **argv)
 {
     const char *td = kb_config_str(cfg, "ca", "trust_domain");
-    const char *csr_out = NULL;
+    const char *csr_out = NULL, *why = NULL;
+    char have[SPIFFE_TD_MAX + 1];
     int intermediate = 0;
     ca_ctx *x = NULL;
     char *csr = NULL;
@@ -111,13 +112,34 @@ static int cmd_init(const kb_config *cfg, int argc, char **argv)
         usage_err("init", "--intermediate needs --csr-out FILE");
         return KB_EXIT_USAGE;
     }
+    if (spiffe_td_validate(td, strlen(td), &why) != KB_OK) {
+        fprintf(stderr, "keybridge-ca init: invalid trust domain: %s\n", why);
+        return KB_EXIT_USAGE;
+    }
     if ((code = ca_ctx_open(cfg, 0, &x)) != KB_EXIT_OK)
         return code;
+    if (ca_store_trust_domain(ca_ctx_store(x), have, sizeof(have)) == KB_OK &&
+        strcmp(have, td) != 0) {
+        fprintf(stderr,
+                "keybridge-ca init: this database already belongs to trust domain %s "
+                "(one CA database per trust domain)\n",
+                have);
+        ca_ctx_close(x);
+        return KB_EXIT_FAIL;
+    }
     rc = ca_ctx_new_generation(x, td, intermediate, CA_STATE_ACTIVE, &gen, &csr);
-    if (rc == KB_OK && csr != NULL)
-        rc = kb_file_write_atomic(csr_out, csr, strlen(csr), 0644);
     if (rc != KB_OK) {
-        fprintf(stderr, "keybridge-ca init: failed: %s\n", kb_err_str(rc));
+        char buf[1024];
+        const char *w = strcmp(kb_config_str(cfg, "ca", "key"), "file") == 0
+                            ? "cannot create the CA key file in [ca] key_dir (it must exist, "
+                              "owned by this user)"
+                            : ca_ctx_explain(x, rc, buf, sizeof(buf));
+        fprintf(stderr, "keybridge-ca init: failed: %s: %s\n", kb_err_str(rc), w);
+        code = kb_exit_code(rc);
+    } else if (csr != NULL &&
+               (rc = kb_file_write_atomic(csr_out, csr, strlen(csr), 0644)) != KB_OK) {
+        fprintf(stderr, "keybridge-ca init: cannot write the CSR to %s: %s\n", csr_out,
+                kb_err_str(rc));
         code = kb_exit_code(rc);
     } else if (intermediate) {
         printf("generation %lld pending: CSR written to %s; import the signed chain with\n"

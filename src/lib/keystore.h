@@ -111,6 +111,12 @@ KB_WUR kb_err kb_keystore_ec_init(const char *module, const char *token_label, c
 KB_WUR kb_err kb_keystore_ec_open(const char *module, const char *token_label, const char *label,
                                   const kb_secret *pin, kb_ec_signer **out);
 
+/* Is there exactly one initialised token labelled token_label in module? KB_OK if so;
+ * KB_ERR_UNAVAILABLE if the module cannot be loaded, KB_ERR_HSM if it fails to initialise
+ * (SoftHSM2: unreadable SOFTHSM2_CONF or token directory), KB_ERR_NOT_FOUND if no such token,
+ * KB_ERR_CONFLICT if several. Lets a caller tell "no token" from "no key" in its message. */
+KB_WUR kb_err kb_pkcs11_token_check(const char *module, const char *token_label);
+
 /* Development only: create a new P-256 key as a 0600 PKCS#8 PEM file (KB_ERR_EXISTS if path
  * exists), and open one (refused with KB_ERR_CONFIG if group/world accessible, KB_ERR_INVALID if
  * it is not an EC P-256 private key). */

@@ -497,6 +497,20 @@ out:
     return rc;
 }
 
+kb_err kb_pkcs11_token_check(const char *module, const char *token_label)
+{
+    struct p11_module *m = NULL;
+    CK_SLOT_ID slot;
+    kb_err rc;
+
+    KB_ENSURE_REF(module);
+    KB_ENSURE_REF(token_label);
+    KB_GUARD(module_acquire(module, &m));
+    rc = find_slot(m->f, token_label, &slot);
+    module_release(m);
+    return rc;
+}
+
 /* Find the one secret key with this label and key type. KB_ERR_NOT_FOUND if none,
  * KB_ERR_CONFLICT if several (which one wraps is then undefined: refuse). */
 static kb_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,

@@ -71,7 +71,7 @@ sm = boto3.client("secretsmanager", endpoint_url=os.environ["KB_EP"])
 def svid(name):
     v = sm.get_secret_value(SecretId=name)
     d = json.loads(v["SecretBinary"])
-    assert set(d) == {"spiffeID", "x509SVID", "x509SVIDKey", "bundle", "federatedBundles"}, d.keys()
+    assert set(d) == {"spiffeID", "x509SVID", "x509SVIDKey", "bundle"}, d.keys()  # no empty federatedBundles (SPIRE omits it)
     leaf = x509.load_pem_x509_certificates(d["x509SVID"].encode())[0]
     uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
     assert uris == [d["spiffeID"]], (uris, d["spiffeID"])

@@ -93,7 +93,7 @@ def main():
         fake = e.start_fake()
         ca.register(h.CLIENT_ID, SVID_SECRET)
         doc = stored(sm)
-        h.check(set(doc) == {"spiffeID", "x509SVID", "x509SVIDKey", "bundle", "federatedBundles"},
+        h.check(set(doc) == {"spiffeID", "x509SVID", "x509SVIDKey", "bundle"},
                 doc.keys())
         serial1 = leaf_serial(doc["x509SVID"])
         for i in range(5):

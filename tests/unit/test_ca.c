@@ -80,6 +80,24 @@ static void certs_with(kb_ec_signer *s)
         assert_int_equal((long)(now - timegm(&tm)), CA_BACKDATE_SECS);
     }
     verify_leaf_with_bundle(root, leaf, "spiffe://example.org/ns/a");
+    /* SKI = SHA-1 of the subjectPublicKey (RFC 5280 4.2.1.2 method 1), AKI = the CA's SKI */
+    {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int mdl = 0;
+        const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(leaf);
+        const ASN1_OCTET_STRING *aki = X509_get0_authority_key_id(leaf);
+        int crit = -1;
+        ASN1_OCTET_STRING *raw = X509_get_ext_d2i(leaf, NID_subject_key_identifier, &crit, NULL);
+        assert_non_null(ski);
+        assert_non_null(raw);
+        assert_int_equal(crit, 0); /* RFC 5280: MUST be non-critical */
+        ASN1_OCTET_STRING_free(raw);
+        assert_int_equal(X509_pubkey_digest(leaf, EVP_sha1(), md, &mdl), 1);
+        assert_int_equal(ASN1_STRING_length(ski), (int)mdl);
+        assert_memory_equal(ASN1_STRING_get0_data(ski), md, mdl);
+        assert_non_null(aki);
+        assert_int_equal(ASN1_OCTET_STRING_cmp(aki, X509_get0_subject_key_id(root)), 0);
+    }
     /* notAfter never past the CA's */
     assert_ok(ca_cert_leaf(&iss, k, &id, CA_TTL_MAX, now, &clamped));
     assert_true(ca_cert_not_after(clamped) <= ca_cert_not_after(root));
@@ -660,6 +678,36 @@ static void test_audit_group_commit(void **state)
     free(d);
 }
 
+/* SPIRE's SVIDStore document: exactly spiffeID, x509SVID, x509SVIDKey, bundle (SPIRE omits an
+ * empty federatedBundles, and so do we). */
+static void test_svidstore_json(void **state)
+{
+    ca_svid sv;
+    char *doc = NULL;
+    json_t *o = NULL;
+    const char *k;
+    json_t *v;
+    size_t n = 0;
+    (void)state;
+
+    memset(&sv, 0, sizeof(sv));
+    sv.chain_pem = "CHAIN";
+    sv.bundle_pem = "BUNDLE";
+    assert_ok(ca_target_svidstore_json("spiffe://example.org/a", &sv, &doc));
+    assert_ok(kb_json_parse(doc, strlen(doc), 65536, &o, NULL, 0));
+    json_object_foreach(o, k, v)
+    {
+        assert_true(strcmp(k, "spiffeID") == 0 || strcmp(k, "x509SVID") == 0 ||
+                    strcmp(k, "x509SVIDKey") == 0 || strcmp(k, "bundle") == 0);
+        n++;
+    }
+    assert_int_equal(n, 4);
+    assert_null(json_object_get(o, "federatedBundles"));
+    assert_string_equal(json_string_value(json_object_get(o, "x509SVID")), "CHAIN");
+    json_decref(o);
+    kb_json_free_str(doc);
+}
+
 static void test_policy_and_targets(void **state)
 {
     static const char good[] =
@@ -800,6 +848,7 @@ int main(void)
         cmocka_unit_test(test_pkcs11_signer),
         cmocka_unit_test(test_csr),
         cmocka_unit_test(test_policy_and_targets),
+        cmocka_unit_test(test_svidstore_json),
         cmocka_unit_test(test_schedule),
         cmocka_unit_test(test_store_generation_check),
         cmocka_unit_test(test_pem_write),
