@@ -266,7 +266,7 @@ void ca_api_handler(kb_http_req *req, void *arg)
             kb_http_reply_error(req, 405, "method_not_allowed", "use POST");
         else
             do_renew(a, req);
-    } else if (strcmp(p, "/v1/bundle") == 0) {
+    } else if (strcmp(p, CA_API_BUNDLE_PATH) == 0) {
         if (strcmp(m, "GET") != 0)
             kb_http_reply_error(req, 405, "method_not_allowed", "use GET");
         else
@@ -276,4 +276,20 @@ void ca_api_handler(kb_http_req *req, void *arg)
     } else {
         kb_http_reply_error(req, 404, "not_found", "no such endpoint");
     }
+}
+
+/* The federation bundle endpoint (SPIFFE_Federation.md 5.2.2, https_spiffe): one path, GET only,
+ * on a listener that asks for no client certificate (5.2.2.3: servers MUST NOT require client
+ * authentication there). Nothing else is reachable through it. */
+void ca_api_bundle_handler(kb_http_req *req, void *arg)
+{
+    ca_api *a = arg;
+    const char *m = kb_http_req_method(req), *p = kb_http_req_path(req);
+
+    if (strcmp(p, CA_API_BUNDLE_PATH) != 0)
+        kb_http_reply_error(req, 404, "not_found", "only " CA_API_BUNDLE_PATH " is served here");
+    else if (strcmp(m, "GET") != 0)
+        kb_http_reply_error(req, 405, "method_not_allowed", "use GET");
+    else
+        do_bundle(a, req);
 }

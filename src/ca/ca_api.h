@@ -10,6 +10,10 @@
  *   GET  /v1/bundle       SPIFFE bundle JWKS (spiffe_sequence, spiffe_refresh_hint);
  *                         ?format=pem or Accept: application/x-pem-file for PEM.
  *   GET  /metrics         Prometheus text: lowest remaining life, failures, renewals.
+ *
+ * The bundle alone is also served by ca_api_bundle_handler on [server] bundle_listen, a TLS
+ * listener that requests no client certificate: SPIFFE federation's bundle endpoint
+ * (SPIFFE_Federation.md 5.2.2, profile https_spiffe, endpoint ID = the CA's server SVID).
  */
 #ifndef KB_CA_API_H
 #define KB_CA_API_H
@@ -33,7 +37,11 @@ void ca_api_free(ca_api *a);
 /* Rebuild the verification bundle from the authority (after ca_reload reports a change). */
 KB_WUR kb_err ca_api_refresh_bundle(ca_api *a);
 
+#define CA_API_BUNDLE_PATH "/v1/bundle"
+
 void ca_api_handler(kb_http_req *req, void *arg);
+/* GET /v1/bundle only (404 elsewhere, 405 for other methods): the federation listener. */
+void ca_api_bundle_handler(kb_http_req *req, void *arg);
 /* verify_peer for kb_httpd_opts (arg = the ca_api). */
 int ca_api_verify_peer(void *arg, X509 *leaf, STACK_OF(X509) * chain, char *id, size_t id_len,
                        const char **why);

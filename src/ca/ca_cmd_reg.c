@@ -288,7 +288,7 @@ out:
 /* ---- serve --------------------------------------------------------------------------------- */
 
 static volatile sig_atomic_t g_stop;
-static kb_httpd *volatile g_httpd;
+static kb_httpd *volatile g_httpd, *volatile g_bundle_httpd;
 
 static void on_signal(int sig)
 {
@@ -296,6 +296,8 @@ static void on_signal(int sig)
     g_stop = 1;
     if (g_httpd)
         kb_httpd_stop(g_httpd);
+    if (g_bundle_httpd)
+        kb_httpd_stop(g_bundle_httpd);
 }
 
 static void *httpd_thread(void *arg)
@@ -305,6 +307,25 @@ static void *httpd_thread(void *arg)
         kb_log(KB_LOG_ERROR, "httpd_stopped", "err", kb_err_str(rc), NULL);
     g_stop = 1;
     return NULL;
+}
+
+/* The federation bundle endpoint ([server] bundle_listen): TLS with the CA's server SVID, no
+ * client certificate requested (SPIFFE_Federation.md 5.2.2.3), GET /v1/bundle only. The SVID
+ * files are the mTLS listener's, reloaded by the layer when they change. */
+static kb_err bundle_listener(const char *listen, const char *cert, const char *key, ca_api *api,
+                              kb_httpd **out)
+{
+    kb_httpd_opts o;
+
+    memset(&o, 0, sizeof(o));
+    o.listen = listen;
+    o.threads = 1;
+    o.cert_file = cert;
+    o.key_file = key;
+    o.max_body_bytes = 1;
+    o.handler = ca_api_bundle_handler;
+    o.handler_arg = api;
+    return kb_httpd_new(&o, out);
 }
 
 /* The CA's own server SVID, kept fresh in [server] svid_dir like a dir: registration. */
@@ -346,8 +367,10 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     ca_api_opts ao;
     kb_httpd_opts ho;
     ca_ctx *x = NULL;
-    pthread_t th;
-    int code, started = 0;
+    const char *bundle_listen = kb_config_str(cfg, "server", "bundle_listen");
+    kb_httpd *bh = NULL;
+    pthread_t th, bth;
+    int code, started = 0, bstarted = 0;
     struct sigaction sa;
     kb_err rc;
 
@@ -420,7 +443,15 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
         code = kb_exit_code(rc);
         goto out;
     }
+    if (bundle_listen != NULL &&
+        (rc = bundle_listener(bundle_listen, cert, key, api, &bh)) != KB_OK) {
+        fprintf(stderr, "keybridge-ca serve: cannot listen on [server] bundle_listen %s: %s\n",
+                bundle_listen, kb_err_str(rc));
+        code = kb_exit_code(rc);
+        goto out;
+    }
     g_httpd = h;
+    g_bundle_httpd = bh;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
@@ -431,6 +462,14 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     started = 1;
     snprintf(port, sizeof(port), "%d", kb_httpd_port(h));
     kb_log(KB_LOG_INFO, "listening", "listen", ho.listen, "port", port, "spiffe_id", own_id, NULL);
+    if (bh != NULL) {
+        if (pthread_create(&bth, NULL, httpd_thread, bh) != 0)
+            goto out;
+        bstarted = 1;
+        snprintf(port, sizeof(port), "%d", kb_httpd_port(bh));
+        kb_log(KB_LOG_INFO, "bundle_endpoint_listening", "listen", bundle_listen, "port", port,
+               "profile", "https_spiffe", "spiffe_id", own_id, NULL);
+    }
     while (!g_stop) {
         int changed = 0, ok = 0, bad = 0;
         time_t now = time(NULL);
@@ -454,10 +493,16 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
 out:
     if (h != NULL)
         kb_httpd_stop(h);
+    if (bh != NULL)
+        kb_httpd_stop(bh);
     if (started)
         pthread_join(th, NULL);
+    if (bstarted)
+        pthread_join(bth, NULL);
     g_httpd = NULL;
+    g_bundle_httpd = NULL;
     kb_httpd_free(h);
+    kb_httpd_free(bh);
     ca_api_free(api);
     ca_renewer_free(rn);
     ca_ctx_close(x);

@@ -39,6 +39,9 @@ static const kb_config_key keys[] = {
     {"policy", "file", KB_CFG_PATH, NULL, "registration policy (JSON, docs/keybridge-ca.md)"},
     {"server", "listen", KB_CFG_STRING, "127.0.0.1:8444", "mTLS API address:port"},
     {"server", "threads", KB_CFG_INT, "2", "event loops"},
+    {"server", "bundle_listen", KB_CFG_STRING, NULL,
+     "address:port of the SPIFFE federation bundle endpoint (GET /v1/bundle, https_spiffe, "
+     "no client certificate asked); unset: not served"},
     {"server", "svid_dir", KB_CFG_PATH, NULL,
      "directory where the CA keeps its own server SVID (svid.pem, svid.key, bundle.pem)"},
     {"server", "svid_ttl", KB_CFG_DURATION, "1h",
