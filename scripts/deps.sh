@@ -7,16 +7,41 @@ PKGS=(
   postgresql libp11-kit-dev softhsm2 opensc libinih-dev libcmocka-dev
   openssl curl python3 python3-cryptography python3-botocore python3-boto3 awscli golang-go
   nginx apache2-utils prometheus jq util-linux procps
+  # the Lambda artifact (scripts/package-lambda.sh): zip, the arm64 cross build and its test
+  zip binutils qemu-user-static gcc-aarch64-linux-gnu libc6-dev:arm64 libssl-dev:arm64
+  libjansson-dev:arm64 libinih-dev:arm64
 )
+# libevent-dev is not Multi-Arch: same, so libevent-dev:arm64 cannot be installed beside the
+# amd64 one: its static archives (all the arm64 build needs; the headers are identical) are
+# extracted from the package into LEV_ARM64 instead.
+LEV_ARM64=/usr/local/lib/aarch64-linux-gnu
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
+have_arm64=0
+dpkg --print-foreign-architectures | grep -qx arm64 && have_arm64=1
+have_lev=0
+[ -e "$LEV_ARM64/libevent_core.a" ] && [ -e "$LEV_ARM64/libevent_openssl.a" ] && have_lev=1
+if [ ${#missing[@]} -eq 0 ] && [ $have_arm64 -eq 1 ] && [ $have_lev -eq 1 ]; then
   exit 0
 fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
+[ $have_arm64 -eq 1 ] || $SUDO dpkg --add-architecture arm64
 $SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+if [ $have_lev -eq 0 ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  chmod 0755 "$tmp"
+  (cd "$tmp" && apt-get download libevent-dev:arm64)
+  deb=$(ls "$tmp"/libevent-dev_*_arm64.deb)
+  $SUDO mkdir -p "$LEV_ARM64"
+  dpkg-deb --fsys-tarfile "$deb" |
+    $SUDO tar -x -C "$LEV_ARM64" --strip-components=4 --wildcards './usr/lib/aarch64-linux-gnu/*.a'
+  dpkg-deb -f "$deb" Version | $SUDO tee "$LEV_ARM64/libevent-dev.version" >/dev/null
+fi
