@@ -15,6 +15,7 @@
 #include "lib/buf.h"
 #include "lib/keystore.h"
 #include "lib/log.h"
+#include "lib/x509svid.h"
 
 #define PEM_MAX ((size_t)1024 * 1024)
 
@@ -515,6 +516,97 @@ out:
     return rc;
 }
 
+/* RFC 5280 4.2.1.9 (a CA's basicConstraints MUST be critical) and X509-SVID.md 4.3 (a signing
+ * certificate's key usage MUST be critical): checked on an imported certificate, which an
+ * upstream CA made (ours are built so). */
+static kb_err ext_critical(X509 *x, int nid, const char *missing, const char *not_crit,
+                           const char **why)
+{
+    int i = X509_get_ext_by_NID(x, nid, -1);
+
+    if (i < 0) {
+        *why = missing;
+        return KB_ERR_AUTH;
+    }
+    if (X509_EXTENSION_get_critical(X509_get_ext(x, i)) != 1) {
+        *why = not_crit;
+        return KB_ERR_AUTH;
+    }
+    return KB_OK;
+}
+
+/* Before an imported intermediate may sign: its own fields, then a test SVID signed by it
+ * (a throwaway key, never stored) verified as a relying party would - the X509-SVID rules and
+ * RFC 5280 path validation through upstream to roots, which applies every name constraint,
+ * path length and policy above us. An upstream CA whose name constraints exclude the trust
+ * domain signs a certificate that verifies on its own, yet every SVID under it would fail. The
+ * test SVID is audited like any signature (reason "import-check", target "none"). */
+static kb_err import_check(ca_store *st, kb_ec_signer *s, int64_t gen, X509 *cert,
+                           STACK_OF(X509) * chain, STACK_OF(X509) * roots, const char *td,
+                           const char **why)
+{
+    char idbuf[SPIFFE_TD_MAX + 64], serial[CA_SERIAL_HEX_LEN];
+    spiffe_bundle_set *set = NULL;
+    spiffe_bundle *b = NULL;
+    EVP_PKEY *k = NULL;
+    X509 *leaf = NULL;
+    ca_issuer iss;
+    spiffe_id id;
+    time_t now = time(NULL);
+    kb_err rc = KB_OK;
+
+    KB_GUARD(ext_critical(cert, NID_basic_constraints, "CA certificate has no basicConstraints",
+                          "CA certificate's basicConstraints is not critical (RFC 5280 4.2.1.9)",
+                          why));
+    KB_GUARD(ext_critical(cert, NID_key_usage, "CA certificate has no key usage",
+                          "CA certificate's key usage is not critical (X509-SVID 4.3)", why));
+    snprintf(idbuf, sizeof(idbuf), "spiffe://%s/keybridge-ca/import-check", td);
+    KB_GUARD(spiffe_id_parse_str(idbuf, &id, why));
+    k = EVP_EC_gen("P-256");
+    KB_ENSURE(k != NULL, KB_ERR_CRYPTO);
+    iss.signer = s;
+    iss.cert = cert;
+    iss.chain = chain;
+    rc = ca_cert_leaf(&iss, k, &id, CA_TTL_MIN, now, &leaf);
+    if (rc != KB_OK) {
+        *why = "cannot sign a test SVID with the imported certificate (expired?)";
+        goto out;
+    }
+    ca_cert_serial_hex(leaf, serial, sizeof(serial));
+    KB_GUARD_OUT(rc, ca_store_audit_add(st, serial, idbuf, "none", "import-check", gen,
+                                        (int64_t)ca_cert_not_after(leaf), (int64_t)now));
+    KB_GUARD_OUT(rc, spiffe_bundle_set_new(&set));
+    KB_GUARD_OUT(rc, spiffe_bundle_new(td, &b));
+    for (int i = 0; i < sk_X509_num(roots); i++)
+        KB_GUARD_OUT(rc, spiffe_bundle_add_x509_root(b, sk_X509_value(roots, i)));
+    KB_GUARD_OUT(rc, spiffe_bundle_set_put(set, b));
+    b = NULL;
+    /* the chain a leaf carries: our certificate, then the upstream intermediates */
+    for (int p = X509SVID_PURPOSE_CLIENT; p <= X509SVID_PURPOSE_SERVER; p++) {
+        STACK_OF(X509) *inter = sk_X509_dup(chain);
+        KB_ENSURE_OUT(rc, inter != NULL && sk_X509_unshift(inter, cert) > 0, KB_ERR_NOMEM);
+        rc = x509svid_verify(set, leaf, inter, p, now, NULL, why);
+        sk_X509_free(inter);
+        if (rc != KB_OK) {
+            static _Thread_local char msg[512];
+            snprintf(msg, sizeof(msg),
+                     "a test SVID signed by the imported certificate does not verify through "
+                     "the chain (%s): name constraints, path length or key usage above it "
+                     "exclude this trust domain's SVIDs",
+                     *why);
+            *why = msg;
+            kb_log(KB_LOG_WARN, "ca_import_refused", "why", msg, NULL);
+            goto out;
+        }
+    }
+out:
+    spiffe_bundle_free(b);
+    spiffe_bundle_set_free(set);
+    X509_free(leaf);
+    EVP_PKEY_free(k);
+    return rc;
+}
+
 kb_err ca_import_chain(ca_store *st, const ca_keys *keys, int64_t gen, const char *chain_pem,
                        const char *roots_pem, const char *state, const char **why)
 {
@@ -561,6 +653,14 @@ kb_err ca_import_chain(ca_store *st, const ca_keys *keys, int64_t gen, const cha
         *why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
         rc = KB_ERR_AUTH;
         goto out;
+    }
+    {
+        STACK_OF(X509) *upstream = sk_X509_dup(chain);
+        KB_ENSURE_OUT(rc, upstream != NULL, KB_ERR_NOMEM);
+        (void)sk_X509_shift(upstream);
+        rc = import_check(st, s, gen, sk_X509_value(chain, 0), upstream, roots, td, why);
+        sk_X509_free(upstream);
+        KB_GUARD_OUT(rc, rc);
     }
     for (int i = 1; i < sk_X509_num(chain); i++)
         KB_GUARD_OUT(rc, pem_append(&up, sk_X509_value(chain, i)));
