@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1017,6 +1018,29 @@ const char *kb_httpc_why(const kb_httpc *c)
     return c ? c->why : "";
 }
 
+/* The system trust store. OpenSSL's compiled-in default (OPENSSLDIR) is where the distribution
+ * that built OpenSSL keeps it; a binary carrying another distribution's OpenSSL - the Lambda
+ * bootstrap links Debian's statically (/usr/lib/ssl), Amazon Linux 2023 keeps its bundle in
+ * /etc/pki/tls - falls back to the usual bundle files when neither the default file nor the
+ * default directory exists. SSL_CERT_FILE / SSL_CERT_DIR, when set, are OpenSSL's and win. */
+static kb_err load_system_store(SSL_CTX *ctx)
+{
+    static const char *const bundles[] = {
+        "/etc/pki/tls/certs/ca-bundle.crt",   /* Amazon Linux, Fedora, RHEL */
+        "/etc/ssl/certs/ca-certificates.crt", /* Debian, Ubuntu, Alpine */
+    };
+    struct stat st;
+    if (getenv(X509_get_default_cert_file_env()) == NULL &&
+        getenv(X509_get_default_cert_dir_env()) == NULL &&
+        stat(X509_get_default_cert_file(), &st) != 0 &&
+        stat(X509_get_default_cert_dir(), &st) != 0) {
+        for (size_t i = 0; i < sizeof bundles / sizeof bundles[0]; i++)
+            if (stat(bundles[i], &st) == 0 && S_ISREG(st.st_mode))
+                return SSL_CTX_load_verify_file(ctx, bundles[i]) == 1 ? KB_OK : KB_ERR_CONFIG;
+    }
+    return SSL_CTX_set_default_verify_paths(ctx) == 1 ? KB_OK : KB_ERR_CONFIG;
+}
+
 kb_err kb_httpc_new(const kb_httpc_opts *o, kb_httpc **out)
 {
     kb_httpc *c;
@@ -1055,7 +1079,7 @@ kb_err kb_httpc_new(const kb_httpc_opts *o, kb_httpc **out)
     if (o->ca_file)
         KB_ENSURE_OUT(rc, SSL_CTX_load_verify_file(c->ctx, o->ca_file) == 1, KB_ERR_CONFIG);
     else
-        KB_ENSURE_OUT(rc, SSL_CTX_set_default_verify_paths(c->ctx) == 1, KB_ERR_CONFIG);
+        KB_GUARD_OUT(rc, load_system_store(c->ctx));
 out:
     ERR_clear_error();
     if (rc != KB_OK) {

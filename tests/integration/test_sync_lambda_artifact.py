@@ -5,7 +5,9 @@ and the check is shown to catch a GLIBC_2.36 symbol), one invocation of `bootstr
 a root filesystem holding only the loader and libc, against the Runtime API stand-in of
 test_sync_lambda.py (x86_64 natively, arm64 under qemu-aarch64-static), and a second build from
 a copy of the tree at another path, other TMPDIR, TZ and umask giving the same sha256."""
+import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -15,6 +17,11 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_sync_e2e import SYNC, Env, check  # noqa: E402
@@ -119,8 +126,55 @@ def unpack(z, root, arch):
     return task
 
 
-def invoke(e, root, arch, rid, argv0):
-    """One cold invocation of /var/task/bootstrap chrooted into root. Returns the response."""
+def tls_cert(d):
+    """A web CA (PEM) and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test web root")])
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = [os.path.join(d, n) for n in ("web-ca.pem", "web.pem", "web.key")]
+    for path, data in zip(paths, (ca.public_bytes(serialization.Encoding.PEM),
+                                  cert.public_bytes(serialization.Encoding.PEM),
+                                  key.private_bytes(serialization.Encoding.PEM,
+                                                    serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))):
+        with open(path, "wb") as f:
+            f.write(data)
+    os.chmod(paths[2], 0o600)
+    return paths
+
+
+def start_tls_cache(e, region):
+    """keybridge-cache over https (certificate for 127.0.0.1 from a web CA). Returns (port, CA)."""
+    ca, cert, key = tls_cert(e.dir)
+    saved = dict(os.environ)
+    os.environ.update(KEYBRIDGE_CACHE_SERVER_CERT_FILE=cert, KEYBRIDGE_CACHE_SERVER_KEY_FILE=key)
+    try:
+        port = e.start_cache(region)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return port, ca
+
+
+def invoke(e, root, arch, rid, argv0, expect_ok=True, **over):
+    """One cold invocation of /var/task/bootstrap chrooted into root. Returns the response (or
+    the /error body when expect_ok is false)."""
     certs = os.path.join(root, "certs")
     os.makedirs(certs, exist_ok=True)
     for src, dst in ((e.client[0], "svid.pem"), (e.client[1], "svid.key"), (e.bundle, "bundle.pem")):
@@ -131,8 +185,9 @@ def invoke(e, root, arch, rid, argv0):
                      KEYBRIDGE_SYNC_SOURCE_SVID_KEY_FILE="/certs/svid.key",
                      KEYBRIDGE_SYNC_SOURCE_BUNDLE_FILE="/certs/bundle.pem",
                      LAMBDA_TASK_ROOT="/var/task", _HANDLER="bootstrap",
-                     AWS_SESSION_TOKEN="FwoGZXIvYXdzEXAMPLEsessiontoken")
-    env = {k: v for k, v in env.items() if not k.startswith("LD_")}
+                     AWS_SESSION_TOKEN="FwoGZXIvYXdzEXAMPLEsessiontoken", **over)
+    # As on Lambda: no loader or OpenSSL trust-store variables.
+    env = {k: v for k, v in env.items() if not k.startswith(("LD_", "SSL_CERT_"))}
     env["PATH"] = "/var/task"
     try:
         p = subprocess.run([CHROOT, root] + argv0 + ["/var/task/bootstrap"], env=env,
@@ -140,8 +195,11 @@ def invoke(e, root, arch, rid, argv0):
     finally:
         api.stop()
     # The loop ends when /next has no more events (non-zero exit); the invocation must be done.
-    check(rid in api.responses and not api.errors and not api.init_errors,
-          (arch, p.returncode, api.responses, api.errors, api.init_errors, p.stderr.decode()[-2000:]))
+    diag = (arch, p.returncode, api.responses, api.errors, api.init_errors, p.stderr.decode()[-2000:])
+    if not expect_ok:
+        check(rid in api.errors and not api.responses and not api.init_errors, diag)
+        return api.errors[rid][0], p
+    check(rid in api.responses and not api.errors and not api.init_errors, diag)
     return api.responses[rid], p
 
 
@@ -186,6 +244,21 @@ def main():
         r, _ = invoke(e, root, "x86_64", "req-x86", [])
         check(r["ok"] is True and r["created"] == 2 and r["application"] == "payments", r)
         print("ok: x86_64 bootstrap in a loader+libc root: one invocation created 2 secrets")
+
+        # Secrets Manager over https, trusted through the system bundle where Amazon Linux 2023
+        # keeps it (/etc/pki/tls/certs/ca-bundle.crt): the static OpenSSL's own default
+        # (/usr/lib/ssl) is absent there as in this root. Without the bundle: refused.
+        port, web_ca = start_tls_cache(e, "eu-west-1")
+        tls = dict(KEYBRIDGE_SYNC_SINK_REGIONS="eu-west-1",
+                   KEYBRIDGE_SYNC_SINK_ENDPOINT=f"https://127.0.0.1:{port}")
+        r, _ = invoke(e, root, "x86_64", "req-tls-0", [], expect_ok=False, **tls)
+        check("eu-west-1" in r["errorMessage"] or "list" in r["errorMessage"], r)
+        os.makedirs(os.path.join(root, "etc/pki/tls/certs"))
+        shutil.copy2(web_ca, os.path.join(root, "etc/pki/tls/certs/ca-bundle.crt"))
+        r, _ = invoke(e, root, "x86_64", "req-tls-1", [], **tls)
+        check(r["ok"] is True and r["created"] == 2, r)
+        print("ok: x86_64 bootstrap: https Secrets Manager endpoint trusted through "
+              "/etc/pki/tls/certs/ca-bundle.crt (refused without it)")
 
         # arm64 under qemu-user-static, with the arm64 loader and libc
         check(os.path.exists(QEMU), "qemu-user-static missing (scripts/deps.sh)")
