@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "fileio.h"
+#include "log.h"
 
 #define KB_CFG_VALUE_MAX 4096
 #define KB_CFG_FILE_MAX (256 * 1024)
@@ -311,19 +312,18 @@ const char *kb_config_origin(const kb_config *c, const char *section, const char
     return c->vals[must_find(c, section, name)].origin;
 }
 
+/* --check-config prints JSON: values are quoted as log lines quote them (a value that is not
+ * UTF-8 is shown with U+FFFD, never as bytes that make the output unparsable). */
 static void print_json_str(FILE *f, const char *s)
 {
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
+    size_t cap = (s ? strlen(s) : 0) * 6 + 2;
+    char *q = malloc(cap);
+    if (q == NULL) {
+        fputs("\"\"", f);
+        return;
     }
-    fputc('"', f);
+    fwrite(q, 1, kb_log_json_quote(q, cap, s), f);
+    free(q);
 }
 
 void kb_config_print(const kb_config *c, FILE *f)

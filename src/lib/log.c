@@ -121,6 +121,12 @@ static size_t put_json_str(char *buf, size_t pos, size_t cap, const char *s, int
     return pos;
 }
 
+size_t kb_log_json_quote(char *buf, size_t cap, const char *s)
+{
+    int full = 0;
+    return put_json_str(buf, 0, cap, s, &full);
+}
+
 static size_t put_raw(char *buf, size_t pos, size_t cap, const char *s, int *full)
 {
     size_t n = strlen(s);

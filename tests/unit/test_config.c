@@ -10,6 +10,8 @@
 #include "lib/config.h"
 #include "lib/err.h"
 
+#include <jansson.h>
+
 static const kb_config_key schema[] = {
     {"server", "listen", KB_CFG_STRING, "127.0.0.1:8443", "address"},
     {"server", "threads", KB_CFG_INT, "0", "loops"},
@@ -147,13 +149,44 @@ static void parsers(void **state)
     assert_kb(kb_parse_bool("maybe", &b), KB_ERR_INVALID);
 }
 
+/* --check-config output is JSON whatever a value holds: quotes, backslashes and control
+ * characters escaped, bytes that are not UTF-8 shown as U+FFFD (found by fuzz_config). */
+static void print_is_json(void **state)
+{
+    (void)state;
+    char *dir = kbtest_tmpdir();
+    char *ini = write_file(dir, "j.ini", "[server]\nlisten = a\"b\\c\x01\xff\xc3\xa9\n", 0644);
+    kb_config *c = NULL;
+    char err[256];
+    char *out = NULL;
+    size_t outlen = 0;
+    json_t *j = NULL;
+
+    unsetenv("KBT_SERVER_LISTEN");
+    unsetenv("KBT_SERVER_TLS");
+    assert_ok(kb_config_load(schema, ini, "KBT", &c, err, sizeof(err)));
+    FILE *f = open_memstream(&out, &outlen);
+    assert_non_null(f);
+    kb_config_print(c, f);
+    fclose(f);
+    j = json_loadb(out, outlen, 0, NULL);
+    assert_non_null(j);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(j, "server.listen"), "value")),
+        "a\"b\\c\x01\xef\xbf\xbd\xc3\xa9");
+    json_decref(j);
+    free(out);
+    kb_config_free(c);
+    free(ini);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(defaults_file_env),
-        cmocka_unit_test(rejects_bad_input),
-        cmocka_unit_test(secret_file_permissions),
-        cmocka_unit_test(parsers),
+        cmocka_unit_test(defaults_file_env),       cmocka_unit_test(rejects_bad_input),
+        cmocka_unit_test(secret_file_permissions), cmocka_unit_test(parsers),
+        cmocka_unit_test(print_is_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
