@@ -367,7 +367,6 @@ kb_err ca_csr_parse_ex(const void *buf, size_t len, const spiffe_id *expect, EVP
                 *why = NULL;
             goto out;
         }
-        rc = KB_OK;
         *why = "malformed CSR";
     }
     {

@@ -185,7 +185,7 @@ kb_err ca_policy_parse(const void *buf, size_t len, ca_policy **out, char *err, 
     json_t *root = NULL, *rules;
     char jerr[128] = "";
     kb_err rc = KB_OK;
-    size_t i;
+    size_t i, nrules;
 
     KB_ENSURE_REF(out);
     *out = NULL;
@@ -214,11 +214,12 @@ kb_err ca_policy_parse(const void *buf, size_t len, ca_policy **out, char *err, 
     }
     p = calloc(1, sizeof(*p));
     KB_ENSURE_OUT(rc, p != NULL, KB_ERR_NOMEM);
-    if (json_array_size(rules) > 0) {
-        p->r = calloc(json_array_size(rules), sizeof(*p->r));
+    nrules = json_array_size(rules);
+    if (nrules > 0) {
+        p->r = calloc(nrules, sizeof(*p->r));
         KB_ENSURE_OUT(rc, p->r != NULL, KB_ERR_NOMEM);
     }
-    for (i = 0; i < json_array_size(rules); i++) {
+    for (i = 0; i < nrules; i++) {
         rc = rule_parse(json_array_get(rules, i), &p->r[i], &why);
         if (rc != KB_OK) {
             snprintf(err, err_len, "rule %zu: %s", i + 1, why);

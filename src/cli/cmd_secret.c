@@ -74,7 +74,8 @@ static int secret_write(cli *c, int argc, char **argv, int create)
     char path[1024];
     int rc = KB_EXIT_USAGE;
 
-    for (int i = 1; i < argc; i++) {
+    /* argv[i] is never NULL for i < argc; saying so lets the analyzer see it. */
+    for (int i = 1; i < argc && argv[i] != NULL; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0) {

@@ -56,7 +56,8 @@ int main(int argc, char **argv)
     memset(&c, 0, sizeof(c));
     kb_log_set_program("keybridge");
     kb_log_set_level(KB_LOG_WARN);
-    for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+    /* argv[i] is never NULL for i < argc (C11 5.1.2.2.1); saying so lets the analyzer see it. */
+    for (i = 1; i < argc && argv[i] != NULL && argv[i][0] == '-'; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);

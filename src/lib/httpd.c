@@ -855,7 +855,7 @@ static void conn_process(conn *c)
                 return;
             }
             evbuf_take(in, dst, n);
-            char crlf[2];
+            char crlf[2] = {0, 0}; /* evbuf_take fills it: the length was checked above */
             evbuf_take(in, crlf, 2);
             if (crlf[0] != '\r' || crlf[1] != '\n') {
                 conn_error(c, 400, "bad_request", "malformed chunk");
@@ -1304,6 +1304,7 @@ kb_err kb_httpd_new(const kb_httpd_opts *o, kb_httpd **out)
             /* port 0: the other loops bind the port the kernel picked */
             struct sockaddr_storage got;
             socklen_t gl = sizeof(got);
+            memset(&got, 0, sizeof(got));
             KB_ENSURE_OUT(rc, getsockname(lp->fd, (struct sockaddr *)&got, &gl) == 0, KB_ERR_IO);
             h->port = ntohs(got.ss_family == AF_INET ? ((struct sockaddr_in *)&got)->sin_port
                                                      : ((struct sockaddr_in6 *)&got)->sin6_port);
@@ -1414,8 +1415,11 @@ void kb_httpd_free(kb_httpd *h)
     if (h->loops) {
         for (int i = 0; i < h->nloops; i++) {
             loop *lp = &h->loops[i];
-            while (lp->conns)
-                conn_free(lp->conns);
+            /* conn_free unlinks each connection; walk with the saved successor */
+            for (conn *c = lp->conns, *next; c != NULL; c = next) {
+                next = c->next;
+                conn_free(c);
+            }
             if (lp->poll_ev)
                 event_free(lp->poll_ev);
             if (lp->stop_ev)

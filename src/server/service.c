@@ -140,7 +140,7 @@ static kb_err open_budget(const kb_config *cfg, hsm_budget **b, dkcache **c)
     o.dc_burst = kb_config_int(cfg, "hsm_budget", "dc_burst");
     o.client_burst = kb_config_int(cfg, "hsm_budget", "client_burst");
     o.max_clients = max_clients > 0 ? (size_t)max_clients : 0;
-    if (!ok || max_clients < 0 || (rc = hsm_budget_new(&o, hsm_budget_now(), b)) != KB_OK) {
+    if (!ok || max_clients < 0 || hsm_budget_new(&o, hsm_budget_now(), b) != KB_OK) {
         kb_log(KB_LOG_ERROR, "config_invalid", "section", "hsm_budget", "msg",
                "rates (decimal ops/s) and bursts (whole tokens) must be 0..1000000, and a burst "
                "at least 1 where the rate is not 0",
@@ -501,7 +501,6 @@ static kb_err open_record(svc *s, const svc_actor *a, bool cloud, const store_re
         KB_GUARD(take_token(s, a, cloud));
         KB_GUARD(
             kb_keystore_unwrap(s->ks, env->key_id, env->wrapped_key, env->wrapped_key_len, &dk));
-        rc = KB_OK;
         /* Keep it only once the content opened with it (a wrong key is never cached). */
     } else if (rc != KB_OK) {
         return rc;

@@ -57,7 +57,7 @@ kb_err sync_b64_decode(const char *in, size_t len, size_t max, kb_secret **out)
             d[o++] = (uint8_t)(w >> 8);
         if (o < outlen)
             d[o++] = (uint8_t)w;
-        w = 0;
+        kb_wipe(&w, sizeof(w)); /* a plain store would be dead and optimized away */
         kb_wipe(v, sizeof(v));
     }
     *out = s;

@@ -90,21 +90,25 @@ static int setup(void **state)
     char port[16] = {0};
     char *argv[] = {"python3",        "-c",        (char *)k_server, (char *)k_akid,
                     (char *)k_secret, "eu-west-1", "secretsmanager", NULL};
-    ssize_t n;
     size_t got = 0;
 
-    if (f == NULL || pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0)
+    if (f == NULL || pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0) {
+        free(f);
         return -1;
+    }
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
     posix_spawn_file_actions_adddup2(&fa, outp[1], 1);
-    if (posix_spawnp(&f->pid, "python3", &fa, NULL, argv, environ) != 0)
+    if (posix_spawnp(&f->pid, "python3", &fa, NULL, argv, environ) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        free(f);
         return -1;
+    }
     posix_spawn_file_actions_destroy(&fa);
     close(in[0]);
     close(outp[1]);
     f->to_child = in[1];
-    while (got < sizeof(port) - 1 && (n = read(outp[0], port + got, 1)) == 1 && port[got] != '\n')
+    while (got < sizeof(port) - 1 && read(outp[0], port + got, 1) == 1 && port[got] != '\n')
         got++;
     close(outp[0]);
     port[got] = '\0';

@@ -295,7 +295,7 @@ static void limits(void **state)
         done(ok(f, "TagResource",
                 "{\"SecretId\":\"t50\",\"Tags\":[{\"Key\":\"k1\",\"Value\":\"w\"}]}"));
         buf[o - 0] = '\0';
-        o += (size_t)snprintf(buf + o, sizeof(buf) - o, ",{\"Key\":\"k50\",\"Value\":\"v\"}]}");
+        snprintf(buf + o, sizeof(buf) - o, ",{\"Key\":\"k50\",\"Value\":\"v\"}]}");
         memcpy(buf, "{\"Name\":\"t51\"", 13);
         expect_err(f, "CreateSecret", buf, "InvalidParameterException");
     }

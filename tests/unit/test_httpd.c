@@ -1255,6 +1255,8 @@ static int serve_main(void)
         return 2;
     /* KB_HTTPD_SERVE=mtls (default) | tls | plain; KB_HTTPD_THREADS=n */
     const char *mode = getenv("KB_HTTPD_SERVE");
+    if (mode == NULL)
+        mode = "mtls";
     const char *th = getenv("KB_HTTPD_THREADS");
     pki p;
     make_pki(&p, dir, "server-A");

@@ -39,7 +39,10 @@ static char *dup_n(const char *p, size_t n)
 
 static void treq_add(treq *t, const char *name, const char *value)
 {
-    assert_true(t->n < T_MAX_HEADERS + 4);
+    if (t->n >= T_MAX_HEADERS + 4) { /* cmocka's fail() returns: do not write past the end */
+        fail_msg("more than %d headers", T_MAX_HEADERS + 4);
+        return;
+    }
     t->names[t->n] = dup_n(name, strlen(name));
     t->values[t->n] = dup_n(value, strlen(value));
     t->n++;
@@ -111,8 +114,7 @@ static void treq_parse(treq *t, const char *s, size_t len)
         s = eol ? eol + 1 : end;
         if (ll == 0) { /* blank line: the body follows */
             t->body_len = (size_t)(end - s);
-            t->body = malloc(t->body_len ? t->body_len : 1);
-            memcpy(t->body, s, t->body_len);
+            t->body = (uint8_t *)dup_n(s, t->body_len);
             break;
         }
         if (line[0] == ' ' || line[0] == '\t') {
