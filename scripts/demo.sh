@@ -177,6 +177,9 @@ cat >"$WORK/ca-policy.json" <<JSON
   {"path_prefix": "/ns/", "target": "dir", "dir_root": "$SV"},
   {"path_prefix": "/lambda/acct/{account}/", "target": "secretsmanager", "account": "{account}",
    "max_ttl": 86400}
+],
+ "server_names": [
+  {"path_prefix": "/keybridged", "dns": ["localhost"], "ip": ["127.0.0.1", "::1"]}
 ]}
 JSON
 cat >"$WORK/ca.ini" <<CONF
@@ -206,7 +209,9 @@ ca bundle | openssl x509 -noout -subject -enddate | sed 's/^/  root: /'
 
 step "registrations ($TTL SVIDs): keybridged, keybridge-ca itself, the admin (dir:), the application (Secrets Manager)"
 reg() { ca register --ttl "$TTL" --availability "$AVAIL" "$@" 2>>"$LOGS/keybridge-ca-cli.log" >/dev/null; }
-reg --spiffe-id "$SERVER_ID" --target "dir:$SV/keybridged"
+# keybridged's SVID also names its host (DNS/IP SANs): keysync and other clients that check
+# the server's host name connect to https://localhost:PORT or https://127.0.0.1:PORT.
+reg --spiffe-id "$SERVER_ID" --target "dir:$SV/keybridged" --dns localhost --ip 127.0.0.1
 # The CA's own server SVID goes to [server] svid_dir; registering it too makes it follow the
 # registration's TTL and renewal schedule like every other server SVID.
 reg --spiffe-id "$CA_ID" --target "dir:$SV/keybridge-ca"
@@ -220,6 +225,10 @@ for d in keybridged keybridge-ca admin; do
   openssl verify -purpose sslserver -CAfile "$SV/$d/bundle.pem" "$SV/$d/svid.pem" >/dev/null ||
     fail "$d SVID does not verify"
 done
+openssl verify -purpose sslserver -verify_hostname localhost -CAfile "$SV/keybridged/bundle.pem" \
+  "$SV/keybridged/svid.pem" >/dev/null && openssl verify -purpose sslserver -verify_ip 127.0.0.1 \
+  -CAfile "$SV/keybridged/bundle.pem" "$SV/keybridged/svid.pem" >/dev/null ||
+  fail "keybridged SVID does not name localhost and 127.0.0.1"
 "$BUILD/keybridge-ca" --config "$WORK/ca.ini" serve 2>"$LOGS/keybridge-ca.log" &
 CA_PID=$!
 wait_port "$CA_PORT" "$CA_PID" keybridge-ca

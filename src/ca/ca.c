@@ -372,6 +372,12 @@ void ca_svid_clear(ca_svid *s)
 kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pub,
                 const char *audit_target, const char *reason, ca_svid *out)
 {
+    return ca_issue_sans(ca, id, NULL, ttl, pub, audit_target, reason, out);
+}
+
+kb_err ca_issue_sans(ca_authority *ca, const spiffe_id *id, const ca_sans *sans, int64_t ttl,
+                     EVP_PKEY *pub, const char *audit_target, const char *reason, ca_svid *out)
+{
     ca_leafkey k; /* a fresh leaf key when pub is NULL; wiped on every return */
     int fresh = pub == NULL;
     ca_issuer iss;
@@ -393,7 +399,7 @@ kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pu
     iss.signer = ca->s->signer;
     iss.cert = ca->s->cert;
     iss.chain = ca->s->chain;
-    rc = ca_cert_leaf_der(&iss, pub, fresh ? k.point : NULL, id, ttl, now, &der, out->serial,
+    rc = ca_cert_leaf_der(&iss, pub, fresh ? k.point : NULL, id, sans, ttl, now, &der, out->serial,
                           &not_after);
     if (rc == KB_OK) {
         /* leaf PEM (made from the DER we just signed) + the CA's chain PEM */

@@ -15,6 +15,7 @@
 #include <openssl/x509.h>
 
 #include "ca_leafkey.h"
+#include "ca_sans.h"
 #include "ca_store.h"
 #include "lib/err.h"
 #include "lib/secbuf.h"
@@ -76,6 +77,11 @@ void ca_svid_clear(ca_svid *s);
  * target, reason, time) is written before returning; NULL only for the in-memory benchmark. */
 KB_WUR kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pub,
                        const char *audit_target, const char *reason, ca_svid *out);
+/* The same with DNS and IP SANs beside the URI SAN (sans may be NULL; the caller has checked
+ * them against the policy, ca_policy_check_sans). */
+KB_WUR kb_err ca_issue_sans(ca_authority *ca, const spiffe_id *id, const ca_sans *sans, int64_t ttl,
+                            EVP_PKEY *pub, const char *audit_target, const char *reason,
+                            ca_svid *out);
 
 /* The trust domain recorded in the store (set by init). */
 KB_WUR kb_err ca_store_trust_domain(ca_store *st, char *td, size_t len);

@@ -156,7 +156,8 @@ static void do_renew(ca_api *a, kb_http_req *req)
     ca_svid sv;
     time_t now = time(NULL), nb, na;
     json_t *o = NULL;
-    char exp[32];
+    char exp[32], sans_s[CA_REG_SANS_MAX];
+    ca_sans sans;
     kb_err rc;
 
     memset(&sv, 0, sizeof(sv));
@@ -164,7 +165,7 @@ static void do_renew(ca_api *a, kb_http_req *req)
         kb_http_reply_error(req, 401, "unauthenticated", "a client SVID is required");
         return;
     }
-    rc = ca_store_reg_renewable(a->o.st, peer, &ttl);
+    rc = ca_store_reg_renewable(a->o.st, peer, &ttl, sans_s, sizeof(sans_s));
     if (rc != KB_OK && rc != KB_ERR_NOT_FOUND) {
         kb_http_reply_error(req, 500, "internal", "registration lookup failed");
         return;
@@ -199,7 +200,13 @@ static void do_renew(ca_api *a, kb_http_req *req)
         kb_http_reply_error(req, 429, "rate_limited", "renewal rate limit for this SPIFFE ID");
         goto out;
     }
-    rc = ca_issue(a->o.ca, &id, ttl, pub, "api", "api-renew", &sv);
+    /* The registration's DNS/IP SANs (checked against the policy when it was registered and at
+     * every renewal pass) come back in the renewed SVID; a CSR contributes only its key. */
+    if (ca_sans_parse(sans_s, &sans, &why) != KB_OK) {
+        kb_http_reply_error(req, 500, "internal", "stored SANs of the registration are invalid");
+        goto out;
+    }
+    rc = ca_issue_sans(a->o.ca, &id, &sans, ttl, pub, "api", "api-renew", &sv);
     if (rc != KB_OK) {
         kb_http_reply_error(req, 500, "issue_failed", kb_err_str(rc));
         goto out;

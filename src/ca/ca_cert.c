@@ -234,6 +234,24 @@ static kb_err ext_san(X509 *x, STACK_OF(X509_EXTENSION) * *sk, const char *uri)
     return rc;
 }
 
+/* A leaf's SAN: its one URI SAN first, then any DNS and IP names (X509-SVID.md 2). */
+static kb_err ext_leaf_san(X509 *x, const char *uri, const ca_sans *sans)
+{
+    GENERAL_NAMES *gns = GENERAL_NAMES_new();
+    GENERAL_NAME *gn = uri_name(uri);
+    kb_err rc = KB_ERR_NOMEM;
+
+    if (gns != NULL && gn != NULL && sk_GENERAL_NAME_push(gns, gn) > 0) {
+        gn = NULL;
+        rc = ca_sans_append(sans, gns);
+        if (rc == KB_OK)
+            rc = add_ext(x, NULL, NID_subject_alt_name, gns, 0);
+    }
+    GENERAL_NAME_free(gn);
+    GENERAL_NAMES_free(gns);
+    return rc;
+}
+
 static kb_err ext_eku(X509 *x)
 {
     EXTENDED_KEY_USAGE *eku = sk_ASN1_OBJECT_new_null();
@@ -469,8 +487,8 @@ time_t ca_cert_not_after(X509 *x)
 
 /* The unsigned leaf: every field but the signature. */
 static kb_err leaf_build(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p256_point,
-                         const spiffe_id *id, int64_t ttl, time_t now, X509 **out,
-                         time_t *not_after)
+                         const spiffe_id *id, const ca_sans *sans, int64_t ttl, time_t now,
+                         X509 **out, time_t *not_after)
 {
     X509_NAME *subj = NULL;
     X509 *x = NULL;
@@ -514,7 +532,7 @@ static kb_err leaf_build(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p25
     KB_GUARD_OUT(rc, ext_basic(x, NULL, 0));
     KB_GUARD_OUT(rc, ext_key_usage(x, NULL, 0));
     KB_GUARD_OUT(rc, ext_eku(x));
-    KB_GUARD_OUT(rc, ext_san(x, NULL, spiffe_id_str(id)));
+    KB_GUARD_OUT(rc, ext_leaf_san(x, spiffe_id_str(id), sans));
     KB_GUARD_OUT(rc, ext_leaf_ski(x));
     KB_GUARD_OUT(rc, ext_aki(x, X509_get0_subject_key_id(iss->cert)));
     if (not_after != NULL)
@@ -536,15 +554,15 @@ kb_err ca_cert_leaf(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id *id, in
     KB_ENSURE_REF(out);
     *out = NULL;
     KB_ENSURE_REF(pub);
-    KB_GUARD(leaf_build(iss, pub, NULL, id, ttl, now, &x, NULL));
+    KB_GUARD(leaf_build(iss, pub, NULL, id, NULL, ttl, now, &x, NULL));
     rc = cert_sign(x, iss->signer, out);
     X509_free(x);
     return rc;
 }
 
 kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p256_point,
-                        const spiffe_id *id, int64_t ttl, time_t now, kb_dbuf *der,
-                        char serial[CA_SERIAL_HEX_LEN], time_t *not_after)
+                        const spiffe_id *id, const ca_sans *sans, int64_t ttl, time_t now,
+                        kb_dbuf *der, char serial[CA_SERIAL_HEX_LEN], time_t *not_after)
 {
     X509 *x = NULL;
     kb_err rc;
@@ -552,7 +570,7 @@ kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p256
     KB_ENSURE_REF(der);
     KB_ENSURE_REF(serial);
     KB_ENSURE_REF(not_after);
-    KB_GUARD(leaf_build(iss, pub, p256_point, id, ttl, now, &x, not_after));
+    KB_GUARD(leaf_build(iss, pub, p256_point, id, sans, ttl, now, &x, not_after));
     rc = cert_sign_der(x, iss->signer, der);
     if (rc == KB_OK)
         ca_cert_serial_hex(x, serial, CA_SERIAL_HEX_LEN);

@@ -13,6 +13,7 @@
 
 #include <openssl/x509.h>
 
+#include "ca_sans.h"
 #include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/keystore.h"
@@ -52,12 +53,13 @@ KB_WUR kb_err ca_cert_leaf(const ca_issuer *iss, EVP_PKEY *pub, const spiffe_id 
 
 /* The same leaf as DER (appended to der), without parsing it back into an X509 (the issuance
  * hot path: PEM is made from the DER). The key is either pub or, for a key made by ca_leafkey,
- * p256_point (65 bytes, uncompressed): exactly one of them. serial gets the serial as hex,
- * not_after the end. */
+ * p256_point (65 bytes, uncompressed): exactly one of them. sans (may be NULL): DNS and IP
+ * names after the URI SAN (checked by the caller against the policy). serial gets the serial
+ * as hex, not_after the end. */
 #define CA_SERIAL_HEX_LEN (2 * 20 + 1)
 KB_WUR kb_err ca_cert_leaf_der(const ca_issuer *iss, EVP_PKEY *pub, const uint8_t *p256_point,
-                               const spiffe_id *id, int64_t ttl, time_t now, kb_dbuf *der,
-                               char serial[CA_SERIAL_HEX_LEN], time_t *not_after);
+                               const spiffe_id *id, const ca_sans *sans, int64_t ttl, time_t now,
+                               kb_dbuf *der, char serial[CA_SERIAL_HEX_LEN], time_t *not_after);
 
 /* Check a CA certificate for SPIFFE signing rules and that it carries signer's public key. */
 KB_WUR kb_err ca_cert_check_ca(X509 *cert, EVP_PKEY *pub, const char *td, const char **why);

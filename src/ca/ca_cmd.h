@@ -4,6 +4,7 @@
 #define KB_CA_CMD_H
 
 #include "ca.h"
+#include "ca_policy.h"
 #include "ca_store.h"
 #include "lib/config.h"
 
@@ -23,6 +24,9 @@ const kb_config *ca_ctx_config(ca_ctx *x);
 /* A new key (named after [pkcs11] key_label or in [ca] key_dir) and generation. */
 KB_WUR kb_err ca_ctx_new_generation(ca_ctx *x, const char *td, int intermediate, const char *state,
                                     int64_t *gen, char **csr_pem);
+
+/* The [policy] file (an exit code; a message has been printed on failure). */
+int ca_cmd_load_policy(const kb_config *cfg, ca_policy **out);
 
 int ca_cmd_register(const kb_config *cfg, int argc, char **argv);
 int ca_cmd_list(const kb_config *cfg, int argc, char **argv);

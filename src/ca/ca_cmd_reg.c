@@ -18,7 +18,7 @@
 #include "lib/log.h"
 #include "lib/prog.h"
 
-static int load_policy(const kb_config *cfg, ca_policy **out)
+int ca_cmd_load_policy(const kb_config *cfg, ca_policy **out)
 {
     const char *path = kb_config_str(cfg, "policy", "file");
     char err[256];
@@ -50,23 +50,28 @@ int ca_cmd_register(const kb_config *cfg, int argc, char **argv)
     const char *id_s = NULL, *target = NULL, *why = NULL;
     int64_t ttl = kb_config_duration(cfg, "ca", "default_ttl"), avail = -1;
     char td[SPIFFE_TD_MAX + 1];
+    char err[512];
     ca_policy *pol = NULL;
     ca_target_spec t;
     ca_ctx *x = NULL;
     spiffe_id id;
+    ca_sans sans;
     ca_reg r;
     kb_err rc;
     int code;
 
     memset(&r, 0, sizeof(r));
+    memset(&sans, 0, sizeof(sans));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0) {
             printf("usage: keybridge-ca register --spiffe-id ID --target TARGET [--ttl 1h]\n"
                    "       [--availability 30m] [--renewable] [--region R] [--endpoint URL]\n"
-                   "       [--credentials-file FILE]\n\n"
+                   "       [--credentials-file FILE] [--dns NAME]... [--ip ADDR]...\n\n"
                    "TARGET is dir:/ABSOLUTE/PATH or secretsmanager:ACCOUNT:NAME. The policy\n"
-                   "file decides which IDs may go to which targets; anything else is refused.\n"
+                   "file decides which IDs may go to which targets, and which DNS names and IP\n"
+                   "addresses (--dns, --ip: SANs for server SVIDs) they may carry; anything else\n"
+                   "is refused.\n"
                    "The daemon (serve) writes the SVID and keeps it fresh.\n");
             return KB_EXIT_OK;
         } else if (strcmp(a, "--renewable") == 0) {
@@ -90,6 +95,12 @@ int ca_cmd_register(const kb_config *cfg, int argc, char **argv)
         } else if (strcmp(a, "--availability") == 0) {
             if (kb_parse_duration(v, &avail) != KB_OK) {
                 fprintf(stderr, "keybridge-ca register: --availability takes a duration\n");
+                return KB_EXIT_USAGE;
+            }
+        } else if (strcmp(a, "--dns") == 0 || strcmp(a, "--ip") == 0) {
+            if ((a[2] == 'd' ? ca_sans_add_dns(&sans, v, &why) : ca_sans_add_ip(&sans, v, &why)) !=
+                KB_OK) {
+                fprintf(stderr, "keybridge-ca register: %s %s: %s\n", a, v, why);
                 return KB_EXIT_USAGE;
             }
         } else if (strcmp(a, "--region") == 0 && strlen(v) < sizeof(r.region)) {
@@ -134,7 +145,7 @@ int ca_cmd_register(const kb_config *cfg, int argc, char **argv)
                         "(dir: targets); stored SVIDs are never renewed over the API\n");
         return KB_EXIT_USAGE;
     }
-    if ((code = load_policy(cfg, &pol)) != KB_EXIT_OK)
+    if ((code = ca_cmd_load_policy(cfg, &pol)) != KB_EXIT_OK)
         return code;
     if ((code = ca_ctx_open(cfg, 0, &x)) != KB_EXIT_OK)
         goto out;
@@ -149,6 +160,17 @@ int ca_cmd_register(const kb_config *cfg, int argc, char **argv)
         kb_log(KB_LOG_WARN, "registration_refused", "spiffe_id", id_s, "target", target, "why", why,
                NULL);
         code = KB_EXIT_DENIED;
+        goto out;
+    }
+    if (ca_policy_check_sans(pol, &id, &sans, err, sizeof(err)) != KB_OK) {
+        fprintf(stderr, "keybridge-ca register: refused by policy: %s\n", err);
+        kb_log(KB_LOG_WARN, "registration_refused", "spiffe_id", id_s, "target", target, "why", err,
+               NULL);
+        code = KB_EXIT_DENIED;
+        goto out;
+    }
+    if (ca_sans_format(&sans, r.sans, sizeof(r.sans)) != KB_OK) {
+        code = KB_EXIT_FAIL;
         goto out;
     }
     snprintf(r.spiffe_id, sizeof(r.spiffe_id), "%s", id_s);
@@ -180,7 +202,8 @@ int ca_cmd_list(const kb_config *cfg, int argc, char **argv)
     (void)argv;
     if (argc > 1) {
         printf("usage: keybridge-ca list\n\nOne registration per line: id, SPIFFE ID, target, "
-               "ttl, availability, renewable, notAfter of the stored SVID, next renewal.\n");
+               "ttl, availability, renewable, notAfter of the stored SVID, next renewal,\n"
+               "failures, and the DNS/IP SANs if any.\n");
         return KB_EXIT_USAGE;
     }
     if ((code = ca_ctx_open(cfg, 0, &x)) != KB_EXIT_OK)
@@ -191,10 +214,11 @@ int ca_cmd_list(const kb_config *cfg, int argc, char **argv)
     }
     for (size_t i = 0; i < n; i++)
         printf("%lld\t%s\t%s\tttl=%lld\tavailability=%lld\trenewable=%s\tnot_after=%lld\t"
-               "next_renew=%lld\tfailures=%lld\n",
+               "next_renew=%lld\tfailures=%lld%s%s\n",
                (long long)r[i].rid, r[i].spiffe_id, r[i].target, (long long)r[i].ttl,
                (long long)r[i].avail, r[i].renewable ? "yes" : "no", (long long)r[i].not_after,
-               (long long)r[i].next_renew, (long long)r[i].failures);
+               (long long)r[i].next_renew, (long long)r[i].failures, r[i].sans[0] ? "\tsans=" : "",
+               r[i].sans);
     free(r);
     ca_ctx_close(x);
     return KB_EXIT_OK;
@@ -263,7 +287,7 @@ int ca_cmd_renew_once(const kb_config *cfg, int argc, char **argv)
                "suspected leaf key exposure), then exit (1 if any failed).\n");
         return KB_EXIT_USAGE;
     }
-    if ((code = load_policy(cfg, &pol)) != KB_EXIT_OK)
+    if ((code = ca_cmd_load_policy(cfg, &pol)) != KB_EXIT_OK)
         return code;
     if ((code = ca_ctx_open(cfg, 1, &x)) != KB_EXIT_OK)
         goto out;
@@ -394,7 +418,7 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
                 KB_HTTPD_MAX_THREADS);
         return KB_EXIT_CONFIG;
     }
-    if ((code = load_policy(cfg, &pol)) != KB_EXIT_OK)
+    if ((code = ca_cmd_load_policy(cfg, &pol)) != KB_EXIT_OK)
         return code;
     if ((code = ca_ctx_open(cfg, 1, &x)) != KB_EXIT_OK)
         goto out;

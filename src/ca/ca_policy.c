@@ -21,9 +21,29 @@ struct rule {
     int renewable;
 };
 
+/* A DNS pattern: a name, or "*." + name (exactly one more leftmost label). An IP pattern: an
+ * address with a prefix length (32/128 when written without one), host bits zero. */
+struct name_pat {
+    int type; /* CA_SAN_DNS | CA_SAN_IP */
+    int wildcard;
+    char dns[CA_DNS_NAME_MAX + 1];
+    uint8_t addr[16];
+    size_t addr_len;
+    unsigned bits;
+};
+
+/* A server_names entry: which DNS and IP SANs IDs under prefix may carry. */
+struct names_rule {
+    struct rule id; /* only prefix is used (same syntax and matching as rules) */
+    struct name_pat *pat;
+    size_t npat;
+};
+
 struct ca_policy {
     struct rule *r;
     size_t n;
+    struct names_rule *nr;
+    size_t nn;
 };
 
 static int all_digits(const char *s, size_t n, size_t max)
@@ -92,20 +112,19 @@ static int prefix_ok(const char *p)
     return ph <= 1;
 }
 
-static kb_err rule_parse(json_t *o, struct rule *r, const char **why)
+/* An object with only the allowed keys and a valid path_prefix, copied to prefix. */
+static kb_err entry_start(json_t *o, const char *const *allowed, const char *what,
+                          const char *unknown, char prefix[PREFIX_MAX + 1], const char **why)
 {
-    static const char *const allowed[] = {"path_prefix", "target",    "dir_root", "account",
-                                          "max_ttl",     "renewable", NULL};
-    const char *bad = NULL, *s;
+    const char *bad = NULL;
     json_t *v;
 
-    memset(r, 0, sizeof(*r));
     if (!json_is_object(o)) {
-        *why = "a rule must be an object";
+        *why = what;
         return KB_ERR_INVALID;
     }
     if (kb_json_only_keys(o, allowed, &bad) != KB_OK) {
-        *why = "unknown key in rule";
+        *why = unknown;
         return KB_ERR_INVALID;
     }
     v = json_object_get(o, "path_prefix");
@@ -114,7 +133,20 @@ static kb_err rule_parse(json_t *o, struct rule *r, const char **why)
                "at most one {account} segment)";
         return KB_ERR_INVALID;
     }
-    snprintf(r->prefix, sizeof(r->prefix), "%s", json_string_value(v));
+    snprintf(prefix, PREFIX_MAX + 1, "%s", json_string_value(v));
+    return KB_OK;
+}
+
+static kb_err rule_parse(json_t *o, struct rule *r, const char **why)
+{
+    static const char *const allowed[] = {"path_prefix", "target",    "dir_root", "account",
+                                          "max_ttl",     "renewable", NULL};
+    const char *s;
+    json_t *v;
+
+    memset(r, 0, sizeof(*r));
+    KB_GUARD(
+        entry_start(o, allowed, "a rule must be an object", "unknown key in rule", r->prefix, why));
     v = json_object_get(o, "target");
     s = json_is_string(v) ? json_string_value(v) : "";
     if (strcmp(s, "dir") == 0) {
@@ -177,9 +209,130 @@ static kb_err rule_parse(json_t *o, struct rule *r, const char **why)
     return KB_OK;
 }
 
+static kb_err pat_parse(json_t *v, int type, struct name_pat *np, const char **why)
+{
+    const char *s = json_string_value(v), *slash;
+    char a[64];
+    ca_sans tmp;
+    const char *w = NULL;
+
+    memset(np, 0, sizeof(*np));
+    np->type = type;
+    if (s == NULL) {
+        *why = "dns and ip list strings";
+        return KB_ERR_INVALID;
+    }
+    if (type == CA_SAN_DNS) {
+        if (strncmp(s, "*.", 2) == 0) {
+            np->wildcard = 1;
+            s += 2;
+        }
+        if (!ca_dns_name_ok(s, strlen(s), &w)) {
+            *why = "a dns pattern is a lowercase host name, or *. and one (one label matches *)";
+            return KB_ERR_INVALID;
+        }
+        snprintf(np->dns, sizeof(np->dns), "%s", s);
+        return KB_OK;
+    }
+    slash = strchr(s, '/');
+    if ((slash ? (size_t)(slash - s) : strlen(s)) >= sizeof(a)) {
+        *why = "an ip pattern is an address or address/prefix-length";
+        return KB_ERR_INVALID;
+    }
+    snprintf(a, sizeof(a), "%.*s", (int)(slash ? (size_t)(slash - s) : strlen(s)), s);
+    memset(&tmp, 0, sizeof(tmp));
+    if (ca_sans_add_ip(&tmp, a, &w) != KB_OK) {
+        *why = "an ip pattern is an address or address/prefix-length";
+        return KB_ERR_INVALID;
+    }
+    memcpy(np->addr, tmp.e[0].addr, sizeof(np->addr));
+    np->addr_len = tmp.e[0].addr_len;
+    np->bits = (unsigned)(np->addr_len * 8);
+    if (slash != NULL) {
+        long b = -1;
+        if (all_digits(slash + 1, strlen(slash + 1), 3))
+            b = strtol(slash + 1, NULL, 10);
+        if (b < 0 || b > (long)np->bits) {
+            *why = "an ip pattern's prefix length is 0-32 (IPv4) or 0-128 (IPv6)";
+            return KB_ERR_INVALID;
+        }
+        np->bits = (unsigned)b;
+        for (unsigned i = np->bits; i < np->addr_len * 8; i++)
+            if (np->addr[i / 8] & (0x80u >> (i % 8))) {
+                *why = "an ip pattern's address has host bits set past its prefix length";
+                return KB_ERR_INVALID;
+            }
+    }
+    return KB_OK;
+}
+
+static kb_err names_rule_parse(json_t *o, struct names_rule *r, const char **why)
+{
+    static const char *const allowed[] = {"path_prefix", "dns", "ip", NULL};
+    json_t *dns, *ip;
+    size_t i, total;
+
+    memset(r, 0, sizeof(*r));
+    KB_GUARD(entry_start(o, allowed, "a server_names entry must be an object",
+                         "unknown key in server_names entry (path_prefix, dns, ip)", r->id.prefix,
+                         why));
+    dns = json_object_get(o, "dns");
+    ip = json_object_get(o, "ip");
+    if ((dns != NULL && !json_is_array(dns)) || (ip != NULL && !json_is_array(ip))) {
+        *why = "dns and ip are arrays of strings";
+        return KB_ERR_INVALID;
+    }
+    total = json_array_size(dns) + json_array_size(ip);
+    if (total == 0) {
+        *why = "a server_names entry allows at least one dns or ip pattern";
+        return KB_ERR_INVALID;
+    }
+    if (total > CA_POLICY_NAMES_MAX) {
+        *why = "more than 256 patterns in one server_names entry";
+        return KB_ERR_TOO_LARGE;
+    }
+    r->pat = calloc(total, sizeof(*r->pat));
+    KB_ENSURE(r->pat != NULL, KB_ERR_NOMEM);
+    for (i = 0; i < json_array_size(dns); i++)
+        KB_GUARD(pat_parse(json_array_get(dns, i), CA_SAN_DNS, &r->pat[r->npat++], why));
+    for (i = 0; i < json_array_size(ip); i++)
+        KB_GUARD(pat_parse(json_array_get(ip, i), CA_SAN_IP, &r->pat[r->npat++], why));
+    return KB_OK;
+}
+
+static kb_err names_parse(json_t *arr, ca_policy *p, char *err, size_t err_len)
+{
+    const char *why = NULL;
+    kb_err rc;
+
+    if (arr == NULL)
+        return KB_OK;
+    if (!json_is_array(arr)) {
+        snprintf(err, err_len, "\"server_names\" must be an array");
+        return KB_ERR_INVALID;
+    }
+    if (json_array_size(arr) > CA_POLICY_RULES_MAX) {
+        snprintf(err, err_len, "more than %d server_names entries", CA_POLICY_RULES_MAX);
+        return KB_ERR_TOO_LARGE;
+    }
+    if (json_array_size(arr) == 0)
+        return KB_OK;
+    p->nr = calloc(json_array_size(arr), sizeof(*p->nr));
+    KB_ENSURE(p->nr != NULL, KB_ERR_NOMEM);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        rc = names_rule_parse(json_array_get(arr, i), &p->nr[i], &why);
+        p->nn++; /* owns its patterns even when it failed: freed with the policy */
+        if (rc != KB_OK) {
+            snprintf(err, err_len, "server_names entry %zu: %s", i + 1, why);
+            return rc;
+        }
+    }
+    return KB_OK;
+}
+
 kb_err ca_policy_parse(const void *buf, size_t len, ca_policy **out, char *err, size_t err_len)
 {
-    static const char *const allowed[] = {"rules", NULL};
+    static const char *const allowed[] = {"rules", "server_names", NULL};
     const char *bad = NULL, *why = NULL;
     ca_policy *p = NULL;
     json_t *root = NULL, *rules;
@@ -197,7 +350,7 @@ kb_err ca_policy_parse(const void *buf, size_t len, ca_policy **out, char *err, 
         return rc;
     }
     if (kb_json_only_keys(root, allowed, &bad) != KB_OK) {
-        snprintf(err, err_len, "unknown top-level key (only \"rules\")");
+        snprintf(err, err_len, "unknown top-level key (only \"rules\" and \"server_names\")");
         rc = KB_ERR_INVALID;
         goto out;
     }
@@ -227,6 +380,7 @@ kb_err ca_policy_parse(const void *buf, size_t len, ca_policy **out, char *err, 
         }
         p->n++;
     }
+    KB_GUARD_OUT(rc, names_parse(json_object_get(root, "server_names"), p, err, err_len));
     *out = p;
     p = NULL;
 out:
@@ -254,6 +408,9 @@ void ca_policy_free(ca_policy *p)
 {
     if (p == NULL)
         return;
+    for (size_t i = 0; i < p->nn; i++)
+        free(p->nr[i].pat);
+    free(p->nr);
     free(p->r);
     free(p);
 }
@@ -337,4 +494,68 @@ kb_err ca_policy_check(const ca_policy *p, const spiffe_id *id, const ca_target_
     }
     (void)matched_id;
     return KB_ERR_DENIED;
+}
+
+static int pat_allows(const struct name_pat *np, const ca_san *e)
+{
+    if (np->type != e->type)
+        return 0;
+    if (e->type == CA_SAN_DNS) {
+        const char *dot;
+        if (!np->wildcard)
+            return strcmp(np->dns, e->text) == 0;
+        dot = strchr(e->text, '.'); /* one label, then exactly the pattern's name */
+        return dot != NULL && dot != e->text && strcmp(dot + 1, np->dns) == 0;
+    }
+    if (np->addr_len != e->addr_len)
+        return 0;
+    for (unsigned i = 0; i < np->bits; i++) {
+        unsigned m = 0x80u >> (i % 8);
+        if ((np->addr[i / 8] & m) != (e->addr[i / 8] & m))
+            return 0;
+    }
+    return 1;
+}
+
+kb_err ca_policy_check_sans(const ca_policy *p, const spiffe_id *id, const ca_sans *sans, char *err,
+                            size_t err_len)
+{
+    char acct[16];
+
+    if (err_len > 0)
+        err[0] = '\0';
+    if (sans == NULL || sans->n == 0)
+        return KB_OK;
+    if (p == NULL || id == NULL) {
+        snprintf(err, err_len, "DNS and IP names need a policy file with server_names");
+        return KB_ERR_DENIED;
+    }
+    for (size_t k = 0; k < sans->n; k++) {
+        const ca_san *e = &sans->e[k];
+        const char *kind = e->type == CA_SAN_DNS ? "DNS name" : "IP address";
+        size_t matched = 0; /* 1 + the first entry matching the ID */
+        int ok = 0;
+        for (size_t i = 0; i < p->nn && !ok; i++) {
+            if (!prefix_match(&p->nr[i].id, id, acct))
+                continue;
+            if (matched == 0)
+                matched = i + 1;
+            for (size_t j = 0; j < p->nr[i].npat && !ok; j++)
+                ok = pat_allows(&p->nr[i].pat[j], e);
+        }
+        if (ok)
+            continue;
+        if (!matched)
+            snprintf(err, err_len,
+                     "%s %s refused: no server_names entry of the policy matches this SPIFFE ID",
+                     kind, e->text);
+        else
+            snprintf(err, err_len,
+                     "%s %s refused: not in the %s list of server_names entry %zu (path_prefix "
+                     "%s) or any other entry matching this SPIFFE ID",
+                     kind, e->text, e->type == CA_SAN_DNS ? "dns" : "ip", matched,
+                     p->nr[matched - 1].id.prefix);
+        return KB_ERR_DENIED;
+    }
+    return KB_OK;
 }

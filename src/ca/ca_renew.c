@@ -90,8 +90,12 @@ static uint32_t rnd32(void)
     return v;
 }
 
+_Static_assert(CA_REG_SANS_MAX >= CA_SANS_STR_MAX, "reg.sans holds every SAN list");
+
 kb_err ca_renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t now)
 {
+    char err[512];
+    ca_sans sans;
     spiffe_id id;
     ca_target_spec t;
     ca_svid sv;
@@ -109,7 +113,14 @@ kb_err ca_renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t
                reg->target, "why", why, NULL);
         return rc;
     }
-    KB_GUARD(ca_issue(r->o.ca, &id, reg->ttl, NULL, reg->target, reason, &sv));
+    KB_GUARD(ca_sans_parse(reg->sans, &sans, &why));
+    rc = ca_policy_check_sans(r->o.policy, &id, &sans, err, sizeof(err));
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_WARN, "renewal_refused_by_policy", "spiffe_id", reg->spiffe_id, "target",
+               reg->target, "why", err, NULL);
+        return rc;
+    }
+    KB_GUARD(ca_issue_sans(r->o.ca, &id, &sans, reg->ttl, NULL, reg->target, reason, &sv));
     test_hold(reg->rid);
     rc = ca_store_write_begin(r->o.st, reg->rid);
     if (rc == KB_ERR_CONFLICT) {

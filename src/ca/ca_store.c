@@ -11,7 +11,7 @@
 
 #include "lib/log.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2 /* 2: reg.sans */
 #define BUSY_TIMEOUT_MS 30000
 
 /* One audit row waiting for a group commit; lives on its caller's stack until committed. */
@@ -61,6 +61,7 @@ static const char *SCHEMA =
     " creds_file TEXT NOT NULL DEFAULT '', not_after INTEGER NOT NULL DEFAULT 0,"
     " next_renew INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,"
     " bundle_seq INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL,"
+    " sans TEXT NOT NULL DEFAULT '',"
     " UNIQUE (spiffe_id, target));"
     "CREATE TABLE IF NOT EXISTS audit ("
     " id INTEGER PRIMARY KEY AUTOINCREMENT, serial TEXT NOT NULL, spiffe_id TEXT NOT NULL,"
@@ -69,7 +70,7 @@ static const char *SCHEMA =
 
 /* The newest renewable registration of an ID (the UNIQUE (spiffe_id, target) index serves it). */
 #define RENEWABLE_SQL                                                                              \
-    "SELECT ttl FROM reg WHERE spiffe_id = ? AND renewable = 1 ORDER BY rid DESC LIMIT 1"
+    "SELECT ttl, sans FROM reg WHERE spiffe_id = ? AND renewable = 1 ORDER BY rid DESC LIMIT 1"
 
 static void lock(ca_store *st)
 {
@@ -139,8 +140,11 @@ kb_err ca_store_open(const char *path, ca_store **out)
     KB_ENSURE_OUT(rc, v <= SCHEMA_VERSION, KB_ERR_SCHEMA);
     KB_GUARD_OUT(rc, exec(st, "BEGIN IMMEDIATE"));
     rc = exec(st, SCHEMA);
+    /* version 1 -> 2: registrations gain their DNS/IP SANs (none for existing rows) */
+    if (rc == KB_OK && v == 1)
+        rc = exec(st, "ALTER TABLE reg ADD COLUMN sans TEXT NOT NULL DEFAULT ''");
     if (rc == KB_OK)
-        rc = exec(st, "PRAGMA user_version=1; COMMIT");
+        rc = exec(st, "PRAGMA user_version=2; COMMIT");
     if (rc != KB_OK)
         (void)exec(st, "ROLLBACK");
     KB_GUARD_OUT(rc, rc);
@@ -415,7 +419,7 @@ out:
 
 #define REG_COLS                                                                                   \
     "rid, spiffe_id, ttl, avail, target, renewable, endpoint, region, creds_file, not_after, "     \
-    "next_renew, failures, bundle_seq, created"
+    "next_renew, failures, bundle_seq, created, sans"
 
 static void reg_row(sqlite3_stmt *q, ca_reg *r)
 {
@@ -434,6 +438,7 @@ static void reg_row(sqlite3_stmt *q, ca_reg *r)
     r->failures = sqlite3_column_int64(q, 11);
     r->bundle_seq = sqlite3_column_int64(q, 12);
     r->created = sqlite3_column_int64(q, 13);
+    copy_col(q, 14, r->sans, sizeof(r->sans));
 }
 
 kb_err ca_store_reg_add(ca_store *st, ca_reg *r)
@@ -446,7 +451,7 @@ kb_err ca_store_reg_add(ca_store *st, ca_reg *r)
     lock(st);
     KB_GUARD_OUT(rc, prep(st,
                           "INSERT INTO reg (spiffe_id, ttl, avail, target, renewable, endpoint, "
-                          "region, creds_file, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                          "region, creds_file, created, sans) VALUES (?,?,?,?,?,?,?,?,?,?)",
                           &q));
     sqlite3_bind_text(q, 1, r->spiffe_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 2, r->ttl);
@@ -457,6 +462,7 @@ kb_err ca_store_reg_add(ca_store *st, ca_reg *r)
     sqlite3_bind_text(q, 7, r->region, -1, SQLITE_STATIC);
     sqlite3_bind_text(q, 8, r->creds_file, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 9, (int64_t)time(NULL));
+    sqlite3_bind_text(q, 10, r->sans, -1, SQLITE_STATIC);
     s = sqlite3_step(q);
     if (s == SQLITE_CONSTRAINT)
         rc = KB_ERR_EXISTS;
@@ -522,7 +528,8 @@ out:
     return KB_OK;
 }
 
-kb_err ca_store_reg_renewable(ca_store *st, const char *spiffe_id, int64_t *ttl)
+kb_err ca_store_reg_renewable(ca_store *st, const char *spiffe_id, int64_t *ttl, char *sans,
+                              size_t sans_len)
 {
     sqlite3_stmt *q = NULL;
     kb_err rc = KB_ERR_NOT_FOUND;
@@ -545,6 +552,8 @@ kb_err ca_store_reg_renewable(ca_store *st, const char *spiffe_id, int64_t *ttl)
     s = sqlite3_step(q);
     if (s == SQLITE_ROW) {
         *ttl = sqlite3_column_int64(q, 0);
+        if (sans != NULL && sans_len > 0)
+            copy_col(q, 1, sans, sans_len);
         rc = KB_OK;
     } else if (s != SQLITE_DONE) {
         kb_log(KB_LOG_ERROR, "ca_db_error", "op", "reg_renewable", "msg",

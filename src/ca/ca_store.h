@@ -31,6 +31,7 @@ typedef struct ca_store ca_store;
 #define CA_REF_MAX 512
 #define CA_TARGET_MAX 1024
 #define CA_STORE_TEXT_MAX ((size_t)256 * 1024)
+#define CA_REG_SANS_MAX 4200 /* >= CA_SANS_STR_MAX (ca_sans.h) */
 
 typedef struct {
     int64_t gen;
@@ -60,6 +61,7 @@ typedef struct {
     int64_t failures;   /* consecutive failures */
     int64_t bundle_seq; /* bundle sequence of the last write */
     int64_t created;
+    char sans[CA_REG_SANS_MAX]; /* DNS/IP SANs, ca_sans_format's form ("" = none) */
 } ca_reg;
 
 KB_WUR kb_err ca_store_open(const char *path, ca_store **out);
@@ -83,9 +85,11 @@ KB_WUR kb_err ca_store_gen_activate(ca_store *st, int64_t gen);
 KB_WUR kb_err ca_store_reg_add(ca_store *st, ca_reg *r);
 KB_WUR kb_err ca_store_reg_get(ca_store *st, int64_t rid, ca_reg *out);
 KB_WUR kb_err ca_store_reg_list(ca_store *st, ca_reg **out, size_t *n);
-/* The TTL of the newest registration of spiffe_id marked renewable (KB_ERR_NOT_FOUND if none):
- * the renew API's per-request check, on a read-only connection that never waits for a commit. */
-KB_WUR kb_err ca_store_reg_renewable(ca_store *st, const char *spiffe_id, int64_t *ttl);
+/* The TTL (and, if sans is not NULL, the DNS/IP SANs) of the newest registration of spiffe_id
+ * marked renewable (KB_ERR_NOT_FOUND if none): the renew API's per-request check, on a
+ * read-only connection that never waits for a commit. */
+KB_WUR kb_err ca_store_reg_renewable(ca_store *st, const char *spiffe_id, int64_t *ttl, char *sans,
+                                     size_t sans_len);
 /* Delete the row (KB_ERR_NOT_FOUND if absent), copying it to *removed first. */
 KB_WUR kb_err ca_store_reg_remove(ca_store *st, int64_t rid, ca_reg *removed);
 /* Record renewal state (no-op if the row is gone). */

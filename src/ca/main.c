@@ -279,6 +279,9 @@ static int cmd_issue(const kb_config *cfg, int argc, char **argv)
 {
     const char *id_s = NULL, *out = NULL, *csr_path = NULL, *why = NULL;
     int64_t ttl = kb_config_duration(cfg, "ca", "default_ttl");
+    ca_policy *pol = NULL;
+    char err[512];
+    ca_sans sans;
     EVP_PKEY *pub = NULL;
     spiffe_id id;
     ca_svid sv;
@@ -288,6 +291,7 @@ static int cmd_issue(const kb_config *cfg, int argc, char **argv)
     int code;
 
     memset(&sv, 0, sizeof(sv));
+    memset(&sans, 0, sizeof(sans));
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--spiffe-id") == 0 && need_arg(i, argc, "issue", argv[i])) {
             id_s = argv[++i];
@@ -300,11 +304,22 @@ static int cmd_issue(const kb_config *cfg, int argc, char **argv)
             out = argv[++i];
         } else if (strcmp(argv[i], "--csr") == 0 && need_arg(i, argc, "issue", argv[i])) {
             csr_path = argv[++i];
+        } else if ((strcmp(argv[i], "--dns") == 0 || strcmp(argv[i], "--ip") == 0) &&
+                   need_arg(i, argc, "issue", argv[i])) {
+            const char *opt = argv[i++];
+            if ((opt[2] == 'd' ? ca_sans_add_dns(&sans, argv[i], &why)
+                               : ca_sans_add_ip(&sans, argv[i], &why)) != KB_OK) {
+                fprintf(stderr, "keybridge-ca issue: %s %s: %s\n", opt, argv[i], why);
+                return KB_EXIT_USAGE;
+            }
         } else if (strcmp(argv[i], "--help") == 0) {
-            printf("usage: keybridge-ca issue --spiffe-id ID [--ttl 1h] --out DIR [--csr FILE]\n\n"
+            printf("usage: keybridge-ca issue --spiffe-id ID [--ttl 1h] --out DIR [--csr FILE]\n"
+                   "       [--dns NAME]... [--ip ADDR]...\n\n"
                    "Write DIR/svid.pem (leaf first, then intermediates), DIR/svid.key (PKCS#8,\n"
                    "0600; not written with --csr, whose key stays with its owner) and\n"
-                   "DIR/bundle.pem.\n");
+                   "DIR/bundle.pem. --dns and --ip add DNS and IP SANs beside the URI SAN (for\n"
+                   "server SVIDs whose clients check a host name), each allowed by the policy\n"
+                   "file's server_names for this SPIFFE ID.\n");
             return KB_EXIT_OK;
         } else {
             usage_err("issue", "unexpected argument");
@@ -327,6 +342,17 @@ static int cmd_issue(const kb_config *cfg, int argc, char **argv)
     if (ttl < 60 || ttl > 30 * 86400) {
         fprintf(stderr, "keybridge-ca issue: --ttl must be between 1m and 30d\n");
         return KB_EXIT_USAGE;
+    }
+    if (sans.n > 0) {
+        /* DNS/IP names only where the policy's server_names allows them for this ID */
+        if ((code = ca_cmd_load_policy(cfg, &pol)) != KB_EXIT_OK)
+            return code;
+        if (ca_policy_check_sans(pol, &id, &sans, err, sizeof(err)) != KB_OK) {
+            fprintf(stderr, "keybridge-ca issue: refused by policy: %s\n", err);
+            ca_policy_free(pol);
+            return KB_EXIT_DENIED;
+        }
+        ca_policy_free(pol);
     }
     kb_dbuf_init(&csr, CA_CSR_MAX + 1);
     if (csr_path != NULL) {
@@ -360,7 +386,7 @@ static int cmd_issue(const kb_config *cfg, int argc, char **argv)
         code = KB_EXIT_FAIL;
         goto out;
     }
-    KB_GUARD_OUT(rc, ca_issue(ca_ctx_ca(x), &id, ttl, pub, out, "issue", &sv));
+    KB_GUARD_OUT(rc, ca_issue_sans(ca_ctx_ca(x), &id, &sans, ttl, pub, out, "issue", &sv));
     if (sv.key_pem != NULL)
         KB_GUARD_OUT(rc, write_out(out, "svid.key", ca_keypem_data(sv.key_pem),
                                    ca_keypem_len(sv.key_pem), 0600));

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/pem.h>
 #include <sqlite3.h>
@@ -18,6 +19,7 @@
 #include "ca/ca_leafkey.h"
 #include "ca/ca_policy.h"
 #include "ca/ca_renew.h"
+#include "ca/ca_sans.h"
 #include "ca/ca_store.h"
 #include "ca/ca_target.h"
 #include "lib/json.h"
@@ -293,7 +295,7 @@ static void test_leaf_spki_and_der(void **state)
         X509_free(leaf);
 
         kb_dbuf_init(&der, 64 * 1024);
-        assert_ok(ca_cert_leaf_der(&iss, keys[i], NULL, &id, 3600, now, &der, serial, &end));
+        assert_ok(ca_cert_leaf_der(&iss, keys[i], NULL, &id, NULL, 3600, now, &der, serial, &end));
         p = der.p;
         parsed = d2i_X509(NULL, &p, (long)der.len);
         assert_non_null(parsed);
@@ -325,7 +327,7 @@ static void test_leaf_spki_and_der(void **state)
         assert_non_null(lp);
         BIO_free(m);
         kb_dbuf_init(&der, 64 * 1024);
-        assert_ok(ca_cert_leaf_der(&iss, NULL, lk.point, &id, 3600, now, &der, serial, &end));
+        assert_ok(ca_cert_leaf_der(&iss, NULL, lk.point, &id, NULL, 3600, now, &der, serial, &end));
         p = der.p;
         parsed = d2i_X509(NULL, &p, (long)der.len);
         assert_non_null(parsed);
@@ -334,7 +336,7 @@ static void test_leaf_spki_and_der(void **state)
         verify_leaf_with_bundle(root, parsed, "spiffe://example.org/ns/a");
         /* exactly one of the two keys */
         der.len = 0;
-        assert_kb(ca_cert_leaf_der(&iss, lp, lk.point, &id, 3600, now, &der, serial, &end),
+        assert_kb(ca_cert_leaf_der(&iss, lp, lk.point, &id, NULL, 3600, now, &der, serial, &end),
                   KB_ERR_NULL);
         X509_free(parsed);
         kb_dbuf_free(&der);
@@ -346,12 +348,12 @@ static void test_leaf_spki_and_der(void **state)
     {
         kb_dbuf der;
         kb_dbuf_init(&der, 64 * 1024);
-        assert_kb(ca_cert_leaf_der(&iss, keys[0], NULL, &id, 10, now, &der, serial, &end),
+        assert_kb(ca_cert_leaf_der(&iss, keys[0], NULL, &id, NULL, 10, now, &der, serial, &end),
                   KB_ERR_INVALID);
-        assert_kb(
-            ca_cert_leaf_der(&iss, keys[0], NULL, &id, 3600, now + 2 * 86400, &der, serial, &end),
-            KB_ERR_INVALID);
-        assert_kb(ca_cert_leaf_der(&iss, NULL, NULL, &id, 3600, now, &der, serial, &end),
+        assert_kb(ca_cert_leaf_der(&iss, keys[0], NULL, &id, NULL, 3600, now + 2 * 86400, &der,
+                                   serial, &end),
+                  KB_ERR_INVALID);
+        assert_kb(ca_cert_leaf_der(&iss, NULL, NULL, &id, NULL, 3600, now, &der, serial, &end),
                   KB_ERR_NULL);
         assert_int_equal(der.len, 0);
         kb_dbuf_free(&der);
@@ -708,6 +710,242 @@ static void test_svidstore_json(void **state)
     kb_json_free_str(doc);
 }
 
+/* DNS/IP SAN syntax (at, below and above the limits), the stored form, the policy's
+ * server_names, and a leaf carrying them: one URI SAN, accepted by our verifier, host checks. */
+static void test_sans(void **state)
+{
+    static const char *const good_dns[] = {"localhost", "a.b-c.example.org", "x1.y2", "a", NULL};
+    static const char *const bad_dns[] = {
+        "",        "Localhost", "a..b",    ".a",    "a.",  "-a.org", "a-.org",          "a_b.org",
+        "*.a.org", "a.*.org",   "1.2.3.4", "a.123", "a b", "a\x01b", "caf\xc3\xa9.org", NULL};
+    static const char *const good_ip[] = {"127.0.0.1", "::1", "10.0.0.255", "2001:db8::2", NULL};
+    static const char *const bad_ip[] = {"127.1",      "1.2.3.4.5",  "256.0.0.1", "01.2.3.4",
+                                         "fe80::1%lo", "10.0.0.0/8", "",          "::g",
+                                         " 1.2.3.4",   NULL};
+    static const char pol[] =
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/srv\",\"dns\":[\"localhost\","
+        "\"*.svc.example.org\"],\"ip\":[\"127.0.0.1\",\"10.0.0.0/8\",\"2001:db8::/32\"]}]}";
+    static const char *const bad_pol[] = {
+        "{\"rules\":[],\"server_names\":{}}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\"}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"dns\":\"x.org\"}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"dns\":[\"X.org\"]}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"dns\":[\"*.*.org\"]}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"dns\":[1]}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"ip\":[\"10.0.0.1/8\"]}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"ip\":[\"10.0.0.0/33\"]}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"ip\":[\"10.0.0.0/-1\"]}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"ip\":[\"10.0.0.0/\"]}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"a\",\"ip\":[\"10.0.0.1\"]}]}",
+        "{\"rules\":[],\"server_names\":[{\"path_prefix\":\"/a\",\"ip\":[\"1.1.1.1\"],\"x\":1}]}",
+        NULL,
+    };
+    char label64[80], name254[300], buf[CA_SANS_STR_MAX], err[512];
+    const char *why;
+    ca_sans s, back;
+    ca_policy *p = NULL;
+    spiffe_id id;
+    (void)state;
+
+    for (size_t i = 0; good_dns[i]; i++)
+        assert_true(ca_dns_name_ok(good_dns[i], strlen(good_dns[i]), &why));
+    for (size_t i = 0; bad_dns[i]; i++) {
+        why = NULL;
+        if (ca_dns_name_ok(bad_dns[i], strlen(bad_dns[i]), &why))
+            fail_msg("accepted DNS name %zu", i);
+        assert_non_null(why);
+    }
+    /* label 63 ok, 64 not; name 253 ok, 254 not */
+    memset(label64, 'a', 64);
+    label64[64] = '\0';
+    assert_false(ca_dns_name_ok(label64, 64, &why));
+    assert_true(ca_dns_name_ok(label64, 63, &why));
+    for (size_t i = 0; i < sizeof(name254); i++)
+        name254[i] = (i % 2) ? '.' : 'a';
+    assert_true(ca_dns_name_ok(name254, 253, &why));
+    assert_false(ca_dns_name_ok(name254, 255, &why));
+    memset(&s, 0, sizeof(s));
+    for (size_t i = 0; good_ip[i]; i++)
+        assert_ok(ca_sans_add_ip(&s, good_ip[i], &why));
+    for (size_t i = 0; bad_ip[i]; i++)
+        if (ca_sans_add_ip(&s, bad_ip[i], &why) == KB_OK)
+            fail_msg("accepted IP %zu", i);
+    assert_kb(ca_sans_add_ip(&s, "127.0.0.1", &why), KB_ERR_EXISTS);
+    assert_kb(ca_sans_add_ip(&s, "0:0:0:0:0:0:0:1", &why), KB_ERR_EXISTS); /* canonical form */
+    assert_ok(ca_sans_add_dns(&s, "localhost", &why));
+    assert_kb(ca_sans_add_dns(&s, "localhost", &why), KB_ERR_EXISTS);
+    assert_ok(ca_sans_format(&s, buf, sizeof(buf)));
+    assert_string_equal(buf, "ip:127.0.0.1,ip:::1,ip:10.0.0.255,ip:2001:db8::2,dns:localhost");
+    assert_ok(ca_sans_parse(buf, &back, &why));
+    assert_int_equal(back.n, s.n);
+    assert_kb(ca_sans_parse("dns:a,", &back, &why), KB_ERR_INVALID);
+    assert_kb(ca_sans_parse("uri:x", &back, &why), KB_ERR_INVALID);
+    assert_kb(ca_sans_parse("dns:A", &back, &why), KB_ERR_INVALID);
+    assert_kb(ca_sans_parse(",dns:a", &back, &why), KB_ERR_INVALID);
+    assert_ok(ca_sans_parse("", &back, &why));
+    assert_int_equal(back.n, 0);
+    assert_kb(ca_sans_format(&s, buf, 10), KB_ERR_TOO_LARGE);
+    /* at most CA_SANS_MAX */
+    memset(&back, 0, sizeof(back));
+    for (int i = 0; i < CA_SANS_MAX; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), "10.0.0.%d", i);
+        assert_ok(ca_sans_add_ip(&back, a, &why));
+    }
+    assert_kb(ca_sans_add_dns(&back, "one-more.org", &why), KB_ERR_TOO_LARGE);
+    assert_ok(ca_sans_format(&back, buf, sizeof(buf)));
+
+    /* policy */
+    for (size_t i = 0; bad_pol[i]; i++) {
+        err[0] = 0;
+        if (ca_policy_parse(bad_pol[i], strlen(bad_pol[i]), &p, err, sizeof(err)) == KB_OK)
+            fail_msg("accepted bad server_names %zu", i);
+        assert_non_null(strstr(err, "server_names"));
+        assert_null(p);
+    }
+    assert_ok(ca_policy_parse(pol, strlen(pol), &p, err, sizeof(err)));
+    assert_ok(spiffe_id_parse_str("spiffe://example.org/srv/a", &id, &why));
+    {
+        static const char *const allowed[] = {"dns:localhost",    "dns:a.svc.example.org",
+                                              "ip:127.0.0.1",     "ip:10.255.0.1",
+                                              "ip:2001:db8:1::5", NULL};
+        static const char *const denied[] = {
+            "dns:svc.example.org", "dns:a.b.svc.example.org", "dns:localhost2",     "ip:127.0.0.2",
+            "ip:11.0.0.1",         "ip:2001:db9::1",          "ip:::ffff:10.0.0.1", NULL};
+        for (size_t i = 0; allowed[i]; i++) {
+            assert_ok(ca_sans_parse(allowed[i], &back, &why));
+            if (ca_policy_check_sans(p, &id, &back, err, sizeof(err)) != KB_OK)
+                fail_msg("refused %s: %s", allowed[i], err);
+        }
+        for (size_t i = 0; denied[i]; i++) {
+            assert_ok(ca_sans_parse(denied[i], &back, &why));
+            if (ca_policy_check_sans(p, &id, &back, err, sizeof(err)) != KB_ERR_DENIED)
+                fail_msg("allowed %s", denied[i]);
+            assert_non_null(strstr(err, "server_names entry 1 (path_prefix /srv)"));
+        }
+        assert_ok(ca_sans_parse("dns:localhost", &back, &why));
+        assert_ok(spiffe_id_parse_str("spiffe://example.org/srvx", &id, &why));
+        assert_kb(ca_policy_check_sans(p, &id, &back, err, sizeof(err)), KB_ERR_DENIED);
+        assert_non_null(strstr(err, "no server_names entry"));
+        assert_kb(ca_policy_check_sans(NULL, &id, &back, err, sizeof(err)), KB_ERR_DENIED);
+        assert_ok(ca_policy_check_sans(NULL, &id, NULL, err, sizeof(err))); /* no names */
+    }
+    ca_policy_free(p);
+
+    /* a leaf with names: exactly one URI SAN, verified by our own X509-SVID verifier as client
+     * and server, and matching its host names (what keysync's Go client checks) */
+    {
+        kb_ec_signer *sg = NULL;
+        char *kp = NULL, path[] = "/tmp/kbca-sans-XXXXXX";
+        X509 *root = NULL, *leaf = NULL;
+        EVP_PKEY *k = EVP_EC_gen("P-256");
+        ca_issuer iss;
+        kb_dbuf der;
+        char serial[CA_SERIAL_HEX_LEN];
+        time_t end = 0, now = time(NULL);
+        const unsigned char *q;
+        GENERAL_NAMES *gns;
+        int uris = 0;
+
+        assert_non_null(mkdtemp(path));
+        assert_true(asprintf(&kp, "%s/ca.key", path) > 0);
+        assert_ok(kb_keystore_ec_create_file(kp));
+        assert_ok(kb_keystore_ec_open_file(kp, &sg));
+        assert_ok(ca_cert_root(sg, "example.org", 1, 86400, now, &root));
+        iss.signer = sg;
+        iss.cert = root;
+        iss.chain = NULL;
+        assert_ok(spiffe_id_parse_str("spiffe://example.org/srv/a", &id, &why));
+        assert_ok(ca_sans_parse("dns:localhost,ip:127.0.0.1,ip:::1", &s, &why));
+        kb_dbuf_init(&der, 65536);
+        assert_ok(ca_cert_leaf_der(&iss, k, NULL, &id, &s, 3600, now, &der, serial, &end));
+        q = der.p;
+        leaf = d2i_X509(NULL, &q, (long)der.len);
+        assert_non_null(leaf);
+        verify_leaf_with_bundle(root, leaf, "spiffe://example.org/srv/a");
+        gns = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
+        assert_int_equal(sk_GENERAL_NAME_num(gns), 4);
+        for (int i = 0; i < sk_GENERAL_NAME_num(gns); i++)
+            uris += sk_GENERAL_NAME_value(gns, i)->type == GEN_URI;
+        assert_int_equal(uris, 1);
+        GENERAL_NAMES_free(gns);
+        assert_int_equal(X509_check_host(leaf, "localhost", 0, 0, NULL), 1);
+        assert_int_equal(X509_check_host(leaf, "other", 0, 0, NULL), 0);
+        assert_int_equal(X509_check_ip_asc(leaf, "127.0.0.1", 0), 1);
+        assert_int_equal(X509_check_ip_asc(leaf, "::1", 0), 1);
+        assert_int_equal(X509_check_ip_asc(leaf, "127.0.0.2", 0), 0);
+        X509_free(leaf);
+        X509_free(root);
+        kb_dbuf_free(&der);
+        EVP_PKEY_free(k);
+        kb_ec_signer_free(sg);
+        unlink(kp);
+        rmdir(path);
+        free(kp);
+    }
+}
+
+/* A version-1 database (before reg.sans) opens, gains the column, keeps its rows; a
+ * registration's SANs round-trip; a database newer than this binary is refused. */
+static void test_store_migration(void **state)
+{
+    char dir[] = "/tmp/kbca-mig-XXXXXX", path[256];
+    sqlite3 *db = NULL;
+    ca_store *st = NULL;
+    ca_reg *regs = NULL, r;
+    size_t n = 0;
+    int64_t ttl = 0;
+    char sans[CA_REG_SANS_MAX];
+    (void)state;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/ca.db", dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "CREATE TABLE reg (rid INTEGER PRIMARY KEY AUTOINCREMENT, spiffe_id TEXT NOT "
+                     "NULL, ttl INTEGER NOT NULL, avail INTEGER NOT NULL, target TEXT NOT NULL, "
+                     "renewable INTEGER NOT NULL, endpoint TEXT NOT NULL DEFAULT '', region TEXT "
+                     "NOT NULL DEFAULT '', creds_file TEXT NOT NULL DEFAULT '', not_after INTEGER "
+                     "NOT NULL DEFAULT 0, next_renew INTEGER NOT NULL DEFAULT 0, failures INTEGER "
+                     "NOT NULL DEFAULT 0, bundle_seq INTEGER NOT NULL DEFAULT 0, created INTEGER "
+                     "NOT NULL, UNIQUE (spiffe_id, target));"
+                     "INSERT INTO reg (spiffe_id, ttl, avail, target, renewable, created) VALUES "
+                     "('spiffe://example.org/ns/a', 3600, 900, 'dir:/x', 1, 1);"
+                     "PRAGMA user_version=1;",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    assert_ok(ca_store_open(path, &st));
+    assert_ok(ca_store_reg_list(st, &regs, &n));
+    assert_int_equal(n, 1);
+    assert_string_equal(regs[0].sans, "");
+    free(regs);
+    memset(&r, 0, sizeof(r));
+    snprintf(r.spiffe_id, sizeof(r.spiffe_id), "spiffe://example.org/ns/b");
+    snprintf(r.target, sizeof(r.target), "dir:/y");
+    snprintf(r.sans, sizeof(r.sans), "dns:localhost,ip:127.0.0.1");
+    r.ttl = 600;
+    r.renewable = 1;
+    assert_ok(ca_store_reg_add(st, &r));
+    assert_ok(ca_store_reg_get(st, r.rid, &r));
+    assert_string_equal(r.sans, "dns:localhost,ip:127.0.0.1");
+    assert_ok(ca_store_reg_renewable(st, "spiffe://example.org/ns/b", &ttl, sans, sizeof(sans)));
+    assert_int_equal(ttl, 600);
+    assert_string_equal(sans, "dns:localhost,ip:127.0.0.1");
+    ca_store_close(st);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version=3", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_kb(ca_store_open(path, &st), KB_ERR_SCHEMA);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/ca.db-wal", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/ca.db-shm", dir);
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 static void test_policy_and_targets(void **state)
 {
     static const char good[] =
@@ -812,19 +1050,20 @@ static void test_store_generation_check(void **state)
     int64_t first = r.rid;
     /* the renew API's look-up: only renewable registrations, the newest one's TTL */
     int64_t ttl = 0;
-    assert_kb(ca_store_reg_renewable(st, r.spiffe_id, &ttl), KB_ERR_NOT_FOUND);
+    assert_kb(ca_store_reg_renewable(st, r.spiffe_id, &ttl, NULL, 0), KB_ERR_NOT_FOUND);
     {
         ca_reg r2 = r;
         snprintf(r2.target, sizeof(r2.target), "dir:/y");
         r2.renewable = 1;
         r2.ttl = 600;
         assert_ok(ca_store_reg_add(st, &r2));
-        assert_ok(ca_store_reg_renewable(st, r.spiffe_id, &ttl));
+        assert_ok(ca_store_reg_renewable(st, r.spiffe_id, &ttl, NULL, 0));
         assert_int_equal(ttl, 600);
-        assert_kb(ca_store_reg_renewable(st, "spiffe://example.org/ns/b", &ttl), KB_ERR_NOT_FOUND);
+        assert_kb(ca_store_reg_renewable(st, "spiffe://example.org/ns/b", &ttl, NULL, 0),
+                  KB_ERR_NOT_FOUND);
         assert_ok(ca_store_reg_remove(st, r2.rid, &got));
-        assert_kb(ca_store_reg_renewable(st, r.spiffe_id, &ttl), KB_ERR_NOT_FOUND);
-        assert_kb(ca_store_reg_renewable(st, NULL, &ttl), KB_ERR_NULL);
+        assert_kb(ca_store_reg_renewable(st, r.spiffe_id, &ttl, NULL, 0), KB_ERR_NOT_FOUND);
+        assert_kb(ca_store_reg_renewable(st, NULL, &ttl, NULL, 0), KB_ERR_NULL);
     }
     assert_ok(ca_store_write_begin(st, first));
     assert_ok(ca_store_write_end(st, 1));
@@ -849,6 +1088,8 @@ int main(void)
         cmocka_unit_test(test_csr),
         cmocka_unit_test(test_policy_and_targets),
         cmocka_unit_test(test_svidstore_json),
+        cmocka_unit_test(test_sans),
+        cmocka_unit_test(test_store_migration),
         cmocka_unit_test(test_schedule),
         cmocka_unit_test(test_store_generation_check),
         cmocka_unit_test(test_pem_write),
