@@ -71,6 +71,13 @@ static kb_err f_metadata(const json_t *o, char **out)
     return KB_OK;
 }
 
+#define CLOUD_EMPTY_MSG                                                                            \
+    "cloud_sync secrets need at least 1 byte of content (Secrets Manager refuses an empty "        \
+    "value); put a non-empty version first"
+#define APP_NAME_MSG                                                                               \
+    "app_name must be 1..246 characters of A-Z a-z 0-9 _ . + = @ -, not starting with '.' "        \
+    "(keybridge/<app>/<secret name> must fit Secrets Manager's 512-character names)"
+
 static void bad_body(api_response *r, kb_err rc, const char *msg)
 {
     api_error(r, api_status_for(rc) == 413 ? 413 : 400, kb_err_str(rc), msg);
@@ -321,7 +328,8 @@ static void secret_write(svc *s, api_ctx *c, const char *path_name, api_response
                          ? (create ? "owner group not found" : "secret not found")
                      : rc == KB_ERR_EXISTS    ? "a secret with this name exists (maybe deleted)"
                      : rc == KB_ERR_TOO_LARGE ? "content too large"
-                                              : "request refused");
+                     : rc == KB_ERR_INVALID && spec.content_len == 0 ? CLOUD_EMPTY_MSG
+                                                                     : "request refused");
         goto out;
     }
     if (create)
@@ -415,6 +423,14 @@ static void secret_patch(svc *s, api_ctx *c, const char *name, api_response *r)
     }
     if (rc == KB_OK)
         rc = store_secret_update(svc_store(s), sec.id, &p, c->actor.identity, c->actor.now);
+    if (p.cloud_sync == 1 && (rc == KB_ERR_INVALID || rc == KB_ERR_TOO_LARGE)) {
+        svc_audit_event(s, &c->actor, "secret.update", name, 0, rc);
+        api_error(r, 400, kb_err_str(rc),
+                  rc == KB_ERR_INVALID ? CLOUD_EMPTY_MSG
+                                       : "cloud_sync: a version's content is over 65536 bytes "
+                                         "(Secrets Manager's limit)");
+        goto out;
+    }
     if (audited(s, c, "secret.update", name, rc, r, "secret or owner group not found"))
         goto out;
     api_ok(r, 200, json_pack("{s:s}", "name", name));
@@ -776,10 +792,13 @@ static void client_create(svc *s, api_ctx *c, api_response *r)
         bad_body(r, KB_ERR_INVALID, "missing field or wrong type");
         goto out;
     }
+    if (cn.app_name && cn.app_name[0] && (rc = model_app_name_check(cn.app_name)) != KB_OK) {
+        api_error(r, 400, kb_err_str(rc), APP_NAME_MSG);
+        goto out;
+    }
     if ((rc = model_spiffe_id_check(cn.spiffe_id)) != KB_OK ||
-        (cn.app_name && cn.app_name[0] && (rc = model_name_check(cn.app_name)) != KB_OK) ||
         (rc = model_description_check(cn.description)) != KB_OK) {
-        bad_body(r, rc, "invalid SPIFFE ID, application name or description");
+        bad_body(r, rc, "invalid SPIFFE ID or description");
         goto out;
     }
     cn.admin = admin == 1;
@@ -834,9 +853,12 @@ static void client_one(svc *s, api_ctx *c, api_response *r)
             bad_body(r, KB_ERR_INVALID, "wrong type");
             goto out;
         }
-        if ((p.app_name && p.app_name[0] && (rc = model_name_check(p.app_name)) != KB_OK) ||
-            (rc = model_description_check(p.description)) != KB_OK) {
-            bad_body(r, rc, "invalid application name or description");
+        if (p.app_name && p.app_name[0] && (rc = model_app_name_check(p.app_name)) != KB_OK) {
+            api_error(r, 400, kb_err_str(rc), APP_NAME_MSG);
+            goto out;
+        }
+        if ((rc = model_description_check(p.description)) != KB_OK) {
+            bad_body(r, rc, "invalid description");
             goto out;
         }
         if (rc == KB_OK)

@@ -31,6 +31,13 @@ kb_err model_name_check(const char *name)
     return KB_OK;
 }
 
+kb_err model_app_name_check(const char *name)
+{
+    KB_GUARD(model_name_check(name));
+    KB_ENSURE(strlen(name) <= MODEL_APP_NAME_MAX, KB_ERR_TOO_LARGE);
+    return KB_OK;
+}
+
 /* Valid UTF-8 per RFC 3629 section 4 (no overlongs, no surrogates, <= U+10FFFF) and no control
  * characters (C0, DEL, C1: they confuse terminals and log viewers). */
 static kb_err utf8_text_check(const char *s, size_t len)
@@ -86,6 +93,7 @@ kb_err model_content_len_check(size_t len, size_t configured_max, bool cloud_syn
     size_t max = configured_max ? configured_max : MODEL_CONTENT_MAX_DEFAULT;
     KB_ENSURE(len <= max, KB_ERR_TOO_LARGE);
     KB_ENSURE(!cloud_sync || len <= MODEL_CLOUD_CONTENT_MAX, KB_ERR_TOO_LARGE);
+    KB_ENSURE(!cloud_sync || len > 0, KB_ERR_INVALID);
     return KB_OK;
 }
 

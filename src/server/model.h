@@ -11,10 +11,14 @@
 #include <stddef.h>
 
 #include "lib/err.h"
+#include "lib/names.h"
 
 /* Secret, group and application names: 1..255 of A-Z a-z 0-9 _ . + = @ -, not starting with '.'
  * (so no ".", "..", or hidden files when a sink writes the name as a file name). */
-#define MODEL_NAME_MAX 255
+#define MODEL_NAME_MAX KB_NAME_MAX
+/* Application names (a client's app_name) are shorter: keybridge/<app>/<name> must fit Secrets
+ * Manager's 512-character names (lib/names.h). */
+#define MODEL_APP_NAME_MAX KB_APP_NAME_MAX
 #define MODEL_DESCRIPTION_MAX 1024
 /* Default content limit, and the hard cap for cloud_sync secrets (AWS Secrets Manager's
  * SecretString/SecretBinary limit is 65,536 bytes). */
@@ -30,9 +34,12 @@
 #define MODEL_ACTOR_BOOTSTRAP "bootstrap"
 
 KB_WUR kb_err model_name_check(const char *name);
+/* A name (model_name_check) of at most MODEL_APP_NAME_MAX characters: KB_ERR_TOO_LARGE past it. */
+KB_WUR kb_err model_app_name_check(const char *name);
 /* NULL is accepted (no description). */
 KB_WUR kb_err model_description_check(const char *desc);
-/* configured_max 0 = MODEL_CONTENT_MAX_DEFAULT. */
+/* configured_max 0 = MODEL_CONTENT_MAX_DEFAULT. A cloud_sync secret's content is 1..65536 bytes:
+ * KB_ERR_INVALID when empty (Secrets Manager's SecretBinary/SecretString need at least 1 byte). */
 KB_WUR kb_err model_content_len_check(size_t len, size_t configured_max, bool cloud_sync);
 
 KB_WUR kb_err model_metadata_key_check(const char *key);

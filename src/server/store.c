@@ -350,7 +350,7 @@ kb_err store_client_create(store *st, const store_client_new *c, const char *act
     KB_ENSURE_REF(id_out);
     KB_GUARD(model_spiffe_id_check(c->spiffe_id));
     if (c->app_name != NULL && c->app_name[0] != '\0')
-        KB_GUARD(model_name_check(c->app_name));
+        KB_GUARD(model_app_name_check(c->app_name));
     KB_GUARD(model_description_check(c->description));
     KB_GUARD(model_actor_check(actor));
     cloud = model_spiffe_is_cloud(c->spiffe_id, (const char *const *)st->cfg.cloud_prefixes);
@@ -390,7 +390,7 @@ kb_err store_client_update(store *st, int64_t client_id, const store_client_patc
     KB_ENSURE(p->enabled >= -1 && p->enabled <= 1, KB_ERR_INVALID);
     KB_ENSURE(p->admin >= -1 && p->admin <= 1, KB_ERR_INVALID);
     if (p->app_name != NULL && p->app_name[0] != '\0')
-        KB_GUARD(model_name_check(p->app_name));
+        KB_GUARD(model_app_name_check(p->app_name));
     KB_GUARD(model_description_check(p->description));
     return changed(st, st->ops->client_update(st, client_id, p));
 }

@@ -180,7 +180,8 @@ KB_WUR kb_err store_version_add(store *st, int64_t secret_id, const store_versio
 typedef struct {
     const char *description;
     int cloud_sync;         /* -1, 0 or 1; setting 1 fails with KB_ERR_TOO_LARGE if any
-                               version's content is over MODEL_CLOUD_CONTENT_MAX */
+                               version's content is over MODEL_CLOUD_CONTENT_MAX, and with
+                               KB_ERR_INVALID if the latest version's content is empty */
     int64_t owner_group_id; /* -1 unchanged, 0 none, else a group id */
 } store_secret_patch;
 #define STORE_SECRET_PATCH_INIT                                                                    \

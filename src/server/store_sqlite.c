@@ -997,6 +997,26 @@ static kb_err max_content_len(cx *b, int64_t secret_id, int64_t *out)
     return rc;
 }
 
+/* The content length of the secret's latest version (0 if it has none). */
+static kb_err latest_content_len(cx *b, int64_t secret_id, int64_t version, int64_t *out)
+{
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD(prep(b,
+                  "SELECT coalesce(max(content_len), 0) FROM versions WHERE secret_id = ?1 "
+                  "AND version = ?2",
+                  &s));
+    rc = bind_i64(s, 1, secret_id);
+    if (rc == KB_OK)
+        rc = bind_i64(s, 2, version);
+    if (rc == KB_OK)
+        rc = step_row(b, s, "latest_content_len");
+    if (rc == KB_OK)
+        *out = sqlite3_column_int64(s, 0);
+    done(s);
+    return rc;
+}
+
 static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_new *v,
                              const char *metadata, store_seal_fn seal, void *seal_ctx,
                              const char *actor, int64_t now, int64_t *version_out)
@@ -1044,6 +1064,9 @@ static kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_
         int64_t maxlen = 0;
         KB_GUARD_OUT(rc, max_content_len(b, secret_id, &maxlen));
         KB_ENSURE_OUT(rc, maxlen <= MODEL_CLOUD_CONTENT_MAX, KB_ERR_TOO_LARGE);
+        /* What the syncer would write is the latest version: it cannot be empty. */
+        KB_GUARD_OUT(rc, latest_content_len(b, secret_id, sec.latest_version, &maxlen));
+        KB_ENSURE_OUT(rc, maxlen > 0, KB_ERR_INVALID);
     }
     if (p->cloud_sync >= 0)
         sec.cloud_sync = p->cloud_sync == 1;

@@ -68,6 +68,16 @@ static void real_sleep(int64_t ms)
         ;
 }
 
+void sync_clock_sleep(const sync_clock *c, int64_t ms)
+{
+    if (ms <= 0)
+        return;
+    if (c && c->sleep_ms)
+        c->sleep_ms(c->ctx, ms);
+    else
+        real_sleep(ms);
+}
+
 kb_err sync_backoff_wait(const sync_clock *c, int64_t hint_ms, unsigned attempt, int64_t *slept_ms)
 {
     int64_t d = 0;
@@ -76,12 +86,7 @@ kb_err sync_backoff_wait(const sync_clock *c, int64_t hint_ms, unsigned attempt,
         *slept_ms = 0;
     KB_GUARD(
         sync_backoff_delay(hint_ms, attempt, r, sync_clock_now(c), c ? c->deadline_ms : 0, &d));
-    if (d > 0) {
-        if (c && c->sleep_ms)
-            c->sleep_ms(c->ctx, d);
-        else
-            real_sleep(d);
-    }
+    sync_clock_sleep(c, d);
     if (slept_ms)
         *slept_ms = d;
     return KB_OK;

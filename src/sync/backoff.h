@@ -54,6 +54,8 @@ typedef struct {
 int64_t sync_clock_now(const sync_clock *c);
 /* Milliseconds left before the deadline (INT64_MAX without one; 0 when past). */
 int64_t sync_clock_left(const sync_clock *c);
+/* Sleep ms through the clock (its sleep_ms, or nanosleep). */
+void sync_clock_sleep(const sync_clock *c, int64_t ms);
 /* Compute the wait (sync_backoff_delay) and sleep it. KB_ERR_TIMEOUT: no time for it, nothing
  * slept. *slept_ms (optional) gets the wait. */
 KB_WUR kb_err sync_backoff_wait(const sync_clock *c, int64_t hint_ms, unsigned attempt,

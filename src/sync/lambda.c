@@ -147,7 +147,7 @@ int sync_lambda_run(const char *api, kb_err init_err, const char *init_msg, sync
             snprintf(path, sizeof(path), "%s/invocation/%s/response", base, req_id);
             post(c, path, out ? out : "{}", NULL);
         } else {
-            char msg[512];
+            char msg[4096]; /* the whole summary, error included */
             j = sync_summary_json(&sum);
             out = j ? kb_json_dump(j) : NULL;
             json_decref(j);

@@ -52,6 +52,12 @@ static const kb_config_key keys[] = {
      "secretsmanager: endpoint override, e.g. http://127.0.0.1:4566 ({region} is replaced), "
      "or a comma-separated list, one per region"},
     {"sink", "ca_file", KB_CFG_PATH, NULL, "secretsmanager: PEM CA file for the endpoint"},
+    {"sink", "timeout", KB_CFG_DURATION, "30s",
+     "secretsmanager: per call, cut to what is left of the run's deadline"},
+    {"sink", "rate", KB_CFG_INT, "20",
+     "secretsmanager: most CreateSecret, PutSecretValue, TagResource, DeleteSecret, "
+     "RestoreSecret and GetResourcePolicy calls per second per region (AWS: 50/s per account "
+     "and region, shared; 0: unpaced, max 1000)"},
     {"sink", "delete_policy", KB_CFG_STRING, "delete",
      "delete (7-day recovery window) or retain (never delete)"},
     {"sink", "max_delete_fraction", KB_CFG_STRING, "0.10",
@@ -230,6 +236,7 @@ static kb_err run_once(void *arg, int64_t deadline_ms, sync_summary *sum)
         return KB_ERR_CONFIG;
     }
     ro.retain_deletes = strcmp(policy, "retain") == 0;
+    ro.clock = &clk;
     ro.allow_mass_delete = rx->allow_mass_delete;
     snprintf(regbuf, sizeof(regbuf), "%s",
              kb_config_str(cfg, "sink", "regions")
@@ -254,7 +261,16 @@ static kb_err run_once(void *arg, int64_t deadline_ms, sync_summary *sum)
         }
         smo.creds = &creds;
         smo.ca_file = kb_config_str(cfg, "sink", "ca_file");
-        smo.timeout_ms = 30000;
+        smo.timeout_ms = (long)kb_config_duration(cfg, "sink", "timeout") * 1000;
+        smo.clock = &clk;
+        smo.rate = kb_config_int(cfg, "sink", "rate");
+        if (smo.timeout_ms <= 0 || smo.rate < 0 || smo.rate > SYNC_SM_RATE_MAX) {
+            sync_summary_fail(sum, KB_ERR_CONFIG,
+                              "[sink] timeout must be positive and [sink] rate 0..%d",
+                              SYNC_SM_RATE_MAX);
+            rc = KB_ERR_CONFIG;
+            goto out;
+        }
     }
     /* the SVID is read at every run: a rotated one is picked up without a restart */
     if (have_creds) {
@@ -312,8 +328,8 @@ static kb_err run_once(void *arg, int64_t deadline_ms, sync_summary *sum)
     if (rc != KB_OK && sum->err != KB_OK && sum->calls[SYNC_OP_KB_LIST] > 0 &&
         sync_source_keybridge_why(src)[0] != '\0') {
         /* make a TLS refusal readable: which rule, or which identity */
-        char e[256];
-        snprintf(e, sizeof(e), "%.120s: %.120s", sum->error, sync_source_keybridge_why(src));
+        char e[512];
+        snprintf(e, sizeof(e), "%.200s: %.300s", sum->error, sync_source_keybridge_why(src));
         snprintf(sum->error, sizeof(sum->error), "%s", e);
     }
 out:
@@ -342,6 +358,8 @@ static int exit_for(kb_err rc, const sync_summary *sum)
 {
     if (rc == KB_OK && sync_summary_ok(sum))
         return KB_EXIT_OK;
+    if (sum->items) /* some secrets failed or were deferred: 1, whatever their own errors */
+        return KB_EXIT_FAIL;
     if (sum->err != KB_OK && sum->err != KB_ERR_NOT_FOUND)
         return kb_exit_code(sum->err) == KB_EXIT_OK ? KB_EXIT_FAIL : kb_exit_code(sum->err);
     return KB_EXIT_FAIL;

@@ -144,7 +144,24 @@ static void log_item(kb_log_level lvl, const char *event, const sync_sink *s, co
 }
 
 /* Confirm planned changes with the sink and recompute the action from what it says. */
-static void confirm_actions(sink_run *r, const sync_listing *l, sync_summary *sum)
+/* The deadline has passed: no further sink call starts. */
+static int out_of_time(const sync_run_opts *o)
+{
+    return sync_clock_left(o->clock) == 0;
+}
+
+/* A planned change not made because the deadline came first (or a sink call hit it). */
+static void left_over(const sink_run *r, const char *name, sync_summary *sum)
+{
+    log_item(KB_LOG_WARN, "secret_left", r->sink, name, "the run's deadline was reached",
+             KB_ERR_TIMEOUT);
+    sum->left++;
+    sum->deferred++;
+    sync_summary_item(sum, name, "left for the next run: the run's deadline was reached");
+}
+
+static void confirm_actions(sink_run *r, const sync_listing *l, const sync_run_opts *o,
+                            sync_summary *sum)
 {
     for (size_t i = 0; i < r->nacts; i++) {
         sync_action *a = &r->acts[i];
@@ -158,12 +175,29 @@ static void confirm_actions(sink_run *r, const sync_listing *l, sync_summary *su
             continue;
         if (r->sink->ops->confirm == NULL)
             continue;
-        e = r->sink->ops->confirm(r->sink, a->name, ce, &found, sum);
+        e = out_of_time(o) ? KB_ERR_TIMEOUT
+                           : r->sink->ops->confirm(r->sink, a->name, ce, &found, sum);
+        if (e == KB_ERR_TIMEOUT || e == KB_ERR_LIMIT) {
+            /* Not refused, just not now: the deadline, or throttled past every retry. */
+            if (e == KB_ERR_TIMEOUT) {
+                left_over(r, a->name, sum);
+            } else {
+                log_item(KB_LOG_WARN, "secret_deferred", r->sink, a->name, "throttled", e);
+                sum->deferred++;
+                sync_summary_item(sum, a->name, "deferred: the sink kept throttling");
+            }
+            a->act = SYNC_ACT_SKIP;
+            continue;
+        }
         if (e != KB_OK) {
             /* Refused or unreadable: never touch it; it counts as failed. */
             log_item(KB_LOG_ERROR, "confirm_failed", r->sink, a->name,
                      e == KB_ERR_DENIED ? "held by another application or refused" : "", e);
             sum->failed++;
+            sync_summary_item(sum, a->name, "%s: %s", r->sink->label,
+                              e == KB_ERR_DENIED ? "held by another application, or refused "
+                                                   "(non-default KMS key, resource policy)"
+                                                 : kb_err_str(e));
             a->act = SYNC_ACT_SKIP;
             continue;
         }
@@ -209,11 +243,34 @@ static sync_content *find_content(sync_content *cs, const char **names, size_t n
     return hit ? &cs[hit - names] : NULL;
 }
 
+/* A sink call's failure: throttled past every retry → deferred; the deadline → left (and no
+ * further call starts); anything else → failed. Returns 1 when the run must stop writing. */
+static int sink_failed(const sink_run *r, const char *name, const char *what, kb_err e,
+                       sync_summary *sum)
+{
+    if (e == KB_ERR_TIMEOUT) {
+        left_over(r, name, sum);
+        return 1;
+    }
+    if (e == KB_ERR_LIMIT) {
+        log_item(KB_LOG_WARN, "secret_deferred", r->sink, name, "throttled", e);
+        sum->deferred++;
+        sync_summary_item(sum, name, "%s: %s deferred: the sink kept throttling", r->sink->label,
+                          what);
+        return 0;
+    }
+    log_item(KB_LOG_ERROR, "write_failed", r->sink, name, what, e);
+    sum->failed++;
+    sync_summary_item(sum, name, "%s: %s failed (%s)", r->sink->label, what, kb_err_str(e));
+    return 0;
+}
+
 /* unsure: some content could not be fetched (deferred by the HSM budget or failed). Such a run
  * deletes nothing (issue 7 point 4: "delete nothing it is unsure of"; keep it simple: no deletes
  * at all): the planned deletes count as deferred and the next complete run makes them. */
 static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, const char **names,
-                       size_t nnames, int unsure, const sync_run_opts *o, sync_summary *sum)
+                       size_t nnames, int unsure, const sync_run_opts *o, int *stopped,
+                       sync_summary *sum)
 {
     size_t n_delete = 0, n_managed = 0;
     int mass;
@@ -243,6 +300,15 @@ static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, con
             log_item(KB_LOG_ERROR, "secret_refused", r->sink, a->name,
                      "two secrets map to one file, or bad metadata", KB_ERR_CONFLICT);
             sum->failed++;
+            sync_summary_item(sum, a->name, "%s: two secrets map to one file, or bad metadata",
+                              r->sink->label);
+            continue;
+        }
+        if ((a->act == SYNC_ACT_CREATE || a->act == SYNC_ACT_UPDATE || a->act == SYNC_ACT_RESTORE ||
+             (a->act == SYNC_ACT_DELETE && !o->retain_deletes && !mass && !unsure)) &&
+            (*stopped || out_of_time(o))) {
+            *stopped = 1;
+            left_over(r, a->name, sum);
             continue;
         }
         switch (a->act) {
@@ -254,6 +320,7 @@ static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, con
         case SYNC_ACT_DEFER:
             log_item(KB_LOG_WARN, "secret_deferred", r->sink, a->name, a->why, KB_ERR_CONFLICT);
             sum->deferred++;
+            sync_summary_item(sum, a->name, "%s: deferred: %s", r->sink->label, a->why);
             break;
         case SYNC_ACT_DELETE:
             if (o->retain_deletes) {
@@ -270,8 +337,7 @@ static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, con
             }
             e = r->sink->ops->remove(r->sink, have, sum);
             if (e != KB_OK) {
-                log_item(KB_LOG_ERROR, "delete_failed", r->sink, a->name, "", e);
-                sum->failed++;
+                *stopped |= sink_failed(r, a->name, "delete", e, sum);
             } else {
                 kb_log(KB_LOG_INFO, "deleted", "sink", r->sink->label, "secret", a->name, NULL);
                 sum->deleted++;
@@ -286,8 +352,7 @@ static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, con
                 e = r->sink->ops->restore ? r->sink->ops->restore(r->sink, have, sum)
                                           : KB_ERR_INTERNAL;
                 if (e != KB_OK) {
-                    log_item(KB_LOG_ERROR, "restore_failed", r->sink, a->name, "", e);
-                    sum->failed++;
+                    *stopped |= sink_failed(r, a->name, "restore", e, sum);
                     break;
                 }
                 kb_log(KB_LOG_INFO, "restored", "sink", r->sink->label, "secret", a->name, NULL);
@@ -297,12 +362,20 @@ static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, con
             }
             if (c == NULL || c->err != KB_OK) {
                 kb_err fe = c ? c->err : KB_ERR_UNAVAILABLE;
+                if (fe == KB_ERR_TIMEOUT) {
+                    left_over(r, a->name, sum);
+                    break;
+                }
                 log_item(fe == KB_ERR_LIMIT ? KB_LOG_WARN : KB_LOG_ERROR, "fetch_failed", r->sink,
                          a->name, "", fe);
-                if (fe == KB_ERR_LIMIT)
+                if (fe == KB_ERR_LIMIT) {
                     sum->deferred++;
-                else
+                    sync_summary_item(sum, a->name, "deferred: over keybridged's HSM budget");
+                } else {
                     sum->failed++;
+                    sync_summary_item(sum, a->name, "cannot fetch the content from keybridged (%s)",
+                                      kb_err_str(fe));
+                }
                 break;
             }
             /* The fetched version may be newer than the listing's; never older than the sink. */
@@ -310,12 +383,13 @@ static void apply_sink(sink_run *r, const sync_listing *l, sync_content *cs, con
                 log_item(KB_LOG_WARN, "secret_deferred", r->sink, a->name,
                          "sink holds a newer version", KB_ERR_CONFLICT);
                 sum->deferred++;
+                sync_summary_item(sum, a->name, "%s: deferred: the sink holds a newer version",
+                                  r->sink->label);
                 break;
             }
             e = r->sink->ops->write(r->sink, have, c, sum);
             if (e != KB_OK) {
-                log_item(KB_LOG_ERROR, "write_failed", r->sink, a->name, a->why, e);
-                sum->failed++;
+                *stopped |= sink_failed(r, a->name, "write", e, sum);
                 break;
             }
             kb_log(KB_LOG_INFO, act == SYNC_ACT_CREATE ? "created" : "updated", "sink",
@@ -372,6 +446,7 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
     const char **names = NULL;
     sync_content *cs = NULL;
     size_t nnames = 0, k, n_limit = 0, n_unfetched = 0;
+    int stopped = 0;
     int64_t t0 = sync_mono_ms();
     kb_err rc = KB_OK;
 
@@ -403,8 +478,9 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
         KB_ENSURE_OUT(rc, runs[s].bad != NULL, KB_ERR_NOMEM);
         rc = sinks[s]->ops->load(sinks[s], l.application, &runs[s].st, sum);
         if (rc != KB_OK) {
-            sync_summary_fail(sum, rc, "%s: cannot read the sink's state (%s); nothing written",
-                              sinks[s]->label, kb_err_str(rc));
+            sync_summary_fail(sum, rc, "%s: cannot read the sink's state (%s%s); nothing written",
+                              sinks[s]->label, kb_err_str(rc),
+                              rc == KB_ERR_TIMEOUT ? ": the run's deadline was reached" : "");
             goto out;
         }
         if (sinks[s]->ops->begin) {
@@ -422,7 +498,7 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
         KB_GUARD_OUT(rc, sync_diff(&l, &runs[s].st, &runs[s].acts, &runs[s].nacts));
         runs[s].confirmed = calloc(runs[s].nacts + 1, sizeof(sync_entry));
         KB_ENSURE_OUT(rc, runs[s].confirmed != NULL, KB_ERR_NOMEM);
-        confirm_actions(&runs[s], &l, sum);
+        confirm_actions(&runs[s], &l, o, sum);
     }
 
     /* 4. one fetch for every sink: the union of what needs content */
@@ -460,7 +536,7 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
         n_unfetched += cs[k].err != KB_OK;
     }
     for (size_t s = 0; s < n; s++) {
-        apply_sink(&runs[s], &l, cs, names, nnames, n_unfetched > 0, o, sum);
+        apply_sink(&runs[s], &l, cs, names, nnames, n_unfetched > 0, o, &stopped, sum);
         if (sinks[s]->ops->finish) {
             kb_err fe = sinks[s]->ops->finish(sinks[s], sum);
             if (fe != KB_OK)
@@ -468,6 +544,12 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
                                   kb_err_str(fe));
         }
     }
+    if (sum->left > 0)
+        sync_summary_fail(sum, KB_ERR_TIMEOUT,
+                          "the run's deadline was reached: %lld planned changes left for the next "
+                          "run (counted in deferred), %lld applied",
+                          (long long)sum->left,
+                          (long long)(sum->created + sum->updated + sum->restored + sum->deleted));
     if (n_limit > 0)
         sync_summary_fail(sum, KB_ERR_LIMIT,
                           "%zu of %zu secrets deferred: keybridged's HSM budget did not serve them "
@@ -477,8 +559,11 @@ kb_err sync_run(sync_source *src, sync_sink **sinks, size_t n, const sync_run_op
 out:
     if (rc != KB_OK && sum->err == KB_OK)
         sync_summary_fail(sum, rc, "sync failed (%s)", kb_err_str(rc));
-    if (rc == KB_OK && !sync_summary_ok(sum))
+    if (rc == KB_OK && !sync_summary_ok(sum)) {
+        /* failed or deferred secrets without a fatal error: say which and why */
+        sync_summary_close(sum, KB_ERR_CONFLICT);
         rc = KB_ERR_CONFLICT;
+    }
     for (size_t i = 0; cs && i < nnames; i++)
         sync_content_clear(&cs[i]);
     free(cs);

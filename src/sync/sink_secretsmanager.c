@@ -15,13 +15,23 @@
 #include "lib/json.h"
 #include "lib/log.h"
 
+/* Spacing of the paced calls: at most one every interval_ms (rounded up: never above rate). */
+typedef struct {
+    int64_t interval_ms; /* 0: unpaced */
+    int64_t next_ms;     /* monotonic time of the next allowed call */
+} sm_pacer;
+
 typedef struct {
     kb_awsreq_cfg cfg;
+    const sync_clock *clock;
+    sm_pacer pacer;
     char *endpoint;
     char *region;
     char *app;
     char prefix[SYNC_APP_MAX + 16]; /* keybridge/<app>/ */
 } smsink;
+
+#define CLOUD_NAME_CAP (SYNC_APP_MAX + SYNC_NAME_MAX + 16)
 
 int sync_utf8_ok(const uint8_t *p, size_t n)
 {
@@ -92,31 +102,109 @@ out:
     return rc;
 }
 
+static int paced(sync_op op)
+{
+    return op == SYNC_OP_CREATE || op == SYNC_OP_PUT || op == SYNC_OP_TAG || op == SYNC_OP_DELETE ||
+           op == SYNC_OP_RESTORE || op == SYNC_OP_POLICY;
+}
+
+/* Wait for the pacer's next slot. KB_ERR_TIMEOUT (nothing slept) when the slot is past the
+ * deadline. */
+static kb_err pace(sm_pacer *p, const sync_clock *c)
+{
+    int64_t now;
+    if (p == NULL || p->interval_ms <= 0)
+        return KB_OK;
+    now = sync_clock_now(c);
+    if (p->next_ms > now) {
+        KB_ENSURE(c == NULL || c->deadline_ms <= 0 || p->next_ms < c->deadline_ms, KB_ERR_TIMEOUT);
+        sync_clock_sleep(c, p->next_ms - now);
+        now = p->next_ms;
+    }
+    p->next_ms = now + p->interval_ms;
+    return KB_OK;
+}
+
+static const char *aws_type(const json_t *r);
+
+static int throttled(long st, const json_t *r)
+{
+    const char *t = aws_type(r);
+    return st == 429 || strcmp(t, "ThrottlingException") == 0 ||
+           strcmp(t, "TooManyRequestsException") == 0;
+}
+
 /* One call. On KB_OK *resp is the parsed body and *status the HTTP status; errors are AWS
- * error shapes ({"__type", "message"}), returned as a body with status >= 400. */
-static kb_err call(const kb_awsreq_cfg *cfg, const char *op, json_t *req, json_t **resp,
-                   long *status, sync_summary *sum, sync_op sop)
+ * error shapes ({"__type", "message"}), returned as a body with status >= 400. The call is cut
+ * to what is left of the run's deadline (KB_ERR_TIMEOUT past it, nothing sent); paced calls wait
+ * for their slot; throttles are retried after a jittered wait while the deadline allows (the last
+ * throttled answer is returned when it does not). */
+static kb_err call(const kb_awsreq_cfg *cfg0, const sync_clock *clk, sm_pacer *pacer,
+                   const char *op, json_t *req, json_t **resp, long *status, sync_summary *sum,
+                   sync_op sop)
 {
     char target[64], err[128];
     char *body = kb_json_dump(req);
     kb_dbuf out;
-    kb_err rc;
+    kb_err rc = KB_OK;
     KB_ENSURE(body != NULL, KB_ERR_NOMEM);
     snprintf(target, sizeof(target), "secretsmanager.%s", op);
     kb_dbuf_init(&out, SYNC_SM_RESP_MAX);
-    if (sum)
-        sum->calls[sop]++;
-    rc = kb_awsreq_call(cfg, target, body, strlen(body), status, &out);
-    kb_json_free_str(body); /* may have carried content */
-    sync_crash_point();
-    if (rc == KB_OK) {
+    *resp = NULL;
+    for (unsigned attempt = 0;; attempt++) {
+        kb_awsreq_cfg cfg = *cfg0;
+        long tmo = cfg.timeout_ms > 0 ? cfg.timeout_ms : SYNC_SM_TIMEOUT_DEFAULT_MS;
+        int64_t left, waited = 0;
+        if (paced(sop) && (rc = pace(pacer, clk)) != KB_OK) {
+            kb_log(KB_LOG_WARN, "deadline_reached", "op", op, "reason",
+                   "the next paced call would start past the deadline", NULL);
+            break;
+        }
+        left = sync_clock_left(clk);
+        if (left <= 0) {
+            kb_log(KB_LOG_WARN, "deadline_reached", "op", op, NULL);
+            rc = KB_ERR_TIMEOUT;
+            break;
+        }
+        cfg.timeout_ms = left < tmo ? (long)left : tmo;
+        if (sum)
+            sum->calls[sop]++;
+        kb_dbuf_reset(&out);
+        json_decref(*resp);
+        *resp = NULL;
+        rc = kb_awsreq_call(&cfg, target, body, strlen(body), status, &out);
+        sync_crash_point();
+        if (rc != KB_OK) {
+            kb_log(KB_LOG_ERROR, "request_failed", "op", op, "err", kb_err_str(rc), NULL);
+            break;
+        }
         rc = kb_json_parse(out.len ? (const char *)out.p : "{}", out.len ? out.len : 2,
                            SYNC_SM_RESP_MAX, resp, err, sizeof(err));
-        if (rc != KB_OK)
+        if (rc != KB_OK) {
             kb_log(KB_LOG_ERROR, "bad_response", "op", op, "reason", err, NULL);
-    } else {
-        kb_log(KB_LOG_ERROR, "request_failed", "op", op, "err", kb_err_str(rc), NULL);
+            break;
+        }
+        if (!throttled(*status, *resp))
+            break;
+        if (sum)
+            sum->throttled++;
+        if (attempt + 1 >= SYNC_SM_THROTTLE_ATTEMPTS ||
+            sync_backoff_wait(clk, -1, attempt, &waited) != KB_OK) {
+            kb_log(KB_LOG_WARN, "throttled_giving_up", "op", op, "reason",
+                   "no retry fits in the deadline or the attempts", NULL);
+            break;
+        }
+        {
+            char ws[24];
+            snprintf(ws, sizeof(ws), "%lld", (long long)waited);
+            kb_log(KB_LOG_WARN, "throttled", "op", op, "waited_ms", ws, NULL);
+        }
     }
+    if (rc != KB_OK) {
+        json_decref(*resp);
+        *resp = NULL;
+    }
+    kb_json_free_str(body); /* may have carried content */
     kb_dbuf_free(&out);
     return rc;
 }
@@ -261,7 +349,7 @@ static kb_err sm_load(sync_sink *s, const char *app, sync_state *out, sync_summa
             free(next);
             next = NULL;
         }
-        rc = call(&m->cfg, "ListSecrets", req, &resp, &st, sum, SYNC_OP_LIST);
+        rc = call(&m->cfg, m->clock, &m->pacer, "ListSecrets", req, &resp, &st, sum, SYNC_OP_LIST);
         json_decref(req);
         if (rc == KB_OK)
             rc = status_to_err(st, resp, "ListSecrets");
@@ -317,7 +405,7 @@ static kb_err sm_confirm(sync_sink *s, const char *name, sync_entry *out, int *f
                          sync_summary *sum)
 {
     smsink *m = s->impl;
-    char cloud[SYNC_APP_MAX + SYNC_NAME_MAX + 16];
+    char cloud[CLOUD_NAME_CAP];
     json_t *req, *resp = NULL;
     const char *kms;
     long st = 0;
@@ -327,7 +415,8 @@ static kb_err sm_confirm(sync_sink *s, const char *name, sync_entry *out, int *f
     snprintf(cloud, sizeof(cloud), "%s%s", m->prefix, name);
     req = json_pack("{s:s}", "SecretId", cloud);
     KB_ENSURE(req != NULL, KB_ERR_NOMEM);
-    rc = call(&m->cfg, "DescribeSecret", req, &resp, &st, sum, SYNC_OP_DESCRIBE);
+    rc = call(&m->cfg, m->clock, &m->pacer, "DescribeSecret", req, &resp, &st, sum,
+              SYNC_OP_DESCRIBE);
     if (rc == KB_OK && st != 200 && strcmp(aws_type(resp), "ResourceNotFoundException") == 0) {
         rc = KB_OK; /* absent: free to create */
         goto out;
@@ -352,7 +441,8 @@ static kb_err sm_confirm(sync_sink *s, const char *name, sync_entry *out, int *f
     }
     json_decref(resp);
     resp = NULL;
-    rc = call(&m->cfg, "GetResourcePolicy", req, &resp, &st, sum, SYNC_OP_POLICY);
+    rc = call(&m->cfg, m->clock, &m->pacer, "GetResourcePolicy", req, &resp, &st, sum,
+              SYNC_OP_POLICY);
     if (rc == KB_OK)
         rc = status_to_err(st, resp, "GetResourcePolicy");
     KB_GUARD_OUT(rc, rc);
@@ -380,7 +470,8 @@ static kb_err set_value(json_t *req, const kb_secret *content)
     kb_dbuf b;
     kb_err rc = KB_OK;
     KB_ENSURE(n <= SYNC_CONTENT_MAX, KB_ERR_TOO_LARGE);
-    if (n > 0 && sync_utf8_ok(p, n)) {
+    KB_ENSURE(n > 0, KB_ERR_INVALID); /* SecretBinary and SecretString need 1 byte or more */
+    if (sync_utf8_ok(p, n)) {
         KB_ENSURE(json_object_set_new(req, "SecretString", json_stringn((const char *)p, n)) == 0,
                   KB_ERR_NOMEM);
         return KB_OK;
@@ -414,7 +505,7 @@ static kb_err simple(smsink *m, const char *op, json_t *req, sync_summary *sum, 
     long st = 0;
     kb_err rc;
     KB_ENSURE(req != NULL, KB_ERR_NOMEM);
-    rc = call(&m->cfg, op, req, &resp, &st, sum, sop);
+    rc = call(&m->cfg, m->clock, &m->pacer, op, req, &resp, &st, sum, sop);
     if (rc == KB_OK)
         rc = status_to_err(st, resp, op);
     json_decref(resp);
@@ -426,7 +517,7 @@ static kb_err sm_write(sync_sink *s, const sync_entry *cur, const sync_content *
                        sync_summary *sum)
 {
     smsink *m = s->impl;
-    char cloud[SYNC_APP_MAX + SYNC_NAME_MAX + 16], token[37];
+    char cloud[CLOUD_NAME_CAP], token[37];
     const char *repair = NULL;
     json_t *req;
     kb_err rc;
@@ -436,6 +527,16 @@ static kb_err sm_write(sync_sink *s, const sync_entry *cur, const sync_content *
     if (cur && !cur->deleted && cur->version == c->version &&
         strcmp(cur->checksum, c->checksum) == 0 && !cur->intact && cur->current_vid)
         repair = cur->current_vid;
+    if (kb_secret_len(c->content) == 0 || kb_secret_len(c->content) > SYNC_CONTENT_MAX) {
+        int empty = kb_secret_len(c->content) == 0;
+        const char *why = empty ? "empty content: Secrets Manager needs at least 1 byte "
+                                  "(keybridged refuses empty content for cloud_sync secrets; "
+                                  "put a non-empty version)"
+                                : "content over Secrets Manager's 65536 bytes";
+        kb_log(KB_LOG_ERROR, "secret_refused", "secret", cloud, "reason", why, NULL);
+        sync_summary_item(sum, c->name, "%s", why);
+        return empty ? KB_ERR_INVALID : KB_ERR_TOO_LARGE;
+    }
     KB_GUARD(sync_sm_token(m->app, c->name, c->version, c->checksum, repair, token));
     if (cur == NULL) {
         req = json_pack("{s:s,s:s,s:s,s:o}", "Name", cloud, "ClientRequestToken", token,
@@ -466,7 +567,7 @@ static kb_err sm_write(sync_sink *s, const sync_entry *cur, const sync_content *
 static kb_err sm_restore(sync_sink *s, const sync_entry *cur, sync_summary *sum)
 {
     smsink *m = s->impl;
-    char cloud[SYNC_APP_MAX + SYNC_NAME_MAX + 16];
+    char cloud[CLOUD_NAME_CAP];
     snprintf(cloud, sizeof(cloud), "%s%s", m->prefix, cur->name);
     return simple(m, "RestoreSecret", json_pack("{s:s}", "SecretId", cloud), sum, SYNC_OP_RESTORE);
 }
@@ -474,7 +575,7 @@ static kb_err sm_restore(sync_sink *s, const sync_entry *cur, sync_summary *sum)
 static kb_err sm_remove(sync_sink *s, const sync_entry *cur, sync_summary *sum)
 {
     smsink *m = s->impl;
-    char cloud[SYNC_APP_MAX + SYNC_NAME_MAX + 16];
+    char cloud[CLOUD_NAME_CAP];
     snprintf(cloud, sizeof(cloud), "%s%s", m->prefix, cur->name);
     return simple(
         m, "DeleteSecret",
@@ -529,7 +630,7 @@ static kb_err fill_cfg(const sync_sm_opts *o, kb_awsreq_cfg *cfg, char **endpoin
     cfg->secret_key = o->creds->secret_key;
     cfg->session_token = o->creds->session_token;
     cfg->ca_file = o->ca_file;
-    cfg->timeout_ms = o->timeout_ms;
+    cfg->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : SYNC_SM_TIMEOUT_DEFAULT_MS;
     return KB_OK;
 }
 
@@ -550,10 +651,14 @@ kb_err sync_sink_sm_new(const sync_sm_opts *o, sync_sink **out)
     s->ops = &SM_OPS;
     s->impl = m;
     rc = fill_cfg(o, &m->cfg, &m->endpoint, &m->region);
+    if (rc == KB_OK && (o->rate < 0 || o->rate > SYNC_SM_RATE_MAX))
+        rc = KB_ERR_CONFIG;
     if (rc != KB_OK) {
         sm_free(s);
         return rc;
     }
+    m->clock = o->clock;
+    m->pacer.interval_ms = o->rate > 0 ? (1000 + o->rate - 1) / o->rate : 0;
     snprintf(s->label, sizeof(s->label), "secretsmanager:%s", o->region);
     *out = s;
     return KB_OK;
@@ -573,7 +678,8 @@ kb_err sync_sm_get_value(const sync_sm_opts *o, const char *secret_id, kb_secret
     KB_GUARD_OUT(rc, fill_cfg(o, &cfg, &ep, &rg));
     req = json_pack("{s:s}", "SecretId", secret_id);
     KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
-    KB_GUARD_OUT(rc, call(&cfg, "GetSecretValue", req, &resp, &st, sum, SYNC_OP_GET));
+    KB_GUARD_OUT(rc,
+                 call(&cfg, o->clock, NULL, "GetSecretValue", req, &resp, &st, sum, SYNC_OP_GET));
     KB_GUARD_OUT(rc, status_to_err(st, resp, "GetSecretValue"));
     bin = json_object_get(resp, "SecretBinary");
     str = json_object_get(resp, "SecretString");

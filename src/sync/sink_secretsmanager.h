@@ -26,13 +26,27 @@
 #define SYNC_SM_RESP_MAX ((size_t)4 * 1024 * 1024) /* one response body */
 #define SYNC_SM_RECOVERY_DAYS 7
 #define SYNC_SM_DEFAULT_KMS "alias/aws/secretsmanager"
+/* Pacing and throttles (docs/keybridge-sync.md "Deadline, pacing, throttles"). AWS's quotas for
+ * CreateSecret, PutSecretValue, TagResource, DeleteSecret, RestoreSecret and GetResourcePolicy
+ * are 50 per second per account and region, shared by every syncer in the account (AWS Secrets
+ * Manager User Guide, "Secrets Manager quotas"): those calls are paced to [sink] rate, default
+ * SYNC_SM_RATE_DEFAULT. ListSecrets, DescribeSecret and GetSecretValue (quotas of 100 to 40,000
+ * per second) are not paced. A ThrottlingException (or HTTP 429) is retried after a jittered,
+ * doubling wait (backoff.h, from SYNC_BACKOFF_BASE_MS) while the deadline allows, at most
+ * SYNC_SM_THROTTLE_ATTEMPTS times; then the secret counts as deferred. */
+#define SYNC_SM_RATE_DEFAULT 20
+#define SYNC_SM_RATE_MAX 1000
+#define SYNC_SM_THROTTLE_ATTEMPTS 8
+#define SYNC_SM_TIMEOUT_DEFAULT_MS 30000
 
 typedef struct {
     const char *region;        /* "us-east-1" */
     const char *endpoint;      /* NULL: https://secretsmanager.<region>.amazonaws.com */
     const kb_aws_creds *creds; /* borrowed */
     const char *ca_file;       /* or NULL */
-    long timeout_ms;
+    long timeout_ms;           /* per call, cut to what is left of clock's deadline */
+    const sync_clock *clock;   /* the run's deadline (borrowed; NULL: none) */
+    int64_t rate;              /* most quota-limited calls per second (SYNC_SM_PACED); 0: unpaced */
 } sync_sm_opts;
 
 KB_WUR kb_err sync_sink_sm_new(const sync_sm_opts *o, sync_sink **out);

@@ -218,13 +218,26 @@ static kb_err parse_meta_fields(const json_t *o, char **name, int64_t *version, 
     return KB_OK;
 }
 
-static int app_name_ok(const char *s)
+/* KB_ERR_CONFIG: no application name; KB_ERR_TOO_LARGE: longer than keybridged's limit (a
+ * client stored before it); KB_ERR_INVALID: not a name. */
+static kb_err app_name_check(const char *s)
 {
     size_t n = strlen(s);
-    return n > 0 && n <= SYNC_APP_MAX && sync_name_ok(s);
+    KB_ENSURE(n > 0, KB_ERR_CONFIG);
+    KB_ENSURE(n <= SYNC_APP_MAX, KB_ERR_TOO_LARGE);
+    KB_ENSURE(sync_name_ok(s), KB_ERR_INVALID);
+    return KB_OK;
 }
 
-kb_err sync_kb_parse_list(const void *body, size_t len, sync_listing *out)
+#define WHY_NO_APP "keybridged names no application for this client (set its app_name)"
+#define WHY_LONG_APP                                                                               \
+    "keybridged's application name for this client is longer than 246 characters "                 \
+    "(keybridge/<app>/<name> must fit Secrets Manager's 512); shorten the client's app_name"
+#define WHY_BAD_APP "keybridged's application name is not a name (A-Z a-z 0-9 _ . + = @ -)"
+_Static_assert(SYNC_APP_MAX == 246, "WHY_LONG_APP says 246");
+
+/* sync_kb_parse_list, saying in *why (when not NULL) what is wrong with the application name. */
+static kb_err parse_list(const void *body, size_t len, sync_listing *out, const char **why)
 {
     json_t *doc = NULL, *arr, *app, *client;
     char err[128];
@@ -239,7 +252,12 @@ kb_err sync_kb_parse_list(const void *body, size_t len, sync_listing *out)
     KB_ENSURE_OUT(rc, json_is_array(arr) && json_is_string(app) && json_is_string(client),
                   KB_ERR_INVALID);
     /* Cloud names are keybridge/<application>/<name>: the server must name the application. */
-    KB_ENSURE_OUT(rc, app_name_ok(json_string_value(app)), KB_ERR_CONFIG);
+    rc = app_name_check(json_string_value(app));
+    if (rc != KB_OK && why)
+        *why = rc == KB_ERR_CONFIG      ? WHY_NO_APP
+               : rc == KB_ERR_TOO_LARGE ? WHY_LONG_APP
+                                        : WHY_BAD_APP;
+    KB_GUARD_OUT(rc, rc);
     n = json_array_size(arr);
     KB_ENSURE_OUT(rc, n <= SYNC_LIST_MAX, KB_ERR_TOO_LARGE);
     out->application = strdup(json_string_value(app));
@@ -259,6 +277,11 @@ out:
     if (rc != KB_OK)
         sync_listing_clear(out);
     return rc;
+}
+
+kb_err sync_kb_parse_list(const void *body, size_t len, sync_listing *out)
+{
+    return parse_list(body, len, out, NULL);
 }
 
 static kb_err item_error(const char *e)
@@ -357,12 +380,12 @@ static kb_err kb_list(sync_source *s, sync_listing *out, sync_summary *sum)
     kb_dbuf_init(&resp, SYNC_KB_LIST_MAX);
     rc = request(k, "/v1/secrets", NULL, &resp, sum, SYNC_OP_KB_LIST);
     if (rc == KB_OK) {
-        rc = sync_kb_parse_list(resp.p ? resp.p : (const uint8_t *)"", resp.len, out);
-        if (rc == KB_ERR_CONFIG)
-            kb_log(KB_LOG_ERROR, "no_application", "reason",
-                   "keybridged names no application for this client", NULL);
-        else if (rc != KB_OK)
-            kb_log(KB_LOG_ERROR, "bad_listing", "err", kb_err_str(rc), NULL);
+        const char *why = NULL;
+        rc = parse_list(resp.p ? resp.p : (const uint8_t *)"", resp.len, out, &why);
+        if (why)
+            snprintf(k->why, sizeof(k->why), "%s", why);
+        if (rc != KB_OK)
+            kb_log(KB_LOG_ERROR, "bad_listing", "err", kb_err_str(rc), "reason", k->why, NULL);
     }
     kb_dbuf_free(&resp);
     return rc;

@@ -53,6 +53,29 @@ void sync_summary_fail(sync_summary *s, kb_err e, const char *fmt, ...)
     va_end(ap);
 }
 
+void sync_summary_item(sync_summary *s, const char *name, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (s->item_error[0] != '\0')
+        return;
+    n = snprintf(s->item_error, sizeof(s->item_error), "%.200s: ", name ? name : "?");
+    if (n < 0 || (size_t)n >= sizeof(s->item_error))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(s->item_error + n, sizeof(s->item_error) - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+void sync_summary_close(sync_summary *s, kb_err e)
+{
+    if (s->err != KB_OK || sync_summary_ok(s))
+        return;
+    sync_summary_fail(s, e, "%lld failed, %lld deferred; first: %s", (long long)s->failed,
+                      (long long)s->deferred, s->item_error[0] ? s->item_error : "unknown");
+    s->items = 1;
+}
+
 int sync_summary_ok(const sync_summary *s)
 {
     return s->err == KB_OK && s->failed == 0 && s->deferred == 0;
@@ -78,6 +101,7 @@ json_t *sync_summary_json(const sync_summary *s)
     bad |= json_object_set_new(o, "bytes_fetched", json_integer(s->bytes_fetched));
     bad |= json_object_set_new(o, "hsm_fetches", json_integer(s->hsm_fetches));
     bad |= json_object_set_new(o, "throttled", json_integer(s->throttled));
+    bad |= json_object_set_new(o, "left", json_integer(s->left));
     bad |= json_object_set_new(o, "duration_ms", json_integer(s->duration_ms));
     if (s->err != KB_OK) {
         bad |= json_object_set_new(o, "error", json_string(s->error));
@@ -94,9 +118,10 @@ json_t *sync_summary_json(const sync_summary *s)
 json_t *sync_summary_emf(const sync_summary *s)
 {
     json_t *o = sync_summary_json(s), *metrics, *aws;
-    static const char *const names[] = {"unchanged",   "created",     "updated", "restored",
-                                        "deleted",     "deferred",    "failed",  "bytes_fetched",
-                                        "hsm_fetches", "duration_ms", NULL};
+    static const char *const names[] = {"unchanged",   "created",   "updated", "restored",
+                                        "deleted",     "deferred",  "failed",  "bytes_fetched",
+                                        "hsm_fetches", "throttled", "left",    "duration_ms",
+                                        NULL};
     if (o == NULL)
         return NULL;
     metrics = json_array();

@@ -17,15 +17,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backoff.h"
 #include "lib/err.h"
+#include "lib/names.h"
 #include "lib/secbuf.h"
 #include "summary.h"
 
 /* A checksum as the client API sends it: lowercase hex of HMAC-SHA256 (64 characters). */
 #define SYNC_CHECKSUM_HEX 64
-/* Longest secret name (keybridged's MODEL_NAME_MAX) and application name we accept. */
-#define SYNC_NAME_MAX 255
-#define SYNC_APP_MAX 128
+/* Longest secret name and application name: keybridged's own limits (lib/names.h; an
+ * application name fits keybridge/<app>/<name> into Secrets Manager's 512 characters). */
+#define SYNC_NAME_MAX KB_NAME_MAX
+#define SYNC_APP_MAX KB_APP_NAME_MAX
 /* Most secrets in one listing. */
 #define SYNC_LIST_MAX 100000
 /* Largest content that can go to the cloud (Secrets Manager's 64 KiB SecretString limit). */
@@ -75,6 +78,9 @@ typedef struct {
     double max_delete_fraction; /* 0..1; default 0.10 */
     int allow_mass_delete;
     int retain_deletes; /* delete_policy = retain */
+    /* The run's deadline (NULL or deadline_ms 0: none). Past it no sink call starts: what was
+     * planned and not done counts as left (and deferred), and the run fails (KB_ERR_TIMEOUT). */
+    const sync_clock *clock;
 } sync_run_opts;
 
 /* Run once against a source and n sinks. Fills *sum (counts, calls, duration); returns KB_OK only

@@ -411,7 +411,7 @@ static void test_engine_failsafe(void **state)
     sync_source src = {&FSRC, NULL};
     sync_sink sink, sink2;
     sync_sink *sinks[2] = {&sink, &sink2};
-    sync_run_opts o = {0.10, 0, 0};
+    sync_run_opts o = {0.10, 0, 0, NULL};
     sync_summary sum;
     (void)state;
     memset(&sink, 0, sizeof(sink));
