@@ -14,10 +14,13 @@ from test_sync_e2e import SYNC, Env, check, free_port  # noqa: E402
 
 
 class RuntimeAPI:
-    def __init__(self, events):
+    def __init__(self, events, deadline_s=None):
         self.events = list(events)  # request ids to hand out
+        self.deadline_s = deadline_s  # None: far future; else seconds from each /next
+        self.deadlines = {}  # request id -> deadline (epoch seconds) handed out
         self.responses = {}
         self.errors = {}
+        self.error_times = {}
         self.init_errors = []
         self.port = free_port()
         self.done = threading.Event()
@@ -44,9 +47,14 @@ class RuntimeAPI:
                     api.done.set()
                     return self._reply(500, b'{"errorMessage":"no more events"}')
                 rid = api.events.pop(0)
+                dl = "9999999999999"
+                if api.deadline_s is not None:
+                    import time
+                    api.deadlines[rid] = time.time() + api.deadline_s
+                    dl = str(int(api.deadlines[rid] * 1000))
                 self._reply(200, b'{"source":"aws.events"}',
                             [("Lambda-Runtime-Aws-Request-Id", rid),
-                             ("Lambda-Runtime-Deadline-Ms", "9999999999999"),
+                             ("Lambda-Runtime-Deadline-Ms", dl),
                              ("Content-Type", "application/json")])
 
             def do_POST(self):
@@ -58,7 +66,9 @@ class RuntimeAPI:
                 elif len(parts) == 6 and parts[4] and parts[5] == "response":
                     api.responses[parts[4]] = body
                 elif len(parts) == 6 and parts[5] == "error":
+                    import time
                     api.errors[parts[4]] = (body, self.headers.get("Lambda-Runtime-Function-Error-Type"))
+                    api.error_times[parts[4]] = time.time()
                 else:
                     return self._reply(404)
                 self._reply(202, b'{"status":"OK"}')

@@ -42,6 +42,34 @@ static void names(void **state)
     free(s);
 }
 
+/* Application names: one limit (246) so that keybridge/<app>/<name> fits Secrets Manager's 512
+ * characters with the longest secret name. */
+static void app_names(void **state)
+{
+    (void)state;
+    char *s;
+    assert_int_equal(MODEL_APP_NAME_MAX, 246);
+    assert_int_equal(strlen(KB_CLOUD_NAME_PREFIX) + MODEL_APP_NAME_MAX + 1 + MODEL_NAME_MAX,
+                     KB_CLOUD_NAME_MAX);
+    assert_ok(model_app_name_check("payments"));
+    assert_kb(model_app_name_check(""), KB_ERR_INVALID);
+    assert_kb(model_app_name_check(".x"), KB_ERR_INVALID);
+    assert_kb(model_app_name_check("a/b"), KB_ERR_INVALID);
+    assert_kb(model_app_name_check(NULL), KB_ERR_NULL);
+    s = rep('a', MODEL_APP_NAME_MAX - 1);
+    assert_ok(model_app_name_check(s));
+    free(s);
+    s = rep('a', MODEL_APP_NAME_MAX);
+    assert_ok(model_app_name_check(s));
+    free(s);
+    s = rep('a', MODEL_APP_NAME_MAX + 1);
+    assert_kb(model_app_name_check(s), KB_ERR_TOO_LARGE);
+    free(s);
+    s = rep('a', MODEL_NAME_MAX);
+    assert_kb(model_app_name_check(s), KB_ERR_TOO_LARGE);
+    free(s);
+}
+
 static void descriptions(void **state)
 {
     (void)state;
@@ -74,6 +102,9 @@ static void content_sizes(void **state)
     assert_ok(model_content_len_check(MODEL_CLOUD_CONTENT_MAX, 1000000, true));
     assert_kb(model_content_len_check(MODEL_CLOUD_CONTENT_MAX + 1, 1000000, true),
               KB_ERR_TOO_LARGE);
+    /* Secrets Manager refuses an empty value: a cloud_sync secret holds 1 byte or more. */
+    assert_kb(model_content_len_check(0, 0, true), KB_ERR_INVALID);
+    assert_ok(model_content_len_check(1, 0, true));
     /* A smaller configured limit applies to both. */
     assert_ok(model_content_len_check(100, 100, true));
     assert_kb(model_content_len_check(101, 100, true), KB_ERR_TOO_LARGE);
@@ -264,6 +295,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(names),
+        cmocka_unit_test(app_names),
         cmocka_unit_test(descriptions),
         cmocka_unit_test(content_sizes),
         cmocka_unit_test(metadata_keys_and_values),

@@ -431,6 +431,50 @@ static void validation_and_limits(void **state)
     assert_kb(store_grant_add(f->st, 999, w.s_local), KB_ERR_NOT_FOUND);
 }
 
+/* Secrets Manager refuses an empty value: a cloud_sync secret never holds empty content (on
+ * create, on a new version, and when the flag is turned on over an empty latest version); the
+ * application name fits keybridge/<app>/<name> into 512 characters (246 at most). */
+static void cloud_sync_needs_content_and_short_app_names(void **state)
+{
+    fx *f = *state;
+    world w;
+    store_secret_new sn = {.name = "empty-cloud", .cloud_sync = true};
+    store_version_new vn = {.content_len = 0};
+    store_secret_patch sp = STORE_SECRET_PATCH_INIT;
+    store_client_new cn = {.spiffe_id = "spiffe://example.org/ns/long/sa/x", .enabled = true};
+    store_client_patch cp = STORE_CLIENT_PATCH_INIT;
+    char app[MODEL_APP_NAME_MAX + 2];
+    int64_t id = 0, v = 0, empty_local = 0;
+
+    build_world(f, &w);
+    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id),
+              KB_ERR_INVALID);
+    assert_kb(store_version_add(f->st, w.s_cloud, &vn, fake_seal, NULL, ADMIN, T0, &v),
+              KB_ERR_INVALID);
+    /* local secrets may be empty, but cannot become cloud_sync while their latest is empty */
+    sn.cloud_sync = false;
+    sn.name = "empty-local";
+    assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &empty_local));
+    sp.cloud_sync = 1;
+    assert_kb(store_secret_update(f->st, empty_local, &sp, ADMIN, T0), KB_ERR_INVALID);
+    vn.content_len = 1;
+    assert_ok(store_version_add(f->st, empty_local, &vn, fake_seal, NULL, ADMIN, T0, &v));
+    assert_ok(store_secret_update(f->st, empty_local, &sp, ADMIN, T0));
+
+    memset(app, 'a', sizeof(app));
+    app[MODEL_APP_NAME_MAX + 1] = '\0';
+    cn.app_name = app; /* 247: above */
+    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id), KB_ERR_TOO_LARGE);
+    app[MODEL_APP_NAME_MAX] = '\0'; /* 246: at */
+    assert_ok(store_client_create(f->st, &cn, ADMIN, T0, &id));
+    app[MODEL_APP_NAME_MAX - 1] = '\0'; /* 245: below */
+    cp.app_name = app;
+    assert_ok(store_client_update(f->st, id, &cp));
+    app[MODEL_APP_NAME_MAX - 1] = 'a';
+    app[MODEL_APP_NAME_MAX] = 'a'; /* 247 again, on update */
+    assert_kb(store_client_update(f->st, id, &cp), KB_ERR_TOO_LARGE);
+}
+
 static void cloud_flag_derived_from_spiffe_id(void **state)
 {
     fx *f = *state;
@@ -965,6 +1009,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(batch_get, setup, teardown),
         cmocka_unit_test_setup_teardown(versions_only_go_up, setup, teardown),
         cmocka_unit_test_setup_teardown(validation_and_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(cloud_sync_needs_content_and_short_app_names, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(cloud_flag_derived_from_spiffe_id, setup, teardown),
         cmocka_unit_test_setup_teardown(soft_delete_restore_purge, setup, teardown),
         cmocka_unit_test_setup_teardown(groups_and_owner, setup, teardown),
