@@ -42,6 +42,9 @@ static void target_env(const kb_config *cfg, ca_authority *ca, const char *td, c
     e->region = kb_config_str(cfg, "aws", "region");
     e->endpoint = kb_config_str(cfg, "aws", "endpoint");
     e->credentials_file = kb_config_str(cfg, "aws", "credentials_file");
+    e->role_arn = kb_config_str(cfg, "aws", "role_arn");
+    e->external_id = kb_config_str(cfg, "aws", "external_id");
+    e->sts_endpoint = kb_config_str(cfg, "aws", "sts_endpoint");
     e->trust_domain = ca ? ca_trust_domain(ca) : td;
 }
 

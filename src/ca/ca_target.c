@@ -16,11 +16,13 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "ca_assume.h"
 #include "lib/awsreq.h"
 #include "lib/buf.h"
 #include "lib/fileio.h"
@@ -412,6 +414,18 @@ out:
     return rc;
 }
 
+/* With [aws] role_arn: the target account's role instead of our own credentials (ca_assume.h). */
+static kb_err sm_assume(const ca_target_env *env, const ca_reg *r, const char *region,
+                        kb_aws_creds *creds, const char **why)
+{
+    ca_target_spec t;
+    ca_assume_cfg ac = {env->role_arn, env->external_id, env->sts_endpoint, region};
+    if (env->role_arn == NULL || env->role_arn[0] == '\0')
+        return KB_OK;
+    KB_GUARD(ca_target_parse(r->target, &t, why));
+    return ca_assume_creds(&ac, t.account, (int64_t)time(NULL), creds, why);
+}
+
 static kb_err sm_open(const ca_target_env *env, const ca_reg *r, sm_conn *c, const char **why)
 {
     const char *region = r->region[0] ? r->region : env->region;
@@ -434,6 +448,11 @@ static kb_err sm_open(const ca_target_env *env, const ca_reg *r, sm_conn *c, con
     if (rc != KB_OK) {
         *why = "no usable AWS credentials (credentials file must be 0600: "
                "ACCESS_KEY_ID SECRET_ACCESS_KEY [SESSION_TOKEN])";
+        return rc;
+    }
+    rc = sm_assume(env, r, region, &c->creds, why);
+    if (rc != KB_OK) {
+        kb_aws_creds_free(&c->creds);
         return rc;
     }
     c->cfg.endpoint = c->endpoint;

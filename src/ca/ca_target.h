@@ -42,6 +42,9 @@ typedef struct {
     const char *endpoint;
     const char *credentials_file;
     const char *trust_domain;
+    const char *role_arn;     /* assume this role (may hold {account}) for sm targets, or NULL */
+    const char *external_id;  /* sts:ExternalId, or NULL */
+    const char *sts_endpoint; /* STS endpoint override, or NULL */
 } ca_target_env;
 
 /* Write an issued SVID to the registration's target. */

@@ -55,6 +55,13 @@ static const kb_config_key keys[] = {
     {"aws", "endpoint", KB_CFG_STRING, NULL, "default Secrets Manager endpoint override"},
     {"aws", "credentials_file", KB_CFG_PATH, NULL,
      "default 0600 credentials file (unset: AWS_* environment variables)"},
+    {"aws", "role_arn", KB_CFG_STRING, NULL,
+     "Secrets Manager targets: assume this role (STS AssumeRole) with the credentials above and "
+     "write with its temporary credentials; {account} is replaced by the target's account, e.g. "
+     "arn:aws:iam::{account}:role/keybridge-ca-svid-store"},
+    {"aws", "external_id", KB_CFG_STRING, NULL, "sts:ExternalId sent with role_arn (not a secret)"},
+    {"aws", "sts_endpoint", KB_CFG_STRING, NULL,
+     "STS endpoint override (default https://sts.<region>.amazonaws.com)"},
     {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
     {NULL, NULL, 0, NULL, NULL},
 };

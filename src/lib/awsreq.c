@@ -19,6 +19,8 @@
 #include "version.h"
 
 #define AWS_JSON_CT "application/x-amz-json-1.1"
+/* The query protocol (STS): form-encoded parameters, as botocore sends them. */
+#define AWS_QUERY_CT "application/x-www-form-urlencoded; charset=utf-8"
 /* Idle kept-alive clients kept for reuse (one per endpoint in practice: a syncer writes to one
  * endpoint per region, keybridge-ca to a few targets). */
 #define POOL_MAX 16
@@ -131,8 +133,9 @@ static kb_err map_err(kb_err e)
     }
 }
 
-kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *json_body,
-                      size_t len, long *http_status, kb_dbuf *resp)
+/* One signed POST: content type ct, X-Amz-Target target (JSON 1.1) or none (query protocol). */
+static kb_err awsreq_post(const kb_awsreq_cfg *cfg, const char *ct, const char *target,
+                          const char *json_body, size_t len, long *http_status, kb_dbuf *resp)
 {
     kb_httpc_url *u = NULL;
     kb_dbuf auth, key;
@@ -142,7 +145,7 @@ kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *
     kb_err rc = KB_OK;
 
     KB_ENSURE_REF(cfg);
-    KB_ENSURE_REF(target);
+    KB_ENSURE_REF(ct);
     KB_ENSURE_REF(http_status);
     KB_ENSURE_REF(resp);
     KB_ENSURE(json_body != NULL || len == 0, KB_ERR_NULL);
@@ -151,7 +154,7 @@ kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *
     KB_ENSURE_REF(cfg->service);
     KB_ENSURE_REF(cfg->access_key_id);
     KB_ENSURE_REF(cfg->secret_key);
-    KB_ENSURE(target_ok(target), KB_ERR_INVALID);
+    KB_ENSURE(target == NULL || target_ok(target), KB_ERR_INVALID);
     KB_ENSURE(cfg->session_token == NULL ||
                   header_value_ok(cfg->session_token, KB_AWSREQ_MAX_TOKEN),
               KB_ERR_INVALID);
@@ -173,10 +176,10 @@ kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *
         char path[KB_HTTPC_MAX_URL];
         kb_sigv4_header hs[] = {
             {"Host", 4, u->authority, strlen(u->authority)},
-            {"Content-Type", 12, AWS_JSON_CT, strlen(AWS_JSON_CT)},
-            {"X-Amz-Target", 12, target, strlen(target)},
+            {"Content-Type", 12, ct, strlen(ct)},
+            {"X-Amz-Target", 12, target ? target : "", target ? strlen(target) : 0},
         };
-        kb_sigv4_request r = {"POST", path, q, hs, 3, (const uint8_t *)json_body, len};
+        kb_sigv4_request r = {"POST", path, q, hs, target ? 3 : 2, (const uint8_t *)json_body, len};
         kb_sigv4_params sp = {cfg->access_key_id,
                               cfg->secret_key,
                               cfg->session_token,
@@ -205,8 +208,9 @@ kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *
         kb_httpc_field f[5];
         size_t nf = 0;
         kb_httpc_req r;
-        f[nf++] = (kb_httpc_field){"Content-Type", AWS_JSON_CT};
-        f[nf++] = (kb_httpc_field){"X-Amz-Target", target};
+        f[nf++] = (kb_httpc_field){"Content-Type", ct};
+        if (target)
+            f[nf++] = (kb_httpc_field){"X-Amz-Target", target};
         f[nf++] = (kb_httpc_field){"X-Amz-Date", amz_date};
         if (cfg->session_token)
             f[nf++] = (kb_httpc_field){"X-Amz-Security-Token", cfg->session_token};
@@ -221,8 +225,9 @@ kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *
         rc = kb_httpc_do(p->c, &r, &st, resp);
     }
     if (rc != KB_OK) {
-        kb_log(KB_LOG_WARN, "awsreq_failed", "target", target, "endpoint", cfg->endpoint, "error",
-               kb_httpc_why(p->c)[0] ? kb_httpc_why(p->c) : kb_err_str(rc), NULL);
+        kb_log(KB_LOG_WARN, "awsreq_failed", "target", target ? target : "-", "endpoint",
+               cfg->endpoint, "error", kb_httpc_why(p->c)[0] ? kb_httpc_why(p->c) : kb_err_str(rc),
+               NULL);
         rc = map_err(rc);
         goto out;
     }
@@ -236,6 +241,20 @@ out:
     kb_dbuf_free(&auth);
     kb_dbuf_free(&key);
     return rc;
+}
+
+kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *json_body,
+                      size_t len, long *http_status, kb_dbuf *resp)
+{
+    KB_ENSURE_REF(target);
+    return awsreq_post(cfg, AWS_JSON_CT, target, json_body, len, http_status, resp);
+}
+
+kb_err kb_awsreq_call_query(const kb_awsreq_cfg *cfg, const char *form_body, size_t len,
+                            long *http_status, kb_dbuf *resp)
+{
+    KB_ENSURE_REF(form_body);
+    return awsreq_post(cfg, AWS_QUERY_CT, NULL, form_body, len, http_status, resp);
 }
 
 /* ------------------------------------------------------------------ credentials */

@@ -45,6 +45,12 @@ typedef struct {
 KB_WUR kb_err kb_awsreq_call(const kb_awsreq_cfg *cfg, const char *target, const char *json_body,
                              size_t len, long *http_status, kb_dbuf *resp);
 
+/* The same for an AWS query-protocol API (STS): form_body is the form-encoded parameters
+ * (Action=...&Version=...), sent as application/x-www-form-urlencoded without X-Amz-Target;
+ * the answer is XML. */
+KB_WUR kb_err kb_awsreq_call_query(const kb_awsreq_cfg *cfg, const char *form_body, size_t len,
+                                   long *http_status, kb_dbuf *resp);
+
 /* Close the idle kept-alive connections (tests; programs may leave them to exit). */
 void kb_awsreq_pool_clear(void);
 

@@ -73,6 +73,13 @@ static kb_err uri_encode(kb_dbuf *out, const uint8_t *p, size_t n)
     return KB_OK;
 }
 
+kb_err kb_sigv4_uri_encode(kb_dbuf *out, const char *s, size_t n)
+{
+    KB_ENSURE_REF(out);
+    KB_ENSURE(s != NULL || n == 0, KB_ERR_NULL);
+    return uri_encode(out, (const uint8_t *)s, n);
+}
+
 /* Percent-decode then URI-encode: a query component received encoded (or not) comes out in
  * the one canonical encoding. A '%' not followed by two hex digits is malformed. */
 static kb_err uri_reencode(kb_dbuf *out, const uint8_t *p, size_t n)

@@ -78,6 +78,10 @@ KB_WUR kb_err kb_sigv4_string_to_sign(const char *amz_date, const char *scope,
 KB_WUR kb_err kb_sigv4_signing_key(const kb_secret *secret_key, const char *date8,
                                    const char *region, const char *service, uint8_t out[32]);
 
+/* Append s URI-encoded the SigV4 way (every byte but A-Z a-z 0-9 - . _ ~ as %XX, uppercase hex);
+ * also the encoding of AWS query-protocol form values (awsreq's kb_awsreq_call_query). */
+KB_WUR kb_err kb_sigv4_uri_encode(kb_dbuf *out, const char *s, size_t n);
+
 /* ISO 8601 basic format used by X-Amz-Date: "YYYYMMDDTHHMMSSZ" (UTC). */
 KB_WUR kb_err kb_sigv4_format_date(time_t t, char amz_date[17]);
 /* Parse exactly that format (16 characters, a real calendar date); KB_ERR_INVALID otherwise. */
