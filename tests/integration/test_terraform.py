@@ -100,7 +100,7 @@ def main():
 
         # expected values from the real programs
         names = [f"app-{i:03d}.team{i % 7}" for i in range(200)]
-        names += ["a", "Payments", "x" * 128, "a.b+c=d@e_f-g", "0", "app_with_underscores",
+        names += ["a", "Payments", "x" * 128, "y" * 246, "a.b+c=d@e_f-g", "0", "app_with_underscores",
                   "UPPER.lower-123", "=", "@"]
         pol = json.loads(subprocess.run(
             [SYNC, "iam-policy", "payments", "--account", "111122223333", "--region", "eu-west-1",

@@ -2,9 +2,9 @@ variable "app" {
   description = "Application name as keybridged knows it (the syncer's SPIFFE ID maps to it). Drives the schedule offset, the secret prefix keybridge/<app>/ and the IAM policy."
   type        = string
   validation {
-    # keybridge-sync's name rule (src/sync/run.c sync_name_ok) and SYNC_APP_MAX
-    condition     = can(regex("^[A-Za-z0-9_+=@-][A-Za-z0-9_.+=@-]{0,127}$", var.app))
-    error_message = "app: 1-128 characters of A-Z a-z 0-9 _ . + = @ -, not starting with '.'."
+    # keybridge's name rule (src/sync/run.c sync_name_ok) and KB_APP_NAME_MAX (src/lib/names.h)
+    condition     = can(regex("^[A-Za-z0-9_+=@-][A-Za-z0-9_.+=@-]{0,245}$", var.app))
+    error_message = "app: 1-246 characters of A-Z a-z 0-9 _ . + = @ -, not starting with '.'."
   }
 }
 

@@ -288,6 +288,15 @@ run "app_name_rule" {
   expect_failures = [var.app]
 }
 
+run "app_name_limit" {
+  command = plan
+  variables {
+    # KB_APP_NAME_MAX is 246: keybridge/<246>/<255> is Secrets Manager's 512
+    app = "a${join("", [for i in range(246) : "b"])}"
+  }
+  expect_failures = [var.app]
+}
+
 run "architecture_known" {
   command = plan
   variables {
