@@ -9,6 +9,7 @@
  */
 #include "keystore.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@ struct kb_keystore {
     atomic_uint_fast64_t wraps;
     atomic_uint_fast64_t unwraps;
     atomic_uint_fast64_t other;
+    pthread_mutex_t cmu; /* serialises the state counter's read-compare-write */
 };
 
 kb_err kb_keystore_new(const struct kb_keystore_ops *ops, void *impl, const char *key_id,
@@ -45,6 +47,7 @@ kb_err kb_keystore_new(const struct kb_keystore_ops *ops, void *impl, const char
     KB_ENSURE_OUT(rc, ks != NULL, KB_ERR_NOMEM);
     ks->key_id = strdup(key_id);
     KB_ENSURE_OUT(rc, ks->key_id != NULL, KB_ERR_NOMEM);
+    KB_ENSURE_OUT(rc, pthread_mutex_init(&ks->cmu, NULL) == 0, KB_ERR_INTERNAL);
     ks->ops = ops;
     ks->impl = impl;
     atomic_init(&ks->wraps, 0);
@@ -68,6 +71,7 @@ void kb_keystore_free(kb_keystore *ks)
     if (ks == NULL)
         return;
     ks->ops->free(ks->impl);
+    pthread_mutex_destroy(&ks->cmu);
     free(ks->key_id);
     free(ks);
 }
@@ -230,6 +234,37 @@ kb_err kb_keystore_verify(kb_keystore *ks, const uint8_t *data, size_t len, cons
     if (rc == KB_OK && !kb_ct_eq(want, sig, sizeof(want)))
         rc = KB_ERR_INTEGRITY;
     kb_wipe(want, sizeof(want));
+    return rc;
+}
+
+kb_err kb_keystore_counter_read(kb_keystore *ks, uint64_t *out)
+{
+    kb_err rc;
+    KB_ENSURE_REF(ks);
+    KB_ENSURE_REF(out);
+    *out = 0;
+    KB_ENSURE(ks->ops->counter_get != NULL, KB_ERR_UNAVAILABLE);
+    pthread_mutex_lock(&ks->cmu);
+    atomic_fetch_add(&ks->other, 1);
+    rc = ks->ops->counter_get(ks->impl, out);
+    pthread_mutex_unlock(&ks->cmu);
+    return rc;
+}
+
+kb_err kb_keystore_counter_advance(kb_keystore *ks, uint64_t to)
+{
+    uint64_t cur = 0;
+    kb_err rc;
+    KB_ENSURE_REF(ks);
+    KB_ENSURE(ks->ops->counter_get != NULL && ks->ops->counter_set != NULL, KB_ERR_UNAVAILABLE);
+    pthread_mutex_lock(&ks->cmu);
+    atomic_fetch_add(&ks->other, 1);
+    rc = ks->ops->counter_get(ks->impl, &cur);
+    if (rc == KB_ERR_NOT_FOUND || (rc == KB_OK && cur < to)) {
+        atomic_fetch_add(&ks->other, 1);
+        rc = ks->ops->counter_set(ks->impl, to);
+    }
+    pthread_mutex_unlock(&ks->cmu);
     return rc;
 }
 

@@ -83,6 +83,20 @@ KB_WUR kb_err kb_keystore_sign(kb_keystore *ks, const uint8_t *data, size_t len,
 KB_WUR kb_err kb_keystore_verify(kb_keystore *ks, const uint8_t *data, size_t len,
                                  const uint8_t sig[32]);
 
+/* The state counter: a monotonic 64-bit number kept outside the database, to which keybridged
+ * commits the state of its access-deciding rows (docs/internals/rollback.md). In a PKCS#11
+ * token it is a private, modifiable CKO_DATA token object labelled "<key_label>-state"
+ * (CKA_APPLICATION "keybridge", CKA_VALUE 8 bytes big-endian); with the file keystore it is
+ * the 0600 file "<key_file>.counter", written atomically (weaker: whoever can write that
+ * directory can roll it back together with the database).
+ * read: KB_ERR_NOT_FOUND while it was never advanced, KB_ERR_INTEGRITY if malformed.
+ * advance: store `to` if it is larger than the current value (creating the counter); a smaller
+ * or equal value leaves it unchanged (KB_OK): it never goes back. Calls on one keystore are
+ * serialised; two processes advancing at the same moment can leave it at the smaller of their
+ * values until the next advance (documented in rollback.md). */
+KB_WUR kb_err kb_keystore_counter_read(kb_keystore *ks, uint64_t *out);
+KB_WUR kb_err kb_keystore_counter_advance(kb_keystore *ks, uint64_t to);
+
 /* Counters for metrics/tests: token operations performed so far (wraps, unwraps, other =
  * derive + sign + verify). Any pointer may be NULL. */
 void kb_keystore_counters(const kb_keystore *ks, uint64_t *wraps, uint64_t *unwraps,

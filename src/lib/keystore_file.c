@@ -34,8 +34,13 @@
 #define FILE_LEN (sizeof(FILE_MAGIC) - 1 + 2 * (2 * FILE_KEY_LEN + 1))
 #define KEY_ID_PREFIX "keybridge-file-key-id-v1"
 
+#define COUNTER_SUFFIX ".counter"
+#define COUNTER_MAGIC "keybridge-counter-v1\n"
+#define COUNTER_FILE_MAX 64
+
 struct file_ks {
     kb_secret *keys; /* wrap key [0,32) then mac key [32,64) */
+    char *counter_path; /* "<key file>.counter" */
 };
 
 static kb_err file_seal(void *impl, const uint8_t iv[KB_KS_IV_LEN], const uint8_t *aad,
@@ -74,12 +79,62 @@ static kb_err file_mac(void *impl, const uint8_t *data, size_t len,
     return hmac_sha256(kb_secret_cdata(f->keys) + FILE_KEY_LEN, FILE_KEY_LEN, data, len, out);
 }
 
+/* The state counter file: COUNTER_MAGIC, a decimal number, "\n"; 0600 (refused otherwise). */
+static kb_err file_counter_get(void *impl, uint64_t *out)
+{
+    struct file_ks *f = impl;
+    kb_secret *t = NULL;
+    const char *p, *end;
+    uint64_t v = 0;
+    kb_err rc;
+
+    *out = 0;
+    if (access(f->counter_path, F_OK) != 0 && errno == ENOENT)
+        return KB_ERR_NOT_FOUND;
+    rc = kb_file_read_secret(f->counter_path, COUNTER_FILE_MAX, &t);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "keystore_counter_unreadable", "path", f->counter_path, "error",
+               kb_err_str(rc), NULL);
+        return rc;
+    }
+    p = (const char *)kb_secret_cdata(t);
+    end = p + kb_secret_len(t); /* the trailing newline is stripped by kb_file_read_secret */
+    rc = KB_ERR_INTEGRITY;
+    if ((size_t)(end - p) > sizeof(COUNTER_MAGIC) - 1 &&
+        memcmp(p, COUNTER_MAGIC, sizeof(COUNTER_MAGIC) - 1) == 0) {
+        p += sizeof(COUNTER_MAGIC) - 1;
+        rc = p < end && end - p <= 20 ? KB_OK : KB_ERR_INTEGRITY;
+        for (; rc == KB_OK && p < end; p++) {
+            if (*p < '0' || *p > '9' || v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+                rc = KB_ERR_INTEGRITY;
+            else
+                v = v * 10 + (uint64_t)(*p - '0');
+        }
+    }
+    kb_secret_free(t);
+    if (rc != KB_OK)
+        kb_log(KB_LOG_ERROR, "keystore_counter_malformed", "path", f->counter_path, NULL);
+    else
+        *out = v;
+    return rc;
+}
+
+static kb_err file_counter_set(void *impl, uint64_t v)
+{
+    struct file_ks *f = impl;
+    char text[COUNTER_FILE_MAX];
+    int n = snprintf(text, sizeof(text), "%s%llu\n", COUNTER_MAGIC, (unsigned long long)v);
+    KB_ENSURE(n > 0 && (size_t)n < sizeof(text), KB_ERR_INTERNAL);
+    return kb_file_write_atomic(f->counter_path, text, (size_t)n, 0600);
+}
+
 static void file_free(void *impl)
 {
     struct file_ks *f = impl;
     if (f == NULL)
         return;
     kb_secret_free(f->keys);
+    free(f->counter_path);
     free(f);
 }
 
@@ -88,6 +143,8 @@ static const struct kb_keystore_ops file_ops = {
     .seal = file_seal,
     .open = file_open,
     .mac = file_mac,
+    .counter_get = file_counter_get,
+    .counter_set = file_counter_set,
     .free = file_free,
 };
 
@@ -208,6 +265,10 @@ kb_err kb_keystore_open_file(const char *path, kb_keystore **out)
     }
     f = calloc(1, sizeof(*f));
     KB_ENSURE_OUT(rc, f != NULL, KB_ERR_NOMEM);
+    f->counter_path = malloc(strlen(path) + sizeof(COUNTER_SUFFIX));
+    KB_ENSURE_OUT(rc, f->counter_path != NULL, KB_ERR_NOMEM);
+    memcpy(f->counter_path, path, strlen(path));
+    memcpy(f->counter_path + strlen(path), COUNTER_SUFFIX, sizeof(COUNTER_SUFFIX));
     KB_GUARD_OUT(rc, kb_secret_new(2 * FILE_KEY_LEN, &f->keys));
     rc = parse_file(text, f->keys);
     if (rc != KB_OK) {

@@ -28,6 +28,11 @@ struct kb_keystore_ops {
                    const uint8_t *in, size_t len, uint8_t *out);
     /* HMAC-SHA256 under the mac key. */
     kb_err (*mac)(void *impl, const uint8_t *data, size_t len, uint8_t out[KB_KEYSTORE_MAC_LEN]);
+    /* The state counter (kb_keystore_counter_*): read it (KB_ERR_NOT_FOUND while it does not
+     * exist) and store a value (creating it). keystore.c serialises the calls and only ever
+     * stores a larger value. */
+    kb_err (*counter_get)(void *impl, uint64_t *out);
+    kb_err (*counter_set)(void *impl, uint64_t v);
     void (*free)(void *impl);
 };
 

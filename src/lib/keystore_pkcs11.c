@@ -38,6 +38,9 @@
 #define CKA_ID_MAX 64
 #define PIN_MAX 256
 #define MAC_SUFFIX "-mac"
+#define COUNTER_SUFFIX "-state"
+#define COUNTER_APP "keybridge"
+#define COUNTER_LEN 8
 
 /* ---- module registry ---------------------------------------------------------------------- */
 
@@ -253,6 +256,12 @@ struct p11_ks {
     int busy[POOL_SIZE];
     int nsess;
     int sync_init;
+    /* The state counter (kb_keystore_counter_*; calls serialised by keystore.c): a read-write
+     * session opened on first use (the pool's are read-only), the object once found. */
+    char counter_label[KEY_LABEL_MAX + sizeof(COUNTER_SUFFIX)];
+    CK_SESSION_HANDLE rw;
+    int rw_open;
+    CK_OBJECT_HANDLE counter;
 };
 
 static void p11_free(void *impl)
@@ -261,6 +270,8 @@ static void p11_free(void *impl)
 
     if (k == NULL)
         return;
+    if (k->rw_open)
+        (void)k->mod->f->C_CloseSession(k->rw);
     for (int i = 0; i < k->nsess; i++)
         (void)k->mod->f->C_CloseSession(k->sess[i]); /* the last one ends our login */
     if (k->sync_init) {
@@ -419,11 +430,138 @@ static kb_err p11_mac(void *impl, const uint8_t *data, size_t len, uint8_t out[K
     return KB_OK;
 }
 
+/* The counter object: find it (once per keystore) on the read-write session. */
+static kb_err counter_find(struct p11_ks *k)
+{
+    CK_FUNCTION_LIST_PTR f = k->mod->f;
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_LABEL, k->counter_label, strlen(k->counter_label)},
+    };
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG n = 0;
+    CK_RV rv;
+
+    if (!k->rw_open) {
+        /* Login is per application and token: this session is a logged-in R/W user session. */
+        rv = f->C_OpenSession(k->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &k->rw);
+        if (rv != CKR_OK) {
+            log_rv("pkcs11_open_session_failed", "C_OpenSession", rv);
+            return KB_ERR_HSM;
+        }
+        k->rw_open = 1;
+    }
+    if (k->counter != CK_INVALID_HANDLE)
+        return KB_OK;
+    rv = f->C_FindObjectsInit(k->rw, tmpl, KB_ARRAY_LEN(tmpl));
+    if (rv != CKR_OK) {
+        log_rv("pkcs11_find_failed", "C_FindObjectsInit", rv);
+        return KB_ERR_HSM;
+    }
+    rv = f->C_FindObjects(k->rw, found, 2, &n);
+    (void)f->C_FindObjectsFinal(k->rw);
+    if (rv != CKR_OK) {
+        log_rv("pkcs11_find_failed", "C_FindObjects", rv);
+        return KB_ERR_HSM;
+    }
+    if (n == 0)
+        return KB_ERR_NOT_FOUND;
+    if (n > 1) {
+        kb_log(KB_LOG_ERROR, "pkcs11_key_ambiguous", "key", k->counter_label, "msg",
+               "more than one state counter object with this label", NULL);
+        return KB_ERR_CONFLICT;
+    }
+    k->counter = found[0];
+    return KB_OK;
+}
+
+static kb_err p11_counter_get(void *impl, uint64_t *out)
+{
+    struct p11_ks *k = impl;
+    uint8_t b[COUNTER_LEN];
+    CK_BBOOL priv = CK_FALSE;
+    CK_ATTRIBUTE a[] = {
+        {CKA_VALUE, b, sizeof(b)},
+        {CKA_PRIVATE, &priv, sizeof(priv)},
+    };
+    uint64_t v = 0;
+    CK_RV rv;
+
+    *out = 0;
+    KB_GUARD(counter_find(k));
+    rv = k->mod->f->C_GetAttributeValue(k->rw, k->counter, a, KB_ARRAY_LEN(a));
+    if (rv == CKR_OBJECT_HANDLE_INVALID)
+        k->counter = CK_INVALID_HANDLE; /* deleted meanwhile: look again next time */
+    if (rv != CKR_OK) {
+        log_rv("pkcs11_counter_failed", "C_GetAttributeValue", rv);
+        return KB_ERR_HSM;
+    }
+    /* A public object could be written by anyone holding the token without the PIN. */
+    if (a[0].ulValueLen != COUNTER_LEN || priv != CK_TRUE) {
+        kb_log(KB_LOG_ERROR, "pkcs11_counter_refused", "key", k->counter_label, "msg",
+               "state counter must be a private 8-byte CKO_DATA object", NULL);
+        return KB_ERR_INTEGRITY;
+    }
+    for (size_t i = 0; i < COUNTER_LEN; i++)
+        v = (v << 8) | b[i];
+    *out = v;
+    return KB_OK;
+}
+
+static kb_err p11_counter_set(void *impl, uint64_t v)
+{
+    struct p11_ks *k = impl;
+    CK_FUNCTION_LIST_PTR f = k->mod->f;
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    uint8_t b[COUNTER_LEN];
+    CK_ATTRIBUTE val = {CKA_VALUE, b, sizeof(b)};
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_MODIFIABLE, &yes, sizeof(yes)},
+        {CKA_LABEL, k->counter_label, strlen(k->counter_label)},
+        {CKA_APPLICATION, (void *)COUNTER_APP, sizeof(COUNTER_APP) - 1},
+        {CKA_VALUE, b, sizeof(b)},
+    };
+    kb_err rc;
+    CK_RV rv;
+
+    for (size_t i = 0; i < COUNTER_LEN; i++)
+        b[i] = (uint8_t)(v >> (8 * (COUNTER_LEN - 1 - i)));
+    rc = counter_find(k);
+    if (rc == KB_ERR_NOT_FOUND) {
+        rv = f->C_CreateObject(k->rw, tmpl, KB_ARRAY_LEN(tmpl), &k->counter);
+        if (rv != CKR_OK) {
+            k->counter = CK_INVALID_HANDLE;
+            log_rv("pkcs11_counter_failed", "C_CreateObject", rv);
+            return KB_ERR_HSM;
+        }
+        kb_log(KB_LOG_INFO, "pkcs11_counter_created", "key", k->counter_label, NULL);
+        return KB_OK;
+    }
+    KB_GUARD(rc);
+    rv = f->C_SetAttributeValue(k->rw, k->counter, &val, 1);
+    if (rv == CKR_OBJECT_HANDLE_INVALID)
+        k->counter = CK_INVALID_HANDLE;
+    if (rv != CKR_OK) {
+        log_rv("pkcs11_counter_failed", "C_SetAttributeValue", rv);
+        return KB_ERR_HSM;
+    }
+    return KB_OK;
+}
+
 static const struct kb_keystore_ops p11_ops = {
     .kind = "pkcs11",
     .seal = p11_seal,
     .open = p11_open,
     .mac = p11_mac,
+    .counter_get = p11_counter_get,
+    .counter_set = p11_counter_set,
     .free = p11_free,
 };
 
@@ -727,6 +865,7 @@ kb_err kb_keystore_open_pkcs11(const char *module, const char *token_label, cons
                "create it with init (kb_keystore_init_pkcs11)", NULL);
     KB_GUARD_OUT(rc, rc);
     KB_GUARD_OUT(rc, check_key(k->mod->f, k->sess[0], k->mac_key, mac_label, NULL, NULL));
+    snprintf(k->counter_label, sizeof(k->counter_label), "%s%s", key_label, COUNTER_SUFFIX);
     kb_hex(id, id_len, hex);
     n = snprintf(key_id, sizeof(key_id), "pkcs11:%s:%s:%s", token_label, key_label, hex);
     KB_ENSURE_OUT(rc, n > 0 && (size_t)n < sizeof(key_id), KB_ERR_TOO_LARGE);

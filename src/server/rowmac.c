@@ -82,6 +82,7 @@ typedef struct {
     rowmac_ctx *k;
     kb_err err;
     bool streaming; /* the encoding outgrew buf: HMAC started, no memo */
+    bool nomemo;    /* set-digest elements: computed once per row and check, never memoised */
     size_t len;
     uint8_t buf[RM_BUF];
 } rm;
@@ -148,6 +149,7 @@ static kb_err rm_begin(rm *m, rowmac_ctx *k, const char *tag)
     m->k = k;
     m->err = KB_OK;
     m->streaming = false;
+    m->nomemo = false;
     m->len = 0;
     rm_str(m, tag);
     return KB_OK;
@@ -182,7 +184,7 @@ static kb_err rm_end(rm *m, uint8_t out[ROWMAC_LEN])
     kb_err rc = m->err;
 
     if (rc == KB_OK && !m->streaming) {
-        if (m->len <= RM_MEMO_ENC) {
+        if (m->len <= RM_MEMO_ENC && !m->nomemo) {
             h = rm_hash(m->buf, m->len);
             slot = &m->k->memo[h & (RM_MEMO_SLOTS - 1)];
             if (slot->len == m->len && slot->hash == h && memcmp(slot->enc, m->buf, m->len) == 0) {
@@ -252,6 +254,46 @@ kb_err rowmac_secret(rowmac_ctx *k, int64_t id, const char *name, int64_t owner_
     rm_i64(&m, cloud_sync ? 1 : 0);
     rm_i64(&m, deleted_at);
     return rm_end(&m, out);
+}
+
+kb_err rowmac_state_elem(rowmac_ctx *k, const char *table, const void *mac, size_t mac_len,
+                         uint8_t out[ROWMAC_LEN])
+{
+    rm m;
+    KB_GUARD(rm_begin(&m, k, "kb.rowmac.v1.state-elem"));
+    m.nomemo = true;
+    rm_str(&m, table);
+    rm_bytes(&m, mac, mac_len);
+    return rm_end(&m, out);
+}
+
+kb_err rowmac_state(rowmac_ctx *k, int64_t counter, const uint8_t digest[ROWMAC_LEN],
+                    uint8_t out[ROWMAC_LEN])
+{
+    rm m;
+    KB_GUARD(rm_begin(&m, k, "kb.rowmac.v1.state"));
+    m.nomemo = true;
+    rm_i64(&m, counter);
+    rm_bytes(&m, digest, ROWMAC_LEN);
+    return rm_end(&m, out);
+}
+
+/* d = d + e or d - e mod 2^256, both big-endian. */
+void rowmac_digest_add(uint8_t d[ROWMAC_LEN], const uint8_t e[ROWMAC_LEN], bool subtract)
+{
+    unsigned carry = 0;
+    for (int i = ROWMAC_LEN - 1; i >= 0; i--) {
+        unsigned x = d[i], y = e[i];
+        unsigned r;
+        if (subtract) {
+            r = x - y - carry;
+            carry = x < y + carry ? 1u : 0u;
+        } else {
+            r = x + y + carry;
+            carry = r >> 8;
+        }
+        d[i] = (uint8_t)r;
+    }
 }
 
 bool rowmac_equal(const uint8_t want[ROWMAC_LEN], const void *stored, size_t stored_len)

@@ -47,6 +47,17 @@ KB_WUR kb_err rowmac_grant(rowmac_ctx *m, int64_t group_id, int64_t secret_id,
 KB_WUR kb_err rowmac_secret(rowmac_ctx *m, int64_t id, const char *name, int64_t owner_group_id,
                             bool cloud_sync, int64_t deleted_at, uint8_t out[ROWMAC_LEN]);
 
+/* The set digest (docs/internals/rollback.md): the sum mod 2^256 of one element per live
+ * access-deciding row, element = HMAC(key, tag "kb.rowmac.v1.state-elem" || table || stored row
+ * MAC). Keyed, so someone reading the database cannot compute elements, let alone pick old rows
+ * whose elements cancel. rowmac_digest_add adds (or subtracts) an element in place. */
+KB_WUR kb_err rowmac_state_elem(rowmac_ctx *k, const char *table, const void *mac, size_t mac_len,
+                                uint8_t out[ROWMAC_LEN]);
+void rowmac_digest_add(uint8_t d[ROWMAC_LEN], const uint8_t e[ROWMAC_LEN], bool subtract);
+/* MAC of the state row: (counter, digest). */
+KB_WUR kb_err rowmac_state(rowmac_ctx *k, int64_t counter, const uint8_t digest[ROWMAC_LEN],
+                           uint8_t out[ROWMAC_LEN]);
+
 /* Constant-time check of a stored MAC (stored may be NULL or of the wrong length: mismatch). */
 bool rowmac_equal(const uint8_t want[ROWMAC_LEN], const void *stored, size_t stored_len);
 

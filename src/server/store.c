@@ -49,6 +49,10 @@ static kb_err cfg_copy(const store_opts *o, store_cfg *c)
                             &c->row_mac_key));
     c->content_max = o->content_max ? o->content_max : MODEL_CONTENT_MAX_DEFAULT;
     c->busy_timeout_ms = o->busy_timeout_ms ? o->busy_timeout_ms : STORE_BUSY_TIMEOUT_MS;
+    if (o->commitment != NULL) {
+        KB_ENSURE(o->commitment->read != NULL && o->commitment->advance != NULL, KB_ERR_CONFIG);
+        c->commitment = *o->commitment;
+    }
     while (o->cloud_prefixes && o->cloud_prefixes[n])
         n++;
     c->cloud_prefixes = calloc(n + 1, sizeof(char *));
@@ -60,6 +64,42 @@ static kb_err cfg_copy(const store_opts *o, store_cfg *c)
         KB_ENSURE(c->cloud_prefixes[i] != NULL, KB_ERR_NOMEM);
     }
     return KB_OK;
+}
+
+void store_fail(store *st, const char *why)
+{
+    int was = 0;
+    if (atomic_compare_exchange_strong(&st->failed, &was, 1))
+        kb_log(KB_LOG_ERROR, "store_refusing_service", "msg",
+               "the database does not match its committed state: nothing is served until it is "
+               "restored and keybridged restarted (docs/internals/rollback.md)",
+               "reason", why, NULL);
+}
+
+void store_state_saw(store *st, int64_t counter)
+{
+    int64_t cur = atomic_load(&st->state_seen);
+    while (cur < counter && !atomic_compare_exchange_weak(&st->state_seen, &cur, counter))
+        ;
+}
+
+/* Every call but close refuses once a rollback check failed. */
+static kb_err live(store *st)
+{
+    return atomic_load(&st->failed) ? KB_ERR_UNAVAILABLE : KB_OK;
+}
+
+kb_err store_health(store *st)
+{
+    KB_ENSURE_REF(st);
+    return live(st);
+}
+
+kb_err store_verify(store *st)
+{
+    KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
+    return st->ops->verify(st);
 }
 
 static _Atomic uint64_t store_epochs;
@@ -134,6 +174,7 @@ int store_schema_version_supported(void)
 kb_err store_schema_version(store *st, int *out)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     return st->ops->get_schema_version(st, out);
 }
@@ -164,6 +205,7 @@ kb_err store_secret_create(store *st, const store_secret_new *s, const store_ver
     char *md = NULL;
     kb_err rc;
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(s);
     KB_ENSURE_REF(seal);
     KB_ENSURE_REF(id_out);
@@ -184,6 +226,7 @@ kb_err store_version_add(store *st, int64_t secret_id, const store_version_new *
     char *md = NULL;
     kb_err rc;
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(seal);
     KB_ENSURE_REF(version_out);
     KB_GUARD(check_id(secret_id));
@@ -201,6 +244,7 @@ kb_err store_secret_update(store *st, int64_t secret_id, const store_secret_patc
                            const char *actor, int64_t now)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(p);
     KB_GUARD(check_id(secret_id));
     KB_GUARD(model_actor_check(actor));
@@ -213,6 +257,7 @@ kb_err store_secret_update(store *st, int64_t secret_id, const store_secret_patc
 kb_err store_secret_delete(store *st, int64_t secret_id, const char *actor, int64_t now)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(secret_id));
     KB_GUARD(model_actor_check(actor));
     KB_ENSURE(now > 0, KB_ERR_INVALID);
@@ -222,6 +267,7 @@ kb_err store_secret_delete(store *st, int64_t secret_id, const char *actor, int6
 kb_err store_secret_restore(store *st, int64_t secret_id, const char *actor, int64_t now)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(secret_id));
     KB_GUARD(model_actor_check(actor));
     return changed(st, st->ops->secret_set_deleted(st, secret_id, false, actor, now));
@@ -230,6 +276,7 @@ kb_err store_secret_restore(store *st, int64_t secret_id, const char *actor, int
 kb_err store_secret_purge(store *st, int64_t secret_id)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(secret_id));
     return changed(st, st->ops->secret_purge(st, secret_id));
 }
@@ -237,6 +284,7 @@ kb_err store_secret_purge(store *st, int64_t secret_id)
 kb_err store_secret_get(store *st, const char *name, bool include_deleted, store_secret *out)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_GUARD(model_name_check(name));
     return st->ops->secret_get(st, name, 0, include_deleted, out);
@@ -245,6 +293,7 @@ kb_err store_secret_get(store *st, const char *name, bool include_deleted, store
 kb_err store_secret_get_by_id(store *st, int64_t id, bool include_deleted, store_secret *out)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_GUARD(check_id(id));
     return st->ops->secret_get(st, NULL, id, include_deleted, out);
@@ -253,6 +302,7 @@ kb_err store_secret_get_by_id(store *st, int64_t id, bool include_deleted, store
 kb_err store_secret_list(store *st, bool include_deleted, store_record **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     return st->ops->secret_list(st, include_deleted, out, n);
@@ -262,6 +312,7 @@ kb_err store_secret_list_page(store *st, bool include_deleted, const char *after
                               store_record **out, size_t *n, char **next)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     KB_ENSURE_REF(next);
@@ -279,6 +330,7 @@ kb_err store_secret_list_page(store *st, bool include_deleted, const char *after
 kb_err store_version_list(store *st, int64_t secret_id, store_version **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     KB_GUARD(check_id(secret_id));
@@ -288,6 +340,7 @@ kb_err store_version_list(store *st, int64_t secret_id, store_version **out, siz
 kb_err store_version_get(store *st, int64_t secret_id, int64_t version, store_record *out)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_GUARD(check_id(secret_id));
     KB_ENSURE(version >= 0, KB_ERR_INVALID);
@@ -297,6 +350,7 @@ kb_err store_version_get(store *st, int64_t secret_id, int64_t version, store_re
 kb_err store_secrets_expiring(store *st, int64_t from, int64_t to, store_record **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     KB_ENSURE(from <= to, KB_ERR_INVALID);
@@ -309,6 +363,7 @@ kb_err store_group_create(store *st, const char *name, const char *description, 
                           int64_t now, int64_t *id_out)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(id_out);
     KB_GUARD(model_name_check(name));
     KB_GUARD(model_description_check(description));
@@ -319,6 +374,7 @@ kb_err store_group_create(store *st, const char *name, const char *description, 
 kb_err store_group_get(store *st, const char *name, store_group *out)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_GUARD(model_name_check(name));
     return st->ops->group_get(st, name, out);
@@ -327,6 +383,7 @@ kb_err store_group_get(store *st, const char *name, store_group *out)
 kb_err store_group_list(store *st, store_group **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     return st->ops->group_list(st, out, n);
@@ -335,6 +392,7 @@ kb_err store_group_list(store *st, store_group **out, size_t *n)
 kb_err store_group_delete(store *st, int64_t group_id)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(group_id));
     return changed(st, st->ops->group_delete(st, group_id));
 }
@@ -346,6 +404,7 @@ kb_err store_client_create(store *st, const store_client_new *c, const char *act
 {
     bool cloud;
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(c);
     KB_ENSURE_REF(id_out);
     KB_GUARD(model_spiffe_id_check(c->spiffe_id));
@@ -361,6 +420,7 @@ kb_err store_client_create(store *st, const store_client_new *c, const char *act
 kb_err store_client_get(store *st, const char *spiffe_id, store_client *out)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_GUARD(model_spiffe_id_check(spiffe_id));
     return st->ops->client_get(st, spiffe_id, 0, out);
@@ -369,6 +429,7 @@ kb_err store_client_get(store *st, const char *spiffe_id, store_client *out)
 kb_err store_client_get_by_id(store *st, int64_t id, store_client *out)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_GUARD(check_id(id));
     return st->ops->client_get(st, NULL, id, out);
@@ -377,6 +438,7 @@ kb_err store_client_get_by_id(store *st, int64_t id, store_client *out)
 kb_err store_client_list(store *st, store_client **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     return st->ops->client_list(st, out, n);
@@ -385,6 +447,7 @@ kb_err store_client_list(store *st, store_client **out, size_t *n)
 kb_err store_client_update(store *st, int64_t client_id, const store_client_patch *p)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(p);
     KB_GUARD(check_id(client_id));
     KB_ENSURE(p->enabled >= -1 && p->enabled <= 1, KB_ERR_INVALID);
@@ -398,6 +461,7 @@ kb_err store_client_update(store *st, int64_t client_id, const store_client_patc
 kb_err store_client_delete(store *st, int64_t client_id)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(client_id));
     return changed(st, st->ops->client_delete(st, client_id));
 }
@@ -405,6 +469,7 @@ kb_err store_client_delete(store *st, int64_t client_id)
 kb_err store_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(client_id));
     return st->ops->client_seen(st, client_id, now, listed);
 }
@@ -412,6 +477,7 @@ kb_err store_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
 kb_err store_clients_stale(store *st, int64_t before, store_client **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     return st->ops->clients_stale(st, before, out, n);
@@ -420,6 +486,7 @@ kb_err store_clients_stale(store *st, int64_t before, store_client **out, size_t
 kb_err store_membership_add(store *st, int64_t client_id, int64_t group_id)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(client_id));
     KB_GUARD(check_id(group_id));
     return changed(st, st->ops->membership_set(st, client_id, group_id, true));
@@ -428,6 +495,7 @@ kb_err store_membership_add(store *st, int64_t client_id, int64_t group_id)
 kb_err store_membership_remove(store *st, int64_t client_id, int64_t group_id)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(client_id));
     KB_GUARD(check_id(group_id));
     return changed(st, st->ops->membership_set(st, client_id, group_id, false));
@@ -436,6 +504,7 @@ kb_err store_membership_remove(store *st, int64_t client_id, int64_t group_id)
 kb_err store_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     KB_GUARD(check_id(client_id));
@@ -445,6 +514,7 @@ kb_err store_client_groups(store *st, int64_t client_id, store_group **out, size
 kb_err store_group_clients(store *st, int64_t group_id, store_client **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     KB_GUARD(check_id(group_id));
@@ -454,6 +524,7 @@ kb_err store_group_clients(store *st, int64_t group_id, store_client **out, size
 kb_err store_grant_add(store *st, int64_t group_id, int64_t secret_id)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(group_id));
     KB_GUARD(check_id(secret_id));
     return changed(st, st->ops->grant_set(st, group_id, secret_id, true));
@@ -462,6 +533,7 @@ kb_err store_grant_add(store *st, int64_t group_id, int64_t secret_id)
 kb_err store_grant_remove(store *st, int64_t group_id, int64_t secret_id)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(group_id));
     KB_GUARD(check_id(secret_id));
     return changed(st, st->ops->grant_set(st, group_id, secret_id, false));
@@ -470,6 +542,7 @@ kb_err store_grant_remove(store *st, int64_t group_id, int64_t secret_id)
 kb_err store_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     KB_GUARD(check_id(secret_id));
@@ -481,6 +554,7 @@ kb_err store_secret_groups(store *st, int64_t secret_id, store_group **out, size
 kb_err store_readable_list(store *st, int64_t client_id, store_record **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     *out = NULL;
@@ -494,6 +568,7 @@ kb_err store_readable_get(store *st, int64_t client_id, const char *name, int64_
 {
     kb_err one = KB_OK; /* the backend only looks up entries still KB_OK */
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     memset(out, 0, sizeof(*out));
     KB_GUARD(check_id(client_id));
@@ -509,6 +584,7 @@ kb_err store_readable_get_batch(store *st, int64_t client_id, const char *const 
     int64_t *versions;
     kb_err rc;
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(names);
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(errs);
@@ -529,6 +605,7 @@ kb_err store_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64
                           int64_t now)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_GUARD(check_id(client_id));
     KB_GUARD(check_id(secret_id));
     KB_ENSURE(version > 0, KB_ERR_INVALID);
@@ -538,6 +615,7 @@ kb_err store_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64
 kb_err store_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n)
 {
     KB_ENSURE_REF(st);
+    KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     KB_GUARD(check_id(secret_id));

@@ -45,6 +45,16 @@ typedef struct store store;
 #define STORE_BUSY_TIMEOUT_MS 5000   /* default lock wait */
 #define STORE_AUDIT_QUERY_MAX 10000  /* rows one audit query may return */
 
+/* The state commitment kept outside the database (docs/internals/rollback.md): a counter that
+ * only goes up, kept where someone who can write the database file cannot roll it back
+ * (keybridged: the token, kb_keystore_counter_*). read gives KB_ERR_NOT_FOUND while it was
+ * never advanced; advance stores `to` if larger (never lowers it). */
+typedef struct {
+    kb_err (*read)(void *ctx, uint64_t *out);
+    kb_err (*advance)(void *ctx, uint64_t to);
+    void *ctx;
+} store_commitment;
+
 typedef struct {
     /* Required: the row-MAC key (at least STORE_ROWMAC_KEY_MIN bytes). Copied into the store's
      * own locked memory; the caller keeps ownership of its kb_secret. */
@@ -57,6 +67,10 @@ typedef struct {
     const char *const *cloud_prefixes;
     /* Lock wait in milliseconds; 0 means STORE_BUSY_TIMEOUT_MS. */
     int busy_timeout_ms;
+    /* The external commitment (copied; ctx must outlive the store). NULL: the state row and its
+     * digest are still kept and checked, but nothing outside the database says how new it
+     * must be (unit tests; never keybridged). */
+    const store_commitment *commitment;
 } store_opts;
 
 /* The envelope of one version: opaque to the store; the caller seals and opens it. */
@@ -137,6 +151,21 @@ typedef struct {
  * versions), KB_ERR_DB on database errors. */
 KB_WUR kb_err store_open(const char *url, const store_opts *opts, store **out);
 void store_close(store *st);
+
+/* The rollback check (docs/internals/rollback.md). The store keeps one state row: a counter,
+ * a digest of every live access-deciding row (clients, memberships, grants, secrets, through
+ * their row MACs) and a MAC over both. Every write moves the digest and the counter in its own
+ * transaction, then advances the external commitment. store_open refuses (KB_ERR_INTEGRITY,
+ * logged with both counters) a database whose rows do not match its digest, whose state row
+ * does not verify, or whose counter is below the commitment's; it rolls the commitment forward
+ * when the database is ahead (a crash between commit and advance, or a write by another
+ * process). Reads compare the state counter with the highest one this handle has seen.
+ * store_verify recomputes the digest now (keybridged: every [store] integrity_check_interval
+ * and on SIGHUP). Once a check fails, every call on the handle answers KB_ERR_UNAVAILABLE
+ * until it is reopened: nothing is served from a database that was rolled back. */
+KB_WUR kb_err store_verify(store *st);
+/* KB_OK while serving, KB_ERR_UNAVAILABLE once a check failed. */
+KB_WUR kb_err store_health(store *st);
 
 /* Schema version this binary writes, and the one found in an open store. */
 int store_schema_version_supported(void);

@@ -25,6 +25,7 @@ typedef struct {
     size_t content_max;
     char **cloud_prefixes; /* NULL-terminated */
     int busy_timeout_ms;
+    store_commitment commitment; /* read == NULL: none */
 } store_cfg;
 
 /* Called by audit_append inside the backend's write transaction, with the previous row's MAC
@@ -36,7 +37,9 @@ struct store_ops {
     const char *scheme; /* "sqlite" */
     int schema_version; /* the version this backend's migrations reach */
 
+    /* open also runs the start-up rollback check (store.h, store_verify). */
     kb_err (*open)(store *st, const char *location);
+    kb_err (*verify)(store *st);
     void (*close)(store *st);
     kb_err (*get_schema_version)(store *st, int *out);
 
@@ -107,6 +110,8 @@ struct store {
     void *impl; /* the backend's state */
     store_cfg cfg;
     _Atomic uint64_t generation; /* see store_generation */
+    _Atomic int64_t state_seen;   /* highest state counter this handle has seen (rollback.md) */
+    _Atomic int failed;           /* a rollback check failed: refuse everything */
 };
 
 extern const struct store_ops store_sqlite_ops;
@@ -114,6 +119,11 @@ extern const struct store_ops store_sqlite_ops;
 /* Test hook: the SQL of schema migration step `version` (1-based) of the SQLite backend, or NULL
  * past the last one; lets tests build an old database by hand. */
 const char *store_sqlite_migration(int version);
+
+/* Shared by backends: mark the handle failed (logged once with why; every later call answers
+ * KB_ERR_UNAVAILABLE) and raise state_seen to at least counter. */
+void store_fail(store *st, const char *why);
+void store_state_saw(store *st, int64_t counter);
 
 /* Shared by backends: log a row-MAC mismatch (table and ids only, never values). */
 void store_log_integrity(const char *table, int64_t id1, int64_t id2);

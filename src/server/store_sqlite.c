@@ -117,7 +117,17 @@ static const char *const migrations[] = {
     "CREATE INDEX versions_by_expiry ON versions(expires_at) WHERE expires_at > 0;"
     "CREATE INDEX audit_by_object ON audit_log(object, seq);"
     "CREATE INDEX audit_by_identity ON audit_log(identity, seq);",
+    /* 3: the state row (docs/internals/rollback.md): counter, digest of every live
+     * access-deciding row, MAC of both. Filled by migrate() from the current rows. */
+    "CREATE TABLE store_state("
+    " id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " counter INTEGER NOT NULL,"
+    " digest BLOB NOT NULL,"
+    " mac BLOB NOT NULL);",
 };
+
+/* The migration step that creates store_state. */
+#define STATE_SCHEMA_STEP 3
 
 #define SCHEMA_VERSION ((int)KB_ARRAY_LEN(migrations))
 
@@ -141,6 +151,10 @@ typedef struct cx {
     sqlite3 *db;
     rowmac_ctx *mac; /* this connection's keyed HMAC context (one user at a time, like db) */
     bool writer;
+    /* Writer only: the change to the state digest made by the open transaction, accumulated by
+     * the kb_state() SQL function that the temporary triggers call (see state_triggers). */
+    uint8_t delta[ROWMAC_LEN];
+    bool dirty;
     struct cx *next_idle;
     size_t nstmts;
     struct {
@@ -590,6 +604,307 @@ static kb_err exists(cx *b, const char *sql, int64_t id)
     return rc;
 }
 
+/* ---- the state commitment (docs/internals/rollback.md) ---- */
+
+/* The tables whose rows decide access; each has a `mac` column (rowmac.h). The digest is the
+ * sum mod 2^256 of rowmac_state_elem(table, stored mac) over all their rows. */
+static const char *const state_tables[] = {"clients", "memberships", "grants", "secrets"};
+static const char *const state_scan_sql[] = {
+    "SELECT mac FROM clients",
+    "SELECT mac FROM memberships",
+    "SELECT mac FROM grants",
+    "SELECT mac FROM secrets",
+};
+
+/* Temporary triggers (in the writer connection's temp schema, never in the file: nothing in the
+ * database can change or drop them) report every change of a mac column, including rows removed
+ * by ON DELETE CASCADE, to kb_state(table, mac, +1|-1). So no write path can forget to move the
+ * digest: a row inserted, re-MAC'd or deleted is counted wherever the SQL came from. */
+#define STATE_TRIGGER(t)                                                                           \
+    "CREATE TEMP TRIGGER kb_state_" t "_i AFTER INSERT ON main." t " BEGIN "                       \
+    "SELECT kb_state('" t "', NEW.mac, 1); END;"                                                   \
+    "CREATE TEMP TRIGGER kb_state_" t "_d AFTER DELETE ON main." t " BEGIN "                       \
+    "SELECT kb_state('" t "', OLD.mac, -1); END;"                                                  \
+    "CREATE TEMP TRIGGER kb_state_" t "_u AFTER UPDATE OF mac ON main." t " BEGIN "                \
+    "SELECT kb_state('" t "', OLD.mac, -1); SELECT kb_state('" t "', NEW.mac, 1); END;"
+static const char state_triggers[] = STATE_TRIGGER("clients") STATE_TRIGGER("memberships")
+    STATE_TRIGGER("grants") STATE_TRIGGER("secrets");
+
+static void state_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    cx *b = sqlite3_user_data(ctx);
+    uint8_t e[ROWMAC_LEN];
+    const unsigned char *t = sqlite3_value_text(argv[0]);
+    const void *mac = sqlite3_value_blob(argv[1]);
+    int n = sqlite3_value_bytes(argv[1]);
+    (void)argc;
+    if (t == NULL || rowmac_state_elem(b->mac, (const char *)t, mac, n > 0 ? (size_t)n : 0, e) !=
+                         KB_OK) {
+        sqlite3_result_error(ctx, "kb_state failed", -1);
+        return;
+    }
+    rowmac_digest_add(b->delta, e, sqlite3_value_int(argv[2]) < 0);
+    b->dirty = true;
+    sqlite3_result_null(ctx);
+}
+
+static kb_err state_install(cx *b)
+{
+    int rc = sqlite3_create_function(b->db, "kb_state", 3, SQLITE_UTF8 | SQLITE_DIRECTONLY, b,
+                                     state_fn, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return db_err(b, rc, "state_function");
+    return exec(b, state_triggers);
+}
+
+static void log_counters(const char *event, const char *msg, int64_t db, const char *other_name,
+                         int64_t other)
+{
+    char a[24], c[24];
+    snprintf(a, sizeof(a), "%" PRId64, db);
+    snprintf(c, sizeof(c), "%" PRId64, other);
+    kb_log(KB_LOG_ERROR, event, "msg", msg, "db_counter", a, other_name, c, NULL);
+}
+
+/* The state row, MAC verified: KB_ERR_INTEGRITY (logged) if missing or not verifying. */
+static kb_err state_load(cx *b, int64_t *counter, uint8_t digest[ROWMAC_LEN])
+{
+    sqlite3_stmt *s = NULL;
+    uint8_t want[ROWMAC_LEN];
+    kb_err rc;
+    KB_GUARD(prep(b, "SELECT counter, digest, mac FROM store_state WHERE id = 1", &s));
+    rc = step_row(b, s, "state_load");
+    if (rc == KB_OK) {
+        *counter = sqlite3_column_int64(s, 0);
+        if (sqlite3_column_type(s, 0) != SQLITE_INTEGER || *counter < 1 ||
+            sqlite3_column_bytes(s, 1) != ROWMAC_LEN) {
+            rc = KB_ERR_INTEGRITY;
+        } else {
+            memcpy(digest, sqlite3_column_blob(s, 1), ROWMAC_LEN);
+            rc = rowmac_state(b->mac, *counter, digest, want);
+            if (rc == KB_OK && !col_mac_ok(s, 2, want))
+                rc = KB_ERR_INTEGRITY;
+        }
+    } else if (rc == KB_ERR_NOT_FOUND) {
+        rc = KB_ERR_INTEGRITY;
+    }
+    done(s);
+    if (rc == KB_ERR_INTEGRITY)
+        kb_log(KB_LOG_ERROR, "store_state_invalid", "msg",
+               "the state row is missing or its MAC does not verify (database tampered with?)",
+               NULL);
+    return rc;
+}
+
+static kb_err state_store(cx *b, int64_t counter, const uint8_t digest[ROWMAC_LEN])
+{
+    sqlite3_stmt *s = NULL;
+    uint8_t mac[ROWMAC_LEN];
+    kb_err rc;
+    KB_GUARD(rowmac_state(b->mac, counter, digest, mac));
+    KB_GUARD(prep(b,
+                  "INSERT INTO store_state(id, counter, digest, mac) VALUES (1, ?1, ?2, ?3) "
+                  "ON CONFLICT(id) DO UPDATE SET counter = excluded.counter, "
+                  "digest = excluded.digest, mac = excluded.mac",
+                  &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, counter));
+    KB_GUARD_OUT(rc, bind_blob(s, 2, digest, ROWMAC_LEN));
+    KB_GUARD_OUT(rc, bind_blob(s, 3, mac, ROWMAC_LEN));
+    rc = step_done(b, s, "state_store");
+out:
+    done(s);
+    return rc;
+}
+
+/* The digest of the rows as they are now (inside the caller's transaction). */
+static kb_err state_digest_full(cx *b, uint8_t out[ROWMAC_LEN])
+{
+    memset(out, 0, ROWMAC_LEN);
+    for (size_t t = 0; t < KB_ARRAY_LEN(state_tables); t++) {
+        sqlite3_stmt *s = NULL;
+        kb_err rc = KB_OK;
+        int r;
+        KB_GUARD(prep(b, state_scan_sql[t], &s));
+        while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+            uint8_t e[ROWMAC_LEN];
+            const void *mac = sqlite3_column_blob(s, 0);
+            int n = sqlite3_column_bytes(s, 0);
+            rc = rowmac_state_elem(b->mac, state_tables[t], mac, n > 0 ? (size_t)n : 0, e);
+            if (rc != KB_OK)
+                break;
+            rowmac_digest_add(out, e, false);
+        }
+        if (rc == KB_OK && r != SQLITE_DONE)
+            rc = db_err(b, r, "state_digest");
+        done(s);
+        KB_GUARD(rc);
+    }
+    return KB_OK;
+}
+
+/* Before COMMIT of a write that changed access-deciding rows: counter + 1 and the digest moved
+ * by the transaction's delta. The stored counter must not be below what this handle has seen
+ * (the file was swapped under us). */
+static kb_err state_advance_locked(cx *b, int64_t *counter)
+{
+    uint8_t digest[ROWMAC_LEN];
+    int64_t c = 0, seen = atomic_load(&b->st->state_seen);
+    KB_GUARD(state_load(b, &c, digest));
+    if (c < seen) {
+        log_counters("store_rollback_detected",
+                     "the database's state counter went back while running (file replaced?)", c,
+                     "seen_counter", seen);
+        store_fail(b->st, "state counter went back");
+        return KB_ERR_UNAVAILABLE;
+    }
+    KB_ENSURE(c < INT64_MAX, KB_ERR_CONFLICT);
+    rowmac_digest_add(digest, b->delta, false);
+    KB_GUARD(state_store(b, c + 1, digest));
+    *counter = c + 1;
+    return KB_OK;
+}
+
+/* Bring the external commitment up to counter (never down). A failure is logged: the data is
+ * committed, and the next write or check rolls the commitment forward. */
+static void state_commit_external(store *st, int64_t counter)
+{
+    kb_err rc;
+    store_state_saw(st, counter);
+    if (st->cfg.commitment.advance == NULL)
+        return;
+    rc = st->cfg.commitment.advance(st->cfg.commitment.ctx, (uint64_t)counter);
+    if (rc != KB_OK)
+        kb_log(KB_LOG_ERROR, "store_state_advance_failed", "msg",
+               "could not advance the token's state counter; retried at the next write or check",
+               "error", kb_err_str(rc), NULL);
+}
+
+/* End a write transaction (writer held): with access-deciding rows changed, move the state row
+ * in the same transaction, and after COMMIT the external commitment. */
+static kb_err wtx_end(cx *b, kb_err rc)
+{
+    int64_t counter = 0;
+    bool dirty = b->dirty;
+    if (rc == KB_OK && dirty)
+        rc = state_advance_locked(b, &counter);
+    rc = tx_end(b, rc);
+    memset(b->delta, 0, sizeof(b->delta));
+    b->dirty = false;
+    if (rc == KB_OK && dirty)
+        state_commit_external(b->st, counter);
+    return rc;
+}
+
+static kb_err wtx_begin(cx *b)
+{
+    memset(b->delta, 0, sizeof(b->delta));
+    b->dirty = false;
+    return tx_begin(b, true);
+}
+
+/* The read-path check, before a read's snapshot (floor is loaded first, so a commit this
+ * handle already saw is in the snapshot): the state counter must not be below the highest one
+ * seen. A higher one (another process wrote) is accepted once its MAC verifies. */
+static kb_err state_check(cx *b)
+{
+    store *st = b->st;
+    int64_t floor = atomic_load(&st->state_seen), c;
+    uint8_t digest[ROWMAC_LEN];
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD(prep(b, "SELECT counter FROM store_state WHERE id = 1", &s));
+    rc = step_row(b, s, "state_check");
+    c = rc == KB_OK ? sqlite3_column_int64(s, 0) : 0;
+    done(s);
+    if (rc == KB_OK && c == floor)
+        return KB_OK;
+    if (rc == KB_OK || rc == KB_ERR_NOT_FOUND)
+        rc = state_load(b, &c, digest);
+    if (rc == KB_OK && c < floor) {
+        log_counters("store_rollback_detected",
+                     "the database's state counter went back while running (file replaced?)", c,
+                     "seen_counter", floor);
+        rc = KB_ERR_INTEGRITY;
+    }
+    if (rc == KB_ERR_INTEGRITY) {
+        store_fail(st, "state row missing, forged or older than already seen");
+        return KB_ERR_UNAVAILABLE;
+    }
+    KB_GUARD(rc);
+    store_state_saw(st, c);
+    return KB_OK;
+}
+
+/* The full check (store_verify, and store_open with startup): state row MAC, digest recomputed
+ * over every row, counter against the highest seen and against the external commitment (rolled
+ * forward when the database is ahead). */
+static kb_err state_verify(store *st, cx *b, bool startup)
+{
+    uint8_t digest[ROWMAC_LEN], full[ROWMAC_LEN];
+    int64_t c = 0, floor = atomic_load(&st->state_seen);
+    uint64_t t = 0;
+    kb_err rc;
+
+    KB_GUARD(tx_begin(b, false));
+    rc = state_load(b, &c, digest);
+    if (rc == KB_OK)
+        rc = state_digest_full(b, full);
+    rc = tx_end(b, rc);
+    if (rc == KB_OK && !kb_ct_eq(digest, full, ROWMAC_LEN)) {
+        kb_log(KB_LOG_ERROR, "store_state_mismatch", "msg",
+               "the access-deciding rows do not match the committed state digest: rows were "
+               "replayed, removed or forged (database tampered with or restored?)",
+               NULL);
+        rc = KB_ERR_INTEGRITY;
+    }
+    if (rc == KB_OK && c < floor) {
+        log_counters("store_rollback_detected",
+                     "the database's state counter went back while running (file replaced?)", c,
+                     "seen_counter", floor);
+        rc = KB_ERR_INTEGRITY;
+    }
+    if (rc == KB_OK && st->cfg.commitment.read != NULL) {
+        rc = st->cfg.commitment.read(st->cfg.commitment.ctx, &t);
+        if (rc == KB_ERR_NOT_FOUND) {
+            kb_log(KB_LOG_INFO, "store_state_commitment_created", NULL);
+            t = 0;
+            rc = KB_OK;
+        } else if (rc != KB_OK) {
+            kb_log(KB_LOG_ERROR, "store_state_commitment_unreadable", "error", kb_err_str(rc),
+                   NULL);
+        } else if (t > (uint64_t)c) {
+            log_counters("store_rollback_detected",
+                         "database is older than the token's commitment: rollback or restore "
+                         "from backup; refusing to serve it",
+                         c, "token_counter", t > INT64_MAX ? INT64_MAX : (int64_t)t);
+            rc = KB_ERR_INTEGRITY;
+        }
+        if (rc == KB_OK && t < (uint64_t)c) {
+            if (t > 0)
+                log_counters("store_state_rolled_forward",
+                             "the database is ahead of the token (a crash between commit and "
+                             "token update, or another process's write): token advanced",
+                             c, "token_counter", (int64_t)t);
+            rc = st->cfg.commitment.advance(st->cfg.commitment.ctx, (uint64_t)c);
+        }
+    }
+    if (rc == KB_OK)
+        store_state_saw(st, c);
+    else if (rc == KB_ERR_INTEGRITY && !startup)
+        store_fail(st, "full state check failed");
+    return rc;
+}
+
+static kb_err sq_verify(store *st)
+{
+    cx *b = RD(st);
+    kb_err rc = state_verify(st, b, false);
+    PUT(st, b);
+    /* A token that cannot be read right now is not evidence of a rollback: keep serving (logged)
+     * and check again later; only a failed check stops service. */
+    return rc == KB_ERR_INTEGRITY ? KB_ERR_UNAVAILABLE : rc;
+}
+
 /* ---- open / close / migrate ---- */
 
 static kb_err read_schema_version(cx *b, int *out)
@@ -624,6 +939,8 @@ static kb_err read_schema_version(cx *b, int *out)
 
 static kb_err migrate(cx *b)
 {
+    uint8_t digest[ROWMAC_LEN], full[ROWMAC_LEN];
+    int64_t counter = 0;
     int cur = 0;
     char have[16], want[16];
     kb_err rc;
@@ -638,6 +955,19 @@ static kb_err migrate(cx *b)
                "db_schema_version", have, "supported_schema_version", want, NULL);
         KB_ENSURE_OUT(rc, false, KB_ERR_SCHEMA);
     }
+    /* A database that already has a state row must match it before a migration rewrites rows:
+     * a migration never launders replayed rows into a new digest. */
+    if (cur >= STATE_SCHEMA_STEP && cur < SCHEMA_VERSION) {
+        KB_GUARD_OUT(rc, state_load(b, &counter, digest));
+        KB_GUARD_OUT(rc, state_digest_full(b, full));
+        if (!kb_ct_eq(digest, full, ROWMAC_LEN)) {
+            kb_log(KB_LOG_ERROR, "store_state_mismatch", "msg",
+                   "the access-deciding rows do not match the committed state digest: not "
+                   "migrating",
+                   NULL);
+            KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
+        }
+    }
     for (int v = cur + 1; v <= SCHEMA_VERSION; v++)
         KB_GUARD_OUT(rc, exec(b, migrations[v - 1]));
     if (cur < SCHEMA_VERSION) {
@@ -648,6 +978,12 @@ static kb_err migrate(cx *b)
             rc = step_done(b, s, "schema_version_set");
         done(s);
         KB_GUARD_OUT(rc, rc);
+        /* The state row: first made from the rows as they are (a new database: counter 1,
+         * empty digest; an older one: its current rows, each still checked by its row MAC on
+         * every read), or moved on by one over rows a migration step rewrote. The start-up
+         * check then compares the counter with the token's. */
+        KB_GUARD_OUT(rc, state_digest_full(b, full));
+        KB_GUARD_OUT(rc, state_store(b, cur >= STATE_SCHEMA_STEP ? counter + 1 : 1, full));
         kb_log(KB_LOG_INFO, "store_schema_migrated", "from", have, "to", want, NULL);
     }
 out:
@@ -737,6 +1073,7 @@ static kb_err cx_open(store *st, const char *path, bool writer, cx **out)
         KB_GUARD_OUT(e, exec(b, "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; "
                                 "PRAGMA secure_delete = ON; PRAGMA trusted_schema = OFF;"));
         KB_GUARD_OUT(e, migrate(b));
+        KB_GUARD_OUT(e, state_install(b));
         /* Replaces the PASSIVE autocheckpoint (see wal_hook). */
         sqlite3_wal_hook(b->db, wal_hook, b);
     } else {
@@ -831,6 +1168,9 @@ static kb_err sq_open(store *st, const char *path)
         q->readers[i]->next_idle = q->idle;
         q->idle = q->readers[i];
     }
+    /* The start-up rollback check: refuse to open a database that is older than the
+     * commitment or does not match its own state row. */
+    KB_GUARD_OUT(e, state_verify(st, q->readers[0], true));
     st->impl = q;
     q = NULL;
 out:
@@ -948,7 +1288,7 @@ static kb_err sq_secret_create(store *st, const store_secret_new *sn, const stor
     kb_err rc;
 
     b = WR(st);
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -977,7 +1317,7 @@ static kb_err sq_secret_create(store *st, const store_secret_new *sn, const stor
     *id_out = sec.id;
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1026,7 +1366,7 @@ static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_n
     kb_err rc;
 
     b = WR(st);
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1040,7 +1380,7 @@ static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_n
     *version_out = sec.latest_version + 1;
 out:
     store_secret_clear(&sec);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1054,7 +1394,7 @@ static kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_
     kb_err rc;
 
     b = WR(st);
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1084,7 +1424,7 @@ out:
         sec.description = old_desc;
     }
     store_secret_clear(&sec);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1097,7 +1437,7 @@ static kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, 
     kb_err rc;
 
     b = WR(st);
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1108,7 +1448,7 @@ static kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, 
     KB_GUARD_OUT(rc, secret_write_flags(b, &sec, actor, now));
 out:
     store_secret_clear(&sec);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1121,7 +1461,7 @@ static kb_err sq_secret_purge(store *st, int64_t secret_id)
     kb_err rc;
 
     b = WR(st);
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1136,7 +1476,7 @@ static kb_err sq_secret_purge(store *st, int64_t secret_id)
 out:
     done(s);
     store_secret_clear(&sec);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1498,7 +1838,7 @@ static kb_err sq_group_delete(store *st, int64_t group_id)
     sqlite3_stmt *s = NULL;
     kb_err rc;
     b = WR(st);
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1512,7 +1852,7 @@ static kb_err sq_group_delete(store *st, int64_t group_id)
     rc = step_done(b, s, "group_delete");
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1551,7 +1891,7 @@ static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud
     store_client c = {0};
     kb_err rc;
     b = WR(st);
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1574,7 +1914,7 @@ static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud
     *id_out = c.id;
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1584,7 +1924,10 @@ static kb_err sq_client_get(store *st, const char *spiffe_id, int64_t id, store_
     cx *b;
     kb_err rc;
     b = RD(st);
-    rc = client_fetch(b, spiffe_id, id, out);
+    /* Every request starts here: the cheap half of the rollback check (one indexed row). */
+    rc = state_check(b);
+    if (rc == KB_OK)
+        rc = client_fetch(b, spiffe_id, id, out);
     PUT(st, b);
     return rc;
 }
@@ -1658,7 +2001,7 @@ static kb_err sq_client_update(store *st, int64_t client_id, const store_client_
     bool stored_cloud;
     kb_err rc;
     b = WR(st);
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1690,7 +2033,7 @@ out:
     if (keep_desc)
         c.description = keep_desc;
     store_client_clear(&c);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1701,12 +2044,19 @@ static kb_err delete_by_id(store *st, const char *sql, int64_t id)
     sqlite3_stmt *s = NULL;
     kb_err rc;
     b = WR(st);
+    /* A transaction, so the rows it removes (and their cascades) move the state row with it. */
+    rc = wtx_begin(b);
+    if (rc != KB_OK) {
+        PUT(st, b);
+        return rc;
+    }
     KB_GUARD_OUT(rc, prep(b, sql, &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, step_done(b, s, "delete"));
     KB_ENSURE_OUT(rc, sqlite3_changes(b->db) > 0, KB_ERR_NOT_FOUND);
 out:
     done(s);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1845,6 +2195,11 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     uint8_t mac[ROWMAC_LEN];
     kb_err rc;
     b = WR(st);
+    rc = wtx_begin(b);
+    if (rc != KB_OK) {
+        PUT(st, b);
+        return rc;
+    }
     if (!present) {
         KB_GUARD_OUT(rc, prep(b,
                               membership ? "DELETE FROM memberships WHERE client_id = ?1 AND "
@@ -1878,6 +2233,7 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     rc = step_done(b, s, "link_insert");
 out:
     done(s);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1975,6 +2331,7 @@ static kb_err sq_readable_list(store *st, int64_t client_id, store_record **out,
         PUT(st, b);
         return rc;
     }
+    KB_GUARD_OUT(rc, state_check(b));
     KB_GUARD_OUT(rc, reader_client(b, client_id, &c));
     /* Every (membership, grant) path to every candidate secret, grouped by secret; each link and
      * the secret row are verified below, and the flags re-checked on verified values. */
@@ -2103,6 +2460,7 @@ static kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *co
         PUT(st, b);
         return rc;
     }
+    KB_GUARD_OUT(rc, state_check(b));
     KB_GUARD_OUT(rc, reader_client(b, client_id, &c));
     for (size_t i = 0; i < n; i++) {
         if (errs[i] != KB_OK)
@@ -2230,7 +2588,7 @@ static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_
     b = WR(st);
     /* The write lock is taken before the head is read, so two appenders (threads or
      * processes) can never extend the same head. */
-    rc = tx_begin(b, true);
+    rc = wtx_begin(b);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -2256,7 +2614,7 @@ static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_
         *seq_out = seq;
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = wtx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -2403,6 +2761,7 @@ const struct store_ops store_sqlite_ops = {
     .scheme = "sqlite",
     .schema_version = SCHEMA_VERSION,
     .open = sq_open,
+    .verify = sq_verify,
     .close = sq_close,
     .get_schema_version = sq_schema_version,
     .secret_create = sq_secret_create,
