@@ -85,8 +85,10 @@ KB_WUR kb_err kb_keystore_verify(kb_keystore *ks, const uint8_t *data, size_t le
 
 /* The state counter: a monotonic 64-bit number kept outside the database, to which keybridged
  * commits the state of its access-deciding rows (docs/internals/rollback.md). In a PKCS#11
- * token it is a private, modifiable CKO_DATA token object labelled "<key_label>-state"
- * (CKA_APPLICATION "keybridge", CKA_VALUE 8 bytes big-endian); with the file keystore it is
+ * token it is a private, modifiable CKO_DATA token object with CKA_APPLICATION
+ * "keybridge-state:<key_label>" whose CKA_LABEL holds the value as 20 decimal digits (the label
+ * is the attribute PKCS#11 lets any storage object change; SoftHSM2 refuses to change a data
+ * object's CKA_VALUE); with the file keystore it is
  * the 0600 file "<key_file>.counter", written atomically (weaker: whoever can write that
  * directory can roll it back together with the database).
  * read: KB_ERR_NOT_FOUND while it was never advanced, KB_ERR_INTEGRITY if malformed.

@@ -39,7 +39,7 @@
 #define COUNTER_FILE_MAX 64
 
 struct file_ks {
-    kb_secret *keys; /* wrap key [0,32) then mac key [32,64) */
+    kb_secret *keys;    /* wrap key [0,32) then mac key [32,64) */
     char *counter_path; /* "<key file>.counter" */
 };
 

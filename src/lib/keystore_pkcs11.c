@@ -19,6 +19,7 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,9 +39,8 @@
 #define CKA_ID_MAX 64
 #define PIN_MAX 256
 #define MAC_SUFFIX "-mac"
-#define COUNTER_SUFFIX "-state"
-#define COUNTER_APP "keybridge"
-#define COUNTER_LEN 8
+#define COUNTER_APP "keybridge-state:"
+#define COUNTER_DIGITS 20 /* the label: UINT64_MAX has 20 decimal digits */
 
 /* ---- module registry ---------------------------------------------------------------------- */
 
@@ -258,7 +258,7 @@ struct p11_ks {
     int sync_init;
     /* The state counter (kb_keystore_counter_*; calls serialised by keystore.c): a read-write
      * session opened on first use (the pool's are read-only), the object once found. */
-    char counter_label[KEY_LABEL_MAX + sizeof(COUNTER_SUFFIX)];
+    char counter_app[sizeof(COUNTER_APP) + KEY_LABEL_MAX];
     CK_SESSION_HANDLE rw;
     int rw_open;
     CK_OBJECT_HANDLE counter;
@@ -439,7 +439,7 @@ static kb_err counter_find(struct p11_ks *k)
     CK_ATTRIBUTE tmpl[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_LABEL, k->counter_label, strlen(k->counter_label)},
+        {CKA_APPLICATION, k->counter_app, strlen(k->counter_app)},
     };
     CK_OBJECT_HANDLE found[2];
     CK_ULONG n = 0;
@@ -470,24 +470,28 @@ static kb_err counter_find(struct p11_ks *k)
     if (n == 0)
         return KB_ERR_NOT_FOUND;
     if (n > 1) {
-        kb_log(KB_LOG_ERROR, "pkcs11_key_ambiguous", "key", k->counter_label, "msg",
-               "more than one state counter object with this label", NULL);
+        kb_log(KB_LOG_ERROR, "pkcs11_key_ambiguous", "key", k->counter_app, "msg",
+               "more than one state counter object for this key label", NULL);
         return KB_ERR_CONFLICT;
     }
     k->counter = found[0];
     return KB_OK;
 }
 
+/* The value is the object's CKA_LABEL, COUNTER_DIGITS decimal digits: the attribute PKCS#11
+ * lets C_SetAttributeValue change on any storage object (v2.40 table 20, footnote 8), which
+ * SoftHSM2 does not allow for a data object's CKA_VALUE. */
 static kb_err p11_counter_get(void *impl, uint64_t *out)
 {
     struct p11_ks *k = impl;
-    uint8_t b[COUNTER_LEN];
+    char b[COUNTER_DIGITS + 1];
     CK_BBOOL priv = CK_FALSE;
     CK_ATTRIBUTE a[] = {
-        {CKA_VALUE, b, sizeof(b)},
+        {CKA_LABEL, b, sizeof(b)},
         {CKA_PRIVATE, &priv, sizeof(priv)},
     };
     uint64_t v = 0;
+    bool ok;
     CK_RV rv;
 
     *out = 0;
@@ -495,18 +499,22 @@ static kb_err p11_counter_get(void *impl, uint64_t *out)
     rv = k->mod->f->C_GetAttributeValue(k->rw, k->counter, a, KB_ARRAY_LEN(a));
     if (rv == CKR_OBJECT_HANDLE_INVALID)
         k->counter = CK_INVALID_HANDLE; /* deleted meanwhile: look again next time */
-    if (rv != CKR_OK) {
+    if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) {
         log_rv("pkcs11_counter_failed", "C_GetAttributeValue", rv);
         return KB_ERR_HSM;
     }
     /* A public object could be written by anyone holding the token without the PIN. */
-    if (a[0].ulValueLen != COUNTER_LEN || priv != CK_TRUE) {
-        kb_log(KB_LOG_ERROR, "pkcs11_counter_refused", "key", k->counter_label, "msg",
-               "state counter must be a private 8-byte CKO_DATA object", NULL);
+    ok = rv == CKR_OK && a[0].ulValueLen == COUNTER_DIGITS && priv == CK_TRUE;
+    for (size_t i = 0; ok && i < COUNTER_DIGITS; i++) {
+        uint64_t d = (uint64_t)(b[i] - '0');
+        ok = b[i] >= '0' && b[i] <= '9' && v <= (UINT64_MAX - d) / 10;
+        v = v * 10 + d;
+    }
+    if (!ok) {
+        kb_log(KB_LOG_ERROR, "pkcs11_counter_refused", "key", k->counter_app, "msg",
+               "state counter must be a private CKO_DATA object labelled with 20 digits", NULL);
         return KB_ERR_INTEGRITY;
     }
-    for (size_t i = 0; i < COUNTER_LEN; i++)
-        v = (v << 8) | b[i];
     *out = v;
     return KB_OK;
 }
@@ -517,22 +525,20 @@ static kb_err p11_counter_set(void *impl, uint64_t v)
     CK_FUNCTION_LIST_PTR f = k->mod->f;
     CK_OBJECT_CLASS cls = CKO_DATA;
     CK_BBOOL yes = CK_TRUE;
-    uint8_t b[COUNTER_LEN];
-    CK_ATTRIBUTE val = {CKA_VALUE, b, sizeof(b)};
+    char b[COUNTER_DIGITS + 1];
+    CK_ATTRIBUTE val = {CKA_LABEL, b, COUNTER_DIGITS};
     CK_ATTRIBUTE tmpl[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_TOKEN, &yes, sizeof(yes)},
         {CKA_PRIVATE, &yes, sizeof(yes)},
         {CKA_MODIFIABLE, &yes, sizeof(yes)},
-        {CKA_LABEL, k->counter_label, strlen(k->counter_label)},
-        {CKA_APPLICATION, (void *)COUNTER_APP, sizeof(COUNTER_APP) - 1},
-        {CKA_VALUE, b, sizeof(b)},
+        {CKA_APPLICATION, k->counter_app, strlen(k->counter_app)},
+        {CKA_LABEL, b, COUNTER_DIGITS},
     };
     kb_err rc;
     CK_RV rv;
 
-    for (size_t i = 0; i < COUNTER_LEN; i++)
-        b[i] = (uint8_t)(v >> (8 * (COUNTER_LEN - 1 - i)));
+    snprintf(b, sizeof(b), "%020llu", (unsigned long long)v);
     rc = counter_find(k);
     if (rc == KB_ERR_NOT_FOUND) {
         rv = f->C_CreateObject(k->rw, tmpl, KB_ARRAY_LEN(tmpl), &k->counter);
@@ -541,7 +547,7 @@ static kb_err p11_counter_set(void *impl, uint64_t v)
             log_rv("pkcs11_counter_failed", "C_CreateObject", rv);
             return KB_ERR_HSM;
         }
-        kb_log(KB_LOG_INFO, "pkcs11_counter_created", "key", k->counter_label, NULL);
+        kb_log(KB_LOG_INFO, "pkcs11_counter_created", "key", k->counter_app, NULL);
         return KB_OK;
     }
     KB_GUARD(rc);
@@ -865,7 +871,7 @@ kb_err kb_keystore_open_pkcs11(const char *module, const char *token_label, cons
                "create it with init (kb_keystore_init_pkcs11)", NULL);
     KB_GUARD_OUT(rc, rc);
     KB_GUARD_OUT(rc, check_key(k->mod->f, k->sess[0], k->mac_key, mac_label, NULL, NULL));
-    snprintf(k->counter_label, sizeof(k->counter_label), "%s%s", key_label, COUNTER_SUFFIX);
+    snprintf(k->counter_app, sizeof(k->counter_app), "%s%s", COUNTER_APP, key_label);
     kb_hex(id, id_len, hex);
     n = snprintf(key_id, sizeof(key_id), "pkcs11:%s:%s:%s", token_label, key_label, hex);
     KB_ENSURE_OUT(rc, n > 0 && (size_t)n < sizeof(key_id), KB_ERR_TOO_LARGE);

@@ -342,6 +342,10 @@ static void *signal_thread(void *arg)
             pthread_mutex_unlock(&sv->mu);
             kb_log(rc == KB_OK && brc == KB_OK ? KB_LOG_INFO : KB_LOG_ERROR, "reload", "tls",
                    kb_err_str(rc), "bundle", kb_err_str(brc), NULL);
+            /* And the full rollback check (docs/internals/rollback.md). */
+            kb_err src = svc_check_store(sv->s);
+            kb_log(src == KB_OK ? KB_LOG_INFO : KB_LOG_ERROR, "store_checked", "result",
+                   kb_err_str(src), NULL);
             continue;
         }
         kb_log(KB_LOG_INFO, "stopping", "signal", sig == SIGTERM ? "TERM" : "INT", NULL);

@@ -24,6 +24,9 @@ const kb_config_key server_config_keys[] = {
      "database: sqlite:PATH (PostgreSQL later)"},
     {"store", "max_content_bytes", KB_CFG_INT, "65536",
      "largest secret content; cloud-synced secrets are capped at 65536 whatever this says"},
+    {"store", "integrity_check_interval", KB_CFG_DURATION, "60s",
+     "how often the whole database is checked against its committed state (rollback and "
+     "replayed rows; also on SIGHUP); 0 = only at start-up and on SIGHUP"},
     {"hsm", "keystore", KB_CFG_STRING, "pkcs11",
      "pkcs11 (production) or file (development only, chosen explicitly)"},
     {"hsm", "module", KB_CFG_PATH, "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module"},

@@ -31,11 +31,32 @@ struct svc {
     store *st;
     audit_log *audit;
     char **cloud_prefixes;
-    hsm_budget *budget; /* token buckets over wraps and unwraps (NULL never: rates may be 0) */
-    dkcache *dkc;       /* unwrapped data keys (ttl 0 = off) */
-    char *anchor_file;  /* [audit] anchor_file: where the latest signed head is exported */
-    char *anchor_last;  /* the anchor JSON last written there */
+    hsm_budget *budget;      /* token buckets over wraps and unwraps (NULL never: rates may be 0) */
+    dkcache *dkc;            /* unwrapped data keys (ttl 0 = off) */
+    char *anchor_file;       /* [audit] anchor_file: where the latest signed head is exported */
+    char *anchor_last;       /* the anchor JSON last written there */
+    store_commitment commit; /* the token's state counter, behind the store's state row */
+    int64_t check_interval;  /* [store] integrity_check_interval in seconds; 0 = off */
+    int64_t check_next;      /* monotonic second of the next periodic check */
 };
+
+/* The state commitment lives in the token (kb_keystore_counter_*; docs/internals/rollback.md). */
+static kb_err commit_read(void *ctx, uint64_t *out)
+{
+    return kb_keystore_counter_read(ctx, out);
+}
+
+static kb_err commit_advance(void *ctx, uint64_t to)
+{
+    return kb_keystore_counter_advance(ctx, to);
+}
+
+static int64_t mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec;
+}
 
 static kb_err audit_sign_cb(void *ctx, const uint8_t *msg, size_t msg_len, uint8_t *sig,
                             size_t sig_max, size_t *sig_len)
@@ -206,6 +227,18 @@ kb_err svc_open(const kb_config *cfg, bool create, svc **out)
     }
     so.content_max = (size_t)kb_config_int(cfg, "store", "max_content_bytes");
     so.cloud_prefixes = (const char *const *)s->cloud_prefixes;
+    s->commit.read = commit_read;
+    s->commit.advance = commit_advance;
+    s->commit.ctx = s->ks;
+    so.commitment = &s->commit;
+    s->check_interval = kb_config_duration(cfg, "store", "integrity_check_interval");
+    if (s->check_interval < 0) {
+        kb_log(KB_LOG_ERROR, "config_invalid", "key", "store.integrity_check_interval", "msg",
+               "must be a duration >= 0", NULL);
+        rc = KB_ERR_CONFIG;
+        goto out;
+    }
+    s->check_next = mono_now() + s->check_interval;
     rc = store_open(kb_config_str(cfg, "store", "url"), &so, &s->st);
     if (rc != KB_OK) {
         kb_log(KB_LOG_ERROR, "store_open_failed", "error", kb_err_str(rc), NULL);
@@ -291,12 +324,32 @@ void svc_export_anchor(svc *s)
     free(text);
 }
 
+kb_err svc_check_store(svc *s)
+{
+    kb_err rc;
+    KB_ENSURE_REF(s);
+    if (store_health(s->st) != KB_OK)
+        return KB_ERR_UNAVAILABLE; /* already refusing, already logged and audited */
+    rc = store_verify(s->st);
+    if (rc == KB_OK || store_health(s->st) == KB_OK)
+        return rc; /* passed, or could not run (token unreachable: logged, tried again later) */
+    {
+        svc_actor a = {.identity = "keybridged", .peer = "", .now = (int64_t)time(NULL)};
+        svc_audit_event(s, &a, "store_integrity", "store", 0, KB_ERR_INTEGRITY);
+    }
+    return rc;
+}
+
 void svc_maintenance(svc *s)
 {
     if (s == NULL)
         return;
     (void)dkcache_sweep(s->dkc, hsm_budget_now());
     svc_export_anchor(s);
+    if (s->check_interval > 0 && mono_now() >= s->check_next) {
+        s->check_next = mono_now() + s->check_interval;
+        (void)svc_check_store(s);
+    }
 }
 
 void svc_forget_secret(svc *s, int64_t secret_id)
@@ -589,7 +642,9 @@ kb_err svc_client_auth(svc *s, const svc_actor *a, store_client *out)
         rc = KB_ERR_DENIED;
     if (rc != KB_OK) {
         store_client_clear(out);
-        svc_audit_event(s, a, "client.denied", a->identity, 0, rc);
+        /* A store refusing service (rollback detected) was audited once; not per request. */
+        if (rc != KB_ERR_UNAVAILABLE)
+            svc_audit_event(s, a, "client.denied", a->identity, 0, rc);
         return rc;
     }
     /* Activity marker (written at most hourly by the store); failure is not fatal. */

@@ -54,8 +54,12 @@ dkcache *svc_dkcache(svc *s);
 /* Whole seconds (>= 1) until actor a (a cloud client if cloud) can get a token again. */
 int64_t svc_retry_after(svc *s, const svc_actor *a, bool cloud);
 
-/* Periodic upkeep (serve runs it every second): wipes expired cached data keys. */
+/* Periodic upkeep (serve runs it every second): wipes expired cached data keys, exports the
+ * audit anchor and, every [store] integrity_check_interval, runs svc_check_store. */
 void svc_maintenance(svc *s);
+/* The full rollback check now (store_verify; serve runs it on SIGHUP too): a failure is logged,
+ * audited (action "store_integrity") and from then on the store refuses to serve. */
+kb_err svc_check_store(svc *s);
 /* Write the latest signed audit anchor to [audit] anchor_file (0600, atomically) if it changed;
  * svc_maintenance does this every time it runs. No-op without an anchor_file. */
 void svc_export_anchor(svc *s);

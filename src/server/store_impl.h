@@ -110,8 +110,8 @@ struct store {
     void *impl; /* the backend's state */
     store_cfg cfg;
     _Atomic uint64_t generation; /* see store_generation */
-    _Atomic int64_t state_seen;   /* highest state counter this handle has seen (rollback.md) */
-    _Atomic int failed;           /* a rollback check failed: refuse everything */
+    _Atomic int64_t state_seen;  /* highest state counter this handle has seen (rollback.md) */
+    _Atomic int failed;          /* a rollback check failed: refuse everything */
 };
 
 extern const struct store_ops store_sqlite_ops;

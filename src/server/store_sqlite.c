@@ -638,8 +638,8 @@ static void state_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     const void *mac = sqlite3_value_blob(argv[1]);
     int n = sqlite3_value_bytes(argv[1]);
     (void)argc;
-    if (t == NULL || rowmac_state_elem(b->mac, (const char *)t, mac, n > 0 ? (size_t)n : 0, e) !=
-                         KB_OK) {
+    if (t == NULL ||
+        rowmac_state_elem(b->mac, (const char *)t, mac, n > 0 ? (size_t)n : 0, e) != KB_OK) {
         sqlite3_result_error(ctx, "kb_state failed", -1);
         return;
     }

@@ -618,6 +618,107 @@ static void keep_token(void **state)
     kb_secret_free(pin);
 }
 
+/* The state counter contract (kb_keystore_counter_*): absent at first, only ever goes up,
+ * survives a reopen (ks2 is a second keystore on the same keys, as another process would be). */
+static void check_counter_contract(kb_keystore *ks, kb_keystore *ks2)
+{
+    uint64_t v = 99;
+    assert_kb(kb_keystore_counter_read(ks, &v), KB_ERR_NOT_FOUND);
+    assert_int_equal(v, 0);
+    assert_ok(kb_keystore_counter_advance(ks, 5));
+    assert_ok(kb_keystore_counter_read(ks, &v));
+    assert_int_equal(v, 5);
+    assert_ok(kb_keystore_counter_advance(ks, 3)); /* never back */
+    assert_ok(kb_keystore_counter_read(ks, &v));
+    assert_int_equal(v, 5);
+    assert_ok(kb_keystore_counter_advance(ks, 5));
+    assert_ok(kb_keystore_counter_advance(ks2, (uint64_t)1 << 40));
+    assert_ok(kb_keystore_counter_read(ks, &v));
+    assert_int_equal(v, (uint64_t)1 << 40);
+    assert_ok(kb_keystore_counter_advance(ks, UINT64_MAX));
+    assert_ok(kb_keystore_counter_read(ks2, &v));
+    assert_true(v == UINT64_MAX);
+    assert_kb(kb_keystore_counter_read(NULL, &v), KB_ERR_NULL);
+    assert_kb(kb_keystore_counter_read(ks, NULL), KB_ERR_NULL);
+    assert_kb(kb_keystore_counter_advance(NULL, 1), KB_ERR_NULL);
+}
+
+static void file_state_counter(void **state)
+{
+    (void)state;
+    char *dir, *path = file_ks_path(&dir);
+    char cpath[700];
+    kb_keystore *ks = NULL, *ks2 = NULL;
+    struct stat st;
+    uint64_t v;
+    FILE *fp;
+
+    assert_ok(kb_keystore_create_file(path));
+    assert_ok(kb_keystore_open_file(path, &ks));
+    assert_ok(kb_keystore_open_file(path, &ks2));
+    check_counter_contract(ks, ks2);
+    snprintf(cpath, sizeof(cpath), "%s.counter", path);
+    assert_int_equal(stat(cpath, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* Malformed or group-readable counter files are refused, not read as 0. */
+    static const char *const bad[] = {
+        "keybridge-counter-v1\n",     "keybridge-counter-v1\n12x\n",
+        "keybridge-counter-v1\n-1\n", "keybridge-counter-v1\n18446744073709551616\n",
+        "keybridge-counter-v2\n1\n",  ""};
+    for (size_t i = 0; i < KB_ARRAY_LEN(bad); i++) {
+        fp = fopen(cpath, "w");
+        assert_non_null(fp);
+        fputs(bad[i], fp);
+        fclose(fp);
+        chmod(cpath, 0600);
+        assert_kb(kb_keystore_counter_read(ks, &v), KB_ERR_INTEGRITY);
+        assert_int_not_equal(kb_keystore_counter_advance(ks, 1), KB_OK);
+    }
+    fp = fopen(cpath, "w");
+    assert_non_null(fp);
+    fputs("keybridge-counter-v1\n7\n", fp);
+    fclose(fp);
+    chmod(cpath, 0644);
+    assert_kb(kb_keystore_counter_read(ks, &v), KB_ERR_CONFIG);
+    chmod(cpath, 0600);
+    assert_ok(kb_keystore_counter_read(ks, &v));
+    assert_int_equal(v, 7);
+    kb_keystore_free(ks);
+    kb_keystore_free(ks2);
+    unlink(cpath);
+    rm_file_ks(dir, path);
+}
+
+static void p11_state_counter(void **state)
+{
+    (void)state;
+    kbtest_softhsm t;
+    kb_keystore *ks = NULL, *ks2 = NULL, *other = NULL;
+    kb_secret *pin;
+    uint64_t v;
+
+    assert_int_equal(kbtest_softhsm_make(&t, "kb-ctr"), 0);
+    pin = pin_of(&t);
+    assert_ok(kb_keystore_init_pkcs11(MODULE, t.label, KEY, pin));
+    assert_ok(kb_keystore_init_pkcs11(MODULE, t.label, "other-key", pin));
+    assert_ok(kb_keystore_open_pkcs11(MODULE, t.label, KEY, pin, &ks));
+    assert_ok(kb_keystore_open_pkcs11(MODULE, t.label, KEY, pin, &ks2));
+    assert_ok(kb_keystore_open_pkcs11(MODULE, t.label, "other-key", pin, &other));
+    check_counter_contract(ks, ks2);
+    /* Each key label has its own counter. */
+    assert_kb(kb_keystore_counter_read(other, &v), KB_ERR_NOT_FOUND);
+    kb_keystore_free(ks2);
+    kb_keystore_free(ks);
+    /* Kept in the token: a new session sees it. */
+    assert_ok(kb_keystore_open_pkcs11(MODULE, t.label, KEY, pin, &ks));
+    assert_ok(kb_keystore_counter_read(ks, &v));
+    assert_true(v == UINT64_MAX);
+    kb_keystore_free(ks);
+    kb_keystore_free(other);
+    kb_secret_free(pin);
+    kbtest_softhsm_remove(&t);
+}
+
 int main(void)
 {
     /* Expected failures would log; the asserts check them. KB_TEST_LOG=1 shows the logs. */
@@ -638,6 +739,8 @@ int main(void)
         cmocka_unit_test(p11_missing_token_module_or_key),
         cmocka_unit_test(p11_and_file_blobs_are_not_interchangeable),
         cmocka_unit_test(p11_concurrent_calls),
+        cmocka_unit_test(file_state_counter),
+        cmocka_unit_test(p11_state_counter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
