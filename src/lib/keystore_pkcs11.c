@@ -430,6 +430,9 @@ static kb_err p11_mac(void *impl, const uint8_t *data, size_t len, uint8_t out[K
     return KB_OK;
 }
 
+static kb_err find_one(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl,
+                       CK_ULONG ntmpl, const char *label, const char *what, CK_OBJECT_HANDLE *h);
+
 /* The counter object: find it (once per keystore) on the read-write session. */
 static kb_err counter_find(struct p11_ks *k)
 {
@@ -441,8 +444,6 @@ static kb_err counter_find(struct p11_ks *k)
         {CKA_TOKEN, &yes, sizeof(yes)},
         {CKA_APPLICATION, k->counter_app, strlen(k->counter_app)},
     };
-    CK_OBJECT_HANDLE found[2];
-    CK_ULONG n = 0;
     CK_RV rv;
 
     if (!k->rw_open) {
@@ -456,26 +457,8 @@ static kb_err counter_find(struct p11_ks *k)
     }
     if (k->counter != CK_INVALID_HANDLE)
         return KB_OK;
-    rv = f->C_FindObjectsInit(k->rw, tmpl, KB_ARRAY_LEN(tmpl));
-    if (rv != CKR_OK) {
-        log_rv("pkcs11_find_failed", "C_FindObjectsInit", rv);
-        return KB_ERR_HSM;
-    }
-    rv = f->C_FindObjects(k->rw, found, 2, &n);
-    (void)f->C_FindObjectsFinal(k->rw);
-    if (rv != CKR_OK) {
-        log_rv("pkcs11_find_failed", "C_FindObjects", rv);
-        return KB_ERR_HSM;
-    }
-    if (n == 0)
-        return KB_ERR_NOT_FOUND;
-    if (n > 1) {
-        kb_log(KB_LOG_ERROR, "pkcs11_key_ambiguous", "key", k->counter_app, "msg",
-               "more than one state counter object for this key label", NULL);
-        return KB_ERR_CONFLICT;
-    }
-    k->counter = found[0];
-    return KB_OK;
+    return find_one(f, k->rw, tmpl, KB_ARRAY_LEN(tmpl), k->counter_app,
+                    "more than one state counter object for this key label", &k->counter);
 }
 
 /* The value is the object's CKA_LABEL, COUNTER_DIGITS decimal digits: the attribute PKCS#11
@@ -655,24 +638,16 @@ kb_err kb_pkcs11_token_check(const char *module, const char *token_label)
     return rc;
 }
 
-/* Find the one secret key with this label and key type. KB_ERR_NOT_FOUND if none,
- * KB_ERR_CONFLICT if several (which one wraps is then undefined: refuse). */
-static kb_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
-                       CK_KEY_TYPE type, CK_OBJECT_HANDLE *h)
+/* The one object matching tmpl: KB_ERR_NOT_FOUND if none, KB_ERR_CONFLICT (logged with what)
+ * if several (which one is meant is then undefined: refuse). */
+static kb_err find_one(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl,
+                       CK_ULONG ntmpl, const char *label, const char *what, CK_OBJECT_HANDLE *h)
 {
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_BBOOL yes = CK_TRUE;
-    CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_KEY_TYPE, &type, sizeof(type)},
-        {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_LABEL, (void *)label, strlen(label)},
-    };
     CK_OBJECT_HANDLE found[2];
     CK_ULONG n = 0;
     CK_RV rv;
 
-    rv = f->C_FindObjectsInit(s, tmpl, KB_ARRAY_LEN(tmpl));
+    rv = f->C_FindObjectsInit(s, tmpl, ntmpl);
     if (rv != CKR_OK) {
         log_rv("pkcs11_find_failed", "C_FindObjectsInit", rv);
         return KB_ERR_HSM;
@@ -686,12 +661,35 @@ static kb_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *
     if (n == 0)
         return KB_ERR_NOT_FOUND;
     if (n > 1) {
-        kb_log(KB_LOG_ERROR, "pkcs11_key_ambiguous", "key", label, "msg",
-               "more than one key with this label", NULL);
+        kb_log(KB_LOG_ERROR, "pkcs11_key_ambiguous", "key", label, "msg", what, NULL);
         return KB_ERR_CONFLICT;
     }
     *h = found[0];
     return KB_OK;
+}
+
+/* Find the one token object of this class and key type with this label. */
+static kb_err find_obj(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
+                       CK_OBJECT_CLASS cls, CK_KEY_TYPE type, CK_OBJECT_HANDLE *h)
+{
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &type, sizeof(type)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_LABEL, (void *)label, strlen(label)},
+    };
+    return find_one(f, s, tmpl, KB_ARRAY_LEN(tmpl), label,
+                    type == CKK_EC ? "more than one EC key with this label"
+                                   : "more than one key with this label",
+                    h);
+}
+
+/* Find the one secret key with this label and key type. */
+static kb_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
+                       CK_KEY_TYPE type, CK_OBJECT_HANDLE *h)
+{
+    return find_obj(f, s, label, CKO_SECRET_KEY, type, h);
 }
 
 /* Refuse a key that could leave the token: the design requires sensitive, never-extractable
@@ -906,38 +904,7 @@ struct p11_ec {
 static kb_err find_ec_obj(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
                           CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *h)
 {
-    CK_KEY_TYPE type = CKK_EC;
-    CK_BBOOL yes = CK_TRUE;
-    CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_KEY_TYPE, &type, sizeof(type)},
-        {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_LABEL, (void *)label, strlen(label)},
-    };
-    CK_OBJECT_HANDLE found[2];
-    CK_ULONG n = 0;
-    CK_RV rv;
-
-    rv = f->C_FindObjectsInit(s, tmpl, KB_ARRAY_LEN(tmpl));
-    if (rv != CKR_OK) {
-        log_rv("pkcs11_find_failed", "C_FindObjectsInit", rv);
-        return KB_ERR_HSM;
-    }
-    rv = f->C_FindObjects(s, found, 2, &n);
-    (void)f->C_FindObjectsFinal(s);
-    if (rv != CKR_OK) {
-        log_rv("pkcs11_find_failed", "C_FindObjects", rv);
-        return KB_ERR_HSM;
-    }
-    if (n == 0)
-        return KB_ERR_NOT_FOUND;
-    if (n > 1) {
-        kb_log(KB_LOG_ERROR, "pkcs11_key_ambiguous", "key", label, "msg",
-               "more than one EC key with this label", NULL);
-        return KB_ERR_CONFLICT;
-    }
-    *h = found[0];
-    return KB_OK;
+    return find_obj(f, s, label, cls, CKK_EC, h);
 }
 
 /* The private key must be a P-256 key that cannot leave the token. */
