@@ -4,6 +4,7 @@
  *   keybridge-sync daemon                                         every interval, /status
  *   keybridge-sync schedule APP [--interval 15]                   offset + EventBridge cron
  *   keybridge-sync iam-policy APP [--account N] [--region R]      least-privilege policies
+ *   keybridge-sync cost --secrets N --accounts A [...]             monthly AWS cost
  * With AWS_LAMBDA_RUNTIME_API set, the default command runs the Lambda custom runtime loop. */
 #include <errno.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cost.h"
 #include "identity.h"
 #include "lambda.h"
 #include "lib/awsreq.h"
@@ -770,6 +772,193 @@ static int cmd_iam_policy(const kb_config *cfg, int argc, char **argv)
     return KB_EXIT_OK;
 }
 
+/* ---- cost -----------------------------------------------------------------------------------
+ */
+
+#define COST_LIST_MAX 16
+
+static int parse_int_list(const char *s, int64_t *out, size_t *n)
+{
+    char buf[256];
+    const char *parts[COST_LIST_MAX + 1];
+    size_t k;
+    if (strlen(s) >= sizeof(buf))
+        return -1;
+    snprintf(buf, sizeof(buf), "%s", s);
+    k = split(buf, parts, COST_LIST_MAX);
+    if (k == 0)
+        return -1;
+    for (size_t i = 0; i < k; i++)
+        if (kb_parse_int64(parts[i], &out[i]) != KB_OK)
+            return -1;
+    *n = k;
+    return 0;
+}
+
+static int parse_price(const char *s, double *out)
+{
+    char *end;
+    double d;
+    errno = 0;
+    d = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(d >= 0.0) || d > 1e6)
+        return -1;
+    *out = d;
+    return 0;
+}
+
+static void cost_text(const sync_cost_in *in, const sync_cost_out *o)
+{
+    printf("keybridge-sync cost: %lld secrets x %lld accounts, a run every %lld min "
+           "(%lld runs/month per account, %d h/month), %lld changes/month\n",
+           (long long)in->secrets, (long long)in->accounts, (long long)in->interval,
+           (long long)o->runs, SYNC_COST_HOURS_PER_MONTH, (long long)in->changes);
+    printf("prices: Secrets Manager $%.2f/secret-month, $%.2f/10,000 API calls; Lambda $%.2f/1M "
+           "requests, $%.10f/GB-s (%lld MB, %lld ms per run)\n\n",
+           in->price_secret, in->price_api, in->price_lambda_req, in->price_lambda_gbs,
+           (long long)in->memory_mb, (long long)in->duration_ms);
+    printf("%-34s %16s %16s\n", "", "keybridge-sync", "naive");
+    printf("%-34s %16lld %16lld\n", "Secrets Manager calls per run", (long long)o->calls_per_run,
+           (long long)o->naive_per_run);
+    printf("%-34s %16lld %16lld\n", "Secrets Manager calls per month", (long long)o->calls,
+           (long long)o->naive_calls);
+    printf("%-34s %16.2f %16.2f\n", "Secrets Manager storage ($/month)", o->storage, o->storage);
+    printf("%-34s %16.4f %16.4f\n", "Secrets Manager API ($/month)", o->api, o->naive_api);
+    printf("%-34s %16.4f %16.4f\n", "Lambda ($/month)", o->lambda, o->lambda);
+    printf("%-34s %16.2f %16.2f\n", "total ($/month)", o->total, o->naive_total);
+}
+
+static void cost_json(const sync_cost_in *in, const sync_cost_out *o)
+{
+    json_t *j = json_pack(
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:{s:f,s:f,s:f,"
+        "s:f,s:I,s:I}}",
+        "secrets", (json_int_t)in->secrets, "accounts", (json_int_t)in->accounts, "interval",
+        (json_int_t)in->interval, "changes_per_month", (json_int_t)in->changes, "runs_per_month",
+        (json_int_t)o->runs, "calls_per_run", (json_int_t)o->calls_per_run, "naive_calls_per_run",
+        (json_int_t)o->naive_per_run, "change_calls", (json_int_t)o->change_calls, "calls",
+        (json_int_t)o->calls, "naive_calls", (json_int_t)o->naive_calls, "storage", o->storage,
+        "api", o->api, "naive_api", o->naive_api, "lambda_requests", o->lambda_req,
+        "lambda_compute", o->lambda_gbs, "lambda", o->lambda, "total", o->total, "naive_total",
+        o->naive_total, "prices", "secret_month", in->price_secret, "api_10k", in->price_api,
+        "lambda_1m_requests", in->price_lambda_req, "lambda_gb_s", in->price_lambda_gbs,
+        "memory_mb", (json_int_t)in->memory_mb, "duration_ms", (json_int_t)in->duration_ms);
+    char *t = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+    printf("%s\n", t ? t : "null");
+    free(t);
+    json_decref(j);
+}
+
+static int cmd_cost(const kb_config *cfg, int argc, char **argv)
+{
+    int64_t ns[COST_LIST_MAX], as[COST_LIST_MAX];
+    size_t nn = 0, na = 0;
+    int json = 0, md = 0;
+    sync_cost_in in;
+    (void)cfg;
+    sync_cost_defaults(&in);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (strcmp(a, "--help") == 0) {
+            printf(
+                "usage: keybridge-sync cost --secrets N[,N...] --accounts A[,A...] [--interval "
+                "15]\n"
+                "       [--changes-per-month C] [--svid-files] [--memory-mb 128] "
+                "[--duration-ms 200]\n"
+                "       [--price-secret 0.40] [--price-api 0.05] [--price-lambda-requests 0.20]\n"
+                "       [--price-lambda-gb-s 0.0000166667] [--json | --markdown]\n\n"
+                "Monthly Secrets Manager storage and API cost and Lambda cost of N secrets\n"
+                "synced into A accounts, from the calls one run makes (1 GetSecretValue for the\n"
+                "SVID, unless --svid-files, + ceil(N/100) ListSecrets per no-op run; 4 calls per\n"
+                "change and account), beside the naive model of one read per secret per run.\n"
+                "C defaults to N (every secret rotated once a month). Prices: AWS list prices,\n"
+                "us-east-1, x86_64, as of 2026-12-05 (defaults; the flags override them).\n"
+                "Lambda's free tier is not subtracted. %d hours per month.\n",
+                SYNC_COST_HOURS_PER_MONTH);
+            return KB_EXIT_OK;
+        } else if (strcmp(a, "--json") == 0) {
+            json = 1;
+            continue;
+        } else if (strcmp(a, "--markdown") == 0) {
+            md = 1;
+            continue;
+        } else if (strcmp(a, "--svid-files") == 0) {
+            in.svid_secret = 0;
+            continue;
+        } else if (v == NULL) {
+            bad = 1;
+        } else if (strcmp(a, "--secrets") == 0) {
+            bad = parse_int_list(v, ns, &nn);
+        } else if (strcmp(a, "--accounts") == 0) {
+            bad = parse_int_list(v, as, &na);
+        } else if (strcmp(a, "--interval") == 0) {
+            bad = kb_parse_int64(v, &in.interval) != KB_OK;
+        } else if (strcmp(a, "--changes-per-month") == 0) {
+            bad = kb_parse_int64(v, &in.changes) != KB_OK || in.changes < 0;
+        } else if (strcmp(a, "--memory-mb") == 0) {
+            bad = kb_parse_int64(v, &in.memory_mb) != KB_OK;
+        } else if (strcmp(a, "--duration-ms") == 0) {
+            bad = kb_parse_int64(v, &in.duration_ms) != KB_OK;
+        } else if (strcmp(a, "--price-secret") == 0) {
+            bad = parse_price(v, &in.price_secret);
+        } else if (strcmp(a, "--price-api") == 0) {
+            bad = parse_price(v, &in.price_api);
+        } else if (strcmp(a, "--price-lambda-requests") == 0) {
+            bad = parse_price(v, &in.price_lambda_req);
+        } else if (strcmp(a, "--price-lambda-gb-s") == 0) {
+            bad = parse_price(v, &in.price_lambda_gbs);
+        } else {
+            bad = 1;
+        }
+        if (bad) {
+            fprintf(stderr, "keybridge-sync cost: bad or incomplete argument '%s' (see --help)\n",
+                    a);
+            return KB_EXIT_USAGE;
+        }
+        i++;
+    }
+    if (nn == 0 || na == 0 || (json && md)) {
+        fprintf(stderr, "keybridge-sync cost: need --secrets and --accounts (see --help)\n");
+        return KB_EXIT_USAGE;
+    }
+    if (md)
+        printf("| secrets N | accounts A | runs/month/account | calls/run (syncer, naive) | "
+               "API calls/month (syncer, naive) | storage $ | API $ (syncer, naive) | "
+               "Lambda $ | total $ (syncer, naive) |\n"
+               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (size_t i = 0; i < nn; i++) {
+        for (size_t k = 0; k < na; k++) {
+            sync_cost_in x = in;
+            sync_cost_out o;
+            x.secrets = ns[i];
+            x.accounts = as[k];
+            if (in.changes < 0)
+                x.changes = ns[i];
+            if (sync_cost_compute(&x, &o) != KB_OK) {
+                fprintf(stderr,
+                        "keybridge-sync cost: out of range (1 <= N <= %d, 1 <= A <= %d, interval "
+                        "divides 60, C <= %d, 128 <= memory <= 10240, 1 <= duration <= 900000, "
+                        "prices >= 0)\n",
+                        SYNC_COST_SECRETS_MAX, SYNC_COST_ACCOUNTS_MAX, SYNC_COST_CHANGES_MAX);
+                return KB_EXIT_USAGE;
+            }
+            if (json)
+                cost_json(&x, &o);
+            else if (md)
+                printf("| %lld | %lld | %lld | %lld, %lld | %lld, %lld | %.2f | %.4f, %.4f | %.4f "
+                       "| %.2f, %.2f |\n",
+                       (long long)x.secrets, (long long)x.accounts, (long long)o.runs,
+                       (long long)o.calls_per_run, (long long)o.naive_per_run, (long long)o.calls,
+                       (long long)o.naive_calls, o.storage, o.api, o.naive_api, o.lambda, o.total,
+                       o.naive_total);
+            else
+                cost_text(&x, &o);
+        }
+    }
+    return KB_EXIT_OK;
+}
+
 static int cmd_config_reference(const kb_config *cfg, int argc, char **argv)
 {
     (void)cfg;
@@ -784,6 +973,7 @@ static const kb_subcmd cmds[] = {
     {"daemon", cmd_daemon, "run on the schedule with a local /status, /metrics, POST /sync"},
     {"schedule", cmd_schedule, "print APP's offset and EventBridge cron (--interval 15)"},
     {"iam-policy", cmd_iam_policy, "print least-privilege IAM policies for APP"},
+    {"cost", cmd_cost, "monthly AWS cost for N secrets in A accounts, beside one read per run"},
     {"config-reference", cmd_config_reference, "print every configuration key (Markdown)"},
     {NULL, NULL, NULL},
 };
