@@ -83,6 +83,10 @@ jobs=$(nproc 2>/dev/null || echo 1)
 
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
+WORKDIRS=()
+cleanup() { [ ${#WORKDIRS[@]} -eq 0 ] || rm -rf "${WORKDIRS[@]}"; }
+trap cleanup EXIT
+
 # check_elf FILE: only glibc in DT_NEEDED, no GLIBC_x.y above GLIBC_MAX. Prints the highest.
 check_elf() {
   local f="$1" bad needed max
@@ -107,8 +111,7 @@ build() {
   local work name libdirs=() f o objs_lib=() objs_sync=()
   name="keybridge-sync-lambda-$arch"
   work=$(mktemp -d "${TMPDIR:-/tmp}/kb-lambda-$arch.XXXXXX")
-  # shellcheck disable=SC2064
-  trap "rm -rf '$work'" RETURN
+  WORKDIRS+=("$work")
   local cflags=("${CFLAGS_COMMON[@]}" "${WARN[@]}" "-ffile-prefix-map=$SRC/=" "-ffile-prefix-map=$work/="
                 -I"$SRC/src" -I"$SRC/src/lib" -I"$SRC/src/sync" -I/usr/include/p11-kit-1)
   # Static archives: the architecture's multiarch directory, then /usr/local for archives Debian
