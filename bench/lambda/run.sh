@@ -14,7 +14,8 @@ export KB_BUILD_DIR="$(cd "$BUILD" && pwd)" KB_SOURCE_DIR="$(cd "$HERE/../.." &&
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$KB_SOURCE_DIR/scripts/package-lambda.sh" "$work/out"
-unzip -q "$work/out/keybridge-sync-lambda-x86_64.zip" -d "$work/task"
+python3 -m zipfile -e "$work/out/keybridge-sync-lambda-x86_64.zip" "$work/task"
+chmod 0755 "$work/task/bootstrap" # zipfile does not restore modes
 gcc -O2 -o "$work/ref_bootstrap" "$HERE/ref_bootstrap.c"
 zips=("$work"/out/*.zip)
 python3 "$HERE/bench.py" --bootstrap "$work/task/bootstrap" --ref "$work/ref_bootstrap" \
