@@ -313,6 +313,8 @@ static void test_dir_names_modes(void **state)
 
 typedef struct {
     int fail_list, fail_load, defer_fetch, writes, removes, loads;
+    kb_err write_err;              /* what k_write answers */
+    int64_t now, op_ms;            /* fake monotonic clock; each sink write/remove takes op_ms */
     sync_listing listing_template; /* names only */
 } fake_t;
 
@@ -390,6 +392,9 @@ static kb_err k_write(sync_sink *s, const sync_entry *cur, const sync_content *c
     (void)cur;
     (void)c;
     (void)sum;
+    F.now += F.op_ms;
+    if (F.write_err != KB_OK)
+        return F.write_err;
     F.writes++;
     return KB_OK;
 }
@@ -399,8 +404,15 @@ static kb_err k_remove(sync_sink *s, const sync_entry *cur, sync_summary *sum)
     (void)s;
     (void)cur;
     (void)sum;
+    F.now += F.op_ms;
     F.removes++;
     return KB_OK;
+}
+
+static int64_t fake_now(void *ctx)
+{
+    (void)ctx;
+    return F.now;
 }
 
 static const sync_sink_ops FSINK = {"fake", k_load,   NULL, NULL, k_write,
@@ -741,6 +753,69 @@ static void test_identity_svidstore(void **state)
     svid_fixture_free(&f);
 }
 
+/* The deadline stops the writes: what was planned and not done is left (and deferred), the run
+ * fails with KB_ERR_TIMEOUT and says how many were left; a throttled write is deferred, another
+ * failure is failed, and either way the summary's error names the first secret and why. */
+static void test_engine_deadline_and_errors(void **state)
+{
+    sync_source src = {&FSRC, NULL};
+    sync_sink sink;
+    sync_sink *sinks[1] = {&sink};
+    sync_clock clk = {25, fake_now, NULL, NULL, NULL};
+    sync_run_opts o = {0.10, 1, 0, &clk};
+    sync_summary sum;
+    (void)state;
+    memset(&sink, 0, sizeof(sink));
+    sink.ops = &FSINK;
+    snprintf(sink.label, sizeof(sink.label), "fake");
+    /* 1 update + 9 deletes at 10 ms each, deadline at 25 ms: 3 done (t = 0, 10, 20), 7 left */
+    memset(&F, 0, sizeof(F));
+    F.op_ms = 10;
+    sync_summary_init(&sum);
+    assert_kb(sync_run(&src, sinks, 1, &o, &sum), KB_ERR_TIMEOUT);
+    assert_int_equal(F.writes, 1);
+    assert_int_equal(F.removes, 2);
+    assert_int_equal(sum.left, 7);
+    assert_int_equal(sum.deferred, 7);
+    assert_int_equal(sum.failed, 0);
+    assert_non_null(strstr(sum.error, "deadline was reached: 7 planned changes left"));
+    assert_non_null(strstr(sum.error, "3 applied"));
+    /* past the deadline from the start: nothing written at all */
+    memset(&F, 0, sizeof(F));
+    F.now = 30;
+    sync_summary_init(&sum);
+    assert_kb(sync_run(&src, sinks, 1, &o, &sum), KB_ERR_TIMEOUT);
+    assert_int_equal(F.writes + F.removes, 0);
+    assert_int_equal(sum.left, 10);
+    /* no deadline: a throttled write is deferred, not failed; the error says which and why */
+    clk.deadline_ms = 0;
+    memset(&F, 0, sizeof(F));
+    F.write_err = KB_ERR_LIMIT;
+    sync_summary_init(&sum);
+    assert_kb(sync_run(&src, sinks, 1, &o, &sum), KB_ERR_CONFLICT);
+    assert_int_equal(sum.deferred, 1);
+    assert_int_equal(sum.failed, 0);
+    assert_int_equal(sum.deleted, 9);
+    assert_string_equal(sum.error,
+                        "0 failed, 1 deferred; first: a: fake: write deferred: the sink kept "
+                        "throttling");
+    assert_int_equal(sum.items, 1);
+    /* any other write error: failed */
+    memset(&F, 0, sizeof(F));
+    F.write_err = KB_ERR_INVALID;
+    sync_summary_init(&sum);
+    assert_kb(sync_run(&src, sinks, 1, &o, &sum), KB_ERR_CONFLICT);
+    assert_int_equal(sum.failed, 1);
+    assert_string_equal(sum.error, "1 failed, 0 deferred; first: a: fake: write failed (invalid)");
+    {
+        json_t *j = sync_summary_json(&sum);
+        assert_string_equal(json_string_value(json_object_get(j, "error")), sum.error);
+        assert_int_equal(json_integer_value(json_object_get(j, "left")), 0);
+        json_decref(j);
+    }
+    assert_int_equal(kb_secret_live_count(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -754,6 +829,7 @@ int main(void)
         cmocka_unit_test(test_parse_batch),
         cmocka_unit_test(test_dir_names_modes),
         cmocka_unit_test(test_engine_failsafe),
+        cmocka_unit_test(test_engine_deadline_and_errors),
         cmocka_unit_test(test_summary_json),
         cmocka_unit_test(test_identity_svidstore),
     };
