@@ -107,6 +107,7 @@ locals {
     length(var.regions) > 0 ? { KEYBRIDGE_SYNC_SINK_REGIONS = join(",", var.regions) } : {},
     var.sink_endpoint != null ? { KEYBRIDGE_SYNC_SINK_ENDPOINT = var.sink_endpoint } : {},
     var.max_delete_fraction != null ? { KEYBRIDGE_SYNC_SINK_MAX_DELETE_FRACTION = tostring(var.max_delete_fraction) } : {},
+    var.write_rate != null ? { KEYBRIDGE_SYNC_SINK_RATE = tostring(var.write_rate) } : {},
   )
   timeout        = coalesce(var.timeout, min(300, var.interval * 60 - 10))
   log_group_name = "/aws/lambda/${local.name}"

@@ -188,6 +188,7 @@ run "vpc_and_options" {
     max_delete_fraction    = 0.25
     delete_policy          = "retain"
     memory_size            = 256
+    write_rate             = 5
   }
   assert {
     condition     = aws_lambda_function.sync.vpc_config[0].subnet_ids == toset(var.vpc_subnet_ids) && aws_lambda_function.sync.vpc_config[0].security_group_ids == toset(var.vpc_security_group_ids)
@@ -208,6 +209,7 @@ run "vpc_and_options" {
   assert {
     condition = (aws_lambda_function.sync.environment[0].variables["KEYBRIDGE_SYNC_SINK_REGIONS"] == "eu-west-1,eu-central-1" &&
       aws_lambda_function.sync.environment[0].variables["KEYBRIDGE_SYNC_SINK_MAX_DELETE_FRACTION"] == "0.25" &&
+      aws_lambda_function.sync.environment[0].variables["KEYBRIDGE_SYNC_SINK_RATE"] == "5" &&
     aws_lambda_function.sync.environment[0].variables["KEYBRIDGE_SYNC_SINK_DELETE_POLICY"] == "retain")
     error_message = "regions / delete settings not in the environment"
   }
@@ -295,6 +297,14 @@ run "app_name_limit" {
     app = "a${join("", [for i in range(246) : "b"])}"
   }
   expect_failures = [var.app]
+}
+
+run "write_rate_bounded" {
+  command = plan
+  variables {
+    write_rate = 1001
+  }
+  expect_failures = [var.write_rate]
 }
 
 run "architecture_known" {
