@@ -70,15 +70,21 @@ int ca_cmd_register(const kb_config *cfg, int argc, char **argv)
         if (strcmp(a, "--help") == 0) {
             printf("usage: keybridge-ca register --spiffe-id ID --target TARGET [--ttl 1h]\n"
                    "       [--availability 30m] [--renewable] [--region R] [--endpoint URL]\n"
-                   "       [--credentials-file FILE] [--dns NAME]... [--ip ADDR]...\n\n"
+                   "       [--credentials-file FILE] [--dns NAME]... [--ip ADDR]...\n"
+                   "       [--adopt-spire-svid]\n\n"
                    "TARGET is dir:/ABSOLUTE/PATH or secretsmanager:ACCOUNT:NAME. The policy\n"
                    "file decides which IDs may go to which targets, and which DNS names and IP\n"
                    "addresses (--dns, --ip: SANs for server SVIDs) they may carry; anything else\n"
-                   "is refused.\n"
+                   "is refused. --adopt-spire-svid (Secrets Manager only; off by default) lets\n"
+                   "the CA take over a secret SPIRE's SVIDStore plugin wrote (tag\n"
+                   "spire-svid=true, no keybridge tags) when migrating from SPIRE.\n"
                    "The daemon (serve) writes the SVID and keeps it fresh.\n");
             return KB_EXIT_OK;
         } else if (strcmp(a, "--renewable") == 0) {
             r.renewable = 1;
+            continue;
+        } else if (strcmp(a, "--adopt-spire-svid") == 0) {
+            r.adopt_spire = 1;
             continue;
         }
         if (v == NULL) {
@@ -141,6 +147,11 @@ int ca_cmd_register(const kb_config *cfg, int argc, char **argv)
         avail = ttl / 4;
     if (avail >= ttl) {
         fprintf(stderr, "keybridge-ca register: --availability must be shorter than --ttl\n");
+        return KB_EXIT_USAGE;
+    }
+    if (r.adopt_spire && t.kind != CA_TARGET_SM) {
+        fprintf(stderr, "keybridge-ca register: --adopt-spire-svid is for secretsmanager: "
+                        "targets (SPIRE's SVIDStore secrets)\n");
         return KB_EXIT_USAGE;
     }
     if (r.renewable && t.kind != CA_TARGET_DIR) {
@@ -217,11 +228,11 @@ int ca_cmd_list(const kb_config *cfg, int argc, char **argv)
     }
     for (size_t i = 0; i < n; i++)
         printf("%lld\t%s\t%s\tttl=%lld\tavailability=%lld\trenewable=%s\tnot_after=%lld\t"
-               "next_renew=%lld\tfailures=%lld%s%s\n",
+               "next_renew=%lld\tfailures=%lld%s%s%s\n",
                (long long)r[i].rid, r[i].spiffe_id, r[i].target, (long long)r[i].ttl,
                (long long)r[i].avail, r[i].renewable ? "yes" : "no", (long long)r[i].not_after,
                (long long)r[i].next_renew, (long long)r[i].failures, r[i].sans[0] ? "\tsans=" : "",
-               r[i].sans);
+               r[i].sans, r[i].adopt_spire ? "\tadopt_spire=yes" : "");
     free(r);
     ca_ctx_close(x);
     return KB_EXIT_OK;

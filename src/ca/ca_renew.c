@@ -120,6 +120,15 @@ kb_err ca_renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t
                reg->target, "why", err, NULL);
         return rc;
     }
+    /* The target must be able to take the SVID before one is signed: a refused target (a
+     * foreign secret, another key or account) is retried with backoff, and each retry would
+     * otherwise sign and audit a certificate that is never delivered. */
+    rc = ca_target_prepare(&r->o.env, reg, &why);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_WARN, "svid_target_refused", "spiffe_id", reg->spiffe_id, "target",
+               reg->target, "err", kb_err_str(rc), "why", why ? why : "", NULL);
+        return rc;
+    }
     KB_GUARD(ca_issue_sans(r->o.ca, &id, &sans, reg->ttl, NULL, reg->target, reason, &sv));
     test_hold(reg->rid);
     rc = ca_store_write_begin(r->o.st, reg->rid);

@@ -11,7 +11,7 @@
 
 #include "lib/log.h"
 
-#define SCHEMA_VERSION 2 /* 2: reg.sans */
+#define SCHEMA_VERSION 3 /* 2: reg.sans; 3: reg.adopt_spire */
 #define BUSY_TIMEOUT_MS 30000
 
 /* One audit row waiting for a group commit; lives on its caller's stack until committed. */
@@ -61,7 +61,7 @@ static const char *SCHEMA =
     " creds_file TEXT NOT NULL DEFAULT '', not_after INTEGER NOT NULL DEFAULT 0,"
     " next_renew INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,"
     " bundle_seq INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL,"
-    " sans TEXT NOT NULL DEFAULT '',"
+    " sans TEXT NOT NULL DEFAULT '', adopt_spire INTEGER NOT NULL DEFAULT 0,"
     " UNIQUE (spiffe_id, target));"
     "CREATE TABLE IF NOT EXISTS audit ("
     " id INTEGER PRIMARY KEY AUTOINCREMENT, serial TEXT NOT NULL, spiffe_id TEXT NOT NULL,"
@@ -140,11 +140,14 @@ kb_err ca_store_open(const char *path, ca_store **out)
     KB_ENSURE_OUT(rc, v <= SCHEMA_VERSION, KB_ERR_SCHEMA);
     KB_GUARD_OUT(rc, exec(st, "BEGIN IMMEDIATE"));
     rc = exec(st, SCHEMA);
-    /* version 1 -> 2: registrations gain their DNS/IP SANs (none for existing rows) */
+    /* version 1 -> 2: registrations gain their DNS/IP SANs (none for existing rows);
+     * 2 -> 3: the SPIRE adoption flag (off for existing rows) */
     if (rc == KB_OK && v == 1)
         rc = exec(st, "ALTER TABLE reg ADD COLUMN sans TEXT NOT NULL DEFAULT ''");
+    if (rc == KB_OK && v >= 1 && v < 3)
+        rc = exec(st, "ALTER TABLE reg ADD COLUMN adopt_spire INTEGER NOT NULL DEFAULT 0");
     if (rc == KB_OK)
-        rc = exec(st, "PRAGMA user_version=2; COMMIT");
+        rc = exec(st, "PRAGMA user_version=3; COMMIT");
     if (rc != KB_OK)
         (void)exec(st, "ROLLBACK");
     KB_GUARD_OUT(rc, rc);
@@ -419,7 +422,7 @@ out:
 
 #define REG_COLS                                                                                   \
     "rid, spiffe_id, ttl, avail, target, renewable, endpoint, region, creds_file, not_after, "     \
-    "next_renew, failures, bundle_seq, created, sans"
+    "next_renew, failures, bundle_seq, created, sans, adopt_spire"
 
 static void reg_row(sqlite3_stmt *q, ca_reg *r)
 {
@@ -439,6 +442,7 @@ static void reg_row(sqlite3_stmt *q, ca_reg *r)
     r->bundle_seq = sqlite3_column_int64(q, 12);
     r->created = sqlite3_column_int64(q, 13);
     copy_col(q, 14, r->sans, sizeof(r->sans));
+    r->adopt_spire = sqlite3_column_int(q, 15);
 }
 
 kb_err ca_store_reg_add(ca_store *st, ca_reg *r)
@@ -451,7 +455,8 @@ kb_err ca_store_reg_add(ca_store *st, ca_reg *r)
     lock(st);
     KB_GUARD_OUT(rc, prep(st,
                           "INSERT INTO reg (spiffe_id, ttl, avail, target, renewable, endpoint, "
-                          "region, creds_file, created, sans) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                          "region, creds_file, created, sans, adopt_spire) "
+                          "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                           &q));
     sqlite3_bind_text(q, 1, r->spiffe_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 2, r->ttl);
@@ -463,6 +468,7 @@ kb_err ca_store_reg_add(ca_store *st, ca_reg *r)
     sqlite3_bind_text(q, 8, r->creds_file, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 9, (int64_t)time(NULL));
     sqlite3_bind_text(q, 10, r->sans, -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 11, r->adopt_spire ? 1 : 0);
     s = sqlite3_step(q);
     if (s == SQLITE_CONSTRAINT)
         rc = KB_ERR_EXISTS;

@@ -62,6 +62,7 @@ typedef struct {
     int64_t bundle_seq; /* bundle sequence of the last write */
     int64_t created;
     char sans[CA_REG_SANS_MAX]; /* DNS/IP SANs, ca_sans_format's form ("" = none) */
+    int adopt_spire;            /* sm: may take over a secret tagged spire-svid=true */
 } ca_reg;
 
 KB_WUR kb_err ca_store_open(const char *path, ca_store **out);

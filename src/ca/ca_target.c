@@ -31,6 +31,7 @@
 
 #define TAG_TD "keybridge:trust-domain"
 #define TAG_REG "keybridge:registration"
+#define TAG_SPIRE "spire-svid" /* SPIRE's aws_secretsmanager SVIDStore plugin: "true" */
 #define RESP_MAX ((size_t)1024 * 1024)
 #define CREDS_MAX 8192
 
@@ -580,22 +581,74 @@ static void token_from_serial(const char *serial, char out[37])
     snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
 }
 
-static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_target_spec *t,
-                       const ca_svid *sv, const char **why)
+/* 1 if tags have key at all. */
+static int tag_present(json_t *tags, const char *key)
 {
-    sm_conn c;
-    json_t *req = NULL, *resp = NULL, *tags = NULL;
-    char *doc = NULL, etype[96], tok[37];
+    size_t i;
+    json_t *t;
+
+    json_array_foreach(tags, i, t)
+    {
+        const char *k = json_string_value(json_object_get(t, "Key"));
+        if (k != NULL && strcmp(k, key) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Migration from SPIRE (registration option adopt_spire): a secret SPIRE's aws_secretsmanager
+ * SVIDStore plugin wrote (tag spire-svid = true) and that carries neither keybridge tag may be
+ * taken over: keybridge's two tags are added (TagResource), after the same key, account and
+ * resource-policy checks as any existing secret. A secret with either keybridge tag is never
+ * adopted: its tags must match. */
+static int sm_adoptable(const ca_reg *r, json_t *tags)
+{
+    return r->adopt_spire && tag_value_is(tags, TAG_SPIRE, "true") && !tag_present(tags, TAG_TD) &&
+           !tag_present(tags, TAG_REG);
+}
+
+static kb_err sm_adopt(sm_conn *c, const ca_target_env *env, const ca_reg *r,
+                       const ca_target_spec *t, const char **why)
+{
+    json_t *req, *resp = NULL;
+    char etype[96];
     long st = 0;
     kb_err rc;
 
-    KB_GUARD(sm_open(env, r, &c, why));
+    req = json_pack("{s:s,s:[{s:s,s:s},{s:s,s:s}]}", "SecretId", t->name, "Tags", "Key", TAG_TD,
+                    "Value", env->trust_domain, "Key", TAG_REG, "Value", r->spiffe_id);
+    KB_ENSURE(req != NULL, KB_ERR_NOMEM);
+    rc = sm_call(c, "TagResource", req, &st, &resp, etype, sizeof(etype));
+    json_decref(req);
+    json_decref(resp);
+    KB_GUARD(rc);
+    if (st != 200) {
+        *why = "TagResource failed (adopting a SPIRE SVIDStore secret)";
+        kb_log(KB_LOG_WARN, "sm_adopt_failed", "secret", t->name, "aws_error", etype, NULL);
+        return KB_ERR_UNAVAILABLE;
+    }
+    kb_log(KB_LOG_INFO, "sm_secret_adopted", "secret", t->name, "spiffe_id", r->spiffe_id, "from",
+           "spire-svid", NULL);
+    return KB_OK;
+}
+
+/* Make sure the target secret is ours before anything is signed for it or sent to it:
+ * DescribeSecret; absent: CreateSecret (empty, default key, tagged) and check the ARN's account;
+ * present: our tags (or adoptable from SPIRE), the default key, the account, no resource
+ * policy; RestoreSecret if pending deletion. */
+static kb_err sm_own(sm_conn *c, const ca_target_env *env, const ca_reg *r, const ca_target_spec *t,
+                     const char **why)
+{
+    json_t *req = NULL, *resp = NULL, *tags = NULL;
+    char etype[96];
+    int adopt = 0;
+    long st = 0;
+    kb_err rc;
+
     *why = "Secrets Manager call failed";
-    KB_GUARD_OUT(rc, ca_target_svidstore_json(r->spiffe_id, sv, &doc));
-    token_from_serial(sv->serial, tok);
     req = json_pack("{s:s}", "SecretId", t->name);
     KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
-    KB_GUARD_OUT(rc, sm_call(&c, "DescribeSecret", req, &st, &resp, etype, sizeof(etype)));
+    KB_GUARD_OUT(rc, sm_call(c, "DescribeSecret", req, &st, &resp, etype, sizeof(etype)));
     json_decref(req);
     req = NULL;
     if (st != 200 && strcmp(etype, "ResourceNotFoundException") == 0) {
@@ -608,9 +661,7 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
         req = json_pack("{s:s,s:o}", "Name", t->name, "Tags", tags);
         tags = NULL;
         KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
-        KB_GUARD_OUT(rc, sm_call(&c, "CreateSecret", req, &st, &resp, etype, sizeof(etype)));
-        json_decref(req);
-        req = NULL;
+        KB_GUARD_OUT(rc, sm_call(c, "CreateSecret", req, &st, &resp, etype, sizeof(etype)));
         if (st != 200) {
             *why = "CreateSecret failed";
             kb_log(KB_LOG_WARN, "sm_create_failed", "secret", t->name, "aws_error", etype, NULL);
@@ -622,7 +673,8 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
             rc = KB_ERR_DENIED;
             goto out;
         }
-        goto put;
+        rc = KB_OK;
+        goto out;
     }
     if (st != 200 || resp == NULL) {
         *why = "DescribeSecret failed";
@@ -633,9 +685,12 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
     /* Present: it must be ours, in the right account, on the default key, without a policy. */
     if (!tag_value_is(json_object_get(resp, "Tags"), TAG_TD, env->trust_domain) ||
         !tag_value_is(json_object_get(resp, "Tags"), TAG_REG, r->spiffe_id)) {
-        *why = "existing secret lacks keybridge's ownership tags for this trust domain and ID";
-        rc = KB_ERR_DENIED;
-        goto out;
+        adopt = sm_adoptable(r, json_object_get(resp, "Tags"));
+        if (!adopt) {
+            *why = "existing secret lacks keybridge's ownership tags for this trust domain and ID";
+            rc = KB_ERR_DENIED;
+            goto out;
+        }
     }
     {
         const char *kms = json_string_value(json_object_get(resp, "KmsKeyId"));
@@ -656,7 +711,7 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
         resp = NULL;
         req = json_pack("{s:s}", "SecretId", t->name);
         KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
-        KB_GUARD_OUT(rc, sm_call(&c, "GetResourcePolicy", req, &st, &resp, etype, sizeof(etype)));
+        KB_GUARD_OUT(rc, sm_call(c, "GetResourcePolicy", req, &st, &resp, etype, sizeof(etype)));
         if (st != 200) {
             *why = "GetResourcePolicy failed";
             rc = KB_ERR_UNAVAILABLE;
@@ -670,19 +725,37 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
         if (deleted) {
             json_decref(resp);
             resp = NULL;
-            KB_GUARD_OUT(rc, sm_call(&c, "RestoreSecret", req, &st, &resp, etype, sizeof(etype)));
+            KB_GUARD_OUT(rc, sm_call(c, "RestoreSecret", req, &st, &resp, etype, sizeof(etype)));
             if (st != 200) {
                 *why = "RestoreSecret failed";
                 rc = KB_ERR_UNAVAILABLE;
                 goto out;
             }
         }
-        json_decref(req);
-        req = NULL;
     }
-put:
+    rc = adopt ? sm_adopt(c, env, r, t, why) : KB_OK;
+out:
+    json_decref(tags);
+    json_decref(req);
     json_decref(resp);
-    resp = NULL;
+    return rc;
+}
+
+static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_target_spec *t,
+                       const ca_svid *sv, const char **why)
+{
+    sm_conn c;
+    json_t *req = NULL, *resp = NULL;
+    char *doc = NULL, etype[96], tok[37];
+    long st = 0;
+    kb_err rc;
+
+    KB_GUARD(sm_open(env, r, &c, why));
+    *why = "Secrets Manager call failed";
+    KB_GUARD_OUT(rc, ca_target_svidstore_json(r->spiffe_id, sv, &doc));
+    token_from_serial(sv->serial, tok);
+    /* checked again right before the key is sent: ownership may change after ca_target_prepare */
+    KB_GUARD_OUT(rc, sm_own(&c, env, r, t, why));
     req = json_pack("{s:s,s:s,s:o}", "SecretId", t->name, "ClientRequestToken", tok, "SecretBinary",
                     b64_json(doc));
     KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
@@ -697,11 +770,24 @@ put:
 out:
     if (rc == KB_OK)
         *why = NULL;
-    json_decref(tags);
     json_decref(req);
     json_decref(resp);
     kb_json_free_str(doc);
     sm_close(&c);
+    return rc;
+}
+
+static kb_err sm_prepare(const ca_target_env *env, const ca_reg *r, const ca_target_spec *t,
+                         const char **why)
+{
+    sm_conn c;
+    kb_err rc;
+
+    KB_GUARD(sm_open(env, r, &c, why));
+    rc = sm_own(&c, env, r, t, why);
+    sm_close(&c);
+    if (rc == KB_OK)
+        *why = NULL;
     return rc;
 }
 
@@ -763,6 +849,16 @@ kb_err ca_target_write(const ca_target_env *env, const ca_reg *r, const ca_svid 
     if (t.kind == CA_TARGET_DIR)
         return dir_write(&t, sv, why);
     return sm_write(env, r, &t, sv, why);
+}
+
+kb_err ca_target_prepare(const ca_target_env *env, const ca_reg *r, const char **why)
+{
+    ca_target_spec t;
+
+    KB_GUARD(ca_target_parse(r->target, &t, why));
+    if (t.kind == CA_TARGET_DIR)
+        return KB_OK; /* dir_write refuses a symlinked or foreign directory before writing */
+    return sm_prepare(env, r, &t, why);
 }
 
 kb_err ca_target_remove(const ca_target_env *env, const ca_reg *r, const char **why)

@@ -8,7 +8,9 @@
  * CreateSecret under the default encryption key, tagged keybridge:trust-domain and
  * keybridge:registration; present: refused unless it carries both tags with our values, has no
  * KmsKeyId other than the default (aws/secretsmanager), has no resource policy (GetResourcePolicy)
- * and its ARN names ACCOUNT; RestoreSecret if pending deletion; then PutSecretValue. Remove:
+ * and its ARN names ACCOUNT; RestoreSecret if pending deletion; then PutSecretValue. A
+ * registration with adopt_spire also takes over a secret tagged spire-svid=true by SPIRE's
+ * SVIDStore plugin that has neither keybridge tag (TagResource adds them). Remove:
  * DeleteSecret with a 7-day recovery window, only for a secret we own.
  */
 #ifndef KB_CA_TARGET_H
@@ -46,6 +48,13 @@ typedef struct {
     const char *external_id;  /* sts:ExternalId, or NULL */
     const char *sts_endpoint; /* STS endpoint override, or NULL */
 } ca_target_env;
+
+/* Before signing for a registration: make sure its target can take the SVID - for Secrets
+ * Manager, the secret exists or is created, and is ours (ownership tags, or adoptable from SPIRE
+ * with adopt_spire), on the default key, in the account, without a resource policy, restored if
+ * pending deletion. A refused target then costs no certificate and no audit row, however often
+ * it is retried. ca_target_write checks again before the key is sent. dir: nothing to check. */
+KB_WUR kb_err ca_target_prepare(const ca_target_env *env, const ca_reg *r, const char **why);
 
 /* Write an issued SVID to the registration's target. */
 KB_WUR kb_err ca_target_write(const ca_target_env *env, const ca_reg *r, const ca_svid *sv,

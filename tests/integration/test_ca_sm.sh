@@ -20,20 +20,10 @@ fail() { echo "FAIL: $*" >&2; for f in "$W"/*.log; do echo "== $f" >&2; tail -5 
 [ -x "$CACHE" ] || { echo "keybridge-cache not built; skipping"; exit 0; }
 if [ "${KB_LONG_TESTS:-0}" = 1 ]; then N=200; SOAK=300; else N=20; SOAK=40; fi
 
-"$CACHE" init-key --out "$W/cache.key" >/dev/null
-printf 'AKIDCATEST0000000001 ca-secret-key-1 111122223333\n' >"$W/cache.creds"
-chmod 600 "$W/cache.creds"
-printf '[server]\nlisten = 127.0.0.1:0\nthreads = 2\n[store]\npath = %s/cache.db\nkey_file = %s/cache.key\n[auth]\ncredentials_file = %s/cache.creds\n' "$W" "$W" "$W" >"$W/cache.ini"
-"$CACHE" --config "$W/cache.ini" serve 2>"$W/cache.log" &
-CPID=$!
-PORT=""
-for _ in $(seq 1 100); do
-  PORT=$(grep -o '"port":"[0-9]*"' "$W/cache.log" | grep -o '[0-9]*' | head -1 || true)
-  [ -n "$PORT" ] && break; sleep 0.1
-done
-[ -n "$PORT" ] || fail "cache did not start"
-printf 'AKIDCATEST0000000001 ca-secret-key-1\n' >"$W/ca.creds"
-chmod 600 "$W/ca.creds"
+. "${KB_SOURCE_DIR:?}/tests/lib/cache.sh"
+kb_cache_start "$W" 111122223333 || fail "cache did not start"
+CPID=$KB_CACHE_PID
+PORT=$KB_CACHE_PORT
 mkdir -m 700 "$W/keys"
 cat >"$W/policy.json" <<JSON
 {"rules": [{"path_prefix": "/lambda/acct/{account}/", "target": "secretsmanager",

@@ -885,8 +885,9 @@ static void test_sans(void **state)
     }
 }
 
-/* A version-1 database (before reg.sans) opens, gains the column, keeps its rows; a
- * registration's SANs round-trip; a database newer than this binary is refused. */
+/* A version-1 database (before reg.sans and reg.adopt_spire) opens, gains the columns, keeps
+ * its rows; a registration's SANs and adoption flag round-trip; a database newer than this
+ * binary is refused. */
 static void test_store_migration(void **state)
 {
     char dir[] = "/tmp/kbca-mig-XXXXXX", path[256];
@@ -920,6 +921,7 @@ static void test_store_migration(void **state)
     assert_ok(ca_store_reg_list(st, &regs, &n));
     assert_int_equal(n, 1);
     assert_string_equal(regs[0].sans, "");
+    assert_int_equal(regs[0].adopt_spire, 0);
     free(regs);
     memset(&r, 0, sizeof(r));
     snprintf(r.spiffe_id, sizeof(r.spiffe_id), "spiffe://example.org/ns/b");
@@ -927,15 +929,19 @@ static void test_store_migration(void **state)
     snprintf(r.sans, sizeof(r.sans), "dns:localhost,ip:127.0.0.1");
     r.ttl = 600;
     r.renewable = 1;
+    r.adopt_spire = 1;
     assert_ok(ca_store_reg_add(st, &r));
+    memset(&r.sans, 0, sizeof(r.sans));
+    r.adopt_spire = 0;
     assert_ok(ca_store_reg_get(st, r.rid, &r));
+    assert_int_equal(r.adopt_spire, 1);
     assert_string_equal(r.sans, "dns:localhost,ip:127.0.0.1");
     assert_ok(ca_store_reg_renewable(st, "spiffe://example.org/ns/b", &ttl, sans, sizeof(sans)));
     assert_int_equal(ttl, 600);
     assert_string_equal(sans, "dns:localhost,ip:127.0.0.1");
     ca_store_close(st);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version=3", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version=4", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     assert_kb(ca_store_open(path, &st), KB_ERR_SCHEMA);
     unlink(path);
