@@ -23,7 +23,8 @@ cat >"$W/policy.json" <<JSON
   {"path_prefix": "/ns/", "target": "dir", "dir_root": "$W/svids", "renewable": true},
   {"path_prefix": "/lambda/acct/{account}/", "target": "secretsmanager", "account": "{account}",
    "max_ttl": 86400}
-]}
+],
+ "server_names": [{"path_prefix": "/ns/short", "dns": ["short.svc.example.org"], "ip": ["127.0.0.1"]}]}
 JSON
 cat >"$W/ca.ini" <<CONF
 [ca]
@@ -182,7 +183,9 @@ code="$(rq POST "$PORT" /v1/svid/renew "${A[@]}" "$W/r.json" "$W/new.csr")"
 [ "$code" = 429 ] || fail "early renewal got $code"
 # an SVID past a third of its life: issue one with notBefore far enough back is not possible, so
 # use a short-TTL registration: ttl 1m, wait 21 s
-ca register --spiffe-id spiffe://example.org/ns/short --target "dir:$W/svids/short" --ttl 1m --availability 10s --renewable >/dev/null 2>&1
+# (with DNS/IP SANs: an API renewal keeps the registration's names; the CSR brings only its key)
+ca register --spiffe-id spiffe://example.org/ns/short --target "dir:$W/svids/short" --ttl 1m --availability 10s --renewable \
+  --dns short.svc.example.org --ip 127.0.0.1 >/dev/null 2>&1
 for _ in $(seq 1 300); do [ -e "$W/svids/short/svid.pem" ] && break; sleep 0.1; done
 [ -e "$W/svids/short/svid.pem" ] || fail "serve did not write the new registration"
 cp "$W/svids/short/svid.pem" "$W/short.pem"; cp "$W/svids/short/svid.key" "$W/short.key"
@@ -200,6 +203,9 @@ k = serialization.load_pem_private_key(open(sys.argv[2], "rb").read(), None)
 assert leaf.public_key().public_numbers() == k.public_key().public_numbers()
 uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
 assert uris == ["spiffe://example.org/ns/short"], uris
+san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+assert san.get_values_for_type(x509.DNSName) == ["short.svc.example.org"], list(san)
+assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"], list(san)
 PY
 # a CSR for another ID
 openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/o.key" -subj "/CN=x" \
