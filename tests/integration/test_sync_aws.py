@@ -266,9 +266,13 @@ def main():
         gaps = [b - a for a, b in zip(ts, ts[1:])]
         check(measured <= rate * 1.05, f"{measured:.2f} CreateSecret/s with rate {rate}")
         check(measured >= rate * 0.7, f"pacing too slow: {measured:.2f}/s for rate {rate}")
-        check(min(gaps) >= 1 / rate * 0.8, f"two writes {min(gaps) * 1000:.0f} ms apart")
+        # arrival times carry the relay's scheduling jitter (a late call shortens the next gap):
+        # check every window of `rate` consecutive gaps (one second's worth) instead of one gap
+        windows = [ts[i + rate] - ts[i] for i in range(len(ts) - rate)]
+        check(min(windows) >= 1.0 - 0.15, f"{rate + 1} writes within {min(windows):.3f} s")
         print(f"ok: pacing: {n_new} CreateSecret at {measured:.2f}/s with rate {rate} "
-              f"(smallest gap {min(gaps) * 1000:.0f} ms)")
+              f"(smallest gap {min(gaps) * 1000:.0f} ms, shortest {rate + 1} writes "
+              f"{min(windows):.3f} s)")
         # unpaced, for comparison (what the outside run saw)
         for i in range(n_new):
             fake.put(f"u{i:02d}", f"unpaced {i}".encode())
