@@ -333,22 +333,40 @@ static kb_err run(cx *b, const char *sql)
     return rc;
 }
 
+static kb_err state_advance_locked(cx *b, int64_t *counter);
+static void state_commit_external(store *st, int64_t counter);
+
 static kb_err tx_begin(cx *b, bool write)
 {
+    if (b->writer) {
+        memset(b->delta, 0, sizeof(b->delta));
+        b->dirty = false;
+    }
     /* IMMEDIATE takes the write lock up front, so a read-then-write transaction never fails
      * half-way with SQLITE_BUSY on lock upgrade. */
     return run(b, write ? "BEGIN IMMEDIATE" : "BEGIN");
 }
 
+/* Commit (rc == KB_OK) or roll back. On the writer, a transaction that changed access-deciding
+ * rows (b->dirty, set by the kb_state triggers) also moves the state row before COMMIT, and the
+ * external commitment after it (docs/internals/rollback.md): every write transaction, whatever
+ * its code path, keeps the digest right. */
 static kb_err tx_end(cx *b, kb_err rc)
 {
-    if (rc == KB_OK) {
+    int64_t counter = 0;
+    bool dirty = b->writer && b->dirty;
+    if (rc == KB_OK && dirty)
+        rc = state_advance_locked(b, &counter);
+    if (rc == KB_OK)
         rc = run(b, "COMMIT");
-        if (rc == KB_OK)
-            return KB_OK;
-    }
-    if (!sqlite3_get_autocommit(b->db))
+    if (rc != KB_OK && !sqlite3_get_autocommit(b->db))
         (void)sqlite3_exec(b->db, "ROLLBACK", NULL, NULL, NULL);
+    if (b->writer) {
+        memset(b->delta, 0, sizeof(b->delta));
+        b->dirty = false;
+    }
+    if (rc == KB_OK && dirty)
+        state_commit_external(b->st, counter);
     return rc;
 }
 
@@ -638,6 +656,13 @@ static void state_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     const void *mac = sqlite3_value_blob(argv[1]);
     int n = sqlite3_value_bytes(argv[1]);
     (void)argc;
+    /* An autocommit statement would commit the row without the state row: refuse it, so a
+     * write path that forgets its transaction fails at once instead of tripping the next check. */
+    if (sqlite3_get_autocommit(b->db)) {
+        sqlite3_result_error(ctx, "access-deciding rows change only inside a store transaction",
+                             -1);
+        return;
+    }
     if (t == NULL ||
         rowmac_state_elem(b->mac, (const char *)t, mac, n > 0 ? (size_t)n : 0, e) != KB_OK) {
         sqlite3_result_error(ctx, "kb_state failed", -1);
@@ -777,29 +802,6 @@ static void state_commit_external(store *st, int64_t counter)
         kb_log(KB_LOG_ERROR, "store_state_advance_failed", "msg",
                "could not advance the token's state counter; retried at the next write or check",
                "error", kb_err_str(rc), NULL);
-}
-
-/* End a write transaction (writer held): with access-deciding rows changed, move the state row
- * in the same transaction, and after COMMIT the external commitment. */
-static kb_err wtx_end(cx *b, kb_err rc)
-{
-    int64_t counter = 0;
-    bool dirty = b->dirty;
-    if (rc == KB_OK && dirty)
-        rc = state_advance_locked(b, &counter);
-    rc = tx_end(b, rc);
-    memset(b->delta, 0, sizeof(b->delta));
-    b->dirty = false;
-    if (rc == KB_OK && dirty)
-        state_commit_external(b->st, counter);
-    return rc;
-}
-
-static kb_err wtx_begin(cx *b)
-{
-    memset(b->delta, 0, sizeof(b->delta));
-    b->dirty = false;
-    return tx_begin(b, true);
 }
 
 /* The read-path check, before a read's snapshot (floor is loaded first, so a commit this
@@ -1288,7 +1290,7 @@ static kb_err sq_secret_create(store *st, const store_secret_new *sn, const stor
     kb_err rc;
 
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1317,7 +1319,7 @@ static kb_err sq_secret_create(store *st, const store_secret_new *sn, const stor
     *id_out = sec.id;
 out:
     done(s);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1366,7 +1368,7 @@ static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_n
     kb_err rc;
 
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1380,7 +1382,7 @@ static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_n
     *version_out = sec.latest_version + 1;
 out:
     store_secret_clear(&sec);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1394,7 +1396,7 @@ static kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_
     kb_err rc;
 
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1424,7 +1426,7 @@ out:
         sec.description = old_desc;
     }
     store_secret_clear(&sec);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1437,7 +1439,7 @@ static kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, 
     kb_err rc;
 
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1448,7 +1450,7 @@ static kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, 
     KB_GUARD_OUT(rc, secret_write_flags(b, &sec, actor, now));
 out:
     store_secret_clear(&sec);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1461,7 +1463,7 @@ static kb_err sq_secret_purge(store *st, int64_t secret_id)
     kb_err rc;
 
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1476,7 +1478,7 @@ static kb_err sq_secret_purge(store *st, int64_t secret_id)
 out:
     done(s);
     store_secret_clear(&sec);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1838,7 +1840,7 @@ static kb_err sq_group_delete(store *st, int64_t group_id)
     sqlite3_stmt *s = NULL;
     kb_err rc;
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1852,7 +1854,7 @@ static kb_err sq_group_delete(store *st, int64_t group_id)
     rc = step_done(b, s, "group_delete");
 out:
     done(s);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -1891,7 +1893,7 @@ static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud
     store_client c = {0};
     kb_err rc;
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -1914,7 +1916,7 @@ static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud
     *id_out = c.id;
 out:
     done(s);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -2001,7 +2003,7 @@ static kb_err sq_client_update(store *st, int64_t client_id, const store_client_
     bool stored_cloud;
     kb_err rc;
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -2033,7 +2035,7 @@ out:
     if (keep_desc)
         c.description = keep_desc;
     store_client_clear(&c);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -2045,7 +2047,7 @@ static kb_err delete_by_id(store *st, const char *sql, int64_t id)
     kb_err rc;
     b = WR(st);
     /* A transaction, so the rows it removes (and their cascades) move the state row with it. */
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -2056,7 +2058,7 @@ static kb_err delete_by_id(store *st, const char *sql, int64_t id)
     KB_ENSURE_OUT(rc, sqlite3_changes(b->db) > 0, KB_ERR_NOT_FOUND);
 out:
     done(s);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -2195,7 +2197,7 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     uint8_t mac[ROWMAC_LEN];
     kb_err rc;
     b = WR(st);
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -2233,7 +2235,7 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     rc = step_done(b, s, "link_insert");
 out:
     done(s);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
@@ -2588,7 +2590,7 @@ static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_
     b = WR(st);
     /* The write lock is taken before the head is read, so two appenders (threads or
      * processes) can never extend the same head. */
-    rc = wtx_begin(b);
+    rc = tx_begin(b, true);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
@@ -2614,7 +2616,7 @@ static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_
         *seq_out = seq;
 out:
     done(s);
-    rc = wtx_end(b, rc);
+    rc = tx_end(b, rc);
     PUT(st, b);
     return rc;
 }
