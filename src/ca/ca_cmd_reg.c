@@ -367,8 +367,42 @@ static kb_err bundle_listener(const char *listen, const char *cert, const char *
 }
 
 /* The CA's own server SVID, kept fresh in [server] svid_dir like a dir: registration. */
-static kb_err own_svid(ca_authority *ca, const char *dir, const char *id_s, int64_t ttl,
-                       int64_t *renew_at)
+/* [server] svid_dns / svid_ip: comma-separated names for the CA's own server SVID, so clients
+ * that check a host name (curl, https_web-style federation clients) accept its listeners. */
+static int own_sans(const kb_config *cfg, ca_sans *sans)
+{
+    static const char *const key[2] = {"svid_dns", "svid_ip"};
+    char item[CA_DNS_NAME_MAX + 2];
+    const char *why = NULL;
+
+    memset(sans, 0, sizeof(*sans));
+    for (int k = 0; k < 2; k++) {
+        const char *p = kb_config_str(cfg, "server", key[k]);
+        while (p != NULL && *p != '\0') {
+            size_t n = strcspn(p, ","), b = 0, e = n;
+            while (b < e && p[b] == ' ')
+                b++;
+            while (e > b && p[e - 1] == ' ')
+                e--;
+            if (e - b >= sizeof(item)) {
+                fprintf(stderr, "keybridge-ca serve: [server] %s: an entry is too long\n", key[k]);
+                return KB_EXIT_CONFIG;
+            }
+            memcpy(item, p + b, e - b);
+            item[e - b] = '\0';
+            if ((k == 0 ? ca_sans_add_dns(sans, item, &why) : ca_sans_add_ip(sans, item, &why)) !=
+                KB_OK) {
+                fprintf(stderr, "keybridge-ca serve: [server] %s: '%s': %s\n", key[k], item, why);
+                return KB_EXIT_CONFIG;
+            }
+            p += n + (p[n] == ',');
+        }
+    }
+    return KB_EXIT_OK;
+}
+
+static kb_err own_svid(ca_authority *ca, const char *dir, const char *id_s, const ca_sans *sans,
+                       int64_t ttl, int64_t *renew_at)
 {
     ca_reg r;
     ca_svid sv;
@@ -382,7 +416,7 @@ static kb_err own_svid(ca_authority *ca, const char *dir, const char *id_s, int6
     KB_GUARD(spiffe_id_parse_str(id_s, &id, &why));
     KB_ENSURE(snprintf(r.target, sizeof(r.target), "dir:%s", dir) < (int)sizeof(r.target),
               KB_ERR_TOO_LARGE);
-    KB_GUARD(ca_issue(ca, &id, ttl, NULL, r.target, "server-svid", &sv));
+    KB_GUARD(ca_issue_sans(ca, &id, sans, ttl, NULL, r.target, "server-svid", &sv));
     rc = ca_target_write(&env, &r, &sv, &why);
     *renew_at = (int64_t)time(NULL) + (sv.not_after - (int64_t)time(NULL)) / 2;
     ca_svid_clear(&sv);
@@ -407,6 +441,10 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     ca_ctx *x = NULL;
     const char *bundle_listen = kb_config_str(cfg, "server", "bundle_listen");
     kb_httpd *bh = NULL;
+    const char *why = NULL;
+    char err[512];
+    ca_sans osans;
+    spiffe_id oid;
     pthread_t th, bth;
     int code, started = 0, bstarted = 0;
     struct sigaction sa;
@@ -441,7 +479,21 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
         snprintf(idbuf, sizeof(idbuf), "spiffe://%s/keybridge-ca", ca_trust_domain(ca_ctx_ca(x)));
         own_id = idbuf;
     }
-    if ((rc = own_svid(ca_ctx_ca(x), svid_dir, own_id, svid_ttl, &own_renew)) != KB_OK) {
+    if ((code = own_sans(cfg, &osans)) != KB_EXIT_OK)
+        goto out;
+    if (spiffe_id_parse_str(own_id, &oid, &why) != KB_OK) {
+        fprintf(stderr, "keybridge-ca serve: [server] spiffe_id: %s\n", why);
+        code = KB_EXIT_CONFIG;
+        goto out;
+    }
+    if (ca_policy_check_sans(pol, &oid, &osans, err, sizeof(err)) != KB_OK) {
+        fprintf(stderr, "keybridge-ca serve: the server SVID's names are refused by policy: %s\n",
+                err);
+        code = KB_EXIT_DENIED;
+        goto out;
+    }
+    code = KB_EXIT_FAIL;
+    if ((rc = own_svid(ca_ctx_ca(x), svid_dir, own_id, &osans, svid_ttl, &own_renew)) != KB_OK) {
         fprintf(stderr, "keybridge-ca serve: cannot write the server SVID into %s: %s\n", svid_dir,
                 kb_err_str(rc));
         code = kb_exit_code(rc);
@@ -518,7 +570,7 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
             own_renew = 0;
         }
         if ((int64_t)now >= own_renew &&
-            own_svid(ro.ca, svid_dir, own_id, svid_ttl, &own_renew) != KB_OK) {
+            own_svid(ro.ca, svid_dir, own_id, &osans, svid_ttl, &own_renew) != KB_OK) {
             kb_log(KB_LOG_ERROR, "server_svid_renewal_failed", NULL);
             own_renew = (int64_t)now + 5;
         }

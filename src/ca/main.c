@@ -48,6 +48,11 @@ static const kb_config_key keys[] = {
      "lifetime of the CA's own server SVID (renewed at half of it; 30s..30d)"},
     {"server", "spiffe_id", KB_CFG_STRING, NULL,
      "the CA's own ID (default spiffe://TD/keybridge-ca)"},
+    {"server", "svid_dns", KB_CFG_STRING, NULL,
+     "comma-separated DNS SANs of the CA's own server SVID (allowed by the policy's "
+     "server_names), for clients that check a host name"},
+    {"server", "svid_ip", KB_CFG_STRING, NULL,
+     "comma-separated IP SANs of the CA's own server SVID (allowed by server_names)"},
     {"renew", "tick", KB_CFG_DURATION, "1s", "how often the daemon looks for due renewals"},
     {"renew", "api_min_interval", KB_CFG_DURATION, "10s",
      "per-ID minimum interval between API renewals (0 = off, benchmarks only)"},

@@ -18,7 +18,8 @@ freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0
 
 mkdir -m 700 "$W/keys" "$W/svids"
 PORT="$(freeport)"; BPORT="$(freeport)"
-echo '{"rules": [{"path_prefix": "/ns/", "target": "dir", "dir_root": "'"$W/svids"'"}]}' >"$W/policy.json"
+echo '{"rules": [{"path_prefix": "/ns/", "target": "dir", "dir_root": "'"$W/svids"'"}],
+       "server_names": [{"path_prefix": "/keybridge-ca", "dns": ["localhost"], "ip": ["127.0.0.1"]}]}' >"$W/policy.json"
 cat >"$W/ca.ini" <<CONF
 [ca]
 db = $W/ca.db
@@ -30,6 +31,8 @@ file = $W/policy.json
 listen = 127.0.0.1:$PORT
 bundle_listen = 127.0.0.1:$BPORT
 svid_dir = $W/server
+svid_dns = localhost
+svid_ip = 127.0.0.1
 CONF
 "$B" -c "$W/ca.ini" init --trust-domain example.org >/dev/null 2>&1 || fail init
 "$B" -c "$W/ca.ini" issue --spiffe-id spiffe://example.org/ns/client --out "$W/client" >/dev/null 2>&1 || fail issue
@@ -54,6 +57,13 @@ assert isinstance(d["spiffe_sequence"], int) and d["spiffe_sequence"] >= 1, d
 assert d["spiffe_refresh_hint"] == 300, d
 assert d["keys"] and all(k["use"] == "x509-svid" and k["x5c"] for k in d["keys"]), d
 PY
+
+# ... and with [server] svid_dns/svid_ip, a client that checks the host name (no -k) too
+for h in localhost 127.0.0.1; do
+  code="$(curl -sS --cacert "$W/server/bundle.pem" -o /dev/null -w '%{http_code}' "https://$h:$BPORT/v1/bundle")" \
+    || fail "curl --cacert to $h"
+  [ "$code" = 200 ] || fail "curl --cacert to $h: $code"
+done
 
 # 2. an https_spiffe consumer (5.2.2.4): server certificate is an X509-SVID for the endpoint's
 # SPIFFE ID, chaining to the bundle; no client certificate configured
@@ -104,4 +114,13 @@ sed "s/^bundle_listen = .*/bundle_listen = 127.0.0.1:99999/; s/^listen = .*/list
   "$W/ca.ini" >"$W/clash.ini"
 if err="$(timeout 10 "$B" -c "$W/clash.ini" serve 2>&1 >/dev/null)"; then fail "serve started with bundle_listen port 99999"; fi
 echo "$err" | grep -q "bundle_listen 127.0.0.1:99999" || fail "bad bundle_listen message: $err"
+# server SVID names: bad syntax is a config error; a name the policy does not allow is refused
+sed "s/^svid_dns = .*/svid_dns = localhost, Bad_Name/; s/^bundle_listen = .*//; s/^listen = .*/listen = 127.0.0.1:$(freeport)/" \
+  "$W/ca.ini" >"$W/badname.ini"
+if err="$(timeout 10 "$B" -c "$W/badname.ini" serve 2>&1 >/dev/null)"; then fail "serve accepted svid_dns Bad_Name"; fi
+echo "$err" | grep -q "svid_dns: 'Bad_Name'" || fail "svid_dns message: $err"
+sed "s/^svid_dns = .*/svid_dns = evil.org/; s/^bundle_listen = .*//; s/^listen = .*/listen = 127.0.0.1:$(freeport)/" \
+  "$W/ca.ini" >"$W/polname.ini"
+if err="$(timeout 10 "$B" -c "$W/polname.ini" serve 2>&1 >/dev/null)"; then fail "serve accepted svid_dns evil.org"; fi
+echo "$err" | grep -q "DNS name evil.org refused" || fail "svid_dns policy message: $err"
 echo ok
