@@ -81,7 +81,8 @@ def start_refused(srv, what, needles):
         p.kill()
         p.wait()
     log = open(srv.log.name).read()
-    check(not listened and p.returncode not in (0, None),
+    # Exit status 1: keybridged's own refusal (not a crash or a sanitizer report).
+    check(not listened and p.returncode == 1,
           f"{what}: keybridged refused to start (exit {p.returncode}, listened {listened})")
     for n in needles:
         check(n in log, f"{what}: log has {n!r}")
@@ -252,6 +253,7 @@ def main():
         check("store_refusing_service" in log and "store_state_mismatch" in log,
               "refusal logged with its reason")
         srv.stop()
+        check(srv.proc.returncode == 0, f"clean exit after refusing service ({srv.proc.returncode})")
         c = sqlite3.connect(db)
         n = c.execute("SELECT count(*) FROM audit_log WHERE action = 'store_integrity'").fetchone()
         c.close()
