@@ -90,13 +90,17 @@ struct loop {
     struct event *stop_ev;
     struct event *poll_ev; /* loop 0 only */
     /* libevent "common timeouts": O(1) add/remove for the per-connection deadlines */
-    const struct timeval *to_req, *to_linger;
+    const struct timeval *to_req, *to_linger, *to_hs;
     pthread_t th;
     int started;
     conn *conns; /* doubly linked, for cleanup */
     time_t date_at;
     char date[40];
     time_t cap_logged;
+    /* TLS connections still in the handshake, oldest first (the pre-handshake cap) */
+    conn *hs_head, *hs_tail;
+    int nhs, hs_cap;
+    time_t hs_logged;
 };
 
 enum conn_state { ST_HEAD, ST_BODY, ST_CHUNK_SIZE, ST_CHUNK_DATA, ST_TRAILER, ST_WRITE, ST_LINGER };
@@ -122,10 +126,13 @@ struct conn {
     struct bufferevent *bev;
     SSL *ssl;
     struct event *deadline;
+    conn *hs_prev, *hs_next; /* loop's handshake list while in_hs */
+    int in_hs;
     enum conn_state st;
     char peer[KB_HTTPD_PEER_MAX];
     char *hbuf; /* request head copy, parsed in place */
     size_t hcap, hlen;
+    size_t hscan; /* bytes of a pending head already checked for bare CR/LF */
     size_t trailer_bytes;
     uint64_t need; /* body bytes (or chunk bytes) still to read */
     int close_after;
@@ -321,9 +328,28 @@ static const char *loop_date(loop *lp)
 
 static void obuf_release(conn *c);
 
+static void hs_unlink(conn *c)
+{
+    loop *lp = c->lp;
+    if (!c->in_hs)
+        return;
+    if (c->hs_prev)
+        c->hs_prev->hs_next = c->hs_next;
+    else
+        lp->hs_head = c->hs_next;
+    if (c->hs_next)
+        c->hs_next->hs_prev = c->hs_prev;
+    else
+        lp->hs_tail = c->hs_prev;
+    c->hs_prev = c->hs_next = NULL;
+    c->in_hs = 0;
+    lp->nhs--;
+}
+
 static void conn_free(conn *c)
 {
     loop *lp = c->lp;
+    hs_unlink(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -703,9 +729,37 @@ static void conn_start_request(conn *c)
     r->is_head = 0;
     r->replied = 0;
     c->hlen = 0;
+    c->hscan = 0;
     c->need = 0;
     c->trailer_bytes = 0;
     c->st = ST_HEAD;
+}
+
+/* 1 if in[from..to) holds a bare LF or a CR followed by anything but LF. Such a head can never
+ * end in CRLF CRLF, so waiting for more would only hold the connection until the deadline. A CR
+ * at the very end is undecided (its LF may be in the next segment). */
+static int head_bad_eol(struct evbuffer *in, size_t from, size_t to)
+{
+    char prev = 0, chunk[512];
+    struct evbuffer_ptr p;
+    if (from > 0) {
+        if (evbuffer_ptr_set(in, &p, from - 1, EVBUFFER_PTR_SET) != 0 ||
+            evbuffer_copyout_from(in, &p, &prev, 1) != 1)
+            return 0;
+    }
+    while (from < to) {
+        size_t n = to - from < sizeof(chunk) ? to - from : sizeof(chunk);
+        if (evbuffer_ptr_set(in, &p, from, EVBUFFER_PTR_SET) != 0 ||
+            evbuffer_copyout_from(in, &p, chunk, n) != (ev_ssize_t)n)
+            return 0;
+        for (size_t i = 0; i < n; i++) {
+            if ((chunk[i] == '\n' && prev != '\r') || (prev == '\r' && chunk[i] != '\n'))
+                return 1;
+            prev = chunk[i];
+        }
+        from += n;
+    }
+    return 0;
 }
 
 /* Returns 1 if more input is needed, 0 if the connection moved on (dispatched/error). */
@@ -715,10 +769,12 @@ static int read_head(conn *c, struct evbuffer *in)
     /* RFC 9112 section 2.2: ignore empty lines before the request line. */
     for (;;) {
         unsigned char two[2];
-        if (evbuffer_copyout(in, two, 2) == 2 && two[0] == '\r' && two[1] == '\n')
+        if (evbuffer_copyout(in, two, 2) == 2 && two[0] == '\r' && two[1] == '\n') {
             evbuffer_drain(in, 2);
-        else
+            c->hscan = 0;
+        } else {
             break;
+        }
     }
     struct evbuffer_ptr f = evbuffer_search(in, "\r\n\r\n", 4, NULL);
     size_t have = evbuffer_get_length(in);
@@ -727,6 +783,13 @@ static int read_head(conn *c, struct evbuffer *in)
             conn_error(c, 431, "headers_too_large", "request head over the limit");
             return 0;
         }
+        /* Bare LF (or CR) line endings: answer now instead of at the deadline. Only the new
+         * bytes are scanned, so a dribbling client costs O(head) in total. */
+        if (head_bad_eol(in, c->hscan, have)) {
+            conn_error(c, 400, "bad_request", "malformed request: lines must end with CRLF");
+            return 0;
+        }
+        c->hscan = have;
         return 1;
     }
     size_t hl = (size_t)f.pos + 4;
@@ -952,8 +1015,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     conn *c = arg;
     (void)bev;
-    if (what & BEV_EVENT_CONNECTED)
+    if (what & BEV_EVENT_CONNECTED) {
+        /* TLS handshake done: leave the pre-handshake cap; the request deadline starts now. */
+        if (c->in_hs) {
+            hs_unlink(c);
+            conn_arm(c, c->lp->to_req);
+        }
         return;
+    }
     if ((what & BEV_EVENT_ERROR) && c->ssl != NULL && !SSL_is_init_finished(c->ssl))
         kb_log(KB_LOG_DEBUG, "tls_handshake_failed", "peer", c->peer, NULL);
     ERR_clear_error();
@@ -1031,6 +1100,7 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
             goto fail;
         }
         bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+        c->in_hs = 1;
     } else {
         c->bev = bufferevent_socket_new(lp->base, fd, BEV_OPT_CLOSE_ON_FREE);
         if (c->bev == NULL)
@@ -1046,6 +1116,27 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     if (lp->conns)
         lp->conns->prev = c;
     lp->conns = c;
+    if (c->in_hs) {
+        /* Pre-handshake cap: past it, the OLDEST pending handshake is closed, not the new one.
+         * Idle TCP connections then cannot keep a real client out: they are displaced in
+         * arrival order and a real handshake takes milliseconds, not handshake_timeout. */
+        if (lp->nhs >= lp->hs_cap && lp->hs_head != NULL) {
+            time_t now = time(NULL);
+            if (now != lp->hs_logged) { /* at most one line per second per loop */
+                lp->hs_logged = now;
+                kb_log(KB_LOG_WARN, "handshake_cap", "action", "oldest pending handshake closed",
+                       "peer", lp->hs_head->peer, NULL);
+            }
+            conn_free(lp->hs_head);
+        }
+        c->hs_prev = lp->hs_tail;
+        if (lp->hs_tail)
+            lp->hs_tail->hs_next = c;
+        else
+            lp->hs_head = c;
+        lp->hs_tail = c;
+        lp->nhs++;
+    }
     conn_start_request(c);
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     /* A whole request (head + body) fits under the high-watermark; past it libevent stops
@@ -1053,8 +1144,9 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     bufferevent_setwatermark(c->bev, EV_READ, 0,
                              h->o.max_header_bytes + h->o.max_body_bytes + 64 * 1024);
     bufferevent_enable(c->bev, EV_READ);
-    /* The deadline covers the handshake and the whole first request (slow-loris). */
-    conn_arm(c, lp->to_req);
+    /* TLS: the handshake has its own short deadline; the whole-request deadline (slow-loris)
+     * starts when it completes (on_event). Plain: the request deadline starts now. */
+    conn_arm(c, c->in_hs ? lp->to_hs : lp->to_req);
     return;
 fail:
     if (c) {
@@ -1224,6 +1316,7 @@ kb_err kb_httpd_new(const kb_httpd_opts *o, kb_httpd **out)
     KB_ENSURE(o->listen != NULL && o->handler != NULL, KB_ERR_CONFIG);
     KB_ENSURE(o->threads >= 0 && o->threads <= KB_HTTPD_MAX_THREADS, KB_ERR_CONFIG);
     KB_ENSURE(o->timeout_secs >= 0 && o->max_connections >= 0, KB_ERR_CONFIG);
+    KB_ENSURE(o->handshake_timeout_secs >= 0 && o->max_handshakes >= 0, KB_ERR_CONFIG);
     KB_ENSURE((o->cert_file == NULL) == (o->key_file == NULL), KB_ERR_CONFIG);
     KB_ENSURE(o->cert_file != NULL || (o->client_ca_file == NULL && o->verify_peer == NULL),
               KB_ERR_CONFIG);
@@ -1269,6 +1362,12 @@ kb_err kb_httpd_new(const kb_httpd_opts *o, kb_httpd **out)
         h->o.timeout_secs = KB_HTTPD_TIMEOUT_DEFAULT;
     if (h->o.max_connections == 0)
         h->o.max_connections = KB_HTTPD_MAX_CONN_DEFAULT;
+    if (h->o.handshake_timeout_secs == 0)
+        h->o.handshake_timeout_secs = KB_HTTPD_HANDSHAKE_TIMEOUT_DEFAULT;
+    if (h->o.max_handshakes == 0)
+        h->o.max_handshakes = KB_HTTPD_MAX_HANDSHAKES_DEFAULT;
+    if (h->o.max_handshakes > h->o.max_connections)
+        h->o.max_handshakes = h->o.max_connections;
     if (h->o.threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         h->o.threads = n < 1 ? 1 : (n > KB_HTTPD_MAX_THREADS ? KB_HTTPD_MAX_THREADS : (int)n);
@@ -1328,7 +1427,12 @@ kb_err kb_httpd_new(const kb_httpd_opts *o, kb_httpd **out)
         struct timeval tv_linger = {.tv_sec = KB_HTTPD_LINGER_SECS, .tv_usec = 0};
         lp->to_req = event_base_init_common_timeout(lp->base, &tv_req);
         lp->to_linger = event_base_init_common_timeout(lp->base, &tv_linger);
-        KB_ENSURE_OUT(rc, lp->to_req != NULL && lp->to_linger != NULL, KB_ERR_NOMEM);
+        struct timeval tv_hs = {.tv_sec = h->o.handshake_timeout_secs, .tv_usec = 0};
+        lp->to_hs = event_base_init_common_timeout(lp->base, &tv_hs);
+        KB_ENSURE_OUT(rc, lp->to_req != NULL && lp->to_linger != NULL && lp->to_hs != NULL,
+                      KB_ERR_NOMEM);
+        /* the pre-handshake cap is split evenly across loops (rounded up) */
+        lp->hs_cap = (h->o.max_handshakes + h->nloops - 1) / h->nloops;
         lp->stop_ev = event_new(lp->base, h->stop_pipe[0], EV_READ | EV_PERSIST, on_stop, lp);
         KB_ENSURE_OUT(rc, lp->stop_ev != NULL && event_add(lp->stop_ev, NULL) == 0, KB_ERR_NOMEM);
         if (i == 0 && h->is_tls) {

@@ -49,6 +49,8 @@ typedef kb_tls_peer_verify kb_http_peer_verify;
 #define KB_HTTPD_MAX_BODY_DEFAULT ((size_t)1024 * 1024)
 #define KB_HTTPD_TIMEOUT_DEFAULT 10
 #define KB_HTTPD_MAX_CONN_DEFAULT 4096
+#define KB_HTTPD_HANDSHAKE_TIMEOUT_DEFAULT 5
+#define KB_HTTPD_MAX_HANDSHAKES_DEFAULT 1024
 #define KB_HTTPD_MAX_HEADERS_COUNT 100 /* header fields per request */
 #define KB_HTTPD_MAX_THREADS 256
 #define KB_HTTPD_PEER_ID_MAX 2048 /* SPIFFE IDs are at most 2048 bytes */
@@ -66,6 +68,12 @@ typedef struct {
     size_t max_body_bytes;        /* default 1 MiB; over: 413 */
     int timeout_secs;    /* deadline to receive a whole request, write a reply, or idle; def. 10 */
     int max_connections; /* total cap (across loops), default 4096; over it: closed at accept */
+    /* TLS only. A connection must finish its handshake within handshake_timeout_secs (default
+     * 5; the request deadline starts after it). At most max_handshakes (default 1024, at most
+     * max_connections; split evenly across loops) may be mid-handshake: past it the OLDEST
+     * pending handshake is closed to make room, so idle TCP cannot starve real clients. */
+    int handshake_timeout_secs;
+    int max_handshakes;
     kb_http_handler handler;
     void *handler_arg;
     /* Optional: called from the connection's loop when a connection whose data slot

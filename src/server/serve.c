@@ -441,6 +441,8 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
     o.max_body_bytes = (size_t)kb_config_int(cfg, "server", "max_body_bytes");
     o.timeout_secs = (int)kb_config_duration(cfg, "server", "timeout");
     o.max_connections = (int)kb_config_int(cfg, "server", "max_connections");
+    o.handshake_timeout_secs = (int)kb_config_duration(cfg, "server", "handshake_timeout");
+    o.max_handshakes = (int)kb_config_int(cfg, "server", "max_handshakes");
     o.handler = handle;
     o.handler_arg = &sv;
     o.conn_closed = conn_closed;

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -718,6 +719,69 @@ static void test_malformed(void **state)
     srv_stop(&s);
 }
 
+static double now_secs(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Bare LF (or bare CR) line endings never form CRLF CRLF: the server must answer 400 at once,
+ * not hold the connection until the request deadline (issue 10 item 7). */
+static void test_bare_lf_fast(void **state)
+{
+    (void)state;
+    srv s = {0};
+    kb_httpd_opts o = {.timeout_secs = 30, .threads = 1};
+    srv_start(&s, &o);
+    static const char *cases[] = {
+        "GET / HTTP/1.1\nHost: a\n\n",         /* all bare LF */
+        "GET / HTTP/1.1\r\nHost: a\n\n",       /* bare LF after a good line */
+        "GET / HTTP/1.1\r\nHost: a\r\n\n",     /* bare LF as the empty line */
+        "GET / HTTP/1.1\rHost: a\r\r",         /* bare CR */
+        "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", /* bare LF as a leading empty line */
+    };
+    char out[4096];
+    for (size_t i = 0; i < KB_ARRAY_LEN(cases); i++) {
+        double t0 = now_secs();
+        raw_exchange(s.port, cases[i], out, sizeof(out));
+        double dt = now_secs() - t0;
+        if (strncmp(out, "HTTP/1.1 400 ", 13) != 0 || dt > 3.0)
+            fail_msg("case %zu: got '%.40s' after %.1f s, want an immediate 400", i, out, dt);
+        assert_non_null(strstr(out, "\"error\":\"bad_request\""));
+    }
+    /* the same, dribbled one byte at a time: the 400 comes as soon as the bare LF arrives */
+    int fd = raw_connect(s.port);
+    const char dribble[] = "GET / HTTP/1.1\nHost: a";
+    double t0 = now_secs();
+    size_t sent = 0;
+    for (; sent < sizeof(dribble) - 1; sent++) {
+        if (send(fd, dribble + sent, 1, MSG_NOSIGNAL) != 1)
+            break;
+        usleep(20 * 1000);
+    }
+    ssize_t k = recv(fd, out, sizeof(out) - 1, 0);
+    assert_true(k > 0);
+    out[k] = '\0';
+    assert_true(strncmp(out, "HTTP/1.1 400 ", 13) == 0);
+    assert_true(now_secs() - t0 < 3.0);
+    close(fd);
+    /* a CRLF split across segments (CR last in one, LF first in the next) is fine */
+    fd = raw_connect(s.port);
+    const char *parts[] = {"GET / HTTP/1.1\r", "\nHost: a\r", "\nConnection: close\r\n\r", "\n"};
+    for (size_t i = 0; i < KB_ARRAY_LEN(parts); i++) {
+        assert_int_equal(send(fd, parts[i], strlen(parts[i]), MSG_NOSIGNAL),
+                         (ssize_t)strlen(parts[i]));
+        usleep(50 * 1000);
+    }
+    k = recv(fd, out, sizeof(out) - 1, 0);
+    assert_true(k > 0);
+    out[k] = '\0';
+    assert_true(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
+    close(fd);
+    srv_stop(&s);
+}
+
 static void test_timeout_slowloris(void **state)
 {
     (void)state;
@@ -1002,6 +1066,74 @@ static void test_mtls(void **state)
     o.verify_peer = NULL;
     o.listen = "127.0.0.1:0";
     assert_kb(kb_httpd_new(&o, &h2), KB_ERR_CONFIG);
+}
+
+static int tls_client(int port, SSL_CTX *cctx, SSL_SESSION **sess_io, int *reused, char *out,
+                      size_t cap);
+static SSL_CTX *client_ctx(const pki *p, int min_v, int max_v, int with_cert);
+
+/* Plain TCP connections that never start TLS: the handshake has its own short deadline and a
+ * pre-handshake cap below the connection cap, so they cannot starve real clients (issue 10
+ * item 9). */
+static void test_handshake_cap(void **state)
+{
+    tls_fixture *f = *state;
+    srv s = {0};
+    kb_httpd_opts o = {.cert_file = f->p.cert,
+                       .key_file = f->p.key,
+                       .client_ca_file = f->p.ca,
+                       .verify_peer = verify_ok,
+                       .threads = 1,
+                       .timeout_secs = 30,
+                       .max_connections = 8,
+                       .max_handshakes = 4,
+                       .handshake_timeout_secs = 2};
+    srv_start(&s, &o);
+    enum { NIDLE = 10 };
+    int idle[NIDLE];
+    for (int i = 0; i < NIDLE; i++)
+        idle[i] = raw_connect(s.port);
+    /* every idle connection was accepted, but at most max_handshakes are held */
+    usleep(300 * 1000);
+    assert_true(kb_httpd_connections(s.h) <= 4);
+    /* a real mTLS client is still served */
+    char out[4096];
+    SSL_CTX *cc = client_ctx(&f->p, TLS1_2_VERSION, TLS1_3_VERSION, 1);
+    double t0 = now_secs();
+    assert_true(tls_client(s.port, cc, NULL, NULL, out, sizeof(out)));
+    assert_non_null(strstr(out, CLIENT_ID));
+    assert_true(now_secs() - t0 < 2.0);
+    SSL_CTX_free(cc);
+    /* the idle ones are all closed by the handshake deadline (2 s), not the request one (30 s) */
+    t0 = now_secs();
+    for (int i = 0; i < NIDLE; i++) {
+        assert_true(raw_wait_closed(idle[i]));
+        close(idle[i]);
+    }
+    double dt = now_secs() - t0;
+    if (dt > 5.0)
+        fail_msg("idle connections closed after %.1f s, want <= handshake_timeout", dt);
+    for (int i = 0; i < 200 && kb_httpd_connections(s.h) > 0; i++)
+        usleep(10 * 1000);
+    assert_int_equal(kb_httpd_connections(s.h), 0);
+    /* after a handshake, the request deadline applies (longer than the handshake one) */
+    cc = client_ctx(&f->p, TLS1_2_VERSION, TLS1_3_VERSION, 1);
+    int fd = raw_connect(s.port);
+    SSL *ssl = SSL_new(cc);
+    SSL_set_fd(ssl, fd);
+    assert_int_equal(SSL_connect(ssl), 1);
+    sleep(3); /* past handshake_timeout */
+    const char req[] = "GET /who HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, req, sizeof(req) - 1), (int)sizeof(req) - 1);
+    int k = SSL_read(ssl, out, (int)sizeof(out) - 1);
+    assert_true(k > 0);
+    out[k] = '\0';
+    assert_true(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(cc);
+    ERR_clear_error();
+    srv_stop(&s);
 }
 
 /* Raw OpenSSL client: connect, handshake, send one request, return the response text. */
@@ -1299,10 +1431,12 @@ int main(void)
         cmocka_unit_test(test_header_limit),
         cmocka_unit_test(test_keepalive),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_bare_lf_fast),
         cmocka_unit_test(test_timeout_slowloris),
         cmocka_unit_test(test_connection_cap),
         cmocka_unit_test_setup_teardown(test_tls_server_only, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_mtls, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_handshake_cap, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_versions_and_resumption, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_reload, tls_setup, tls_teardown),
     };
