@@ -283,6 +283,13 @@ static int cmd_audit_verify(cli *c, const char *anchor_path)
                        (long long)json_integer_value(json_object_get(r.body, "first_bad_seq")));
             ec = KB_EXIT_FAIL;
         }
+        const char *src = json_string_value(json_object_get(r.body, "anchor_source"));
+        if (!c->json_output && src != NULL && strcmp(src, "anchor_file") == 0)
+            printf("checked against the server's [audit] anchor_file\n");
+        else if (!c->json_output && src != NULL && strcmp(src, "none") == 0)
+            printf("warning: no anchor outside the database was checked: [audit] anchor_file is "
+                   "not set and no --anchor was given, so a truncated log whose stored anchors "
+                   "were removed with it cannot be detected\n");
     }
     api_response_clear(&r);
     return ec;

@@ -11,6 +11,8 @@
 #include "lib/buf.h"
 #include "lib/config.h"
 #include "lib/json.h"
+#include "lib/log.h"
+#include "lib/spiffe_id.h"
 #include "model.h"
 
 static bool is(const char *a, const char *b)
@@ -92,6 +94,56 @@ static bool audited(svc *s, api_ctx *c, const char *action, const char *object, 
         return false;
     api_error_kb(r, rc, rc == KB_ERR_NOT_FOUND ? not_found_msg : "request refused");
     return true;
+}
+
+/* A client's SPIFFE ID as the mTLS handshake would accept it (x509svid_verify): the canonical
+ * form of spiffe_id.h, not a trust domain's root ID, and in the server's [server] trust_domain.
+ * An ID the handshake refuses could never authenticate, so storing it only misleads. KB_OK or
+ * KB_ERR_INVALID/KB_ERR_TOO_LARGE with *why a static reason (never quoting the input). */
+static kb_err client_id_check(svc *s, const char *id, const char **why)
+{
+    spiffe_id sid;
+    const char *td = svc_trust_domain(s);
+    kb_err rc;
+    *why = "missing SPIFFE ID";
+    KB_ENSURE(id != NULL, KB_ERR_INVALID);
+    rc = model_spiffe_id_check(id);
+    if (rc == KB_OK)
+        rc = spiffe_id_parse_str(id, &sid, why);
+    else
+        *why = rc == KB_ERR_TOO_LARGE ? "SPIFFE ID too long" : "not a SPIFFE ID";
+    if (rc != KB_OK)
+        return rc;
+    if (spiffe_id_is_root(&sid)) {
+        *why = "a trust domain's root ID is not a workload identity";
+        return KB_ERR_INVALID;
+    }
+    if (td != NULL && !spiffe_id_member_of(&sid, td)) {
+        *why = "SPIFFE ID is not in the server's trust domain";
+        return KB_ERR_INVALID;
+    }
+    return KB_OK;
+}
+
+static void bad_client_id(api_response *r, kb_err rc, const char *why)
+{
+    char msg[160];
+    snprintf(msg, sizeof(msg), "invalid SPIFFE ID: %s", why);
+    api_error(r, api_status_for(rc) == 413 ? 413 : 400, kb_err_str(rc), msg);
+}
+
+/* Count of clients that are enabled admins. */
+static kb_err enabled_admins(store *st, size_t *out)
+{
+    store_client *cls = NULL;
+    size_t n = 0;
+    *out = 0;
+    KB_GUARD(store_client_list(st, &cls, &n));
+    for (size_t i = 0; i < n; i++)
+        if (cls[i].enabled && cls[i].admin)
+            (*out)++;
+    store_clients_free(cls, n);
+    return KB_OK;
 }
 
 /* ---- rendering ---------------------------------------------------------------------------- */
@@ -744,9 +796,16 @@ static void clients_list(svc *s, api_ctx *c, api_response *r)
 
     memset(&one, 0, sizeof(one));
     if (api_query_only(c, q) != KB_OK || api_query_int(c, "stale", 0, &stale) != KB_OK ||
-        (sid && api_query(c, "stale")) || (sid && model_spiffe_id_check(sid) != KB_OK)) {
+        (sid && api_query(c, "stale"))) {
         api_error(r, 400, "invalid", "bad query parameter");
         return;
+    }
+    if (sid) {
+        const char *why;
+        if ((rc = client_id_check(s, sid, &why)) != KB_OK) {
+            bad_client_id(r, rc, why);
+            return;
+        }
     }
     if (sid) {
         rc = store_client_get(svc_store(s), sid, &one);
@@ -796,9 +855,15 @@ static void client_create(svc *s, api_ctx *c, api_response *r)
         api_error(r, 400, kb_err_str(rc), APP_NAME_MSG);
         goto out;
     }
-    if ((rc = model_spiffe_id_check(cn.spiffe_id)) != KB_OK ||
-        (rc = model_description_check(cn.description)) != KB_OK) {
-        bad_body(r, rc, "invalid SPIFFE ID or description");
+    {
+        const char *why;
+        if ((rc = client_id_check(s, cn.spiffe_id, &why)) != KB_OK) {
+            bad_client_id(r, rc, why);
+            goto out;
+        }
+    }
+    if ((rc = model_description_check(cn.description)) != KB_OK) {
+        bad_body(r, rc, "invalid description");
         goto out;
     }
     cn.admin = admin == 1;
@@ -808,6 +873,28 @@ static void client_create(svc *s, api_ctx *c, api_response *r)
         api_ok(r, 201, json_pack("{s:I,s:s}", "id", (json_int_t)id, "spiffe_id", cn.spiffe_id));
 out:
     json_decref(body);
+}
+
+/* The change would turn the enabled admin `who` into a non-admin (demote, disable, delete). If
+ * it is the last enabled admin, refuse with 409: nobody could administer the server afterwards
+ * and bootstrap refuses a store that has clients (recovery: `keybridged recover-admin`). The
+ * refusal is audited and answered here (KB_ERR_CONFLICT, *answered = true); other errors are left
+ * to the caller. */
+static kb_err last_admin_check(svc *s, api_ctx *c, const char *who, const char *action,
+                               api_response *r, bool *answered)
+{
+    size_t n = 0;
+    kb_err rc = enabled_admins(svc_store(s), &n);
+    if (rc != KB_OK)
+        return rc;
+    if (n > 1)
+        return KB_OK;
+    svc_audit_event(s, &c->actor, action, who ? who : "", 0, KB_ERR_CONFLICT);
+    api_error(r, 409, "last_admin",
+              "refused: this is the last enabled admin; make another client an enabled admin "
+              "first");
+    *answered = true;
+    return KB_ERR_CONFLICT;
 }
 
 static void client_one(svc *s, api_ctx *c, api_response *r)
@@ -820,6 +907,7 @@ static void client_one(svc *s, api_ctx *c, api_response *r)
     size_t n = 0;
     int64_t id = 0;
     json_t *body = NULL;
+    bool answered = false;
     kb_err rc;
 
     memset(&cl, 0, sizeof(cl));
@@ -861,16 +949,24 @@ static void client_one(svc *s, api_ctx *c, api_response *r)
             bad_body(r, rc, "invalid description");
             goto out;
         }
+        pthread_mutex_lock(svc_admin_mu(s));
+        if (rc == KB_OK && cl.enabled && cl.admin && (p.enabled == 0 || p.admin == 0))
+            rc = last_admin_check(s, c, cl.spiffe_id, "client.update", r, &answered);
         if (rc == KB_OK)
             rc = store_client_update(st, id, &p);
-        if (!audited(s, c, "client.update", cl.spiffe_id ? cl.spiffe_id : c->seg[3], rc, r,
-                     "client not found"))
+        pthread_mutex_unlock(svc_admin_mu(s));
+        if (!answered && !audited(s, c, "client.update", cl.spiffe_id ? cl.spiffe_id : c->seg[3],
+                                  rc, r, "client not found"))
             api_ok(r, 200, json_pack("{s:I,s:s}", "id", (json_int_t)id, "result", "ok"));
     } else if (is(m, "DELETE")) {
+        pthread_mutex_lock(svc_admin_mu(s));
+        if (rc == KB_OK && cl.enabled && cl.admin)
+            rc = last_admin_check(s, c, cl.spiffe_id, "client.delete", r, &answered);
         if (rc == KB_OK)
             rc = store_client_delete(st, id);
-        if (!audited(s, c, "client.delete", cl.spiffe_id ? cl.spiffe_id : c->seg[3], rc, r,
-                     "client not found"))
+        pthread_mutex_unlock(svc_admin_mu(s));
+        if (!answered && !audited(s, c, "client.delete", cl.spiffe_id ? cl.spiffe_id : c->seg[3],
+                                  rc, r, "client not found"))
             api_ok(r, 200, json_pack("{s:I,s:s}", "id", (json_int_t)id, "result", "ok"));
     } else {
         api_error(r, 405, "method_not_allowed", "method not allowed on this route");
@@ -956,6 +1052,7 @@ static void audit_route(svc *s, api_ctx *c, api_response *r)
          * a truncated tail detectable even when the stored anchors were removed with it. */
         static const char *const fields[] = {"anchor", NULL};
         json_t *body = NULL, *anchor;
+        const audit_anchor *use = NULL;
         audit_anchor an;
         audit_report rep;
         kb_err rc;
@@ -963,9 +1060,13 @@ static void audit_route(svc *s, api_ctx *c, api_response *r)
             api_error(r, 405, "method_not_allowed", "method not allowed on this route");
             return;
         }
+        const char *source = "none", *afile = svc_anchor_file(s);
+        bool afile_missing = false;
         if (api_body(c, fields, 1, &body, r) != KB_OK)
             return;
         anchor = json_object_get(body, "anchor");
+        if (anchor != NULL)
+            source = "request";
         if (anchor != NULL) {
             char *text = json_is_object(anchor) ? json_dumps(anchor, JSON_COMPACT) : NULL;
             rc = text ? audit_anchor_parse(text, strlen(text), &an) : KB_ERR_INVALID;
@@ -976,19 +1077,45 @@ static void audit_route(svc *s, api_ctx *c, api_response *r)
                           "anchor must be an exported audit anchor {seq, mac, sig, time}");
                 return;
             }
+            use = &an;
+        }
+        /* Without one in the request, the configured [audit] anchor_file is the reference: an
+         * emptied or truncated log (stored anchors removed with it) must not pass just because
+         * nobody passed --anchor. A configured file that cannot be read is itself a finding. */
+        if (anchor == NULL && afile != NULL) {
+            source = "anchor_file";
+            if (audit_anchor_read(afile, &an) == KB_OK)
+                use = &an;
+            else
+                afile_missing = true;
         }
         memset(&rep, 0, sizeof(rep));
-        rc = audit_verify_anchor(svc_audit(s), anchor ? &an : NULL, &rep);
+        rc = audit_verify_anchor(svc_audit(s), use, &rep);
         json_decref(body);
+        /* Bootstrap writes row 1 and anchors it: a log with no rows has lost them. */
+        if (rc == KB_OK && rep.ok && rep.rows == 0) {
+            rep.ok = false;
+            rep.first_bad_seq = 1;
+            rep.reason = "empty log (rows missing; bootstrap always writes row 1)";
+        }
+        if (rc == KB_OK && rep.ok && afile_missing) {
+            rep.ok = false;
+            rep.first_bad_seq = rep.rows + 1;
+            rep.reason = "the configured [audit] anchor_file is missing or unreadable";
+        }
+        if (rc == KB_OK && !rep.ok)
+            kb_log(KB_LOG_ERROR, "audit_verify_failed", "reason", rep.reason, "anchor_source",
+                   source, NULL);
         svc_audit_event(s, &c->actor, "audit.verify", "", 0, rc);
         if (rc != KB_OK) {
             api_error_kb(r, rc, "");
             return;
         }
         api_ok(r, 200,
-               json_pack("{s:b,s:I,s:I,s:I,s:s}", "ok", rep.ok, "rows", (json_int_t)rep.rows,
+               json_pack("{s:b,s:I,s:I,s:I,s:s,s:s}", "ok", rep.ok, "rows", (json_int_t)rep.rows,
                          "first_bad_seq", (json_int_t)rep.first_bad_seq, "anchor_seq",
-                         (json_int_t)rep.anchor_seq, "reason", rep.reason ? rep.reason : ""));
+                         (json_int_t)rep.anchor_seq, "reason", rep.reason ? rep.reason : "",
+                         "anchor_source", source));
         return;
     }
     if (c->nseg == 4 && is(c->seg[3], "anchor")) {

@@ -372,6 +372,13 @@ static void fail(audit_report *r, int64_t seq, const char *why)
     r->reason = why;
 }
 
+kb_err audit_anchor_read(const char *path, audit_anchor *out)
+{
+    KB_ENSURE_REF(path);
+    KB_ENSURE_REF(out);
+    return read_anchor_file(path, out);
+}
+
 kb_err audit_verify(audit_log *a, const char *anchor_path, audit_report *report)
 {
     audit_anchor an;

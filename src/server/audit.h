@@ -113,6 +113,9 @@ KB_WUR kb_err audit_export_anchor(audit_log *a, const char *path);
 KB_WUR kb_err audit_verify(audit_log *a, const char *anchor_path, audit_report *report);
 /* The same with an anchor already in memory (NULL: only the stored anchors). */
 KB_WUR kb_err audit_verify_anchor(audit_log *a, const audit_anchor *extra, audit_report *report);
+/* Read and parse an exported anchor file (KB_ERR_IO/KB_ERR_NOT_FOUND if unreadable, KB_ERR_INVALID
+ * if it is not an anchor). */
+KB_WUR kb_err audit_anchor_read(const char *path, audit_anchor *out);
 /* Parse an exported anchor (the JSON audit_export_anchor writes), strictly. */
 KB_WUR kb_err audit_anchor_parse(const void *buf, size_t len, audit_anchor *out);
 /* The latest stored anchor as that JSON text (malloc'd); KB_ERR_NOT_FOUND if there is none. */

@@ -1,4 +1,5 @@
 /* main.c - keybridged, the central secrets server. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -38,8 +39,53 @@ static int cmd_bootstrap(const kb_config *cfg, int argc, char **argv)
     return KB_EXIT_OK;
 }
 
+static int cmd_recover_admin(const kb_config *cfg, int argc, char **argv)
+{
+    const char *admin = NULL;
+    bool force = false;
+    kb_err rc;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--admin-id") == 0 && i + 1 < argc) {
+            admin = argv[++i];
+        } else if (strcmp(argv[i], "--force") == 0) {
+            force = true;
+        } else if (strcmp(argv[i], "--help") == 0) {
+            printf(
+                "usage: keybridged [--config FILE] recover-admin --admin-id SPIFFE_ID [--force]\n"
+                "\n"
+                "Break-glass recovery when no enabled admin is left: make SPIFFE_ID an enabled\n"
+                "admin (created if absent). Runs on the server host with the token PIN, writes\n"
+                "an 'admin.recover' audit row and anchors it. Refuses while an enabled admin\n"
+                "exists unless --force (e.g. the only admin's key is lost or stolen).\n");
+            return KB_EXIT_OK;
+        } else {
+            fprintf(stderr, "keybridged recover-admin: unexpected '%s' (see --help)\n", argv[i]);
+            return KB_EXIT_USAGE;
+        }
+    }
+    if (admin == NULL) {
+        fprintf(stderr, "keybridged recover-admin: --admin-id SPIFFE_ID is required\n");
+        return KB_EXIT_USAGE;
+    }
+    rc = svc_recover_admin(cfg, admin, force);
+    if (rc == KB_ERR_EXISTS) {
+        fprintf(stderr, "keybridged recover-admin: refused: an enabled admin exists; use the "
+                        "admin API, or --force if that admin's key is lost\n");
+        return kb_exit_code(rc);
+    }
+    if (rc != KB_OK) {
+        fprintf(stderr, "keybridged recover-admin: failed (%s); see the log above\n",
+                kb_err_str(rc));
+        return kb_exit_code(rc);
+    }
+    printf("recovered: %s is an enabled admin (audited as admin.recover)\n", admin);
+    return KB_EXIT_OK;
+}
+
 static const kb_subcmd cmds[] = {
     {"bootstrap", cmd_bootstrap, "create the store, master keys and first admin"},
+    {"recover-admin", cmd_recover_admin,
+     "break-glass: make an ID an enabled admin when none is left (audited)"},
     {"serve", serve_main, "serve the client, Keywhiz and admin APIs over mTLS"},
     {NULL, NULL, NULL},
 };

@@ -204,7 +204,7 @@ const char *model_spiffe_path(const char *id)
 kb_err model_actor_check(const char *actor)
 {
     KB_ENSURE_REF(actor);
-    if (strcmp(actor, MODEL_ACTOR_BOOTSTRAP) == 0)
+    if (strcmp(actor, MODEL_ACTOR_BOOTSTRAP) == 0 || strcmp(actor, MODEL_ACTOR_RECOVER) == 0)
         return KB_OK;
     return model_spiffe_id_check(actor);
 }

@@ -32,6 +32,8 @@
 /* SPIFFE IDs: the spec's URI limit (standards/SPIFFE-ID.md, 2048 bytes). */
 #define MODEL_SPIFFE_ID_MAX 2048
 #define MODEL_ACTOR_BOOTSTRAP "bootstrap"
+/* Actor of `keybridged recover-admin` (break-glass on the server host). */
+#define MODEL_ACTOR_RECOVER "recover-admin"
 
 KB_WUR kb_err model_name_check(const char *name);
 /* A name (model_name_check) of at most MODEL_APP_NAME_MAX characters: KB_ERR_TOO_LARGE past it. */

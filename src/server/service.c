@@ -15,6 +15,7 @@
 #include "lib/envelope.h"
 #include "lib/fileio.h"
 #include "lib/log.h"
+#include "lib/spiffe_id.h"
 #include "model.h"
 #include "server_config.h"
 
@@ -38,6 +39,8 @@ struct svc {
     store_commitment commit; /* the token's state counter, behind the store's state row */
     int64_t check_interval;  /* [store] integrity_check_interval in seconds; 0 = off */
     int64_t check_next;      /* monotonic second of the next periodic check */
+    char *trust_domain;      /* [server] trust_domain (NULL if unset), for admin-API ID checks */
+    pthread_mutex_t admin_mu; /* serializes admin-flag changes against the last-admin check */
 };
 
 /* The state commitment lives in the token (kb_keystore_counter_*; docs/internals/rollback.md). */
@@ -199,6 +202,11 @@ kb_err svc_open(const kb_config *cfg, bool create, svc **out)
     *out = NULL;
     s = calloc(1, sizeof(*s));
     KB_ENSURE(s != NULL, KB_ERR_NOMEM);
+    pthread_mutex_init(&s->admin_mu, NULL);
+    if (kb_config_str(cfg, "server", "trust_domain") != NULL) {
+        s->trust_domain = strdup(kb_config_str(cfg, "server", "trust_domain"));
+        KB_ENSURE_OUT(rc, s->trust_domain != NULL, KB_ERR_NOMEM);
+    }
 
     KB_GUARD_OUT(rc, open_keystore(cfg, create, &s->ks));
     KB_GUARD_OUT(rc, kb_keystore_derive(s->ks, KB_CHECKSUM_LABEL, &s->checksum_key));
@@ -279,12 +287,29 @@ void svc_close(svc *s)
     hsm_budget_free(s->budget);
     free(s->anchor_file);
     free(s->anchor_last);
+    free(s->trust_domain);
+    pthread_mutex_destroy(&s->admin_mu);
     free(s);
 }
 
 store *svc_store(svc *s)
 {
     return s->st;
+}
+
+const char *svc_anchor_file(svc *s)
+{
+    return s->anchor_file;
+}
+
+const char *svc_trust_domain(svc *s)
+{
+    return s->trust_domain;
+}
+
+pthread_mutex_t *svc_admin_mu(svc *s)
+{
+    return &s->admin_mu;
 }
 
 audit_log *svc_audit(svc *s)
@@ -710,6 +735,66 @@ kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_client *c,
 }
 
 /* ---- bootstrap ----------------------------------------------------------------------------- */
+
+kb_err svc_recover_admin(const kb_config *cfg, const char *admin_spiffe_id, bool force)
+{
+    svc *s = NULL;
+    store_client *clients = NULL, one;
+    size_t n = 0, admins = 0;
+    int64_t id = 0;
+    kb_err rc = KB_OK;
+    svc_actor a = {MODEL_ACTOR_RECOVER, "local", (int64_t)time(NULL)};
+    spiffe_id sid;
+    const char *why = NULL;
+    const char *td = kb_config_str(cfg, "server", "trust_domain");
+
+    memset(&one, 0, sizeof(one));
+    KB_GUARD_OUT(rc, model_spiffe_id_check(admin_spiffe_id));
+    if (spiffe_id_parse_str(admin_spiffe_id, &sid, &why) != KB_OK || spiffe_id_is_root(&sid) ||
+        (td != NULL && !spiffe_id_member_of(&sid, td))) {
+        kb_log(KB_LOG_ERROR, "recover_admin_refused", "msg",
+               why ? why : "not a workload SPIFFE ID in [server] trust_domain", NULL);
+        return KB_ERR_INVALID;
+    }
+    KB_GUARD_OUT(rc, svc_open(cfg, false, &s));
+    KB_GUARD_OUT(rc, store_client_list(s->st, &clients, &n));
+    for (size_t i = 0; i < n; i++)
+        if (clients[i].enabled && clients[i].admin)
+            admins++;
+    if (admins > 0 && !force) {
+        kb_log(KB_LOG_ERROR, "recover_admin_refused", "msg",
+               "an enabled admin exists: use the admin API (or --force if its key is lost)", NULL);
+        rc = KB_ERR_EXISTS;
+        goto out;
+    }
+    rc = store_client_get(s->st, admin_spiffe_id, &one);
+    if (rc == KB_OK) {
+        store_client_patch p = STORE_CLIENT_PATCH_INIT;
+        p.enabled = 1;
+        p.admin = 1;
+        rc = store_client_update(s->st, one.id, &p);
+    } else if (rc == KB_ERR_NOT_FOUND) {
+        store_client_new cn;
+        memset(&cn, 0, sizeof(cn));
+        cn.spiffe_id = admin_spiffe_id;
+        cn.description = "admin (recover-admin)";
+        cn.enabled = true;
+        cn.admin = true;
+        rc = store_client_create(s->st, &cn, a.identity, a.now, &id);
+    }
+    if (rc != KB_OK)
+        goto out;
+    svc_audit_event(s, &a, "admin.recover", admin_spiffe_id, 0, KB_OK);
+    KB_GUARD_OUT(rc, audit_anchor_now(s->audit, a.now));
+    svc_export_anchor(s);
+out:
+    if (s != NULL && rc != KB_OK)
+        svc_audit_event(s, &a, "admin.recover", admin_spiffe_id ? admin_spiffe_id : "", 0, rc);
+    store_client_clear(&one);
+    store_clients_free(clients, n);
+    svc_close(s);
+    return rc;
+}
 
 kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id)
 {

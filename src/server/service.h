@@ -11,6 +11,7 @@
 #ifndef KB_SERVER_SERVICE_H
 #define KB_SERVER_SERVICE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -41,6 +42,13 @@ KB_WUR kb_err svc_open(const kb_config *cfg, bool create, svc **out);
 void svc_close(svc *s);
 
 store *svc_store(svc *s);
+/* [audit] anchor_file, or NULL when the configuration has none. */
+const char *svc_anchor_file(svc *s);
+/* [server] trust_domain, or NULL when the configuration has none. */
+const char *svc_trust_domain(svc *s);
+/* Held by the admin API around "would this leave no enabled admin?" and the change itself, so two
+ * concurrent demotions cannot both pass the check (one process; see docs/api.md). */
+pthread_mutex_t *svc_admin_mu(svc *s);
 audit_log *svc_audit(svc *s);
 kb_keystore *svc_keystore(svc *s);
 hsm_budget *svc_budget(svc *s);
@@ -122,6 +130,13 @@ KB_WUR kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_clie
 /* Create the database, the master keys and the first admin client (and an "admins" group)
  * for admin_spiffe_id. Refuses (KB_ERR_EXISTS) if any client exists already. */
 KB_WUR kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id);
+
+/* Break-glass recovery on the server host (`keybridged recover-admin`): make admin_spiffe_id an
+ * enabled admin (creating the client if needed). Needs the token (PIN) like every svc_open.
+ * Refuses (KB_ERR_EXISTS) while an enabled admin exists unless force. Audited as
+ * "admin.recover" by identity "recover-admin", success or not, then the head is anchored. The ID
+ * must be canonical and in [server] trust_domain when that is set (KB_ERR_INVALID). */
+KB_WUR kb_err svc_recover_admin(const kb_config *cfg, const char *admin_spiffe_id, bool force);
 
 /* The notAfter of the first certificate in a PEM text, if content is one (KB_ERR_NOT_FOUND
  * otherwise). Used for expiry when none is given. */

@@ -83,7 +83,8 @@ static int setup(void **state)
     assert_non_null(f);
     fprintf(f,
             "[store]\nurl = sqlite:%s/kb.db\n[hsm]\nkeystore = file\nkey_file = %s/master.key\n"
-            "[clients]\ncloud_prefixes = /lambda/\n[audit]\nanchor_every_rows = -1\n",
+            "[clients]\ncloud_prefixes = /lambda/\n[audit]\nanchor_every_rows = -1\n"
+            "[server]\ntrust_domain = example.org\n",
             g_dir, g_dir);
     fclose(f);
     assert_ok(
@@ -398,6 +399,137 @@ static void test_flow(void **state)
 }
 
 /* ---- bad input: 4xx JSON and no change ----------------------------------------------------- */
+
+/* The message of an error response, or "" (caller frees). */
+static char *err_of(int want, const char *who, const char *method, const char *path,
+                    const char *query, const char *body, const char *code)
+{
+    api_response r = {0};
+    int got = call(who, method, path, query, body, &r);
+    if (got != want)
+        fail_msg("%s %s: got %d, want %d", method, path, got, want);
+    assert_string_equal(json_string_value(json_object_get(r.body, "error")), code);
+    const char *m = json_string_value(json_object_get(r.body, "message"));
+    char *out = strdup(m ? m : "");
+    api_response_clear(&r);
+    return out;
+}
+
+static size_t client_count(void)
+{
+    char *t = expect(200, ADMIN, "GET", "/v1/admin/clients", NULL, NULL);
+    json_t *j = json_loads(t, 0, NULL);
+    size_t n = json_array_size(json_object_get(j, "clients"));
+    json_decref(j);
+    free(t);
+    return n;
+}
+
+static int64_t client_id_of(const char *sid)
+{
+    char q[600];
+    snprintf(q, sizeof(q), "spiffe_id=%s", sid);
+    char *t = expect(200, ADMIN, "GET", "/v1/admin/clients", q, NULL);
+    json_t *j = json_loads(t, 0, NULL);
+    int64_t id =
+        json_integer_value(json_object_get(json_array_get(json_object_get(j, "clients"), 0), "id"));
+    json_decref(j);
+    free(t);
+    return id;
+}
+
+/* Issue 10 item 8: the admin API refuses IDs the mTLS handshake would refuse, with the reason. */
+static void test_admin_spiffe_ids(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *id, *reason;
+    } cases[] = {
+        {"spiffe://example.org/ns/a/", "trailing"},     /* trailing slash */
+        {"spiffe://EXAMPLE.org/ns/a", "trust domain"},  /* uppercase trust domain */
+        {"spiffe://Example.org/ns/a", "trust domain"},  /* mixed case */
+        {"spiffe://other.org/ns/a", "trust domain"},    /* another trust domain */
+        {"spiffe://example.org", "root"},               /* root ID: not a workload */
+        {"spiffe://example.org/ns//a", "segment"},      /* empty segment */
+        {"spiffe://example.org/ns/%41", "character"},   /* percent-encoding */
+        {"spiffe://example.org/ns/./a", "segment"},     /* dot segment */
+        {"spiffe://example.org:443/ns/a", "port"},      /* port */
+        {"spiffe://example.org/ns/a?x=1", "character"}, /* query */
+    };
+    size_t before = client_count();
+    for (size_t i = 0; i < KB_ARRAY_LEN(cases); i++) {
+        char body[600];
+        snprintf(body, sizeof(body), "{\"spiffe_id\":\"%s\"}", cases[i].id);
+        char *m = err_of(400, ADMIN, "POST", "/v1/admin/clients", NULL, body, "invalid");
+        if (strstr(m, "invalid SPIFFE ID: ") != m)
+            fail_msg("case %zu (%s): message '%s'", i, cases[i].id, m);
+        free(m);
+        char q[600];
+        snprintf(q, sizeof(q), "spiffe_id=%s", cases[i].id);
+        if (strchr(cases[i].id, '?') == NULL && strchr(cases[i].id, '%') == NULL) {
+            m = err_of(400, ADMIN, "GET", "/v1/admin/clients", q, NULL, "invalid");
+            free(m);
+        }
+    }
+    /* the reason names the rule for the common mistakes */
+    char *m = err_of(400, ADMIN, "POST", "/v1/admin/clients", NULL,
+                     "{\"spiffe_id\":\"spiffe://other.org/ns/a\"}", "invalid");
+    assert_non_null(strstr(m, "server's trust domain"));
+    free(m);
+    m = err_of(400, ADMIN, "POST", "/v1/admin/clients", NULL,
+               "{\"spiffe_id\":\"spiffe://example.org\"}", "invalid");
+    assert_non_null(strstr(m, "root"));
+    free(m);
+    assert_int_equal(client_count(), before); /* nothing was created */
+    /* the canonical form is accepted */
+    expect_free(201, ADMIN, "POST", "/v1/admin/clients", NULL,
+                "{\"spiffe_id\":\"spiffe://example.org/ns/ok/sa/app-1.x_y\"}");
+    assert_int_equal(client_count(), before + 1);
+}
+
+/* Issue 10 item 4: no change through the admin API may leave no enabled admin. */
+static void test_last_admin(void **state)
+{
+    (void)state;
+    const char *admin2 = "spiffe://example.org/ns/ops/sa/admin2";
+    char path[64], path2[64];
+    int64_t id = client_id_of(ADMIN);
+    snprintf(path, sizeof(path), "/v1/admin/clients/%lld", (long long)id);
+    /* ADMIN is the only admin: demote, disable (alone or together), delete: 409 */
+    static const char *const patches[] = {"{\"admin\":false}", "{\"enabled\":false}",
+                                          "{\"admin\":false,\"enabled\":false}",
+                                          "{\"enabled\":true,\"admin\":false}"};
+    for (size_t i = 0; i < KB_ARRAY_LEN(patches); i++) {
+        char *m = err_of(409, ADMIN, "PATCH", path, NULL, patches[i], "last_admin");
+        assert_non_null(strstr(m, "last enabled admin"));
+        free(m);
+    }
+    free(err_of(409, ADMIN, "DELETE", path, NULL, NULL, "last_admin"));
+    /* unchanged, still an admin; harmless patches of the last admin still work */
+    expect_free(200, ADMIN, "GET", path, NULL, NULL);
+    expect_free(200, ADMIN, "PATCH", path, NULL, "{\"admin\":true,\"description\":\"ops\"}");
+    /* the refusals are audited */
+    char *t = expect(200, ADMIN, "GET", "/v1/admin/audit", "object=" ADMIN, NULL);
+    assert_non_null(strstr(t, "client.delete"));
+    free(t);
+
+    /* a DISABLED second admin does not count */
+    char body[256];
+    snprintf(body, sizeof(body), "{\"spiffe_id\":\"%s\",\"admin\":true,\"enabled\":false}", admin2);
+    expect_free(201, ADMIN, "POST", "/v1/admin/clients", NULL, body);
+    int64_t id2 = client_id_of(admin2);
+    snprintf(path2, sizeof(path2), "/v1/admin/clients/%lld", (long long)id2);
+    free(err_of(409, ADMIN, "PATCH", path, NULL, "{\"admin\":false}", "last_admin"));
+    /* an enabled second admin does: then either may go, but not both */
+    expect_free(200, ADMIN, "PATCH", path2, NULL, "{\"enabled\":true}");
+    expect_free(200, ADMIN, "PATCH", path, NULL, "{\"admin\":false}");
+    free(err_of(409, admin2, "PATCH", path2, NULL, "{\"enabled\":false}", "last_admin"));
+    free(err_of(409, admin2, "DELETE", path2, NULL, NULL, "last_admin"));
+    /* restore: ADMIN admin again, admin2 removed (allowed: ADMIN is an enabled admin) */
+    expect_free(200, admin2, "PATCH", path, NULL, "{\"admin\":true}");
+    expect_free(200, ADMIN, "DELETE", path2, NULL, NULL);
+    expect_free(200, ADMIN, "GET", "/v1/admin/clients", NULL, NULL);
+}
 
 static void bad(int want, const char *who, const char *method, const char *path, const char *q,
                 const char *body)
@@ -887,9 +1019,14 @@ static void test_list_cache(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64),          cmocka_unit_test(test_route_names),
-        cmocka_unit_test(test_flow),         cmocka_unit_test(test_bad_input),
-        cmocka_unit_test(test_acl_property), cmocka_unit_test(test_list_cache),
+        cmocka_unit_test(test_b64),
+        cmocka_unit_test(test_route_names),
+        cmocka_unit_test(test_flow),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_acl_property),
+        cmocka_unit_test(test_list_cache),
+        cmocka_unit_test(test_admin_spiffe_ids),
+        cmocka_unit_test(test_last_admin),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
