@@ -367,6 +367,23 @@ def main():
         conn.close()
         api(srv, pki, admin, "PATCH", f"/v1/admin/clients/{a_id}", {"enabled": True}, want=200)
 
+        # -- issue 10 items 4 and 8 over HTTPS: the last admin stays; IDs the handshake refuses
+        st, out = api(srv, pki, admin, "GET", "/v1/admin/clients", query="spiffe_id=" + ADMIN,
+                      want=200)
+        admin_id = json.loads(out)["clients"][0]["id"]
+        for method, body in (("PATCH", {"admin": False}), ("PATCH", {"enabled": False}),
+                             ("DELETE", None)):
+            st, out = api(srv, pki, admin, method, f"/v1/admin/clients/{admin_id}", body,
+                          want=409)
+            check(st == 409 and json.loads(out)["error"] == "last_admin",
+                  f"{method} last admin: {out[:120]!r}")
+        api(srv, pki, admin, "GET", "/v1/admin/secrets", want=200)
+        for bad_id in ("spiffe://example.org/ns/a/sa/app/", "spiffe://EXAMPLE.org/ns/a",
+                       "spiffe://other.org/ns/a/sa/app"):
+            st, out = api(srv, pki, admin, "POST", "/v1/admin/clients", {"spiffe_id": bad_id},
+                          want=400)
+            check(b"invalid SPIFFE ID" in out, f"create {bad_id}: reason: {out[:120]!r}")
+
         # -- bad input over the wire: 4xx JSON, nothing changes
         before = api(srv, pki, admin, "GET", "/v1/admin/secrets/a-plain/versions", want=200)[1]
         for method, path, body, want in (
