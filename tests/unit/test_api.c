@@ -531,6 +531,28 @@ static void test_last_admin(void **state)
     expect_free(200, ADMIN, "GET", "/v1/admin/clients", NULL, NULL);
 }
 
+/* Break-glass: a store left with no enabled admin (here by a direct store change, as an older
+ * database or a lost key would) is recovered by svc_recover_admin, which is audited; it refuses
+ * while an enabled admin exists unless forced, and refuses foreign or malformed IDs. */
+static void test_recover_admin(void **state)
+{
+    (void)state;
+    int64_t id = client_id_of(ADMIN);
+    assert_kb(svc_recover_admin(g_cfg, ADMIN, false), KB_ERR_EXISTS); /* ADMIN is enabled */
+    assert_kb(svc_recover_admin(g_cfg, "spiffe://other.org/ns/x", true), KB_ERR_INVALID);
+    assert_kb(svc_recover_admin(g_cfg, "spiffe://example.org/ns/x/", true), KB_ERR_INVALID);
+    assert_kb(svc_recover_admin(g_cfg, "spiffe://example.org", true), KB_ERR_INVALID);
+    store_client_patch p = STORE_CLIENT_PATCH_INIT;
+    p.enabled = 0;
+    assert_ok(store_client_update(svc_store(g_svc), id, &p));
+    expect_free(403, ADMIN, "GET", "/v1/admin/clients", NULL, NULL); /* locked out */
+    assert_ok(svc_recover_admin(g_cfg, ADMIN, false));
+    char *t = expect(200, ADMIN, "GET", "/v1/admin/audit", "object=" ADMIN, NULL);
+    assert_non_null(strstr(t, "\"admin.recover\""));
+    assert_non_null(strstr(t, "\"recover-admin\""));
+    free(t);
+}
+
 static void bad(int want, const char *who, const char *method, const char *path, const char *q,
                 const char *body)
 {
@@ -1027,6 +1049,7 @@ int main(void)
         cmocka_unit_test(test_list_cache),
         cmocka_unit_test(test_admin_spiffe_ids),
         cmocka_unit_test(test_last_admin),
+        cmocka_unit_test(test_recover_admin),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
