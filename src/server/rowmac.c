@@ -296,6 +296,34 @@ void rowmac_digest_add(uint8_t d[ROWMAC_LEN], const uint8_t e[ROWMAC_LEN], bool 
     }
 }
 
+kb_err rowmac_version(rowmac_ctx *k, int64_t secret_id, int64_t version, const uint8_t *checksum,
+                      size_t checksum_len, int64_t content_len, const char *metadata,
+                      int64_t expires_at, const char *created_by, int64_t created_at,
+                      uint8_t out[ROWMAC_LEN])
+{
+    rm m;
+    KB_GUARD(rm_begin(&m, k, "kb.rowmac.v1.versions"));
+    rm_i64(&m, secret_id);
+    rm_i64(&m, version);
+    rm_bytes(&m, checksum, checksum ? checksum_len : 0);
+    rm_i64(&m, content_len);
+    rm_str(&m, metadata);
+    rm_i64(&m, expires_at);
+    rm_str(&m, created_by);
+    rm_i64(&m, created_at);
+    return rm_end(&m, out);
+}
+
+kb_err rowmac_latest(rowmac_ctx *k, int64_t secret_id, int64_t latest_version,
+                     uint8_t out[ROWMAC_LEN])
+{
+    rm m;
+    KB_GUARD(rm_begin(&m, k, "kb.rowmac.v1.latest"));
+    rm_i64(&m, secret_id);
+    rm_i64(&m, latest_version);
+    return rm_end(&m, out);
+}
+
 bool rowmac_equal(const uint8_t want[ROWMAC_LEN], const void *stored, size_t stored_len)
 {
     if (stored == NULL || stored_len != ROWMAC_LEN)

@@ -57,6 +57,18 @@ void rowmac_digest_add(uint8_t d[ROWMAC_LEN], const uint8_t e[ROWMAC_LEN], bool 
 /* MAC of the state row: (counter, digest). */
 KB_WUR kb_err rowmac_state(rowmac_ctx *k, int64_t counter, const uint8_t digest[ROWMAC_LEN],
                            uint8_t out[ROWMAC_LEN]);
+/* A version row: everything a reader is served besides the sealed content (which AES-GCM binds to
+ * (secret id, version)): checksum, length, metadata (mode/owner/filename that sync tools apply),
+ * expiry and creator. The envelope (wrapped key, key id, sealed blob) is authenticated by
+ * unwrapping and opening it. */
+KB_WUR kb_err rowmac_version(rowmac_ctx *m, int64_t secret_id, int64_t version,
+                             const uint8_t *checksum, size_t checksum_len, int64_t content_len,
+                             const char *metadata, int64_t expires_at, const char *created_by,
+                             int64_t created_at, uint8_t out[ROWMAC_LEN]);
+/* A secret's latest_version (kept in its own column, secrets.latest_mac, so that rolling it back
+ * is refused like a version edit, not hidden like a missing secret). */
+KB_WUR kb_err rowmac_latest(rowmac_ctx *m, int64_t secret_id, int64_t latest_version,
+                            uint8_t out[ROWMAC_LEN]);
 
 /* Constant-time check of a stored MAC (stored may be NULL or of the wrong length: mismatch). */
 bool rowmac_equal(const uint8_t want[ROWMAC_LEN], const void *stored, size_t stored_len);

@@ -124,10 +124,16 @@ static const char *const migrations[] = {
     " counter INTEGER NOT NULL,"
     " digest BLOB NOT NULL,"
     " mac BLOB NOT NULL);",
+    /* 4: version rows and latest_version get row MACs (rowmac_version, rowmac_latest); the
+     * existing rows are MAC'd as they stand by migrate_mac_versions() in the same transaction. */
+    "ALTER TABLE versions ADD COLUMN mac BLOB NOT NULL DEFAULT x'';"
+    "ALTER TABLE secrets ADD COLUMN latest_mac BLOB NOT NULL DEFAULT x'';",
 };
 
 /* The migration step that creates store_state. */
 #define STATE_SCHEMA_STEP 3
+/* The migration step after which migrate_mac_versions() runs. */
+#define MIGRATION_VERSION_MACS 4
 
 #define SCHEMA_VERSION ((int)KB_ARRAY_LEN(migrations))
 
@@ -436,12 +442,13 @@ static void cx_put(sq *q, cx *b)
 
 #define SECRET_COLS                                                                                \
     "s.id, s.name, s.description, s.owner_group_id, s.cloud_sync, s.deleted_at, "                  \
-    "s.latest_version, s.created_by, s.created_at, s.updated_by, s.updated_at, s.mac"
-#define SECRET_NCOLS 12
+    "s.latest_version, s.created_by, s.created_at, s.updated_by, s.updated_at, s.mac, "            \
+    "s.latest_mac"
+#define SECRET_NCOLS 13
 #define VERSION_COLS                                                                               \
     "v.secret_id, v.version, v.checksum, v.content_len, v.metadata, v.expires_at, "                \
-    "v.created_by, v.created_at"
-#define VERSION_NCOLS 8
+    "v.created_by, v.created_at, v.mac"
+#define VERSION_NCOLS 9
 #define ENV_COLS "v.wrapped_key, v.key_id, v.sealed"
 #define CLIENT_COLS                                                                                \
     "c.id, c.spiffe_id, c.enabled, c.admin, c.cloud, c.app_name, c.description, c.last_seen, "     \
@@ -480,8 +487,10 @@ out:
     return rc;
 }
 
-static kb_err load_version(sqlite3_stmt *s, int c0, store_version *out)
+/* Load a version row at c0 and check its MAC: KB_ERR_INTEGRITY (logged) on mismatch. */
+static kb_err load_version(cx *b, sqlite3_stmt *s, int c0, store_version *out)
 {
+    uint8_t want[ROWMAC_LEN];
     kb_err rc = KB_OK;
     const void *ck = sqlite3_column_blob(s, c0 + 2);
     memset(out, 0, sizeof(*out));
@@ -495,10 +504,39 @@ static kb_err load_version(sqlite3_stmt *s, int c0, store_version *out)
     out->expires_at = sqlite3_column_int64(s, c0 + 5);
     KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->created_by));
     out->created_at = sqlite3_column_int64(s, c0 + 7);
+    KB_GUARD_OUT(rc, rowmac_version(b->mac, out->secret_id, out->version, out->checksum,
+                                    sizeof(out->checksum), out->content_len, out->metadata,
+                                    out->expires_at, out->created_by, out->created_at, want));
+    if (sqlite3_column_type(s, c0 + 3) != SQLITE_INTEGER ||
+        sqlite3_column_type(s, c0 + 5) != SQLITE_INTEGER || !col_mac_ok(s, c0 + 8, want))
+        KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
 out:
+    if (rc == KB_ERR_INTEGRITY)
+        store_log_integrity("versions", out->secret_id, out->version);
     if (rc != KB_OK)
         store_version_clear(out);
     return rc;
+}
+
+/* Check the latest_version of a secret row loaded at c0 against its own MAC (latest_mac):
+ * KB_ERR_INTEGRITY (logged) on mismatch. */
+static kb_err latest_check(cx *b, sqlite3_stmt *s, int c0, const store_secret *sec)
+{
+    uint8_t want[ROWMAC_LEN];
+    KB_GUARD(rowmac_latest(b->mac, sec->id, sec->latest_version, want));
+    if (sqlite3_column_type(s, c0 + 6) != SQLITE_INTEGER || !col_mac_ok(s, c0 + 12, want)) {
+        store_log_integrity("secrets.latest_version", sec->id, sec->latest_version);
+        return KB_ERR_INTEGRITY;
+    }
+    return KB_OK;
+}
+
+/* The version part of a (verified secret, latest version) row: latest_version and the version
+ * row both checked; KB_ERR_INTEGRITY (logged) if either fails. */
+static kb_err load_latest(cx *b, sqlite3_stmt *s, store_record *rec)
+{
+    KB_GUARD(latest_check(b, s, 0, &rec->secret));
+    return load_version(b, s, SECRET_NCOLS, &rec->version);
 }
 
 static kb_err load_env(sqlite3_stmt *s, int c0, store_envelope *out)
@@ -939,6 +977,60 @@ static kb_err read_schema_version(cx *b, int *out)
     return rc;
 }
 
+/* Schema step 3: MAC every existing version row and latest_version as they stand (trust on
+ * upgrade: the rows were as protected as before until now; from here on an edit is refused). Runs
+ * inside migrate()'s transaction. */
+static kb_err migrate_mac_versions(cx *b)
+{
+    sqlite3_stmt *s = NULL, *u = NULL;
+    uint8_t mac[ROWMAC_LEN];
+    kb_err rc = KB_OK;
+    int r;
+
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT secret_id, version, checksum, content_len, metadata, "
+                          "expires_at, created_by, created_at FROM versions",
+                          &s));
+    KB_GUARD_OUT(rc,
+                 prep(b, "UPDATE versions SET mac = ?1 WHERE secret_id = ?2 AND version = ?3", &u));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        const void *ck = sqlite3_column_blob(s, 2);
+        int ckn = sqlite3_column_bytes(s, 2);
+        KB_GUARD_OUT(
+            rc, rowmac_version(b->mac, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), ck,
+                               ck ? (size_t)ckn : 0, sqlite3_column_int64(s, 3),
+                               (const char *)sqlite3_column_text(s, 4), sqlite3_column_int64(s, 5),
+                               (const char *)sqlite3_column_text(s, 6), sqlite3_column_int64(s, 7),
+                               mac));
+        KB_GUARD_OUT(rc, bind_blob(u, 1, mac, sizeof(mac)));
+        KB_GUARD_OUT(rc, bind_i64(u, 2, sqlite3_column_int64(s, 0)));
+        KB_GUARD_OUT(rc, bind_i64(u, 3, sqlite3_column_int64(s, 1)));
+        KB_GUARD_OUT(rc, step_done(b, u, "migrate_version_mac"));
+        sqlite3_reset(u);
+    }
+    if (r != SQLITE_DONE)
+        KB_ENSURE_OUT(rc, false, db_err(b, r, "migrate_versions"));
+    done(s);
+    done(u);
+    s = u = NULL;
+    KB_GUARD_OUT(rc, prep(b, "SELECT id, latest_version FROM secrets", &s));
+    KB_GUARD_OUT(rc, prep(b, "UPDATE secrets SET latest_mac = ?1 WHERE id = ?2", &u));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        KB_GUARD_OUT(
+            rc, rowmac_latest(b->mac, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), mac));
+        KB_GUARD_OUT(rc, bind_blob(u, 1, mac, sizeof(mac)));
+        KB_GUARD_OUT(rc, bind_i64(u, 2, sqlite3_column_int64(s, 0)));
+        KB_GUARD_OUT(rc, step_done(b, u, "migrate_latest_mac"));
+        sqlite3_reset(u);
+    }
+    if (r != SQLITE_DONE)
+        KB_ENSURE_OUT(rc, false, db_err(b, r, "migrate_latest"));
+out:
+    done(s);
+    done(u);
+    return rc;
+}
+
 static kb_err migrate(cx *b)
 {
     uint8_t digest[ROWMAC_LEN], full[ROWMAC_LEN];
@@ -970,8 +1062,11 @@ static kb_err migrate(cx *b)
             KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
         }
     }
-    for (int v = cur + 1; v <= SCHEMA_VERSION; v++)
+    for (int v = cur + 1; v <= SCHEMA_VERSION; v++) {
         KB_GUARD_OUT(rc, exec(b, migrations[v - 1]));
+        if (v == MIGRATION_VERSION_MACS)
+            KB_GUARD_OUT(rc, migrate_mac_versions(b));
+    }
     if (cur < SCHEMA_VERSION) {
         sqlite3_stmt *s = NULL;
         KB_GUARD_OUT(rc, prep(b, "UPDATE schema_version SET version = ?1", &s));
@@ -1205,6 +1300,7 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
 {
     store_envelope env = {0};
     uint8_t checksum[STORE_CHECKSUM_LEN] = {0};
+    uint8_t mac[ROWMAC_LEN];
     sqlite3_stmt *s = NULL;
     kb_err rc;
 
@@ -1216,10 +1312,13 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     KB_ENSURE_OUT(rc, env.key_id != NULL && env.key_id[0] != '\0', KB_ERR_INVALID);
     KB_ENSURE_OUT(rc, strnlen(env.key_id, STORE_KEY_ID_MAX + 1) <= STORE_KEY_ID_MAX,
                   KB_ERR_TOO_LARGE);
+    KB_GUARD_OUT(rc,
+                 rowmac_version(b->mac, id, ver, checksum, sizeof(checksum),
+                                (int64_t)v->content_len, metadata, v->expires_at, actor, now, mac));
     KB_GUARD_OUT(rc, prep(b,
                           "INSERT INTO versions(secret_id, version, wrapped_key, key_id, sealed, "
-                          "checksum, content_len, metadata, expires_at, created_by, created_at) "
-                          "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                          "checksum, content_len, metadata, expires_at, created_by, created_at, "
+                          "mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, bind_i64(s, 2, ver));
@@ -1232,17 +1331,20 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     KB_GUARD_OUT(rc, bind_i64(s, 9, v->expires_at));
     KB_GUARD_OUT(rc, bind_text(s, 10, actor));
     KB_GUARD_OUT(rc, bind_i64(s, 11, now));
+    KB_GUARD_OUT(rc, bind_blob(s, 12, mac, sizeof(mac)));
     KB_GUARD_OUT(rc, step_done(b, s, "version_insert"));
     done(s);
     s = NULL;
+    KB_GUARD_OUT(rc, rowmac_latest(b->mac, id, ver, mac));
     KB_GUARD_OUT(rc, prep(b,
                           "UPDATE secrets SET latest_version = ?1, updated_by = ?2, "
-                          "updated_at = ?3 WHERE id = ?4",
+                          "updated_at = ?3, latest_mac = ?5 WHERE id = ?4",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, ver));
     KB_GUARD_OUT(rc, bind_text(s, 2, actor));
     KB_GUARD_OUT(rc, bind_i64(s, 3, now));
     KB_GUARD_OUT(rc, bind_i64(s, 4, id));
+    KB_GUARD_OUT(rc, bind_blob(s, 5, mac, sizeof(mac)));
     KB_GUARD_OUT(rc, step_done(b, s, "secret_latest"));
 out:
     done(s);
@@ -1521,9 +1623,11 @@ static kb_err collect_records(cx *b, sqlite3_stmt *s, bool live_only, bool cloud
             store_secret_clear(&rec.secret);
             continue;
         }
-        e = load_version(s, SECRET_NCOLS, &rec.version);
+        e = load_latest(b, s, &rec);
         if (e != KB_OK) {
             store_secret_clear(&rec.secret);
+            if (e == KB_ERR_INTEGRITY)
+                continue;
             KB_GUARD_OUT(rc, e);
         }
         e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
@@ -1611,7 +1715,11 @@ static kb_err sq_secret_list_page(store *st, bool include_deleted, const char *a
             store_secret_clear(&rec.secret);
             continue;
         }
-        e = load_version(s, SECRET_NCOLS, &rec.version);
+        e = load_latest(b, s, &rec);
+        if (e == KB_ERR_INTEGRITY) {
+            store_secret_clear(&rec.secret);
+            continue;
+        }
         if (e == KB_OK)
             e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
         if (e != KB_OK) {
@@ -1657,8 +1765,12 @@ static kb_err sq_version_list(store *st, int64_t secret_id, store_version **out,
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        kb_err e;
         KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
-        KB_GUARD_OUT(rc, load_version(s, 0, &arr[cnt]));
+        e = load_version(b, s, 0, &arr[cnt]);
+        if (e == KB_ERR_INTEGRITY)
+            continue; /* logged; a tampered version is left out */
+        KB_GUARD_OUT(rc, e);
         cnt++;
     }
     if (r != SQLITE_DONE)
@@ -1682,14 +1794,34 @@ static kb_err version_fetch(cx *b, const store_secret *sec, int64_t ver, store_r
     kb_err rc;
     memset(&out->version, 0, sizeof(out->version));
     memset(&out->env, 0, sizeof(out->env));
-    KB_GUARD(prep(b,
-                  "SELECT " VERSION_COLS ", " ENV_COLS
-                  " FROM versions v WHERE v.secret_id = ?1 AND v.version = ?2",
-                  &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, ver ? ver : sec->latest_version));
-    KB_GUARD_OUT(rc, step_row(b, s, "version_fetch"));
-    KB_GUARD_OUT(rc, load_version(s, 0, &out->version));
+    if (ver == 0) {
+        /* The latest version: latest_version must be the one the server wrote (latest_mac,
+         * re-read here with the version row so both come from one statement). */
+        uint8_t want[ROWMAC_LEN];
+        KB_GUARD(prep(b,
+                      "SELECT " VERSION_COLS ", " ENV_COLS ", s.latest_version, s.latest_mac "
+                      "FROM secrets s JOIN versions v ON v.secret_id = s.id AND "
+                      "v.version = s.latest_version WHERE s.id = ?1",
+                      &s));
+        KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
+        KB_GUARD_OUT(rc, step_row(b, s, "version_fetch_latest"));
+        KB_GUARD_OUT(
+            rc, rowmac_latest(b->mac, sec->id, sqlite3_column_int64(s, VERSION_NCOLS + 3), want));
+        if (!col_mac_ok(s, VERSION_NCOLS + 4, want)) {
+            store_log_integrity("secrets.latest_version", sec->id,
+                                sqlite3_column_int64(s, VERSION_NCOLS + 3));
+            KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
+        }
+    } else {
+        KB_GUARD(prep(b,
+                      "SELECT " VERSION_COLS ", " ENV_COLS
+                      " FROM versions v WHERE v.secret_id = ?1 AND v.version = ?2",
+                      &s));
+        KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
+        KB_GUARD_OUT(rc, bind_i64(s, 2, ver));
+        KB_GUARD_OUT(rc, step_row(b, s, "version_fetch"));
+    }
+    KB_GUARD_OUT(rc, load_version(b, s, 0, &out->version));
     rc = load_env(s, VERSION_NCOLS, &out->env);
     if (rc != KB_OK)
         store_version_clear(&out->version);
@@ -2376,7 +2508,11 @@ static kb_err sq_readable_list(store *st, int64_t client_id, store_record **out,
             store_secret_clear(&rec.secret);
             continue;
         }
-        e = load_version(s, SECRET_NCOLS, &rec.version);
+        e = load_latest(b, s, &rec);
+        if (e == KB_ERR_INTEGRITY) {
+            store_secret_clear(&rec.secret);
+            continue;
+        }
         if (e == KB_OK)
             e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
         if (e != KB_OK) {

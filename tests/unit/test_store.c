@@ -820,6 +820,102 @@ static void tamper_secret_flags(void **state)
     assert_kb(store_secret_purge(f->st, w.s_cloud), KB_ERR_INTEGRITY);
 }
 
+/* Secret `name` must be refused on every path that serves its latest version: the single read
+ * (KB_ERR_INTEGRITY, as for a bad GCM tag), the client's listing and the admin listing (left
+ * out, logged). */
+static void assert_version_refused(fx *f, int64_t client, const char *name, size_t list_n)
+{
+    store_record r, *recs = NULL;
+    size_t n = 0;
+    assert_kb(store_readable_get(f->st, client, name, 0, &r), KB_ERR_INTEGRITY);
+    assert_ok(store_readable_list(f->st, client, &recs, &n));
+    assert_int_equal(n, list_n);
+    for (size_t i = 0; i < n; i++)
+        assert_string_not_equal(recs[i].secret.name, name);
+    store_records_free(recs, n);
+    assert_ok(store_secret_list(f->st, false, &recs, &n));
+    for (size_t i = 0; i < n; i++)
+        assert_string_not_equal(recs[i].secret.name, name);
+    store_records_free(recs, n);
+}
+
+#define LAST "(SELECT max(id) FROM secrets)" /* the secret just made */
+
+static void tamper_version_rows(void **state)
+{
+    fx *f = *state;
+    world w;
+    store_record r;
+    store_version *vs = NULL;
+    size_t n = 0;
+    /* Each edit on its own fresh secret granted to payments; the api client otherwise reads
+     * db-pass and api-key. */
+    static const char *const edits[] = {
+        "UPDATE versions SET metadata = '{\"mode\":\"0777\"}' WHERE secret_id = " LAST,
+        "UPDATE versions SET metadata = '{\"mode\":\"0400\",\"owner\":\"root\"}' "
+        "WHERE secret_id = " LAST,
+        "UPDATE versions SET metadata = '{\"filename\":\"../../etc/cron.d/x\",\"mode\":\"0400\"}' "
+        "WHERE secret_id = " LAST,
+        "UPDATE versions SET checksum = randomblob(32) WHERE secret_id = " LAST,
+        "UPDATE versions SET expires_at = 4102444800 WHERE secret_id = " LAST,
+        "UPDATE versions SET content_len = 9 WHERE secret_id = " LAST,
+        "UPDATE versions SET created_at = 1 WHERE secret_id = " LAST,
+        "UPDATE versions SET mac = x'' WHERE secret_id = " LAST,
+        /* A whole version row (MAC included) moved under another secret id. */
+        "UPDATE versions SET mac = (SELECT mac FROM versions WHERE secret_id = 1) "
+        "WHERE secret_id = " LAST,
+    };
+    build_world(f, &w);
+    for (size_t i = 0; i < KB_ARRAY_LEN(edits); i++) {
+        char name[32];
+        int64_t id;
+        snprintf(name, sizeof(name), "v-edit-%zu", i);
+        id = mk_secret(f, name, false, "{\"mode\":\"0400\"}");
+        assert_ok(store_grant_add(f->st, w.g, id));
+        assert_ok(store_readable_get(f->st, w.api, name, 0, &r));
+        store_record_clear(&r);
+        raw_sql(f, edits[i]);
+        assert_version_refused(f, w.api, name, 2);
+        assert_kb(store_version_get(f->st, id, 1, &r), KB_ERR_INTEGRITY);
+        assert_ok(store_version_list(f->st, id, &vs, &n));
+        assert_int_equal(n, 0);
+        store_versions_free(vs, n);
+        /* Put it out of the way for the next round's list counts. */
+        assert_ok(store_grant_remove(f->st, w.g, id));
+    }
+    /* The untouched secrets still read. */
+    assert_ok(store_readable_get(f->st, w.api, "db-pass", 0, &r));
+    assert_string_equal(r.version.metadata, "{\"mode\":\"0400\"}");
+    store_record_clear(&r);
+}
+
+static void tamper_latest_version(void **state)
+{
+    fx *f = *state;
+    world w;
+    store_record r;
+    store_version_new vn = {.content_len = 10, .metadata = "{\"mode\":\"0440\"}"};
+    int64_t v = 0;
+    build_world(f, &w);
+    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0 + 1, &v));
+    assert_int_equal(v, 2);
+    /* Rolled back to version 1 (an authentic, older row). */
+    raw_sql(f, "UPDATE secrets SET latest_version = 1 WHERE name = 'db-pass'");
+    assert_version_refused(f, w.api, "db-pass", 1);
+    assert_kb(store_version_get(f->st, w.s_local, 0, &r), KB_ERR_INTEGRITY);
+    /* An explicitly named version is still that version (its own row verifies). */
+    assert_ok(store_readable_get(f->st, w.api, "db-pass", 2, &r));
+    assert_int_equal(r.version.version, 2);
+    store_record_clear(&r);
+    /* A latest_mac copied from another secret at version 1 does not fit: the id is bound. */
+    raw_sql(f, "UPDATE secrets SET latest_mac = (SELECT latest_mac FROM secrets WHERE "
+               "name = 'api-key') WHERE name = 'db-pass'");
+    assert_version_refused(f, w.api, "db-pass", 1);
+    /* Put back: served again. */
+    raw_sql(f, "UPDATE secrets SET latest_version = 2 WHERE name = 'db-pass'");
+    assert_version_refused(f, w.api, "db-pass", 1); /* latest_mac still the copied one */
+}
+
 static void wrong_key_refuses_the_database(void **state)
 {
     fx *f = *state;
@@ -892,6 +988,39 @@ static void migration_upgrades_v1(void **state)
     unlink(path);
 }
 
+/* A version 3 database with secrets in it (built by the current code, then the step 3 columns
+ * dropped): opening it MACs the existing version rows and latest_version, which then read, and an
+ * edit after the upgrade is refused. */
+static void migration_macs_existing_versions(void **state)
+{
+    fx *f = *state;
+    world w;
+    store_record r;
+    store_opts o = opts_for(f);
+    int v = 0;
+    build_world(f, &w);
+    store_close(f->st);
+    f->st = NULL;
+    raw_sql(f, "ALTER TABLE versions DROP COLUMN mac; ALTER TABLE secrets DROP COLUMN latest_mac;"
+               "UPDATE schema_version SET version = 3");
+    assert_int_equal(raw_count(f, "SELECT count(*) FROM pragma_table_info('versions') "
+                                  "WHERE name = 'mac'"),
+                     0);
+    assert_ok(store_open(f->url, &o, &f->st));
+    assert_ok(store_schema_version(f->st, &v));
+    assert_int_equal(v, 4);
+    assert_int_equal(raw_count(f, "SELECT count(*) FROM versions WHERE length(mac) = 32"), 2);
+    assert_int_equal(raw_count(f, "SELECT count(*) FROM secrets WHERE length(latest_mac) = 32"), 2);
+    assert_ok(store_readable_get(f->st, w.api, "db-pass", 0, &r));
+    assert_string_equal(r.version.metadata, "{\"mode\":\"0400\"}");
+    store_record_clear(&r);
+    assert_ok(store_readable_get(f->st, w.fn, "api-key", 0, &r));
+    store_record_clear(&r);
+    raw_sql(f, "UPDATE versions SET metadata = '{\"mode\":\"0644\"}' WHERE secret_id = "
+               "(SELECT id FROM secrets WHERE name = 'db-pass')");
+    assert_version_refused(f, w.api, "db-pass", 1);
+}
+
 static void migration_refuses_newer_db(void **state)
 {
     fx *f = *state;
@@ -903,7 +1032,11 @@ static void migration_refuses_newer_db(void **state)
     assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
     assert_null(st);
     /* A damaged version table is refused too. */
-    raw_sql(f, "UPDATE schema_version SET version = 1; INSERT INTO schema_version VALUES (2)");
+    char sql[128];
+    snprintf(sql, sizeof(sql),
+             "UPDATE schema_version SET version = 1; INSERT INTO schema_version VALUES (%d)",
+             store_schema_version_supported());
+    raw_sql(f, sql);
     assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
     /* Repaired (one row, the version reached), it opens again. */
     char fix[128];
@@ -1025,8 +1158,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(tamper_insert_membership, setup, teardown),
         cmocka_unit_test_setup_teardown(tamper_copy_grant, setup, teardown),
         cmocka_unit_test_setup_teardown(tamper_secret_flags, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_version_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_latest_version, setup, teardown),
         cmocka_unit_test_setup_teardown(wrong_key_refuses_the_database, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_upgrades_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(migration_macs_existing_versions, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_refuses_newer_db, setup, teardown),
         cmocka_unit_test_setup_teardown(threads_share_one_store, setup, teardown),
     };
