@@ -531,13 +531,18 @@ static void forged_or_deleted_rows_are_refused_at_start(void **state)
     reopen(f, KB_ERR_INTEGRITY);
 }
 
+/* Back to schema 2: no state row (step 3), no version MACs (step 4). */
+#define TO_SCHEMA_2                                                                                \
+    "DROP TABLE store_state; ALTER TABLE versions DROP COLUMN mac; "                               \
+    "ALTER TABLE secrets DROP COLUMN latest_mac; UPDATE schema_version SET version = 2"
+
 static void migration_adds_the_state_row(void **state)
 {
     fx *f = *state;
     /* A database from before the state row (schema 2). */
     store_close(f->st);
     f->st = NULL;
-    raw_sql(f, "DROP TABLE store_state; UPDATE schema_version SET version = 2");
+    raw_sql(f, TO_SCHEMA_2);
     f->c.exists = false;
     f->c.v = 0;
     reopen(f, KB_OK);
@@ -548,7 +553,7 @@ static void migration_adds_the_state_row(void **state)
     assert_ok(store_membership_remove(f->st, f->fn, f->g));
     store_close(f->st);
     f->st = NULL;
-    raw_sql(f, "DROP TABLE store_state; UPDATE schema_version SET version = 2");
+    raw_sql(f, TO_SCHEMA_2);
     reopen(f, KB_ERR_INTEGRITY);
 }
 
