@@ -28,6 +28,7 @@ static const char *const kb_err_names[KB_ERR__COUNT] = {
     [KB_ERR_TIMEOUT] = "timeout",
     [KB_ERR_UNAVAILABLE] = "unavailable",
     [KB_ERR_INTERNAL] = "internal",
+    [KB_ERR_TAMPERED] = "tampered",
 };
 
 const char *kb_err_str(kb_err e)

@@ -45,6 +45,7 @@ typedef enum {
     KB_ERR_TIMEOUT,     /* an operation timed out */
     KB_ERR_UNAVAILABLE, /* a peer or service was unreachable */
     KB_ERR_INTERNAL,    /* a broken invariant */
+    KB_ERR_TAMPERED,    /* a row that decides access failed its row MAC (answered as absent) */
     KB_ERR__COUNT
 } kb_err;
 

@@ -691,12 +691,22 @@ kb_err svc_client_list(svc *s, const svc_actor *a, const store_client *c, store_
     return rc;
 }
 
-/* Unwrap a readable record, log the fetch and audit the read. */
+/* Unwrap a readable record, log the fetch and audit the read. A forged access row (membership,
+ * grant or secret row failing its MAC: KB_ERR_TAMPERED from the store) is logged and audited as
+ * such, then answered exactly like a missing name. */
 static kb_err read_record(svc *s, const svc_actor *a, const store_client *c, const char *name,
                           store_record *rec, kb_err found, kb_secret **content)
 {
     kb_err rc = found;
     *content = NULL;
+    if (rc == KB_ERR_TAMPERED) {
+        kb_log(KB_LOG_ERROR, "secret_access_tampered", "msg",
+               "a row deciding this read failed its row MAC: answered as not found", "secret", name,
+               "client", a->identity, NULL);
+        svc_audit_event(s, a, "secret.read", name, 0, rc);
+        store_record_clear(rec);
+        return KB_ERR_NOT_FOUND;
+    }
     if (rc == KB_OK)
         rc = open_record(s, a, c->cloud, rec, content);
     if (rc == KB_OK &&

@@ -335,7 +335,9 @@ KB_WUR kb_err store_secret_groups(store *st, int64_t secret_id, store_group **ou
  * tampered memberships, grants or secret rows drop just those paths (logged). */
 KB_WUR kb_err store_readable_list(store *st, int64_t client_id, store_record **out, size_t *n);
 /* One readable secret with its envelope: version 0 = latest. KB_ERR_NOT_FOUND if it does not
- * exist or is not readable, KB_ERR_INTEGRITY if a row on the only access path is tampered. */
+ * exist or is not readable, KB_ERR_TAMPERED if a row on the only access path (secret row,
+ * membership, grant) fails its MAC (the server answers it like KB_ERR_NOT_FOUND), and
+ * KB_ERR_INTEGRITY if the version row or latest_version does (like a bad GCM tag). */
 KB_WUR kb_err store_readable_get(store *st, int64_t client_id, const char *name, int64_t version,
                                  store_record *out);
 /* Latest versions of up to STORE_BATCH_MAX names, in one consistent snapshot. out[i] and errs[i]

@@ -2547,7 +2547,9 @@ static kb_err readable_one(cx *b, const store_client *c, const char *name, int64
     int r = SQLITE_DONE;
 
     memset(out, 0, sizeof(*out));
-    KB_GUARD_OUT(rc, secret_fetch(b, name, 0, &out->secret));
+    rc = secret_fetch(b, name, 0, &out->secret);
+    KB_ENSURE_OUT(rc, rc != KB_ERR_INTEGRITY, KB_ERR_TAMPERED); /* a forged secret row */
+    KB_GUARD_OUT(rc, rc);
     KB_ENSURE_OUT(rc, out->secret.deleted_at == 0, KB_ERR_NOT_FOUND);
     KB_ENSURE_OUT(rc, !c->cloud || out->secret.cloud_sync, KB_ERR_NOT_FOUND);
     KB_GUARD_OUT(rc, prep(b,
@@ -2576,7 +2578,7 @@ static kb_err readable_one(cx *b, const store_client *c, const char *name, int64
     }
     if (!granted && r != SQLITE_DONE)
         KB_ENSURE_OUT(rc, false, db_err(b, r, "readable_get"));
-    KB_ENSURE_OUT(rc, granted, tampered ? KB_ERR_INTEGRITY : KB_ERR_NOT_FOUND);
+    KB_ENSURE_OUT(rc, granted, tampered ? KB_ERR_TAMPERED : KB_ERR_NOT_FOUND);
     rc = version_fetch(b, &out->secret, version, out);
 out:
     done(s);

@@ -379,9 +379,20 @@ static void tampered_access_rows_fail_closed(void **state)
     create_secret(f, "public", "q", false);
     exec_sql(f->db, "INSERT INTO grants SELECT group_id, (SELECT id FROM secrets WHERE "
                     "name='private'), mac FROM grants LIMIT 1");
-    /* the forged row is the only access path: integrity failure, never the content */
-    assert_kb(client_read(f, APP, "private", 0, buf, sizeof(buf), NULL), KB_ERR_INTEGRITY);
+    /* the forged row is the only access path: answered exactly like a missing name (never the
+     * content), and audited as tampering */
+    assert_kb(client_read(f, APP, "private", 0, buf, sizeof(buf), NULL), KB_ERR_NOT_FOUND);
     assert_kb(client_read(f, OTHER, "private", 0, buf, sizeof(buf), NULL), KB_ERR_NOT_FOUND);
+    {
+        audit_filter pf = {"private", APP, 0, 0, 10};
+        audit_row *pr = NULL;
+        size_t pn = 0;
+        assert_ok(audit_query(svc_audit(f->s), &pf, &pr, &pn));
+        assert_int_equal(pn, 1);
+        assert_string_equal(pr[0].action, "secret.read");
+        assert_string_equal(pr[0].result, "tampered");
+        audit_rows_free(pr, pn);
+    }
     /* make the hr client an admin by editing the file */
     exec_sql(f->db, "UPDATE clients SET admin=1 WHERE spiffe_id='" OTHER "'");
     svc_actor o = actor(OTHER);

@@ -736,7 +736,7 @@ static void tamper_insert_membership(void **state)
              "randomblob(32))",
              (long long)w.outsider, (long long)w.g);
     raw_sql(f, sql);
-    assert_kb(store_readable_get(f->st, w.outsider, "db-pass", 0, &r), KB_ERR_INTEGRITY);
+    assert_kb(store_readable_get(f->st, w.outsider, "db-pass", 0, &r), KB_ERR_TAMPERED);
     assert_ok(store_readable_list(f->st, w.outsider, &recs, &n));
     assert_int_equal(n, 0);
     store_records_free(recs, n);
@@ -745,7 +745,7 @@ static void tamper_insert_membership(void **state)
              "WHERE client_id = %lld AND group_id = %lld",
              (long long)w.api, (long long)w.outsider, (long long)w.g);
     raw_sql(f, sql);
-    assert_kb(store_readable_get(f->st, w.outsider, "db-pass", 0, &r), KB_ERR_INTEGRITY);
+    assert_kb(store_readable_get(f->st, w.outsider, "db-pass", 0, &r), KB_ERR_TAMPERED);
     assert_ok(store_readable_list(f->st, w.outsider, &recs, &n));
     assert_int_equal(n, 0);
     store_records_free(recs, n);
@@ -775,7 +775,7 @@ static void tamper_copy_grant(void **state)
              "grants WHERE secret_id = %lld",
              (long long)s3, (long long)w.s_local);
     raw_sql(f, sql);
-    assert_kb(store_readable_get(f->st, w.api, "other-secret", 0, &r), KB_ERR_INTEGRITY);
+    assert_kb(store_readable_get(f->st, w.api, "other-secret", 0, &r), KB_ERR_TAMPERED);
     assert_ok(store_readable_list(f->st, w.api, &recs, &n));
     assert_int_equal(n, 2); /* api-key and db-pass only */
     for (size_t i = 0; i < n; i++)
@@ -797,7 +797,7 @@ static void tamper_secret_flags(void **state)
     build_world(f, &w);
     /* Opting a local secret into cloud sync behind the server's back. */
     raw_sql(f, "UPDATE secrets SET cloud_sync = 1 WHERE name = 'db-pass'");
-    assert_kb(store_readable_get(f->st, w.fn, "db-pass", 0, &r), KB_ERR_INTEGRITY);
+    assert_kb(store_readable_get(f->st, w.fn, "db-pass", 0, &r), KB_ERR_TAMPERED);
     assert_ok(store_readable_list(f->st, w.fn, &recs, &n));
     assert_int_equal(n, 1);
     assert_string_equal(recs[0].secret.name, "api-key");
@@ -806,13 +806,13 @@ static void tamper_secret_flags(void **state)
     /* Un-deleting a deleted secret. */
     assert_ok(store_secret_delete(f->st, w.s_cloud, ADMIN, T0 + 1));
     raw_sql(f, "UPDATE secrets SET deleted_at = 0 WHERE name = 'api-key'");
-    assert_kb(store_readable_get(f->st, w.fn, "api-key", 0, &r), KB_ERR_INTEGRITY);
+    assert_kb(store_readable_get(f->st, w.fn, "api-key", 0, &r), KB_ERR_TAMPERED);
     assert_ok(store_readable_list(f->st, w.fn, &recs, &n));
     assert_int_equal(n, 0);
     store_records_free(recs, n);
     /* Renaming a secret to take another's place. */
     raw_sql(f, "UPDATE secrets SET name = 'renamed' WHERE name = 'db-pass'");
-    assert_kb(store_readable_get(f->st, w.api, "renamed", 0, &r), KB_ERR_INTEGRITY);
+    assert_kb(store_readable_get(f->st, w.api, "renamed", 0, &r), KB_ERR_TAMPERED);
     /* Tampered secrets cannot be modified (no laundering) nor purged. */
     store_secret_patch sp = STORE_SECRET_PATCH_INIT;
     sp.description = "x";
