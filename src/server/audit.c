@@ -244,7 +244,24 @@ kb_err audit_anchor_now(audit_log *a, int64_t now)
     return KB_OK;
 }
 
+static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
+                     int64_t *seq_out);
+
 kb_err audit_append(audit_log *a, const audit_event *ev, int64_t *seq_out)
+{
+    return append(a, ev, NULL, seq_out);
+}
+
+kb_err audit_append_read(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
+                         int64_t *seq_out)
+{
+    KB_ENSURE_REF(fetch);
+    KB_ENSURE(fetch->client_id > 0 && fetch->secret_id > 0 && fetch->version > 0, KB_ERR_INVALID);
+    return append(a, ev, fetch, seq_out);
+}
+
+static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
+                     int64_t *seq_out)
 {
     int64_t seq = 0;
     bool due;
@@ -258,7 +275,7 @@ kb_err audit_append(audit_log *a, const audit_event *ev, int64_t *seq_out)
     KB_GUARD(field_check(ev->identity, AUDIT_FIELD_MAX));
     KB_GUARD(field_check(ev->peer, AUDIT_FIELD_MAX));
     KB_GUARD(field_check(ev->object, AUDIT_FIELD_MAX));
-    KB_GUARD(a->st->ops->audit_append(a->st, ev, append_mac, a, &seq));
+    KB_GUARD(a->st->ops->audit_append(a->st, ev, fetch, append_mac, a, &seq));
     if (seq_out)
         *seq_out = seq;
     pthread_mutex_lock(&a->mu);

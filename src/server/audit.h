@@ -102,6 +102,18 @@ void audit_close(audit_log *a);
 /* Append one event; sets *seq_out (may be NULL). Anchors the head if one is due; a failing
  * anchor is logged, not returned: the event itself is stored. */
 KB_WUR kb_err audit_append(audit_log *a, const audit_event *ev, int64_t *seq_out);
+
+/* The fetch record of a content read (store_fetch_record's row; fetched_at = the event's time). */
+typedef struct {
+    int64_t client_id;
+    int64_t secret_id;
+    int64_t version;
+} audit_fetch;
+
+/* A content read: the fetch record and the audit row in one store transaction (both or
+ * neither; one commit per read). */
+KB_WUR kb_err audit_append_read(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
+                                int64_t *seq_out);
 /* Sign and store the current head now (no-op on an empty log). */
 KB_WUR kb_err audit_anchor_now(audit_log *a, int64_t now);
 /* Write the latest stored anchor as JSON {"seq","mac","sig","time"} (hex) to path (0600,

@@ -709,12 +709,31 @@ static kb_err read_record(svc *s, const svc_actor *a, const store_client *c, con
     }
     if (rc == KB_OK)
         rc = open_record(s, a, c->cloud, rec, content);
-    if (rc == KB_OK &&
-        store_fetch_record(s->st, c->id, rec->secret.id, rec->version.version, a->now) != KB_OK)
-        kb_log(KB_LOG_WARN, "fetch_log_failed", "secret", name, NULL);
+    if (rc == KB_OK) {
+        /* The fetch record and the audit row in one transaction; content is only handed out
+         * once both are committed. */
+        audit_event ev = {.time = a->now,
+                          .identity = a->identity,
+                          .peer = a->peer,
+                          .action = "secret.read",
+                          .object = name,
+                          .version = rec->version.version,
+                          .result = kb_err_str(KB_OK)};
+        audit_fetch fr = {c->id, rec->secret.id, rec->version.version};
+        rc = audit_append_read(s->audit, &ev, &fr, NULL);
+        if (rc != KB_OK) {
+            kb_log(KB_LOG_ERROR, "audit_append_failed", "action", "secret.read", "error",
+                   kb_err_str(rc), NULL);
+            kb_secret_free(*content);
+            *content = NULL;
+            store_record_clear(rec);
+            return rc;
+        }
+        return KB_OK;
+    }
     /* Over budget: deferred, nothing read, nothing recorded (see svc_secret_create). */
     if (rc != KB_ERR_LIMIT)
-        svc_audit_event(s, a, "secret.read", name, rc == KB_OK ? rec->version.version : 0, rc);
+        svc_audit_event(s, a, "secret.read", name, 0, rc);
     if (rc != KB_OK) {
         if (rc == KB_ERR_INTEGRITY)
             kb_log(KB_LOG_ERROR, "secret_integrity_failure", "secret", name, NULL);

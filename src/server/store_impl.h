@@ -93,8 +93,10 @@ struct store_ops {
                            int64_t now);
     kb_err (*secret_status)(store *st, int64_t secret_id, store_fetch **out, size_t *n);
 
-    kb_err (*audit_append)(store *st, const audit_event *ev, store_audit_mac_fn mac, void *ctx,
-                           int64_t *seq_out);
+    /* With fetch != NULL, the fetch record (fetch_record's row) is written in the same
+     * transaction as the audit row: a content read commits both or neither. */
+    kb_err (*audit_append)(store *st, const audit_event *ev, const audit_fetch *fetch,
+                           store_audit_mac_fn mac, void *ctx, int64_t *seq_out);
     /* Rows with seq > after, ascending, at most limit. */
     kb_err (*audit_rows)(store *st, int64_t after, size_t limit, audit_row **out, size_t *n);
     kb_err (*audit_query)(store *st, const audit_filter *f, audit_row **out, size_t *n);

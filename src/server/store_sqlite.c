@@ -2623,19 +2623,18 @@ out:
 
 /* ---- fetch log ---- */
 
-static kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
-                              int64_t now)
+/* Upsert the fetch log row (writer, transaction or autocommit). */
+static kb_err fetch_upsert(cx *b, int64_t client_id, int64_t secret_id, int64_t version,
+                           int64_t now)
 {
-    cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    b = WR(st);
-    KB_GUARD_OUT(rc, prep(b,
-                          "INSERT INTO fetch_log(client_id, secret_id, version, fetched_at) "
-                          "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(client_id, secret_id) DO UPDATE "
-                          "SET version = excluded.version, fetched_at = excluded.fetched_at "
-                          "WHERE excluded.fetched_at >= fetch_log.fetched_at",
-                          &s));
+    KB_GUARD(prep(b,
+                  "INSERT INTO fetch_log(client_id, secret_id, version, fetched_at) "
+                  "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(client_id, secret_id) DO UPDATE "
+                  "SET version = excluded.version, fetched_at = excluded.fetched_at "
+                  "WHERE excluded.fetched_at >= fetch_log.fetched_at",
+                  &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
     KB_GUARD_OUT(rc, bind_i64(s, 2, secret_id));
     KB_GUARD_OUT(rc, bind_i64(s, 3, version));
@@ -2643,6 +2642,14 @@ static kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, i
     rc = step_done(b, s, "fetch_record");
 out:
     done(s);
+    return rc;
+}
+
+static kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
+                              int64_t now)
+{
+    cx *b = WR(st);
+    kb_err rc = fetch_upsert(b, client_id, secret_id, version, now);
     PUT(st, b);
     return rc;
 }
@@ -2717,8 +2724,8 @@ static kb_err sq_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
     return rc;
 }
 
-static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_fn macfn, void *ctx,
-                              int64_t *seq_out)
+static kb_err sq_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch,
+                              store_audit_mac_fn macfn, void *ctx, int64_t *seq_out)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
@@ -2733,6 +2740,9 @@ static kb_err sq_audit_append(store *st, const audit_event *ev, store_audit_mac_
         PUT(st, b);
         return rc;
     }
+    if (fetch != NULL)
+        KB_GUARD_OUT(rc,
+                     fetch_upsert(b, fetch->client_id, fetch->secret_id, fetch->version, ev->time));
     KB_GUARD_OUT(rc, head_locked(b, &seq, prev));
     seq++;
     KB_GUARD_OUT(rc, macfn(ctx, prev, seq, ev, mac));

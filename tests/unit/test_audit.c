@@ -408,11 +408,40 @@ static void concurrent_appends_make_one_chain(void **state)
     assert_int_equal(r.rows, 200);
 }
 
+/* A content read's fetch record and audit row commit together: a fetch record that cannot be
+ * written (no such client or secret: foreign key) leaves no audit row either, and the chain
+ * goes on from the same head. */
+static void read_commits_fetch_and_audit_together(void **state)
+{
+    fx *f = *state;
+    audit_event ev = {.time = 500,
+                      .identity = "spiffe://example.org/a",
+                      .peer = "127.0.0.1:4000",
+                      .action = "secret.read",
+                      .object = "s1",
+                      .version = 1,
+                      .result = "ok"};
+    audit_fetch bad = {99, 99, 1};
+    audit_fetch zero = {0, 99, 1};
+    audit_report r;
+    int64_t seq = 0;
+    append_n(f, 2, 100);
+    assert_true(audit_append_read(f->a, &ev, &bad, &seq) != KB_OK);
+    assert_kb(audit_append_read(f->a, &ev, &zero, &seq), KB_ERR_INVALID);
+    assert_kb(audit_append_read(f->a, &ev, NULL, &seq), KB_ERR_NULL);
+    assert_ok(audit_append(f->a, &ev, &seq));
+    assert_int_equal(seq, 3);
+    assert_ok(audit_verify(f->a, NULL, &r));
+    assert_true(r.ok);
+    assert_int_equal(r.rows, 3);
+}
+
 int main(void)
 {
     kb_json_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(clean_chain_verifies, setup, teardown),
+        cmocka_unit_test_setup_teardown(read_commits_fetch_and_audit_together, setup, teardown),
         cmocka_unit_test_setup_teardown(edited_row_is_found, setup, teardown),
         cmocka_unit_test_setup_teardown(deleted_row_is_found, setup, teardown),
         cmocka_unit_test_setup_teardown(truncated_tail_is_found, setup, teardown),
