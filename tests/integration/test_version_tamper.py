@@ -25,8 +25,10 @@ CONTENT = "c2VjcmV0LXZhbHVlLTQy"  # "secret-value-42"
 
 # Each case: the SQL run on the file (:id is the secret's id). "ciphertext" is the reference.
 EDITS = {
+    # The last byte (GCM tag) changed: 00 -> 01, anything else -> 00 (never a no-op).
     "ciphertext": "UPDATE versions SET sealed = substr(sealed, 1, length(sealed) - 1) || "
-                  "x'00' WHERE secret_id = :id",
+                  "CASE WHEN substr(sealed, -1) = x'00' THEN x'01' ELSE x'00' END "
+                  "WHERE secret_id = :id",
     "mode": "UPDATE versions SET metadata = json_set(metadata, '$.mode', '0666') "
             "WHERE secret_id = :id",
     "owner": "UPDATE versions SET metadata = json_set(metadata, '$.owner', 'root') "
