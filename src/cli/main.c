@@ -101,7 +101,7 @@ int main(int argc, char **argv)
         cli_close(&c);
         return KB_EXIT_OK;
     }
-    if (i >= argc) {
+    if (i >= argc || argv[i] == NULL) {
         usage(stderr);
         cli_close(&c);
         return KB_EXIT_USAGE;

@@ -127,7 +127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         evbuffer_add(in, data, size) != 0)
         abort();
     conn_process(c);
-    for (int round = 0; round < FZ_MAX_ROUNDS && !fz_closed; round++) {
+    for (int round = 0; round < FZ_MAX_ROUNDS && fz_lp.conns == c; round++) {
         if (c->hcap > FZ_MAX_HEADER + 1 && c->hlen > FZ_MAX_HEADER)
             abort();
         if (c->st != ST_WRITE)
@@ -141,7 +141,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         conn_process(c);
     }
-    if (!fz_closed) {
+    /* conn_free unlinks the connection: it is alive while it is the loop's only one */
+    if (fz_lp.conns == c) {
         fz_check_output(out);
         conn_free(c);
     }

@@ -32,12 +32,18 @@ typedef struct {
 static int setup(void **state)
 {
     fx *f = calloc(1, sizeof(*f));
-    if (f == NULL || (f->dir = kbtest_tmpdir()) == NULL)
+    if (f == NULL)
         return -1;
-    snprintf(f->db, sizeof(f->db), "%s/ca.db", f->dir);
-    snprintf(f->key1, sizeof(f->key1), "%s/ca1.key", f->dir);
-    if (ca_store_open(f->db, &f->st) != KB_OK)
+    f->dir = kbtest_tmpdir();
+    if (f->dir != NULL) {
+        snprintf(f->db, sizeof(f->db), "%s/ca.db", f->dir);
+        snprintf(f->key1, sizeof(f->key1), "%s/ca1.key", f->dir);
+    }
+    if (f->dir == NULL || ca_store_open(f->db, &f->st) != KB_OK) {
+        free(f->dir);
+        free(f);
         return -1;
+    }
     *state = f;
     return 0;
 }

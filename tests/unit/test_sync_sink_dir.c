@@ -72,7 +72,10 @@ static kb_err s_fetch(sync_source *s, const char *const *names, size_t n, sync_c
         for (size_t k = 0; k < S.n; k++)
             if (strcmp(S.items[k].name, names[i]) == 0)
                 it = &S.items[k];
-        assert_non_null(it);
+        if (it == NULL) {
+            fail_msg("fetch of a name that was not listed: %s", names[i]);
+            return KB_ERR_INTERNAL;
+        }
         out[i].name = strdup(it->name);
         out[i].version = it->version;
         checksum_of(it, out[i].checksum);
