@@ -2,7 +2,7 @@
 # Install everything keybridge needs to build, test and demo on Debian 12 (idempotent).
 set -euo pipefail
 PKGS=(
-  build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
+  build-essential cmake pkg-config clang clang-format libclang-rt-14-dev clang-tools-14 gcovr
   libssl-dev libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev sqlite3 libpq-dev
   postgresql libp11-kit-dev softhsm2 opensc libinih-dev libcmocka-dev
   openssl curl python3 python3-cryptography python3-botocore python3-boto3 awscli golang-go
