@@ -474,7 +474,6 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
         return code;
     if ((code = ca_ctx_open(cfg, 1, &x)) != KB_EXIT_OK)
         goto out;
-    code = KB_EXIT_FAIL;
     if (own_id == NULL) {
         snprintf(idbuf, sizeof(idbuf), "spiffe://%s/keybridge-ca", ca_trust_domain(ca_ctx_ca(x)));
         own_id = idbuf;
