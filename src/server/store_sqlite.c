@@ -126,8 +126,8 @@ static const char *const migrations[] = {
     " mac BLOB NOT NULL);",
     /* 4: version rows and latest_version get row MACs (rowmac_version, rowmac_latest); the
      * existing rows are MAC'd as they stand by migrate_mac_versions() in the same transaction. */
-    "ALTER TABLE versions ADD COLUMN mac BLOB NOT NULL DEFAULT x'';"
-    "ALTER TABLE secrets ADD COLUMN latest_mac BLOB NOT NULL DEFAULT x'';",
+    ("ALTER TABLE versions ADD COLUMN mac BLOB NOT NULL DEFAULT x'';"
+     "ALTER TABLE secrets ADD COLUMN latest_mac BLOB NOT NULL DEFAULT x'';"),
 };
 
 /* The migration step that creates store_state. */
