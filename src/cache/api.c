@@ -476,6 +476,14 @@ static int describe(op_ctx *c, const cache_secret *s, const cache_tag_list *tags
     return 0;
 }
 
+/* The ARN and Name members most answers carry. */
+static int arn_name(op_ctx *c, const cache_secret *s, json_t *out)
+{
+    return set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name))
+               ? fail_internal(c, KB_ERR_NOMEM)
+               : 0;
+}
+
 /* ---------------------------------------------------------------- versions */
 
 /* Add a version (or recognise an idempotent retry): vid is the client's token or a new UUID.
@@ -1004,9 +1012,7 @@ static int op_restore(op_ctx *c, const json_t *in, json_t *out)
             goto out;
         }
     }
-    rc = set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name))
-             ? fail_internal(c, KB_ERR_NOMEM)
-             : 0;
+    rc = arn_name(c, s, out);
 out:
     free(s);
     return rc;
@@ -1113,17 +1119,25 @@ static int op_policy(op_ctx *c, const json_t *in, json_t *out)
 {
     static const char *const keys[] = {"SecretId", NULL};
     cache_secret *s = malloc(sizeof(*s));
+    char *pol = NULL;
     int rc = -1;
+    kb_err e;
     if (s == NULL)
         return fail_internal(c, KB_ERR_NOMEM);
-    /* This cache never attaches resource policies: no ResourcePolicy member, as AWS answers for
-     * a secret without one. */
     if (check_keys(c, in, keys) || get_secret_id(c, in, s, 1))
         goto out;
-    rc = set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name))
+    /* A secret without a policy has no ResourcePolicy member, as AWS answers. */
+    e = cache_store_policy_get(c->api->store, s->id, &pol);
+    if (e != KB_OK && e != KB_ERR_NOT_FOUND) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    rc = set(out, "ARN", json_string(s->arn)) || set(out, "Name", json_string(s->name)) ||
+                 (pol != NULL && set(out, "ResourcePolicy", json_string(pol)))
              ? fail_internal(c, KB_ERR_NOMEM)
              : 0;
 out:
+    free(pol);
     free(s);
     return rc;
 }
@@ -1675,6 +1689,498 @@ out:
     return rc;
 }
 
+/* ---------------------------------------------------------------- versions and stages */
+
+typedef struct {
+    op_ctx *c;
+    const cache_secret *s;
+    int deprecated; /* IncludeDeprecated: versions without a stage too */
+    size_t max;
+    json_t *list;
+    int64_t last_seq;
+    int more;
+    int failed;
+} versions_state;
+
+static int versions_visit(void *arg, const char *vid, int64_t created_ms, int64_t seq, int staged)
+{
+    versions_state *vs = arg;
+    json_t *o;
+    if (!staged && !vs->deprecated)
+        return 0;
+    if (json_array_size(vs->list) == vs->max) {
+        vs->more = 1;
+        return 1;
+    }
+    o = json_object();
+    if (o == NULL || set(o, "VersionId", json_string(vid)) ||
+        set(o, "VersionStages", version_stages(vs->c, vs->s, vid)) ||
+        set(o, "CreatedDate", ts(created_ms)) || json_array_append_new(vs->list, o) != 0) {
+        vs->failed = 1;
+        return -1;
+    }
+    vs->last_seq = seq;
+    return 0;
+}
+
+/* ListSecretVersionIds: newest first; without IncludeDeprecated only versions with a stage
+ * (Secrets Manager's "deprecated" versions are the ones with none). */
+static int op_list_versions(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", "MaxResults", "NextToken", "IncludeDeprecated",
+                                       NULL};
+    const char *tok;
+    char query[CACHE_ARN_MAX + 4];
+    cache_secret *s = malloc(sizeof(*s));
+    versions_state vs = {.c = c, .max = 100};
+    list_cursor cur = {0};
+    int64_t max = 100;
+    int present = 0, rc = -1;
+    kb_err e;
+
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) || get_int(c, in, "MaxResults", 1, 100, &max, &present) ||
+        get_str(c, in, "NextToken", 1, CACHE_NEXT_TOKEN_MAX, 0, &tok, NULL) ||
+        get_bool(c, in, "IncludeDeprecated", &vs.deprecated) || get_secret_id(c, in, s, 1))
+        goto out;
+    /* A token is bound to the secret and to IncludeDeprecated, as ListSecrets' to its query. */
+    snprintf(query, sizeof(query), "%s|%d", s->arn, vs.deprecated);
+    if (tok && token_parse(c, "ListSecretVersionIds", query, tok, &cur))
+        goto out;
+    if (tok && cur.id != s->id) {
+        rc = fail(c, E_NEXTTOKEN, "The NextToken value is invalid.");
+        goto out;
+    }
+    vs.s = s;
+    vs.max = (size_t)max;
+    vs.list = json_array();
+    if (vs.list == NULL) {
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    e = cache_store_versions(c->api->store, s->id, tok ? cur.num : 0, versions_visit, &vs);
+    if (e != KB_OK || vs.failed) {
+        rc = fail_internal(c, e != KB_OK ? e : KB_ERR_NOMEM);
+        goto out;
+    }
+    if (set(out, "Versions", vs.list)) {
+        vs.list = NULL;
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    vs.list = NULL;
+    if (vs.more) {
+        list_cursor next = {.id = s->id, .num = vs.last_seq};
+        if (set(out, "NextToken", token_make(c, "ListSecretVersionIds", query, &next))) {
+            rc = fail_internal(c, KB_ERR_NOMEM);
+            goto out;
+        }
+    }
+    rc = arn_name(c, s, out);
+out:
+    json_decref(vs.list);
+    free(s);
+    return rc;
+}
+
+static int count_stage(void *arg, const char *vid, const char *stage)
+{
+    (void)vid;
+    (void)stage;
+    (*(size_t *)arg)++;
+    return 0;
+}
+
+/* UpdateSecretVersionStage (the documented way to roll AWSCURRENT back): attach VersionStage to
+ * MoveToVersionId, detach it from RemoveFromVersionId, or move it between them. A label that is
+ * attached elsewhere moves only when RemoveFromVersionId names where it is; AWSCURRENT can only
+ * be moved, never just removed, and moving it gives AWSPREVIOUS to the version it left. */
+static int op_update_stage(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", "VersionStage", "RemoveFromVersionId",
+                                       "MoveToVersionId", NULL};
+    const char *stage, *from, *to;
+    char at[CACHE_VERSION_ID_MAX + 1];
+    cache_secret *s = malloc(sizeof(*s));
+    int rc = -1, attached;
+    kb_err e;
+
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) ||
+        get_str(c, in, "VersionStage", 1, CACHE_STAGE_MAX, 1, &stage, NULL) ||
+        get_str(c, in, "RemoveFromVersionId", CACHE_TOKEN_MIN, CACHE_TOKEN_MAX, 0, &from, NULL) ||
+        get_str(c, in, "MoveToVersionId", CACHE_TOKEN_MIN, CACHE_TOKEN_MAX, 0, &to, NULL))
+        goto out;
+    if (!tag_text_ok(stage)) {
+        rc = fail(c, E_PARAM, "Invalid staging label in VersionStage");
+        goto out;
+    }
+    if (from == NULL && to == NULL) {
+        rc = fail(c, E_PARAM, "You must specify RemoveFromVersionId, MoveToVersionId or both.");
+        goto out;
+    }
+    if (get_secret_id(c, in, s, 0))
+        goto out;
+    e = cache_store_stage_get(c->api->store, s->id, stage, at);
+    if (e != KB_OK && e != KB_ERR_NOT_FOUND) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    attached = e == KB_OK;
+    if (from != NULL && (!attached || strcmp(at, from) != 0)) {
+        rc = fail(c, E_PARAM,
+                  "The staging label is not attached to the version in RemoveFromVersionId.");
+        goto out;
+    }
+    if (to != NULL && attached && from == NULL && strcmp(at, to) != 0) {
+        rc = fail(c, E_PARAM,
+                  "The staging label is attached to another version: name that version in "
+                  "RemoveFromVersionId to move it.");
+        goto out;
+    }
+    if (to == NULL && strcmp(stage, STAGE_CURRENT) == 0) {
+        rc = fail(c, E_PARAM,
+                  "AWSCURRENT can't be removed, only moved: give MoveToVersionId as well.");
+        goto out;
+    }
+    if (to != NULL) {
+        size_t n = 0;
+        e = cache_store_version_exists(c->api->store, s->id, to);
+        if (e == KB_ERR_NOT_FOUND) {
+            rc = fail(c, E_NOTFOUND, "Secrets Manager can't find the version in MoveToVersionId.");
+            goto out;
+        }
+        if (e == KB_OK)
+            e = cache_store_stages(c->api->store, s->id, to, count_stage, &n);
+        if (e != KB_OK) {
+            rc = fail_internal(c, e);
+            goto out;
+        }
+        if (!(attached && strcmp(at, to) == 0) && n >= CACHE_STAGES_PER_VERSION) {
+            rc = fail(c, "LimitExceededException", "A version can have at most %d staging labels.",
+                      CACHE_STAGES_PER_VERSION);
+            goto out;
+        }
+    }
+    if (to == NULL) {
+        e = cache_store_stage_remove(c->api->store, s->id, stage);
+    } else if (!(attached && strcmp(at, to) == 0)) {
+        e = cache_store_stage_set(c->api->store, s->id, stage, to);
+        if (e == KB_OK && attached && strcmp(stage, STAGE_CURRENT) == 0)
+            e = cache_store_stage_set(c->api->store, s->id, STAGE_PREVIOUS, at);
+    } else {
+        e = KB_OK; /* already there: nothing to do */
+    }
+    if (e == KB_OK) {
+        s->changed_ms = c->now_ms;
+        e = cache_store_secret_update(c->api->store, s);
+    }
+    if (e != KB_OK) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    rc = arn_name(c, s, out);
+out:
+    free(s);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- GetRandomPassword */
+
+#define PASSWORD_DEFAULT_LEN 32
+#define PASSWORD_MAX_LEN 4096
+
+/* A uniform index below n (1 <= n <= 65536) from the CSPRNG, by rejection. */
+static int rand_below(size_t n, size_t *out)
+{
+    uint8_t b[2];
+    uint32_t v, lim = 65536u - 65536u % (uint32_t)n;
+    do {
+        if (RAND_bytes(b, sizeof(b)) != 1)
+            return -1;
+        v = (uint32_t)b[0] << 8 | b[1];
+    } while (v >= lim);
+    kb_wipe(b, sizeof(b));
+    *out = v % n;
+    return 0;
+}
+
+/* Secrets Manager's character classes (GetRandomPassword); punctuation is its documented set. */
+static const char *const PW_CLASSES[] = {"ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz",
+                                         "0123456789", "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", " "};
+
+static int op_random_password(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {
+        "PasswordLength",     "ExcludeCharacters",       "ExcludeNumbers",
+        "ExcludePunctuation", "ExcludeUppercase",        "ExcludeLowercase",
+        "IncludeSpace",       "RequireEachIncludedType", NULL};
+    const char *excl;
+    int64_t len = PASSWORD_DEFAULT_LEN;
+    int present, no_num, no_punct, no_upper, no_lower, space, require = 1, rc = -1;
+    char alphabet[128], cls_chars[5][64];
+    size_t na = 0, ncls = 0, cls_len[5] = {0};
+    kb_secret *pw = NULL;
+    const json_t *req = json_object_get(in, "RequireEachIncludedType");
+
+    if (check_keys(c, in, keys) ||
+        get_int(c, in, "PasswordLength", 1, PASSWORD_MAX_LEN, &len, &present) ||
+        get_str(c, in, "ExcludeCharacters", 0, 4096, 0, &excl, NULL) ||
+        get_bool(c, in, "ExcludeNumbers", &no_num) ||
+        get_bool(c, in, "ExcludePunctuation", &no_punct) ||
+        get_bool(c, in, "ExcludeUppercase", &no_upper) ||
+        get_bool(c, in, "ExcludeLowercase", &no_lower) || get_bool(c, in, "IncludeSpace", &space))
+        return -1;
+    if (req != NULL && !json_is_null(req) && get_bool(c, in, "RequireEachIncludedType", &require))
+        return -1;
+    {
+        const int include[5] = {!no_upper, !no_lower, !no_num, !no_punct, space};
+        for (size_t k = 0; k < 5; k++) {
+            if (!include[k])
+                continue;
+            for (const char *p = PW_CLASSES[k]; *p; p++) {
+                if (excl != NULL && strchr(excl, *p) != NULL)
+                    continue;
+                cls_chars[ncls][cls_len[ncls]++] = *p;
+                alphabet[na++] = *p;
+            }
+            /* A class emptied by ExcludeCharacters is not required; the space is never
+             * required (it is an addition, not a class Secrets Manager counts). */
+            if (cls_len[ncls] > 0 && k < 4)
+                ncls++;
+            else
+                cls_len[ncls] = 0;
+        }
+    }
+    if (na == 0)
+        return fail(c, E_PARAM, "The ExcludeCharacters and Exclude* options leave no characters.");
+    if (require && (size_t)len < ncls)
+        return fail(c, E_PARAM,
+                    "PasswordLength is too short to include a character of each included type.");
+    if (kb_secret_new((size_t)len, &pw) != KB_OK)
+        return fail_internal(c, KB_ERR_NOMEM);
+    {
+        char *p = (char *)kb_secret_data(pw);
+        size_t n = (size_t)len, idx;
+        /* One character of each required class first, the rest from the whole alphabet, then a
+         * Fisher-Yates shuffle so the required ones land anywhere. */
+        for (size_t i = 0; i < n; i++) {
+            const char *from = require && i < ncls ? cls_chars[i] : alphabet;
+            size_t m = require && i < ncls ? cls_len[i] : na;
+            if (rand_below(m, &idx)) {
+                rc = fail_internal(c, KB_ERR_CRYPTO);
+                goto out;
+            }
+            p[i] = from[idx];
+        }
+        for (size_t i = n; i > 1; i--) {
+            char t;
+            if (rand_below(i, &idx)) {
+                rc = fail_internal(c, KB_ERR_CRYPTO);
+                goto out;
+            }
+            t = p[i - 1];
+            p[i - 1] = p[idx];
+            p[idx] = t;
+        }
+        rc = set(out, "RandomPassword", json_stringn(p, n)) ? fail_internal(c, KB_ERR_NOMEM) : 0;
+    }
+out:
+    kb_secret_free(pw);
+    kb_wipe(cls_chars, sizeof(cls_chars));
+    kb_wipe(alphabet, sizeof(alphabet));
+    return rc;
+}
+
+/* ---------------------------------------------------------------- resource policies */
+
+#define POLICY_MAX 20480
+
+/* A resource policy's structure (no IAM semantics): a JSON object with a Version string and a
+ * Statement object or non-empty list of objects, each with Effect Allow or Deny and an Action or
+ * NotAction. why gets the first problem. Returns 1 if the text is not JSON at all. */
+static int policy_check(const char *text, size_t len, int *is_public, char *why, size_t why_len)
+{
+    json_t *doc = NULL, *st, *one;
+    size_t i;
+    int rc = 0;
+    *is_public = 0;
+    why[0] = '\0';
+    if (kb_json_parse(text, len, POLICY_MAX, &doc, NULL, 0) != KB_OK)
+        return 1;
+    st = json_object_get(doc, "Statement");
+    if (!json_is_string(json_object_get(doc, "Version"))) {
+        snprintf(why, why_len, "the policy has no Version string");
+        goto out;
+    }
+    if (json_is_object(st)) {
+        one = st;
+        st = NULL;
+    } else if (!json_is_array(st) || json_array_size(st) == 0) {
+        snprintf(why, why_len, "Statement must be an object or a non-empty list of objects");
+        goto out;
+    } else {
+        one = NULL;
+    }
+    for (i = 0; one != NULL || (st != NULL && i < json_array_size(st)); i++) {
+        json_t *e = one ? one : json_array_get(st, i);
+        const char *eff = json_string_value(json_object_get(e, "Effect"));
+        json_t *pr = json_object_get(e, "Principal");
+        one = NULL;
+        if (!json_is_object(e) || eff == NULL ||
+            (strcmp(eff, "Allow") != 0 && strcmp(eff, "Deny") != 0)) {
+            snprintf(why, why_len, "statement %zu: Effect must be Allow or Deny", i + 1);
+            goto out;
+        }
+        if (json_object_get(e, "Action") == NULL && json_object_get(e, "NotAction") == NULL) {
+            snprintf(why, why_len, "statement %zu: Action or NotAction is required", i + 1);
+            goto out;
+        }
+        /* Public: an unconditioned Allow to every principal ("*" or {"AWS": "*"}). */
+        if (strcmp(eff, "Allow") == 0 && json_object_get(e, "Condition") == NULL &&
+            ((json_is_string(pr) && strcmp(json_string_value(pr), "*") == 0) ||
+             (json_is_object(pr) && json_is_string(json_object_get(pr, "AWS")) &&
+              strcmp(json_string_value(json_object_get(pr, "AWS")), "*") == 0)))
+            *is_public = 1;
+        if (st == NULL)
+            break;
+    }
+    rc = 0;
+out:
+    json_decref(doc);
+    return rc;
+}
+
+static int op_put_policy(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", "ResourcePolicy", "BlockPublicPolicy", NULL};
+    const char *pol;
+    size_t len = 0;
+    char why[128];
+    cache_secret *s = malloc(sizeof(*s));
+    int block = 0, pub = 0, rc = -1;
+    kb_err e;
+
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) || get_str(c, in, "ResourcePolicy", 1, POLICY_MAX, 1, &pol, &len) ||
+        get_bool(c, in, "BlockPublicPolicy", &block) || get_secret_id(c, in, s, 0))
+        goto out;
+    if (policy_check(pol, len, &pub, why, sizeof(why)) != 0 || why[0] != '\0') {
+        rc = fail(c, "MalformedPolicyDocumentException", "The resource policy is malformed: %s",
+                  why[0] ? why : "not a JSON object");
+        goto out;
+    }
+    if (block && pub) {
+        rc = fail(c, "PublicPolicyException",
+                  "BlockPublicPolicy: the resource policy grants access to every principal.");
+        goto out;
+    }
+    if ((e = cache_store_policy_set(c->api->store, s->id, pol)) != KB_OK) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    rc = arn_name(c, s, out);
+out:
+    free(s);
+    return rc;
+}
+
+static int op_delete_policy(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", NULL};
+    cache_secret *s = malloc(sizeof(*s));
+    int rc = -1;
+    kb_err e;
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) || get_secret_id(c, in, s, 0))
+        goto out;
+    if ((e = cache_store_policy_delete(c->api->store, s->id)) != KB_OK) {
+        rc = fail_internal(c, e);
+        goto out;
+    }
+    rc = arn_name(c, s, out);
+out:
+    free(s);
+    return rc;
+}
+
+/* ValidateResourcePolicy checks the structure only (policy_check), not what IAM Access Analyzer
+ * checks on AWS; a SecretId, when given, must name an existing secret. */
+static int op_validate_policy(op_ctx *c, const json_t *in, json_t *out)
+{
+    static const char *const keys[] = {"SecretId", "ResourcePolicy", NULL};
+    const char *pol, *sid;
+    size_t len = 0;
+    char why[128];
+    int pub = 0, rc = -1;
+    cache_secret *s = malloc(sizeof(*s));
+    json_t *errs = NULL;
+
+    if (s == NULL)
+        return fail_internal(c, KB_ERR_NOMEM);
+    if (check_keys(c, in, keys) || get_str(c, in, "ResourcePolicy", 1, POLICY_MAX, 1, &pol, &len) ||
+        get_str(c, in, "SecretId", 1, CACHE_ARN_MAX, 0, &sid, NULL) ||
+        (sid != NULL && get_secret_id(c, in, s, 1)))
+        goto out;
+    if (policy_check(pol, len, &pub, why, sizeof(why)) != 0) {
+        rc = fail(c, "MalformedPolicyDocumentException",
+                  "The resource policy is not a JSON object.");
+        goto out;
+    }
+    errs = json_array();
+    if (errs == NULL ||
+        (why[0] &&
+         json_array_append_new(errs, json_pack("{s:s,s:s}", "CheckName", "POLICY_STRUCTURE",
+                                               "ErrorMessage", why)) != 0) ||
+        set(out, "PolicyValidationPassed", json_boolean(why[0] == '\0')) ||
+        set(out, "ValidationErrors", errs)) {
+        errs = NULL;
+        rc = fail_internal(c, KB_ERR_NOMEM);
+        goto out;
+    }
+    errs = NULL;
+    rc = 0;
+out:
+    json_decref(errs);
+    free(s);
+    return rc;
+}
+
+/* Rotation and replication belong to the data center here: keybridged writes new versions and
+ * keybridge-sync copies them, so these answer a specific error instead of pretending. */
+static int op_not_here(op_ctx *c, const json_t *in, const char *what)
+{
+    cache_secret s;
+    if (json_object_get(in, "SecretId") != NULL && get_secret_id(c, in, &s, 0))
+        return -1;
+    return fail(c, E_REQUEST,
+                "keybridge-cache does not support %s: secrets are rotated in keybridged and "
+                "copied here by keybridge-sync.",
+                what);
+}
+
+static int op_rotate(op_ctx *c, const json_t *in, json_t *out)
+{
+    (void)out;
+    return op_not_here(c, in, "rotation (RotateSecret)");
+}
+
+static int op_cancel_rotate(op_ctx *c, const json_t *in, json_t *out)
+{
+    (void)out;
+    return op_not_here(c, in, "rotation (CancelRotateSecret)");
+}
+
+static int op_replication(op_ctx *c, const json_t *in, json_t *out)
+{
+    (void)out;
+    return op_not_here(c, in, "replication to other Regions");
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 typedef int (*op_fn)(op_ctx *c, const json_t *in, json_t *out);
@@ -1686,12 +2192,29 @@ static const struct {
                  * bookkeeping writes (LastAccessedDate, dropping a secret past its recovery
                  * window on sight) are kept whatever the outcome: cache_api_dispatch */
 } OPS[] = {
-    {"CreateSecret", op_create, 1},           {"PutSecretValue", op_put_value, 1},
-    {"UpdateSecret", op_update, 1},           {"GetSecretValue", op_get_value, 0},
-    {"BatchGetSecretValue", op_batch_get, 0}, {"ListSecrets", op_list, 0},
-    {"DescribeSecret", op_describe, 0},       {"DeleteSecret", op_delete, 1},
-    {"RestoreSecret", op_restore, 1},         {"TagResource", op_tag, 1},
-    {"UntagResource", op_untag, 1},           {"GetResourcePolicy", op_policy, 0},
+    {"CreateSecret", op_create, 1},
+    {"PutSecretValue", op_put_value, 1},
+    {"UpdateSecret", op_update, 1},
+    {"GetSecretValue", op_get_value, 0},
+    {"BatchGetSecretValue", op_batch_get, 0},
+    {"ListSecrets", op_list, 0},
+    {"DescribeSecret", op_describe, 0},
+    {"DeleteSecret", op_delete, 1},
+    {"RestoreSecret", op_restore, 1},
+    {"TagResource", op_tag, 1},
+    {"UntagResource", op_untag, 1},
+    {"GetResourcePolicy", op_policy, 0},
+    {"PutResourcePolicy", op_put_policy, 1},
+    {"DeleteResourcePolicy", op_delete_policy, 1},
+    {"ValidateResourcePolicy", op_validate_policy, 0},
+    {"ListSecretVersionIds", op_list_versions, 0},
+    {"UpdateSecretVersionStage", op_update_stage, 1},
+    {"GetRandomPassword", op_random_password, 0},
+    {"RotateSecret", op_rotate, 0},
+    {"CancelRotateSecret", op_cancel_rotate, 0},
+    {"ReplicateSecretToRegions", op_replication, 0},
+    {"RemoveRegionsFromReplication", op_replication, 0},
+    {"StopReplicationToReplica", op_replication, 0},
 };
 
 static kb_err respond_json(cache_response *r, int status, json_t *body)
@@ -1739,11 +2262,23 @@ kb_err cache_api_dispatch(cache_api *a, const char *account, const char *operati
         ;
     if (i == KB_ARRAY_LEN(OPS))
         return respond_error(out, 400, "UnknownOperationException", "Unknown operation");
-    e = kb_json_parse(body, len, CACHE_BODY_MAX, &in, jerr, sizeof(jerr));
+    /* \u0000 is valid JSON and Secrets Manager takes it in a SecretString; anywhere else it is
+     * refused here, so every other string can be used as C text. */
+    e = kb_json_parse_flags(body, len, CACHE_BODY_MAX, KB_JSON_ALLOW_NUL, &in, jerr, sizeof(jerr));
     if (e == KB_ERR_TOO_LARGE && len > CACHE_BODY_MAX)
         return respond_error(out, 413, "RequestEntityTooLargeException", "Request body too large");
     if (e != KB_OK)
         return respond_error(out, 400, "SerializationException", jerr);
+    {
+        static const char *const nul_ok[] = {"SecretString", NULL};
+        const char *bad = kb_json_first_nul(in, nul_ok);
+        if (bad != NULL) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "Invalid character (NUL) in parameter %.64s", bad);
+            json_decref(in);
+            return respond_error(out, 400, E_PARAM, msg);
+        }
+    }
 
     memset(&c, 0, sizeof(c));
     c.api = a;

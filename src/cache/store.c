@@ -43,7 +43,12 @@ static const char *const SCHEMA =
     "CREATE TABLE IF NOT EXISTS tags("
     " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
     " k TEXT NOT NULL, v TEXT NOT NULL,"
-    " PRIMARY KEY(secret_id, k));";
+    " PRIMARY KEY(secret_id, k));"
+    /* Resource policies (PutResourcePolicy): stored and returned, never enforced. Added to
+     * schema 1 in place, like the list indexes: an older binary ignores the table. */
+    "CREATE TABLE IF NOT EXISTS policies("
+    " secret_id INTEGER PRIMARY KEY REFERENCES secrets(id) ON DELETE CASCADE,"
+    " policy TEXT NOT NULL);";
 
 enum {
     Q_FIND_NAME,
@@ -65,6 +70,10 @@ enum {
     Q_STAGE_DEL,
     Q_STAGES,
     Q_STAGES_VID,
+    Q_VERSIONS,
+    Q_POLICY_GET,
+    Q_POLICY_SET,
+    Q_POLICY_DEL,
     Q_BEGIN,
     Q_BEGIN_READ,
     Q_COMMIT,
@@ -108,6 +117,13 @@ static const char *const SQL[Q__COUNT] = {
     [Q_STAGES] = "SELECT vid, stage FROM stages WHERE secret_id = ?1 ORDER BY vid, stage",
     [Q_STAGES_VID] = "SELECT vid, stage FROM stages WHERE secret_id = ?1 AND vid = ?2"
                      " ORDER BY stage",
+    [Q_VERSIONS] = "SELECT vid, created_ms, seq, EXISTS (SELECT 1 FROM stages s WHERE"
+                   " s.secret_id = v.secret_id AND s.vid = v.vid) FROM versions v"
+                   " WHERE v.secret_id = ?1 AND v.seq < ?2 ORDER BY v.seq DESC",
+    [Q_POLICY_GET] = "SELECT policy FROM policies WHERE secret_id = ?1",
+    [Q_POLICY_SET] = "INSERT INTO policies(secret_id, policy) VALUES(?1, ?2)"
+                     " ON CONFLICT(secret_id) DO UPDATE SET policy = excluded.policy",
+    [Q_POLICY_DEL] = "DELETE FROM policies WHERE secret_id = ?1",
     [Q_BEGIN] = "BEGIN IMMEDIATE",
     [Q_BEGIN_READ] = "BEGIN DEFERRED",
     [Q_COMMIT] = "COMMIT",
@@ -748,4 +764,66 @@ kb_err cache_store_stages(cache_store *st, int64_t id, const char *only_vid,
 out:
     done(s);
     return rc;
+}
+
+kb_err cache_store_versions(cache_store *st, int64_t id, int64_t before_seq,
+                            cache_store_version_fn fn, void *arg)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_GUARD(stmt(st, Q_VERSIONS, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, before_seq > 0 ? before_seq : INT64_MAX));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        int v = fn(arg, (const char *)sqlite3_column_text(s, 0), sqlite3_column_int64(s, 1),
+                   sqlite3_column_int64(s, 2), sqlite3_column_int(s, 3) != 0);
+        KB_ENSURE_OUT(rc, v >= 0, KB_ERR_INTERNAL);
+        if (v > 0)
+            goto out;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(st, "versions");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_policy_get(cache_store *st, int64_t id, char **out)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    *out = NULL;
+    KB_GUARD(stmt(st, Q_POLICY_GET, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    r = sqlite3_step(s);
+    if (r == SQLITE_ROW) {
+        const char *p = (const char *)sqlite3_column_text(s, 0);
+        *out = strdup(p ? p : "");
+        KB_ENSURE_OUT(rc, *out != NULL, KB_ERR_NOMEM);
+    } else {
+        rc = r == SQLITE_DONE ? KB_ERR_NOT_FOUND : db_err(st, "policy_get");
+    }
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_policy_set(cache_store *st, int64_t id, const char *policy)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    KB_GUARD(stmt(st, Q_POLICY_SET, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, policy));
+    return exec_step(st, s, "policy_set");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_policy_delete(cache_store *st, int64_t id)
+{
+    return exec_id(st, Q_POLICY_DEL, id, "policy_delete");
 }

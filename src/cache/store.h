@@ -142,6 +142,20 @@ typedef int (*cache_store_stage_fn)(void *arg, const char *vid, const char *stag
 KB_WUR kb_err cache_store_stages(cache_store *st, int64_t id, const char *only_vid,
                                  cache_store_stage_fn fn, void *arg);
 
+/* Visit a secret's versions newest first (by sequence), starting below before_seq (0: from the
+ * newest): version id, creation date, sequence number, and whether any stage is attached.
+ * Callback as for list. */
+typedef int (*cache_store_version_fn)(void *arg, const char *vid, int64_t created_ms, int64_t seq,
+                                      int staged);
+KB_WUR kb_err cache_store_versions(cache_store *st, int64_t id, int64_t before_seq,
+                                   cache_store_version_fn fn, void *arg);
+
+/* A secret's resource policy text (malloc'd; KB_ERR_NOT_FOUND when none), set (replacing) and
+ * delete (no error when none). Stored and returned only: keybridge-cache enforces no policy. */
+KB_WUR kb_err cache_store_policy_get(cache_store *st, int64_t id, char **out);
+KB_WUR kb_err cache_store_policy_set(cache_store *st, int64_t id, const char *policy);
+KB_WUR kb_err cache_store_policy_delete(cache_store *st, int64_t id);
+
 /* A key derived from the at-rest key for a purpose (label); owned by the store. */
 const kb_secret *cache_store_token_key(const cache_store *st);
 

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <malloc.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,6 +69,50 @@ static void set_err(char *err, size_t err_len, const char *msg)
 kb_err kb_json_parse(const void *buf, size_t len, size_t max, json_t **out, char *err,
                      size_t err_len)
 {
+    return kb_json_parse_flags(buf, len, max, 0, out, err, err_len);
+}
+
+static bool has_nul(const json_t *v)
+{
+    size_t i;
+    const char *k;
+    json_t *e;
+    if (json_is_string(v))
+        return strlen(json_string_value(v)) != json_string_length(v);
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, e)
+        {
+            if (has_nul(e))
+                return true;
+        }
+    } else if (json_is_object(v)) {
+        json_object_foreach((json_t *)v, k, e)
+        {
+            if (has_nul(e))
+                return true;
+        }
+    }
+    return false;
+}
+
+const char *kb_json_first_nul(const json_t *obj, const char *const *skip)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)obj, k, v)
+    {
+        bool skipped = false;
+        for (size_t i = 0; skip != NULL && skip[i] != NULL && !skipped; i++)
+            skipped = strcmp(skip[i], k) == 0;
+        if (!skipped && has_nul(v))
+            return k;
+    }
+    return NULL;
+}
+
+kb_err kb_json_parse_flags(const void *buf, size_t len, size_t max, unsigned flags, json_t **out,
+                           char *err, size_t err_len)
+{
     json_error_t je;
     json_t *v;
 
@@ -81,7 +126,9 @@ kb_err kb_json_parse(const void *buf, size_t len, size_t max, json_t **out, char
         set_err(err, err_len, "empty body");
         return KB_ERR_INVALID;
     }
-    v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+    v = json_loadb(buf, len,
+                   JSON_REJECT_DUPLICATES | ((flags & KB_JSON_ALLOW_NUL) ? JSON_ALLOW_NUL : 0u),
+                   &je);
     if (v == NULL) {
         /* je.text may quote input; give only the position and a generic reason. */
         char msg[96];

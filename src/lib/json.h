@@ -21,6 +21,16 @@ void kb_json_init(void);
 #define KB_JSON_DEPTH_MAX 32
 KB_WUR kb_err kb_json_parse(const void *buf, size_t len, size_t max, json_t **out, char *err,
                             size_t err_len);
+/* As kb_json_parse, with KB_JSON_ALLOW_NUL: strings may contain \u0000 (json_string_length then
+ * differs from strlen: the caller must check every string it uses as C text, see
+ * kb_json_first_nul). */
+#define KB_JSON_ALLOW_NUL 1u
+KB_WUR kb_err kb_json_parse_flags(const void *buf, size_t len, size_t max, unsigned flags,
+                                  json_t **out, char *err, size_t err_len);
+/* The key of the first member of obj (an object) holding, at any depth, a string with an
+ * embedded NUL; members named in skip (NULL-terminated, may be NULL) are not looked at. NULL when
+ * there is none. */
+const char *kb_json_first_nul(const json_t *obj, const char *const *skip);
 
 /* KB_ERR_INVALID if obj has a key not in the NULL-terminated allowed list (NULL: no key is
  * allowed); *bad names it. */

@@ -92,7 +92,7 @@ static json_t *call_as(fx *f, const char *acct, const char *op, const char *body
     assert_ok(
         cache_api_dispatch(f->api, acct, op, (const uint8_t *)body, strlen(body), f->now, &r));
     assert_int_equal(strlen(r.request_id), 36);
-    assert_ok(kb_json_parse(r.body, r.body_len, 1 << 22, &j, NULL, 0));
+    assert_ok(kb_json_parse_flags(r.body, r.body_len, 1 << 22, KB_JSON_ALLOW_NUL, &j, NULL, 0));
     if (status)
         *status = r.status;
     cache_response_free(&r);
@@ -1031,7 +1031,7 @@ static json_t *send_req(fx *f, signed_req *s, const char *body, int64_t now_ms, 
                        .now_ms = now_ms};
     assert_ok(cache_api_handle(f->api, &q, &r));
     assert_int_equal(strlen(r.request_id), 36);
-    assert_ok(kb_json_parse(r.body, r.body_len, 1 << 22, &j, NULL, 0));
+    assert_ok(kb_json_parse_flags(r.body, r.body_len, 1 << 22, KB_JSON_ALLOW_NUL, &j, NULL, 0));
     *status = r.status;
     cache_response_free(&r);
     return j;
@@ -1181,6 +1181,385 @@ static void key_file(void **state)
     free(d);
 }
 
+/* ---- operations added for issue 14: versions, stage moves, passwords, policies, refusals ---- */
+
+static int has_stage(const json_t *entry, const char *stage)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(entry, "VersionStages"), i, v)
+    {
+        if (strcmp(json_string_value(v), stage) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void list_version_ids(void **state)
+{
+    fx *f = *state;
+    char vids[5][80], body[400];
+    json_t *j, *l;
+    for (int i = 0; i < 5; i++) {
+        snprintf(body, sizeof(body), "{\"%s\":\"v\",\"SecretString\":\"value %d\"}",
+                 i == 0 ? "Name" : "SecretId", i);
+        j = ok(f, i == 0 ? "CreateSecret" : "PutSecretValue", body);
+        snprintf(vids[i], sizeof(vids[i]), "%s", str(j, "VersionId"));
+        done(j);
+    }
+    /* Without IncludeDeprecated: only the versions with a stage (current and previous). */
+    j = ok(f, "ListSecretVersionIds", "{\"SecretId\":\"v\"}");
+    l = json_object_get(j, "Versions");
+    assert_int_equal(json_array_size(l), 2);
+    assert_string_equal(str(json_array_get(l, 0), "VersionId"), vids[4]);
+    assert_true(has_stage(json_array_get(l, 0), "AWSCURRENT"));
+    assert_string_equal(str(json_array_get(l, 1), "VersionId"), vids[3]);
+    assert_true(has_stage(json_array_get(l, 1), "AWSPREVIOUS"));
+    assert_non_null(json_object_get(json_array_get(l, 0), "CreatedDate"));
+    assert_string_equal(str(j, "Name"), "v");
+    assert_null(json_object_get(j, "NextToken"));
+    done(j);
+    /* With IncludeDeprecated, paged by 2: 5 versions newest first over 3 pages. */
+    char tok[300] = "";
+    int seen = 0, pages = 0;
+    do {
+        if (tok[0])
+            snprintf(body, sizeof(body),
+                     "{\"SecretId\":\"v\",\"IncludeDeprecated\":true,\"MaxResults\":2,"
+                     "\"NextToken\":\"%s\"}",
+                     tok);
+        else
+            snprintf(body, sizeof(body),
+                     "{\"SecretId\":\"v\",\"IncludeDeprecated\":true,\"MaxResults\":2}");
+        j = ok(f, "ListSecretVersionIds", body);
+        l = json_object_get(j, "Versions");
+        for (size_t i = 0; i < json_array_size(l); i++, seen++)
+            assert_string_equal(str(json_array_get(l, i), "VersionId"), vids[4 - seen]);
+        const char *n = json_string_value(json_object_get(j, "NextToken"));
+        assert_true(strlen(n ? n : "") < sizeof(tok));
+        snprintf(tok, sizeof(tok), "%s", n ? n : "");
+        done(j);
+        pages++;
+    } while (tok[0] && pages < 10);
+    assert_int_equal(seen, 5);
+    assert_int_equal(pages, 3);
+    /* Bad input: type, range, unknown secret, a token from another query or edited. */
+    expect_err(f, "ListSecretVersionIds", "{\"SecretId\":\"v\",\"MaxResults\":0}",
+               "InvalidParameterException");
+    expect_err(f, "ListSecretVersionIds", "{\"SecretId\":\"v\",\"MaxResults\":101}",
+               "InvalidParameterException");
+    expect_err(f, "ListSecretVersionIds", "{\"SecretId\":\"v\",\"IncludeDeprecated\":\"yes\"}",
+               "InvalidParameterException");
+    expect_err(f, "ListSecretVersionIds", "{}", "InvalidParameterException");
+    expect_err(f, "ListSecretVersionIds", "{\"SecretId\":\"nope\"}", "ResourceNotFoundException");
+    j = ok(f, "ListSecretVersionIds",
+           "{\"SecretId\":\"v\",\"IncludeDeprecated\":true,"
+           "\"MaxResults\":1}");
+    snprintf(tok, sizeof(tok), "%s", str(j, "NextToken"));
+    done(j);
+    snprintf(body, sizeof(body), "{\"SecretId\":\"v\",\"MaxResults\":1,\"NextToken\":\"%s\"}", tok);
+    expect_err(f, "ListSecretVersionIds", body, "InvalidNextTokenException");
+    done(ok(f, "CreateSecret", "{\"Name\":\"w\",\"SecretString\":\"x\"}"));
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"w\",\"IncludeDeprecated\":true,\"NextToken\":\"%s\"}", tok);
+    expect_err(f, "ListSecretVersionIds", body, "InvalidNextTokenException");
+    tok[3] = tok[3] == 'A' ? 'B' : 'A';
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"v\",\"IncludeDeprecated\":true,\"NextToken\":\"%s\"}", tok);
+    expect_err(f, "ListSecretVersionIds", body, "InvalidNextTokenException");
+    /* Another account cannot list them. */
+    expect_err_as(f, ACCT_B, "ListSecretVersionIds", "{\"SecretId\":\"v\"}", 400,
+                  "ResourceNotFoundException");
+}
+
+static void update_version_stage(void **state)
+{
+    fx *f = *state;
+    char v1[80], v2[80], v3[80], body[400];
+    json_t *j = ok(f, "CreateSecret", "{\"Name\":\"r\",\"SecretString\":\"one\"}");
+    snprintf(v1, sizeof(v1), "%s", str(j, "VersionId"));
+    done(j);
+    j = ok(f, "PutSecretValue", "{\"SecretId\":\"r\",\"SecretString\":\"two\"}");
+    snprintf(v2, sizeof(v2), "%s", str(j, "VersionId"));
+    done(j);
+    /* Roll AWSCURRENT back to v1: AWSPREVIOUS goes to v2, the version it left. */
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"r\",\"VersionStage\":\"AWSCURRENT\",\"RemoveFromVersionId\":\"%s\","
+             "\"MoveToVersionId\":\"%s\"}",
+             v2, v1);
+    j = ok(f, "UpdateSecretVersionStage", body);
+    assert_string_equal(str(j, "Name"), "r");
+    assert_non_null(json_object_get(j, "ARN"));
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"r\"}");
+    assert_string_equal(str(j, "SecretString"), "one");
+    assert_string_equal(str(j, "VersionId"), v1);
+    assert_int_equal(json_array_size(json_object_get(j, "VersionStages")), 1);
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"r\",\"VersionStage\":\"AWSPREVIOUS\"}");
+    assert_string_equal(str(j, "VersionId"), v2);
+    done(j);
+    /* Moving a label attached elsewhere without naming where it is: refused, nothing moves. */
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"r\",\"VersionStage\":\"AWSCURRENT\",\"MoveToVersionId\":\"%s\"}", v2);
+    expect_err(f, "UpdateSecretVersionStage", body, "InvalidParameterException");
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"r\",\"VersionStage\":\"AWSCURRENT\",\"RemoveFromVersionId\":\"%s\","
+             "\"MoveToVersionId\":\"%s\"}",
+             v2, v1);
+    expect_err(f, "UpdateSecretVersionStage", body, "InvalidParameterException"); /* wrong from */
+    /* AWSCURRENT can't just be removed. */
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"r\",\"VersionStage\":\"AWSCURRENT\",\"RemoveFromVersionId\":\"%s\"}",
+             v1);
+    expect_err(f, "UpdateSecretVersionStage", body, "InvalidParameterException");
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"r\"}");
+    assert_string_equal(str(j, "VersionId"), v1);
+    done(j);
+    /* A custom label: attach, then remove. */
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"r\",\"VersionStage\":\"blue\",\"MoveToVersionId\":\"%s\"}", v2);
+    done(ok(f, "UpdateSecretVersionStage", body));
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"r\",\"VersionStage\":\"blue\"}");
+    assert_string_equal(str(j, "SecretString"), "two");
+    done(j);
+    done(ok(f, "UpdateSecretVersionStage", body)); /* already there: no change, no error */
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"r\",\"VersionStage\":\"blue\",\"RemoveFromVersionId\":\"%s\"}", v2);
+    done(ok(f, "UpdateSecretVersionStage", body));
+    expect_err(f, "GetSecretValue", "{\"SecretId\":\"r\",\"VersionStage\":\"blue\"}",
+               "ResourceNotFoundException");
+    /* Unknown target version, missing members, bad ids, 20-label limit. */
+    expect_err(f, "UpdateSecretVersionStage",
+               "{\"SecretId\":\"r\",\"VersionStage\":\"x\",\"MoveToVersionId\":"
+               "\"00000000-0000-4000-8000-000000000000\"}",
+               "ResourceNotFoundException");
+    expect_err(f, "UpdateSecretVersionStage", "{\"SecretId\":\"r\",\"VersionStage\":\"x\"}",
+               "InvalidParameterException");
+    expect_err(f, "UpdateSecretVersionStage", "{\"SecretId\":\"r\"}", "InvalidParameterException");
+    expect_err(f, "UpdateSecretVersionStage",
+               "{\"SecretId\":\"r\",\"VersionStage\":\"x\",\"MoveToVersionId\":\"short\"}",
+               "InvalidParameterException");
+    j = ok(f, "PutSecretValue",
+           "{\"SecretId\":\"r\",\"SecretString\":\"three\","
+           "\"VersionStages\":[\"l01\",\"l02\",\"l03\",\"l04\",\"l05\",\"l06\","
+           "\"l07\",\"l08\",\"l09\",\"l10\",\"l11\",\"l12\",\"l13\",\"l14\","
+           "\"l15\",\"l16\",\"l17\",\"l18\",\"l19\",\"l20\"]}");
+    snprintf(v3, sizeof(v3), "%s", str(j, "VersionId"));
+    done(j);
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"r\",\"VersionStage\":\"l21\",\"MoveToVersionId\":\"%s\"}", v3);
+    expect_err(f, "UpdateSecretVersionStage", body, "LimitExceededException");
+    /* Scheduled for deletion: refused. */
+    done(ok(f, "DeleteSecret", "{\"SecretId\":\"r\",\"RecoveryWindowInDays\":7}"));
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"r\",\"VersionStage\":\"blue\",\"MoveToVersionId\":\"%s\"}", v2);
+    expect_err(f, "UpdateSecretVersionStage", body, "InvalidRequestException");
+}
+
+static size_t count_in(const char *s, const char *set)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += strchr(set, *s) != NULL;
+    return n;
+}
+
+static void random_password(void **state)
+{
+    fx *f = *state;
+    static const char punct[] = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+    json_t *j = ok(f, "GetRandomPassword", "{}");
+    const char *p = str(j, "RandomPassword");
+    char first[64];
+    assert_int_equal(strlen(p), 32);
+    /* RequireEachIncludedType is on by default: each class appears. */
+    assert_true(count_in(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") > 0);
+    assert_true(count_in(p, "abcdefghijklmnopqrstuvwxyz") > 0);
+    assert_true(count_in(p, "0123456789") > 0);
+    assert_true(count_in(p, punct) > 0);
+    assert_int_equal(count_in(p, " "), 0);
+    snprintf(first, sizeof(first), "%s", p);
+    done(j);
+    j = ok(f, "GetRandomPassword", "{}");
+    assert_string_not_equal(str(j, "RandomPassword"), first);
+    done(j);
+    /* Exclusions hold over many draws; length 4 with 4 required classes has one of each. */
+    for (int i = 0; i < 200; i++) {
+        j = ok(f, "GetRandomPassword", "{\"PasswordLength\":4}");
+        p = str(j, "RandomPassword");
+        assert_int_equal(strlen(p), 4);
+        assert_int_equal(count_in(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"), 1);
+        assert_int_equal(count_in(p, "0123456789"), 1);
+        done(j);
+        j = ok(f, "GetRandomPassword",
+               "{\"PasswordLength\":40,\"ExcludePunctuation\":true,\"ExcludeUppercase\":true,"
+               "\"ExcludeCharacters\":\"aeiou01\",\"IncludeSpace\":true}");
+        p = str(j, "RandomPassword");
+        assert_int_equal(strlen(p), 40);
+        assert_int_equal(count_in(p, punct), 0);
+        assert_int_equal(count_in(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"), 0);
+        assert_int_equal(count_in(p, "aeiou01"), 0);
+        assert_int_equal(strlen(p), count_in(p, "bcdfghjklmnpqrstvwxyz23456789 "));
+        done(j);
+    }
+    j = ok(f, "GetRandomPassword",
+           "{\"PasswordLength\":4096,\"ExcludeNumbers\":true,"
+           "\"RequireEachIncludedType\":false}");
+    assert_int_equal(strlen(str(j, "RandomPassword")), 4096);
+    assert_int_equal(count_in(str(j, "RandomPassword"), "0123456789"), 0);
+    done(j);
+    expect_err(f, "GetRandomPassword", "{\"PasswordLength\":0}", "InvalidParameterException");
+    expect_err(f, "GetRandomPassword", "{\"PasswordLength\":4097}", "InvalidParameterException");
+    expect_err(f, "GetRandomPassword", "{\"PasswordLength\":\"8\"}", "InvalidParameterException");
+    expect_err(f, "GetRandomPassword", "{\"PasswordLength\":3}", "InvalidParameterException");
+    expect_err(f, "GetRandomPassword",
+               "{\"ExcludeNumbers\":true,\"ExcludePunctuation\":true,\"ExcludeUppercase\":true,"
+               "\"ExcludeLowercase\":true}",
+               "InvalidParameterException");
+    expect_err(f, "GetRandomPassword", "{\"Length\":8}", "InvalidParameterException");
+}
+
+static void resource_policies(void **state)
+{
+    fx *f = *state;
+    static const char pol[] = "{\\\"Version\\\":\\\"2012-10-17\\\",\\\"Statement\\\":"
+                              "[{\\\"Effect\\\":\\\"Deny\\\",\\\"Principal\\\":\\\"*\\\","
+                              "\\\"Action\\\":\\\"secretsmanager:*\\\"}]}";
+    static const char pub[] =
+        "{\\\"Version\\\":\\\"2012-10-17\\\",\\\"Statement\\\":"
+        "{\\\"Effect\\\":\\\"Allow\\\",\\\"Principal\\\":{\\\"AWS\\\":\\\"*\\\"},"
+        "\\\"Action\\\":\\\"secretsmanager:GetSecretValue\\\"}}";
+    char body[1024];
+    json_t *j;
+    done(ok(f, "CreateSecret", "{\"Name\":\"p\",\"SecretString\":\"x\"}"));
+    j = ok(f, "GetResourcePolicy", "{\"SecretId\":\"p\"}");
+    assert_null(json_object_get(j, "ResourcePolicy"));
+    done(j);
+    snprintf(body, sizeof(body), "{\"SecretId\":\"p\",\"ResourcePolicy\":\"%s\"}", pol);
+    j = ok(f, "PutResourcePolicy", body);
+    assert_string_equal(str(j, "Name"), "p");
+    done(j);
+    j = ok(f, "GetResourcePolicy", "{\"SecretId\":\"p\"}");
+    assert_non_null(strstr(str(j, "ResourcePolicy"), "\"Effect\":\"Deny\""));
+    done(j);
+    /* Public policy: stored unless BlockPublicPolicy. */
+    snprintf(body, sizeof(body),
+             "{\"SecretId\":\"p\",\"ResourcePolicy\":\"%s\",\"BlockPublicPolicy\":true}", pub);
+    expect_err(f, "PutResourcePolicy", body, "PublicPolicyException");
+    j = ok(f, "GetResourcePolicy", "{\"SecretId\":\"p\"}");
+    assert_non_null(strstr(str(j, "ResourcePolicy"), "Deny")); /* unchanged */
+    done(j);
+    /* Malformed: not JSON, no Version, no Statement, bad Effect, no Action, too long, type. */
+    expect_err(f, "PutResourcePolicy", "{\"SecretId\":\"p\",\"ResourcePolicy\":\"{not json\"}",
+               "MalformedPolicyDocumentException");
+    expect_err(f, "PutResourcePolicy",
+               "{\"SecretId\":\"p\",\"ResourcePolicy\":\"{\\\"Statement\\\":[]}\"}",
+               "MalformedPolicyDocumentException");
+    expect_err(f, "PutResourcePolicy",
+               "{\"SecretId\":\"p\",\"ResourcePolicy\":\"{\\\"Version\\\":\\\"1\\\","
+               "\\\"Statement\\\":[{\\\"Effect\\\":\\\"Maybe\\\",\\\"Action\\\":\\\"a\\\"}]}\"}",
+               "MalformedPolicyDocumentException");
+    expect_err(f, "PutResourcePolicy",
+               "{\"SecretId\":\"p\",\"ResourcePolicy\":\"{\\\"Version\\\":\\\"1\\\","
+               "\\\"Statement\\\":[{\\\"Effect\\\":\\\"Allow\\\"}]}\"}",
+               "MalformedPolicyDocumentException");
+    expect_err(f, "PutResourcePolicy", "{\"SecretId\":\"p\",\"ResourcePolicy\":5}",
+               "InvalidParameterException");
+    expect_err(f, "PutResourcePolicy", "{\"SecretId\":\"p\"}", "InvalidParameterException");
+    expect_err(f, "PutResourcePolicy", "{\"SecretId\":\"nope\",\"ResourcePolicy\":\"{}\"}",
+               "ResourceNotFoundException");
+    {
+        size_t n = 20481;
+        char *big = malloc(n + 64);
+        snprintf(big, n + 64, "{\"SecretId\":\"p\",\"ResourcePolicy\":\"");
+        size_t o = strlen(big);
+        memset(big + o, ' ', n);
+        snprintf(big + o + n, 64, "\"}");
+        expect_err(f, "PutResourcePolicy", big, "InvalidParameterException");
+        free(big);
+    }
+    /* Validate: structure problems are a result, not-JSON an error; no secret needed. */
+    snprintf(body, sizeof(body), "{\"ResourcePolicy\":\"%s\"}", pol);
+    j = ok(f, "ValidateResourcePolicy", body);
+    assert_true(json_is_true(json_object_get(j, "PolicyValidationPassed")));
+    assert_int_equal(json_array_size(json_object_get(j, "ValidationErrors")), 0);
+    done(j);
+    j = ok(f, "ValidateResourcePolicy", "{\"ResourcePolicy\":\"{\\\"Version\\\":\\\"1\\\"}\"}");
+    assert_true(json_is_false(json_object_get(j, "PolicyValidationPassed")));
+    assert_int_equal(json_array_size(json_object_get(j, "ValidationErrors")), 1);
+    done(j);
+    expect_err(f, "ValidateResourcePolicy", "{\"ResourcePolicy\":\"[1,2\"}",
+               "MalformedPolicyDocumentException");
+    snprintf(body, sizeof(body), "{\"SecretId\":\"nope\",\"ResourcePolicy\":\"%s\"}", pol);
+    expect_err(f, "ValidateResourcePolicy", body, "ResourceNotFoundException");
+    /* Another account sees no policy and cannot change it; delete removes it. */
+    expect_err_as(f, ACCT_B, "DeleteResourcePolicy", "{\"SecretId\":\"p\"}", 400,
+                  "ResourceNotFoundException");
+    j = ok(f, "DeleteResourcePolicy", "{\"SecretId\":\"p\"}");
+    assert_string_equal(str(j, "Name"), "p");
+    done(j);
+    j = ok(f, "GetResourcePolicy", "{\"SecretId\":\"p\"}");
+    assert_null(json_object_get(j, "ResourcePolicy"));
+    done(j);
+    done(ok(f, "DeleteResourcePolicy", "{\"SecretId\":\"p\"}")); /* none: still fine */
+    /* The policy goes with the secret. */
+    snprintf(body, sizeof(body), "{\"SecretId\":\"p\",\"ResourcePolicy\":\"%s\"}", pol);
+    done(ok(f, "PutResourcePolicy", body));
+    done(ok(f, "DeleteSecret", "{\"SecretId\":\"p\",\"ForceDeleteWithoutRecovery\":true}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"p\",\"SecretString\":\"x\"}"));
+    j = ok(f, "GetResourcePolicy", "{\"SecretId\":\"p\"}");
+    assert_null(json_object_get(j, "ResourcePolicy"));
+    done(j);
+}
+
+static void refused_operations(void **state)
+{
+    fx *f = *state;
+    static const char *const ops[] = {"RotateSecret", "CancelRotateSecret",
+                                      "ReplicateSecretToRegions", "RemoveRegionsFromReplication",
+                                      "StopReplicationToReplica"};
+    done(ok(f, "CreateSecret", "{\"Name\":\"q\",\"SecretString\":\"x\"}"));
+    for (size_t i = 0; i < KB_ARRAY_LEN(ops); i++) {
+        int st = 0;
+        json_t *j = call_as(f, ACCT_A, ops[i], "{\"SecretId\":\"q\"}", &st);
+        assert_int_equal(st, 400);
+        assert_string_equal(str(j, "__type"), "InvalidRequestException");
+        assert_non_null(strstr(str(j, "message"), "keybridge-cache does not support"));
+        done(j);
+        expect_err(f, ops[i], "{\"SecretId\":\"nope\"}", "ResourceNotFoundException");
+    }
+    expect_err(f, "SomethingNew", "{}", "UnknownOperationException");
+}
+
+static void nul_in_strings(void **state)
+{
+    fx *f = *state;
+    /* \u0000 is valid JSON: kept in a SecretString, byte for byte. */
+    json_t *j = ok(f, "CreateSecret", "{\"Name\":\"n\",\"SecretString\":\"a\\u0000b\"}");
+    done(j);
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"n\"}");
+    assert_int_equal(json_string_length(json_object_get(j, "SecretString")), 3);
+    assert_memory_equal(json_string_value(json_object_get(j, "SecretString")), "a\0b", 3);
+    done(j);
+    done(ok(f, "PutSecretValue", "{\"SecretId\":\"n\",\"SecretString\":\"\\u0000\"}"));
+    j = ok(f, "GetSecretValue", "{\"SecretId\":\"n\"}");
+    assert_int_equal(json_string_length(json_object_get(j, "SecretString")), 1);
+    done(j);
+    /* Anywhere else it would cut a C string short: refused, nothing created or changed. */
+    expect_err(f, "CreateSecret", "{\"Name\":\"m\\u0000x\",\"SecretString\":\"v\"}",
+               "InvalidParameterException");
+    expect_err(f, "DescribeSecret", "{\"SecretId\":\"m\"}", "ResourceNotFoundException");
+    expect_err(f, "TagResource",
+               "{\"SecretId\":\"n\",\"Tags\":[{\"Key\":\"k\\u0000\",\"Value\":\"v\"}]}",
+               "InvalidParameterException");
+    expect_err(f, "ListSecrets", "{\"Filters\":[{\"Key\":\"name\",\"Values\":[\"\\u0000\"]}]}",
+               "InvalidParameterException");
+    j = ok(f, "DescribeSecret", "{\"SecretId\":\"n\"}");
+    assert_int_equal(json_array_size(json_object_get(j, "Tags")), 0);
+    done(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1200,6 +1579,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(persistence_and_tamper, setup, teardown),
         cmocka_unit_test_setup_teardown(reads_and_scratch, setup, teardown),
         cmocka_unit_test_setup_teardown(pagination_keyset, setup, teardown),
+        cmocka_unit_test_setup_teardown(list_version_ids, setup, teardown),
+        cmocka_unit_test_setup_teardown(update_version_stage, setup, teardown),
+        cmocka_unit_test_setup_teardown(random_password, setup, teardown),
+        cmocka_unit_test_setup_teardown(resource_policies, setup, teardown),
+        cmocka_unit_test_setup_teardown(refused_operations, setup, teardown),
+        cmocka_unit_test_setup_teardown(nul_in_strings, setup, teardown),
         cmocka_unit_test(unseal_to_bounds),
         cmocka_unit_test_setup_teardown(sigv4_auth, setup, teardown),
         cmocka_unit_test(creds_file),
