@@ -59,7 +59,7 @@ static int usage_write(const char *verb)
 {
     fprintf(stderr,
             "usage: keybridge secret %s NAME --content-file FILE|- [--description TEXT]\n"
-            "         [--metadata KEY=VALUE]... [--expires UNIX_TIME]%s\n",
+            "         [--metadata KEY=VALUE]... [--expires UNIX_TIME|--expires-from-content]%s\n",
             verb, strcmp(verb, "create") == 0 ? " [--owner-group G] [--cloud-sync]" : "");
     return KB_EXIT_USAGE;
 }
@@ -101,6 +101,8 @@ static int secret_write(cli *c, int argc, char **argv, int create)
             }
             json_object_set_new(body, "expires_at", json_integer(t));
             i++;
+        } else if (strcmp(a, "--expires-from-content") == 0) {
+            json_object_set_new(body, "expiry_from_content", json_true());
         } else if (create && strcmp(a, "--owner-group") == 0 && v) {
             json_object_set_new(body, "owner_group", json_string(v));
             i++;

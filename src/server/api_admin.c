@@ -319,16 +319,18 @@ static void secrets_list(svc *s, api_ctx *c, api_response *r)
 /* Shared by create (POST) and new version (PUT). */
 static void secret_write(svc *s, api_ctx *c, const char *path_name, api_response *r)
 {
-    static const char *const k_create[] = {"name",       "content",     "description", "metadata",
-                                           "expires_at", "owner_group", "cloud_sync",  NULL};
-    static const char *const k_put[] = {"content", "metadata", "expires_at", NULL};
+    static const char *const k_create[] = {
+        "name",        "content",    "description",         "metadata", "expires_at",
+        "owner_group", "cloud_sync", "expiry_from_content", NULL};
+    static const char *const k_put[] = {"content", "metadata", "expires_at", "expiry_from_content",
+                                        NULL};
     bool create = path_name == NULL;
     json_t *body = NULL;
     const char *b64 = NULL;
     char *meta = NULL;
     kb_secret *content = NULL;
     svc_secret_spec spec;
-    int cloud = -1;
+    int cloud = -1, from_content = -1;
     int64_t id = 0, version = 0;
     kb_err rc;
 
@@ -345,6 +347,7 @@ static void secret_write(svc *s, api_ctx *c, const char *path_name, api_response
         f_str(body, "description", false, &spec.description) != KB_OK ||
         f_str(body, "owner_group", false, &spec.owner_group) != KB_OK ||
         f_bool(body, "cloud_sync", &cloud) != KB_OK ||
+        f_bool(body, "expiry_from_content", &from_content) != KB_OK ||
         f_int(body, "expires_at", true, &spec.expires_at) != KB_OK) {
         bad_body(r, KB_ERR_INVALID, "missing field or wrong type");
         goto out;
@@ -367,6 +370,11 @@ static void secret_write(svc *s, api_ctx *c, const char *path_name, api_response
         goto out;
     }
     spec.cloud_sync = cloud == 1;
+    spec.expiry_from_content = from_content == 1;
+    if (spec.expiry_from_content && spec.expires_at > 0) {
+        bad_body(r, KB_ERR_INVALID, "expires_at and expiry_from_content exclude each other");
+        goto out;
+    }
     spec.content = kb_secret_cdata(content);
     spec.content_len = kb_secret_len(content);
     spec.metadata = meta;
@@ -381,7 +389,11 @@ static void secret_write(svc *s, api_ctx *c, const char *path_name, api_response
                      : rc == KB_ERR_EXISTS    ? "a secret with this name exists (maybe deleted)"
                      : rc == KB_ERR_TOO_LARGE ? "content too large"
                      : rc == KB_ERR_INVALID && spec.content_len == 0 ? CLOUD_EMPTY_MSG
-                                                                     : "request refused");
+                     : rc == KB_ERR_INVALID && spec.expiry_from_content
+                         ? "expiry_from_content: no expiry could be read from the content (not "
+                           "an X.509 certificate, PKCS#12 or OpenPGP key with a date, or "
+                           "malformed)"
+                         : "request refused");
         goto out;
     }
     if (create)

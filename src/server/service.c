@@ -11,6 +11,7 @@
 #include <openssl/x509.h>
 
 #include "dkcache.h"
+#include "expiry.h"
 #include "hsm_budget.h"
 #include "lib/envelope.h"
 #include "lib/fileio.h"
@@ -445,54 +446,31 @@ static kb_err seal_cb(void *ctx, int64_t secret_id, int64_t version, store_envel
     return KB_OK;
 }
 
-kb_err svc_pem_not_after(const uint8_t *content, size_t len, int64_t *out)
+/* The version's expiry: the one given, else the content's (expiry.h). Without
+ * spec->expiry_from_content a content that cannot be read (malformed certificate, key whose
+ * date cannot be found) is stored without an expiry and logged (kind only, never content); with
+ * it, the write is refused (KB_ERR_INVALID, nothing written) unless a date was found. */
+static kb_err expiry_for(const svc_secret_spec *spec, int64_t *out)
 {
-    BIO *bio;
-    X509 *x = NULL;
-    struct tm tm;
-    kb_err rc = KB_ERR_NOT_FOUND;
-
-    KB_ENSURE_REF(out);
-    if (content == NULL || len == 0 || len > INT32_MAX ||
-        memmem(content, len, "-----BEGIN CERTIFICATE-----", 27) == NULL)
-        return KB_ERR_NOT_FOUND;
-    bio = BIO_new_mem_buf(content, (int)len);
-    KB_ENSURE(bio != NULL, KB_ERR_NOMEM);
-    /* Walk the PEM blocks ourselves with PEM_FLAG_SECURE: a secret often holds a private key
-     * before its certificate, and PEM_read_bio_X509 would decode that key into ordinary heap
-     * and free it uncleared. Every decoded block is wiped here. */
-    for (int blocks = 0; blocks < 64 && x == NULL; blocks++) {
-        char *name = NULL, *header = NULL;
-        unsigned char *data = NULL;
-        long dlen = 0;
-        if (!PEM_read_bio_ex(bio, &name, &header, &data, &dlen, PEM_FLAG_SECURE))
-            break;
-        if (strcmp(name, "CERTIFICATE") == 0) {
-            const unsigned char *p = data;
-            x = d2i_X509(NULL, &p, dlen);
-        }
-        OPENSSL_secure_clear_free(data, (size_t)dlen);
-        OPENSSL_secure_free(name);
-        OPENSSL_secure_free(header);
-    }
-    ERR_clear_error();
-    if (x != NULL && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
-        *out = (int64_t)timegm(&tm);
-        rc = KB_OK;
-    }
-    X509_free(x);
-    BIO_free(bio);
-    return rc;
-}
-
-static int64_t expiry_for(const svc_secret_spec *spec)
-{
+    expiry_kind kind = EXPIRY_NONE;
     int64_t t = 0;
-    if (spec->expires_at > 0)
-        return spec->expires_at;
-    if (svc_pem_not_after(spec->content, spec->content_len, &t) == KB_OK)
-        return t;
-    return 0;
+    kb_err rc;
+
+    *out = 0;
+    if (spec->expires_at > 0) {
+        KB_ENSURE(!spec->expiry_from_content, KB_ERR_INVALID);
+        *out = spec->expires_at;
+        return KB_OK;
+    }
+    rc = expiry_extract(spec->content, spec->content_len, &t, &kind);
+    if (rc == KB_OK) {
+        *out = t;
+        return KB_OK;
+    }
+    if (kind != EXPIRY_NONE)
+        kb_log(KB_LOG_WARN, "expiry_extract_failed", "secret", spec->name, "kind",
+               expiry_kind_name(kind), "error", kb_err_str(rc), NULL);
+    return spec->expiry_from_content ? KB_ERR_INVALID : KB_OK;
 }
 
 kb_err svc_secret_create(svc *s, const svc_actor *a, const svc_secret_spec *spec, int64_t *id_out)
@@ -516,7 +494,7 @@ kb_err svc_secret_create(svc *s, const svc_actor *a, const svc_secret_spec *spec
     memset(&vn, 0, sizeof(vn));
     vn.content_len = spec->content_len;
     vn.metadata = spec->metadata;
-    vn.expires_at = expiry_for(spec);
+    KB_GUARD_OUT(rc, expiry_for(spec, &vn.expires_at));
     KB_GUARD_OUT(rc, take_token(s, a, false)); /* the wrap in seal_cb */
     KB_GUARD_OUT(rc, store_secret_create(s->st, &sn, &vn, seal_cb, &sc, a->identity, a->now, &id));
     if (id_out)
@@ -543,7 +521,7 @@ kb_err svc_secret_put(svc *s, const svc_actor *a, const svc_secret_spec *spec, i
     memset(&vn, 0, sizeof(vn));
     vn.content_len = spec->content_len;
     vn.metadata = spec->metadata;
-    vn.expires_at = expiry_for(spec);
+    KB_GUARD_OUT(rc, expiry_for(spec, &vn.expires_at));
     KB_GUARD_OUT(rc, take_token(s, a, false));
     KB_GUARD_OUT(
         rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now, &version));

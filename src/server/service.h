@@ -88,8 +88,10 @@ typedef struct {
     bool cloud_sync;
     const uint8_t *content;
     size_t content_len;
-    const char *metadata; /* JSON object text or NULL */
-    int64_t expires_at;   /* 0 = taken from a PEM certificate's notAfter in content, else never */
+    const char *metadata;     /* JSON object text or NULL */
+    int64_t expires_at;       /* 0 = taken from the content (expiry.h) if it has one, else never */
+    bool expiry_from_content; /* the caller asked for the content's expiry: refuse the write
+                               * (KB_ERR_INVALID) if there is none or it is malformed */
 } svc_secret_spec;
 
 /* Create a secret with version 1. */
@@ -137,9 +139,5 @@ KB_WUR kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id);
  * "admin.recover" by identity "recover-admin", success or not, then the head is anchored. The ID
  * must be canonical and in [server] trust_domain when that is set (KB_ERR_INVALID). */
 KB_WUR kb_err svc_recover_admin(const kb_config *cfg, const char *admin_spiffe_id, bool force);
-
-/* The notAfter of the first certificate in a PEM text, if content is one (KB_ERR_NOT_FOUND
- * otherwise). Used for expiry when none is given. */
-KB_WUR kb_err svc_pem_not_after(const uint8_t *content, size_t len, int64_t *out);
 
 #endif

@@ -12,6 +12,7 @@
 
 #include "kbtest.h"
 #include "lib/json.h"
+#include "server/expiry.h"
 #include "server/server_config.h"
 #include "server/service.h"
 
@@ -289,12 +290,13 @@ static void expiry_from_pem(void **state)
     store_secret sec;
     store_record rec;
     int64_t t = 0;
+    expiry_kind kind;
 
-    assert_ok(svc_pem_not_after((const uint8_t *)pem, strlen(pem), &t));
+    assert_ok(expiry_extract((const uint8_t *)pem, strlen(pem), &t, &kind));
     assert_int_equal(t, na);
-    assert_kb(svc_pem_not_after((const uint8_t *)"hello", 5, &t), KB_ERR_NOT_FOUND);
-    assert_kb(svc_pem_not_after((const uint8_t *)"-----BEGIN CERTIFICATE-----\nAAAA\n", 33, &t),
-              KB_ERR_NOT_FOUND);
+    assert_kb(expiry_extract((const uint8_t *)"hello", 5, &t, &kind), KB_ERR_NOT_FOUND);
+    assert_kb(expiry_extract((const uint8_t *)"-----BEGIN CERTIFICATE-----\nAAAA\n", 33, &t, &kind),
+              KB_ERR_INVALID);
     /* a key block before the certificate (the usual bundle order) is skipped */
     char *bundle = malloc(strlen(pem) + 200);
     snprintf(
@@ -303,13 +305,62 @@ static void expiry_from_pem(void **state)
         "PRIVATE KEY-----\n%s",
         pem);
     t = 0;
-    assert_ok(svc_pem_not_after((const uint8_t *)bundle, strlen(bundle), &t));
+    assert_ok(expiry_extract((const uint8_t *)bundle, strlen(bundle), &t, &kind));
     assert_int_equal(t, na);
     free(bundle);
     create_secret(f, "tls-cert", pem, false);
     assert_ok(store_secret_get(svc_store(f->s), "tls-cert", false, &sec));
     assert_ok(store_version_get(svc_store(f->s), sec.id, 0, &rec));
     assert_int_equal(rec.version.expires_at, na);
+    store_record_clear(&rec);
+    store_secret_clear(&sec);
+    free(pem);
+}
+
+/* A malformed certificate does not fail a write unless extraction was asked for; then it
+ * refuses (nothing written); an explicit date wins and excludes the request. */
+static void expiry_request(void **state)
+{
+    fx *f = *state;
+    svc_actor a = actor(ADMIN);
+    svc_secret_spec sp;
+    store_secret sec;
+    store_record rec;
+    static const char bad[] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    time_t na = (time_t)time(NULL) + 86400 * 9;
+    char *pem = make_pem_cert(na);
+    int64_t v = 0;
+
+    memset(&sp, 0, sizeof(sp));
+    sp.name = "bad-cert";
+    sp.content = (const uint8_t *)bad;
+    sp.content_len = strlen(bad);
+    sp.expiry_from_content = true;
+    assert_kb(svc_secret_create(f->s, &a, &sp, NULL), KB_ERR_INVALID);
+    assert_kb(store_secret_get(svc_store(f->s), "bad-cert", false, &sec), KB_ERR_NOT_FOUND);
+    sp.expiry_from_content = false; /* best effort: stored without an expiry */
+    assert_ok(svc_secret_create(f->s, &a, &sp, NULL));
+    assert_ok(store_secret_get(svc_store(f->s), "bad-cert", false, &sec));
+    assert_ok(store_version_get(svc_store(f->s), sec.id, 0, &rec));
+    assert_int_equal(rec.version.expires_at, 0);
+    store_record_clear(&rec);
+    /* a good certificate as version 2, extraction asked for */
+    sp.content = (const uint8_t *)pem;
+    sp.content_len = strlen(pem);
+    sp.expiry_from_content = true;
+    assert_ok(svc_secret_put(f->s, &a, &sp, &v));
+    assert_int_equal(v, 2);
+    assert_ok(store_version_get(svc_store(f->s), sec.id, 0, &rec));
+    assert_int_equal(rec.version.expires_at, na);
+    store_record_clear(&rec);
+    /* both an explicit date and extraction: refused, no version 3 */
+    sp.expires_at = 12345;
+    assert_kb(svc_secret_put(f->s, &a, &sp, &v), KB_ERR_INVALID);
+    sp.expiry_from_content = false; /* the explicit date wins over the certificate's */
+    assert_ok(svc_secret_put(f->s, &a, &sp, &v));
+    assert_int_equal(v, 3);
+    assert_ok(store_version_get(svc_store(f->s), sec.id, 0, &rec));
+    assert_int_equal(rec.version.expires_at, 12345);
     store_record_clear(&rec);
     store_secret_clear(&sec);
     free(pem);
@@ -488,6 +539,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(cloud_clients_need_opt_in, setup, teardown),
         cmocka_unit_test_setup_teardown(equal_contents_different_checksums, setup, teardown),
         cmocka_unit_test_setup_teardown(expiry_from_pem, setup, teardown),
+        cmocka_unit_test_setup_teardown(expiry_request, setup, teardown),
         cmocka_unit_test_setup_teardown(tampered_ciphertext_is_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(tampered_access_rows_fail_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(audit_trail_is_complete_and_verifies, setup, teardown),

@@ -1,0 +1,187 @@
+/* test_expiry.c - expiry extraction (server/expiry.h): X.509 PEM/DER, PKCS#12, OpenPGP, and the
+ * negative cases (malformed PEM/DER, truncated PKCS#12, garbage OpenPGP). The fixtures are the
+ * fuzz target's seeds (tests/fuzz/corpus/fuzz_expiry), made by GnuPG 2.2, python-cryptography
+ * and openssl pkcs12 (docs/internals/notify.md lists how). */
+#include <string.h>
+
+#include "kbtest.h"
+#include "lib/buf.h"
+#include "lib/fileio.h"
+#include "lib/secbuf.h"
+#include "server/expiry.h"
+
+#define LEAF_NOT_AFTER 1835759167      /* 2028-03-04T05:06:07Z: the leaf; the CA lasts to 2035 */
+#define CA_NOT_AFTER 2051222400        /* 2035-01-01T00:00:00Z */
+#define PGP_ED25519_EXPIRES 1893499200 /* 2030-01-01T12:00:00Z */
+#define PGP_RSA_EXPIRES 1969704000     /* 2032-06-01T12:00:00Z: the newer self-signature */
+
+static kb_dbuf load(const char *name)
+{
+    kb_dbuf b;
+    char path[1024];
+    const char *src = getenv("KB_SOURCE_DIR");
+    snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/fuzz_expiry/%s", src ? src : ".", name);
+    kb_dbuf_init(&b, 1 << 20);
+    if (kb_file_read(path, 1 << 20, &b) != KB_OK)
+        fail_msg("cannot read %s", path);
+    return b;
+}
+
+static kb_err extract(const kb_dbuf *b, size_t len, int64_t *t, expiry_kind *k)
+{
+    *t = 0;
+    return expiry_extract((const uint8_t *)b->p, len, t, k);
+}
+
+static void expect(const char *file, kb_err want, expiry_kind kind, int64_t when)
+{
+    kb_dbuf b = load(file);
+    int64_t t;
+    expiry_kind k;
+    kb_err rc = extract(&b, b.len, &t, &k);
+    if (rc != want || k != kind || (want == KB_OK && t != when))
+        fail_msg("%s: got %s kind %s t %lld; want %s kind %s t %lld", file, kb_err_str(rc),
+                 expiry_kind_name(k), (long long)t, kb_err_str(want), expiry_kind_name(kind),
+                 (long long)when);
+    kb_dbuf_free(&b);
+}
+
+static void x509(void **state)
+{
+    (void)state;
+    /* key, CA, leaf: the key block is skipped, the earliest notAfter (the leaf) wins */
+    expect("x509-key-chain.pem", KB_OK, EXPIRY_X509_PEM, LEAF_NOT_AFTER);
+    expect("x509-leaf.der", KB_OK, EXPIRY_X509_DER, LEAF_NOT_AFTER);
+}
+
+static void pkcs12(void **state)
+{
+    (void)state;
+    expect("p12-nopass.p12", KB_OK, EXPIRY_PKCS12, LEAF_NOT_AFTER);
+    expect("p12-emptypass.p12", KB_OK, EXPIRY_PKCS12, LEAF_NOT_AFTER);
+    /* certificates encrypted under a real password: recognised, no date */
+    expect("p12-password.p12", KB_ERR_NOT_FOUND, EXPIRY_PKCS12, 0);
+}
+
+static void openpgp(void **state)
+{
+    (void)state;
+    expect("pgp-ed25519-pub.asc", KB_OK, EXPIRY_OPENPGP, PGP_ED25519_EXPIRES);
+    expect("pgp-ed25519-pub.gpg", KB_OK, EXPIRY_OPENPGP, PGP_ED25519_EXPIRES);
+    expect("pgp-ed25519-sec.asc", KB_OK, EXPIRY_OPENPGP, PGP_ED25519_EXPIRES);
+    expect("pgp-rsa-pub.asc", KB_OK, EXPIRY_OPENPGP, PGP_RSA_EXPIRES);
+    expect("pgp-rsa-sec.gpg", KB_OK, EXPIRY_OPENPGP, PGP_RSA_EXPIRES);
+    /* a key that never expires: recognised, no date */
+    expect("pgp-never-pub.asc", KB_ERR_NOT_FOUND, EXPIRY_OPENPGP, 0);
+}
+
+static void not_recognised(void **state)
+{
+    int64_t t = 0;
+    expiry_kind k;
+    static const uint8_t der_key[] = {0x30, 0x03, 0x02, 0x01, 0x00}; /* SEQUENCE { INTEGER 0 } */
+    (void)state;
+    assert_kb(expiry_extract((const uint8_t *)"hello", 5, &t, &k), KB_ERR_NOT_FOUND);
+    assert_int_equal(k, EXPIRY_NONE);
+    assert_kb(expiry_extract(NULL, 0, &t, &k), KB_ERR_NOT_FOUND);
+    assert_kb(expiry_extract(der_key, sizeof(der_key), &t, &k), KB_ERR_NOT_FOUND);
+    assert_int_equal(k, EXPIRY_NONE);
+    assert_kb(expiry_extract((const uint8_t *)"x", 1, NULL, &k), KB_ERR_NULL);
+    assert_int_equal(t, 0);
+}
+
+/* Every prefix of every fixture: no crash, and a date only from a complete one (a truncated
+ * PEM or armour cannot yield one; truncated binary formats are malformed or unrecognised). */
+static void truncated(void **state)
+{
+    static const char *const files[] = {
+        "x509-key-chain.pem",  "x509-leaf.der",       "p12-nopass.p12", "p12-emptypass.p12",
+        "pgp-ed25519-pub.asc", "pgp-ed25519-pub.gpg", "pgp-rsa-sec.gpg"};
+    (void)state;
+    for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
+        kb_dbuf b = load(files[f]);
+        for (size_t n = 1; n < b.len; n++) {
+            int64_t t;
+            expiry_kind k;
+            kb_err rc = extract(&b, n, &t, &k);
+            /* PEM: the leaf is last; a cut before its BEGIN line leaves key + CA (the CA's date),
+             * a cut inside it breaks it, a cut in the final END line can still decode. */
+            if (rc == KB_OK && t != LEAF_NOT_AFTER && t != CA_NOT_AFTER &&
+                t != PGP_ED25519_EXPIRES && t != PGP_RSA_EXPIRES)
+                fail_msg("%s[:%zu]: date %lld", files[f], n, (long long)t);
+            if (rc == KB_OK && strstr(files[f], ".pem") == NULL && strstr(files[f], ".asc") == NULL)
+                fail_msg("%s[:%zu]: a truncated binary gave a date", files[f], n);
+            if (rc != KB_OK && rc != KB_ERR_INVALID && rc != KB_ERR_NOT_FOUND)
+                fail_msg("%s[:%zu]: %s", files[f], n, kb_err_str(rc));
+        }
+        kb_dbuf_free(&b);
+    }
+}
+
+static void malformed(void **state)
+{
+    int64_t t = 0;
+    expiry_kind k;
+    kb_dbuf b;
+    (void)state;
+    /* a CERTIFICATE block that is not a certificate */
+    static const char bad_pem[] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    assert_kb(expiry_extract((const uint8_t *)bad_pem, strlen(bad_pem), &t, &k), KB_ERR_INVALID);
+    assert_int_equal(k, EXPIRY_X509_PEM);
+    /* a good chain plus a broken certificate block: malformed as a whole */
+    b = load("x509-key-chain.pem");
+    assert_ok(kb_dbuf_add(&b, bad_pem, strlen(bad_pem)));
+    assert_kb(extract(&b, b.len, &t, &k), KB_ERR_INVALID);
+    kb_dbuf_free(&b);
+    /* DER with a trailing byte: not a certificate */
+    b = load("x509-leaf.der");
+    assert_ok(kb_dbuf_addc(&b, 0));
+    assert_kb(extract(&b, b.len, &t, &k), KB_ERR_NOT_FOUND);
+    kb_dbuf_free(&b);
+    /* a DER certificate with a flipped byte in notAfter's tag */
+    b = load("x509-leaf.der");
+    for (size_t i = 0; i + 1 < b.len; i++)
+        if ((uint8_t)b.p[i] == 0x17 && (uint8_t)b.p[i + 1] == 0x0d) /* UTCTime, 13 bytes */
+            b.p[i] = 0x04;
+    assert_kb(extract(&b, b.len, &t, &k), KB_ERR_NOT_FOUND);
+    kb_dbuf_free(&b);
+    /* garbage OpenPGP: armour with bad base64, a header without colon, no END line */
+    static const char *const bad_asc[] = {
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQ!!\n-----END PGP PUBLIC KEY BLOCK-----\n",
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\nnot a header\n\nmDME\n-----END PGP PUBLIC KEY "
+        "BLOCK-----\n",
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ",
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----\n",
+        "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\n\n-----END PGP PRIVATE KEY BLOCK-----\n",
+    };
+    for (size_t i = 0; i < sizeof(bad_asc) / sizeof(bad_asc[0]); i++) {
+        assert_kb(expiry_extract((const uint8_t *)bad_asc[i], strlen(bad_asc[i]), &t, &k),
+                  KB_ERR_INVALID);
+        assert_int_equal(k, EXPIRY_OPENPGP);
+    }
+    /* binary: a key packet whose length runs past the end; a partial body length; a v9 key */
+    static const uint8_t past_end[] = {0x99, 0x01, 0x00, 0x04, 0x00};
+    static const uint8_t partial[] = {0xC6, 0xE1, 0x04, 0x00};
+    static const uint8_t bad_version[] = {0xC6, 0x05, 0x09, 0x00, 0x00, 0x00, 0x01};
+    assert_kb(expiry_extract(past_end, sizeof(past_end), &t, &k), KB_ERR_INVALID);
+    assert_int_equal(k, EXPIRY_OPENPGP);
+    assert_kb(expiry_extract(partial, sizeof(partial), &t, &k), KB_ERR_INVALID);
+    assert_kb(expiry_extract(bad_version, sizeof(bad_version), &t, &k), KB_ERR_INVALID);
+    /* a subkey's binding signature never dates the primary key: drop the primary's self-sig
+     * expiry by appending nothing but garbage after a valid key: trailing garbage is malformed */
+    b = load("pgp-ed25519-pub.gpg");
+    assert_ok(kb_dbuf_add(&b, "\x01\x02", 2));
+    assert_kb(extract(&b, b.len, &t, &k), KB_ERR_INVALID);
+    kb_dbuf_free(&b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(x509),           cmocka_unit_test(pkcs12),    cmocka_unit_test(openpgp),
+        cmocka_unit_test(not_recognised), cmocka_unit_test(truncated), cmocka_unit_test(malformed),
+    };
+    if (kb_secmem_init() != KB_OK)
+        return 1;
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
