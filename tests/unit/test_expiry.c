@@ -148,8 +148,8 @@ static void malformed(void **state)
     /* garbage OpenPGP: armour with bad base64, a header without colon, no END line */
     static const char *const bad_asc[] = {
         "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmQ!!\n-----END PGP PUBLIC KEY BLOCK-----\n",
-        "-----BEGIN PGP PUBLIC KEY BLOCK-----\nnot a header\n\nmDME\n-----END PGP PUBLIC KEY "
-        "BLOCK-----\n",
+        ("-----BEGIN PGP PUBLIC KEY BLOCK-----\nnot a header\n\nmDME\n-----END PGP PUBLIC KEY "
+         "BLOCK-----\n"),
         "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ",
         "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----\n",
         "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\n\n-----END PGP PRIVATE KEY BLOCK-----\n",
