@@ -551,23 +551,6 @@ kb_err ca_target_svidstore_json(const char *id_str, const ca_svid *sv, char **ou
     return rc;
 }
 
-/* base64 of s into a new jansson string (wiped when freed: kb_json_init's allocator). */
-static json_t *b64_json(const char *s)
-{
-    size_t n = strlen(s), cap = 4 * ((n + 2) / 3) + 1;
-    kb_secret *b = NULL;
-    json_t *j = NULL;
-    int k;
-
-    if (kb_secret_new(cap, &b) != KB_OK)
-        return NULL;
-    k = EVP_EncodeBlock(kb_secret_data(b), (const unsigned char *)s, (int)n);
-    if (k >= 0)
-        j = json_stringn((const char *)kb_secret_cdata(b), (size_t)k);
-    kb_secret_free(b);
-    return j;
-}
-
 static void token_from_serial(const char *serial, char out[37])
 {
     /* Idempotency token (36 chars, UUID shape) derived from the leaf serial: a retried write of
@@ -757,7 +740,7 @@ static kb_err sm_write(const ca_target_env *env, const ca_reg *r, const ca_targe
     /* checked again right before the key is sent: ownership may change after ca_target_prepare */
     KB_GUARD_OUT(rc, sm_own(&c, env, r, t, why));
     req = json_pack("{s:s,s:s,s:o}", "SecretId", t->name, "ClientRequestToken", tok, "SecretBinary",
-                    b64_json(doc));
+                    kb_json_b64(doc, strlen(doc)));
     KB_ENSURE_OUT(rc, req != NULL, KB_ERR_NOMEM);
     KB_GUARD_OUT(rc, sm_call(&c, "PutSecretValue", req, &st, &resp, etype, sizeof(etype)));
     if (st != 200) {

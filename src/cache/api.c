@@ -17,6 +17,7 @@
 #include <openssl/core_names.h>
 #include <openssl/rand.h>
 
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -201,74 +202,6 @@ static int get_token(op_ctx *c, const json_t *in, const char **out)
     return 0;
 }
 
-/* Strict base64 (RFC 4648 section 4, padding required, no whitespace). */
-static int b64val(unsigned char ch)
-{
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    if (ch == '+')
-        return 62;
-    if (ch == '/')
-        return 63;
-    return -1;
-}
-
-static kb_err b64_decode(const char *in, size_t n, size_t max, kb_secret **out)
-{
-    kb_secret *s = NULL;
-    size_t pad = 0, o = 0, olen;
-    kb_err rc = KB_OK;
-    KB_ENSURE(n > 0 && n % 4 == 0, KB_ERR_INVALID);
-    if (in[n - 1] == '=')
-        pad++;
-    if (in[n - 2] == '=')
-        pad++;
-    olen = n / 4 * 3 - pad;
-    KB_ENSURE(olen <= max, KB_ERR_TOO_LARGE);
-    KB_GUARD(kb_secret_new(olen, &s));
-    for (size_t i = 0; i < n; i += 4) {
-        int v[4];
-        uint32_t w = 0;
-        for (int j = 0; j < 4; j++) {
-            v[j] = b64val((unsigned char)in[i + (size_t)j]);
-            if (v[j] < 0) {
-                /* '=' only as the final one or two characters. */
-                KB_ENSURE_OUT(rc, in[i + (size_t)j] == '=' && i + 4 == n && j >= 2, KB_ERR_INVALID);
-                KB_ENSURE_OUT(rc, j == 3 || in[n - 1] == '=', KB_ERR_INVALID);
-                v[j] = 0;
-            }
-            w = (w << 6) | (uint32_t)v[j];
-        }
-        uint8_t bytes[3] = {(uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w};
-        for (int j = 0; j < 3 && o < olen; j++)
-            kb_secret_data(s)[o++] = bytes[j];
-        kb_wipe(bytes, sizeof(bytes));
-    }
-    *out = s;
-    s = NULL;
-out:
-    kb_secret_free(s);
-    return rc;
-}
-
-static json_t *b64_json(const uint8_t *p, size_t n)
-{
-    size_t olen = 4 * ((n + 2) / 3);
-    unsigned char *buf = malloc(olen + 1);
-    json_t *j;
-    if (buf == NULL)
-        return NULL;
-    EVP_EncodeBlock(buf, p, (int)n);
-    j = json_stringn((const char *)buf, olen);
-    kb_wipe(buf, olen + 1);
-    free(buf);
-    return j;
-}
-
 /* A secret value from SecretString / SecretBinary: *present = 0 when neither was given. */
 typedef struct {
     int present;
@@ -295,7 +228,7 @@ static int get_value(op_ctx *c, const json_t *in, value_in *out)
             return fail_internal(c, e);
         out->present = 1;
     } else if (b) {
-        e = b64_decode(b, bl, CACHE_SECRET_VALUE_MAX, &out->v);
+        e = kb_b64_decode_secret(b, bl, CACHE_SECRET_VALUE_MAX, &out->v);
         if (e == KB_ERR_TOO_LARGE)
             return fail(c, E_PARAM, "Invalid length for parameter SecretBinary: must be 1 to %d",
                         CACHE_SECRET_VALUE_MAX);
@@ -865,7 +798,7 @@ static int value_entry(op_ctx *c, const cache_secret *s, const char *vid, json_t
     rc = set(o, "ARN", json_string(s->arn)) || set(o, "Name", json_string(s->name)) ||
          set(o, "VersionId", json_string(vid)) ||
          set(o, bin ? "SecretBinary" : "SecretString",
-             bin ? b64_json(v, vlen) : json_stringn((const char *)v, vlen)) ||
+             bin ? kb_json_b64(v, vlen) : json_stringn((const char *)v, vlen)) ||
          set(o, "VersionStages", version_stages(c, s, vid)) || set(o, "CreatedDate", ts(created));
     cache_store_peek_release(c->api->store);
     return rc ? fail_internal(c, KB_ERR_NOMEM) : 0;
@@ -1334,8 +1267,6 @@ out:
     return rc;
 }
 
-static const char B64URL[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 static void put_u64(uint8_t *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++)
@@ -1353,8 +1284,9 @@ static uint64_t get_u64(const uint8_t *p)
 static json_t *token_make(op_ctx *c, const char *op, const char *query, const list_cursor *cur)
 {
     uint8_t raw[TOKEN_RAW_MAX], mac[32];
-    char out[(TOKEN_RAW_MAX + 2) / 3 * 4 + 1];
-    size_t tl = strlen(cur->text), n, o = 0;
+    char *out;
+    json_t *j;
+    size_t tl = strlen(cur->text), n;
     if (tl > CACHE_NAME_MAX)
         return NULL;
     raw[0] = TOKEN_VERSION;
@@ -1368,22 +1300,10 @@ static json_t *token_make(op_ctx *c, const char *op, const char *query, const li
         return NULL;
     memcpy(raw + n, mac, TOKEN_MAC_LEN);
     n += TOKEN_MAC_LEN;
-    /* RFC 4648 section 5, without padding. */
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t w = (uint32_t)raw[i] << 16;
-        if (i + 1 < n)
-            w |= (uint32_t)raw[i + 1] << 8;
-        if (i + 2 < n)
-            w |= raw[i + 2];
-        out[o++] = B64URL[(w >> 18) & 63];
-        out[o++] = B64URL[(w >> 12) & 63];
-        if (i + 1 < n)
-            out[o++] = B64URL[(w >> 6) & 63];
-        if (i + 2 < n)
-            out[o++] = B64URL[w & 63];
-    }
-    out[o] = '\0';
-    return json_string(out);
+    out = kb_b64_encode_str(raw, n, KB_B64_URL); /* RFC 4648 section 5, without padding */
+    j = out ? json_string(out) : NULL;
+    kb_json_free_str(out);
+    return j;
 }
 
 static int token_parse(op_ctx *c, const char *op, const char *query, const char *tok,
@@ -1392,25 +1312,12 @@ static int token_parse(op_ctx *c, const char *op, const char *query, const char 
     static const char bad[] = "The NextToken value is invalid.";
     uint8_t raw[TOKEN_RAW_MAX + 2], mac[32];
     size_t n = strlen(tok), o = 0, tl;
-    uint32_t w = 0;
-    int bits = 0;
     if (n < (TOKEN_HEAD_LEN + TOKEN_MAC_LEN) * 4 / 3 || n > (TOKEN_RAW_MAX * 4 + 2) / 3 ||
         n % 4 == 1)
         return fail(c, E_NEXTTOKEN, bad);
-    for (size_t i = 0; i < n; i++) {
-        const char *p = strchr(B64URL, tok[i]);
-        if (p == NULL)
-            return fail(c, E_NEXTTOKEN, bad);
-        w = (w << 6) | (uint32_t)(p - B64URL);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            raw[o++] = (uint8_t)(w >> bits);
-            w &= (1u << bits) - 1;
-        }
-    }
-    /* Canonical encoding only: the unused low bits of the last character are zero. */
-    if (w != 0 || o < TOKEN_HEAD_LEN + TOKEN_MAC_LEN || raw[0] != TOKEN_VERSION)
+    /* Canonical encoding only (kb_b64_decode): the unused low bits of the last character are 0. */
+    if (kb_b64_decode(tok, n, KB_B64_URL, raw, sizeof(raw), &o) != KB_OK ||
+        o < TOKEN_HEAD_LEN + TOKEN_MAC_LEN || raw[0] != TOKEN_VERSION)
         return fail(c, E_NEXTTOKEN, bad);
     tl = (size_t)raw[17] << 8 | raw[18];
     if (tl > CACHE_NAME_MAX || o != TOKEN_HEAD_LEN + tl + TOKEN_MAC_LEN)

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/fileio.h"
 #include "lib/json.h"
@@ -43,16 +44,6 @@ static kb_err read_content(const char *path, kb_secret **out)
         rc = kb_secret_from(b.p, b.len, out);
     kb_dbuf_free(&b);
     return rc;
-}
-
-/* base64 of a secret, as a JSON string value (wiped when the tree is freed: jansson's allocator
- * hooks). */
-static json_t *b64_json(const kb_secret *s)
-{
-    char *enc = api_b64_encode(kb_secret_cdata(s), kb_secret_len(s));
-    json_t *v = enc ? json_string(enc) : NULL;
-    kb_json_free_str(enc);
-    return v;
 }
 
 static int usage_write(const char *verb)
@@ -125,7 +116,8 @@ static int secret_write(cli *c, int argc, char **argv, int create)
         rc = KB_EXIT_FAIL;
         goto out;
     }
-    json_object_set_new(body, "content", b64_json(content));
+    json_object_set_new(body, "content",
+                        kb_json_b64(kb_secret_cdata(content), kb_secret_len(content)));
     if (json_object_size(meta) > 0)
         json_object_set(body, "metadata", meta);
     if (create) {
@@ -171,7 +163,7 @@ static int emit_content(const json_t *obj, const char *out_path)
     const char *b64 = json_string_value(json_object_get(obj, "content"));
     kb_secret *plain = NULL;
     int rc = KB_EXIT_FAIL;
-    if (b64 == NULL || api_b64_decode(b64, strlen(b64), &plain) != KB_OK) {
+    if (b64 == NULL || kb_b64_decode_secret(b64, strlen(b64), KB_SECRET_MAX, &plain) != KB_OK) {
         fprintf(stderr, "keybridge: malformed content in the response\n");
         return KB_EXIT_FAIL;
     }

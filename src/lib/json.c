@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base64.h"
 #include "secbuf.h"
 
 /* jansson's blocks come from plain malloc, so a string from json_dumps() may be released with
@@ -185,4 +186,12 @@ char *kb_json_dump(const json_t *v)
 void kb_json_free_str(char *s)
 {
     wipe_free(s);
+}
+
+json_t *kb_json_b64(const void *p, size_t n)
+{
+    char *enc = kb_b64_encode_str(p, n, KB_B64_STD);
+    json_t *v = enc ? json_string(enc) : NULL;
+    kb_json_free_str(enc);
+    return v;
 }

@@ -40,5 +40,8 @@ KB_WUR kb_err kb_json_only_keys(const json_t *obj, const char *const *allowed, c
  * string (this one, json_dumps' output, or another module's); plain free() is also safe. */
 char *kb_json_dump(const json_t *v);
 void kb_json_free_str(char *s);
+/* A new JSON string holding the standard base64 (RFC 4648 4) of p[0..n); the temporary encoding
+ * is wiped, and so is the string when the tree is freed (kb_json_init). NULL on failure. */
+json_t *kb_json_b64(const void *p, size_t n);
 
 #endif

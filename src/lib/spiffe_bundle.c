@@ -13,6 +13,7 @@
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 
+#include "base64.h"
 #include "fileio.h"
 #include "json.h"
 #include "spiffe_id.h"
@@ -54,87 +55,30 @@ static kb_err fail(const char **why, const char *reason, kb_err code)
     return code;
 }
 
-/* ---- base64 (RFC 4648 4 and 5) -------------------------------------------------------------- */
+/* ---- base64 (RFC 4648 4 and 5, strict: base64.h) ------------------------------------------- */
 
-static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-static const char b64_url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static int b64_val(char c, int url)
+/* The standard alphabet with '=' padding to a multiple of 4 (x5c, RFC 7517 4.7), or the URL
+ * alphabet without padding (JWK key members, RFC 7515 2), into a malloc'd buffer; empty refused. */
+static kb_err b64_decode(const char *in, size_t len, kb_b64_mode mode, uint8_t **out,
+                         size_t *out_len)
 {
-    const char *alpha = url ? b64_url : b64_std;
-    for (int i = 0; i < 64; i++) {
-        if (alpha[i] == c)
-            return i;
-    }
-    return -1;
-}
-
-/* Strict decode: the standard alphabet with '=' padding to a multiple of 4 (x5c, RFC 7517 4.7),
- * or the URL alphabet without padding (JWK key members, RFC 7515 2). Non-zero leftover bits,
- * whitespace and misplaced padding are refused so one value has one encoding. *out is malloc'd. */
-static kb_err b64_decode(const char *in, size_t len, int url, uint8_t **out, size_t *out_len)
-{
-    size_t pad = 0;
+    size_t cap = kb_b64_dec_max(len);
+    uint8_t *buf;
+    kb_err rc;
     *out = NULL;
     *out_len = 0;
-    if (!url) {
-        if (len % 4 != 0)
-            return KB_ERR_INVALID;
-        while (pad < 2 && len > pad && in[len - 1 - pad] == '=')
-            pad++;
-        len -= pad;
-    } else if (len % 4 == 1) {
-        return KB_ERR_INVALID;
-    }
-    if (len == 0)
-        return KB_ERR_INVALID;
-    uint8_t *buf = malloc(len / 4 * 3 + 3);
-    if (buf == NULL)
-        return KB_ERR_NOMEM;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = b64_val(in[i], url);
-        if (v < 0) {
-            free(buf);
-            return KB_ERR_INVALID;
-        }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            buf[o++] = (uint8_t)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    /* Leftover bits must be zero, and padding must match what the length implies. */
-    if (acc != 0 || (!url && pad != (size_t)((4 - len % 4) % 4))) {
+    KB_ENSURE(len > 0, KB_ERR_INVALID);
+    buf = malloc(cap);
+    KB_ENSURE(buf != NULL, KB_ERR_NOMEM);
+    rc = kb_b64_decode(in, len, mode, buf, cap, out_len);
+    if (rc == KB_OK && *out_len == 0)
+        rc = KB_ERR_INVALID;
+    if (rc != KB_OK) {
         free(buf);
-        return KB_ERR_INVALID;
+        *out_len = 0;
+        return rc == KB_ERR_NOMEM ? rc : KB_ERR_INVALID;
     }
     *out = buf;
-    *out_len = o;
-    return KB_OK;
-}
-
-static kb_err b64_encode(const uint8_t *in, size_t len, int url, kb_dbuf *out)
-{
-    const char *alpha = url ? b64_url : b64_std;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        size_t n = len - i < 3 ? len - i : 3;
-        if (n > 1)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (n > 2)
-            v |= in[i + 2];
-        char q[4] = {alpha[(v >> 18) & 63], alpha[(v >> 12) & 63], alpha[(v >> 6) & 63],
-                     alpha[v & 63]};
-        size_t keep = n + 1;
-        KB_GUARD(kb_dbuf_add(out, q, keep));
-        if (!url && keep < 4)
-            KB_GUARD(kb_dbuf_add(out, "==", 4 - keep));
-    }
     return KB_OK;
 }
 
@@ -161,7 +105,7 @@ static kb_err jwk_member(const json_t *obj, const char *name, size_t max, uint8_
     size_t len = json_string_length(v);
     if (len > (max + 2) / 3 * 4)
         return KB_ERR_INVALID;
-    return b64_decode(json_string_value(v), len, 1, out, out_len);
+    return b64_decode(json_string_value(v), len, KB_B64_URL, out, out_len);
 }
 
 static kb_err pkey_fromdata(const char *type, OSSL_PARAM_BLD *bld, EVP_PKEY **out)
@@ -300,7 +244,7 @@ static kb_err json_set_b64url(json_t *obj, const char *name, const uint8_t *p, s
     kb_dbuf b;
     kb_err rc;
     kb_dbuf_init(&b, 4 * n / 3 + 8);
-    rc = b64_encode(p, n, 1, &b);
+    rc = kb_b64_encode(p, n, KB_B64_URL, &b);
     if (rc == KB_OK && json_object_set_new(obj, name, json_string(kb_dbuf_str(&b))) != 0)
         rc = KB_ERR_NOMEM;
     kb_dbuf_free(&b);
@@ -600,7 +544,8 @@ static kb_err parse_x509_entry(spiffe_bundle *b, const json_t *key, const char *
     const json_t *c = json_array_get(x5c, 0);
     if (!json_is_string(c))
         return fail(why, "x509-svid 'x5c' certificate is not a string", KB_ERR_INVALID);
-    if (b64_decode(json_string_value(c), json_string_length(c), 0, &der, &der_len) != KB_OK) {
+    if (b64_decode(json_string_value(c), json_string_length(c), KB_B64_STD, &der, &der_len) !=
+        KB_OK) {
         rc = fail(why, "x509-svid 'x5c' certificate is not valid base64", KB_ERR_INVALID);
         goto out;
     }
@@ -883,7 +828,7 @@ static kb_err x509_entry(X509 *x, json_t **out)
         goto out;
     }
     KB_GUARD_OUT(rc, pkey_to_jwk(X509_get0_pubkey(x), e));
-    KB_GUARD_OUT(rc, b64_encode(der, (size_t)dlen, 0, &b64));
+    KB_GUARD_OUT(rc, kb_b64_encode(der, (size_t)dlen, KB_B64_STD, &b64));
     if (json_array_append_new(arr, json_string(kb_dbuf_str(&b64))) != 0 ||
         json_object_set(e, "x5c", arr) != 0) {
         rc = KB_ERR_NOMEM;

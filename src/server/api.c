@@ -129,103 +129,6 @@ void api_error_kb(api_response *r, kb_err e, const char *msg)
         r->retry_after = 1;
 }
 
-/* ---- base64 (RFC 4648 section 4) ---------------------------------------------------------- */
-
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_val(unsigned char ch)
-{
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    if (ch == '+')
-        return 62;
-    if (ch == '/')
-        return 63;
-    return -1;
-}
-
-char *api_b64_encode(const uint8_t *in, size_t len)
-{
-    size_t olen = (len + 2) / 3 * 4;
-    char *out = malloc(olen + 1);
-    size_t o = 0;
-    if (out == NULL)
-        return NULL;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[o++] = b64_alphabet[(v >> 18) & 63];
-        out[o++] = b64_alphabet[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? b64_alphabet[v & 63] : '=';
-    }
-    out[o] = '\0';
-    return out;
-}
-
-/* Strict: length a multiple of 4, padding only at the end, unused bits zero (canonical), no
- * whitespace, so one content has exactly one encoding. */
-kb_err api_b64_decode(const char *in, size_t in_len, kb_secret **out)
-{
-    kb_secret *s = NULL;
-    size_t o = 0, pad = 0;
-    uint8_t *d;
-
-    *out = NULL;
-    KB_ENSURE(in_len % 4 == 0, KB_ERR_INVALID);
-    KB_ENSURE(in_len / 4 * 3 <= KB_SECRET_MAX, KB_ERR_TOO_LARGE);
-    if (in_len > 0 && in[in_len - 1] == '=')
-        pad++;
-    if (in_len > 1 && in[in_len - 2] == '=')
-        pad++;
-    KB_GUARD(kb_secret_new(in_len / 4 * 3, &s));
-    d = kb_secret_data(s);
-    for (size_t i = 0; i < in_len; i += 4) {
-        int v[4];
-        bool last = i + 4 == in_len;
-        for (size_t j = 0; j < 4; j++) {
-            unsigned char ch = (unsigned char)in[i + j];
-            if (ch == '=' && last && j >= 4 - pad) {
-                v[j] = 0;
-                continue;
-            }
-            v[j] = b64_val(ch);
-            if (v[j] < 0) {
-                kb_secret_free(s);
-                return KB_ERR_INVALID;
-            }
-        }
-        uint32_t w =
-            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-        if (last && ((pad == 1 && (w & 0xff) != 0) || (pad == 2 && (w & 0xffff) != 0))) {
-            kb_wipe(&w, sizeof(w));
-            kb_secret_free(s);
-            return KB_ERR_INVALID;
-        }
-        d[o++] = (uint8_t)(w >> 16);
-        if (!(last && pad == 2))
-            d[o++] = (uint8_t)(w >> 8);
-        if (!(last && pad >= 1))
-            d[o++] = (uint8_t)w;
-        kb_wipe(&w, sizeof(w));
-        kb_wipe(v, sizeof(v));
-    }
-    if (kb_secret_truncate(s, o) != KB_OK) {
-        kb_secret_free(s);
-        return KB_ERR_INTERNAL;
-    }
-    *out = s;
-    return KB_OK;
-}
-
 /* ---- request parsing ---------------------------------------------------------------------- */
 
 static int hexval(char ch)
@@ -440,13 +343,8 @@ json_t *api_checksum_json(const uint8_t *sum)
 /* Add "content" (base64) to o; the temporary encoding is wiped. */
 static int add_b64(json_t *o, const char *key, const kb_secret *content)
 {
-    char *b = api_b64_encode(kb_secret_cdata(content), kb_secret_len(content));
-    int rc;
-    if (b == NULL)
-        return -1;
-    rc = json_object_set_new(o, key, json_string(b));
-    kb_json_free_str(b);
-    return rc;
+    return json_object_set_new(o, key,
+                               kb_json_b64(kb_secret_cdata(content), kb_secret_len(content)));
 }
 
 /* The native record: list entries omit content. */

@@ -104,10 +104,6 @@ KB_WUR kb_err api_query_int(const api_ctx *c, const char *key, int64_t def, int6
  * empty_ok. On failure the response is filled and an error returned. */
 KB_WUR kb_err api_body(const api_ctx *c, const char *const *allowed, int empty_ok, json_t **out,
                        api_response *r);
-/* Base64 (RFC 4648 section 4, padded, no whitespace) both ways. Decoded bytes go into locked
- * memory; the encoded string is malloc'd and must be freed with kb_json_free_str (wipes). */
-KB_WUR kb_err api_b64_decode(const char *in, size_t in_len, kb_secret **out);
-char *api_b64_encode(const uint8_t *in, size_t len);
 /* Record helpers shared by client and admin handlers. */
 json_t *api_metadata_json(const char *canon);
 json_t *api_time_or_null(int64_t t);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/config.h"
 #include "lib/json.h"
@@ -365,7 +366,7 @@ static void secret_write(svc *s, api_ctx *c, const char *path_name, api_response
                  "secretLength, checksum, creationDate, updateDate, expiry, version)");
         goto out;
     }
-    if ((rc = api_b64_decode(b64, strlen(b64), &content)) != KB_OK) {
+    if ((rc = kb_b64_decode_secret(b64, strlen(b64), KB_SECRET_MAX, &content)) != KB_OK) {
         bad_body(r, rc, "content must be canonical padded base64");
         goto out;
     }

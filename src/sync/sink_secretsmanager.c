@@ -10,7 +10,7 @@
 
 #include <openssl/sha.h>
 
-#include "b64.h"
+#include "lib/base64.h"
 #include "lib/config.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -477,7 +477,7 @@ static kb_err set_value(json_t *req, const kb_secret *content)
         return KB_OK;
     }
     kb_dbuf_init(&b, SYNC_CONTENT_MAX * 2);
-    KB_GUARD_OUT(rc, sync_b64_encode(p, n, &b));
+    KB_GUARD_OUT(rc, kb_b64_encode(p, n, KB_B64_STD, &b));
     KB_ENSURE_OUT(rc, json_object_set_new(req, "SecretBinary", json_string(kb_dbuf_str(&b))) == 0,
                   KB_ERR_NOMEM);
 out:
@@ -684,7 +684,8 @@ kb_err sync_sm_get_value(const sync_sm_opts *o, const char *secret_id, kb_secret
     bin = json_object_get(resp, "SecretBinary");
     str = json_object_get(resp, "SecretString");
     if (json_is_string(bin))
-        rc = sync_b64_decode(json_string_value(bin), json_string_length(bin), KB_SECRET_MAX, out);
+        rc = kb_b64_decode_secret(json_string_value(bin), json_string_length(bin), KB_SECRET_MAX,
+                                  out);
     else if (json_is_string(str))
         rc = kb_secret_from(json_string_value(str), json_string_length(str), out);
     else

@@ -9,7 +9,7 @@
 
 #include <openssl/ssl.h>
 
-#include "b64.h"
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/httpc.h"
 #include "lib/json.h"
@@ -349,8 +349,8 @@ kb_err sync_kb_parse_batch(const void *body, size_t len, const char *const *name
         KB_ENSURE_OUT(rc, json_is_string(c), KB_ERR_INVALID);
         KB_GUARD_OUT(
             rc, parse_meta_fields(o, &dst->name, &dst->version, dst->checksum, &dst->metadata));
-        rc = sync_b64_decode(json_string_value(c), json_string_length(c), SYNC_KB_CONTENT_MAX,
-                             &dst->content);
+        rc = kb_b64_decode_secret(json_string_value(c), json_string_length(c), SYNC_KB_CONTENT_MAX,
+                                  &dst->content);
         if (rc != KB_OK) {
             dst->err = rc;
             rc = KB_OK;

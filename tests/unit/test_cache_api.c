@@ -212,6 +212,12 @@ static void binary_values(void **state)
                "InvalidParameterException");
     expect_err(f, "CreateSecret", "{\"Name\":\"b2\",\"SecretBinary\":\"AAE\"}",
                "InvalidParameterException");
+    /* Non-canonical: the pad bits of "QR==" are not zero ("QQ==" is the one spelling of "A").
+     * Accepted before the shared base64 module; refused like the other programs do. */
+    expect_err(f, "CreateSecret", "{\"Name\":\"b2\",\"SecretBinary\":\"QR==\"}",
+               "InvalidParameterException");
+    expect_err(f, "CreateSecret", "{\"Name\":\"b2\",\"SecretBinary\":\"QUJ=\"}",
+               "InvalidParameterException");
     expect_err(f, "CreateSecret",
                "{\"Name\":\"b2\",\"SecretBinary\":\"AAAA\",\"SecretString\":\"x\"}",
                "InvalidParameterException");

@@ -1,4 +1,4 @@
-/* test_sync.c - keybridge-sync's pure parts: base64, diff, mass-delete guard, schedule,
+/* test_sync.c - keybridge-sync's pure parts: diff, mass-delete guard, schedule,
  * idempotency tokens, UTF-8 routing, client API parsers, dir sink names and modes, and the
  * engine with a fake source and a fake sink (fail-safe rules). */
 #include <setjmp.h>
@@ -18,7 +18,6 @@
 
 #include "kbtest.h"
 #include "lib/json.h"
-#include "sync/b64.h"
 #include "sync/diff.h"
 #include "sync/identity.h"
 #include "sync/schedule.h"
@@ -36,32 +35,6 @@ static int setup(void **state)
     (void)state;
     kb_json_init();
     return 0;
-}
-
-static void test_b64(void **state)
-{
-    kb_secret *s = NULL;
-    kb_dbuf b;
-    (void)state;
-    assert_ok(sync_b64_decode("aGVsbG8=", 8, 100, &s));
-    assert_int_equal(kb_secret_len(s), 5);
-    assert_memory_equal(kb_secret_cdata(s), "hello", 5);
-    kb_secret_free(s);
-    assert_ok(sync_b64_decode("", 0, 100, &s));
-    assert_int_equal(kb_secret_len(s), 0);
-    kb_secret_free(s);
-    kb_dbuf_init(&b, 100);
-    assert_ok(sync_b64_encode((const uint8_t *)"\xff\x00\x01", 3, &b));
-    assert_string_equal(kb_dbuf_str(&b), "/wAB");
-    kb_dbuf_free(&b);
-    /* malformed: length, alphabet, padding in the middle, non-canonical pad bits, too large */
-    assert_kb(sync_b64_decode("aGVsbG8", 7, 100, &s), KB_ERR_INVALID);
-    assert_kb(sync_b64_decode("aGV$bG8=", 8, 100, &s), KB_ERR_INVALID);
-    assert_kb(sync_b64_decode("aG=sbG8=", 8, 100, &s), KB_ERR_INVALID);
-    assert_kb(sync_b64_decode("aGVsbG9=", 8, 100, &s), KB_ERR_INVALID);
-    assert_kb(sync_b64_decode("aGVsbG8=", 8, 4, &s), KB_ERR_TOO_LARGE);
-    assert_kb(sync_b64_decode("aGVs\nbG8", 8, 100, &s), KB_ERR_INVALID);
-    assert_int_equal(kb_secret_live_count(), 0);
 }
 
 static sync_meta meta(const char *name, int64_t v, const char *ck)
@@ -819,19 +792,12 @@ static void test_engine_deadline_and_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_b64),
-        cmocka_unit_test(test_diff_one),
-        cmocka_unit_test(test_diff_all),
-        cmocka_unit_test(test_mass_delete),
-        cmocka_unit_test(test_schedule),
-        cmocka_unit_test(test_token_utf8),
-        cmocka_unit_test(test_parse_list),
-        cmocka_unit_test(test_parse_batch),
-        cmocka_unit_test(test_dir_names_modes),
-        cmocka_unit_test(test_engine_failsafe),
-        cmocka_unit_test(test_engine_deadline_and_errors),
-        cmocka_unit_test(test_summary_json),
-        cmocka_unit_test(test_identity_svidstore),
+        cmocka_unit_test(test_diff_one),        cmocka_unit_test(test_diff_all),
+        cmocka_unit_test(test_mass_delete),     cmocka_unit_test(test_schedule),
+        cmocka_unit_test(test_token_utf8),      cmocka_unit_test(test_parse_list),
+        cmocka_unit_test(test_parse_batch),     cmocka_unit_test(test_dir_names_modes),
+        cmocka_unit_test(test_engine_failsafe), cmocka_unit_test(test_engine_deadline_and_errors),
+        cmocka_unit_test(test_summary_json),    cmocka_unit_test(test_identity_svidstore),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
