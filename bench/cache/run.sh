@@ -36,7 +36,7 @@ THREADS="$(nproc)"
 REGION=us-east-1
 AKID=AKIABENCH00000000001
 ACCOUNT=123456789012
-SMALL=100
+SMALL="${SMALL:-1000}"
 
 for t in ab nginx curl python3 cc pkg-config; do
   command -v "$t" >/dev/null || {
@@ -159,12 +159,13 @@ chmod 711 "$D" # nginx workers (unprivileged) traverse $D and read only www/
 curl_signed get "$SMALL_PORT" >"$D/www/get"
 curl_signed list "$SMALL_PORT" >"$D/www/list"
 chmod -R a+rX "$D/www"
-python3 - "$D/www/get" "$D/www/list" <<'EOF'
+python3 - "$D/www/get" "$D/www/list" "$SMALL" <<'EOF'
 import json, sys
 g = json.load(open(sys.argv[1]))
 assert g["Name"] == "bench/000042" and g["SecretString"].startswith("value-000042-"), g
 l = json.load(open(sys.argv[2]))
-assert len(l["SecretList"]) == 100 and "NextToken" not in l, len(l["SecretList"])
+assert len(l["SecretList"]) == 100, len(l["SecretList"])
+assert ("NextToken" in l) == (int(sys.argv[3]) > 100), "NextToken"
 assert all(len(e["Tags"]) == 2 for e in l["SecretList"])
 EOF
 GET_BYTES="$(stat -c %s "$D/www/get")"
@@ -318,7 +319,8 @@ cache_stop
 kill -TERM "$NGINX_PID"
 wait "$NGINX_PID" || true
 
-# ---- (2) BIG secrets: memory and throughput at scale
+# ---- (2) BIG secrets: memory and throughput at scale (BIG=0 skips it)
+if [ "$BIG" -gt 0 ]; then
 say "big store: $BIG secrets (populating)"
 BIG_LOAD_BEFORE="$(load1)"
 POP_SECS="$(cache_setup big "$BIG")"
@@ -354,6 +356,7 @@ if [ "${FULL_LIST:-1}" = 1 ]; then
 fi
 BIG_HWM="$(hwm_kb "$BIG_PID")"
 cache_stop
+fi
 
 # ---- report
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
@@ -364,15 +367,16 @@ $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 bodies: GetSecretValue $GET_BYTES bytes, ListSecrets (100 entries with 2 tags each) $LIST_BYTES bytes; medians of $ROUNDS rounds
 load generator on the same CPUs; ab: n=$N_GET (get) / $N_LIST (list); wrk: $THREADS threads, ${DURATION}s
 
-| tool | case | load1 before | keybridge-cache req/s | nginx req/s | ratio | cache CPU/req | nginx CPU/req | cache p50/p99 ms | nginx p50/p99 ms |
-| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| tool | case | load1 before | keybridge-cache req/s | nginx req/s | ratio | cache CPU/req | nginx CPU/req | CPU ratio | cache p50/p99 ms | nginx p50/p99 ms |
+| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 EOF
 for tool in $TOOLS; do
   for c in get list; do
     op=GetSecretValue
     [ "$c" = list ] && op="ListSecrets (100)"
     kr="$(col "$tool" "$c" cache 1)" nr="$(col "$tool" "$c" nginx 1)"
-    echo "| $tool | $op | ${LOAD[$tool.$c]} | $kr | $nr | $(ratio "$kr" "$nr") | $(col "$tool" "$c" cache 2) us | $(col "$tool" "$c" nginx 2) us | $(col "$tool" "$c" cache 3)/$(col "$tool" "$c" cache 4) | $(col "$tool" "$c" nginx 3)/$(col "$tool" "$c" nginx 4) |"
+    kc="$(col "$tool" "$c" cache 2)" nc="$(col "$tool" "$c" nginx 2)"
+    echo "| $tool | $op | ${LOAD[$tool.$c]} | $kr | $nr | $(ratio "$kr" "$nr") | $kc us | $nc us | $(ratio "$kc" "$nc") | $(col "$tool" "$c" cache 3)/$(col "$tool" "$c" cache 4) | $(col "$tool" "$c" nginx 3)/$(col "$tool" "$c" nginx 4) |"
   done
 done
 cat <<EOF
@@ -380,6 +384,9 @@ cat <<EOF
 failed, non-2xx or socket errors over all runs above: $bad
 keybridge-cache VmHWM after the runs ($SMALL-secret store): $((SMALL_HWM / 1024)) MB
 
+EOF
+[ "$BIG" -gt 0 ] || exit 0
+cat <<EOF
 big store: $BIG secrets (2 tags each), populated in ${POP_SECS} s through cache_api_dispatch (load1 before: $BIG_LOAD_BEFORE); db $DB_MB MB
 RSS at start $((BIG_START_RSS / 1024)) MB; first ListSecrets page (count, NextToken present): $BIG_LIST_COUNT in $BIG_LIST_MS ms
 ab GetSecretValue on the big store (load1 before: $BIG_GET_LOAD): rps cpu_us/req p50 p99 bad = $BIG_GET

@@ -32,6 +32,9 @@ struct cache_api {
     const cache_creds *creds;
     pthread_mutex_t lock;
     int64_t last_purge_ms;
+    /* Derived SigV4 signing keys: the credentials outlive the api (cache_api_opts), so a cached
+     * key can only ever belong to the key it was derived from. */
+    kb_sigv4_key_cache *keys;
 };
 
 /* Per-request operation context: who, when, and the error to report. */
@@ -2363,6 +2366,7 @@ kb_err cache_api_handle(cache_api *a, const cache_request *r, cache_response *ou
     memset(&vo, 0, sizeof(vo));
     vo.lookup = lookup;
     vo.lookup_arg = a;
+    vo.key_cache = a->keys;
     vo.service = "secretsmanager";
     vo.required_signed = required;
     vo.n_required = KB_ARRAY_LEN(required);
@@ -2402,6 +2406,7 @@ void cache_response_free(cache_response *r)
 kb_err cache_api_new(const cache_api_opts *o, cache_api **out)
 {
     cache_api *a;
+    kb_err e;
     KB_ENSURE_REF(o);
     KB_ENSURE_REF(o->store);
     KB_ENSURE_REF(o->region);
@@ -2412,7 +2417,13 @@ kb_err cache_api_new(const cache_api_opts *o, cache_api **out)
     snprintf(a->region, sizeof(a->region), "%s", o->region);
     a->store = o->store;
     a->creds = o->creds;
+    e = kb_sigv4_key_cache_new(CACHE_SIGNING_KEYS, &a->keys);
+    if (e != KB_OK) {
+        free(a);
+        return e;
+    }
     if (pthread_mutex_init(&a->lock, NULL) != 0) {
+        kb_sigv4_key_cache_free(a->keys);
         free(a);
         return KB_ERR_INTERNAL;
     }
@@ -2425,5 +2436,6 @@ void cache_api_free(cache_api *a)
     if (a == NULL)
         return;
     pthread_mutex_destroy(&a->lock);
+    kb_sigv4_key_cache_free(a->keys);
     free(a);
 }

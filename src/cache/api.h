@@ -41,6 +41,8 @@
 #define CACHE_RECOVERY_MAX_DAYS 30
 #define CACHE_RECOVERY_DEFAULT_DAYS 30
 #define CACHE_SKEW_MAX 900 /* seconds, as AWS: 15 minutes */
+/* Derived SigV4 signing keys kept (one per access key id, day and region in use). */
+#define CACHE_SIGNING_KEYS 64
 
 typedef struct cache_api cache_api;
 

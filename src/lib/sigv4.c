@@ -5,6 +5,7 @@
  */
 #include "sigv4.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -508,31 +509,170 @@ static int name_cmp(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Signature hex of an already-built canonical request. */
-static kb_err compute_signature(const kb_secret *secret_key, const char *amz_date,
-                                const char *region, const char *service, const kb_dbuf *cr,
-                                char sig_hex[SHA256_HEX_LEN + 1])
+/* Signature hex of an already-built canonical request, with a derived signing key. */
+static kb_err signature_with_key(const uint8_t key[32], const char *amz_date, const char *region,
+                                 const char *service, const kb_dbuf *cr,
+                                 char sig_hex[SHA256_HEX_LEN + 1])
 {
-    char date8[9], scope[3 * KB_SIGV4_MAX_SCOPE_PART + 32];
-    uint8_t key[32], mac[32];
+    char scope[3 * KB_SIGV4_MAX_SCOPE_PART + 32];
+    uint8_t mac[32];
     kb_dbuf sts;
     kb_err rc = KB_OK;
     int n;
 
     kb_dbuf_init(&sts, 1024);
-    memcpy(date8, amz_date, 8);
-    date8[8] = '\0';
-    n = snprintf(scope, sizeof(scope), "%s/%s/%s/" SIGV4_TERMINATOR, date8, region, service);
+    n = snprintf(scope, sizeof(scope), "%.8s/%s/%s/" SIGV4_TERMINATOR, amz_date, region, service);
     KB_ENSURE_OUT(rc, n > 0 && (size_t)n < sizeof(scope), KB_ERR_INVALID);
     KB_GUARD_OUT(rc, kb_sigv4_string_to_sign(amz_date, scope, kb_dbuf_str(cr), cr->len, &sts));
-    KB_GUARD_OUT(rc, kb_sigv4_signing_key(secret_key, date8, region, service, key));
-    KB_GUARD_OUT(rc, hmac256(key, sizeof(key), sts.p, sts.len, mac));
+    KB_GUARD_OUT(rc, hmac256(key, 32, sts.p, sts.len, mac));
     kb_hex(mac, sizeof(mac), sig_hex);
 out:
-    kb_wipe(key, sizeof(key));
     kb_wipe(mac, sizeof(mac));
     kb_dbuf_free(&sts);
     return rc;
+}
+
+/* Signature hex of an already-built canonical request. */
+static kb_err compute_signature(const kb_secret *secret_key, const char *amz_date,
+                                const char *region, const char *service, const kb_dbuf *cr,
+                                char sig_hex[SHA256_HEX_LEN + 1])
+{
+    char date8[9];
+    uint8_t key[32];
+    kb_err rc = KB_OK;
+
+    memcpy(date8, amz_date, 8);
+    date8[8] = '\0';
+    KB_GUARD_OUT(rc, kb_sigv4_signing_key(secret_key, date8, region, service, key));
+    KB_GUARD_OUT(rc, signature_with_key(key, amz_date, region, service, cr, sig_hex));
+out:
+    kb_wipe(key, sizeof(key));
+    return rc;
+}
+
+/* ---------------------------------------------------------------- signing key cache */
+
+typedef struct {
+    int used;
+    const kb_secret *secret; /* identity only, never dereferenced */
+    size_t secret_len;
+    char akid[KB_SIGV4_MAX_SCOPE_PART + 1];
+    char date8[9];
+    char region[KB_SIGV4_MAX_SCOPE_PART + 1];
+    char service[KB_SIGV4_MAX_SCOPE_PART + 1];
+} key_slot;
+
+struct kb_sigv4_key_cache {
+    pthread_mutex_t mu;
+    size_t n, next;
+    key_slot *slots;
+    kb_secret *keys; /* n * 32 bytes, locked */
+    uint64_t hits, misses;
+};
+
+kb_err kb_sigv4_key_cache_new(size_t slots, kb_sigv4_key_cache **out)
+{
+    kb_sigv4_key_cache *c;
+    kb_err rc = KB_OK;
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    KB_ENSURE(slots >= 1 && slots <= KB_SIGV4_KEY_CACHE_MAX, KB_ERR_INVALID);
+    c = calloc(1, sizeof(*c));
+    KB_ENSURE(c != NULL, KB_ERR_NOMEM);
+    c->n = slots;
+    c->slots = calloc(slots, sizeof(*c->slots));
+    KB_ENSURE_OUT(rc, c->slots != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, kb_secret_new(slots * 32, &c->keys));
+    KB_ENSURE_OUT(rc, pthread_mutex_init(&c->mu, NULL) == 0, KB_ERR_INTERNAL);
+    *out = c;
+    return KB_OK;
+out:
+    kb_secret_free(c->keys);
+    free(c->slots);
+    free(c);
+    return rc;
+}
+
+void kb_sigv4_key_cache_free(kb_sigv4_key_cache *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_destroy(&c->mu);
+    kb_secret_free(c->keys); /* wipes */
+    free(c->slots);
+    free(c);
+}
+
+void kb_sigv4_key_cache_stats(kb_sigv4_key_cache *c, uint64_t *hits, uint64_t *misses)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&c->mu);
+    if (hits)
+        *hits = c->hits;
+    if (misses)
+        *misses = c->misses;
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int slot_is(const key_slot *k, const kb_secret *secret, const char *akid, const char *date8,
+                   const char *region, const char *service)
+{
+    return k->used && k->secret == secret && k->secret_len == kb_secret_len(secret) &&
+           strcmp(k->akid, akid) == 0 && memcmp(k->date8, date8, 8) == 0 &&
+           strcmp(k->region, region) == 0 && strcmp(k->service, service) == 0;
+}
+
+/* Copy the cached key into key; 0 when there is none. */
+static int key_cache_get(kb_sigv4_key_cache *c, const kb_secret *secret, const char *akid,
+                         const char *date8, const char *region, const char *service,
+                         uint8_t key[32])
+{
+    int found = 0;
+    pthread_mutex_lock(&c->mu);
+    for (size_t i = 0; i < c->n; i++) {
+        if (slot_is(&c->slots[i], secret, akid, date8, region, service)) {
+            memcpy(key, kb_secret_cdata(c->keys) + i * 32, 32);
+            found = 1;
+            break;
+        }
+    }
+    if (found)
+        c->hits++;
+    else
+        c->misses++;
+    pthread_mutex_unlock(&c->mu);
+    return found;
+}
+
+static void key_cache_put(kb_sigv4_key_cache *c, const kb_secret *secret, const char *akid,
+                          const char *date8, const char *region, const char *service,
+                          const uint8_t key[32])
+{
+    key_slot *k;
+    size_t i;
+    /* The scope parts were length-checked by parse_credential; refuse anything longer anyway. */
+    if (strlen(akid) > KB_SIGV4_MAX_SCOPE_PART || strlen(region) > KB_SIGV4_MAX_SCOPE_PART ||
+        strlen(service) > KB_SIGV4_MAX_SCOPE_PART)
+        return;
+    pthread_mutex_lock(&c->mu);
+    for (i = 0; i < c->n; i++) /* another thread may have added it meanwhile */
+        if (slot_is(&c->slots[i], secret, akid, date8, region, service))
+            goto out;
+    i = c->next;
+    c->next = (c->next + 1) % c->n;
+    k = &c->slots[i];
+    k->used = 1;
+    k->secret = secret;
+    k->secret_len = kb_secret_len(secret);
+    memcpy(k->akid, akid, strlen(akid) + 1);
+    memcpy(k->date8, date8, 8);
+    k->date8[8] = '\0';
+    memcpy(k->region, region, strlen(region) + 1);
+    memcpy(k->service, service, strlen(service) + 1);
+    memcpy(kb_secret_data(c->keys) + i * 32, key, 32);
+out:
+    pthread_mutex_unlock(&c->mu);
 }
 
 /* A scope part (access key id, region, service) must be short and plain, so it cannot break
@@ -781,6 +921,8 @@ kb_err kb_sigv4_verify(const kb_sigv4_request *r, const kb_sigv4_verify_opts *o,
     const kb_secret *secret = NULL;
     void *user = NULL;
     char body_hash[SHA256_HEX_LEN + 1], sig[SHA256_HEX_LEN + 1], amz_date[17];
+    uint8_t key[32];
+    int cached = 0;
     time_t t;
     kb_dbuf cr;
     kb_err rc = KB_OK, e;
@@ -860,12 +1002,21 @@ kb_err kb_sigv4_verify(const kb_sigv4_request *r, const kb_sigv4_verify_opts *o,
         FAIL(e == KB_ERR_NOMEM ? e : KB_ERR_INVALID,
              "The request cannot be canonicalized (a signed header is missing or the request "
              "is malformed)");
-    e = compute_signature(secret, amz_date, a->region, a->service, &cr, sig);
+    if (o->key_cache == NULL) {
+        e = compute_signature(secret, amz_date, a->region, a->service, &cr, sig);
+    } else {
+        cached = key_cache_get(o->key_cache, secret, a->akid, a->date8, a->region, a->service, key);
+        e = cached ? KB_OK : kb_sigv4_signing_key(secret, a->date8, a->region, a->service, key);
+        if (e == KB_OK)
+            e = signature_with_key(key, amz_date, a->region, a->service, &cr, sig);
+    }
     if (e != KB_OK)
         FAIL(e, "Internal error");
     if (!kb_ct_eq(sig, a->sig, SHA256_HEX_LEN))
         FAIL(KB_ERR_AUTH, "The request signature we calculated does not match the signature "
                           "you provided.");
+    if (o->key_cache != NULL && !cached)
+        key_cache_put(o->key_cache, secret, a->akid, a->date8, a->region, a->service, key);
 
     memcpy(region_out, a->region, strlen(a->region) + 1);
     if (user_out)
@@ -873,6 +1024,7 @@ kb_err kb_sigv4_verify(const kb_sigv4_request *r, const kb_sigv4_verify_opts *o,
     *why = NULL;
 out:
     kb_wipe(sig, sizeof(sig));
+    kb_wipe(key, sizeof(key));
     kb_dbuf_free(&cr);
     free(a);
     return rc;

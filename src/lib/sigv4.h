@@ -115,6 +115,24 @@ KB_WUR kb_err kb_sigv4_sign(const kb_sigv4_request *r, const kb_sigv4_params *p,
  * region, *user_out the lookup's user value, both only on success. */
 typedef kb_err (*kb_sigv4_lookup_fn)(void *arg, const char *access_key_id,
                                      const kb_secret **secret_key, void **user);
+
+/* A bounded cache of derived signing keys for kb_sigv4_verify: deriving one costs four HMACs
+ * per request, and a server sees the same (access key id, day, region, service) for a whole
+ * day. Entries are keyed by the access key id, the secret key object lookup() returned (its
+ * address and length), the credential's date, region and service; at most `slots` are kept
+ * (replaced round-robin), in locked memory, wiped when replaced and when the cache is freed.
+ * Thread-safe (one mutex). The cache must not outlive the secret keys lookup() hands out: a
+ * key freed and another allocated at the same address with the same length would hit. Only a
+ * fully verified request adds its key, so unknown keys, stale dates or bad signatures cannot
+ * fill it. */
+#define KB_SIGV4_KEY_CACHE_MAX 1024
+typedef struct kb_sigv4_key_cache kb_sigv4_key_cache;
+/* slots: 1..KB_SIGV4_KEY_CACHE_MAX. */
+KB_WUR kb_err kb_sigv4_key_cache_new(size_t slots, kb_sigv4_key_cache **out);
+void kb_sigv4_key_cache_free(kb_sigv4_key_cache *c);
+/* Counters for tests and metrics: lookups that found a key, and keys derived (misses). */
+void kb_sigv4_key_cache_stats(kb_sigv4_key_cache *c, uint64_t *hits, uint64_t *misses);
+
 typedef struct {
     kb_sigv4_lookup_fn lookup;
     void *lookup_arg;
@@ -122,7 +140,8 @@ typedef struct {
     const char *const *required_signed;
     size_t n_required;
     time_t now;
-    long max_skew; /* 900 seconds */
+    long max_skew;                 /* 900 seconds */
+    kb_sigv4_key_cache *key_cache; /* optional (NULL: derive the signing key every time) */
 } kb_sigv4_verify_opts;
 
 KB_WUR kb_err kb_sigv4_verify(const kb_sigv4_request *r, const kb_sigv4_verify_opts *o,

@@ -99,7 +99,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     r.body_len = p < end ? (size_t)(end - p) : 0;
 
     {
-        kb_sigv4_verify_opts o = {fuzz_lookup, NULL, "service", required, 2, 1440938160, 900};
+        kb_sigv4_verify_opts o = {fuzz_lookup, NULL, "service", required, 2, 1440938160, 900, NULL};
         char region[64];
         void *user = NULL;
         const char *why = NULL;

@@ -317,15 +317,26 @@ static void run_case(const char *dir, int *verified)
     treq_add(&t, "Authorization", kb_dbuf_str(&auth));
     if (normalize) {
         lookup_ctx lc = {akid, secret, 0, KB_OK};
-        kb_sigv4_verify_opts o = {test_lookup, &lc, service, NULL, 0, now, 900};
+        kb_sigv4_verify_opts o = {test_lookup, &lc, service, NULL, 0, now, 900, NULL};
+        kb_sigv4_key_cache *kc = NULL;
         char reg[64];
         void *user = NULL;
         const char *why = NULL;
+        uint64_t hits = 0, misses = 0;
         r = treq_view(&t);
         assert_ok(kb_sigv4_verify(&r, &o, reg, &user, &why));
         assert_string_equal(reg, region);
         assert_ptr_equal(user, &lc);
         assert_null(why);
+        /* The same through a signing-key cache: derived on the first, reused on the second. */
+        assert_ok(kb_sigv4_key_cache_new(4, &kc));
+        o.key_cache = kc;
+        assert_ok(kb_sigv4_verify(&r, &o, reg, &user, &why));
+        assert_ok(kb_sigv4_verify(&r, &o, reg, &user, &why));
+        kb_sigv4_key_cache_stats(kc, &hits, &misses);
+        assert_int_equal(hits, 1);
+        assert_int_equal(misses, 1);
+        kb_sigv4_key_cache_free(kc);
         (*verified)++;
     }
 
@@ -534,7 +545,8 @@ static int vfix_setup(void **state)
         return -1;
     f->lc = (lookup_ctx){k_akid, f->secret, 0, KB_OK};
     f->o = (kb_sigv4_verify_opts){
-        test_lookup, &f->lc, "secretsmanager", k_required, KB_ARRAY_LEN(k_required), k_now, 900};
+        test_lookup, &f->lc, "secretsmanager", k_required, KB_ARRAY_LEN(k_required), k_now,
+        900,         NULL};
     vfix_sign(f, 1, k_now);
     *state = f;
     return 0;
@@ -927,6 +939,95 @@ static void sign_rejects_bad_input(void **state)
     assert_int_equal(kb_secret_live_count(), 0);
 }
 
+/* ------------------------------------------------------------------ signing-key cache */
+
+static void key_cache_stats_are(kb_sigv4_key_cache *kc, uint64_t want_hits, uint64_t want_misses)
+{
+    uint64_t hits = 0, misses = 0;
+    kb_sigv4_key_cache_stats(kc, &hits, &misses);
+    assert_int_equal(hits, want_hits);
+    assert_int_equal(misses, want_misses);
+}
+
+static void key_cache_reuses_and_still_verifies(void **state)
+{
+    vfix *f = *state;
+    kb_sigv4_key_cache *kc = NULL;
+    assert_ok(kb_sigv4_key_cache_new(8, &kc));
+    f->o.key_cache = kc;
+    assert_ok(vfix_verify(f));
+    key_cache_stats_are(kc, 0, 1);
+    assert_ok(vfix_verify(f));
+    assert_string_equal(f->region, "eu-west-1");
+    assert_ptr_equal(f->user, &f->lc);
+    key_cache_stats_are(kc, 1, 1);
+    /* A cached key does not make a tampered request pass. */
+    f->t.body[f->t.body_len - 3] ^= 1;
+    assert_kb(vfix_verify(f), KB_ERR_AUTH);
+    f->t.body[f->t.body_len - 3] ^= 1;
+    key_cache_stats_are(kc, 2, 1);
+    assert_ok(vfix_verify(f));
+    f->o.key_cache = NULL;
+    kb_sigv4_key_cache_free(kc);
+}
+
+static void key_cache_keeps_nothing_from_a_failure(void **state)
+{
+    vfix *f = *state;
+    kb_sigv4_key_cache *kc = NULL;
+    kb_secret *wrong = NULL;
+    const kb_secret *right = f->lc.secret;
+    assert_ok(kb_sigv4_key_cache_new(8, &kc));
+    assert_ok(kb_secret_from("not the key", 11, &wrong));
+    f->o.key_cache = kc;
+    /* The lookup hands out the wrong key: refused twice, derived twice (nothing cached). */
+    f->lc.secret = wrong;
+    assert_kb(vfix_verify(f), KB_ERR_AUTH);
+    assert_kb(vfix_verify(f), KB_ERR_AUTH);
+    key_cache_stats_are(kc, 0, 2);
+    /* With the right key it verifies; then a lookup handing out another key object for the same
+     * access key id does not reuse the key derived from the first. */
+    f->lc.secret = right;
+    assert_ok(vfix_verify(f));
+    key_cache_stats_are(kc, 0, 3);
+    f->lc.secret = wrong;
+    assert_kb(vfix_verify(f), KB_ERR_AUTH);
+    key_cache_stats_are(kc, 0, 4);
+    f->lc.secret = right;
+    assert_ok(vfix_verify(f));
+    key_cache_stats_are(kc, 1, 4);
+    f->o.key_cache = NULL;
+    kb_sigv4_key_cache_free(kc);
+    kb_secret_free(wrong);
+}
+
+static void key_cache_is_per_day_and_bounded(void **state)
+{
+    vfix *f = *state;
+    kb_sigv4_key_cache *kc = NULL;
+    assert_kb(kb_sigv4_key_cache_new(0, &kc), KB_ERR_INVALID);
+    assert_kb(kb_sigv4_key_cache_new(KB_SIGV4_KEY_CACHE_MAX + 1, &kc), KB_ERR_INVALID);
+    assert_ok(kb_sigv4_key_cache_new(1, &kc));
+    f->o.key_cache = kc;
+    assert_ok(vfix_verify(f));
+    key_cache_stats_are(kc, 0, 1);
+    /* Signed on the next day (verified then): another scope, another key, which takes the
+     * only slot. */
+    treq_free(&f->t);
+    vfix_sign(f, 1, k_now + 86400);
+    f->o.now = k_now + 86400;
+    assert_ok(vfix_verify(f));
+    assert_ok(vfix_verify(f));
+    key_cache_stats_are(kc, 1, 2);
+    treq_free(&f->t);
+    vfix_sign(f, 1, k_now);
+    f->o.now = k_now;
+    assert_ok(vfix_verify(f));
+    key_cache_stats_are(kc, 1, 3);
+    f->o.key_cache = NULL;
+    kb_sigv4_key_cache_free(kc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -949,6 +1050,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(verify_rejects_malformed_authorization, vfix_setup,
                                         vfix_teardown),
         cmocka_unit_test_setup_teardown(verify_detects_tampering, vfix_setup, vfix_teardown),
+        cmocka_unit_test_setup_teardown(key_cache_reuses_and_still_verifies, vfix_setup,
+                                        vfix_teardown),
+        cmocka_unit_test_setup_teardown(key_cache_keeps_nothing_from_a_failure, vfix_setup,
+                                        vfix_teardown),
+        cmocka_unit_test_setup_teardown(key_cache_is_per_day_and_bounded, vfix_setup,
+                                        vfix_teardown),
         cmocka_unit_test_setup_teardown(verify_checks_payload_hash_header, vfix_setup,
                                         vfix_teardown),
     };
