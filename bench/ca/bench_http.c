@@ -6,7 +6,8 @@
  *   bench_http cfssl URL CSR_FILE N T - - CAFILE        cfssl /api/v1/cfssl/sign
  *
  * CSR_FILE holds PEM CSRs back to back; request i sends CSR i mod count. The request bodies are
- * built before the clock starts. Prints one JSON line. Built and run by bench/ca/run.sh. */
+ * built before the clock starts. Prints one JSON line. Built by CMake (bench_ca_bench_http),
+ * run by bench/ca/run.sh. */
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -50,8 +51,11 @@ static void *worker(void *arg)
     int i;
 
     (void)arg;
-    if (c == NULL || r == NULL)
+    if (c == NULL || r == NULL) {
+        curl_easy_cleanup(c);
+        free(r);
         return NULL;
+    }
     h = curl_slist_append(h, g_cfssl ? "Content-Type: application/json"
                                      : "Content-Type: application/pkcs10");
     curl_easy_setopt(c, CURLOPT_URL, g_url);

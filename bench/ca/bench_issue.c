@@ -1,7 +1,7 @@
 /* bench_issue.c - in-process issuance rate (issue 5 benchmark, part a): key generation + leaf
  * signing + PEM output in memory, N SVIDs over T threads, with the SoftHSM2 key or the file key.
- * Built and run by bench/ca/run.sh against an existing keybridge-ca database (no audit rows:
- * ca_issue with audit_target NULL, the benchmark's "output in memory"). */
+ * Built by CMake (bench_ca_bench_issue), run by bench/ca/run.sh against an existing keybridge-ca
+ * database (no audit rows: ca_issue with audit_target NULL, the benchmark's "output in memory"). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* bench_sign.c - the signing ceiling: N ECDSA P-256 signatures over a SHA-256 digest through
  * the CA's kb_ec_signer (SoftHSM2 token or dev file) on T threads, nothing else. Issuance can
- * never be faster than this. Built and run by bench/ca/run.sh. */
+ * never be faster than this. Built by CMake (bench_ca_bench_sign), run by bench/ca/run.sh. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

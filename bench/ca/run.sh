@@ -11,36 +11,34 @@
 # Settings: CONNS (16) client connections, SERVER_THREADS (16) keybridge-ca event loops,
 # PART=all|inprocess|network, PERF=FILE (perf record of the SoftHSM2 server's network run).
 # Prints one JSON line per measurement (with CPU per operation), then the ratio. Everything
-# listens on 127.0.0.1 only and is stopped on exit. Results: bench/ca/README.md.
+# listens on 127.0.0.1 only and is stopped on exit. Results: bench/ca/README.md. The programs are
+# CMake targets (build/bench/ca/{bench_issue,bench_sign,bench_http}); the work dir, ports and
+# server CPU come from bench/lib/harness.sh.
 set -euo pipefail
 BD="$(cd "${1:?build dir}" && pwd)"; N="${2:-10000}"
 CONNS="${CONNS:-16}"; SERVER_THREADS="${SERVER_THREADS:-16}"; PART="${PART:-all}"
 SRC="$(cd "$(dirname "$0")/../.." && pwd)"
-W="$(mktemp -d /tmp/kbca-bench.XXXXXX)"
+# shellcheck source=bench/lib/harness.sh
+. "$SRC/bench/lib/harness.sh"
+BISSUE="$(hb_bench_bin "$BD" ca bench_issue)"
+BSIGN="$(hb_bench_bin "$BD" ca bench_sign)"
+BHTTP="$(hb_bench_bin "$BD" ca bench_http)"
+hb_init kbca-bench
+W="$HB_DIR"
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf -- "$W"
-}
-trap cleanup EXIT
 . "$SRC/tests/lib/softhsm.sh"
-LIBS="$BD/libkbca.a $BD/libkb.a $(pkg-config --libs sqlite3 jansson inih libcurl libevent libevent_openssl libevent_pthreads) -lssl -lcrypto -ldl -lpthread"
-cc -O2 -std=gnu11 -I"$SRC/src" -o "$W/bench" "$SRC/bench/ca/bench_issue.c" $LIBS
-cc -O2 -std=gnu11 -I"$SRC/src" -o "$W/bsign" "$SRC/bench/ca/bench_sign.c" $LIBS
-cc -O2 -std=gnu11 -o "$W/bhttp" "$SRC/bench/ca/bench_http.c" $(pkg-config --libs libcurl) -lpthread
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# CPU seconds (user + system) a process has used so far: servers' cost per request, which the
+free_port() { hb_free_port; }
+wait_port() { hb_wait_port "$1" 10; }
+# CPU ticks (user + system) a process has used so far: servers' cost per request, which the
 # other load on a shared 2-core machine does not distort the way it distorts wall-clock rates.
-cpu_of() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
-with_cpu() { # JSON-LINE PID CPU_BEFORE -> the line with server_cpu_seconds and server_cpu_us_each
-  python3 - "$1" "$(cpu_of "$2")" "$3" <<'PY'
+with_cpu() { # JSON-LINE PID TICKS_BEFORE -> the line with server_cpu_seconds and server_cpu_us_each
+  python3 - "$1" "$(hb_cpu_seconds "$3" "$(hb_ticks "$2")")" <<'PY'
 import json, sys
-d = json.loads(sys.argv[1]); c = float(sys.argv[2]) - float(sys.argv[3])
+d = json.loads(sys.argv[1]); c = float(sys.argv[2])
 d["server_cpu_seconds"] = round(c, 2); d["server_cpu_us_each"] = round(c * 1e6 / max(d["ok"], 1))
 print(json.dumps(d, separators=(",", ":")))
 PY
 }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 kb_softhsm_make kbca-bench "$W/hsm" >/dev/null
 mkdir -m 700 "$W/keys" "$W/svids"
@@ -60,10 +58,10 @@ FILE_KEY="$(sqlite3 "$W/file.db" "select key_ref from gen where state='active'")
 
 # (0) signing ceiling, (a) in-process issuance
 if [ "$PART" != network ]; then
-echo -n '{"part":"sign","key":"softhsm2",'; "$W/bsign" - "$N" 2 "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$HSM_KEY" <"$KB_HSM_PIN_FILE" | cut -c2-
-echo -n '{"part":"sign","key":"file",'; "$W/bsign" "$FILE_KEY" "$N" 2 | cut -c2-
-echo -n '{"part":"issue","key":"softhsm2",'; "$W/bench" "$W/hsm.db" "$N" 2 "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$(cat "$KB_HSM_PIN_FILE")" | cut -c2-
-echo -n '{"part":"issue","key":"file",'; "$W/bench" "$W/file.db" "$N" 2 | cut -c2-
+echo -n '{"part":"sign","key":"softhsm2",'; "$BSIGN" - "$N" 2 "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$HSM_KEY" <"$KB_HSM_PIN_FILE" | cut -c2-
+echo -n '{"part":"sign","key":"file",'; "$BSIGN" "$FILE_KEY" "$N" 2 | cut -c2-
+echo -n '{"part":"issue","key":"softhsm2",'; "$BISSUE" "$W/hsm.db" "$N" 2 "$KB_HSM_MODULE" "$KB_HSM_LABEL" "$(cat "$KB_HSM_PIN_FILE")" | cut -c2-
+echo -n '{"part":"issue","key":"file",'; "$BISSUE" "$W/file.db" "$N" 2 | cut -c2-
 fi
 [ "$PART" != inprocess ] || exit 0
 
@@ -81,8 +79,10 @@ done
 T_CLIENT=$SECONDS
 "$BD/keybridge-ca" -c "$W/hsm.ini" serve >"$W/serve.out" 2>"$W/serve.log" &
 PIDS+=($!)
+hb_track $!
 "$BD/keybridge-ca" -c "$W/file.ini" serve >"$W/serve-file.out" 2>"$W/serve-file.log" &
 PIDS+=($!)
+hb_track $!
 
 # cfssl: an EC P-256 root made by cfssl itself, a 1 h profile with client+server auth, TLS.
 if ! command -v cfssl >/dev/null; then
@@ -109,9 +109,10 @@ cfssl serve -address 127.0.0.1 -port "$CPORT" -ca "$W/cfssl/ca.pem" -ca-key "$W/
   -config "$W/cfssl/config.json" -tls-cert "$W/cfssl/tls.pem" -tls-key "$W/cfssl/tls-key.pem" \
   >"$W/cfssl.log" 2>&1 &
 PIDS+=($!)
+hb_track $!
 wait_port "$CPORT" || { echo "cfssl did not start" >&2; tail "$W/cfssl.log" >&2; exit 1; }
-CF_PID="${PIDS[2]}"; C0="$(cpu_of "$CF_PID")"
-CF="$("$W/bhttp" cfssl "https://127.0.0.1:$CPORT/api/v1/cfssl/sign" "$W/csrs.pem" "$N" "$CONNS" - - "$W/cfssl/ca.pem")"
+CF_PID="${PIDS[2]}"; C0="$(hb_ticks "$CF_PID")"
+CF="$("$BHTTP" cfssl "https://127.0.0.1:$CPORT/api/v1/cfssl/sign" "$W/csrs.pem" "$N" "$CONNS" - - "$W/cfssl/ca.pem")"
 CF="$(with_cpu "$CF" "$CF_PID" "$C0")"
 echo "{\"part\":\"network\",\"key\":\"file\",${CF#\{}"
 
@@ -119,13 +120,13 @@ echo "{\"part\":\"network\",\"key\":\"file\",${CF#\{}"
 kb_run() { # KIND PORT PID-INDEX SERVER-SVID-DIR CLIENT-SVID-DIR
   local pid="${PIDS[$3]}" c0 out perfpid=""
   wait_port "$2" || { echo "keybridge-ca ($1) did not start" >&2; exit 1; }
-  c0="$(cpu_of "$pid")"
+  c0="$(hb_ticks "$pid")"
   if [ -n "${PERF:-}" ] && [ "$1" = softhsm2 ]; then # PERF=FILE: perf record this server's run
     perf record -F 999 --call-graph dwarf,16384 -o "$PERF" -p "$pid" >/dev/null 2>&1 &
     perfpid=$!
     sleep 1
   fi
-  out="$("$W/bhttp" kb "https://127.0.0.1:$2/v1/svid/renew" "$W/csrs.pem" "$N" "$CONNS" \
+  out="$("$BHTTP" kb "https://127.0.0.1:$2/v1/svid/renew" "$W/csrs.pem" "$N" "$CONNS" \
     "$5/svid.pem" "$5/svid.key" "$4/bundle.pem")"
   if [ -n "$perfpid" ]; then kill -INT "$perfpid"; wait "$perfpid" || true; fi
   out="$(with_cpu "$out" "$pid" "$c0")"

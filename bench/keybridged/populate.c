@@ -1,5 +1,5 @@
 /* populate.c - fill a bootstrapped keybridged store quickly for the benchmark (not a product
- * tool; built by bench/keybridged/run.sh with cc against the build's static libraries).
+ * tool; the CMake target bench_keybridged_populate, run by bench/keybridged/run.sh).
  *
  *   populate KEYBRIDGED_CONF SECRETS CLIENTS GROUPS BENCH_SPIFFE_ID
  *

@@ -17,12 +17,16 @@
 # per request from /proc/PID/stat utime+stime. (2) p50/p99 list latency. (3) keybridged on a
 # store with BIG_SECRETS secrets and BIG_CLIENTS clients: p50/p99 and max RSS (VmHWM). (4) p99
 # of list requests while SLOW slow-loris connections are open. Everything on loopback; the
-# store lives on /dev/shm so populating 100k secrets is not bound by fsync.
+# store lives on /dev/shm so populating 100k secrets is not bound by fsync. The work dir, nginx,
+# ab and the CPU accounting come from bench/lib/harness.sh; populate is the CMake target
+# bench_keybridged_populate (build/bench/keybridged/populate).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 SRC="$(cd "$HERE/../.." && pwd)"
 BUILD="$(cd "${1:-$SRC/build}" && pwd)"
+# shellcheck source=bench/lib/harness.sh
+. "$SRC/bench/lib/harness.sh"
 N_NEW="${N_NEW:-4000}"
 N_KA="${N_KA:-40000}"
 C_NEW="${C_NEW:-32}"
@@ -38,37 +42,15 @@ ADMIN="spiffe://$TD/ns/ops/sa/admin"
 SERVER_ID="spiffe://$TD/keybridged"
 BENCH_ID="spiffe://$TD/ns/bench/sa/syncer"
 
-for t in ab nginx curl openssl python3 softhsm2-util cc; do
-  command -v "$t" >/dev/null || {
-    echo "run.sh: $t is required (apache2-utils for ab)" >&2
-    exit 1
-  }
-done
+hb_need ab nginx curl openssl python3 softhsm2-util
 [ -x "$BUILD/keybridged" ] || {
   echo "run.sh: $BUILD/keybridged not built" >&2
-  exit 1
+  exit 2
 }
-
-D="$(mktemp -d /dev/shm/kbbench.XXXXXX)"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf -- "$D"
-}
-trap cleanup EXIT
-say() { echo "== $*" >&2; }
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# ---- the populate helper, against the build's static libraries
-say "building populate"
-cc -std=c11 -O2 -D_GNU_SOURCE -I"$SRC/src" $(pkg-config --cflags jansson p11-kit-1) \
-  "$HERE/populate.c" "$BUILD/libkbserver.a" "$BUILD/libkb.a" \
-  $(pkg-config --libs jansson sqlite3 inih libevent libevent_openssl libevent_pthreads) \
-  -lssl -lcrypto -lpthread -ldl -o "$D/populate"
+POPULATE="$(hb_bench_bin "$BUILD" keybridged populate)"
+hb_init kbbench
+D="$HB_DIR"
+say() { hb_say "$@"; }
 
 # ---- PKI (openssl CLI), same shapes as the integration tests
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$D/ca.key" \
@@ -98,13 +80,13 @@ kbd_setup() {
   mkdir -p "$D/$n"
   cat >"$D/$n/conf" <<EOF
 [server]
-listen = 127.0.0.1:$(free_port)
+listen = 127.0.0.1:$(hb_free_port)
 threads = $THREADS
 cert_file = $D/server.pem
 key_file = $D/server.key
 bundle_file = $D/ca.pem
 trust_domain = $TD
-metrics_listen = 127.0.0.1:$(free_port)
+metrics_listen = 127.0.0.1:$(hb_free_port)
 max_connections = 4096
 [store]
 url = sqlite:$D/$n/kb.db
@@ -124,122 +106,67 @@ kbd_start() {
   KPORT="$(sed -n 's/^listen = 127.0.0.1://p' "$D/$1/conf")"
   "$BUILD/keybridged" --config "$D/$1/conf" serve 2>"$D/$1/log" &
   KPID=$!
-  PIDS+=("$KPID")
-  for _ in $(seq 400); do
-    (echo >"/dev/tcp/127.0.0.1/$KPORT") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "keybridged $1 did not start" >&2
-  cat "$D/$1/log" >&2
-  exit 1
+  hb_track "$KPID"
+  hb_wait_port "$KPORT" || {
+    echo "keybridged $1 did not start" >&2
+    cat "$D/$1/log" >&2
+    exit 1
+  }
 }
 kbd_stop() {
   kill -TERM "$KPID"
   wait "$KPID" || true
 }
-ticks() { # total utime+stime (clock ticks) of the given pids
-  local t=0 p
-  for p in "$@"; do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-HZ="$(getconf CLK_TCK)"
 
 # ---- (1) keybridged vs nginx, 20 secrets
 say "small store: 20 secrets for the bench client"
 kbd_setup small
-"$D/populate" "$D/small/conf" 20 0 1 "$BENCH_ID"
+"$POPULATE" "$D/small/conf" 20 0 1 "$BENCH_ID"
 kbd_start small
 SMALL_PID="$KPID"
 SMALL_PORT="$KPORT"
 URL_K="https://127.0.0.1:$SMALL_PORT/v1/secrets"
-mkdir -p "$D/www/v1"
-# nginx workers drop to an unprivileged user: they may traverse $D and read only www/.
-chmod 711 "$D"
-chmod -R a+rX "$D/www"
-curl -sS --fail -k --cert "$D/bench.pem" --key "$D/bench.key" "$URL_K" -o "$D/www/v1/secrets"
-NSECRETS="$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["secrets"]))' \
-  "$D/www/v1/secrets")"
-[ "$NSECRETS" = 20 ] || {
-  echo "expected 20 secrets in the list, got $NSECRETS" >&2
-  exit 1
-}
-BODY_BYTES="$(stat -c %s "$D/www/v1/secrets")"
-
-NPORT="$(free_port)"
-mkdir -p "$D/nginx/logs"
-cat >"$D/nginx/nginx.conf" <<EOF
-worker_processes $THREADS;
-pid $D/nginx/nginx.pid;
-error_log $D/nginx/logs/error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $D/nginx/body;
-  proxy_temp_path $D/nginx/proxy;
-  fastcgi_temp_path $D/nginx/fastcgi;
-  uwsgi_temp_path $D/nginx/uwsgi;
-  scgi_temp_path $D/nginx/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$NPORT ssl;
+# nginx: mTLS with the same CA, server key and certificate, the same body as a static file
+hb_nginx_start --ssl <<EOF
     ssl_certificate $D/server.pem;
     ssl_certificate_key $D/server.key;
     ssl_client_certificate $D/ca.pem;
     ssl_verify_client on;
     ssl_protocols TLSv1.2 TLSv1.3;
-    root $D/www;
     location = /v1/secrets {
       default_type application/json;
       add_header Cache-Control no-store;
     }
-  }
-}
 EOF
-nginx -p "$D/nginx" -c "$D/nginx/nginx.conf" 2>"$D/nginx/stderr" &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-for _ in $(seq 100); do
-  (echo >"/dev/tcp/127.0.0.1/$NPORT") 2>/dev/null && break
-  sleep 0.05
-done
-sleep 0.3
-NGINX_PIDS=("$NGINX_PID" $(ps --ppid "$NGINX_PID" -o pid= || true))
-URL_N="https://127.0.0.1:$NPORT/v1/secrets"
-cmp -s <(curl -sS -k --cert "$D/bench.pem" --key "$D/bench.key" "$URL_N") "$D/www/v1/secrets" || {
+mkdir -p "$HB_NGINX_ROOT/v1"
+curl -sS --fail -k --cert "$D/bench.pem" --key "$D/bench.key" "$URL_K" \
+  -o "$HB_NGINX_ROOT/v1/secrets"
+hb_nginx_www
+NSECRETS="$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["secrets"]))' \
+  "$HB_NGINX_ROOT/v1/secrets")"
+[ "$NSECRETS" = 20 ] || {
+  echo "expected 20 secrets in the list, got $NSECRETS" >&2
+  exit 1
+}
+BODY_BYTES="$(stat -c %s "$HB_NGINX_ROOT/v1/secrets")"
+
+URL_N="https://127.0.0.1:$HB_NGINX_PORT/v1/secrets"
+cmp -s <(curl -sS -k --cert "$D/bench.pem" --key "$D/bench.key" "$URL_N") "$HB_NGINX_ROOT/v1/secrets" || {
   echo "nginx does not serve the same body" >&2
   exit 1
 }
 
-# ab_run NAME URL N C [-k]: prints "rps cpu_us_per_req p50_ms p99_ms failed non2xx"
+# ab_run NAME URL N C [-k]: prints "rps cpu_us_per_req p50_ms p99_ms bad" (hb_ab)
 ab_run() {
-  local name="$1" url="$2" n="$3" c="$4" k="${5:-}" pids t0 t1 out
+  local name="$1" url="$2" n="$3" c="$4" pids
   case "$name" in
-  keybridged) pids=("$SMALL_PID") ;;
-  keybridged-big) pids=("$BIG_PID") ;;
-  *) pids=("${NGINX_PIDS[@]}") ;;
+  keybridged) pids="$SMALL_PID" ;;
+  keybridged-big) pids="$BIG_PID" ;;
+  *) pids="${HB_NGINX_PIDS[*]}" ;;
   esac
-  t0="$(ticks "${pids[@]}")"
-  out="$(ab $k -q -n "$n" -c "$c" -E "$D/bench-ab.pem" "$url" 2>&1)" || {
-    echo "$out" >&2
-    return 1
-  }
-  t1="$(ticks "${pids[@]}")"
-  echo "$out" >"$D/ab-$name-$n-$c${k}.txt"
-  awk -v n="$n" -v dt="$((t1 - t0))" -v hz="$HZ" '
-    /^Requests per second/ {rps = $4}
-    /^Failed requests/ {failed = $3}
-    /^Non-2xx responses/ {non2xx = $3}
-    /^  50%/ {p50 = $2}
-    /^  99%/ {p99 = $2}
-    END {printf "%s %.1f %s %s %d %d\n", rps, dt * 1e6 / hz / n, p50, p99, failed, non2xx}' \
-    <<<"$out"
+  # shellcheck disable=SC2086 # $5 is -k or nothing
+  hb_ab "$pids" ${5:-} -n "$n" -c "$c" -E "$D/bench-ab.pem" "$url"
 }
-median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 say "warm-up"
 ab_run keybridged "$URL_K" 500 8 >/dev/null
@@ -264,14 +191,14 @@ col() { # col MODE NAME FIELD -> median over rounds
   local r
   for r in $(seq "$ROUNDS"); do
     echo "${R[$1.$2.$r]}" | awk -v f="$3" '{print $f}'
-  done | median
+  done | hb_median
 }
 fails=0
 for k in "${!R[@]}"; do
   set -- ${R[$k]}
-  fails=$((fails + $5 + $6))
+  fails=$((fails + $5))
 done
-SMALL_HWM="$(hwm_kb "$SMALL_PID")"
+SMALL_HWM="$(hb_hwm_kb "$SMALL_PID")"
 
 if [ -n "${PERF:-}" ]; then
   say "perf profile of keybridged over one keep-alive run -> $PERF"
@@ -302,7 +229,7 @@ if [ "$SLOW" -gt 0 ]; then
   python3 "$HERE/clients.py" slowloris "$SMALL_PORT" "$D/ca.pem" "$D/bench.pem" "$D/bench.key" \
     "$SLOW" 25 >"$D/slowloris.out" &
   SL_PID=$!
-  PIDS+=("$SL_PID")
+  hb_track "$SL_PID"
   for _ in $(seq 600); do
     grep -q ready "$D/slowloris.out" 2>/dev/null && break
     sleep 0.1
@@ -315,8 +242,7 @@ if [ "$SLOW" -gt 0 ]; then
   SL_DONE="$(tail -1 "$D/slowloris.out")"
 fi
 kbd_stop
-kill -TERM "$NGINX_PID"
-wait "$NGINX_PID" || true
+hb_nginx_stop
 
 # ---- (3) memory and latency at scale
 POP_SECS=- DB_MB=- LAT_BIG=skipped BIG_KA=skipped ADMIN_LIST_BYTES=- ADMIN_LIST_MS=-
@@ -325,28 +251,28 @@ if [ "$BIG" != 0 ]; then
   say "big store: $BIG_SECRETS secrets, $BIG_CLIENTS clients, $BIG_GROUPS groups (populating)"
   kbd_setup big
   t0="$(date +%s)"
-  "$D/populate" "$D/big/conf" "$BIG_SECRETS" "$BIG_CLIENTS" "$BIG_GROUPS" "$BENCH_ID"
+  "$POPULATE" "$D/big/conf" "$BIG_SECRETS" "$BIG_CLIENTS" "$BIG_GROUPS" "$BENCH_ID"
   POP_SECS=$(($(date +%s) - t0))
   DB_MB="$(du -m "$D/big/kb.db" | cut -f1)"
   kbd_start big
   BIG_PID="$KPID"
-  BIG_START_RSS="$(rss_kb "$BIG_PID")"
+  BIG_START_RSS="$(hb_rss_kb "$BIG_PID")"
   LAT_BIG="$(python3 "$HERE/clients.py" latency "$KPORT" "$D/ca.pem" "$D/bench.pem" \
     "$D/bench.key" 3000)"
   BIG_KA="$(ab_run keybridged-big "https://127.0.0.1:$KPORT/v1/secrets" 20000 32 -k 2>/dev/null ||
     true)"
-  BIG_HWM_CLIENT="$(hwm_kb "$BIG_PID")" # before the admin list below
+  BIG_HWM_CLIENT="$(hb_hwm_kb "$BIG_PID")" # before the admin list below
   # The admin's full list (100k secrets) is the largest single response the server builds.
   t0="$(date +%s%N)"
   ADMIN_LIST_BYTES="$(curl -sS -k --cert "$D/admin.pem" --key "$D/admin.key" \
     "https://127.0.0.1:$KPORT/v1/admin/secrets" | wc -c)"
   ADMIN_LIST_MS=$((($(date +%s%N) - t0) / 1000000))
-  BIG_HWM="$(hwm_kb "$BIG_PID")"
+  BIG_HWM="$(hb_hwm_kb "$BIG_PID")"
   kbd_stop
 fi
 
 # ---- report
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+ratio() { hb_ratio "$@"; }
 KN="$(col new keybridged 1)" NN="$(col new nginx 1)"
 KK="$(col ka keybridged 1)" NK="$(col ka nginx 1)"
 cat <<EOF
@@ -371,7 +297,7 @@ list latency with $SLOW slow-loris connections open: $LAT_SLOW   (target p99 < 5
 
 big store: $BIG_SECRETS secrets, $BIG_CLIENTS clients, $BIG_GROUPS groups; populated in ${POP_SECS}s; db ${DB_MB} MB
 list latency (20 secrets) on the big store: $LAT_BIG
-keep-alive -c 32 on the big store: rps cpu_us/req p50 p99 failed non2xx = $BIG_KA
+keep-alive -c 32 on the big store: rps cpu_us/req p50 p99 bad = $BIG_KA
 admin list of all secrets: $ADMIN_LIST_BYTES bytes in ${ADMIN_LIST_MS} ms
 keybridged RSS at start $((BIG_START_RSS / 1024)) MB; max RSS (VmHWM) serving clients $((BIG_HWM_CLIENT / 1024)) MB, after the admin full list $((BIG_HWM / 1024)) MB  (target <= 256 MB)
 EOF

@@ -9,7 +9,8 @@
  *
  *   storebench DBDIR [REQUESTS] [THREADS] [SECRETS] [json]
  *
- * Built by hand against a build's static libraries (see README.md). Not part of ctest.
+ * The CMake target bench_keybridged_storebench (build/bench/keybridged/storebench; README.md).
+ * Not part of ctest.
  */
 #include <pthread.h>
 #include <stdio.h>

@@ -3,8 +3,11 @@
  * GET /2018-06-01/runtime/invocation/next, POST {} to .../invocation/ID/response, again, until
  * /next answers anything but 200. No TLS, no JSON, no configuration: what any bootstrap pays
  * before doing its own work (exec, dynamic loading of libc, one loopback connection per call).
- *   gcc -O2 -o ref_bootstrap ref_bootstrap.c */
-#define _GNU_SOURCE /* strcasestr */
+ * Built as the CMake target bench_lambda_ref_bootstrap (build/bench/lambda/ref_bootstrap), linked
+ * against libc only. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* strcasestr (the build defines it too) */
+#endif
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>

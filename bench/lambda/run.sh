@@ -9,6 +9,9 @@ BUILD="${1:-$HERE/../../build}"
 for b in keybridge-cache keybridge-sync; do
   [ -x "$BUILD/$b" ] || { echo "build $b first (cmake --build $BUILD --target $b)" >&2; exit 2; }
 done
+# shellcheck source=bench/lib/harness.sh
+. "$HERE/../lib/harness.sh"
+REF="$(hb_bench_bin "$BUILD" lambda ref_bootstrap)" # the CMake target, libc only
 command -v /usr/bin/time >/dev/null || { echo "needs GNU time (apt-get install time)" >&2; exit 2; }
 export KB_BUILD_DIR="$(cd "$BUILD" && pwd)" KB_SOURCE_DIR="$(cd "$HERE/../.." && pwd)"
 work=$(mktemp -d)
@@ -16,7 +19,6 @@ trap 'rm -rf "$work"' EXIT
 "$KB_SOURCE_DIR/scripts/package-lambda.sh" "$work/out"
 python3 -m zipfile -e "$work/out/keybridge-sync-lambda-x86_64.zip" "$work/task"
 chmod 0755 "$work/task/bootstrap" # zipfile does not restore modes
-gcc -O2 -o "$work/ref_bootstrap" "$HERE/ref_bootstrap.c"
 zips=("$work"/out/*.zip)
-python3 "$HERE/bench.py" --bootstrap "$work/task/bootstrap" --ref "$work/ref_bootstrap" \
+python3 "$HERE/bench.py" --bootstrap "$work/task/bootstrap" --ref "$REF" \
   --zip "${zips[@]}" "$@"
