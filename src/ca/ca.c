@@ -31,6 +31,9 @@ struct ca_state {
     int64_t bundle_seq;
     time_t not_after;
     char fingerprint[64]; /* of the generation table, to detect changes cheaply */
+    /* acm-pca generations: no signer; AWS Private CA signs for the CA of this ARN */
+    char pca_arn[CA_REF_MAX];
+    const char *pca_sigalg;
 };
 
 struct ca_authority {
@@ -186,13 +189,34 @@ static kb_err state_load(ca_authority *ca, struct ca_state **out)
         kb_hex(md, 31, s->fingerprint); /* 62 hex chars + NUL fits */
     }
     s->gen = active->gen;
-    KB_GUARD_OUT(rc, open_signer(&ca->keys, active->key_kind, active->key_ref, &s->signer));
+    if (strcmp(active->key_kind, CA_KEY_ACM_PCA) != 0)
+        KB_GUARD_OUT(rc, open_signer(&ca->keys, active->key_kind, active->key_ref, &s->signer));
     sk = pem_certs(active->cert_pem);
     KB_ENSURE_OUT(rc, sk != NULL && sk_X509_num(sk) == 1, KB_ERR_INTEGRITY);
     s->cert = sk_X509_shift(sk);
     sk_X509_free(sk);
     sk = NULL;
-    {
+    if (s->signer == NULL) {
+        /* AWS Private CA's certificate: checked at init (pca_generation); here, that it can
+         * still sign and that this process can ask it to */
+        const char *why = NULL;
+        if (ca->keys.pca == NULL) {
+            kb_log(KB_LOG_ERROR, "ca_pca_not_configured", "why",
+                   "the active generation is signed by AWS Private CA: set [ca] key = acm-pca",
+                   NULL);
+            rc = KB_ERR_CONFIG;
+            goto out;
+        }
+        snprintf(s->pca_arn, sizeof(s->pca_arn), "%s", active->key_ref);
+        s->pca_sigalg = ca_pca_signing_algorithm(X509_get0_pubkey(s->cert));
+        rc = x509svid_check_signing(s->cert, &why);
+        if (rc != KB_OK || s->pca_sigalg == NULL) {
+            kb_log(KB_LOG_ERROR, "ca_certificate_refused", "why",
+                   why ? why : "AWS Private CA key type not supported", NULL);
+            rc = KB_ERR_INTEGRITY;
+            goto out;
+        }
+    } else {
         const char *why = NULL;
         rc = ca_cert_check_ca(s->cert, kb_ec_signer_pubkey(s->signer), ca->td, &why);
         if (rc != KB_OK) {
@@ -375,8 +399,163 @@ kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pu
     return ca_issue_sans(ca, id, NULL, ttl, pub, audit_target, reason, out);
 }
 
+int ca_is_pca(ca_authority *ca)
+{
+    int r;
+
+    pthread_rwlock_rdlock(&ca->lk);
+    r = ca->s->signer == NULL;
+    pthread_rwlock_unlock(&ca->lk);
+    return r;
+}
+
+static kb_err audit_issued(ca_authority *ca, const spiffe_id *id, const char *audit_target,
+                           const char *reason, const ca_svid *out, time_t now)
+{
+    if (audit_target == NULL)
+        return KB_OK;
+    KB_GUARD(ca_store_audit_add(ca->st, out->serial, spiffe_id_str(id), audit_target,
+                                reason ? reason : "", out->ca_gen, out->not_after, (int64_t)now));
+    kb_log(KB_LOG_INFO, "svid_issued", "serial", out->serial, "spiffe_id", spiffe_id_str(id),
+           "target", audit_target, "reason", reason ? reason : "", NULL);
+    return KB_OK;
+}
+
+/* What an AWS Private CA issuance needs from the state, copied so that the read lock is not
+ * held across network calls (a reload swaps the state meanwhile). */
+typedef struct {
+    X509 *cert;
+    STACK_OF(X509) * chain;
+    char *chain_pem, *bundle_pem;
+    char arn[CA_REF_MAX];
+    const char *sigalg;
+    int64_t gen, seq;
+    time_t not_after;
+} pca_snap;
+
+static void pca_snap_free(pca_snap *p)
+{
+    X509_free(p->cert);
+    sk_X509_pop_free(p->chain, X509_free);
+    free(p->chain_pem);
+    free(p->bundle_pem);
+}
+
+/* The leaf key as an EVP_PKEY (to sign the CSR), read back from its PKCS#8 PEM. */
+static EVP_PKEY *keypem_pkey(const ca_keypem *kp)
+{
+    BIO *m = BIO_new_mem_buf(ca_keypem_data(kp), (int)ca_keypem_len(kp));
+    EVP_PKEY *k = m ? PEM_read_bio_PrivateKey(m, NULL, NULL, NULL) : NULL;
+
+    BIO_free(m);
+    return k;
+}
+
+/* Issue through AWS Private CA (ca.h): our key and CSR, their signature, our checks. */
+static kb_err issue_pca(ca_authority *ca, const spiffe_id *id, const ca_sans *sans, int64_t ttl,
+                        const char *audit_target, const char *reason, ca_svid *out,
+                        const char **why)
+{
+    ca_leafkey k;
+    ca_keypem *kp = NULL;
+    EVP_PKEY *key = NULL;
+    X509 *leaf = NULL;
+    char *csr = NULL, *leaf_pem = NULL;
+    pca_snap sn;
+    ca_pca_req rq;
+    time_t now = time(NULL);
+    int64_t not_after;
+    size_t ll, cl;
+    kb_err rc = KB_OK;
+
+    memset(&sn, 0, sizeof(sn));
+    pthread_rwlock_rdlock(&ca->lk);
+    sn.cert = ca->s->cert;
+    X509_up_ref(sn.cert);
+    sn.chain = X509_chain_up_ref(ca->s->chain);
+    sn.chain_pem = strdup(ca->s->chain_pem);
+    sn.bundle_pem = strdup(ca->s->bundle_pem);
+    memcpy(sn.arn, ca->s->pca_arn, sizeof(sn.arn));
+    sn.sigalg = ca->s->pca_sigalg;
+    sn.gen = ca->s->gen;
+    sn.seq = ca->s->bundle_seq;
+    sn.not_after = ca->s->not_after;
+    pthread_rwlock_unlock(&ca->lk);
+    KB_ENSURE_OUT(rc, sn.chain != NULL && sn.chain_pem != NULL && sn.bundle_pem != NULL,
+                  KB_ERR_NOMEM);
+    not_after = (int64_t)now + ttl;
+    if (not_after > (int64_t)sn.not_after)
+        not_after = (int64_t)sn.not_after;
+    if (not_after <= (int64_t)now + CA_BACKDATE_SECS) {
+        *why = "the AWS Private CA certificate has expired (run keybridge-ca rotate prepare)";
+        rc = KB_ERR_INVALID;
+        goto out;
+    }
+    KB_GUARD_OUT(rc, ca_leafkey_gen(&k));
+    rc = ca_leafkey_pkcs8_pem(&k, &kp);
+    ca_leafkey_wipe(&k);
+    KB_GUARD_OUT(rc, rc);
+    key = keypem_pkey(kp);
+    KB_ENSURE_OUT(rc, key != NULL, KB_ERR_CRYPTO);
+    KB_GUARD_OUT(rc, ca_pca_csr(key, &csr));
+    rq.arn = sn.arn;
+    rq.csr_pem = csr;
+    rq.id = id;
+    rq.sans = sans;
+    rq.not_after = not_after;
+    rq.signing_algorithm = sn.sigalg;
+    rc = ca_pca_issue(ca->keys.pca, &rq, &leaf_pem, why);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_WARN, "acm_pca_issue_failed", "spiffe_id", spiffe_id_str(id), "err",
+               kb_err_str(rc), "why", *why ? *why : "", NULL);
+        goto out;
+    }
+    rc = ca_pca_check_leaf(leaf_pem, key, sn.cert, sn.chain, ca->td, sn.bundle_pem, id, sans,
+                           (int64_t)now, not_after, &leaf, why);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "acm_pca_certificate_refused", "spiffe_id", spiffe_id_str(id), "why",
+               *why ? *why : "", NULL);
+        goto out;
+    }
+    ll = strlen(leaf_pem);
+    cl = strlen(sn.chain_pem);
+    out->chain_pem = malloc(ll + 1 + cl + 1);
+    KB_ENSURE_OUT(rc, out->chain_pem != NULL, KB_ERR_NOMEM);
+    memcpy(out->chain_pem, leaf_pem, ll);
+    if (ll > 0 && leaf_pem[ll - 1] != '\n')
+        out->chain_pem[ll++] = '\n';
+    memcpy(out->chain_pem + ll, sn.chain_pem, cl + 1);
+    out->bundle_pem = sn.bundle_pem;
+    sn.bundle_pem = NULL;
+    out->key_pem = kp;
+    kp = NULL;
+    ca_cert_serial_hex(leaf, out->serial, sizeof(out->serial));
+    out->not_after = (int64_t)ca_cert_not_after(leaf);
+    out->ca_gen = sn.gen;
+    out->bundle_seq = sn.seq;
+    KB_GUARD_OUT(rc, audit_issued(ca, id, audit_target, reason, out, now));
+out:
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    ca_keypem_free(kp);
+    free(csr);
+    free(leaf_pem);
+    pca_snap_free(&sn);
+    if (rc != KB_OK)
+        ca_svid_clear(out);
+    return rc;
+}
+
 kb_err ca_issue_sans(ca_authority *ca, const spiffe_id *id, const ca_sans *sans, int64_t ttl,
                      EVP_PKEY *pub, const char *audit_target, const char *reason, ca_svid *out)
+{
+    const char *why = NULL;
+    return ca_issue_sans_why(ca, id, sans, ttl, pub, audit_target, reason, out, &why);
+}
+
+kb_err ca_issue_sans_why(ca_authority *ca, const spiffe_id *id, const ca_sans *sans, int64_t ttl,
+                         EVP_PKEY *pub, const char *audit_target, const char *reason, ca_svid *out,
+                         const char **why)
 {
     ca_leafkey k; /* a fresh leaf key when pub is NULL; wiped on every return */
     int fresh = pub == NULL;
@@ -390,8 +569,18 @@ kb_err ca_issue_sans(ca_authority *ca, const spiffe_id *id, const ca_sans *sans,
     KB_ENSURE_REF(ca);
     KB_ENSURE_REF(id);
     KB_ENSURE_REF(out);
+    KB_ENSURE_REF(why);
+    *why = NULL;
     memset(out, 0, sizeof(*out));
     KB_ENSURE(spiffe_id_member_of(id, ca->td), KB_ERR_DENIED);
+    if (ca_is_pca(ca)) {
+        if (!fresh) {
+            *why = "AWS Private CA signs only CSRs signed by the key it certifies: with "
+                   "[ca] key = acm-pca the CA makes every key (no --csr, no API renewal)";
+            return KB_ERR_CONFIG;
+        }
+        return issue_pca(ca, id, sans, ttl, audit_target, reason, out, why);
+    }
     if (fresh)
         KB_GUARD(ca_leafkey_gen(&k));
     kb_dbuf_init(&der, PEM_MAX);
@@ -420,13 +609,7 @@ kb_err ca_issue_sans(ca_authority *ca, const spiffe_id *id, const ca_sans *sans,
     if (fresh)
         KB_GUARD_OUT(rc, ca_leafkey_pkcs8_pem(&k, &out->key_pem));
     out->not_after = (int64_t)not_after;
-    if (audit_target != NULL) {
-        KB_GUARD_OUT(rc, ca_store_audit_add(ca->st, out->serial, spiffe_id_str(id), audit_target,
-                                            reason ? reason : "", out->ca_gen, out->not_after,
-                                            (int64_t)now));
-        kb_log(KB_LOG_INFO, "svid_issued", "serial", out->serial, "spiffe_id", spiffe_id_str(id),
-               "target", audit_target, "reason", reason ? reason : "", NULL);
-    }
+    KB_GUARD_OUT(rc, audit_issued(ca, id, audit_target, reason, out, now));
 out:
     if (fresh)
         ca_leafkey_wipe(&k);
@@ -442,6 +625,112 @@ static kb_err bump_bundle(ca_store *st)
 {
     int64_t seq;
     return ca_store_meta_incr(st, "bundle_sequence", &seq);
+}
+
+/* An acm-pca generation (ca.h): AWS Private CA's certificate, checked, and the root above it. */
+static kb_err pca_generation(ca_store *st, const ca_keys *keys, const ca_new_gen_opts *o,
+                             int64_t *gen)
+{
+    char *cert_pem = NULL, *chain_pem = NULL;
+    STACK_OF(X509) *certs = NULL, *chain = NULL, *up = NULL;
+    X509_STORE *store = NULL;
+    X509_STORE_CTX *ctx = NULL;
+    X509 *cert = NULL, *root = NULL;
+    const char *why = NULL;
+    kb_dbuf upb;
+    ca_gen g;
+    kb_err rc = KB_OK;
+
+    memset(&g, 0, sizeof(g));
+    kb_dbuf_init(&upb, PEM_MAX);
+    KB_ENSURE(keys != NULL && keys->pca != NULL, KB_ERR_CONFIG);
+    KB_ENSURE(!o->intermediate, KB_ERR_CONFIG);
+    rc = ca_pca_get_ca_certificate(keys->pca, o->key_ref, &cert_pem, &chain_pem, &why);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "acm_pca_ca_certificate_failed", "err", kb_err_str(rc), "why",
+               why ? why : "", NULL);
+        goto out;
+    }
+    certs = pem_certs(cert_pem);
+    chain = pem_certs(chain_pem);
+    KB_ENSURE_OUT(rc, certs != NULL && chain != NULL && sk_X509_num(certs) == 1, KB_ERR_INVALID);
+    cert = sk_X509_value(certs, 0);
+    rc = x509svid_check_signing(cert, &why);
+    if (rc == KB_OK && ca_pca_signing_algorithm(X509_get0_pubkey(cert)) == NULL) {
+        why = "its key type is not one AWS Private CA signs SVIDs with (EC P-256/384/521, RSA)";
+        rc = KB_ERR_AUTH;
+    }
+    if (rc == KB_OK && X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0) {
+        why = "it has expired";
+        rc = KB_ERR_AUTH;
+    }
+    if (rc != KB_OK)
+        goto refused;
+    if (X509_check_issued(cert, cert) == X509_V_OK) {
+        root = cert; /* a root CA: the bundle holds it, leaves carry no chain */
+    } else {
+        /* GetCertificateAuthorityCertificate's chain: the issuers up to the root */
+        why = "its chain does not end at a self-signed root";
+        rc = KB_ERR_AUTH;
+        if (sk_X509_num(chain) < 1)
+            goto refused;
+        root = sk_X509_value(chain, sk_X509_num(chain) - 1);
+        if (X509_check_issued(root, root) != X509_V_OK)
+            goto refused;
+        up = sk_X509_dup(chain);
+        KB_ENSURE_OUT(rc, up != NULL, KB_ERR_NOMEM);
+        (void)sk_X509_pop(up);
+        store = X509_STORE_new();
+        ctx = X509_STORE_CTX_new();
+        KB_ENSURE_OUT(rc, store != NULL && ctx != NULL && X509_STORE_add_cert(store, root) == 1,
+                      KB_ERR_NOMEM);
+        KB_ENSURE_OUT(rc, X509_STORE_CTX_init(ctx, store, cert, up) == 1, KB_ERR_CRYPTO);
+        X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_ANY);
+        if (X509_verify_cert(ctx) != 1) {
+            why = X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx));
+            goto refused;
+        }
+        for (int i = 0; i < sk_X509_num(up); i++)
+            KB_GUARD_OUT(rc, pem_append(&upb, sk_X509_value(up, i)));
+    }
+    snprintf(g.key_kind, sizeof(g.key_kind), "%s", CA_KEY_ACM_PCA);
+    KB_ENSURE_OUT(rc, snprintf(g.key_ref, sizeof(g.key_ref), "%s", o->key_ref) < CA_REF_MAX,
+                  KB_ERR_TOO_LARGE);
+    g.cert_pem = pem_of_x509(cert);
+    g.roots_pem = pem_of_x509(root);
+    g.chain_pem = upb.p != NULL ? (char *)kb_dbuf_str(&upb) : "";
+    KB_ENSURE_OUT(rc, g.cert_pem != NULL && g.roots_pem != NULL, KB_ERR_NOMEM);
+    g.not_after = (int64_t)ca_cert_not_after(cert);
+    if (o->state == NULL || strcmp(o->state, CA_STATE_ACTIVE) == 0) {
+        snprintf(g.state, sizeof(g.state), "%s", CA_STATE_PREPARED);
+        KB_GUARD_OUT(rc, ca_store_gen_add(st, &g));
+        KB_GUARD_OUT(rc, ca_store_gen_activate(st, g.gen));
+    } else {
+        snprintf(g.state, sizeof(g.state), "%s", o->state);
+        KB_GUARD_OUT(rc, ca_store_gen_add(st, &g));
+    }
+    KB_GUARD_OUT(rc, bump_bundle(st));
+    if (gen != NULL)
+        *gen = g.gen;
+    kb_log(KB_LOG_INFO, "ca_generation_created", "trust_domain", o->td, "key", CA_KEY_ACM_PCA,
+           "ca_arn", o->key_ref, "state", o->state ? o->state : "active", NULL);
+    goto out;
+refused:
+    kb_log(KB_LOG_ERROR, "acm_pca_ca_certificate_refused", "ca_arn", o->key_ref, "why",
+           why ? why : "?", NULL);
+    rc = rc == KB_OK ? KB_ERR_AUTH : rc;
+out:
+    free(g.cert_pem);
+    free(g.roots_pem);
+    kb_dbuf_free(&upb);
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    sk_X509_free(up);
+    sk_X509_pop_free(certs, X509_free);
+    sk_X509_pop_free(chain, X509_free);
+    free(cert_pem);
+    free(chain_pem);
+    return rc;
 }
 
 kb_err ca_new_generation(ca_store *st, const ca_keys *keys, const ca_new_gen_opts *o, int64_t *gen,
@@ -468,7 +757,9 @@ kb_err ca_new_generation(ca_store *st, const ca_keys *keys, const ca_new_gen_opt
         return rc;
     else
         KB_ENSURE(strcmp(td, o->td) == 0, KB_ERR_CONFLICT);
-    if (strcmp(o->key_kind, "file") == 0) {
+    if (strcmp(o->key_kind, CA_KEY_ACM_PCA) == 0) {
+        return pca_generation(st, keys, o, gen);
+    } else if (strcmp(o->key_kind, "file") == 0) {
         KB_GUARD(kb_keystore_ec_create_file(o->key_ref));
     } else if (strcmp(o->key_kind, "pkcs11") == 0) {
         KB_ENSURE(keys && keys->pkcs11_module && keys->pkcs11_token && keys->pin, KB_ERR_CONFIG);

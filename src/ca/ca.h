@@ -15,6 +15,7 @@
 #include <openssl/x509.h>
 
 #include "ca_leafkey.h"
+#include "ca_pca.h"
 #include "ca_sans.h"
 #include "ca_store.h"
 #include "lib/err.h"
@@ -24,12 +25,20 @@
 
 typedef struct ca_authority ca_authority;
 
-/* Where CA keys live. module/token/pin are needed only for pkcs11 generations. */
+/* Where CA keys live. module/token/pin are needed only for pkcs11 generations, pca only for
+ * acm-pca generations (AWS Private CA signs; ca_pca.h). */
 typedef struct {
     const char *pkcs11_module;
     const char *pkcs11_token;
     const kb_secret *pin; /* borrowed for the authority's lifetime */
+    ca_pca *pca;          /* borrowed likewise */
 } ca_keys;
+
+/* Generation key kinds: a PKCS#11 token, a dev key file, or AWS Private CA (key_ref = the CA's
+ * ARN; no key here: every leaf is signed by IssueCertificate). */
+#define CA_KEY_PKCS11 "pkcs11"
+#define CA_KEY_FILE "file"
+#define CA_KEY_ACM_PCA "acm-pca"
 
 /* Refresh hint published in the bundle (SPIFFE_Trust_Domain_and_Bundle.md 4.1.2). */
 #define CA_BUNDLE_REFRESH_HINT 300
@@ -73,7 +82,11 @@ void ca_svid_clear(ca_svid *s);
 
 /* Issue an SVID for id valid ttl seconds from now (clamped to the CA's notAfter). pub NULL: a
  * fresh P-256 key is generated and returned in key_pem; otherwise pub (from a checked CSR) is
- * certified and key_pem is NULL. When audit_target is not NULL an audit row (serial, ID,
+ * certified and key_pem is NULL. With an acm-pca generation active, the key and a CSR are made
+ * here and AWS Private CA signs (ca_pca_issue); the certificate it returns is checked
+ * (ca_pca_check_leaf) before it is returned; a pub from someone else's CSR is refused
+ * (KB_ERR_CONFIG: AWS Private CA needs the CSR its key signed). *why, when the caller asks
+ * (ca_issue_sans_why), names what failed. When audit_target is not NULL an audit row (serial, ID,
  * target, reason, time) is written before returning; NULL only for the in-memory benchmark. */
 KB_WUR kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_PKEY *pub,
                        const char *audit_target, const char *reason, ca_svid *out);
@@ -82,12 +95,22 @@ KB_WUR kb_err ca_issue(ca_authority *ca, const spiffe_id *id, int64_t ttl, EVP_P
 KB_WUR kb_err ca_issue_sans(ca_authority *ca, const spiffe_id *id, const ca_sans *sans, int64_t ttl,
                             EVP_PKEY *pub, const char *audit_target, const char *reason,
                             ca_svid *out);
+/* The same, with *why naming a failure (a static or thread-local string; may stay NULL). */
+KB_WUR kb_err ca_issue_sans_why(ca_authority *ca, const spiffe_id *id, const ca_sans *sans,
+                                int64_t ttl, EVP_PKEY *pub, const char *audit_target,
+                                const char *reason, ca_svid *out, const char **why);
+/* 1 if the active generation is signed by AWS Private CA. */
+int ca_is_pca(ca_authority *ca);
 
 /* The trust domain recorded in the store (set by init). */
 KB_WUR kb_err ca_store_trust_domain(ca_store *st, char *td, size_t len);
 
 /* Administration (keybridge-ca init / rotate / import). key_kind "pkcs11" or "file"; key_ref
- * is the token label or the key file path (a new key is created there). */
+ * is the token label or the key file path (a new key is created there). key_kind "acm-pca":
+ * key_ref is the CA's ARN; the CA certificate and the chain above it come from
+ * GetCertificateAuthorityCertificate (keys->pca), are checked (a CA with keyCertSign, a key
+ * AWS can sign with, valid now, a chain ending at a self-signed root that verifies) and the
+ * root becomes the bundle's; intermediate does not apply. */
 typedef struct {
     const char *td;
     const char *key_kind;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/fileio.h"
 #include "lib/log.h"
 #include "lib/secbuf.h"
 #include "lib/sts.h"
@@ -16,6 +17,65 @@ typedef struct {
     int64_t expires_at;
     int64_t used; /* last use, for eviction */
 } session;
+
+#define CREDS_MAX 8192
+
+static kb_err creds_from_file(const char *path, kb_aws_creds *c)
+{
+    kb_secret *f = NULL;
+    const char *p;
+    size_t n, i = 0, a0, a1, s0, s1, t0, t1;
+    kb_err rc = KB_OK;
+
+    memset(c, 0, sizeof(*c));
+    KB_GUARD(kb_file_read_secret(path, CREDS_MAX, &f));
+    p = (const char *)kb_secret_cdata(f);
+    n = kb_secret_len(f);
+#define SKIP_WS()                                                                                  \
+    while (i < n && (p[i] == ' ' || p[i] == '\t'))                                                 \
+    i++
+#define WORD(b, e)                                                                                 \
+    do {                                                                                           \
+        b = i;                                                                                     \
+        while (i < n && p[i] > ' ' && p[i] < 0x7f)                                                 \
+            i++;                                                                                   \
+        e = i;                                                                                     \
+    } while (0)
+    SKIP_WS();
+    WORD(a0, a1);
+    SKIP_WS();
+    WORD(s0, s1);
+    SKIP_WS();
+    WORD(t0, t1);
+    SKIP_WS();
+    if (i < n && p[i] == '\n')
+        i++;
+    KB_ENSURE_OUT(rc,
+                  i == n && a1 > a0 && s1 > s0 && a1 - a0 <= 128 &&
+                      s1 - s0 <= KB_AWSREQ_MAX_SECRET_KEY && t1 - t0 <= KB_AWSREQ_MAX_TOKEN,
+                  KB_ERR_CONFIG);
+#undef SKIP_WS
+#undef WORD
+    c->access_key_id = strndup(p + a0, a1 - a0);
+    KB_ENSURE_OUT(rc, c->access_key_id != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(rc, kb_secret_from(p + s0, s1 - s0, &c->secret_key));
+    if (t1 > t0) {
+        c->session_token = strndup(p + t0, t1 - t0);
+        KB_ENSURE_OUT(rc, c->session_token != NULL, KB_ERR_NOMEM);
+    }
+out:
+    if (rc != KB_OK)
+        kb_aws_creds_free(c);
+    kb_secret_free(f);
+    return rc;
+}
+
+kb_err ca_creds_load(const char *credentials_file, kb_aws_creds *out)
+{
+    if (credentials_file != NULL && credentials_file[0] != '\0')
+        return creds_from_file(credentials_file, out);
+    return kb_aws_creds_from_env(out);
+}
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static session g_cache[CA_ASSUME_CACHE_MAX];

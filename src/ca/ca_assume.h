@@ -35,6 +35,11 @@ typedef struct {
 KB_WUR kb_err ca_assume_creds(const ca_assume_cfg *cfg, const char *account, int64_t now,
                               kb_aws_creds *creds, const char **why);
 
+/* The CA's own credentials: a 0600 file "ACCESS_KEY_ID SECRET_ACCESS_KEY [SESSION_TOKEN]"
+ * when credentials_file is set (not NULL or ""), else AWS_* environment variables
+ * (kb_aws_creds_from_env). Used for Secrets Manager targets and AWS Private CA. */
+KB_WUR kb_err ca_creds_load(const char *credentials_file, kb_aws_creds *out);
+
 /* Drop every cached session (wiped). */
 void ca_assume_cache_clear(void);
 

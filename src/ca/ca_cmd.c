@@ -20,6 +20,7 @@ struct ca_ctx {
     const kb_config *cfg;
     ca_store *st;
     kb_secret *pin;
+    ca_pca *pca;
     ca_keys keys;
     ca_authority *ca;
 };
@@ -97,6 +98,12 @@ const char *ca_ctx_explain(ca_ctx *x, kb_err rc, char *buf, size_t len)
         return w;
     if (rc == KB_ERR_NOT_FOUND && x->st != NULL && !has_active(x->st))
         return "no active CA: run keybridge-ca init";
+    if (x->pca != NULL)
+        return "AWS Private CA: the log line before this one names the failure "
+               "(acm_pca_ca_certificate_failed or _refused)";
+    if (rc == KB_ERR_CONFIG)
+        return "the active generation needs another [ca] key (acm-pca generations: [ca] key = "
+               "acm-pca)";
     if (rc == KB_ERR_NOT_FOUND)
         return "the active CA's key was not found (in the token named by [pkcs11] token, or "
                "the key file in [ca] key_dir)";
@@ -118,10 +125,43 @@ int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out)
     if (x == NULL)
         return KB_EXIT_FAIL;
     x->cfg = cfg;
-    if (kind == NULL || (strcmp(kind, "pkcs11") != 0 && strcmp(kind, "file") != 0)) {
-        fprintf(stderr, "keybridge-ca: [ca] key must be pkcs11 or file\n");
+    if (kind == NULL || (strcmp(kind, CA_KEY_PKCS11) != 0 && strcmp(kind, CA_KEY_FILE) != 0 &&
+                         strcmp(kind, CA_KEY_ACM_PCA) != 0)) {
+        fprintf(stderr, "keybridge-ca: [ca] key must be pkcs11, file or acm-pca\n");
         free(x);
         return KB_EXIT_CONFIG;
+    }
+    if (strcmp(kind, CA_KEY_ACM_PCA) == 0) {
+        const char *why = NULL;
+        ca_pca_opts po;
+        memset(&po, 0, sizeof(po));
+        po.ca_arn = kb_config_str(cfg, "acm_pca", "ca_arn");
+        po.region = kb_config_str(cfg, "acm_pca", "region");
+        if (po.region == NULL)
+            po.region = kb_config_str(cfg, "aws", "region");
+        po.endpoint = kb_config_str(cfg, "acm_pca", "endpoint");
+        po.template_arn = kb_config_str(cfg, "acm_pca", "template_arn");
+        po.credentials_file = kb_config_str(cfg, "aws", "credentials_file");
+        po.role_arn = kb_config_str(cfg, "acm_pca", "role_arn");
+        po.external_id = kb_config_str(cfg, "acm_pca", "external_id");
+        po.sts_endpoint = kb_config_str(cfg, "aws", "sts_endpoint");
+        po.ca_file = kb_config_str(cfg, "acm_pca", "ca_file");
+        po.timeout_ms = (long)kb_config_duration(cfg, "acm_pca", "timeout") * 1000;
+        po.deadline_ms = (long)kb_config_duration(cfg, "acm_pca", "deadline") * 1000;
+        po.issue_rate = (double)kb_config_int(cfg, "acm_pca", "issue_rate");
+        if (po.timeout_ms <= 0 || po.deadline_ms <= 0 || po.issue_rate < 1) {
+            fprintf(stderr, "keybridge-ca: [acm_pca] timeout and deadline must be at least 1s, "
+                            "issue_rate at least 1\n");
+            free(x);
+            return KB_EXIT_CONFIG;
+        }
+        rc = ca_pca_new(&po, &x->pca, &why);
+        if (rc != KB_OK) {
+            fprintf(stderr, "keybridge-ca: %s\n", why ? why : kb_err_str(rc));
+            free(x);
+            return KB_EXIT_CONFIG;
+        }
+        x->keys.pca = x->pca;
     }
     if (strcmp(kind, "pkcs11") == 0) {
         rc = kb_config_secret(cfg, "pkcs11", "pin_file", PIN_MAX, &x->pin);
@@ -162,6 +202,7 @@ void ca_ctx_close(ca_ctx *x)
     ca_free(x->ca);
     ca_store_close(x->st);
     kb_secret_free(x->pin);
+    ca_pca_free(x->pca);
     free(x);
 }
 
@@ -198,7 +239,15 @@ kb_err ca_ctx_new_generation(ca_ctx *x, const char *td, int intermediate, const 
      * while the old key still exists. */
     KB_ENSURE(RAND_bytes(r, sizeof(r)) == 1, KB_ERR_CRYPTO);
     kb_hex(r, sizeof(r), hex);
-    if (strcmp(kind, "file") == 0) {
+    if (strcmp(kind, CA_KEY_ACM_PCA) == 0) {
+        /* the key is AWS Private CA's: the generation names the CA */
+        const char *arn = ca_pca_ca_arn(x->pca);
+        if (arn == NULL) {
+            fprintf(stderr, "keybridge-ca: [ca] key = acm-pca needs [acm_pca] ca_arn\n");
+            return KB_ERR_CONFIG;
+        }
+        n = snprintf(ref, sizeof(ref), "%s", arn);
+    } else if (strcmp(kind, "file") == 0) {
         const char *dir = kb_config_str(x->cfg, "ca", "key_dir");
         if (dir == NULL) {
             fprintf(stderr, "keybridge-ca: [ca] key = file needs [ca] key_dir\n");

@@ -33,7 +33,6 @@
 #define TAG_REG "keybridge:registration"
 #define TAG_SPIRE "spire-svid" /* SPIRE's aws_secretsmanager SVIDStore plugin: "true" */
 #define RESP_MAX ((size_t)1024 * 1024)
-#define CREDS_MAX 8192
 
 static int name_char(char c)
 {
@@ -365,56 +364,6 @@ typedef struct {
     char endpoint[600];
 } sm_conn;
 
-static kb_err creds_from_file(const char *path, kb_aws_creds *c)
-{
-    kb_secret *f = NULL;
-    const char *p;
-    size_t n, i = 0, a0, a1, s0, s1, t0, t1;
-    kb_err rc = KB_OK;
-
-    memset(c, 0, sizeof(*c));
-    KB_GUARD(kb_file_read_secret(path, CREDS_MAX, &f));
-    p = (const char *)kb_secret_cdata(f);
-    n = kb_secret_len(f);
-#define SKIP_WS()                                                                                  \
-    while (i < n && (p[i] == ' ' || p[i] == '\t'))                                                 \
-    i++
-#define WORD(b, e)                                                                                 \
-    do {                                                                                           \
-        b = i;                                                                                     \
-        while (i < n && p[i] > ' ' && p[i] < 0x7f)                                                 \
-            i++;                                                                                   \
-        e = i;                                                                                     \
-    } while (0)
-    SKIP_WS();
-    WORD(a0, a1);
-    SKIP_WS();
-    WORD(s0, s1);
-    SKIP_WS();
-    WORD(t0, t1);
-    SKIP_WS();
-    if (i < n && p[i] == '\n')
-        i++;
-    KB_ENSURE_OUT(rc,
-                  i == n && a1 > a0 && s1 > s0 && a1 - a0 <= 128 &&
-                      s1 - s0 <= KB_AWSREQ_MAX_SECRET_KEY && t1 - t0 <= KB_AWSREQ_MAX_TOKEN,
-                  KB_ERR_CONFIG);
-#undef SKIP_WS
-#undef WORD
-    c->access_key_id = strndup(p + a0, a1 - a0);
-    KB_ENSURE_OUT(rc, c->access_key_id != NULL, KB_ERR_NOMEM);
-    KB_GUARD_OUT(rc, kb_secret_from(p + s0, s1 - s0, &c->secret_key));
-    if (t1 > t0) {
-        c->session_token = strndup(p + t0, t1 - t0);
-        KB_ENSURE_OUT(rc, c->session_token != NULL, KB_ERR_NOMEM);
-    }
-out:
-    if (rc != KB_OK)
-        kb_aws_creds_free(c);
-    kb_secret_free(f);
-    return rc;
-}
-
 /* With [aws] role_arn: the target account's role instead of our own credentials (ca_assume.h). */
 static kb_err sm_assume(const ca_target_env *env, const ca_reg *r, const char *region,
                         kb_aws_creds *creds, const char **why)
@@ -444,8 +393,7 @@ static kb_err sm_open(const ca_target_env *env, const ca_reg *r, sm_conn *c, con
     else
         snprintf(c->endpoint, sizeof(c->endpoint), "https://secretsmanager.%s.amazonaws.com",
                  region);
-    rc = (cf != NULL && cf[0] != '\0') ? creds_from_file(cf, &c->creds)
-                                       : kb_aws_creds_from_env(&c->creds);
+    rc = ca_creds_load(cf, &c->creds);
     if (rc != KB_OK) {
         *why = "no usable AWS credentials (credentials file must be 0600: "
                "ACCESS_KEY_ID SECRET_ACCESS_KEY [SESSION_TOKEN])";

@@ -28,7 +28,9 @@
 static const kb_config_key keys[] = {
     {"ca", "trust_domain", KB_CFG_STRING, NULL, "trust domain, e.g. example.org (init)"},
     {"ca", "db", KB_CFG_PATH, "keybridge-ca.db", "SQLite database file"},
-    {"ca", "key", KB_CFG_STRING, "pkcs11", "where CA keys live: pkcs11 (default) or file (dev)"},
+    {"ca", "key", KB_CFG_STRING, "pkcs11",
+     "where CA keys live: pkcs11 (default), file (dev), or acm-pca (AWS Private CA signs; "
+     "[acm_pca])"},
     {"ca", "key_dir", KB_CFG_PATH, NULL, "directory for 0600 dev key files (key = file)"},
     {"ca", "ca_ttl", KB_CFG_DURATION, "365d", "lifetime of a root CA made by init/rotate"},
     {"ca", "default_ttl", KB_CFG_DURATION, "1h", "default SVID lifetime"},
@@ -67,6 +69,27 @@ static const kb_config_key keys[] = {
     {"aws", "external_id", KB_CFG_STRING, NULL, "sts:ExternalId sent with role_arn (not a secret)"},
     {"aws", "sts_endpoint", KB_CFG_STRING, NULL,
      "STS endpoint override (default https://sts.<region>.amazonaws.com)"},
+    {"acm_pca", "ca_arn", KB_CFG_STRING, NULL,
+     "[ca] key = acm-pca: the AWS Private CA that signs (arn:aws:acm-pca:REGION:ACCOUNT:"
+     "certificate-authority/ID; read by init and rotate prepare)"},
+    {"acm_pca", "region", KB_CFG_STRING, NULL, "AWS Private CA region (default [aws] region)"},
+    {"acm_pca", "endpoint", KB_CFG_STRING, NULL,
+     "endpoint override (default https://acm-pca.<region>.amazonaws.com)"},
+    {"acm_pca", "template_arn", KB_CFG_STRING, CA_PCA_TEMPLATE_DEFAULT,
+     "IssueCertificate template: an APIPassthrough template, so the URI SAN and key usages "
+     "come through"},
+    {"acm_pca", "issue_rate", KB_CFG_INT, "5",
+     "IssueCertificate calls per second at most, spaced evenly, for every issuance of this "
+     "process (keep it below the account's quota: docs/internals/acm-pca.md)"},
+    {"acm_pca", "timeout", KB_CFG_DURATION, "10s", "one AWS Private CA call"},
+    {"acm_pca", "deadline", KB_CFG_DURATION, "60s",
+     "one issuance: rate wait, IssueCertificate with its retries, GetCertificate polls"},
+    {"acm_pca", "role_arn", KB_CFG_STRING, NULL,
+     "assume this role (STS AssumeRole, {account} = the CA's account) with [aws] "
+     "credentials_file's credentials before calling AWS Private CA"},
+    {"acm_pca", "external_id", KB_CFG_STRING, NULL, "sts:ExternalId sent with role_arn"},
+    {"acm_pca", "ca_file", KB_CFG_PATH, NULL,
+     "PEM trust anchors for the endpoint's TLS (default: the system store)"},
     {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
     {NULL, NULL, 0, NULL, NULL},
 };
@@ -398,7 +421,14 @@ static int cmd_issue(const kb_config *cfg, int argc, char **argv)
         code = KB_EXIT_FAIL;
         goto out;
     }
-    KB_GUARD_OUT(rc, ca_issue_sans(ca_ctx_ca(x), &id, &sans, ttl, pub, out, "issue", &sv));
+    rc = ca_issue_sans_why(ca_ctx_ca(x), &id, &sans, ttl, pub, out, "issue", &sv, &why);
+    if (rc != KB_OK && why != NULL) {
+        fprintf(stderr, "keybridge-ca issue: failed: %s\n", why);
+        code = kb_exit_code(rc);
+        rc = KB_OK; /* reported */
+        goto out;
+    }
+    KB_GUARD_OUT(rc, rc);
     if (sv.key_pem != NULL)
         KB_GUARD_OUT(rc, write_out(out, "svid.key", ca_keypem_data(sv.key_pem),
                                    ca_keypem_len(sv.key_pem), 0600));
