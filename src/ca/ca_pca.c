@@ -366,7 +366,8 @@ static json_t *b64_string(const char *s)
     unsigned char *b = malloc(cap);
     json_t *j = NULL;
 
-    if (b != NULL && n <= INT32_MAX / 2 && EVP_EncodeBlock(b, (const unsigned char *)s, (int)n) >= 0)
+    if (b != NULL && n <= INT32_MAX / 2 &&
+        EVP_EncodeBlock(b, (const unsigned char *)s, (int)n) >= 0)
         j = json_string((const char *)b);
     free(b);
     return j;
@@ -383,9 +384,9 @@ kb_err ca_pca_issue_body(const ca_pca *p, const ca_pca_req *r, const char *token
     KB_ENSURE(r->not_after > 0 && r->signing_algorithm != NULL && arn_ok(r->arn), KB_ERR_INVALID);
     sans = json_array();
     KB_ENSURE_OUT(rc, sans != NULL, KB_ERR_NOMEM);
-    KB_ENSURE_OUT(rc, json_array_append_new(sans, json_pack("{s:s}", "UniformResourceIdentifier",
-                                                            uri)) == 0,
-                  KB_ERR_NOMEM);
+    KB_ENSURE_OUT(
+        rc, json_array_append_new(sans, json_pack("{s:s}", "UniformResourceIdentifier", uri)) == 0,
+        KB_ERR_NOMEM);
     for (size_t i = 0; r->sans != NULL && i < r->sans->n; i++) {
         const ca_san *s = &r->sans->e[i];
         e = json_pack("{s:s}", s->type == CA_SAN_DNS ? "DnsName" : "IpAddress", s->text);
@@ -397,8 +398,8 @@ kb_err ca_pca_issue_body(const ca_pca *p, const ca_pca_req *r, const char *token
                   "Validity", "Type", "ABSOLUTE", "Value", (json_int_t)r->not_after,
                   "IdempotencyToken", token, "ApiPassthrough", "Extensions",
                   "SubjectAlternativeNames", sans, "KeyUsage", "DigitalSignature", 1,
-                  "ExtendedKeyUsage", "ExtendedKeyUsageType", "SERVER_AUTH",
-                  "ExtendedKeyUsageType", "CLIENT_AUTH");
+                  "ExtendedKeyUsage", "ExtendedKeyUsageType", "SERVER_AUTH", "ExtendedKeyUsageType",
+                  "CLIENT_AUTH");
     KB_ENSURE_OUT(rc, o != NULL && json_object_get(o, "Csr") != NULL, KB_ERR_NOMEM);
     *out = kb_json_dump(o);
     KB_ENSURE_OUT(rc, *out != NULL, KB_ERR_NOMEM);
@@ -445,10 +446,10 @@ static int names_match(X509 *leaf, const ca_sans *sans)
     return ok && seen == want;
 }
 
-kb_err ca_pca_check_leaf(const char *leaf_pem, EVP_PKEY *key, X509 *ca_cert,
-                         STACK_OF(X509) * chain, const char *td, const char *bundle_pem,
-                         const spiffe_id *id, const ca_sans *sans, int64_t now, int64_t not_after,
-                         X509 **out, const char **why)
+kb_err ca_pca_check_leaf(const char *leaf_pem, EVP_PKEY *key, X509 *ca_cert, STACK_OF(X509) * chain,
+                         const char *td, const char *bundle_pem, const spiffe_id *id,
+                         const ca_sans *sans, int64_t now, int64_t not_after, X509 **out,
+                         const char **why)
 {
     spiffe_bundle_set *set = NULL;
     spiffe_bundle *b = NULL;
@@ -489,8 +490,10 @@ kb_err ca_pca_check_leaf(const char *leaf_pem, EVP_PKEY *key, X509 *ca_cert,
     for (int p = X509SVID_PURPOSE_CLIENT; p <= X509SVID_PURPOSE_SERVER; p++) {
         rc = x509svid_verify(set, leaf, inter, p, (time_t)now, &got, &w);
         if (rc != KB_OK) {
-            snprintf(g_why, sizeof(g_why), "acm-pca: the certificate returned is not a valid "
-                                           "X509-SVID: %s", w ? w : "?");
+            snprintf(g_why, sizeof(g_why),
+                     "acm-pca: the certificate returned is not a valid "
+                     "X509-SVID: %s",
+                     w ? w : "?");
             *why = g_why;
             goto out;
         }

@@ -131,8 +131,8 @@ kb_err ca_renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t
     }
     rc = ca_issue_sans_why(r->o.ca, &id, &sans, reg->ttl, NULL, reg->target, reason, &sv, &why);
     if (rc != KB_OK) {
-        kb_log(KB_LOG_WARN, "svid_issue_failed", "spiffe_id", reg->spiffe_id, "target",
-               reg->target, "err", kb_err_str(rc), "why", why ? why : "", NULL);
+        kb_log(KB_LOG_WARN, "svid_issue_failed", "spiffe_id", reg->spiffe_id, "target", reg->target,
+               "err", kb_err_str(rc), "why", why ? why : "", NULL);
         return rc;
     }
     test_hold(reg->rid);

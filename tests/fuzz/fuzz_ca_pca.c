@@ -33,7 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(cert);
         free(chain);
     }
-    if (ca_pca_parse_error(p, size, code) == KB_OK && (code[0] == '\0' || strlen(code) > CA_PCA_ERROR_MAX))
+    if (ca_pca_parse_error(p, size, code) == KB_OK &&
+        (code[0] == '\0' || strlen(code) > CA_PCA_ERROR_MAX))
         abort();
     free(p);
     return 0;

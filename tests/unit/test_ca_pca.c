@@ -155,7 +155,8 @@ static void parse_cert_answers(void **state)
     {
         static const char *const bad[] = {
             "{\"Certificate\":\"hello\"}",
-            "{\"Certificate\":\"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\"}",
+            "{\"Certificate\":\"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END "
+            "CERTIFICATE-----\\n\"}",
             "{\"Certificate\":5}",
             "{\"Certificate\":null}",
             "{\"CertificateChain\":\"x\"}",
@@ -211,8 +212,13 @@ static void parse_error_answers(void **state)
 {
     char code[CA_PCA_ERROR_MAX + 1];
     static const char *const none[] = {
-        "", "{}", "{\"__type\": 5}", "{\"__type\": \"\"}", "{\"__type\": \"a b\"}",
-        "{\"__type\": \"x#\"}", "not json",
+        "",
+        "{}",
+        "{\"__type\": 5}",
+        "{\"__type\": \"\"}",
+        "{\"__type\": \"a b\"}",
+        "{\"__type\": \"x#\"}",
+        "not json",
         "{\"__type\": \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}",
     };
     (void)state;
@@ -278,8 +284,7 @@ static void options(void **state)
     assert_ok(ca_pca_arn_account(ARN, acct));
     assert_string_equal(acct, "111122223333");
     assert_kb(ca_pca_arn_account("arn:aws:acm-pca:us-east-1:1111:x", acct), KB_ERR_INVALID);
-    assert_kb(ca_pca_arn_account("arn:aws:acm-pca:us-east-1:11112222333x:x", acct),
-              KB_ERR_INVALID);
+    assert_kb(ca_pca_arn_account("arn:aws:acm-pca:us-east-1:11112222333x:x", acct), KB_ERR_INVALID);
     assert_kb(ca_pca_arn_account("arn:aws", acct), KB_ERR_INVALID);
 }
 
@@ -338,8 +343,8 @@ static void issue_body(void **state)
                             "web.example.org");
         assert_string_equal(json_string_value(json_object_get(json_array_get(s, 2), "IpAddress")),
                             "::1");
-        assert_true(json_is_true(json_object_get(json_object_get(e, "KeyUsage"),
-                                                 "DigitalSignature")));
+        assert_true(
+            json_is_true(json_object_get(json_object_get(e, "KeyUsage"), "DigitalSignature")));
         assert_int_equal(json_object_size(json_object_get(e, "KeyUsage")), 1);
         assert_int_equal(json_array_size(json_object_get(e, "ExtendedKeyUsage")), 2);
     }
@@ -483,8 +488,8 @@ static void check_leaf(void **state)
     memset(&none, 0, sizeof(none));
     assert_ok(ca_sans_add_dns(&sans, "web.example.org", &why));
     assert_ok(spiffe_id_parse_str("spiffe://example.org/web", &id, &why));
-#define CHECK(p, s, na) ca_pca_check_leaf(p, k, f.root, NULL, "example.org", f.bundle_pem, &id, s, \
-                                          now, na, &out, &why)
+#define CHECK(p, s, na)                                                                            \
+    ca_pca_check_leaf(p, k, f.root, NULL, "example.org", f.bundle_pem, &id, s, now, na, &out, &why)
     /* good, with and without names */
     pem = leaf(f.s, f.root, k, "spiffe://example.org/web", &sans, 3600);
     assert_ok(CHECK(pem, &sans, now + 3600));
@@ -523,9 +528,9 @@ static void check_leaf(void **state)
     assert_non_null(strstr(why, "X509-SVID"));
     free(pem);
     /* not a certificate at all */
-    assert_kb(CHECK("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", &none,
-                    now + 3600),
-              KB_ERR_INVALID);
+    assert_kb(
+        CHECK("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", &none, now + 3600),
+        KB_ERR_INVALID);
     assert_kb(CHECK(NULL, &none, now + 3600), KB_ERR_NULL);
 #undef CHECK
     EVP_PKEY_free(k);
