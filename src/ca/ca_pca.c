@@ -16,6 +16,7 @@
 
 #include "ca_assume.h"
 #include "lib/awsreq.h"
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -360,16 +361,13 @@ kb_err ca_pca_csr(EVP_PKEY *key, char **pem)
     return rc;
 }
 
+/* A blob member: the JSON protocol sends blobs as standard base64. */
 static json_t *b64_string(const char *s)
 {
-    size_t n = strlen(s), cap = 4 * ((n + 2) / 3) + 1;
-    unsigned char *b = malloc(cap);
-    json_t *j = NULL;
+    char *b = kb_b64_encode_str((const uint8_t *)s, strlen(s), KB_B64_STD);
+    json_t *j = b ? json_string(b) : NULL;
 
-    if (b != NULL && n <= INT32_MAX / 2 &&
-        EVP_EncodeBlock(b, (const unsigned char *)s, (int)n) >= 0)
-        j = json_string((const char *)b);
-    free(b);
+    kb_json_free_str(b);
     return j;
 }
 
