@@ -31,6 +31,7 @@
 #include "lib/x509svid.h"
 #include "fairness.h"
 #include "metrics.h"
+#include "notify.h"
 #include "service.h"
 
 typedef struct {
@@ -38,6 +39,7 @@ typedef struct {
     kb_httpd *h;
     kb_httpd *mh;
     metrics *m;
+    notify *nt;
     const char *td;
     const char *bundle_file;
     pthread_mutex_t mu; /* guards the fields below */
@@ -262,7 +264,8 @@ static void handle_metrics(kb_http_req *hr, void *arg)
     st.reloads = kb_httpd_reload_count(sv->h) + sv->bundle_reloads;
     pthread_mutex_unlock(&sv->mu);
     kb_dbuf_init(&b, METRICS_TEXT_MAX);
-    if (metrics_render(sv->m, sv->s, &st, (int64_t)time(NULL), &b) != KB_OK) {
+    if (metrics_render(sv->m, sv->s, &st, (int64_t)time(NULL), &b) != KB_OK ||
+        notify_render_metrics(sv->nt, (int64_t)time(NULL), &b) != KB_OK) {
         kb_http_reply_error(hr, 500, "internal", "metrics unavailable");
     } else {
         kb_http_reply(hr, 200, "text/plain; version=0.0.4; charset=utf-8",
@@ -424,7 +427,7 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
         goto out;
     }
     if ((rc = metrics_new(&sv.m)) != KB_OK || (rc = svc_open(cfg, false, &sv.s)) != KB_OK ||
-        (rc = open_fairness(cfg, &sv)) != KB_OK) {
+        (rc = open_fairness(cfg, &sv)) != KB_OK || (rc = notify_new(cfg, sv.s, &sv.nt)) != KB_OK) {
         code = kb_exit_code(rc);
         goto out;
     }
@@ -480,6 +483,10 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
     if (pthread_create(&maint_tid, NULL, maint_thread, &sv) != 0)
         goto out;
     maint_started = true;
+    if ((rc = notify_start(sv.nt)) != KB_OK) {
+        code = kb_exit_code(rc);
+        goto out;
+    }
     {
         char port[16];
         snprintf(port, sizeof(port), "%d", kb_httpd_port(sv.h));
@@ -505,6 +512,7 @@ out:
         pthread_mutex_unlock(&sv.maint_mu);
         pthread_join(maint_tid, NULL);
     }
+    notify_free(sv.nt); /* stops and joins the notifier first */
     kb_httpd_free(sv.mh);
     kb_httpd_free(sv.h); /* releases every admitted connection: fairness must still exist */
     fairness_free(sv.fair);

@@ -74,6 +74,21 @@ const kb_config_key server_config_keys[] = {
      "burst of requests one SPIFFE ID may send above its rate"},
     {"fairness", "max_tracked", KB_CFG_INT, "100000",
      "SPIFFE IDs tracked at once (idle ones are dropped first)"},
+    {"notify", "url", KB_CFG_STRING, NULL,
+     "expiry webhook (JSON with a Slack-compatible \"text\"): https://, or http:// to loopback "
+     "only; unset = no webhook (the expiry gauges still work)"},
+    {"notify", "ca_file", KB_CFG_PATH, NULL,
+     "PEM trust anchors for the webhook's server certificate; unset = the system store"},
+    {"notify", "windows", KB_CFG_STRING, "30d,7d,1d",
+     "comma-separated windows before expiry (1..8, each at most 366d): one webhook per secret "
+     "version per window"},
+    {"notify", "interval", KB_CFG_DURATION, "1h", "how often the notifier scans (at least 1s)"},
+    {"notify", "timeout", KB_CFG_DURATION, "10s", "deadline for one webhook attempt (1s..5m)"},
+    {"notify", "attempts", KB_CFG_INT, "5",
+     "attempts per webhook in one scan (1..20); a notification that failed them all is tried "
+     "again at the next scan"},
+    {"notify", "backoff", KB_CFG_DURATION, "2s",
+     "wait before the first retry, doubled after each failure (capped at 5m)"},
     {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
     {NULL, NULL, 0, NULL, NULL},
 };

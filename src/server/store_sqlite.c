@@ -128,6 +128,14 @@ static const char *const migrations[] = {
      * existing rows are MAC'd as they stand by migrate_mac_versions() in the same transaction. */
     ("ALTER TABLE versions ADD COLUMN mac BLOB NOT NULL DEFAULT x'';"
      "ALTER TABLE secrets ADD COLUMN latest_mac BLOB NOT NULL DEFAULT x'';"),
+    /* 5: expiry notifications delivered, one row per (secret, version, window) (notify.md);
+     * not MAC'd: a forged row suppresses or repeats a notification, it grants nothing. */
+    ("CREATE TABLE notify_sent("
+     " secret_id INTEGER NOT NULL REFERENCES secrets(id) ON DELETE CASCADE,"
+     " version INTEGER NOT NULL,"
+     " window_secs INTEGER NOT NULL,"
+     " sent_at INTEGER NOT NULL,"
+     " PRIMARY KEY (secret_id, version, window_secs));"),
 };
 
 /* The migration step that creates store_state. */
@@ -2693,6 +2701,52 @@ out:
     return KB_OK;
 }
 
+/* ---- expiry notifications (notify.h) ---- */
+
+static kb_err sq_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t window,
+                             bool *sent)
+{
+    cx *b = RD(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT 1 FROM notify_sent WHERE secret_id = ?1 AND version = ?2 "
+                          "AND window_secs = ?3",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, version));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, window));
+    rc = step_row(b, s, "notify_sent");
+    *sent = rc == KB_OK;
+    if (rc == KB_ERR_NOT_FOUND)
+        rc = KB_OK;
+out:
+    done(s);
+    PUT(st, b);
+    return rc;
+}
+
+static kb_err sq_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window,
+                             int64_t now)
+{
+    cx *b = WR(st);
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO notify_sent(secret_id, version, window_secs, sent_at) "
+                          "VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                          &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
+    KB_GUARD_OUT(rc, bind_i64(s, 2, version));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, window));
+    KB_GUARD_OUT(rc, bind_i64(s, 4, now));
+    rc = step_done(b, s, "notify_mark");
+out:
+    done(s);
+    PUT(st, b);
+    return rc;
+}
+
 /* ---- audit ---- */
 
 static kb_err head_locked(cx *b, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
@@ -2951,4 +3005,6 @@ const struct store_ops store_sqlite_ops = {
     .audit_head = sq_audit_head,
     .anchor_put = sq_anchor_put,
     .anchor_list = sq_anchor_list,
+    .notify_sent = sq_notify_sent,
+    .notify_mark = sq_notify_mark,
 };

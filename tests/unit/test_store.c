@@ -560,6 +560,44 @@ static void soft_delete_restore_purge(void **state)
     assert_true(again > w.s_cloud);
 }
 
+/* The notifier's delivered windows (schema step 5): durable, idempotent, per version and
+ * window, refused for bad arguments, gone with the secret on purge. */
+static void notify_sent_rows(void **state)
+{
+    fx *f = *state;
+    world w;
+    bool sent = true;
+
+    build_world(f, &w);
+    assert_ok(store_notify_sent(f->st, w.s_local, 1, 604800, &sent));
+    assert_false(sent);
+    assert_ok(store_notify_mark(f->st, w.s_local, 1, 604800, T0));
+    assert_ok(store_notify_mark(f->st, w.s_local, 1, 604800, T0 + 1)); /* again: no error */
+    assert_ok(store_notify_sent(f->st, w.s_local, 1, 604800, &sent));
+    assert_true(sent);
+    assert_ok(store_notify_sent(f->st, w.s_local, 1, 86400, &sent)); /* another window */
+    assert_false(sent);
+    assert_ok(store_notify_sent(f->st, w.s_local, 2, 604800, &sent)); /* another version */
+    assert_false(sent);
+    assert_ok(store_notify_sent(f->st, w.s_cloud, 1, 604800, &sent)); /* another secret */
+    assert_false(sent);
+    assert_kb(store_notify_mark(f->st, w.s_local, 0, 604800, T0), KB_ERR_INVALID);
+    assert_kb(store_notify_mark(f->st, w.s_local, 1, 0, T0), KB_ERR_INVALID);
+    assert_kb(store_notify_mark(f->st, 0, 1, 60, T0), KB_ERR_INVALID);
+    assert_kb(store_notify_sent(f->st, w.s_local, 1, -1, &sent), KB_ERR_INVALID);
+    assert_kb(store_notify_mark(f->st, 9999, 1, 60, T0), KB_ERR_NOT_FOUND); /* FK */
+    assert_int_equal(raw_count(f, "SELECT count(*) FROM notify_sent"), 1);
+    /* survives a reopen */
+    store_close(f->st);
+    store_opts o = opts_for(f);
+    assert_ok(store_open(f->url, &o, &f->st));
+    assert_ok(store_notify_sent(f->st, w.s_local, 1, 604800, &sent));
+    assert_true(sent);
+    assert_ok(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 7));
+    assert_ok(store_secret_purge(f->st, w.s_local));
+    assert_int_equal(raw_count(f, "SELECT count(*) FROM notify_sent"), 0);
+}
+
 static void groups_and_owner(void **state)
 {
     fx *f = *state;
@@ -1002,13 +1040,13 @@ static void migration_macs_existing_versions(void **state)
     store_close(f->st);
     f->st = NULL;
     raw_sql(f, "ALTER TABLE versions DROP COLUMN mac; ALTER TABLE secrets DROP COLUMN latest_mac;"
-               "UPDATE schema_version SET version = 3");
+               "DROP TABLE notify_sent; UPDATE schema_version SET version = 3");
     assert_int_equal(raw_count(f, "SELECT count(*) FROM pragma_table_info('versions') "
                                   "WHERE name = 'mac'"),
                      0);
     assert_ok(store_open(f->url, &o, &f->st));
     assert_ok(store_schema_version(f->st, &v));
-    assert_int_equal(v, 4);
+    assert_int_equal(v, store_schema_version_supported());
     assert_int_equal(raw_count(f, "SELECT count(*) FROM versions WHERE length(mac) = 32"), 2);
     assert_int_equal(raw_count(f, "SELECT count(*) FROM secrets WHERE length(latest_mac) = 32"), 2);
     assert_ok(store_readable_get(f->st, w.api, "db-pass", 0, &r));
@@ -1143,6 +1181,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(open_refuses_bad_urls_and_options, setup, teardown),
         cmocka_unit_test_setup_teardown(database_file_is_private_and_wal, setup, teardown),
+        cmocka_unit_test_setup_teardown(notify_sent_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(client_reads_follow_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(batch_get, setup, teardown),
         cmocka_unit_test_setup_teardown(versions_only_go_up, setup, teardown),

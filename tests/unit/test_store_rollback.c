@@ -531,9 +531,9 @@ static void forged_or_deleted_rows_are_refused_at_start(void **state)
     reopen(f, KB_ERR_INTEGRITY);
 }
 
-/* Back to schema 2: no state row (step 3), no version MACs (step 4). */
+/* Back to schema 2: no state row (step 3), no version MACs (step 4), no notify_sent (step 5). */
 #define TO_SCHEMA_2                                                                                \
-    "DROP TABLE store_state; ALTER TABLE versions DROP COLUMN mac; "                               \
+    "DROP TABLE notify_sent; DROP TABLE store_state; ALTER TABLE versions DROP COLUMN mac; "       \
     "ALTER TABLE secrets DROP COLUMN latest_mac; UPDATE schema_version SET version = 2"
 
 static void migration_adds_the_state_row(void **state)
