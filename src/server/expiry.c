@@ -12,6 +12,7 @@
 #include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 
+#include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/secbuf.h"
 
@@ -528,13 +529,14 @@ static kb_err pgp_packets(const uint8_t *c, size_t len, int64_t *out)
 #define PGP_ARMOR_SEC "-----BEGIN PGP PRIVATE KEY BLOCK-----"
 
 /* ASCII armour (RFC 4880 6.2): header line, armour headers up to an empty line, base64 body up
- * to the CRC line ("=xxxx") or the END line. The body is decoded into locked memory: a private
+ * to the CRC line ("=xxxx") or the END line, decoded by the tree's strict base64 (lib/base64.h)
+ * into locked memory: a private
  * key block holds key material. The checksum is not checked (RFC 9580 deprecates it). */
 static kb_err from_armor(const uint8_t *c, size_t len, const uint8_t *begin, int64_t *out)
 {
     kb_reader r;
     kb_secret *b64 = NULL, *bin = NULL;
-    size_t nb = 0, pad = 0;
+    size_t nb = 0;
     const uint8_t *line;
     size_t line_len;
     bool in_body = false, ended = false;
@@ -563,25 +565,14 @@ static kb_err from_armor(const uint8_t *c, size_t len, const uint8_t *begin, int
         } else if (line_len > 0 && line[0] == '=') {
             ended = true; /* CRC-24 line; the END line follows */
         } else {
-            for (size_t i = 0; i < line_len; i++) {
-                uint8_t ch = line[i];
-                KB_ENSURE_OUT(rc,
-                              (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
-                                  (ch >= '0' && ch <= '9') || ch == '+' || ch == '/' || ch == '=',
-                              KB_ERR_INVALID);
-                KB_ENSURE_OUT(rc, pad == 0 || ch == '=', KB_ERR_INVALID);
-                if (ch == '=')
-                    pad++;
-                kb_secret_data(b64)[nb++] = ch;
-            }
+            /* the lines joined; the strict decoder (lib/base64.h) judges the result */
+            memcpy(kb_secret_data(b64) + nb, line, line_len);
+            nb += line_len;
         }
     }
-    KB_ENSURE_OUT(rc, ended && nb > 0 && nb % 4 == 0 && pad <= 2, KB_ERR_INVALID);
-    KB_ENSURE_OUT(rc, nb <= INT32_MAX, KB_ERR_TOO_LARGE);
-    KB_GUARD_OUT(rc, kb_secret_new(nb / 4 * 3, &bin));
-    int dn = EVP_DecodeBlock(kb_secret_data(bin), kb_secret_cdata(b64), (int)nb);
-    KB_ENSURE_OUT(rc, dn >= 0 && (size_t)dn >= pad, KB_ERR_INVALID);
-    rc = pgp_packets(kb_secret_cdata(bin), (size_t)dn - pad, out);
+    KB_ENSURE_OUT(rc, ended && nb > 0, KB_ERR_INVALID);
+    KB_GUARD_OUT(rc, kb_b64_decode_secret((const char *)kb_secret_cdata(b64), nb, len, &bin));
+    rc = pgp_packets(kb_secret_cdata(bin), kb_secret_len(bin), out);
 out:
     kb_secret_free(bin);
     kb_secret_free(b64);
