@@ -84,21 +84,21 @@ int main(int argc, char **argv)
         goto out;
     for (int64_t g = 0; g < ngrp; g++) {
         snprintf(name, sizeof(name), "g%lld", (long long)g);
-        CHECK(store_group_create(st, name, "", a.identity, a.now, &gids[g]), "group");
+        CHECK(store_group_create(st, name, "", a.identity, a.now, &gids[g], NULL), "group");
     }
-    CHECK(store_group_create(st, "bench", "", a.identity, a.now, &bench_gid), "bench group");
+    CHECK(store_group_create(st, "bench", "", a.identity, a.now, &bench_gid, NULL), "bench group");
     for (int64_t i = 0; i < ncli; i++) {
         store_client_new c = {.enabled = true};
         snprintf(id, sizeof(id), "spiffe://example.org/bench/c%lld", (long long)i);
         c.spiffe_id = id;
         c.app_name = "bench";
-        CHECK(store_client_create(st, &c, a.identity, a.now, &cid), "client");
-        CHECK(store_membership_add(st, cid, gids[i % ngrp]), "membership");
+        CHECK(store_client_create(st, &c, a.identity, a.now, &cid, NULL), "client");
+        CHECK(store_membership_add(st, cid, gids[i % ngrp], NULL), "membership");
     }
     {
         store_client_new c = {.spiffe_id = argv[5], .app_name = "bench", .enabled = true};
-        CHECK(store_client_create(st, &c, a.identity, a.now, &cid), "bench client");
-        CHECK(store_membership_add(st, cid, bench_gid), "bench membership");
+        CHECK(store_client_create(st, &c, a.identity, a.now, &cid, NULL), "bench client");
+        CHECK(store_membership_add(st, cid, bench_gid, NULL), "bench membership");
     }
     for (int64_t j = 0; j < nsec; j++) {
         /* Content is not secret here, but sized like a typical credential (64 bytes). */
@@ -110,9 +110,9 @@ int main(int argc, char **argv)
                               .content_len = sizeof(content),
                               .metadata = "{\"mode\":\"0400\",\"owner\":\"bench\"}"};
         CHECK(svc_secret_create(s, &a, &sp, &sid), "secret");
-        CHECK(store_grant_add(st, gids[j % ngrp], sid), "grant");
+        CHECK(store_grant_add(st, gids[j % ngrp], sid, NULL), "grant");
         if (j < BENCH_LIST_SECRETS)
-            CHECK(store_grant_add(st, bench_gid, sid), "bench grant");
+            CHECK(store_grant_add(st, bench_gid, sid, NULL), "bench grant");
         if ((j + 1) % 10000 == 0)
             fprintf(stderr, "populate: %lld secrets\n", (long long)(j + 1));
     }

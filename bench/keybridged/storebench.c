@@ -165,16 +165,16 @@ int main(int argc, char **argv)
         store_secret_new sn = {0};
         store_version_new vn = {.content_len = 32, .metadata = "{\"owner\":\"bench\"}"};
         char name[32];
-        if (store_client_create(st, &cn, ADMIN, 1, &cid) != KB_OK ||
-            store_group_create(st, "bench", NULL, ADMIN, 1, &gid) != KB_OK ||
-            store_membership_add(st, cid, gid) != KB_OK)
+        if (store_client_create(st, &cn, ADMIN, 1, &cid, NULL) != KB_OK ||
+            store_group_create(st, "bench", NULL, ADMIN, 1, &gid, NULL) != KB_OK ||
+            store_membership_add(st, cid, gid, NULL) != KB_OK)
             return 1;
         for (int i = 0; i < secrets; i++) {
             int64_t id;
             snprintf(name, sizeof(name), "bench-secret-%03d", i);
             sn.name = name;
-            if (store_secret_create(st, &sn, &vn, seal, NULL, ADMIN, 1, &id) != KB_OK ||
-                store_grant_add(st, gid, id) != KB_OK)
+            if (store_secret_create(st, &sn, &vn, seal, NULL, ADMIN, 1, &id, NULL) != KB_OK ||
+                store_grant_add(st, gid, id, NULL) != KB_OK)
                 return 1;
         }
     }

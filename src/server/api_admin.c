@@ -86,11 +86,11 @@ static void bad_body(api_response *r, kb_err rc, const char *msg)
     api_error(r, api_status_for(rc) == 413 ? 413 : 400, kb_err_str(rc), msg);
 }
 
-/* Audit an admin change and answer its error, if any. Returns true if rc is an error. */
-static bool audited(svc *s, api_ctx *c, const char *action, const char *object, kb_err rc,
-                    api_response *r, const char *not_found_msg)
+/* Finish an admin change begun with svc_change_begin (its audit row committed with it, or the
+ * failure row appended) and answer its error, if any. Returns true if rc is an error. */
+static bool audited(svc *s, store_audit *au, kb_err rc, api_response *r, const char *not_found_msg)
 {
-    svc_audit_event(s, &c->actor, action, object ? object : "", 0, rc);
+    svc_change_end(s, au, rc);
     if (rc == KB_OK)
         return false;
     api_error_kb(r, rc, rc == KB_ERR_NOT_FOUND ? not_found_msg : "request refused");
@@ -460,6 +460,7 @@ static void secret_patch(svc *s, api_ctx *c, const char *name, api_response *r)
     store_secret_patch p = STORE_SECRET_PATCH_INIT;
     store_secret sec;
     store_group g;
+    store_audit au;
     json_t *body = NULL, *og;
     kb_err rc;
 
@@ -479,7 +480,9 @@ static void secret_patch(svc *s, api_ctx *c, const char *name, api_response *r)
         bad_body(r, rc, "invalid description or owner group");
         goto out;
     }
-    rc = store_secret_get(svc_store(s), name, false, &sec);
+    rc = svc_change_begin(s, &c->actor, "secret.update", name, &au);
+    if (rc == KB_OK)
+        rc = store_secret_get(svc_store(s), name, false, &sec);
     if (rc == KB_OK && json_is_string(og)) {
         rc = store_group_get(svc_store(s), json_string_value(og), &g);
         p.owner_group_id = g.id;
@@ -487,16 +490,16 @@ static void secret_patch(svc *s, api_ctx *c, const char *name, api_response *r)
         p.owner_group_id = 0;
     }
     if (rc == KB_OK)
-        rc = store_secret_update(svc_store(s), sec.id, &p, c->actor.identity, c->actor.now);
+        rc = store_secret_update(svc_store(s), sec.id, &p, c->actor.identity, c->actor.now, &au);
     if (p.cloud_sync == 1 && (rc == KB_ERR_INVALID || rc == KB_ERR_TOO_LARGE)) {
-        svc_audit_event(s, &c->actor, "secret.update", name, 0, rc);
+        svc_change_end(s, &au, rc);
         api_error(r, 400, kb_err_str(rc),
                   rc == KB_ERR_INVALID ? CLOUD_EMPTY_MSG
                                        : "cloud_sync: a version's content is over 65536 bytes "
                                          "(Secrets Manager's limit)");
         goto out;
     }
-    if (audited(s, c, "secret.update", name, rc, r, "secret or owner group not found"))
+    if (audited(s, &au, rc, r, "secret or owner group not found"))
         goto out;
     api_ok(r, 200, json_pack("{s:s}", "name", name));
 out:
@@ -509,6 +512,7 @@ typedef enum { LIFE_DELETE, LIFE_RESTORE, LIFE_PURGE } life_op;
 
 static void secret_life(svc *s, api_ctx *c, const char *name, life_op op, api_response *r)
 {
+    store_audit au;
     static const char *const actions[] = {"secret.delete", "secret.restore", "secret.purge"};
     store_secret sec;
     kb_err rc;
@@ -517,19 +521,21 @@ static void secret_life(svc *s, api_ctx *c, const char *name, life_op op, api_re
         api_error(r, 400, "invalid", "this request takes no body or query");
         return;
     }
-    rc = store_secret_get(svc_store(s), name, op != LIFE_DELETE, &sec);
+    rc = svc_change_begin(s, &c->actor, actions[op], name, &au);
+    if (rc == KB_OK)
+        rc = store_secret_get(svc_store(s), name, op != LIFE_DELETE, &sec);
     if (rc == KB_OK) {
         if (op == LIFE_DELETE)
-            rc = store_secret_delete(svc_store(s), sec.id, c->actor.identity, c->actor.now);
+            rc = store_secret_delete(svc_store(s), sec.id, c->actor.identity, c->actor.now, &au);
         else if (op == LIFE_RESTORE)
-            rc = store_secret_restore(svc_store(s), sec.id, c->actor.identity, c->actor.now);
+            rc = store_secret_restore(svc_store(s), sec.id, c->actor.identity, c->actor.now, &au);
         else
-            rc = store_secret_purge(svc_store(s), sec.id);
+            rc = store_secret_purge(svc_store(s), sec.id, &au);
         /* A deleted or purged secret's data keys have no reason to stay in memory. */
         if (rc == KB_OK && op != LIFE_RESTORE)
             svc_forget_secret(s, sec.id);
     }
-    if (!audited(s, c, actions[op], name, rc, r, "secret not found"))
+    if (!audited(s, &au, rc, r, "secret not found"))
         api_ok(r, 200, json_pack("{s:s,s:s}", "name", name, "result", "ok"));
     store_secret_clear(&sec);
 }
@@ -717,6 +723,7 @@ static void secrets_route(svc *s, api_ctx *c, api_response *r)
 
 static void groups_route(svc *s, api_ctx *c, api_response *r)
 {
+    store_audit au;
     static const char *const k[] = {"name", "description", NULL};
     const char *m = c->req->method;
     store *st = svc_store(s);
@@ -752,9 +759,11 @@ static void groups_route(svc *s, api_ctx *c, api_response *r)
                    (rc = model_description_check(desc)) != KB_OK) {
             bad_body(r, rc, "invalid name or description");
         } else {
-            rc = store_group_create(st, name, desc ? desc : "", c->actor.identity, c->actor.now,
-                                    &id);
-            if (!audited(s, c, "group.create", name, rc, r, "not found"))
+            rc = svc_change_begin(s, &c->actor, "group.create", name, &au);
+            if (rc == KB_OK)
+                rc = store_group_create(st, name, desc ? desc : "", c->actor.identity, c->actor.now,
+                                        &id, &au);
+            if (!audited(s, &au, rc, r, "not found"))
                 api_ok(r, 201, json_pack("{s:s,s:I}", "name", name, "id", (json_int_t)id));
         }
         json_decref(body);
@@ -784,9 +793,12 @@ static void groups_route(svc *s, api_ctx *c, api_response *r)
             api_ok(r, 200, o);
         }
     } else if (is(m, "DELETE")) {
+        kb_err arc = svc_change_begin(s, &c->actor, "group.delete", name, &au);
         if (rc == KB_OK)
-            rc = store_group_delete(st, g.id);
-        if (!audited(s, c, "group.delete", name, rc, r, "group not found"))
+            rc = arc;
+        if (rc == KB_OK)
+            rc = store_group_delete(st, g.id, &au);
+        if (!audited(s, &au, rc, r, "group not found"))
             api_ok(r, 200, json_pack("{s:s,s:s}", "name", name, "result", "ok"));
     } else {
         api_error(r, 405, "method_not_allowed", "method not allowed on this route");
@@ -847,6 +859,7 @@ static void clients_list(svc *s, api_ctx *c, api_response *r)
 
 static void client_create(svc *s, api_ctx *c, api_response *r)
 {
+    store_audit au;
     static const char *const k[] = {"spiffe_id", "app_name", "description",
                                     "admin",     "enabled",  NULL};
     store_client_new cn;
@@ -881,8 +894,10 @@ static void client_create(svc *s, api_ctx *c, api_response *r)
     }
     cn.admin = admin == 1;
     cn.enabled = enabled != 0;
-    rc = store_client_create(svc_store(s), &cn, c->actor.identity, c->actor.now, &id);
-    if (!audited(s, c, "client.create", cn.spiffe_id, rc, r, "not found"))
+    rc = svc_change_begin(s, &c->actor, "client.create", cn.spiffe_id, &au);
+    if (rc == KB_OK)
+        rc = store_client_create(svc_store(s), &cn, c->actor.identity, c->actor.now, &id, &au);
+    if (!audited(s, &au, rc, r, "not found"))
         api_ok(r, 201, json_pack("{s:I,s:s}", "id", (json_int_t)id, "spiffe_id", cn.spiffe_id));
 out:
     json_decref(body);
@@ -921,7 +936,8 @@ static void client_one(svc *s, api_ctx *c, api_response *r)
     int64_t id = 0;
     json_t *body = NULL;
     bool answered = false;
-    kb_err rc;
+    store_audit au;
+    kb_err rc, arc;
 
     memset(&cl, 0, sizeof(cl));
     if (c->seg[3][0] < '1' || c->seg[3][0] > '9' || kb_parse_int64(c->seg[3], &id) != KB_OK) {
@@ -965,21 +981,27 @@ static void client_one(svc *s, api_ctx *c, api_response *r)
         pthread_mutex_lock(svc_admin_mu(s));
         if (rc == KB_OK && cl.enabled && cl.admin && (p.enabled == 0 || p.admin == 0))
             rc = last_admin_check(s, c, cl.spiffe_id, "client.update", r, &answered);
+        arc = svc_change_begin(s, &c->actor, "client.update",
+                               cl.spiffe_id ? cl.spiffe_id : c->seg[3], &au);
         if (rc == KB_OK)
-            rc = store_client_update(st, id, &p);
+            rc = arc;
+        if (rc == KB_OK)
+            rc = store_client_update(st, id, &p, &au);
         pthread_mutex_unlock(svc_admin_mu(s));
-        if (!answered && !audited(s, c, "client.update", cl.spiffe_id ? cl.spiffe_id : c->seg[3],
-                                  rc, r, "client not found"))
+        if (!answered && !audited(s, &au, rc, r, "client not found"))
             api_ok(r, 200, json_pack("{s:I,s:s}", "id", (json_int_t)id, "result", "ok"));
     } else if (is(m, "DELETE")) {
         pthread_mutex_lock(svc_admin_mu(s));
         if (rc == KB_OK && cl.enabled && cl.admin)
             rc = last_admin_check(s, c, cl.spiffe_id, "client.delete", r, &answered);
+        arc = svc_change_begin(s, &c->actor, "client.delete",
+                               cl.spiffe_id ? cl.spiffe_id : c->seg[3], &au);
         if (rc == KB_OK)
-            rc = store_client_delete(st, id);
+            rc = arc;
+        if (rc == KB_OK)
+            rc = store_client_delete(st, id, &au);
         pthread_mutex_unlock(svc_admin_mu(s));
-        if (!answered && !audited(s, c, "client.delete", cl.spiffe_id ? cl.spiffe_id : c->seg[3],
-                                  rc, r, "client not found"))
+        if (!answered && !audited(s, &au, rc, r, "client not found"))
             api_ok(r, 200, json_pack("{s:I,s:s}", "id", (json_int_t)id, "result", "ok"));
     } else {
         api_error(r, 405, "method_not_allowed", "method not allowed on this route");
@@ -994,6 +1016,7 @@ out:
 
 static void link_route(svc *s, api_ctx *c, bool grant, api_response *r)
 {
+    store_audit au;
     static const char *const k_m[] = {"client", "group", NULL};
     static const char *const k_g[] = {"group", "secret", NULL};
     const char *m = c->req->method;
@@ -1029,19 +1052,22 @@ static void link_route(svc *s, api_ctx *c, bool grant, api_response *r)
         goto out;
     }
     snprintf(obj, sizeof(obj), "%s %s", gname, a);
-    rc = store_group_get(st, gname, &g);
+    action = grant ? (add ? "grant.add" : "grant.remove")
+                   : (add ? "membership.add" : "membership.remove");
+    rc = svc_change_begin(s, &c->actor, action, obj, &au);
+    if (rc == KB_OK)
+        rc = store_group_get(st, gname, &g);
     if (rc == KB_OK)
         rc = grant ? store_secret_get(st, a, false, &sec) : store_client_get(st, a, &cl);
     if (rc == KB_OK) {
         if (grant)
-            rc = add ? store_grant_add(st, g.id, sec.id) : store_grant_remove(st, g.id, sec.id);
+            rc = add ? store_grant_add(st, g.id, sec.id, &au)
+                     : store_grant_remove(st, g.id, sec.id, &au);
         else
-            rc = add ? store_membership_add(st, cl.id, g.id)
-                     : store_membership_remove(st, cl.id, g.id);
+            rc = add ? store_membership_add(st, cl.id, g.id, &au)
+                     : store_membership_remove(st, cl.id, g.id, &au);
     }
-    action = grant ? (add ? "grant.add" : "grant.remove")
-                   : (add ? "membership.add" : "membership.remove");
-    if (!audited(s, c, action, obj, rc, r,
+    if (!audited(s, &au, rc, r,
                  grant ? "group, secret or grant not found"
                        : "group, client or membership not found"))
         api_ok(r, add ? 201 : 200,

@@ -260,13 +260,8 @@ kb_err audit_append_read(audit_log *a, const audit_event *ev, const audit_fetch 
     return append(a, ev, fetch, seq_out);
 }
 
-static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
-                     int64_t *seq_out)
+static kb_err event_check(const audit_event *ev)
 {
-    int64_t seq = 0;
-    bool due;
-
-    KB_ENSURE_REF(a);
     KB_ENSURE_REF(ev);
     KB_ENSURE(ev->action != NULL && ev->action[0] != '\0', KB_ERR_INVALID);
     KB_ENSURE(ev->result != NULL && ev->result[0] != '\0', KB_ERR_INVALID);
@@ -274,20 +269,74 @@ static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fet
     KB_GUARD(field_check(ev->result, AUDIT_ACTION_MAX));
     KB_GUARD(field_check(ev->identity, AUDIT_FIELD_MAX));
     KB_GUARD(field_check(ev->peer, AUDIT_FIELD_MAX));
-    KB_GUARD(field_check(ev->object, AUDIT_FIELD_MAX));
+    return field_check(ev->object, AUDIT_FIELD_MAX);
+}
+
+static void anchor_if_due(audit_log *a, int64_t seq, int64_t now);
+
+kb_err audit_change_begin(audit_log *a, const audit_event *ev, store_audit *au)
+{
+    KB_ENSURE_REF(a);
+    KB_ENSURE_REF(au);
+    memset(au, 0, sizeof(*au));
+    KB_ENSURE_REF(ev);
+    au->ev = *ev;
+    au->ev.result = kb_err_str(KB_OK);
+    KB_GUARD(event_check(&au->ev));
+    au->mac = append_mac;
+    au->mac_ctx = a;
+    return KB_OK;
+}
+
+void audit_change_end(audit_log *a, store_audit *au, kb_err rc)
+{
+    audit_event ev;
+    kb_err e;
+    if (a == NULL || au == NULL)
+        return;
+    if (rc == KB_OK && au->written) {
+        anchor_if_due(a, au->seq, au->ev.time);
+        return;
+    }
+    ev = au->ev;
+    if (rc == KB_OK)
+        kb_log(KB_LOG_WARN, "audit_change_unwritten", "action", ev.action, NULL);
+    else
+        ev.result = kb_err_str(rc);
+    e = audit_append(a, &ev, NULL);
+    if (e != KB_OK)
+        kb_log(KB_LOG_ERROR, "audit_append_failed", "action", ev.action, "error", kb_err_str(e),
+               NULL);
+}
+
+static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
+                     int64_t *seq_out)
+{
+    int64_t seq = 0;
+
+    KB_ENSURE_REF(a);
+    KB_GUARD(event_check(ev));
     KB_GUARD(a->st->ops->audit_append(a->st, ev, fetch, append_mac, a, &seq));
     if (seq_out)
         *seq_out = seq;
+    anchor_if_due(a, seq, ev->time);
+    return KB_OK;
+}
+
+/* Sign the head if anchor_every_rows rows or anchor_every_secs seconds have passed since the last
+ * anchor; a failing anchor is logged (the row itself is stored). */
+static void anchor_if_due(audit_log *a, int64_t seq, int64_t now)
+{
+    bool due;
     pthread_mutex_lock(&a->mu);
     due = (a->every_rows > 0 && seq - a->last_anchor_seq >= a->every_rows) ||
-          (a->every_secs > 0 && ev->time - a->last_anchor_time >= a->every_secs);
+          (a->every_secs > 0 && now - a->last_anchor_time >= a->every_secs);
     pthread_mutex_unlock(&a->mu);
     if (due) {
-        kb_err e = audit_anchor_now(a, ev->time);
+        kb_err e = audit_anchor_now(a, now);
         if (e != KB_OK)
             kb_log(KB_LOG_ERROR, "audit_anchor_failed", "error", kb_err_str(e), NULL);
     }
-    return KB_OK;
 }
 
 kb_err audit_anchor_json(audit_log *a, char **out)

@@ -103,6 +103,34 @@ void audit_close(audit_log *a);
  * anchor is logged, not returned: the event itself is stored. */
 KB_WUR kb_err audit_append(audit_log *a, const audit_event *ev, int64_t *seq_out);
 
+/* Fill mac = HMAC(audit key, prev || canonical(row seq, ev)); the store calls it inside its write
+ * transaction with the previous row's MAC (zeros before the first row). */
+typedef kb_err (*audit_mac_fn)(void *ctx, const uint8_t prev[AUDIT_MAC_LEN], int64_t seq,
+                               const audit_event *ev, uint8_t mac[AUDIT_MAC_LEN]);
+
+/* The audit row of one change (store.h's change ops take a store_audit *): the backend appends it
+ * inside the change's own transaction, before COMMIT, so the change and its row are committed
+ * together or not at all (one commit, one fsync; kill -9 can never leave a change without its
+ * row). Made by audit_change_begin with result "ok"; ops that create a version (secret create,
+ * version add) set ev.version to it. A change that fails writes nothing, row included:
+ * audit_change_end then appends the failure row on its own. */
+struct store_audit {
+    audit_event ev;
+    audit_mac_fn mac; /* audit.c's chain MAC; tests may inject a failing one */
+    void *mac_ctx;
+    int64_t seq;  /* set by the backend: the row's seq */
+    bool written; /* set by the backend once the row is in the (committed) transaction */
+};
+
+/* Prepare au for a change described by ev (ev's strings must outlive au; ev->result is ignored:
+ * the row says "ok"). */
+KB_WUR kb_err audit_change_begin(audit_log *a, const audit_event *ev, store_audit *au);
+/* After the change op returned rc: on KB_OK the row was committed with the change (anchors the
+ * head if due); a successful op that wrote no row (none should) gets it appended now. On failure
+ * nothing was written: the event is appended on its own with result rc. Errors of that append
+ * are logged, not returned (the caller answers with rc). */
+void audit_change_end(audit_log *a, store_audit *au, kb_err rc);
+
 /* The fetch record of a content read (store_fetch_record's row; fetched_at = the event's time). */
 typedef struct {
     int64_t client_id;

@@ -413,6 +413,32 @@ void svc_audit_event(svc *s, const svc_actor *a, const char *action, const char 
                NULL);
 }
 
+kb_err svc_change_begin(svc *s, const svc_actor *a, const char *action, const char *object,
+                        store_audit *au)
+{
+    audit_event ev = {
+        .time = a->now,
+        .identity = a->identity,
+        .peer = a->peer,
+        .action = action,
+        .object = object ? object : "",
+        .version = 0,
+        .result = kb_err_str(KB_OK),
+    };
+    kb_err rc = audit_change_begin(s->audit, &ev, au);
+    if (rc != KB_OK) {
+        /* Keep the event for svc_change_end's failure row (which reports why). */
+        au->ev = ev;
+        au->mac = NULL;
+    }
+    return rc;
+}
+
+void svc_change_end(svc *s, store_audit *au, kb_err rc)
+{
+    audit_change_end(s->audit, au, rc);
+}
+
 /* ---- sealing ------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -479,8 +505,11 @@ kb_err svc_secret_create(svc *s, const svc_actor *a, const svc_secret_spec *spec
     store_version_new vn;
     store_group g;
     seal_ctx sc = {s, spec->content, spec->content_len};
+    store_audit au;
     kb_err rc = KB_OK;
     int64_t id = 0;
+
+    kb_err arc = svc_change_begin(s, a, "secret.create", spec->name, &au);
 
     memset(&g, 0, sizeof(g));
     memset(&sn, 0, sizeof(sn));
@@ -496,7 +525,9 @@ kb_err svc_secret_create(svc *s, const svc_actor *a, const svc_secret_spec *spec
     vn.metadata = spec->metadata;
     KB_GUARD_OUT(rc, expiry_for(spec, &vn.expires_at));
     KB_GUARD_OUT(rc, take_token(s, a, false)); /* the wrap in seal_cb */
-    KB_GUARD_OUT(rc, store_secret_create(s->st, &sn, &vn, seal_cb, &sc, a->identity, a->now, &id));
+    KB_GUARD_OUT(rc, arc);
+    KB_GUARD_OUT(rc,
+                 store_secret_create(s->st, &sn, &vn, seal_cb, &sc, a->identity, a->now, &id, &au));
     if (id_out)
         *id_out = id;
 out:
@@ -504,7 +535,7 @@ out:
     /* A budget refusal changes nothing and is not audited: an audit row can cost a token
      * operation of its own (the chain head signature). It is counted in the metrics. */
     if (rc != KB_ERR_LIMIT)
-        svc_audit_event(s, a, "secret.create", spec->name, rc == KB_OK ? 1 : 0, rc);
+        svc_change_end(s, &au, rc);
     return rc;
 }
 
@@ -514,7 +545,9 @@ kb_err svc_secret_put(svc *s, const svc_actor *a, const svc_secret_spec *spec, i
     store_version_new vn;
     seal_ctx sc = {s, spec->content, spec->content_len};
     int64_t version = 0;
+    store_audit au;
     kb_err rc = KB_OK;
+    kb_err arc = svc_change_begin(s, a, "secret.put", spec->name, &au);
 
     memset(&sec, 0, sizeof(sec));
     KB_GUARD_OUT(rc, store_secret_get(s->st, spec->name, false, &sec));
@@ -523,8 +556,9 @@ kb_err svc_secret_put(svc *s, const svc_actor *a, const svc_secret_spec *spec, i
     vn.metadata = spec->metadata;
     KB_GUARD_OUT(rc, expiry_for(spec, &vn.expires_at));
     KB_GUARD_OUT(rc, take_token(s, a, false));
-    KB_GUARD_OUT(
-        rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now, &version));
+    KB_GUARD_OUT(rc, arc);
+    KB_GUARD_OUT(rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now,
+                                       &version, &au));
     /* A new version: the older versions' data keys need not stay in memory. */
     dkcache_forget_secret(s->dkc, sec.id);
     if (version_out)
@@ -532,7 +566,7 @@ kb_err svc_secret_put(svc *s, const svc_actor *a, const svc_secret_spec *spec, i
 out:
     store_secret_clear(&sec);
     if (rc != KB_ERR_LIMIT)
-        svc_audit_event(s, a, "secret.put", spec->name, version, rc);
+        svc_change_end(s, &au, rc);
     return rc;
 }
 
@@ -582,7 +616,9 @@ kb_err svc_secret_rollback(svc *s, const svc_actor *a, const char *name, int64_t
     store_version_new vn;
     seal_ctx sc;
     int64_t version = 0;
+    store_audit au;
     kb_err rc = KB_OK;
+    kb_err arc = svc_change_begin(s, a, "secret.rollback", name, &au);
 
     memset(&sec, 0, sizeof(sec));
     memset(&old, 0, sizeof(old));
@@ -598,8 +634,9 @@ kb_err svc_secret_rollback(svc *s, const svc_actor *a, const char *name, int64_t
     sc.s = s;
     sc.content = kb_secret_cdata(content);
     sc.len = kb_secret_len(content);
-    KB_GUARD_OUT(
-        rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now, &version));
+    KB_GUARD_OUT(rc, arc);
+    KB_GUARD_OUT(rc, store_version_add(s->st, sec.id, &vn, seal_cb, &sc, a->identity, a->now,
+                                       &version, &au));
     dkcache_forget_secret(s->dkc, sec.id);
     if (version_out)
         *version_out = version;
@@ -608,7 +645,7 @@ out:
     store_record_clear(&old);
     store_secret_clear(&sec);
     if (rc != KB_ERR_LIMIT)
-        svc_audit_event(s, a, "secret.rollback", name, version, rc);
+        svc_change_end(s, &au, rc);
     return rc;
 }
 
@@ -751,6 +788,7 @@ kb_err svc_recover_admin(const kb_config *cfg, const char *admin_spiffe_id, bool
     int64_t id = 0;
     kb_err rc = KB_OK;
     svc_actor a = {MODEL_ACTOR_RECOVER, "local", (int64_t)time(NULL)};
+    bool change_audited = false;
     spiffe_id sid;
     const char *why = NULL;
     const char *td = kb_config_str(cfg, "server", "trust_domain");
@@ -775,27 +813,37 @@ kb_err svc_recover_admin(const kb_config *cfg, const char *admin_spiffe_id, bool
         goto out;
     }
     rc = store_client_get(s->st, admin_spiffe_id, &one);
-    if (rc == KB_OK) {
-        store_client_patch p = STORE_CLIENT_PATCH_INIT;
-        p.enabled = 1;
-        p.admin = 1;
-        rc = store_client_update(s->st, one.id, &p);
-    } else if (rc == KB_ERR_NOT_FOUND) {
-        store_client_new cn;
-        memset(&cn, 0, sizeof(cn));
-        cn.spiffe_id = admin_spiffe_id;
-        cn.description = "admin (recover-admin)";
-        cn.enabled = true;
-        cn.admin = true;
-        rc = store_client_create(s->st, &cn, a.identity, a.now, &id);
+    if (rc == KB_OK || rc == KB_ERR_NOT_FOUND) {
+        /* The change and its audit row in one transaction. */
+        kb_err found = rc;
+        store_audit au;
+        rc = svc_change_begin(s, &a, "admin.recover", admin_spiffe_id, &au);
+        if (rc == KB_OK && found == KB_OK) {
+            store_client_patch p = STORE_CLIENT_PATCH_INIT;
+            p.enabled = 1;
+            p.admin = 1;
+            rc = store_client_update(s->st, one.id, &p, &au);
+        } else if (rc == KB_OK) {
+            store_client_new cn;
+            memset(&cn, 0, sizeof(cn));
+            cn.spiffe_id = admin_spiffe_id;
+            cn.description = "admin (recover-admin)";
+            cn.enabled = true;
+            cn.admin = true;
+            rc = store_client_create(s->st, &cn, a.identity, a.now, &id, &au);
+        }
+        svc_change_end(s, &au, rc);
+        if (rc != KB_OK) {
+            change_audited = true;
+            goto out;
+        }
     }
     if (rc != KB_OK)
         goto out;
-    svc_audit_event(s, &a, "admin.recover", admin_spiffe_id, 0, KB_OK);
     KB_GUARD_OUT(rc, audit_anchor_now(s->audit, a.now));
     svc_export_anchor(s);
 out:
-    if (s != NULL && rc != KB_OK)
+    if (s != NULL && rc != KB_OK && !change_audited)
         svc_audit_event(s, &a, "admin.recover", admin_spiffe_id ? admin_spiffe_id : "", 0, rc);
     store_client_clear(&one);
     store_clients_free(clients, n);
@@ -812,6 +860,8 @@ kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id)
     kb_err rc = KB_OK;
     svc_actor a = {"bootstrap", "local", (int64_t)time(NULL)};
     store_client_new cn;
+    store_audit au;
+    char obj[MODEL_SPIFFE_ID_MAX + 8];
 
     KB_GUARD_OUT(rc, model_spiffe_id_check(admin_spiffe_id));
     KB_GUARD_OUT(rc, svc_open(cfg, true, &s));
@@ -827,11 +877,23 @@ kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id)
     cn.description = "first admin (bootstrap)";
     cn.enabled = true;
     cn.admin = true;
-    KB_GUARD_OUT(rc, store_client_create(s->st, &cn, a.identity, a.now, &client_id));
-    KB_GUARD_OUT(rc, store_group_create(s->st, "admins", "administrators (bootstrap)", a.identity,
-                                        a.now, &group_id));
-    KB_GUARD_OUT(rc, store_membership_add(s->st, client_id, group_id));
-    /* The first row of the chain, then its first signed anchor (exported if configured). */
+    /* Each change commits with its own audit row (client.create, group.create, membership.add,
+     * as the admin API writes them), so a crash part-way leaves no unaudited row. */
+    KB_GUARD_OUT(rc, svc_change_begin(s, &a, "client.create", admin_spiffe_id, &au));
+    rc = store_client_create(s->st, &cn, a.identity, a.now, &client_id, &au);
+    svc_change_end(s, &au, rc);
+    KB_GUARD_OUT(rc, rc);
+    KB_GUARD_OUT(rc, svc_change_begin(s, &a, "group.create", "admins", &au));
+    rc = store_group_create(s->st, "admins", "administrators (bootstrap)", a.identity, a.now,
+                            &group_id, &au);
+    svc_change_end(s, &au, rc);
+    KB_GUARD_OUT(rc, rc);
+    snprintf(obj, sizeof(obj), "admins %s", admin_spiffe_id);
+    KB_GUARD_OUT(rc, svc_change_begin(s, &a, "membership.add", obj, &au));
+    rc = store_membership_add(s->st, client_id, group_id, &au);
+    svc_change_end(s, &au, rc);
+    KB_GUARD_OUT(rc, rc);
+    /* Then the bootstrap row, and the chain's first signed anchor (exported if configured). */
     svc_audit_event(s, &a, "bootstrap", admin_spiffe_id, 0, KB_OK);
     KB_GUARD_OUT(rc, audit_anchor_now(s->audit, a.now));
     svc_export_anchor(s);

@@ -79,6 +79,16 @@ void svc_forget_secret(svc *s, int64_t secret_id);
 void svc_audit_event(svc *s, const svc_actor *a, const char *action, const char *object,
                      int64_t version, kb_err result);
 
+/* A change and its audit row in one store transaction (audit.h, store_audit): svc_change_begin
+ * prepares au for actor a (the row says "ok"; version 0, or the version the op creates); pass au
+ * to the store change op, then call svc_change_end with the op's result: on success the row was
+ * committed with the change; on failure nothing was and the failure is appended on its own.
+ * begin fails (KB_ERR_TOO_LARGE) for an event the log cannot hold: skip the change (a change is
+ * never made without its row) and still call svc_change_end. */
+KB_WUR kb_err svc_change_begin(svc *s, const svc_actor *a, const char *action, const char *object,
+                               store_audit *au);
+void svc_change_end(svc *s, store_audit *au, kb_err rc);
+
 /* ---- admin writes ---------------------------------------------------------------------------- */
 
 typedef struct {

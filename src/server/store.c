@@ -196,16 +196,30 @@ static kb_err check_id(int64_t id)
     return KB_OK;
 }
 
+/* A change's audit row (NULL: none): the backend writes it in the change's transaction. */
+static kb_err check_audit(store_audit *au)
+{
+    if (au == NULL)
+        return KB_OK;
+    KB_ENSURE_REF(au->mac);
+    KB_ENSURE(au->ev.action != NULL && au->ev.action[0] != '\0', KB_ERR_INVALID);
+    KB_ENSURE(au->ev.result != NULL && au->ev.result[0] != '\0', KB_ERR_INVALID);
+    au->seq = 0;
+    au->written = false;
+    return KB_OK;
+}
+
 /* ---- secrets ---- */
 
 kb_err store_secret_create(store *st, const store_secret_new *s, const store_version_new *v,
                            store_seal_fn seal, void *seal_ctx, const char *actor, int64_t now,
-                           int64_t *id_out)
+                           int64_t *id_out, store_audit *au)
 {
     char *md = NULL;
     kb_err rc;
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_ENSURE_REF(s);
     KB_ENSURE_REF(seal);
     KB_ENSURE_REF(id_out);
@@ -214,19 +228,20 @@ kb_err store_secret_create(store *st, const store_secret_new *s, const store_ver
     KB_GUARD(model_actor_check(actor));
     KB_ENSURE(s->owner_group_id >= 0, KB_ERR_INVALID);
     KB_GUARD(check_version_new(st, v, s->cloud_sync, &md));
-    rc = changed(st, st->ops->secret_create(st, s, v, md, seal, seal_ctx, actor, now, id_out));
+    rc = changed(st, st->ops->secret_create(st, s, v, md, seal, seal_ctx, actor, now, id_out, au));
     free(md);
     return rc;
 }
 
 kb_err store_version_add(store *st, int64_t secret_id, const store_version_new *v,
                          store_seal_fn seal, void *seal_ctx, const char *actor, int64_t now,
-                         int64_t *version_out)
+                         int64_t *version_out, store_audit *au)
 {
     char *md = NULL;
     kb_err rc;
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_ENSURE_REF(seal);
     KB_ENSURE_REF(version_out);
     KB_GUARD(check_id(secret_id));
@@ -234,51 +249,57 @@ kb_err store_version_add(store *st, int64_t secret_id, const store_version_new *
     /* The cloud cap depends on the secret's flag, which the backend checks in its transaction;
      * here the configured limit. */
     KB_GUARD(check_version_new(st, v, false, &md));
-    rc = changed(
-        st, st->ops->version_add(st, secret_id, v, md, seal, seal_ctx, actor, now, version_out));
+    rc = changed(st, st->ops->version_add(st, secret_id, v, md, seal, seal_ctx, actor, now,
+                                          version_out, au));
     free(md);
     return rc;
 }
 
 kb_err store_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
-                           const char *actor, int64_t now)
+                           const char *actor, int64_t now, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_ENSURE_REF(p);
     KB_GUARD(check_id(secret_id));
     KB_GUARD(model_actor_check(actor));
     KB_GUARD(model_description_check(p->description));
     KB_ENSURE(p->cloud_sync >= -1 && p->cloud_sync <= 1, KB_ERR_INVALID);
     KB_ENSURE(p->owner_group_id >= -1, KB_ERR_INVALID);
-    return changed(st, st->ops->secret_update(st, secret_id, p, actor, now));
+    return changed(st, st->ops->secret_update(st, secret_id, p, actor, now, au));
 }
 
-kb_err store_secret_delete(store *st, int64_t secret_id, const char *actor, int64_t now)
+kb_err store_secret_delete(store *st, int64_t secret_id, const char *actor, int64_t now,
+                           store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(secret_id));
     KB_GUARD(model_actor_check(actor));
     KB_ENSURE(now > 0, KB_ERR_INVALID);
-    return changed(st, st->ops->secret_set_deleted(st, secret_id, true, actor, now));
+    return changed(st, st->ops->secret_set_deleted(st, secret_id, true, actor, now, au));
 }
 
-kb_err store_secret_restore(store *st, int64_t secret_id, const char *actor, int64_t now)
+kb_err store_secret_restore(store *st, int64_t secret_id, const char *actor, int64_t now,
+                            store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(secret_id));
     KB_GUARD(model_actor_check(actor));
-    return changed(st, st->ops->secret_set_deleted(st, secret_id, false, actor, now));
+    return changed(st, st->ops->secret_set_deleted(st, secret_id, false, actor, now, au));
 }
 
-kb_err store_secret_purge(store *st, int64_t secret_id)
+kb_err store_secret_purge(store *st, int64_t secret_id, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(secret_id));
-    return changed(st, st->ops->secret_purge(st, secret_id));
+    return changed(st, st->ops->secret_purge(st, secret_id, au));
 }
 
 kb_err store_secret_get(store *st, const char *name, bool include_deleted, store_secret *out)
@@ -360,15 +381,16 @@ kb_err store_secrets_expiring(store *st, int64_t from, int64_t to, store_record 
 /* ---- groups ---- */
 
 kb_err store_group_create(store *st, const char *name, const char *description, const char *actor,
-                          int64_t now, int64_t *id_out)
+                          int64_t now, int64_t *id_out, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_ENSURE_REF(id_out);
     KB_GUARD(model_name_check(name));
     KB_GUARD(model_description_check(description));
     KB_GUARD(model_actor_check(actor));
-    return st->ops->group_create(st, name, description, actor, now, id_out);
+    return changed(st, st->ops->group_create(st, name, description, actor, now, id_out, au));
 }
 
 kb_err store_group_get(store *st, const char *name, store_group *out)
@@ -389,22 +411,24 @@ kb_err store_group_list(store *st, store_group **out, size_t *n)
     return st->ops->group_list(st, out, n);
 }
 
-kb_err store_group_delete(store *st, int64_t group_id)
+kb_err store_group_delete(store *st, int64_t group_id, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(group_id));
-    return changed(st, st->ops->group_delete(st, group_id));
+    return changed(st, st->ops->group_delete(st, group_id, au));
 }
 
 /* ---- clients ---- */
 
 kb_err store_client_create(store *st, const store_client_new *c, const char *actor, int64_t now,
-                           int64_t *id_out)
+                           int64_t *id_out, store_audit *au)
 {
     bool cloud;
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_ENSURE_REF(c);
     KB_ENSURE_REF(id_out);
     KB_GUARD(model_spiffe_id_check(c->spiffe_id));
@@ -414,7 +438,7 @@ kb_err store_client_create(store *st, const store_client_new *c, const char *act
     KB_GUARD(model_actor_check(actor));
     cloud = model_spiffe_is_cloud(c->spiffe_id, (const char *const *)st->cfg.cloud_prefixes);
     KB_GUARD(model_client_flags_check(c->admin, cloud));
-    return changed(st, st->ops->client_create(st, c, cloud, actor, now, id_out));
+    return changed(st, st->ops->client_create(st, c, cloud, actor, now, id_out, au));
 }
 
 kb_err store_client_get(store *st, const char *spiffe_id, store_client *out)
@@ -444,10 +468,12 @@ kb_err store_client_list(store *st, store_client **out, size_t *n)
     return st->ops->client_list(st, out, n);
 }
 
-kb_err store_client_update(store *st, int64_t client_id, const store_client_patch *p)
+kb_err store_client_update(store *st, int64_t client_id, const store_client_patch *p,
+                           store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_ENSURE_REF(p);
     KB_GUARD(check_id(client_id));
     KB_ENSURE(p->enabled >= -1 && p->enabled <= 1, KB_ERR_INVALID);
@@ -455,15 +481,16 @@ kb_err store_client_update(store *st, int64_t client_id, const store_client_patc
     if (p->app_name != NULL && p->app_name[0] != '\0')
         KB_GUARD(model_app_name_check(p->app_name));
     KB_GUARD(model_description_check(p->description));
-    return changed(st, st->ops->client_update(st, client_id, p));
+    return changed(st, st->ops->client_update(st, client_id, p, au));
 }
 
-kb_err store_client_delete(store *st, int64_t client_id)
+kb_err store_client_delete(store *st, int64_t client_id, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(client_id));
-    return changed(st, st->ops->client_delete(st, client_id));
+    return changed(st, st->ops->client_delete(st, client_id, au));
 }
 
 kb_err store_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
@@ -483,22 +510,24 @@ kb_err store_clients_stale(store *st, int64_t before, store_client **out, size_t
     return st->ops->clients_stale(st, before, out, n);
 }
 
-kb_err store_membership_add(store *st, int64_t client_id, int64_t group_id)
+kb_err store_membership_add(store *st, int64_t client_id, int64_t group_id, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(client_id));
     KB_GUARD(check_id(group_id));
-    return changed(st, st->ops->membership_set(st, client_id, group_id, true));
+    return changed(st, st->ops->membership_set(st, client_id, group_id, true, au));
 }
 
-kb_err store_membership_remove(store *st, int64_t client_id, int64_t group_id)
+kb_err store_membership_remove(store *st, int64_t client_id, int64_t group_id, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(client_id));
     KB_GUARD(check_id(group_id));
-    return changed(st, st->ops->membership_set(st, client_id, group_id, false));
+    return changed(st, st->ops->membership_set(st, client_id, group_id, false, au));
 }
 
 kb_err store_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
@@ -521,22 +550,24 @@ kb_err store_group_clients(store *st, int64_t group_id, store_client **out, size
     return st->ops->group_clients(st, group_id, out, n);
 }
 
-kb_err store_grant_add(store *st, int64_t group_id, int64_t secret_id)
+kb_err store_grant_add(store *st, int64_t group_id, int64_t secret_id, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(group_id));
     KB_GUARD(check_id(secret_id));
-    return changed(st, st->ops->grant_set(st, group_id, secret_id, true));
+    return changed(st, st->ops->grant_set(st, group_id, secret_id, true, au));
 }
 
-kb_err store_grant_remove(store *st, int64_t group_id, int64_t secret_id)
+kb_err store_grant_remove(store *st, int64_t group_id, int64_t secret_id, store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
+    KB_GUARD(check_audit(au));
     KB_GUARD(check_id(group_id));
     KB_GUARD(check_id(secret_id));
-    return changed(st, st->ops->grant_set(st, group_id, secret_id, false));
+    return changed(st, st->ops->grant_set(st, group_id, secret_id, false, au));
 }
 
 kb_err store_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)

@@ -19,6 +19,8 @@
  *   - Times are Unix seconds (int64_t); 0 means "never / not set" (expiry, deleted_at,
  *     last_seen, last_list_at).
  *   - `actor` is the SPIFFE ID of the admin making a change, or "bootstrap".
+ *   - Every change takes a store_audit *au (audit.h): the change's audit row, which the backend
+ *     writes in the change's own transaction (both or neither); NULL writes no row.
  *   - Objects returned through pointers are owned by the caller and released with the matching
  *     *_free / *_clear function; on error nothing is returned and nothing needs freeing.
  *   - KB_ERR_NOT_FOUND for "no such object" AND for "exists but not readable by this client",
@@ -35,6 +37,9 @@
 #include "lib/secbuf.h"
 
 typedef struct store store;
+/* The audit row of a change (audit.h): every change op takes one and the backend writes it in the
+ * change's own transaction. NULL: no audit row (tests, benchmarks). */
+typedef struct store_audit store_audit;
 
 #define STORE_CHECKSUM_LEN 32 /* HMAC-SHA256 checksum of (id, version, content), made by caller */
 #define STORE_ROWMAC_KEY_MIN 32
@@ -199,11 +204,11 @@ typedef kb_err (*store_seal_fn)(void *ctx, int64_t secret_id, int64_t version, s
  * KB_ERR_TOO_LARGE if content_len is over the limit. */
 KB_WUR kb_err store_secret_create(store *st, const store_secret_new *s, const store_version_new *v,
                                   store_seal_fn seal, void *seal_ctx, const char *actor,
-                                  int64_t now, int64_t *id_out);
+                                  int64_t now, int64_t *id_out, store_audit *au);
 /* Add the next version (latest + 1, never reused). KB_ERR_CONFLICT if the secret is deleted. */
 KB_WUR kb_err store_version_add(store *st, int64_t secret_id, const store_version_new *v,
                                 store_seal_fn seal, void *seal_ctx, const char *actor, int64_t now,
-                                int64_t *version_out);
+                                int64_t *version_out, store_audit *au);
 
 /* Fields to change; NULL / -1 mean "unchanged". */
 typedef struct {
@@ -219,13 +224,15 @@ typedef struct {
     }
 
 KB_WUR kb_err store_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
-                                  const char *actor, int64_t now);
+                                  const char *actor, int64_t now, store_audit *au);
 /* Soft delete (sets deleted_at; clients stop seeing it) and restore. */
-KB_WUR kb_err store_secret_delete(store *st, int64_t secret_id, const char *actor, int64_t now);
-KB_WUR kb_err store_secret_restore(store *st, int64_t secret_id, const char *actor, int64_t now);
+KB_WUR kb_err store_secret_delete(store *st, int64_t secret_id, const char *actor, int64_t now,
+                                  store_audit *au);
+KB_WUR kb_err store_secret_restore(store *st, int64_t secret_id, const char *actor, int64_t now,
+                                   store_audit *au);
 /* Remove a soft-deleted secret with all its versions, envelopes, grants and fetch log for good.
  * KB_ERR_CONFLICT if it is not deleted. */
-KB_WUR kb_err store_secret_purge(store *st, int64_t secret_id);
+KB_WUR kb_err store_secret_purge(store *st, int64_t secret_id, store_audit *au);
 
 /* Admin reads (row MACs verified). With include_deleted false, deleted secrets are NOT_FOUND. */
 KB_WUR kb_err store_secret_get(store *st, const char *name, bool include_deleted,
@@ -271,11 +278,11 @@ KB_WUR kb_err store_secrets_expiring(store *st, int64_t from, int64_t to, store_
 /* ---- groups, clients, memberships, grants (admin) ------------------------------------------ */
 
 KB_WUR kb_err store_group_create(store *st, const char *name, const char *description,
-                                 const char *actor, int64_t now, int64_t *id_out);
+                                 const char *actor, int64_t now, int64_t *id_out, store_audit *au);
 KB_WUR kb_err store_group_get(store *st, const char *name, store_group *out);
 KB_WUR kb_err store_group_list(store *st, store_group **out, size_t *n);
 /* Removes its memberships and grants. KB_ERR_CONFLICT while it owns secrets. */
-KB_WUR kb_err store_group_delete(store *st, int64_t group_id);
+KB_WUR kb_err store_group_delete(store *st, int64_t group_id, store_audit *au);
 
 typedef struct {
     const char *spiffe_id;
@@ -288,7 +295,7 @@ typedef struct {
 /* The cloud flag is derived from the SPIFFE ID path and the configured prefixes; admin together
  * with cloud is refused with KB_ERR_INVALID. KB_ERR_EXISTS for a known SPIFFE ID. */
 KB_WUR kb_err store_client_create(store *st, const store_client_new *c, const char *actor,
-                                  int64_t now, int64_t *id_out);
+                                  int64_t now, int64_t *id_out, store_audit *au);
 /* The verified client for a SPIFFE ID: what the server calls on every request. KB_ERR_NOT_FOUND
  * if unknown, KB_ERR_INTEGRITY if its row MAC does not match. Disabled clients are returned
  * (enabled = false): the caller denies them. */
@@ -308,22 +315,24 @@ typedef struct {
         -1, -1, NULL, NULL                                                                         \
     }
 
-KB_WUR kb_err store_client_update(store *st, int64_t client_id, const store_client_patch *p);
-KB_WUR kb_err store_client_delete(store *st, int64_t client_id);
+KB_WUR kb_err store_client_update(store *st, int64_t client_id, const store_client_patch *p,
+                                  store_audit *au);
+KB_WUR kb_err store_client_delete(store *st, int64_t client_id, store_audit *au);
 /* Record activity: last_seen is written only if older than STORE_TOUCH_INTERVAL, and, when
  * listed is true, likewise last_list_at (a full listing by the client's syncer). */
 KB_WUR kb_err store_client_seen(store *st, int64_t client_id, int64_t now, bool listed);
 /* Enabled, non-admin clients whose last listing is before `before` (or who never listed). */
 KB_WUR kb_err store_clients_stale(store *st, int64_t before, store_client **out, size_t *n);
 
-KB_WUR kb_err store_membership_add(store *st, int64_t client_id, int64_t group_id);
-KB_WUR kb_err store_membership_remove(store *st, int64_t client_id, int64_t group_id);
+KB_WUR kb_err store_membership_add(store *st, int64_t client_id, int64_t group_id, store_audit *au);
+KB_WUR kb_err store_membership_remove(store *st, int64_t client_id, int64_t group_id,
+                                      store_audit *au);
 /* Groups of a client / clients of a group (verified memberships only). */
 KB_WUR kb_err store_client_groups(store *st, int64_t client_id, store_group **out, size_t *n);
 KB_WUR kb_err store_group_clients(store *st, int64_t group_id, store_client **out, size_t *n);
 
-KB_WUR kb_err store_grant_add(store *st, int64_t group_id, int64_t secret_id);
-KB_WUR kb_err store_grant_remove(store *st, int64_t group_id, int64_t secret_id);
+KB_WUR kb_err store_grant_add(store *st, int64_t group_id, int64_t secret_id, store_audit *au);
+KB_WUR kb_err store_grant_remove(store *st, int64_t group_id, int64_t secret_id, store_audit *au);
 /* Groups granted a secret (verified grants only). */
 KB_WUR kb_err store_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n);
 

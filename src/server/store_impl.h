@@ -8,6 +8,11 @@
  *     the backend enforces what needs the database (existence, uniqueness, version order) and
  *     computes/verifies row MACs through rowmac.h on every access-deciding read and write;
  *   - multi-row changes are atomic (one transaction);
+ *   - every change op takes a store_audit (audit.h; NULL: none) and, when the change succeeds,
+ *     appends its audit row in the SAME transaction, before COMMIT: read the chain head, call
+ *     au->mac(au->mac_ctx, prev, seq, &au->ev, mac), insert the row, set au->seq and
+ *     au->written (secret_create/version_add first set au->ev.version to the version made). A
+ *     failure anywhere, the row's MAC included, rolls the whole change back;
  *   - schema migrations are versioned; a newer database is refused with KB_ERR_SCHEMA.
  */
 #ifndef KB_SERVER_STORE_IMPL_H
@@ -30,8 +35,7 @@ typedef struct {
 
 /* Called by audit_append inside the backend's write transaction, with the previous row's MAC
  * (zeros before the first row) and the new row's seq; fills the new row's MAC. */
-typedef kb_err (*store_audit_mac_fn)(void *ctx, const uint8_t prev[AUDIT_MAC_LEN], int64_t seq,
-                                     const audit_event *ev, uint8_t mac[AUDIT_MAC_LEN]);
+typedef audit_mac_fn store_audit_mac_fn;
 
 struct store_ops {
     const char *scheme; /* "sqlite" */
@@ -45,15 +49,15 @@ struct store_ops {
 
     kb_err (*secret_create)(store *st, const store_secret_new *s, const store_version_new *v,
                             const char *metadata, store_seal_fn seal, void *seal_ctx,
-                            const char *actor, int64_t now, int64_t *id_out);
+                            const char *actor, int64_t now, int64_t *id_out, store_audit *au);
     kb_err (*version_add)(store *st, int64_t secret_id, const store_version_new *v,
                           const char *metadata, store_seal_fn seal, void *seal_ctx,
-                          const char *actor, int64_t now, int64_t *version_out);
+                          const char *actor, int64_t now, int64_t *version_out, store_audit *au);
     kb_err (*secret_update)(store *st, int64_t secret_id, const store_secret_patch *p,
-                            const char *actor, int64_t now);
+                            const char *actor, int64_t now, store_audit *au);
     kb_err (*secret_set_deleted)(store *st, int64_t secret_id, bool deleted, const char *actor,
-                                 int64_t now);
-    kb_err (*secret_purge)(store *st, int64_t secret_id);
+                                 int64_t now, store_audit *au);
+    kb_err (*secret_purge)(store *st, int64_t secret_id, store_audit *au);
     kb_err (*secret_get)(store *st, const char *name, int64_t id, bool include_deleted,
                          store_secret *out);
     kb_err (*secret_list)(store *st, bool include_deleted, store_record **out, size_t *n);
@@ -64,24 +68,27 @@ struct store_ops {
     kb_err (*secrets_expiring)(store *st, int64_t from, int64_t to, store_record **out, size_t *n);
 
     kb_err (*group_create)(store *st, const char *name, const char *description, const char *actor,
-                           int64_t now, int64_t *id_out);
+                           int64_t now, int64_t *id_out, store_audit *au);
     kb_err (*group_get)(store *st, const char *name, store_group *out);
     kb_err (*group_list)(store *st, store_group **out, size_t *n);
-    kb_err (*group_delete)(store *st, int64_t group_id);
+    kb_err (*group_delete)(store *st, int64_t group_id, store_audit *au);
 
     kb_err (*client_create)(store *st, const store_client_new *c, bool cloud, const char *actor,
-                            int64_t now, int64_t *id_out);
+                            int64_t now, int64_t *id_out, store_audit *au);
     kb_err (*client_get)(store *st, const char *spiffe_id, int64_t id, store_client *out);
     kb_err (*client_list)(store *st, store_client **out, size_t *n);
-    kb_err (*client_update)(store *st, int64_t client_id, const store_client_patch *p);
-    kb_err (*client_delete)(store *st, int64_t client_id);
+    kb_err (*client_update)(store *st, int64_t client_id, const store_client_patch *p,
+                            store_audit *au);
+    kb_err (*client_delete)(store *st, int64_t client_id, store_audit *au);
     kb_err (*client_seen)(store *st, int64_t client_id, int64_t now, bool listed);
     kb_err (*clients_stale)(store *st, int64_t before, store_client **out, size_t *n);
 
-    kb_err (*membership_set)(store *st, int64_t client_id, int64_t group_id, bool present);
+    kb_err (*membership_set)(store *st, int64_t client_id, int64_t group_id, bool present,
+                             store_audit *au);
     kb_err (*client_groups)(store *st, int64_t client_id, store_group **out, size_t *n);
     kb_err (*group_clients)(store *st, int64_t group_id, store_client **out, size_t *n);
-    kb_err (*grant_set)(store *st, int64_t group_id, int64_t secret_id, bool present);
+    kb_err (*grant_set)(store *st, int64_t group_id, int64_t secret_id, bool present,
+                        store_audit *au);
     kb_err (*secret_groups)(store *st, int64_t secret_id, store_group **out, size_t *n);
 
     kb_err (*readable_list)(store *st, int64_t client_id, store_record **out, size_t *n);

@@ -349,6 +349,8 @@ static kb_err run(cx *b, const char *sql)
 
 static kb_err state_advance_locked(cx *b, int64_t *counter);
 static void state_commit_external(store *st, int64_t counter);
+static kb_err audit_insert_locked(cx *b, const audit_event *ev, audit_mac_fn macfn, void *ctx,
+                                  int64_t *seq_out);
 
 static kb_err tx_begin(cx *b, bool write)
 {
@@ -361,14 +363,19 @@ static kb_err tx_begin(cx *b, bool write)
     return run(b, write ? "BEGIN IMMEDIATE" : "BEGIN");
 }
 
-/* Commit (rc == KB_OK) or roll back. On the writer, a transaction that changed access-deciding
- * rows (b->dirty, set by the kb_state triggers) also moves the state row before COMMIT, and the
- * external commitment after it (docs/internals/rollback.md): every write transaction, whatever
- * its code path, keeps the digest right. */
-static kb_err tx_end(cx *b, kb_err rc)
+/* Commit (rc == KB_OK) or roll back. A change's audit row (au, store_impl.h) is appended here,
+ * in the change's own transaction, so the change and its row commit together (one fsync) or not
+ * at all. On the writer, a transaction that changed access-deciding rows (b->dirty, set by the
+ * kb_state triggers) also moves the state row before COMMIT, and the external commitment after
+ * it (docs/internals/rollback.md): every write transaction, whatever its code path, keeps the
+ * digest right. */
+static kb_err tx_end(cx *b, kb_err rc, store_audit *au)
 {
-    int64_t counter = 0;
-    bool dirty = b->writer && b->dirty;
+    int64_t counter = 0, seq = 0;
+    bool dirty;
+    if (rc == KB_OK && au != NULL)
+        rc = audit_insert_locked(b, &au->ev, au->mac, au->mac_ctx, &seq);
+    dirty = b->writer && b->dirty;
     if (rc == KB_OK && dirty)
         rc = state_advance_locked(b, &counter);
     if (rc == KB_OK)
@@ -378,6 +385,10 @@ static kb_err tx_end(cx *b, kb_err rc)
     if (b->writer) {
         memset(b->delta, 0, sizeof(b->delta));
         b->dirty = false;
+    }
+    if (rc == KB_OK && au != NULL) {
+        au->seq = seq;
+        au->written = true;
     }
     if (rc == KB_OK && dirty)
         state_commit_external(b->st, counter);
@@ -897,7 +908,7 @@ static kb_err state_verify(store *st, cx *b, bool startup)
     rc = state_load(b, &c, digest);
     if (rc == KB_OK)
         rc = state_digest_full(b, full);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, NULL);
     if (rc == KB_OK && !kb_ct_eq(digest, full, ROWMAC_LEN)) {
         kb_log(KB_LOG_ERROR, "store_state_mismatch", "msg",
                "the access-deciding rows do not match the committed state digest: rows were "
@@ -1092,7 +1103,7 @@ static kb_err migrate(cx *b)
         kb_log(KB_LOG_INFO, "store_schema_migrated", "from", have, "to", want, NULL);
     }
 out:
-    return tx_end(b, rc);
+    return tx_end(b, rc, NULL);
 }
 
 static void cx_close(cx *b)
@@ -1392,7 +1403,7 @@ out:
 
 static kb_err sq_secret_create(store *st, const store_secret_new *sn, const store_version_new *v,
                                const char *metadata, store_seal_fn seal, void *seal_ctx,
-                               const char *actor, int64_t now, int64_t *id_out)
+                               const char *actor, int64_t now, int64_t *id_out, store_audit *au)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
@@ -1427,9 +1438,11 @@ static kb_err sq_secret_create(store *st, const store_secret_new *sn, const stor
     KB_GUARD_OUT(rc, secret_write_flags(b, &sec, actor, now));
     KB_GUARD_OUT(rc, insert_version(b, sec.id, 1, v, metadata, seal, seal_ctx, actor, now));
     *id_out = sec.id;
+    if (au != NULL)
+        au->ev.version = 1;
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -1471,7 +1484,7 @@ static kb_err latest_content_len(cx *b, int64_t secret_id, int64_t version, int6
 
 static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_new *v,
                              const char *metadata, store_seal_fn seal, void *seal_ctx,
-                             const char *actor, int64_t now, int64_t *version_out)
+                             const char *actor, int64_t now, int64_t *version_out, store_audit *au)
 {
     cx *b;
     store_secret sec = {0};
@@ -1490,15 +1503,17 @@ static kb_err sq_version_add(store *st, int64_t secret_id, const store_version_n
     KB_GUARD_OUT(rc, insert_version(b, sec.id, sec.latest_version + 1, v, metadata, seal, seal_ctx,
                                     actor, now));
     *version_out = sec.latest_version + 1;
+    if (au != NULL)
+        au->ev.version = sec.latest_version + 1;
 out:
     store_secret_clear(&sec);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
-                               const char *actor, int64_t now)
+                               const char *actor, int64_t now, store_audit *au)
 {
     cx *b;
     store_secret sec = {0};
@@ -1536,13 +1551,13 @@ out:
         sec.description = old_desc;
     }
     store_secret_clear(&sec);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
 static kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, const char *actor,
-                                    int64_t now)
+                                    int64_t now, store_audit *au)
 {
     cx *b;
     store_secret sec = {0};
@@ -1560,12 +1575,12 @@ static kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, 
     KB_GUARD_OUT(rc, secret_write_flags(b, &sec, actor, now));
 out:
     store_secret_clear(&sec);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-static kb_err sq_secret_purge(store *st, int64_t secret_id)
+static kb_err sq_secret_purge(store *st, int64_t secret_id, store_audit *au)
 {
     cx *b;
     store_secret sec = {0};
@@ -1588,7 +1603,7 @@ static kb_err sq_secret_purge(store *st, int64_t secret_id)
 out:
     done(s);
     store_secret_clear(&sec);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -1880,12 +1895,17 @@ out:
 /* ---- groups ---- */
 
 static kb_err sq_group_create(store *st, const char *name, const char *description,
-                              const char *actor, int64_t now, int64_t *id_out)
+                              const char *actor, int64_t now, int64_t *id_out, store_audit *au)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
     kb_err rc;
     b = WR(st);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        PUT(st, b);
+        return rc;
+    }
     KB_GUARD_OUT(rc, prep(b,
                           "INSERT INTO groups(name, description, created_by, created_at) "
                           "VALUES (?1, ?2, ?3, ?4)",
@@ -1898,6 +1918,7 @@ static kb_err sq_group_create(store *st, const char *name, const char *descripti
     *id_out = sqlite3_last_insert_rowid(b->db);
 out:
     done(s);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -1974,7 +1995,7 @@ static kb_err sq_group_list(store *st, store_group **out, size_t *n)
     return rc;
 }
 
-static kb_err sq_group_delete(store *st, int64_t group_id)
+static kb_err sq_group_delete(store *st, int64_t group_id, store_audit *au)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
@@ -1994,7 +2015,7 @@ static kb_err sq_group_delete(store *st, int64_t group_id)
     rc = step_done(b, s, "group_delete");
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -2026,7 +2047,7 @@ out:
 }
 
 static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud, const char *actor,
-                               int64_t now, int64_t *id_out)
+                               int64_t now, int64_t *id_out, store_audit *au)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
@@ -2056,7 +2077,7 @@ static kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud
     *id_out = c.id;
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -2134,7 +2155,8 @@ static kb_err sq_client_list(store *st, store_client **out, size_t *n)
     return rc;
 }
 
-static kb_err sq_client_update(store *st, int64_t client_id, const store_client_patch *p)
+static kb_err sq_client_update(store *st, int64_t client_id, const store_client_patch *p,
+                               store_audit *au)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
@@ -2175,12 +2197,12 @@ out:
     if (keep_desc)
         c.description = keep_desc;
     store_client_clear(&c);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-static kb_err delete_by_id(store *st, const char *sql, int64_t id)
+static kb_err delete_by_id(store *st, const char *sql, int64_t id, store_audit *au)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
@@ -2198,7 +2220,7 @@ static kb_err delete_by_id(store *st, const char *sql, int64_t id)
     KB_ENSURE_OUT(rc, sqlite3_changes(b->db) > 0, KB_ERR_NOT_FOUND);
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -2304,10 +2326,10 @@ out:
     return client_touch(st, client_id, now, listed);
 }
 
-static kb_err sq_client_delete(store *st, int64_t client_id)
+static kb_err sq_client_delete(store *st, int64_t client_id, store_audit *au)
 {
     seen_forget(SQ(st), client_id);
-    return delete_by_id(st, "DELETE FROM clients WHERE id = ?1", client_id);
+    return delete_by_id(st, "DELETE FROM clients WHERE id = ?1", client_id, au);
 }
 
 static kb_err sq_clients_stale(store *st, int64_t before, store_client **out, size_t *n)
@@ -2330,7 +2352,8 @@ out:
 
 /* ---- memberships and grants ---- */
 
-static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool present)
+static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool present,
+                       store_audit *au)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
@@ -2375,19 +2398,21 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     rc = step_done(b, s, "link_insert");
 out:
     done(s);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-static kb_err sq_membership_set(store *st, int64_t client_id, int64_t group_id, bool present)
+static kb_err sq_membership_set(store *st, int64_t client_id, int64_t group_id, bool present,
+                                store_audit *au)
 {
-    return link_set(st, true, client_id, group_id, present);
+    return link_set(st, true, client_id, group_id, present, au);
 }
 
-static kb_err sq_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present)
+static kb_err sq_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present,
+                           store_audit *au)
 {
-    return link_set(st, false, secret_id, group_id, present);
+    return link_set(st, false, secret_id, group_id, present, au);
 }
 
 /* The groups linked to one row (a client's memberships or a secret's grants), verified by
@@ -2534,7 +2559,7 @@ static kb_err sq_readable_list(store *st, int64_t client_id, store_record **out,
 out:
     done(s);
     store_client_clear(&c);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, NULL);
     PUT(st, b);
     if (rc != KB_OK) {
         store_records_free(arr, cnt);
@@ -2624,7 +2649,7 @@ static kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *co
     }
 out:
     store_client_clear(&c);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, NULL);
     PUT(st, b);
     return rc;
 }
@@ -2778,25 +2803,16 @@ static kb_err sq_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
     return rc;
 }
 
-static kb_err sq_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch,
-                              store_audit_mac_fn macfn, void *ctx, int64_t *seq_out)
+/* Append one row to the chain (writer, inside a write transaction: the write lock is taken
+ * before the head is read, so two appenders, threads or processes, never extend the same head). */
+static kb_err audit_insert_locked(cx *b, const audit_event *ev, audit_mac_fn macfn, void *ctx,
+                                  int64_t *seq_out)
 {
-    cx *b;
     sqlite3_stmt *s = NULL;
     uint8_t prev[AUDIT_MAC_LEN], mac[AUDIT_MAC_LEN];
     int64_t seq = 0;
     kb_err rc;
-    b = WR(st);
-    /* The write lock is taken before the head is read, so two appenders (threads or
-     * processes) can never extend the same head. */
-    rc = tx_begin(b, true);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
-    }
-    if (fetch != NULL)
-        KB_GUARD_OUT(rc,
-                     fetch_upsert(b, fetch->client_id, fetch->secret_id, fetch->version, ev->time));
+    KB_ENSURE(b->writer && !sqlite3_get_autocommit(b->db), KB_ERR_INTERNAL);
     KB_GUARD_OUT(rc, head_locked(b, &seq, prev));
     seq++;
     KB_GUARD_OUT(rc, macfn(ctx, prev, seq, ev, mac));
@@ -2814,11 +2830,32 @@ static kb_err sq_audit_append(store *st, const audit_event *ev, const audit_fetc
     KB_GUARD_OUT(rc, bind_text(s, 8, ev->result));
     KB_GUARD_OUT(rc, bind_blob(s, 9, mac, sizeof(mac)));
     KB_GUARD_OUT(rc, step_done(b, s, "audit_insert"));
+    *seq_out = seq;
+out:
+    done(s);
+    return rc;
+}
+
+static kb_err sq_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch,
+                              store_audit_mac_fn macfn, void *ctx, int64_t *seq_out)
+{
+    cx *b;
+    int64_t seq = 0;
+    kb_err rc;
+    b = WR(st);
+    rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        PUT(st, b);
+        return rc;
+    }
+    if (fetch != NULL)
+        KB_GUARD_OUT(rc,
+                     fetch_upsert(b, fetch->client_id, fetch->secret_id, fetch->version, ev->time));
+    KB_GUARD_OUT(rc, audit_insert_locked(b, ev, macfn, ctx, &seq));
     if (seq_out)
         *seq_out = seq;
 out:
-    done(s);
-    rc = tx_end(b, rc);
+    rc = tx_end(b, rc, NULL);
     PUT(st, b);
     return rc;
 }

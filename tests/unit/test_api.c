@@ -513,7 +513,7 @@ static void test_recover_admin(void **state)
     assert_kb(svc_recover_admin(g_cfg, "spiffe://example.org", true), KB_ERR_INVALID);
     store_client_patch p = STORE_CLIENT_PATCH_INIT;
     p.enabled = 0;
-    assert_ok(store_client_update(svc_store(g_svc), id, &p));
+    assert_ok(store_client_update(svc_store(g_svc), id, &p, NULL));
     expect_free(403, ADMIN, "GET", "/v1/admin/clients", NULL, NULL); /* locked out */
     assert_ok(svc_recover_admin(g_cfg, ADMIN, false));
     char *t = expect(200, ADMIN, "GET", "/v1/admin/audit", "object=" ADMIN, NULL);

@@ -436,12 +436,279 @@ static void read_commits_fetch_and_audit_together(void **state)
     assert_int_equal(r.rows, 3);
 }
 
+/* ---- a change and its audit row in one transaction (issue 10.3) ---- */
+
+#define ADMIN_ID "spiffe://example.org/ns/ops/sa/admin"
+#define APP_ID "spiffe://example.org/ns/pay/sa/app"
+
+static kb_err seal_stub(void *ctx, int64_t id, int64_t version, store_envelope *env,
+                        uint8_t checksum[STORE_CHECKSUM_LEN])
+{
+    (void)ctx;
+    env->wrapped_key = malloc(8);
+    env->sealed = malloc(32);
+    env->key_id = strdup("master-1");
+    if (env->wrapped_key == NULL || env->sealed == NULL || env->key_id == NULL)
+        return KB_ERR_NOMEM;
+    memset(env->wrapped_key, 0x77, 8);
+    env->wrapped_key_len = 8;
+    memset(env->sealed, (int)(id + version), 32);
+    env->sealed_len = 32;
+    memset(checksum, 0x11, STORE_CHECKSUM_LEN);
+    return KB_OK;
+}
+
+/* The injected failure: it runs inside the change's transaction after every data row of the
+ * change has been written, where a crash or an I/O error between "data" and "audit" would hit. */
+static int mac_calls;
+static kb_err mac_fails(void *ctx, const uint8_t prev[AUDIT_MAC_LEN], int64_t seq,
+                        const audit_event *ev, uint8_t mac[AUDIT_MAC_LEN])
+{
+    (void)ctx;
+    (void)prev;
+    (void)seq;
+    (void)ev;
+    (void)mac;
+    mac_calls++;
+    return KB_ERR_IO;
+}
+
+static int64_t count_rows(fx *f, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int64_t n = -1;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        n = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return n;
+}
+
+static store_audit change(fx *f, const char *action, const char *object)
+{
+    audit_event ev = {.time = T0,
+                      .identity = ADMIN_ID,
+                      .peer = "127.0.0.1:4000",
+                      .action = action,
+                      .object = object,
+                      .result = "ignored"};
+    store_audit au;
+    assert_ok(audit_change_begin(f->a, &ev, &au));
+    assert_string_equal(au.ev.result, "ok");
+    return au;
+}
+
+/* A change whose audit row cannot be written: the change is rolled back with it. */
+static store_audit broken(fx *f, const char *action)
+{
+    store_audit au = change(f, action, "x");
+    au.mac = mac_fails;
+    return au;
+}
+
+/* The ids a change test needs: an admin group, a client in it, a granted secret at version 2. */
+typedef struct {
+    int64_t g, c, sid;
+} world;
+
+static world make_world(fx *f)
+{
+    world w = {0};
+    store_secret_new sn = {.name = "s1"};
+    store_version_new vn = {.content_len = 8};
+    store_client_new cn = {.spiffe_id = APP_ID, .enabled = true};
+    store_audit au;
+    int64_t v = 0;
+    au = change(f, "group.create", "g");
+    assert_ok(store_group_create(f->st, "g", "", ADMIN_ID, T0, &w.g, &au));
+    assert_true(au.written && au.seq > 0);
+    au = change(f, "client.create", APP_ID);
+    assert_ok(store_client_create(f->st, &cn, ADMIN_ID, T0, &w.c, &au));
+    assert_true(au.written);
+    au = change(f, "membership.add", "g " APP_ID);
+    assert_ok(store_membership_add(f->st, w.c, w.g, &au));
+    au = change(f, "secret.create", "s1");
+    assert_ok(store_secret_create(f->st, &sn, &vn, seal_stub, NULL, ADMIN_ID, T0, &w.sid, &au));
+    assert_int_equal(au.ev.version, 1);
+    au = change(f, "secret.put", "s1");
+    assert_ok(store_version_add(f->st, w.sid, &vn, seal_stub, NULL, ADMIN_ID, T0, &v, &au));
+    assert_int_equal(v, 2);
+    assert_int_equal(au.ev.version, 2);
+    au = change(f, "grant.add", "g s1");
+    assert_ok(store_grant_add(f->st, w.g, w.sid, &au));
+    return w;
+}
+
+/* Every change op writes its audit row in its own transaction: one row per change, the version
+ * a secret op made is in its row, and the chain verifies. */
+static void change_ops_write_their_audit_row(void **state)
+{
+    fx *f = *state;
+    world w = make_world(f);
+    store_secret_patch sp = STORE_SECRET_PATCH_INIT;
+    store_client_patch cp = STORE_CLIENT_PATCH_INIT;
+    store_audit au;
+    audit_report r;
+    int64_t g2 = 0;
+
+    sp.description = "d";
+    au = change(f, "secret.update", "s1");
+    assert_ok(store_secret_update(f->st, w.sid, &sp, ADMIN_ID, T0, &au));
+    cp.enabled = 0;
+    au = change(f, "client.update", APP_ID);
+    assert_ok(store_client_update(f->st, w.c, &cp, &au));
+    au = change(f, "grant.remove", "g s1");
+    assert_ok(store_grant_remove(f->st, w.g, w.sid, &au));
+    au = change(f, "membership.remove", "g " APP_ID);
+    assert_ok(store_membership_remove(f->st, w.c, w.g, &au));
+    au = change(f, "secret.delete", "s1");
+    assert_ok(store_secret_delete(f->st, w.sid, ADMIN_ID, T0, &au));
+    au = change(f, "secret.restore", "s1");
+    assert_ok(store_secret_restore(f->st, w.sid, ADMIN_ID, T0, &au));
+    assert_ok(store_secret_delete(f->st, w.sid, ADMIN_ID, T0, NULL)); /* NULL: no row */
+    au = change(f, "secret.purge", "s1");
+    assert_ok(store_secret_purge(f->st, w.sid, &au));
+    au = change(f, "client.delete", APP_ID);
+    assert_ok(store_client_delete(f->st, w.c, &au));
+    au = change(f, "group.create", "g2");
+    assert_ok(store_group_create(f->st, "g2", "", ADMIN_ID, T0, &g2, &au));
+    au = change(f, "group.delete", "g2");
+    assert_ok(store_group_delete(f->st, g2, &au));
+    assert_int_equal(au.seq, 16);
+    audit_change_end(f->a, &au, KB_OK); /* written: appends nothing */
+
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), 16);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log WHERE result <> 'ok'"), 0);
+    assert_int_equal(count_rows(f, "SELECT version FROM audit_log WHERE action = 'secret.put'"), 2);
+    assert_int_equal(count_rows(f, "SELECT version FROM audit_log WHERE action = 'secret.create'"),
+                     1);
+    assert_ok(audit_verify(f->a, NULL, &r));
+    assert_true(r.ok);
+    assert_int_equal(r.rows, 16);
+}
+
+/* A failure between a change's data rows and its audit row (injected in the row's MAC, which runs
+ * after every data row is written) rolls both back: the store is as before, no row is added, and
+ * the chain goes on from the same head. */
+static void failed_audit_rolls_the_change_back(void **state)
+{
+    fx *f = *state;
+    world w = make_world(f);
+    store_secret_new sn = {.name = "s2"};
+    store_version_new vn = {.content_len = 8};
+    store_client_new cn = {.spiffe_id = "spiffe://example.org/ns/pay/sa/other", .enabled = true};
+    store_secret_patch sp = STORE_SECRET_PATCH_INIT;
+    store_client_patch cp = STORE_CLIENT_PATCH_INIT;
+    store_secret sec;
+    store_client cl;
+    store_group grp;
+    store_group *gs = NULL;
+    size_t n = 0;
+    int64_t id = 0, rows = count_rows(f, "SELECT count(*) FROM audit_log");
+    store_audit au;
+    audit_report r;
+
+    mac_calls = 0;
+    au = broken(f, "group.create");
+    assert_kb(store_group_create(f->st, "g9", "", ADMIN_ID, T0, &id, &au), KB_ERR_IO);
+    assert_false(au.written);
+    assert_kb(store_group_get(f->st, "g9", &grp), KB_ERR_NOT_FOUND);
+    au = broken(f, "client.create");
+    assert_kb(store_client_create(f->st, &cn, ADMIN_ID, T0, &id, &au), KB_ERR_IO);
+    assert_kb(store_client_get(f->st, cn.spiffe_id, &cl), KB_ERR_NOT_FOUND);
+    au = broken(f, "secret.create");
+    assert_kb(store_secret_create(f->st, &sn, &vn, seal_stub, NULL, ADMIN_ID, T0, &id, &au),
+              KB_ERR_IO);
+    assert_kb(store_secret_get(f->st, "s2", true, &sec), KB_ERR_NOT_FOUND);
+    au = broken(f, "secret.put");
+    assert_kb(store_version_add(f->st, w.sid, &vn, seal_stub, NULL, ADMIN_ID, T0, &id, &au),
+              KB_ERR_IO);
+    sp.cloud_sync = 1;
+    au = broken(f, "secret.update");
+    assert_kb(store_secret_update(f->st, w.sid, &sp, ADMIN_ID, T0 + 5, &au), KB_ERR_IO);
+    au = broken(f, "secret.delete");
+    assert_kb(store_secret_delete(f->st, w.sid, ADMIN_ID, T0 + 5, &au), KB_ERR_IO);
+    assert_ok(store_secret_get(f->st, "s1", false, &sec));
+    assert_int_equal(sec.latest_version, 2);
+    assert_false(sec.cloud_sync);
+    assert_int_equal(sec.deleted_at, 0);
+    store_secret_clear(&sec);
+    au = broken(f, "grant.remove");
+    assert_kb(store_grant_remove(f->st, w.g, w.sid, &au), KB_ERR_IO);
+    assert_ok(store_secret_groups(f->st, w.sid, &gs, &n));
+    assert_int_equal(n, 1);
+    store_groups_free(gs, n);
+    au = broken(f, "membership.remove");
+    assert_kb(store_membership_remove(f->st, w.c, w.g, &au), KB_ERR_IO);
+    cp.enabled = 0;
+    au = broken(f, "client.update");
+    assert_kb(store_client_update(f->st, w.c, &cp, &au), KB_ERR_IO);
+    au = broken(f, "client.delete");
+    assert_kb(store_client_delete(f->st, w.c, &au), KB_ERR_IO);
+    assert_ok(store_client_get_by_id(f->st, w.c, &cl));
+    assert_true(cl.enabled);
+    store_client_clear(&cl);
+    assert_ok(store_client_groups(f->st, w.c, &gs, &n));
+    assert_int_equal(n, 1);
+    store_groups_free(gs, n);
+    au = broken(f, "group.delete");
+    assert_kb(store_grant_remove(f->st, w.g, w.sid, NULL), KB_OK);
+    assert_kb(store_membership_remove(f->st, w.c, w.g, NULL), KB_OK);
+    rows = count_rows(f, "SELECT count(*) FROM audit_log"); /* NULL au: no rows above */
+    assert_kb(store_group_delete(f->st, w.g, &au), KB_ERR_IO);
+    assert_ok(store_group_get(f->st, "g", &grp));
+    store_group_clear(&grp);
+    assert_int_equal(mac_calls, 11);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), rows);
+
+    /* The failure row is appended on its own (nothing was changed), then the chain goes on. */
+    audit_change_end(f->a, &au, KB_ERR_IO);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log WHERE action = "
+                                   "'group.delete' AND result = 'io'"),
+                     1);
+    au = change(f, "group.delete", "g");
+    assert_ok(store_group_delete(f->st, w.g, &au));
+    assert_int_equal(au.seq, rows + 2);
+    assert_ok(audit_verify(f->a, NULL, &r));
+    assert_true(r.ok);
+    assert_int_equal(r.rows, rows + 2);
+    /* The store's own rollback check agrees: nothing half-written. */
+    assert_ok(store_verify(f->st));
+}
+
+/* An audit row the store cannot take refuses the change (nothing is changed unaudited). */
+static void change_with_bad_audit_is_refused(void **state)
+{
+    fx *f = *state;
+    store_audit au;
+    store_group grp;
+    int64_t id = 0;
+    char big[AUDIT_FIELD_MAX + 2];
+    audit_event ev = {.time = T0, .identity = ADMIN_ID, .action = "group.create", .object = big};
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_kb(audit_change_begin(f->a, &ev, &au), KB_ERR_TOO_LARGE);
+    au.mac = NULL;
+    assert_kb(store_group_create(f->st, "g", "", ADMIN_ID, T0, &id, &au), KB_ERR_NULL);
+    ev.object = "g";
+    ev.action = "";
+    assert_kb(audit_change_begin(f->a, &ev, &au), KB_ERR_INVALID);
+    assert_kb(store_group_get(f->st, "g", &grp), KB_ERR_NOT_FOUND);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), 0);
+}
+
 int main(void)
 {
     kb_json_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(clean_chain_verifies, setup, teardown),
         cmocka_unit_test_setup_teardown(read_commits_fetch_and_audit_together, setup, teardown),
+        cmocka_unit_test_setup_teardown(change_ops_write_their_audit_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(failed_audit_rolls_the_change_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(change_with_bad_audit_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(edited_row_is_found, setup, teardown),
         cmocka_unit_test_setup_teardown(deleted_row_is_found, setup, teardown),
         cmocka_unit_test_setup_teardown(truncated_tail_is_found, setup, teardown),

@@ -60,20 +60,20 @@ static int setup(void **state)
 
     store *st = svc_store(f->s);
     int64_t now = (int64_t)time(NULL);
-    assert_ok(store_group_create(st, "payments", NULL, ADMIN, now, &f->g_pay));
+    assert_ok(store_group_create(st, "payments", NULL, ADMIN, now, &f->g_pay, NULL));
     memset(&cn, 0, sizeof(cn));
     cn.enabled = true;
     cn.spiffe_id = APP;
     cn.app_name = "payments-api";
-    assert_ok(store_client_create(st, &cn, ADMIN, now, &f->c_app));
+    assert_ok(store_client_create(st, &cn, ADMIN, now, &f->c_app, NULL));
     cn.spiffe_id = OTHER;
     cn.app_name = "hr-web";
-    assert_ok(store_client_create(st, &cn, ADMIN, now, &f->c_other));
+    assert_ok(store_client_create(st, &cn, ADMIN, now, &f->c_other, NULL));
     cn.spiffe_id = LAMBDA;
     cn.app_name = "report";
-    assert_ok(store_client_create(st, &cn, ADMIN, now, &f->c_lambda));
-    assert_ok(store_membership_add(st, f->c_app, f->g_pay));
-    assert_ok(store_membership_add(st, f->c_lambda, f->g_pay));
+    assert_ok(store_client_create(st, &cn, ADMIN, now, &f->c_lambda, NULL));
+    assert_ok(store_membership_add(st, f->c_app, f->g_pay, NULL));
+    assert_ok(store_membership_add(st, f->c_lambda, f->g_pay, NULL));
     *state = f;
     return 0;
 }
@@ -101,7 +101,7 @@ static void create_secret(fx *f, const char *name, const char *content, bool clo
     sp.metadata = "{\"mode\":\"0400\"}";
     assert_ok(svc_secret_create(f->s, &a, &sp, NULL));
     assert_ok(store_secret_get(svc_store(f->s), name, false, &sec));
-    assert_ok(store_grant_add(svc_store(f->s), f->g_pay, sec.id));
+    assert_ok(store_grant_add(svc_store(f->s), f->g_pay, sec.id, NULL));
     store_secret_clear(&sec);
 }
 
@@ -153,10 +153,10 @@ static void reads_follow_grants(void **state)
               KB_ERR_NOT_FOUND);
     store_client_patch p = STORE_CLIENT_PATCH_INIT;
     p.enabled = 0;
-    assert_ok(store_client_update(svc_store(f->s), f->c_app, &p));
+    assert_ok(store_client_update(svc_store(f->s), f->c_app, &p, NULL));
     assert_kb(client_read(f, APP, "db-password", 0, buf, sizeof(buf), NULL), KB_ERR_DENIED);
     p.enabled = 1;
-    assert_ok(store_client_update(svc_store(f->s), f->c_app, &p));
+    assert_ok(store_client_update(svc_store(f->s), f->c_app, &p, NULL));
     assert_ok(client_read(f, APP, "db-password", 0, buf, sizeof(buf), NULL));
 }
 

@@ -157,7 +157,7 @@ static int64_t mk_secret(fx *f, const char *name, bool cloud, const char *md)
     store_secret_new sn = {.name = name, .description = "test", .cloud_sync = cloud};
     store_version_new vn = {.content_len = 10, .metadata = md, .expires_at = 0};
     int64_t id = 0;
-    assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id));
+    assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL));
     return id;
 }
 
@@ -165,25 +165,25 @@ static int64_t mk_client(fx *f, const char *id, bool admin)
 {
     store_client_new cn = {.spiffe_id = id, .app_name = "app", .enabled = true, .admin = admin};
     int64_t out = 0;
-    assert_ok(store_client_create(f->st, &cn, ADMIN, T0, &out));
+    assert_ok(store_client_create(f->st, &cn, ADMIN, T0, &out, NULL));
     return out;
 }
 
 static void build_world(fx *f, world *w)
 {
-    assert_ok(store_group_create(f->st, "payments", "payments team", "bootstrap", T0, &w->g));
-    assert_ok(store_group_create(f->st, "other", NULL, "bootstrap", T0, &w->g2));
+    assert_ok(store_group_create(f->st, "payments", "payments team", "bootstrap", T0, &w->g, NULL));
+    assert_ok(store_group_create(f->st, "other", NULL, "bootstrap", T0, &w->g2, NULL));
     w->api = mk_client(f, "spiffe://example.org/ns/payments/sa/api", false);
     w->fn = mk_client(f, "spiffe://example.org/lambda/acct/1/fn/report", false);
     w->admin = mk_client(f, ADMIN, true);
     w->outsider = mk_client(f, "spiffe://example.org/ns/other/sa/x", false);
     w->s_local = mk_secret(f, "db-pass", false, "{\"mode\":\"0400\"}");
     w->s_cloud = mk_secret(f, "api-key", true, NULL);
-    assert_ok(store_membership_add(f->st, w->api, w->g));
-    assert_ok(store_membership_add(f->st, w->fn, w->g));
-    assert_ok(store_membership_add(f->st, w->outsider, w->g2));
-    assert_ok(store_grant_add(f->st, w->g, w->s_local));
-    assert_ok(store_grant_add(f->st, w->g, w->s_cloud));
+    assert_ok(store_membership_add(f->st, w->api, w->g, NULL));
+    assert_ok(store_membership_add(f->st, w->fn, w->g, NULL));
+    assert_ok(store_membership_add(f->st, w->outsider, w->g2, NULL));
+    assert_ok(store_grant_add(f->st, w->g, w->s_local, NULL));
+    assert_ok(store_grant_add(f->st, w->g, w->s_cloud, NULL));
 }
 
 static void open_refuses_bad_urls_and_options(void **state)
@@ -270,7 +270,7 @@ static void client_reads_follow_groups(void **state)
     /* Disabled client: denied; unknown client id: not found. */
     store_client_patch p = STORE_CLIENT_PATCH_INIT;
     p.enabled = 0;
-    assert_ok(store_client_update(f->st, w.api, &p));
+    assert_ok(store_client_update(f->st, w.api, &p, NULL));
     assert_kb(store_readable_list(f->st, w.api, &recs, &n), KB_ERR_DENIED);
     assert_kb(store_readable_get(f->st, w.api, "db-pass", 0, &r), KB_ERR_DENIED);
     assert_kb(store_readable_list(f->st, 9999, &recs, &n), KB_ERR_NOT_FOUND);
@@ -279,11 +279,11 @@ static void client_reads_follow_groups(void **state)
 
     /* Removing the grant removes access. */
     p.enabled = 1;
-    assert_ok(store_client_update(f->st, w.api, &p));
-    assert_ok(store_grant_remove(f->st, w.g, w.s_local));
-    assert_kb(store_grant_remove(f->st, w.g, w.s_local), KB_ERR_NOT_FOUND);
+    assert_ok(store_client_update(f->st, w.api, &p, NULL));
+    assert_ok(store_grant_remove(f->st, w.g, w.s_local, NULL));
+    assert_kb(store_grant_remove(f->st, w.g, w.s_local, NULL), KB_ERR_NOT_FOUND);
     assert_kb(store_readable_get(f->st, w.api, "db-pass", 0, &r), KB_ERR_NOT_FOUND);
-    assert_ok(store_membership_remove(f->st, w.api, w.g));
+    assert_ok(store_membership_remove(f->st, w.api, w.g, NULL));
     assert_ok(store_readable_list(f->st, w.api, &recs, &n));
     assert_int_equal(n, 0);
     store_records_free(recs, n);
@@ -324,15 +324,15 @@ static void versions_only_go_up(void **state)
     store_record r;
 
     build_world(f, &w);
-    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0 + 1, &v));
+    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0 + 1, &v, NULL));
     assert_int_equal(v, 2);
     /* "Rollback" = a new version with old content: still goes up. */
-    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0 + 2, &v));
+    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0 + 2, &v, NULL));
     assert_int_equal(v, 3);
     /* A failing seal (HSM down) writes nothing and uses no version number visibly. */
-    assert_kb(store_version_add(f->st, w.s_local, &vn, failing_seal, NULL, ADMIN, T0, &v),
+    assert_kb(store_version_add(f->st, w.s_local, &vn, failing_seal, NULL, ADMIN, T0, &v, NULL),
               KB_ERR_HSM);
-    assert_kb(store_version_add(f->st, w.s_local, &vn, empty_seal, NULL, ADMIN, T0, &v),
+    assert_kb(store_version_add(f->st, w.s_local, &vn, empty_seal, NULL, ADMIN, T0, &v, NULL),
               KB_ERR_INVALID);
     assert_ok(store_version_list(f->st, w.s_local, &vs, &n));
     assert_int_equal(n, 3);
@@ -354,7 +354,8 @@ static void versions_only_go_up(void **state)
     assert_ok(store_version_get(f->st, w.s_local, 1, &r));
     assert_memory_equal(r.env.sealed, "sealed-1-1", 10);
     store_record_clear(&r);
-    assert_kb(store_version_add(f->st, 999, &vn, fake_seal, NULL, ADMIN, T0, &v), KB_ERR_NOT_FOUND);
+    assert_kb(store_version_add(f->st, 999, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL),
+              KB_ERR_NOT_FOUND);
     assert_kb(store_version_list(f->st, 999, &vs, &n), KB_ERR_NOT_FOUND);
 }
 
@@ -370,31 +371,33 @@ static void validation_and_limits(void **state)
 
     build_world(f, &w);
     /* Content at the limit: ok; above: refused; for cloud_sync, capped at 65,536. */
-    assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id));
+    assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL));
     vn.content_len = MODEL_CONTENT_MAX_DEFAULT + 1;
     sn.name = "bigger";
-    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id),
+    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL),
               KB_ERR_TOO_LARGE);
-    assert_kb(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0, &v),
+    assert_kb(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL),
               KB_ERR_TOO_LARGE);
     vn.content_len = 1;
     sn.name = ".hidden";
-    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id),
+    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL),
               KB_ERR_INVALID);
     sn.name = "db-pass";
-    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id), KB_ERR_EXISTS);
+    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL),
+              KB_ERR_EXISTS);
     sn.name = "fine";
-    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, "root", T0, &id),
+    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, "root", T0, &id, NULL),
               KB_ERR_INVALID);
     sn.owner_group_id = 999;
-    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id),
+    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL),
               KB_ERR_NOT_FOUND);
     sn.owner_group_id = 0;
     vn.metadata = "{\"a\":1}";
-    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id),
+    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL),
               KB_ERR_INVALID);
     vn.metadata = NULL;
-    assert_kb(store_secret_create(f->st, &sn, &vn, failing_seal, NULL, ADMIN, T0, &id), KB_ERR_HSM);
+    assert_kb(store_secret_create(f->st, &sn, &vn, failing_seal, NULL, ADMIN, T0, &id, NULL),
+              KB_ERR_HSM);
     /* The failed creation left nothing behind. */
     store_secret s;
     assert_kb(store_secret_get(f->st, "fine", true, &s), KB_ERR_NOT_FOUND);
@@ -405,30 +408,30 @@ static void validation_and_limits(void **state)
     o.content_max = 200000;
     assert_ok(store_open(f->url, &o, &f->st));
     vn.content_len = MODEL_CLOUD_CONTENT_MAX + 1;
-    assert_kb(store_version_add(f->st, w.s_cloud, &vn, fake_seal, NULL, ADMIN, T0, &v),
+    assert_kb(store_version_add(f->st, w.s_cloud, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL),
               KB_ERR_TOO_LARGE);
-    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0, &v));
+    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL));
     /* ...and a secret holding a large version cannot become cloud_sync. */
     sp.cloud_sync = 1;
-    assert_kb(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0), KB_ERR_TOO_LARGE);
+    assert_kb(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0, NULL), KB_ERR_TOO_LARGE);
     sp.cloud_sync = 2;
-    assert_kb(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0), KB_ERR_INVALID);
+    assert_kb(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0, NULL), KB_ERR_INVALID);
 
     /* Admin and cloud are mutually exclusive, both at creation and on update. */
-    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id), KB_ERR_INVALID);
+    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id, NULL), KB_ERR_INVALID);
     store_client_patch cp = STORE_CLIENT_PATCH_INIT;
     cp.admin = 1;
-    assert_kb(store_client_update(f->st, w.fn, &cp), KB_ERR_INVALID);
+    assert_kb(store_client_update(f->st, w.fn, &cp, NULL), KB_ERR_INVALID);
     cn.admin = false;
     cn.spiffe_id = "not-a-spiffe-id";
-    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id), KB_ERR_INVALID);
+    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id, NULL), KB_ERR_INVALID);
     cn.spiffe_id = "spiffe://example.org/ns/payments/sa/api";
-    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id), KB_ERR_EXISTS);
-    assert_kb(store_group_create(f->st, "payments", NULL, ADMIN, T0, &id), KB_ERR_EXISTS);
-    assert_kb(store_membership_add(f->st, w.api, w.g), KB_ERR_EXISTS);
-    assert_kb(store_membership_add(f->st, 999, w.g), KB_ERR_NOT_FOUND);
-    assert_kb(store_grant_add(f->st, w.g, 999), KB_ERR_NOT_FOUND);
-    assert_kb(store_grant_add(f->st, 999, w.s_local), KB_ERR_NOT_FOUND);
+    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id, NULL), KB_ERR_EXISTS);
+    assert_kb(store_group_create(f->st, "payments", NULL, ADMIN, T0, &id, NULL), KB_ERR_EXISTS);
+    assert_kb(store_membership_add(f->st, w.api, w.g, NULL), KB_ERR_EXISTS);
+    assert_kb(store_membership_add(f->st, 999, w.g, NULL), KB_ERR_NOT_FOUND);
+    assert_kb(store_grant_add(f->st, w.g, 999, NULL), KB_ERR_NOT_FOUND);
+    assert_kb(store_grant_add(f->st, 999, w.s_local, NULL), KB_ERR_NOT_FOUND);
 }
 
 /* Secrets Manager refuses an empty value: a cloud_sync secret never holds empty content (on
@@ -447,32 +450,32 @@ static void cloud_sync_needs_content_and_short_app_names(void **state)
     int64_t id = 0, v = 0, empty_local = 0;
 
     build_world(f, &w);
-    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id),
+    assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL),
               KB_ERR_INVALID);
-    assert_kb(store_version_add(f->st, w.s_cloud, &vn, fake_seal, NULL, ADMIN, T0, &v),
+    assert_kb(store_version_add(f->st, w.s_cloud, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL),
               KB_ERR_INVALID);
     /* local secrets may be empty, but cannot become cloud_sync while their latest is empty */
     sn.cloud_sync = false;
     sn.name = "empty-local";
-    assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &empty_local));
+    assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &empty_local, NULL));
     sp.cloud_sync = 1;
-    assert_kb(store_secret_update(f->st, empty_local, &sp, ADMIN, T0), KB_ERR_INVALID);
+    assert_kb(store_secret_update(f->st, empty_local, &sp, ADMIN, T0, NULL), KB_ERR_INVALID);
     vn.content_len = 1;
-    assert_ok(store_version_add(f->st, empty_local, &vn, fake_seal, NULL, ADMIN, T0, &v));
-    assert_ok(store_secret_update(f->st, empty_local, &sp, ADMIN, T0));
+    assert_ok(store_version_add(f->st, empty_local, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL));
+    assert_ok(store_secret_update(f->st, empty_local, &sp, ADMIN, T0, NULL));
 
     memset(app, 'a', sizeof(app));
     app[MODEL_APP_NAME_MAX + 1] = '\0';
     cn.app_name = app; /* 247: above */
-    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id), KB_ERR_TOO_LARGE);
+    assert_kb(store_client_create(f->st, &cn, ADMIN, T0, &id, NULL), KB_ERR_TOO_LARGE);
     app[MODEL_APP_NAME_MAX] = '\0'; /* 246: at */
-    assert_ok(store_client_create(f->st, &cn, ADMIN, T0, &id));
+    assert_ok(store_client_create(f->st, &cn, ADMIN, T0, &id, NULL));
     app[MODEL_APP_NAME_MAX - 1] = '\0'; /* 245: below */
     cp.app_name = app;
-    assert_ok(store_client_update(f->st, id, &cp));
+    assert_ok(store_client_update(f->st, id, &cp, NULL));
     app[MODEL_APP_NAME_MAX - 1] = 'a';
     app[MODEL_APP_NAME_MAX] = 'a'; /* 247 again, on update */
-    assert_kb(store_client_update(f->st, id, &cp), KB_ERR_TOO_LARGE);
+    assert_kb(store_client_update(f->st, id, &cp, NULL), KB_ERR_TOO_LARGE);
 }
 
 static void cloud_flag_derived_from_spiffe_id(void **state)
@@ -521,9 +524,9 @@ static void soft_delete_restore_purge(void **state)
     store_version_new vn = {.content_len = 1};
 
     build_world(f, &w);
-    assert_kb(store_secret_purge(f->st, w.s_local), KB_ERR_CONFLICT); /* live */
-    assert_ok(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 5));
-    assert_kb(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 5), KB_ERR_CONFLICT);
+    assert_kb(store_secret_purge(f->st, w.s_local, NULL), KB_ERR_CONFLICT); /* live */
+    assert_ok(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 5, NULL));
+    assert_kb(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 5, NULL), KB_ERR_CONFLICT);
     assert_kb(store_readable_get(f->st, w.api, "db-pass", 0, &r), KB_ERR_NOT_FOUND);
     assert_ok(store_readable_list(f->st, w.api, &recs, &n));
     assert_int_equal(n, 1);
@@ -532,7 +535,7 @@ static void soft_delete_restore_purge(void **state)
     assert_ok(store_secret_get(f->st, "db-pass", true, &s));
     assert_int_equal(s.deleted_at, T0 + 5);
     store_secret_clear(&s);
-    assert_kb(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0, &v),
+    assert_kb(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL),
               KB_ERR_CONFLICT);
     assert_ok(store_secret_list(f->st, false, &recs, &n));
     assert_int_equal(n, 1);
@@ -541,20 +544,20 @@ static void soft_delete_restore_purge(void **state)
     assert_int_equal(n, 2);
     store_records_free(recs, n);
 
-    assert_ok(store_secret_restore(f->st, w.s_local, ADMIN, T0 + 6));
-    assert_kb(store_secret_restore(f->st, w.s_local, ADMIN, T0 + 6), KB_ERR_CONFLICT);
+    assert_ok(store_secret_restore(f->st, w.s_local, ADMIN, T0 + 6, NULL));
+    assert_kb(store_secret_restore(f->st, w.s_local, ADMIN, T0 + 6, NULL), KB_ERR_CONFLICT);
     assert_ok(store_readable_get(f->st, w.api, "db-pass", 0, &r));
     store_record_clear(&r);
 
     assert_ok(store_fetch_record(f->st, w.api, w.s_local, 1, T0));
-    assert_ok(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 7));
-    assert_ok(store_secret_purge(f->st, w.s_local));
+    assert_ok(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 7, NULL));
+    assert_ok(store_secret_purge(f->st, w.s_local, NULL));
     assert_kb(store_secret_get(f->st, "db-pass", true, &s), KB_ERR_NOT_FOUND);
     /* Versions, envelopes, grants and fetch log went with it. */
     assert_int_equal(raw_count(f, "SELECT count(*) FROM versions WHERE secret_id = 1"), 0);
     assert_int_equal(raw_count(f, "SELECT count(*) FROM grants WHERE secret_id = 1"), 0);
     assert_int_equal(raw_count(f, "SELECT count(*) FROM fetch_log WHERE secret_id = 1"), 0);
-    assert_kb(store_secret_purge(f->st, w.s_local), KB_ERR_NOT_FOUND);
+    assert_kb(store_secret_purge(f->st, w.s_local, NULL), KB_ERR_NOT_FOUND);
     /* The name is free again; the new secret gets a new id (ids are never reused). */
     int64_t again = mk_secret(f, "db-pass", false, NULL);
     assert_true(again > w.s_cloud);
@@ -630,21 +633,21 @@ static void groups_and_owner(void **state)
 
     sp.owner_group_id = w.g2;
     sp.description = "new words";
-    assert_ok(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0 + 9));
+    assert_ok(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0 + 9, NULL));
     assert_ok(store_secret_get_by_id(f->st, w.s_local, false, &s));
     assert_int_equal(s.owner_group_id, w.g2);
     assert_string_equal(s.description, "new words");
     assert_int_equal(s.updated_at, T0 + 9);
     store_secret_clear(&s);
     sp.owner_group_id = 12345;
-    assert_kb(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0), KB_ERR_NOT_FOUND);
-    assert_kb(store_group_delete(f->st, w.g2), KB_ERR_CONFLICT); /* owns db-pass */
-    assert_ok(store_group_delete(f->st, w.g));                   /* memberships/grants go */
-    assert_kb(store_group_delete(f->st, w.g), KB_ERR_NOT_FOUND);
+    assert_kb(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0, NULL), KB_ERR_NOT_FOUND);
+    assert_kb(store_group_delete(f->st, w.g2, NULL), KB_ERR_CONFLICT); /* owns db-pass */
+    assert_ok(store_group_delete(f->st, w.g, NULL));                   /* memberships/grants go */
+    assert_kb(store_group_delete(f->st, w.g, NULL), KB_ERR_NOT_FOUND);
     store_record r;
     assert_kb(store_readable_get(f->st, w.api, "db-pass", 0, &r), KB_ERR_NOT_FOUND);
-    assert_ok(store_client_delete(f->st, w.api));
-    assert_kb(store_client_delete(f->st, w.api), KB_ERR_NOT_FOUND);
+    assert_ok(store_client_delete(f->st, w.api, NULL));
+    assert_kb(store_client_delete(f->st, w.api, NULL), KB_ERR_NOT_FOUND);
 }
 
 static void fetch_log_seen_stale_expiring(void **state)
@@ -661,7 +664,7 @@ static void fetch_log_seen_stale_expiring(void **state)
     build_world(f, &w);
     assert_ok(store_fetch_record(f->st, w.api, w.s_local, 1, T0));
     assert_ok(store_fetch_record(f->st, w.fn, w.s_local, 1, T0));
-    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0, &v));
+    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL));
     assert_ok(store_fetch_record(f->st, w.api, w.s_local, 2, T0 + 10));
     assert_ok(store_fetch_record(f->st, w.api, w.s_local, 1, T0 + 5)); /* older: ignored */
     assert_kb(store_fetch_record(f->st, 999, w.s_local, 1, T0), KB_ERR_NOT_FOUND);
@@ -734,7 +737,7 @@ static void tamper_flip_admin(void **state)
     /* An update of a tampered row is refused rather than laundered with a fresh MAC. */
     store_client_patch p = STORE_CLIENT_PATCH_INIT;
     p.description = "x";
-    assert_kb(store_client_update(f->st, w.api, &p), KB_ERR_INTEGRITY);
+    assert_kb(store_client_update(f->st, w.api, &p, NULL), KB_ERR_INTEGRITY);
     /* Enabling a disabled client or un-clouding one is caught the same way. */
     raw_sql(f, "UPDATE clients SET cloud = 0 WHERE spiffe_id LIKE '%fn/report'");
     assert_kb(store_client_get_by_id(f->st, w.fn, &c), KB_ERR_INTEGRITY);
@@ -842,7 +845,7 @@ static void tamper_secret_flags(void **state)
     store_records_free(recs, n);
     assert_kb(store_secret_get(f->st, "db-pass", true, &s), KB_ERR_INTEGRITY);
     /* Un-deleting a deleted secret. */
-    assert_ok(store_secret_delete(f->st, w.s_cloud, ADMIN, T0 + 1));
+    assert_ok(store_secret_delete(f->st, w.s_cloud, ADMIN, T0 + 1, NULL));
     raw_sql(f, "UPDATE secrets SET deleted_at = 0 WHERE name = 'api-key'");
     assert_kb(store_readable_get(f->st, w.fn, "api-key", 0, &r), KB_ERR_TAMPERED);
     assert_ok(store_readable_list(f->st, w.fn, &recs, &n));
@@ -854,8 +857,8 @@ static void tamper_secret_flags(void **state)
     /* Tampered secrets cannot be modified (no laundering) nor purged. */
     store_secret_patch sp = STORE_SECRET_PATCH_INIT;
     sp.description = "x";
-    assert_kb(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0), KB_ERR_INTEGRITY);
-    assert_kb(store_secret_purge(f->st, w.s_cloud), KB_ERR_INTEGRITY);
+    assert_kb(store_secret_update(f->st, w.s_local, &sp, ADMIN, T0, NULL), KB_ERR_INTEGRITY);
+    assert_kb(store_secret_purge(f->st, w.s_cloud, NULL), KB_ERR_INTEGRITY);
 }
 
 /* Secret `name` must be refused on every path that serves its latest version: the single read
@@ -909,7 +912,7 @@ static void tamper_version_rows(void **state)
         int64_t id;
         snprintf(name, sizeof(name), "v-edit-%zu", i);
         id = mk_secret(f, name, false, "{\"mode\":\"0400\"}");
-        assert_ok(store_grant_add(f->st, w.g, id));
+        assert_ok(store_grant_add(f->st, w.g, id, NULL));
         assert_ok(store_readable_get(f->st, w.api, name, 0, &r));
         store_record_clear(&r);
         raw_sql(f, edits[i]);
@@ -919,7 +922,7 @@ static void tamper_version_rows(void **state)
         assert_int_equal(n, 0);
         store_versions_free(vs, n);
         /* Put it out of the way for the next round's list counts. */
-        assert_ok(store_grant_remove(f->st, w.g, id));
+        assert_ok(store_grant_remove(f->st, w.g, id, NULL));
     }
     /* The untouched secrets still read. */
     assert_ok(store_readable_get(f->st, w.api, "db-pass", 0, &r));
@@ -935,7 +938,7 @@ static void tamper_latest_version(void **state)
     store_version_new vn = {.content_len = 10, .metadata = "{\"mode\":\"0440\"}"};
     int64_t v = 0;
     build_world(f, &w);
-    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0 + 1, &v));
+    assert_ok(store_version_add(f->st, w.s_local, &vn, fake_seal, NULL, ADMIN, T0 + 1, &v, NULL));
     assert_int_equal(v, 2);
     /* Rolled back to version 1 (an authentic, older row). */
     raw_sql(f, "UPDATE secrets SET latest_version = 1 WHERE name = 'db-pass'");
@@ -1105,9 +1108,9 @@ static void *work(void *arg)
         size_t n = 0;
         snprintf(name, sizeof(name), "t%d-s%d", wk->t, i);
         sn.name = name;
-        wk->rc = store_secret_create(wk->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id);
+        wk->rc = store_secret_create(wk->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL);
         if (wk->rc == KB_OK)
-            wk->rc = store_version_add(wk->st, id, &vn, fake_seal, NULL, ADMIN, T0, &v);
+            wk->rc = store_version_add(wk->st, id, &vn, fake_seal, NULL, ADMIN, T0, &v, NULL);
         if (wk->rc == KB_OK && v != 2)
             wk->rc = KB_ERR_INTERNAL;
         if (wk->rc == KB_OK)
@@ -1161,7 +1164,7 @@ static int crash_writer(const char *path)
         int64_t id = 0;
         snprintf(name, sizeof(name), "crash-%d-%d", (int)getpid(), i);
         sn.name = name;
-        if (store_secret_create(st, &sn, &vn, fake_seal, NULL, "bootstrap", T0, &id) != KB_OK)
+        if (store_secret_create(st, &sn, &vn, fake_seal, NULL, "bootstrap", T0, &id, NULL) != KB_OK)
             return 3;
         /* Acknowledge only after the commit returned. */
         printf("%lld\n", (long long)id);

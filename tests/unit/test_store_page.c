@@ -64,8 +64,8 @@ static int setup(void **state)
     for (int i = 0; i < NSEC; i++) {
         snprintf(name, sizeof(name), "s-%02d", (i * 7) % NSEC);
         sn.name = name;
-        if (store_secret_create(f->st, &sn, &vn, seal, NULL, ADMIN, 1, &f->ids[(i * 7) % NSEC]) !=
-            KB_OK)
+        if (store_secret_create(f->st, &sn, &vn, seal, NULL, ADMIN, 1, &f->ids[(i * 7) % NSEC],
+                                NULL) != KB_OK)
             return -1;
     }
     *state = f;
@@ -142,7 +142,7 @@ static void pages_equal_the_full_list(void **state)
     fx *f = *state;
     char want[2048], got[2048];
     const size_t limits[] = {1, 7, NSEC, NSEC + 1, STORE_PAGE_MAX};
-    assert_ok(store_secret_delete(f->st, f->ids[4], ADMIN, 5));
+    assert_ok(store_secret_delete(f->st, f->ids[4], ADMIN, 5, NULL));
     for (int d = 0; d < 2; d++) {
         full(f, d == 1, want, sizeof(want));
         for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {

@@ -99,7 +99,7 @@ static int64_t mk_client(fx *f, const char *id, bool admin)
 {
     store_client_new c = {.spiffe_id = id, .enabled = true, .admin = admin};
     int64_t out = 0;
-    assert_ok(store_client_create(f->st, &c, "bootstrap", T0, &out));
+    assert_ok(store_client_create(f->st, &c, "bootstrap", T0, &out, NULL));
     return out;
 }
 
@@ -108,7 +108,7 @@ static int64_t mk_secret(fx *f, const char *name, bool cloud)
     store_secret_new s = {.name = name, .cloud_sync = cloud};
     store_version_new v = {.content_len = 6};
     int64_t id = 0;
-    assert_ok(store_secret_create(f->st, &s, &v, fake_seal, NULL, "bootstrap", T0, &id));
+    assert_ok(store_secret_create(f->st, &s, &v, fake_seal, NULL, "bootstrap", T0, &id, NULL));
     return id;
 }
 
@@ -133,19 +133,19 @@ static int setup(void **state)
         return -1;
     /* The world: api and a cloud function in "payments", which may read db-pass and api-key
      * (cloud_sync); a second admin; a secret that will be soft-deleted. */
-    assert_ok(store_group_create(f->st, "payments", NULL, "bootstrap", T0, &f->g));
-    assert_ok(store_group_create(f->st, "other", NULL, "bootstrap", T0, &f->g2));
+    assert_ok(store_group_create(f->st, "payments", NULL, "bootstrap", T0, &f->g, NULL));
+    assert_ok(store_group_create(f->st, "other", NULL, "bootstrap", T0, &f->g2, NULL));
     f->api = mk_client(f, "spiffe://example.org/ns/payments/sa/api", false);
     f->fn = mk_client(f, "spiffe://example.org/lambda/acct/1/fn/report", false);
     f->admin2 = mk_client(f, ADMIN, true);
     f->s_local = mk_secret(f, "db-pass", false);
     f->s_cloud = mk_secret(f, "api-key", true);
     f->s_gone = mk_secret(f, "old-key", false);
-    assert_ok(store_membership_add(f->st, f->api, f->g));
-    assert_ok(store_membership_add(f->st, f->fn, f->g));
-    assert_ok(store_grant_add(f->st, f->g, f->s_local));
-    assert_ok(store_grant_add(f->st, f->g, f->s_cloud));
-    assert_ok(store_grant_add(f->st, f->g, f->s_gone));
+    assert_ok(store_membership_add(f->st, f->api, f->g, NULL));
+    assert_ok(store_membership_add(f->st, f->fn, f->g, NULL));
+    assert_ok(store_grant_add(f->st, f->g, f->s_local, NULL));
+    assert_ok(store_grant_add(f->st, f->g, f->s_cloud, NULL));
+    assert_ok(store_grant_add(f->st, f->g, f->s_gone, NULL));
     *state = f;
     return 0;
 }
@@ -248,25 +248,25 @@ static void revoke_one(fx *f, int which)
     store_secret_patch sp = STORE_SECRET_PATCH_INIT;
     switch (which) {
     case R_MEMBERSHIP:
-        assert_ok(store_membership_remove(f->st, f->api, f->g));
+        assert_ok(store_membership_remove(f->st, f->api, f->g, NULL));
         break;
     case R_GRANT:
-        assert_ok(store_grant_remove(f->st, f->g, f->s_local));
+        assert_ok(store_grant_remove(f->st, f->g, f->s_local, NULL));
         break;
     case R_DISABLED:
         cp.enabled = 0;
-        assert_ok(store_client_update(f->st, f->api, &cp));
+        assert_ok(store_client_update(f->st, f->api, &cp, NULL));
         break;
     case R_DEMOTED:
         cp.admin = 0;
-        assert_ok(store_client_update(f->st, f->admin2, &cp));
+        assert_ok(store_client_update(f->st, f->admin2, &cp, NULL));
         break;
     case R_CLOUD_OFF:
         sp.cloud_sync = 0;
-        assert_ok(store_secret_update(f->st, f->s_cloud, &sp, ADMIN, T0 + 1));
+        assert_ok(store_secret_update(f->st, f->s_cloud, &sp, ADMIN, T0 + 1, NULL));
         break;
     default:
-        assert_ok(store_secret_delete(f->st, f->s_gone, ADMIN, T0 + 1));
+        assert_ok(store_secret_delete(f->st, f->s_gone, ADMIN, T0 + 1, NULL));
     }
 }
 
@@ -375,7 +375,7 @@ static void replayed_rows_are_refused_while_running(void **state)
         assert_kb(store_readable_list(f->st, f->api, &recs, &n), KB_ERR_UNAVAILABLE);
         assert_false(can_read(f, f->api, "db-pass"));
         assert_false(can_read(f, f->fn, "api-key"));
-        assert_kb(store_membership_add(f->st, f->api, f->g2), KB_ERR_UNAVAILABLE);
+        assert_kb(store_membership_add(f->st, f->api, f->g2, NULL), KB_ERR_UNAVAILABLE);
     }
 }
 
@@ -386,7 +386,7 @@ static void older_database_is_refused(void **state)
     fx *f = *state;
     uint64_t before;
     snapshot(f);
-    assert_ok(store_membership_remove(f->st, f->api, f->g));
+    assert_ok(store_membership_remove(f->st, f->api, f->g, NULL));
     before = f->c.v;
     assert_true(before >= 2);
     store_close(f->st);
@@ -406,7 +406,7 @@ static void older_state_row_while_running(void **state)
     fx *f = *state;
     store_client c;
     snapshot(f);
-    assert_ok(store_grant_remove(f->st, f->g, f->s_local));
+    assert_ok(store_grant_remove(f->st, f->g, f->s_local, NULL));
     assert_ok(store_client_get_by_id(f->st, f->api, &c));
     store_client_clear(&c);
     {
@@ -451,13 +451,13 @@ static void another_handle_writes_are_accepted(void **state)
     uint64_t before = f->c.v;
     /* keybridge --local: another process, its own handle on the same file and token. */
     assert_ok(store_open(f->url, &o, &cli));
-    assert_ok(store_membership_remove(cli, f->api, f->g));
-    assert_ok(store_secret_delete(cli, f->s_gone, ADMIN, T0 + 2));
+    assert_ok(store_membership_remove(cli, f->api, f->g, NULL));
+    assert_ok(store_secret_delete(cli, f->s_gone, ADMIN, T0 + 2, NULL));
     store_close(cli);
     assert_int_equal(f->c.v, before + 2);
     assert_false(can_read(f, f->api, "db-pass"));
     assert_ok(store_verify(f->st));
-    assert_ok(store_membership_add(f->st, f->api, f->g));
+    assert_ok(store_membership_add(f->st, f->api, f->g, NULL));
     assert_true(can_read(f, f->api, "db-pass"));
     assert_int_equal(f->c.v, before + 3);
     reopen(f, KB_OK);
@@ -470,7 +470,7 @@ static void one_advance_per_write_none_per_read(void **state)
     size_t n = 0;
     int a = f->c.advances, r = f->c.reads;
     int64_t dbc = raw_int(f, "SELECT counter FROM store_state");
-    assert_ok(store_grant_remove(f->st, f->g, f->s_cloud));
+    assert_ok(store_grant_remove(f->st, f->g, f->s_cloud, NULL));
     assert_int_equal(f->c.advances, a + 1);
     assert_int_equal(raw_int(f, "SELECT counter FROM store_state"), dbc + 1);
     for (int i = 0; i < 10; i++) {
@@ -481,14 +481,14 @@ static void one_advance_per_write_none_per_read(void **state)
     assert_int_equal(f->c.advances, a + 1);
     assert_int_equal(f->c.reads, r);
     /* A failed write moves nothing. */
-    assert_kb(store_grant_remove(f->st, f->g, f->s_cloud), KB_ERR_NOT_FOUND);
+    assert_kb(store_grant_remove(f->st, f->g, f->s_cloud, NULL), KB_ERR_NOT_FOUND);
     assert_int_equal(f->c.advances, a + 1);
     assert_int_equal(raw_int(f, "SELECT counter FROM store_state"), dbc + 1);
     /* Purge removes grants by cascade: they leave the digest too. */
-    assert_ok(store_secret_delete(f->st, f->s_gone, ADMIN, T0 + 1));
-    assert_ok(store_secret_purge(f->st, f->s_gone));
-    assert_ok(store_client_delete(f->st, f->fn));
-    assert_ok(store_group_delete(f->st, f->g2));
+    assert_ok(store_secret_delete(f->st, f->s_gone, ADMIN, T0 + 1, NULL));
+    assert_ok(store_secret_purge(f->st, f->s_gone, NULL));
+    assert_ok(store_client_delete(f->st, f->fn, NULL));
+    assert_ok(store_group_delete(f->st, f->g2, NULL));
     assert_ok(store_verify(f->st));
     reopen(f, KB_OK);
 }
@@ -498,8 +498,8 @@ static void token_outage_keeps_serving_and_catches_up(void **state)
     fx *f = *state;
     int64_t dbc;
     f->c.fail = KB_ERR_HSM;
-    assert_ok(store_membership_remove(f->st, f->fn, f->g)); /* committed; advance failed */
-    assert_kb(store_verify(f->st), KB_ERR_HSM);             /* cannot check: not a rollback */
+    assert_ok(store_membership_remove(f->st, f->fn, f->g, NULL)); /* committed; advance failed */
+    assert_kb(store_verify(f->st), KB_ERR_HSM);                   /* cannot check: not a rollback */
     assert_ok(store_health(f->st));
     assert_true(can_read(f, f->api, "db-pass"));
     f->c.fail = KB_OK;
@@ -550,7 +550,7 @@ static void migration_adds_the_state_row(void **state)
     assert_int_equal((int64_t)f->c.v, 1);
     assert_true(can_read(f, f->api, "db-pass"));
     /* The same trick once the token has a commitment: the migration's counter is below it. */
-    assert_ok(store_membership_remove(f->st, f->fn, f->g));
+    assert_ok(store_membership_remove(f->st, f->fn, f->g, NULL));
     store_close(f->st);
     f->st = NULL;
     raw_sql(f, TO_SCHEMA_2);

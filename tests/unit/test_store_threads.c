@@ -100,22 +100,22 @@ static int setup(void **state)
         return -1;
     cn.spiffe_id = CLIENT;
     cn.enabled = true;
-    if (store_client_create(f->st, &cn, ADMIN, T0, &f->client) != KB_OK)
+    if (store_client_create(f->st, &cn, ADMIN, T0, &f->client, NULL) != KB_OK)
         return -1;
     cn.spiffe_id = OTHER;
-    if (store_client_create(f->st, &cn, ADMIN, T0, &f->other) != KB_OK)
+    if (store_client_create(f->st, &cn, ADMIN, T0, &f->other, NULL) != KB_OK)
         return -1;
-    if (store_group_create(f->st, "readers", NULL, ADMIN, T0, &f->group) != KB_OK ||
-        store_group_create(f->st, "others", NULL, ADMIN, T0, &f->other_group) != KB_OK ||
-        store_membership_add(f->st, f->client, f->group) != KB_OK ||
-        store_membership_add(f->st, f->other, f->other_group) != KB_OK)
+    if (store_group_create(f->st, "readers", NULL, ADMIN, T0, &f->group, NULL) != KB_OK ||
+        store_group_create(f->st, "others", NULL, ADMIN, T0, &f->other_group, NULL) != KB_OK ||
+        store_membership_add(f->st, f->client, f->group, NULL) != KB_OK ||
+        store_membership_add(f->st, f->other, f->other_group, NULL) != KB_OK)
         return -1;
     for (int i = 0; i < N0; i++) {
         int64_t id;
         snprintf(name, sizeof(name), "base-%02d", i);
         sn.name = name;
-        if (store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id) != KB_OK ||
-            store_grant_add(f->st, f->group, id) != KB_OK)
+        if (store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL) != KB_OK ||
+            store_grant_add(f->st, f->group, id, NULL) != KB_OK)
             return -1;
     }
     *state = f;
@@ -168,9 +168,9 @@ static void *writer_main(void *arg)
         kb_err rc;
         snprintf(name, sizeof(name), "w%d-%02d", w->t, i);
         sn.name = name;
-        rc = store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0 + i, &id);
+        rc = store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0 + i, &id, NULL);
         if (rc == KB_OK)
-            rc = store_grant_add(f->st, f->group, id);
+            rc = store_grant_add(f->st, f->group, id, NULL);
         if (rc != KB_OK) {
             FAIL(w, "create/grant %s: %s", name, kb_err_str(rc));
             break;
@@ -180,7 +180,7 @@ static void *writer_main(void *arg)
         if (rc != KB_OK || r.version.version != 1 || !env_matches(&r))
             FAIL(w, "read-back %s: %s", name, kb_err_str(rc));
         store_record_clear(&r);
-        rc = store_version_add(f->st, id, &vn, fake_seal, NULL, ADMIN, T0 + i, &ver);
+        rc = store_version_add(f->st, id, &vn, fake_seal, NULL, ADMIN, T0 + i, &ver, NULL);
         if (rc != KB_OK || ver != 2) {
             FAIL(w, "version_add %s: %s v%lld", name, kb_err_str(rc), (long long)ver);
             break;
@@ -295,7 +295,7 @@ static void *flipper_main(void *arg)
         store_client c;
         kb_err rc;
         p.enabled = i % 2;
-        rc = store_client_update(f->st, f->other, &p);
+        rc = store_client_update(f->st, f->other, &p, NULL);
         if (rc != KB_OK)
             FAIL(w, "client_update: %s", kb_err_str(rc));
         rc = store_client_get_by_id(f->st, f->other, &c);
@@ -410,7 +410,7 @@ static void every_connection_sees_the_latest_commit(void **state)
     for (int round = 0; round < 20; round++) {
         store_client_patch p = STORE_CLIENT_PATCH_INIT;
         p.enabled = round % 2;
-        assert_ok(store_client_update(f->st, f->client, &p));
+        assert_ok(store_client_update(f->st, f->client, &p, NULL));
         atomic_store(&enabled, p.enabled);
         pthread_barrier_wait(&bar);
         pthread_barrier_wait(&bar);
@@ -449,10 +449,10 @@ static void errors_leave_connections_clean(void **state)
         store_record_clear(&batch[1]);
         snprintf(name, sizeof(name), "late-%02d", i);
         sn.name = name;
-        assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id));
-        assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id),
+        assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL));
+        assert_kb(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL),
                   KB_ERR_EXISTS);
-        assert_ok(store_grant_add(f->st, f->group, id));
+        assert_ok(store_grant_add(f->st, f->group, id, NULL));
         assert_ok(store_readable_list(f->st, f->client, &recs, &n));
         assert_int_equal(n, N0 + i + 1);
         store_records_free(recs, n);
@@ -488,7 +488,7 @@ static void activity_marker_through_memory(void **state)
     assert_int_equal(c.last_seen, T0 + 2 * I + 5);
     assert_int_equal(c.last_list_at, T0 + I + 20);
     store_client_clear(&c);
-    assert_ok(store_client_delete(f->st, f->client));
+    assert_ok(store_client_delete(f->st, f->client, NULL));
     assert_kb(store_client_seen(f->st, f->client, T0 + 3 * I, true), KB_ERR_NOT_FOUND);
     assert_kb(store_client_seen(f->st, f->client, T0 + 3 * I + 1, false), KB_ERR_NOT_FOUND);
     assert_kb(store_client_seen(f->st, 0x7fffffff, T0, false), KB_ERR_NOT_FOUND);
@@ -537,25 +537,25 @@ static void generation_moves_on_changes_only(void **state)
     STILL(store_secret_list(f->st, true, &recs, &n));
     store_records_free(recs, n);
 
-    MOVED(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id));
-    MOVED(store_version_add(f->st, id, &vn, fake_seal, NULL, ADMIN, T0, &ver));
-    MOVED(store_grant_add(f->st, f->group, id));
+    MOVED(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL));
+    MOVED(store_version_add(f->st, id, &vn, fake_seal, NULL, ADMIN, T0, &ver, NULL));
+    MOVED(store_grant_add(f->st, f->group, id, NULL));
     sp.cloud_sync = 1;
-    MOVED(store_secret_update(f->st, id, &sp, ADMIN, T0));
-    MOVED(store_secret_delete(f->st, id, ADMIN, T0 + 1));
-    MOVED(store_secret_restore(f->st, id, ADMIN, T0 + 2));
-    MOVED(store_grant_remove(f->st, f->group, id));
-    MOVED(store_client_create(f->st, &cn, ADMIN, T0, &cid));
+    MOVED(store_secret_update(f->st, id, &sp, ADMIN, T0, NULL));
+    MOVED(store_secret_delete(f->st, id, ADMIN, T0 + 1, NULL));
+    MOVED(store_secret_restore(f->st, id, ADMIN, T0 + 2, NULL));
+    MOVED(store_grant_remove(f->st, f->group, id, NULL));
+    MOVED(store_client_create(f->st, &cn, ADMIN, T0, &cid, NULL));
     cp.app_name = "renamed";
-    MOVED(store_client_update(f->st, f->client, &cp));
-    MOVED(store_group_create(f->st, "gen-group", NULL, ADMIN, T0, &gid) == KB_OK
-              ? store_membership_add(f->st, cid, gid)
+    MOVED(store_client_update(f->st, f->client, &cp, NULL));
+    MOVED(store_group_create(f->st, "gen-group", NULL, ADMIN, T0, &gid, NULL) == KB_OK
+              ? store_membership_add(f->st, cid, gid, NULL)
               : KB_ERR_INTERNAL);
-    MOVED(store_membership_remove(f->st, cid, gid));
-    MOVED(store_group_delete(f->st, gid));
-    MOVED(store_client_delete(f->st, cid));
-    MOVED(store_secret_delete(f->st, id, ADMIN, T0 + 3));
-    MOVED(store_secret_purge(f->st, id));
+    MOVED(store_membership_remove(f->st, cid, gid, NULL));
+    MOVED(store_group_delete(f->st, gid, NULL));
+    MOVED(store_client_delete(f->st, cid, NULL));
+    MOVED(store_secret_delete(f->st, id, ADMIN, T0 + 3, NULL));
+    MOVED(store_secret_purge(f->st, id, NULL));
 #undef MOVED
 #undef STILL
 }
@@ -616,7 +616,7 @@ static void wal_stays_bounded_under_reads(void **state)
         int64_t id;
         snprintf(name, sizeof(name), "wal-%05d", i);
         sn.name = name;
-        assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id));
+        assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL));
         if (stat(wal, &sb) == 0 && sb.st_size > max)
             max = sb.st_size;
     }
