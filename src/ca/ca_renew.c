@@ -92,7 +92,10 @@ static uint32_t rnd32(void)
 
 _Static_assert(CA_REG_SANS_MAX >= CA_SANS_STR_MAX, "reg.sans holds every SAN list");
 
-kb_err ca_renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t now)
+/* ca_renew_one; *issue_rc gets the issuance's own result (KB_OK if it was not reached or
+ * succeeded), so a pass can tell an unavailable signer from a failing target. */
+static kb_err renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t now,
+                        kb_err *issue_rc)
 {
     char err[512];
     ca_sans sans;
@@ -131,6 +134,7 @@ kb_err ca_renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t
     }
     rc = ca_issue_sans_why(r->o.ca, &id, &sans, reg->ttl, NULL, reg->target, reason, &sv, &why);
     if (rc != KB_OK) {
+        *issue_rc = rc;
         kb_log(KB_LOG_WARN, "svid_issue_failed", "spiffe_id", reg->spiffe_id, "target", reg->target,
                "err", kb_err_str(rc), "why", why ? why : "", NULL);
         return rc;
@@ -166,11 +170,18 @@ kb_err ca_renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t
     return rc;
 }
 
+kb_err ca_renew_one(ca_renewer *r, const ca_reg *reg, const char *reason, time_t now)
+{
+    kb_err issue_rc = KB_OK;
+    return renew_one(r, reg, reason, now, &issue_rc);
+}
+
 kb_err ca_renew_pass(ca_renewer *r, time_t now, int *renewed, int *failed)
 {
     ca_reg *regs = NULL;
     size_t n = 0, due = 0;
     int64_t seq = ca_bundle_sequence(r->o.ca), minrem = -1;
+    int signer_down = 0;
     kb_err rc;
 
     *renewed = 0;
@@ -196,8 +207,22 @@ kb_err ca_renew_pass(ca_renewer *r, time_t now, int *renewed, int *failed)
             reason = "forced";
         else
             reason = NULL;
+        if (reason != NULL && signer_down) {
+            /* AWS Private CA did not answer within its deadline: the rest stay due for the
+             * next pass instead of each waiting out the same deadline now */
+            atomic_fetch_sub(&r->backlog, 1);
+            (*failed)++;
+            reason = NULL;
+        }
         if (reason != NULL) {
-            rc = ca_renew_one(r, g, reason, now);
+            kb_err irc = KB_OK;
+            rc = renew_one(r, g, reason, now, &irc);
+            if ((irc == KB_ERR_TIMEOUT || irc == KB_ERR_UNAVAILABLE) && ca_is_pca(r->o.ca)) {
+                signer_down = 1;
+                kb_log(KB_LOG_WARN, "renewal_pass_cut_short", "why",
+                       "AWS Private CA unavailable: the other due renewals wait for the next pass",
+                       NULL);
+            }
             atomic_fetch_sub(&r->backlog, 1);
             if (rc == KB_OK) {
                 (*renewed)++;

@@ -7,7 +7,9 @@
  * SVID still has at least its availability target to live. A bundle change (sequence above the
  * one last written) renews at once. Failures retry with exponential backoff (2 s doubling, at most
  * 5 min, never later than the availability deadline). The generation check (ca_store.h) runs just
- * before every write.
+ * before every write. With AWS Private CA as the signer, an issuance that times out or finds it
+ * unavailable ends the pass's issuing: the other due registrations wait for the next pass rather
+ * than each waiting out the same deadline (docs/internals/acm-pca.md).
  */
 #ifndef KB_CA_RENEW_H
 #define KB_CA_RENEW_H

@@ -20,10 +20,12 @@ the same certificate). GetCertificate answers RequestInProgressException to the 
   own X509-SVID verification on the mTLS API (curl);
 - pacing: 6 registrations at issue_rate = 2 are issued at least 0.5 s apart;
 - throttling: ThrottlingException is retried with the same IdempotencyToken;
+- init refuses a CA certificate with no root above it, a non-CA certificate, AccessDenied;
 - refused: a wrong or missing URI SAN, another key, a certificate not signed by the CA, key
   usage not critical, malformed and oversized answers, AccessDenied, InvalidArn, a GetCertificate
   that never completes, a stand-in that does not answer: each a clear error, no crash, nothing
-  written, no audit row; no credential in any output.
+  written, no audit row; no credential in any output; a renewal pass with AWS Private CA down
+  stops after one deadline; [acm_pca] role_arn with STS unreachable fails before any call.
 """
 import base64
 import datetime
@@ -166,6 +168,15 @@ class World:
         self.root_key, self.root = make_ca("pca-test root")
         self.ca_key, self.ca = make_ca("pca-test issuing CA", self.root_key, self.root.subject)
         self.rogue_key, self.rogue = make_ca("rogue CA")
+        lk = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.leafish = (x509.CertificateBuilder().subject_name(name("not a CA"))
+                        .issuer_name(self.root.subject).public_key(lk.public_key())
+                        .serial_number(x509.random_serial_number())
+                        .not_valid_before(now - datetime.timedelta(hours=1))
+                        .not_valid_after(now + datetime.timedelta(days=1))
+                        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                        .sign(self.root_key, hashes.SHA256()))
         self.certs = {}     # certificate ARN -> [pem, polls left]
         self.tokens = {}    # IdempotencyToken -> certificate ARN
         self.throttled = set()
@@ -285,6 +296,11 @@ def make_handler(world):
                 time.sleep(3)
                 return self.error("RequestInProgressException")
             if op == "GetCertificateAuthorityCertificate":
+                if mode == "ca_no_root":
+                    return self.reply(200, {"Certificate": pem(world.ca)})
+                if mode == "ca_leaf":
+                    return self.reply(200, {"Certificate": pem(world.leafish),
+                                            "CertificateChain": pem(world.root)})
                 return self.reply(200, {"Certificate": pem(world.ca),
                                         "CertificateChain": pem(world.root)})
             if op == "IssueCertificate":
@@ -359,11 +375,12 @@ def main():
                                         {"path_prefix": "/web", "dns": ["web.example.org"],
                                          "ip": ["127.0.0.1"]}]}, f)
 
-        def conf(rate=5, timeout="2s", deadline="20s", endpoint=f"http://127.0.0.1:{port}"):
+        def conf(rate=5, timeout="2s", deadline="20s", endpoint=f"http://127.0.0.1:{port}",
+                 db="ca.db", extra=""):
             with open(f"{w}/ca.ini", "w") as f:
-                f.write(f"[ca]\ndb = {w}/ca.db\nkey = acm-pca\n"
+                f.write(f"[ca]\ndb = {w}/{db}\nkey = acm-pca\n"
                         f"[acm_pca]\nca_arn = {CA_ARN}\nendpoint = {endpoint}\n"
-                        f"issue_rate = {rate}\ntimeout = {timeout}\ndeadline = {deadline}\n"
+                        f"issue_rate = {rate}\ntimeout = {timeout}\ndeadline = {deadline}\n{extra}"
                         f"[aws]\nregion = us-east-1\ncredentials_file = {w}/creds\n"
                         f"[policy]\nfile = {w}/policy.json\n"
                         f"[server]\nlisten = 127.0.0.1:0\nsvid_dir = {w}/server\n"
@@ -383,11 +400,25 @@ def main():
             bad = [(c[0], c[2], c[3]) for c in calls() if c[2] or not c[3]]
             check(not bad, f"requests outside the model or badly signed: {bad[:3]}")
 
+        # --- init refuses a CA certificate it cannot use (each with its own empty database)
+        for mode, want in (("ca_no_root", "does not end at a self-signed root"),
+                           ("ca_leaf", "not a CA"), ("access_denied", "AccessDeniedException")):
+            world.mode = mode
+            conf(db=f"{mode}.db", deadline="3s")
+            p = ca("init", "--trust-domain", TD)
+            err = p.stderr.decode()
+            check(p.returncode > 0 and want in err, (mode, p.returncode, err[-1500:]))
+            check(ca("bundle").returncode != 0, (mode, "a CA was created"))
+        world.mode = "ok"
+        print("ok: init refuses a CA certificate without a root above it, a non-CA certificate, "
+              "and AccessDenied, creating nothing")
+
         conf()
         # --- init: the generation comes from GetCertificateAuthorityCertificate
+        n0 = len(calls("GetCertificateAuthorityCertificate"))
         p = ca("init", "--trust-domain", TD)
         check(p.returncode == 0, ("init", p.stderr.decode()[-2000:]))
-        check(len(calls("GetCertificateAuthorityCertificate")) == 1, "one CA certificate call")
+        check(len(calls("GetCertificateAuthorityCertificate")) == n0 + 1, "one CA certificate call")
         p = ca("bundle")
         check(p.returncode == 0 and p.stdout.decode().strip() == pem(world.root).strip(),
               ("bundle is the root", p.stdout.decode()[:200]))
@@ -547,9 +578,38 @@ def main():
         p = ca("renew-once", "--force")
         check(p.returncode != 0 and open(f"{w}/svids/w0/svid.pem").read() == before,
               "a refused renewal replaced the stored SVID")
+        # AWS Private CA not answering: the pass stops after one deadline instead of one per
+        # registration; the stored SVIDs stay
+        world.mode = "hang"
+        conf(timeout="1s", deadline="3s")
+        t0 = time.monotonic()
+        p = ca("renew-once", "--force")
+        el = time.monotonic() - t0
+        check(p.returncode != 0 and b"renewal_pass_cut_short" in p.stderr, p.stderr.decode()[-800:])
+        check(el < 12, f"pass took {el:.1f} s with AWS Private CA down (6+ registrations)")
+        check(open(f"{w}/svids/w0/svid.pem").read() == before, "stored SVID replaced")
+        # role_arn: STS unreachable -> a clear error before any AWS Private CA call
+        world.mode = "ok"
+        conf(timeout="1s", deadline="3s",
+             extra="role_arn = arn:aws:iam::{account}:role/pca-issuer\n"
+                   "[aws]\nsts_endpoint = http://127.0.0.1:1\n")
+        with open(f"{w}/ca.ini") as f:
+            txt = f.read()
+        # one [aws] section: move the sts_endpoint line into the existing one
+        txt = txt.replace("[aws]\nsts_endpoint = http://127.0.0.1:1\n", "", 1).replace(
+            "[aws]\n", "[aws]\nsts_endpoint = http://127.0.0.1:1\n", 1)
+        with open(f"{w}/ca.ini", "w") as f:
+            f.write(txt)
+        n0 = len(calls())
+        p = ca("issue", "--spiffe-id", f"spiffe://{TD}/ns/role", "--out", f"{w}/role")
+        check(p.returncode > 0 and "AssumeRole" in p.stderr.decode() and len(calls()) == n0,
+              p.stderr.decode()[-800:])
+        conf()
         world.mode = "ok"
         print(f"ok: {len(cases)} refusals ({', '.join(c[0] for c in cases)}): clear errors, "
-              "nothing written, no audit row; a refused renewal keeps the stored SVID")
+              "nothing written, no audit row; a refused renewal keeps the stored SVID; with AWS Private "
+              f"CA not answering a pass stops after one deadline ({el:.1f} s); an unreachable STS "
+              "(role_arn) fails before any AWS Private CA call")
 
         # --- a CSR from elsewhere cannot go through AWS Private CA
         k = ec.generate_private_key(ec.SECP256R1())
