@@ -596,8 +596,8 @@ static void notify_sent_rows(void **state)
     assert_ok(store_open(f->url, &o, &f->st));
     assert_ok(store_notify_sent(f->st, w.s_local, 1, 604800, &sent));
     assert_true(sent);
-    assert_ok(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 7));
-    assert_ok(store_secret_purge(f->st, w.s_local));
+    assert_ok(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 7, NULL));
+    assert_ok(store_secret_purge(f->st, w.s_local, NULL));
     assert_int_equal(raw_count(f, "SELECT count(*) FROM notify_sent"), 0);
 }
 
