@@ -9,11 +9,13 @@ scraped every 0.5 s. Sink: one dir per syncer (the dir sink is cheaper than keyb
 """
 import argparse
 import base64
+import csv
 import datetime
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,10 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 SYNC = os.path.join(kbapi.BUILD, "keybridge-sync")
+# herd<tag>.csv: one row per scrape interval; rates are per second over the interval that ends
+# at t_s (seconds since the run's first launch, midpoint of the scrape)
+CSV_COLUMNS = ["run", "cache_ttl", "t_s", "unwraps_per_s", "refused_names_per_s",
+               "http429_per_s", "syncers_running"]
 
 
 def make_svids(pki_dir, ids, out_dir):
@@ -244,6 +250,10 @@ def main():
     ap.add_argument("--out", default=os.path.join(SRC, "bench", "results"))
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
+    # run.sh's timeout sends TERM: leave through the finally below (servers stopped, dir removed)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    machine = {"cpus": os.cpu_count(), "load1_at_start": os.getloadavg()[0],
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")}
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     d = tempfile.mkdtemp(prefix="kbherd.", dir=base)
     srv = None
@@ -299,18 +309,27 @@ def main():
                 f.write(base_conf + budget)
             srv.start()
             name = f"{mode}{a.tag}"
+            load1 = os.getloadavg()[0]
             r = one_run(name, srv, clients, f"{d}/sinks", mode, offs, a.deadline, f"{d}/runs")
             rep = report(r, a.budget, a.burst)
-            rep.update({"budget_ops_s": a.budget, "burst": a.burst, "cache_ttl": a.cache_ttl})
+            rep.update({"budget_ops_s": a.budget, "burst": a.burst, "cache_ttl": a.cache_ttl,
+                        "load1_before": load1})
             print(json.dumps(rep), flush=True)
             reports.append(rep)
             results.append({"name": name, "rates": r["rates"], "series": r["series"],
                             "report": rep})
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, f"herd{a.tag}.json"), "w") as f:
-            json.dump({"reports": reports,
-                       "runs": [{"name": x["name"], "rates": x["rates"]} for x in results]}, f,
-                      indent=1)
+            json.dump({"machine": machine, "reports": reports}, f, indent=1)
+            f.write("\n")
+        # the series, one row per scrape interval (~0.5 s), for bench/herd/plot.py
+        with open(os.path.join(a.out, f"herd{a.tag}.csv"), "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(CSV_COLUMNS)
+            for x in results:
+                for p in x["rates"]:
+                    w.writerow([x["name"], a.cache_ttl, f"{p['t']:.3f}", f"{p['ops']:.1f}",
+                                f"{p['refused']:.1f}", f"{p['http429']:.1f}", p["running"]])
     finally:
         if srv:
             srv.stop()

@@ -1,73 +1,96 @@
 #!/usr/bin/env python3
-"""SVG plot of the herd benchmark (no matplotlib needed): for each run, HSM unwraps/s and budget
-refusals (deferred names)/s + HTTP 429s/s over time, from herd.py's JSON.
-Usage: plot.py RESULTS.json OUT.svg"""
+"""Plot of the herd benchmark (matplotlib, Debian python3-matplotlib): one column per
+configuration (data-key cache off, cache on), each with its runs (herd, offset) over time:
+HSM unwraps per second against the budget B, budget refusals per second, and syncers running.
+
+Usage: plot.py OUT.png SERIES.csv [SERIES.csv ...]
+Each SERIES.csv is what herd.py writes (herd<tag>.csv); the herd<tag>.json beside it gives the
+budget (B, burst) and each run's totals for the legends. Rates are per second over the scrape
+interval (~0.5 s) that ends at t, drawn as steps over that interval."""
+import csv
 import json
+import os
 import sys
 
-W, H, ML, MR, MT, MB = 900, 260, 70, 20, 30, 40
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"herd": "#1f77b4", "offset": "#d62728"}
 
 
-def panel(y0, title, runs, key, ymax, hline=None, hlabel=""):
-    out = [f'<g transform="translate(0,{y0})">',
-           f'<text x="{ML}" y="18" font-size="14" font-weight="bold">{title}</text>']
-    pw, ph = W - ML - MR, H - MT - MB
-    tmax = max((r["rates"][-1]["t"] for r in runs if r["rates"]), default=1)
-    tmax = max(tmax, 1)
+def load(path):
+    runs = {}
+    cache_ttl = ""
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            r = runs.setdefault(row["run"], {"t": [], "ops": [], "refused": [], "running": []})
+            r["t"].append(float(row["t_s"]))
+            r["ops"].append(float(row["unwraps_per_s"]))
+            r["refused"].append(float(row["refused_names_per_s"]) + float(row["http429_per_s"]))
+            r["running"].append(int(row["syncers_running"]))
+            cache_ttl = row["cache_ttl"]
+    if not runs:
+        raise SystemExit(f"{path}: no rows")
+    meta = {}
+    js = os.path.splitext(path)[0] + ".json"
+    if os.path.exists(js):
+        with open(js) as f:
+            meta = json.load(f)
+    return runs, cache_ttl, meta
 
-    def X(t):
-        return ML + pw * t / tmax
 
-    def Y(v):
-        return MT + ph * (1 - min(v, ymax) / ymax)
-    out.append(f'<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
-    for k in range(6):
-        v = ymax * k / 5
-        out.append(f'<text x="{ML - 6}" y="{Y(v) + 4:.1f}" font-size="11" text-anchor="end">'
-                   f'{v:.0f}</text>')
-        out.append(f'<line x1="{ML}" x2="{ML + pw}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" '
-                   'stroke="#eee"/>')
-    step = 10 if tmax <= 150 else 30
-    t = 0
-    while t <= tmax:
-        out.append(f'<text x="{X(t):.1f}" y="{MT + ph + 15}" font-size="11" '
-                   f'text-anchor="middle">{t}</text>')
-        t += step
-    out.append(f'<text x="{ML + pw / 2}" y="{MT + ph + 32}" font-size="12" '
-               'text-anchor="middle">seconds since the first syncer started</text>')
-    if hline is not None:
-        out.append(f'<line x1="{ML}" x2="{ML + pw}" y1="{Y(hline):.1f}" y2="{Y(hline):.1f}" '
-                   'stroke="#000" stroke-dasharray="6,4"/>')
-        out.append(f'<text x="{ML + pw - 4}" y="{Y(hline) - 4:.1f}" font-size="11" '
-                   f'text-anchor="end">{hlabel}</text>')
-    for i, r in enumerate(runs):
-        pts = " ".join(f"{X(p['t']):.1f},{Y(key(p)):.1f}" for p in r["rates"])
-        c = COLORS[i % len(COLORS)]
-        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"/>')
-        out.append(f'<text x="{ML + 10 + 230 * i}" y="{MT + 16}" font-size="12" fill="{c}">'
-                   f'{r["name"]}</text>')
-    out.append("</g>")
-    return out
+def kind(name):
+    return "offset" if name.startswith("offset") else "herd"
 
 
 def main():
-    d = json.load(open(sys.argv[1]))
-    runs = d["runs"]
-    rep = d["reports"][0]
-    B, burst = rep["budget_ops_s"], rep["burst"]
-    ops_max = max([B + burst] + [p["ops"] for r in runs for p in r["rates"]]) * 1.1
-    ref_max = max([1] + [p["refused"] + p["http429"] for r in runs for p in r["rates"]]) * 1.1
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{2 * H + 30}" '
-           'font-family="sans-serif">', '<rect width="100%" height="100%" fill="white"/>']
-    svg += panel(0, f"HSM unwraps/s (0.5 s scrapes), budget B={B:g}/s, burst {burst}, "
-                    f"data-key cache {rep['cache_ttl']}", runs, lambda p: p["ops"], ops_max,
-                 B, f"B = {B:g}/s")
-    svg += panel(H + 10, "refused by the budget (deferred names + 429s) per second", runs,
-                 lambda p: p["refused"] + p["http429"], ref_max)
-    svg.append("</svg>")
-    with open(sys.argv[2], "w") as f:
-        f.write("\n".join(svg) + "\n")
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    out, paths = sys.argv[1], sys.argv[2:]
+    cols = [load(p) for p in paths]
+    fig, ax = plt.subplots(3, len(cols), figsize=(6.5 * len(cols), 10), sharex="col",
+                           sharey="row", squeeze=False, constrained_layout=True)
+    for c, (runs, ttl, meta) in enumerate(cols):
+        reps = {r["run"]: r for r in meta.get("reports", [])}
+        off = ttl in ("", "0", "0s")
+        ax[0][c].set_title(f"data-key cache {'off' if off else 'on'} (cache_ttl = {ttl})")
+        tmax = 0.0
+        for name, r in runs.items():
+            # a step per interval: the rate at t held over the interval that ends at t
+            t = [0.0] + r["t"]
+            rep = reps.get(name, {})
+            conv = rep.get("time_to_converge_s")
+            label = (f"{kind(name)}: {rep.get('converged', '?')}/{rep.get('syncers', '?')} "
+                     f"converged in {conv if conv is not None else '-'} s, "
+                     f"{rep.get('unwraps', '?')} unwraps")
+            color = COLORS[kind(name)]
+            ax[0][c].step(t, [r["ops"][0]] + r["ops"], where="pre", color=color, lw=1.2,
+                          label=label)
+            ax[1][c].step(t, [r["refused"][0]] + r["refused"], where="pre", color=color,
+                          lw=1.2, label=kind(name))
+            ax[2][c].plot(r["t"], r["running"], color=color, lw=1.2, label=kind(name))
+            tmax = max(tmax, r["t"][-1])
+        rep0 = next(iter(reps.values()), {})
+        if "budget_ops_s" in rep0:
+            b, burst = rep0["budget_ops_s"], rep0["burst"]
+            ax[0][c].axhline(b, color="black", ls="--", lw=1,
+                             label=f"budget B = {b:g} unwraps/s (burst {burst})")
+        ax[0][c].legend(loc="upper right", fontsize=8)
+        ax[1][c].legend(loc="upper right", fontsize=8)
+        ax[2][c].legend(loc="upper right", fontsize=8)
+        ax[2][c].set_xlim(0, tmax * 1.02)
+        ax[2][c].set_xlabel("time since the first syncer was launched (s)")
+        for a in ax[:, c]:
+            a.grid(True, alpha=0.3)
+            a.set_ylim(bottom=0)
+    ax[0][0].set_ylabel("HSM unwraps per second (1/s)")
+    ax[1][0].set_ylabel("budget refusals per second (1/s)\n(deferred names + HTTP 429)")
+    ax[2][0].set_ylabel("keybridge-sync processes running")
+    fig.suptitle("1,000 keybridge-sync runs against one keybridged (20 shared secrets, "
+                 "just rotated)", fontsize=12)
+    fig.savefig(out, dpi=110)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 #     from /proc (a name with ") " in it included), everything stopped and removed on exit;
 #  4. bench/README.md links every benchmark folder (docs/internals/README.md has its own test,
 #     test_internals_index.sh);
-#  5. bench/herd/plot.py draws the committed herd series (data-key cache off and on).
+#  5. bench/herd/plot.py draws the committed herd series (data-key cache off and on; needs
+#     python3-matplotlib, in scripts/deps.sh).
 set -euo pipefail
 B="$(cd "${KB_BUILD_DIR:?}" && pwd)"
 S="$(cd "${KB_SOURCE_DIR:?}" && pwd)"
@@ -127,6 +128,32 @@ for d in "$S"/bench/*/; do
   grep -qF "($n/" "$S/bench/README.md" && ok "bench/README.md links $n/" ||
     bad "bench/README.md does not link $n/"
 done
+
+# ---- 5. the herd plot from the committed series, both configurations
+PLOT_PY=python3
+python3 -c 'import matplotlib' 2>/dev/null || PLOT_PY=/usr/bin/python3
+csvs=("$S/bench/results/herd-cache-off.csv" "$S/bench/results/herd-cache-on.csv")
+for f in "${csvs[@]}"; do
+  if [ "$(head -1 "$f" 2>/dev/null)" = "run,cache_ttl,t_s,unwraps_per_s,refused_names_per_s,http429_per_s,syncers_running" ] &&
+    [ "$(wc -l <"$f")" -gt 10 ]; then
+    ok "$(basename "$f"): $(($(wc -l <"$f") - 1)) rows"
+  else
+    bad "$f: missing or not herd.py's CSV"
+  fi
+done
+if "$PLOT_PY" "$S/bench/herd/plot.py" "$T/herd.png" "${csvs[@]}" 2>"$T/plot.err" &&
+  [ "$(head -c 8 "$T/herd.png" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ] &&
+  [ "$(stat -c %s "$T/herd.png")" -gt 20000 ]; then
+  ok "plot.py draws the committed series ($(stat -c %s "$T/herd.png") bytes of PNG)"
+else
+  bad "plot.py: $(tail -3 "$T/plot.err")"
+fi
+printf 'run,cache_ttl\n' >"$T/empty.csv"
+if "$PLOT_PY" "$S/bench/herd/plot.py" "$T/bad.png" "$T/empty.csv" 2>/dev/null; then
+  bad "plot.py accepted a CSV without rows"
+else
+  ok "plot.py refuses a CSV without rows"
+fi
 
 echo "bench: $pass passed, $fail failed"
 [ "$fail" = 0 ]
