@@ -9,23 +9,106 @@
 
 #include "ca_cert.h"
 #include "ca_csr.h"
+#include "lib/idtable.h"
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/x509svid.h"
 
-#define RATE_SLOTS 4096
+/* ---- renewal interval per SPIFFE ID (a bounded lib/idtable.h of last renewal times) ---------- */
 
-struct rate_ent {
-    char id[SPIFFE_ID_MAX + 1];
-    time_t last;
-    struct rate_ent *next;
+struct ca_renew_rate {
+    pthread_mutex_t mu;
+    int64_t min_interval;
+    kb_idtable *ids; /* of time_t: the last renewal */
 };
+
+typedef struct {
+    time_t now;
+    int64_t min_interval;
+} rate_now;
+
+/* An ID whose interval has passed is what a new entry would be (idle); otherwise the one that
+ * renewed longest ago goes first. Never refuses a new ID: at the bound a renewal is let through
+ * rather than a workload locked out of its SVID. */
+static double rate_idle(void *val, void *arg)
+{
+    const rate_now *rn = arg;
+    double elapsed = (double)(rn->now - *(time_t *)val);
+    if (elapsed >= (double)rn->min_interval)
+        return 1;
+    return elapsed > 0 ? elapsed / (double)rn->min_interval : 0;
+}
+
+kb_err ca_renew_rate_new(int64_t min_interval, size_t max_ids, ca_renew_rate **out)
+{
+    ca_renew_rate *r;
+    const kb_idtable_opts to = {.max = max_ids ? max_ids : CA_API_RENEW_IDS_DEFAULT,
+                                .id_max = SPIFFE_ID_MAX,
+                                .val_size = sizeof(time_t),
+                                .idle = rate_idle};
+    KB_ENSURE_REF(out);
+    *out = NULL;
+    KB_ENSURE(min_interval >= 0, KB_ERR_CONFIG);
+    r = calloc(1, sizeof(*r));
+    KB_ENSURE(r != NULL, KB_ERR_NOMEM);
+    r->min_interval = min_interval;
+    if (kb_idtable_new(&to, &r->ids) != KB_OK || pthread_mutex_init(&r->mu, NULL) != 0) {
+        kb_idtable_free(r->ids);
+        free(r);
+        return KB_ERR_NOMEM;
+    }
+    *out = r;
+    return KB_OK;
+}
+
+void ca_renew_rate_free(ca_renew_rate *r)
+{
+    if (r == NULL)
+        return;
+    kb_idtable_free(r->ids);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+int ca_renew_rate_take(ca_renew_rate *r, const char *id, time_t now)
+{
+    rate_now rn = {now, r->min_interval};
+    void *v = NULL;
+    bool created = false;
+    int ok = 1;
+
+    if (r->min_interval <= 0)
+        return 1;
+    pthread_mutex_lock(&r->mu);
+    /* An ID the table cannot hold (too long: the handshake refuses those first) renews unmetered,
+     * as when an entry could not be allocated. */
+    if (kb_idtable_get(r->ids, id, &rn, &v, &created) == KB_OK) {
+        time_t *last = v;
+        if (!created && now - *last < r->min_interval)
+            ok = 0;
+        else
+            *last = now;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return ok;
+}
+
+size_t ca_renew_rate_count(ca_renew_rate *r)
+{
+    size_t n;
+    pthread_mutex_lock(&r->mu);
+    n = kb_idtable_count(r->ids);
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+/* ---- the API ------------------------------------------------------------------------------- */
 
 struct ca_api {
     ca_api_opts o;
     pthread_mutex_t mu;
     spiffe_bundle_set *bundles;
-    struct rate_ent *rate[RATE_SLOTS];
+    ca_renew_rate *rate;
 };
 
 kb_err ca_api_new(const ca_api_opts *o, ca_api **out)
@@ -38,7 +121,9 @@ kb_err ca_api_new(const ca_api_opts *o, ca_api **out)
     KB_ENSURE(a != NULL, KB_ERR_NOMEM);
     a->o = *o;
     pthread_mutex_init(&a->mu, NULL);
-    rc = ca_bundle_set(o->ca, &a->bundles);
+    rc = ca_renew_rate_new(o->min_interval, o->max_ids, &a->rate);
+    if (rc == KB_OK)
+        rc = ca_bundle_set(o->ca, &a->bundles);
     if (rc != KB_OK) {
         ca_api_free(a);
         return rc;
@@ -51,13 +136,7 @@ void ca_api_free(ca_api *a)
 {
     if (a == NULL)
         return;
-    for (size_t i = 0; i < RATE_SLOTS; i++) {
-        struct rate_ent *e = a->rate[i], *n;
-        for (; e != NULL; e = n) {
-            n = e->next;
-            free(e);
-        }
-    }
+    ca_renew_rate_free(a->rate);
     spiffe_bundle_set_free(a->bundles);
     pthread_mutex_destroy(&a->mu);
     free(a);
@@ -98,44 +177,6 @@ int ca_api_verify_peer(void *arg, X509 *leaf, STACK_OF(X509) * chain, char *id, 
     }
     memcpy(id, spiffe_id_str(&pid), spiffe_id_len(&pid) + 1);
     return 1;
-}
-
-static uint32_t fnv(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
-/* 1 if id may renew now (and records it), 0 if it renewed less than min_interval ago. */
-static int rate_take(ca_api *a, const char *id, time_t now)
-{
-    struct rate_ent **pp, *e;
-    int ok = 1;
-
-    if (a->o.min_interval <= 0)
-        return 1;
-    pthread_mutex_lock(&a->mu);
-    pp = &a->rate[fnv(id) % RATE_SLOTS];
-    for (e = *pp; e != NULL && strcmp(e->id, id) != 0; e = e->next)
-        ;
-    if (e == NULL) {
-        e = calloc(1, sizeof(*e));
-        if (e != NULL) {
-            snprintf(e->id, sizeof(e->id), "%s", id);
-            e->next = *pp;
-            *pp = e;
-        }
-    }
-    if (e != NULL) {
-        if (e->last != 0 && now - e->last < a->o.min_interval)
-            ok = 0;
-        else
-            e->last = now;
-    }
-    pthread_mutex_unlock(&a->mu);
-    return ok;
 }
 
 static time_t asn1_time(const ASN1_TIME *t)
@@ -195,7 +236,7 @@ static void do_renew(ca_api *a, kb_http_req *req)
         kb_http_reply_error(req, rc == KB_ERR_DENIED ? 403 : 400, "bad_csr", why);
         goto out;
     }
-    if (!rate_take(a, peer, now)) {
+    if (!ca_renew_rate_take(a->rate, peer, now)) {
         kb_http_set_header(req, "Retry-After", "10");
         kb_http_reply_error(req, 429, "rate_limited", "renewal rate limit for this SPIFFE ID");
         goto out;

@@ -18,6 +18,9 @@
 #ifndef KB_CA_API_H
 #define KB_CA_API_H
 
+#include <stddef.h>
+#include <time.h>
+
 #include "ca.h"
 #include "ca_renew.h"
 #include "ca_store.h"
@@ -30,7 +33,19 @@ typedef struct {
     ca_store *st;
     ca_renewer *renewer;  /* may be NULL */
     int64_t min_interval; /* per-ID seconds between renewals; 0 = off (benchmarks) */
+    size_t max_ids;       /* IDs whose last renewal is remembered; 0 = CA_API_RENEW_IDS_DEFAULT */
 } ca_api_opts;
+
+/* The renewal interval per SPIFFE ID: a bounded table of last renewal times. At the bound, an ID
+ * whose interval has passed is dropped first, else the one that renewed longest ago (which may
+ * then renew again before its interval is over): a new ID is never refused for want of room. */
+#define CA_API_RENEW_IDS_DEFAULT 100000
+typedef struct ca_renew_rate ca_renew_rate;
+KB_WUR kb_err ca_renew_rate_new(int64_t min_interval, size_t max_ids, ca_renew_rate **out);
+void ca_renew_rate_free(ca_renew_rate *r);
+/* 1 if id may renew at now (and records it), 0 if it renewed less than min_interval ago. */
+int ca_renew_rate_take(ca_renew_rate *r, const char *id, time_t now);
+size_t ca_renew_rate_count(ca_renew_rate *r);
 
 KB_WUR kb_err ca_api_new(const ca_api_opts *o, ca_api **out);
 void ca_api_free(ca_api *a);

@@ -3,7 +3,7 @@
  * One client (one SPIFFE ID) must not starve the rest: it may hold at most max_conns
  * connections that have sent a request (a connection is admitted on its first request, when the
  * verified ID is known, and released when it closes), and send at most `rate` requests per
- * second with bursts of `burst` (a token bucket, hsm_budget.h). Over either cap: 429 with
+ * second with bursts of `burst` (a token bucket, lib/ratelimit.h). Over either cap: 429 with
  * Retry-After. 0 turns a cap off.
  *
  * The table of IDs is bounded (max_ids): an ID with no open connection and a full bucket is

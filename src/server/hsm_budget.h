@@ -12,7 +12,8 @@
  *
  * Time is passed in by the caller (monotonic seconds, hsm_budget_now()), so the arithmetic is
  * tested with an injected clock (tests/unit/test_hsm_budget.c). Thread-safe (one mutex).
- * The bucket itself (hsm_bucket) is also used by fairness.c for request rates.
+ * The buckets are lib/ratelimit.h's and the per-client table lib/idtable.h's (bounded at
+ * max_clients: at the bound the fullest client bucket is dropped, a full one first).
  * See docs/internals/hsm-budget.md.
  */
 #ifndef KB_SERVER_HSM_BUDGET_H
@@ -24,35 +25,10 @@
 
 #include "lib/err.h"
 
-/* Largest configurable rate (ops/s) and burst; larger values are a configuration error. */
-#define HSM_BUDGET_RATE_MAX 1000000
 /* Default bound on the per-client table (distinct SPIFFE IDs tracked at once). */
 #define HSM_BUDGET_CLIENTS_DEFAULT 100000
 /* Longest client key (SPIFFE IDs are at most 2048 bytes). */
 #define HSM_BUDGET_CLIENT_MAX 2048
-
-/* ---- one bucket ------------------------------------------------------------------------------ */
-
-typedef struct {
-    double rate;   /* tokens per second; <= 0 = unlimited */
-    double burst;  /* capacity */
-    double tokens; /* level at `last` */
-    double last;   /* time of the last refill (caller's clock, seconds) */
-} hsm_bucket;
-
-/* A full bucket at time now. */
-void hsm_bucket_init(hsm_bucket *b, double rate, double burst, double now);
-/* Add what accrued since the last refill (capped at burst). A clock that goes backwards adds
- * nothing (and moves `last` back, so no time is counted twice). */
-void hsm_bucket_refill(hsm_bucket *b, double now);
-/* Seconds until the bucket holds n tokens (0 if it does now); call after refill. n > burst can
- * never be satisfied: returns the time to fill the bucket completely. */
-double hsm_bucket_wait(const hsm_bucket *b, double n);
-/* Refill, then take n tokens if all are there. */
-bool hsm_bucket_take(hsm_bucket *b, double n, double now);
-/* Whole seconds to put in Retry-After for a wait (at least 1: RFC 9110 10.2.3 has no fractions,
- * and 0 would invite an immediate retry that fails again). */
-int64_t hsm_retry_after_secs(double wait);
 
 /* ---- the budget ------------------------------------------------------------------------------ */
 
@@ -95,11 +71,7 @@ typedef struct {
 } hsm_budget_stats;
 void hsm_budget_stats_get(hsm_budget *b, double now, hsm_budget_stats *out);
 
-/* CLOCK_MONOTONIC in seconds: what production passes as now. */
+/* CLOCK_MONOTONIC in seconds (kb_ratelimit_now): what production passes as now. */
 double hsm_budget_now(void);
-
-/* FNV-1a of a SPIFFE ID, for placing per-ID entries in a hash table (hsm_budget and
- * fairness); a collision costs a longer chain, never a wrong answer. */
-uint64_t hsm_id_hash(const char *s);
 
 #endif

@@ -1,10 +1,11 @@
-/* test_hsm_budget.c - token bucket arithmetic, the global / class / client budget, and the
- * per-SPIFFE-ID fairness caps, all with an injected clock (no sleeps, no timing assertions). */
+/* test_hsm_budget.c - the global / class / client budget and the per-SPIFFE-ID fairness caps, all
+ * with an injected clock (no sleeps, no timing assertions). */
 #include "kbtest.h"
 
 #include <string.h>
 
 #include "lib/err.h"
+#include "lib/ratelimit.h"
 #include "server/fairness.h"
 #include "server/hsm_budget.h"
 
@@ -12,70 +13,6 @@
 #define CLOUD_A "spiffe://example.org/lambda/acct/1/fn/a"
 #define CLOUD_B "spiffe://example.org/lambda/acct/2/fn/b"
 #define DC_A "spiffe://example.org/ns/payments/sa/api"
-
-/* ---- one bucket ---------------------------------------------------------------------------- */
-
-static void test_bucket_refill_and_cap(void **state)
-{
-    hsm_bucket b;
-    (void)state;
-    hsm_bucket_init(&b, 2, 5, T0);
-    assert_true(b.tokens == 5);
-    for (int i = 0; i < 5; i++)
-        assert_true(hsm_bucket_take(&b, 1, T0));
-    assert_false(hsm_bucket_take(&b, 1, T0)); /* empty */
-    /* 0.4 s at 2/s = 0.8 token: still not one */
-    assert_false(hsm_bucket_take(&b, 1, T0 + 0.4));
-    assert_true(hsm_bucket_wait(&b, 1) > 0.09 && hsm_bucket_wait(&b, 1) < 0.11);
-    assert_true(hsm_bucket_take(&b, 1, T0 + 0.5)); /* 1.0 token */
-    assert_false(hsm_bucket_take(&b, 1, T0 + 0.5));
-    /* a long idle time refills to the burst, never above */
-    hsm_bucket_refill(&b, T0 + 1000);
-    assert_true(b.tokens == 5);
-    for (int i = 0; i < 5; i++)
-        assert_true(hsm_bucket_take(&b, 1, T0 + 1000));
-    assert_false(hsm_bucket_take(&b, 1, T0 + 1000));
-}
-
-static void test_bucket_clock_backwards(void **state)
-{
-    hsm_bucket b;
-    (void)state;
-    hsm_bucket_init(&b, 1, 1, T0);
-    assert_true(hsm_bucket_take(&b, 1, T0));
-    /* the clock goes back 10 s: nothing accrues, and the time is not counted twice later */
-    assert_false(hsm_bucket_take(&b, 1, T0 - 10));
-    assert_false(hsm_bucket_take(&b, 1, T0 - 9.5));
-    assert_true(hsm_bucket_take(&b, 1, T0 - 9));
-    assert_false(hsm_bucket_take(&b, 1, T0 - 9));
-}
-
-static void test_bucket_unlimited_and_wait(void **state)
-{
-    hsm_bucket b;
-    (void)state;
-    hsm_bucket_init(&b, 0, 0, T0);
-    for (int i = 0; i < 1000; i++)
-        assert_true(hsm_bucket_take(&b, 1, T0));
-    assert_true(hsm_bucket_wait(&b, 1) == 0);
-    /* n above the burst can never be met at once: the wait is the time to fill up */
-    hsm_bucket_init(&b, 4, 2, T0);
-    assert_true(hsm_bucket_take(&b, 2, T0));
-    assert_true(hsm_bucket_wait(&b, 10) == 0.5);
-}
-
-static void test_retry_after_rounding(void **state)
-{
-    (void)state;
-    assert_int_equal(hsm_retry_after_secs(0), 1);
-    assert_int_equal(hsm_retry_after_secs(0.01), 1);
-    assert_int_equal(hsm_retry_after_secs(1.0), 1);
-    assert_int_equal(hsm_retry_after_secs(1.01), 2);
-    assert_int_equal(hsm_retry_after_secs(7.0), 7);
-    assert_int_equal(hsm_retry_after_secs(-3), 1);
-    assert_int_equal(hsm_retry_after_secs(1e12), 86400);
-    assert_int_equal(hsm_retry_after_secs(0.0 / 0.0), 1); /* NaN */
-}
 
 /* ---- the budget ---------------------------------------------------------------------------- */
 
@@ -90,11 +27,11 @@ static void test_budget_config_checks(void **state)
     o.global_burst = 1;
     o.cloud_rate = -1;
     assert_kb(hsm_budget_new(&o, T0, &b), KB_ERR_CONFIG);
-    o.cloud_rate = HSM_BUDGET_RATE_MAX + 1;
+    o.cloud_rate = KB_RATELIMIT_RATE_MAX + 1;
     o.cloud_burst = 1;
     assert_kb(hsm_budget_new(&o, T0, &b), KB_ERR_CONFIG);
-    o.cloud_rate = HSM_BUDGET_RATE_MAX;
-    o.client_burst = HSM_BUDGET_RATE_MAX + 1;
+    o.cloud_rate = KB_RATELIMIT_RATE_MAX;
+    o.client_burst = KB_RATELIMIT_RATE_MAX + 1;
     assert_kb(hsm_budget_new(&o, T0, &b), KB_ERR_CONFIG);
     o.client_burst = 0;
     assert_kb(hsm_budget_new(NULL, T0, &b), KB_ERR_NULL);
@@ -343,10 +280,6 @@ static void test_fairness_config_and_bounds(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bucket_refill_and_cap),
-        cmocka_unit_test(test_bucket_clock_backwards),
-        cmocka_unit_test(test_bucket_unlimited_and_wait),
-        cmocka_unit_test(test_retry_after_rounding),
         cmocka_unit_test(test_budget_config_checks),
         cmocka_unit_test(test_budget_all_off),
         cmocka_unit_test(test_budget_global_retry_after),
