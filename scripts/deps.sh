@@ -12,6 +12,9 @@ PKGS=(
   # the Lambda artifact (scripts/package-lambda.sh): zip, the arm64 cross build and its test
   zip binutils qemu-user-static gcc-aarch64-linux-gnu libc6-dev:arm64 libssl-dev:arm64
   libjansson-dev:arm64 libinih-dev:arm64
+  # the Debian packages (scripts/package-deb.sh) and their test: dpkg-shlibdeps, file (CPack),
+  # man and groff (pages), systemd-analyze, deb-systemd-helper, adduser (maintainer scripts)
+  dpkg-dev file man-db groff-base systemd init-system-helpers adduser debconf
 )
 # libevent-dev is not Multi-Arch: same, so libevent-dev:arm64 cannot be installed beside the
 # amd64 one: its static archives (all the arm64 build needs; the headers are identical) are
