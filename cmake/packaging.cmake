@@ -3,6 +3,10 @@
 # Built by scripts/package-deb.sh, which generates the man pages first (scripts/gen-man.py into
 # ${CMAKE_BINARY_DIR}/man/<package>/); docs/packaging.md describes the layout.
 
+# Installing (and so CPack) needs only the programs, which package-deb.sh builds: not every test
+# and fuzz target of "all" (the package test runs while other tests use the build tree).
+set(CMAKE_SKIP_INSTALL_ALL_DEPENDENCY ON)
+
 file(STRINGS ${CMAKE_SOURCE_DIR}/src/lib/version.h kb_version_line REGEX "#define KB_VERSION ")
 string(REGEX REPLACE ".*\"([^\"]+)\".*" "\\1" KB_VERSION "${kb_version_line}")
 
