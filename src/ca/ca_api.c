@@ -248,6 +248,12 @@ static void do_renew(ca_api *a, kb_http_req *req)
         goto out;
     }
     rc = ca_issue_sans(a->o.ca, &id, &sans, ttl, pub, "api", "api-renew", &sv);
+    if (rc == KB_ERR_CONFIG && ca_is_pca(a->o.ca)) {
+        kb_http_reply_error(req, 501, "not_supported",
+                            "this CA signs with AWS Private CA, which certifies only a key whose "
+                            "own CSR it receives: no renewal over the API");
+        goto out;
+    }
     if (rc != KB_OK) {
         kb_http_reply_error(req, 500, "issue_failed", kb_err_str(rc));
         goto out;

@@ -414,7 +414,7 @@ static int names_match(X509 *leaf, const ca_sans *sans)
 {
     GENERAL_NAMES *gns = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
     size_t want = sans ? sans->n : 0, seen = 0;
-    int ok = gns != NULL;
+    int ok = gns != NULL, used[CA_SANS_MAX] = {0}; /* each requested name matches once */
 
     for (int i = 0; ok && i < sk_GENERAL_NAME_num(gns); i++) {
         const GENERAL_NAME *g = sk_GENERAL_NAME_value(gns, i);
@@ -431,10 +431,13 @@ static int names_match(X509 *leaf, const ca_sans *sans)
         n = (size_t)ASN1_STRING_length(g->type == GEN_DNS ? g->d.dNSName : g->d.iPAddress);
         for (size_t j = 0; j < want && !found; j++) {
             const ca_san *s = &sans->e[j];
+            if (used[j])
+                continue;
             if (g->type == GEN_DNS)
                 found = s->type == CA_SAN_DNS && strlen(s->text) == n && memcmp(s->text, d, n) == 0;
             else
                 found = s->type == CA_SAN_IP && s->addr_len == n && memcmp(s->addr, d, n) == 0;
+            used[j] = found;
         }
         ok = found;
         seen++;

@@ -146,6 +146,11 @@ static int cmd_init(const kb_config *cfg, int argc, char **argv)
         usage_err("init", "--trust-domain (or [ca] trust_domain) is required");
         return KB_EXIT_USAGE;
     }
+    if (intermediate && strcmp(kb_config_str(cfg, "ca", "key"), CA_KEY_ACM_PCA) == 0) {
+        usage_err("init", "--intermediate does not apply to [ca] key = acm-pca (AWS Private CA "
+                          "holds the CA key; its certificate and chain are read from AWS)");
+        return KB_EXIT_USAGE;
+    }
     if (intermediate && csr_out == NULL) {
         usage_err("init", "--intermediate needs --csr-out FILE");
         return KB_EXIT_USAGE;

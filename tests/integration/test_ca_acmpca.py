@@ -410,8 +410,10 @@ def main():
             check(p.returncode > 0 and want in err, (mode, p.returncode, err[-1500:]))
             check(ca("bundle").returncode != 0, (mode, "a CA was created"))
         world.mode = "ok"
+        p = ca("init", "--trust-domain", TD, "--intermediate", "--csr-out", f"{w}/x.csr")
+        check(p.returncode == 2 and b"does not apply" in p.stderr, p.stderr.decode())
         print("ok: init refuses a CA certificate without a root above it, a non-CA certificate, "
-              "and AccessDenied, creating nothing")
+              "AccessDenied and --intermediate, creating nothing")
 
         conf()
         # --- init: the generation comes from GetCertificateAuthorityCertificate

@@ -501,6 +501,18 @@ static void check_leaf(void **state)
     assert_kb(CHECK(pem, NULL, now + 3600), KB_ERR_AUTH);
     assert_non_null(strstr(why, "DNS/IP names"));
     assert_null(out);
+    /* a name twice instead of two names (each requested name must match once) */
+    {
+        ca_sans dup = sans, two = sans;
+        char *p2;
+        dup.e[1] = dup.e[0];
+        dup.n = 2;
+        assert_ok(ca_sans_add_dns(&two, "api.example.org", &why));
+        p2 = leaf(f.s, f.root, k, "spiffe://example.org/web", &dup, 3600);
+        assert_kb(CHECK(p2, &two, now + 3600), KB_ERR_AUTH);
+        assert_non_null(strstr(why, "DNS/IP names"));
+        free(p2);
+    }
     /* later than asked */
     assert_kb(CHECK(pem, &sans, now + 600), KB_ERR_AUTH);
     assert_non_null(strstr(why, "validity"));
