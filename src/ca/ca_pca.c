@@ -669,7 +669,10 @@ static kb_err call_retry(ca_pca *p, pca_conn *c, const char *op, const char *bod
     for (;;) {
         int a;
         if (paced && !pace(p, deadline)) {
-            *why = why_fmt(op, "deadline passed waiting for the issue rate ([acm_pca] issue_rate)");
+            /* after failed attempts, the deadline is theirs, not the pacer's */
+            *why = why_fmt(op, retries > 0 ? "still throttled or unavailable at the deadline"
+                                           : "deadline passed waiting for the issue rate "
+                                             "([acm_pca] issue_rate)");
             return KB_ERR_TIMEOUT;
         }
         a = call(c, op, body, resp, &rc, why);
