@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "utf8.h"
+
 #define KB_LOG_LINE_MAX 4096
 
 static const char *log_prog = "keybridge";
@@ -43,35 +45,6 @@ int kb_log_level_parse(const char *s, kb_log_level *out)
     return -1;
 }
 
-/* Length of the valid UTF-8 sequence at s (RFC 3629 section 4: no overlongs, no surrogates,
- * nothing above U+10FFFF), or 0 if the bytes there are not one. s is NUL-terminated. */
-static size_t utf8_seq_len(const unsigned char *s)
-{
-    size_t need;
-    uint32_t cp;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        need = 1;
-        cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        need = 2;
-        cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        need = 3;
-        cp = s[0] & 0x07;
-    } else {
-        return 0;
-    }
-    for (size_t k = 1; k <= need; k++) {
-        if ((s[k] & 0xc0) != 0x80) /* also stops at the NUL */
-            return 0;
-        cp = (cp << 6) | (s[k] & 0x3f);
-    }
-    if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return need + 1;
-}
-
 /* Append s as a JSON string (with quotes) to buf, never past cap; returns the new position, or
  * pos unchanged if not even "" fits. Control characters are escaped, bytes that are not valid
  * UTF-8 become U+FFFD (RFC 8259 section 8.1: JSON text is UTF-8), and a string cut short for
@@ -101,7 +74,7 @@ static size_t put_json_str(char *buf, size_t pos, size_t cap, const char *s, int
         } else if (*p < 0x80) {
             out = (const char *)p;
             n = 1;
-        } else if ((used = utf8_seq_len(p)) > 0) {
+        } else if ((used = kb_utf8_next(p, strnlen((const char *)p, 4), NULL)) > 0) {
             out = (const char *)p;
             n = used;
         } else {

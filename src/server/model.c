@@ -6,6 +6,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/utf8.h"
+
 static bool name_char(unsigned char c)
 {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -42,38 +44,14 @@ kb_err model_app_name_check(const char *name)
  * characters (C0, DEL, C1: they confuse terminals and log viewers). */
 static kb_err utf8_text_check(const char *s, size_t len)
 {
-    const unsigned char *p = (const unsigned char *)s;
+    const uint8_t *p = (const uint8_t *)s;
     size_t i = 0;
     while (i < len) {
-        unsigned char c = p[i];
-        uint32_t cp;
-        size_t need;
-        if (c < 0x80) {
-            KB_ENSURE(c >= 0x20 && c != 0x7f, KB_ERR_INVALID);
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-            cp = c & 0x07;
-        } else {
-            return KB_ERR_INVALID;
-        }
-        KB_ENSURE(len - i > need, KB_ERR_INVALID);
-        for (size_t k = 1; k <= need; k++) {
-            KB_ENSURE((p[i + k] & 0xc0) == 0x80, KB_ERR_INVALID);
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        KB_ENSURE(!(need == 2 && cp < 0x800), KB_ERR_INVALID);
-        KB_ENSURE(!(need == 3 && (cp < 0x10000 || cp > 0x10ffff)), KB_ERR_INVALID);
-        KB_ENSURE(!(cp >= 0xd800 && cp <= 0xdfff), KB_ERR_INVALID);
-        KB_ENSURE(!(cp >= 0x80 && cp <= 0x9f), KB_ERR_INVALID);
-        i += need + 1;
+        uint32_t cp = 0;
+        size_t k = kb_utf8_next(p + i, len - i, &cp);
+        KB_ENSURE(k > 0, KB_ERR_INVALID);
+        KB_ENSURE(cp >= 0x20 && cp != 0x7f && !(cp >= 0x80 && cp <= 0x9f), KB_ERR_INVALID);
+        i += k;
     }
     return KB_OK;
 }

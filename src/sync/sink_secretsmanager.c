@@ -14,6 +14,7 @@
 #include "lib/config.h"
 #include "lib/json.h"
 #include "lib/log.h"
+#include "lib/utf8.h"
 
 /* Spacing of the paced calls: at most one every interval_ms (rounded up: never above rate). */
 typedef struct {
@@ -35,42 +36,7 @@ typedef struct {
 
 int sync_utf8_ok(const uint8_t *p, size_t n)
 {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = p[i];
-        uint32_t cp;
-        size_t need;
-        if (c == 0)
-            return 0;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-            cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i - 1 < need)
-            return 0;
-        for (size_t j = 1; j <= need; j++) {
-            if ((p[i + j] & 0xc0) != 0x80)
-                return 0;
-            cp = cp << 6 | (p[i + j] & 0x3f);
-        }
-        /* overlongs, surrogates, past U+10FFFF (RFC 3629 section 3) */
-        if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) || cp > 0x10ffff ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += need + 1;
-    }
-    return 1;
+    return (n == 0 || memchr(p, 0, n) == NULL) && kb_utf8_valid(p, n);
 }
 
 kb_err sync_sm_token(const char *app, const char *name, int64_t version, const char *checksum,
