@@ -422,6 +422,35 @@ kb_err store_group_delete(store *st, int64_t group_id, store_audit *au)
 
 /* ---- clients ---- */
 
+void store_client_effective(store *st, store_client *c)
+{
+    if (model_spiffe_is_cloud(c->spiffe_id, (const char *const *)st->cfg.cloud_prefixes))
+        c->cloud = true;
+    if (c->admin && c->cloud) {
+        char id[24];
+        snprintf(id, sizeof(id), "%" PRId64, c->id);
+        kb_log(KB_LOG_WARN, "store_admin_cloud_client", "msg",
+               "client is admin but its SPIFFE ID is a cloud identity: admin ignored", "id", id,
+               NULL);
+        c->admin = false;
+    }
+}
+
+/* A backend's client answer with the policy applied. */
+static kb_err client_out(store *st, kb_err rc, store_client *c)
+{
+    if (rc == KB_OK)
+        store_client_effective(st, c);
+    return rc;
+}
+
+static kb_err clients_out(store *st, store_client *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        store_client_effective(st, &a[i]);
+    return KB_OK;
+}
+
 kb_err store_client_create(store *st, const store_client_new *c, const char *actor, int64_t now,
                            int64_t *id_out, store_audit *au)
 {
@@ -447,7 +476,7 @@ kb_err store_client_get(store *st, const char *spiffe_id, store_client *out)
     KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_GUARD(model_spiffe_id_check(spiffe_id));
-    return st->ops->client_get(st, spiffe_id, 0, out);
+    return client_out(st, st->ops->client_get(st, spiffe_id, 0, out), out);
 }
 
 kb_err store_client_get_by_id(store *st, int64_t id, store_client *out)
@@ -456,7 +485,7 @@ kb_err store_client_get_by_id(store *st, int64_t id, store_client *out)
     KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_GUARD(check_id(id));
-    return st->ops->client_get(st, NULL, id, out);
+    return client_out(st, st->ops->client_get(st, NULL, id, out), out);
 }
 
 kb_err store_client_list(store *st, store_client **out, size_t *n)
@@ -465,7 +494,8 @@ kb_err store_client_list(store *st, store_client **out, size_t *n)
     KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
-    return st->ops->client_list(st, out, n);
+    KB_GUARD(st->ops->client_list(st, out, n));
+    return clients_out(st, *out, *n);
 }
 
 kb_err store_client_update(store *st, int64_t client_id, const store_client_patch *p,
@@ -503,11 +533,26 @@ kb_err store_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
 
 kb_err store_clients_stale(store *st, int64_t before, store_client **out, size_t *n)
 {
+    size_t k = 0;
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
-    return st->ops->clients_stale(st, before, out, n);
+    KB_GUARD(st->ops->clients_stale(st, before, out, n));
+    /* Policy: only enabled, effectively non-admin clients are expected to list. */
+    for (size_t i = 0; i < *n; i++) {
+        store_client_effective(st, &(*out)[i]);
+        if ((*out)[i].enabled && !(*out)[i].admin)
+            (*out)[k++] = (*out)[i];
+        else
+            store_client_clear(&(*out)[i]);
+    }
+    *n = k;
+    if (k == 0) {
+        free(*out);
+        *out = NULL;
+    }
+    return KB_OK;
 }
 
 kb_err store_membership_add(store *st, int64_t client_id, int64_t group_id, store_audit *au)
@@ -547,7 +592,8 @@ kb_err store_group_clients(store *st, int64_t group_id, store_client **out, size
     KB_ENSURE_REF(out);
     KB_ENSURE_REF(n);
     KB_GUARD(check_id(group_id));
-    return st->ops->group_clients(st, group_id, out, n);
+    KB_GUARD(st->ops->group_clients(st, group_id, out, n));
+    return clients_out(st, *out, *n);
 }
 
 kb_err store_grant_add(store *st, int64_t group_id, int64_t secret_id, store_audit *au)

@@ -5,6 +5,8 @@
  * Contract for every backend:
  *   - every op is safe to call from several threads at once;
  *   - store.c has already validated names, sizes, metadata and actors (model.h) before calling;
+ *   - backends decode rows as stored; store.c decides policy (store_client_effective, the stale
+ *     filter);
  *     the backend enforces what needs the database (existence, uniqueness, version order) and
  *     computes/verifies row MACs through rowmac.h on every access-deciding read and write;
  *   - multi-row changes are atomic (one transaction);
@@ -81,6 +83,8 @@ struct store_ops {
                             store_audit *au);
     kb_err (*client_delete)(store *st, int64_t client_id, store_audit *au);
     kb_err (*client_seen)(store *st, int64_t client_id, int64_t now, bool listed);
+    /* Every client whose last_list_at is before `before` (store.c keeps the enabled, effectively
+     * non-admin ones). Client rows are returned as stored (store_client_effective). */
     kb_err (*clients_stale)(store *st, int64_t before, store_client **out, size_t *n);
 
     kb_err (*membership_set)(store *st, int64_t client_id, int64_t group_id, bool present,
@@ -138,6 +142,14 @@ const char *store_sqlite_migration(int version);
  * KB_ERR_UNAVAILABLE) and raise state_seen to at least counter. */
 void store_fail(store *st, const char *why);
 void store_state_saw(store *st, int64_t counter);
+
+/* store.c's client policy, on a client row as a backend decoded it (stored flags): cloud is the
+ * stored flag OR derived from the SPIFFE ID and the configured prefixes (a prefix added later
+ * makes existing clients cloud clients: fails closed), and a cloud client is never admin (logged).
+ * store.c applies it to every client it returns; a backend applies it where it needs the
+ * effective flags inside its own transaction (the client reads, client_update). Backends never
+ * decide these flags themselves. */
+void store_client_effective(store *st, store_client *c);
 
 /* Shared by backends: log a row-MAC mismatch (table and ids only, never values). */
 void store_log_integrity(const char *table, int64_t id1, int64_t id2);

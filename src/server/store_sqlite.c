@@ -571,9 +571,8 @@ out:
     return rc;
 }
 
-/* Load a client row at c0, check its MAC, and derive the effective flags: cloud if the stored
- * flag or the configured prefixes say so (a forgotten setting fails closed), and never admin
- * together with cloud. */
+/* Load a client row at c0 as stored and check its MAC. The effective flags (cloud derived from the
+ * prefixes, admin dropped for a cloud client) are store.c's policy: store_client_effective. */
 static kb_err load_client(cx *b, sqlite3_stmt *s, int c0, store_client *out)
 {
     uint8_t want[ROWMAC_LEN];
@@ -596,16 +595,6 @@ static kb_err load_client(cx *b, sqlite3_stmt *s, int c0, store_client *out)
     if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("clients", out->id, 0);
         KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
-    }
-    if (model_spiffe_is_cloud(out->spiffe_id, (const char *const *)b->st->cfg.cloud_prefixes))
-        out->cloud = true;
-    if (out->admin && out->cloud) {
-        char id[24];
-        snprintf(id, sizeof(id), "%" PRId64, out->id);
-        kb_log(KB_LOG_WARN, "store_admin_cloud_client", "msg",
-               "client is admin but its SPIFFE ID is a cloud identity: admin ignored", "id", id,
-               NULL);
-        out->admin = false;
     }
 out:
     if (rc != KB_OK)
@@ -2095,8 +2084,8 @@ static kb_err sq_client_get(store *st, const char *spiffe_id, int64_t id, store_
     return rc;
 }
 
-static kb_err collect_clients(cx *b, sqlite3_stmt *s, bool stale_only, int64_t group_id,
-                              store_client **out, size_t *n)
+static kb_err collect_clients(cx *b, sqlite3_stmt *s, int64_t group_id, store_client **out,
+                              size_t *n)
 {
     store_client *arr = NULL;
     size_t cnt = 0, cap = 0;
@@ -2118,10 +2107,6 @@ static kb_err collect_clients(cx *b, sqlite3_stmt *s, bool stale_only, int64_t g
         if (e == KB_ERR_INTEGRITY)
             continue;
         KB_GUARD_OUT(rc, e);
-        if (stale_only && (!c.enabled || c.admin)) {
-            store_client_clear(&c);
-            continue;
-        }
         e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
         if (e != KB_OK) {
             store_client_clear(&c);
@@ -2149,7 +2134,7 @@ static kb_err sq_client_list(store *st, store_client **out, size_t *n)
     b = RD(st);
     rc = prep(b, "SELECT " CLIENT_COLS " FROM clients c ORDER BY c.spiffe_id", &s);
     if (rc == KB_OK)
-        rc = collect_clients(b, s, false, 0, out, n);
+        rc = collect_clients(b, s, 0, out, n);
     done(s);
     PUT(st, b);
     return rc;
@@ -2159,7 +2144,6 @@ static kb_err sq_client_update(store *st, int64_t client_id, const store_client_
                                store_audit *au)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
     store_client c = {0};
     char *keep_app = NULL, *keep_desc = NULL;
     bool stored_cloud;
@@ -2171,11 +2155,9 @@ static kb_err sq_client_update(store *st, int64_t client_id, const store_client_
         return rc;
     }
     KB_GUARD_OUT(rc, client_fetch(b, NULL, client_id, &c));
-    /* load_client ORs in the derived flag; the stored one must be what we re-MAC. */
-    KB_GUARD_OUT(rc, prep(b, "SELECT cloud FROM clients WHERE id = ?1", &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
-    KB_GUARD_OUT(rc, step_row(b, s, "client_cloud"));
-    stored_cloud = sqlite3_column_int64(s, 0) != 0;
+    /* The stored cloud flag is what we re-MAC; the patch applies to the effective flags. */
+    stored_cloud = c.cloud;
+    store_client_effective(st, &c);
     if (p->enabled >= 0)
         c.enabled = p->enabled == 1;
     if (p->admin >= 0)
@@ -2191,7 +2173,6 @@ static kb_err sq_client_update(store *st, int64_t client_id, const store_client_
     }
     KB_GUARD_OUT(rc, client_write_mac(b, &c, stored_cloud));
 out:
-    done(s);
     if (keep_app)
         c.app_name = keep_app;
     if (keep_desc)
@@ -2343,7 +2324,7 @@ static kb_err sq_clients_stale(store *st, int64_t before, store_client **out, si
                           "ORDER BY c.last_list_at, c.spiffe_id",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, before));
-    rc = collect_clients(b, s, true, 0, out, n);
+    rc = collect_clients(b, s, 0, out, n);
 out:
     done(s);
     PUT(st, b);
@@ -2462,7 +2443,7 @@ static kb_err sq_group_clients(store *st, int64_t group_id, store_client **out, 
                           "c.id = m.client_id WHERE m.group_id = ?1 ORDER BY c.spiffe_id",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
-    rc = collect_clients(b, s, false, group_id, out, n);
+    rc = collect_clients(b, s, group_id, out, n);
 out:
     done(s);
     PUT(st, b);
@@ -2475,6 +2456,7 @@ out:
 static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
 {
     KB_GUARD(client_fetch(b, NULL, client_id, c));
+    store_client_effective(b->st, c);
     if (!c->enabled) {
         store_client_clear(c);
         return KB_ERR_DENIED;

@@ -507,6 +507,45 @@ static void cloud_flag_derived_from_spiffe_id(void **state)
     assert_true(c.cloud);
     assert_false(c.admin);
     store_client_clear(&c);
+    /* The same policy (store.c) on every path that hands out clients: by id, listings, a group's
+     * clients, the stale list (the ex-admin is now an enabled non-admin: it is expected to list),
+     * and an update cannot make it admin again. */
+    {
+        store_client *cs = NULL;
+        store_client_patch cp = STORE_CLIENT_PATCH_INIT;
+        size_t n = 0, seen = 0;
+        int64_t admin_id;
+        assert_ok(store_client_get(f->st, ADMIN, &c));
+        admin_id = c.id;
+        store_client_clear(&c);
+        assert_ok(store_client_get_by_id(f->st, admin_id, &c));
+        assert_true(c.cloud && !c.admin);
+        store_client_clear(&c);
+        assert_ok(store_client_list(f->st, &cs, &n));
+        for (size_t i = 0; i < n; i++) {
+            assert_false(cs[i].admin && cs[i].cloud);
+            seen += cs[i].id == admin_id;
+        }
+        assert_int_equal(seen, 1);
+        store_clients_free(cs, n);
+        assert_ok(store_clients_stale(f->st, T0 + 1000, &cs, &n));
+        seen = 0;
+        for (size_t i = 0; i < n; i++) {
+            assert_true(cs[i].enabled && !cs[i].admin);
+            seen += cs[i].id == admin_id;
+        }
+        assert_int_equal(seen, 1);
+        store_clients_free(cs, n);
+        cp.admin = 1;
+        assert_kb(store_client_update(f->st, admin_id, &cp, NULL), KB_ERR_INVALID);
+        cp.admin = -1;
+        cp.description = "still cloud";
+        assert_ok(store_client_update(f->st, admin_id, &cp, NULL));
+        assert_ok(store_client_get_by_id(f->st, admin_id, &c));
+        assert_true(c.cloud && !c.admin);
+        assert_string_equal(c.description, "still cloud");
+        store_client_clear(&c);
+    }
     store_record r;
     assert_kb(store_readable_get(f->st, w.api, "db-pass", 0, &r), KB_ERR_NOT_FOUND);
     assert_ok(store_readable_get(f->st, w.api, "api-key", 0, &r));
