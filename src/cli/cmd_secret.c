@@ -157,6 +157,119 @@ static int secret_put(cli *c, int argc, char **argv)
     return secret_write(c, argc, argv, 0);
 }
 
+static int usage_generate(void)
+{
+    fprintf(
+        stderr,
+        "usage: keybridge secret generate NAME --type random|password|ec|rsa|ed25519\n"
+        "         [--bytes N] [--alphabet CHARS] [--bits 2048|3072|4096] [--curve P-256|P-384]\n"
+        "         [--description TEXT] [--metadata KEY=VALUE]... [--expires UNIX_TIME]\n"
+        "         [--owner-group G] [--cloud-sync] [--public-out FILE]\n"
+        "The server generates the content and stores it (a new version if NAME exists); the\n"
+        "answer never holds it. Key pairs: the public key is stored as NAME.pub and printed\n"
+        "(or written to --public-out).\n");
+    return KB_EXIT_USAGE;
+}
+
+/* `secret generate`: option name -> body field (string or positive integer). */
+static int secret_generate(cli *c, int argc, char **argv)
+{
+    static const struct {
+        const char *opt, *field;
+        bool integer;
+    } opts[] = {{"--type", "type", false},
+                {"--bytes", "bytes", true},
+                {"--alphabet", "alphabet", false},
+                {"--bits", "bits", true},
+                {"--curve", "curve", false},
+                {"--description", "description", false},
+                {"--owner-group", "owner_group", false},
+                {"--expires", "expires_at", true}};
+    const char *name = NULL, *pub_out = NULL;
+    json_t *body = json_object(), *meta = json_object();
+    api_response resp;
+    char path[1024];
+    int rc = KB_EXIT_USAGE;
+
+    for (int i = 1; i < argc && argv[i] != NULL; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        size_t k = 0;
+        for (; k < sizeof(opts) / sizeof(opts[0]); k++)
+            if (strcmp(a, opts[k].opt) == 0)
+                break;
+        if (strcmp(a, "--help") == 0) {
+            usage_generate();
+            rc = KB_EXIT_OK;
+            goto out;
+        } else if (k < sizeof(opts) / sizeof(opts[0]) && v) {
+            if (opts[k].integer) {
+                int64_t n;
+                if (kb_parse_int64(v, &n) != KB_OK || n <= 0) {
+                    fprintf(stderr, "keybridge: %s takes a positive number\n", a);
+                    goto out;
+                }
+                json_object_set_new(body, opts[k].field, json_integer(n));
+            } else {
+                json_object_set_new(body, opts[k].field, json_string(v));
+            }
+            i++;
+        } else if (strcmp(a, "--metadata") == 0 && v && strchr(v, '=')) {
+            char *key = strndup(v, (size_t)(strchr(v, '=') - v));
+            json_object_set_new(meta, key, json_string(strchr(v, '=') + 1));
+            free(key);
+            i++;
+        } else if (strcmp(a, "--public-out") == 0 && v) {
+            pub_out = v;
+            i++;
+        } else if (strcmp(a, "--cloud-sync") == 0) {
+            json_object_set_new(body, "cloud_sync", json_true());
+        } else if (a[0] != '-' && name == NULL) {
+            name = a;
+        } else {
+            usage_generate();
+            goto out;
+        }
+    }
+    if (name == NULL || json_object_get(body, "type") == NULL) {
+        usage_generate();
+        goto out;
+    }
+    if (json_object_size(meta) > 0)
+        json_object_set(body, "metadata", meta);
+    if (cli_path(path, sizeof(path), "/v1/admin/secrets/", name, "/generate") != KB_OK)
+        goto out;
+    kb_err crc = cli_call(c, "POST", path, NULL, body, &resp);
+    if (crc != KB_OK) {
+        rc = kb_exit_code(crc);
+        goto out;
+    }
+    rc = cli_check(&resp);
+    if (rc == KB_EXIT_OK) {
+        const char *pub = json_string_value(json_object_get(resp.body, "public_key"));
+        if (c->json_output) {
+            cli_print_json(stdout, resp.body);
+        } else {
+            printf("generated %s version %lld\n", name,
+                   (long long)json_integer_value(json_object_get(resp.body, "version")));
+            if (pub != NULL && pub_out == NULL)
+                printf("public key stored as %s version %lld:\n%s",
+                       json_string_value(json_object_get(resp.body, "public_name")),
+                       (long long)json_integer_value(json_object_get(resp.body, "public_version")),
+                       pub);
+        }
+        if (pub != NULL && pub_out != NULL &&
+            kb_file_write_atomic(pub_out, pub, strlen(pub), 0644) != KB_OK) {
+            fprintf(stderr, "keybridge: cannot write %s\n", pub_out);
+            rc = KB_EXIT_FAIL;
+        }
+    }
+    api_response_clear(&resp);
+out:
+    json_decref(meta);
+    json_decref(body);
+    return rc;
+}
+
 /* Write decoded content to stdout or a file (0400, atomically). */
 static int emit_content(const json_t *obj, const char *out_path)
 {
@@ -282,6 +395,7 @@ int cli_cmd_list(cli *c, int argc, char **argv)
 static const cli_cmd secret_cmds[] = {
     {"create", secret_create, "create a secret (version 1)"},
     {"put", secret_put, "write a new version"},
+    {"generate", secret_generate, "have the server generate the content (random, password, keys)"},
     {"get", secret_get, "read a version's content (admin, audited)"},
     {"list", secret_list, "list secrets"},
     {NULL, NULL, NULL},

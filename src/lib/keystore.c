@@ -191,6 +191,24 @@ out:
     return rc;
 }
 
+kb_err kb_keystore_random(kb_keystore *ks, uint8_t *out, size_t len)
+{
+    KB_ENSURE_REF(ks);
+    KB_ENSURE(out != NULL || len == 0, KB_ERR_NULL);
+    while (len > 0) {
+        size_t n = len < KB_KEYSTORE_RANDOM_MAX ? len : KB_KEYSTORE_RANDOM_MAX;
+        atomic_fetch_add(&ks->other, 1);
+        kb_err rc = ks->ops->random(ks->impl, out, n);
+        if (rc != KB_OK) {
+            kb_wipe(out, len);
+            return rc;
+        }
+        out += n;
+        len -= n;
+    }
+    return KB_OK;
+}
+
 /* Largest input to sign/verify: audit chain heads are small; the bound keeps the copy below
  * (prefix || data, needed because C_Sign takes one buffer) from growing without limit. */
 #define SIGN_DATA_MAX ((size_t)1024 * 1024)

@@ -99,6 +99,12 @@ KB_WUR kb_err kb_keystore_verify(kb_keystore *ks, const uint8_t *data, size_t le
 KB_WUR kb_err kb_keystore_counter_read(kb_keystore *ks, uint64_t *out);
 KB_WUR kb_err kb_keystore_counter_advance(kb_keystore *ks, uint64_t to);
 
+/* len random bytes from the keystore's generator: C_GenerateRandom in the PKCS#11 token (its
+ * DRBG), RAND_priv_bytes for the development file keystore. Any len; asked in chunks of at most
+ * KB_KEYSTORE_RANDOM_MAX. Counted as an "other" token operation. */
+#define KB_KEYSTORE_RANDOM_MAX ((size_t)1024)
+KB_WUR kb_err kb_keystore_random(kb_keystore *ks, uint8_t *out, size_t len);
+
 /* Counters for metrics/tests: token operations performed so far (wraps, unwraps, other =
  * derive + sign + verify). Any pointer may be NULL. */
 void kb_keystore_counters(const kb_keystore *ks, uint64_t *wraps, uint64_t *unwraps,

@@ -138,6 +138,13 @@ static void file_free(void *impl)
     free(f);
 }
 
+static kb_err file_random(void *impl, uint8_t *out, size_t len)
+{
+    (void)impl;
+    KB_ENSURE(len <= INT32_MAX && RAND_priv_bytes(out, (int)len) == 1, KB_ERR_CRYPTO);
+    return KB_OK;
+}
+
 static const struct kb_keystore_ops file_ops = {
     .kind = "file",
     .seal = file_seal,
@@ -145,6 +152,7 @@ static const struct kb_keystore_ops file_ops = {
     .mac = file_mac,
     .counter_get = file_counter_get,
     .counter_set = file_counter_set,
+    .random = file_random,
     .free = file_free,
 };
 

@@ -33,6 +33,8 @@ struct kb_keystore_ops {
      * stores a larger value. */
     kb_err (*counter_get)(void *impl, uint64_t *out);
     kb_err (*counter_set)(void *impl, uint64_t v);
+    /* len random bytes (len <= KB_KEYSTORE_RANDOM_MAX) from the token's generator. */
+    kb_err (*random)(void *impl, uint8_t *out, size_t len);
     void (*free)(void *impl);
 };
 

@@ -544,6 +544,21 @@ static kb_err p11_counter_set(void *impl, uint64_t v)
     return KB_OK;
 }
 
+/* PKCS#11 2.40 5.15: the token's own generator (SoftHSM2: its DRBG; an HSM: its certified one). */
+static kb_err p11_random(void *impl, uint8_t *out, size_t len)
+{
+    struct p11_ks *k = impl;
+    CK_FUNCTION_LIST_PTR f = k->mod->f;
+    int i = sess_get(k);
+    CK_RV rv = f->C_GenerateRandom(k->sess[i], out, (CK_ULONG)len);
+    sess_put(k, i);
+    if (rv != CKR_OK) {
+        log_rv("pkcs11_random_failed", "C_GenerateRandom", rv);
+        return KB_ERR_HSM;
+    }
+    return KB_OK;
+}
+
 static const struct kb_keystore_ops p11_ops = {
     .kind = "pkcs11",
     .seal = p11_seal,
@@ -551,6 +566,7 @@ static const struct kb_keystore_ops p11_ops = {
     .mac = p11_mac,
     .counter_get = p11_counter_get,
     .counter_set = p11_counter_set,
+    .random = p11_random,
     .free = p11_free,
 };
 

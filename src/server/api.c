@@ -1065,11 +1065,12 @@ static const char *const admin_routes3[] = {
     "/v1/admin/audit/verify",
 };
 static const char *const secret_actions[] = {"restore", "purge",  "versions", "rollback",
-                                             "content", "status", NULL};
+                                             "content", "status", "generate", NULL};
 static const char *const secret_action_routes[] = {
     "/v1/admin/secrets/{name}/restore",  "/v1/admin/secrets/{name}/purge",
     "/v1/admin/secrets/{name}/versions", "/v1/admin/secrets/{name}/rollback",
     "/v1/admin/secrets/{name}/content",  "/v1/admin/secrets/{name}/status",
+    "/v1/admin/secrets/{name}/generate",
 };
 
 const char *api_route_name(const char *method, const char *path)

@@ -14,6 +14,7 @@
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/spiffe_id.h"
+#include "generate.h"
 #include "model.h"
 
 static bool is(const char *a, const char *b)
@@ -589,6 +590,90 @@ out:
     json_decref(body);
 }
 
+/* POST /v1/admin/secrets/{name}/generate: the server makes the content (generate.h); the answer
+ * carries metadata and the public key of a pair, never the content. */
+static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *r)
+{
+    static const char *const k[] = {"type",        "bytes",      "alphabet",   "bits",
+                                    "curve",       "metadata",   "expires_at", "description",
+                                    "owner_group", "cloud_sync", NULL};
+    json_t *body = NULL, *o = NULL;
+    char *meta = NULL;
+    gen_params p;
+    gen_result res;
+    svc_secret_spec spec;
+    const char *why = NULL;
+    int cloud = -1;
+    kb_err rc;
+
+    memset(&p, 0, sizeof(p));
+    memset(&res, 0, sizeof(res));
+    memset(&spec, 0, sizeof(spec));
+    if (api_query_only(c, NULL) != KB_OK) {
+        api_error(r, 400, "invalid", "unexpected query parameter");
+        return;
+    }
+    if (api_body(c, k, 0, &body, r) != KB_OK)
+        return;
+    if (f_str(body, "type", true, &p.type) != KB_OK ||
+        f_int(body, "bytes", false, &p.bytes) != KB_OK ||
+        f_str(body, "alphabet", false, &p.alphabet) != KB_OK ||
+        f_int(body, "bits", false, &p.bits) != KB_OK ||
+        f_str(body, "curve", false, &p.curve) != KB_OK ||
+        f_str(body, "description", false, &spec.description) != KB_OK ||
+        f_str(body, "owner_group", false, &spec.owner_group) != KB_OK ||
+        f_bool(body, "cloud_sync", &cloud) != KB_OK ||
+        f_int(body, "expires_at", true, &spec.expires_at) != KB_OK) {
+        bad_body(r, KB_ERR_INVALID, "missing field or wrong type");
+        goto out;
+    }
+    if ((json_object_get(body, "bytes") != NULL && p.bytes == 0) ||
+        (json_object_get(body, "bits") != NULL && p.bits == 0)) {
+        bad_body(r, KB_ERR_INVALID, "bytes and bits must be positive");
+        goto out;
+    }
+    if ((rc = gen_check(&p, &why)) != KB_OK) {
+        bad_body(r, rc, why);
+        goto out;
+    }
+    if ((rc = model_name_check(name)) != KB_OK ||
+        (rc = model_description_check(spec.description)) != KB_OK ||
+        (spec.owner_group && (rc = model_name_check(spec.owner_group)) != KB_OK)) {
+        bad_body(r, rc, "invalid name, description or owner group");
+        goto out;
+    }
+    if ((rc = f_metadata(body, &meta)) != KB_OK) {
+        bad_body(r, rc, "metadata must be an object of valid string values");
+        goto out;
+    }
+    spec.name = name;
+    spec.metadata = meta;
+    spec.cloud_sync = cloud == 1;
+    rc = gen_secret(s, &c->actor, &p, &spec, &res);
+    if (rc != KB_OK) {
+        api_error_kb(r, rc,
+                     rc == KB_ERR_NOT_FOUND   ? "owner group not found"
+                     : rc == KB_ERR_INVALID   ? "invalid name (NAME.pub must be a valid name too)"
+                     : rc == KB_ERR_TOO_LARGE ? "content too large"
+                                              : "request refused");
+        goto out;
+    }
+    o = json_pack("{s:s,s:s,s:I}", "name", name, "type", p.type, "version",
+                  (json_int_t)res.version);
+    if (o != NULL && res.pub_pem != NULL) {
+        char pub_name[300];
+        snprintf(pub_name, sizeof(pub_name), "%s%s", name, GEN_PUB_SUFFIX);
+        json_object_set_new(o, "public_name", json_string(pub_name));
+        json_object_set_new(o, "public_version", json_integer((json_int_t)res.pub_version));
+        json_object_set_new(o, "public_key", json_string(res.pub_pem));
+    }
+    api_ok(r, res.version == 1 ? 201 : 200, o);
+out:
+    gen_result_clear(&res);
+    free(meta);
+    json_decref(body);
+}
+
 static void secret_content(svc *s, api_ctx *c, const char *name, api_response *r)
 {
     static const char *const q[] = {"version", NULL};
@@ -709,6 +794,8 @@ static void secrets_route(svc *s, api_ctx *c, api_response *r)
         secret_life(s, c, name, LIFE_PURGE, r);
     else if (post && is(act, "rollback"))
         secret_rollback(s, c, name, r);
+    else if (post && is(act, "generate"))
+        secret_generate(s, c, name, r);
     else if (get && is(act, "content"))
         secret_content(s, c, name, r);
     else if (get && is(act, "versions"))
