@@ -9,6 +9,7 @@
 
 #include <sqlite3.h>
 
+#include "lib/buf.h"
 #include "lib/log.h"
 
 #define SCHEMA_VERSION 3 /* 2: reg.sans; 3: reg.adopt_spire */
@@ -317,8 +318,8 @@ void ca_gen_list_free(ca_gen *g, size_t n)
 kb_err ca_store_gen_list(ca_store *st, ca_gen **out, size_t *n)
 {
     sqlite3_stmt *q = NULL;
-    ca_gen *v = NULL, *nv;
-    size_t cnt = 0;
+    ca_gen *v = NULL;
+    size_t cnt = 0, cap = 0;
     kb_err rc = KB_OK;
     int r;
 
@@ -330,10 +331,7 @@ kb_err ca_store_gen_list(ca_store *st, ca_gen **out, size_t *n)
                           "not_after, created FROM gen ORDER BY gen",
                           &q));
     while ((r = sqlite3_step(q)) == SQLITE_ROW) {
-        nv = realloc(v, (cnt + 1) * sizeof(*v));
-        KB_ENSURE_OUT(rc, nv != NULL, KB_ERR_NOMEM);
-        v = nv;
-        memset(&v[cnt], 0, sizeof(v[cnt]));
+        KB_GUARD_OUT(rc, kb_grow((void **)&v, &cap, cnt, sizeof(*v)));
         v[cnt].gen = sqlite3_column_int64(q, 0);
         copy_col(q, 1, v[cnt].state, sizeof(v[cnt].state));
         copy_col(q, 2, v[cnt].key_kind, sizeof(v[cnt].key_kind));
@@ -505,8 +503,8 @@ out:
 kb_err ca_store_reg_list(ca_store *st, ca_reg **out, size_t *n)
 {
     sqlite3_stmt *q = NULL;
-    ca_reg *v = NULL, *nv;
-    size_t cnt = 0;
+    ca_reg *v = NULL;
+    size_t cnt = 0, cap = 0;
     kb_err rc = KB_OK;
     int s;
 
@@ -515,9 +513,7 @@ kb_err ca_store_reg_list(ca_store *st, ca_reg **out, size_t *n)
     lock(st);
     KB_GUARD_OUT(rc, prep(st, "SELECT " REG_COLS " FROM reg ORDER BY rid", &q));
     while ((s = sqlite3_step(q)) == SQLITE_ROW) {
-        nv = realloc(v, (cnt + 1) * sizeof(*v));
-        KB_ENSURE_OUT(rc, nv != NULL, KB_ERR_NOMEM);
-        v = nv;
+        KB_GUARD_OUT(rc, kb_grow((void **)&v, &cap, cnt, sizeof(*v)));
         reg_row(q, &v[cnt++]);
     }
     if (s != SQLITE_DONE)

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/buf.h"
 #include "lib/fileio.h"
 #include "store.h"
 
@@ -14,7 +15,7 @@ typedef struct {
 } cred;
 
 struct cache_creds {
-    size_t n;
+    size_t n, cap;
     cred *v;
 };
 
@@ -103,12 +104,7 @@ kb_err cache_creds_parse(const char *text, size_t len, cache_creds **out, size_t
         if (i == n || p[i] == '#')
             continue;
         KB_ENSURE_OUT(rc, c->n < CACHE_CREDS_MAX, KB_ERR_TOO_LARGE);
-        {
-            cred *nv = realloc(c->v, (c->n + 1) * sizeof(*nv));
-            KB_ENSURE_OUT(rc, nv != NULL, KB_ERR_NOMEM);
-            c->v = nv;
-            memset(&c->v[c->n], 0, sizeof(c->v[c->n]));
-        }
+        KB_GUARD_OUT(rc, kb_grow((void **)&c->v, &c->cap, c->n, sizeof(*c->v)));
         rc = parse_line(p, n, &c->v[c->n]);
         if (rc != KB_OK) {
             if (bad_line)

@@ -255,3 +255,26 @@ kb_err kb_unhex(const char *in, size_t in_len, uint8_t *out, size_t n)
     }
     return KB_OK;
 }
+
+kb_err kb_grow(void **arr, size_t *cap, size_t n, size_t elem)
+{
+    void *p;
+    size_t nc;
+    KB_ENSURE_REF(arr);
+    KB_ENSURE_REF(cap);
+    KB_ENSURE(elem > 0, KB_ERR_INVALID);
+    if (n < *cap)
+        return KB_OK;
+    nc = *cap ? *cap : 16;
+    while (nc <= n) {
+        KB_ENSURE(nc <= SIZE_MAX / 2, KB_ERR_NOMEM);
+        nc *= 2;
+    }
+    KB_ENSURE(nc <= SIZE_MAX / elem, KB_ERR_NOMEM);
+    p = realloc(*arr, nc * elem);
+    KB_ENSURE(p != NULL, KB_ERR_NOMEM);
+    memset((char *)p + *cap * elem, 0, (nc - *cap) * elem);
+    *arr = p;
+    *cap = nc;
+    return KB_OK;
+}

@@ -61,6 +61,12 @@ void kb_dbuf_free(kb_dbuf *b);
 /* Hand the allocation to the caller (NUL-terminated, must be freed with free()); b is emptied. */
 char *kb_dbuf_steal(kb_dbuf *b, size_t *len);
 
+/* Make room in the array *arr (capacity *cap elements of elem bytes) for element index n: the
+ * capacity doubles (from 16) until it exceeds n, new elements are zeroed, and *arr and *cap change
+ * only on success. KB_ERR_NOMEM on allocation failure or if the size would overflow. Callers keep
+ * their own count and limit. Not for secret bytes (realloc may leave a copy behind). */
+KB_WUR kb_err kb_grow(void **arr, size_t *cap, size_t n, size_t elem);
+
 /* Lowercase hex of n bytes into out (2n+1 bytes). */
 void kb_hex(const uint8_t *in, size_t n, char *out);
 /* Parse exactly 2n hex characters into out; KB_ERR_INVALID on any other input. */

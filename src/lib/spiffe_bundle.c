@@ -14,6 +14,7 @@
 #include <openssl/pem.h>
 
 #include "base64.h"
+#include "buf.h"
 #include "fileio.h"
 #include "json.h"
 #include "spiffe_id.h"
@@ -35,7 +36,7 @@ struct spiffe_bundle {
     STACK_OF(X509) * roots;
     X509_STORE *store;
     jwt_key *jwt;
-    size_t njwt;
+    size_t njwt, jwt_cap;
     int has_seq;
     uint64_t seq;
     int64_t refresh; /* -1: none */
@@ -437,10 +438,7 @@ kb_err spiffe_bundle_add_jwt_key(spiffe_bundle *b, const char *kid, EVP_PKEY *ke
     KB_ENSURE(klen <= KID_MAX, KB_ERR_TOO_LARGE);
     KB_ENSURE(spiffe_bundle_jwt_key(b, kid) == NULL, KB_ERR_EXISTS);
     KB_ENSURE(entry_count(b) < SPIFFE_BUNDLE_KEYS_MAX, KB_ERR_TOO_LARGE);
-    jwt_key *n = realloc(b->jwt, (b->njwt + 1) * sizeof(*n));
-    if (n == NULL)
-        return KB_ERR_NOMEM;
-    b->jwt = n;
+    KB_GUARD(kb_grow((void **)&b->jwt, &b->jwt_cap, b->njwt, sizeof(*b->jwt)));
     char *k = strndup(kid, klen);
     if (k == NULL)
         return KB_ERR_NOMEM;
@@ -985,14 +983,7 @@ kb_err spiffe_bundle_set_put(spiffe_bundle_set *s, spiffe_bundle *b)
         }
     }
     KB_ENSURE(s->n < SPIFFE_BUNDLE_SET_MAX, KB_ERR_TOO_LARGE);
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 4;
-        spiffe_bundle **n = realloc(s->b, cap * sizeof(*n));
-        if (n == NULL)
-            return KB_ERR_NOMEM;
-        s->b = n;
-        s->cap = cap;
-    }
+    KB_GUARD(kb_grow((void **)&s->b, &s->cap, s->n, sizeof(*s->b)));
     s->b[s->n++] = b;
     return KB_OK;
 }

@@ -457,8 +457,8 @@ kb_err audit_verify(audit_log *a, const char *anchor_path, audit_report *report)
 
 kb_err audit_verify_anchor(audit_log *a, const audit_anchor *extra, audit_report *report)
 {
-    audit_anchor *anchors = NULL, *tmp;
-    size_t na = 0, ai = 0;
+    audit_anchor *anchors = NULL;
+    size_t na = 0, ai = 0, cap;
     uint8_t prev[AUDIT_MAC_LEN] = {0};
     int64_t expect = 1, after = 0;
     kb_dbuf c;
@@ -473,9 +473,8 @@ kb_err audit_verify_anchor(audit_log *a, const audit_anchor *extra, audit_report
 
     KB_GUARD_OUT(rc, a->st->ops->anchor_list(a->st, &anchors, &na));
     if (extra != NULL) {
-        tmp = realloc(anchors, (na + 1) * sizeof(*anchors));
-        KB_ENSURE_OUT(rc, tmp != NULL, KB_ERR_NOMEM);
-        anchors = tmp;
+        cap = na;
+        KB_GUARD_OUT(rc, kb_grow((void **)&anchors, &cap, na, sizeof(*anchors)));
         anchors[na] = *extra;
         na++;
         qsort(anchors, na, sizeof(*anchors), anchor_cmp);

@@ -11,6 +11,7 @@
 #include <openssl/sha.h>
 
 #include "lib/base64.h"
+#include "lib/buf.h"
 #include "lib/config.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -327,16 +328,9 @@ static kb_err sm_load(sync_sink *s, const char *app, sync_state *out, sync_summa
             if (next == NULL)
                 rc = KB_ERR_NOMEM;
         }
-        if (rc == KB_OK && out->n + json_array_size(list) > cap) {
-            size_t nc = (out->n + json_array_size(list)) * 2 + 16;
-            sync_entry *ne = realloc(out->e, nc * sizeof(*ne));
-            if (ne == NULL)
-                rc = KB_ERR_NOMEM;
-            else {
-                out->e = ne;
-                cap = nc;
-            }
-        }
+        if (rc == KB_OK && json_array_size(list) > 0)
+            rc = kb_grow((void **)&out->e, &cap, out->n + json_array_size(list) - 1,
+                         sizeof(*out->e));
         json_array_foreach(list, i, o)
         {
             kb_err er;

@@ -1,4 +1,5 @@
-/* test_buf.c - bounded reader, bounded dynamic buffer, hex. */
+/* test_buf.c - bounded reader, bounded dynamic buffer, array growth, hex. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "kbtest.h"
@@ -123,6 +124,38 @@ static void hex_round_trip_and_rejects(void **state)
     assert_kb(kb_unhex("00abff00", 8, out, 3), KB_ERR_INVALID);
 }
 
+static void grow_doubles_zeroes_and_refuses_overflow(void **state)
+{
+    uint64_t *v = NULL, *keep;
+    size_t cap = 0;
+    (void)state;
+    for (size_t n = 0; n < 1000; n++) {
+        assert_ok(kb_grow((void **)&v, &cap, n, sizeof(*v)));
+        assert_true(cap > n);
+        assert_int_equal(v[n], 0); /* new elements are zeroed */
+        v[n] = n + 1;
+    }
+    assert_int_equal(cap, 1024); /* 16, doubling: log(n) reallocations, not n */
+    for (size_t n = 0; n < 1000; n++)
+        assert_int_equal(v[n], n + 1);
+    /* room already there: nothing moves */
+    keep = v;
+    assert_ok(kb_grow((void **)&v, &cap, 5, sizeof(*v)));
+    assert_ptr_equal(v, keep);
+    /* a far index is reached in one step */
+    assert_ok(kb_grow((void **)&v, &cap, 5000, sizeof(*v)));
+    assert_int_equal(cap, 8192);
+    /* oversized: the element count or the byte size would overflow; nothing changes */
+    assert_kb(kb_grow((void **)&v, &cap, SIZE_MAX, sizeof(*v)), KB_ERR_NOMEM);
+    assert_kb(kb_grow((void **)&v, &cap, SIZE_MAX / 4, sizeof(*v)), KB_ERR_NOMEM);
+    assert_int_equal(cap, 8192);
+    assert_int_equal(v[999], 1000);
+    assert_kb(kb_grow((void **)&v, &cap, 1, 0), KB_ERR_INVALID);
+    assert_kb(kb_grow(NULL, &cap, 1, 8), KB_ERR_NULL);
+    assert_kb(kb_grow((void **)&v, NULL, 1, 8), KB_ERR_NULL);
+    free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -132,6 +165,7 @@ int main(void)
         cmocka_unit_test(dbuf_unlimited_max_does_not_wrap),
         cmocka_unit_test(reader_until_unlimited_max),
         cmocka_unit_test(hex_round_trip_and_rejects),
+        cmocka_unit_test(grow_doubles_zeroes_and_refuses_overflow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
