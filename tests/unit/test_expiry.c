@@ -159,6 +159,18 @@ static void malformed(void **state)
                   KB_ERR_INVALID);
         assert_int_equal(k, EXPIRY_OPENPGP);
     }
+    /* a good armoured key whose last base64 quantum has non-zero pad bits ("zWo=" -> "zWp=":
+     * the same bytes to a lenient decoder): refused, as base64 is everywhere (lib/base64.h) */
+    b = load("pgp-rsa-pub.asc");
+    {
+        char *q = memmem(b.p, b.len, "zWo=\n=", 6);
+        assert_non_null(q);
+        assert_ok(extract(&b, b.len, &t, &k));
+        q[2] = 'p';
+        assert_kb(extract(&b, b.len, &t, &k), KB_ERR_INVALID);
+        assert_int_equal(k, EXPIRY_OPENPGP);
+    }
+    kb_dbuf_free(&b);
     /* binary: a key packet whose length runs past the end; a partial body length; a v9 key */
     static const uint8_t past_end[] = {0x99, 0x01, 0x00, 0x04, 0x00};
     static const uint8_t partial[] = {0xC6, 0xE1, 0x04, 0x00};
