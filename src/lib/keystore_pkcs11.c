@@ -14,6 +14,9 @@
  * Threads: each keystore has a small pool of sessions; a call takes a free one (waiting on a
  * condition variable if all are busy), so calls on different sessions run in parallel in the
  * module, which was initialised with CKF_OS_LOCKING_OK.
+ *
+ * EC signing keys on the same machinery are in keystore_pkcs11_ec.c; what the two files share is
+ * declared in keystore_pkcs11_impl.h.
  */
 #include "keystore.h"
 
@@ -30,39 +33,16 @@
 
 #include "buf.h"
 #include "keystore_impl.h"
+#include "keystore_pkcs11_impl.h"
 #include "log.h"
 
-#define POOL_SIZE 4
 #define TOKEN_LABEL_LEN 32 /* CK_TOKEN_INFO.label: blank-padded, not NUL-terminated */
-#define KEY_LABEL_MAX 64
-#define CKA_ID_LEN 16
 #define CKA_ID_MAX 64
 #define PIN_MAX 256
 #define MAC_SUFFIX "-mac"
-#define COUNTER_APP "keybridge-state:"
 #define COUNTER_DIGITS 20 /* the label: UINT64_MAX has 20 decimal digits */
 
 /* ---- module registry ---------------------------------------------------------------------- */
-
-/* What C_Login accepted for a token, so that a later open of the same token in this process,
- * which the module answers with CKR_USER_ALREADY_LOGGED_IN without looking at the PIN, still has
- * its PIN checked: salted SHA-256, compared in constant time. */
-struct p11_login {
-    CK_SLOT_ID slot;
-    uint8_t salt[16];
-    uint8_t pin_hash[32];
-    struct p11_login *next;
-};
-
-struct p11_module {
-    char *path;
-    void *dl;
-    CK_FUNCTION_LIST_PTR f;
-    unsigned refs;
-    int finalize; /* we initialised it, so we finalise it */
-    struct p11_login *logins;
-    struct p11_module *next;
-};
 
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct p11_module *registry;
@@ -73,7 +53,7 @@ static const char *rv_hex(CK_RV rv, char buf[24])
     return buf;
 }
 
-static void log_rv(const char *event, const char *what, CK_RV rv)
+void kb_p11_log_rv(const char *event, const char *what, CK_RV rv)
 {
     char b[24];
     kb_log(KB_LOG_ERROR, event, "call", what, "ckr", rv_hex(rv, b), NULL);
@@ -140,7 +120,7 @@ static kb_err module_acquire(const char *path, struct p11_module **out)
     if (rv == CKR_OK) {
         m->finalize = 1;
     } else if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-        log_rv("pkcs11_module_init_failed", "C_Initialize", rv);
+        kb_p11_log_rv("pkcs11_module_init_failed", "C_Initialize", rv);
         rc = rv == CKR_CANT_LOCK ? KB_ERR_UNAVAILABLE : KB_ERR_HSM;
         goto out;
     }
@@ -245,26 +225,7 @@ out:
 
 /* ---- the keystore ------------------------------------------------------------------------- */
 
-struct p11_ks {
-    struct p11_module *mod;
-    CK_SLOT_ID slot;
-    CK_OBJECT_HANDLE wrap_key;
-    CK_OBJECT_HANDLE mac_key;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    CK_SESSION_HANDLE sess[POOL_SIZE];
-    int busy[POOL_SIZE];
-    int nsess;
-    int sync_init;
-    /* The state counter (kb_keystore_counter_*; calls serialised by keystore.c): a read-write
-     * session opened on first use (the pool's are read-only), the object once found. */
-    char counter_app[sizeof(COUNTER_APP) + KEY_LABEL_MAX];
-    CK_SESSION_HANDLE rw;
-    int rw_open;
-    CK_OBJECT_HANDLE counter;
-};
-
-static void p11_free(void *impl)
+void kb_p11_free(void *impl)
 {
     struct p11_ks *k = impl;
 
@@ -282,7 +243,7 @@ static void p11_free(void *impl)
     free(k);
 }
 
-static int sess_get(struct p11_ks *k)
+int kb_p11_sess_get(struct p11_ks *k)
 {
     int i;
 
@@ -299,7 +260,7 @@ static int sess_get(struct p11_ks *k)
     }
 }
 
-static void sess_put(struct p11_ks *k, int i)
+void kb_p11_sess_put(struct p11_ks *k, int i)
 {
     pthread_mutex_lock(&k->mu);
     k->busy[i] = 0;
@@ -338,13 +299,13 @@ static kb_err p11_seal(void *impl, const uint8_t iv_in[KB_KS_IV_LEN], const uint
 
     memcpy(iv, iv_in, sizeof(iv));
     KB_GUARD(gcm_mech(&gp, &mech, iv, aad, aad_len));
-    i = sess_get(k);
+    i = kb_p11_sess_get(k);
     rv = f->C_EncryptInit(k->sess[i], &mech, k->wrap_key);
     if (rv == CKR_OK)
         rv = f->C_Encrypt(k->sess[i], (CK_BYTE_PTR)in, (CK_ULONG)len, out, &outl);
-    sess_put(k, i);
+    kb_p11_sess_put(k, i);
     if (rv != CKR_OK) {
-        log_rv("pkcs11_wrap_failed", "C_Encrypt", rv);
+        kb_p11_log_rv("pkcs11_wrap_failed", "C_Encrypt", rv);
         rc = KB_ERR_HSM;
     } else if (outl != len + KB_KS_TAG_LEN) {
         rc = KB_ERR_HSM;
@@ -375,12 +336,12 @@ static kb_err p11_open(void *impl, const uint8_t iv_in[KB_KS_IV_LEN], const uint
      * them room, in locked memory, and copy out only the verified plaintext. */
     KB_GUARD(kb_secret_new(len, &tmp));
     outl = (CK_ULONG)len;
-    i = sess_get(k);
+    i = kb_p11_sess_get(k);
     rv = f->C_DecryptInit(k->sess[i], &mech, k->wrap_key);
     decrypt_started = rv == CKR_OK;
     if (rv == CKR_OK)
         rv = f->C_Decrypt(k->sess[i], (CK_BYTE_PTR)in, (CK_ULONG)len, kb_secret_data(tmp), &outl);
-    sess_put(k, i);
+    kb_p11_sess_put(k, i);
     if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE ||
         rv == CKR_DATA_INVALID || rv == CKR_DATA_LEN_RANGE
 #ifdef CKR_AEAD_DECRYPT_FAILED
@@ -397,7 +358,7 @@ static kb_err p11_open(void *impl, const uint8_t iv_in[KB_KS_IV_LEN], const uint
                NULL);
         rc = KB_ERR_INTEGRITY;
     } else if (rv != CKR_OK) {
-        log_rv("pkcs11_unwrap_failed", "C_Decrypt", rv);
+        kb_p11_log_rv("pkcs11_unwrap_failed", "C_Decrypt", rv);
         rc = KB_ERR_HSM;
     } else if (outl != len - KB_KS_TAG_LEN) {
         rc = KB_ERR_HSM;
@@ -417,13 +378,13 @@ static kb_err p11_mac(void *impl, const uint8_t *data, size_t len, uint8_t out[K
     CK_RV rv;
     int i;
 
-    i = sess_get(k);
+    i = kb_p11_sess_get(k);
     rv = f->C_SignInit(k->sess[i], &mech, k->mac_key);
     if (rv == CKR_OK)
         rv = f->C_Sign(k->sess[i], (CK_BYTE_PTR)data, (CK_ULONG)len, out, &outl);
-    sess_put(k, i);
+    kb_p11_sess_put(k, i);
     if (rv != CKR_OK || outl != KB_KEYSTORE_MAC_LEN) {
-        log_rv("pkcs11_mac_failed", "C_Sign", rv);
+        kb_p11_log_rv("pkcs11_mac_failed", "C_Sign", rv);
         kb_wipe(out, KB_KEYSTORE_MAC_LEN);
         return KB_ERR_HSM;
     }
@@ -450,7 +411,7 @@ static kb_err counter_find(struct p11_ks *k)
         /* Login is per application and token: this session is a logged-in R/W user session. */
         rv = f->C_OpenSession(k->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &k->rw);
         if (rv != CKR_OK) {
-            log_rv("pkcs11_open_session_failed", "C_OpenSession", rv);
+            kb_p11_log_rv("pkcs11_open_session_failed", "C_OpenSession", rv);
             return KB_ERR_HSM;
         }
         k->rw_open = 1;
@@ -483,7 +444,7 @@ static kb_err p11_counter_get(void *impl, uint64_t *out)
     if (rv == CKR_OBJECT_HANDLE_INVALID)
         k->counter = CK_INVALID_HANDLE; /* deleted meanwhile: look again next time */
     if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL) {
-        log_rv("pkcs11_counter_failed", "C_GetAttributeValue", rv);
+        kb_p11_log_rv("pkcs11_counter_failed", "C_GetAttributeValue", rv);
         return KB_ERR_HSM;
     }
     /* A public object could be written by anyone holding the token without the PIN. */
@@ -527,7 +488,7 @@ static kb_err p11_counter_set(void *impl, uint64_t v)
         rv = f->C_CreateObject(k->rw, tmpl, KB_ARRAY_LEN(tmpl), &k->counter);
         if (rv != CKR_OK) {
             k->counter = CK_INVALID_HANDLE;
-            log_rv("pkcs11_counter_failed", "C_CreateObject", rv);
+            kb_p11_log_rv("pkcs11_counter_failed", "C_CreateObject", rv);
             return KB_ERR_HSM;
         }
         kb_log(KB_LOG_INFO, "pkcs11_counter_created", "key", k->counter_app, NULL);
@@ -538,7 +499,7 @@ static kb_err p11_counter_set(void *impl, uint64_t v)
     if (rv == CKR_OBJECT_HANDLE_INVALID)
         k->counter = CK_INVALID_HANDLE;
     if (rv != CKR_OK) {
-        log_rv("pkcs11_counter_failed", "C_SetAttributeValue", rv);
+        kb_p11_log_rv("pkcs11_counter_failed", "C_SetAttributeValue", rv);
         return KB_ERR_HSM;
     }
     return KB_OK;
@@ -549,11 +510,11 @@ static kb_err p11_random(void *impl, uint8_t *out, size_t len)
 {
     struct p11_ks *k = impl;
     CK_FUNCTION_LIST_PTR f = k->mod->f;
-    int i = sess_get(k);
+    int i = kb_p11_sess_get(k);
     CK_RV rv = f->C_GenerateRandom(k->sess[i], out, (CK_ULONG)len);
-    sess_put(k, i);
+    kb_p11_sess_put(k, i);
     if (rv != CKR_OK) {
-        log_rv("pkcs11_random_failed", "C_GenerateRandom", rv);
+        kb_p11_log_rv("pkcs11_random_failed", "C_GenerateRandom", rv);
         return KB_ERR_HSM;
     }
     return KB_OK;
@@ -567,12 +528,12 @@ static const struct kb_keystore_ops p11_ops = {
     .counter_get = p11_counter_get,
     .counter_set = p11_counter_set,
     .random = p11_random,
-    .free = p11_free,
+    .free = kb_p11_free,
 };
 
 /* ---- opening ------------------------------------------------------------------------------ */
 
-static kb_err check_args(const char *module, const char *token_label, const char *key_label,
+kb_err kb_p11_check_args(const char *module, const char *token_label, const char *key_label,
                          const kb_secret *pin)
 {
     KB_ENSURE_REF(module);
@@ -633,7 +594,7 @@ static kb_err find_slot(CK_FUNCTION_LIST_PTR f, const char *token_label, CK_SLOT
     }
 out:
     if (rv != CKR_OK)
-        log_rv("pkcs11_slot_list_failed", "C_GetSlotList", rv);
+        kb_p11_log_rv("pkcs11_slot_list_failed", "C_GetSlotList", rv);
     else if (rc == KB_ERR_NOT_FOUND)
         kb_log(KB_LOG_ERROR, "pkcs11_token_not_found", "token", token_label, NULL);
     free(slots);
@@ -665,13 +626,13 @@ static kb_err find_one(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_ATTRIBUTE
 
     rv = f->C_FindObjectsInit(s, tmpl, ntmpl);
     if (rv != CKR_OK) {
-        log_rv("pkcs11_find_failed", "C_FindObjectsInit", rv);
+        kb_p11_log_rv("pkcs11_find_failed", "C_FindObjectsInit", rv);
         return KB_ERR_HSM;
     }
     rv = f->C_FindObjects(s, found, 2, &n);
     (void)f->C_FindObjectsFinal(s);
     if (rv != CKR_OK) {
-        log_rv("pkcs11_find_failed", "C_FindObjects", rv);
+        kb_p11_log_rv("pkcs11_find_failed", "C_FindObjects", rv);
         return KB_ERR_HSM;
     }
     if (n == 0)
@@ -685,7 +646,7 @@ static kb_err find_one(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_ATTRIBUTE
 }
 
 /* Find the one token object of this class and key type with this label. */
-static kb_err find_obj(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
+kb_err kb_p11_find_obj(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
                        CK_OBJECT_CLASS cls, CK_KEY_TYPE type, CK_OBJECT_HANDLE *h)
 {
     CK_BBOOL yes = CK_TRUE;
@@ -705,7 +666,7 @@ static kb_err find_obj(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *
 static kb_err find_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
                        CK_KEY_TYPE type, CK_OBJECT_HANDLE *h)
 {
-    return find_obj(f, s, label, CKO_SECRET_KEY, type, h);
+    return kb_p11_find_obj(f, s, label, CKO_SECRET_KEY, type, h);
 }
 
 /* Refuse a key that could leave the token: the design requires sensitive, never-extractable
@@ -725,7 +686,7 @@ static kb_err check_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_H
 
     rv = f->C_GetAttributeValue(s, h, a, id ? 4 : 3);
     if (rv != CKR_OK) {
-        log_rv("pkcs11_key_attributes_failed", "C_GetAttributeValue", rv);
+        kb_p11_log_rv("pkcs11_key_attributes_failed", "C_GetAttributeValue", rv);
         return KB_ERR_HSM;
     }
     if (sensitive != CK_TRUE || extractable != CK_FALSE || vlen != 32) {
@@ -773,7 +734,7 @@ static kb_err generate_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const ch
     KB_ENSURE(RAND_bytes(id, sizeof(id)) == 1, KB_ERR_CRYPTO);
     rv = f->C_GenerateKey(s, &mech, tmpl, KB_ARRAY_LEN(tmpl), &h);
     if (rv != CKR_OK) {
-        log_rv("pkcs11_keygen_failed", "C_GenerateKey", rv);
+        kb_p11_log_rv("pkcs11_keygen_failed", "C_GenerateKey", rv);
         return KB_ERR_HSM;
     }
     kb_log(KB_LOG_INFO, "pkcs11_key_generated", "key", label, NULL);
@@ -782,8 +743,8 @@ static kb_err generate_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const ch
 
 /* Load the module, find the token, open the session pool and log in. rw: sessions may create
  * objects (init). */
-static kb_err p11_start(const char *module, const char *token_label, const kb_secret *pin, int rw,
-                        struct p11_ks **out)
+kb_err kb_p11_start(const char *module, const char *token_label, const kb_secret *pin, int rw,
+                    struct p11_ks **out)
 {
     struct p11_ks *k = NULL;
     CK_FLAGS flags = CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0);
@@ -814,7 +775,7 @@ static kb_err p11_start(const char *module, const char *token_label, const kb_se
     for (int i = 0; i < POOL_SIZE; i++) {
         rv = k->mod->f->C_OpenSession(k->slot, flags, NULL, NULL, &k->sess[i]);
         if (rv != CKR_OK) {
-            log_rv("pkcs11_open_session_failed", "C_OpenSession", rv);
+            kb_p11_log_rv("pkcs11_open_session_failed", "C_OpenSession", rv);
             rc = KB_ERR_HSM;
             goto out;
         }
@@ -824,7 +785,7 @@ static kb_err p11_start(const char *module, const char *token_label, const kb_se
     *out = k;
     k = NULL;
 out:
-    p11_free(k);
+    kb_p11_free(k);
     return rc;
 }
 
@@ -836,9 +797,9 @@ kb_err kb_keystore_init_pkcs11(const char *module, const char *token_label, cons
     CK_OBJECT_HANDLE h;
     kb_err rc;
 
-    KB_GUARD(check_args(module, token_label, key_label, pin));
+    KB_GUARD(kb_p11_check_args(module, token_label, key_label, pin));
     snprintf(mac_label, sizeof(mac_label), "%s%s", key_label, MAC_SUFFIX);
-    KB_GUARD(p11_start(module, token_label, pin, 1, &k));
+    KB_GUARD(kb_p11_start(module, token_label, pin, 1, &k));
     for (int mac = 0; mac <= 1; mac++) {
         const char *label = mac ? mac_label : key_label;
         CK_KEY_TYPE type = mac ? CKK_GENERIC_SECRET : CKK_AES;
@@ -851,7 +812,7 @@ kb_err kb_keystore_init_pkcs11(const char *module, const char *token_label, cons
         KB_GUARD_OUT(rc, check_key(k->mod->f, k->sess[0], h, label, NULL, NULL));
     }
 out:
-    p11_free(k);
+    kb_p11_free(k);
     return rc;
 }
 
@@ -869,9 +830,9 @@ kb_err kb_keystore_open_pkcs11(const char *module, const char *token_label, cons
 
     KB_ENSURE_REF(out);
     *out = NULL;
-    KB_GUARD(check_args(module, token_label, key_label, pin));
+    KB_GUARD(kb_p11_check_args(module, token_label, key_label, pin));
     snprintf(mac_label, sizeof(mac_label), "%s%s", key_label, MAC_SUFFIX);
-    KB_GUARD(p11_start(module, token_label, pin, 0, &k));
+    KB_GUARD(kb_p11_start(module, token_label, pin, 0, &k));
     rc = find_key(k->mod->f, k->sess[0], key_label, CKK_AES, &k->wrap_key);
     if (rc == KB_ERR_NOT_FOUND)
         kb_log(KB_LOG_ERROR, "pkcs11_key_not_found", "token", token_label, "key", key_label, "hint",
@@ -892,254 +853,6 @@ kb_err kb_keystore_open_pkcs11(const char *module, const char *token_label, cons
     rc = kb_keystore_new(&p11_ops, k, key_id, out);
     k = NULL; /* owned by the keystore, or already freed */
 out:
-    p11_free(k);
-    return rc;
-}
-
-/* ---- EC P-256 signing keys ---------------------------------------------------------------- *
- *
- * PKCS11-curr 2.40 section 2.3: CKM_EC_KEY_PAIR_GEN with CKA_EC_PARAMS = DER OID of the curve
- * (RFC 5480 2.1.1.1, secp256r1 = 1.2.840.10045.3.1.7); CKM_ECDSA signs a caller-supplied hash and
- * returns r || s, each padded to the order's length (2.3.1), which we re-encode as the DER
- * ECDSA-Sig-Value X.509 wants (RFC 3279 2.2.3). CKA_EC_POINT is DER OCTET STRING(uncompressed
- * point) (2.3.3; some modules return the bare point, accepted too). */
-
-#include <openssl/core_names.h>
-#include <openssl/ec.h>
-#include <openssl/param_build.h>
-
-static const uint8_t P256_OID_DER[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-#define P256_POINT_LEN 65
-#define P256_COORD 32
-
-struct p11_ec {
-    struct p11_ks *ks; /* module, slot, session pool, login */
-    CK_OBJECT_HANDLE priv;
-};
-
-static kb_err find_ec_obj(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label,
-                          CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *h)
-{
-    return find_obj(f, s, label, cls, CKK_EC, h);
-}
-
-/* The private key must be a P-256 key that cannot leave the token. */
-static kb_err check_ec_priv(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
-                            const char *label)
-{
-    CK_BBOOL sensitive = CK_FALSE, extractable = CK_TRUE, sign = CK_FALSE;
-    uint8_t params[64];
-    CK_ATTRIBUTE a[] = {
-        {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
-        {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
-        {CKA_SIGN, &sign, sizeof(sign)},
-        {CKA_EC_PARAMS, params, sizeof(params)},
-    };
-    CK_RV rv = f->C_GetAttributeValue(s, h, a, KB_ARRAY_LEN(a));
-
-    if (rv != CKR_OK) {
-        log_rv("pkcs11_key_attributes_failed", "C_GetAttributeValue", rv);
-        return KB_ERR_HSM;
-    }
-    if (sensitive != CK_TRUE || extractable != CK_FALSE || sign != CK_TRUE ||
-        a[3].ulValueLen != sizeof(P256_OID_DER) ||
-        memcmp(params, P256_OID_DER, sizeof(P256_OID_DER)) != 0) {
-        kb_log(KB_LOG_ERROR, "pkcs11_key_refused", "key", label, "msg",
-               "EC key must be P-256, CKA_SIGN, CKA_SENSITIVE=true, CKA_EXTRACTABLE=false", NULL);
-        return KB_ERR_CONFLICT;
-    }
-    return KB_OK;
-}
-
-static kb_err ec_pub_from_token(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
-                                EVP_PKEY **out)
-{
-    uint8_t raw[128];
-    const uint8_t *pt = raw;
-    CK_ATTRIBUTE a = {CKA_EC_POINT, raw, sizeof(raw)};
-    OSSL_PARAM_BLD *bld = NULL;
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *c = NULL;
-    size_t n;
-    kb_err rc = KB_OK;
-    CK_RV rv;
-
-    rv = f->C_GetAttributeValue(s, h, &a, 1);
-    if (rv != CKR_OK) {
-        log_rv("pkcs11_key_attributes_failed", "C_GetAttributeValue", rv);
-        return KB_ERR_HSM;
-    }
-    n = a.ulValueLen;
-    if (n == P256_POINT_LEN + 2 && raw[0] == 0x04 && raw[1] == P256_POINT_LEN) {
-        pt = raw + 2; /* DER OCTET STRING wrapping */
-        n = P256_POINT_LEN;
-    }
-    KB_ENSURE(n == P256_POINT_LEN && pt[0] == 0x04, KB_ERR_HSM);
-    bld = OSSL_PARAM_BLD_new();
-    KB_ENSURE_OUT(rc, bld != NULL, KB_ERR_NOMEM);
-    KB_ENSURE_OUT(
-        rc,
-        OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) == 1 &&
-            OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, pt, n) == 1,
-        KB_ERR_CRYPTO);
-    params = OSSL_PARAM_BLD_to_param(bld);
-    KB_ENSURE_OUT(rc, params != NULL, KB_ERR_NOMEM);
-    c = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
-    KB_ENSURE_OUT(rc, c != NULL, KB_ERR_CRYPTO);
-    *out = NULL;
-    KB_ENSURE_OUT(rc,
-                  EVP_PKEY_fromdata_init(c) == 1 &&
-                      EVP_PKEY_fromdata(c, out, EVP_PKEY_PUBLIC_KEY, params) == 1,
-                  KB_ERR_CRYPTO);
-out:
-    EVP_PKEY_CTX_free(c);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
-    return rc;
-}
-
-static kb_err generate_ec(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const char *label)
-{
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    uint8_t id[CKA_ID_LEN];
-    CK_ATTRIBUTE pub[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_PRIVATE, &no, sizeof(no)},
-        {CKA_VERIFY, &yes, sizeof(yes)},
-        {CKA_EC_PARAMS, (void *)P256_OID_DER, sizeof(P256_OID_DER)},
-        {CKA_LABEL, (void *)label, strlen(label)},
-        {CKA_ID, id, sizeof(id)},
-    };
-    CK_ATTRIBUTE priv[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_MODIFIABLE, &no, sizeof(no)},  {CKA_SIGN, &yes, sizeof(yes)},
-        {CKA_DERIVE, &no, sizeof(no)},      {CKA_LABEL, (void *)label, strlen(label)},
-        {CKA_ID, id, sizeof(id)},
-    };
-    CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
-    CK_OBJECT_HANDLE hpub, hpriv;
-    CK_RV rv;
-
-    KB_ENSURE(RAND_bytes(id, sizeof(id)) == 1, KB_ERR_CRYPTO);
-    rv = f->C_GenerateKeyPair(s, &mech, pub, KB_ARRAY_LEN(pub), priv, KB_ARRAY_LEN(priv), &hpub,
-                              &hpriv);
-    if (rv != CKR_OK) {
-        log_rv("pkcs11_keygen_failed", "C_GenerateKeyPair", rv);
-        return KB_ERR_HSM;
-    }
-    kb_log(KB_LOG_INFO, "pkcs11_ec_key_generated", "key", label, NULL);
-    return KB_OK;
-}
-
-static kb_err check_ec_args(const char *module, const char *token_label, const char *label,
-                            const kb_secret *pin)
-{
-    return check_args(module, token_label, label, pin);
-}
-
-kb_err kb_keystore_ec_init(const char *module, const char *token_label, const char *label,
-                           const kb_secret *pin)
-{
-    struct p11_ks *k = NULL;
-    CK_OBJECT_HANDLE h;
-    kb_err rc;
-
-    KB_GUARD(check_ec_args(module, token_label, label, pin));
-    KB_GUARD(p11_start(module, token_label, pin, 1, &k));
-    rc = find_ec_obj(k->mod->f, k->sess[0], label, CKO_PRIVATE_KEY, &h);
-    if (rc == KB_ERR_NOT_FOUND) {
-        KB_GUARD_OUT(rc, generate_ec(k->mod->f, k->sess[0], label));
-        rc = find_ec_obj(k->mod->f, k->sess[0], label, CKO_PRIVATE_KEY, &h);
-    }
-    KB_GUARD_OUT(rc, rc);
-    KB_GUARD_OUT(rc, check_ec_priv(k->mod->f, k->sess[0], h, label));
-out:
-    p11_free(k);
-    return rc;
-}
-
-static kb_err p11_ec_sign(void *impl, const uint8_t digest[32], uint8_t der[KB_EC_SIG_DER_MAX],
-                          size_t *der_len)
-{
-    struct p11_ec *e = impl;
-    CK_FUNCTION_LIST_PTR f = e->ks->mod->f;
-    CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
-    uint8_t rs[2 * P256_COORD];
-    CK_ULONG rsl = sizeof(rs);
-    ECDSA_SIG *sig = NULL;
-    BIGNUM *r = NULL, *s = NULL;
-    unsigned char *p = der;
-    kb_err rc = KB_OK;
-    CK_RV rv;
-    int i, n;
-
-    i = sess_get(e->ks);
-    rv = f->C_SignInit(e->ks->sess[i], &mech, e->priv);
-    if (rv == CKR_OK)
-        rv = f->C_Sign(e->ks->sess[i], (CK_BYTE_PTR)digest, 32, rs, &rsl);
-    sess_put(e->ks, i);
-    if (rv != CKR_OK || rsl != sizeof(rs)) {
-        log_rv("pkcs11_ec_sign_failed", "C_Sign", rv);
-        return KB_ERR_HSM;
-    }
-    sig = ECDSA_SIG_new();
-    r = BN_bin2bn(rs, P256_COORD, NULL);
-    s = BN_bin2bn(rs + P256_COORD, P256_COORD, NULL);
-    KB_ENSURE_OUT(rc, sig != NULL && r != NULL && s != NULL, KB_ERR_NOMEM);
-    KB_ENSURE_OUT(rc, ECDSA_SIG_set0(sig, r, s) == 1, KB_ERR_CRYPTO);
-    r = s = NULL;
-    KB_ENSURE_OUT(rc, i2d_ECDSA_SIG(sig, NULL) <= KB_EC_SIG_DER_MAX, KB_ERR_INTERNAL);
-    n = i2d_ECDSA_SIG(sig, &p);
-    KB_ENSURE_OUT(rc, n > 0, KB_ERR_CRYPTO);
-    *der_len = (size_t)n;
-out:
-    BN_free(r);
-    BN_free(s);
-    ECDSA_SIG_free(sig);
-    return rc;
-}
-
-static void p11_ec_free(void *impl)
-{
-    struct p11_ec *e = impl;
-
-    if (e == NULL)
-        return;
-    p11_free(e->ks);
-    free(e);
-}
-
-static const struct kb_ec_signer_ops p11_ec_ops = {
-    .kind = "pkcs11",
-    .sign = p11_ec_sign,
-    .free = p11_ec_free,
-};
-
-kb_err kb_keystore_ec_open(const char *module, const char *token_label, const char *label,
-                           const kb_secret *pin, kb_ec_signer **out)
-{
-    struct p11_ec *e = NULL;
-    CK_OBJECT_HANDLE hpub;
-    EVP_PKEY *pub = NULL;
-    kb_err rc;
-
-    KB_ENSURE_REF(out);
-    *out = NULL;
-    KB_GUARD(check_ec_args(module, token_label, label, pin));
-    e = calloc(1, sizeof(*e));
-    KB_ENSURE(e != NULL, KB_ERR_NOMEM);
-    KB_GUARD_OUT(rc, p11_start(module, token_label, pin, 0, &e->ks));
-    rc = find_ec_obj(e->ks->mod->f, e->ks->sess[0], label, CKO_PRIVATE_KEY, &e->priv);
-    if (rc == KB_ERR_NOT_FOUND)
-        kb_log(KB_LOG_ERROR, "pkcs11_key_not_found", "token", token_label, "key", label, NULL);
-    KB_GUARD_OUT(rc, rc);
-    KB_GUARD_OUT(rc, check_ec_priv(e->ks->mod->f, e->ks->sess[0], e->priv, label));
-    KB_GUARD_OUT(rc, find_ec_obj(e->ks->mod->f, e->ks->sess[0], label, CKO_PUBLIC_KEY, &hpub));
-    KB_GUARD_OUT(rc, ec_pub_from_token(e->ks->mod->f, e->ks->sess[0], hpub, &pub));
-    rc = kb_ec_signer_new(&p11_ec_ops, e, pub, out);
-    e = NULL;
-out:
-    p11_ec_free(e);
+    kb_p11_free(k);
     return rc;
 }
