@@ -45,6 +45,10 @@ typedef struct {
     int status;
     const char *etype;
     char emsg[256];
+    /* An operation that writes its answer itself (ListSecrets) leaves it here, raw = 1;
+     * otherwise the answer is the jansson tree `out`. */
+    int raw;
+    kb_dbuf body;
 } op_ctx;
 
 /* Record an AWS error; returns -1 so handlers can `return fail(...)`. Messages are static text
@@ -408,6 +412,79 @@ static int describe(op_ctx *c, const cache_secret *s, const cache_tag_list *tags
         return -1;
     if (set(o, "Tags", tags_json(tags)) || set(o, map_key, stages_map(c, s)) ||
         set(o, "CreatedDate", ts(s->created_ms)))
+        return -1;
+    return 0;
+}
+
+/* A ListSecrets entry written straight as JSON: the members and order of describe()'s
+ * (DescribeSecret's shared fields), without a jansson tree per entry. */
+typedef struct {
+    kb_dbuf *b;
+    char vid[CACHE_VERSION_ID_MAX + 1];
+    int any;
+} stage_writer;
+
+static int put_name(kb_dbuf *b, const char *sep_name)
+{
+    /* sep_name is a literal such as ",\"Name\":" */
+    return kb_dbuf_addstr(b, sep_name) == KB_OK ? 0 : -1;
+}
+
+static int put_text(kb_dbuf *b, const char *s)
+{
+    return kb_json_put_str(b, s, strlen(s)) == KB_OK ? 0 : -1;
+}
+
+static int stage_to_buf(void *arg, const char *vid, const char *stage)
+{
+    stage_writer *w = arg;
+    if (!w->any || strcmp(w->vid, vid) != 0) {
+        if ((w->any && put_name(w->b, "],")) || put_text(w->b, vid) || put_name(w->b, ":["))
+            return -1;
+        size_t n = strlen(vid);
+        if (n >= sizeof(w->vid))
+            return -1;
+        memcpy(w->vid, vid, n + 1);
+        w->any = 1;
+    } else if (put_name(w->b, ",")) {
+        return -1;
+    }
+    return put_text(w->b, stage);
+}
+
+static int describe_write(op_ctx *c, const cache_secret *s, const cache_tag_list *tags, kb_dbuf *b)
+{
+    stage_writer w;
+    if (put_name(b, "{\"ARN\":") || put_text(b, s->arn) || put_name(b, ",\"Name\":") ||
+        put_text(b, s->name))
+        return -1;
+    if (s->has_description && (put_name(b, ",\"Description\":") || put_text(b, s->description)))
+        return -1;
+    if (s->has_kms_key_id && (put_name(b, ",\"KmsKeyId\":") || put_text(b, s->kms_key_id)))
+        return -1;
+    if (put_name(b, ",\"LastChangedDate\":") || kb_json_put_ms(b, s->changed_ms) != KB_OK)
+        return -1;
+    if (s->accessed_ms &&
+        (put_name(b, ",\"LastAccessedDate\":") || kb_json_put_ms(b, s->accessed_ms) != KB_OK))
+        return -1;
+    if (s->deleted_ms &&
+        (put_name(b, ",\"DeletedDate\":") || kb_json_put_ms(b, s->deleted_ms) != KB_OK))
+        return -1;
+    if (put_name(b, ",\"Tags\":["))
+        return -1;
+    for (size_t i = 0; i < tags->n; i++) {
+        if (put_name(b, i ? ",{\"Key\":" : "{\"Key\":") || put_text(b, tags->t[i].key) ||
+            put_name(b, ",\"Value\":") || put_text(b, tags->t[i].value) || put_name(b, "}"))
+            return -1;
+    }
+    if (put_name(b, "],\"SecretVersionsToStages\":{"))
+        return -1;
+    memset(&w, 0, sizeof(w));
+    w.b = b;
+    if (cache_store_stages(c->api->store, s->id, NULL, stage_to_buf, &w) != KB_OK)
+        return -1;
+    if ((w.any && put_name(b, "]")) || put_name(b, "},\"CreatedDate\":") ||
+        kb_json_put_ms(b, s->created_ms) != KB_OK || put_name(b, "}"))
         return -1;
     return 0;
 }
@@ -1346,8 +1423,10 @@ typedef struct {
     cache_sort sort;
     list_cursor last; /* sort key of the last entry returned */
     size_t max;
-    json_t *list;
+    size_t count; /* entries (and batch errors) on this page */
+    json_t *list; /* batch: SecretValues */
     json_t *errors;
+    kb_dbuf *buf; /* ListSecrets: the SecretList members, written directly */
     int more;
     int failed;
     cache_tag_list tags;
@@ -1366,7 +1445,7 @@ static int list_visit(void *arg, const cache_secret *s)
         if (!filters_match(ls->filters, s, &ls->tags))
             return 0;
     }
-    if (json_array_size(ls->list) + (ls->errors ? json_array_size(ls->errors) : 0) >= ls->max) {
+    if (ls->count >= ls->max) {
         ls->more = 1; /* one more match exists: the page ends at ls->last */
         return 1;
     }
@@ -1379,10 +1458,16 @@ static int list_visit(void *arg, const cache_secret *s)
                                                      : 0;
     if (ls->sort == CACHE_SORT_NAME)
         snprintf(ls->last.text, sizeof(ls->last.text), "%s", s->name);
+    ls->count++;
+    if (!ls->batch) {
+        if (ls->count > 1 && kb_dbuf_addc(ls->buf, ',') != KB_OK)
+            return -1;
+        return describe_write(c, s, &ls->tags, ls->buf);
+    }
     o = json_object();
     if (o == NULL)
         return -1;
-    if (ls->batch) {
+    {
         char vid[CACHE_VERSION_ID_MAX + 1];
         if (pick_version(c, s, NULL, NULL, vid) || value_entry(c, s, vid, o)) {
             json_decref(o);
@@ -1395,9 +1480,6 @@ static int list_visit(void *arg, const cache_secret *s)
             c->status = 0;
             return o && json_array_append_new(ls->errors, o) == 0 ? 0 : -1;
         }
-    } else if (describe(c, s, &ls->tags, o, "SecretVersionsToStages")) {
-        json_decref(o);
-        return -1;
     }
     return json_array_append_new(ls->list, o) == 0 ? 0 : -1;
 }
@@ -1437,8 +1519,17 @@ static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, in
     ls->batch = batch;
     ls->sort = sort;
     ls->max = max;
-    ls->list = json_array();
+    ls->list = batch ? json_array() : NULL;
     ls->errors = batch ? json_array() : NULL;
+    ls->buf = &c->body;
+    if (!batch) {
+        /* The page is written as it is read: {"SecretList":[entries]("NextToken":"…")} */
+        kb_dbuf_reset(&c->body);
+        if (kb_dbuf_addstr(&c->body, "{\"SecretList\":[") != KB_OK) {
+            rc = fail_internal(c, KB_ERR_NOMEM);
+            goto out;
+        }
+    }
     memset(&after, 0, sizeof(after));
     if (next) {
         from = calloc(1, sizeof(*from));
@@ -1454,11 +1545,27 @@ static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, in
     }
     e = cache_store_list(c->api->store, c->account, include_deleted, sort, desc, &after, list_visit,
                          ls);
-    if (e != KB_OK || ls->list == NULL || (batch && ls->errors == NULL)) {
+    if (e != KB_OK || (batch && (ls->list == NULL || ls->errors == NULL))) {
         rc = fail_internal(c, e != KB_OK ? e : KB_ERR_NOMEM);
         goto out;
     }
-    if (set(out, batch ? "SecretValues" : "SecretList", json_incref(ls->list)) ||
+    if (!batch) {
+        json_t *tok = ls->more ? token_make(c, op, qk, &ls->last) : NULL;
+        if ((ls->more && tok == NULL) || kb_dbuf_addc(&c->body, ']') != KB_OK ||
+            (tok && (kb_dbuf_addstr(&c->body, ",\"NextToken\":") != KB_OK ||
+                     kb_json_put_str(&c->body, json_string_value(tok), json_string_length(tok)) !=
+                         KB_OK)) ||
+            kb_dbuf_addc(&c->body, '}') != KB_OK) {
+            json_decref(tok);
+            rc = fail_internal(c, KB_ERR_NOMEM);
+            goto out;
+        }
+        json_decref(tok);
+        c->raw = 1;
+        rc = 0;
+        goto out;
+    }
+    if (set(out, "SecretValues", json_incref(ls->list)) ||
         (batch && set(out, "Errors", json_incref(ls->errors))) ||
         (ls->more && set(out, "NextToken", token_make(c, op, qk, &ls->last)))) {
         rc = fail_internal(c, KB_ERR_NOMEM);
@@ -2194,6 +2301,7 @@ kb_err cache_api_dispatch(cache_api *a, const char *account, const char *operati
     c.api = a;
     c.account = account;
     c.now_ms = now_ms;
+    kb_dbuf_init(&c.body, CACHE_RESPONSE_MAX);
     res = json_object();
     if (res == NULL) {
         rc = KB_ERR_NOMEM;
@@ -2245,10 +2353,18 @@ done:
                NULL);
         rc = respond_error(out, c.status ? c.status : 500,
                            c.etype ? c.etype : "InternalServiceError", c.emsg);
+    } else if (c.raw) {
+        /* The body's block is plain malloc: cache_response_free wipes and frees it. */
+        out->status = 200;
+        out->body = (char *)c.body.p;
+        out->body_len = c.body.len;
+        kb_dbuf_init(&c.body, 0);
+        rc = KB_OK;
     } else {
         rc = respond_json(out, 200, res);
     }
 out:
+    kb_dbuf_free(&c.body);
     json_decref(in);
     json_decref(res);
     return rc;

@@ -43,6 +43,9 @@
 #define CACHE_SKEW_MAX 900 /* seconds, as AWS: 15 minutes */
 /* Derived SigV4 signing keys kept (one per access key id, day and region in use). */
 #define CACHE_SIGNING_KEYS 64
+/* Largest answer written directly (a ListSecrets page: 100 entries of at most 50 tags, every
+ * string escaped; ~14 MiB at worst). */
+#define CACHE_RESPONSE_MAX ((size_t)32 * 1024 * 1024)
 
 typedef struct cache_api cache_api;
 

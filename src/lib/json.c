@@ -195,3 +195,135 @@ json_t *kb_json_b64(const void *p, size_t n)
     kb_json_free_str(enc);
     return v;
 }
+
+/* ---------------------------------------------------------------- direct writing */
+
+/* Length of the valid UTF-8 sequence at p (at most left bytes), 0 if invalid: no overlong
+ * forms, no surrogates, nothing above U+10FFFF (jansson's utf8_check_full). */
+static size_t utf8_seq(const uint8_t *p, size_t left)
+{
+    uint32_t cp;
+    size_t n, i;
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] < 0xC2 || p[0] > 0xF4)
+        return 0;
+    n = p[0] < 0xE0 ? 2 : p[0] < 0xF0 ? 3 : 4;
+    if (n > left)
+        return 0;
+    cp = p[0] & (n == 2 ? 0x1Fu : n == 3 ? 0x0Fu : 0x07u);
+    for (i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3Fu);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+kb_err kb_json_put_str(kb_dbuf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const uint8_t *p = (const uint8_t *)s;
+    size_t i = 0, run = 0, start = b->len;
+    kb_err rc = KB_OK;
+
+    KB_ENSURE_REF(b);
+    KB_ENSURE(s != NULL || n == 0, KB_ERR_NULL);
+    KB_GUARD(kb_dbuf_addc(b, '"'));
+    while (i < n) {
+        uint8_t ch = p[i];
+        char esc[6];
+        size_t el = 2, k;
+        if (ch >= 0x20 && ch != '"' && ch != '\\') {
+            k = ch < 0x80 ? 1 : utf8_seq(p + i, n - i);
+            KB_ENSURE_OUT(rc, k > 0, KB_ERR_INVALID);
+            i += k;
+            run += k;
+            continue;
+        }
+        KB_GUARD_OUT(rc, kb_dbuf_add(b, p + i - run, run));
+        run = 0;
+        esc[0] = '\\';
+        switch (ch) {
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[ch >> 4];
+            esc[5] = hex[ch & 15];
+            el = 6;
+        }
+        KB_GUARD_OUT(rc, kb_dbuf_add(b, esc, el));
+        i++;
+    }
+    KB_GUARD_OUT(rc, kb_dbuf_add(b, p + n - run, run));
+    KB_GUARD_OUT(rc, kb_dbuf_addc(b, '"'));
+out:
+    if (rc != KB_OK) { /* nothing appended */
+        kb_wipe(b->p + start, b->len - start);
+        b->len = start;
+        b->p[start] = 0;
+    }
+    return rc;
+}
+
+kb_err kb_json_put_ms(kb_dbuf *b, int64_t ms)
+{
+    char tmp[32];
+    size_t n = sizeof(tmp);
+    uint64_t sec;
+    unsigned frac;
+    KB_ENSURE_REF(b);
+    if (ms < 0 || ms > ((int64_t)1 << 53)) {
+        /* Not a date this code writes: jansson's own form (17 digits, ".0" if integral). */
+        int k = snprintf(tmp, sizeof(tmp), "%.17g", (double)ms / 1000.0);
+        KB_ENSURE(k > 0 && (size_t)k < sizeof(tmp), KB_ERR_INVALID);
+        KB_GUARD(kb_dbuf_add(b, tmp, (size_t)k));
+        return strpbrk(tmp, ".e") ? KB_OK : kb_dbuf_add(b, ".0", 2);
+    }
+    /* m / 1000 as a decimal with at most 3 fraction digits is exactly the value that (double)m /
+     * 1000.0 rounds (correctly) from, so a parser gets that same double back. */
+    sec = (uint64_t)ms / 1000;
+    frac = (unsigned)((uint64_t)ms % 1000);
+    if (frac == 0) {
+        tmp[--n] = '0';
+    } else {
+        int digits = 3;
+        while (frac % 10 == 0) {
+            frac /= 10;
+            digits--;
+        }
+        while (digits-- > 0) {
+            tmp[--n] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
+    }
+    tmp[--n] = '.';
+    do {
+        tmp[--n] = (char)('0' + sec % 10);
+        sec /= 10;
+    } while (sec);
+    return kb_dbuf_add(b, tmp + n, sizeof(tmp) - n);
+}

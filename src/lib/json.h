@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "buf.h"
 #include "err.h"
 
 void kb_json_init(void);
@@ -40,6 +41,16 @@ KB_WUR kb_err kb_json_only_keys(const json_t *obj, const char *const *allowed, c
  * string (this one, json_dumps' output, or another module's); plain free() is also safe. */
 char *kb_json_dump(const json_t *v);
 void kb_json_free_str(char *s);
+
+/* Writing JSON straight into a kb_dbuf, for responses too large to build as a jansson tree
+ * cheaply (a ListSecrets page). kb_json_put_str appends s[0..n) as a JSON string, escaped
+ * byte for byte as jansson's json_dumps does (\" \\ \b \f \n \r \t, other control characters
+ * as \u00XX, UTF-8 kept as is, '/' not escaped); KB_ERR_INVALID (nothing appended) when s is not
+ * valid UTF-8, as jansson refuses it. kb_json_put_ms appends epoch milliseconds as fractional
+ * seconds ("1764962400.123", "1764962400.0"): the shortest decimal that parses to the same
+ * double as the json_real(ms / 1000.0) jansson would print with 17 digits. */
+KB_WUR kb_err kb_json_put_str(kb_dbuf *b, const char *s, size_t n);
+KB_WUR kb_err kb_json_put_ms(kb_dbuf *b, int64_t ms);
 /* A new JSON string holding the standard base64 (RFC 4648 4) of p[0..n); the temporary encoding
  * is wiped, and so is the string when the tree is freed (kb_json_init). NULL on failure. */
 json_t *kb_json_b64(const void *p, size_t n);

@@ -101,10 +101,22 @@ static kb_err uri_reencode(kb_dbuf *out, const uint8_t *p, size_t n)
     return KB_OK;
 }
 
+/* SHA-256 fetched once: OpenSSL 3's SHA256() one-shot fetches the algorithm (a lookup under a
+ * lock) on every call, and a verification hashes twice per request. */
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *sha256_md;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 static void sha256_hex(const void *p, size_t n, char out[SHA256_HEX_LEN + 1])
 {
     uint8_t md[SHA256_DIGEST_LENGTH];
-    SHA256(p, n, md);
+    (void)pthread_once(&sha256_once, sha256_fetch);
+    if (sha256_md == NULL || EVP_Digest(p, n, md, NULL, sha256_md, NULL) != 1)
+        SHA256(p, n, md);
     kb_hex(md, sizeof(md), out);
 }
 

@@ -1566,10 +1566,110 @@ static void nul_in_strings(void **state)
     done(j);
 }
 
+/* ListSecrets writes its entries directly (no jansson tree): each must carry exactly what
+ * DescribeSecret says of the same secret, member for member and value for value (dates as the
+ * same doubles), for escaped text, unicode, tags, several versions with stages, accessed and
+ * deleted secrets; and the page's NextToken must still work. */
+static void list_matches_describe(void **state)
+{
+    static const char *const shared[] = {
+        "ARN",         "Name", "Description", "KmsKeyId", "LastChangedDate", "LastAccessedDate",
+        "DeletedDate", "Tags", "CreatedDate"};
+    fx *f = *state;
+    json_t *l, *list, *e;
+    size_t i, n_entries = 0;
+    int with_desc = 0, with_deleted = 0, with_accessed = 0;
+    f->now += 123; /* dates with a fraction of a second */
+    done(ok(f, "CreateSecret",
+            "{\"Name\":\"esc/one\",\"SecretString\":\"v1\",\"KmsKeyId\":\"alias/k\\\"1\","
+            "\"Description\":\"quote\\\" back\\\\ nl\\n tab\\t cr\\r ff\\f bs\\b ctl\\u0001"
+            "\\u001f del\\u007f slash/ \\u00e9 \\ud83d\\ude00 </script>\","
+            "\"Tags\":[{\"Key\":\"team\",\"Value\":\"caf\\u00e9 a b:c/d=e+f-g@h_i.j\"},"
+            "{\"Key\":\"empty\",\"Value\":\"\"}]}"));
+    done(ok(f, "PutSecretValue", "{\"SecretId\":\"esc/one\",\"SecretString\":\"v2\"}"));
+    done(ok(f, "PutSecretValue",
+            "{\"SecretId\":\"esc/one\",\"SecretString\":\"v3\","
+            "\"VersionStages\":[\"green\",\"blue\"]}"));
+    f->now += 377; /* LastAccessedDate keeps the day only; other dates .5 */
+    done(ok(f, "GetSecretValue", "{\"SecretId\":\"esc/one\"}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"plain/two\",\"SecretString\":\"x\"}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"gone/three\",\"SecretString\":\"x\"}"));
+    done(ok(f, "DeleteSecret", "{\"SecretId\":\"gone/three\",\"RecoveryWindowInDays\":7}"));
+
+    l = ok(f, "ListSecrets", "{\"IncludePlannedDeletion\":true}");
+    list = json_object_get(l, "SecretList");
+    assert_int_equal(json_array_size(list), 3);
+    assert_null(json_object_get(l, "NextToken"));
+    json_array_foreach(list, i, e)
+    {
+        char body[4096];
+        json_t *d, *ks, *kd;
+        const char *k;
+        json_t *v;
+        snprintf(body, sizeof(body), "{\"SecretId\":\"%s\"}", str(e, "ARN"));
+        d = ok(f, "DescribeSecret", body);
+        for (size_t m = 0; m < KB_ARRAY_LEN(shared); m++) {
+            json_t *a = json_object_get(e, shared[m]), *b = json_object_get(d, shared[m]);
+            if ((a == NULL) != (b == NULL) || (a && !json_equal(a, b)))
+                fail_msg("%s: member %s differs from DescribeSecret", str(e, "Name"), shared[m]);
+        }
+        ks = json_object_get(e, "SecretVersionsToStages");
+        kd = json_object_get(d, "VersionIdsToStages");
+        assert_non_null(ks);
+        assert_true(json_equal(ks, kd));
+        json_object_foreach(e, k, v)
+        {
+            size_t m;
+            for (m = 0; m < KB_ARRAY_LEN(shared) && strcmp(shared[m], k) != 0; m++)
+                ;
+            if (m == KB_ARRAY_LEN(shared) && strcmp(k, "SecretVersionsToStages") != 0)
+                fail_msg("unexpected member %s", k);
+        }
+        if (strcmp(str(e, "Name"), "esc/one") == 0) {
+            with_desc = json_object_get(e, "Description") != NULL;
+            with_accessed = json_object_get(e, "LastAccessedDate") != NULL;
+            assert_int_equal(json_object_size(ks), 3); /* current, previous, green+blue */
+            assert_int_equal(json_array_size(json_object_get(e, "Tags")), 2);
+            assert_true(json_real_value(json_object_get(e, "CreatedDate")) ==
+                        (double)(T0 + 1123) / 1000.0);
+        }
+        if (json_object_get(e, "DeletedDate") != NULL)
+            with_deleted = 1;
+        n_entries++;
+        done(d);
+    }
+    done(l);
+    assert_int_equal(n_entries, 3);
+    assert_true(with_desc && with_deleted && with_accessed);
+
+    /* A page of one: NextToken written into the direct body, and it continues the listing. */
+    l = ok(f, "ListSecrets", "{\"MaxResults\":1}");
+    assert_int_equal(json_array_size(json_object_get(l, "SecretList")), 1);
+    {
+        char body[8192];
+        json_t *l2;
+        snprintf(body, sizeof(body), "{\"MaxResults\":1,\"NextToken\":\"%s\"}",
+                 str(l, "NextToken"));
+        l2 = ok(f, "ListSecrets", body);
+        assert_int_equal(json_array_size(json_object_get(l2, "SecretList")), 1);
+        assert_string_not_equal(str(json_array_get(json_object_get(l2, "SecretList"), 0), "Name"),
+                                str(json_array_get(json_object_get(l, "SecretList"), 0), "Name"));
+        done(l2);
+    }
+    done(l);
+    /* An empty listing is still {"SecretList":[]}. */
+    l = call_as(f, ACCT_B, "ListSecrets", "{}", NULL);
+    assert_non_null(json_object_get(l, "SecretList"));
+    assert_int_equal(json_array_size(json_object_get(l, "SecretList")), 0);
+    assert_int_equal(json_object_size(l), 1);
+    done(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(create_get_describe, setup, teardown),
+        cmocka_unit_test_setup_teardown(list_matches_describe, setup, teardown),
         cmocka_unit_test_setup_teardown(binary_values, setup, teardown),
         cmocka_unit_test_setup_teardown(limits, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_json_and_types, setup, teardown),

@@ -202,6 +202,103 @@ static void log_lines_stay_json_when_cut_or_not_utf8(void **state)
     json_decref(v);
 }
 
+/* kb_json_put_str writes what json_dumps writes for the same string, and refuses what
+ * json_stringn refuses (invalid UTF-8), appending nothing. */
+static void expect_put_like_jansson(const char *s, size_t n)
+{
+    json_t *j = json_stringn(s, n);
+    kb_dbuf b;
+    kb_dbuf_init(&b, 1 << 20);
+    assert_ok(kb_dbuf_addstr(&b, "x"));
+    if (j == NULL) {
+        assert_kb(kb_json_put_str(&b, s, n), KB_ERR_INVALID);
+        assert_string_equal(kb_dbuf_str(&b), "x");
+    } else {
+        char *want = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+        assert_ok(kb_json_put_str(&b, s, n));
+        assert_int_equal(b.len, strlen(want) + 1);
+        assert_memory_equal(b.p + 1, want, strlen(want));
+        kb_json_free_str(want);
+        json_decref(j);
+    }
+    kb_dbuf_free(&b);
+}
+
+static void put_str_matches_jansson(void **state)
+{
+    static const char *const cases[] = {
+        "", "plain", "quote\" back\\ slash/", "\b\f\n\r\t",
+        "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "\x7f", "</script>", "\xed\x9f\xbf",
+        "\xf4\x8f\xbf\xbf",
+        /* invalid: lone continuation, overlong, surrogate, above U+10FFFF, truncated, 0xff */
+        "\x80", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82", "a\xff",
+        "\xf0\x80\x80\x80", "\xc3\x28"};
+    char all[128];
+    kb_dbuf b;
+    (void)state;
+    for (size_t i = 0; i < KB_ARRAY_LEN(cases); i++)
+        expect_put_like_jansson(cases[i], strlen(cases[i]));
+    for (size_t i = 0; i < 127; i++)
+        all[i] = (char)(i + 1);
+    all[127] = '\0';
+    expect_put_like_jansson(all, 127);
+    for (size_t i = 1; i < 256; i++) { /* every single byte */
+        char one = (char)i;
+        expect_put_like_jansson(&one, 1);
+    }
+    /* A buffer too small: refused, and the buffer as it was. */
+    kb_dbuf_init(&b, 8);
+    assert_ok(kb_dbuf_addstr(&b, "ab"));
+    assert_kb(kb_json_put_str(&b, "0123456789", 10), KB_ERR_TOO_LARGE);
+    assert_string_equal(kb_dbuf_str(&b), "ab");
+    assert_kb(kb_json_put_str(&b, NULL, 1), KB_ERR_NULL);
+    kb_dbuf_free(&b);
+}
+
+/* kb_json_put_ms: the shortest form, parsed back to the very double json_real(ms / 1000.0). */
+static void put_ms_round_trips(void **state)
+{
+    static const struct {
+        int64_t ms;
+        const char *want;
+    } cases[] = {{0, "0.0"},
+                 {1, "0.001"},
+                 {10, "0.01"},
+                 {1700000000000, "1700000000.0"},
+                 {1700000000123, "1700000000.123"},
+                 {1700000000120, "1700000000.12"},
+                 {1700000000500, "1700000000.5"},
+                 {1700000000007, "1700000000.007"},
+                 {-1500, "-1.5"},
+                 {-2000, "-2.0"}};
+    kb_dbuf b;
+    uint64_t x = 88172645463325252ull;
+    (void)state;
+    kb_dbuf_init(&b, 64);
+    for (size_t i = 0; i < KB_ARRAY_LEN(cases); i++) {
+        kb_dbuf_reset(&b);
+        assert_ok(kb_json_put_ms(&b, cases[i].ms));
+        assert_string_equal(kb_dbuf_str(&b), cases[i].want);
+    }
+    for (int i = 0; i < 20000; i++) { /* dates from 1970 to ~2500, and beyond 2^53 */
+        json_t *j = NULL;
+        int64_t ms;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        ms = (int64_t)(x % (i < 19000 ? 16725225600000ull : (1ull << 62)));
+        kb_dbuf_reset(&b);
+        assert_ok(kb_json_put_ms(&b, ms));
+        j = json_loads(kb_dbuf_str(&b), JSON_DECODE_ANY, NULL);
+        assert_non_null(j);
+        assert_true(json_is_real(j));
+        if (json_real_value(j) != (double)ms / 1000.0)
+            fail_msg("%lld ms written as %s", (long long)ms, kb_dbuf_str(&b));
+        json_decref(j);
+    }
+    kb_dbuf_free(&b);
+}
+
 int main(void)
 {
     kb_json_init();
@@ -210,6 +307,8 @@ int main(void)
         cmocka_unit_test(only_keys_null_list_allows_none),
         cmocka_unit_test(parse_depth_limit),
         cmocka_unit_test(dump_and_free_wipes),
+        cmocka_unit_test(put_str_matches_jansson),
+        cmocka_unit_test(put_ms_round_trips),
         cmocka_unit_test(log_lines_are_json),
         cmocka_unit_test(log_line_is_bounded),
         cmocka_unit_test(log_lines_stay_json_when_cut_or_not_utf8),
