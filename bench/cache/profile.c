@@ -1,5 +1,5 @@
 /* profile.c - run keybridge-cache's request handler in-process, for profilers (benchmark only;
- * built by bench/cache/profile.sh with cc against the build's static libraries).
+ * a program of the build, BUILD/bench/cache/profile; run by bench/cache/profile.sh).
  *
  *   profile OP COUNT [SECRETS]        OP: list (ListSecrets MaxResults=100) or get (GetSecretValue)
  *

@@ -38,7 +38,7 @@ AKID=AKIABENCH00000000001
 ACCOUNT=123456789012
 SMALL="${SMALL:-1000}"
 
-for t in ab nginx curl python3 cc pkg-config; do
+for t in ab nginx curl python3; do
   command -v "$t" >/dev/null || {
     echo "run.sh: $t is required (apache2-utils for ab)" >&2
     exit 1
@@ -48,8 +48,8 @@ case " $TOOLS " in *" wrk "*) command -v wrk >/dev/null || {
   echo "run.sh: wrk not installed (apt-get install wrk), using ab only" >&2
   TOOLS=ab
 } ;; esac
-[ -x "$BUILD/keybridge-cache" ] && [ -f "$BUILD/libkbcache.a" ] || {
-  echo "run.sh: $BUILD/keybridge-cache or libkbcache.a not built" >&2
+[ -x "$BUILD/keybridge-cache" ] || {
+  echo "run.sh: $BUILD/keybridge-cache not built" >&2
   exit 1
 }
 
@@ -76,13 +76,10 @@ hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 HZ="$(getconf CLK_TCK)"
 
-# ---- the loader, against the build's static libraries
-say "building populate"
-# shellcheck disable=SC2046 # pkg-config output is meant to split into flags
-cc -std=c11 -O2 -D_GNU_SOURCE -I"$SRC/src" $(pkg-config --cflags jansson) \
-  "$HERE/populate.c" "$BUILD/libkbcache.a" "$BUILD/libkb.a" \
-  $(pkg-config --libs jansson sqlite3 inih libevent libevent_openssl libevent_pthreads libcurl) \
-  -lssl -lcrypto -lpthread -ldl -o "$D/populate"
+# ---- the loader: a program of the build (bench/CMakeLists.txt), bench/cache/populate.c
+# shellcheck source=bench/lib/harness.sh
+. "$SRC/bench/lib/harness.sh"
+POPULATE="$(hb_bench_bin "$BUILD" cache populate)"
 
 # ---- credentials, key, configuration
 head -c 30 /dev/urandom | base64 | tr -d '/+=' >"$D/sk"
@@ -109,7 +106,7 @@ region = $REGION
 [log]
 level = warn
 EOF
-  "$D/populate" "$D/$n/cache.db" "$D/$n/key" "$ACCOUNT" "$REGION" "$2"
+  "$POPULATE" "$D/$n/cache.db" "$D/$n/key" "$ACCOUNT" "$REGION" "$2"
 }
 # cache_start NAME: sets CPORT and CPID
 cache_start() {

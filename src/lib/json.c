@@ -9,6 +9,7 @@
 
 #include "base64.h"
 #include "secbuf.h"
+#include "utf8.h"
 
 /* jansson's blocks come from plain malloc, so a string from json_dumps() may be released with
  * free() anywhere; on release through jansson (or kb_json_free_str) the whole usable block is
@@ -198,31 +199,6 @@ json_t *kb_json_b64(const void *p, size_t n)
 
 /* ---------------------------------------------------------------- direct writing */
 
-/* Length of the valid UTF-8 sequence at p (at most left bytes), 0 if invalid: no overlong
- * forms, no surrogates, nothing above U+10FFFF (jansson's utf8_check_full). */
-static size_t utf8_seq(const uint8_t *p, size_t left)
-{
-    uint32_t cp;
-    size_t n, i;
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] < 0xC2 || p[0] > 0xF4)
-        return 0;
-    n = p[0] < 0xE0 ? 2 : p[0] < 0xF0 ? 3 : 4;
-    if (n > left)
-        return 0;
-    cp = p[0] & (n == 2 ? 0x1Fu : n == 3 ? 0x0Fu : 0x07u);
-    for (i = 1; i < n; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3Fu);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return n;
-}
-
 kb_err kb_json_put_str(kb_dbuf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
@@ -238,7 +214,7 @@ kb_err kb_json_put_str(kb_dbuf *b, const char *s, size_t n)
         char esc[6];
         size_t el = 2, k;
         if (ch >= 0x20 && ch != '"' && ch != '\\') {
-            k = ch < 0x80 ? 1 : utf8_seq(p + i, n - i);
+            k = ch < 0x80 ? 1 : kb_utf8_next(p + i, n - i, NULL);
             KB_ENSURE_OUT(rc, k > 0, KB_ERR_INVALID);
             i += k;
             run += k;
