@@ -411,6 +411,44 @@ static kb_err grow(void **arr, size_t *cap, size_t n, size_t elem)
     return KB_OK;
 }
 
+/* One row of a listing: decode the row at s into item (a zeroed slot of the array being built);
+ * set *keep = false to leave it out (the slot must then be left all-zero, e.g. a row failing its
+ * MAC, logged, or one a filter drops). prev is the last kept item (NULL for the first). Any error
+ * fails the listing; a half-filled slot is freed with the rest. */
+typedef kb_err (*row_fn)(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
+                         bool *keep);
+typedef void (*items_free_fn)(void *arr, size_t n);
+
+/* Step s to its end, collecting the kept rows into a malloc'd array of elem-size items (*out
+ * NULL when there are none). The one loop behind every multi-row read. */
+static kb_err collect(cx *b, sqlite3_stmt *s, size_t elem, row_fn row, void *ctx,
+                      items_free_fn free_items, const char *what, void **out, size_t *n)
+{
+    char *arr = NULL;
+    size_t cnt = 0, cap = 0;
+    kb_err rc = KB_OK;
+    int r;
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        bool keep = true;
+        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, elem));
+        KB_GUARD_OUT(
+            rc, row(b, s, ctx, arr + cnt * elem, cnt > 0 ? arr + (cnt - 1) * elem : NULL, &keep));
+        if (keep)
+            cnt++;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(b, r, what);
+out:
+    if (rc != KB_OK) {
+        /* Slots past cnt are all-zero except a half-filled one: free it too. */
+        free_items(arr, cnt < cap ? cnt + 1 : cnt);
+        return rc;
+    }
+    *out = arr;
+    *n = cnt;
+    return KB_OK;
+}
+
 /* Take the writer (waits for the other writers of this process). */
 static cx *wr_get(sq *q)
 {
@@ -1615,50 +1653,49 @@ static kb_err sq_secret_get(store *st, const char *name, int64_t id, bool includ
 /* Collect (secret, version[, envelope]) rows; rows failing their MAC are dropped (logged), and
  * with live_only, deleted secrets are dropped after verification (the SQL filter is only a
  * hint on unverified columns). */
+typedef struct {
+    bool live_only, cloud_only;
+} records_filter;
+
+static void records_free(void *arr, size_t n)
+{
+    store_records_free(arr, n);
+}
+
+/* A secret row and its latest version; rows failing a MAC (logged) or the filter, and repeats
+ * of the previous secret, are left out. */
+static kb_err record_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
+                         bool *keep)
+{
+    const records_filter *f = ctx;
+    const store_record *last = prev;
+    store_record *rec = item;
+    kb_err e = load_secret(b, s, 0, &rec->secret);
+    *keep = false;
+    if (e == KB_ERR_INTEGRITY)
+        return KB_OK;
+    KB_GUARD(e);
+    if ((f->live_only && rec->secret.deleted_at != 0) ||
+        (f->cloud_only && !rec->secret.cloud_sync) ||
+        (last != NULL && last->secret.id == rec->secret.id)) {
+        store_record_clear(rec);
+        return KB_OK;
+    }
+    e = load_latest(b, s, rec);
+    if (e != KB_OK) {
+        store_record_clear(rec);
+        return e == KB_ERR_INTEGRITY ? KB_OK : e;
+    }
+    *keep = true;
+    return KB_OK;
+}
+
 static kb_err collect_records(cx *b, sqlite3_stmt *s, bool live_only, bool cloud_only,
                               store_record **out, size_t *n)
 {
-    store_record *arr = NULL;
-    size_t cnt = 0, cap = 0;
-    kb_err rc = KB_OK;
-    int r;
-
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        store_record rec;
-        memset(&rec, 0, sizeof(rec));
-        kb_err e = load_secret(b, s, 0, &rec.secret);
-        if (e == KB_ERR_INTEGRITY)
-            continue;
-        KB_GUARD_OUT(rc, e);
-        if ((live_only && rec.secret.deleted_at != 0) || (cloud_only && !rec.secret.cloud_sync) ||
-            (cnt > 0 && arr[cnt - 1].secret.id == rec.secret.id)) {
-            store_secret_clear(&rec.secret);
-            continue;
-        }
-        e = load_latest(b, s, &rec);
-        if (e != KB_OK) {
-            store_secret_clear(&rec.secret);
-            if (e == KB_ERR_INTEGRITY)
-                continue;
-            KB_GUARD_OUT(rc, e);
-        }
-        e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
-        if (e != KB_OK) {
-            store_record_clear(&rec);
-            KB_GUARD_OUT(rc, e);
-        }
-        arr[cnt++] = rec;
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(b, r, "collect_records");
-out:
-    if (rc != KB_OK) {
-        store_records_free(arr, cnt);
-        return rc;
-    }
-    *out = arr;
-    *n = cnt;
-    return KB_OK;
+    records_filter f = {live_only, cloud_only};
+    return collect(b, s, sizeof(**out), record_row, &f, records_free, "collect_records",
+                   (void **)out, n);
 }
 
 static kb_err sq_secret_list(store *st, bool include_deleted, store_record **out, size_t *n)
@@ -1760,14 +1797,30 @@ out:
     return KB_OK;
 }
 
+static void versions_free(void *arr, size_t n)
+{
+    store_versions_free(arr, n);
+}
+
+/* A version row; one failing its MAC is left out (logged). */
+static kb_err version_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
+                          bool *keep)
+{
+    kb_err e = load_version(b, s, 0, item);
+    (void)ctx;
+    (void)prev;
+    if (e == KB_ERR_INTEGRITY) {
+        *keep = false; /* load_version cleared the slot */
+        return KB_OK;
+    }
+    return e;
+}
+
 static kb_err sq_version_list(store *st, int64_t secret_id, store_version **out, size_t *n)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
-    store_version *arr = NULL;
-    size_t cnt = 0, cap = 0;
     kb_err rc;
-    int r;
 
     b = RD(st);
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
@@ -1776,27 +1829,12 @@ static kb_err sq_version_list(store *st, int64_t secret_id, store_version **out,
                           " FROM versions v WHERE v.secret_id = ?1 ORDER BY v.version DESC",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        kb_err e;
-        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
-        e = load_version(b, s, 0, &arr[cnt]);
-        if (e == KB_ERR_INTEGRITY)
-            continue; /* logged; a tampered version is left out */
-        KB_GUARD_OUT(rc, e);
-        cnt++;
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(b, r, "version_list");
+    rc = collect(b, s, sizeof(**out), version_row, NULL, versions_free, "version_list",
+                 (void **)out, n);
 out:
     done(s);
     PUT(st, b);
-    if (rc != KB_OK) {
-        store_versions_free(arr, cnt);
-        return rc;
-    }
-    *out = arr;
-    *n = cnt;
-    return KB_OK;
+    return rc;
 }
 
 /* Version `ver` (0 = latest) of an already verified secret, with its envelope (lock held). */
@@ -1932,42 +1970,44 @@ out:
  * (fixed_id, group id) that must verify, or the row is dropped. */
 enum { LINK_NONE, LINK_MEMBERSHIP, LINK_GRANT };
 
+typedef struct {
+    int link;
+    int64_t fixed_id;
+} group_link;
+
+static void groups_free(void *arr, size_t n)
+{
+    store_groups_free(arr, n);
+}
+
+static kb_err group_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev, bool *keep)
+{
+    const group_link *l = ctx;
+    int64_t gid = sqlite3_column_int64(s, 0);
+    (void)prev;
+    if (l->link != LINK_NONE) {
+        uint8_t want[ROWMAC_LEN];
+        if (l->link == LINK_MEMBERSHIP)
+            KB_GUARD(rowmac_membership(b->mac, l->fixed_id, gid, want));
+        else
+            KB_GUARD(rowmac_grant(b->mac, gid, l->fixed_id, want));
+        if (!col_mac_ok(s, GROUP_NCOLS, want)) {
+            store_log_integrity(l->link == LINK_MEMBERSHIP ? "memberships" : "grants",
+                                l->link == LINK_MEMBERSHIP ? l->fixed_id : gid,
+                                l->link == LINK_MEMBERSHIP ? gid : l->fixed_id);
+            *keep = false;
+            return KB_OK;
+        }
+    }
+    return load_group(s, 0, item);
+}
+
 static kb_err collect_groups(cx *b, sqlite3_stmt *s, int link, int64_t fixed_id, store_group **out,
                              size_t *n)
 {
-    store_group *arr = NULL;
-    size_t cnt = 0, cap = 0;
-    kb_err rc = KB_OK;
-    int r;
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        int64_t gid = sqlite3_column_int64(s, 0);
-        if (link != LINK_NONE) {
-            uint8_t want[ROWMAC_LEN];
-            if (link == LINK_MEMBERSHIP)
-                KB_GUARD_OUT(rc, rowmac_membership(b->mac, fixed_id, gid, want));
-            else
-                KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, fixed_id, want));
-            if (!col_mac_ok(s, GROUP_NCOLS, want)) {
-                store_log_integrity(link == LINK_MEMBERSHIP ? "memberships" : "grants",
-                                    link == LINK_MEMBERSHIP ? fixed_id : gid,
-                                    link == LINK_MEMBERSHIP ? gid : fixed_id);
-                continue;
-            }
-        }
-        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
-        KB_GUARD_OUT(rc, load_group(s, 0, &arr[cnt]));
-        cnt++;
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(b, r, "collect_groups");
-out:
-    if (rc != KB_OK) {
-        store_groups_free(arr, cnt);
-        return rc;
-    }
-    *out = arr;
-    *n = cnt;
-    return KB_OK;
+    group_link l = {link, fixed_id};
+    return collect(b, s, sizeof(**out), group_row, &l, groups_free, "collect_groups", (void **)out,
+                   n);
 }
 
 static kb_err sq_group_list(store *st, store_group **out, size_t *n)
@@ -2084,46 +2124,42 @@ static kb_err sq_client_get(store *st, const char *spiffe_id, int64_t id, store_
     return rc;
 }
 
+static void clients_free(void *arr, size_t n)
+{
+    store_clients_free(arr, n);
+}
+
+/* A client row (ctx: a group id whose membership MAC, in the column after the client's, must
+ * verify, or 0); rows failing a MAC are left out (logged). */
+static kb_err client_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
+                         bool *keep)
+{
+    int64_t group_id = *(const int64_t *)ctx;
+    kb_err e;
+    (void)prev;
+    if (group_id > 0) {
+        uint8_t want[ROWMAC_LEN];
+        int64_t cid = sqlite3_column_int64(s, 0);
+        KB_GUARD(rowmac_membership(b->mac, cid, group_id, want));
+        if (!col_mac_ok(s, CLIENT_NCOLS, want)) {
+            store_log_integrity("memberships", cid, group_id);
+            *keep = false;
+            return KB_OK;
+        }
+    }
+    e = load_client(b, s, 0, item);
+    if (e == KB_ERR_INTEGRITY) {
+        *keep = false;
+        return KB_OK;
+    }
+    return e;
+}
+
 static kb_err collect_clients(cx *b, sqlite3_stmt *s, int64_t group_id, store_client **out,
                               size_t *n)
 {
-    store_client *arr = NULL;
-    size_t cnt = 0, cap = 0;
-    kb_err rc = KB_OK;
-    int r;
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        store_client c;
-        kb_err e;
-        if (group_id > 0) {
-            uint8_t want[ROWMAC_LEN];
-            int64_t cid = sqlite3_column_int64(s, 0);
-            KB_GUARD_OUT(rc, rowmac_membership(b->mac, cid, group_id, want));
-            if (!col_mac_ok(s, CLIENT_NCOLS, want)) {
-                store_log_integrity("memberships", cid, group_id);
-                continue;
-            }
-        }
-        e = load_client(b, s, 0, &c);
-        if (e == KB_ERR_INTEGRITY)
-            continue;
-        KB_GUARD_OUT(rc, e);
-        e = grow((void **)&arr, &cap, cnt, sizeof(*arr));
-        if (e != KB_OK) {
-            store_client_clear(&c);
-            KB_GUARD_OUT(rc, e);
-        }
-        arr[cnt++] = c;
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(b, r, "collect_clients");
-out:
-    if (rc != KB_OK) {
-        store_clients_free(arr, cnt);
-        return rc;
-    }
-    *out = arr;
-    *n = cnt;
-    return KB_OK;
+    return collect(b, s, sizeof(**out), client_row, &group_id, clients_free, "collect_clients",
+                   (void **)out, n);
 }
 
 static kb_err sq_client_list(store *st, store_client **out, size_t *n)
@@ -2669,14 +2705,31 @@ static kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, i
     return rc;
 }
 
+static void fetches_free(void *arr, size_t n)
+{
+    store_fetches_free(arr, n);
+}
+
+static kb_err fetch_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev, bool *keep)
+{
+    store_fetch *f = item;
+    (void)b;
+    (void)ctx;
+    (void)prev;
+    (void)keep;
+    f->client_id = sqlite3_column_int64(s, 0);
+    KB_GUARD(col_str(s, 1, &f->spiffe_id));
+    f->secret_id = sqlite3_column_int64(s, 2);
+    f->version = sqlite3_column_int64(s, 3);
+    f->fetched_at = sqlite3_column_int64(s, 4);
+    return KB_OK;
+}
+
 static kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
-    store_fetch *arr = NULL;
-    size_t cnt = 0, cap = 0;
     kb_err rc;
-    int r;
     b = RD(st);
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
     KB_GUARD_OUT(rc, prep(b,
@@ -2685,27 +2738,12 @@ static kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, 
                           "WHERE f.secret_id = ?1 ORDER BY c.spiffe_id",
                           &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
-        arr[cnt].client_id = sqlite3_column_int64(s, 0);
-        KB_GUARD_OUT(rc, col_str(s, 1, &arr[cnt].spiffe_id));
-        arr[cnt].secret_id = sqlite3_column_int64(s, 2);
-        arr[cnt].version = sqlite3_column_int64(s, 3);
-        arr[cnt].fetched_at = sqlite3_column_int64(s, 4);
-        cnt++;
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(b, r, "secret_status");
+    rc = collect(b, s, sizeof(**out), fetch_row, NULL, fetches_free, "secret_status", (void **)out,
+                 n);
 out:
     done(s);
     PUT(st, b);
-    if (rc != KB_OK) {
-        store_fetches_free(arr, cap > cnt ? cnt + 1 : cnt);
-        return rc;
-    }
-    *out = arr;
-    *n = cnt;
-    return KB_OK;
+    return rc;
 }
 
 /* ---- expiry notifications (notify.h) ---- */
@@ -2842,38 +2880,37 @@ out:
     return rc;
 }
 
+static void audit_free(void *arr, size_t n)
+{
+    audit_rows_free(arr, n);
+}
+
+static kb_err audit_row_load(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
+                             bool *keep)
+{
+    audit_row *a = item;
+    (void)b;
+    (void)ctx;
+    (void)prev;
+    (void)keep;
+    a->seq = sqlite3_column_int64(s, 0);
+    a->time = sqlite3_column_int64(s, 1);
+    KB_GUARD(col_str(s, 2, &a->identity));
+    KB_GUARD(col_str(s, 3, &a->peer));
+    KB_GUARD(col_str(s, 4, &a->action));
+    KB_GUARD(col_str(s, 5, &a->object));
+    a->version = sqlite3_column_int64(s, 6);
+    KB_GUARD(col_str(s, 7, &a->result));
+    /* A MAC of the wrong size stays all-zero: it will not verify. */
+    if (sqlite3_column_bytes(s, 8) == AUDIT_MAC_LEN)
+        memcpy(a->mac, sqlite3_column_blob(s, 8), AUDIT_MAC_LEN);
+    return KB_OK;
+}
+
 static kb_err collect_audit(cx *b, sqlite3_stmt *s, audit_row **out, size_t *n)
 {
-    audit_row *arr = NULL;
-    size_t cnt = 0, cap = 0;
-    kb_err rc = KB_OK;
-    int r;
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        audit_row *a;
-        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
-        a = &arr[cnt++];
-        a->seq = sqlite3_column_int64(s, 0);
-        a->time = sqlite3_column_int64(s, 1);
-        KB_GUARD_OUT(rc, col_str(s, 2, &a->identity));
-        KB_GUARD_OUT(rc, col_str(s, 3, &a->peer));
-        KB_GUARD_OUT(rc, col_str(s, 4, &a->action));
-        KB_GUARD_OUT(rc, col_str(s, 5, &a->object));
-        a->version = sqlite3_column_int64(s, 6);
-        KB_GUARD_OUT(rc, col_str(s, 7, &a->result));
-        /* A MAC of the wrong size stays all-zero: it will not verify. */
-        if (sqlite3_column_bytes(s, 8) == AUDIT_MAC_LEN)
-            memcpy(a->mac, sqlite3_column_blob(s, 8), AUDIT_MAC_LEN);
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(b, r, "audit_rows");
-out:
-    if (rc != KB_OK) {
-        audit_rows_free(arr, cnt);
-        return rc;
-    }
-    *out = arr;
-    *n = cnt;
-    return KB_OK;
+    return collect(b, s, sizeof(**out), audit_row_load, NULL, audit_free, "audit_rows",
+                   (void **)out, n);
 }
 
 #define AUDIT_COLS "seq, time, identity, peer, action, object, version, result, mac"
@@ -2943,41 +2980,45 @@ out:
     return rc;
 }
 
+static void anchors_free(void *arr, size_t n)
+{
+    (void)n;
+    free(arr);
+}
+
+static kb_err anchor_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
+                         bool *keep)
+{
+    audit_anchor *a = item;
+    int sl = sqlite3_column_bytes(s, 3);
+    (void)b;
+    (void)ctx;
+    (void)prev;
+    (void)keep;
+    a->seq = sqlite3_column_int64(s, 0);
+    if (sqlite3_column_bytes(s, 1) == AUDIT_MAC_LEN)
+        memcpy(a->mac, sqlite3_column_blob(s, 1), AUDIT_MAC_LEN);
+    a->time = sqlite3_column_int64(s, 2);
+    if (sl > 0 && sl <= AUDIT_SIG_MAX) {
+        memcpy(a->sig, sqlite3_column_blob(s, 3), (size_t)sl);
+        a->sig_len = (size_t)sl;
+    }
+    return KB_OK;
+}
+
 static kb_err sq_anchor_list(store *st, audit_anchor **out, size_t *n)
 {
     cx *b;
     sqlite3_stmt *s = NULL;
-    audit_anchor *arr = NULL;
-    size_t cnt = 0, cap = 0;
     kb_err rc;
-    int r;
     b = RD(st);
-    KB_GUARD_OUT(rc, prep(b, "SELECT seq, mac, time, sig FROM audit_anchors ORDER BY seq", &s));
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        int sl = sqlite3_column_bytes(s, 3);
-        KB_GUARD_OUT(rc, grow((void **)&arr, &cap, cnt, sizeof(*arr)));
-        arr[cnt].seq = sqlite3_column_int64(s, 0);
-        if (sqlite3_column_bytes(s, 1) == AUDIT_MAC_LEN)
-            memcpy(arr[cnt].mac, sqlite3_column_blob(s, 1), AUDIT_MAC_LEN);
-        arr[cnt].time = sqlite3_column_int64(s, 2);
-        if (sl > 0 && sl <= AUDIT_SIG_MAX) {
-            memcpy(arr[cnt].sig, sqlite3_column_blob(s, 3), (size_t)sl);
-            arr[cnt].sig_len = (size_t)sl;
-        }
-        cnt++;
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(b, r, "anchor_list");
-out:
+    rc = prep(b, "SELECT seq, mac, time, sig FROM audit_anchors ORDER BY seq", &s);
+    if (rc == KB_OK)
+        rc = collect(b, s, sizeof(**out), anchor_row, NULL, anchors_free, "anchor_list",
+                     (void **)out, n);
     done(s);
     PUT(st, b);
-    if (rc != KB_OK) {
-        free(arr);
-        return rc;
-    }
-    *out = arr;
-    *n = cnt;
-    return KB_OK;
+    return rc;
 }
 
 const struct store_ops store_sqlite_ops = {
