@@ -9,6 +9,7 @@
 
 #include <openssl/rand.h>
 
+#include "ca_target.h"
 #include "lib/buf.h"
 #include "lib/keystore.h"
 #include "lib/log.h"
@@ -266,4 +267,34 @@ kb_err ca_ctx_new_generation(ca_ctx *x, const char *td, int intermediate, const 
     o.intermediate = intermediate;
     o.state = state;
     return ca_new_generation(x->st, &x->keys, &o, gen, csr_pem);
+}
+
+int ca_cmd_load_policy(const kb_config *cfg, ca_policy **out)
+{
+    const char *path = kb_config_str(cfg, "policy", "file");
+    char err[256];
+
+    *out = NULL;
+    if (path == NULL) {
+        fprintf(stderr, "keybridge-ca: [policy] file is required: without a policy every "
+                        "registration is refused\n");
+        return KB_EXIT_CONFIG;
+    }
+    if (ca_policy_load(path, out, err, sizeof(err)) != KB_OK) {
+        fprintf(stderr, "keybridge-ca: policy %s: %s\n", path, err);
+        return KB_EXIT_CONFIG;
+    }
+    return KB_EXIT_OK;
+}
+
+void ca_cmd_target_env(const kb_config *cfg, ca_authority *ca, const char *td, ca_target_env *e)
+{
+    memset(e, 0, sizeof(*e));
+    e->region = kb_config_str(cfg, "aws", "region");
+    e->endpoint = kb_config_str(cfg, "aws", "endpoint");
+    e->credentials_file = kb_config_str(cfg, "aws", "credentials_file");
+    e->role_arn = kb_config_str(cfg, "aws", "role_arn");
+    e->external_id = kb_config_str(cfg, "aws", "external_id");
+    e->sts_endpoint = kb_config_str(cfg, "aws", "sts_endpoint");
+    e->trust_domain = ca ? ca_trust_domain(ca) : td;
 }

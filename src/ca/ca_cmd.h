@@ -6,6 +6,7 @@
 #include "ca.h"
 #include "ca_policy.h"
 #include "ca_store.h"
+#include "ca_target.h"
 #include "lib/config.h"
 
 typedef struct ca_ctx ca_ctx;
@@ -28,9 +29,13 @@ KB_WUR kb_err ca_ctx_new_generation(ca_ctx *x, const char *td, int intermediate,
 /* The [policy] file (an exit code; a message has been printed on failure). */
 int ca_cmd_load_policy(const kb_config *cfg, ca_policy **out);
 
+/* The AWS settings of [aws] for targets, with the CA's trust domain (or td without a CA). */
+void ca_cmd_target_env(const kb_config *cfg, ca_authority *ca, const char *td, ca_target_env *e);
+
 int ca_cmd_register(const kb_config *cfg, int argc, char **argv);
 int ca_cmd_list(const kb_config *cfg, int argc, char **argv);
 int ca_cmd_remove(const kb_config *cfg, int argc, char **argv);
+/* ca_serve.c: the renewal daemon and the mTLS API. */
 int ca_cmd_serve(const kb_config *cfg, int argc, char **argv);
 int ca_cmd_renew_once(const kb_config *cfg, int argc, char **argv);
 

@@ -512,15 +512,6 @@ static int cmd_audit(const kb_config *cfg, int argc, char **argv)
     return kb_exit_code(rc);
 }
 
-static int cmd_config_reference(const kb_config *cfg, int argc, char **argv)
-{
-    (void)cfg;
-    (void)argc;
-    (void)argv;
-    kb_config_print_reference(keys, ENV_PREFIX, stdout);
-    return KB_EXIT_OK;
-}
-
 static const kb_subcmd cmds[] = {
     {"init", cmd_init, "create the trust domain's CA (root, or intermediate CSR)"},
     {"import", cmd_import, "import the signed chain of an intermediate CA"},
@@ -533,7 +524,6 @@ static const kb_subcmd cmds[] = {
     {"rotate", cmd_rotate, "prepare or activate the next CA"},
     {"bundle", cmd_bundle, "print the trust bundle (PEM or SPIFFE JWKS)"},
     {"audit", cmd_audit, "print the issuance audit"},
-    {"config-reference", cmd_config_reference, "print every configuration key (Markdown)"},
     {NULL, NULL, NULL},
 };
 

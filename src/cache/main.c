@@ -1,5 +1,4 @@
 /* main.c - keybridge-cache, an AWS Secrets Manager-compatible cache (JSON 1.1 + SigV4). */
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,15 +29,6 @@ static const kb_config_key keys[] = {
     {NULL, NULL, 0, NULL, NULL},
 };
 
-static kb_httpd *volatile g_httpd;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    if (g_httpd)
-        kb_httpd_stop(g_httpd); /* async-signal-safe (httpd.h) */
-}
-
 static int cmd_serve(const kb_config *cfg, int argc, char **argv)
 {
     const char *store_path = kb_config_str(cfg, "store", "path");
@@ -53,7 +43,7 @@ static int cmd_serve(const kb_config *cfg, int argc, char **argv)
     kb_httpd *h = NULL;
     kb_httpd_opts ho;
     cache_api_opts ao;
-    struct sigaction sa;
+    kb_serve sv;
     size_t bad_line = 0;
     char port[16], nc[16];
     kb_err rc;
@@ -74,6 +64,7 @@ static int cmd_serve(const kb_config *cfg, int argc, char **argv)
                 KB_HTTPD_MAX_THREADS);
         return KB_EXIT_CONFIG;
     }
+    kb_prog_serve_prepare();
     rc = cache_key_load(key_path, &key);
     if (rc != KB_OK) {
         kb_log(KB_LOG_ERROR, "key_file_refused", "path", key_path, "err", kb_err_str(rc), NULL);
@@ -122,18 +113,13 @@ static int cmd_serve(const kb_config *cfg, int argc, char **argv)
         code = kb_exit_code(rc);
         goto out;
     }
-    g_httpd = h;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
     snprintf(port, sizeof(port), "%d", kb_httpd_port(h));
     snprintf(nc, sizeof(nc), "%zu", cache_creds_count(creds));
     kb_log(KB_LOG_INFO, "listening", "listen", ho.listen, "port", port, "tls",
            ho.cert_file ? "true" : "false", "credentials", nc, "region", region, NULL);
-    rc = kb_httpd_run(h);
-    g_httpd = NULL;
+    memset(&sv, 0, sizeof(sv));
+    sv.listeners[0] = h;
+    rc = kb_prog_serve(&sv);
     kb_log(KB_LOG_INFO, "stopped", "err", kb_err_str(rc), NULL);
     code = rc == KB_OK ? KB_EXIT_OK : KB_EXIT_FAIL;
 out:
@@ -179,19 +165,9 @@ static int cmd_init_key(const kb_config *cfg, int argc, char **argv)
     return KB_EXIT_OK;
 }
 
-static int cmd_config_reference(const kb_config *cfg, int argc, char **argv)
-{
-    (void)cfg;
-    (void)argc;
-    (void)argv;
-    kb_config_print_reference(keys, ENV_PREFIX, stdout);
-    return KB_EXIT_OK;
-}
-
 static const kb_subcmd cmds[] = {
     {"serve", cmd_serve, "serve the Secrets Manager API (default)"},
     {"init-key", cmd_init_key, "create the at-rest encryption key file (--out FILE)"},
-    {"config-reference", cmd_config_reference, "print every configuration key (Markdown)"},
     {NULL, NULL, NULL},
 };
 

@@ -23,9 +23,9 @@ typedef struct cli {
     int json_output;          /* -o json */
     const char *local_config; /* --local FILE: keybridged's configuration */
     const char *as_id;        /* --as SPIFFE_ID (local mode identity) */
-    kb_config *cfg;           /* the CLI's own configuration ([client] ...) */
-    kb_config *server_cfg;    /* local mode: keybridged's configuration */
-    svc *svc;                 /* local mode: opened on first call */
+    const kb_config *cfg;  /* the CLI's own configuration ([client] ...), owned by kb_prog_main */
+    kb_config *server_cfg; /* local mode: keybridged's configuration */
+    svc *svc;              /* local mode: opened on first call */
 } cli;
 
 typedef int (*cli_fn)(cli *c, int argc, char **argv);

@@ -93,9 +93,9 @@ void cli_close(cli *c)
 {
     svc_close(c->svc);
     kb_config_free(c->server_cfg);
-    kb_config_free(c->cfg);
     c->svc = NULL;
-    c->server_cfg = c->cfg = NULL;
+    c->server_cfg = NULL;
+    c->cfg = NULL; /* kb_prog_main's */
 }
 
 int cli_fail(const api_response *r)

@@ -1,10 +1,10 @@
 /* serve.c - `keybridged serve`: the HTTPS/mTLS front of api_handle, plus the metrics listener.
  *
- * Threads: kb_httpd's event loops (one per core) call handle() concurrently; a signal thread
- * waits (sigwait) for SIGHUP (reload) and SIGTERM/SIGINT (stop); the metrics listener runs its
- * own single loop. The trust bundle set is shared read-only and swapped under a mutex with
- * reference counts, so a handshake in progress keeps the set it started with. A maintenance
- * thread wipes expired cached data keys every second (dkcache.h).
+ * Threads: kb_httpd's event loops (one per core) call handle() concurrently; kb_prog_serve
+ * (lib/prog.h) runs them, the metrics listener's single loop and the signal thread (SIGHUP:
+ * reload(); SIGTERM/SIGINT: stop). The trust bundle set is shared read-only and swapped under a
+ * mutex with reference counts, so a handshake in progress keeps the set it started with. A
+ * maintenance thread wipes expired cached data keys every second (dkcache.h).
  *
  * Fairness (issue 7, point 3): before a request reaches the API, its verified SPIFFE ID must be
  * within its caps (fairness.h): a connection is admitted on its first request and counted until
@@ -276,14 +276,6 @@ static void handle_metrics(kb_http_req *hr, void *arg)
 
 /* ---- threads ------------------------------------------------------------------------------ */
 
-static void *metrics_thread(void *arg)
-{
-    server *sv = arg;
-    if (kb_httpd_run(sv->mh) != KB_OK)
-        kb_log(KB_LOG_ERROR, "metrics_listener_failed", NULL);
-    return NULL;
-}
-
 /* Every second: wipe expired data keys, so none outlives its TTL by much even when idle. */
 static void *maint_thread(void *arg)
 {
@@ -326,37 +318,20 @@ static kb_err open_fairness(const kb_config *cfg, server *sv)
     return rc;
 }
 
-static void *signal_thread(void *arg)
+/* SIGHUP (kb_prog_serve's signal thread): reload the TLS material and the trust bundle, then the
+ * full rollback check (docs/internals/rollback.md). */
+static void reload(void *arg)
 {
     server *sv = arg;
-    sigset_t set;
-    int sig = 0;
-    sigemptyset(&set);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    for (;;) {
-        if (sigwait(&set, &sig) != 0)
-            continue;
-        if (sig == SIGHUP) {
-            kb_err rc = kb_httpd_reload(sv->h);
-            pthread_mutex_lock(&sv->mu);
-            kb_err brc = bundle_reload_locked(sv, true);
-            pthread_mutex_unlock(&sv->mu);
-            kb_log(rc == KB_OK && brc == KB_OK ? KB_LOG_INFO : KB_LOG_ERROR, "reload", "tls",
-                   kb_err_str(rc), "bundle", kb_err_str(brc), NULL);
-            /* And the full rollback check (docs/internals/rollback.md). */
-            kb_err src = svc_check_store(sv->s);
-            kb_log(src == KB_OK ? KB_LOG_INFO : KB_LOG_ERROR, "store_checked", "result",
-                   kb_err_str(src), NULL);
-            continue;
-        }
-        kb_log(KB_LOG_INFO, "stopping", "signal", sig == SIGTERM ? "TERM" : "INT", NULL);
-        kb_httpd_stop(sv->h);
-        if (sv->mh)
-            kb_httpd_stop(sv->mh);
-        return NULL;
-    }
+    kb_err rc = kb_httpd_reload(sv->h);
+    pthread_mutex_lock(&sv->mu);
+    kb_err brc = bundle_reload_locked(sv, true);
+    pthread_mutex_unlock(&sv->mu);
+    kb_log(rc == KB_OK && brc == KB_OK ? KB_LOG_INFO : KB_LOG_ERROR, "reload", "tls",
+           kb_err_str(rc), "bundle", kb_err_str(brc), NULL);
+    kb_err src = svc_check_store(sv->s);
+    kb_log(src == KB_OK ? KB_LOG_INFO : KB_LOG_ERROR, "store_checked", "result", kb_err_str(src),
+           NULL);
 }
 
 /* ---- main --------------------------------------------------------------------------------- */
@@ -371,9 +346,8 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
 {
     server sv;
     kb_httpd_opts o, mo;
-    sigset_t set;
-    pthread_t sig_tid, m_tid, maint_tid;
-    bool sig_started = false, m_started = false, maint_started = false;
+    pthread_t maint_tid;
+    bool maint_started = false;
     const char *mlisten;
     int code = KB_EXIT_FAIL;
     kb_err rc;
@@ -410,14 +384,9 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
         code = KB_EXIT_CONFIG;
         goto out;
     }
-    /* Block the signals before any thread starts, so only the signal thread receives them;
-     * a peer closing mid-write must not kill the server (SIGPIPE). */
-    signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&set);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    /* Before any thread starts, so only kb_prog_serve's signal thread receives them (SIGPIPE is
+     * ignored by kb_prog_main: a peer closing mid-write must not kill the server). */
+    kb_prog_serve_prepare();
 
     pthread_mutex_lock(&sv.mu);
     rc = bundle_reload_locked(&sv, true);
@@ -470,16 +439,10 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
             code = kb_exit_code(rc);
             goto out;
         }
-        if (pthread_create(&m_tid, NULL, metrics_thread, &sv) != 0)
-            goto out;
-        m_started = true;
         char port[16];
         snprintf(port, sizeof(port), "%d", kb_httpd_port(sv.mh));
         kb_log(KB_LOG_INFO, "metrics_listening", "addr", mlisten, "port", port, NULL);
     }
-    if (pthread_create(&sig_tid, NULL, signal_thread, &sv) != 0)
-        goto out;
-    sig_started = true;
     if (pthread_create(&maint_tid, NULL, maint_thread, &sv) != 0)
         goto out;
     maint_started = true;
@@ -493,18 +456,12 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
         kb_log(KB_LOG_INFO, "listening", "addr", o.listen ? o.listen : "", "port", port,
                "trust_domain", sv.td, NULL);
     }
-    rc = kb_httpd_run(sv.h);
+    {
+        kb_serve ks = {.listeners = {sv.h, sv.mh}, .reload = reload, .arg = &sv};
+        rc = kb_prog_serve(&ks);
+    }
     code = rc == KB_OK ? KB_EXIT_OK : kb_exit_code(rc);
 out:
-    if (sv.mh)
-        kb_httpd_stop(sv.mh);
-    if (m_started)
-        pthread_join(m_tid, NULL);
-    if (sig_started) {
-        /* The signal thread is in sigwait: wake it with a signal it will treat as "stop". */
-        pthread_kill(sig_tid, SIGTERM);
-        pthread_join(sig_tid, NULL);
-    }
     if (maint_started) {
         pthread_mutex_lock(&sv.maint_mu);
         sv.maint_stop = true;
