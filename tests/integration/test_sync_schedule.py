@@ -50,6 +50,31 @@ def main():
         assert rc == 0 and out.splitlines()[0] == f"offset {tf}", (interval, out)
         want = f"cron({tf} * * * ? *)" if interval == 60 else f"cron({tf}/{interval} * * * ? *)"
         assert out.splitlines()[1] == want, out
+    # one source of truth (issue 11): without --interval, the cron is the daemon's [daemon]
+    # interval from the configuration (file or KEYBRIDGE_SYNC_DAEMON_INTERVAL), not a default
+    # of its own; --interval still overrides it; a bad configured interval is a config error.
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        conf = os.path.join(d, "sync.conf")
+        for interval in (5, 10, 30, 60):
+            with open(conf, "w") as f:
+                f.write(f"[daemon]\ninterval = {interval}\n")
+            tf = int(hashlib.sha256(b"payments").hexdigest()[:8], 16) % interval
+            want = f"cron({tf} * * * ? *)" if interval == 60 else f"cron({tf}/{interval} * * * ? *)"
+            rc, out, err = run("--config", conf, "schedule", "payments")
+            assert rc == 0 and out.splitlines() == [f"offset {tf}", want], (interval, rc, out, err)
+        rc, out, _ = run("--config", conf, "schedule", "payments", "--interval", "15")
+        m = offset("payments", 15)
+        assert rc == 0 and out.splitlines()[1] == f"cron({m}/15 * * * ? *)", out
+        p = subprocess.run([SYNC, "schedule", "payments"], stdout=subprocess.PIPE,
+                           env={"PATH": os.environ.get("PATH", ""),
+                                "KEYBRIDGE_SYNC_DAEMON_INTERVAL": "20"})
+        m = offset("payments", 20)
+        assert p.returncode == 0 and p.stdout.decode().splitlines()[1] == f"cron({m}/20 * * * ? *)", p
+        with open(conf, "w") as f:
+            f.write("[daemon]\ninterval = 7\n")
+        rc, out, err = run("--config", conf, "schedule", "payments")
+        assert rc == 3 and out == "" and "interval" in err, (rc, out, err)
     # negative cases: intervals that do not divide 60, missing app, junk
     for bad in (["schedule", "x", "--interval", "7"], ["schedule", "x", "--interval", "0"],
                 ["schedule", "x", "--interval", "61"], ["schedule", "x", "--interval", "abc"],
