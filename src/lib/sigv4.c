@@ -665,7 +665,7 @@ static void key_cache_put(kb_sigv4_key_cache *c, const kb_secret *secret, const 
     size_t i;
     /* The scope parts were length-checked by parse_credential; refuse anything longer anyway. */
     if (strlen(akid) > KB_SIGV4_MAX_SCOPE_PART || strlen(region) > KB_SIGV4_MAX_SCOPE_PART ||
-        strlen(service) > KB_SIGV4_MAX_SCOPE_PART)
+        strlen(service) > KB_SIGV4_MAX_SCOPE_PART || c->n == 0)
         return;
     pthread_mutex_lock(&c->mu);
     for (i = 0; i < c->n; i++) /* another thread may have added it meanwhile */

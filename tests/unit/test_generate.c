@@ -119,11 +119,15 @@ int main(void)
     char *d = kbtest_tmpdir(), path[256];
     int rc;
     kb_log_set_level(KB_LOG_OFF);
-    if (d == NULL || kb_secmem_init() != KB_OK)
+    if (d == NULL || kb_secmem_init() != KB_OK) {
+        free(d);
         return 1;
+    }
     snprintf(path, sizeof(path), "%s/ks", d);
-    if (kb_keystore_create_file(path) != KB_OK || kb_keystore_open_file(path, &ks) != KB_OK)
+    if (kb_keystore_create_file(path) != KB_OK || kb_keystore_open_file(path, &ks) != KB_OK) {
+        free(d);
         return 1;
+    }
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     kb_keystore_free(ks);
     unlink(path);
