@@ -71,14 +71,20 @@ kb_err kb_b64_encode(const uint8_t *in, size_t n, kb_b64_mode mode, kb_dbuf *out
 char *kb_b64_encode_str(const uint8_t *in, size_t n, kb_b64_mode mode)
 {
     size_t len = kb_b64_enc_len(n, mode), o = 0;
-    char *s;
+    char *s, q[4];
     if (len == SIZE_MAX || (in == NULL && n > 0))
         return NULL;
     s = malloc(len + 1);
     if (s == NULL)
         return NULL;
-    for (size_t i = 0; i < n; i += 3)
-        o += enc_quantum(in + i, n - i < 3 ? n - i : 3, mode, s + o);
+    /* Through q: an unpadded (URL) last quantum keeps 2 or 3 of the 4 characters written, and
+     * s has room for exactly len. */
+    for (size_t i = 0; i < n; i += 3) {
+        size_t k = enc_quantum(in + i, n - i < 3 ? n - i : 3, mode, q);
+        memcpy(s + o, q, k);
+        o += k;
+    }
+    kb_wipe(q, sizeof(q));
     s[o] = '\0';
     return s;
 }
