@@ -662,17 +662,17 @@ static void key_cache_put(kb_sigv4_key_cache *c, const kb_secret *secret, const 
                           const uint8_t key[32])
 {
     key_slot *k;
-    size_t i;
+    size_t i, n = c->n; /* fixed at creation: 1..KB_SIGV4_KEY_CACHE_MAX */
     /* The scope parts were length-checked by parse_credential; refuse anything longer anyway. */
     if (strlen(akid) > KB_SIGV4_MAX_SCOPE_PART || strlen(region) > KB_SIGV4_MAX_SCOPE_PART ||
-        strlen(service) > KB_SIGV4_MAX_SCOPE_PART || c->n == 0)
+        strlen(service) > KB_SIGV4_MAX_SCOPE_PART || n == 0)
         return;
     pthread_mutex_lock(&c->mu);
-    for (i = 0; i < c->n; i++) /* another thread may have added it meanwhile */
+    for (i = 0; i < n; i++) /* another thread may have added it meanwhile */
         if (slot_is(&c->slots[i], secret, akid, date8, region, service))
             goto out;
     i = c->next;
-    c->next = (c->next + 1) % c->n;
+    c->next = (c->next + 1) % n;
     k = &c->slots[i];
     k->used = 1;
     k->secret = secret;
