@@ -60,8 +60,8 @@ static void wipe_and_ct_eq(void **state)
 static void secmem_init_hardens_process(void **state)
 {
     (void)state;
-    /* As root (CI) mlock always works; the refusal path is covered by the integration test that
-     * drops CAP_IPC_LOCK and sets RLIMIT_MEMLOCK to 0. */
+    /* As root mlock always works; the refusal path is covered by integration/test_memlock (an
+     * unprivileged user at RLIMIT_MEMLOCK 0, or an injected EPERM where the kernel allows it). */
     assert_ok(kb_secmem_init());
 }
 
