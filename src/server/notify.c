@@ -278,9 +278,16 @@ kb_err notify_scan(notify *n, int64_t now, size_t *delivered)
         kb_json_free_str(body);
         svc_actor a = {.identity = NOTIFY_IDENTITY, .peer = "local", .now = now};
         if (drc == KB_OK) {
-            /* Marked before the audit row: a failed mark (database) resends rather than loses. */
-            KB_GUARD_OUT(rc, store_notify_mark(st, r->secret.id, r->version.version, window,
-                                               (int64_t)time(NULL)));
+            /* The mark and its audit row in one transaction (a change op): a failure leaves
+             * neither, so the next scan resends, and the log never misses a recorded delivery. */
+            store_audit au;
+            kb_err mrc = svc_change_begin(n->s, &a, "secret.expiry_notify", r->secret.name, &au);
+            au.ev.version = r->version.version;
+            if (mrc == KB_OK)
+                mrc = store_notify_mark(st, r->secret.id, r->version.version, window,
+                                        (int64_t)time(NULL), &au);
+            svc_change_end(n->s, &au, mrc);
+            KB_GUARD_OUT(rc, mrc);
             atomic_fetch_add(&n->delivered, 1);
             sent++;
             kb_log(KB_LOG_INFO, "notify_delivered", "secret", r->secret.name, "window", label,
@@ -289,8 +296,9 @@ kb_err notify_scan(notify *n, int64_t now, size_t *delivered)
             atomic_fetch_add(&n->failed, 1);
             kb_log(KB_LOG_ERROR, "notify_failed", "secret", r->secret.name, "window", label,
                    "error", kb_err_str(drc), NULL);
+            svc_audit_event(n->s, &a, "secret.expiry_notify", r->secret.name, r->version.version,
+                            drc);
         }
-        svc_audit_event(n->s, &a, "secret.expiry_notify", r->secret.name, r->version.version, drc);
         pthread_mutex_lock(&n->mu);
         bool stop = n->stop;
         pthread_mutex_unlock(&n->mu);

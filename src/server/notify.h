@@ -6,7 +6,8 @@
  * durable table, so a restart does not resend), it POSTs a JSON webhook with a Slack-compatible
  * "text" and the fields name, version, expires_at, window and owner_group (never content, which
  * the notifier never opens), retried up to [notify] attempts times with doubling backoff. A 2xx
- * answer marks it delivered and appends an audit row (secret.expiry_notify, result ok); when all
+ * answer marks it delivered together with its audit row (secret.expiry_notify, result ok), in one
+ * store transaction; when all
  * attempts fail the audit row says so and the next scan tries again. A secret that enters a
  * narrower window is notified again; wider windows it skipped (written with little time left)
  * are not sent late. Delivery is at least once: a crash between the 2xx and the mark resends.

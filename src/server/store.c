@@ -689,13 +689,14 @@ kb_err store_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t 
     return st->ops->notify_sent(st, secret_id, version, window, sent);
 }
 
-kb_err store_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window, int64_t now)
+kb_err store_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window, int64_t now,
+                         store_audit *au)
 {
     KB_ENSURE_REF(st);
     KB_GUARD(live(st));
     KB_GUARD(check_id(secret_id));
     KB_ENSURE(version > 0 && window > 0, KB_ERR_INVALID);
-    return st->ops->notify_mark(st, secret_id, version, window, now);
+    return st->ops->notify_mark(st, secret_id, version, window, now, au);
 }
 
 kb_err store_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,

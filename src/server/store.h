@@ -362,11 +362,13 @@ KB_WUR kb_err store_readable_get_batch(store *st, int64_t client_id, const char 
 KB_WUR kb_err store_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
                                  int64_t now);
 /* Expiry notifications (notify.h): has the one for (secret, version, window seconds) been
- * delivered? Mark it delivered (idempotent). Rows go with the secret on purge. */
+ * delivered? Mark it delivered (idempotent), with its audit row au (the delivery's
+ * secret.expiry_notify) in the same transaction: both are committed or neither. Rows go with the
+ * secret on purge. */
 KB_WUR kb_err store_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t window,
                                 bool *sent);
 KB_WUR kb_err store_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window,
-                                int64_t now);
+                                int64_t now, store_audit *au);
 /* Who holds which version of a secret, by client SPIFFE ID. */
 KB_WUR kb_err store_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n);
 

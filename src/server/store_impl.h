@@ -116,11 +116,12 @@ struct store_ops {
     kb_err (*anchor_put)(store *st, const audit_anchor *a);
     /* All anchors ascending by seq (out may be NULL when n is 0). */
     kb_err (*anchor_list)(store *st, audit_anchor **out, size_t *n);
-    /* Expiry notifications delivered (notify.h). */
+    /* Expiry notifications delivered (notify.h); notify_mark is a change op (its audit row in
+     * its transaction). */
     kb_err (*notify_sent)(store *st, int64_t secret_id, int64_t version, int64_t window,
                           bool *sent);
     kb_err (*notify_mark)(store *st, int64_t secret_id, int64_t version, int64_t window,
-                          int64_t now);
+                          int64_t now, store_audit *au);
 };
 
 struct store {

@@ -2771,12 +2771,18 @@ out:
     return rc;
 }
 
+/* The mark and the delivery's audit row in one transaction: a crash can leave neither (the
+ * webhook is sent again) but never a mark without its row or a row without its mark. */
 static kb_err sq_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window,
-                             int64_t now)
+                             int64_t now, store_audit *au)
 {
     cx *b = WR(st);
     sqlite3_stmt *s = NULL;
-    kb_err rc;
+    kb_err rc = tx_begin(b, true);
+    if (rc != KB_OK) {
+        PUT(st, b);
+        return rc;
+    }
     KB_GUARD_OUT(rc, prep(b,
                           "INSERT INTO notify_sent(secret_id, version, window_secs, sent_at) "
                           "VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
@@ -2788,6 +2794,7 @@ static kb_err sq_notify_mark(store *st, int64_t secret_id, int64_t version, int6
     rc = step_done(b, s, "notify_mark");
 out:
     done(s);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }

@@ -679,6 +679,48 @@ static void failed_audit_rolls_the_change_back(void **state)
     assert_ok(store_verify(f->st));
 }
 
+/* An expiry notification's delivery mark and its audit row commit together: with the row's MAC
+ * failing, no mark is left (the notifier resends; before, the mark was committed on its own and
+ * the row appended after it, so a failure in between left a delivery with no audit row). */
+static void notify_mark_commits_with_its_audit_row(void **state)
+{
+    fx *f = *state;
+    world w = make_world(f);
+    store_audit au;
+    bool sent = true;
+    int64_t rows = count_rows(f, "SELECT count(*) FROM audit_log");
+    audit_report r;
+
+    au = broken(f, "secret.expiry_notify");
+    au.ev.version = 2;
+    assert_kb(store_notify_mark(f->st, w.sid, 2, 604800, T0, &au), KB_ERR_IO);
+    assert_false(au.written);
+    assert_ok(store_notify_sent(f->st, w.sid, 2, 604800, &sent));
+    assert_false(sent);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM notify_sent"), 0);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), rows);
+
+    au = change(f, "secret.expiry_notify", "s1");
+    au.ev.version = 2;
+    assert_ok(store_notify_mark(f->st, w.sid, 2, 604800, T0, &au));
+    assert_true(au.written);
+    assert_int_equal(au.seq, rows + 1);
+    audit_change_end(f->a, &au, KB_OK); /* written: appends nothing */
+    assert_ok(store_notify_sent(f->st, w.sid, 2, 604800, &sent));
+    assert_true(sent);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log WHERE action = "
+                                   "'secret.expiry_notify' AND version = 2 AND result = 'ok'"),
+                     1);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), rows + 1);
+    /* a bad argument writes neither */
+    au = change(f, "secret.expiry_notify", "s1");
+    assert_kb(store_notify_mark(f->st, w.sid, 0, 604800, T0, &au), KB_ERR_INVALID);
+    assert_false(au.written);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), rows + 1);
+    assert_ok(audit_verify(f->a, NULL, &r));
+    assert_true(r.ok);
+}
+
 /* An audit row the store cannot take refuses the change (nothing is changed unaudited). */
 static void change_with_bad_audit_is_refused(void **state)
 {
@@ -709,6 +751,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(change_ops_write_their_audit_row, setup, teardown),
         cmocka_unit_test_setup_teardown(failed_audit_rolls_the_change_back, setup, teardown),
         cmocka_unit_test_setup_teardown(change_with_bad_audit_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(notify_mark_commits_with_its_audit_row, setup, teardown),
         cmocka_unit_test_setup_teardown(edited_row_is_found, setup, teardown),
         cmocka_unit_test_setup_teardown(deleted_row_is_found, setup, teardown),
         cmocka_unit_test_setup_teardown(truncated_tail_is_found, setup, teardown),

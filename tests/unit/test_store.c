@@ -613,8 +613,8 @@ static void notify_sent_rows(void **state)
     build_world(f, &w);
     assert_ok(store_notify_sent(f->st, w.s_local, 1, 604800, &sent));
     assert_false(sent);
-    assert_ok(store_notify_mark(f->st, w.s_local, 1, 604800, T0));
-    assert_ok(store_notify_mark(f->st, w.s_local, 1, 604800, T0 + 1)); /* again: no error */
+    assert_ok(store_notify_mark(f->st, w.s_local, 1, 604800, T0, NULL));
+    assert_ok(store_notify_mark(f->st, w.s_local, 1, 604800, T0 + 1, NULL)); /* again: no error */
     assert_ok(store_notify_sent(f->st, w.s_local, 1, 604800, &sent));
     assert_true(sent);
     assert_ok(store_notify_sent(f->st, w.s_local, 1, 86400, &sent)); /* another window */
@@ -623,11 +623,11 @@ static void notify_sent_rows(void **state)
     assert_false(sent);
     assert_ok(store_notify_sent(f->st, w.s_cloud, 1, 604800, &sent)); /* another secret */
     assert_false(sent);
-    assert_kb(store_notify_mark(f->st, w.s_local, 0, 604800, T0), KB_ERR_INVALID);
-    assert_kb(store_notify_mark(f->st, w.s_local, 1, 0, T0), KB_ERR_INVALID);
-    assert_kb(store_notify_mark(f->st, 0, 1, 60, T0), KB_ERR_INVALID);
+    assert_kb(store_notify_mark(f->st, w.s_local, 0, 604800, T0, NULL), KB_ERR_INVALID);
+    assert_kb(store_notify_mark(f->st, w.s_local, 1, 0, T0, NULL), KB_ERR_INVALID);
+    assert_kb(store_notify_mark(f->st, 0, 1, 60, T0, NULL), KB_ERR_INVALID);
     assert_kb(store_notify_sent(f->st, w.s_local, 1, -1, &sent), KB_ERR_INVALID);
-    assert_kb(store_notify_mark(f->st, 9999, 1, 60, T0), KB_ERR_NOT_FOUND); /* FK */
+    assert_kb(store_notify_mark(f->st, 9999, 1, 60, T0, NULL), KB_ERR_NOT_FOUND); /* FK */
     assert_int_equal(raw_count(f, "SELECT count(*) FROM notify_sent"), 1);
     /* survives a reopen */
     store_close(f->st);
