@@ -27,6 +27,7 @@
 
 #include <sqlite3.h>
 
+#include "lib/buf.h"
 #include "lib/log.h"
 #include "store_sqlite_int.h"
 
@@ -249,22 +250,6 @@ kb_err sq_tx_end(cx *b, kb_err rc, store_audit *au)
     return rc;
 }
 
-kb_err sq_grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    void *p;
-    size_t nc;
-    if (n < *cap)
-        return KB_OK;
-    nc = *cap ? *cap * 2 : 16;
-    KB_ENSURE(nc < SIZE_MAX / elem, KB_ERR_NOMEM);
-    p = realloc(*arr, nc * elem);
-    KB_ENSURE(p != NULL, KB_ERR_NOMEM);
-    memset((char *)p + *cap * elem, 0, (nc - *cap) * elem);
-    *arr = p;
-    *cap = nc;
-    return KB_OK;
-}
-
 /* Step s to its end, collecting the kept rows into a malloc'd array of elem-size items (*out
  * NULL when there are none). The one loop behind every multi-row read. */
 kb_err sq_collect(cx *b, sqlite3_stmt *s, size_t elem, row_fn row, void *ctx,
@@ -276,7 +261,7 @@ kb_err sq_collect(cx *b, sqlite3_stmt *s, size_t elem, row_fn row, void *ctx,
     int r;
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
         bool keep = true;
-        KB_GUARD_OUT(rc, sq_grow((void **)&arr, &cap, cnt, elem));
+        KB_GUARD_OUT(rc, kb_grow((void **)&arr, &cap, cnt, elem));
         KB_GUARD_OUT(
             rc, row(b, s, ctx, arr + cnt * elem, cnt > 0 ? arr + (cnt - 1) * elem : NULL, &keep));
         if (keep)

@@ -83,7 +83,6 @@ kb_err sq_db_err(cx *b, int rc, const char *what);
 kb_err sq_prep(cx *b, const char *sql, sqlite3_stmt **s);
 kb_err sq_tx_begin(cx *b, bool write);
 kb_err sq_tx_end(cx *b, kb_err rc, store_audit *au);
-kb_err sq_grow(void **arr, size_t *cap, size_t n, size_t elem);
 kb_err sq_collect(cx *b, sqlite3_stmt *s, size_t elem, row_fn row, void *ctx,
                   items_free_fn free_items, const char *what, void **out, size_t *n);
 cx *sq_wr_get(sq *q);

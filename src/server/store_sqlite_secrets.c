@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/buf.h"
 #include "store_sqlite_int.h"
 
 /* ---- secrets and versions ---- */
@@ -444,7 +445,7 @@ kb_err sq_secret_list_page(store *st, bool include_deleted, const char *after, s
             continue;
         }
         if (e == KB_OK)
-            e = sq_grow((void **)&arr, &cap, cnt, sizeof(*arr));
+            e = kb_grow((void **)&arr, &cap, cnt, sizeof(*arr));
         if (e != KB_OK) {
             store_record_clear(&rec);
             KB_GUARD_OUT(rc, e);
@@ -671,7 +672,7 @@ kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t
             continue;
         }
         if (e == KB_OK)
-            e = sq_grow((void **)&arr, &cap, cnt, sizeof(*arr));
+            e = kb_grow((void **)&arr, &cap, cnt, sizeof(*arr));
         if (e != KB_OK) {
             store_record_clear(&rec);
             KB_GUARD_OUT(rc, e);
