@@ -68,7 +68,8 @@ set(CPACK_COMPONENT_KEYBRIDGE-SYNC_DESCRIPTION
     "keybridge per-application syncer\nCopies an application's secrets from keybridged to Secrets Manager or a directory.")
 set(CPACK_COMPONENT_KEYBRIDGE_DESCRIPTION
     "keybridge admin CLI\nManages secrets, groups, clients and grants of keybridged; reads the audit.")
-set(CPACK_DEBIAN_KEYBRIDGED_PACKAGE_RECOMMENDS "softhsm2 | p11-kit-modules")
+# gpg and gpg-agent: `secret generate --type openpgp` (everything else works without them)
+set(CPACK_DEBIAN_KEYBRIDGED_PACKAGE_RECOMMENDS "softhsm2 | p11-kit-modules, gpg, gpg-agent")
 set(CPACK_DEBIAN_KEYBRIDGE-CA_PACKAGE_RECOMMENDS "softhsm2 | p11-kit-modules")
 
 set(CPACK_GENERATOR DEB)

@@ -7,6 +7,8 @@ PKGS=(
   postgresql libp11-kit-dev softhsm2 opensc libinih-dev libcmocka-dev
   openssl curl python3 python3-cryptography python3-botocore python3-boto3 awscli golang-go
   nginx apache2-utils prometheus jq util-linux procps
+  # keybridged's OpenPGP key generation (gpgme; gpg and gpg-agent run it) and its tests
+  libgpgme-dev gpg gpg-agent
   # bench/herd/plot.py (and test_bench, which draws the committed series)
   python3-matplotlib
   # the Lambda artifact (scripts/package-lambda.sh): zip, the arm64 cross build and its test

@@ -161,13 +161,14 @@ static int usage_generate(void)
 {
     fprintf(
         stderr,
-        "usage: keybridge secret generate NAME --type random|password|ec|rsa|ed25519\n"
+        "usage: keybridge secret generate NAME --type random|password|ec|rsa|ed25519|openpgp\n"
         "         [--bytes N] [--alphabet CHARS] [--bits 2048|3072|4096] [--curve P-256|P-384]\n"
-        "         [--description TEXT] [--metadata KEY=VALUE]... [--expires UNIX_TIME]\n"
-        "         [--owner-group G] [--cloud-sync] [--public-out FILE]\n"
+        "         [--uid USER_ID] [--description TEXT] [--metadata KEY=VALUE]...\n"
+        "         [--expires UNIX_TIME] [--owner-group G] [--cloud-sync] [--public-out FILE]\n"
         "The server generates the content and stores it (a new version if NAME exists); the\n"
         "answer never holds it. Key pairs: the public key is stored as NAME.pub and printed\n"
-        "(or written to --public-out).\n");
+        "(or written to --public-out). openpgp: GnuPG makes an Ed25519 + Curve25519 key for\n"
+        "--uid (default NAME) that expires at --expires (default in 2 years).\n");
     return KB_EXIT_USAGE;
 }
 
@@ -182,6 +183,7 @@ static int secret_generate(cli *c, int argc, char **argv)
                 {"--alphabet", "alphabet", false},
                 {"--bits", "bits", true},
                 {"--curve", "curve", false},
+                {"--uid", "uid", false},
                 {"--description", "description", false},
                 {"--owner-group", "owner_group", false},
                 {"--expires", "expires_at", true}};
@@ -251,6 +253,9 @@ static int secret_generate(cli *c, int argc, char **argv)
         } else {
             printf("generated %s version %lld\n", name,
                    (long long)json_integer_value(json_object_get(resp.body, "version")));
+            if (json_is_integer(json_object_get(resp.body, "expires_at")))
+                printf("the key expires at %lld (Unix time)\n",
+                       (long long)json_integer_value(json_object_get(resp.body, "expires_at")));
             if (pub != NULL && pub_out == NULL)
                 printf("public key stored as %s version %lld:\n%s",
                        json_string_value(json_object_get(resp.body, "public_name")),

@@ -594,9 +594,9 @@ out:
  * carries metadata and the public key of a pair, never the content. */
 static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *r)
 {
-    static const char *const k[] = {"type",        "bytes",      "alphabet",   "bits",
-                                    "curve",       "metadata",   "expires_at", "description",
-                                    "owner_group", "cloud_sync", NULL};
+    static const char *const k[] = {"type",        "bytes",       "alphabet",   "bits",
+                                    "curve",       "uid",         "metadata",   "expires_at",
+                                    "description", "owner_group", "cloud_sync", NULL};
     json_t *body = NULL, *o = NULL;
     char *meta = NULL;
     gen_params p;
@@ -620,6 +620,7 @@ static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *
         f_str(body, "alphabet", false, &p.alphabet) != KB_OK ||
         f_int(body, "bits", false, &p.bits) != KB_OK ||
         f_str(body, "curve", false, &p.curve) != KB_OK ||
+        f_str(body, "uid", false, &p.uid) != KB_OK ||
         f_str(body, "description", false, &spec.description) != KB_OK ||
         f_str(body, "owner_group", false, &spec.owner_group) != KB_OK ||
         f_bool(body, "cloud_sync", &cloud) != KB_OK ||
@@ -632,6 +633,7 @@ static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *
         bad_body(r, KB_ERR_INVALID, "bytes and bits must be positive");
         goto out;
     }
+    p.expires_at = spec.expires_at; /* openpgp: the key's expiry (checked by gen_check) */
     if ((rc = gen_check(&p, &why)) != KB_OK) {
         bad_body(r, rc, why);
         goto out;
@@ -667,6 +669,8 @@ static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *
         json_object_set_new(o, "public_version", json_integer((json_int_t)res.pub_version));
         json_object_set_new(o, "public_key", json_string(res.pub_pem));
     }
+    if (o != NULL && res.expires_at > 0)
+        json_object_set_new(o, "expires_at", json_integer((json_int_t)res.expires_at));
     api_ok(r, res.version == 1 ? 201 : 200, o);
 out:
     gen_result_clear(&res);

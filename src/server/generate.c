@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
@@ -13,6 +14,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
+#include "generate_pgp.h"
 #include "model.h"
 
 static const char default_alphabet[] =
@@ -25,7 +27,7 @@ static bool is(const char *a, const char *b)
 
 static bool is_pair(const char *t)
 {
-    return is(t, "ec") || is(t, "rsa") || is(t, "ed25519");
+    return is(t, "ec") || is(t, "rsa") || is(t, "ed25519") || is(t, "openpgp");
 }
 
 /* n^len >= 2^GEN_PASSWORD_MIN_BITS, without floating point. */
@@ -45,8 +47,26 @@ kb_err gen_check(const gen_params *p, const char **why)
     KB_ENSURE_REF(p);
     *w = NULL;
     if (!is(p->type, "random") && !is(p->type, "password") && !is_pair(p->type)) {
-        *w = "type must be random, password, ec, rsa or ed25519";
+        *w = "type must be random, password, ec, rsa, ed25519 or openpgp";
         return KB_ERR_INVALID;
+    }
+    if (p->uid != NULL && !is(p->type, "openpgp")) {
+        *w = "uid applies to type openpgp only";
+        return KB_ERR_INVALID;
+    }
+    if (is(p->type, "openpgp")) {
+        int64_t now = (int64_t)time(NULL);
+        kb_err rc = p->uid ? gen_pgp_check_uid(p->uid) : KB_OK;
+        if (rc != KB_OK) {
+            *w = "openpgp: uid must be 1..256 bytes of UTF-8 without control characters or "
+                 "leading/trailing spaces";
+            return rc;
+        }
+        if (p->expires_at != 0 && (p->expires_at < now + GEN_PGP_EXPIRES_MIN_SECS ||
+                                   p->expires_at > now + GEN_PGP_EXPIRES_MAX_SECS)) {
+            *w = "openpgp: expires_at must be between a day and 20 years from now";
+            return KB_ERR_INVALID;
+        }
     }
     if (p->alphabet != NULL && !is(p->type, "password")) {
         *w = "alphabet applies to type password only";
@@ -194,14 +214,25 @@ out:
     return rc;
 }
 
-kb_err gen_make(kb_keystore *ks, const gen_params *p, kb_secret **content, char **pub_pem)
+kb_err gen_make(kb_keystore *ks, const gen_params *p, const char *default_uid, kb_secret **content,
+                char **pub_pem, int64_t *expires)
 {
     KB_ENSURE_REF(ks);
     KB_ENSURE_REF(content);
     KB_ENSURE_REF(pub_pem);
+    KB_ENSURE_REF(expires);
     *content = NULL;
     *pub_pem = NULL;
+    *expires = 0;
     KB_GUARD(gen_check(p, NULL));
+    if (is(p->type, "openpgp")) {
+        /* GnuPG draws from its own generator (libgcrypt); the token cannot feed it. */
+        int64_t now = (int64_t)time(NULL);
+        KB_ENSURE(p->uid != NULL || default_uid != NULL, KB_ERR_INVALID);
+        return gen_pgp_make(p->uid ? p->uid : default_uid,
+                            p->expires_at ? p->expires_at : now + GEN_PGP_EXPIRES_DEFAULT_SECS, now,
+                            content, pub_pem, expires);
+    }
     if (is(p->type, "random")) {
         size_t n = (size_t)(p->bytes ? p->bytes : GEN_RANDOM_BYTES_DEFAULT);
         kb_secret *r = NULL;
@@ -250,6 +281,7 @@ kb_err gen_secret(svc *s, const svc_actor *a, const gen_params *p, const svc_sec
     kb_secret *content = NULL;
     char *pub = NULL, *pub_name = NULL;
     svc_secret_spec spec;
+    int64_t expires = 0;
     kb_err rc;
 
     KB_ENSURE_REF(out);
@@ -264,15 +296,20 @@ kb_err gen_secret(svc *s, const svc_actor *a, const gen_params *p, const svc_sec
         /* checked before anything is generated; too long is a bad name here, not a big body */
         KB_ENSURE_OUT(rc, model_name_check(pub_name) == KB_OK, KB_ERR_INVALID);
     }
-    KB_GUARD_OUT(rc, gen_make(svc_keystore(s), p, &content, &pub));
+    KB_GUARD_OUT(rc, gen_make(svc_keystore(s), p, base->name, &content, &pub, &expires));
     spec = *base;
     spec.content = kb_secret_cdata(content);
     spec.content_len = kb_secret_len(content);
     spec.expiry_from_content = false;
+    if (expires != 0) {
+        spec.expires_at = expires; /* the key's own, for NAME and NAME.pub */
+        out->expires_at = expires;
+    }
     KB_GUARD_OUT(rc, write_one(s, a, &spec, &out->version));
     if (pub != NULL) {
         spec.name = pub_name;
-        spec.description = "public key of a generated key pair";
+        spec.description = is(p->type, "openpgp") ? "public key of a generated OpenPGP key"
+                                                  : "public key of a generated key pair";
         spec.content = (const uint8_t *)pub;
         spec.content_len = strlen(pub);
         spec.cloud_sync = base->cloud_sync;

@@ -6,7 +6,10 @@ from the token's generator (C_GenerateRandom: the token's "other" operation coun
 RSA and Ed25519 key pairs made by OpenSSL with the public half stored as NAME.pub and returned; the
 answer never holds the content; limits (bytes, alphabet, entropy, bits, curve, parameters that do
 not apply) refused with 400/413 and nothing written; a second generate is a new version; every
-generate is audited; a non-admin is refused.
+generate is audited; a non-admin is refused. OpenPGP keys made by GnuPG (gpgme) in a private home:
+the stored secret key is imported by a real `gpg`, matches the returned public key (same
+fingerprints, a signature it makes verifies with the returned key), carries the requested expiry
+(also the versions' expires_at), and no temporary home or gpg-agent is left behind.
 """
 import base64
 import json
@@ -16,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +40,29 @@ def hsm_other(srv):
     m = urllib.request.urlopen(f"http://127.0.0.1:{srv.mport}/metrics", timeout=10).read()
     g = re.search(rb'keybridged_hsm_operations_total\{op="other"\} (\d+)', m)
     return int(g.group(1)) if g else -1
+
+
+def gpg(home, *args, data=None):
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    return subprocess.run(["gpg", "--homedir", home, "--batch", "--no-tty", *args], input=data,
+                          capture_output=True)
+
+
+def colons(out, rec):
+    """The records of one type from gpg --with-colons output (lists of fields)."""
+    return [ln.split(":") for ln in out.decode().splitlines() if ln.startswith(rec + ":")]
+
+
+def gpg_leftovers():
+    """Temporary GnuPG homes of keybridged, and processes (agents) still naming one."""
+    n = sum(1 for b in ("/dev/shm", "/tmp", os.environ.get("TMPDIR") or "/tmp")
+            if os.path.isdir(b) for e in os.listdir(b) if e.startswith("kb-gpg-"))
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            n += b"kb-gpg-" in open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            pass
+    return n
 
 
 def main():
@@ -104,6 +131,68 @@ def main():
         check(isinstance(r, dict) and r.get("version") == 2 and r.get("public_version") == 2,
               "a second generate: new versions of NAME and NAME.pub")
 
+        # -- OpenPGP: GnuPG's key, checked with a real gpg
+        left_before = gpg_leftovers()
+        now = int(time.time())
+        want = now + 90 * 86400
+        r = gen("k-pgp", {"type": "openpgp", "uid": "Payments <pay@example.org>",
+                          "expires_at": want, "owner_group": "pay"}, 201)
+        pub = r.get("public_key", "") if isinstance(r, dict) else ""
+        check(isinstance(r, dict) and r.get("public_name") == "k-pgp.pub"
+              and pub.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+              and "PRIVATE" not in json.dumps(r) and abs(r.get("expires_at", 0) - want) < 120,
+              f"openpgp: metadata, public key and expiry returned ({r})")
+        sec = content(srv, pki, admin, "k-pgp") or b""
+        check(sec.startswith(b"-----BEGIN PGP PRIVATE KEY BLOCK-----"),
+              "openpgp: the armoured secret key is the content")
+        check((content(srv, pki, admin, "k-pgp.pub") or b"").decode() == pub,
+              "openpgp: NAME.pub holds the public key")
+        for n in ("k-pgp", "k-pgp.pub"):
+            _, out = api(srv, pki, admin, "GET", f"/v1/admin/secrets/{n}", want=200)
+            check(json.loads(out).get("expires_at") == r.get("expires_at"),
+                  f"openpgp: {n}'s expires_at is the key's")
+        hs, hp = f"{d}/gpg-sec", f"{d}/gpg-pub"
+        p = gpg(hs, "--list-packets", data=sec)
+        check(p.returncode == 0 and b":secret key packet:" in p.stdout
+              and b":secret sub key packet:" in p.stdout
+              and b'user ID packet: "Payments <pay@example.org>"' in p.stdout
+              and b"protected" not in p.stdout.replace(b"unprotected", b""),
+              f"openpgp: gpg --list-packets reads a secret key + subkey ({p.stderr[-300:]!r})")
+        p = gpg(hs, "--import", data=sec)
+        check(p.returncode == 0 and b"secret keys imported: 1" in p.stderr,
+              f"openpgp: gpg --import takes the stored key ({p.stderr[-300:]!r})")
+        p = gpg(hp, "--import", data=pub.encode())
+        check(p.returncode == 0, "openpgp: gpg --import takes the returned public key")
+        ls = gpg(hs, "--with-colons", "--list-secret-keys").stdout
+        lp = gpg(hp, "--with-colons", "--list-keys").stdout
+        fs, fp = [f[9] for f in colons(ls, "fpr")], [f[9] for f in colons(lp, "fpr")]
+        check(len(fs) == 2 and fs == fp, f"openpgp: same primary and subkey fingerprints ({fs} {fp})")
+        keys = colons(lp, "pub") + colons(lp, "sub")
+        # field 12: the key's own capabilities in lower case (upper case: the whole key's)
+        check([(k[3], "".join(sorted(c for c in k[11] if c.islower()))) for k in keys]
+              == [("22", "cs"), ("18", "e")],
+              f"openpgp: Ed25519 certify/sign + Curve25519 encryption ({keys})")
+        exps = [int(k[6] or 0) for k in keys]
+        check(min(exps) == r.get("expires_at") and all(-5 <= e - want < 120 for e in exps),
+              f"openpgp: both keys expire as asked, the answer says the earliest ({exps})")
+        p = gpg(hs, "--pinentry-mode", "loopback", "--passphrase", "", "-u", fs[0], "--sign",
+                data=b"signed by a generated key")
+        v = gpg(hp, "--verify", data=p.stdout)
+        check(p.returncode == 0 and v.returncode == 0 and b"Good signature" in v.stderr,
+              f"openpgp: a signature by the stored key verifies with the returned key "
+              f"({v.stderr[-300:]!r})")
+        r2 = gen("k-pgp2", {"type": "openpgp"}, 201)
+        p = gpg(f"{d}/gpg-2", "--with-colons", "--show-keys",
+                data=(r2.get("public_key", "") if isinstance(r2, dict) else "").encode())
+        uids = [u[9] for u in colons(p.stdout, "uid")]
+        check(uids == ["k-pgp2"] and abs(r2.get("expires_at", 0) - (now + 730 * 86400)) < 300,
+              f"openpgp defaults: uid NAME, 2 years ({uids}, {r2})")
+        for _ in range(40):
+            if gpg_leftovers() <= left_before:
+                break
+            time.sleep(0.1)
+        check(gpg_leftovers() <= left_before, "openpgp: no temporary home or gpg-agent left")
+
         # -- limits and wrong parameters: refused, nothing written
         bad = [({"type": "random", "bytes": 4097}, 413), ({"type": "random", "bytes": 15}, 400),
                ({"type": "random", "bytes": 0}, 400), ({"type": "password", "bytes": 7}, 400),
@@ -117,7 +206,16 @@ def main():
                ({"type": "random", "alphabet": "abc"}, 400), ({"type": "ec", "bytes": 32}, 400),
                ({"type": "rsa", "bits": 1024}, 400), ({"type": "ec", "curve": "P-521"}, 400),
                ({"type": "ed25519", "curve": "P-256"}, 400), ({"type": "dsa"}, 400),
-               ({"type": "openpgp"}, 400), ({}, 400), ({"type": "random", "bytes": "32"}, 400),
+               ({"type": "openpgp", "bytes": 32}, 400), ({"type": "openpgp", "bits": 2048}, 400),
+               ({"type": "openpgp", "curve": "P-256"}, 400),
+               ({"type": "openpgp", "alphabet": "ab"}, 400),
+               ({"type": "openpgp", "uid": ""}, 400), ({"type": "openpgp", "uid": "a\nb"}, 400),
+               ({"type": "openpgp", "uid": " x"}, 400), ({"type": "openpgp", "uid": 5}, 400),
+               ({"type": "openpgp", "uid": "u" * 257}, 413),
+               ({"type": "openpgp", "expires_at": int(time.time()) + 600}, 400),
+               ({"type": "openpgp", "expires_at": int(time.time()) + 21 * 366 * 86400}, 400),
+               ({"type": "ec", "uid": "x"}, 400),
+               ({}, 400), ({"type": "random", "bytes": "32"}, 400),
                ({"type": "random", "extra": 1}, 400),
                ({"type": "random", "owner_group": "nosuch"}, 404)]
         for body, want in bad:
@@ -148,6 +246,12 @@ def main():
                             "ed25519", "--public-out", f"{d}/cli-ed.pub"], capture_output=True)
         check(p.returncode == 0 and open(f"{d}/cli-ed.pub").read().startswith("-----BEGIN PUBLIC")
               and b"PRIVATE" not in p.stdout, "CLI key pair, public key to a file")
+        p = subprocess.run([KB, "--config", conf, "secret", "generate", "cli-pgp", "--type",
+                            "openpgp", "--uid", "CLI <cli@example.org>", "--public-out",
+                            f"{d}/cli-pgp.asc"], capture_output=True)
+        check(p.returncode == 0 and b"the key expires at" in p.stdout
+              and open(f"{d}/cli-pgp.asc").read().startswith("-----BEGIN PGP PUBLIC KEY")
+              and b"PRIVATE" not in p.stdout, f"CLI openpgp ({p.returncode} {p.stderr!r})")
         p = subprocess.run([KB, "--config", conf, "secret", "generate", "cli-bad", "--type",
                             "random", "--bytes", "99999"], capture_output=True)
         check(p.returncode == 2 and b"16..4096" in p.stderr, f"CLI limit: exit {p.returncode}")
@@ -161,7 +265,8 @@ def main():
                          "WHERE action = 'secret.generate'").fetchall()
         c.close()
         ok = {(o, v) for o, v, r in rows if r == "ok"}
-        check({("rnd", 1), ("pw", 2), ("k-ed", 2), ("cli-pw", 1)} <= ok,
+        check({("rnd", 1), ("pw", 2), ("k-ed", 2), ("cli-pw", 1), ("k-pgp", 1), ("cli-pgp", 1)}
+              <= ok,
               f"generates audited: {sorted(ok)}")
         check(any(o == "refused" and r == "not_found" for o, v, r in rows),
               "a refused generate past validation (unknown owner group) is audited")
