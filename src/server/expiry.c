@@ -423,18 +423,28 @@ static kb_err pgp_subpackets(const uint8_t *p, size_t n, const pgp_key *k, bool 
     return KB_OK;
 }
 
-/* A signature after the primary key: a self-certification (0x10-0x13) or direct-key signature
- * (0x1F) by the key itself updates the key's expiry if it is the most recent so far. */
-static kb_err pgp_sig(const uint8_t *body, size_t n, pgp_key *k)
+/* The current subkey (after a public or secret subkey packet, until the next key packet). */
+typedef struct {
+    bool active;
+    int64_t created;
+    int64_t best_sig_time; /* the most recent binding signature by the primary key */
+    int64_t key_expires;   /* its Key Expiration Time (seconds after creation), 0 = never */
+    bool have_sig;
+} pgp_sub;
+
+/* A signature's type and subpackets (v4-v6); *type = -1 for a v3 signature (no subpackets). The
+ * subpackets are read only for the types in want (a NUL-terminated list). */
+static kb_err pgp_sig_parse(const uint8_t *body, size_t n, const pgp_key *k, const char *want,
+                            int *stype, pgp_sig_info *si)
 {
     kb_reader r;
     uint8_t ver, type, pk, hash;
     uint16_t h16;
     uint32_t hlen, ulen;
     const uint8_t *h, *u;
-    pgp_sig_info si;
 
-    memset(&si, 0, sizeof(si));
+    memset(si, 0, sizeof(*si));
+    *stype = -1;
     kb_reader_init(&r, body, n);
     KB_GUARD(kb_reader_u8(&r, &ver));
     if (ver < 4)
@@ -457,14 +467,26 @@ static kb_err pgp_sig(const uint8_t *body, size_t n, pgp_key *k)
         KB_GUARD(kb_reader_u32be(&r, &ulen));
     }
     KB_GUARD(kb_reader_bytes(&r, ulen, &u));
-    if (!((type >= 0x10 && type <= 0x13) || type == 0x1F))
+    if (type == 0 || strchr(want, (char)type) == NULL)
         return KB_OK;
-    KB_GUARD(pgp_subpackets(h, hlen, k, true, &si));
-    KB_GUARD(pgp_subpackets(u, ulen, k, false, &si));
+    *stype = type;
+    KB_GUARD(pgp_subpackets(h, hlen, k, true, si));
+    return pgp_subpackets(u, ulen, k, false, si);
+}
+
+/* A signature after the primary key: a self-certification (0x10-0x13) or direct-key signature
+ * (0x1F) by the key itself updates the key's expiry if it is the most recent so far. */
+static kb_err pgp_sig(const uint8_t *body, size_t n, pgp_key *k)
+{
+    static const char types[] = {0x10, 0x11, 0x12, 0x13, 0x1F, 0};
+    pgp_sig_info si;
+    int type;
+
+    KB_GUARD(pgp_sig_parse(body, n, k, types, &type, &si));
     /* A certification by another key (someone signing this user ID) says nothing about the
      * key's lifetime. Without any issuer subpacket the signature is taken as a self-signature
      * (GnuPG always writes one; old keys may not). */
-    if (si.issuer_seen && !si.issuer_match)
+    if (type < 0 || (si.issuer_seen && !si.issuer_match))
         return KB_OK;
     if (!k->have_sig || si.created >= k->best_sig_time) {
         k->have_sig = true;
@@ -472,6 +494,50 @@ static kb_err pgp_sig(const uint8_t *body, size_t n, pgp_key *k)
         k->key_expires = si.has_expiry ? si.key_expires : 0;
     }
     return KB_OK;
+}
+
+/* A signature after a subkey: its binding (0x18) by the primary key sets the subkey's expiry
+ * (the most recent binding wins). Signatures naming another issuer are ignored; one naming none
+ * is taken as the primary key's. Revocations are not read (as for the primary key): a revoked
+ * subkey's date still counts, which can only make a notification early. */
+static kb_err pgp_subkey_sig(const uint8_t *body, size_t n, const pgp_key *k, pgp_sub *sub)
+{
+    static const char types[] = {0x18, 0};
+    pgp_sig_info si;
+    int type;
+
+    KB_GUARD(pgp_sig_parse(body, n, k, types, &type, &si));
+    if (type < 0 || (si.issuer_seen && !si.issuer_match))
+        return KB_OK;
+    if (!sub->have_sig || si.created >= sub->best_sig_time) {
+        sub->have_sig = true;
+        sub->best_sig_time = si.created;
+        sub->key_expires = si.has_expiry ? si.key_expires : 0;
+    }
+    return KB_OK;
+}
+
+/* A subkey packet: version (4..6; subkeys do not exist in v3) and creation time. */
+static kb_err pgp_subkey_packet(const uint8_t *body, size_t n, pgp_sub *sub)
+{
+    kb_reader r;
+    uint8_t ver;
+    uint32_t created;
+    memset(sub, 0, sizeof(*sub));
+    kb_reader_init(&r, body, n);
+    KB_GUARD(kb_reader_u8(&r, &ver));
+    KB_GUARD(kb_reader_u32be(&r, &created));
+    KB_ENSURE(ver >= 4 && ver <= 6, KB_ERR_INVALID);
+    sub->created = created;
+    sub->active = true;
+    return KB_OK;
+}
+
+static void pgp_subkey_finish(pgp_sub *sub, int64_t *best)
+{
+    if (sub->active && sub->have_sig && sub->key_expires > 0)
+        keep_earliest(best, sub->created + sub->key_expires);
+    sub->active = false;
 }
 
 static void pgp_finish(pgp_key *k, int64_t *best)
@@ -490,10 +556,12 @@ static kb_err pgp_packets(const uint8_t *c, size_t len, int64_t *out)
 {
     kb_reader r;
     pgp_key k;
+    pgp_sub sub;
     int64_t best = 0;
     int keys = 0;
 
     memset(&k, 0, sizeof(k));
+    memset(&sub, 0, sizeof(sub));
     kb_reader_init(&r, c, len);
     for (int i = 0; kb_reader_left(&r) > 0; i++) {
         int tag = 0;
@@ -506,6 +574,7 @@ static kb_err pgp_packets(const uint8_t *c, size_t len, int64_t *out)
         KB_ENSURE(i > 0 || tag == PGP_TAG_PUBKEY || tag == PGP_TAG_SECKEY, KB_ERR_INVALID);
         if (tag == PGP_TAG_PUBKEY || tag == PGP_TAG_SECKEY) {
             pgp_finish(&k, &best);
+            pgp_subkey_finish(&sub, &best);
             size_t pub = n;
             if (tag == PGP_TAG_SECKEY && n > 0 && body[0] >= 4)
                 KB_GUARD(pgp_public_len(body, n, &pub));
@@ -513,11 +582,16 @@ static kb_err pgp_packets(const uint8_t *c, size_t len, int64_t *out)
             keys++;
         } else if (tag == PGP_TAG_PUBSUBKEY || tag == PGP_TAG_SECSUBKEY) {
             pgp_finish(&k, &best);
+            pgp_subkey_finish(&sub, &best);
+            KB_GUARD(pgp_subkey_packet(body, n, &sub));
         } else if (tag == PGP_TAG_SIG && k.active) {
             KB_GUARD(pgp_sig(body, n, &k));
+        } else if (tag == PGP_TAG_SIG && sub.active) {
+            KB_GUARD(pgp_subkey_sig(body, n, &k, &sub));
         }
     }
     pgp_finish(&k, &best);
+    pgp_subkey_finish(&sub, &best);
     KB_ENSURE(keys > 0, KB_ERR_INVALID);
     if (best == 0)
         return KB_ERR_NOT_FOUND;

@@ -9,11 +9,13 @@
  *     bundle's password, which keybridge does not have;
  *   - OpenPGP transferable keys, binary or ASCII-armoured (public or secret key blocks): the
  *     primary key's creation time plus the Key Expiration Time of its most recent self-signature
- *     (RFC 4880 5.2.3.6; v3 keys: the validity days). Signatures are not verified: the date is
- *     advisory (it drives notifications), and a self-signature is recognised by its issuer.
+ *     (RFC 4880 5.2.3.6; v3 keys: the validity days), and each subkey's creation time plus the
+ *     Key Expiration Time of its most recent binding signature (0x18) by the primary key.
+ * Signatures are not verified: the date is advisory (it drives notifications), and a self-signature
+ * is recognised by its issuer.
  *
- * When several certificates or primary keys are present, the earliest expiry wins: the content
- * stops being usable when its first part expires.
+ * When several certificates, primary keys or subkeys are present, the earliest expiry wins: the
+ * content stops being usable when its first part expires.
  *
  * Results: KB_OK with *out > 0; KB_ERR_NOT_FOUND when the content is none of these formats or
  * carries no expiry (an OpenPGP key that never expires, a PKCS#12 whose certificates are all

@@ -2,6 +2,7 @@
  * negative cases (malformed PEM/DER, truncated PKCS#12, garbage OpenPGP). The fixtures are the
  * fuzz target's seeds (tests/fuzz/corpus/fuzz_expiry), made by GnuPG 2.2, python-cryptography
  * and openssl pkcs12 (docs/internals/notify.md lists how). */
+#include <stdbool.h>
 #include <string.h>
 
 #include "kbtest.h"
@@ -14,6 +15,11 @@
 #define CA_NOT_AFTER 2051222400        /* 2035-01-01T00:00:00Z */
 #define PGP_ED25519_EXPIRES 1893499200 /* 2030-01-01T12:00:00Z */
 #define PGP_RSA_EXPIRES 1969704000     /* 2032-06-01T12:00:00Z: the newer self-signature */
+/* pgp-subkeys-*: primary to 2031-01-01 (1925035200), an encryption subkey to 2029-06-01
+ * (1875009600), another to 2028-01-01: the earliest, a subkey's */
+#define PGP_SUBKEY_EXPIRES 1830340800
+#define PGP_SUBKEY_PRIMARY 1925035200
+#define PGP_SUBKEY_FIRST 1875009600
 
 static kb_dbuf load(const char *name)
 {
@@ -71,6 +77,9 @@ static void openpgp(void **state)
     expect("pgp-ed25519-sec.asc", KB_OK, EXPIRY_OPENPGP, PGP_ED25519_EXPIRES);
     expect("pgp-rsa-pub.asc", KB_OK, EXPIRY_OPENPGP, PGP_RSA_EXPIRES);
     expect("pgp-rsa-sec.gpg", KB_OK, EXPIRY_OPENPGP, PGP_RSA_EXPIRES);
+    /* subkeys count: the earliest of the primary key and its subkeys (binding signatures) */
+    expect("pgp-subkeys-pub.asc", KB_OK, EXPIRY_OPENPGP, PGP_SUBKEY_EXPIRES);
+    expect("pgp-subkeys-sec.gpg", KB_OK, EXPIRY_OPENPGP, PGP_SUBKEY_EXPIRES);
     /* a key that never expires: recognised, no date */
     expect("pgp-never-pub.asc", KB_ERR_NOT_FOUND, EXPIRY_OPENPGP, 0);
 }
@@ -95,8 +104,8 @@ static void not_recognised(void **state)
 static void truncated(void **state)
 {
     static const char *const files[] = {
-        "x509-key-chain.pem",  "x509-leaf.der",       "p12-nopass.p12", "p12-emptypass.p12",
-        "pgp-ed25519-pub.asc", "pgp-ed25519-pub.gpg", "pgp-rsa-sec.gpg"};
+        "x509-key-chain.pem",  "x509-leaf.der",       "p12-nopass.p12",  "p12-emptypass.p12",
+        "pgp-ed25519-pub.asc", "pgp-ed25519-pub.gpg", "pgp-rsa-sec.gpg", "pgp-subkeys-sec.gpg"};
     (void)state;
     for (size_t f = 0; f < sizeof(files) / sizeof(files[0]); f++) {
         kb_dbuf b = load(files[f]);
@@ -107,9 +116,15 @@ static void truncated(void **state)
             /* PEM: the leaf is last; a cut before its BEGIN line leaves key + CA (the CA's date),
              * a cut inside it breaks it, a cut in the final END line can still decode. */
             if (rc == KB_OK && t != LEAF_NOT_AFTER && t != CA_NOT_AFTER &&
-                t != PGP_ED25519_EXPIRES && t != PGP_RSA_EXPIRES)
+                t != PGP_ED25519_EXPIRES && t != PGP_RSA_EXPIRES && t != PGP_SUBKEY_EXPIRES &&
+                t != PGP_SUBKEY_PRIMARY && t != PGP_SUBKEY_FIRST)
                 fail_msg("%s[:%zu]: date %lld", files[f], n, (long long)t);
-            if (rc == KB_OK && strstr(files[f], ".pem") == NULL && strstr(files[f], ".asc") == NULL)
+            /* A binary key cut at a packet boundary after the primary's self-signature is a
+             * whole key with fewer subkeys: its date may only be later (fewer parts expire). */
+            bool boundary = strstr(files[f], "subkeys") != NULL &&
+                            (t == PGP_SUBKEY_PRIMARY || t == PGP_SUBKEY_FIRST);
+            if (rc == KB_OK && !boundary && strstr(files[f], ".pem") == NULL &&
+                strstr(files[f], ".asc") == NULL)
                 fail_msg("%s[:%zu]: a truncated binary gave a date", files[f], n);
             if (rc != KB_OK && rc != KB_ERR_INVALID && rc != KB_ERR_NOT_FOUND)
                 fail_msg("%s[:%zu]: %s", files[f], n, kb_err_str(rc));
@@ -187,11 +202,115 @@ static void malformed(void **state)
     kb_dbuf_free(&b);
 }
 
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* A subkey packet (version ver, created) for the key in b. */
+static void add_subkey(kb_dbuf *b, uint8_t ver, uint32_t created)
+{
+    uint8_t pkt[7] = {0xCE, 5, ver};
+    put32(pkt + 3, created);
+    assert_ok(kb_dbuf_add(b, pkt, sizeof(pkt)));
+}
+
+/* A v4 signature of type 0x18 (subkey binding) made at created, with Key Expiration Time
+ * expires (0: none) and, if issuer is not NULL, an issuer key ID subpacket; sublen_extra makes
+ * the last hashed subpacket claim more bytes than there are. Only the parts the parser reads. */
+static void add_binding(kb_dbuf *b, uint32_t created, uint32_t expires, const uint8_t *issuer,
+                        uint8_t sublen_extra)
+{
+    uint8_t body[64], *h;
+    size_t n = 0, hl;
+    body[n++] = 4;    /* version */
+    body[n++] = 0x18; /* subkey binding */
+    body[n++] = 22;   /* EdDSA */
+    body[n++] = 8;    /* SHA-256 */
+    n += 2;           /* hashed length, below */
+    h = body + n;
+    h[0] = 5, h[1] = 2, put32(h + 2, created), h += 6;
+    if (expires)
+        h[0] = 5, h[1] = 9, put32(h + 2, expires), h += 6;
+    if (issuer)
+        h[0] = 9, h[1] = 16, memcpy(h + 2, issuer, 8), h += 10;
+    h[-6] = (uint8_t)(h[-6] + sublen_extra); /* harmless unless asked: the created subpacket */
+    hl = (size_t)(h - (body + n));
+    body[4] = 0;
+    body[5] = (uint8_t)hl;
+    n += hl;
+    body[n++] = 0; /* unhashed length */
+    body[n++] = 0;
+    uint8_t hdr[2] = {0xC2, (uint8_t)n};
+    assert_ok(kb_dbuf_add(b, hdr, 2));
+    assert_ok(kb_dbuf_add(b, body, n));
+}
+
+/* Subkeys: the most recent binding by the primary key dates a subkey; bindings by another key are
+ * ignored; the earliest of primary and subkeys wins; malformed subkeys and bindings refused. */
+static void openpgp_subkeys(void **state)
+{
+    static const uint8_t other[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    const uint32_t c = 1800000000; /* after the fixture's primary key, before it expires */
+    int64_t t = 0;
+    expiry_kind k;
+    kb_dbuf b;
+    (void)state;
+    /* a subkey bound for 1000 days: earlier than the primary's 2030 */
+    b = load("pgp-ed25519-pub.gpg");
+    add_subkey(&b, 4, c);
+    add_binding(&b, c, 1000 * 86400, NULL, 0);
+    assert_ok(extract(&b, b.len, &t, &k));
+    assert_int_equal(t, (int64_t)c + 1000 * 86400);
+    /* a newer binding without expiry: the subkey no longer expires, the primary's date wins */
+    add_binding(&b, c + 10, 0, NULL, 0);
+    assert_ok(extract(&b, b.len, &t, &k));
+    assert_int_equal(t, PGP_ED25519_EXPIRES);
+    kb_dbuf_free(&b);
+    /* a binding made by another key: ignored */
+    b = load("pgp-ed25519-pub.gpg");
+    add_subkey(&b, 4, c);
+    add_binding(&b, c, 10 * 86400, other, 0);
+    assert_ok(extract(&b, b.len, &t, &k));
+    assert_int_equal(t, PGP_ED25519_EXPIRES);
+    kb_dbuf_free(&b);
+    /* the GnuPG-made fixture again, binary secret key: a subkey is the earliest */
+    b = load("pgp-subkeys-sec.gpg");
+    assert_ok(extract(&b, b.len, &t, &k));
+    assert_int_equal(t, PGP_SUBKEY_EXPIRES);
+    kb_dbuf_free(&b);
+    /* a v3 subkey (they do not exist): malformed */
+    b = load("pgp-ed25519-pub.gpg");
+    add_subkey(&b, 3, c);
+    assert_kb(extract(&b, b.len, &t, &k), KB_ERR_INVALID);
+    assert_int_equal(k, EXPIRY_OPENPGP);
+    kb_dbuf_free(&b);
+    /* a binding whose subpacket runs past its area: malformed */
+    b = load("pgp-ed25519-pub.gpg");
+    add_subkey(&b, 4, c);
+    add_binding(&b, c, 1000 * 86400, NULL, 40);
+    assert_kb(extract(&b, b.len, &t, &k), KB_ERR_INVALID);
+    kb_dbuf_free(&b);
+    /* a subkey packet too short for its creation time */
+    b = load("pgp-ed25519-pub.gpg");
+    assert_ok(kb_dbuf_add(&b, "\xCE\x02\x04\x00", 4));
+    assert_kb(extract(&b, b.len, &t, &k), KB_ERR_INVALID);
+    kb_dbuf_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(x509),           cmocka_unit_test(pkcs12),    cmocka_unit_test(openpgp),
-        cmocka_unit_test(not_recognised), cmocka_unit_test(truncated), cmocka_unit_test(malformed),
+        cmocka_unit_test(x509),
+        cmocka_unit_test(pkcs12),
+        cmocka_unit_test(openpgp),
+        cmocka_unit_test(not_recognised),
+        cmocka_unit_test(truncated),
+        cmocka_unit_test(malformed),
+        cmocka_unit_test(openpgp_subkeys),
     };
     if (kb_secmem_init() != KB_OK)
         return 1;
