@@ -12,9 +12,10 @@
 #include "model.h"
 #include "store_impl.h"
 
-/* The registry: one entry per URL scheme (a PostgreSQL backend adds {"postgresql", ...}). */
+/* The registry: one entry per URL scheme ("sqlite:PATH", "postgresql://..."). */
 static const struct store_ops *const backends[] = {
     &store_sqlite_ops,
+    &store_pg_ops,
 };
 
 void store_log_integrity(const char *table, int64_t id1, int64_t id2)
@@ -49,6 +50,7 @@ static kb_err cfg_copy(const store_opts *o, store_cfg *c)
                             &c->row_mac_key));
     c->content_max = o->content_max ? o->content_max : MODEL_CONTENT_MAX_DEFAULT;
     c->busy_timeout_ms = o->busy_timeout_ms ? o->busy_timeout_ms : STORE_BUSY_TIMEOUT_MS;
+    c->migrate = o->migrate;
     if (o->commitment != NULL) {
         KB_ENSURE(o->commitment->read != NULL && o->commitment->advance != NULL, KB_ERR_CONFIG);
         c->commitment = *o->commitment;

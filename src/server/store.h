@@ -76,6 +76,11 @@ typedef struct {
      * digest are still kept and checked, but nothing outside the database says how new it
      * must be (unit tests; never keybridged). */
     const store_commitment *commitment;
+    /* Apply pending schema migrations. The SQLite backend always migrates at open; the
+     * PostgreSQL backend only when this is set (`keybridged migrate`, `bootstrap`: one host
+     * migrates, replicas never race to), and otherwise refuses an older schema with
+     * KB_ERR_SCHEMA ("run keybridged migrate"). */
+    bool migrate;
 } store_opts;
 
 /* The envelope of one version: opaque to the store; the caller seals and opens it. */

@@ -33,6 +33,7 @@ typedef struct {
     char **cloud_prefixes; /* NULL-terminated */
     int busy_timeout_ms;
     store_commitment commitment; /* read == NULL: none */
+    bool migrate;                /* store_opts.migrate */
 } store_cfg;
 
 /* Called by audit_append inside the backend's write transaction, with the previous row's MAC
@@ -134,6 +135,10 @@ struct store {
 };
 
 extern const struct store_ops store_sqlite_ops;
+extern const struct store_ops store_pg_ops;
+
+/* Test hook: the DDL of schema migration step `version` of the PostgreSQL backend. */
+const char *store_pg_migration(int version);
 
 /* Test hook: the SQL of schema migration step `version` (1-based) of the SQLite backend, or NULL
  * past the last one; lets tests build an old database by hand. */

@@ -188,7 +188,8 @@ class PgServer:
             deadline = time.time() + START_TIMEOUT
             while time.time() < deadline and self.proc.poll() is None:
                 r = subprocess.run([self._bin("pg_isready"), "-q", "-h", self.sockdir, "-p",
-                                    str(self.port)], capture_output=True)
+                                    str(self.port), "-U", "postgres", "-d", "postgres"],
+                                   capture_output=True)
                 if r.returncode == 0 and self._listening():
                     return
                 time.sleep(0.05)

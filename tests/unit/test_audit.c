@@ -10,6 +10,7 @@
 #include <openssl/hmac.h>
 
 #include "kbtest.h"
+#include "kbtest_store.h"
 #include "lib/err.h"
 #include "lib/json.h"
 #include "lib/secbuf.h"
@@ -17,6 +18,7 @@
 #include "server/store.h"
 
 #define T0 1700000000
+#define ADMIN_ID "spiffe://example.org/ns/ops/sa/admin"
 
 typedef struct {
     char *dir;
@@ -90,7 +92,8 @@ static int setup(void **state)
     f->dir = kbtest_tmpdir();
     snprintf(f->path, sizeof(f->path), "%s/audit.db", f->dir);
     snprintf(f->anchor, sizeof(f->anchor), "%s/anchor.json", f->dir);
-    snprintf(url, sizeof(url), "sqlite:%s", f->path);
+    if (kbtest_store_url(url, sizeof(url), f->path) != 0)
+        return -1;
     memset(k, 0x33, sizeof(k));
     if (kb_secret_from(k, sizeof(k), &f->rowkey) != KB_OK)
         return -1;
@@ -98,6 +101,7 @@ static int setup(void **state)
     if (kb_secret_from(k, sizeof(k), &f->auditkey) != KB_OK)
         return -1;
     so.row_mac_key = f->rowkey;
+    so.migrate = true;
     if (store_open(url, &so, &f->st) != KB_OK)
         return -1;
     ao = aopts(f, 5);
@@ -131,6 +135,11 @@ static void raw_sql(fx *f, const char *sql)
 {
     sqlite3 *db;
     char *err = NULL;
+    if (kbtest_pg()) {
+        if (kbtest_pg_sql(sql) != 0)
+            fail_msg("raw sql failed");
+        return;
+    }
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
         fail_msg("raw sql failed: %s", err);
@@ -408,6 +417,108 @@ static void concurrent_appends_make_one_chain(void **state)
     assert_int_equal(r.rows, 200);
 }
 
+/* Two handles on one database (two keybridged replicas on one PostgreSQL, or keybridged and
+ * `keybridge --local` on one SQLite file), each with writer threads appending reads' rows and
+ * making audited changes at once: still one linear chain, every row in it, verifying from
+ * either handle; and each handle's listing sees the other's change. */
+typedef struct {
+    store *st;
+    audit_log *a;
+    int id;
+    kb_err rc;
+} replica_worker;
+
+static void *replica_work(void *arg)
+{
+    replica_worker *w = arg;
+    audit_event ev = {.time = T0,
+                      .identity = "spiffe://example.org/t",
+                      .action = "secret.get",
+                      .object = "x",
+                      .result = "ok"};
+    w->rc = KB_OK;
+    for (int i = 0; i < 30 && w->rc == KB_OK; i++) {
+        char name[32];
+        store_audit au;
+        audit_event ch = {
+            .time = T0, .identity = ADMIN_ID, .action = "group.create", .result = "ok"};
+        int64_t id = 0;
+        w->rc = audit_append(w->a, &ev, NULL);
+        if (w->rc != KB_OK || i % 3 != 0)
+            continue;
+        snprintf(name, sizeof(name), "g-%d-%d", w->id, i);
+        ch.object = name;
+        w->rc = audit_change_begin(w->a, &ch, &au);
+        if (w->rc == KB_OK)
+            w->rc = store_group_create(w->st, name, "", ADMIN_ID, T0, &id, &au);
+    }
+    return NULL;
+}
+
+static void two_handles_make_one_chain(void **state)
+{
+    fx *f = *state;
+    store *st2 = NULL;
+    audit_log *a2 = NULL;
+    store_opts so = {0};
+    audit_opts ao = aopts(f, 7);
+    char url[600];
+    pthread_t th[4];
+    replica_worker w[4];
+    audit_report r;
+    store_group *gs = NULL;
+    size_t ng = 0;
+    uint64_t gen;
+    int64_t id = 0;
+
+    if (kbtest_pg())
+        snprintf(url, sizeof(url), "%s", getenv("KB_PG_URL"));
+    else
+        snprintf(url, sizeof(url), "sqlite:%s", f->path);
+    so.row_mac_key = f->rowkey;
+    assert_ok(store_open(url, &so, &st2));
+    assert_ok(audit_open(st2, &ao, &a2));
+    for (int i = 0; i < 4; i++) {
+        w[i].st = i % 2 ? st2 : f->st;
+        w[i].a = i % 2 ? a2 : f->a;
+        w[i].id = i;
+        assert_int_equal(pthread_create(&th[i], NULL, replica_work, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_ok(w[i].rc);
+    }
+    /* 4 x 30 reads and 4 x 10 changes, one chain. */
+    assert_ok(audit_verify(f->a, NULL, &r));
+    assert_true(r.ok);
+    assert_int_equal(r.rows, 160);
+    assert_ok(audit_verify(a2, NULL, &r));
+    assert_true(r.ok);
+    assert_int_equal(r.rows, 160);
+    assert_ok(store_group_list(st2, &gs, &ng));
+    assert_int_equal(ng, 40);
+    store_groups_free(gs, ng);
+    assert_ok(store_verify(f->st));
+    assert_ok(store_verify(st2));
+    if (kbtest_pg()) {
+        /* The other replica's change moves this handle's listing generation at its next
+         * request (store_client_get), without a change through this handle. */
+        store_client_new cn = {.spiffe_id = "spiffe://example.org/c", .enabled = true};
+        store_client c;
+        assert_ok(store_client_create(st2, &cn, ADMIN_ID, T0, &id, NULL));
+        gen = store_generation(f->st);
+        assert_ok(store_client_get_by_id(f->st, id, &c));
+        store_client_clear(&c);
+        assert_true(store_generation(f->st) > gen);
+        gen = store_generation(f->st);
+        assert_ok(store_client_get_by_id(f->st, id, &c));
+        store_client_clear(&c);
+        assert_true(store_generation(f->st) == gen); /* reads alone do not move it */
+    }
+    audit_close(a2);
+    store_close(st2);
+}
+
 /* A content read's fetch record and audit row commit together: a fetch record that cannot be
  * written (no such client or secret: foreign key) leaves no audit row either, and the chain
  * goes on from the same head. */
@@ -438,7 +549,6 @@ static void read_commits_fetch_and_audit_together(void **state)
 
 /* ---- a change and its audit row in one transaction (issue 10.3) ---- */
 
-#define ADMIN_ID "spiffe://example.org/ns/ops/sa/admin"
 #define APP_ID "spiffe://example.org/ns/pay/sa/app"
 
 static kb_err seal_stub(void *ctx, int64_t id, int64_t version, store_envelope *env,
@@ -478,6 +588,8 @@ static int64_t count_rows(fx *f, const char *sql)
     sqlite3 *db;
     sqlite3_stmt *s;
     int64_t n = -1;
+    if (kbtest_pg())
+        return kbtest_pg_int(sql);
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
     if (sqlite3_step(s) == SQLITE_ROW)
@@ -761,6 +873,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(bad_events_and_options, setup, teardown),
         cmocka_unit_test_setup_teardown(queries_newest_first, setup, teardown),
         cmocka_unit_test_setup_teardown(concurrent_appends_make_one_chain, setup, teardown),
+        cmocka_unit_test_setup_teardown(two_handles_make_one_chain, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "kbtest.h"
+#include "kbtest_store.h"
 #include "lib/err.h"
 #include "lib/secbuf.h"
 #include "server/model.h"
@@ -84,7 +85,7 @@ static kb_err make_key(kb_secret **out)
 
 static store_opts opts_for(fx *f)
 {
-    store_opts o = {.row_mac_key = f->key, .cloud_prefixes = prefixes};
+    store_opts o = {.row_mac_key = f->key, .cloud_prefixes = prefixes, .migrate = true};
     return o;
 }
 
@@ -94,7 +95,8 @@ static int setup(void **state)
     store_opts o;
     f->dir = kbtest_tmpdir();
     snprintf(f->path, sizeof(f->path), "%s/store.db", f->dir);
-    snprintf(f->url, sizeof(f->url), "sqlite:%s", f->path);
+    if (kbtest_store_url(f->url, sizeof(f->url), f->path) != 0)
+        return -1;
     if (make_key(&f->key) != KB_OK)
         return -1;
     o = opts_for(f);
@@ -126,6 +128,11 @@ static void raw_sql(fx *f, const char *sql)
 {
     sqlite3 *db;
     char *err = NULL;
+    if (kbtest_pg()) {
+        if (kbtest_pg_sql(sql) != 0)
+            fail_msg("raw sql failed");
+        return;
+    }
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
         fail_msg("raw sql failed: %s", err);
@@ -137,6 +144,8 @@ static int64_t raw_count(fx *f, const char *sql)
     sqlite3 *db;
     sqlite3_stmt *s;
     int64_t v = -1;
+    if (kbtest_pg())
+        return kbtest_pg_int(sql);
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
     if (sqlite3_step(s) == SQLITE_ROW)
@@ -194,7 +203,8 @@ static void open_refuses_bad_urls_and_options(void **state)
     kb_secret *short_key = NULL;
     const char *const bad_prefixes[] = {"lambda/", NULL};
 
-    assert_kb(store_open("postgresql://localhost/kb", &o, &st), KB_ERR_CONFIG);
+    /* PostgreSQL: a password in the URL is refused before connecting (test_store_pg). */
+    assert_kb(store_open("postgresql://kb:pw@localhost/kb", &o, &st), KB_ERR_CONFIG);
     assert_kb(store_open("nosuch:/tmp/x", &o, &st), KB_ERR_CONFIG);
     assert_kb(store_open("/tmp/no-scheme.db", &o, &st), KB_ERR_CONFIG);
     assert_kb(store_open("sqlite:", &o, &st), KB_ERR_CONFIG);
@@ -1247,5 +1257,32 @@ int main(void)
         cmocka_unit_test_setup_teardown(migration_refuses_newer_db, setup, teardown),
         cmocka_unit_test_setup_teardown(threads_share_one_store, setup, teardown),
     };
+    /* On PostgreSQL (KB_TEST_STORE=pg): everything but the tests of SQLite's file, its URL
+     * forms and its hand-built old databases (test_store_pg covers PostgreSQL's). */
+    const struct CMUnitTest pg_tests[] = {
+        cmocka_unit_test_setup_teardown(notify_sent_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(client_reads_follow_groups, setup, teardown),
+        cmocka_unit_test_setup_teardown(batch_get, setup, teardown),
+        cmocka_unit_test_setup_teardown(versions_only_go_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(validation_and_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(cloud_sync_needs_content_and_short_app_names, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(cloud_flag_derived_from_spiffe_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(soft_delete_restore_purge, setup, teardown),
+        cmocka_unit_test_setup_teardown(groups_and_owner, setup, teardown),
+        cmocka_unit_test_setup_teardown(fetch_log_seen_stale_expiring, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_flip_admin, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_change_spiffe_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_insert_membership, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_copy_grant, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_secret_flags, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_version_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(tamper_latest_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(wrong_key_refuses_the_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(migration_refuses_newer_db, setup, teardown),
+        cmocka_unit_test_setup_teardown(threads_share_one_store, setup, teardown),
+    };
+    if (kbtest_pg())
+        return cmocka_run_group_tests(pg_tests, NULL, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "kbtest.h"
+#include "kbtest_store.h"
 #include "lib/err.h"
 #include "lib/secbuf.h"
 #include "server/store.h"
@@ -83,7 +84,8 @@ static kb_err fake_seal(void *ctx, int64_t id, int64_t version, store_envelope *
 
 static store_opts opts_for(fx *f)
 {
-    store_opts o = {.row_mac_key = f->key, .cloud_prefixes = prefixes, .commitment = &f->sc};
+    store_opts o = {
+        .row_mac_key = f->key, .cloud_prefixes = prefixes, .commitment = &f->sc, .migrate = true};
     return o;
 }
 
@@ -119,7 +121,8 @@ static int setup(void **state)
     store_opts o;
     f->dir = kbtest_tmpdir();
     snprintf(f->path, sizeof(f->path), "%s/store.db", f->dir);
-    snprintf(f->url, sizeof(f->url), "sqlite:%s", f->path);
+    if (kbtest_store_url(f->url, sizeof(f->url), f->path) != 0)
+        return -1;
     snprintf(f->old, sizeof(f->old), "%s/old.db", f->dir);
     for (size_t i = 0; i < sizeof(k); i++)
         k[i] = (uint8_t)(i * 5 + 3);
@@ -178,6 +181,11 @@ static void raw_sql(fx *f, const char *sql)
 {
     sqlite3 *db;
     char *err = NULL;
+    if (kbtest_pg()) {
+        if (kbtest_pg_sql(sql) != 0)
+            fail_msg("raw sql failed");
+        return;
+    }
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
         fail_msg("raw sql failed: %s", err);
@@ -189,6 +197,8 @@ static int64_t raw_int(fx *f, const char *sql)
     sqlite3 *db;
     sqlite3_stmt *s;
     int64_t v;
+    if (kbtest_pg())
+        return kbtest_pg_int(sql);
     assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
@@ -199,9 +209,24 @@ static int64_t raw_int(fx *f, const char *sql)
 }
 
 /* A copy of the database as it is now (the attacker's backup). */
+/* PostgreSQL: the snapshot is a copy of every table in schema "old" of the same database. */
+static const char *const pg_tables[] = {
+    "schema_version", "groups",           "clients",    "secrets",   "versions",
+    "memberships",    "grants",           "fetch_log",  "audit_log", "audit_anchors",
+    "store_state",    "store_generation", "notify_sent"};
+
 static void snapshot(fx *f)
 {
     char sql[800];
+    if (kbtest_pg()) {
+        raw_sql(f, "DROP SCHEMA IF EXISTS old CASCADE; CREATE SCHEMA old");
+        for (size_t i = 0; i < sizeof(pg_tables) / sizeof(pg_tables[0]); i++) {
+            snprintf(sql, sizeof(sql), "CREATE TABLE old.%s AS TABLE public.%s", pg_tables[i],
+                     pg_tables[i]);
+            raw_sql(f, sql);
+        }
+        return;
+    }
     unlink_db(f->old);
     snprintf(sql, sizeof(sql), "VACUUM INTO '%s'", f->old);
     raw_sql(f, sql);
@@ -211,6 +236,18 @@ static void snapshot(fx *f)
 static void replay(fx *f, const char *table, const char *where)
 {
     char sql[1200];
+    if (kbtest_pg()) {
+        /* INSERT OR REPLACE: the rows the old ones collide with (by primary key) go first. */
+        const char *pk = strcmp(table, "memberships") == 0 ? "client_id, group_id"
+                         : strcmp(table, "grants") == 0    ? "group_id, secret_id"
+                                                           : "id";
+        snprintf(sql, sizeof(sql),
+                 "DELETE FROM public.%s WHERE (%s) IN (SELECT %s FROM old.%s WHERE %s); "
+                 "INSERT INTO public.%s SELECT * FROM old.%s WHERE %s",
+                 table, pk, pk, table, where, table, table, where);
+        raw_sql(f, sql);
+        return;
+    }
     snprintf(sql, sizeof(sql),
              "ATTACH '%s' AS old; INSERT OR REPLACE INTO main.%s SELECT * FROM old.%s WHERE %s;",
              f->old, table, table, where);
@@ -392,8 +429,17 @@ static void older_database_is_refused(void **state)
     store_close(f->st);
     f->st = NULL;
     /* The older copy replaces the database (the -wal goes with it). */
-    unlink_db(f->path);
-    assert_int_equal(rename(f->old, f->path), 0);
+    if (kbtest_pg()) {
+        for (size_t i = 0; i < sizeof(pg_tables) / sizeof(pg_tables[0]); i++) {
+            char sql[300];
+            snprintf(sql, sizeof(sql), "DELETE FROM public.%s; INSERT INTO public.%s TABLE old.%s",
+                     pg_tables[i], pg_tables[i], pg_tables[i]);
+            raw_sql(f, sql);
+        }
+    } else {
+        unlink_db(f->path);
+        assert_int_equal(rename(f->old, f->path), 0);
+    }
     reopen(f, KB_ERR_INTEGRITY);
     assert_true(f->c.v == before); /* never lowered */
     /* With the commitment, the current database still opens (not a false alarm). */
@@ -409,7 +455,10 @@ static void older_state_row_while_running(void **state)
     assert_ok(store_grant_remove(f->st, f->g, f->s_local, NULL));
     assert_ok(store_client_get_by_id(f->st, f->api, &c));
     store_client_clear(&c);
-    {
+    if (kbtest_pg()) {
+        raw_sql(f, "DELETE FROM store_state; INSERT INTO store_state TABLE old.store_state; "
+                   "DELETE FROM grants; INSERT INTO grants TABLE old.grants");
+    } else {
         char sql[900];
         snprintf(sql, sizeof(sql),
                  "ATTACH '%s' AS old; DELETE FROM main.store_state; "
@@ -523,11 +572,18 @@ static void forged_or_deleted_rows_are_refused_at_start(void **state)
     snprintf(sql, sizeof(sql),
              "INSERT INTO memberships(client_id, group_id, mac) VALUES (%lld, %lld, zeroblob(32))",
              (long long)f->admin2, (long long)f->g);
+    if (kbtest_pg())
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO memberships(client_id, group_id, mac) VALUES (%lld, %lld, "
+                 "decode(repeat('00', 32), 'hex'))",
+                 (long long)f->admin2, (long long)f->g);
     raw_sql(f, sql);
     reopen(f, KB_ERR_INTEGRITY);
-    raw_sql(f, "DELETE FROM memberships WHERE mac = zeroblob(32)");
+    raw_sql(f, kbtest_pg() ? "DELETE FROM memberships WHERE mac = decode(repeat('00', 32), 'hex')"
+                           : "DELETE FROM memberships WHERE mac = zeroblob(32)");
     reopen(f, KB_OK);
-    raw_sql(f, "DELETE FROM grants WHERE rowid = (SELECT min(rowid) FROM grants)");
+    raw_sql(f, kbtest_pg() ? "DELETE FROM grants WHERE ctid = (SELECT min(ctid) FROM grants)"
+                           : "DELETE FROM grants WHERE rowid = (SELECT min(rowid) FROM grants)");
     reopen(f, KB_ERR_INTEGRITY);
 }
 
@@ -573,5 +629,21 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(migration_adds_the_state_row, setup, teardown),
     };
+    /* PostgreSQL (KB_TEST_STORE=pg): all but the SQLite schema-2 migration. */
+    const struct CMUnitTest pg_tests[] = {
+        cmocka_unit_test_setup_teardown(replayed_rows_are_refused_at_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(replayed_rows_are_refused_while_running, setup, teardown),
+        cmocka_unit_test_setup_teardown(older_database_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(older_state_row_while_running, setup, teardown),
+        cmocka_unit_test_setup_teardown(crash_between_commit_and_advance_rolls_forward, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(another_handle_writes_are_accepted, setup, teardown),
+        cmocka_unit_test_setup_teardown(one_advance_per_write_none_per_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(token_outage_keeps_serving_and_catches_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(forged_or_deleted_rows_are_refused_at_start, setup,
+                                        teardown),
+    };
+    if (kbtest_pg())
+        return cmocka_run_group_tests(pg_tests, NULL, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

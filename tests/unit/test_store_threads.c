@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "kbtest.h"
+#include "kbtest_store.h"
 #include "lib/err.h"
 #include "lib/secbuf.h"
 #include "server/store.h"
@@ -89,13 +90,19 @@ static int setup(void **state)
     if (f == NULL)
         return -1;
     f->dir = kbtest_tmpdir();
-    snprintf(f->path, sizeof(f->path), "sqlite:%s/store.db", f->dir);
+    {
+        char db[400];
+        snprintf(db, sizeof(db), "%.380s/store.db", f->dir);
+        if (kbtest_store_url(f->path, sizeof(f->path), db) != 0)
+            return -1;
+    }
     for (size_t i = 0; i < sizeof(k); i++)
         k[i] = (uint8_t)(0xA5 ^ i);
     if (kb_secret_from(k, sizeof(k), &f->key) != KB_OK)
         return -1;
     o.row_mac_key = f->key;
     o.cloud_prefixes = prefixes;
+    o.migrate = true;
     if (store_open(f->path, &o, &f->st) != KB_OK)
         return -1;
     cn.spiffe_id = CLIENT;
@@ -639,5 +646,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(generation_moves_on_changes_only, setup, teardown),
         cmocka_unit_test_setup_teardown(wal_stays_bounded_under_reads, setup, teardown),
     };
+    /* PostgreSQL (KB_TEST_STORE=pg): all but the last, SQLite's WAL bound. */
+    if (kbtest_pg())
+        return _cmocka_run_group_tests("tests", tests, KB_ARRAY_LEN(tests) - 1, NULL, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

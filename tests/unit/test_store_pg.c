@@ -1,0 +1,251 @@
+/* test_store_pg.c - what only the PostgreSQL backend has (store_pg.c): the URL and password
+ * rules, explicit migrations, the refusal of an older or newer schema, and reconnecting after
+ * the database dropped the connections. The shared behaviour runs in test_store,
+ * test_store_rollback, test_audit and test_store_threads under KB_TEST_STORE=pg (ctest's unit-pg
+ * entries); the server restart through keybridged is integration/test_keybridged_pg.
+ *
+ * Without KB_TEST_STORE=pg only the checks that need no server run. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kbtest.h"
+#include "kbtest_store.h"
+#include "lib/err.h"
+#include "lib/secbuf.h"
+#include "server/store.h"
+#include "server/store_impl.h"
+
+#define ADMIN "spiffe://example.org/ns/ops/sa/admin"
+#define T0 1700000000
+
+typedef struct {
+    char *dir;
+    char url[1024];
+    kb_secret *key;
+} fx;
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    uint8_t k[32];
+    memset(k, 0x42, sizeof(k));
+    f->dir = kbtest_tmpdir();
+    if (kb_secret_from(k, sizeof(k), &f->key) != KB_OK)
+        return -1;
+    if (kbtest_pg() && kbtest_store_url(f->url, sizeof(f->url), "unused") != 0)
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    kb_secret_free(f->key);
+    rmdir(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+static store_opts opts(fx *f, bool migrate)
+{
+    store_opts o = {.row_mac_key = f->key, .migrate = migrate};
+    return o;
+}
+
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs(text, fp);
+    fclose(fp);
+    assert_int_equal(chmod(path, mode), 0);
+}
+
+/* No server needed: everything here is refused before connecting, or cannot connect. */
+static void url_and_password_rules(void **state)
+{
+    fx *f = *state;
+    store *st = NULL;
+    store_opts o = opts(f, true);
+    char pf[600], url[800];
+    time_t t0;
+
+    /* A password in the URL, in either form, and PGPASSWORD, are refused. */
+    assert_kb(store_open("postgresql://kb:secret@127.0.0.1:1/kb", &o, &st), KB_ERR_CONFIG);
+    assert_kb(store_open("postgresql://kb@127.0.0.1:1/kb?password=secret", &o, &st), KB_ERR_CONFIG);
+    assert_ok(setenv("PGPASSWORD", "secret", 1));
+    assert_kb(store_open("postgresql://kb@127.0.0.1:1/kb", &o, &st), KB_ERR_CONFIG);
+    assert_ok(unsetenv("PGPASSWORD"));
+    /* Not a URI libpq accepts (an unknown parameter). */
+    assert_kb(store_open("postgresql://kb@127.0.0.1:1/kb?nosuch=1", &o, &st), KB_ERR_CONFIG);
+    assert_kb(store_open("postgresql:", &o, &st), KB_ERR_CONFIG);
+    /* A passfile anyone else can read is refused; a missing one too. */
+    snprintf(pf, sizeof(pf), "%s/pgpass", f->dir);
+    write_file(pf, "127.0.0.1:*:*:kb:secret\n", 0644);
+    snprintf(url, sizeof(url), "postgresql://kb@127.0.0.1:1/kb?passfile=%s", pf);
+    assert_kb(store_open(url, &o, &st), KB_ERR_CONFIG);
+    assert_ok(setenv("PGPASSFILE", pf, 1));
+    assert_kb(store_open("postgresql://kb@127.0.0.1:1/kb", &o, &st), KB_ERR_CONFIG);
+    assert_ok(unsetenv("PGPASSFILE"));
+    snprintf(url, sizeof(url), "postgresql://kb@127.0.0.1:1/kb?passfile=%s/none", f->dir);
+    assert_kb(store_open(url, &o, &st), KB_ERR_CONFIG);
+    /* A 0600 one passes the checks; nothing listens on port 1: a database error, quickly. */
+    assert_int_equal(chmod(pf, 0600), 0);
+    snprintf(url, sizeof(url), "postgresql://kb@127.0.0.1:1/kb?passfile=%s&sslmode=disable", pf);
+    t0 = time(NULL);
+    assert_kb(store_open(url, &o, &st), KB_ERR_DB);
+    assert_true(time(NULL) - t0 < 10);
+    /* key=value connection strings work too. */
+    snprintf(url, sizeof(url), "postgresql:host=127.0.0.1 port=1 user=kb passfile=%s", pf);
+    assert_kb(store_open(url, &o, &st), KB_ERR_DB);
+    assert_null(st);
+    unlink(pf);
+}
+
+static kb_err fake_seal(void *ctx, int64_t id, int64_t version, store_envelope *env,
+                        uint8_t checksum[STORE_CHECKSUM_LEN])
+{
+    (void)ctx;
+    (void)id;
+    (void)version;
+    env->wrapped_key = malloc(4);
+    env->sealed = malloc(8);
+    env->key_id = strdup("k1");
+    if (env->wrapped_key == NULL || env->sealed == NULL || env->key_id == NULL)
+        return KB_ERR_NOMEM;
+    memset(env->wrapped_key, 1, 4);
+    env->wrapped_key_len = 4;
+    memset(env->sealed, 2, 8);
+    env->sealed_len = 8;
+    memset(checksum, 3, STORE_CHECKSUM_LEN);
+    return KB_OK;
+}
+
+static int64_t mk_secret(store *st, const char *name)
+{
+    store_secret_new sn = {.name = name};
+    store_version_new vn = {.content_len = 4};
+    int64_t id = 0;
+    assert_ok(store_secret_create(st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL));
+    return id;
+}
+
+/* serve never migrates: an empty or older database is refused until `keybridged migrate`
+ * (store_opts.migrate) ran; a newer one always. */
+static void migrations_are_explicit(void **state)
+{
+    fx *f = *state;
+    store *st = NULL;
+    store_opts o = opts(f, false);
+    store_secret sec;
+    int v = 0;
+
+    if (!kbtest_pg())
+        skip();
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    assert_null(st);
+    o.migrate = true;
+    assert_ok(store_open(f->url, &o, &st));
+    assert_ok(store_schema_version(st, &v));
+    assert_int_equal(v, store_schema_version_supported());
+    assert_int_equal(store_pg_ops.schema_version, store_sqlite_ops.schema_version);
+    mk_secret(st, "kept");
+    store_close(st);
+    st = NULL;
+    /* Back to step 4 (what an older binary wrote): refused, then migrated, data kept. */
+    assert_int_equal(kbtest_pg_sql("DROP TABLE notify_sent; UPDATE schema_version SET version = 4"),
+                     0);
+    o.migrate = false;
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    o.migrate = true;
+    assert_ok(store_open(f->url, &o, &st));
+    assert_ok(store_secret_get(st, "kept", false, &sec));
+    store_secret_clear(&sec);
+    store_close(st);
+    st = NULL;
+    assert_int_equal(kbtest_pg_int("SELECT count(*) FROM notify_sent"), 0);
+    /* A newer database: refused with or without migrate. */
+    assert_int_equal(kbtest_pg_sql("UPDATE schema_version SET version = 99"), 0);
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    o.migrate = false;
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    assert_null(st);
+}
+
+/* The server dropped every connection (a restart, a failover): calls fail with KB_ERR_DB until
+ * the connections are back, then everything works on the same data. */
+static void reconnects_after_the_database_dropped_us(void **state)
+{
+    fx *f = *state;
+    store *st = NULL;
+    store_opts o = opts(f, true);
+    store_record *recs = NULL;
+    store_secret sec;
+    size_t n = 0;
+    kb_err rc = KB_ERR_DB;
+
+    if (!kbtest_pg())
+        skip();
+    assert_ok(store_open(f->url, &o, &st));
+    mk_secret(st, "before");
+    assert_ok(store_secret_list(st, false, &recs, &n));
+    store_records_free(recs, n);
+    assert_int_equal(kbtest_pg_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE usename = 'kb' AND pid <> pg_backend_pid()"),
+                     0);
+    /* The first use of each dropped connection fails; within a few tries (one per connection,
+     * retried after STORE_PG_RETRY_MS) all are back. */
+    for (int i = 0; i < 60 && rc != KB_OK; i++) {
+        rc = store_secret_get(st, "before", false, &sec);
+        if (rc == KB_OK)
+            store_secret_clear(&sec);
+        else
+            assert_int_equal(rc, KB_ERR_DB);
+        if (rc != KB_OK)
+            usleep(100 * 1000);
+    }
+    assert_ok(rc);
+    rc = KB_ERR_DB;
+    for (int i = 0; i < 60 && rc != KB_OK; i++) {
+        int64_t id = 0;
+        store_secret_new sn = {.name = "after"};
+        store_version_new vn = {.content_len = 4};
+        rc = store_secret_create(st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL);
+        if (rc != KB_OK) {
+            assert_int_equal(rc, KB_ERR_DB);
+            usleep(100 * 1000);
+        }
+    }
+    assert_ok(rc);
+    for (int i = 0; i < 40; i++) { /* every reader reconnects in turn */
+        rc = store_secret_list(st, false, &recs, &n);
+        if (rc == KB_OK) {
+            assert_int_equal(n, 2);
+            store_records_free(recs, n);
+        }
+    }
+    assert_ok(store_verify(st));
+    store_close(st);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(url_and_password_rules, setup, teardown),
+        cmocka_unit_test_setup_teardown(migrations_are_explicit, setup, teardown),
+        cmocka_unit_test_setup_teardown(reconnects_after_the_database_dropped_us, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
