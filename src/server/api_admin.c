@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
+#include "api_admin.h"
 #include "lib/base64.h"
 #include "lib/buf.h"
 #include "lib/config.h"
