@@ -1,8 +1,10 @@
-/* main.c - keybridge-cache, an AWS Secrets Manager-compatible cache (JSON 1.1 + SigV4). */
+/* main.c - keybridge-cache, an AWS Secrets Manager-compatible cache (JSON 1.1 + SigV4): the
+ * command table. The configuration keys and their checks are in cache_config.c. */
 #include <stdio.h>
 #include <string.h>
 
 #include "api.h"
+#include "cache_config.h"
 #include "creds.h"
 #include "lib/httpd.h"
 #include "lib/log.h"
@@ -11,31 +13,9 @@
 #include "server.h"
 #include "store.h"
 
-#define ENV_PREFIX "KEYBRIDGE_CACHE"
-
-static const kb_config_key keys[] = {
-    {"server", "listen", KB_CFG_STRING, "127.0.0.1:4566",
-     "address:port to listen on; plain HTTP only on loopback, anything else needs cert_file"},
-    {"server", "cert_file", KB_CFG_PATH, NULL, "TLS certificate chain (PEM); unset = plain HTTP"},
-    {"server", "key_file", KB_CFG_PATH, NULL, "TLS private key (PEM, 0600)"},
-    {"server", "threads", KB_CFG_INT, "0", "event loops; 0 = one per online CPU"},
-    {"store", "path", KB_CFG_PATH, "keybridge-cache.db", "SQLite database file"},
-    {"store", "key_file", KB_CFG_SECRET_FILE, NULL,
-     "0600 key file for at-rest encryption (keybridge-cache init-key --out FILE)"},
-    {"auth", "credentials_file", KB_CFG_SECRET_FILE, NULL,
-     "0600 file: one 'ACCESS_KEY_ID SECRET_ACCESS_KEY ACCOUNT_ID' per line"},
-    {"aws", "region", KB_CFG_STRING, "us-east-1", "region served (ARNs, credential scope)"},
-    {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
-    {NULL, NULL, 0, NULL, NULL},
-};
-
 static int cmd_serve(const kb_config *cfg, int argc, char **argv)
 {
-    const char *store_path = kb_config_str(cfg, "store", "path");
-    const char *key_path = kb_config_str(cfg, "store", "key_file");
-    const char *creds_path = kb_config_str(cfg, "auth", "credentials_file");
-    const char *region = kb_config_str(cfg, "aws", "region");
-    int64_t threads = kb_config_int(cfg, "server", "threads");
+    cache_config cc;
     kb_secret *key = NULL;
     cache_store *st = NULL;
     cache_creds *creds = NULL;
@@ -45,7 +25,7 @@ static int cmd_serve(const kb_config *cfg, int argc, char **argv)
     cache_api_opts ao;
     kb_serve sv;
     size_t bad_line = 0;
-    char port[16], nc[16];
+    char port[16], nc[16], why[256];
     kb_err rc;
     int code = KB_EXIT_CONFIG;
 
@@ -54,42 +34,37 @@ static int cmd_serve(const kb_config *cfg, int argc, char **argv)
         fprintf(stderr, "keybridge-cache serve: takes no arguments\n");
         return KB_EXIT_USAGE;
     }
-    if (key_path == NULL || creds_path == NULL || store_path == NULL) {
-        fprintf(stderr, "keybridge-cache: [store] key_file, [store] path and "
-                        "[auth] credentials_file are required\n");
-        return KB_EXIT_CONFIG;
-    }
-    if (threads < 0 || threads > KB_HTTPD_MAX_THREADS) {
-        fprintf(stderr, "keybridge-cache: [server] threads must be 0 to %d\n",
-                KB_HTTPD_MAX_THREADS);
+    if (cache_config_load(cfg, &cc, why, sizeof(why)) != KB_OK) {
+        fprintf(stderr, "keybridge-cache: %s\n", why);
         return KB_EXIT_CONFIG;
     }
     kb_prog_serve_prepare();
-    rc = cache_key_load(key_path, &key);
+    rc = cache_key_load(cc.store_key_file, &key);
     if (rc != KB_OK) {
-        kb_log(KB_LOG_ERROR, "key_file_refused", "path", key_path, "err", kb_err_str(rc), NULL);
+        kb_log(KB_LOG_ERROR, "key_file_refused", "path", cc.store_key_file, "err", kb_err_str(rc),
+               NULL);
         fprintf(stderr, "keybridge-cache: [store] key_file: %s (must be 0600, 64 hex chars)\n",
                 kb_err_str(rc));
         return kb_exit_code(rc);
     }
-    rc = cache_creds_load(creds_path, &creds, &bad_line);
+    rc = cache_creds_load(cc.credentials_file, &creds, &bad_line);
     if (rc != KB_OK) {
         snprintf(nc, sizeof(nc), "%zu", bad_line);
-        kb_log(KB_LOG_ERROR, "credentials_file_refused", "path", creds_path, "err", kb_err_str(rc),
-               "line", nc, NULL);
+        kb_log(KB_LOG_ERROR, "credentials_file_refused", "path", cc.credentials_file, "err",
+               kb_err_str(rc), "line", nc, NULL);
         fprintf(stderr, "keybridge-cache: [auth] credentials_file: %s%s%s\n", kb_err_str(rc),
                 bad_line ? " at line " : "", bad_line ? nc : "");
         kb_secret_free(key);
         return KB_EXIT_CONFIG;
     }
-    rc = cache_store_open(store_path, key, &st); /* takes key */
+    rc = cache_store_open(cc.store_path, key, &st); /* takes key */
     if (rc != KB_OK) {
         fprintf(stderr, "keybridge-cache: cannot open the store: %s\n", kb_err_str(rc));
         code = kb_exit_code(rc);
         goto out;
     }
     memset(&ao, 0, sizeof(ao));
-    ao.region = region;
+    ao.region = cc.region;
     ao.store = st;
     ao.creds = creds;
     if ((rc = cache_api_new(&ao, &api)) != KB_OK) {
@@ -97,10 +72,10 @@ static int cmd_serve(const kb_config *cfg, int argc, char **argv)
         goto out;
     }
     memset(&ho, 0, sizeof(ho));
-    ho.listen = kb_config_str(cfg, "server", "listen");
-    ho.threads = (int)threads;
-    ho.cert_file = kb_config_str(cfg, "server", "cert_file");
-    ho.key_file = kb_config_str(cfg, "server", "key_file");
+    ho.listen = cc.listen;
+    ho.threads = cc.threads;
+    ho.cert_file = cc.cert_file;
+    ho.key_file = cc.key_file;
     ho.max_body_bytes = CACHE_BODY_MAX;
     ho.handler = cache_server_handler;
     ho.handler_arg = api;
@@ -116,7 +91,7 @@ static int cmd_serve(const kb_config *cfg, int argc, char **argv)
     snprintf(port, sizeof(port), "%d", kb_httpd_port(h));
     snprintf(nc, sizeof(nc), "%zu", cache_creds_count(creds));
     kb_log(KB_LOG_INFO, "listening", "listen", ho.listen, "port", port, "tls",
-           ho.cert_file ? "true" : "false", "credentials", nc, "region", region, NULL);
+           ho.cert_file ? "true" : "false", "credentials", nc, "region", cc.region, NULL);
     memset(&sv, 0, sizeof(sv));
     sv.listeners[0] = h;
     rc = kb_prog_serve(&sv);
@@ -176,8 +151,8 @@ int main(int argc, char **argv)
     static const kb_prog prog = {
         .name = "keybridge-cache",
         .summary = "AWS Secrets Manager-compatible cache (JSON 1.1 + SigV4)",
-        .schema = keys,
-        .env_prefix = ENV_PREFIX,
+        .schema = cache_config_keys,
+        .env_prefix = CACHE_ENV_PREFIX,
         .default_config = NULL,
         .cmds = cmds,
         .default_cmd = "serve",
