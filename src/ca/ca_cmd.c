@@ -9,6 +9,7 @@
 
 #include <openssl/rand.h>
 
+#include "ca_config.h"
 #include "ca_target.h"
 #include "lib/buf.h"
 #include "lib/keystore.h"
@@ -117,7 +118,8 @@ const char *ca_ctx_explain(ca_ctx *x, kb_err rc, char *buf, size_t len)
 int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out)
 {
     const char *db = kb_config_str(cfg, "ca", "db");
-    const char *kind = kb_config_str(cfg, "ca", "key");
+    const char *kind = NULL;
+    char msg[256];
     ca_ctx *x;
     kb_err rc;
 
@@ -126,33 +128,16 @@ int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out)
     if (x == NULL)
         return KB_EXIT_FAIL;
     x->cfg = cfg;
-    if (kind == NULL || (strcmp(kind, CA_KEY_PKCS11) != 0 && strcmp(kind, CA_KEY_FILE) != 0 &&
-                         strcmp(kind, CA_KEY_ACM_PCA) != 0)) {
-        fprintf(stderr, "keybridge-ca: [ca] key must be pkcs11, file or acm-pca\n");
+    if (ca_config_key_kind(cfg, &kind, msg, sizeof(msg)) != KB_OK) {
+        fprintf(stderr, "keybridge-ca: %s\n", msg);
         free(x);
         return KB_EXIT_CONFIG;
     }
     if (strcmp(kind, CA_KEY_ACM_PCA) == 0) {
         const char *why = NULL;
         ca_pca_opts po;
-        memset(&po, 0, sizeof(po));
-        po.ca_arn = kb_config_str(cfg, "acm_pca", "ca_arn");
-        po.region = kb_config_str(cfg, "acm_pca", "region");
-        if (po.region == NULL)
-            po.region = kb_config_str(cfg, "aws", "region");
-        po.endpoint = kb_config_str(cfg, "acm_pca", "endpoint");
-        po.template_arn = kb_config_str(cfg, "acm_pca", "template_arn");
-        po.credentials_file = kb_config_str(cfg, "aws", "credentials_file");
-        po.role_arn = kb_config_str(cfg, "acm_pca", "role_arn");
-        po.external_id = kb_config_str(cfg, "acm_pca", "external_id");
-        po.sts_endpoint = kb_config_str(cfg, "aws", "sts_endpoint");
-        po.ca_file = kb_config_str(cfg, "acm_pca", "ca_file");
-        po.timeout_ms = (long)kb_config_duration(cfg, "acm_pca", "timeout") * 1000;
-        po.deadline_ms = (long)kb_config_duration(cfg, "acm_pca", "deadline") * 1000;
-        po.issue_rate = (double)kb_config_int(cfg, "acm_pca", "issue_rate");
-        if (po.timeout_ms <= 0 || po.deadline_ms <= 0 || po.issue_rate < 1) {
-            fprintf(stderr, "keybridge-ca: [acm_pca] timeout and deadline must be at least 1s, "
-                            "issue_rate at least 1\n");
+        if (ca_config_pca(cfg, &po, msg, sizeof(msg)) != KB_OK) {
+            fprintf(stderr, "keybridge-ca: %s\n", msg);
             free(x);
             return KB_EXIT_CONFIG;
         }

@@ -10,6 +10,7 @@
 
 #include "ca_api.h"
 #include "ca_cmd.h"
+#include "ca_config.h"
 #include "ca_policy.h"
 #include "ca_renew.h"
 #include "ca_sans.h"
@@ -35,40 +36,6 @@ static kb_err bundle_listener(const char *listen, const char *cert, const char *
     o.handler = ca_api_bundle_handler;
     o.handler_arg = api;
     return kb_httpd_new(&o, out);
-}
-
-/* [server] svid_dns / svid_ip: comma-separated names for the CA's own server SVID, so clients
- * that check a host name (curl, https_web-style federation clients) accept its listeners. */
-static int own_sans(const kb_config *cfg, ca_sans *sans)
-{
-    static const char *const key[2] = {"svid_dns", "svid_ip"};
-    char item[CA_DNS_NAME_MAX + 2];
-    const char *why = NULL;
-
-    memset(sans, 0, sizeof(*sans));
-    for (int k = 0; k < 2; k++) {
-        const char *p = kb_config_str(cfg, "server", key[k]);
-        while (p != NULL && *p != '\0') {
-            size_t n = strcspn(p, ","), b = 0, e = n;
-            while (b < e && p[b] == ' ')
-                b++;
-            while (e > b && p[e - 1] == ' ')
-                e--;
-            if (e - b >= sizeof(item)) {
-                fprintf(stderr, "keybridge-ca serve: [server] %s: an entry is too long\n", key[k]);
-                return KB_EXIT_CONFIG;
-            }
-            memcpy(item, p + b, e - b);
-            item[e - b] = '\0';
-            if ((k == 0 ? ca_sans_add_dns(sans, item, &why) : ca_sans_add_ip(sans, item, &why)) !=
-                KB_OK) {
-                fprintf(stderr, "keybridge-ca serve: [server] %s: '%s': %s\n", key[k], item, why);
-                return KB_EXIT_CONFIG;
-            }
-            p += n + (p[n] == ',');
-        }
-    }
-    return KB_EXIT_OK;
 }
 
 /* The CA's own server SVID, kept fresh in [server] svid_dir like a dir: registration. */
@@ -133,11 +100,9 @@ static kb_err renew_loop(void *arg)
 
 int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
 {
-    const char *svid_dir = kb_config_str(cfg, "server", "svid_dir");
-    const char *own_id = kb_config_str(cfg, "server", "spiffe_id");
-    int64_t tick = kb_config_duration(cfg, "renew", "tick"), own_renew = 0;
-    int64_t svid_ttl = kb_config_duration(cfg, "server", "svid_ttl");
-    int64_t threads = kb_config_int(cfg, "server", "threads");
+    ca_serve_config sc;
+    const char *own_id;
+    int64_t own_renew = 0;
     char idbuf[SPIFFE_ID_MAX + 1], cert[4096], key[4096], bundle[4096], port[16];
     ca_policy *pol = NULL;
     ca_renewer *rn = NULL;
@@ -147,11 +112,9 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     ca_api_opts ao;
     kb_httpd_opts ho;
     ca_ctx *x = NULL;
-    const char *bundle_listen = kb_config_str(cfg, "server", "bundle_listen");
     kb_httpd *bh = NULL;
     const char *why = NULL;
     char err[512];
-    ca_sans osans;
     spiffe_id oid;
     ca_serve_loop loop;
     kb_serve ks;
@@ -164,20 +127,11 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
                "([server] listen). The CA keeps its own server SVID in [server] svid_dir.\n");
         return KB_EXIT_USAGE;
     }
-    if (svid_dir == NULL) {
-        fprintf(stderr, "keybridge-ca serve: [server] svid_dir is required\n");
+    if (ca_config_serve(cfg, &sc, err, sizeof(err)) != KB_OK) {
+        fprintf(stderr, "keybridge-ca serve: %s\n", err);
         return KB_EXIT_CONFIG;
     }
-    if (svid_ttl < CA_MIN_SERVER_SVID_TTL || svid_ttl > CA_MAX_SERVER_SVID_TTL) {
-        fprintf(stderr, "keybridge-ca serve: [server] svid_ttl must be between %ds and %dd\n",
-                CA_MIN_SERVER_SVID_TTL, CA_MAX_SERVER_SVID_TTL / 86400);
-        return KB_EXIT_CONFIG;
-    }
-    if (tick < 1 || threads < 1 || threads > KB_HTTPD_MAX_THREADS) {
-        fprintf(stderr, "keybridge-ca serve: [renew] tick >= 1s, [server] threads 1..%d\n",
-                KB_HTTPD_MAX_THREADS);
-        return KB_EXIT_CONFIG;
-    }
+    own_id = sc.own_id;
     kb_prog_serve_prepare();
     if ((code = ca_cmd_load_policy(cfg, &pol)) != KB_EXIT_OK)
         return code;
@@ -187,23 +141,22 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
         snprintf(idbuf, sizeof(idbuf), "spiffe://%s/keybridge-ca", ca_trust_domain(ca_ctx_ca(x)));
         own_id = idbuf;
     }
-    if ((code = own_sans(cfg, &osans)) != KB_EXIT_OK)
-        goto out;
     if (spiffe_id_parse_str(own_id, &oid, &why) != KB_OK) {
         fprintf(stderr, "keybridge-ca serve: [server] spiffe_id: %s\n", why);
         code = KB_EXIT_CONFIG;
         goto out;
     }
-    if (ca_policy_check_sans(pol, &oid, &osans, err, sizeof(err)) != KB_OK) {
+    if (ca_policy_check_sans(pol, &oid, &sc.sans, err, sizeof(err)) != KB_OK) {
         fprintf(stderr, "keybridge-ca serve: the server SVID's names are refused by policy: %s\n",
                 err);
         code = KB_EXIT_DENIED;
         goto out;
     }
     code = KB_EXIT_FAIL;
-    if ((rc = own_svid(ca_ctx_ca(x), svid_dir, own_id, &osans, svid_ttl, &own_renew)) != KB_OK) {
-        fprintf(stderr, "keybridge-ca serve: cannot write the server SVID into %s: %s\n", svid_dir,
-                kb_err_str(rc));
+    if ((rc = own_svid(ca_ctx_ca(x), sc.svid_dir, own_id, &sc.sans, sc.svid_ttl, &own_renew)) !=
+        KB_OK) {
+        fprintf(stderr, "keybridge-ca serve: cannot write the server SVID into %s: %s\n",
+                sc.svid_dir, kb_err_str(rc));
         code = kb_exit_code(rc);
         goto out;
     }
@@ -211,7 +164,7 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     ro.ca = ca_ctx_ca(x);
     ro.st = ca_ctx_store(x);
     ro.policy = pol;
-    ro.tick = tick;
+    ro.tick = sc.tick;
     ca_cmd_target_env(cfg, ro.ca, NULL, &ro.env);
     if (ca_renewer_new(&ro, &rn) != KB_OK)
         goto out;
@@ -219,15 +172,15 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     ao.ca = ro.ca;
     ao.st = ro.st;
     ao.renewer = rn;
-    ao.min_interval = kb_config_duration(cfg, "renew", "api_min_interval");
+    ao.min_interval = sc.api_min_interval;
     if (ca_api_new(&ao, &api) != KB_OK)
         goto out;
-    snprintf(cert, sizeof(cert), "%s/svid.pem", svid_dir);
-    snprintf(key, sizeof(key), "%s/svid.key", svid_dir);
-    snprintf(bundle, sizeof(bundle), "%s/bundle.pem", svid_dir);
+    snprintf(cert, sizeof(cert), "%s/svid.pem", sc.svid_dir);
+    snprintf(key, sizeof(key), "%s/svid.key", sc.svid_dir);
+    snprintf(bundle, sizeof(bundle), "%s/bundle.pem", sc.svid_dir);
     memset(&ho, 0, sizeof(ho));
-    ho.listen = kb_config_str(cfg, "server", "listen");
-    ho.threads = (int)threads;
+    ho.listen = sc.listen;
+    ho.threads = sc.threads;
     ho.cert_file = cert;
     ho.key_file = key;
     ho.client_ca_file = bundle;
@@ -241,10 +194,10 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
         code = kb_exit_code(rc);
         goto out;
     }
-    if (bundle_listen != NULL &&
-        (rc = bundle_listener(bundle_listen, cert, key, api, &bh)) != KB_OK) {
+    if (sc.bundle_listen != NULL &&
+        (rc = bundle_listener(sc.bundle_listen, cert, key, api, &bh)) != KB_OK) {
         fprintf(stderr, "keybridge-ca serve: cannot listen on [server] bundle_listen %s: %s\n",
-                bundle_listen, kb_err_str(rc));
+                sc.bundle_listen, kb_err_str(rc));
         code = kb_exit_code(rc);
         goto out;
     }
@@ -252,18 +205,18 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     kb_log(KB_LOG_INFO, "listening", "listen", ho.listen, "port", port, "spiffe_id", own_id, NULL);
     if (bh != NULL) {
         snprintf(port, sizeof(port), "%d", kb_httpd_port(bh));
-        kb_log(KB_LOG_INFO, "bundle_endpoint_listening", "listen", bundle_listen, "port", port,
+        kb_log(KB_LOG_INFO, "bundle_endpoint_listening", "listen", sc.bundle_listen, "port", port,
                "profile", "https_spiffe", "spiffe_id", own_id, NULL);
     }
     memset(&loop, 0, sizeof(loop));
     loop.ca = ro.ca;
     loop.api = api;
     loop.rn = rn;
-    loop.svid_dir = svid_dir;
+    loop.svid_dir = sc.svid_dir;
     loop.own_id = own_id;
-    loop.osans = &osans;
-    loop.svid_ttl = svid_ttl;
-    loop.tick = tick;
+    loop.osans = &sc.sans;
+    loop.svid_ttl = sc.svid_ttl;
+    loop.tick = sc.tick;
     loop.own_renew = own_renew;
     memset(&ks, 0, sizeof(ks));
     ks.listeners[0] = h;

@@ -1,6 +1,7 @@
 /* main.c - keybridge-ca, the SPIFFE CA that issues X509-SVIDs ahead of time.
  *
- * Subcommands (wireguard-tools style table); docs/keybridge-ca.md is the user's guide.
+ * Subcommands (wireguard-tools style table); docs/keybridge-ca.md is the user's guide. The
+ * configuration keys and the checks of their values are in ca_config.c.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -16,83 +17,13 @@
 
 #include "ca.h"
 #include "ca_cmd.h"
+#include "ca_config.h"
 #include "ca_csr.h"
 #include "ca_store.h"
 #include "lib/buf.h"
 #include "lib/fileio.h"
 #include "lib/log.h"
 #include "lib/prog.h"
-
-#define ENV_PREFIX "KEYBRIDGE_CA"
-
-static const kb_config_key keys[] = {
-    {"ca", "trust_domain", KB_CFG_STRING, NULL, "trust domain, e.g. example.org (init)"},
-    {"ca", "db", KB_CFG_PATH, "keybridge-ca.db", "SQLite database file"},
-    {"ca", "key", KB_CFG_STRING, "pkcs11",
-     "where CA keys live: pkcs11 (default), file (dev), or acm-pca (AWS Private CA signs; "
-     "[acm_pca])"},
-    {"ca", "key_dir", KB_CFG_PATH, NULL, "directory for 0600 dev key files (key = file)"},
-    {"ca", "ca_ttl", KB_CFG_DURATION, "365d", "lifetime of a root CA made by init/rotate"},
-    {"ca", "default_ttl", KB_CFG_DURATION, "1h", "default SVID lifetime"},
-    {"pkcs11", "module", KB_CFG_PATH, "/usr/lib/softhsm/libsofthsm2.so", "PKCS#11 module"},
-    {"pkcs11", "token", KB_CFG_STRING, "keybridge", "token label"},
-    {"pkcs11", "pin_file", KB_CFG_SECRET_FILE, NULL, "0600 file holding the user PIN"},
-    {"pkcs11", "key_label", KB_CFG_STRING, "keybridge-ca", "prefix of CA key labels"},
-    {"policy", "file", KB_CFG_PATH, NULL, "registration policy (JSON, docs/keybridge-ca.md)"},
-    {"server", "listen", KB_CFG_STRING, "127.0.0.1:8444", "mTLS API address:port"},
-    {"server", "threads", KB_CFG_INT, "2", "event loops"},
-    {"server", "bundle_listen", KB_CFG_STRING, NULL,
-     "address:port of the SPIFFE federation bundle endpoint (GET /v1/bundle, https_spiffe, "
-     "no client certificate asked); unset: not served"},
-    {"server", "svid_dir", KB_CFG_PATH, NULL,
-     "directory where the CA keeps its own server SVID (svid.pem, svid.key, bundle.pem)"},
-    {"server", "svid_ttl", KB_CFG_DURATION, "1h",
-     "lifetime of the CA's own server SVID (renewed at half of it; 30s..30d)"},
-    {"server", "spiffe_id", KB_CFG_STRING, NULL,
-     "the CA's own ID (default spiffe://TD/keybridge-ca)"},
-    {"server", "svid_dns", KB_CFG_STRING, NULL,
-     "comma-separated DNS SANs of the CA's own server SVID (allowed by the policy's "
-     "server_names), for clients that check a host name"},
-    {"server", "svid_ip", KB_CFG_STRING, NULL,
-     "comma-separated IP SANs of the CA's own server SVID (allowed by server_names)"},
-    {"renew", "tick", KB_CFG_DURATION, "1s", "how often the daemon looks for due renewals"},
-    {"renew", "api_min_interval", KB_CFG_DURATION, "10s",
-     "per-ID minimum interval between API renewals (0 = off, benchmarks only)"},
-    {"aws", "region", KB_CFG_STRING, "us-east-1", "default Secrets Manager region"},
-    {"aws", "endpoint", KB_CFG_STRING, NULL, "default Secrets Manager endpoint override"},
-    {"aws", "credentials_file", KB_CFG_PATH, NULL,
-     "default 0600 credentials file (unset: AWS_* environment variables)"},
-    {"aws", "role_arn", KB_CFG_STRING, NULL,
-     "Secrets Manager targets: assume this role (STS AssumeRole) with the credentials above and "
-     "write with its temporary credentials; {account} is replaced by the target's account, e.g. "
-     "arn:aws:iam::{account}:role/keybridge-ca-svid-store"},
-    {"aws", "external_id", KB_CFG_STRING, NULL, "sts:ExternalId sent with role_arn (not a secret)"},
-    {"aws", "sts_endpoint", KB_CFG_STRING, NULL,
-     "STS endpoint override (default https://sts.<region>.amazonaws.com)"},
-    {"acm_pca", "ca_arn", KB_CFG_STRING, NULL,
-     "[ca] key = acm-pca: the AWS Private CA that signs (arn:aws:acm-pca:REGION:ACCOUNT:"
-     "certificate-authority/ID; read by init and rotate prepare)"},
-    {"acm_pca", "region", KB_CFG_STRING, NULL, "AWS Private CA region (default [aws] region)"},
-    {"acm_pca", "endpoint", KB_CFG_STRING, NULL,
-     "endpoint override (default https://acm-pca.<region>.amazonaws.com)"},
-    {"acm_pca", "template_arn", KB_CFG_STRING, CA_PCA_TEMPLATE_DEFAULT,
-     "IssueCertificate template: an APIPassthrough template, so the URI SAN and key usages "
-     "come through"},
-    {"acm_pca", "issue_rate", KB_CFG_INT, "5",
-     "IssueCertificate calls per second at most, spaced evenly, for every issuance of this "
-     "process (keep it below the account's quota: docs/internals/acm-pca.md)"},
-    {"acm_pca", "timeout", KB_CFG_DURATION, "10s", "one AWS Private CA call"},
-    {"acm_pca", "deadline", KB_CFG_DURATION, "60s",
-     "one issuance: rate wait, IssueCertificate with its retries, GetCertificate polls"},
-    {"acm_pca", "role_arn", KB_CFG_STRING, NULL,
-     "assume this role (STS AssumeRole, {account} = the CA's account) with [aws] "
-     "credentials_file's credentials before calling AWS Private CA"},
-    {"acm_pca", "external_id", KB_CFG_STRING, NULL, "sts:ExternalId sent with role_arn"},
-    {"acm_pca", "ca_file", KB_CFG_PATH, NULL,
-     "PEM trust anchors for the endpoint's TLS (default: the system store)"},
-    {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
-    {NULL, NULL, 0, NULL, NULL},
-};
 
 static void usage_err(const char *cmd, const char *msg)
 {
@@ -532,8 +463,8 @@ int main(int argc, char **argv)
     static const kb_prog prog = {
         .name = "keybridge-ca",
         .summary = "SPIFFE CA: issues X509-SVIDs ahead of time and keeps them fresh",
-        .schema = keys,
-        .env_prefix = ENV_PREFIX,
+        .schema = ca_config_keys,
+        .env_prefix = CA_ENV_PREFIX,
         .default_config = NULL,
         .cmds = cmds,
         .default_cmd = NULL,
