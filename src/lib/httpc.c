@@ -502,6 +502,8 @@ struct kb_httpc {
     int unclean_eof; /* TLS ended without close_notify */
     int64_t deadline;
     unsigned connects;
+    kb_httpc_stage stage; /* how far the last call got */
+    int conn_errno;       /* why the last connect failed (0: it did not) */
     kb_dbuf fields;
     rd r;
     char why[160];
@@ -659,6 +661,7 @@ static kb_err tcp_connect(kb_httpc *c)
             continue;
         if (connect(c->fd, ai->ai_addr, ai->ai_addrlen) != 0) {
             if (errno != EINPROGRESS && errno != EINTR) {
+                c->conn_errno = errno;
                 snprintf(c->why, sizeof(c->why), "connect: %s", strerror(errno));
                 goto next;
             }
@@ -667,6 +670,7 @@ static kb_err tcp_connect(kb_httpc *c)
                 goto next;
             rc = KB_ERR_UNAVAILABLE;
             if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0) {
+                c->conn_errno = err ? err : errno;
                 snprintf(c->why, sizeof(c->why), "connect: %s", strerror(err ? err : errno));
                 goto next;
             }
@@ -690,11 +694,16 @@ static kb_err conn_open(kb_httpc *c)
 {
     BIO *b;
     kb_err rc;
+    c->stage = KB_HTTPC_STAGE_CONNECT;
+    c->conn_errno = 0;
     KB_GUARD(tcp_connect(c));
     c->connects++;
+    c->stage = KB_HTTPC_STAGE_HANDSHAKE;
     c->r.s = c->r.e = 0;
-    if (!c->u.tls)
+    if (!c->u.tls) {
+        c->stage = KB_HTTPC_STAGE_EXCHANGE;
         return KB_OK;
+    }
     pthread_once(&nsbio_once, nsbio_init);
     KB_ENSURE_OUT(rc, nsbio_meth != NULL, KB_ERR_CRYPTO);
     c->ssl = SSL_new(c->ctx);
@@ -724,6 +733,7 @@ static kb_err conn_open(kb_httpc *c)
         if (rc != KB_OK)
             goto out;
     }
+    c->stage = KB_HTTPC_STAGE_EXCHANGE;
     return KB_OK;
 out:
     conn_close(c);
@@ -935,6 +945,7 @@ kb_err kb_httpc_do(kb_httpc *c, const kb_httpc_req *r, int *status, kb_dbuf *bod
         size_t sent = 0;
         if (c->fd >= 0 && conn_idle_ok(c)) {
             reused = 1;
+            c->stage = KB_HTTPC_STAGE_EXCHANGE;
         } else {
             conn_close(c);
             KB_GUARD_OUT(rc, conn_open(c));
@@ -1006,6 +1017,16 @@ const char *kb_httpc_field_get(const kb_httpc *c, const char *name)
         off = (size_t)(v - (const char *)c->fields.p) + strlen(v) + 1;
     }
     return NULL;
+}
+
+kb_httpc_stage kb_httpc_last_stage(const kb_httpc *c)
+{
+    return c ? c->stage : KB_HTTPC_STAGE_CONNECT;
+}
+
+int kb_httpc_connect_errno(const kb_httpc *c)
+{
+    return c ? c->conn_errno : 0;
 }
 
 unsigned kb_httpc_connects(const kb_httpc *c)

@@ -89,6 +89,19 @@ KB_WUR kb_err kb_httpc_do(kb_httpc *c, const kb_httpc_req *r, int *status, kb_db
 /* Value of a header field of the last response (first occurrence, case-insensitive name), or
  * NULL. Valid until the next call. */
 const char *kb_httpc_field_get(const kb_httpc *c, const char *name);
+/* How far the last kb_httpc_do got before it returned: CONNECT (no connection: refused,
+ * unresolvable, connect timeout), HANDSHAKE (connected, TLS handshake not done: closed, reset,
+ * alert or refused peer), EXCHANGE (the request was being written or the answer read). Nothing
+ * of the request reached the peer before EXCHANGE, so any request may be sent elsewhere. */
+typedef enum {
+    KB_HTTPC_STAGE_CONNECT,
+    KB_HTTPC_STAGE_HANDSHAKE,
+    KB_HTTPC_STAGE_EXCHANGE
+} kb_httpc_stage;
+kb_httpc_stage kb_httpc_last_stage(const kb_httpc *c);
+/* The errno of the last failed connect (ECONNREFUSED: nothing listens; ECONNRESET: a peer reset
+ * it), or 0 (no connect failed in the last call, or it failed otherwise: resolution, timeout). */
+int kb_httpc_connect_errno(const kb_httpc *c);
 /* Connections opened so far (tests and benchmarks check the reuse). */
 unsigned kb_httpc_connects(const kb_httpc *c);
 /* A short reason for the last transport failure ("" if none); never holds secret data. */

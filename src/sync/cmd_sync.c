@@ -7,6 +7,7 @@
 #include "identity.h"
 #include "lambda.h"
 #include "lib/awsreq.h"
+#include "lib/failover.h"
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/prog.h"
@@ -171,7 +172,10 @@ kb_err sync_once(void *arg, int64_t deadline_ms, sync_summary *sum)
         };
         rc = sync_source_keybridge_new(&ko, &src);
         if (rc != KB_OK) {
-            sync_summary_fail(sum, rc, "[source] url must be https:// (%s)", kb_err_str(rc));
+            sync_summary_fail(sum, rc,
+                              "[source] url must be https://, or a comma-separated list of at "
+                              "most %d https:// URLs (%s)",
+                              KB_FAILOVER_MAX_URLS, kb_err_str(rc));
             goto out;
         }
     }

@@ -1,6 +1,7 @@
 /* source_keybridge.c - keybridged's client API over mTLS with server_id pinning (see .h). */
 #include "source_keybridge.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,16 +12,25 @@
 
 #include "lib/base64.h"
 #include "lib/buf.h"
+#include "lib/failover.h"
 #include "lib/httpc.h"
 #include "lib/json.h"
 #include "lib/log.h"
 #include "lib/version.h"
 
+/* One keybridged replica of the [source] url list. */
 typedef struct {
     kb_httpc *http; /* one kept-alive mTLS connection, reused for the list and every batch */
-    SSL_CTX *ctx;
     char *url;
     char prefix[KB_HTTPC_MAX_URL]; /* the URL's path, prepended to every request path */
+} kbserver;
+
+typedef struct {
+    kbserver srv[KB_FAILOVER_MAX_URLS]; /* in this client's order (kb_urllist_order) */
+    size_t nsrv;
+    size_t cur;             /* the replica asked first: the last one that answered */
+    const kbserver *logged; /* the replica last logged as answering */
+    SSL_CTX *ctx;
     char *server_id;
     const sync_identity *id;
     long timeout_ms;
@@ -128,20 +138,50 @@ static kb_err status_err(long st)
     return KB_ERR_INVALID;
 }
 
-/* One request. A 429 or 503 is retried after its Retry-After plus jitter while the deadline
- * allows (backoff.h); when it does not, the answer's error is returned at once (KB_ERR_LIMIT for
- * 429, KB_ERR_UNAVAILABLE for 503). Each request's transfer timeout is cut to the time left. */
+/* A failure worth another try (on the next replica, or on the same one after a backoff): the
+ * peer was reached and then dropped us (connection reset, closed before the answer, closed or
+ * timed out during the handshake, a truncated or garbled answer, a timeout), or it answered
+ * 502/503/504. Not: nothing listening (connect refused or unresolvable: fail over, but do not
+ * wait for it), nor a server identity our verification refused (k->why set: that replica is
+ * wrong, not busy). */
+static int transient(const kbsrc *k, const kbserver *sv, kb_err rc)
+{
+    if (kb_httpc_last_stage(sv->http) == KB_HTTPC_STAGE_CONNECT)
+        return rc == KB_ERR_TIMEOUT || kb_httpc_connect_errno(sv->http) == ECONNRESET;
+    return k->why[0] == '\0';
+}
+
+static const char *stage_str(kb_httpc_stage st)
+{
+    return st == KB_HTTPC_STAGE_CONNECT     ? "connect"
+           : st == KB_HTTPC_STAGE_HANDSHAKE ? "handshake"
+                                            : "exchange";
+}
+
+/* One request, over the replicas of [source] url (docs/failover.md). The replica that answered
+ * last is asked first; a transport failure or a 502/503/504 moves to the next one (every request
+ * here is a read, so even one that was sent may go elsewhere); any other answer is authoritative
+ * and returned as is (a 403 from one replica is the answer of all). When every replica failed in
+ * one round, the round is retried after a jittered backoff (the 503's Retry-After when there was
+ * one) while the deadline allows: at most SYNC_KB_TRANSPORT_RETRIES rounds when a transport
+ * failure was among them, else (only 503s) up to SYNC_BACKOFF_MAX_ATTEMPTS; a round with nothing
+ * transient in it (nothing listening, identity refused) ends the request at once. A 429 is
+ * retried on the same replica after its Retry-After (backoff.h). Each request's transfer timeout
+ * is cut to the time left. */
 static kb_err request(kbsrc *k, const char *path, const char *body, kb_dbuf *resp,
                       sync_summary *sum, sync_op op)
 {
     static const kb_httpc_field json_ct[] = {{"Content-Type", "application/json"}};
     char target[KB_HTTPC_MAX_URL];
     kb_err rc = KB_OK;
-    int tn = snprintf(target, sizeof(target), "%s%s", k->prefix, path);
-    KB_ENSURE(tn > 0 && (size_t)tn < sizeof(target), KB_ERR_TOO_LARGE);
-    for (unsigned attempt = 0;; attempt++) {
-        int st = 0;
-        int64_t ra, left = sync_clock_left(k->clock), waited = 0;
+    unsigned busy = 0, rounds = 0;
+    size_t tried = 0;
+    int any_transient = 0, any_transport = 0;
+    int64_t round_hint = -1;
+    for (;;) {
+        kbserver *sv = &k->srv[k->cur];
+        int st = 0, tn;
+        int64_t left = sync_clock_left(k->clock), waited = 0;
         kb_httpc_req r = {body ? "POST" : "GET",
                           target,
                           body ? json_ct : NULL,
@@ -149,45 +189,97 @@ static kb_err request(kbsrc *k, const char *path, const char *body, kb_dbuf *res
                           body,
                           body ? strlen(body) : 0,
                           left < k->timeout_ms ? (long)left : k->timeout_ms};
+        char ws[24], hs[24];
         if (left <= 0) {
             kb_log(KB_LOG_WARN, "deadline_reached", "path", path, NULL);
             return KB_ERR_TIMEOUT;
         }
+        tn = snprintf(target, sizeof(target), "%s%s", sv->prefix, path);
+        KB_ENSURE(tn > 0 && (size_t)tn < sizeof(target), KB_ERR_TOO_LARGE);
         kb_dbuf_reset(resp);
         k->why[0] = '\0';
         sum->calls[op]++;
-        rc = kb_httpc_do(k->http, &r, &st, resp);
+        rc = kb_httpc_do(sv->http, &r, &st, resp);
         if (rc != KB_OK) {
+            kb_httpc_stage stg = kb_httpc_last_stage(sv->http);
             rc = map_http(rc);
-            kb_log(KB_LOG_ERROR, "keybridged_request_failed", "path", path, "err", kb_err_str(rc),
-                   "reason", k->why[0] ? k->why : kb_httpc_why(k->http), NULL);
-            return rc;
-        }
-        rc = status_err(st);
-        if (st == 429 || st == 503) {
-            char hs[24];
+            any_transport = 1;
+            if (transient(k, sv, rc))
+                any_transient = 1;
+            kb_log(KB_LOG_ERROR, "keybridged_request_failed", "path", path, "server", sv->url,
+                   "stage", stage_str(stg), "err", kb_err_str(rc), "reason",
+                   k->why[0] ? k->why : kb_httpc_why(sv->http), NULL);
+        } else if (st == 429) {
+            int64_t ra = retry_after_s(kb_httpc_field_get(sv->http, "Retry-After"));
+            rc = KB_ERR_LIMIT;
             sum->throttled++;
-            ra = retry_after_s(kb_httpc_field_get(k->http, "Retry-After"));
             snprintf(hs, sizeof(hs), "%lld", (long long)ra);
-            if (attempt + 1 < SYNC_BACKOFF_MAX_ATTEMPTS &&
-                sync_backoff_wait(k->clock, ra > 0 ? ra * 1000 : -1, attempt, &waited) == KB_OK) {
-                char ws[24];
+            if (busy + 1 < SYNC_BACKOFF_MAX_ATTEMPTS &&
+                sync_backoff_wait(k->clock, ra > 0 ? ra * 1000 : -1, busy, &waited) == KB_OK) {
+                busy++;
                 snprintf(ws, sizeof(ws), "%lld", (long long)waited);
-                kb_log(KB_LOG_WARN, "keybridged_busy", "path", path, "err", kb_err_str(rc),
-                       "retry_after", hs, "waited_ms", ws, NULL);
+                kb_log(KB_LOG_WARN, "keybridged_busy", "path", path, "server", sv->url, "err",
+                       kb_err_str(rc), "retry_after", hs, "waited_ms", ws, NULL);
                 continue;
             }
             kb_log(KB_LOG_WARN, "keybridged_busy_giving_up", "path", path, "err", kb_err_str(rc),
                    "retry_after", hs, "reason", "the hint does not fit in the deadline", NULL);
             return rc;
-        }
-        if (rc != KB_OK) {
+        } else if (kb_failover_status(st)) {
+            int64_t ra = retry_after_s(kb_httpc_field_get(sv->http, "Retry-After"));
             char sts[16];
+            rc = status_err(st);
+            any_transient = 1;
+            sum->throttled++;
+            if (ra > 0 && ra * 1000 > round_hint)
+                round_hint = ra * 1000;
             snprintf(sts, sizeof(sts), "%d", st);
-            kb_log(KB_LOG_ERROR, "keybridged_refused", "path", path, "status", sts, "err",
-                   kb_err_str(rc), NULL);
+            snprintf(hs, sizeof(hs), "%lld", (long long)ra);
+            kb_log(KB_LOG_WARN, "keybridged_unavailable", "path", path, "server", sv->url, "status",
+                   sts, "retry_after", hs, NULL);
+        } else {
+            /* an answer: authoritative, from this replica for the rest of the run */
+            if (k->logged != sv) {
+                k->logged = sv;
+                kb_log(k->nsrv > 1 ? KB_LOG_INFO : KB_LOG_DEBUG, "keybridged_server", "server",
+                       sv->url, NULL);
+            }
+            rc = status_err(st);
+            if (rc != KB_OK) {
+                char sts[16];
+                snprintf(sts, sizeof(sts), "%d", st);
+                kb_log(KB_LOG_ERROR, "keybridged_refused", "path", path, "server", sv->url,
+                       "status", sts, "err", kb_err_str(rc), NULL);
+            }
+            return rc;
         }
-        return rc;
+        /* this replica failed: the next one, or, after a whole round, a backoff */
+        k->cur = (k->cur + 1) % k->nsrv;
+        if (++tried < k->nsrv) {
+            kb_log(KB_LOG_WARN, "keybridged_failover", "path", path, "from", sv->url, "to",
+                   k->srv[k->cur].url, NULL);
+            continue;
+        }
+        rounds++;
+        if (!any_transient ||
+            rounds >= (any_transport ? SYNC_KB_TRANSPORT_RETRIES : SYNC_BACKOFF_MAX_ATTEMPTS) ||
+            sync_backoff_wait(k->clock, round_hint, rounds - 1, &waited) != KB_OK) {
+            if (any_transient)
+                kb_log(KB_LOG_WARN, "keybridged_giving_up", "path", path, "err", kb_err_str(rc),
+                       "reason",
+                       rounds >= (any_transport ? SYNC_KB_TRANSPORT_RETRIES
+                                                : SYNC_BACKOFF_MAX_ATTEMPTS)
+                           ? "retries exhausted"
+                           : "no time left before the deadline",
+                       NULL);
+            return rc;
+        }
+        snprintf(ws, sizeof(ws), "%lld", (long long)waited);
+        kb_log(KB_LOG_WARN, "keybridged_retry", "path", path, "err", kb_err_str(rc), "waited_ms",
+               ws, NULL);
+        tried = 0;
+        any_transient = any_transport = 0;
+        round_hint = -1;
     }
 }
 
@@ -492,9 +584,11 @@ static void kb_free(sync_source *s)
         return;
     k = s->impl;
     if (k) {
-        kb_httpc_free(k->http);
+        for (size_t i = 0; i < k->nsrv; i++) {
+            kb_httpc_free(k->srv[i].http);
+            free(k->srv[i].url);
+        }
         SSL_CTX_free(k->ctx);
-        free(k->url);
         free(k->server_id);
         free(k);
     }
@@ -508,26 +602,57 @@ const char *sync_source_keybridge_why(const sync_source *s)
     return s && s->impl ? ((const kbsrc *)s->impl)->why : "";
 }
 
+/* One replica: its URL (trailing slashes dropped), path prefix and client. */
+static kb_err server_open(kbsrc *k, kbserver *sv, const char *url)
+{
+    size_t ul;
+    kb_httpc_url u;
+    kb_err rc;
+    sv->url = strdup(url);
+    KB_ENSURE(sv->url != NULL, KB_ERR_NOMEM);
+    ul = strlen(sv->url);
+    while (ul > 8 && sv->url[ul - 1] == '/')
+        sv->url[--ul] = '\0';
+    KB_ENSURE(kb_httpc_parse_url(sv->url, &u) == KB_OK, KB_ERR_CONFIG);
+    KB_ENSURE(u.target[u.path_len] == '\0', KB_ERR_CONFIG); /* no query */
+    if (u.path_len > 1)
+        memcpy(sv->prefix, u.target, u.path_len + 1);
+    {
+        kb_httpc_opts ho = {sv->url, NULL, k->ctx, "keybridge-sync/" KB_VERSION};
+        rc = kb_httpc_new(&ho, &sv->http);
+        if (rc == KB_ERR_INVALID)
+            rc = KB_ERR_CONFIG;
+    }
+    return rc;
+}
+
 kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out)
 {
     sync_source *s = NULL;
     kbsrc *k = NULL;
     spiffe_id sid;
-    size_t ul;
+    kb_urllist ul;
     kb_err rc = KB_OK;
     KB_ENSURE_REF(o);
     KB_ENSURE_REF(out);
-    KB_ENSURE(o->url != NULL && strncmp(o->url, "https://", 8) == 0, KB_ERR_CONFIG);
+    memset(&ul, 0, sizeof(ul));
+    KB_ENSURE(o->url != NULL, KB_ERR_CONFIG);
     KB_ENSURE(o->server_id != NULL && spiffe_id_parse_str(o->server_id, &sid, NULL) == KB_OK &&
                   !spiffe_id_is_root(&sid),
               KB_ERR_CONFIG);
     KB_ENSURE(o->identity != NULL && o->identity->svid != NULL && o->identity->bundles != NULL,
               KB_ERR_CONFIG);
+    rc = kb_urllist_add(&ul, o->url, "https://");
+    if (rc != KB_OK)
+        return rc == KB_ERR_NOMEM ? rc : KB_ERR_CONFIG;
+    /* every client walks the list in the same cyclic order from its own stable offset */
+    kb_urllist_order(&ul, spiffe_id_str(x509svid_id(o->identity->svid)));
     s = calloc(1, sizeof(*s));
     k = calloc(1, sizeof(*k));
     if (s == NULL || k == NULL) {
         free(s);
         free(k);
+        kb_urllist_free(&ul);
         return KB_ERR_NOMEM;
     }
     s->ops = &KB_OPS;
@@ -535,30 +660,24 @@ kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out)
     k->id = o->identity;
     k->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 10000;
     k->clock = o->clock;
-    k->url = strdup(o->url);
     k->server_id = strdup(o->server_id);
-    KB_ENSURE_OUT(rc, k->url != NULL && k->server_id != NULL, KB_ERR_NOMEM);
-    ul = strlen(k->url);
-    while (ul > 8 && k->url[ul - 1] == '/')
-        k->url[--ul] = '\0';
+    KB_ENSURE_OUT(rc, k->server_id != NULL, KB_ERR_NOMEM);
     KB_GUARD_OUT(rc, build_ctx(k));
-    {
-        kb_httpc_url u;
-        KB_ENSURE_OUT(rc, kb_httpc_parse_url(k->url, &u) == KB_OK, KB_ERR_CONFIG);
-        KB_ENSURE_OUT(rc, u.target[u.path_len] == '\0', KB_ERR_CONFIG); /* no query */
-        if (u.path_len > 1)
-            memcpy(k->prefix, u.target, u.path_len + 1);
-    }
-    {
-        kb_httpc_opts ho = {k->url, NULL, k->ctx, "keybridge-sync/" KB_VERSION};
-        rc = kb_httpc_new(&ho, &k->http);
-        if (rc == KB_ERR_INVALID)
-            rc = KB_ERR_CONFIG;
+    for (size_t i = 0; i < ul.n; i++) {
+        rc = server_open(k, &k->srv[k->nsrv++], kb_urllist_at(&ul, i));
         KB_GUARD_OUT(rc, rc);
     }
+    kb_urllist_free(&ul);
     *out = s;
     return KB_OK;
 out:
+    kb_urllist_free(&ul);
     kb_free(s);
     return rc;
+}
+
+const char *sync_source_keybridge_server(const sync_source *s)
+{
+    const kbsrc *k = s && s->impl ? s->impl : NULL;
+    return k && k->nsrv > 0 ? k->srv[k->cur].url : "";
 }

@@ -19,19 +19,26 @@
 #define SYNC_KB_CONTENT_MAX ((size_t)1024 * 1024)
 /* Largest retry_after accepted in a deferred batch entry (seconds). */
 #define SYNC_KB_RETRY_AFTER_LIMIT 86400
+/* Rounds over the [source] url list retried after a transport failure (reset, closed before an
+ * answer, timeout), with jittered backoff within the deadline (SYNC_BACKOFF_BASE_MS doubling):
+ * a herd that a busy keybridged dropped during the handshake comes back (bench/herd). */
+#define SYNC_KB_TRANSPORT_RETRIES 5
 /* 429 / 503 answers and deferred batch entries are retried after the server's Retry-After plus
  * jitter for as long as the run's deadline allows (backoff.h); a hint that does not fit stops the
  * run early. */
 
 typedef struct {
-    const char *url;               /* "https://127.0.0.1:8443" (https only) */
-    const char *server_id;         /* pinned SPIFFE ID of keybridged (required) */
+    const char *url;       /* "https://127.0.0.1:8443", or a comma-separated list of replicas (https
+                              only, at most KB_FAILOVER_MAX_URLS), tried from a per-client offset */
+    const char *server_id; /* pinned SPIFFE ID of keybridged (required) */
     const sync_identity *identity; /* borrowed; must outlive the source */
     long timeout_ms;               /* per request; 0 = 10 s (cut to what the deadline leaves) */
     const sync_clock *clock;       /* borrowed; deadline, sleep, random; NULL = real, none */
 } sync_kb_opts;
 
 KB_WUR kb_err sync_source_keybridge_new(const sync_kb_opts *o, sync_source **out);
+/* The replica asked first now (the last that answered), for messages. */
+const char *sync_source_keybridge_server(const sync_source *s);
 /* Why the last TLS verification failed ("" if it did not), for error messages. */
 const char *sync_source_keybridge_why(const sync_source *s);
 

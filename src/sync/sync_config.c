@@ -8,7 +8,10 @@
 #include <string.h>
 
 const kb_config_key sync_config_keys[] = {
-    {"source", "url", KB_CFG_STRING, NULL, "keybridged base URL (https://host:port), required"},
+    {"source", "url", KB_CFG_STRING, NULL,
+     "keybridged base URL (https://host:port), required; or a comma-separated list of replicas "
+     "(at most 8), tried in order from a per-client offset, failing over on connection errors "
+     "and 502/503/504 (docs/failover.md)"},
     {"source", "server_id", KB_CFG_STRING, NULL,
      "keybridged's SPIFFE ID, pinned (required): any other server identity is refused"},
     {"source", "svid_cert_file", KB_CFG_PATH, NULL, "our X509-SVID chain (svid.pem, leaf first)"},
