@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -128,6 +129,9 @@ struct conn {
     struct event *deadline;
     conn *hs_prev, *hs_next; /* loop's handshake list while in_hs */
     int in_hs;
+    unsigned hs_steps;       /* handshake state changes so far (info callback) */
+    unsigned hs_steps_armed; /* hs_steps when the handshake deadline was last armed */
+    int hs_extended;         /* times the handshake deadline was extended (on_deadline) */
     enum conn_state st;
     char peer[KB_HTTPD_PEER_MAX];
     char *hbuf; /* request head copy, parsed in place */
@@ -358,6 +362,8 @@ static void conn_free(conn *c)
         c->next->prev = c->prev;
     if (c->deadline)
         event_free(c->deadline);
+    if (c->ssl != NULL)
+        SSL_set_app_data(c->ssl, NULL); /* the SSL may outlive c (bufferevent finalizing) */
     if (c->bev) {
         if (c->ssl != NULL && SSL_is_init_finished(c->ssl) &&
             !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN)) {
@@ -1029,12 +1035,44 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     conn_free(c);
 }
 
+/* Bytes the peer sent that this loop has not read yet (still in the kernel's queue). */
+static int conn_input_waiting(const conn *c)
+{
+    int n = 0;
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     conn *c = arg;
     (void)fd;
     (void)what;
+    /* The handshake deadline is for clients that stall, not for a loop that was too busy to get
+     * to them: under a burst of handshakes (a herd of syncers on few cores) one loop iteration
+     * can take longer than handshake_timeout, and the deadline of a client that answered in
+     * time expires before its bytes are read. So when the handshake moved since the deadline
+     * was armed, or the client's next bytes are waiting unread, the deadline starts again
+     * (at most KB_HTTPD_HANDSHAKE_EXTENSIONS times); a client silent for a whole period is
+     * closed as before. */
+    if (c->in_hs && c->hs_extended < KB_HTTPD_HANDSHAKE_EXTENSIONS &&
+        (c->hs_steps != c->hs_steps_armed || conn_input_waiting(c))) {
+        c->hs_extended++;
+        c->hs_steps_armed = c->hs_steps;
+        conn_arm(c, c->lp->to_hs);
+        return;
+    }
     conn_free(c);
+}
+
+/* The server side of a handshake moved (a message read or written): on_deadline's witness. */
+static void on_tls_info(const SSL *ssl, int where, int ret)
+{
+    conn *c = SSL_get_app_data(ssl);
+    (void)ret;
+    /* "before SSL initialization" is reported while nothing was read yet: not progress */
+    if (c != NULL && (where & SSL_CB_ACCEPT_LOOP) && SSL_get_state(ssl) != TLS_ST_BEFORE)
+        c->hs_steps++;
 }
 
 /* ---------- accept ---------- */
@@ -1100,6 +1138,8 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
             goto fail;
         }
         bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+        SSL_set_app_data(c->ssl, c);
+        SSL_set_info_callback(c->ssl, on_tls_info);
         c->in_hs = 1;
     } else {
         c->bev = bufferevent_socket_new(lp->base, fd, BEV_OPT_CLOSE_ON_FREE);

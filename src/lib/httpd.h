@@ -51,6 +51,10 @@ typedef kb_tls_peer_verify kb_http_peer_verify;
 #define KB_HTTPD_MAX_CONN_DEFAULT 4096
 #define KB_HTTPD_HANDSHAKE_TIMEOUT_DEFAULT 5
 #define KB_HTTPD_MAX_HANDSHAKES_DEFAULT 1024
+/* Times a handshake deadline starts again because the handshake moved or the client's bytes
+ * wait unread (a busy loop, not a stalled client): a handshake lasts at most
+ * (1 + this) x handshake_timeout_secs. */
+#define KB_HTTPD_HANDSHAKE_EXTENSIONS 5
 #define KB_HTTPD_MAX_HEADERS_COUNT 100 /* header fields per request */
 #define KB_HTTPD_MAX_THREADS 256
 #define KB_HTTPD_PEER_ID_MAX 2048 /* SPIFFE IDs are at most 2048 bytes */

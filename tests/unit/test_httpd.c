@@ -8,7 +8,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -193,6 +196,8 @@ static int verify_refuse(void *arg, X509 *leaf, STACK_OF(X509) * chain, char *id
 
 /* ---------- server under test ---------- */
 
+static atomic_int g_blocking;
+
 static void handler(kb_http_req *r, void *arg)
 {
     (void)arg;
@@ -209,6 +214,13 @@ static void handler(kb_http_req *r, void *arg)
     }
     if (strcmp(path, "/noreply") == 0)
         return;
+    if (strcmp(path, "/block") == 0) {
+        /* holds the loop, as a burst of handshakes on a starved CPU would */
+        atomic_store(&g_blocking, 1);
+        usleep(2500 * 1000);
+        kb_http_reply(r, 200, "text/plain", "ok\n", 3);
+        return;
+    }
     if (strcmp(path, "/big") == 0) {
         size_t n = (size_t)32 * 1024 * 1024;
         uint8_t *b = calloc(1, n);
@@ -1136,6 +1148,95 @@ static void test_handshake_cap(void **state)
     srv_stop(&s);
 }
 
+typedef struct {
+    int port;
+    SSL_CTX *cc;
+    int ok;
+} blocker;
+
+static void *block_main(void *arg)
+{
+    blocker *b = arg;
+    int fd = raw_connect(b->port);
+    SSL *ssl = SSL_new(b->cc);
+    char out[512];
+    const char req[] = "GET /block HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) == 1 && SSL_write(ssl, req, sizeof(req) - 1) > 0)
+        b->ok = SSL_read(ssl, out, sizeof(out) - 1) > 0;
+    SSL_free(ssl);
+    close(fd);
+    ERR_clear_error();
+    return NULL;
+}
+
+/* A client that sent its handshake in time must not be closed because the loop was busy past
+ * handshake_timeout (bench/herd: under a burst on 2 starved cores, keybridged closed syncers
+ * whose handshakes were waiting for the loop, "connection closed before a response"). The
+ * client connects (the loop accepts it, its handshake deadline starts), another request holds
+ * the only loop for 2.5 s (> handshake_timeout 1 s), the client sends its ClientHello meanwhile:
+ * it is served once the loop is free. A client that sends nothing is still closed in time. */
+static void test_handshake_busy_loop(void **state)
+{
+    tls_fixture *f = *state;
+    srv s = {0};
+    kb_httpd_opts o = {.cert_file = f->p.cert,
+                       .key_file = f->p.key,
+                       .client_ca_file = f->p.ca,
+                       .verify_peer = verify_ok,
+                       .threads = 1,
+                       .timeout_secs = 30,
+                       .handshake_timeout_secs = 1};
+    SSL_CTX *cc = client_ctx(&f->p, TLS1_2_VERSION, TLS1_3_VERSION, 1);
+    blocker b = {0, cc, 0};
+    pthread_t th;
+    char out[4096];
+    srv_start(&s, &o);
+    b.port = s.port;
+    int idle = raw_connect(s.port);
+    int fd = raw_connect(s.port);
+    usleep(200 * 1000); /* both accepted: their handshake deadlines run */
+    atomic_store(&g_blocking, 0);
+    assert_int_equal(pthread_create(&th, NULL, block_main, &b), 0);
+    for (int i = 0; i < 500 && !atomic_load(&g_blocking); i++)
+        usleep(10 * 1000);
+    assert_true(atomic_load(&g_blocking));
+    /* the loop is held: this handshake waits past its deadline through no fault of its own; the
+     * client then takes 300 ms (well within handshake_timeout) to answer the server's flight */
+    SSL *ssl = SSL_new(cc);
+    SSL_set_fd(ssl, fd);
+    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+    for (int slept = 0;;) {
+        int ret = SSL_connect(ssl), e;
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (ret == 1)
+            break;
+        e = SSL_get_error(ssl, ret);
+        assert_true(e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE);
+        pf.events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+        assert_int_equal(poll(&pf, 1, 10000), 1);
+        if (!slept++)
+            usleep(300 * 1000);
+    }
+    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK), 0);
+    const char req[] = "GET /who HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, req, sizeof(req) - 1), (int)sizeof(req) - 1);
+    int k = SSL_read(ssl, out, (int)sizeof(out) - 1);
+    assert_true(k > 0);
+    out[k] = '\0';
+    assert_true(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
+    SSL_free(ssl);
+    close(fd);
+    pthread_join(th, NULL);
+    assert_true(b.ok);
+    /* the silent one is closed: at most (1 + extensions) x 1 s after its accept */
+    assert_true(raw_wait_closed(idle));
+    close(idle);
+    SSL_CTX_free(cc);
+    ERR_clear_error();
+    srv_stop(&s);
+}
+
 /* Raw OpenSSL client: connect, handshake, send one request, return the response text. */
 static int tls_client(int port, SSL_CTX *cctx, SSL_SESSION **sess_io, int *reused, char *out,
                       size_t cap)
@@ -1437,6 +1538,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_server_only, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_mtls, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_handshake_cap, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_handshake_busy_loop, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_versions_and_resumption, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_reload, tls_setup, tls_teardown),
     };
