@@ -14,6 +14,7 @@
 
 #include "lib/config.h"
 #include "lib/err.h"
+#include "lib/failover.h"
 #include "server/api.h"
 #include "server/service.h"
 
@@ -23,6 +24,7 @@ typedef struct cli {
     int json_output;          /* -o json */
     const char *local_config; /* --local FILE: keybridged's configuration */
     const char *as_id;        /* --as SPIFFE_ID (local mode identity) */
+    kb_urllist servers;       /* --server URL, repeated: replaces [client] server_url */
     const kb_config *cfg;  /* the CLI's own configuration ([client] ...), owned by kb_prog_main */
     kb_config *server_cfg; /* local mode: keybridged's configuration */
     svc *svc;              /* local mode: opened on first call */

@@ -20,6 +20,15 @@ static int cli_opt(int argc, char **argv, int i)
             return -1;
         }
         g_cli.json_output = strcmp(v, "json") == 0;
+    } else if (strcmp(argv[i], "--server") == 0) {
+        kb_err rc = v ? kb_urllist_add(&g_cli.servers, v, "https://") : KB_ERR_INVALID;
+        if (rc != KB_OK) {
+            fprintf(stderr,
+                    "keybridge: --server takes an https:// URL (or a comma-separated list; at "
+                    "most %d in all)\n",
+                    KB_FAILOVER_MAX_URLS);
+            return -1;
+        }
     } else if (strcmp(argv[i], "--local") == 0 || strcmp(argv[i], "--as") == 0) {
         if (v == NULL) {
             fprintf(stderr, "keybridge: %s needs a value\n", argv[i]);
@@ -103,11 +112,14 @@ int main(int argc, char **argv)
         .default_cmd = NULL,
         .holds_secrets = 1, /* secret content in transit: same hardening as the servers */
         .opt = cli_opt,
-        .opt_usage = "[-o table|json]\n                 [--local KEYBRIDGED_CONF --as SPIFFE_ID] ",
+        .opt_usage = "[-o table|json] [--server URL]...\n"
+                     "                 [--local KEYBRIDGED_CONF --as SPIFFE_ID] ",
         .epilog =
             "--local runs the command in-process against keybridged's store and token (on the\n"
             "server host), acting as the client --as names, with the same access rules and "
-            "audit.\nExit codes: 0 ok, 1 failed, 2 usage or bad request, 3 configuration, 4 "
+            "audit.\n--server (repeatable) replaces [client] server_url; with several servers each "
+            "is tried in\nturn on connection errors and 502/503/504 (docs/failover.md).\nExit "
+            "codes: 0 ok, 1 failed, 2 usage or bad request, 3 configuration, 4 "
             "denied,\n5 not found.\n",
     };
     return kb_prog_main(argc, argv, &prog);

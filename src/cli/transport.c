@@ -12,7 +12,10 @@
 #include "server/server_config.h"
 
 const kb_config_key cli_config_keys[] = {
-    {"client", "server_url", KB_CFG_STRING, "https://127.0.0.1:8443", "keybridged address"},
+    {"client", "server_url", KB_CFG_STRING, "https://127.0.0.1:8443",
+     "keybridged address, or a comma-separated list of replicas (at most 8) tried from a "
+     "per-client offset with failover on connection errors and 502/503/504 (docs/failover.md); "
+     "--server URL (repeatable) replaces it"},
     {"client", "server_id", KB_CFG_STRING, NULL,
      "keybridged's SPIFFE ID; any other server is refused (required for remote calls)"},
     {"client", "cert_file", KB_CFG_PATH, NULL, "the CLI's SVID chain (PEM)"},
@@ -95,6 +98,7 @@ void cli_close(cli *c)
     kb_config_free(c->server_cfg);
     c->svc = NULL;
     c->server_cfg = NULL;
+    kb_urllist_free(&c->servers);
     c->cfg = NULL; /* kb_prog_main's */
 }
 

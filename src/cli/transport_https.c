@@ -17,6 +17,7 @@
 #include "cli.h"
 #include "lib/buf.h"
 #include "lib/json.h"
+#include "lib/log.h"
 #include "lib/spiffe_bundle.h"
 #include "lib/spiffe_id.h"
 #include "lib/x509svid.h"
@@ -154,33 +155,40 @@ static kb_err pin_setup(cli *c, tls_pin *p)
     return KB_OK;
 }
 
-kb_err cli_transport_https(cli *c, const char *method, const char *path, const char *query,
-                           const char *body, size_t body_len, api_response *resp)
+/* Methods that mean the same when sent twice (RFC 9110 9.2.2): only these are sent to another
+ * server once the first may have received them. */
+static int idempotent(const char *method)
 {
-    tls_pin pin;
+    return strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
+           strcmp(method, "PUT") == 0 || strcmp(method, "DELETE") == 0 ||
+           strcmp(method, "OPTIONS") == 0;
+}
+
+/* One exchange with one server. *again: this failure may be retried on the next server (a
+ * transport failure or a 502/503/504, and the request idempotent or never sent); *why says what
+ * happened, for the failover line. */
+static kb_err attempt(cli *c, tls_pin *pin, const char *base, const char *method, const char *path,
+                      const char *query, const char *body, size_t body_len, api_response *resp,
+                      int *again, char *why, size_t why_len)
+{
     sink sk;
     kb_dbuf url;
     CURL *h = NULL;
     struct curl_slist *hdrs = NULL;
-    long status = 0;
+    long status = 0, sent = 0;
     kb_err rc = KB_OK;
     CURLcode cc;
-    const char *base = kb_config_str(c->cfg, "client", "server_url");
 
+    *again = 0;
+    why[0] = '\0';
     memset(resp, 0, sizeof(*resp));
-    memset(&pin, 0, sizeof(pin));
     memset(&sk, 0, sizeof(sk));
+    pin->why[0] = '\0';
+    pin->verified = 0;
     kb_dbuf_init(&sk.body, HTTPS_RESPONSE_MAX);
     kb_dbuf_init(&url, 8192);
-    pthread_once(&curl_once, curl_init_once);
-    KB_GUARD_OUT(rc, pin_setup(c, &pin));
-    if (base == NULL || strncmp(base, "https://", 8) != 0) {
-        fprintf(stderr, "keybridge: [client] server_url must be https://HOST:PORT\n");
-        rc = KB_ERR_CONFIG;
-        goto out;
-    }
     KB_GUARD_OUT(rc, kb_dbuf_addstr(&url, base));
-    if (url.len > 0 && url.p[url.len - 1] == '/')
+    while (url.len > 8 && url.p[url.len - 1] == '/')
         url.p[--url.len] = '\0';
     KB_GUARD_OUT(rc, kb_dbuf_addstr(&url, path));
     if (query && query[0])
@@ -204,7 +212,7 @@ kb_err cli_transport_https(cli *c, const char *method, const char *path, const c
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
     curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
-    curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, &pin);
+    curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, pin);
     curl_easy_setopt(h, CURLOPT_SSL_SESSIONID_CACHE, 0L);
     if (body != NULL && body_len > 0) {
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
@@ -216,27 +224,35 @@ kb_err cli_transport_https(cli *c, const char *method, const char *path, const c
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &sk);
     cc = curl_easy_perform(h);
     if (cc != CURLE_OK) {
-        if (pin.why[0])
-            fprintf(stderr, "keybridge: %s; refusing to talk to this server\n", pin.why);
+        /* bytes of the request written: 0 means the server got nothing (connect or handshake) */
+        if (curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent) != CURLE_OK)
+            sent = 1;
+        *again = idempotent(method) || sent == 0;
+        if (pin->why[0])
+            snprintf(why, why_len, "%s; refusing to talk to this server", pin->why);
         else
-            fprintf(stderr, "keybridge: request to %s failed: %s\n", base, curl_easy_strerror(cc));
-        rc = pin.why[0] ? KB_ERR_AUTH : KB_ERR_UNAVAILABLE;
+            snprintf(why, why_len, "request to %s failed: %s", base, curl_easy_strerror(cc));
+        rc = pin->why[0] ? KB_ERR_AUTH : KB_ERR_UNAVAILABLE;
         goto out;
     }
-    if (!pin.verified) {
+    if (!pin->verified) {
         /* Cannot happen with VERIFYPEER on; fail closed if it ever does. */
-        fprintf(stderr, "keybridge: server identity was not verified; refusing\n");
+        snprintf(why, why_len, "server identity was not verified; refusing");
         rc = KB_ERR_AUTH;
         goto out;
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     resp->status = (int)status;
     resp->retry_after = sk.retry_after;
+    if (kb_failover_status(resp->status) && idempotent(method)) {
+        *again = 1;
+        snprintf(why, why_len, "%s answered HTTP %ld", base, status);
+    }
     if (sk.body.len > 0) {
         json_error_t je;
         resp->body = json_loadb((const char *)sk.body.p, sk.body.len, JSON_REJECT_DUPLICATES, &je);
         if (resp->body == NULL) {
-            fprintf(stderr, "keybridge: server sent a malformed response (HTTP %ld)\n", status);
+            snprintf(why, why_len, "server sent a malformed response (HTTP %ld)", status);
             rc = KB_ERR_INVALID;
             goto out;
         }
@@ -251,6 +267,57 @@ out:
         curl_easy_cleanup(h);
     kb_dbuf_free(&sk.body); /* wiped: it may have held secret content */
     kb_dbuf_free(&url);
+    return rc;
+}
+
+/* The request to each server of the list in this client's order (docs/failover.md) until one
+ * answers with something other than a failure worth another server. */
+kb_err cli_transport_https(cli *c, const char *method, const char *path, const char *query,
+                           const char *body, size_t body_len, api_response *resp)
+{
+    tls_pin pin;
+    kb_urllist own, *list = &c->servers;
+    kb_err rc = KB_OK;
+    char why[600];
+
+    memset(resp, 0, sizeof(*resp));
+    memset(&pin, 0, sizeof(pin));
+    memset(&own, 0, sizeof(own));
+    pthread_once(&curl_once, curl_init_once);
+    KB_GUARD_OUT(rc, pin_setup(c, &pin));
+    if (list->n == 0) {
+        const char *base = kb_config_str(c->cfg, "client", "server_url");
+        if (base == NULL || kb_urllist_add(&own, base, "https://") != KB_OK) {
+            fprintf(stderr,
+                    "keybridge: [client] server_url must be https://HOST:PORT, or a "
+                    "comma-separated list of at most %d\n",
+                    KB_FAILOVER_MAX_URLS);
+            rc = KB_ERR_CONFIG;
+            goto out;
+        }
+        list = &own;
+    }
+    kb_urllist_order(list, spiffe_id_str(x509svid_id(pin.svid)));
+    for (size_t i = 0; i < list->n; i++) {
+        int again = 0;
+        const char *base = kb_urllist_at(list, i);
+        rc = attempt(c, &pin, base, method, path, query, body, body_len, resp, &again, why,
+                     sizeof(why));
+        if (again && i + 1 < list->n) {
+            fprintf(stderr, "keybridge: %s; trying %s\n", why, kb_urllist_at(list, i + 1));
+            api_response_clear(resp);
+            continue;
+        }
+        if (rc != KB_OK) {
+            fprintf(stderr, "keybridge: %s\n", why);
+        } else {
+            kb_log(list->n > 1 ? KB_LOG_INFO : KB_LOG_DEBUG, "keybridged_server", "server", base,
+                   NULL);
+        }
+        break;
+    }
+out:
+    kb_urllist_free(&own);
     x509svid_free(pin.svid);
     spiffe_bundle_set_free(pin.bs);
     return rc;

@@ -110,10 +110,11 @@ class Resetter:
 
 
 class StatusServer:
-    """TLS with a valid keybridged SVID; answers every request with `status`."""
+    """TLS with a valid keybridged SVID; answers every request with `status` (None: reads the
+    request and closes without an answer). Counts connections and requests."""
 
     def __init__(self, cert, key, status):
-        self.status, self.requests = status, 0
+        self.status, self.requests, self.conns = status, 0, 0
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
         self.ls = socket.socket()
@@ -128,6 +129,7 @@ class StatusServer:
                 c, _ = self.ls.accept()
             except OSError:
                 return
+            self.conns += 1
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c):
@@ -147,6 +149,9 @@ class StatusServer:
             while len(rest) < n:
                 rest += s.recv(4096)
             self.requests += 1
+            if self.status is None:
+                rst_close(s)
+                return
             body = json.dumps({"error": "nope", "message": f"status {self.status}"}).encode()
             extra = "Retry-After: 1\r\n" if self.status == 503 else ""
             s.sendall(f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\n"
