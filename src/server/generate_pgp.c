@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -87,17 +88,30 @@ static int wipe_one(const char *path, const struct stat *st, int type, struct FT
 static bool gpgconf(const char *home, const char *arg1, const char *arg2)
 {
     char *argv[] = {"gpgconf", "--homedir", (char *)home, (char *)arg1, (char *)arg2, NULL};
+    /* the gpgconf gpgme itself uses (an absolute path), not whatever PATH finds */
+    const char *bin = gpg_ready ? gpgme_get_dirinfo("gpgconf-name") : NULL;
     posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none;
     pid_t pid;
     int st = 0, e;
 
-    if (posix_spawn_file_actions_init(&fa) != 0)
+    if (bin == NULL || bin[0] != '/' || posix_spawn_file_actions_init(&fa) != 0)
         return false;
+    if (posix_spawnattr_init(&at) != 0) {
+        posix_spawn_file_actions_destroy(&fa);
+        return false;
+    }
+    /* keybridged's threads block SIGTERM/SIGINT/SIGHUP (kb_prog_serve): not the child's */
+    sigemptyset(&none);
+    (void)posix_spawnattr_setsigmask(&at, &none);
+    (void)posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
     (void)posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     (void)posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
     (void)posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    e = posix_spawnp(&pid, "gpgconf", &fa, NULL, argv, environ);
+    e = posix_spawn(&pid, bin, &fa, &at, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
     if (e != 0)
         return false;
     while (waitpid(pid, &st, 0) < 0)
@@ -113,6 +127,7 @@ kb_err gen_pgp_home_wipe(const char *home)
     KB_ENSURE_REF(home);
     if (lstat(home, &hs) != 0 && errno == ENOENT)
         return KB_OK;
+    pthread_once(&gpg_once, gpg_init);
     /* The agent (and anything else gpg started for this home) first, so that nothing holds or
      * rewrites a file while it is wiped; then its socket directory, if it has one elsewhere
      * (/run/user/UID/gnupg/d.*). A missing gpgconf leaves the agent to notice its socket gone. */
@@ -138,13 +153,16 @@ kb_err gen_pgp_home_wipe(const char *home)
     return rc;
 }
 
-kb_err gen_pgp_home_new(char *buf, size_t len)
+kb_err gen_pgp_home_new(const char *base_dir, char *buf, size_t len)
 {
     /* tmpfs first, so that the key files never reach a disk */
     const char *const bases[] = {"/dev/shm", getenv("TMPDIR"), "/tmp"};
     KB_ENSURE_REF(buf);
+    KB_ENSURE(len > 0, KB_ERR_INVALID);
     for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++) {
-        const char *base = bases[i];
+        const char *base = base_dir ? base_dir : bases[i];
+        if (base_dir != NULL && i > 0)
+            break;
         struct stat st;
         if (base == NULL || base[0] != '/')
             continue;
@@ -315,12 +333,13 @@ out:
 kb_err gen_pgp_make(const char *uid, int64_t expires_at, int64_t now, kb_secret **secret,
                     char **pub, int64_t *expires)
 {
-    return gen_pgp_make_algo(uid, GEN_PGP_ALGO, GEN_PGP_SUBALGO, expires_at, now, secret, pub,
+    return gen_pgp_make_algo(NULL, uid, GEN_PGP_ALGO, GEN_PGP_SUBALGO, expires_at, now, secret, pub,
                              expires);
 }
 
-kb_err gen_pgp_make_algo(const char *uid, const char *algo, const char *subalgo, int64_t expires_at,
-                         int64_t now, kb_secret **secret, char **pub, int64_t *expires)
+kb_err gen_pgp_make_algo(const char *base_dir, const char *uid, const char *algo,
+                         const char *subalgo, int64_t expires_at, int64_t now, kb_secret **secret,
+                         char **pub, int64_t *expires)
 {
     char home[256];
     kb_err rc, wrc;
@@ -341,7 +360,7 @@ kb_err gen_pgp_make_algo(const char *uid, const char *algo, const char *subalgo,
         kb_log(KB_LOG_ERROR, "gen_pgp_unavailable", "why", "gpgme or gpg not usable", NULL);
         return KB_ERR_UNAVAILABLE;
     }
-    KB_GUARD(gen_pgp_home_new(home, sizeof(home)));
+    KB_GUARD(gen_pgp_home_new(base_dir, home, sizeof(home)));
     rc = make_in(home, uid, algo, subalgo, (unsigned long)(expires_at - now), secret, pub, expires);
     wrc = gen_pgp_home_wipe(home);
     if (rc == KB_OK && wrc != KB_OK) {

@@ -122,22 +122,22 @@ static void pgp_limits(void **state)
     assert_kb(gen_check(&p, NULL), KB_ERR_INVALID);
 }
 
-/* Directories named kb-gpg-* under /dev/shm, /tmp and TMPDIR, and processes whose command line
- * names one (a gpg-agent left running for a home). */
+/* The directory the tests' GnuPG homes are made in (their own, so that a keybridged or another
+ * test running at the same time, whose homes are in /dev/shm, is not counted). */
+static char g_base[300];
+
+/* Homes left in g_base, and processes whose command line names g_base (a gpg-agent left running
+ * for one of them). */
 static int leftovers(void)
 {
-    const char *const dirs[] = {"/dev/shm", "/tmp", getenv("TMPDIR")};
     int n = 0;
-    for (size_t i = 0; i < 3; i++) {
-        DIR *d = dirs[i] ? opendir(dirs[i]) : NULL;
-        struct dirent *e;
-        while (d && (e = readdir(d)) != NULL)
-            n += strncmp(e->d_name, "kb-gpg-", 7) == 0;
-        if (d)
-            closedir(d);
-    }
-    DIR *p = opendir("/proc");
+    DIR *d = opendir(g_base);
     struct dirent *e;
+    while (d && (e = readdir(d)) != NULL)
+        n += strncmp(e->d_name, "kb-gpg-", 7) == 0;
+    if (d)
+        closedir(d);
+    DIR *p = opendir("/proc");
     while (p && (e = readdir(p)) != NULL) {
         char path[300], cmd[4096];
         if (e->d_name[0] < '1' || e->d_name[0] > '9')
@@ -151,17 +151,18 @@ static int leftovers(void)
             if (cmd[k] == '\0')
                 cmd[k] = ' ';
         cmd[len] = '\0';
-        n += strstr(cmd, "kb-gpg-") != NULL;
+        n += strstr(cmd, g_base) != NULL;
     }
     if (p)
         closedir(p);
     return n;
 }
 
-static int leftovers_settled(int before)
+/* Leftovers after up to 2 s (an agent told to stop may take a moment to exit). */
+static int leftovers_settled(void)
 {
     int n = leftovers();
-    for (int i = 0; i < 40 && n > before; i++) {
+    for (int i = 0; i < 40 && n > 0; i++) {
         usleep(50 * 1000);
         n = leftovers();
     }
@@ -174,10 +175,10 @@ static void pgp_make(void **state)
     char *pub = NULL;
     int64_t now = (int64_t)time(NULL), exp = 0, want = now + 30 * 86400, got = 0;
     expiry_kind kind;
-    int before = leftovers();
     (void)state;
-    gen_params p = {.type = "openpgp", .uid = "Unit Test <unit@example.org>", .expires_at = want};
-    assert_ok(gen_make(ks, &p, "n", &c, &pub, &exp));
+    assert_int_equal(leftovers(), 0);
+    assert_ok(gen_pgp_make_algo(g_base, "Unit Test <unit@example.org>", GEN_PGP_ALGO,
+                                GEN_PGP_SUBALGO, want, now, &c, &pub, &exp));
     assert_non_null(c);
     assert_non_null(pub);
     assert_true(kb_secret_len(c) > 100 && kb_secret_len(c) <= GEN_PGP_ARMOR_MAX);
@@ -196,15 +197,15 @@ static void pgp_make(void **state)
     free(pub);
     c = NULL;
     pub = NULL;
-    /* the default: 2 years, uid from the caller */
-    p = (gen_params){.type = "openpgp"};
+    /* the temporary home is gone, and so is its agent */
+    assert_int_equal(leftovers_settled(), 0);
+    /* through gen_make (home in /dev/shm), the defaults: 2 years, uid from the caller */
+    gen_params p = {.type = "openpgp"};
     assert_ok(gen_make(ks, &p, "payments-signing", &c, &pub, &exp));
     assert_true(exp >= now + GEN_PGP_EXPIRES_DEFAULT_SECS - 5 &&
                 exp <= now + GEN_PGP_EXPIRES_DEFAULT_SECS + 60);
     kb_secret_free(c);
     free(pub);
-    /* the temporary homes are gone, and so are their agents */
-    assert_int_equal(leftovers_settled(before), before);
 }
 
 /* A failure inside GnuPG (an algorithm it refuses: before any key, and after the primary key's
@@ -214,18 +215,18 @@ static void pgp_failure_wipes(void **state)
     kb_secret *c = NULL;
     char *pub = NULL;
     int64_t now = (int64_t)time(NULL), exp = 7;
-    int before = leftovers();
     (void)state;
-    assert_kb(gen_pgp_make_algo("x", "no-such-algo", GEN_PGP_SUBALGO, now + 86400 * 10, now, &c,
-                                &pub, &exp),
+    assert_kb(gen_pgp_make_algo(g_base, "x", "no-such-algo", GEN_PGP_SUBALGO, now + 86400 * 10, now,
+                                &c, &pub, &exp),
               KB_ERR_CRYPTO);
-    assert_kb(
-        gen_pgp_make_algo("x", GEN_PGP_ALGO, "no-such-algo", now + 86400 * 10, now, &c, &pub, &exp),
-        KB_ERR_CRYPTO);
+    assert_int_equal(leftovers_settled(), 0);
+    assert_kb(gen_pgp_make_algo(g_base, "x", GEN_PGP_ALGO, "no-such-algo", now + 86400 * 10, now,
+                                &c, &pub, &exp),
+              KB_ERR_CRYPTO);
     assert_null(c);
     assert_null(pub);
     assert_int_equal(exp, 0);
-    assert_int_equal(leftovers_settled(before), before);
+    assert_int_equal(leftovers_settled(), 0);
     /* out of range before anything is made */
     assert_kb(gen_pgp_make("x", now + 10, now, &c, &pub, &exp), KB_ERR_INVALID);
     assert_kb(gen_pgp_make("a\tb", now + 86400 * 10, now, &c, &pub, &exp), KB_ERR_INVALID);
@@ -239,7 +240,14 @@ static void pgp_home(void **state)
     char home[256], path[300];
     struct stat st;
     (void)state;
-    assert_ok(gen_pgp_home_new(home, sizeof(home)));
+    /* the default place: /dev/shm here (a tmpfs) */
+    assert_ok(gen_pgp_home_new(NULL, home, sizeof(home)));
+    assert_memory_equal(home, "/dev/shm/kb-gpg-", 16);
+    assert_int_equal(lstat(home, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    assert_ok(gen_pgp_home_wipe(home));
+    assert_int_equal(lstat(home, &st), -1);
+    assert_ok(gen_pgp_home_new(g_base, home, sizeof(home)));
     assert_int_equal(lstat(home, &st), 0);
     assert_true(S_ISDIR(st.st_mode));
     assert_int_equal(st.st_mode & 0777, 0700);
@@ -261,7 +269,9 @@ static void pgp_home(void **state)
     assert_int_equal(lstat(home, &st), -1);
     assert_int_equal(errno, ENOENT);
     assert_ok(gen_pgp_home_wipe(home)); /* already gone: fine */
-    assert_kb(gen_pgp_home_new(NULL, 0), KB_ERR_NULL);
+    assert_kb(gen_pgp_home_new(NULL, NULL, 0), KB_ERR_NULL);
+    assert_kb(gen_pgp_home_new("/nonexistent/dir", home, sizeof(home)), KB_ERR_IO);
+    assert_int_equal(leftovers(), 0);
 }
 
 static void make(void **state)
@@ -328,13 +338,16 @@ int main(void)
         return 1;
     }
     snprintf(path, sizeof(path), "%s/ks", d);
-    if (kb_keystore_create_file(path) != KB_OK || kb_keystore_open_file(path, &ks) != KB_OK) {
+    snprintf(g_base, sizeof(g_base), "%s/gpg", d);
+    if (kb_keystore_create_file(path) != KB_OK || kb_keystore_open_file(path, &ks) != KB_OK ||
+        mkdir(g_base, 0700) != 0) {
         free(d);
         return 1;
     }
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     kb_keystore_free(ks);
     unlink(path);
+    rmdir(g_base);
     rmdir(d);
     free(d);
     return rc;
