@@ -8,6 +8,7 @@
 #include "serve.h"
 #include "server_config.h"
 #include "service.h"
+#include "store.h"
 
 static int cmd_bootstrap(const kb_config *cfg, int argc, char **argv)
 {
@@ -82,10 +83,37 @@ static int cmd_recover_admin(const kb_config *cfg, int argc, char **argv)
     return KB_EXIT_OK;
 }
 
+static int cmd_migrate(const kb_config *cfg, int argc, char **argv)
+{
+    int version = 0;
+    kb_err rc;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: keybridged [--config FILE] migrate\n\n"
+                   "Apply the pending schema migrations to [store] url and print the schema\n"
+                   "version reached. With PostgreSQL, run it once (from one host) before starting\n"
+                   "replicas of a newer keybridged: serve refuses an older schema. Refuses a\n"
+                   "database newer than this binary.\n");
+            return KB_EXIT_OK;
+        }
+        fprintf(stderr, "keybridged migrate: unexpected '%s' (see --help)\n", argv[i]);
+        return KB_EXIT_USAGE;
+    }
+    rc = svc_migrate(cfg, &version);
+    if (rc != KB_OK) {
+        fprintf(stderr, "keybridged migrate: failed (%s); see the log above\n", kb_err_str(rc));
+        return kb_exit_code(rc);
+    }
+    printf("schema version %d (this binary writes %d)\n", version,
+           store_schema_version_supported());
+    return KB_EXIT_OK;
+}
+
 static const kb_subcmd cmds[] = {
     {"bootstrap", cmd_bootstrap, "create the store, master keys and first admin"},
     {"recover-admin", cmd_recover_admin,
      "break-glass: make an ID an enabled admin when none is left (audited)"},
+    {"migrate", cmd_migrate, "apply pending database schema migrations (PostgreSQL: required)"},
     {"serve", serve_main, "serve the client, Keywhiz and admin APIs over mTLS"},
     {NULL, NULL, NULL},
 };

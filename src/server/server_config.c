@@ -25,7 +25,8 @@ const kb_config_key server_config_keys[] = {
     {"server", "metrics_listen", KB_CFG_STRING, "127.0.0.1:9464",
      "Prometheus metrics address (plain HTTP, loopback only); empty disables"},
     {"store", "url", KB_CFG_STRING, "sqlite:/var/lib/keybridge/keybridged.db",
-     "database: sqlite:PATH (PostgreSQL later)"},
+     "database: sqlite:PATH, or a libpq URI postgresql://USER@HOST:PORT/DB?passfile=PATH"
+     "&sslmode=verify-full (password only in a 0600 passfile; run `keybridged migrate` first)"},
     {"store", "max_content_bytes", KB_CFG_INT, "65536",
      "largest secret content; cloud-synced secrets are capped at 65536 whatever this says"},
     {"store", "integrity_check_interval", KB_CFG_DURATION, "60s",

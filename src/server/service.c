@@ -191,7 +191,24 @@ static kb_err open_budget(const kb_config *cfg, hsm_budget **b, dkcache **c)
     return rc;
 }
 
+static kb_err svc_open_ex(const kb_config *cfg, bool create, bool migrate, svc **out);
+
 kb_err svc_open(const kb_config *cfg, bool create, svc **out)
+{
+    return svc_open_ex(cfg, create, create, out);
+}
+
+kb_err svc_migrate(const kb_config *cfg, int *version)
+{
+    svc *s = NULL;
+    kb_err rc = svc_open_ex(cfg, false, true, &s);
+    if (rc == KB_OK)
+        rc = store_schema_version(s->st, version);
+    svc_close(s);
+    return rc;
+}
+
+static kb_err svc_open_ex(const kb_config *cfg, bool create, bool migrate, svc **out)
 {
     svc *s;
     kb_err rc = KB_OK;
@@ -228,6 +245,7 @@ kb_err svc_open(const kb_config *cfg, bool create, svc **out)
 
     memset(&so, 0, sizeof(so));
     so.row_mac_key = s->rowmac_key;
+    so.migrate = migrate; /* PostgreSQL: only bootstrap and `keybridged migrate` */
     if (kb_config_int(cfg, "store", "max_content_bytes") <= 0) {
         kb_log(KB_LOG_ERROR, "config_invalid", "key", "store.max_content_bytes", "msg",
                "must be a positive number of bytes", NULL);

@@ -143,6 +143,11 @@ KB_WUR kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_clie
  * for admin_spiffe_id. Refuses (KB_ERR_EXISTS) if any client exists already. */
 KB_WUR kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id);
 
+/* `keybridged migrate`: open the store with its pending schema migrations applied (the
+ * PostgreSQL backend applies them only here and at bootstrap; SQLite at every open) and give the
+ * schema version reached. KB_ERR_SCHEMA if the database is newer than this binary. */
+KB_WUR kb_err svc_migrate(const kb_config *cfg, int *version);
+
 /* Break-glass recovery on the server host (`keybridged recover-admin`): make admin_spiffe_id an
  * enabled admin (creating the client if needed). Needs the token (PIN) like every svc_open.
  * Refuses (KB_ERR_EXISTS) while an enabled admin exists unless force. Audited as
