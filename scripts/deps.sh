@@ -9,6 +9,8 @@ PKGS=(
   nginx apache2-utils prometheus jq util-linux procps
   # keybridged's OpenPGP key generation (gpgme; gpg and gpg-agent run it) and its tests
   libgpgme-dev gpg gpg-agent
+  # the console's browser test (tests/browser: playwright-core drives it)
+  chromium
   # bench/herd/plot.py (and test_bench, which draws the committed series)
   python3-matplotlib
   # the Lambda artifact (scripts/package-lambda.sh): zip, the arm64 cross build and its test
@@ -18,6 +20,10 @@ PKGS=(
   # man and groff (pages), systemd-analyze, deb-systemd-helper, adduser (maintainer scripts)
   dpkg-dev file man-db groff-base systemd init-system-helpers adduser debconf
 )
+# The console's browser test runs playwright-core (npm) under Node: Debian's nodejs and npm,
+# unless a Node with npm is installed already (a NodeSource nodejs bundles npm and conflicts
+# with Debian's npm package).
+command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
 # libevent-dev is not Multi-Arch: same, so libevent-dev:arm64 cannot be installed beside the
 # amd64 one: its static archives (all the arm64 build needs; the headers are identical) are
 # extracted from the package into LEV_ARM64 instead.

@@ -71,5 +71,6 @@ int cli_cmd_secret(cli *c, int argc, char **argv);
 int cli_cmd_read(cli *c, int argc, char **argv);
 int cli_cmd_list(cli *c, int argc, char **argv);
 int cli_cmd_admin(cli *c, int argc, char **argv);
+int cli_cmd_console(cli *c, int argc, char **argv);
 
 #endif

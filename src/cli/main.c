@@ -84,6 +84,11 @@ static int list(const kb_config *cfg, int argc, char **argv)
     return run(cfg, cli_cmd_list, argc, argv);
 }
 
+static int console_(const kb_config *cfg, int argc, char **argv)
+{
+    return run(cfg, cli_cmd_console, argc, argv);
+}
+
 static const kb_subcmd commands[] = {
     {"secret", secret,
      "secrets: create, put, get, list, show, versions, status, rollback, delete, restore, purge"},
@@ -97,6 +102,7 @@ static const kb_subcmd commands[] = {
     {"admin", admin, "all of the admin groups above, under one name"},
     {"read", read_, "read a secret as a client (client API)"},
     {"list", list, "list what the client may read (client API)"},
+    {"console", console_, "console login: a one-time URL for the web console"},
     {NULL, NULL, NULL},
 };
 

@@ -672,12 +672,24 @@ static void handle(svc *s, const api_request *req, api_response *r, bool raw_ok)
     }
 
     if (c.nseg >= 2 && is(c.seg[0], "v1") && is(c.seg[1], "admin")) {
-        if (!who.admin) {
+        /* Admins manage everything; an owner (a member of secrets' owner groups) manages only
+         * those secrets, through the routes api_admin lets owners use (service.h, svc_scope). */
+        svc_scope sc;
+        rc = svc_scope_get(s, &who, &sc);
+        if (rc != KB_OK) {
+            api_error_kb(r, rc, "");
+            goto out;
+        }
+        if (!svc_console_allowed(&who, &sc)) {
+            svc_scope_clear(&sc);
             svc_audit_event(s, &c.actor, "admin.denied", req->path, 0, KB_ERR_DENIED);
             api_error(r, 403, "denied", "admin identity required");
             goto out;
         }
+        c.scope = &sc;
         api_admin(s, &c, &who, r);
+        c.scope = NULL;
+        svc_scope_clear(&sc);
         goto out;
     }
     if (c.nseg == 2 && is(c.seg[0], "v1") && is(c.seg[1], "secrets")) {

@@ -1,7 +1,9 @@
 /* api_admin.c - the admin API (/v1/admin/...): secrets, versions, groups, clients,
  * memberships, grants, expiry and audit. The caller (api_handle) has already checked that the
- * client is an enabled admin. Content reads and writes go through service.h (sealing, checksum,
- * audit); other changes call store.h and are audited here with svc_audit_event, success or not.
+ * client is an enabled admin or an owner (c->scope, service.h svc_scope): owners pass owner_gate
+ * first and see only the secrets of their groups. Content reads and writes go through service.h
+ * (sealing, checksum, audit); other changes call store.h and are audited here with
+ * svc_audit_event, success or not.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +232,26 @@ static json_t *records_json(const store_record *recs, size_t n, const groups_map
     return arr;
 }
 
+/* Keep the records the caller may manage (all for an admin) at the front; returns how many. The
+ * rest stay behind them in the array, to be freed with it. */
+static size_t scope_filter(const svc_scope *sc, store_record *recs, size_t n)
+{
+    size_t k = 0;
+    if (sc == NULL || sc->admin)
+        return n;
+    for (size_t i = 0; i < n; i++) {
+        if (!svc_may_manage(sc, recs[i].secret.owner_group_id))
+            continue;
+        if (i != k) {
+            store_record t = recs[k];
+            recs[k] = recs[i];
+            recs[i] = t;
+        }
+        k++;
+    }
+    return k;
+}
+
 /* ---- secrets ------------------------------------------------------------------------------ */
 
 #define ADMIN_LIST_PAGE 1000                             /* secrets rendered per step */
@@ -291,7 +313,7 @@ static void secrets_list(svc *s, api_ctx *c, api_response *r)
                                     &recs, &n, &next);
         if (rc != KB_OK)
             break;
-        rc = list_page_append(&out, recs, n, &gm, &first);
+        rc = list_page_append(&out, recs, scope_filter(c->scope, recs, n), &gm, &first);
         store_records_free(recs, n);
         recs = NULL;
         free(cursor);
@@ -752,7 +774,7 @@ static void expiring(svc *s, api_ctx *c, api_response *r)
         api_ok(r, 200,
                json_pack("{s:I,s:I,s:o}", "from", (json_int_t)c->actor.now, "to",
                          (json_int_t)(c->actor.now + within), "secrets",
-                         records_json(recs, n, &gm)));
+                         records_json(recs, scope_filter(c->scope, recs, n), &gm)));
     store_records_free(recs, n);
     store_groups_free(gm.g, gm.n);
 }
@@ -1320,6 +1342,128 @@ static void audit_route(svc *s, api_ctx *c, api_response *r)
     audit_rows_free(rows, n);
 }
 
+/* ---- owners ------------------------------------------------------------------------------- */
+
+/* The body's string member key: *present tells whether it is there at all (any type). A body
+ * that does not parse gives "absent": the handler refuses it with 400 before doing anything. */
+static const char *peek_str(api_ctx *c, const char *key, bool *present, json_t **hold)
+{
+    char why[8];
+    const json_t *v;
+    *present = false;
+    *hold = NULL;
+    if (c->req->body_len == 0 || kb_json_parse(c->req->body, c->req->body_len, API_BODY_MAX, hold,
+                                               why, sizeof(why)) != KB_OK)
+        return NULL;
+    v = json_object_get(*hold, key);
+    *present = v != NULL;
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+/* Does the body's owner_group name one of the owner's groups? (absent: absent_ok) */
+static bool owner_group_ok(svc *s, api_ctx *c, bool absent_ok)
+{
+    json_t *hold = NULL;
+    bool present, ok = false;
+    const char *g = peek_str(c, "owner_group", &present, &hold);
+    store_group grp;
+    if (!present) {
+        ok = absent_ok;
+    } else if (g != NULL && store_group_get(svc_store(s), g, &grp) == KB_OK) {
+        ok = svc_scope_has_group(c->scope, grp.id);
+        store_group_clear(&grp);
+    }
+    json_decref(hold);
+    return ok;
+}
+
+/* May the owner manage the live secret called name? Missing and not manageable are alike. */
+static bool owner_may(svc *s, api_ctx *c, const char *name, bool *missing)
+{
+    store_secret sec;
+    bool ok = false;
+    kb_err rc = store_secret_get(svc_store(s), name, false, &sec);
+    *missing = rc == KB_ERR_NOT_FOUND;
+    if (rc == KB_OK) {
+        ok = svc_may_manage(c->scope, sec.owner_group_id);
+        store_secret_clear(&sec);
+    }
+    return ok;
+}
+
+#define OWNER_GROUP_MSG "owners create and move secrets only into one of their own groups"
+
+/* For a caller who is not an admin: may this request go on? false = r holds the refusal (403
+ * for routes owners never use or an owner group not theirs, the usual 404 for a secret they may
+ * not manage, so its existence is not disclosed). Denials are audited as admin.denied. */
+static bool owner_gate(svc *s, api_ctx *c, api_response *r)
+{
+    const char *m = c->req->method, *coll = c->seg[2];
+    bool get = is(m, "GET"), missing = false;
+    const char *forbid = "admin identity required";
+
+    if (is(coll, "secrets") && c->nseg == 3) {
+        if (get)
+            return true;
+        if (is(m, "POST") && owner_group_ok(s, c, false))
+            return true;
+        forbid = OWNER_GROUP_MSG;
+    } else if (is(coll, "secrets") && (c->nseg == 4 || c->nseg == 5)) {
+        const char *name = c->seg[3], *act = c->nseg == 5 ? c->seg[4] : NULL;
+        bool allowed =
+            act == NULL
+                ? (get || is(m, "PUT") || is(m, "PATCH"))
+                : (get && (is(act, "content") || is(act, "versions") || is(act, "status"))) ||
+                      (is(m, "POST") && is(act, "generate"));
+        if (allowed && model_name_check(name) == KB_OK) {
+            if (owner_may(s, c, name, &missing)) {
+                if (!is(m, "PATCH") || owner_group_ok(s, c, true))
+                    return true;
+                forbid = OWNER_GROUP_MSG;
+            } else if (missing && act != NULL && is(act, "generate")) {
+                if (owner_group_ok(s, c, false))
+                    return true; /* generate creates the secret */
+                forbid = OWNER_GROUP_MSG;
+            } else {
+                api_error(r, 404, "not_found", "secret not found");
+                return false;
+            }
+        } else if (allowed) {
+            return true; /* the handler answers the bad name with 400 */
+        }
+    } else if (is(coll, "expiring") && get) {
+        return true;
+    } else if (is(coll, "groups") && get && c->nseg == 3) {
+        return true; /* names to grant to; members only of their own groups (below) */
+    } else if (is(coll, "groups") && get && c->nseg == 4) {
+        store_group g;
+        bool ok = false;
+        if (model_name_check(c->seg[3]) != KB_OK)
+            return true;
+        if (store_group_get(svc_store(s), c->seg[3], &g) == KB_OK) {
+            ok = svc_scope_has_group(c->scope, g.id);
+            store_group_clear(&g);
+        }
+        if (ok)
+            return true;
+        api_error(r, 404, "not_found", "group not found");
+        return false;
+    } else if (is(coll, "grants") && c->nseg == 3 && (is(m, "POST") || is(m, "DELETE"))) {
+        json_t *hold = NULL;
+        bool present;
+        const char *sec = peek_str(c, "secret", &present, &hold);
+        bool ok = sec == NULL || model_name_check(sec) != KB_OK || owner_may(s, c, sec, &missing);
+        json_decref(hold);
+        if (ok)
+            return true; /* a malformed body is the handler's 400 */
+        api_error(r, 404, "not_found", "group, secret or grant not found");
+        return false;
+    }
+    svc_audit_event(s, &c->actor, "admin.denied", c->req->path, 0, KB_ERR_DENIED);
+    api_error(r, 403, "denied", forbid);
+    return false;
+}
+
 /* ---- dispatch ----------------------------------------------------------------------------- */
 
 void api_admin(svc *s, api_ctx *c, const store_client *who, api_response *r)
@@ -1331,6 +1475,8 @@ void api_admin(svc *s, api_ctx *c, const store_client *who, api_response *r)
         return;
     }
     coll = c->seg[2];
+    if (c->scope != NULL && !c->scope->admin && !owner_gate(s, c, r))
+        return;
     if (is(coll, "secrets") && c->nseg <= 5)
         secrets_route(s, c, r);
     else if (is(coll, "expiring") && c->nseg == 3 && is(c->req->method, "GET"))

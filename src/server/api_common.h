@@ -50,6 +50,7 @@ int api_status_for(kb_err e);
 typedef struct {
     const api_request *req;
     svc_actor actor;
+    const svc_scope *scope; /* admin routes: what the caller may manage (service.h) */
     char *path_copy;
     const char *seg[API_SEGS_MAX];
     size_t nseg;

@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "api.h"
+#include "console.h"
 #include "lib/httpd.h"
 #include "lib/json.h"
 #include "lib/log.h"
@@ -38,6 +39,8 @@ typedef struct {
     svc *s;
     kb_httpd *h;
     kb_httpd *mh;
+    kb_httpd *ch; /* the console listener, or NULL */
+    console *cn;  /* NULL when [console] listen is unset */
     metrics *m;
     notify *nt;
     const char *td;
@@ -227,11 +230,91 @@ static void handle(kb_http_req *hr, void *arg)
         q.peer = kb_http_req_peer_addr(hr);
         q.spiffe_id = kb_http_req_peer_id(hr);
         q.now = (int64_t)time(NULL);
-        api_handle_raw(sv->s, &q, &resp); /* reply() sends pre-rendered bodies as they are */
+        if (strcmp(path, "/v1/console/login") == 0 && sv->cn != NULL)
+            console_login(sv->cn, &q, &resp); /* `keybridge console login` */
+        else
+            api_handle_raw(sv->s, &q, &resp); /* reply() sends pre-rendered bodies as they are */
     }
     reply(hr, &resp);
     metrics_observe(sv->m, api_route_name(method, path), resp.status, mono_now() - t0);
     api_response_clear(&resp);
+}
+
+/* The console listener (TLS, no client certificate): console.h does the work; every answer
+ * carries its security headers. */
+static void handle_console(kb_http_req *hr, void *arg)
+{
+    server *sv = arg;
+    console_request q;
+    console_response r;
+    memset(&q, 0, sizeof(q));
+    q.method = kb_http_req_method(hr);
+    q.path = kb_http_req_path(hr);
+    q.query = kb_http_req_query(hr);
+    q.cookie = kb_http_req_header(hr, "Cookie");
+    q.csrf = kb_http_req_header(hr, CONSOLE_CSRF_HEADER);
+    kb_http_req_body(hr, &q.body, &q.body_len);
+    q.peer = kb_http_req_peer_addr(hr);
+    q.now = (int64_t)time(NULL);
+    console_handle(sv->cn, &q, &r);
+    for (size_t i = 0; console_headers[i][0] != NULL; i++)
+        kb_http_set_header(hr, console_headers[i][0], console_headers[i][1]);
+    if (r.set_cookie[0] != '\0')
+        kb_http_set_header(hr, "Set-Cookie", r.set_cookie);
+    kb_http_reply(hr, r.status, r.content_type, r.body, r.len);
+    console_response_clear(&r);
+}
+
+/* [console]: open its listener and the session table (nothing when listen is unset). */
+static kb_err open_console(const kb_config *cfg, server *sv)
+{
+    const char *listen = kb_config_str(cfg, "console", "listen");
+    const char *url = kb_config_str(cfg, "console", "url");
+    char buf[CONSOLE_URL_MAX];
+    kb_httpd_opts co;
+    console_opts opts;
+    kb_err rc;
+    if (listen == NULL || listen[0] == '\0')
+        return KB_OK;
+    memset(&co, 0, sizeof(co));
+    co.listen = listen;
+    co.threads = 1;
+    co.cert_file = kb_config_str(cfg, "server", "cert_file");
+    co.key_file = kb_config_str(cfg, "server", "key_file");
+    co.max_connections = 256;
+    co.max_handshakes = 64;
+    co.max_body_bytes = API_BODY_MAX;
+    co.timeout_secs = (int)kb_config_duration(cfg, "server", "timeout");
+    co.handler = handle_console;
+    co.handler_arg = sv;
+    rc = kb_httpd_new(&co, &sv->ch);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "listen_failed", "addr", listen, "error", kb_err_str(rc), NULL);
+        return rc;
+    }
+    if (url == NULL || url[0] == '\0') {
+        /* https://HOST:BOUND_PORT from the listen address (its port may be 0). */
+        const char *colon = strrchr(listen, ':');
+        int hl = colon ? (int)(colon - listen) : (int)strlen(listen);
+        snprintf(buf, sizeof(buf), "https://%.*s:%d", hl, listen, kb_httpd_port(sv->ch));
+        url = buf;
+    }
+    memset(&opts, 0, sizeof(opts));
+    opts.url = url;
+    opts.login_ttl = kb_config_duration(cfg, "console", "login_ttl");
+    opts.session_ttl = kb_config_duration(cfg, "console", "session_ttl");
+    rc = console_new(sv->s, &opts, &sv->cn);
+    if (rc != KB_OK) {
+        kb_log(KB_LOG_ERROR, "config_invalid", "section", "console", "msg",
+               "login_ttl and session_ttl must be 1s..1d, url at most 511 characters", NULL);
+        return rc;
+    }
+    {
+        char port[16];
+        snprintf(port, sizeof(port), "%d", kb_httpd_port(sv->ch));
+        kb_log(KB_LOG_INFO, "console_listening", "addr", listen, "port", port, NULL);
+    }
+    return KB_OK;
 }
 
 static void handle_metrics(kb_http_req *hr, void *arg)
@@ -324,6 +407,8 @@ static void reload(void *arg)
 {
     server *sv = arg;
     kb_err rc = kb_httpd_reload(sv->h);
+    if (rc == KB_OK && sv->ch != NULL)
+        rc = kb_httpd_reload(sv->ch);
     pthread_mutex_lock(&sv->mu);
     kb_err brc = bundle_reload_locked(sv, true);
     pthread_mutex_unlock(&sv->mu);
@@ -443,6 +528,10 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
         snprintf(port, sizeof(port), "%d", kb_httpd_port(sv.mh));
         kb_log(KB_LOG_INFO, "metrics_listening", "addr", mlisten, "port", port, NULL);
     }
+    if ((rc = open_console(cfg, &sv)) != KB_OK) {
+        code = kb_exit_code(rc);
+        goto out;
+    }
     if (pthread_create(&maint_tid, NULL, maint_thread, &sv) != 0)
         goto out;
     maint_started = true;
@@ -457,7 +546,7 @@ int serve_main(const kb_config *cfg, int argc, char **argv)
                "trust_domain", sv.td, NULL);
     }
     {
-        kb_serve ks = {.listeners = {sv.h, sv.mh}, .reload = reload, .arg = &sv};
+        kb_serve ks = {.listeners = {sv.h, sv.mh, sv.ch}, .reload = reload, .arg = &sv};
         rc = kb_prog_serve(&ks);
     }
     code = rc == KB_OK ? KB_EXIT_OK : kb_exit_code(rc);
@@ -470,6 +559,8 @@ out:
         pthread_join(maint_tid, NULL);
     }
     notify_free(sv.nt); /* stops and joins the notifier first */
+    kb_httpd_free(sv.ch);
+    console_free(sv.cn);
     kb_httpd_free(sv.mh);
     kb_httpd_free(sv.h); /* releases every admitted connection: fairness must still exist */
     fairness_free(sv.fair);

@@ -90,6 +90,16 @@ const kb_config_key server_config_keys[] = {
      "again at the next scan"},
     {"notify", "backoff", KB_CFG_DURATION, "2s",
      "wait before the first retry, doubled after each failure (capped at 5m)"},
+    {"console", "listen", KB_CFG_STRING, "",
+     "web console address (HTTPS with the server certificate, no client certificate; "
+     "docs/console.md); empty = no console"},
+    {"console", "url", KB_CFG_STRING, NULL,
+     "the console's base URL printed by `keybridge console login` (no trailing slash); unset = "
+     "https://<listen host>:<port>"},
+    {"console", "login_ttl", KB_CFG_DURATION, "60s",
+     "how long a one-time login URL stays valid (1s..1d)"},
+    {"console", "session_ttl", KB_CFG_DURATION, "15m",
+     "how long a console session lives, from login (1s..1d; not extended by use)"},
     {"log", "level", KB_CFG_STRING, "info", "debug, info, warn or error"},
     {NULL, NULL, 0, NULL, NULL},
 };

@@ -922,3 +922,85 @@ out:
     svc_close(s);
     return rc;
 }
+
+/* ---- owners --------------------------------------------------------------------------------- */
+
+#define SCOPE_PAGE 1000
+
+/* Does a live secret have one of the scope's groups as its owner group? Sets sc->owner. */
+static kb_err scope_owns_any(svc *s, svc_scope *sc)
+{
+    char *cursor = NULL;
+    kb_err rc = KB_OK;
+    while (sc->n > 0 && !sc->owner) {
+        store_record *recs = NULL;
+        size_t n = 0;
+        char *next = NULL;
+        rc = store_secret_list_page(s->st, false, cursor, SCOPE_PAGE, &recs, &n, &next);
+        if (rc != KB_OK)
+            break;
+        for (size_t i = 0; i < n && !sc->owner; i++)
+            sc->owner = svc_scope_has_group(sc, recs[i].secret.owner_group_id);
+        store_records_free(recs, n);
+        free(cursor);
+        cursor = next;
+        if (cursor == NULL)
+            break;
+    }
+    free(cursor);
+    return rc;
+}
+
+kb_err svc_scope_get(svc *s, const store_client *c, svc_scope *out)
+{
+    store_group *g = NULL;
+    size_t n = 0;
+    kb_err rc;
+    memset(out, 0, sizeof(*out));
+    if (c->admin) {
+        out->admin = true;
+        return KB_OK;
+    }
+    if (!c->enabled || c->cloud)
+        return KB_OK; /* manages nothing */
+    KB_GUARD(store_client_groups(s->st, c->id, &g, &n));
+    if (n > 0) {
+        out->groups = calloc(n, sizeof(*out->groups));
+        KB_ENSURE_OUT(rc, out->groups != NULL, KB_ERR_NOMEM);
+        for (size_t i = 0; i < n; i++)
+            out->groups[i] = g[i].id;
+        out->n = n;
+    }
+    rc = scope_owns_any(s, out);
+out:
+    store_groups_free(g, n);
+    return rc;
+}
+
+void svc_scope_clear(svc_scope *sc)
+{
+    if (sc == NULL)
+        return;
+    free(sc->groups);
+    memset(sc, 0, sizeof(*sc));
+}
+
+bool svc_scope_has_group(const svc_scope *sc, int64_t group_id)
+{
+    if (sc->admin)
+        return true;
+    for (size_t i = 0; i < sc->n; i++)
+        if (group_id > 0 && sc->groups[i] == group_id)
+            return true;
+    return false;
+}
+
+bool svc_may_manage(const svc_scope *sc, int64_t owner_group_id)
+{
+    return sc->admin || (owner_group_id > 0 && svc_scope_has_group(sc, owner_group_id));
+}
+
+bool svc_console_allowed(const store_client *c, const svc_scope *sc)
+{
+    return c->enabled && (sc->admin || (sc->owner && !c->cloud));
+}

@@ -137,6 +137,33 @@ KB_WUR kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_clie
                                     const char *const *names, size_t n, store_record *rec,
                                     kb_secret **content, kb_err *errs);
 
+/* ---- owners (issue 15: the console) ------------------------------------------------------- */
+
+/* The one rule for who may manage (see, change, grant, reveal) a secret outside the client API:
+ * an enabled admin manages every secret; another enabled client that is not a cloud client
+ * manages the secrets whose owner group it is a member of (verified memberships), and nothing
+ * else. The admin API (api.c, api_admin.c) applies it to every admin route, so the console and
+ * the CLI see the same answers. */
+typedef struct {
+    bool admin;
+    bool owner;      /* not an admin, and a member of the owner group of a live secret */
+    int64_t *groups; /* a non-admin's groups (ids, verified memberships); NULL for an admin */
+    size_t n;
+} svc_scope;
+/* The scope of client c (an enabled client from svc_client_auth). For a non-admin member of
+ * groups this pages through the secrets until it finds one its groups own (owner), so a client
+ * that owns nothing costs a scan of the secret rows (admin routes only: clients never call
+ * them, and [fairness] caps every identity's request rate). */
+KB_WUR kb_err svc_scope_get(svc *s, const store_client *c, svc_scope *out);
+void svc_scope_clear(svc_scope *sc);
+/* May the scope manage a secret with this owner group (0 = none: admins only)? */
+bool svc_may_manage(const svc_scope *sc, int64_t owner_group_id);
+/* Is group_id one of the owner's groups (admins: every group)? */
+bool svc_scope_has_group(const svc_scope *sc, int64_t group_id);
+/* May client c use the admin routes and log in to the console: an admin, or an owner (a member
+ * of groups that own nothing has nothing to manage, and is refused like any client). */
+bool svc_console_allowed(const store_client *c, const svc_scope *sc);
+
 /* ---- bootstrap ------------------------------------------------------------------------------- */
 
 /* Create the database, the master keys and the first admin client (and an "admins" group)
