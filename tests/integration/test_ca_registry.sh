@@ -144,6 +144,8 @@ try:
     open(out, "wb").write(r.read())
     print(r.status)
 except (ssl.SSLError, ConnectionError, OSError) as e:
+    # "000" alone said nothing when it flaked under load ("garbage CSR got 000"): say why
+    sys.stderr.write(f"req.py {method} {path}: {type(e).__name__}: {e}\n")
     print("000")
 PY
 rq() { python3 "$W/req.py" "$@"; }
