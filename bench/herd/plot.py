@@ -88,8 +88,16 @@ def main():
     ax[0][0].set_ylabel("HSM unwraps per second (1/s)")
     ax[1][0].set_ylabel("budget refusals per second (1/s)\n(deferred names + HTTP 429)")
     ax[2][0].set_ylabel("keybridge-sync processes running")
-    fig.suptitle("1,000 keybridge-sync runs against one keybridged (20 shared secrets, "
-                 "just rotated)", fontsize=12)
+    # the herd's size from the summaries (it was always 1,000 before --apps was used)
+    sizes = sorted({r.get("syncers") for _, _, m in cols for r in m.get("reports", [])
+                    if r.get("syncers")})
+    n = "/".join(f"{x:,}" for x in sizes) if sizes else "1,000"
+    loads = [r.get("load1_before") for _, _, m in cols for r in m.get("reports", [])
+             if r.get("load1_before") is not None]
+    extra = (f"; machine load {min(loads):.0f}-{max(loads):.0f} on "
+             f"{cols[0][2].get('machine', {}).get('cpus', '?')} CPUs" if loads else "")
+    fig.suptitle(f"{n} keybridge-sync runs against one keybridged (20 shared secrets, "
+                 f"just rotated{extra})", fontsize=12)
     fig.savefig(out, dpi=110)
 
 
