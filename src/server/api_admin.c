@@ -621,8 +621,8 @@ static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *
                                     "description", "owner_group", "cloud_sync", NULL};
     json_t *body = NULL, *o = NULL;
     char *meta = NULL;
-    gen_params p;
-    gen_result res;
+    generate_params p;
+    generate_result res;
     svc_secret_spec spec;
     const char *why = NULL;
     int cloud = -1;
@@ -655,8 +655,8 @@ static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *
         bad_body(r, KB_ERR_INVALID, "bytes and bits must be positive");
         goto out;
     }
-    p.expires_at = spec.expires_at; /* openpgp: the key's expiry (checked by gen_check) */
-    if ((rc = gen_check(&p, &why)) != KB_OK) {
+    p.expires_at = spec.expires_at; /* openpgp: the key's expiry (checked by generate_check) */
+    if ((rc = generate_check(&p, &why)) != KB_OK) {
         bad_body(r, rc, why);
         goto out;
     }
@@ -673,7 +673,7 @@ static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *
     spec.name = name;
     spec.metadata = meta;
     spec.cloud_sync = cloud == 1;
-    rc = gen_secret(s, &c->actor, &p, &spec, &res);
+    rc = generate_secret(s, &c->actor, &p, &spec, &res);
     if (rc != KB_OK) {
         api_error_kb(r, rc,
                      rc == KB_ERR_NOT_FOUND   ? "owner group not found"
@@ -695,7 +695,7 @@ static void secret_generate(svc *s, api_ctx *c, const char *name, api_response *
         json_object_set_new(o, "expires_at", json_integer((json_int_t)res.expires_at));
     api_ok(r, res.version == 1 ? 201 : 200, o);
 out:
-    gen_result_clear(&res);
+    generate_result_clear(&res);
     free(meta);
     json_decref(body);
 }

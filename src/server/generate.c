@@ -39,7 +39,7 @@ static bool strong_enough(size_t n, int64_t len)
     return acc >= goal;
 }
 
-kb_err gen_check(const gen_params *p, const char **why)
+kb_err generate_check(const generate_params *p, const char **why)
 {
     static const char *bad = "";
     const char **w = why ? why : &bad;
@@ -56,7 +56,7 @@ kb_err gen_check(const gen_params *p, const char **why)
     }
     if (is(p->type, "openpgp")) {
         int64_t now = (int64_t)time(NULL);
-        kb_err rc = p->uid ? gen_pgp_check_uid(p->uid) : KB_OK;
+        kb_err rc = p->uid ? generate_pgp_check_uid(p->uid) : KB_OK;
         if (rc != KB_OK) {
             *w = "openpgp: uid must be 1..256 bytes of UTF-8 without control characters or "
                  "leading/trailing spaces";
@@ -182,7 +182,7 @@ static kb_err pem_public(EVP_PKEY *k, char **out)
     return rc;
 }
 
-static kb_err make_pair(kb_keystore *ks, const gen_params *p, kb_secret **content, char **pub)
+static kb_err make_pair(kb_keystore *ks, const generate_params *p, kb_secret **content, char **pub)
 {
     uint8_t seed[GEN_SEED_BYTES];
     EVP_PKEY *k = NULL;
@@ -214,8 +214,8 @@ out:
     return rc;
 }
 
-kb_err gen_make(kb_keystore *ks, const gen_params *p, const char *default_uid, kb_secret **content,
-                char **pub_pem, int64_t *expires)
+kb_err generate_make(kb_keystore *ks, const generate_params *p, const char *default_uid,
+                     kb_secret **content, char **pub_pem, int64_t *expires)
 {
     KB_ENSURE_REF(ks);
     KB_ENSURE_REF(content);
@@ -224,14 +224,14 @@ kb_err gen_make(kb_keystore *ks, const gen_params *p, const char *default_uid, k
     *content = NULL;
     *pub_pem = NULL;
     *expires = 0;
-    KB_GUARD(gen_check(p, NULL));
+    KB_GUARD(generate_check(p, NULL));
     if (is(p->type, "openpgp")) {
         /* GnuPG draws from its own generator (libgcrypt); the token cannot feed it. */
         int64_t now = (int64_t)time(NULL);
         KB_ENSURE(p->uid != NULL || default_uid != NULL, KB_ERR_INVALID);
-        return gen_pgp_make(p->uid ? p->uid : default_uid,
-                            p->expires_at ? p->expires_at : now + GEN_PGP_EXPIRES_DEFAULT_SECS, now,
-                            content, pub_pem, expires);
+        return generate_pgp_make(p->uid ? p->uid : default_uid,
+                                 p->expires_at ? p->expires_at : now + GEN_PGP_EXPIRES_DEFAULT_SECS,
+                                 now, content, pub_pem, expires);
     }
     if (is(p->type, "random")) {
         size_t n = (size_t)(p->bytes ? p->bytes : GEN_RANDOM_BYTES_DEFAULT);
@@ -251,7 +251,7 @@ kb_err gen_make(kb_keystore *ks, const gen_params *p, const char *default_uid, k
     return make_pair(ks, p, content, pub_pem);
 }
 
-void gen_result_clear(gen_result *r)
+void generate_result_clear(generate_result *r)
 {
     if (r == NULL)
         return;
@@ -275,8 +275,8 @@ static kb_err write_one(svc *s, const svc_actor *a, const svc_secret_spec *spec,
     return svc_secret_put(s, a, spec, version);
 }
 
-kb_err gen_secret(svc *s, const svc_actor *a, const gen_params *p, const svc_secret_spec *base,
-                  gen_result *out)
+kb_err generate_secret(svc *s, const svc_actor *a, const generate_params *p,
+                       const svc_secret_spec *base, generate_result *out)
 {
     kb_secret *content = NULL;
     char *pub = NULL, *pub_name = NULL;
@@ -287,7 +287,7 @@ kb_err gen_secret(svc *s, const svc_actor *a, const gen_params *p, const svc_sec
     KB_ENSURE_REF(out);
     memset(out, 0, sizeof(*out));
     KB_ENSURE_REF(base);
-    KB_GUARD_OUT(rc, gen_check(p, NULL));
+    KB_GUARD_OUT(rc, generate_check(p, NULL));
     if (is_pair(p->type)) {
         size_t n = strlen(base->name) + sizeof(GEN_PUB_SUFFIX);
         pub_name = malloc(n);
@@ -296,7 +296,7 @@ kb_err gen_secret(svc *s, const svc_actor *a, const gen_params *p, const svc_sec
         /* checked before anything is generated; too long is a bad name here, not a big body */
         KB_ENSURE_OUT(rc, model_name_check(pub_name) == KB_OK, KB_ERR_INVALID);
     }
-    KB_GUARD_OUT(rc, gen_make(svc_keystore(s), p, base->name, &content, &pub, &expires));
+    KB_GUARD_OUT(rc, generate_make(svc_keystore(s), p, base->name, &content, &pub, &expires));
     spec = *base;
     spec.content = kb_secret_cdata(content);
     spec.content_len = kb_secret_len(content);
@@ -323,6 +323,6 @@ out:
     free(pub);
     free(pub_name);
     if (rc != KB_OK)
-        gen_result_clear(out);
+        generate_result_clear(out);
     return rc;
 }

@@ -46,35 +46,35 @@ typedef struct {
     const char *alphabet; /* password only; NULL = default */
     int64_t bits;         /* rsa only; 0 = 3072 */
     const char *curve;    /* ec only; NULL = P-256 */
-    const char *uid;      /* openpgp only: the user ID; NULL = gen_make's default_uid */
+    const char *uid;      /* openpgp only: the user ID; NULL = generate_make's default_uid */
     int64_t expires_at;   /* openpgp: when the key expires (unix time, a day to 20 years from
                            * now); 0 = in 2 years. Other types: not checked here (it is the
                            * stored version's expiry only) */
-} gen_params;
+} generate_params;
 
 /* Check the parameters (KB_ERR_INVALID or KB_ERR_TOO_LARGE with *why naming the rule); a
  * parameter that does not apply to the type is refused too. */
-KB_WUR kb_err gen_check(const gen_params *p, const char **why);
+KB_WUR kb_err generate_check(const generate_params *p, const char **why);
 
 /* Make the content (and *pub_pem, malloc'd, for key pairs; NULL otherwise). *expires is the
  * expiry the content itself carries (openpgp keys), 0 for none. default_uid is the openpgp user
- * ID when p->uid is NULL (gen_secret passes the secret's name). */
-KB_WUR kb_err gen_make(kb_keystore *ks, const gen_params *p, const char *default_uid,
-                       kb_secret **content, char **pub_pem, int64_t *expires);
+ * ID when p->uid is NULL (generate_secret passes the secret's name). */
+KB_WUR kb_err generate_make(kb_keystore *ks, const generate_params *p, const char *default_uid,
+                            kb_secret **content, char **pub_pem, int64_t *expires);
 
 typedef struct {
     int64_t version;     /* of NAME */
     int64_t pub_version; /* of NAME.pub, 0 if none */
     char *pub_pem;       /* malloc'd, NULL if none */
     int64_t expires_at;  /* the key's own expiry (openpgp), 0 otherwise */
-} gen_result;
+} generate_result;
 
 /* Generate, then write NAME (created, or a new version if it exists) with base's description,
  * owner group, metadata and expiry (openpgp: the key's own), and NAME.pub for key pairs (same
  * owner group). Audited as
  * secret.generate (and the writes as secret.create / secret.put). */
-KB_WUR kb_err gen_secret(svc *s, const svc_actor *a, const gen_params *p,
-                         const svc_secret_spec *base, gen_result *out);
-void gen_result_clear(gen_result *r);
+KB_WUR kb_err generate_secret(svc *s, const svc_actor *a, const generate_params *p,
+                              const svc_secret_spec *base, generate_result *out);
+void generate_result_clear(generate_result *r);
 
 #endif

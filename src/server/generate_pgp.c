@@ -33,7 +33,7 @@ static void gpg_init(void)
                 gpgme_engine_check_version(GPGME_PROTOCOL_OpenPGP) == GPG_ERR_NO_ERROR;
 }
 
-kb_err gen_pgp_check_uid(const char *uid)
+kb_err generate_pgp_check_uid(const char *uid)
 {
     size_t n;
     KB_ENSURE_REF(uid);
@@ -120,7 +120,7 @@ static bool gpgconf(const char *home, const char *arg1, const char *arg2)
     return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
-kb_err gen_pgp_home_wipe(const char *home)
+kb_err generate_pgp_home_wipe(const char *home)
 {
     struct stat hs;
     kb_err rc = KB_OK;
@@ -153,7 +153,7 @@ kb_err gen_pgp_home_wipe(const char *home)
     return rc;
 }
 
-kb_err gen_pgp_home_new(const char *base_dir, char *buf, size_t len)
+kb_err generate_pgp_home_new(const char *base_dir, char *buf, size_t len)
 {
     /* tmpfs first, so that the key files never reach a disk */
     const char *const bases[] = {"/dev/shm", getenv("TMPDIR"), "/tmp"};
@@ -330,16 +330,16 @@ out:
     return rc;
 }
 
-kb_err gen_pgp_make(const char *uid, int64_t expires_at, int64_t now, kb_secret **secret,
-                    char **pub, int64_t *expires)
+kb_err generate_pgp_make(const char *uid, int64_t expires_at, int64_t now, kb_secret **secret,
+                         char **pub, int64_t *expires)
 {
-    return gen_pgp_make_algo(NULL, uid, GEN_PGP_ALGO, GEN_PGP_SUBALGO, expires_at, now, secret, pub,
-                             expires);
+    return generate_pgp_make_algo(NULL, uid, GEN_PGP_ALGO, GEN_PGP_SUBALGO, expires_at, now, secret,
+                                  pub, expires);
 }
 
-kb_err gen_pgp_make_algo(const char *base_dir, const char *uid, const char *algo,
-                         const char *subalgo, int64_t expires_at, int64_t now, kb_secret **secret,
-                         char **pub, int64_t *expires)
+kb_err generate_pgp_make_algo(const char *base_dir, const char *uid, const char *algo,
+                              const char *subalgo, int64_t expires_at, int64_t now,
+                              kb_secret **secret, char **pub, int64_t *expires)
 {
     char home[256];
     kb_err rc, wrc;
@@ -352,7 +352,7 @@ kb_err gen_pgp_make_algo(const char *base_dir, const char *uid, const char *algo
     *secret = NULL;
     *pub = NULL;
     *expires = 0;
-    KB_GUARD(gen_pgp_check_uid(uid));
+    KB_GUARD(generate_pgp_check_uid(uid));
     KB_ENSURE(expires_at >= now + GEN_PGP_EXPIRES_MIN_SECS, KB_ERR_INVALID);
     KB_ENSURE(expires_at <= now + GEN_PGP_EXPIRES_MAX_SECS, KB_ERR_INVALID);
     pthread_once(&gpg_once, gpg_init);
@@ -360,9 +360,9 @@ kb_err gen_pgp_make_algo(const char *base_dir, const char *uid, const char *algo
         kb_log(KB_LOG_ERROR, "gen_pgp_unavailable", "why", "gpgme or gpg not usable", NULL);
         return KB_ERR_UNAVAILABLE;
     }
-    KB_GUARD(gen_pgp_home_new(base_dir, home, sizeof(home)));
+    KB_GUARD(generate_pgp_home_new(base_dir, home, sizeof(home)));
     rc = make_in(home, uid, algo, subalgo, (unsigned long)(expires_at - now), secret, pub, expires);
-    wrc = gen_pgp_home_wipe(home);
+    wrc = generate_pgp_home_wipe(home);
     if (rc == KB_OK && wrc != KB_OK) {
         /* key material may be left on the host: do not hand out a key that leaked */
         kb_secret_free(*secret);

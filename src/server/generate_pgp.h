@@ -28,26 +28,26 @@
 
 /* A user ID GnuPG takes unchanged: 1..GEN_PGP_UID_MAX bytes of UTF-8, no control character,
  * no leading or trailing space (KB_ERR_INVALID; KB_ERR_TOO_LARGE when too long). */
-KB_WUR kb_err gen_pgp_check_uid(const char *uid);
+KB_WUR kb_err generate_pgp_check_uid(const char *uid);
 
 /* Make a key for uid expiring at expires_at (in [now + MIN, now + MAX]): *secret the armoured
  * secret key (locked memory), *pub the armoured public key (malloc'd), *expires the earliest
  * expiry of its primary key and subkey as GnuPG recorded it. KB_ERR_UNAVAILABLE when gpgme or
  * gpg cannot be used. */
-KB_WUR kb_err gen_pgp_make(const char *uid, int64_t expires_at, int64_t now, kb_secret **secret,
-                           char **pub, int64_t *expires);
+KB_WUR kb_err generate_pgp_make(const char *uid, int64_t expires_at, int64_t now,
+                                kb_secret **secret, char **pub, int64_t *expires);
 
 /* The same with the home made under base_dir (NULL: /dev/shm, else $TMPDIR, else /tmp) and other
  * GnuPG algorithm names (exposed for tests: their own directory, so that parallel tests do not
  * see each other's homes; a name GnuPG refuses makes it fail before or after the primary key
  * exists). */
-KB_WUR kb_err gen_pgp_make_algo(const char *base_dir, const char *uid, const char *algo,
-                                const char *subalgo, int64_t expires_at, int64_t now,
-                                kb_secret **secret, char **pub, int64_t *expires);
+KB_WUR kb_err generate_pgp_make_algo(const char *base_dir, const char *uid, const char *algo,
+                                     const char *subalgo, int64_t expires_at, int64_t now,
+                                     kb_secret **secret, char **pub, int64_t *expires);
 
 /* The private home (exposed for tests): make one into buf (under base_dir, or NULL as above);
  * wipe one (agent stopped, files zeroed and removed, directory removed). */
-KB_WUR kb_err gen_pgp_home_new(const char *base_dir, char *buf, size_t len);
-KB_WUR kb_err gen_pgp_home_wipe(const char *home);
+KB_WUR kb_err generate_pgp_home_new(const char *base_dir, char *buf, size_t len);
+KB_WUR kb_err generate_pgp_home_wipe(const char *home);
 
 #endif

@@ -26,9 +26,9 @@ static kb_keystore *ks;
 static kb_err check(const char *type, int64_t bytes, const char *alphabet, int64_t bits,
                     const char *curve)
 {
-    gen_params p = {type, bytes, alphabet, bits, curve, NULL, 0};
+    generate_params p = {type, bytes, alphabet, bits, curve, NULL, 0};
     const char *why = NULL;
-    kb_err rc = gen_check(&p, &why);
+    kb_err rc = generate_check(&p, &why);
     if ((rc == KB_OK) != (why == NULL))
         fail_msg("%s: result and reason disagree", type ? type : "(null)");
     return rc;
@@ -80,15 +80,15 @@ static void limits(void **state)
     assert_kb(check("openpgp", 0, NULL, 0, "P-256"), KB_ERR_INVALID);
     assert_kb(check("pgp", 0, NULL, 0, NULL), KB_ERR_INVALID);
     assert_kb(check(NULL, 0, NULL, 0, NULL), KB_ERR_INVALID);
-    assert_kb(gen_check(NULL, NULL), KB_ERR_NULL);
+    assert_kb(generate_check(NULL, NULL), KB_ERR_NULL);
 }
 
 /* openpgp's own parameters: the user ID and the key's expiry. */
 static kb_err check_pgp(const char *uid, int64_t expires_at)
 {
-    gen_params p = {.type = "openpgp", .uid = uid, .expires_at = expires_at};
+    generate_params p = {.type = "openpgp", .uid = uid, .expires_at = expires_at};
     const char *why = NULL;
-    kb_err rc = gen_check(&p, &why);
+    kb_err rc = generate_check(&p, &why);
     if ((rc == KB_OK) != (why == NULL))
         fail_msg("openpgp: result and reason disagree");
     return rc;
@@ -118,8 +118,8 @@ static void pgp_limits(void **state)
     big[GEN_PGP_UID_MAX] = '\0';
     assert_ok(check_pgp(big, 0));
     /* uid applies to openpgp only */
-    gen_params p = {.type = "ed25519", .uid = "x"};
-    assert_kb(gen_check(&p, NULL), KB_ERR_INVALID);
+    generate_params p = {.type = "ed25519", .uid = "x"};
+    assert_kb(generate_check(&p, NULL), KB_ERR_INVALID);
 }
 
 /* The directory the tests' GnuPG homes are made in (their own, so that a keybridged or another
@@ -177,8 +177,8 @@ static void pgp_make(void **state)
     expiry_kind kind;
     (void)state;
     assert_int_equal(leftovers(), 0);
-    assert_ok(gen_pgp_make_algo(g_base, "Unit Test <unit@example.org>", GEN_PGP_ALGO,
-                                GEN_PGP_SUBALGO, want, now, &c, &pub, &exp));
+    assert_ok(generate_pgp_make_algo(g_base, "Unit Test <unit@example.org>", GEN_PGP_ALGO,
+                                     GEN_PGP_SUBALGO, want, now, &c, &pub, &exp));
     assert_non_null(c);
     assert_non_null(pub);
     assert_true(kb_secret_len(c) > 100 && kb_secret_len(c) <= GEN_PGP_ARMOR_MAX);
@@ -199,9 +199,9 @@ static void pgp_make(void **state)
     pub = NULL;
     /* the temporary home is gone, and so is its agent */
     assert_int_equal(leftovers_settled(), 0);
-    /* through gen_make (home in /dev/shm), the defaults: 2 years, uid from the caller */
-    gen_params p = {.type = "openpgp"};
-    assert_ok(gen_make(ks, &p, "payments-signing", &c, &pub, &exp));
+    /* through generate_make (home in /dev/shm), the defaults: 2 years, uid from the caller */
+    generate_params p = {.type = "openpgp"};
+    assert_ok(generate_make(ks, &p, "payments-signing", &c, &pub, &exp));
     assert_true(exp >= now + GEN_PGP_EXPIRES_DEFAULT_SECS - 5 &&
                 exp <= now + GEN_PGP_EXPIRES_DEFAULT_SECS + 60);
     kb_secret_free(c);
@@ -216,21 +216,21 @@ static void pgp_failure_wipes(void **state)
     char *pub = NULL;
     int64_t now = (int64_t)time(NULL), exp = 7;
     (void)state;
-    assert_kb(gen_pgp_make_algo(g_base, "x", "no-such-algo", GEN_PGP_SUBALGO, now + 86400 * 10, now,
-                                &c, &pub, &exp),
+    assert_kb(generate_pgp_make_algo(g_base, "x", "no-such-algo", GEN_PGP_SUBALGO, now + 86400 * 10,
+                                     now, &c, &pub, &exp),
               KB_ERR_CRYPTO);
     assert_int_equal(leftovers_settled(), 0);
-    assert_kb(gen_pgp_make_algo(g_base, "x", GEN_PGP_ALGO, "no-such-algo", now + 86400 * 10, now,
-                                &c, &pub, &exp),
+    assert_kb(generate_pgp_make_algo(g_base, "x", GEN_PGP_ALGO, "no-such-algo", now + 86400 * 10,
+                                     now, &c, &pub, &exp),
               KB_ERR_CRYPTO);
     assert_null(c);
     assert_null(pub);
     assert_int_equal(exp, 0);
     assert_int_equal(leftovers_settled(), 0);
     /* out of range before anything is made */
-    assert_kb(gen_pgp_make("x", now + 10, now, &c, &pub, &exp), KB_ERR_INVALID);
-    assert_kb(gen_pgp_make("a\tb", now + 86400 * 10, now, &c, &pub, &exp), KB_ERR_INVALID);
-    assert_kb(gen_pgp_make(NULL, now + 86400 * 10, now, &c, &pub, &exp), KB_ERR_NULL);
+    assert_kb(generate_pgp_make("x", now + 10, now, &c, &pub, &exp), KB_ERR_INVALID);
+    assert_kb(generate_pgp_make("a\tb", now + 86400 * 10, now, &c, &pub, &exp), KB_ERR_INVALID);
+    assert_kb(generate_pgp_make(NULL, now + 86400 * 10, now, &c, &pub, &exp), KB_ERR_NULL);
 }
 
 /* The home: a fresh private directory; the wipe removes files, nested directories and sockets
@@ -241,13 +241,13 @@ static void pgp_home(void **state)
     struct stat st;
     (void)state;
     /* the default place: /dev/shm here (a tmpfs) */
-    assert_ok(gen_pgp_home_new(NULL, home, sizeof(home)));
+    assert_ok(generate_pgp_home_new(NULL, home, sizeof(home)));
     assert_memory_equal(home, "/dev/shm/kb-gpg-", 16);
     assert_int_equal(lstat(home, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0700);
-    assert_ok(gen_pgp_home_wipe(home));
+    assert_ok(generate_pgp_home_wipe(home));
     assert_int_equal(lstat(home, &st), -1);
-    assert_ok(gen_pgp_home_new(g_base, home, sizeof(home)));
+    assert_ok(generate_pgp_home_new(g_base, home, sizeof(home)));
     assert_int_equal(lstat(home, &st), 0);
     assert_true(S_ISDIR(st.st_mode));
     assert_int_equal(st.st_mode & 0777, 0700);
@@ -265,12 +265,12 @@ static void pgp_home(void **state)
     memcpy(sa.sun_path, path, strlen(path) + 1);
     assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     close(fd);
-    assert_ok(gen_pgp_home_wipe(home));
+    assert_ok(generate_pgp_home_wipe(home));
     assert_int_equal(lstat(home, &st), -1);
     assert_int_equal(errno, ENOENT);
-    assert_ok(gen_pgp_home_wipe(home)); /* already gone: fine */
-    assert_kb(gen_pgp_home_new(NULL, NULL, 0), KB_ERR_NULL);
-    assert_kb(gen_pgp_home_new("/nonexistent/dir", home, sizeof(home)), KB_ERR_IO);
+    assert_ok(generate_pgp_home_wipe(home)); /* already gone: fine */
+    assert_kb(generate_pgp_home_new(NULL, NULL, 0), KB_ERR_NULL);
+    assert_kb(generate_pgp_home_new("/nonexistent/dir", home, sizeof(home)), KB_ERR_IO);
     assert_int_equal(leftovers(), 0);
 }
 
@@ -281,14 +281,14 @@ static void make(void **state)
     char *pub = NULL;
     int64_t exp = -1;
     (void)state;
-    gen_params p = {"random", 100, NULL, 0, NULL, NULL, 0};
-    assert_ok(gen_make(ks, &p, "n", &c, &pub, &exp));
+    generate_params p = {"random", 100, NULL, 0, NULL, NULL, 0};
+    assert_ok(generate_make(ks, &p, "n", &c, &pub, &exp));
     assert_int_equal(kb_secret_len(c), 100);
     assert_null(pub);
     assert_int_equal(exp, 0);
     kb_secret_free(c);
-    p = (gen_params){"password", 1000, "xy", 0, NULL, NULL, 0};
-    assert_ok(gen_make(ks, &p, "n", &c, &pub, &exp));
+    p = (generate_params){"password", 1000, "xy", 0, NULL, NULL, 0};
+    assert_ok(generate_make(ks, &p, "n", &c, &pub, &exp));
     assert_int_equal(kb_secret_len(c), 1000);
     size_t x = 0;
     for (size_t i = 0; i < 1000; i++) {
@@ -299,8 +299,8 @@ static void make(void **state)
     assert_true(x > 400 && x < 600); /* uniform: 500 +- 6 sigma */
     kb_secret_free(c);
     for (size_t i = 0; i < 3; i++) {
-        p = (gen_params){pairs[i], 0, NULL, i == 1 ? 2048 : 0, NULL, NULL, 0};
-        assert_ok(gen_make(ks, &p, "n", &c, &pub, &exp));
+        p = (generate_params){pairs[i], 0, NULL, i == 1 ? 2048 : 0, NULL, NULL, 0};
+        assert_ok(generate_make(ks, &p, "n", &c, &pub, &exp));
         BIO *b = BIO_new_mem_buf(kb_secret_cdata(c), (int)kb_secret_len(c));
         EVP_PKEY *k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
         BIO_free(b);
@@ -315,8 +315,8 @@ static void make(void **state)
         kb_secret_free(c);
         free(pub);
     }
-    p = (gen_params){"random", 99999, NULL, 0, NULL, NULL, 0};
-    assert_kb(gen_make(ks, &p, "n", &c, &pub, &exp), KB_ERR_TOO_LARGE);
+    p = (generate_params){"random", 99999, NULL, 0, NULL, NULL, 0};
+    assert_kb(generate_make(ks, &p, "n", &c, &pub, &exp), KB_ERR_TOO_LARGE);
     assert_null(c);
 }
 
