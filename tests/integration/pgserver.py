@@ -19,6 +19,7 @@ Shell use (the server lives while the command runs; its URL is in $KB_PG_URL, th
 $KB_PG_PASSFILE, the socket directory in $KB_PG_SOCKDIR, the port in $KB_PG_PORT):
 
     python3 tests/integration/pgserver.py run -- ./build/test_store
+    python3 tests/integration/pgserver.py run --ssl -- CMD   # TLS only; $KB_PG_CA, verify-full URL
     python3 tests/integration/pgserver.py check   # exit 0 if a server can be started here
 
 Environment: KB_PG_BINDIR overrides the binaries' directory (default: the newest
@@ -95,7 +96,7 @@ def _children(pid):
 
 
 class PgServer:
-    def __init__(self, base=None, quiet=True):
+    def __init__(self, base=None, quiet=True, ssl=False):
         self.bindir = bindir()
         self.owner = _run_as()
         self.base = tempfile.mkdtemp(prefix="kbpg-", dir=base)
@@ -107,6 +108,8 @@ class PgServer:
         self.port = None
         self.proc = None
         self.quiet = quiet
+        self.ssl = ssl
+        self.ca_file = None
         self._setup()
 
     # ---- internals ----
@@ -139,11 +142,13 @@ class PgServer:
                            capture_output=True, text=True, cwd=self.base)
         if r.returncode != 0:
             raise RuntimeError(f"pgserver: initdb failed: {r.stdout}{r.stderr}")
+        if self.ssl:
+            self._make_certs()
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
             # superuser only through the private socket; everyone else over loopback TCP with
-            # scram (the tests also point a role at ::1 if they want to: not listened on).
-            f.write("local all all trust\n"
-                    "host all all 127.0.0.1/32 scram-sha-256\n")
+            # scram (with ssl=True: over TLS only).
+            f.write("local all all trust\n" +
+                    ("hostssl" if self.ssl else "host") + " all all 127.0.0.1/32 scram-sha-256\n")
         self.start()
         self.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{self.password}'")
         self.psql(f"CREATE DATABASE {DB} OWNER {ROLE}")
@@ -151,6 +156,30 @@ class PgServer:
         with os.fdopen(fd, "w") as f:
             f.write(f"127.0.0.1:*:*:{ROLE}:{self.password}\n")
         os.chmod(self.passfile, 0o600)
+
+    def _make_certs(self):
+        """A test CA and a server certificate for 127.0.0.1 / localhost (openssl CLI)."""
+        d = os.path.join(self.base, "tls")
+        os.mkdir(d, 0o755)
+        self.ca_file = os.path.join(d, "ca.pem")
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", f"{d}/ca.key", "-out", self.ca_file, "-days", "2",
+            "-subj", "/CN=kbtest pg ca", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign")
+        run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", f"{d}/server.key", "-out", f"{d}/server.csr",
+            "-subj", "/CN=127.0.0.1")
+        with open(f"{d}/ext", "w") as f:
+            f.write("subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+                    "extendedKeyUsage = serverAuth\n")
+        run("openssl", "x509", "-req", "-in", f"{d}/server.csr", "-CA", self.ca_file,
+            "-CAkey", f"{d}/ca.key", "-CAcreateserial", "-out", f"{d}/server.pem", "-days", "2",
+            "-extfile", f"{d}/ext")
+        os.chmod(f"{d}/server.key", 0o600)
+        self._chown(f"{d}/server.key")
+        self._chown(f"{d}/server.pem")
+        os.unlink(f"{d}/ca.key")
 
     def _listening(self):
         try:
@@ -165,8 +194,10 @@ class PgServer:
         return self.url_for(DB)
 
     def url_for(self, db):
+        tls = (f"sslmode=verify-full&sslrootcert={self.ca_file}" if self.ssl
+               else "sslmode=disable")
         return (f"postgresql://{ROLE}@127.0.0.1:{self.port}/{db}"
-                f"?passfile={self.passfile}&sslmode=disable&connect_timeout=5")
+                f"?passfile={self.passfile}&{tls}&connect_timeout=5")
 
     def start(self):
         """Start (or restart after stop) the server; keeps the port once one was chosen."""
@@ -182,7 +213,9 @@ class PgServer:
                  "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.sockdir}",
                  "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200",
                  "-c", "shared_buffers=16MB", "-c", "log_min_messages=warning",
-                 "-c", "logging_collector=off"],
+                 "-c", "logging_collector=off"] +
+                (["-c", "ssl=on", "-c", f"ssl_cert_file={self.base}/tls/server.pem",
+                  "-c", f"ssl_key_file={self.base}/tls/server.key"] if self.ssl else []),
                 preexec_fn=self._pre, stdout=log, stderr=log, cwd=self.base)
             log.close()
             deadline = time.time() + START_TIMEOUT
@@ -242,8 +275,11 @@ class PgServer:
             return ""
 
     def env(self):
-        return {"KB_PG_URL": self.url, "KB_PG_PASSFILE": self.passfile,
-                "KB_PG_SOCKDIR": self.sockdir, "KB_PG_PORT": str(self.port)}
+        e = {"KB_PG_URL": self.url, "KB_PG_PASSFILE": self.passfile,
+             "KB_PG_SOCKDIR": self.sockdir, "KB_PG_PORT": str(self.port)}
+        if self.ssl:
+            e["KB_PG_CA"] = self.ca_file
+        return e
 
     def close(self):
         self.stop("fast")
@@ -264,8 +300,11 @@ def main(argv):
         with PgServer() as pg:
             print(pg.psql("SELECT version()").strip())
         return 0
+    ssl = len(argv) >= 2 and argv[0] == "run" and argv[1] == "--ssl"
+    if ssl:
+        argv = argv[:1] + argv[2:]
     if len(argv) >= 2 and argv[0] == "run" and argv[1] == "--" and len(argv) > 2:
-        with PgServer() as pg:
+        with PgServer(ssl=ssl) as pg:
             env = dict(os.environ)
             env.update(pg.env())
             r = subprocess.run(argv[2:], env=env)

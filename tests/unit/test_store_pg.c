@@ -240,12 +240,47 @@ static void reconnects_after_the_database_dropped_us(void **state)
     store_close(st);
 }
 
+/* Under `pgserver.py run --ssl` (KB_PG_CA set; the server takes TLS connections only): the
+ * verify-full URL opens the store; a CA that did not sign the server's certificate, and no TLS,
+ * are refused. */
+static void tls_verify_full(void **state)
+{
+    fx *f = *state;
+    store *st = NULL;
+    store_opts o = opts(f, true);
+    const char *ca = getenv("KB_PG_CA"), *other = "/etc/ssl/certs/ca-certificates.crt";
+    char url[1400];
+    const char *p;
+
+    if (!kbtest_pg() || ca == NULL)
+        skip();
+    assert_non_null(strstr(f->url, "sslmode=verify-full"));
+    assert_ok(store_open(f->url, &o, &st));
+    mk_secret(st, "over-tls");
+    store_close(st);
+    st = NULL;
+    /* The same URL with another trust anchor: the server's chain does not verify. */
+    p = strstr(f->url, ca);
+    assert_non_null(p);
+    if (access(other, R_OK) == 0) {
+        snprintf(url, sizeof(url), "%.*s%s%s", (int)(p - f->url), f->url, other, p + strlen(ca));
+        assert_kb(store_open(url, &o, &st), KB_ERR_DB);
+    }
+    /* Without TLS the server refuses (hostssl only). */
+    p = strstr(f->url, "sslmode=verify-full");
+    snprintf(url, sizeof(url), "%.*ssslmode=disable%s", (int)(p - f->url), f->url,
+             p + strlen("sslmode=verify-full"));
+    assert_kb(store_open(url, &o, &st), KB_ERR_DB);
+    assert_null(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(url_and_password_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(migrations_are_explicit, setup, teardown),
         cmocka_unit_test_setup_teardown(reconnects_after_the_database_dropped_us, setup, teardown),
+        cmocka_unit_test_setup_teardown(tls_verify_full, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
