@@ -117,7 +117,7 @@ const char *ca_ctx_explain(ca_ctx *x, kb_err rc, char *buf, size_t len)
 
 int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out)
 {
-    const char *db = kb_config_str(cfg, "ca", "db");
+    const char *where = NULL, *passfile = NULL;
     const char *kind = NULL;
     char msg[256];
     ca_ctx *x;
@@ -161,9 +161,16 @@ int ca_ctx_open(const kb_config *cfg, int with_ca, ca_ctx **out)
         x->keys.pkcs11_token = kb_config_str(cfg, "pkcs11", "token");
         x->keys.pin = x->pin;
     }
-    rc = ca_store_open(db, &x->st);
+    if (ca_config_store(cfg, &where, &passfile, msg, sizeof(msg)) != KB_OK) {
+        fprintf(stderr, "keybridge-ca: %s\n", msg);
+        ca_ctx_close(x);
+        return KB_EXIT_CONFIG;
+    }
+    rc = ca_store_open_at(where, passfile, &x->st);
     if (rc != KB_OK) {
-        fprintf(stderr, "keybridge-ca: cannot open the database %s: %s\n", db, kb_err_str(rc));
+        /* never the URL itself: the log line before this one says what libpq refused */
+        fprintf(stderr, "keybridge-ca: cannot open the database %s: %s\n",
+                ca_store_is_pg_url(where) ? "[ca] store_url" : where, kb_err_str(rc));
         ca_ctx_close(x);
         return kb_exit_code(rc);
     }

@@ -277,6 +277,7 @@ int ca_cmd_renew_once(const kb_config *cfg, int argc, char **argv)
     ro.policy = pol;
     ro.tick = kb_config_duration(cfg, "renew", "tick");
     ro.force = force;
+    ro.lease = kb_config_duration(cfg, "renew", "lease");
     ca_cmd_target_env(cfg, ro.ca, NULL, &ro.env);
     if ((rc = ca_renewer_new(&ro, &rn)) == KB_OK)
         rc = ca_renew_pass(rn, time(NULL), &ok, &bad);

@@ -6,11 +6,18 @@
 #include <string.h>
 
 #include "ca.h"
+#include "ca_store.h"
 #include "lib/httpd.h"
 
 const kb_config_key ca_config_keys[] = {
     {"ca", "trust_domain", KB_CFG_STRING, NULL, "trust domain, e.g. example.org (init)"},
-    {"ca", "db", KB_CFG_PATH, "keybridge-ca.db", "SQLite database file"},
+    {"ca", "db", KB_CFG_PATH, "keybridge-ca.db", "SQLite database file (unless store_url)"},
+    {"ca", "store_url", KB_CFG_STRING, NULL,
+     "PostgreSQL database (postgresql://user@host:port/db?sslmode=verify-full; libpq URI or "
+     "connection string, no password) shared by several CA replicas; replaces db"},
+    {"ca", "store_passfile", KB_CFG_PATH, NULL,
+     "0600 libpq password file for store_url (or ~/.pgpass; never a password in the URL or "
+     "PGPASSWORD)"},
     {"ca", "key", KB_CFG_STRING, "pkcs11",
      "where CA keys live: pkcs11 (default), file (dev), or acm-pca (AWS Private CA signs; "
      "[acm_pca])"},
@@ -39,6 +46,9 @@ const kb_config_key ca_config_keys[] = {
     {"server", "svid_ip", KB_CFG_STRING, NULL,
      "comma-separated IP SANs of the CA's own server SVID (allowed by server_names)"},
     {"renew", "tick", KB_CFG_DURATION, "1s", "how often the daemon looks for due renewals"},
+    {"renew", "lease", KB_CFG_DURATION, "60s",
+     "how long a replica's claim on due renewals lasts; a dead replica's claims are retaken "
+     "after it (longer than renewing 16 registrations takes)"},
     {"renew", "api_min_interval", KB_CFG_DURATION, "10s",
      "per-ID minimum interval between API renewals (0 = off, benchmarks only)"},
     {"aws", "region", KB_CFG_STRING, "us-east-1", "default Secrets Manager region"},
@@ -161,6 +171,7 @@ kb_err ca_config_serve(const kb_config *cfg, ca_serve_config *out, char *why, si
     out->bundle_listen = kb_config_str(cfg, "server", "bundle_listen");
     out->svid_ttl = kb_config_duration(cfg, "server", "svid_ttl");
     out->tick = kb_config_duration(cfg, "renew", "tick");
+    out->lease = kb_config_duration(cfg, "renew", "lease");
     out->api_min_interval = kb_config_duration(cfg, "renew", "api_min_interval");
     if (out->svid_dir == NULL) {
         snprintf(why, len, "[server] svid_dir is required");
@@ -171,10 +182,33 @@ kb_err ca_config_serve(const kb_config *cfg, ca_serve_config *out, char *why, si
                  CA_MAX_SERVER_SVID_TTL / 86400);
         return KB_ERR_CONFIG;
     }
-    if (out->tick < 1 || threads < 1 || threads > KB_HTTPD_MAX_THREADS) {
-        snprintf(why, len, "[renew] tick >= 1s, [server] threads 1..%d", KB_HTTPD_MAX_THREADS);
+    if (out->tick < 1 || out->lease < 1 || threads < 1 || threads > KB_HTTPD_MAX_THREADS) {
+        snprintf(why, len, "[renew] tick and lease >= 1s, [server] threads 1..%d",
+                 KB_HTTPD_MAX_THREADS);
         return KB_ERR_CONFIG;
     }
     out->threads = (int)threads;
     return own_sans(cfg, &out->sans, why, len);
+}
+
+kb_err ca_config_store(const kb_config *cfg, const char **where, const char **passfile, char *why,
+                       size_t len)
+{
+    const char *url = kb_config_str(cfg, "ca", "store_url");
+
+    *where = url != NULL ? url : kb_config_str(cfg, "ca", "db");
+    *passfile = kb_config_str(cfg, "ca", "store_passfile");
+    if (url != NULL && !ca_store_is_pg_url(url)) {
+        snprintf(why, len, "[ca] store_url must be a postgresql:// URL");
+        return KB_ERR_CONFIG;
+    }
+    if (url == NULL && *passfile != NULL) {
+        snprintf(why, len, "[ca] store_passfile is for store_url (PostgreSQL) only");
+        return KB_ERR_CONFIG;
+    }
+    if (*where == NULL) {
+        snprintf(why, len, "[ca] db or store_url is required");
+        return KB_ERR_CONFIG;
+    }
+    return KB_OK;
 }

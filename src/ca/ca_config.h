@@ -33,10 +33,16 @@ typedef struct {
     int threads;               /* [server] threads, 1..KB_HTTPD_MAX_THREADS */
     int64_t svid_ttl;          /* [server] svid_ttl, CA_MIN/MAX_SERVER_SVID_TTL */
     int64_t tick;              /* [renew] tick, >= 1 s */
+    int64_t lease;             /* [renew] lease, >= 1 s */
     int64_t api_min_interval;  /* [renew] api_min_interval */
     ca_sans sans;              /* [server] svid_dns and svid_ip, parsed and checked */
 } ca_serve_config;
 
 KB_WUR kb_err ca_config_serve(const kb_config *cfg, ca_serve_config *out, char *why, size_t len);
+
+/* Where the store is: [ca] store_url (a postgresql:// URL, with [ca] store_passfile) or [ca] db
+ * (an SQLite file; a passfile beside it is refused). *where is what ca_store_open_at takes. */
+KB_WUR kb_err ca_config_store(const kb_config *cfg, const char **where, const char **passfile,
+                              char *why, size_t len);
 
 #endif

@@ -10,6 +10,13 @@
  * before every write. With AWS Private CA as the signer, an issuance that times out or finds it
  * unavailable ends the pass's issuing: the other due registrations wait for the next pass rather
  * than each waiting out the same deadline (docs/internals/acm-pca.md).
+ *
+ * Several replicas (PostgreSQL store): a pass claims due registrations in batches of
+ * CA_RENEW_CLAIM_BATCH under a lease ([renew] lease; ca_store_reg_claim), renews them, and
+ * completes each in the write guard's transaction with its issued-log row (ca_store_reg_done):
+ * each registration is renewed by one replica once per window, and a dead replica's claims are
+ * retaken when their lease ends. A renewal whose lease was retaken meanwhile is dropped at the
+ * guard (KB_ERR_CONFLICT), like one whose registration was removed.
  */
 #ifndef KB_CA_RENEW_H
 #define KB_CA_RENEW_H
@@ -31,7 +38,12 @@ typedef struct {
     ca_target_env env;
     int64_t tick; /* seconds between passes (margin for the availability target) */
     int force;    /* every registration is due at every pass (renew-once --force) */
+    int64_t lease; /* seconds a claim lasts (0: CA_RENEW_LEASE_DEFAULT) */
+    const char *owner; /* this replica's lease id (NULL: host:pid:random, made once) */
 } ca_renew_opts;
+
+#define CA_RENEW_CLAIM_BATCH 16
+#define CA_RENEW_LEASE_DEFAULT 60
 
 KB_WUR kb_err ca_renewer_new(const ca_renew_opts *o, ca_renewer **out);
 void ca_renewer_free(ca_renewer *r);

@@ -165,6 +165,7 @@ int ca_cmd_serve(const kb_config *cfg, int argc, char **argv)
     ro.st = ca_ctx_store(x);
     ro.policy = pol;
     ro.tick = sc.tick;
+    ro.lease = sc.lease;
     ca_cmd_target_env(cfg, ro.ca, NULL, &ro.env);
     if (ca_renewer_new(&ro, &rn) != KB_OK)
         goto out;

@@ -1,9 +1,13 @@
-/* ca_store.h - keybridge-ca's SQLite state: CA generations, registrations, issuance audit.
+/* ca_store.h - keybridge-ca's state: CA generations, registrations, issuance audit, renewal
+ * leases and the issued-certificate log. Two backends behind one ops table (ca_store_impl.h):
+ * SQLite (ca_store_sqlite.c, one host) and PostgreSQL (ca_store_pg.c, several CA replicas on one
+ * database), picked by ca_store_open from the location (docs/internals/ca-store.md).
  *
  * Never holds a private key: leaf keys go to their target and are wiped; the CA key lives in the
  * token (or the dev key file) and only its reference is stored here.
  *
- * Concurrency: SQLite in WAL mode with full sync and a busy timeout, so the CLI (register,
+ * Concurrency (SQLite; PostgreSQL keeps the same contract with row locks, see ca_store_pg.c):
+ * SQLite in WAL mode with full sync and a busy timeout, so the CLI (register,
  * remove) and the daemon share the file. One ca_store may be used from several threads (a
  * recursive mutex serialises them). The write guard (ca_store_write_begin/end) holds an IMMEDIATE
  * transaction, i.e. SQLite's write lock, across "check the registration still exists" and the
@@ -32,6 +36,8 @@ typedef struct ca_store ca_store;
 #define CA_TARGET_MAX 1024
 #define CA_STORE_TEXT_MAX ((size_t)256 * 1024)
 #define CA_REG_SANS_MAX 4200 /* >= CA_SANS_STR_MAX (ca_sans.h) */
+#define CA_OWNER_MAX 128     /* a replica's lease owner id */
+#define CA_CLAIM_MAX 256     /* registrations claimed at once, at most */
 
 typedef struct {
     int64_t gen;
@@ -63,10 +69,20 @@ typedef struct {
     int64_t created;
     char sans[CA_REG_SANS_MAX]; /* DNS/IP SANs, ca_sans_format's form ("" = none) */
     int adopt_spire;            /* sm: may take over a secret tagged spire-svid=true */
+    char lease_owner[CA_OWNER_MAX]; /* replica renewing it now ("" = none) */
+    int64_t lease_until;            /* the lease ends (unix seconds; store clock) */
 } ca_reg;
 
-KB_WUR kb_err ca_store_open(const char *path, ca_store **out);
+/* Open the store at where: a postgresql:// or postgres:// URL (libpq; the password only from
+ * passfile, a 0600 libpq password file, or the URL's passfile= / ~/.pgpass - never in the URL or
+ * PGPASSWORD: KB_ERR_CONFIG), anything else is an SQLite file path. passfile may be NULL. */
+KB_WUR kb_err ca_store_open_at(const char *where, const char *passfile, ca_store **out);
+KB_WUR kb_err ca_store_open(const char *path, ca_store **out); /* ca_store_open_at(path, NULL) */
 void ca_store_close(ca_store *st);
+/* "sqlite" or "postgresql". */
+const char *ca_store_backend(const ca_store *st);
+/* 1 if where names a PostgreSQL database. */
+int ca_store_is_pg_url(const char *where);
 
 /* Small key/value settings: "trust_domain", "bundle_sequence". */
 KB_WUR kb_err ca_store_meta_get(ca_store *st, const char *k, char *v, size_t vlen);
@@ -93,13 +109,46 @@ KB_WUR kb_err ca_store_reg_renewable(ca_store *st, const char *spiffe_id, int64_
                                      size_t sans_len);
 /* Delete the row (KB_ERR_NOT_FOUND if absent), copying it to *removed first. */
 KB_WUR kb_err ca_store_reg_remove(ca_store *st, int64_t rid, ca_reg *removed);
-/* Record renewal state (no-op if the row is gone). */
-KB_WUR kb_err ca_store_reg_set_state(ca_store *st, int64_t rid, int64_t not_after,
-                                     int64_t next_renew, int64_t failures, int64_t bundle_seq);
+/* Renewal work is claimed by leases, so several CA replicas on one database renew each
+ * registration once per window: a claim takes up to max due registrations (not_after 0, next_renew
+ * <= now, bundle_seq < bundle_seq, or any with force) with rid > after_rid whose lease has ended
+ * (or is owner's), sets lease_owner = owner and lease_until = store clock + lease, and returns
+ * them by rid ascending. PostgreSQL: one UPDATE over SELECT ... FOR UPDATE SKIP LOCKED, on the
+ * database's clock; SQLite: one IMMEDIATE transaction. A replica that dies holding claims loses
+ * them when the lease ends; the next claim by any replica retakes them. */
+typedef struct {
+    const char *owner;  /* this replica's id (ca_renewer makes one) */
+    int64_t now;        /* the pass's time: what is due */
+    int64_t lease;      /* seconds */
+    int64_t bundle_seq; /* the CA's bundle sequence: registrations written before it are due */
+    int64_t after_rid;  /* a pass's cursor: each registration at most once per pass */
+    size_t max;         /* 1..CA_CLAIM_MAX */
+    int force;
+} ca_claim;
+KB_WUR kb_err ca_store_reg_claim(ca_store *st, const ca_claim *c, ca_reg **out, size_t *n);
+/* A renewal failed: record next_renew and failures and end owner's lease (no-op if the row is
+ * gone or another replica holds it now). */
+KB_WUR kb_err ca_store_reg_retry(ca_store *st, int64_t rid, const char *owner, int64_t next_renew,
+                                 int64_t failures);
+
+/* A renewal completed (call inside the write guard, after the target write): the registration's
+ * new state, its lease ended, and one row of the issued-certificate log - all in the guard's
+ * transaction, so the log never shows a renewal the registration does not, and a renewal whose
+ * replica died before the commit is neither logged nor completed (its claim is retaken). */
+typedef struct {
+    int64_t rid;
+    const char *serial;
+    const char *reason;
+    const char *owner;
+    int64_t not_after, next_renew, bundle_seq, at;
+} ca_done;
+KB_WUR kb_err ca_store_reg_done(ca_store *st, const ca_done *d);
 
 /* The write guard (see the header comment). begin: KB_ERR_CONFLICT if registration rid no
- * longer exists (nothing is held then); on KB_OK the caller must call end exactly once. */
+ * longer exists, or (owner not NULL) its lease is no longer owner's - another replica retook it
+ * (nothing is held then); on KB_OK the caller must call end exactly once. */
 KB_WUR kb_err ca_store_write_begin(ca_store *st, int64_t rid);
+KB_WUR kb_err ca_store_write_begin_lease(ca_store *st, int64_t rid, const char *owner);
 KB_WUR kb_err ca_store_write_end(ca_store *st, int commit);
 
 /* Audit of issuance: one row per certificate signed. Returns only once the row is committed
@@ -114,5 +163,10 @@ typedef void (*ca_audit_fn)(void *arg, const char *serial, const char *spiffe_id
                             const char *target, const char *reason, int64_t gen, int64_t not_after,
                             int64_t at);
 KB_WUR kb_err ca_store_audit_each(ca_store *st, ca_audit_fn fn, void *arg);
+
+/* Call fn for each row of the issued-certificate log (ca_store_reg_done), oldest first. */
+typedef void (*ca_issued_fn)(void *arg, int64_t rid, const char *serial, const char *reason,
+                             const char *owner, int64_t not_after, int64_t at);
+KB_WUR kb_err ca_store_issued_each(ca_store *st, ca_issued_fn fn, void *arg);
 
 #endif

@@ -922,6 +922,8 @@ static void test_store_migration(void **state)
     assert_int_equal(n, 1);
     assert_string_equal(regs[0].sans, "");
     assert_int_equal(regs[0].adopt_spire, 0);
+    assert_string_equal(regs[0].lease_owner, ""); /* 3 -> 4: no lease held */
+    assert_int_equal(regs[0].lease_until, 0);
     free(regs);
     memset(&r, 0, sizeof(r));
     snprintf(r.spiffe_id, sizeof(r.spiffe_id), "spiffe://example.org/ns/b");
@@ -941,7 +943,7 @@ static void test_store_migration(void **state)
     assert_string_equal(sans, "dns:localhost,ip:127.0.0.1");
     ca_store_close(st);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version=4", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version=5", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     assert_kb(ca_store_open(path, &st), KB_ERR_SCHEMA);
     unlink(path);
