@@ -108,7 +108,9 @@ static void unlock(pg_store *st)
 static kb_err run(pg_store *st, const char *what, const char *sql, const pgp *p,
                   ExecStatusType want, PGresult **out)
 {
-    PGresult *r = PQexecParams(st->db, sql, p ? p->n : 0, NULL, p ? p->v : NULL, NULL, NULL, 0);
+    /* without parameters: the simple protocol, which takes several statements (the schema) */
+    PGresult *r = p != NULL ? PQexecParams(st->db, sql, p->n, NULL, p->v, NULL, NULL, 0)
+                            : PQexec(st->db, sql);
     const char *code;
 
     if (out != NULL)
@@ -266,6 +268,13 @@ static kb_err check_url(const char *url, const char *passfile)
 static const ca_store_ops pg_ops;
 static void pg_close(ca_store *b);
 
+/* NOTICEs ("relation ... already exists, skipping") would go to stderr: not errors, dropped. */
+static void quiet_notice(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
 kb_err ca_store_pg_open(const char *url, const char *passfile, ca_store **out)
 {
     const char *kw[5] = {"connect_timeout", "application_name", "dbname", NULL, NULL};
@@ -296,6 +305,7 @@ kb_err ca_store_pg_open(const char *url, const char *passfile, ca_store **out)
         pg_close(&st->base);
         return KB_ERR_UNAVAILABLE;
     }
+    PQsetNoticeProcessor(st->db, quiet_notice, NULL);
     rc = migrate(st);
     if (rc != KB_OK) {
         pg_close(&st->base);
