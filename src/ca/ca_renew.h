@@ -36,9 +36,9 @@ typedef struct {
     ca_store *st;
     const ca_policy *policy; /* re-checked before every renewal; NULL refuses everything */
     ca_target_env env;
-    int64_t tick; /* seconds between passes (margin for the availability target) */
-    int force;    /* every registration is due at every pass (renew-once --force) */
-    int64_t lease; /* seconds a claim lasts (0: CA_RENEW_LEASE_DEFAULT) */
+    int64_t tick;      /* seconds between passes (margin for the availability target) */
+    int force;         /* every registration is due at every pass (renew-once --force) */
+    int64_t lease;     /* seconds a claim lasts (0: CA_RENEW_LEASE_DEFAULT) */
     const char *owner; /* this replica's lease id (NULL: host:pid:random, made once) */
 } ca_renew_opts;
 

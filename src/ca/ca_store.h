@@ -67,8 +67,8 @@ typedef struct {
     int64_t failures;   /* consecutive failures */
     int64_t bundle_seq; /* bundle sequence of the last write */
     int64_t created;
-    char sans[CA_REG_SANS_MAX]; /* DNS/IP SANs, ca_sans_format's form ("" = none) */
-    int adopt_spire;            /* sm: may take over a secret tagged spire-svid=true */
+    char sans[CA_REG_SANS_MAX];     /* DNS/IP SANs, ca_sans_format's form ("" = none) */
+    int adopt_spire;                /* sm: may take over a secret tagged spire-svid=true */
     char lease_owner[CA_OWNER_MAX]; /* replica renewing it now ("" = none) */
     int64_t lease_until;            /* the lease ends (unix seconds; store clock) */
 } ca_reg;

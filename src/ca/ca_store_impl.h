@@ -32,9 +32,8 @@ typedef struct {
     kb_err (*reg_done)(ca_store *st, const ca_done *d);
     kb_err (*write_begin)(ca_store *st, int64_t rid, const char *owner);
     kb_err (*write_end)(ca_store *st, int commit);
-    kb_err (*audit_add)(ca_store *st, const char *serial, const char *spiffe_id,
-                        const char *target, const char *reason, int64_t gen, int64_t not_after,
-                        int64_t at);
+    kb_err (*audit_add)(ca_store *st, const char *serial, const char *spiffe_id, const char *target,
+                        const char *reason, int64_t gen, int64_t not_after, int64_t at);
     kb_err (*audit_each)(ca_store *st, ca_audit_fn fn, void *arg);
     kb_err (*issued_each)(ca_store *st, ca_issued_fn fn, void *arg);
 } ca_store_ops;

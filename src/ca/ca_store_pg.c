@@ -256,8 +256,7 @@ static kb_err check_url(const char *url, const char *passfile)
     PQconninfoFree(o);
     if (rc == KB_OK && getenv("PGPASSWORD") != NULL) {
         kb_log(KB_LOG_ERROR, "ca_db_url_invalid", "msg",
-               "PGPASSWORD is set: the database password is taken only from a 0600 passfile",
-               NULL);
+               "PGPASSWORD is set: the database password is taken only from a 0600 passfile", NULL);
         rc = KB_ERR_CONFIG;
     }
     if (rc == KB_OK && passfile != NULL)
@@ -482,8 +481,8 @@ static kb_err pg_gen_activate(ca_store *b, int64_t gen)
     lock(st);
     rc = cmd(st, "activate", "BEGIN", NULL);
     if (rc == KB_OK)
-        rc = cmd(st, "activate", "UPDATE ca_gen SET state = 'retired' WHERE state = 'active'",
-                 NULL);
+        rc =
+            cmd(st, "activate", "UPDATE ca_gen SET state = 'retired' WHERE state = 'active'", NULL);
     if (rc == KB_OK)
         rc = run(st, "activate",
                  "UPDATE ca_gen SET state = 'active' WHERE gen = $1 AND cert_pem IS NOT NULL AND "
@@ -593,8 +592,8 @@ static kb_err pg_reg_get(ca_store *b, int64_t rid, ca_reg *out)
 
     p_i64(&p, rid);
     lock(st);
-    rc = run(st, "reg_get", "SELECT " REG_COLS " FROM ca_reg WHERE rid = $1", &p,
-             PGRES_TUPLES_OK, &r);
+    rc = run(st, "reg_get", "SELECT " REG_COLS " FROM ca_reg WHERE rid = $1", &p, PGRES_TUPLES_OK,
+             &r);
     if (rc == KB_OK && PQntuples(r) == 1)
         reg_row(r, 0, out);
     else if (rc == KB_OK)
@@ -613,8 +612,8 @@ static kb_err pg_reg_list(ca_store *b, ca_reg **out, size_t *n)
     *out = NULL;
     *n = 0;
     lock(st);
-    rc = run(st, "reg_list", "SELECT " REG_COLS " FROM ca_reg ORDER BY rid", NULL,
-             PGRES_TUPLES_OK, &r);
+    rc = run(st, "reg_list", "SELECT " REG_COLS " FROM ca_reg ORDER BY rid", NULL, PGRES_TUPLES_OK,
+             &r);
     unlock(st);
     if (rc == KB_OK)
         rc = reg_rows(r, out, n);
@@ -659,8 +658,8 @@ static kb_err pg_reg_remove(ca_store *b, int64_t rid, ca_reg *removed)
     lock(st);
     rc = cmd(st, "reg_remove", "BEGIN", NULL);
     if (rc == KB_OK) /* waits for a renewal's write guard on this row */
-        rc = run(st, "reg_remove", "SELECT " REG_COLS " FROM ca_reg WHERE rid = $1 FOR UPDATE",
-                 &p, PGRES_TUPLES_OK, &r);
+        rc = run(st, "reg_remove", "SELECT " REG_COLS " FROM ca_reg WHERE rid = $1 FOR UPDATE", &p,
+                 PGRES_TUPLES_OK, &r);
     if (rc == KB_OK && PQntuples(r) == 1)
         reg_row(r, 0, removed);
     else if (rc == KB_OK)
@@ -841,8 +840,8 @@ static kb_err pg_audit_each(ca_store *b, ca_audit_fn fn, void *arg)
     unlock(st);
     KB_GUARD(rc);
     for (int i = 0; i < PQntuples(r); i++)
-        fn(arg, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
-           PQgetvalue(r, i, 3), col_i64(r, i, 4), col_i64(r, i, 5), col_i64(r, i, 6));
+        fn(arg, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3),
+           col_i64(r, i, 4), col_i64(r, i, 5), col_i64(r, i, 6));
     PQclear(r);
     return KB_OK;
 }

@@ -548,7 +548,7 @@ out:
 }
 
 static kb_err sq_reg_renewable(ca_store *b, const char *spiffe_id, int64_t *ttl, char *sans,
-                              size_t sans_len)
+                               size_t sans_len)
 {
     sq_store *st = (sq_store *)b;
     sqlite3_stmt *q = NULL;
@@ -759,8 +759,7 @@ static kb_err sq_write_begin(ca_store *b, int64_t rid, const char *owner)
             rc = KB_ERR_CONFLICT; /* removed while the renewal was under way */
         else if (s != SQLITE_ROW)
             rc = db_err(st, "write_begin");
-        else if (owner != NULL &&
-                 strcmp((const char *)sqlite3_column_text(q, 0), owner) != 0)
+        else if (owner != NULL && strcmp((const char *)sqlite3_column_text(q, 0), owner) != 0)
             rc = KB_ERR_CONFLICT; /* the lease ended and another renewer took it */
     }
     sqlite3_finalize(q);
@@ -843,8 +842,8 @@ static void audit_commit(sq_store *st, struct audit_row *batch)
 }
 
 static kb_err sq_audit_add(ca_store *b, const char *serial, const char *spiffe_id,
-                          const char *target, const char *reason, int64_t gen, int64_t not_after,
-                          int64_t at)
+                           const char *target, const char *reason, int64_t gen, int64_t not_after,
+                           int64_t at)
 {
     sq_store *st = (sq_store *)b;
     struct audit_row me;

@@ -120,8 +120,7 @@ static void meta_gen(const char *backend)
 static void count_audit(void *arg, const char *serial, const char *spiffe_id, const char *target,
                         const char *reason, int64_t gen, int64_t not_after, int64_t at)
 {
-    (void)serial, (void)spiffe_id, (void)target, (void)reason, (void)gen, (void)not_after,
-        (void)at;
+    (void)serial, (void)spiffe_id, (void)target, (void)reason, (void)gen, (void)not_after, (void)at;
     (*(int *)arg)++;
 }
 
@@ -446,8 +445,7 @@ static void test_pg_url_refusals(void **s)
     assert_true(ca_store_is_pg_url("postgres://h/db"));
     assert_false(ca_store_is_pg_url("/var/lib/ca.db"));
     assert_false(ca_store_is_pg_url(NULL));
-    assert_kb(ca_store_open_at("postgresql://kb:secret@127.0.0.1:1/kb", NULL, &st),
-              KB_ERR_CONFIG);
+    assert_kb(ca_store_open_at("postgresql://kb:secret@127.0.0.1:1/kb", NULL, &st), KB_ERR_CONFIG);
     assert_null(st);
     assert_kb(ca_store_open_at("postgresql://kb@127.0.0.1:1/kb?password=secret", NULL, &st),
               KB_ERR_CONFIG);
@@ -524,11 +522,11 @@ static int teardown(void **s)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(meta_gen_sqlite),     cmocka_unit_test(meta_gen_pg),
-        cmocka_unit_test(regs_guard_sqlite),   cmocka_unit_test(regs_guard_pg),
-        cmocka_unit_test(leases_sqlite),       cmocka_unit_test(leases_pg),
-        cmocka_unit_test(lease_expiry_sqlite), cmocka_unit_test(lease_expiry_pg),
-        cmocka_unit_test(claim_race_sqlite),   cmocka_unit_test(claim_race_pg),
+        cmocka_unit_test(meta_gen_sqlite),      cmocka_unit_test(meta_gen_pg),
+        cmocka_unit_test(regs_guard_sqlite),    cmocka_unit_test(regs_guard_pg),
+        cmocka_unit_test(leases_sqlite),        cmocka_unit_test(leases_pg),
+        cmocka_unit_test(lease_expiry_sqlite),  cmocka_unit_test(lease_expiry_pg),
+        cmocka_unit_test(claim_race_sqlite),    cmocka_unit_test(claim_race_pg),
         cmocka_unit_test(test_pg_url_refusals), cmocka_unit_test(test_pg_newer_schema),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
