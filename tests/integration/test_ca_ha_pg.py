@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """keybridge-ca replicas on one PostgreSQL (issue 13): three `keybridge-ca serve` processes share
 a real PostgreSQL ([ca] store_url, password only in a 0600 passfile) and a real SoftHSM2 token;
-300 registrations with 60 s SVIDs and a 50 s availability target, so each is due every 8 s
+300 registrations with 60 s SVIDs and a 44 s availability target, so each is due every 14 s
 (dir: targets), are renewed by leased claims
 (FOR UPDATE SKIP LOCKED); one replica is killed with SIGKILL while it holds claims. Asserted from
 the issued-certificate log (ca_issued), the audit and the targets:
@@ -36,12 +36,12 @@ SRC = os.environ.get("KB_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.di
 B = os.path.join(os.environ.get("KB_BUILD_DIR", os.path.join(SRC, "build")), "keybridge-ca")
 N = 300
 TTL = 60    # the shortest SVID the CA signs (CA_TTL_MIN)
-AVAIL = 50  # availability target: renewed at not_after - AVAIL - 2 ticks, i.e. every 8 s
+AVAIL = 44  # availability target: renewed at not_after - AVAIL - 2 ticks, i.e. every 14 s
 TICK = 1
 LEASE = 3
-SLACK = 6   # a wave of 300 renewals on a loaded 2-core machine, plus a tick
+SLACK = 8   # a wave of 300 renewals on a loaded 2-core machine, plus a tick
 REPLICAS = 3
-RUN_SECONDS = 32
+RUN_SECONDS = 40
 
 failures = []
 
@@ -106,7 +106,9 @@ def rows(pg, sql):
 def wave_rate(pg, confs, w):
     """Every registration made due at once (not_after = 0, as if new), then len(confs) serve
     replicas started: seconds until all N are renewed, measured by polling the issued log."""
-    pg.psql("UPDATE ca_reg SET not_after = 0, next_renew = 0", db="kb")
+    # a short availability target again: the next scheduled renewal is ~30 s away, so a second
+    # renewal of one registration within the wave would be a double one
+    pg.psql("UPDATE ca_reg SET not_after = 0, next_renew = 0, avail = 5", db="kb")
     base = int(rows(pg, "SELECT coalesce(max(id), 0) FROM ca_issued")[0][0])
     t0 = time.time()
     ps = [subprocess.Popen([B, "-c", c, "serve"], stdout=subprocess.DEVNULL,
@@ -220,8 +222,8 @@ def main():
                 # and the last window: due before the end is renewed by the end
                 if v[-1][1] - AVAIL - 2 * TICK + LEASE + SLACK < int(t_end) - 1:
                     missed.append((rid, "not renewed since", v[-1][0]))
-            check(minimum >= 3, f"each registration renewed in every window (at least {minimum} "
-                  f"SVIDs each in {int(t_end - t_start)} s of 8 s windows; {len(issued)} "
+            check(minimum >= 2, f"each registration renewed in every window (at least {minimum} "
+                  f"SVIDs each in {int(t_end - t_start)} s of 14 s windows; {len(issued)} "
                   f"renewals logged; latest {late} s after its due time)")
             check(not twice, f"none renewed twice in one window ({twice[:3]})")
             check(not missed, f"none missed: each renewed before its SVID's availability "
