@@ -129,7 +129,8 @@ def wave_rate(pg, confs, w):
             p.wait(timeout=30)
     twice = int(rows(pg, f"SELECT count(*) - count(DISTINCT rid) FROM ca_issued WHERE id > {base}")
                 [0][0])
-    return done, twice, secs
+    span = rows(pg, f"SELECT max(at) - min(at) + 1 FROM ca_issued WHERE id > {base}")[0][0]
+    return done, twice, secs, int(span or 0)
 
 
 def main():
@@ -226,8 +227,8 @@ def main():
                   f"SVIDs each in {int(t_end - t_start)} s of 14 s windows; {len(issued)} "
                   f"renewals logged; latest {late} s after its due time)")
             check(not twice, f"none renewed twice in one window ({twice[:3]})")
-            check(not missed, f"none missed: each renewed before its SVID's availability "
-                  f"deadline, all valid at the end ({missed[:3]})")
+            check(not missed, f"none missed: each renewed by its due time + lease + {SLACK} s, "
+                  f"the last window too ({missed[:3]})")
             vid = f":{victim.pid}:"
             held_rids = {int(r[0]) for r in held}
             retaken = [rid for rid in held_rids
@@ -261,15 +262,16 @@ def main():
             # throughput: all N due at once, renewed by 1 replica, then by 3 (process start-up
             # included: SoftHSM2 login, the server SVID)
             # (1 replica only with KB_CA_HA_BENCH=1: it adds ~20 s)
-            n3, d3, s3 = wave_rate(pg, confs, w)
+            n3, d3, s3, sp3 = wave_rate(pg, confs, w)
             check(n3 == N and d3 == 0, f"a wave of {N} due registrations renewed once each by "
                   f"{REPLICAS} replicas ({n3}, {d3} twice)")
-            print(f"figure: {N} due registrations: {REPLICAS} replicas {n3 / s3:.0f}/s "
-                  f"({s3:.2f} s)")
+            print(f"figure: {N} due registrations, {REPLICAS} replicas: {s3:.2f} s from start-up "
+                  f"({n3 / s3:.0f}/s), logged within {sp3} s ({n3 / sp3:.0f}/s)")
             if os.environ.get("KB_CA_HA_BENCH"):
-                n1, d1, s1 = wave_rate(pg, confs[:1], w)
+                n1, d1, s1, sp1 = wave_rate(pg, confs[:1], w)
                 check(n1 == N and d1 == 0, f"... and by 1 replica ({n1}, {d1} twice)")
-                print(f"figure: {N} due registrations: 1 replica {n1 / s1:.0f}/s ({s1:.2f} s)")
+                print(f"figure: {N} due registrations, 1 replica: {s1:.2f} s from start-up "
+                      f"({n1 / s1:.0f}/s), logged within {sp1} s ({n1 / sp1:.0f}/s)")
     finally:
         for p in procs:
             if p.poll() is None:
