@@ -78,6 +78,7 @@ static void serve_settings(void **state)
         {"[server]\nsvid_dir = /d\nsvid_ttl = 31d\n", "svid_ttl must be between"},
         {"[server]\nsvid_dir = /d\nthreads = 0\n", "[server] threads"},
         {"[server]\nsvid_dir = /d\n[renew]\ntick = 0\n", "[renew] tick"},
+        {"[server]\nsvid_dir = /d\n[renew]\nlease = 0\n", "lease >= 1s"},
         {"[server]\nsvid_dir = /d\nsvid_dns = bad..name\n", "[server] svid_dns: 'bad..name'"},
         {"[server]\nsvid_dir = /d\nsvid_ip = 300.1.1.1\n", "[server] svid_ip: '300.1.1.1'"},
     };
@@ -92,6 +93,7 @@ static void serve_settings(void **state)
     assert_int_equal(sc.threads, 2);
     assert_int_equal(sc.svid_ttl, 3600);
     assert_int_equal(sc.tick, 1);
+    assert_int_equal(sc.lease, 60);
     kb_config_free(c);
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         c = load(bad[i].ini);
@@ -103,12 +105,42 @@ static void serve_settings(void **state)
     }
 }
 
+/* [ca] store_url (PostgreSQL) or [ca] db (SQLite); a passfile only with a URL. */
+static void store_location(void **state)
+{
+    const char *where = NULL, *pf = NULL;
+    char why[256];
+    kb_config *c;
+    (void)state;
+
+    c = load("[ca]\ndb = /var/lib/ca.db\n");
+    assert_ok(ca_config_store(c, &where, &pf, why, sizeof(why)));
+    assert_string_equal(where, "/var/lib/ca.db");
+    assert_null(pf);
+    kb_config_free(c);
+    c = load("[ca]\nstore_url = postgresql://ca@db/ca?sslmode=verify-full\n"
+             "store_passfile = /etc/kb/pgpass\n");
+    assert_ok(ca_config_store(c, &where, &pf, why, sizeof(why)));
+    assert_string_equal(where, "postgresql://ca@db/ca?sslmode=verify-full");
+    assert_string_equal(pf, "/etc/kb/pgpass");
+    kb_config_free(c);
+    c = load("[ca]\nstore_url = mysql://ca@db/ca\n");
+    assert_kb(ca_config_store(c, &where, &pf, why, sizeof(why)), KB_ERR_CONFIG);
+    assert_non_null(strstr(why, "postgresql://"));
+    kb_config_free(c);
+    c = load("[ca]\ndb = /x.db\nstore_passfile = /etc/kb/pgpass\n");
+    assert_kb(ca_config_store(c, &where, &pf, why, sizeof(why)), KB_ERR_CONFIG);
+    assert_non_null(strstr(why, "store_url"));
+    kb_config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(key_kind),
         cmocka_unit_test(pca_numbers),
         cmocka_unit_test(serve_settings),
+        cmocka_unit_test(store_location),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
