@@ -19,9 +19,17 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(cfg.shots, `console-${name}.png`), fullPage: true });
 }
 
-async function flashText(page) {
-  await page.waitForSelector("#flash .msg", { timeout: 10000 });
-  return page.textContent("#flash .msg");
+// Wait for a flash message matching re (an earlier message may still be showing); its text.
+async function flashMatch(page, re) {
+  try {
+    await page.waitForFunction((src) => {
+      const m = document.querySelector("#flash .msg");
+      return m && new RegExp(src).test(m.textContent);
+    }, re.source, { timeout: 10000 });
+    return true;
+  } catch (e) {
+    return false;
+  }
 }
 
 // fetch() from inside the page (same origin, the session cookie rides along by itself).
@@ -90,12 +98,12 @@ async function main() {
 
     // ---- cloud-sync opt-in
     await page.check("#cloud-sync");
-    check("opt_in", /cloud sync on/.test(await flashText(page)), await page.textContent("#flash"));
+    check("opt_in", await flashMatch(page, /cloud sync on/), await page.textContent("#flash"));
 
     // ---- grant to app-readers
     await page.selectOption("#grant-group", "app-readers");
     await page.click("#grant-add");
-    check("grant", /granted web-tls to app-readers/.test(await flashText(page)), await page.textContent("#flash"));
+    check("grant", await flashMatch(page, /granted web-tls to app-readers/), await page.textContent("#flash"));
     await page.waitForSelector("td:has-text('app-readers')", { timeout: 10000 });
 
     // ---- content is not on the page until revealed
@@ -109,27 +117,33 @@ async function main() {
     await page.selectOption("#put-mode", "password");
     await page.fill("#put-expires", exp);
     await page.click("#put-submit");
-    check("generate_version", /version 2/.test(await flashText(page)), await page.textContent("#flash"));
+    check("generate_version", await flashMatch(page, /wrote web-tls version 2/), await page.textContent("#flash"));
+    await page.waitForSelector("td:has-text('latest version') + td:has-text('2')", { timeout: 10000 });
 
     // ---- the other pages
     await page.click("a[data-page=expiring]");
+    await page.waitForSelector("h1:text-is('Expiring in the next 90 days')", { timeout: 10000 });
     await page.waitForSelector("#timeline .tick", { timeout: 10000 });
     const expText = await page.textContent("main");
     check("expiry_view", expText.includes("web-tls") && /10 days/.test(expText), expText.slice(0, 400));
     await shot(page, "expiring");
     await page.click("a[data-page=groups]");
-    await page.waitForSelector("td:has-text('team-a')", { timeout: 10000 });
+    await page.waitForSelector("h1:text-is('Groups')", { timeout: 10000 });
+    await page.waitForSelector("td:has-text('" + cfg.owner_a + "')", { timeout: 10000 }).catch(() => null);
     check("groups_members", (await page.textContent("main")).includes(cfg.owner_a));
     await shot(page, "groups");
     await page.click("a[data-page=clients]");
+    await page.waitForSelector("h1:text-is('Clients')", { timeout: 10000 });
     await page.waitForSelector("td:has-text('last seen'), th:has-text('last seen')", { timeout: 10000 });
     check("clients", (await page.textContent("main")).includes(cfg.owner_a));
     await shot(page, "clients");
     await page.click("a[data-page=sync]");
+    await page.waitForSelector("h1:text-is('Sync status per application')", { timeout: 10000 });
     await page.waitForSelector("th:has-text('last listing')", { timeout: 10000 });
     check("sync_status", (await page.textContent("main")).includes("reader-app"));
     await shot(page, "sync");
     await page.click("a[data-page=audit]");
+    await page.waitForSelector("h1:text-is('Audit log')", { timeout: 10000 });
     await page.waitForSelector("td:has-text('secret.admin_read')", { timeout: 10000 });
     await page.click("#audit-verify");
     await page.waitForSelector("#verify-result.ok", { timeout: 10000 });

@@ -61,6 +61,13 @@ function table(cols, rows, render) {
   return t;
 }
 
+// Data arrives after awaits: draw only if the user is still on the page that asked for it (a
+// late answer must not replace the page navigated to meanwhile).
+function stillOn(name) {
+  return location.hash.replace(/^#/, "").split("/", 1)[0] === name ||
+    (name === "secrets" && location.hash === "");
+}
+
 function page(title, ...kids) {
   document.getElementById("main").replaceChildren(el("h1", { text: title }), ...kids);
 }
@@ -148,6 +155,7 @@ async function secrets() {
   page("Secrets", el("div", { class: "row" }, search), holder);
   let all = [];
   try { all = (await api("GET", admin("/secrets"))).secrets; } catch (e) { flash(e.message, true); return; }
+  if (!stillOn("secrets")) return;
   const draw = () => {
     const q = search.value.trim().toLowerCase();
     const rows = all.filter((s) => s.name.toLowerCase().includes(q) ||
@@ -167,6 +175,7 @@ async function secretPage(name) {
       api("GET", admin("/secrets/" + enc(name) + "/versions")),
       api("GET", admin("/secrets/" + enc(name) + "/status"))]);
   } catch (e) { page("Secret " + name); flash(e.message, true); return; }
+  if (!stillOn("secret")) return;
 
   const meta = table(["field", "value"], [
     ["name", s.name], ["description", s.description], ["owner group", s.owner_group || ""],
@@ -201,6 +210,7 @@ async function secretPage(name) {
 
   const grantGroup = el("select", { id: "grant-group" });
   for (const g of await groupNames()) grantGroup.append(el("option", { value: g, text: g }));
+  if (!stillOn("secret")) return;
   const grantBtn = el("button", { id: "grant-add", type: "button", text: "Grant" });
   grantBtn.addEventListener("click", async () => {
     try {
@@ -290,6 +300,7 @@ async function create() {
   const owner = el("select", { id: "create-owner" });
   if (state.admin) owner.append(el("option", { value: "", text: "(none)" }));
   for (const g of await groupNames()) owner.append(el("option", { value: g, text: g }));
+  if (!stillOn("create")) return;
   const f = contentFields("create");
   const btn = el("button", { type: "submit", class: "primary", id: "create-submit", text: "Create" });
   const form = el("form", { class: "card", id: "create-form" },
@@ -315,6 +326,7 @@ async function expiring() {
   const days = 90;
   let r;
   try { r = await api("GET", admin("/expiring?within=" + days * 86400)); } catch (e) { page("Expiring"); flash(e.message, true); return; }
+  if (!stillOn("expiring")) return;
   const line = el("div", { class: "timeline", id: "timeline" });
   const span = r.to - r.from;
   for (const s of r.secrets) {
@@ -340,10 +352,12 @@ async function expiring() {
 async function groups() {
   let gs;
   try { gs = (await api("GET", admin("/groups"))).groups; } catch (e) { page("Groups"); flash(e.message, true); return; }
+  if (!stillOn("groups")) return;
   const holder = el("div");
   const rows = await Promise.all(gs.map(async (g) => {
     try { return Object.assign({}, g, await api("GET", admin("/groups/" + enc(g.name)))); } catch (e) { return g; }
   }));
+  if (!stillOn("groups")) return;
   holder.append(table(["name", "description", "members", "created"], rows, (g) =>
     [g.name, g.description, (g.clients || []).map((c) => c.spiffe_id || c).join(", "), when(g.created_at)]));
   page("Groups", holder);
@@ -352,6 +366,7 @@ async function groups() {
 async function clients() {
   let cs;
   try { cs = (await api("GET", admin("/clients"))).clients; } catch (e) { page("Clients"); flash(e.message, true); return; }
+  if (!stillOn("clients")) return;
   page("Clients", table(["SPIFFE ID", "app", "enabled", "admin", "cloud", "last seen"], cs, (c) =>
     [el("span", { class: "mono", text: c.spiffe_id }), c.app_name, c.enabled ? "yes" : "no",
       c.admin ? "yes" : "no", c.cloud ? "yes" : "no", when(c.last_seen)]));
@@ -360,6 +375,7 @@ async function clients() {
 async function sync() {
   let cs;
   try { cs = (await api("GET", admin("/clients"))).clients; } catch (e) { page("Sync status"); flash(e.message, true); return; }
+  if (!stillOn("sync")) return;
   const now = Date.now() / 1000;
   const apps = cs.filter((c) => !c.admin);
   page("Sync status per application",
@@ -378,6 +394,7 @@ async function audit() {
     const q = obj.value ? "?object=" + enc(obj.value) + "&limit=200" : "?limit=200";
     try {
       const ev = (await api("GET", admin("/audit" + q))).events;
+      if (!stillOn("audit")) return;
       holder.replaceChildren(table(["seq", "time", "identity", "action", "object", "version", "result"], ev, (e) =>
         [e.seq, when(e.time), el("span", { class: "mono", text: e.identity }), e.action, e.object, e.version, e.result]));
     } catch (e) { flash(e.message, true); }
