@@ -1093,6 +1093,19 @@ static void format_peer(const struct sockaddr *sa, char *out, size_t n)
     }
 }
 
+/* The pending handshake the cap closes: the oldest one that has not moved at all (nothing read
+ * from its client, nothing waiting unread: an idle TCP connection) among the first
+ * KB_HTTPD_HS_CAP_SCAN, else the oldest. A client whose handshake is under way but waits for
+ * this busy loop is not displaced by idle connections that arrived after it. */
+static conn *hs_victim(loop *lp)
+{
+    conn *c = lp->hs_head;
+    for (int i = 0; c != NULL && i < KB_HTTPD_HS_CAP_SCAN; i++, c = c->hs_next)
+        if (c->hs_steps == 0 && !conn_input_waiting(c))
+            return c;
+    return lp->hs_head;
+}
+
 static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
@@ -1162,12 +1175,13 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
          * arrival order and a real handshake takes milliseconds, not handshake_timeout. */
         if (lp->nhs >= lp->hs_cap && lp->hs_head != NULL) {
             time_t now = time(NULL);
+            conn *victim = hs_victim(lp);
             if (now != lp->hs_logged) { /* at most one line per second per loop */
                 lp->hs_logged = now;
-                kb_log(KB_LOG_WARN, "handshake_cap", "action", "oldest pending handshake closed",
-                       "peer", lp->hs_head->peer, NULL);
+                kb_log(KB_LOG_WARN, "handshake_cap", "action",
+                       "oldest idle pending handshake closed", "peer", victim->peer, NULL);
             }
-            conn_free(lp->hs_head);
+            conn_free(victim);
         }
         c->hs_prev = lp->hs_tail;
         if (lp->hs_tail)

@@ -55,6 +55,9 @@ typedef kb_tls_peer_verify kb_http_peer_verify;
  * wait unread (a busy loop, not a stalled client): a handshake lasts at most
  * (1 + this) x handshake_timeout_secs. */
 #define KB_HTTPD_HANDSHAKE_EXTENSIONS 5
+/* Pending handshakes the pre-handshake cap looks through for an idle one to close (bounded work
+ * per accept; past it the oldest is closed). */
+#define KB_HTTPD_HS_CAP_SCAN 64
 #define KB_HTTPD_MAX_HEADERS_COUNT 100 /* header fields per request */
 #define KB_HTTPD_MAX_THREADS 256
 #define KB_HTTPD_PEER_ID_MAX 2048 /* SPIFFE IDs are at most 2048 bytes */

@@ -1237,6 +1237,71 @@ static void test_handshake_busy_loop(void **state)
     srv_stop(&s);
 }
 
+/* The pre-handshake cap displaces an idle connection, not an older handshake under way: a
+ * client that sent its ClientHello (and got the server's flight) is still served when idle TCP
+ * connections arriving after it fill the cap (before: the oldest pending handshake was closed,
+ * whatever it was doing). */
+static void test_handshake_cap_spares_progress(void **state)
+{
+    tls_fixture *f = *state;
+    srv s = {0};
+    kb_httpd_opts o = {.cert_file = f->p.cert,
+                       .key_file = f->p.key,
+                       .client_ca_file = f->p.ca,
+                       .verify_peer = verify_ok,
+                       .threads = 1,
+                       .timeout_secs = 30,
+                       .max_connections = 16,
+                       .max_handshakes = 4,
+                       .handshake_timeout_secs = 5};
+    SSL_CTX *cc = client_ctx(&f->p, TLS1_2_VERSION, TLS1_3_VERSION, 1);
+    char out[4096];
+    int idle[4], ret, e;
+    srv_start(&s, &o);
+    int fd = raw_connect(s.port);
+    SSL *ssl = SSL_new(cc);
+    SSL_set_fd(ssl, fd);
+    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+    /* ClientHello out, the server's first flight back: the handshake is under way */
+    ret = SSL_connect(ssl);
+    assert_true(ret != 1);
+    e = SSL_get_error(ssl, ret);
+    assert_int_equal(e, SSL_ERROR_WANT_READ);
+    struct pollfd pf = {fd, POLLIN, 0};
+    assert_int_equal(poll(&pf, 1, 10000), 1);
+    /* four idle connections after it: the cap (4) is reached, one of them must go */
+    for (int i = 0; i < 4; i++)
+        idle[i] = raw_connect(s.port);
+    usleep(500 * 1000);
+    for (;;) {
+        ret = SSL_connect(ssl);
+        if (ret == 1)
+            break;
+        e = SSL_get_error(ssl, ret);
+        assert_true(e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE);
+        pf.events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+        assert_int_equal(poll(&pf, 1, 10000), 1);
+    }
+    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK), 0);
+    const char req[] = "GET /who HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    assert_int_equal(SSL_write(ssl, req, sizeof(req) - 1), (int)sizeof(req) - 1);
+    int k = SSL_read(ssl, out, (int)sizeof(out) - 1);
+    assert_true(k > 0);
+    out[k] = '\0';
+    assert_true(strncmp(out, "HTTP/1.1 200 ", 13) == 0);
+    SSL_free(ssl);
+    close(fd);
+    /* the displaced one was idle: the first of them is closed at once, not at the deadline */
+    double t0 = now_secs();
+    assert_true(raw_wait_closed(idle[0]));
+    assert_true(now_secs() - t0 < 4.0);
+    for (int i = 0; i < 4; i++)
+        close(idle[i]);
+    SSL_CTX_free(cc);
+    ERR_clear_error();
+    srv_stop(&s);
+}
+
 /* Raw OpenSSL client: connect, handshake, send one request, return the response text. */
 static int tls_client(int port, SSL_CTX *cctx, SSL_SESSION **sess_io, int *reused, char *out,
                       size_t cap)
@@ -1539,6 +1604,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mtls, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_handshake_cap, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_handshake_busy_loop, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_handshake_cap_spares_progress, tls_setup,
+                                        tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_versions_and_resumption, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_reload, tls_setup, tls_teardown),
     };
