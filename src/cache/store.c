@@ -143,6 +143,8 @@ struct cache_store {
     /* ListSecrets' statements, one per (sort, descending, resuming, including deleted): prepared
      * on first use, like q. */
     sqlite3_stmt *lq[4][2][2][2];
+    /* cache_store_tags_many and cache_store_stages_many (prepared on first use). */
+    sqlite3_stmt *many[2];
     /* Plaintext of the last cache_store_version_peek (locked; grown on demand, wiped after
      * use). One locked mapping for the store's lifetime instead of one per read. */
     kb_secret *scratch;
@@ -265,6 +267,8 @@ void cache_store_close(cache_store *st)
         sqlite3_finalize(st->q[i]);
     for (size_t i = 0; i < sizeof(st->lq) / sizeof(st->lq[0][0][0][0]); i++)
         sqlite3_finalize((&st->lq[0][0][0][0])[i]);
+    for (size_t i = 0; i < KB_ARRAY_LEN(st->many); i++)
+        sqlite3_finalize(st->many[i]);
     sqlite3_close(st->db);
     kb_secret_free(st->key);
     kb_secret_free(st->token_key);
@@ -330,7 +334,8 @@ static void copy_col(sqlite3_stmt *s, int col, char *dst, size_t cap, int *prese
 
 static void row_to_secret(sqlite3_stmt *s, cache_secret *o)
 {
-    memset(o, 0, sizeof(*o));
+    /* Every member is set (copy_col terminates each text): no memset of the ~6 KB struct, which
+     * a ListSecrets page would pay per row. */
     o->id = sqlite3_column_int64(s, 0);
     copy_col(s, 1, o->account, sizeof(o->account), NULL);
     copy_col(s, 2, o->name, sizeof(o->name), NULL);
@@ -487,7 +492,7 @@ kb_err cache_store_list(cache_store *st, const char *account, int include_delete
             return db_err(st, "list");
         st->lq[sort][descending != 0][resume][include_deleted != 0] = s;
     }
-    sec = malloc(sizeof(*sec));
+    sec = calloc(1, sizeof(*sec));
     KB_ENSURE_OUT(rc, sec != NULL, KB_ERR_NOMEM);
     KB_GUARD_OUT(rc, bind_text(s, 1, account));
     if (resume) {
@@ -529,6 +534,105 @@ kb_err cache_store_tags_get(cache_store *st, int64_t id, cache_tag_list *out)
     }
     if (r != SQLITE_DONE)
         rc = db_err(st, "tags");
+out:
+    done(s);
+    return rc;
+}
+
+/* Bytes of a text column as copy_col would keep them (up to a NUL, at most cap - 1). */
+static size_t col_text(sqlite3_stmt *s, int col, size_t cap, const char **out)
+{
+    const char *v = (const char *)sqlite3_column_text(s, col);
+    size_t bytes;
+    *out = v ? v : "";
+    if (v == NULL)
+        return 0;
+    bytes = (size_t)sqlite3_column_bytes(s, col);
+    return strnlen(v, bytes < cap - 1 ? bytes : cap - 1);
+}
+
+/* The statement of tags_many (which 0) or stages_many (1), prepared once, with the ids bound:
+ * "secret_id IN (?1, ..., ?CACHE_STORE_MANY)", the places past n left NULL (matching nothing). */
+static kb_err many_stmt(cache_store *st, int which, const int64_t *ids, size_t n,
+                        sqlite3_stmt **out)
+{
+    static const char *const head[] = {"SELECT secret_id, k, v FROM tags WHERE secret_id IN (",
+                                       "SELECT secret_id, vid, stage FROM stages WHERE"
+                                       " secret_id IN ("};
+    /* Index order (tags_by_secret, stages_by_vid): no sort (EXPLAIN QUERY PLAN: SEARCH ...
+     * USING INDEX, no TEMP B-TREE). */
+    static const char *const tail[] = {") ORDER BY secret_id, rowid",
+                                       ") ORDER BY secret_id, vid, stage"};
+    sqlite3_stmt *s = st->many[which];
+    kb_err rc = KB_OK;
+    KB_ENSURE(n <= CACHE_STORE_MANY, KB_ERR_INVALID);
+    if (s == NULL) {
+        kb_dbuf sql;
+        kb_dbuf_init(&sql, 4096);
+        rc = kb_dbuf_addstr(&sql, head[which]);
+        for (int i = 1; rc == KB_OK && i <= CACHE_STORE_MANY; i++)
+            rc = kb_dbuf_addf(&sql, i > 1 ? ", ?%d" : "?%d", i);
+        if (rc == KB_OK)
+            rc = kb_dbuf_addstr(&sql, tail[which]);
+        if (rc == KB_OK && sqlite3_prepare_v3(st->db, kb_dbuf_str(&sql), -1,
+                                              SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
+            rc = db_err(st, "prepare");
+        kb_dbuf_free(&sql);
+        KB_GUARD(rc);
+        st->many[which] = s;
+    }
+    for (size_t i = 0; i < n; i++)
+        KB_GUARD_OUT(rc, bind_i64(s, (int)i + 1, ids[i]));
+    *out = s;
+    return KB_OK;
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_tags_many(cache_store *st, const int64_t *ids, size_t n, cache_store_tag_fn fn,
+                             void *arg)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_ENSURE_REF(ids);
+    KB_ENSURE_REF(fn);
+    KB_GUARD(many_stmt(st, 0, ids, n, &s));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *k, *v;
+        size_t kl = col_text(s, 1, CACHE_TAG_KEY_MAX + 1, &k);
+        size_t vl = col_text(s, 2, CACHE_TAG_VALUE_MAX + 1, &v);
+        int ret = fn(arg, sqlite3_column_int64(s, 0), k, kl, v, vl);
+        KB_ENSURE_OUT(rc, ret >= 0, KB_ERR_INTERNAL);
+        if (ret > 0)
+            goto out;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(st, "tags_many");
+out:
+    done(s);
+    return rc;
+}
+
+kb_err cache_store_stages_many(cache_store *st, const int64_t *ids, size_t n,
+                               cache_store_stages_fn fn, void *arg)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r;
+    KB_ENSURE_REF(ids);
+    KB_ENSURE_REF(fn);
+    KB_GUARD(many_stmt(st, 1, ids, n, &s));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        int ret = fn(arg, sqlite3_column_int64(s, 0), (const char *)sqlite3_column_text(s, 1),
+                     (const char *)sqlite3_column_text(s, 2));
+        KB_ENSURE_OUT(rc, ret >= 0, KB_ERR_INTERNAL);
+        if (ret > 0)
+            goto out;
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(st, "stages_many");
 out:
     done(s);
     return rc;

@@ -110,6 +110,21 @@ KB_WUR kb_err cache_store_list(cache_store *st, const char *account, int include
                                cache_store_visit_fn fn, void *arg);
 
 KB_WUR kb_err cache_store_tags_get(cache_store *st, int64_t id, cache_tag_list *out);
+
+/* The tags and the stages of up to CACHE_STORE_MANY secrets in one statement each (a ListSecrets
+ * page: one index search per secret inside one statement instead of a statement per secret).
+ * Rows come grouped by secret, in ascending id order; within a secret, tags in insertion order
+ * (as cache_store_tags_get) and stages by version then stage (as cache_store_stages). Texts are
+ * passed with their length, cut as cache_store_tags_get cuts them (CACHE_TAG_KEY_MAX,
+ * CACHE_TAG_VALUE_MAX); the pointers are valid during the call only. Callback as for list. */
+#define CACHE_STORE_MANY 100
+typedef int (*cache_store_tag_fn)(void *arg, int64_t id, const char *key, size_t key_len,
+                                  const char *value, size_t value_len);
+KB_WUR kb_err cache_store_tags_many(cache_store *st, const int64_t *ids, size_t n,
+                                    cache_store_tag_fn fn, void *arg);
+typedef int (*cache_store_stages_fn)(void *arg, int64_t id, const char *vid, const char *stage);
+KB_WUR kb_err cache_store_stages_many(cache_store *st, const int64_t *ids, size_t n,
+                                      cache_store_stages_fn fn, void *arg);
 KB_WUR kb_err cache_store_tag_set(cache_store *st, int64_t id, const char *key, const char *value);
 KB_WUR kb_err cache_store_tag_remove(cache_store *st, int64_t id, const char *key);
 

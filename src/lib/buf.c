@@ -139,6 +139,12 @@ static kb_err dbuf_reserve(kb_dbuf *b, size_t n)
     return KB_OK;
 }
 
+kb_err kb_dbuf_reserve(kb_dbuf *b, size_t n)
+{
+    KB_ENSURE_REF(b);
+    return dbuf_reserve(b, n);
+}
+
 kb_err kb_dbuf_add(kb_dbuf *b, const void *p, size_t n)
 {
     KB_ENSURE_REF(b);

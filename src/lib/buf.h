@@ -52,6 +52,9 @@ KB_WUR kb_err kb_dbuf_addf(kb_dbuf *b, const char *fmt, ...) __attribute__((form
 KB_WUR kb_err kb_dbuf_vaddf(kb_dbuf *b, const char *fmt, va_list ap)
     __attribute__((format(printf, 2, 0)));
 KB_WUR kb_err kb_dbuf_addc(kb_dbuf *b, char c);
+/* Make room for n more bytes at once (one allocation instead of doublings when the size is
+ * known ahead); KB_ERR_TOO_LARGE past max, as add. */
+KB_WUR kb_err kb_dbuf_reserve(kb_dbuf *b, size_t n);
 /* The contents as a NUL-terminated string ("" when empty; never NULL). */
 const char *kb_dbuf_str(const kb_dbuf *b);
 /* Empty the buffer (wiping what it held) but keep its allocation. */

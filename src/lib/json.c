@@ -199,6 +199,20 @@ json_t *kb_json_b64(const void *p, size_t n)
 
 /* ---------------------------------------------------------------- direct writing */
 
+/* Whether none of the 8 bytes at p needs more than copying: no control character, '"', '\\'
+ * or byte >= 0x80 (the classic "has a zero byte" test, exact for "any": a borrow only ever
+ * propagates above a byte that matched). Lets the copying run over plain ASCII 8 bytes a step. */
+static int plain8(const uint8_t *p)
+{
+    const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+    uint64_t x, q, bs, bad;
+    memcpy(&x, p, sizeof(x));
+    q = x ^ (ones * '"');
+    bs = x ^ (ones * '\\');
+    bad = ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((bs - ones) & ~bs) | x;
+    return (bad & high) == 0;
+}
+
 kb_err kb_json_put_str(kb_dbuf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
@@ -208,9 +222,31 @@ kb_err kb_json_put_str(kb_dbuf *b, const char *s, size_t n)
 
     KB_ENSURE_REF(b);
     KB_ENSURE(s != NULL || n == 0, KB_ERR_NULL);
+    /* The common case, plain ASCII with nothing to escape: one copy between the quotes. */
+    while (n - i >= 8 && plain8(p + i))
+        i += 8;
+    while (i < n && p[i] >= 0x20 && p[i] < 0x80 && p[i] != '"' && p[i] != '\\')
+        i++;
+    if (i == n) {
+        KB_GUARD(kb_dbuf_reserve(b, n + 2));
+        b->p[b->len] = '"';
+        if (n)
+            memcpy(b->p + b->len + 1, p, n);
+        b->p[b->len + n + 1] = '"';
+        b->len += n + 2;
+        b->p[b->len] = '\0';
+        return KB_OK;
+    }
+    i = 0;
     KB_GUARD(kb_dbuf_addc(b, '"'));
     while (i < n) {
-        uint8_t ch = p[i];
+        uint8_t ch;
+        if (n - i >= 8 && plain8(p + i)) {
+            i += 8;
+            run += 8;
+            continue;
+        }
+        ch = p[i];
         char esc[6];
         size_t el = 2, k;
         if (ch >= 0x20 && ch != '"' && ch != '\\') {

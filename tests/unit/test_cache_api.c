@@ -1665,11 +1665,92 @@ static void list_matches_describe(void **state)
     done(l);
 }
 
+/* A ListSecrets page reads its tags and stages with one statement each for the whole page
+ * (secrets in any id order: by name, newest first, filtered): every entry's Tags (in insertion
+ * order) and SecretVersionsToStages equal DescribeSecret's, across pages of every order. */
+static void list_page_tags_stages(void **state)
+{
+    static const char *const names[] = {"m/7", "b/2", "z/9", "a/1", "q/5", "c/3", "y/8", "d/4"};
+    static const char *const queries[] = {
+        "{\"MaxResults\":3}",
+        "{\"MaxResults\":3,\"SortOrder\":\"desc\"}",
+        "{\"MaxResults\":3,\"SortBy\":\"name\"}",
+        "{\"MaxResults\":3,\"SortBy\":\"name\",\"SortOrder\":\"desc\"}",
+        "{\"MaxResults\":2,\"Filters\":[{\"Key\":\"tag-key\",\"Values\":[\"k\"]}]}",
+        "{\"MaxResults\":100,\"SortBy\":\"name\"}"};
+    fx *f = *state;
+    char body[1024];
+    for (size_t i = 0; i < KB_ARRAY_LEN(names); i++) {
+        /* i tags % 4, inserted in an order that is not the keys' order; stages vary too */
+        int n = snprintf(body, sizeof(body), "{\"Name\":\"%s\",\"SecretString\":\"v\"", names[i]);
+        if (i % 4 > 0) {
+            n += snprintf(body + n, sizeof(body) - (size_t)n, ",\"Tags\":[");
+            for (size_t t = 0; t < i % 4; t++)
+                n += snprintf(body + n, sizeof(body) - (size_t)n,
+                              "%s{\"Key\":\"%s\",\"Value\":\"v\\\"%zu\"}", t ? "," : "",
+                              t == 0   ? "z"
+                              : t == 1 ? "k"
+                                       : "a",
+                              i);
+            n += snprintf(body + n, sizeof(body) - (size_t)n, "]");
+        }
+        snprintf(body + n, sizeof(body) - (size_t)n, "}");
+        done(ok(f, "CreateSecret", body));
+        f->now += 1000;
+        if (i % 3 == 0) {
+            snprintf(body, sizeof(body),
+                     "{\"SecretId\":\"%s\",\"SecretString\":\"w\",\"VersionStages\":"
+                     "[\"AWSCURRENT\",\"s2\",\"s1\"]}",
+                     names[i]);
+            done(ok(f, "PutSecretValue", body));
+        }
+    }
+    for (size_t q = 0; q < KB_ARRAY_LEN(queries); q++) {
+        size_t seen = 0, pages = 0;
+        char *next = NULL;
+        do {
+            json_t *l, *e;
+            size_t i;
+            if (next)
+                snprintf(body, sizeof(body), "%.*s,\"NextToken\":\"%s\"}",
+                         (int)strlen(queries[q]) - 1, queries[q], next);
+            else
+                snprintf(body, sizeof(body), "%s", queries[q]);
+            free(next);
+            next = NULL;
+            l = ok(f, "ListSecrets", body);
+            json_array_foreach(json_object_get(l, "SecretList"), i, e)
+            {
+                char d_body[1024];
+                json_t *d;
+                snprintf(d_body, sizeof(d_body), "{\"SecretId\":\"%s\"}", str(e, "ARN"));
+                d = ok(f, "DescribeSecret", d_body);
+                if (!json_equal(json_object_get(e, "Tags"), json_object_get(d, "Tags")) ||
+                    !json_equal(json_object_get(e, "SecretVersionsToStages"),
+                                json_object_get(d, "VersionIdsToStages")))
+                    fail_msg("query %zu: %s differs from DescribeSecret", q, str(e, "Name"));
+                if (strcmp(str(e, "Name"), "d/4") == 0) /* 3 tags: z, k, a as inserted */
+                    assert_string_equal(str(json_array_get(json_object_get(e, "Tags"), 2), "Key"),
+                                        "a");
+                done(d);
+                seen++;
+            }
+            if (json_object_get(l, "NextToken"))
+                next = strdup(str(l, "NextToken"));
+            done(l);
+            pages++;
+        } while (next != NULL && pages < 10);
+        /* tag-key k: the secrets with 2 or 3 tags (i % 4 >= 2: z/9, a/1, y/8, d/4) */
+        assert_int_equal(seen, q == 4 ? 4 : KB_ARRAY_LEN(names));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(create_get_describe, setup, teardown),
         cmocka_unit_test_setup_teardown(list_matches_describe, setup, teardown),
+        cmocka_unit_test_setup_teardown(list_page_tags_stages, setup, teardown),
         cmocka_unit_test_setup_teardown(binary_values, setup, teardown),
         cmocka_unit_test_setup_teardown(limits, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_json_and_types, setup, teardown),

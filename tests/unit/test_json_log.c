@@ -246,6 +246,24 @@ static void put_str_matches_jansson(void **state)
         char one = (char)i;
         expect_put_like_jansson(&one, 1);
     }
+    /* Strings long enough for the 8-byte steps: every byte at every offset of a plain run, so
+     * each lane of the word test meets each byte that needs more than copying. */
+    for (size_t pos = 0; pos < 19; pos++) {
+        for (size_t i = 1; i < 256; i++) {
+            char run[19];
+            memset(run, 'a', sizeof(run));
+            run[pos] = (char)i;
+            expect_put_like_jansson(run, sizeof(run));
+        }
+    }
+    {
+        char lng[300];
+        for (size_t i = 0; i < sizeof(lng); i++)
+            lng[i] = (char)(' ' + i % 95);
+        expect_put_like_jansson(lng, sizeof(lng));
+        memcpy(lng + 290, "caf\xc3\xa9\n", 6);
+        expect_put_like_jansson(lng, sizeof(lng));
+    }
     /* A buffer too small: refused, and the buffer as it was. */
     kb_dbuf_init(&b, 8);
     assert_ok(kb_dbuf_addstr(&b, "ab"));
