@@ -82,10 +82,9 @@ static int fail_internal(op_ctx *c, kb_err e)
 
 /* ------------------------------------------------------------------ small helpers */
 
-static kb_err uuid4(char out[37])
+/* A version 4 UUID from 16 random bytes. */
+static void uuid4_format(uint8_t b[16], char out[37])
 {
-    uint8_t b[16];
-    KB_ENSURE(RAND_bytes(b, sizeof(b)) == 1, KB_ERR_CRYPTO);
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* RFC 9562 section 5.4: version 4 */
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* variant 10 */
     /* 8-4-4-4-12 lowercase hex, formatted by hand: every response carries one (x-amzn-RequestId)
@@ -93,7 +92,7 @@ static kb_err uuid4(char out[37])
     {
         static const char hex[] = "0123456789abcdef";
         size_t o = 0;
-        for (size_t i = 0; i < sizeof(b); i++) {
+        for (size_t i = 0; i < 16; i++) {
             if (i == 4 || i == 6 || i == 8 || i == 10)
                 out[o++] = '-';
             out[o++] = hex[b[i] >> 4];
@@ -101,6 +100,31 @@ static kb_err uuid4(char out[37])
         }
         out[o] = '\0';
     }
+}
+
+static kb_err uuid4(char out[37])
+{
+    uint8_t b[16];
+    KB_ENSURE(RAND_bytes(b, sizeof(b)) == 1, KB_ERR_CRYPTO);
+    uuid4_format(b, out);
+    return KB_OK;
+}
+
+/* Request ids (one per response, not secret, never reused): random bytes taken from a
+ * per-thread pool refilled 64 ids at a time, since each RAND_bytes call costs more (its DRBG
+ * locking and reseed checks) than formatting the id. Version ids use uuid4. */
+#define REQUEST_ID_POOL 64
+static kb_err request_id(char out[37])
+{
+    static __thread uint8_t pool[REQUEST_ID_POOL * 16];
+    static __thread size_t left;
+    if (left == 0) {
+        KB_ENSURE(RAND_bytes(pool, sizeof(pool)) == 1, KB_ERR_CRYPTO);
+        left = REQUEST_ID_POOL;
+    }
+    left--;
+    uuid4_format(pool + left * 16, out);
+    kb_wipe(pool + left * 16, 16);
     return KB_OK;
 }
 
@@ -2406,11 +2430,12 @@ static kb_err respond_error(cache_response *r, int status, const char *type, con
 static kb_err begin_response(cache_response *out)
 {
     memset(out, 0, sizeof(*out));
-    return uuid4(out->request_id);
+    return request_id(out->request_id);
 }
 
-kb_err cache_api_dispatch(cache_api *a, const char *account, const char *operation,
-                          const uint8_t *body, size_t len, int64_t now_ms, cache_response *out)
+/* cache_api_dispatch on a response begun already (its request id set). */
+static kb_err dispatch(cache_api *a, const char *account, const char *operation,
+                       const uint8_t *body, size_t len, int64_t now_ms, cache_response *out)
 {
     op_ctx c;
     json_t *in = NULL, *res = NULL;
@@ -2419,11 +2444,6 @@ kb_err cache_api_dispatch(cache_api *a, const char *account, const char *operati
     size_t i;
     int locked = 0, in_tx = 0, failed;
 
-    KB_ENSURE_REF(a);
-    KB_ENSURE_REF(account);
-    KB_ENSURE_REF(operation);
-    KB_ENSURE_REF(out);
-    KB_GUARD(begin_response(out));
     for (i = 0; i < KB_ARRAY_LEN(OPS) && strcmp(OPS[i].name, operation) != 0; i++)
         ;
     if (i == KB_ARRAY_LEN(OPS))
@@ -2517,6 +2537,17 @@ out:
     json_decref(in);
     json_decref(res);
     return rc;
+}
+
+kb_err cache_api_dispatch(cache_api *a, const char *account, const char *operation,
+                          const uint8_t *body, size_t len, int64_t now_ms, cache_response *out)
+{
+    KB_ENSURE_REF(a);
+    KB_ENSURE_REF(account);
+    KB_ENSURE_REF(operation);
+    KB_ENSURE_REF(out);
+    KB_GUARD(begin_response(out));
+    return dispatch(a, account, operation, body, len, now_ms, out);
 }
 
 /* ---------------------------------------------------------------- HTTP + SigV4 */
@@ -2655,8 +2686,9 @@ kb_err cache_api_handle(cache_api *a, const cache_request *r, cache_response *ou
         (ctype[26] != '\0' && ctype[26] != ';'))
         return respond_error(out, 400, "SerializationException",
                              "Content-Type must be application/x-amz-json-1.1");
-    return cache_api_dispatch(a, (const char *)user, target + sizeof(prefix) - 1, r->body,
-                              r->body_len, r->now_ms, out);
+    /* out was begun above: one request id per response. */
+    return dispatch(a, (const char *)user, target + sizeof(prefix) - 1, r->body, r->body_len,
+                    r->now_ms, out);
 }
 
 void cache_response_free(cache_response *r)

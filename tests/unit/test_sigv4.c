@@ -12,6 +12,8 @@
 #include "lib/secbuf.h"
 #include "lib/sigv4.h"
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/sha.h>
 
 /* ------------------------------------------------------------------ request.txt (test-only) */
@@ -413,6 +415,34 @@ static void signing_key_known_answer(void **state)
     assert_string_equal(hex, "c4afb1cc5771d871763a393e44b703571b55cc28424d1a5e86da6ed3c154a4b9");
     assert_kb(kb_sigv4_signing_key(NULL, "20150830", "us-east-1", "iam", key), KB_ERR_NULL);
     kb_secret_free(s);
+}
+
+/* The signing key equals the HMAC() chain of the SigV4 specification for secrets of every
+ * length around SHA-256's 64-byte block ("AWS4" + secret longer than 64 bytes is hashed first)
+ * and past the stack buffer. */
+static void signing_key_matches_hmac(void **state)
+{
+    static const size_t lens[] = {0, 1, 40, 59, 60, 61, 62, 100, 200, 300};
+    (void)state;
+    for (size_t i = 0; i < KB_ARRAY_LEN(lens); i++) {
+        char sk[305];
+        uint8_t k0[310], a[32], b[32], got[32];
+        unsigned int n = 0;
+        kb_secret *s;
+        for (size_t j = 0; j < lens[i]; j++)
+            sk[j] = (char)('A' + (i + j) % 26);
+        memcpy(k0, "AWS4", 4);
+        memcpy(k0 + 4, sk, lens[i]);
+        assert_non_null(HMAC(EVP_sha256(), k0, (int)(4 + lens[i]), (const uint8_t *)"20150830",
+                             8, a, &n));
+        assert_non_null(HMAC(EVP_sha256(), a, 32, (const uint8_t *)"eu-west-3", 9, b, &n));
+        assert_non_null(HMAC(EVP_sha256(), b, 32, (const uint8_t *)"secretsmanager", 14, a, &n));
+        assert_non_null(HMAC(EVP_sha256(), a, 32, (const uint8_t *)"aws4_request", 12, b, &n));
+        assert_ok(kb_secret_from(lens[i] ? sk : "", lens[i], &s));
+        assert_ok(kb_sigv4_signing_key(s, "20150830", "eu-west-3", "secretsmanager", got));
+        assert_memory_equal(got, b, 32);
+        kb_secret_free(s);
+    }
 }
 
 static void dates_parse_strictly(void **state)
@@ -1033,6 +1063,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(aws_test_suite_every_case),
         cmocka_unit_test(signing_key_known_answer),
+        cmocka_unit_test(signing_key_matches_hmac),
         cmocka_unit_test(dates_parse_strictly),
         cmocka_unit_test(canonical_request_rejects_bad_input),
         cmocka_unit_test(canonical_query_and_path_details),
