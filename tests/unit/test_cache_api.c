@@ -1745,12 +1745,77 @@ static void list_page_tags_stages(void **state)
     }
 }
 
+/* GetSecretValue writes its answer directly: every member equals the one BatchGetSecretValue
+ * builds for the same version with jansson (escapes, \u0000, unicode, binary, stages, date),
+ * and no other member is present. */
+static void get_value_matches_tree(void **state)
+{
+    static const char *const ids[] = {"direct/str", "direct/bin"};
+    static const char *const members[] = {
+        "ARN", "Name", "VersionId", "SecretString", "SecretBinary", "VersionStages", "CreatedDate"};
+    fx *f = *state;
+    f->now += 456;
+    done(ok(f, "CreateSecret",
+            "{\"Name\":\"direct/str\",\"SecretString\":\"quote\\\" back\\\\ nl\\n nul\\u0000 "
+            "ctl\\u001f \\u00e9 \\ud83d\\ude00 </script> a-long-plain-run-0123456789\"}"));
+    done(ok(f, "PutSecretValue",
+            "{\"SecretId\":\"direct/str\",\"SecretString\":\"v2\\t\","
+            "\"VersionStages\":[\"AWSCURRENT\",\"zeta\",\"alpha\"]}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"direct/bin\",\"SecretBinary\":\"AAECA/79/w==\"}"));
+    for (size_t i = 0; i < KB_ARRAY_LEN(ids); i++) {
+        char body[256];
+        json_t *g, *batch, *e;
+        const char *k;
+        json_t *v;
+        snprintf(body, sizeof(body), "{\"SecretId\":\"%s\"}", ids[i]);
+        g = ok(f, "GetSecretValue", body);
+        snprintf(body, sizeof(body), "{\"SecretIdList\":[\"%s\"]}", ids[i]);
+        batch = ok(f, "BatchGetSecretValue", body);
+        e = json_array_get(json_object_get(batch, "SecretValues"), 0);
+        assert_non_null(e);
+        for (size_t m = 0; m < KB_ARRAY_LEN(members); m++) {
+            json_t *a = json_object_get(g, members[m]), *b = json_object_get(e, members[m]);
+            if ((a == NULL) != (b == NULL) || (a && !json_equal(a, b)))
+                fail_msg("%s: member %s differs from the jansson tree", ids[i], members[m]);
+        }
+        json_object_foreach(g, k, v)
+        {
+            if (json_object_get(e, k) == NULL)
+                fail_msg("unexpected member %s", k);
+        }
+        if (i == 0) {
+            assert_int_equal(json_string_length(json_object_get(g, "SecretString")), 3);
+            assert_int_equal(json_array_size(json_object_get(g, "VersionStages")), 3);
+            assert_string_equal(
+                json_string_value(json_array_get(json_object_get(g, "VersionStages"), 0)),
+                "AWSCURRENT");
+        } else {
+            assert_string_equal(str(g, "SecretBinary"), "AAECA/79/w==");
+        }
+        done(g);
+        done(batch);
+    }
+    /* The previous version, by stage: the escaped value, \u0000 included. */
+    {
+        json_t *g = ok(f, "GetSecretValue",
+                       "{\"SecretId\":\"direct/str\",\"VersionStage\":\"AWSPREVIOUS\"}");
+        json_t *s = json_object_get(g, "SecretString");
+        static const char want[] = "quote\" back\\ nl\n nul\0 ctl\x1f \xc3\xa9 \xf0\x9f\x98\x80 "
+                                   "</script> a-long-plain-run-0123456789";
+        assert_int_equal(json_string_length(s), sizeof(want) - 1);
+        assert_memory_equal(json_string_value(s), want, sizeof(want) - 1);
+        assert_true(json_is_real(json_object_get(g, "CreatedDate")));
+        done(g);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(create_get_describe, setup, teardown),
         cmocka_unit_test_setup_teardown(list_matches_describe, setup, teardown),
         cmocka_unit_test_setup_teardown(list_page_tags_stages, setup, teardown),
+        cmocka_unit_test_setup_teardown(get_value_matches_tree, setup, teardown),
         cmocka_unit_test_setup_teardown(binary_values, setup, teardown),
         cmocka_unit_test_setup_teardown(limits, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_json_and_types, setup, teardown),

@@ -433,8 +433,8 @@ static void signing_key_matches_hmac(void **state)
             sk[j] = (char)('A' + (i + j) % 26);
         memcpy(k0, "AWS4", 4);
         memcpy(k0 + 4, sk, lens[i]);
-        assert_non_null(HMAC(EVP_sha256(), k0, (int)(4 + lens[i]), (const uint8_t *)"20150830",
-                             8, a, &n));
+        assert_non_null(
+            HMAC(EVP_sha256(), k0, (int)(4 + lens[i]), (const uint8_t *)"20150830", 8, a, &n));
         assert_non_null(HMAC(EVP_sha256(), a, 32, (const uint8_t *)"eu-west-3", 9, b, &n));
         assert_non_null(HMAC(EVP_sha256(), b, 32, (const uint8_t *)"secretsmanager", 14, a, &n));
         assert_non_null(HMAC(EVP_sha256(), a, 32, (const uint8_t *)"aws4_request", 12, b, &n));
