@@ -119,26 +119,23 @@ static kb_err parse_query(api_ctx *c, const char *q)
 {
     size_t len = strlen(q);
     const char *p = q, *end = q + len;
+    size_t n = 0;
     KB_ENSURE(len <= API_QUERY_MAX, KB_ERR_TOO_LARGE);
-    while (p < end) {
+    KB_ENSURE(c->nq == 0, KB_ERR_INTERNAL); /* once per request, on a fresh context */
+    for (; p < end; n++) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *stop = amp ? amp : end;
         const char *eq = memchr(p, '=', (size_t)(stop - p));
         KB_ENSURE(eq != NULL && eq > p, KB_ERR_INVALID);
         for (const char *k = p; k < eq; k++)
             KB_ENSURE((*k >= 'a' && *k <= 'z') || *k == '_', KB_ERR_INVALID);
-        KB_ENSURE(c->nq < API_QUERY_PARAMS_MAX, KB_ERR_INVALID);
-        c->qkey[c->nq] = strndup(p, (size_t)(eq - p));
-        KB_ENSURE(c->qkey[c->nq] != NULL, KB_ERR_NOMEM);
-        kb_err rc = pct_decode(eq + 1, (size_t)(stop - eq - 1), &c->qval[c->nq]);
-        if (rc != KB_OK) {
-            free(c->qkey[c->nq]);
-            c->qkey[c->nq] = NULL;
-            return rc;
-        }
-        for (size_t i = 0; i < c->nq; i++)
-            KB_ENSURE(strcmp(c->qkey[i], c->qkey[c->nq]) != 0, (c->nq++, KB_ERR_INVALID));
-        c->nq++;
+        KB_ENSURE(n < API_QUERY_PARAMS_MAX, KB_ERR_INVALID);
+        c->qkey[n] = strndup(p, (size_t)(eq - p));
+        KB_ENSURE(c->qkey[n] != NULL, KB_ERR_NOMEM);
+        c->nq = n + 1; /* ctx_free frees key and value from here on */
+        KB_GUARD(pct_decode(eq + 1, (size_t)(stop - eq - 1), &c->qval[n]));
+        for (size_t i = 0; i < n; i++)
+            KB_ENSURE(strcmp(c->qkey[i], c->qkey[n]) != 0, KB_ERR_INVALID);
         p = amp ? amp + 1 : end;
         KB_ENSURE(!(amp && p == end), KB_ERR_INVALID); /* trailing '&' */
     }
