@@ -22,6 +22,9 @@ import sys
 FOLDER = {"lib": "kb_", "cache": "cache_", "ca": "ca_", "sync": "sync_", "cli": "cli_",
           "server": ""}
 # folder/file (glob, without .c) -> its declared short prefix
+# Symbols the compiler adds for sanitizers and coverage (ASan's __odr_asan.<global>, gcov's
+# counters): not ours to name, and only present in those builds.
+INSTRUMENTATION = ("__odr_asan", "__asan", "__ubsan", "__sancov", "__gcov", "__llvm")
 ABBREV = {
     "server/service": "svc_",
     "server/store_sqlite*": "sq_",
@@ -95,6 +98,8 @@ def main():
             if len(f) != 3:
                 continue
             sym = f[2]
+            if sym.startswith(INSTRUMENTATION):
+                continue
             defs_of.setdefault(mod, set()).add(sym)
             checked += 1
             if stem == "main":

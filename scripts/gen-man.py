@@ -33,10 +33,22 @@ STATE_DIR = {
 HELP_TIMEOUT = 10
 
 
+LONG_WORD = 40  # characters: a longer word (a URI) gets break points so troff can fill the line
+
+
+def breakable(word):
+    """Allow a line break (roff's zero-width \\:) after each / ? & in a long word such as a URI;
+    without them troff warns 'cannot adjust line' and the page overflows at 80 columns."""
+    if len(word) <= LONG_WORD:
+        return word
+    return re.sub(r"(?<=[/?&])(?=[^/])", r"\\:", word)
+
+
 def esc(text):
     """Escape text for roff: backslashes, hyphens (so options stay ASCII minus signs), a leading
-    control character."""
+    control character, break points in long words."""
     t = text.replace("\\", "\\e").replace("-", "\\-")
+    t = " ".join(breakable(w) for w in t.split(" "))
     if t.startswith((".", "'")):
         t = "\\&" + t
     return t
