@@ -369,8 +369,11 @@ static void replayed_rows_are_refused_at_start(void **state)
         print_message("case: %s\n", case_names[which]);
         if (which > 0) {
             teardown(state);
-            assert_int_equal(setup(state), 0);
-            f = *state;
+            *state = NULL;
+            if (setup(state) != 0 || (f = *state) == NULL) {
+                fail_msg("set-up for case %s failed", case_names[which]);
+                return;
+            }
         }
         assert_true(restored(f, which));
         snapshot(f);
@@ -399,8 +402,11 @@ static void replayed_rows_are_refused_while_running(void **state)
         print_message("case: %s\n", case_names[which]);
         if (which > 0) {
             teardown(state);
-            assert_int_equal(setup(state), 0);
-            f = *state;
+            *state = NULL;
+            if (setup(state) != 0 || (f = *state) == NULL) {
+                fail_msg("set-up for case %s failed", case_names[which]);
+                return;
+            }
         }
         snapshot(f);
         revoke_one(f, which);

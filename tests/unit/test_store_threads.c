@@ -77,9 +77,9 @@ static bool env_matches(const store_record *r)
            memcmp(r->env.sealed, want, (size_t)n) == 0 && r->version.secret_id == r->secret.id;
 }
 
-static int setup(void **state)
+/* Fills a zeroed fixture; on failure the caller frees what was made (fx_free). */
+static int fx_fill(fx *f)
 {
-    fx *f = calloc(1, sizeof(*f));
     uint8_t k[32];
     store_opts o = {0};
     store_client_new cn = {0};
@@ -87,8 +87,6 @@ static int setup(void **state)
     store_version_new vn = {.content_len = 8};
     char name[32];
 
-    if (f == NULL)
-        return -1;
     f->dir = kbtest_tmpdir();
     {
         char db[400];
@@ -125,24 +123,43 @@ static int setup(void **state)
             store_grant_add(f->st, f->group, id, NULL) != KB_OK)
             return -1;
     }
+    return 0;
+}
+
+static void fx_free(fx *f)
+{
+    char p[700];
+    if (f->st)
+        store_close(f->st);
+    kb_secret_free(f->key);
+    for (const char *suffix = ""; f->dir != NULL && suffix != NULL;
+         suffix = suffix[0] == '\0' ? "-wal" : (strcmp(suffix, "-wal") == 0 ? "-shm" : NULL)) {
+        snprintf(p, sizeof(p), "%s/store.db%s", f->dir, suffix);
+        unlink(p);
+    }
+    if (f->dir)
+        rmdir(f->dir);
+    free(f->dir);
+    free(f);
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return -1;
+    if (fx_fill(f) != 0) {
+        fx_free(f); /* cmocka runs no teardown after a failed setup */
+        return -1;
+    }
     *state = f;
     return 0;
 }
 
 static int teardown(void **state)
 {
-    fx *f = *state;
-    char p[700];
-    store_close(f->st);
-    kb_secret_free(f->key);
-    for (const char *suffix = ""; suffix != NULL;
-         suffix = suffix[0] == '\0' ? "-wal" : (strcmp(suffix, "-wal") == 0 ? "-shm" : NULL)) {
-        snprintf(p, sizeof(p), "%s/store.db%s", f->dir, suffix);
-        unlink(p);
-    }
-    rmdir(f->dir);
-    free(f->dir);
-    free(f);
+    fx_free(*state);
+    *state = NULL;
     return 0;
 }
 
