@@ -92,8 +92,9 @@ static int cmd_migrate(const kb_config *cfg, int argc, char **argv)
             printf("usage: keybridged [--config FILE] migrate\n\n"
                    "Apply the pending schema migrations to [store] url and print the schema\n"
                    "version reached. With PostgreSQL, run it once (from one host) before starting\n"
-                   "replicas of a newer keybridged: serve refuses an older schema. Refuses a\n"
-                   "database newer than this binary.\n");
+                   "replicas of a newer keybridged: serve refuses an older schema. A newer\n"
+                   "database is never migrated down: left as it is while its compat floor admits\n"
+                   "this binary (a rolling upgrade), refused once it was contracted past it.\n");
             return KB_EXIT_OK;
         }
         fprintf(stderr, "keybridged migrate: unexpected '%s' (see --help)\n", argv[i]);

@@ -181,6 +181,41 @@ kb_err store_schema_version(store *st, int *out)
     return st->ops->get_schema_version(st, out);
 }
 
+/* ---- schema compatibility (expand/contract: docs/internals/store.md, "Schema versions") ---- */
+
+int store_schema_floor(const bool *expand_only, int steps, int from, int compat, int to)
+{
+    if (from < 0 || to > steps)
+        return to; /* cannot happen for the backends' own tables; the strictest floor */
+    for (int v = from + 1; v <= to; v++) {
+        if (!expand_only[v - 1] && v > compat)
+            compat = v;
+    }
+    return compat;
+}
+
+kb_err store_schema_gate_newer(int db_version, int db_floor, int binary_version)
+{
+    char have[16], fl[16], mine[16];
+    snprintf(have, sizeof(have), "%d", db_version);
+    snprintf(fl, sizeof(fl), "%d", db_floor);
+    snprintf(mine, sizeof(mine), "%d", binary_version);
+    if (db_floor > binary_version) {
+        kb_log(KB_LOG_ERROR, "store_schema_too_new", "msg",
+               "the database schema is newer than this binary and was contracted past it (its "
+               "compat floor, the oldest binary schema it still supports, is above this "
+               "binary's): upgrade this binary",
+               "db_schema_version", have, "db_compat_floor", fl, "binary_schema_version", mine,
+               NULL);
+        return KB_ERR_SCHEMA;
+    }
+    kb_log(KB_LOG_INFO, "store_schema_newer", "msg",
+           "the database schema is newer than this binary but still supports it (expand-only "
+           "steps since this binary's version): serving",
+           "db_schema_version", have, "db_compat_floor", fl, "binary_schema_version", mine, NULL);
+    return KB_OK;
+}
+
 /* ---- validation helpers ---- */
 
 static kb_err check_version_new(store *st, const store_version_new *v, bool cloud_sync,

@@ -157,8 +157,9 @@ typedef struct {
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
 /* Open (creating and migrating if needed) the store at url. KB_ERR_CONFIG for an unknown scheme
- * or bad options, KB_ERR_SCHEMA if the database is newer than this binary (logged with both
- * versions), KB_ERR_DB on database errors. */
+ * or bad options, KB_ERR_SCHEMA if the database is newer than this binary and its compat floor
+ * is above this binary's schema version (logged with both versions and the floor; a newer one
+ * whose floor admits this binary opens as it is), KB_ERR_DB on database errors. */
 KB_WUR kb_err store_open(const char *url, const store_opts *opts, store **out);
 void store_close(store *st);
 

@@ -15,7 +15,10 @@
  *     au->mac(au->mac_ctx, prev, seq, &au->ev, mac), insert the row, set au->seq and
  *     au->written (secret_create/version_add first set au->ev.version to the version made). A
  *     failure anywhere, the row's MAC included, rolls the whole change back;
- *   - schema migrations are versioned; a newer database is refused with KB_ERR_SCHEMA.
+ *   - schema migrations are versioned, each step marked expand-only or contracting; the database
+ *     records beside its version a compat floor (the oldest binary schema version that can still
+ *     run on it; schema_compat, step 6). A newer database is accepted when its floor is at most
+ *     the binary's version (store_schema_gate_newer) and refused with KB_ERR_SCHEMA otherwise.
  */
 #ifndef KB_SERVER_STORE_IMPL_H
 #define KB_SERVER_STORE_IMPL_H
@@ -136,6 +139,15 @@ struct store {
 
 extern const struct store_ops store_sqlite_ops;
 extern const struct store_ops store_pg_ops;
+
+/* The compat floor of a database migrated from version `from` (floor `compat`) to `to`: each
+ * contracting step (expand_only[v - 1] false, of `steps`) raises it to that step's version. */
+int store_schema_floor(const bool *expand_only, int steps, int from, int compat, int to);
+
+/* A database at db_version > binary_version: KB_OK (logged once, info: the database is newer but
+ * its floor admits this binary) or KB_ERR_SCHEMA (logged, error: naming both versions and the
+ * floor). */
+kb_err store_schema_gate_newer(int db_version, int db_floor, int binary_version);
 
 /* Test hook: the DDL of schema migration step `version` of the PostgreSQL backend. */
 const char *store_pg_migration(int version);

@@ -23,9 +23,13 @@
  *   - Outages: a connection that broke is reconnected on its next use (at most once per
  *     STORE_PG_RETRY_MS, so requests during an outage fail fast with KB_ERR_DB, HTTP 503); a
  *     reader idle for STORE_PG_IDLE_SECS is closed by store_verify and reopened on demand.
- *   - Schema: the same numbered steps as SQLite in PostgreSQL DDL. store_open migrates only with
- *     store_opts.migrate (`keybridged migrate`, `bootstrap`); otherwise an older database is
- *     refused (KB_ERR_SCHEMA, "run keybridged migrate") and a newer one too.
+ *   - Schema: the same numbered steps as SQLite in PostgreSQL DDL, each expand-only or
+ *     contracting (expand_only[]). store_open migrates only with store_opts.migrate (`keybridged
+ *     migrate`, `bootstrap`); otherwise an older database is refused (KB_ERR_SCHEMA, "run
+ *     keybridged migrate"). A newer one is served when its compat floor (schema_compat) admits
+ *     this binary, else refused (store_schema_gate_newer); a replica checks again on every
+ *     reconnect (cx_ready), so one that outlived a contracting migration answers 503 from its
+ *     next reconnect on, never runs on a schema it does not know.
  *   - Credentials: the password only from a 0600 passfile (the URI's passfile= or PGPASSFILE);
  *     a password in the URL or PGPASSWORD in the environment is refused (KB_ERR_CONFIG).
  */
@@ -178,9 +182,19 @@ static const char *const migrations[] = {
     " PRIMARY KEY (secret_id, version, window_secs));",
 };
 
+/* Per step: true when binaries of the version before it keep working on the database after it
+ * (expand-only: a new table, a nullable or defaulted column they never write, an index); false
+ * when it contracts (drops or changes what older binaries read or write, or needs every writer
+ * to maintain something new). The compat floor that migrate() records is the last contracting
+ * step. Steps 1-5 predate the floor: contracting (binaries before it refuse any newer schema). */
+static const bool expand_only[] = {false, false, false, false, false};
+
 #define STATE_SCHEMA_STEP 3
 #define MIGRATION_VERSION_MACS 4
+#define COMPAT_SCHEMA_STEP 6 /* creates schema_compat: the floor is recorded from here on */
 #define SCHEMA_VERSION ((int)KB_ARRAY_LEN(migrations))
+_Static_assert(KB_ARRAY_LEN(expand_only) == KB_ARRAY_LEN(migrations),
+               "each migration step says whether it is expand-only");
 
 /* pg_advisory_xact_lock key of the write lock ("kbwrite" in ASCII). */
 #define STORE_PG_WRITE_LOCK "30518224382733413"
@@ -811,8 +825,11 @@ static kb_err cx_connect(cx *b)
     return KB_OK;
 }
 
+static kb_err schema_recheck(cx *b);
+
 /* Before each use: a broken connection is reopened, at most once per STORE_PG_RETRY_MS (the
- * next statement then fails fast with KB_ERR_DB while the database is down). */
+ * next statement then fails fast with KB_ERR_DB while the database is down). A reopened
+ * connection first passes the schema gate again (schema_recheck). */
 static void cx_ready(cx *b)
 {
     struct timespec now;
@@ -826,7 +843,7 @@ static void cx_ready(cx *b)
          (now.tv_nsec - b->last_try.tv_nsec) / 1000000;
     if (b->conn == NULL && b->last_try.tv_sec != 0 && ms < STORE_PG_RETRY_MS)
         return;
-    if (cx_connect(b) == KB_OK) {
+    if (cx_connect(b) == KB_OK && schema_recheck(b) == KB_OK) {
         kb_log(KB_LOG_INFO, "store_reconnected", "role", b->writer ? "writer" : "reader", NULL);
         memset(&b->last_try, 0, sizeof(b->last_try));
     } else if (b->conn != NULL) {
@@ -1379,6 +1396,59 @@ static kb_err read_schema_version(cx *b, int *out)
     return rc;
 }
 
+/* The compat floor: schema_compat's one row, or the version itself where there is none yet (a
+ * database from before step 6 supports no binary older than itself). */
+static kb_err read_schema_floor(cx *b, int version, int *out)
+{
+    pst *s = NULL;
+    kb_err rc;
+    *out = version;
+    KB_GUARD(prep(b,
+                  "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+                  "AND tablename = 'schema_compat'",
+                  &s));
+    rc = step_row(b, s, "schema_compat_probe");
+    if (rc == KB_OK && col_i64(s, 0) == 0) {
+        done(s);
+        return KB_OK;
+    }
+    done(s);
+    s = NULL;
+    KB_GUARD(rc);
+    KB_GUARD(
+        prep(b, "SELECT min(floor_version), max(floor_version), count(*) FROM schema_compat", &s));
+    rc = step_row(b, s, "schema_compat");
+    if (rc == KB_OK) {
+        if (col_i64(s, 2) != 1 || col_i64(s, 0) != col_i64(s, 1) || col_i64(s, 0) < 1 ||
+            col_i64(s, 0) > version)
+            rc = KB_ERR_SCHEMA;
+        else
+            *out = (int)col_i64(s, 0);
+    }
+    done(s);
+    if (rc == KB_ERR_SCHEMA)
+        kb_log(KB_LOG_ERROR, "store_schema_invalid", "msg",
+               "schema_compat must hold one floor between 1 and the schema version", NULL);
+    return rc;
+}
+
+/* A (re)connected replica's schema gate: the database may have been migrated since store_open.
+ * Newer with a floor that still admits this binary: go on (logged at start-up only); contracted
+ * past it: refused (logged each time, at most once per STORE_PG_RETRY_MS), so requests get 503
+ * until this replica is replaced by a newer binary. An older schema (restored from a backup) is
+ * left to the rollback check. */
+static kb_err schema_recheck(cx *b)
+{
+    int cur = 0, compat = 0;
+    KB_GUARD(read_schema_version(b, &cur));
+    if (cur <= SCHEMA_VERSION)
+        return KB_OK;
+    KB_GUARD(read_schema_floor(b, cur, &compat));
+    if (compat <= SCHEMA_VERSION)
+        return KB_OK;
+    return store_schema_gate_newer(cur, compat, SCHEMA_VERSION);
+}
+
 /* Schema step 3: MAC every existing version row and latest_version as they stand (trust on
  * upgrade: the rows were as protected as before until now; from here on an edit is refused). Runs
  * inside migrate()'s transaction. */
@@ -1434,20 +1504,19 @@ static kb_err migrate(cx *b)
 {
     uint8_t digest[ROWMAC_LEN], full[ROWMAC_LEN];
     int64_t counter = 0;
-    int cur = 0;
+    int cur = 0, compat = 0;
     char have[16], want[16];
     kb_err rc;
 
     KB_GUARD(tx_begin(b, true));
     KB_GUARD_OUT(rc, read_schema_version(b, &cur));
+    KB_GUARD_OUT(rc, read_schema_floor(b, cur, &compat));
     snprintf(have, sizeof(have), "%d", cur);
     snprintf(want, sizeof(want), "%d", SCHEMA_VERSION);
-    if (cur > SCHEMA_VERSION) {
-        kb_log(KB_LOG_ERROR, "store_schema_too_new", "msg",
-               "the database was written by a newer keybridged: upgrade this binary",
-               "db_schema_version", have, "supported_schema_version", want, NULL);
-        KB_ENSURE_OUT(rc, false, KB_ERR_SCHEMA);
-    }
+    /* Newer (a rolling upgrade under way): served as it is when its floor admits this binary;
+     * `migrate` by this binary then has nothing to do. */
+    if (cur > SCHEMA_VERSION)
+        KB_GUARD_OUT(rc, store_schema_gate_newer(cur, compat, SCHEMA_VERSION));
     /* A database that already has a state row must match it before a migration rewrites rows:
      * a migration never launders replayed rows into a new digest. */
     if (cur >= STATE_SCHEMA_STEP && cur < SCHEMA_VERSION) {
@@ -1481,6 +1550,20 @@ static kb_err migrate(cx *b)
             rc = step_done(b, s, "schema_version_set");
         done(s);
         KB_GUARD_OUT(rc, rc);
+        if (SCHEMA_VERSION >= COMPAT_SCHEMA_STEP) {
+            s = NULL;
+            KB_GUARD_OUT(rc, prep(b,
+                                  "INSERT INTO schema_compat(id, floor_version) VALUES (1, $1) "
+                                  "ON CONFLICT (id) DO UPDATE SET floor_version = "
+                                  "EXCLUDED.floor_version",
+                                  &s));
+            rc = bind_i64(
+                s, 1, store_schema_floor(expand_only, SCHEMA_VERSION, cur, compat, SCHEMA_VERSION));
+            if (rc == KB_OK)
+                rc = step_done(b, s, "schema_compat_set");
+            done(s);
+            KB_GUARD_OUT(rc, rc);
+        }
         /* The state row: first made from the rows as they are (a new database: counter 1,
          * empty digest; an older one: its current rows, each still checked by its row MAC on
          * every read), or moved on by one over rows a migration step rewrote. The start-up
@@ -1700,12 +1783,19 @@ static void pg_close(store *st)
     st->impl = NULL;
 }
 
+/* The database's schema version (/readyz): KB_ERR_SCHEMA once a migration contracted it past
+ * this binary while it was running (not logged here: /readyz is polled). */
 static kb_err pg_schema_version(store *st, int *out)
 {
     cx *b;
     kb_err rc;
+    int compat = 0;
     b = RD(st);
     rc = read_schema_version(b, out);
+    if (rc == KB_OK && *out > SCHEMA_VERSION)
+        rc = read_schema_floor(b, *out, &compat);
+    if (rc == KB_OK && compat > SCHEMA_VERSION)
+        rc = KB_ERR_SCHEMA;
     PUT(st, b);
     return rc;
 }

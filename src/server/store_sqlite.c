@@ -6,9 +6,10 @@
  * on; secure_delete on, so purged envelopes are overwritten on disk, not just unlinked from the
  * b-tree; AUTOINCREMENT ids, so an id (which every row MAC binds) is never reused.
  *
- * Schema changes are numbered migration steps (migrations[] below) recorded in schema_version;
- * a newer binary upgrades an older database in one transaction; an older binary refuses a newer
- * database (KB_ERR_SCHEMA).
+ * Schema changes are numbered migration steps (migrations[] below) recorded in schema_version,
+ * each expand-only or contracting (expand_only[]); a newer binary upgrades an older database in
+ * one transaction and records its compat floor (schema_compat); an older binary serves a newer
+ * database whose floor admits it and refuses one contracted past it (KB_ERR_SCHEMA).
  *
  * This file holds the schema and migrations, the connections, statements and transactions, the
  * row loaders, the state commitment and the ops table; the rows by concern are in
@@ -142,12 +143,20 @@ static const char *const migrations[] = {
      " PRIMARY KEY (secret_id, version, window_secs));"),
 };
 
+/* Per step: true when binaries of the version before it keep working on the database after it
+ * (expand-only), false when it contracts; as store_pg.c's (the same steps). */
+static const bool expand_only[] = {false, false, false, false, false};
+
 /* The migration step that creates store_state. */
 #define STATE_SCHEMA_STEP 3
+/* The migration step that creates schema_compat (the floor is recorded from here on). */
+#define COMPAT_SCHEMA_STEP 6
 /* The migration step after which migrate_mac_versions() runs. */
 #define MIGRATION_VERSION_MACS 4
 
 #define SCHEMA_VERSION ((int)KB_ARRAY_LEN(migrations))
+_Static_assert(KB_ARRAY_LEN(expand_only) == KB_ARRAY_LEN(migrations),
+               "each migration step says whether it is expand-only");
 
 const char *store_sqlite_migration(int version)
 {
@@ -833,6 +842,43 @@ static kb_err read_schema_version(cx *b, int *out)
     return rc;
 }
 
+/* The compat floor: schema_compat's one row, or the version itself where there is none yet (a
+ * database from before step 6 supports no binary older than itself). */
+static kb_err read_schema_floor(cx *b, int version, int *out)
+{
+    sqlite3_stmt *s = NULL;
+    kb_err rc;
+    *out = version;
+    KB_GUARD(sq_prep(b,
+                     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+                     "name = 'schema_compat'",
+                     &s));
+    rc = step_row(b, s, "schema_compat_probe");
+    if (rc == KB_OK && sqlite3_column_int(s, 0) == 0) {
+        done(s);
+        return KB_OK;
+    }
+    done(s);
+    s = NULL;
+    KB_GUARD(rc);
+    KB_GUARD(sq_prep(
+        b, "SELECT min(floor_version), max(floor_version), count(*) FROM schema_compat", &s));
+    rc = step_row(b, s, "schema_compat");
+    if (rc == KB_OK) {
+        if (sqlite3_column_int64(s, 2) != 1 ||
+            sqlite3_column_int64(s, 0) != sqlite3_column_int64(s, 1) ||
+            sqlite3_column_int64(s, 0) < 1 || sqlite3_column_int64(s, 0) > version)
+            rc = KB_ERR_SCHEMA;
+        else
+            *out = (int)sqlite3_column_int64(s, 0);
+    }
+    done(s);
+    if (rc == KB_ERR_SCHEMA)
+        kb_log(KB_LOG_ERROR, "store_schema_invalid", "msg",
+               "schema_compat must hold one floor between 1 and the schema version", NULL);
+    return rc;
+}
+
 /* Schema step 3: MAC every existing version row and latest_version as they stand (trust on
  * upgrade: the rows were as protected as before until now; from here on an edit is refused). Runs
  * inside migrate()'s transaction. */
@@ -891,20 +937,19 @@ static kb_err migrate(cx *b)
 {
     uint8_t digest[ROWMAC_LEN], full[ROWMAC_LEN];
     int64_t counter = 0;
-    int cur = 0;
+    int cur = 0, compat = 0;
     char have[16], want[16];
     kb_err rc;
 
     KB_GUARD(sq_tx_begin(b, true));
     KB_GUARD_OUT(rc, read_schema_version(b, &cur));
+    KB_GUARD_OUT(rc, read_schema_floor(b, cur, &compat));
     snprintf(have, sizeof(have), "%d", cur);
     snprintf(want, sizeof(want), "%d", SCHEMA_VERSION);
-    if (cur > SCHEMA_VERSION) {
-        kb_log(KB_LOG_ERROR, "store_schema_too_new", "msg",
-               "the database was written by a newer keybridged: upgrade this binary",
-               "db_schema_version", have, "supported_schema_version", want, NULL);
-        KB_ENSURE_OUT(rc, false, KB_ERR_SCHEMA);
-    }
+    /* Newer: opened as it is when its floor admits this binary (a newer binary ran on this file
+     * and this one was put back); never migrated down. */
+    if (cur > SCHEMA_VERSION)
+        KB_GUARD_OUT(rc, store_schema_gate_newer(cur, compat, SCHEMA_VERSION));
     /* A database that already has a state row must match it before a migration rewrites rows:
      * a migration never launders replayed rows into a new digest. */
     if (cur >= STATE_SCHEMA_STEP && cur < SCHEMA_VERSION) {
@@ -931,6 +976,19 @@ static kb_err migrate(cx *b)
             rc = step_done(b, s, "schema_version_set");
         done(s);
         KB_GUARD_OUT(rc, rc);
+        if (SCHEMA_VERSION >= COMPAT_SCHEMA_STEP) {
+            s = NULL;
+            KB_GUARD_OUT(rc, sq_prep(b,
+                                     "INSERT OR REPLACE INTO schema_compat(id, floor_version) "
+                                     "VALUES (1, ?1)",
+                                     &s));
+            rc = bind_i64(
+                s, 1, store_schema_floor(expand_only, SCHEMA_VERSION, cur, compat, SCHEMA_VERSION));
+            if (rc == KB_OK)
+                rc = step_done(b, s, "schema_compat_set");
+            done(s);
+            KB_GUARD_OUT(rc, rc);
+        }
         /* The state row: first made from the rows as they are (a new database: counter 1,
          * empty digest; an older one: its current rows, each still checked by its row MAC on
          * every read), or moved on by one over rows a migration step rewrote. The start-up
@@ -1137,12 +1195,19 @@ static void sq_close(store *st)
     st->impl = NULL;
 }
 
+/* The database's schema version (/readyz): KB_ERR_SCHEMA once a migration contracted it past
+ * this binary while it was running (not logged here: /readyz is polled). */
 static kb_err sq_schema_version(store *st, int *out)
 {
     cx *b;
     kb_err rc;
+    int compat = 0;
     b = RD(st);
     rc = read_schema_version(b, out);
+    if (rc == KB_OK && *out > SCHEMA_VERSION)
+        rc = read_schema_floor(b, *out, &compat);
+    if (rc == KB_OK && compat > SCHEMA_VERSION)
+        rc = KB_ERR_SCHEMA;
     PUT(st, b);
     return rc;
 }

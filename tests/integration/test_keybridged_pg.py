@@ -8,8 +8,9 @@
     verify` finds one linear chain holding every write;
   - a secret created on one replica is in the other's client listing at once (that replica had
     the listing cached: the store generation in the database invalidates it);
-  - PostgreSQL stopped mid-run: requests to both replicas get 503 quickly (none hang); started
-    again, both serve without a restart, nothing acknowledged is lost, writes work, the chain
+  - PostgreSQL stopped mid-run: requests to both replicas get 503 quickly (none hang), /readyz
+    answers 503 while /healthz stays 200 (the process is alive); started again, both serve
+    without a restart, /readyz is 200 again, nothing acknowledged is lost, writes work, the chain
     still verifies.
 """
 import base64
@@ -145,8 +146,16 @@ def main():
         check(st == 200, f"and readable through replica 2 ({st})")
         acked.append("fresh")
 
+        for srv in servers:
+            check(api(srv, pki, reader, "GET", "/readyz")[0] == 200, "/readyz 200 before")
         # PostgreSQL restarts mid-run.
         pg.stop("fast")
+        # /readyz first, before any other request noticed the outage on that replica
+        for k, srv in enumerate(servers, 1):
+            t0 = time.time()
+            st, _ = api(srv, pki, reader, "GET", "/readyz")
+            check(st == 503 and time.time() - t0 < 8,
+                  f"replica {k}: /readyz 503 at once when PostgreSQL is down ({st})")
         slowest = 0.0
         codes = set()
         for srv in servers:
@@ -159,6 +168,11 @@ def main():
                 slowest = max(slowest, time.time() - t0)
                 codes.add(st)
         check(codes == {503}, f"during the outage every request gets 503 (got {sorted(codes)})")
+        for k, srv in enumerate(servers, 1):
+            ready = [api(srv, pki, reader, "GET", "/readyz")[0] for _ in range(3)]
+            check(ready == [503] * 3, f"replica {k}: /readyz 503 during the outage ({ready})")
+            st, _ = api(srv, pki, reader, "GET", "/healthz")
+            check(st == 200, f"replica {k}: /healthz 200 during the outage (alive) ({st})")
         check(slowest < 8, f"none hangs (slowest {slowest:.1f} s)")
         pg.start()
         back = {}
@@ -169,6 +183,9 @@ def main():
                     back[k] = time.time()
             time.sleep(0.3)
         check(len(back) == 2, "both replicas serve again after PostgreSQL is back, no restart")
+        for k, srv in enumerate(servers, 1):
+            st, out = api(srv, pki, reader, "GET", "/readyz")
+            check(st == 200, f"replica {k}: /readyz 200 again after the reconnect ({st} {out[:80]})")
         for k, srv in enumerate(servers, 1):
             st, names = listing(srv, pki, reader)
             check(set(acked) <= names, f"replica {k}: nothing acknowledged was lost")

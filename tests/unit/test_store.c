@@ -1136,6 +1136,109 @@ static void migration_refuses_newer_db(void **state)
     assert_ok(store_open(f->url, &o, &f->st));
 }
 
+/* Expand/contract (docs/internals/store.md, "Schema versions"): the floor after a migration is
+ * the last contracting step's version; expand-only steps leave it. */
+static void schema_floor_follows_contracting_steps(void **state)
+{
+    static const bool steps[] = {false, false, true, false, true, true};
+    (void)state;
+    assert_int_equal(store_schema_floor(steps, 6, 0, 0, 6), 4);
+    assert_int_equal(store_schema_floor(steps, 6, 0, 0, 3), 2);
+    assert_int_equal(store_schema_floor(steps, 6, 4, 4, 6), 4); /* expand-only: kept */
+    assert_int_equal(store_schema_floor(steps, 6, 5, 5, 6), 5); /* never lowered */
+    assert_int_equal(store_schema_floor(steps, 6, 2, 1, 4), 4);
+    assert_int_equal(store_schema_floor(steps, 6, 6, 4, 6), 4); /* nothing to apply */
+    assert_int_equal(store_schema_floor(steps, 6, 0, 0, 7), 7); /* out of range: strictest */
+    assert_int_equal(store_schema_floor(steps, 6, -1, 0, 6), 6);
+    assert_kb(store_schema_gate_newer(7, 6, 6), KB_OK);
+    assert_kb(store_schema_gate_newer(7, 5, 6), KB_OK);
+    assert_kb(store_schema_gate_newer(7, 7, 6), KB_ERR_SCHEMA);
+}
+
+/* Set the database's version and its compat floor as a newer binary's migration would have
+ * (schema_compat made here where this binary's steps do not have it yet). */
+static void set_schema(fx *f, int version, int compat)
+{
+    char sql[400];
+    snprintf(sql, sizeof(sql),
+             "CREATE TABLE IF NOT EXISTS schema_compat(id bigint PRIMARY KEY CHECK (id = 1), "
+             "floor_version bigint NOT NULL); DELETE FROM schema_compat; "
+             "INSERT INTO schema_compat(id, floor_version) VALUES (1, %d); "
+             "UPDATE schema_version SET version = %d",
+             compat, version);
+    raw_sql(f, sql);
+    if (kbtest_pg()) /* made by the superuser: the store's role must read it */
+        raw_sql(f, "ALTER TABLE schema_compat OWNER TO kb");
+}
+
+/* A rolling upgrade: a database one expand-only step ahead (floor at this binary's version) opens
+ * and serves, data intact, and is never migrated down; one contracted past this binary (floor
+ * above it) is refused, with or without migrate; a damaged floor is refused; a floor raised while
+ * the store is open makes store_schema_version (/readyz) fail. */
+static void migration_serves_newer_db_within_floor(void **state)
+{
+    fx *f = *state;
+    store *st = NULL;
+    store_opts o = opts_for(f);
+    store_secret sec;
+    int n = store_schema_version_supported(), v = 0;
+    char two[300];
+    int64_t id = 0;
+    store_secret_new sn = {.name = "kept"};
+    store_version_new vn = {.content_len = 4};
+
+    assert_ok(store_secret_create(f->st, &sn, &vn, fake_seal, NULL, ADMIN, T0, &id, NULL));
+    store_close(f->st);
+    f->st = NULL;
+    set_schema(f, n + 1, n);
+    o.migrate = false;
+    assert_ok(store_open(f->url, &o, &st));
+    assert_ok(store_schema_version(st, &v));
+    assert_int_equal(v, n + 1);
+    assert_ok(store_secret_get(st, "kept", false, &sec));
+    store_secret_clear(&sec);
+    sn.name = "written-by-the-old-binary";
+    assert_ok(store_secret_create(st, &sn, &vn, fake_seal, NULL, ADMIN, T0 + 1, &id, NULL));
+    /* Contracted while this binary runs: /readyz's check fails from now on. */
+    set_schema(f, n + 1, n + 1);
+    assert_kb(store_schema_version(st, &v), KB_ERR_SCHEMA);
+    set_schema(f, n + 1, n);
+    assert_ok(store_schema_version(st, &v));
+    store_close(st);
+    st = NULL;
+    /* migrate by this binary: nothing to do, nothing lowered. */
+    o.migrate = true;
+    assert_ok(store_open(f->url, &o, &st));
+    store_close(st);
+    st = NULL;
+    assert_int_equal(raw_count(f, "SELECT version FROM schema_version"), n + 1);
+    assert_int_equal(raw_count(f, "SELECT floor_version FROM schema_compat"), n);
+    /* Contracted past this binary: refused, either way. */
+    set_schema(f, n + 2, n + 1);
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    assert_null(st);
+    o.migrate = false;
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    /* A damaged floor: above the version, zero, or two rows. */
+    set_schema(f, n + 1, n + 2);
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    set_schema(f, n + 1, 0);
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    set_schema(f, n + 1, n);
+    snprintf(two, sizeof(two),
+             "DROP TABLE schema_compat; CREATE TABLE schema_compat(id bigint PRIMARY KEY, "
+             "floor_version bigint NOT NULL); INSERT INTO schema_compat VALUES (1, %d), (2, 1)",
+             n);
+    raw_sql(f, two);
+    if (kbtest_pg())
+        raw_sql(f, "ALTER TABLE schema_compat OWNER TO kb");
+    assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
+    assert_null(st);
+    /* Repaired, it opens again. */
+    raw_sql(f, "DELETE FROM schema_compat WHERE id = 2");
+    assert_ok(store_open(f->url, &o, &f->st));
+}
+
 /* ---- concurrency ---- */
 
 typedef struct {
@@ -1255,6 +1358,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(migration_upgrades_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_macs_existing_versions, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_refuses_newer_db, setup, teardown),
+        cmocka_unit_test_setup_teardown(migration_serves_newer_db_within_floor, setup, teardown),
+        cmocka_unit_test(schema_floor_follows_contracting_steps),
         cmocka_unit_test_setup_teardown(threads_share_one_store, setup, teardown),
     };
     /* On PostgreSQL (KB_TEST_STORE=pg): everything but the tests of SQLite's file, its URL
@@ -1280,6 +1385,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(tamper_latest_version, setup, teardown),
         cmocka_unit_test_setup_teardown(wrong_key_refuses_the_database, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_refuses_newer_db, setup, teardown),
+        cmocka_unit_test_setup_teardown(migration_serves_newer_db_within_floor, setup, teardown),
+        cmocka_unit_test(schema_floor_follows_contracting_steps),
         cmocka_unit_test_setup_teardown(threads_share_one_store, setup, teardown),
     };
     if (kbtest_pg())

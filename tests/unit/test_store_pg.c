@@ -240,6 +240,55 @@ static void reconnects_after_the_database_dropped_us(void **state)
     store_close(st);
 }
 
+/* A replica that outlives a contracting migration: its connections pass the schema gate again
+ * when they reconnect, so after the next reconnect every call fails (503) instead of running on a
+ * schema it does not know; an expand-only step (floor at its version) lets it reconnect. */
+static void reconnect_rechecks_the_schema_floor(void **state)
+{
+    fx *f = *state;
+    store *st = NULL;
+    store_opts o = opts(f, true);
+    store_secret sec;
+    char sql[400];
+    int n = store_schema_version_supported();
+    kb_err rc = KB_OK;
+
+    if (!kbtest_pg())
+        skip();
+    assert_ok(store_open(f->url, &o, &st));
+    mk_secret(st, "kept");
+    snprintf(sql, sizeof(sql),
+             "CREATE TABLE IF NOT EXISTS schema_compat(id bigint PRIMARY KEY CHECK (id = 1), "
+             "floor_version bigint NOT NULL); ALTER TABLE schema_compat OWNER TO kb; "
+             "DELETE FROM schema_compat; INSERT INTO schema_compat VALUES (1, %d); "
+             "UPDATE schema_version SET version = %d",
+             n + 1, n + 1);
+    assert_int_equal(kbtest_pg_sql(sql), 0);
+    assert_int_equal(kbtest_pg_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE usename = 'kb' AND pid <> pg_backend_pid()"),
+                     0);
+    /* Well past every connection's retry (STORE_PG_RETRY_MS): never served again. */
+    for (int i = 0; i < 25; i++) {
+        rc = store_secret_get(st, "kept", false, &sec);
+        if (rc == KB_OK)
+            store_secret_clear(&sec);
+        assert_int_equal(rc, KB_ERR_DB);
+        usleep(100 * 1000);
+    }
+    snprintf(sql, sizeof(sql), "UPDATE schema_compat SET floor_version = %d", n);
+    assert_int_equal(kbtest_pg_sql(sql), 0);
+    for (int i = 0; i < 60; i++) {
+        rc = store_secret_get(st, "kept", false, &sec);
+        if (rc == KB_OK) {
+            store_secret_clear(&sec);
+            break;
+        }
+        usleep(100 * 1000);
+    }
+    assert_ok(rc);
+    store_close(st);
+}
+
 /* Under `pgserver.py run --ssl` (KB_PG_CA set; the server takes TLS connections only): the
  * verify-full URL opens the store; a CA that did not sign the server's certificate, and no TLS,
  * are refused. */
@@ -282,6 +331,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(url_and_password_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(migrations_are_explicit, setup, teardown),
         cmocka_unit_test_setup_teardown(reconnects_after_the_database_dropped_us, setup, teardown),
+        cmocka_unit_test_setup_teardown(reconnect_rechecks_the_schema_floor, setup, teardown),
         cmocka_unit_test_setup_teardown(tls_verify_full, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
