@@ -440,225 +440,41 @@ static int describe(op_ctx *c, const cache_secret *s, const cache_tag_list *tags
     return 0;
 }
 
-/* A ListSecrets page written straight as JSON: each entry has the members, in the order, of
- * describe()'s (DescribeSecret's shared fields), without a jansson tree. The members up to
- * DeletedDate (the head) are written as the secrets are read; tags and stages come after the
- * scan, one statement each for the whole page (cache_store_tags_many, _stages_many), into their
- * own buffers; then the page is put together in list order. */
-static int put_name(kb_dbuf *b, const char *sep_name)
-{
-    /* sep_name is a literal such as ",\"Name\":" */
-    return kb_dbuf_addstr(b, sep_name) == KB_OK ? 0 : -1;
-}
-
+/* A ListSecrets page is written straight as JSON (no jansson tree): each entry has the
+ * members, in the order, of describe()'s (DescribeSecret's shared fields). The store keeps each
+ * secret's entry rendered but for its dates (cache_list_text): an entry is its head, the dates,
+ * its tail, CreatedDate. */
 static int put_text(kb_dbuf *b, const char *s)
 {
     return kb_json_put_str(b, s, strlen(s)) == KB_OK ? 0 : -1;
 }
 
-/* A part of one of the page's buffers: [at, end). */
-typedef struct {
-    size_t at, end;
-} page_span;
+/* Bytes reserved per entry of a page up front (an entry with two tags is ~400): one allocation
+ * for a typical page instead of a series of doublings. */
+#define LIST_ENTRY_GUESS ((size_t)512)
 
-typedef struct {
-    int64_t id;
-    int64_t created_ms;
-    page_span head, tags, stages;
-} page_entry;
-
-typedef struct {
-    page_entry e[CACHE_LIST_MAX];
-    size_t n;
-    kb_dbuf heads, tags, stages;
-    /* The entries by ascending id (the order tag and stage rows come in) and a cursor into it. */
-    struct {
-        int64_t id;
-        size_t i;
-    } by_id[CACHE_LIST_MAX];
-    size_t cur;
-    page_entry *open;                   /* the entry whose tags or stages are being written */
-    char vid[CACHE_VERSION_ID_MAX + 1]; /* its version being written (stages) */
-} list_page;
-
-static void page_init(list_page *pg)
+static int page_entry(kb_dbuf *b, int first, const cache_secret *s, const cache_list_text *t)
 {
-    kb_dbuf_init(&pg->heads, CACHE_RESPONSE_MAX);
-    kb_dbuf_init(&pg->tags, CACHE_RESPONSE_MAX);
-    kb_dbuf_init(&pg->stages, CACHE_RESPONSE_MAX);
-}
-
-static void page_free(list_page *pg)
-{
-    kb_dbuf_free(&pg->heads);
-    kb_dbuf_free(&pg->tags);
-    kb_dbuf_free(&pg->stages);
-}
-
-/* The entry a row of secret id belongs to (rows come by ascending id), or NULL. */
-static page_entry *page_find(list_page *pg, int64_t id)
-{
-    while (pg->cur < pg->n && pg->by_id[pg->cur].id < id)
-        pg->cur++;
-    return pg->cur < pg->n && pg->by_id[pg->cur].id == id ? &pg->e[pg->by_id[pg->cur].i] : NULL;
-}
-
-static int put_tag(kb_dbuf *b, int first, const char *k, size_t kl, const char *v, size_t vl)
-{
-    return put_name(b, first ? "{\"Key\":" : ",{\"Key\":") || kb_json_put_str(b, k, kl) != KB_OK ||
-                   put_name(b, ",\"Value\":") || kb_json_put_str(b, v, vl) != KB_OK ||
-                   put_name(b, "}")
+    /* A store of schema 2 has both texts for every secret (never empty: head is an object's
+     * start, tail its Tags member). */
+    if (t->head_len == 0 || t->tail_len == 0)
+        return -1;
+    if ((!first && kb_dbuf_addc(b, ',') != KB_OK) ||
+        kb_dbuf_add(b, t->head, t->head_len) != KB_OK ||
+        kb_dbuf_addstr(b, ",\"LastChangedDate\":") != KB_OK ||
+        kb_json_put_ms(b, s->changed_ms) != KB_OK)
+        return -1;
+    if (s->accessed_ms && (kb_dbuf_addstr(b, ",\"LastAccessedDate\":") != KB_OK ||
+                           kb_json_put_ms(b, s->accessed_ms) != KB_OK))
+        return -1;
+    if (s->deleted_ms && (kb_dbuf_addstr(b, ",\"DeletedDate\":") != KB_OK ||
+                          kb_json_put_ms(b, s->deleted_ms) != KB_OK))
+        return -1;
+    return kb_dbuf_addc(b, ',') != KB_OK || kb_dbuf_add(b, t->tail, t->tail_len) != KB_OK ||
+                   kb_dbuf_addstr(b, ",\"CreatedDate\":") != KB_OK ||
+                   kb_json_put_ms(b, s->created_ms) != KB_OK || kb_dbuf_addc(b, '}') != KB_OK
                ? -1
                : 0;
-}
-
-static int page_tag(void *arg, int64_t id, const char *k, size_t kl, const char *v, size_t vl)
-{
-    list_page *pg = arg;
-    int first = pg->open == NULL || pg->open->id != id;
-    if (first) {
-        pg->open = page_find(pg, id);
-        if (pg->open == NULL)
-            return -1;
-        pg->open->tags.at = pg->tags.len;
-    }
-    if (put_tag(&pg->tags, first, k, kl, v, vl))
-        return -1;
-    pg->open->tags.end = pg->tags.len;
-    return 0;
-}
-
-/* Stages as the members of SecretVersionsToStages: "vid":["stage",...],... */
-static int page_stage(void *arg, int64_t id, const char *vid, const char *stage)
-{
-    list_page *pg = arg;
-    kb_dbuf *b = &pg->stages;
-    if (pg->open == NULL || pg->open->id != id) {
-        if (pg->open != NULL && put_name(b, "]"))
-            return -1;
-        if (pg->open != NULL)
-            pg->open->stages.end = b->len;
-        pg->open = page_find(pg, id);
-        if (pg->open == NULL)
-            return -1;
-        pg->open->stages.at = b->len;
-        pg->vid[0] = '\0';
-    } else if (strcmp(pg->vid, vid) == 0) {
-        return put_name(b, ",") || put_text(b, stage) ? -1 : 0;
-    } else if (put_name(b, "],")) {
-        return -1;
-    }
-    size_t n = strlen(vid);
-    if (n >= sizeof(pg->vid))
-        return -1;
-    memcpy(pg->vid, vid, n + 1);
-    return put_text(b, vid) || put_name(b, ":[") || put_text(b, stage) ? -1 : 0;
-}
-
-/* The head of an entry: ARN to DeletedDate. */
-static int page_head(list_page *pg, const cache_secret *s)
-{
-    kb_dbuf *b = &pg->heads;
-    if (put_name(b, "{\"ARN\":") || put_text(b, s->arn) || put_name(b, ",\"Name\":") ||
-        put_text(b, s->name))
-        return -1;
-    if (s->has_description && (put_name(b, ",\"Description\":") || put_text(b, s->description)))
-        return -1;
-    if (s->has_kms_key_id && (put_name(b, ",\"KmsKeyId\":") || put_text(b, s->kms_key_id)))
-        return -1;
-    if (put_name(b, ",\"LastChangedDate\":") || kb_json_put_ms(b, s->changed_ms) != KB_OK)
-        return -1;
-    if (s->accessed_ms &&
-        (put_name(b, ",\"LastAccessedDate\":") || kb_json_put_ms(b, s->accessed_ms) != KB_OK))
-        return -1;
-    if (s->deleted_ms &&
-        (put_name(b, ",\"DeletedDate\":") || kb_json_put_ms(b, s->deleted_ms) != KB_OK))
-        return -1;
-    return 0;
-}
-
-/* Add a secret to the page; tags, when not NULL, were read already (a filter needed them). */
-static int page_add(list_page *pg, const cache_secret *s, const cache_tag_list *tags)
-{
-    page_entry *e;
-    if (pg->n >= KB_ARRAY_LEN(pg->e))
-        return -1;
-    e = &pg->e[pg->n];
-    memset(e, 0, sizeof(*e));
-    e->id = s->id;
-    e->created_ms = s->created_ms;
-    e->head.at = pg->heads.len;
-    if (page_head(pg, s))
-        return -1;
-    e->head.end = pg->heads.len;
-    if (tags) {
-        e->tags.at = e->tags.end = pg->tags.len;
-        for (size_t i = 0; i < tags->n; i++) {
-            if (put_tag(&pg->tags, i == 0, tags->t[i].key, strlen(tags->t[i].key), tags->t[i].value,
-                        strlen(tags->t[i].value)))
-                return -1;
-        }
-        e->tags.end = pg->tags.len;
-    }
-    pg->n++;
-    return 0;
-}
-
-static kb_err span_add(kb_dbuf *out, const kb_dbuf *from, page_span sp)
-{
-    return kb_dbuf_add(out, from->p + sp.at, sp.end - sp.at);
-}
-
-/* Read the page's tags (unless read already) and stages, then append its entries to out. */
-static int page_finish(op_ctx *c, list_page *pg, int have_tags, kb_dbuf *out)
-{
-    int64_t ids[CACHE_LIST_MAX];
-    size_t total;
-    if (pg->n == 0)
-        return 0;
-    /* By ascending id: an insertion sort, linear when the page is in id order already (the
-     * default order, creation, mostly is), at most n^2 / 2 = 5,000 steps otherwise. */
-    for (size_t i = 0; i < pg->n; i++) {
-        size_t j = i;
-        while (j > 0 && pg->by_id[j - 1].id > pg->e[i].id) {
-            pg->by_id[j] = pg->by_id[j - 1];
-            j--;
-        }
-        pg->by_id[j].id = pg->e[i].id;
-        pg->by_id[j].i = i;
-    }
-    for (size_t i = 0; i < pg->n; i++)
-        ids[i] = pg->by_id[i].id;
-    if (!have_tags) {
-        pg->cur = 0;
-        pg->open = NULL;
-        if (cache_store_tags_many(c->api->store, ids, pg->n, page_tag, pg) != KB_OK)
-            return -1;
-    }
-    pg->cur = 0;
-    pg->open = NULL;
-    if (cache_store_stages_many(c->api->store, ids, pg->n, page_stage, pg) != KB_OK)
-        return -1;
-    if (pg->open != NULL) {
-        if (put_name(&pg->stages, "]"))
-            return -1;
-        pg->open->stages.end = pg->stages.len;
-    }
-    /* One allocation for the page: the parts, plus the member names and a date per entry. */
-    total = pg->heads.len + pg->tags.len + pg->stages.len + pg->n * 96;
-    if (total <= out->max - out->len && kb_dbuf_reserve(out, total) != KB_OK)
-        return -1;
-    for (size_t i = 0; i < pg->n; i++) {
-        const page_entry *e = &pg->e[i];
-        if ((i > 0 && kb_dbuf_addc(out, ',') != KB_OK) ||
-            span_add(out, &pg->heads, e->head) != KB_OK || put_name(out, ",\"Tags\":[") ||
-            span_add(out, &pg->tags, e->tags) != KB_OK ||
-            put_name(out, "],\"SecretVersionsToStages\":{") ||
-            span_add(out, &pg->stages, e->stages) != KB_OK || put_name(out, "},\"CreatedDate\":") ||
-            kb_json_put_ms(out, e->created_ms) != KB_OK || put_name(out, "}"))
-            return -1;
-    }
-    return 0;
 }
 
 /* The ARN and Name members most answers carry. */
@@ -1668,13 +1484,13 @@ typedef struct {
     size_t count; /* entries (and batch errors) on this page */
     json_t *list; /* batch: SecretValues */
     json_t *errors;
-    list_page *page; /* ListSecrets: the entries, written directly */
+    kb_dbuf *page; /* ListSecrets: the answer, entries written directly */
     int more;
     int failed;
     cache_tag_list tags;
 } list_state;
 
-static int list_visit(void *arg, const cache_secret *s)
+static int list_visit(void *arg, const cache_secret *s, const cache_list_text *t)
 {
     list_state *ls = arg;
     op_ctx *c = ls->c;
@@ -1700,7 +1516,7 @@ static int list_visit(void *arg, const cache_secret *s)
         snprintf(ls->last.text, sizeof(ls->last.text), "%s", s->name);
     ls->count++;
     if (!ls->batch)
-        return page_add(ls->page, s, filtered ? &ls->tags : NULL);
+        return page_entry(ls->page, ls->count == 1, s, t);
     o = json_object();
     if (o == NULL)
         return -1;
@@ -1759,12 +1575,14 @@ static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, in
     ls->list = batch ? json_array() : NULL;
     ls->errors = batch ? json_array() : NULL;
     if (!batch) {
-        ls->page = calloc(1, sizeof(*ls->page));
-        if (ls->page == NULL) {
+        /* {"SecretList":[entries]("NextToken":"…")}: the entries are written as they are read */
+        ls->page = &c->body;
+        kb_dbuf_reset(&c->body);
+        if (kb_dbuf_reserve(&c->body, max * LIST_ENTRY_GUESS + 64) != KB_OK ||
+            kb_dbuf_addstr(&c->body, "{\"SecretList\":[") != KB_OK) {
             rc = fail_internal(c, KB_ERR_NOMEM);
             goto out;
         }
-        page_init(ls->page);
     }
     memset(&after, 0, sizeof(after));
     if (next) {
@@ -1786,12 +1604,8 @@ static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, in
         goto out;
     }
     if (!batch) {
-        /* {"SecretList":[entries]("NextToken":"…")} */
         json_t *tok = ls->more ? token_make(c, op, qk, &ls->last) : NULL;
-        int filtered = ls->filters != NULL && json_array_size(ls->filters) > 0;
-        kb_dbuf_reset(&c->body);
-        if ((ls->more && tok == NULL) || kb_dbuf_addstr(&c->body, "{\"SecretList\":[") != KB_OK ||
-            page_finish(c, ls->page, filtered, &c->body) || kb_dbuf_addc(&c->body, ']') != KB_OK ||
+        if ((ls->more && tok == NULL) || kb_dbuf_addc(&c->body, ']') != KB_OK ||
             (tok && (kb_dbuf_addstr(&c->body, ",\"NextToken\":") != KB_OK ||
                      kb_json_put_str(&c->body, json_string_value(tok), json_string_length(tok)) !=
                          KB_OK)) ||
@@ -1816,9 +1630,6 @@ out:
     if (ls) {
         json_decref(ls->list);
         json_decref(ls->errors);
-        if (ls->page)
-            page_free(ls->page);
-        free(ls->page);
     }
     free(ls);
     free(from);

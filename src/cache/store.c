@@ -8,14 +8,20 @@
 #include <sqlite3.h>
 
 #include "lib/buf.h"
+#include "lib/json.h"
 #include "lib/log.h"
 #include "seal.h"
 
-/* Schema version 1. Dates are milliseconds since the epoch. Secret values are only ever stored
- * sealed (seal.h). deleted_ms > 0 marks a secret scheduled for deletion until deletion_ms. */
+/* Schema version 2. Dates are milliseconds since the epoch. Secret values are only ever stored
+ * sealed (seal.h). deleted_ms > 0 marks a secret scheduled for deletion until deletion_ms.
+ * list_head and list_tail (schema 2) hold the secret's ListSecrets entry rendered as JSON, all
+ * of it but the dates (store.h, cache_list_text): list_head is rendered from the row itself by
+ * every insert and update, list_tail from the secret's tags and stages when a transaction that
+ * changed them commits. A store of schema 1 gains them at open (migrate_1_to_2). */
+#define SCHEMA_VERSION "2"
 static const char *const SCHEMA =
     "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);"
-    "INSERT OR IGNORE INTO meta(k, v) VALUES('schema', '1');"
+    "INSERT OR IGNORE INTO meta(k, v) VALUES('schema', '" SCHEMA_VERSION "');"
     "CREATE TABLE IF NOT EXISTS secrets("
     " id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " account TEXT NOT NULL, name TEXT NOT NULL, arn TEXT NOT NULL UNIQUE,"
@@ -23,6 +29,7 @@ static const char *const SCHEMA =
     " description TEXT, kms_key_id TEXT,"
     " created_ms INTEGER NOT NULL, changed_ms INTEGER NOT NULL, accessed_ms INTEGER NOT NULL,"
     " deleted_ms INTEGER NOT NULL, deletion_ms INTEGER NOT NULL,"
+    " list_head TEXT NOT NULL DEFAULT '', list_tail TEXT NOT NULL DEFAULT '',"
     " UNIQUE(account, name));"
     "CREATE INDEX IF NOT EXISTS secrets_partial ON secrets(account, partial_arn);"
     /* ListSecrets' orders: pages stream in index order instead of sorting the whole account
@@ -63,6 +70,10 @@ enum {
     Q_DELETE,
     Q_EXPIRED,
     Q_TAGS,
+    Q_BY_ID,
+    Q_ALL_IDS,
+    Q_SET_LIST,
+    Q_SET_TAIL,
     Q_TAG_SET,
     Q_TAG_DEL,
     Q_VER_ADD,
@@ -95,13 +106,18 @@ static const char *const SQL[Q__COUNT] = {
     [Q_FIND_ARN] = "SELECT " SECRET_COLS " FROM secrets WHERE account = ?1 AND"
                    " (arn = ?2 OR partial_arn = ?2) ORDER BY arn = ?2 DESC LIMIT 1",
     [Q_INSERT] = "INSERT INTO secrets(account, name, arn, partial_arn, description, kms_key_id,"
-                 " created_ms, changed_ms, accessed_ms, deleted_ms, deletion_ms)"
-                 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 " created_ms, changed_ms, accessed_ms, deleted_ms, deletion_ms, list_head,"
+                 " list_tail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     [Q_UPDATE] = "UPDATE secrets SET description = ?2, kms_key_id = ?3, changed_ms = ?4,"
-                 " accessed_ms = ?5, deleted_ms = ?6, deletion_ms = ?7 WHERE id = ?1",
+                 " accessed_ms = ?5, deleted_ms = ?6, deletion_ms = ?7, list_head = ?8"
+                 " WHERE id = ?1",
     [Q_DELETE] = "DELETE FROM secrets WHERE id = ?1",
     [Q_EXPIRED] = "DELETE FROM secrets WHERE deleted_ms > 0 AND deletion_ms <= ?1",
     [Q_TAGS] = "SELECT k, v FROM tags WHERE secret_id = ?1 ORDER BY rowid",
+    [Q_BY_ID] = "SELECT " SECRET_COLS ", list_head, list_tail FROM secrets WHERE id = ?1",
+    [Q_ALL_IDS] = "SELECT id FROM secrets ORDER BY id",
+    [Q_SET_LIST] = "UPDATE secrets SET list_head = ?2, list_tail = ?3 WHERE id = ?1",
+    [Q_SET_TAIL] = "UPDATE secrets SET list_tail = ?2 WHERE id = ?1",
     [Q_TAG_SET] = "INSERT INTO tags(secret_id, k, v) VALUES(?1, ?2, ?3)"
                   " ON CONFLICT(secret_id, k) DO UPDATE SET v = excluded.v",
     [Q_TAG_DEL] = "DELETE FROM tags WHERE secret_id = ?1 AND k = ?2",
@@ -143,8 +159,12 @@ struct cache_store {
     /* ListSecrets' statements, one per (sort, descending, resuming, including deleted): prepared
      * on first use, like q. */
     sqlite3_stmt *lq[4][2][2][2];
-    /* cache_store_tags_many and cache_store_stages_many (prepared on first use). */
-    sqlite3_stmt *many[2];
+    /* Secrets whose tags or stages the open transaction changed: their list_tail is rendered
+     * again before COMMIT (cache_store_commit), once per secret however many rows changed. */
+    int64_t *dirty;
+    size_t n_dirty, cap_dirty;
+    /* Scratch for rendering list_head and list_tail. */
+    kb_dbuf render;
     /* Plaintext of the last cache_store_version_peek (locked; grown on demand, wiped after
      * use). One locked mapping for the store's lifetime instead of one per read. */
     kb_secret *scratch;
@@ -202,6 +222,10 @@ static kb_err exec_step(cache_store *st, sqlite3_stmt *s, const char *what)
     return rc;
 }
 
+static kb_err migrate_1_to_2(cache_store *st);
+static void copy_col(sqlite3_stmt *s, int col, char *dst, size_t cap, int *present);
+static kb_err store_tail(cache_store *st, int64_t id);
+
 kb_err cache_store_open(const char *path, kb_secret *key, cache_store **out)
 {
     cache_store *st = NULL;
@@ -215,6 +239,7 @@ kb_err cache_store_open(const char *path, kb_secret *key, cache_store **out)
     KB_ENSURE_OUT(rc, st != NULL, KB_ERR_NOMEM);
     st->key = key;
     key = NULL;
+    kb_dbuf_init(&st->render, CACHE_LIST_TEXT_MAX);
     KB_GUARD_OUT(rc, cache_key_derive(st->key, "keybridge-cache next-token v1", &st->token_key));
     if (sqlite3_open_v2(path, &st->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -243,12 +268,18 @@ kb_err cache_store_open(const char *path, kb_secret *key, cache_store **out)
     }
     {
         sqlite3_stmt *s = NULL;
-        int ok = sqlite3_prepare_v2(st->db, "SELECT v FROM meta WHERE k = 'schema'", -1, &s,
-                                    NULL) == SQLITE_OK &&
-                 sqlite3_step(s) == SQLITE_ROW &&
-                 strcmp((const char *)sqlite3_column_text(s, 0), "1") == 0;
+        char version[8] = "";
+        if (sqlite3_prepare_v2(st->db, "SELECT v FROM meta WHERE k = 'schema'", -1, &s, NULL) ==
+                SQLITE_OK &&
+            sqlite3_step(s) == SQLITE_ROW)
+            copy_col(s, 0, version, sizeof(version), NULL);
         sqlite3_finalize(s);
-        KB_ENSURE_OUT(rc, ok, KB_ERR_SCHEMA);
+        /* 1: before the ListSecrets texts; anything else is a newer binary's (refused, as an
+         * older binary refuses schema 2: it would not keep the texts up to date). */
+        if (strcmp(version, "1") == 0)
+            KB_GUARD_OUT(rc, migrate_1_to_2(st));
+        else
+            KB_ENSURE_OUT(rc, strcmp(version, SCHEMA_VERSION) == 0, KB_ERR_SCHEMA);
     }
     *out = st;
     st = NULL;
@@ -267,9 +298,9 @@ void cache_store_close(cache_store *st)
         sqlite3_finalize(st->q[i]);
     for (size_t i = 0; i < sizeof(st->lq) / sizeof(st->lq[0][0][0][0]); i++)
         sqlite3_finalize((&st->lq[0][0][0][0])[i]);
-    for (size_t i = 0; i < KB_ARRAY_LEN(st->many); i++)
-        sqlite3_finalize(st->many[i]);
     sqlite3_close(st->db);
+    kb_dbuf_free(&st->render);
+    free(st->dirty);
     kb_secret_free(st->key);
     kb_secret_free(st->token_key);
     kb_secret_free(st->scratch);
@@ -299,6 +330,15 @@ kb_err cache_store_commit(cache_store *st)
 {
     sqlite3_stmt *s;
     kb_err rc;
+    /* The ListSecrets texts of the secrets whose tags or stages changed, in the same
+     * transaction: committed together with the change or not at all. */
+    for (size_t i = 0; i < st->n_dirty; i++) {
+        if (store_tail(st, st->dirty[i]) != KB_OK) {
+            cache_store_rollback(st);
+            return KB_ERR_DB;
+        }
+    }
+    st->n_dirty = 0;
     KB_GUARD(stmt(st, Q_COMMIT, &s));
     rc = exec_step(st, s, "commit");
     if (rc != KB_OK) {
@@ -311,6 +351,7 @@ kb_err cache_store_commit(cache_store *st)
 void cache_store_rollback(cache_store *st)
 {
     sqlite3_stmt *s;
+    st->n_dirty = 0;
     if (!sqlite3_get_autocommit(st->db) && stmt(st, Q_ROLLBACK, &s) == KB_OK)
         (void)exec_step(st, s, "rollback");
 }
@@ -347,6 +388,303 @@ static void row_to_secret(sqlite3_stmt *s, cache_secret *o)
     o->accessed_ms = sqlite3_column_int64(s, 8);
     o->deleted_ms = sqlite3_column_int64(s, 9);
     o->deletion_ms = sqlite3_column_int64(s, 10);
+}
+
+/* ---------------------------------------------------------------- ListSecrets texts */
+
+/* Bytes of a text column as copy_col would keep them (up to a NUL, at most cap - 1). */
+static size_t col_text(sqlite3_stmt *s, int col, size_t cap, const char **out)
+{
+    const char *v = (const char *)sqlite3_column_text(s, col);
+    size_t bytes;
+    *out = v ? v : "";
+    if (v == NULL)
+        return 0;
+    bytes = (size_t)sqlite3_column_bytes(s, col);
+    return strnlen(v, bytes < cap - 1 ? bytes : cap - 1);
+}
+
+static kb_err put_text(kb_dbuf *b, const char *s)
+{
+    return kb_json_put_str(b, s, strlen(s));
+}
+
+/* A secret without tags or stages (a new one). */
+#define EMPTY_TAIL "\"Tags\":[],\"SecretVersionsToStages\":{}"
+
+/* {"ARN":…,"Name":…[,"Description":…][,"KmsKeyId":…]: DescribeSecret's first members, from the
+ * row alone, escaped as jansson escapes them (kb_json_put_str). */
+static kb_err render_head(const cache_secret *s, kb_dbuf *b)
+{
+    KB_GUARD(kb_dbuf_addstr(b, "{\"ARN\":"));
+    KB_GUARD(put_text(b, s->arn));
+    KB_GUARD(kb_dbuf_addstr(b, ",\"Name\":"));
+    KB_GUARD(put_text(b, s->name));
+    if (s->has_description) {
+        KB_GUARD(kb_dbuf_addstr(b, ",\"Description\":"));
+        KB_GUARD(put_text(b, s->description));
+    }
+    if (s->has_kms_key_id) {
+        KB_GUARD(kb_dbuf_addstr(b, ",\"KmsKeyId\":"));
+        KB_GUARD(put_text(b, s->kms_key_id));
+    }
+    return KB_OK;
+}
+
+/* "Tags":[{"Key":…,"Value":…},…: in insertion order, texts cut as cache_store_tags_get cuts
+ * them, so they equal DescribeSecret's Tags. */
+static kb_err render_tags(cache_store *st, int64_t id, kb_dbuf *b)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r, n = 0;
+    KB_GUARD(kb_dbuf_addstr(b, "\"Tags\":["));
+    KB_GUARD(stmt(st, Q_TAGS, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *k, *v;
+        size_t kl = col_text(s, 0, CACHE_TAG_KEY_MAX + 1, &k);
+        size_t vl = col_text(s, 1, CACHE_TAG_VALUE_MAX + 1, &v);
+        KB_ENSURE_OUT(rc, n < CACHE_TAGS_MAX, KB_ERR_INTERNAL); /* as cache_store_tags_get */
+        KB_GUARD_OUT(rc, kb_dbuf_addstr(b, n++ > 0 ? ",{\"Key\":" : "{\"Key\":"));
+        KB_GUARD_OUT(rc, kb_json_put_str(b, k, kl));
+        KB_GUARD_OUT(rc, kb_dbuf_addstr(b, ",\"Value\":"));
+        KB_GUARD_OUT(rc, kb_json_put_str(b, v, vl));
+        KB_GUARD_OUT(rc, kb_dbuf_addc(b, '}'));
+    }
+    if (r != SQLITE_DONE)
+        rc = db_err(st, "render_tags");
+out:
+    done(s);
+    return rc;
+}
+
+/* ],"SecretVersionsToStages":{"vid":["stage",…],…}: by version, then stage (the order of
+ * cache_store_stages, which DescribeSecret's map is built in). */
+static kb_err render_stages(cache_store *st, int64_t id, kb_dbuf *b)
+{
+    char vid[CACHE_VERSION_ID_MAX + 1];
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    int r, first = 1;
+    KB_GUARD(kb_dbuf_addstr(b, "],\"SecretVersionsToStages\":{"));
+    KB_GUARD(stmt(st, Q_STAGES, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(s, 0);
+        const char *stage = (const char *)sqlite3_column_text(s, 1);
+        size_t n;
+        v = v ? v : "";
+        stage = stage ? stage : "";
+        if (!first && strcmp(vid, v) == 0) {
+            KB_GUARD_OUT(rc, kb_dbuf_addc(b, ','));
+            KB_GUARD_OUT(rc, put_text(b, stage));
+            continue;
+        }
+        n = strlen(v);
+        KB_ENSURE_OUT(rc, n < sizeof(vid), KB_ERR_INTERNAL);
+        memcpy(vid, v, n + 1);
+        KB_GUARD_OUT(rc, kb_dbuf_addstr(b, first ? "" : "],"));
+        KB_GUARD_OUT(rc, put_text(b, vid));
+        KB_GUARD_OUT(rc, kb_dbuf_addstr(b, ":["));
+        KB_GUARD_OUT(rc, put_text(b, stage));
+        first = 0;
+    }
+    if (r != SQLITE_DONE) {
+        rc = db_err(st, "render_stages");
+        goto out;
+    }
+    KB_GUARD_OUT(rc, kb_dbuf_addstr(b, first ? "}" : "]}"));
+out:
+    done(s);
+    return rc;
+}
+
+static kb_err render_tail(cache_store *st, int64_t id, kb_dbuf *b)
+{
+    KB_GUARD(render_tags(st, id, b));
+    return render_stages(st, id, b);
+}
+
+static kb_err bind_dbuf(sqlite3_stmt *s, int i, const kb_dbuf *b)
+{
+    /* b->len <= CACHE_LIST_TEXT_MAX < INT_MAX */
+    return sqlite3_bind_text(s, i, b->len ? (const char *)b->p : "", (int)b->len, SQLITE_STATIC) ==
+                   SQLITE_OK
+               ? KB_OK
+               : KB_ERR_DB;
+}
+
+/* Render secret id's list_tail again and store it (no error when the secret is gone). */
+static kb_err store_tail(cache_store *st, int64_t id)
+{
+    sqlite3_stmt *s;
+    kb_err rc = KB_OK;
+    kb_dbuf_reset(&st->render);
+    KB_GUARD(render_tail(st, id, &st->render));
+    KB_GUARD(stmt(st, Q_SET_TAIL, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_dbuf(s, 2, &st->render));
+    return exec_step(st, s, "set_tail");
+out:
+    done(s);
+    return rc;
+}
+
+/* Secret id's tags or stages changed: inside a transaction, its list_tail is rendered at
+ * COMMIT (once, whatever else the transaction changes); outside one, now. */
+static kb_err mark_dirty(cache_store *st, int64_t id)
+{
+    if (sqlite3_get_autocommit(st->db))
+        return store_tail(st, id);
+    for (size_t i = 0; i < st->n_dirty; i++) {
+        if (st->dirty[i] == id)
+            return KB_OK;
+    }
+    KB_GUARD(kb_grow((void **)&st->dirty, &st->cap_dirty, st->n_dirty, sizeof(*st->dirty)));
+    st->dirty[st->n_dirty++] = id;
+    return KB_OK;
+}
+
+/* Every secret's id, ascending (malloc'd; *n 0 and *out NULL when there is none). */
+static kb_err all_ids(cache_store *st, int64_t **out, size_t *n)
+{
+    sqlite3_stmt *s;
+    int64_t *ids = NULL;
+    size_t cap = 0, cnt = 0;
+    kb_err rc = KB_OK;
+    int r;
+    *out = NULL;
+    *n = 0;
+    KB_GUARD(stmt(st, Q_ALL_IDS, &s));
+    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        KB_GUARD_OUT(rc, kb_grow((void **)&ids, &cap, cnt, sizeof(*ids)));
+        ids[cnt++] = sqlite3_column_int64(s, 0);
+    }
+    if (r != SQLITE_DONE) {
+        rc = db_err(st, "all_ids");
+        goto out;
+    }
+    *out = ids;
+    *n = cnt;
+    ids = NULL;
+out:
+    done(s);
+    free(ids);
+    return rc;
+}
+
+/* Render secret id's list texts from its row, tags and stages into head and tail; same (if not
+ * NULL) tells whether they equal the stored ones. */
+static kb_err render_texts(cache_store *st, int64_t id, kb_dbuf *head, kb_dbuf *tail, int *same)
+{
+    sqlite3_stmt *s;
+    cache_secret *sec = malloc(sizeof(*sec));
+    kb_err rc = KB_OK;
+    int r;
+    KB_ENSURE(sec != NULL, KB_ERR_NOMEM);
+    rc = stmt(st, Q_BY_ID, &s);
+    if (rc != KB_OK) {
+        free(sec);
+        return rc;
+    }
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    r = sqlite3_step(s);
+    if (r != SQLITE_ROW) {
+        rc = r == SQLITE_DONE ? KB_ERR_NOT_FOUND : db_err(st, "render");
+        goto out;
+    }
+    row_to_secret(s, sec);
+    kb_dbuf_reset(head);
+    kb_dbuf_reset(tail);
+    KB_GUARD_OUT(rc, render_head(sec, head));
+    KB_GUARD_OUT(rc, render_tail(st, id, tail));
+    if (same) {
+        const void *h = sqlite3_column_blob(s, 11), *t = sqlite3_column_blob(s, 12);
+        size_t hl = (size_t)sqlite3_column_bytes(s, 11), tl = (size_t)sqlite3_column_bytes(s, 12);
+        *same = hl == head->len && tl == tail->len && (hl == 0 || memcmp(h, head->p, hl) == 0) &&
+                (tl == 0 || memcmp(t, tail->p, tl) == 0);
+    }
+out:
+    done(s);
+    free(sec);
+    return rc;
+}
+
+/* Schema 1 -> 2: add the ListSecrets texts and render them for every secret, in one
+ * transaction (a failure leaves the store at schema 1, as it was). */
+static kb_err migrate_1_to_2(cache_store *st)
+{
+    int64_t *ids = NULL;
+    size_t n = 0;
+    kb_dbuf head;
+    char *errmsg = NULL, count[24];
+    kb_err rc = KB_OK;
+
+    kb_dbuf_init(&head, CACHE_LIST_TEXT_MAX);
+    if (sqlite3_exec(st->db,
+                     "BEGIN IMMEDIATE;"
+                     " ALTER TABLE secrets ADD COLUMN list_head TEXT NOT NULL DEFAULT '';"
+                     " ALTER TABLE secrets ADD COLUMN list_tail TEXT NOT NULL DEFAULT '';",
+                     NULL, NULL, &errmsg) != SQLITE_OK) {
+        kb_log(KB_LOG_ERROR, "store_migrate_failed", "sqlite", errmsg ? errmsg : "?", NULL);
+        rc = KB_ERR_DB;
+        goto out;
+    }
+    KB_GUARD_OUT(rc, all_ids(st, &ids, &n));
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_stmt *s;
+        KB_GUARD_OUT(rc, render_texts(st, ids[i], &head, &st->render, NULL));
+        KB_GUARD_OUT(rc, stmt(st, Q_SET_LIST, &s));
+        if (bind_i64(s, 1, ids[i]) != KB_OK || bind_dbuf(s, 2, &head) != KB_OK ||
+            bind_dbuf(s, 3, &st->render) != KB_OK) {
+            done(s);
+            rc = KB_ERR_DB;
+            goto out;
+        }
+        KB_GUARD_OUT(rc, exec_step(st, s, "migrate"));
+    }
+    if (sqlite3_exec(st->db, "UPDATE meta SET v = '" SCHEMA_VERSION "' WHERE k = 'schema'; COMMIT;",
+                     NULL, NULL, &errmsg) != SQLITE_OK) {
+        kb_log(KB_LOG_ERROR, "store_migrate_failed", "sqlite", errmsg ? errmsg : "?", NULL);
+        rc = KB_ERR_DB;
+        goto out;
+    }
+    snprintf(count, sizeof(count), "%zu", n);
+    kb_log(KB_LOG_INFO, "store_migrated", "from", "1", "to", SCHEMA_VERSION, "secrets", count,
+           NULL);
+out:
+    if (rc != KB_OK)
+        cache_store_rollback(st);
+    sqlite3_free(errmsg);
+    kb_dbuf_free(&head);
+    free(ids);
+    return rc;
+}
+
+kb_err cache_store_check_lists(cache_store *st, size_t *stale)
+{
+    int64_t *ids = NULL;
+    size_t n = 0;
+    kb_dbuf head, tail;
+    kb_err rc = KB_OK;
+    KB_ENSURE_REF(st);
+    KB_ENSURE_REF(stale);
+    *stale = 0;
+    KB_GUARD(all_ids(st, &ids, &n));
+    kb_dbuf_init(&head, CACHE_LIST_TEXT_MAX);
+    kb_dbuf_init(&tail, CACHE_LIST_TEXT_MAX);
+    for (size_t i = 0; i < n; i++) {
+        int same = 0;
+        KB_GUARD_OUT(rc, render_texts(st, ids[i], &head, &tail, &same));
+        if (!same)
+            (*stale)++;
+    }
+out:
+    kb_dbuf_free(&head);
+    kb_dbuf_free(&tail);
+    free(ids);
+    return rc;
 }
 
 static kb_err find_one(cache_store *st, int q, const char *account, const char *key,
@@ -411,6 +749,10 @@ kb_err cache_store_secret_insert(cache_store *st, cache_secret *sec)
     KB_GUARD_OUT(rc, bind_i64(s, 9, sec->accessed_ms));
     KB_GUARD_OUT(rc, bind_i64(s, 10, sec->deleted_ms));
     KB_GUARD_OUT(rc, bind_i64(s, 11, sec->deletion_ms));
+    kb_dbuf_reset(&st->render);
+    KB_GUARD_OUT(rc, render_head(sec, &st->render));
+    KB_GUARD_OUT(rc, bind_dbuf(s, 12, &st->render));
+    KB_GUARD_OUT(rc, bind_text(s, 13, EMPTY_TAIL));
     rc = exec_step(st, s, "insert");
     if (rc == KB_OK)
         sec->id = sqlite3_last_insert_rowid(st->db);
@@ -432,6 +774,9 @@ kb_err cache_store_secret_update(cache_store *st, const cache_secret *sec)
     KB_GUARD_OUT(rc, bind_i64(s, 5, sec->accessed_ms));
     KB_GUARD_OUT(rc, bind_i64(s, 6, sec->deleted_ms));
     KB_GUARD_OUT(rc, bind_i64(s, 7, sec->deletion_ms));
+    kb_dbuf_reset(&st->render);
+    KB_GUARD_OUT(rc, render_head(sec, &st->render));
+    KB_GUARD_OUT(rc, bind_dbuf(s, 8, &st->render));
     return exec_step(st, s, "update");
 out:
     done(s);
@@ -482,7 +827,8 @@ kb_err cache_store_list(cache_store *st, const char *account, int include_delete
         /* Row-value comparison (SQLite >= 3.15) resumes the index range scan right after the
          * last key returned (https://www.sqlite.org/rowvalue.html#scrolling_window_queries). */
         snprintf(sql, sizeof(sql),
-                 "SELECT " SECRET_COLS " FROM secrets WHERE account = ?1%s%s%s%s"
+                 "SELECT " SECRET_COLS
+                 ", list_head, list_tail FROM secrets WHERE account = ?1%s%s%s%s"
                  " ORDER BY %s %s, id %s",
                  include_deleted ? "" : " AND deleted_ms = 0", resume ? " AND (" : "",
                  resume ? cols[sort] : "",
@@ -503,9 +849,14 @@ kb_err cache_store_list(cache_store *st, const char *account, int include_delete
         KB_GUARD_OUT(rc, bind_i64(s, 3, after->id));
     }
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+        cache_list_text t;
         int v;
         row_to_secret(s, sec);
-        v = fn(arg, sec);
+        t.head = (const char *)sqlite3_column_blob(s, 11);
+        t.head_len = (size_t)sqlite3_column_bytes(s, 11);
+        t.tail = (const char *)sqlite3_column_blob(s, 12);
+        t.tail_len = (size_t)sqlite3_column_bytes(s, 12);
+        v = fn(arg, sec, &t);
         KB_ENSURE_OUT(rc, v >= 0, KB_ERR_INTERNAL);
         if (v > 0)
             goto out;
@@ -539,105 +890,6 @@ out:
     return rc;
 }
 
-/* Bytes of a text column as copy_col would keep them (up to a NUL, at most cap - 1). */
-static size_t col_text(sqlite3_stmt *s, int col, size_t cap, const char **out)
-{
-    const char *v = (const char *)sqlite3_column_text(s, col);
-    size_t bytes;
-    *out = v ? v : "";
-    if (v == NULL)
-        return 0;
-    bytes = (size_t)sqlite3_column_bytes(s, col);
-    return strnlen(v, bytes < cap - 1 ? bytes : cap - 1);
-}
-
-/* The statement of tags_many (which 0) or stages_many (1), prepared once, with the ids bound:
- * "secret_id IN (?1, ..., ?CACHE_STORE_MANY)", the places past n left NULL (matching nothing). */
-static kb_err many_stmt(cache_store *st, int which, const int64_t *ids, size_t n,
-                        sqlite3_stmt **out)
-{
-    static const char *const head[] = {"SELECT secret_id, k, v FROM tags WHERE secret_id IN (",
-                                       "SELECT secret_id, vid, stage FROM stages WHERE"
-                                       " secret_id IN ("};
-    /* Index order (tags_by_secret, stages_by_vid): no sort (EXPLAIN QUERY PLAN: SEARCH ...
-     * USING INDEX, no TEMP B-TREE). */
-    static const char *const tail[] = {") ORDER BY secret_id, rowid",
-                                       ") ORDER BY secret_id, vid, stage"};
-    sqlite3_stmt *s = st->many[which];
-    kb_err rc = KB_OK;
-    KB_ENSURE(n <= CACHE_STORE_MANY, KB_ERR_INVALID);
-    if (s == NULL) {
-        kb_dbuf sql;
-        kb_dbuf_init(&sql, 4096);
-        rc = kb_dbuf_addstr(&sql, head[which]);
-        for (int i = 1; rc == KB_OK && i <= CACHE_STORE_MANY; i++)
-            rc = kb_dbuf_addf(&sql, i > 1 ? ", ?%d" : "?%d", i);
-        if (rc == KB_OK)
-            rc = kb_dbuf_addstr(&sql, tail[which]);
-        if (rc == KB_OK && sqlite3_prepare_v3(st->db, kb_dbuf_str(&sql), -1,
-                                              SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
-            rc = db_err(st, "prepare");
-        kb_dbuf_free(&sql);
-        KB_GUARD(rc);
-        st->many[which] = s;
-    }
-    for (size_t i = 0; i < n; i++)
-        KB_GUARD_OUT(rc, bind_i64(s, (int)i + 1, ids[i]));
-    *out = s;
-    return KB_OK;
-out:
-    done(s);
-    return rc;
-}
-
-kb_err cache_store_tags_many(cache_store *st, const int64_t *ids, size_t n, cache_store_tag_fn fn,
-                             void *arg)
-{
-    sqlite3_stmt *s;
-    kb_err rc = KB_OK;
-    int r;
-    KB_ENSURE_REF(ids);
-    KB_ENSURE_REF(fn);
-    KB_GUARD(many_stmt(st, 0, ids, n, &s));
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        const char *k, *v;
-        size_t kl = col_text(s, 1, CACHE_TAG_KEY_MAX + 1, &k);
-        size_t vl = col_text(s, 2, CACHE_TAG_VALUE_MAX + 1, &v);
-        int ret = fn(arg, sqlite3_column_int64(s, 0), k, kl, v, vl);
-        KB_ENSURE_OUT(rc, ret >= 0, KB_ERR_INTERNAL);
-        if (ret > 0)
-            goto out;
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(st, "tags_many");
-out:
-    done(s);
-    return rc;
-}
-
-kb_err cache_store_stages_many(cache_store *st, const int64_t *ids, size_t n,
-                               cache_store_stages_fn fn, void *arg)
-{
-    sqlite3_stmt *s;
-    kb_err rc = KB_OK;
-    int r;
-    KB_ENSURE_REF(ids);
-    KB_ENSURE_REF(fn);
-    KB_GUARD(many_stmt(st, 1, ids, n, &s));
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        int ret = fn(arg, sqlite3_column_int64(s, 0), (const char *)sqlite3_column_text(s, 1),
-                     (const char *)sqlite3_column_text(s, 2));
-        KB_ENSURE_OUT(rc, ret >= 0, KB_ERR_INTERNAL);
-        if (ret > 0)
-            goto out;
-    }
-    if (r != SQLITE_DONE)
-        rc = db_err(st, "stages_many");
-out:
-    done(s);
-    return rc;
-}
-
 kb_err cache_store_tag_set(cache_store *st, int64_t id, const char *key, const char *value)
 {
     sqlite3_stmt *s;
@@ -646,7 +898,8 @@ kb_err cache_store_tag_set(cache_store *st, int64_t id, const char *key, const c
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, bind_text(s, 2, key));
     KB_GUARD_OUT(rc, bind_text(s, 3, value));
-    return exec_step(st, s, "tag_set");
+    KB_GUARD(exec_step(st, s, "tag_set"));
+    return mark_dirty(st, id);
 out:
     done(s);
     return rc;
@@ -659,7 +912,8 @@ kb_err cache_store_tag_remove(cache_store *st, int64_t id, const char *key)
     KB_GUARD(stmt(st, Q_TAG_DEL, &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, bind_text(s, 2, key));
-    return exec_step(st, s, "tag_remove");
+    KB_GUARD(exec_step(st, s, "tag_remove"));
+    return mark_dirty(st, id);
 out:
     done(s);
     return rc;
@@ -850,7 +1104,8 @@ kb_err cache_store_stage_set(cache_store *st, int64_t id, const char *stage, con
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, bind_text(s, 2, stage));
     KB_GUARD_OUT(rc, bind_text(s, 3, vid));
-    return exec_step(st, s, "stage_set");
+    KB_GUARD(exec_step(st, s, "stage_set"));
+    return mark_dirty(st, id);
 out:
     done(s);
     return rc;
@@ -863,7 +1118,8 @@ kb_err cache_store_stage_remove(cache_store *st, int64_t id, const char *stage)
     KB_GUARD(stmt(st, Q_STAGE_DEL, &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, bind_text(s, 2, stage));
-    return exec_step(st, s, "stage_remove");
+    KB_GUARD(exec_step(st, s, "stage_remove"));
+    return mark_dirty(st, id);
 out:
     done(s);
     return rc;

@@ -100,31 +100,35 @@ typedef struct {
     const char *text; /* its name (CACHE_SORT_NAME) */
 } cache_list_after;
 
+/* A secret's ListSecrets entry as the store keeps it rendered (schema 2), all but its dates:
+ *   head  {"ARN":…,"Name":…[,"Description":…][,"KmsKeyId":…]
+ *   tail  "Tags":[{"Key":…,"Value":…},…],"SecretVersionsToStages":{"vid":["stage",…],…}
+ * (the members and order of DescribeSecret's, strings escaped as jansson escapes them). head is
+ * rendered from the row by every insert and update; tail when a transaction that changed the
+ * secret's tags or stages (cache_store_tag_set, _tag_remove, _stage_set, _stage_remove)
+ * commits, in that transaction. Not NUL-terminated; valid during the callback only. */
+typedef struct {
+    const char *head;
+    size_t head_len;
+    const char *tail;
+    size_t tail_len;
+} cache_list_text;
+
+/* The longest head or tail rendered (a write that would need more fails): the longest answer. */
+#define CACHE_LIST_TEXT_MAX ((size_t)32 * 1024 * 1024)
+
 /* Visit the account's secrets in order (ties by id), starting strictly after `after` (NULL or
- * id 0: from the start). The resume point is a key, not an offset: a page deep in a listing
- * costs a range scan of the index from there, not a walk over every earlier secret. The callback
- * returns 0 to go on, 1 to stop, or a negative value on error (KB_ERR_INTERNAL). */
-typedef int (*cache_store_visit_fn)(void *arg, const cache_secret *s);
+ * id 0: from the start), each with its ListSecrets texts. The resume point is a key, not an
+ * offset: a page deep in a listing costs a range scan of the index from there, not a walk over
+ * every earlier secret. The callback returns 0 to go on, 1 to stop, or a negative value on error
+ * (KB_ERR_INTERNAL). */
+typedef int (*cache_store_visit_fn)(void *arg, const cache_secret *s, const cache_list_text *t);
 KB_WUR kb_err cache_store_list(cache_store *st, const char *account, int include_deleted,
                                cache_sort sort, int descending, const cache_list_after *after,
                                cache_store_visit_fn fn, void *arg);
 
 KB_WUR kb_err cache_store_tags_get(cache_store *st, int64_t id, cache_tag_list *out);
 
-/* The tags and the stages of up to CACHE_STORE_MANY secrets in one statement each (a ListSecrets
- * page: one index search per secret inside one statement instead of a statement per secret).
- * Rows come grouped by secret, in ascending id order; within a secret, tags in insertion order
- * (as cache_store_tags_get) and stages by version then stage (as cache_store_stages). Texts are
- * passed with their length, cut as cache_store_tags_get cuts them (CACHE_TAG_KEY_MAX,
- * CACHE_TAG_VALUE_MAX); the pointers are valid during the call only. Callback as for list. */
-#define CACHE_STORE_MANY 100
-typedef int (*cache_store_tag_fn)(void *arg, int64_t id, const char *key, size_t key_len,
-                                  const char *value, size_t value_len);
-KB_WUR kb_err cache_store_tags_many(cache_store *st, const int64_t *ids, size_t n,
-                                    cache_store_tag_fn fn, void *arg);
-typedef int (*cache_store_stages_fn)(void *arg, int64_t id, const char *vid, const char *stage);
-KB_WUR kb_err cache_store_stages_many(cache_store *st, const int64_t *ids, size_t n,
-                                      cache_store_stages_fn fn, void *arg);
 KB_WUR kb_err cache_store_tag_set(cache_store *st, int64_t id, const char *key, const char *value);
 KB_WUR kb_err cache_store_tag_remove(cache_store *st, int64_t id, const char *key);
 
@@ -170,6 +174,11 @@ KB_WUR kb_err cache_store_versions(cache_store *st, int64_t id, int64_t before_s
 KB_WUR kb_err cache_store_policy_get(cache_store *st, int64_t id, char **out);
 KB_WUR kb_err cache_store_policy_set(cache_store *st, int64_t id, const char *policy);
 KB_WUR kb_err cache_store_policy_delete(cache_store *st, int64_t id);
+
+/* Render every secret's ListSecrets texts afresh from its row, tags and stages and compare them
+ * with the stored ones: *stale counts the secrets whose texts differ (0 when the store kept them
+ * up to date). For tests and fuzzing: a full pass over the store. */
+KB_WUR kb_err cache_store_check_lists(cache_store *st, size_t *stale);
 
 /* A key derived from the at-rest key for a purpose (label); owned by the store. */
 const kb_secret *cache_store_token_key(const cache_store *st);

@@ -1,6 +1,7 @@
 /* fuzz_cache_request.c - keybridge-cache's request parser: "<Operation>\n<JSON body>" goes
  * through cache_api_dispatch against an in-memory store (one per process, so state builds up
- * across inputs the way a long-running server's does). Every response must be JSON. */
+ * across inputs the way a long-running server's does). Every response must be JSON, and every
+ * secret's kept ListSecrets texts must equal a fresh rendering after every request. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,5 +58,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort(); /* every response is a JSON object */
     json_decref(j);
     cache_response_free(&r);
+    {
+        /* Whatever the request did or refused, the kept ListSecrets texts equal a fresh
+         * rendering (store.h, cache_store_check_lists). */
+        size_t stale = 0;
+        if (cache_store_check_lists(st, &stale) != KB_OK || stale != 0)
+            abort();
+    }
     return 0;
 }

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "kbtest.h"
 #include "cache/api.h"
 #include "cache/creds.h"
@@ -53,6 +55,18 @@ static void close_store(fx *f)
     f->st = NULL;
 }
 
+/* Opening the fixture's store file (again) fails with want. */
+static void expect_open_fails(fx *f, kb_err want)
+{
+    kb_secret *key = NULL;
+    cache_store *st2 = NULL;
+    char kp[600];
+    snprintf(kp, sizeof(kp), "%s/key", f->dir);
+    assert_ok(cache_key_load(kp, &key));
+    assert_kb(cache_store_open(f->db, key, &st2), want);
+    assert_null(st2);
+}
+
 static int setup(void **state)
 {
     fx *f = calloc(1, sizeof(*f));
@@ -96,6 +110,14 @@ static json_t *call_as(fx *f, const char *acct, const char *op, const char *body
     if (status)
         *status = r.status;
     cache_response_free(&r);
+    /* After every request of every test (each write path, refused ones included): the store's
+     * kept ListSecrets texts equal a fresh rendering from the tables (store.h). */
+    {
+        size_t stale = 0;
+        assert_ok(cache_store_check_lists(f->st, &stale));
+        if (stale != 0)
+            fail_msg("%s %.200s: ListSecrets texts of %zu secrets are stale", op, body, stale);
+    }
     return j;
 }
 
@@ -929,15 +951,7 @@ static void reads_and_scratch(void **state)
     done(j);
 
     /* one process per store: a second open of the same file fails (after the busy timeout) */
-    {
-        kb_secret *key = NULL;
-        cache_store *st2 = NULL;
-        char kp[600];
-        snprintf(kp, sizeof(kp), "%s/key", f->dir);
-        assert_ok(cache_key_load(kp, &key));
-        assert_kb(cache_store_open(f->db, key, &st2), KB_ERR_DB);
-        assert_null(st2);
-    }
+    expect_open_fails(f, KB_ERR_DB);
 }
 
 static void unseal_to_bounds(void **state)
@@ -1745,6 +1759,129 @@ static void list_page_tags_stages(void **state)
     }
 }
 
+/* Run SQL on the store's file while the store is closed. */
+static void db_exec(fx *f, const char *sql)
+{
+    sqlite3 *db = NULL;
+    char *err = NULL;
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
+        fail_msg("%s: %s", sql, err ? err : "?");
+    sqlite3_close(db);
+}
+
+/* A ListSecrets answer, byte for byte (the clock does not move: equal stores, equal bytes). */
+static char *list_raw(fx *f, const char *acct, const char *body)
+{
+    cache_response r;
+    char *out;
+    assert_ok(cache_api_dispatch(f->api, acct, "ListSecrets", (const uint8_t *)body, strlen(body),
+                                 f->now, &r));
+    assert_int_equal(r.status, 200);
+    out = strndup(r.body, r.body_len);
+    assert_non_null(out);
+    cache_response_free(&r);
+    return out;
+}
+
+/* A store of schema 1 (before the kept ListSecrets texts) is migrated at open: every listing is
+ * byte for byte what it was, the texts check clean, and later writes keep them. Schema 1 is
+ * made from a schema-2 store by dropping the two columns, which gives schema 1's table. */
+static void schema_1_migration(void **state)
+{
+    static const char *const queries[] = {
+        "{\"IncludePlannedDeletion\":true}",
+        "{}",
+        "{\"SortBy\":\"name\",\"SortOrder\":\"desc\",\"IncludePlannedDeletion\":true}",
+        "{\"Filters\":[{\"Key\":\"tag-key\",\"Values\":[\"team\"]}]}",
+        "{\"Filters\":[{\"Key\":\"all\",\"Values\":[\"caf\"]}]}",
+        "{\"MaxResults\":1}"};
+    fx *f = *state;
+    char *before[KB_ARRAY_LEN(queries)], *other;
+    size_t stale = 1;
+    json_t *l;
+
+    f->now += 321;
+    done(ok(f, "CreateSecret",
+            "{\"Name\":\"mig/a\",\"SecretString\":\"v1\",\"KmsKeyId\":\"alias/k\\\"1\","
+            "\"Description\":\"quote\\\" nl\\n ctl\\u0001 \\u00e9 \\ud83d\\ude00\","
+            "\"Tags\":[{\"Key\":\"team\",\"Value\":\"caf\\u00e9\"},{\"Key\":\"b\",\"Value\":\"\"},"
+            "{\"Key\":\"a\",\"Value\":\"x\\\\y\"}]}"));
+    done(ok(f, "PutSecretValue",
+            "{\"SecretId\":\"mig/a\",\"SecretString\":\"v2\",\"VersionStages\":[\"s2\",\"s1\"]}"));
+    done(ok(f, "PutSecretValue", "{\"SecretId\":\"mig/a\",\"SecretString\":\"v3\"}"));
+    done(ok(f, "GetSecretValue", "{\"SecretId\":\"mig/a\"}"));
+    done(ok(f, "CreateSecret", "{\"Name\":\"mig/b\",\"SecretString\":\"x\"}"));
+    done(ok(f, "CreateSecret",
+            "{\"Name\":\"mig/c\",\"SecretString\":\"x\",\"Tags\":[{\"Key\":\"team\","
+            "\"Value\":\"ops\"}]}"));
+    done(ok(f, "DeleteSecret", "{\"SecretId\":\"mig/c\",\"RecoveryWindowInDays\":7}"));
+    done(call_as(f, ACCT_B, "CreateSecret", "{\"Name\":\"mig/b\",\"SecretString\":\"y\"}", NULL));
+    for (size_t q = 0; q < KB_ARRAY_LEN(queries); q++)
+        before[q] = list_raw(f, ACCT_A, queries[q]);
+    other = list_raw(f, ACCT_B, "{}");
+
+    close_store(f);
+    db_exec(f, "ALTER TABLE secrets DROP COLUMN list_head;"
+               " ALTER TABLE secrets DROP COLUMN list_tail;"
+               " UPDATE meta SET v = '1' WHERE k = 'schema';");
+    open_store(f);
+    for (size_t q = 0; q < KB_ARRAY_LEN(queries); q++) {
+        char *after = list_raw(f, ACCT_A, queries[q]);
+        if (strcmp(before[q], after) != 0)
+            fail_msg("%s: after migration\n%s\nbefore\n%s", queries[q], after, before[q]);
+        free(after);
+        free(before[q]);
+    }
+    {
+        char *after = list_raw(f, ACCT_B, "{}");
+        assert_string_equal(after, other);
+        free(after);
+        free(other);
+    }
+    assert_ok(cache_store_check_lists(f->st, &stale));
+    assert_int_equal(stale, 0);
+    /* Writes after the migration keep the texts (call_as checks them after each). */
+    done(ok(f, "TagResource",
+            "{\"SecretId\":\"mig/b\",\"Tags\":[{\"Key\":\"new\",\"Value\":\"1\"}]}"));
+    l = ok(f, "ListSecrets", "{\"Filters\":[{\"Key\":\"name\",\"Values\":[\"mig/b\"]}]}");
+    assert_string_equal(
+        str(json_array_get(
+                json_object_get(json_array_get(json_object_get(l, "SecretList"), 0), "Tags"), 0),
+            "Key"),
+        "new");
+    done(l);
+
+    /* Migrated once: the file is schema 2 now. */
+    close_store(f);
+    {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *s = NULL;
+        assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+        assert_int_equal(
+            sqlite3_prepare_v2(db, "SELECT v FROM meta WHERE k = 'schema'", -1, &s, NULL),
+            SQLITE_OK);
+        assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+        assert_string_equal((const char *)sqlite3_column_text(s, 0), "2");
+        sqlite3_finalize(s);
+        sqlite3_close(db);
+    }
+
+    /* The check sees a stale text (what call_as relies on). */
+    db_exec(f, "UPDATE secrets SET list_tail = '\"Tags\":[],\"SecretVersionsToStages\":{}'"
+               " WHERE name = 'mig/b'");
+    open_store(f);
+    assert_ok(cache_store_check_lists(f->st, &stale));
+    assert_int_equal(stale, 2); /* mig/b of both accounts */
+    close_store(f);
+
+    /* A store of a newer schema is refused, and left as it was. */
+    db_exec(f, "UPDATE meta SET v = '3' WHERE k = 'schema'");
+    expect_open_fails(f, KB_ERR_SCHEMA);
+    db_exec(f, "UPDATE meta SET v = '2' WHERE k = 'schema'");
+    open_store(f); /* for teardown */
+}
+
 /* GetSecretValue writes its answer directly: every member equals the one BatchGetSecretValue
  * builds for the same version with jansson (escapes, \u0000, unicode, binary, stages, date),
  * and no other member is present. */
@@ -1815,6 +1952,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(create_get_describe, setup, teardown),
         cmocka_unit_test_setup_teardown(list_matches_describe, setup, teardown),
         cmocka_unit_test_setup_teardown(list_page_tags_stages, setup, teardown),
+        cmocka_unit_test_setup_teardown(schema_1_migration, setup, teardown),
         cmocka_unit_test_setup_teardown(get_value_matches_tree, setup, teardown),
         cmocka_unit_test_setup_teardown(binary_values, setup, teardown),
         cmocka_unit_test_setup_teardown(limits, setup, teardown),
