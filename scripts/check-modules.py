@@ -28,6 +28,7 @@ INSTRUMENTATION = ("__odr_asan", "__asan", "__ubsan", "__sancov", "__gcov", "__l
 ABBREV = {
     "server/service": "svc_",
     "server/store_sqlite*": "sq_",
+    "server/store_migrate_db": "mdb_",
 }
 ONE_WAY = [
     (["server/api_admin", "server/api_common"], ["server/api"]),

@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "lib/prog.h"
+#include "server/server_config.h"
 
 /* The global options fill it; each command runs on it, then it is closed. */
 static cli g_cli;
@@ -89,6 +90,34 @@ static int console_(const kb_config *cfg, int argc, char **argv)
     return run(cfg, cli_cmd_console, argc, argv);
 }
 
+/* The copy needs keybridged's token (row-MAC and audit keys, state counter): --local only. */
+static int migrate_store(const kb_config *cfg, int argc, char **argv)
+{
+    int rc;
+    char err[256];
+    kb_config *scfg = NULL;
+    (void)cfg;
+    if (argc > 1 && strcmp(argv[1], "--help") == 0)
+        return svc_migrate_store_cmd(NULL, "keybridge", argc, argv);
+    if (g_cli.local_config == NULL) {
+        fprintf(stderr, "keybridge migrate-store: runs on the server host with keybridged's "
+                        "token: keybridge --local KEYBRIDGED_CONF migrate-store --from URL --to "
+                        "URL\n");
+        kb_urllist_free(&g_cli.servers);
+        return KB_EXIT_USAGE;
+    }
+    if (kb_config_load(server_config_keys, g_cli.local_config, SERVER_ENV_PREFIX, &scfg, err,
+                       sizeof(err)) != KB_OK) {
+        fprintf(stderr, "keybridge: keybridged configuration error: %s\n", err);
+        kb_urllist_free(&g_cli.servers);
+        return KB_EXIT_CONFIG;
+    }
+    rc = svc_migrate_store_cmd(scfg, "keybridge", argc, argv);
+    kb_config_free(scfg);
+    kb_urllist_free(&g_cli.servers);
+    return rc;
+}
+
 static const kb_subcmd commands[] = {
     {"secret", secret,
      "secrets: create, put, get, list, show, versions, status, rollback, delete, restore, purge"},
@@ -102,6 +131,8 @@ static const kb_subcmd commands[] = {
     {"admin", admin, "all of the admin groups above, under one name"},
     {"read", read_, "read a secret as a client (client API)"},
     {"list", list, "list what the client may read (client API)"},
+    {"migrate-store", migrate_store,
+     "copy the store between SQLite and PostgreSQL, verified (--local KEYBRIDGED_CONF)"},
     {"console", console_, "console login: a one-time URL for the web console"},
     {NULL, NULL, NULL},
 };

@@ -543,6 +543,22 @@ out:
     return rc;
 }
 
+kb_err audit_row_mac(audit_log *a, const uint8_t prev[AUDIT_MAC_LEN], const audit_row *r,
+                     uint8_t mac[AUDIT_MAC_LEN])
+{
+    kb_dbuf c;
+    kb_err rc;
+    KB_ENSURE_REF(a);
+    KB_ENSURE_REF(r);
+    kb_dbuf_init(&c, AUDIT_CANON_MAX);
+    rc = canon(&c, r->seq, r->time, r->identity, r->peer, r->action, r->object, r->version,
+               r->result);
+    if (rc == KB_OK)
+        rc = chain_mac(a, prev, &c, mac);
+    kb_dbuf_free(&c);
+    return rc;
+}
+
 kb_err audit_query(audit_log *a, const audit_filter *f, audit_row **out, size_t *n)
 {
     audit_filter q;

@@ -160,6 +160,10 @@ KB_WUR kb_err audit_anchor_read(const char *path, audit_anchor *out);
 KB_WUR kb_err audit_anchor_parse(const void *buf, size_t len, audit_anchor *out);
 /* The latest stored anchor as that JSON text (malloc'd); KB_ERR_NOT_FOUND if there is none. */
 KB_WUR kb_err audit_anchor_json(audit_log *a, char **out);
+/* The chain MAC of row r after prev (zeros before seq 1), as audit_verify computes it: for a
+ * caller that walks rows it read itself (store_migrate.c). */
+KB_WUR kb_err audit_row_mac(audit_log *a, const uint8_t prev[AUDIT_MAC_LEN], const audit_row *r,
+                            uint8_t mac[AUDIT_MAC_LEN]);
 /* Rows matching the filter, newest first. */
 KB_WUR kb_err audit_query(audit_log *a, const audit_filter *f, audit_row **out, size_t *n);
 

@@ -110,11 +110,18 @@ static int cmd_migrate(const kb_config *cfg, int argc, char **argv)
     return KB_EXIT_OK;
 }
 
+static int cmd_migrate_store(const kb_config *cfg, int argc, char **argv)
+{
+    return svc_migrate_store_cmd(cfg, "keybridged", argc, argv);
+}
+
 static const kb_subcmd cmds[] = {
     {"bootstrap", cmd_bootstrap, "create the store, master keys and first admin"},
     {"recover-admin", cmd_recover_admin,
      "break-glass: make an ID an enabled admin when none is left (audited)"},
     {"migrate", cmd_migrate, "apply pending database schema migrations (PostgreSQL: required)"},
+    {"migrate-store", cmd_migrate_store,
+     "copy the whole store between SQLite and PostgreSQL (--from URL --to URL), verified"},
     {"serve", serve_main, "serve the client, Keywhiz and admin APIs over mTLS"},
     {NULL, NULL, NULL},
 };

@@ -23,6 +23,7 @@
 #include "lib/keystore.h"
 #include "lib/secbuf.h"
 #include "store.h"
+#include "store_migrate.h"
 
 typedef struct svc svc;
 
@@ -174,6 +175,19 @@ KB_WUR kb_err svc_bootstrap(const kb_config *cfg, const char *admin_spiffe_id);
  * PostgreSQL backend applies them only here and at bootstrap; SQLite at every open) and give the
  * schema version reached. KB_ERR_SCHEMA if the database is newer than this binary. */
 KB_WUR kb_err svc_migrate(const kb_config *cfg, int *version);
+
+/* `migrate-store` (keybridged migrate-store, keybridge --local CONF migrate-store): copy the
+ * store at `from` into the new, empty store at `to` (store_migrate.h) with this configuration's
+ * token: the row-MAC and audit keys, the anchor signature check and the state counter. [store]
+ * url is not used: both stores are named on the command line. */
+KB_WUR kb_err svc_migrate_store(const kb_config *cfg, const char *from, const char *to,
+                                store_migrate_report *r);
+
+/* The `migrate-store --from URL --to URL` command of both programs (prog: "keybridged" or
+ * "keybridge"): parses argv (argv[0] = "migrate-store"), runs svc_migrate_store and prints the
+ * report (table counts, state counter, audit rows, digest; never a value). Returns the exit code.
+ */
+int svc_migrate_store_cmd(const kb_config *cfg, const char *prog, int argc, char **argv);
 
 /* Break-glass recovery on the server host (`keybridged recover-admin`): make admin_spiffe_id an
  * enabled admin (creating the client if needed). Needs the token (PIN) like every svc_open.

@@ -149,6 +149,11 @@ int store_schema_floor(const bool *expand_only, int steps, int from, int compat,
  * floor). */
 kb_err store_schema_gate_newer(int db_version, int db_floor, int binary_version);
 
+/* The libpq connection string for a postgresql: store URL, refused (KB_ERR_CONFIG, logged) as
+ * the backend refuses it: a password in the URL or PGPASSWORD, a passfile that is not 0600.
+ * For store_migrate_db.c. */
+KB_WUR kb_err store_pg_conninfo(const char *url, char **out);
+
 /* Test hook: the DDL of schema migration step `version` of the PostgreSQL backend. */
 const char *store_pg_migration(int version);
 

@@ -3534,3 +3534,9 @@ const struct store_ops store_pg_ops = {
     .notify_sent = pg_notify_sent,
     .notify_mark = pg_notify_mark,
 };
+
+/* For store_migrate_db.c: the same URL and passfile checks as the store's own connections. */
+kb_err store_pg_conninfo(const char *url, char **out)
+{
+    return conninfo_make(url, out);
+}
