@@ -39,8 +39,7 @@ static const mig_table mig_tables[STORE_MIGRATE_TABLES] = {
 };
 
 /* Each backend's own bookkeeping, made by its migrations on the target: not copied. */
-static const char *const private_tables[] = {"schema_version", "schema_compat",
-                                             "store_generation"};
+static const char *const private_tables[] = {"schema_version", "schema_compat", "store_generation"};
 
 #define MIG_STATE_TABLE (STORE_MIGRATE_TABLES - 1)
 

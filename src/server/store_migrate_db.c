@@ -641,6 +641,19 @@ kb_err mdb_seq_get(mdb *d, const char *table, int64_t *out)
     return rc;
 }
 
+static kb_err sq_seq_write(mdb *d, const char *sql, const char *table, int64_t v)
+{
+    sqlite3_stmt *s = NULL;
+    int r = sqlite3_prepare_v2(d->db, sql, -1, &s, NULL);
+    if (r != SQLITE_OK)
+        return sq_err(d, r, "seq_set");
+    sqlite3_bind_text(s, 1, table, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, v);
+    r = sqlite3_step(s);
+    sqlite3_finalize(s);
+    return r == SQLITE_DONE ? KB_OK : sq_err(d, r, "seq_set");
+}
+
 kb_err mdb_seq_set(mdb *d, const char *table, int64_t v)
 {
     char num[24];
@@ -649,29 +662,12 @@ kb_err mdb_seq_set(mdb *d, const char *table, int64_t v)
         return KB_OK;
     snprintf(num, sizeof(num), "%" PRId64, v);
     if (d->db != NULL) {
-        sqlite3_stmt *s = NULL;
         /* Inserting explicit ids already raised it to the largest id; never lower it. */
-        int r = sqlite3_prepare_v2(
-            d->db, "UPDATE sqlite_sequence SET seq = max(seq, ?2) WHERE name = ?1", -1, &s, NULL);
-        if (r != SQLITE_OK)
-            return sq_err(d, r, "seq_set");
-        sqlite3_bind_text(s, 1, table, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 2, v);
-        r = sqlite3_step(s);
-        sqlite3_finalize(s);
-        if (r != SQLITE_DONE)
-            return sq_err(d, r, "seq_set");
+        KB_GUARD(sq_seq_write(d, "UPDATE sqlite_sequence SET seq = max(seq, ?2) WHERE name = ?1",
+                              table, v));
         if (sqlite3_changes(d->db) > 0)
             return KB_OK;
-        r = sqlite3_prepare_v2(d->db, "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)", -1,
-                               &s, NULL);
-        if (r != SQLITE_OK)
-            return sq_err(d, r, "seq_set");
-        sqlite3_bind_text(s, 1, table, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 2, v);
-        r = sqlite3_step(s);
-        sqlite3_finalize(s);
-        return r == SQLITE_DONE ? KB_OK : sq_err(d, r, "seq_set");
+        return sq_seq_write(d, "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)", table, v);
     }
     char sql[MDB_SQL_MAX];
     const char *const pv[1] = {num};
