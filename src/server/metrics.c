@@ -266,6 +266,14 @@ kb_err metrics_render(metrics *m, svc *s, const metrics_server_state *st, int64_
                                           "keybridged_clients{state=\"enabled\"} %zu\n"
                                           "keybridged_clients{state=\"disabled\"} %zu\n",
                                           m->secrets, m->deleted, m->clients, m->disabled));
+        /* After the gauges: their (cached) recount is in this scrape's value, not the next. */
+        KB_GUARD_OUT(rc, kb_dbuf_addf(out,
+                                      "# HELP keybridged_store_round_trips_total Statements sent "
+                                      "to the database server and answered (PostgreSQL; 0 on "
+                                      "SQLite).\n"
+                                      "# TYPE keybridged_store_round_trips_total counter\n"
+                                      "keybridged_store_round_trips_total %llu\n",
+                                      (unsigned long long)store_round_trips(svc_store(s))));
     }
     if (st != NULL)
         KB_GUARD_OUT(rc, kb_dbuf_addf(out,

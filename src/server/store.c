@@ -160,6 +160,11 @@ uint64_t store_generation(store *st)
     return st ? atomic_load(&st->generation) : 0;
 }
 
+uint64_t store_round_trips(store *st)
+{
+    return st ? atomic_load(&st->round_trips) : 0;
+}
+
 /* After a change that may alter listings (store_impl.h, store_generation): always bumped, also on
  * failure, since a spurious bump only costs a cache miss. */
 static kb_err changed(store *st, kb_err rc)

@@ -260,6 +260,12 @@ KB_WUR kb_err store_secret_list(store *st, bool include_deleted, store_record **
  * process even when a closed handle's memory is reused by a new one. */
 uint64_t store_generation(store *st);
 
+/* Database round trips this handle has made so far: statements sent to a database server and
+ * their answers awaited (PostgreSQL: every PQexec, PQprepare and PQexecPrepared, BEGIN, COMMIT,
+ * ROLLBACK and the writers' advisory lock included; a (re)connection counts as one). Always 0
+ * on SQLite (in process). keybridged exports it as keybridged_store_round_trips_total. */
+uint64_t store_round_trips(store *st);
+
 #define STORE_PAGE_MAX 10000 /* rows one store_secret_list_page call may examine */
 
 /* One page of store_secret_list, for listings too large to hold at once (100,000 secrets):

@@ -135,6 +135,8 @@ struct store {
     _Atomic uint64_t generation; /* see store_generation */
     _Atomic int64_t state_seen;  /* highest state counter this handle has seen (rollback.md) */
     _Atomic int failed;          /* a rollback check failed: refuse everything */
+    /* see store_round_trips */
+    _Atomic uint64_t round_trips;
 };
 
 extern const struct store_ops store_sqlite_ops;

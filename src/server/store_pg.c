@@ -387,6 +387,20 @@ static kb_err prep(cx *b, const char *sql, pst **out)
     return KB_ERR_INTERNAL;
 }
 
+/* One statement sent to the server and its answer awaited: the round-trip counter every
+ * PQexec / PQprepare / PQexecPrepared goes through (store_round_trips, the
+ * keybridged_store_round_trips_total metric). */
+static void rt_count(const cx *b)
+{
+    atomic_fetch_add_explicit(&b->st->round_trips, 1, memory_order_relaxed);
+}
+
+static void rollback(cx *b)
+{
+    rt_count(b);
+    PQclear(PQexec(b->conn, "ROLLBACK"));
+}
+
 static void note_result(cx *b, const PGresult *r)
 {
     const char *ss = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
@@ -403,7 +417,9 @@ static int pst_step(pst *s)
         if (!cx_ok(b))
             return PST_ERROR;
         if (!s->prepared) {
-            PGresult *r = PQprepare(b->conn, s->name, s->sql, s->np, NULL);
+            PGresult *r;
+            rt_count(b);
+            r = PQprepare(b->conn, s->name, s->sql, s->np, NULL);
             bool ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
             note_result(b, r);
             PQclear(r);
@@ -411,6 +427,7 @@ static int pst_step(pst *s)
                 return PST_ERROR;
             s->prepared = true;
         }
+        rt_count(b);
         s->res = PQexecPrepared(b->conn, s->name, s->np, (const char *const *)s->vals, s->lens,
                                 s->fmts, 1);
         st = s->res ? PQresultStatus(s->res) : PGRES_FATAL_ERROR;
@@ -438,6 +455,7 @@ static kb_err exec(cx *b, const char *sql)
     ExecStatusType st;
     if (!cx_ok(b))
         return db_err(b, PST_ERROR, "exec");
+    rt_count(b);
     r = PQexec(b->conn, sql);
     st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     note_result(b, r);
@@ -633,7 +651,7 @@ static kb_err tx_begin(cx *b, bool write)
     }
     if (rc != KB_OK) {
         if (b->conn != NULL)
-            PQclear(PQexec(b->conn, "ROLLBACK"));
+            rollback(b);
         b->in_tx = false;
     }
     return rc;
@@ -710,7 +728,7 @@ static kb_err tx_end(cx *b, kb_err rc, store_audit *au)
     if (rc == KB_OK && gen > 0)
         gen_saw(PQ(b->st), gen);
     if (rc != KB_OK && b->conn != NULL && PQtransactionStatus(b->conn) != PQTRANS_IDLE)
-        PQclear(PQexec(b->conn, "ROLLBACK"));
+        rollback(b);
     b->in_tx = false;
     b->bump = false;
     if (rc == KB_OK && au != NULL) {
@@ -800,6 +818,7 @@ static kb_err cx_connect(cx *b)
 {
     char set[256];
     cx_disconnect(b);
+    rt_count(b); /* a connection (and its session setup below) counts as one more */
     b->conn = PQconnectdb(b->conninfo);
     if (b->conn == NULL || PQstatus(b->conn) != CONNECTION_OK) {
         /* libpq's message names host and port, never the password (it cannot hold one here). */
@@ -875,7 +894,7 @@ static cx *rd_get(pq *q)
 static void cx_put(pq *q, cx *b)
 {
     if (b->conn != NULL && PQtransactionStatus(b->conn) != PQTRANS_IDLE)
-        PQclear(PQexec(b->conn, "ROLLBACK"));
+        rollback(b);
     b->in_tx = false;
     b->last_used = time(NULL);
     if (b->writer) {

@@ -289,6 +289,44 @@ static void reconnect_rechecks_the_schema_floor(void **state)
     store_close(st);
 }
 
+/* store_round_trips (keybridged_store_round_trips_total) counts every statement sent: a write
+ * is at least BEGIN, the writers' advisory lock, its INSERT and COMMIT; a read at least one.
+ * SQLite makes none. */
+static void round_trips_are_counted(void **state)
+{
+    fx *f = *state;
+    store *st = NULL;
+    store_opts o = opts(f, true);
+    store_secret sec;
+    char path[600], url[1100];
+    uint64_t a;
+
+    if (!kbtest_pg()) {
+        snprintf(path, sizeof(path), "%s/rt.db", f->dir);
+        snprintf(url, sizeof(url), "sqlite:%s", path);
+    } else {
+        snprintf(url, sizeof(url), "%s", f->url);
+    }
+    assert_ok(store_open(url, &o, &st));
+    a = store_round_trips(st);
+    mk_secret(st, "counted");
+    if (!kbtest_pg()) {
+        assert_ok(store_secret_get(st, "counted", false, &sec));
+        store_secret_clear(&sec);
+        assert_int_equal(store_round_trips(st), 0);
+        store_close(st);
+        unlink(path);
+        return;
+    }
+    assert_true(store_round_trips(st) - a >= 4);
+    a = store_round_trips(st);
+    assert_ok(store_secret_get(st, "counted", false, &sec));
+    store_secret_clear(&sec);
+    assert_true(store_round_trips(st) - a >= 1);
+    assert_int_equal(store_round_trips(NULL), 0);
+    store_close(st);
+}
+
 /* Under `pgserver.py run --ssl` (KB_PG_CA set; the server takes TLS connections only): the
  * verify-full URL opens the store; a CA that did not sign the server's certificate, and no TLS,
  * are refused. */
@@ -333,6 +371,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reconnects_after_the_database_dropped_us, setup, teardown),
         cmocka_unit_test_setup_teardown(reconnect_rechecks_the_schema_floor, setup, teardown),
         cmocka_unit_test_setup_teardown(tls_verify_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(round_trips_are_counted, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
