@@ -180,6 +180,14 @@ static const char *const migrations[] = {
     " window_secs bigint NOT NULL,"
     " sent_at bigint NOT NULL,"
     " PRIMARY KEY (secret_id, version, window_secs));",
+    /* 6 (expand-only): the compat floor (store_schema_gate_newer), and an index on the one
+     * foreign key without one: deleting a group looked for secrets it owns, and PostgreSQL then
+     * checked the constraint, each by a full scan of secrets. */
+    "CREATE TABLE schema_compat("
+    " id bigint PRIMARY KEY CHECK (id = 1),"
+    " floor_version bigint NOT NULL);"
+    "CREATE INDEX secrets_by_owner_group ON secrets(owner_group_id)"
+    " WHERE owner_group_id IS NOT NULL;",
 };
 
 /* Per step: true when binaries of the version before it keep working on the database after it
@@ -187,7 +195,7 @@ static const char *const migrations[] = {
  * when it contracts (drops or changes what older binaries read or write, or needs every writer
  * to maintain something new). The compat floor that migrate() records is the last contracting
  * step. Steps 1-5 predate the floor: contracting (binaries before it refuse any newer schema). */
-static const bool expand_only[] = {false, false, false, false, false};
+static const bool expand_only[] = {false, false, false, false, false, true};
 
 #define STATE_SCHEMA_STEP 3
 #define MIGRATION_VERSION_MACS 4

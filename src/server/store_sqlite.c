@@ -141,11 +141,19 @@ static const char *const migrations[] = {
      " window_secs INTEGER NOT NULL,"
      " sent_at INTEGER NOT NULL,"
      " PRIMARY KEY (secret_id, version, window_secs));"),
+    /* 6 (expand-only): the compat floor (store_schema_gate_newer), and an index on the one
+     * foreign key without one: deleting a group looked for secrets it owns, and SQLite then
+     * checked the constraint, each by a full scan of secrets. */
+    ("CREATE TABLE schema_compat("
+     " id INTEGER PRIMARY KEY CHECK (id = 1),"
+     " floor_version INTEGER NOT NULL);"
+     "CREATE INDEX secrets_by_owner_group ON secrets(owner_group_id)"
+     " WHERE owner_group_id IS NOT NULL;"),
 };
 
 /* Per step: true when binaries of the version before it keep working on the database after it
  * (expand-only), false when it contracts; as store_pg.c's (the same steps). */
-static const bool expand_only[] = {false, false, false, false, false};
+static const bool expand_only[] = {false, false, false, false, false, true};
 
 /* The migration step that creates store_state. */
 #define STATE_SCHEMA_STEP 3

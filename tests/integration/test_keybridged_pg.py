@@ -96,14 +96,15 @@ def main():
         # Schema: bootstrap migrates; a database left at an older schema (as an older binary
         # wrote it) is refused by serve, naming `keybridged migrate`, which brings it up.
         r1.bootstrap()
-        pg.psql("DROP TABLE notify_sent; UPDATE schema_version SET version = 4", db="kb")
+        pg.psql("DROP TABLE notify_sent; DROP TABLE schema_compat; "
+                "DROP INDEX secrets_by_owner_group; UPDATE schema_version SET version = 4", db="kb")
         p = subprocess.run([KEYBRIDGED, "--config", r1.conf, "serve"], capture_output=True,
                            text=True, timeout=60)
         check(p.returncode != 0 and "keybridged migrate" in p.stdout + p.stderr,
               f"serve on an older schema refuses, naming `keybridged migrate` ({p.returncode})")
         p = subprocess.run([KEYBRIDGED, "--config", r2.conf, "migrate"], capture_output=True,
                            text=True, timeout=60)
-        check(p.returncode == 0 and "schema version 5" in p.stdout,
+        check(p.returncode == 0 and "schema version 6" in p.stdout,
               f"keybridged migrate: {p.stdout.strip()} {p.stderr.strip()[-200:]}")
         r1.start()
         r2.start()

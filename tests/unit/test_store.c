@@ -1091,8 +1091,10 @@ static void migration_macs_existing_versions(void **state)
     build_world(f, &w);
     store_close(f->st);
     f->st = NULL;
-    raw_sql(f, "ALTER TABLE versions DROP COLUMN mac; ALTER TABLE secrets DROP COLUMN latest_mac;"
-               "DROP TABLE notify_sent; UPDATE schema_version SET version = 3");
+    raw_sql(f,
+            "ALTER TABLE versions DROP COLUMN mac; ALTER TABLE secrets DROP COLUMN latest_mac;"
+            "DROP TABLE notify_sent; DROP TABLE schema_compat; DROP INDEX secrets_by_owner_group; "
+            "UPDATE schema_version SET version = 3");
     assert_int_equal(raw_count(f, "SELECT count(*) FROM pragma_table_info('versions') "
                                   "WHERE name = 'mac'"),
                      0);
@@ -1118,7 +1120,8 @@ static void migration_refuses_newer_db(void **state)
     store_opts o = opts_for(f);
     store_close(f->st);
     f->st = NULL;
-    raw_sql(f, "UPDATE schema_version SET version = 99");
+    raw_sql(f,
+            "UPDATE schema_version SET version = 99; UPDATE schema_compat SET floor_version = 99");
     assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
     assert_null(st);
     /* A damaged version table is refused too. */
@@ -1130,8 +1133,10 @@ static void migration_refuses_newer_db(void **state)
     assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
     /* Repaired (one row, the version reached), it opens again. */
     char fix[128];
-    snprintf(fix, sizeof(fix), "DELETE FROM schema_version; INSERT INTO schema_version VALUES (%d)",
-             store_schema_version_supported());
+    snprintf(fix, sizeof(fix),
+             "DELETE FROM schema_version; INSERT INTO schema_version VALUES (%d); "
+             "UPDATE schema_compat SET floor_version = %d",
+             store_schema_version_supported(), store_schema_version_supported());
     raw_sql(f, fix);
     assert_ok(store_open(f->url, &o, &f->st));
 }
@@ -1153,6 +1158,38 @@ static void schema_floor_follows_contracting_steps(void **state)
     assert_kb(store_schema_gate_newer(7, 6, 6), KB_OK);
     assert_kb(store_schema_gate_newer(7, 5, 6), KB_OK);
     assert_kb(store_schema_gate_newer(7, 7, 6), KB_ERR_SCHEMA);
+}
+
+/* Step 6 (expand-only): a new database records floor 5 (the last contracting step), and deleting
+ * a group finds the secrets it owns through secrets_by_owner_group, not a scan of secrets. */
+static void step6_records_the_floor_and_indexes_owners(void **state)
+{
+    fx *f = *state;
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    bool indexed = false;
+    assert_int_equal(raw_count(f, "SELECT version FROM schema_version"), 6);
+    assert_int_equal(raw_count(f, "SELECT floor_version FROM schema_compat"), 5);
+    if (kbtest_pg()) {
+        assert_int_equal(raw_count(f, "SELECT count(*) FROM pg_indexes WHERE indexname = "
+                                      "'secrets_by_owner_group'"),
+                         1);
+        return;
+    }
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "EXPLAIN QUERY PLAN SELECT 1 FROM secrets WHERE "
+                                        "owner_group_id = ?1",
+                                        -1, &s, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        const char *d = (const char *)sqlite3_column_text(s, 3);
+        if (d != NULL && strstr(d, "secrets_by_owner_group") != NULL)
+            indexed = true;
+    }
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    assert_true(indexed);
 }
 
 /* Set the database's version and its compat floor as a newer binary's migration would have
@@ -1359,6 +1396,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(migration_macs_existing_versions, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_refuses_newer_db, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_serves_newer_db_within_floor, setup, teardown),
+        cmocka_unit_test_setup_teardown(step6_records_the_floor_and_indexes_owners, setup,
+                                        teardown),
         cmocka_unit_test(schema_floor_follows_contracting_steps),
         cmocka_unit_test_setup_teardown(threads_share_one_store, setup, teardown),
     };
@@ -1386,6 +1425,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(wrong_key_refuses_the_database, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_refuses_newer_db, setup, teardown),
         cmocka_unit_test_setup_teardown(migration_serves_newer_db_within_floor, setup, teardown),
+        cmocka_unit_test_setup_teardown(step6_records_the_floor_and_indexes_owners, setup,
+                                        teardown),
         cmocka_unit_test(schema_floor_follows_contracting_steps),
         cmocka_unit_test_setup_teardown(threads_share_one_store, setup, teardown),
     };

@@ -211,9 +211,9 @@ static int64_t raw_int(fx *f, const char *sql)
 /* A copy of the database as it is now (the attacker's backup). */
 /* PostgreSQL: the snapshot is a copy of every table in schema "old" of the same database. */
 static const char *const pg_tables[] = {
-    "schema_version", "groups",           "clients",    "secrets",   "versions",
-    "memberships",    "grants",           "fetch_log",  "audit_log", "audit_anchors",
-    "store_state",    "store_generation", "notify_sent"};
+    "schema_version", "groups",           "clients",     "secrets",      "versions",
+    "memberships",    "grants",           "fetch_log",   "audit_log",    "audit_anchors",
+    "store_state",    "store_generation", "notify_sent", "schema_compat"};
 
 static void snapshot(fx *f)
 {
@@ -593,10 +593,12 @@ static void forged_or_deleted_rows_are_refused_at_start(void **state)
     reopen(f, KB_ERR_INTEGRITY);
 }
 
-/* Back to schema 2: no state row (step 3), no version MACs (step 4), no notify_sent (step 5). */
+/* Back to schema 2: no state row (step 3), no version MACs (step 4), no notify_sent (step 5), no
+ * schema_compat nor owner index (step 6). */
 #define TO_SCHEMA_2                                                                                \
     "DROP TABLE notify_sent; DROP TABLE store_state; ALTER TABLE versions DROP COLUMN mac; "       \
-    "ALTER TABLE secrets DROP COLUMN latest_mac; UPDATE schema_version SET version = 2"
+    "ALTER TABLE secrets DROP COLUMN latest_mac; DROP TABLE schema_compat; "                       \
+    "DROP INDEX secrets_by_owner_group; UPDATE schema_version SET version = 2"
 
 static void migration_adds_the_state_row(void **state)
 {
