@@ -120,6 +120,7 @@ static kb_err v_int(pass *p, const mv *vals, const char *name, bool null_ok, int
 static kb_err v_flag(pass *p, const mv *vals, const char *name, bool *out)
 {
     int64_t v = 0;
+    *out = false; /* set on every path: gcc -O2 cannot tell refuse() never returns KB_OK */
     KB_GUARD(v_int(p, vals, name, false, &v));
     if (v != 0 && v != 1)
         return refuse(p, vals, "a flag is neither 0 nor 1");
