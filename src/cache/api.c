@@ -442,8 +442,7 @@ static int describe(op_ctx *c, const cache_secret *s, const cache_tag_list *tags
 
 /* A ListSecrets page is written straight as JSON (no jansson tree): each entry has the
  * members, in the order, of describe()'s (DescribeSecret's shared fields). The store keeps each
- * secret's entry rendered but for its dates (cache_list_text): an entry is its head, the dates,
- * its tail, CreatedDate. */
+ * secret's entry rendered (cache_list_text): an entry is its head, a comma, its tail. */
 static int put_text(kb_dbuf *b, const char *s)
 {
     return kb_json_put_str(b, s, strlen(s)) == KB_OK ? 0 : -1;
@@ -453,26 +452,16 @@ static int put_text(kb_dbuf *b, const char *s)
  * for a typical page instead of a series of doublings. */
 #define LIST_ENTRY_GUESS ((size_t)512)
 
-static int page_entry(kb_dbuf *b, int first, const cache_secret *s, const cache_list_text *t)
+static int page_entry(kb_dbuf *b, int first, const cache_list_text *t)
 {
     /* A store of schema 2 has both texts for every secret (never empty: head is an object's
-     * start, tail its Tags member). */
-    if (t->head_len == 0 || t->tail_len == 0)
+     * start, tail ends it). */
+    if (t == NULL || t->head_len == 0 || t->tail_len == 0)
         return -1;
-    if ((!first && kb_dbuf_addc(b, ',') != KB_OK) ||
-        kb_dbuf_add(b, t->head, t->head_len) != KB_OK ||
-        kb_dbuf_addstr(b, ",\"LastChangedDate\":") != KB_OK ||
-        kb_json_put_ms(b, s->changed_ms) != KB_OK)
-        return -1;
-    if (s->accessed_ms && (kb_dbuf_addstr(b, ",\"LastAccessedDate\":") != KB_OK ||
-                           kb_json_put_ms(b, s->accessed_ms) != KB_OK))
-        return -1;
-    if (s->deleted_ms && (kb_dbuf_addstr(b, ",\"DeletedDate\":") != KB_OK ||
-                          kb_json_put_ms(b, s->deleted_ms) != KB_OK))
-        return -1;
-    return kb_dbuf_addc(b, ',') != KB_OK || kb_dbuf_add(b, t->tail, t->tail_len) != KB_OK ||
-                   kb_dbuf_addstr(b, ",\"CreatedDate\":") != KB_OK ||
-                   kb_json_put_ms(b, s->created_ms) != KB_OK || kb_dbuf_addc(b, '}') != KB_OK
+    return (!first && kb_dbuf_addc(b, ',') != KB_OK) ||
+                   kb_dbuf_reserve(b, t->head_len + t->tail_len + 1) != KB_OK ||
+                   kb_dbuf_add(b, t->head, t->head_len) != KB_OK || kb_dbuf_addc(b, ',') != KB_OK ||
+                   kb_dbuf_add(b, t->tail, t->tail_len) != KB_OK
                ? -1
                : 0;
 }
@@ -1487,7 +1476,7 @@ typedef struct {
     kb_dbuf *page; /* ListSecrets: the answer, entries written directly */
     int more;
     int failed;
-    cache_tag_list tags;
+    cache_tag_list *tags; /* a row's tags, when filters need them (allocated then: 19 KB) */
 } list_state;
 
 static int list_visit(void *arg, const cache_secret *s, const cache_list_text *t)
@@ -1498,9 +1487,11 @@ static int list_visit(void *arg, const cache_secret *s, const cache_list_text *t
     int filtered = ls->filters != NULL && json_array_size(ls->filters) > 0;
     /* Tags are read only when a filter needs them or the entry is returned. */
     if (filtered) {
-        if (cache_store_tags_get(c->api->store, s->id, &ls->tags) != KB_OK)
+        if (ls->tags == NULL && (ls->tags = malloc(sizeof(*ls->tags))) == NULL)
             return -1;
-        if (!filters_match(ls->filters, s, &ls->tags))
+        if (cache_store_tags_get(c->api->store, s->id, ls->tags) != KB_OK)
+            return -1;
+        if (!filters_match(ls->filters, s, ls->tags))
             return 0;
     }
     if (ls->count >= ls->max) {
@@ -1516,7 +1507,7 @@ static int list_visit(void *arg, const cache_secret *s, const cache_list_text *t
         snprintf(ls->last.text, sizeof(ls->last.text), "%s", s->name);
     ls->count++;
     if (!ls->batch)
-        return page_entry(ls->page, ls->count == 1, s, t);
+        return page_entry(ls->page, ls->count == 1, t);
     o = json_object();
     if (o == NULL)
         return -1;
@@ -1597,8 +1588,8 @@ static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, in
         after.num = from->num;
         after.text = from->text;
     }
-    e = cache_store_list(c->api->store, c->account, include_deleted, sort, desc, &after, list_visit,
-                         ls);
+    e = cache_store_list(c->api->store, c->account, include_deleted, sort, desc, &after, !batch,
+                         list_visit, ls);
     if (e != KB_OK || (batch && (ls->list == NULL || ls->errors == NULL))) {
         rc = fail_internal(c, e != KB_OK ? e : KB_ERR_NOMEM);
         goto out;
@@ -1630,6 +1621,7 @@ out:
     if (ls) {
         json_decref(ls->list);
         json_decref(ls->errors);
+        free(ls->tags);
     }
     free(ls);
     free(from);

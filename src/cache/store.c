@@ -73,7 +73,6 @@ enum {
     Q_BY_ID,
     Q_ALL_IDS,
     Q_SET_LIST,
-    Q_SET_TAIL,
     Q_TAG_SET,
     Q_TAG_DEL,
     Q_VER_ADD,
@@ -117,7 +116,6 @@ static const char *const SQL[Q__COUNT] = {
     [Q_BY_ID] = "SELECT " SECRET_COLS ", list_head, list_tail FROM secrets WHERE id = ?1",
     [Q_ALL_IDS] = "SELECT id FROM secrets ORDER BY id",
     [Q_SET_LIST] = "UPDATE secrets SET list_head = ?2, list_tail = ?3 WHERE id = ?1",
-    [Q_SET_TAIL] = "UPDATE secrets SET list_tail = ?2 WHERE id = ?1",
     [Q_TAG_SET] = "INSERT INTO tags(secret_id, k, v) VALUES(?1, ?2, ?3)"
                   " ON CONFLICT(secret_id, k) DO UPDATE SET v = excluded.v",
     [Q_TAG_DEL] = "DELETE FROM tags WHERE secret_id = ?1 AND k = ?2",
@@ -156,9 +154,9 @@ struct cache_store {
     kb_secret *key;
     kb_secret *token_key;
     sqlite3_stmt *q[Q__COUNT];
-    /* ListSecrets' statements, one per (sort, descending, resuming, including deleted): prepared
-     * on first use, like q. */
-    sqlite3_stmt *lq[4][2][2][2];
+    /* The list statements, one per (sort, descending, resuming, including deleted, with the
+     * texts): prepared on first use, like q. */
+    sqlite3_stmt *lq[4][2][2][2][2];
     /* Secrets whose tags or stages the open transaction changed: their list_tail is rendered
      * again before COMMIT (cache_store_commit), once per secret however many rows changed. */
     int64_t *dirty;
@@ -224,7 +222,7 @@ static kb_err exec_step(cache_store *st, sqlite3_stmt *s, const char *what)
 
 static kb_err migrate_1_to_2(cache_store *st);
 static void copy_col(sqlite3_stmt *s, int col, char *dst, size_t cap, int *present);
-static kb_err store_tail(cache_store *st, int64_t id);
+static kb_err store_texts(cache_store *st, int64_t id);
 
 kb_err cache_store_open(const char *path, kb_secret *key, cache_store **out)
 {
@@ -239,7 +237,7 @@ kb_err cache_store_open(const char *path, kb_secret *key, cache_store **out)
     KB_ENSURE_OUT(rc, st != NULL, KB_ERR_NOMEM);
     st->key = key;
     key = NULL;
-    kb_dbuf_init(&st->render, CACHE_LIST_TEXT_MAX);
+    kb_dbuf_init(&st->render, 2 * CACHE_LIST_TEXT_MAX);
     KB_GUARD_OUT(rc, cache_key_derive(st->key, "keybridge-cache next-token v1", &st->token_key));
     if (sqlite3_open_v2(path, &st->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -296,8 +294,8 @@ void cache_store_close(cache_store *st)
         return;
     for (int i = 0; i < Q__COUNT; i++)
         sqlite3_finalize(st->q[i]);
-    for (size_t i = 0; i < sizeof(st->lq) / sizeof(st->lq[0][0][0][0]); i++)
-        sqlite3_finalize((&st->lq[0][0][0][0])[i]);
+    for (size_t i = 0; i < sizeof(st->lq) / sizeof(st->lq[0][0][0][0][0]); i++)
+        sqlite3_finalize((&st->lq[0][0][0][0][0])[i]);
     sqlite3_close(st->db);
     kb_dbuf_free(&st->render);
     free(st->dirty);
@@ -333,7 +331,7 @@ kb_err cache_store_commit(cache_store *st)
     /* The ListSecrets texts of the secrets whose tags or stages changed, in the same
      * transaction: committed together with the change or not at all. */
     for (size_t i = 0; i < st->n_dirty; i++) {
-        if (store_tail(st, st->dirty[i]) != KB_OK) {
+        if (store_texts(st, st->dirty[i]) != KB_OK) {
             cache_store_rollback(st);
             return KB_ERR_DB;
         }
@@ -409,11 +407,12 @@ static kb_err put_text(kb_dbuf *b, const char *s)
     return kb_json_put_str(b, s, strlen(s));
 }
 
-/* A secret without tags or stages (a new one). */
+/* The tail of a secret without tags or stages (a new one), up to CreatedDate. */
 #define EMPTY_TAIL "\"Tags\":[],\"SecretVersionsToStages\":{}"
 
-/* {"ARN":…,"Name":…[,"Description":…][,"KmsKeyId":…]: DescribeSecret's first members, from the
- * row alone, escaped as jansson escapes them (kb_json_put_str). */
+/* {"ARN":…,"Name":…[,"Description":…][,"KmsKeyId":…],"LastChangedDate":…[,"LastAccessedDate":…]
+ * [,"DeletedDate":…]: DescribeSecret's members up to its tags, from the row alone; strings
+ * escaped as jansson escapes them (kb_json_put_str), dates as kb_json_put_ms writes them. */
 static kb_err render_head(const cache_secret *s, kb_dbuf *b)
 {
     KB_GUARD(kb_dbuf_addstr(b, "{\"ARN\":"));
@@ -428,7 +427,25 @@ static kb_err render_head(const cache_secret *s, kb_dbuf *b)
         KB_GUARD(kb_dbuf_addstr(b, ",\"KmsKeyId\":"));
         KB_GUARD(put_text(b, s->kms_key_id));
     }
+    KB_GUARD(kb_dbuf_addstr(b, ",\"LastChangedDate\":"));
+    KB_GUARD(kb_json_put_ms(b, s->changed_ms));
+    if (s->accessed_ms) {
+        KB_GUARD(kb_dbuf_addstr(b, ",\"LastAccessedDate\":"));
+        KB_GUARD(kb_json_put_ms(b, s->accessed_ms));
+    }
+    if (s->deleted_ms) {
+        KB_GUARD(kb_dbuf_addstr(b, ",\"DeletedDate\":"));
+        KB_GUARD(kb_json_put_ms(b, s->deleted_ms));
+    }
     return KB_OK;
+}
+
+/* The end of the tail: ,"CreatedDate":…} */
+static kb_err render_created(const cache_secret *s, kb_dbuf *b)
+{
+    KB_GUARD(kb_dbuf_addstr(b, ",\"CreatedDate\":"));
+    KB_GUARD(kb_json_put_ms(b, s->created_ms));
+    return kb_dbuf_addc(b, '}');
 }
 
 /* "Tags":[{"Key":…,"Value":…},…: in insertion order, texts cut as cache_store_tags_get cuts
@@ -500,43 +517,85 @@ out:
     return rc;
 }
 
-static kb_err render_tail(cache_store *st, int64_t id, kb_dbuf *b)
+static kb_err render_tail(cache_store *st, const cache_secret *sec, kb_dbuf *b)
 {
-    KB_GUARD(render_tags(st, id, b));
-    return render_stages(st, id, b);
+    KB_GUARD(render_tags(st, sec->id, b));
+    KB_GUARD(render_stages(st, sec->id, b));
+    return render_created(sec, b);
 }
 
-static kb_err bind_dbuf(sqlite3_stmt *s, int i, const kb_dbuf *b)
+static kb_err bind_part(sqlite3_stmt *s, int i, const kb_dbuf *b, size_t at, size_t end)
 {
-    /* b->len <= CACHE_LIST_TEXT_MAX < INT_MAX */
-    return sqlite3_bind_text(s, i, b->len ? (const char *)b->p : "", (int)b->len, SQLITE_STATIC) ==
-                   SQLITE_OK
+    /* end <= b->len <= CACHE_LIST_TEXT_MAX < INT_MAX */
+    return sqlite3_bind_text(s, i, end > at ? (const char *)b->p + at : "", (int)(end - at),
+                             SQLITE_STATIC) == SQLITE_OK
                ? KB_OK
                : KB_ERR_DB;
 }
 
-/* Render secret id's list_tail again and store it (no error when the secret is gone). */
-static kb_err store_tail(cache_store *st, int64_t id)
+/* Render secret id's texts from its row, tags and stages into b: head is b[0, *head_len), tail
+ * the rest. same (if not NULL) tells whether they equal the stored ones. KB_ERR_NOT_FOUND when
+ * there is no such secret. */
+static kb_err render_texts(cache_store *st, int64_t id, kb_dbuf *b, size_t *head_len, int *same)
 {
     sqlite3_stmt *s;
+    cache_secret *sec = malloc(sizeof(*sec));
     kb_err rc = KB_OK;
-    kb_dbuf_reset(&st->render);
-    KB_GUARD(render_tail(st, id, &st->render));
-    KB_GUARD(stmt(st, Q_SET_TAIL, &s));
+    int r;
+    KB_ENSURE(sec != NULL, KB_ERR_NOMEM);
+    rc = stmt(st, Q_BY_ID, &s);
+    if (rc != KB_OK) {
+        free(sec);
+        return rc;
+    }
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
-    KB_GUARD_OUT(rc, bind_dbuf(s, 2, &st->render));
-    return exec_step(st, s, "set_tail");
+    r = sqlite3_step(s);
+    if (r != SQLITE_ROW) {
+        rc = r == SQLITE_DONE ? KB_ERR_NOT_FOUND : db_err(st, "render");
+        goto out;
+    }
+    row_to_secret(s, sec);
+    kb_dbuf_reset(b);
+    KB_GUARD_OUT(rc, render_head(sec, b));
+    *head_len = b->len;
+    KB_GUARD_OUT(rc, render_tail(st, sec, b));
+    if (same) {
+        const void *h = sqlite3_column_blob(s, 11), *t = sqlite3_column_blob(s, 12);
+        size_t hl = (size_t)sqlite3_column_bytes(s, 11), tl = (size_t)sqlite3_column_bytes(s, 12);
+        *same = hl == *head_len && tl == b->len - *head_len &&
+                (hl == 0 || memcmp(h, b->p, hl) == 0) && (tl == 0 || memcmp(t, b->p + hl, tl) == 0);
+    }
+out:
+    done(s);
+    free(sec);
+    return rc;
+}
+
+/* Render secret id's texts again and store them (no error when the secret is gone). */
+static kb_err store_texts(cache_store *st, int64_t id)
+{
+    sqlite3_stmt *s;
+    size_t hl = 0;
+    kb_err rc = render_texts(st, id, &st->render, &hl, NULL);
+    if (rc == KB_ERR_NOT_FOUND)
+        return KB_OK;
+    KB_GUARD(rc);
+    KB_GUARD(stmt(st, Q_SET_LIST, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
+    KB_GUARD_OUT(rc, bind_part(s, 2, &st->render, 0, hl));
+    KB_GUARD_OUT(rc, bind_part(s, 3, &st->render, hl, st->render.len));
+    return exec_step(st, s, "set_list");
 out:
     done(s);
     return rc;
 }
 
-/* Secret id's tags or stages changed: inside a transaction, its list_tail is rendered at
- * COMMIT (once, whatever else the transaction changes); outside one, now. */
+/* Secret id's tags or stages changed: inside a transaction, its texts are rendered at COMMIT
+ * (once, whatever else the transaction changes); outside one, now. */
 static kb_err mark_dirty(cache_store *st, int64_t id)
 {
     if (sqlite3_get_autocommit(st->db))
-        return store_tail(st, id);
+        return store_texts(st, id);
     for (size_t i = 0; i < st->n_dirty; i++) {
         if (st->dirty[i] == id)
             return KB_OK;
@@ -574,54 +633,15 @@ out:
     return rc;
 }
 
-/* Render secret id's list texts from its row, tags and stages into head and tail; same (if not
- * NULL) tells whether they equal the stored ones. */
-static kb_err render_texts(cache_store *st, int64_t id, kb_dbuf *head, kb_dbuf *tail, int *same)
-{
-    sqlite3_stmt *s;
-    cache_secret *sec = malloc(sizeof(*sec));
-    kb_err rc = KB_OK;
-    int r;
-    KB_ENSURE(sec != NULL, KB_ERR_NOMEM);
-    rc = stmt(st, Q_BY_ID, &s);
-    if (rc != KB_OK) {
-        free(sec);
-        return rc;
-    }
-    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
-    r = sqlite3_step(s);
-    if (r != SQLITE_ROW) {
-        rc = r == SQLITE_DONE ? KB_ERR_NOT_FOUND : db_err(st, "render");
-        goto out;
-    }
-    row_to_secret(s, sec);
-    kb_dbuf_reset(head);
-    kb_dbuf_reset(tail);
-    KB_GUARD_OUT(rc, render_head(sec, head));
-    KB_GUARD_OUT(rc, render_tail(st, id, tail));
-    if (same) {
-        const void *h = sqlite3_column_blob(s, 11), *t = sqlite3_column_blob(s, 12);
-        size_t hl = (size_t)sqlite3_column_bytes(s, 11), tl = (size_t)sqlite3_column_bytes(s, 12);
-        *same = hl == head->len && tl == tail->len && (hl == 0 || memcmp(h, head->p, hl) == 0) &&
-                (tl == 0 || memcmp(t, tail->p, tl) == 0);
-    }
-out:
-    done(s);
-    free(sec);
-    return rc;
-}
-
 /* Schema 1 -> 2: add the ListSecrets texts and render them for every secret, in one
  * transaction (a failure leaves the store at schema 1, as it was). */
 static kb_err migrate_1_to_2(cache_store *st)
 {
     int64_t *ids = NULL;
     size_t n = 0;
-    kb_dbuf head;
     char *errmsg = NULL, count[24];
     kb_err rc = KB_OK;
 
-    kb_dbuf_init(&head, CACHE_LIST_TEXT_MAX);
     if (sqlite3_exec(st->db,
                      "BEGIN IMMEDIATE;"
                      " ALTER TABLE secrets ADD COLUMN list_head TEXT NOT NULL DEFAULT '';"
@@ -632,18 +652,8 @@ static kb_err migrate_1_to_2(cache_store *st)
         goto out;
     }
     KB_GUARD_OUT(rc, all_ids(st, &ids, &n));
-    for (size_t i = 0; i < n; i++) {
-        sqlite3_stmt *s;
-        KB_GUARD_OUT(rc, render_texts(st, ids[i], &head, &st->render, NULL));
-        KB_GUARD_OUT(rc, stmt(st, Q_SET_LIST, &s));
-        if (bind_i64(s, 1, ids[i]) != KB_OK || bind_dbuf(s, 2, &head) != KB_OK ||
-            bind_dbuf(s, 3, &st->render) != KB_OK) {
-            done(s);
-            rc = KB_ERR_DB;
-            goto out;
-        }
-        KB_GUARD_OUT(rc, exec_step(st, s, "migrate"));
-    }
+    for (size_t i = 0; i < n; i++)
+        KB_GUARD_OUT(rc, store_texts(st, ids[i]));
     if (sqlite3_exec(st->db, "UPDATE meta SET v = '" SCHEMA_VERSION "' WHERE k = 'schema'; COMMIT;",
                      NULL, NULL, &errmsg) != SQLITE_OK) {
         kb_log(KB_LOG_ERROR, "store_migrate_failed", "sqlite", errmsg ? errmsg : "?", NULL);
@@ -657,7 +667,6 @@ out:
     if (rc != KB_OK)
         cache_store_rollback(st);
     sqlite3_free(errmsg);
-    kb_dbuf_free(&head);
     free(ids);
     return rc;
 }
@@ -666,23 +675,22 @@ kb_err cache_store_check_lists(cache_store *st, size_t *stale)
 {
     int64_t *ids = NULL;
     size_t n = 0;
-    kb_dbuf head, tail;
+    kb_dbuf b;
     kb_err rc = KB_OK;
     KB_ENSURE_REF(st);
     KB_ENSURE_REF(stale);
     *stale = 0;
     KB_GUARD(all_ids(st, &ids, &n));
-    kb_dbuf_init(&head, CACHE_LIST_TEXT_MAX);
-    kb_dbuf_init(&tail, CACHE_LIST_TEXT_MAX);
+    kb_dbuf_init(&b, 2 * CACHE_LIST_TEXT_MAX);
     for (size_t i = 0; i < n; i++) {
+        size_t hl = 0;
         int same = 0;
-        KB_GUARD_OUT(rc, render_texts(st, ids[i], &head, &tail, &same));
+        KB_GUARD_OUT(rc, render_texts(st, ids[i], &b, &hl, &same));
         if (!same)
             (*stale)++;
     }
 out:
-    kb_dbuf_free(&head);
-    kb_dbuf_free(&tail);
+    kb_dbuf_free(&b);
     free(ids);
     return rc;
 }
@@ -732,7 +740,7 @@ kb_err cache_store_secret_insert(cache_store *st, cache_secret *sec)
     sqlite3_stmt *s;
     kb_err rc = KB_OK;
     char partial[CACHE_ARN_MAX + 1];
-    size_t n = strlen(sec->arn);
+    size_t n = strlen(sec->arn), hl;
 
     /* The partial ARN is the ARN without "-" and the 6 random characters. */
     KB_ENSURE(n > 7 && sec->arn[n - 7] == '-', KB_ERR_INTERNAL);
@@ -751,8 +759,11 @@ kb_err cache_store_secret_insert(cache_store *st, cache_secret *sec)
     KB_GUARD_OUT(rc, bind_i64(s, 11, sec->deletion_ms));
     kb_dbuf_reset(&st->render);
     KB_GUARD_OUT(rc, render_head(sec, &st->render));
-    KB_GUARD_OUT(rc, bind_dbuf(s, 12, &st->render));
-    KB_GUARD_OUT(rc, bind_text(s, 13, EMPTY_TAIL));
+    hl = st->render.len;
+    KB_GUARD_OUT(rc, kb_dbuf_addstr(&st->render, EMPTY_TAIL));
+    KB_GUARD_OUT(rc, render_created(sec, &st->render));
+    KB_GUARD_OUT(rc, bind_part(s, 12, &st->render, 0, hl));
+    KB_GUARD_OUT(rc, bind_part(s, 13, &st->render, hl, st->render.len));
     rc = exec_step(st, s, "insert");
     if (rc == KB_OK)
         sec->id = sqlite3_last_insert_rowid(st->db);
@@ -776,7 +787,7 @@ kb_err cache_store_secret_update(cache_store *st, const cache_secret *sec)
     KB_GUARD_OUT(rc, bind_i64(s, 7, sec->deletion_ms));
     kb_dbuf_reset(&st->render);
     KB_GUARD_OUT(rc, render_head(sec, &st->render));
-    KB_GUARD_OUT(rc, bind_dbuf(s, 8, &st->render));
+    KB_GUARD_OUT(rc, bind_part(s, 8, &st->render, 0, st->render.len));
     return exec_step(st, s, "update");
 out:
     done(s);
@@ -806,9 +817,31 @@ kb_err cache_store_purge_expired(cache_store *st, int64_t now_ms)
     return exec_id(st, Q_EXPIRED, now_ms, "purge");
 }
 
+/* A listed row with its texts (LIST_COLS): what ListSecrets uses of the secret. */
+#define LIST_COLS                                                                                  \
+    "id, name, description, created_ms, changed_ms, accessed_ms, deleted_ms, list_head, list_tail"
+
+static void row_to_listed(sqlite3_stmt *s, cache_secret *o, cache_list_text *t)
+{
+    o->id = sqlite3_column_int64(s, 0);
+    o->account[0] = o->arn[0] = o->kms_key_id[0] = '\0';
+    o->has_kms_key_id = 0;
+    copy_col(s, 1, o->name, sizeof(o->name), NULL);
+    copy_col(s, 2, o->description, sizeof(o->description), &o->has_description);
+    o->created_ms = sqlite3_column_int64(s, 3);
+    o->changed_ms = sqlite3_column_int64(s, 4);
+    o->accessed_ms = sqlite3_column_int64(s, 5);
+    o->deleted_ms = sqlite3_column_int64(s, 6);
+    o->deletion_ms = 0;
+    t->head = (const char *)sqlite3_column_blob(s, 7);
+    t->head_len = (size_t)sqlite3_column_bytes(s, 7);
+    t->tail = (const char *)sqlite3_column_blob(s, 8);
+    t->tail_len = (size_t)sqlite3_column_bytes(s, 8);
+}
+
 kb_err cache_store_list(cache_store *st, const char *account, int include_deleted, cache_sort sort,
-                        int descending, const cache_list_after *after, cache_store_visit_fn fn,
-                        void *arg)
+                        int descending, const cache_list_after *after, int texts,
+                        cache_store_visit_fn fn, void *arg)
 {
     static const char *const cols[] = {"created_ms", "changed_ms", "accessed_ms", "name"};
     char sql[512];
@@ -822,23 +855,21 @@ kb_err cache_store_list(cache_store *st, const char *account, int include_delete
     KB_ENSURE((unsigned)sort < KB_ARRAY_LEN(cols), KB_ERR_INVALID);
     KB_ENSURE(!resume || sort != CACHE_SORT_NAME || after->text != NULL, KB_ERR_NULL);
     /* Cached per variant: the callback runs other statements (never a list) while it is open. */
-    s = st->lq[sort][descending != 0][resume][include_deleted != 0];
+    s = st->lq[sort][descending != 0][resume][include_deleted != 0][texts != 0];
     if (s == NULL) {
         /* Row-value comparison (SQLite >= 3.15) resumes the index range scan right after the
          * last key returned (https://www.sqlite.org/rowvalue.html#scrolling_window_queries). */
         snprintf(sql, sizeof(sql),
-                 "SELECT " SECRET_COLS
-                 ", list_head, list_tail FROM secrets WHERE account = ?1%s%s%s%s"
-                 " ORDER BY %s %s, id %s",
-                 include_deleted ? "" : " AND deleted_ms = 0", resume ? " AND (" : "",
-                 resume ? cols[sort] : "",
+                 "SELECT %s FROM secrets WHERE account = ?1%s%s%s%s ORDER BY %s %s, id %s",
+                 texts ? LIST_COLS : SECRET_COLS, include_deleted ? "" : " AND deleted_ms = 0",
+                 resume ? " AND (" : "", resume ? cols[sort] : "",
                  resume ? (descending ? ", id) < (?2, ?3)" : ", id) > (?2, ?3)") : "", cols[sort],
                  descending ? "DESC" : "ASC", descending ? "DESC" : "ASC");
         if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
             return db_err(st, "list");
-        st->lq[sort][descending != 0][resume][include_deleted != 0] = s;
+        st->lq[sort][descending != 0][resume][include_deleted != 0][texts != 0] = s;
     }
-    sec = calloc(1, sizeof(*sec));
+    sec = malloc(sizeof(*sec)); /* every member is set by row_to_secret and row_to_listed */
     KB_ENSURE_OUT(rc, sec != NULL, KB_ERR_NOMEM);
     KB_GUARD_OUT(rc, bind_text(s, 1, account));
     if (resume) {
@@ -851,12 +882,11 @@ kb_err cache_store_list(cache_store *st, const char *account, int include_delete
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
         cache_list_text t;
         int v;
-        row_to_secret(s, sec);
-        t.head = (const char *)sqlite3_column_blob(s, 11);
-        t.head_len = (size_t)sqlite3_column_bytes(s, 11);
-        t.tail = (const char *)sqlite3_column_blob(s, 12);
-        t.tail_len = (size_t)sqlite3_column_bytes(s, 12);
-        v = fn(arg, sec, &t);
+        if (texts)
+            row_to_listed(s, sec, &t);
+        else
+            row_to_secret(s, sec);
+        v = fn(arg, sec, texts ? &t : NULL);
         KB_ENSURE_OUT(rc, v >= 0, KB_ERR_INTERNAL);
         if (v > 0)
             goto out;

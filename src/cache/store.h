@@ -100,13 +100,17 @@ typedef struct {
     const char *text; /* its name (CACHE_SORT_NAME) */
 } cache_list_after;
 
-/* A secret's ListSecrets entry as the store keeps it rendered (schema 2), all but its dates:
- *   head  {"ARN":…,"Name":…[,"Description":…][,"KmsKeyId":…]
- *   tail  "Tags":[{"Key":…,"Value":…},…],"SecretVersionsToStages":{"vid":["stage",…],…}
- * (the members and order of DescribeSecret's, strings escaped as jansson escapes them). head is
- * rendered from the row by every insert and update; tail when a transaction that changed the
- * secret's tags or stages (cache_store_tag_set, _tag_remove, _stage_set, _stage_remove)
- * commits, in that transaction. Not NUL-terminated; valid during the callback only. */
+/* A secret's ListSecrets entry as the store keeps it rendered (schema 2): head "," tail is the
+ * entry, the members and order of DescribeSecret's shared ones, strings escaped as jansson
+ * escapes them (kb_json_put_str), dates as kb_json_put_ms writes them:
+ *   head  {"ARN":…,"Name":…[,"Description":…][,"KmsKeyId":…],"LastChangedDate":…
+ *         [,"LastAccessedDate":…][,"DeletedDate":…]
+ *   tail  "Tags":[{"Key":…,"Value":…},…],"SecretVersionsToStages":{"vid":["stage",…],…},
+ *         "CreatedDate":…}
+ * head is rendered from the row by every insert and update (cache_store_secret_insert,
+ * _secret_update); both when a transaction that changed the secret's tags or stages
+ * (cache_store_tag_set, _tag_remove, _stage_set, _stage_remove) commits, in that transaction.
+ * Not NUL-terminated; valid during the callback only. */
 typedef struct {
     const char *head;
     size_t head_len;
@@ -118,14 +122,16 @@ typedef struct {
 #define CACHE_LIST_TEXT_MAX ((size_t)32 * 1024 * 1024)
 
 /* Visit the account's secrets in order (ties by id), starting strictly after `after` (NULL or
- * id 0: from the start), each with its ListSecrets texts. The resume point is a key, not an
- * offset: a page deep in a listing costs a range scan of the index from there, not a walk over
- * every earlier secret. The callback returns 0 to go on, 1 to stop, or a negative value on error
- * (KB_ERR_INTERNAL). */
+ * id 0: from the start). The resume point is a key, not an offset: a page deep in a listing
+ * costs a range scan of the index from there, not a walk over every earlier secret. With texts,
+ * each secret comes with its ListSecrets texts (t) and only what ListSecrets reads of it: id,
+ * name, description and the dates (account, arn and kms_key_id empty, deletion_ms 0); without,
+ * the whole secret and t NULL. The callback returns 0 to go on, 1 to stop, or a negative value
+ * on error (KB_ERR_INTERNAL). */
 typedef int (*cache_store_visit_fn)(void *arg, const cache_secret *s, const cache_list_text *t);
 KB_WUR kb_err cache_store_list(cache_store *st, const char *account, int include_deleted,
                                cache_sort sort, int descending, const cache_list_after *after,
-                               cache_store_visit_fn fn, void *arg);
+                               int texts, cache_store_visit_fn fn, void *arg);
 
 KB_WUR kb_err cache_store_tags_get(cache_store *st, int64_t id, cache_tag_list *out);
 
