@@ -3,8 +3,8 @@
 
 The "old" keybridged is built from git at OLD_COMMIT (schema 5: the first commit with the compat
 floor gate, before step 6) into a cache under the build tree ($KB_BUILD_DIR/old-keybridged/,
-only the keybridged target, default flags, -j2; reused by later runs; the build time is printed
-as "figure:"). The "new" one is this tree's (schema 6: step 6 is expand-only). Sequence:
+only the keybridged target, default flags, -j2; reused by later runs and by the other build
+trees of the same checkout, build*/; the build time is printed as "figure:"). The "new" one is this tree's (schema 6: step 6 is expand-only). Sequence:
 
   1. the old binary bootstraps (schema 5) and an old replica serves: writes and reads;
   2. the new binary runs `keybridged migrate`: schema 6, compat floor 5 recorded;
@@ -20,6 +20,7 @@ Skipped (exit 77, ctest SKIP_RETURN_CODE) when the git history holding OLD_COMMI
 (a shallow clone, a source tarball).
 """
 import base64
+import glob
 import json
 import os
 import shutil
@@ -73,6 +74,12 @@ def old_binary():
     exe = os.path.join(cache, "build", "keybridged")
     if os.path.exists(exe):
         return exe, 0.0
+    # The same plain build in a sibling tree of this checkout (CI's build/, build-asan/ and
+    # coverage trees): built once per checkout, not once per tree.
+    for other in sorted(glob.glob(os.path.join(SRC, "build*", "old-keybridged", OLD_COMMIT[:12],
+                                               "build", "keybridged"))):
+        if os.access(other, os.X_OK):
+            return other, 0.0
     t0 = time.time()
     shutil.rmtree(cache, ignore_errors=True)
     os.makedirs(os.path.join(cache, "src"))
