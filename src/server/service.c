@@ -262,6 +262,7 @@ int svc_migrate_store_cmd(const kb_config *cfg, const char *prog, int argc, char
     char hex[2 * sizeof(r.digest) + 1];
     kb_err rc;
 
+    memset(&r, 0, sizeof(r));
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0) {
             printf(
