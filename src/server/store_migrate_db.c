@@ -71,11 +71,16 @@ static kb_err sq_err(mdb *d, int rc, const char *what)
     return rc == SQLITE_BUSY || rc == SQLITE_LOCKED ? KB_ERR_TIMEOUT : KB_ERR_DB;
 }
 
+/* The SQLSTATE and primary message only: a DETAIL line can quote a row ("Failing row contains
+ * ..."), and rows are not logged. */
 static kb_err pg_err(mdb *d, const PGresult *r, const char *what)
 {
-    const char *m = r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(d->conn);
-    kb_log(KB_LOG_ERROR, "migrate_db_error", "backend", "postgresql", "what", what, "error",
-           m != NULL ? m : "", NULL);
+    const char *m = r != NULL ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *code = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (m == NULL)
+        m = PQerrorMessage(d->conn); /* connection-level: host and port, never a row */
+    kb_log(KB_LOG_ERROR, "migrate_db_error", "backend", "postgresql", "what", what, "sqlstate",
+           code != NULL ? code : "", "error", m != NULL ? m : "", NULL);
     return KB_ERR_DB;
 }
 
