@@ -275,7 +275,8 @@ int svc_migrate_store_cmd(const kb_config *cfg, const char *prog, int argc, char
                 "compared (row counts, SHA-256 of every row) after. Refuses a non-empty target.\n"
                 "Needs keybridged's token ([hsm]); stop every keybridged writing to --from first.\n"
                 "See docs/high-availability.md.\n",
-                prog);
+                strcmp(prog, "keybridge") == 0 ? "keybridge --local KEYBRIDGED_CONF"
+                                               : "keybridged [--config FILE]");
             return KB_EXIT_OK;
         }
         if ((strcmp(argv[i], "--from") == 0 || strcmp(argv[i], "--to") == 0) && i + 1 < argc) {

@@ -409,6 +409,17 @@ static void other_columns(void **state)
              "table groups has other columns");
 }
 
+/* A row no check refuses but the target does (a fetch_log row for a client that does not exist:
+ * SQLite's sqlite3 shell enforces no foreign keys): the insert fails after the tables before it
+ * were copied, and the whole transaction rolls back. */
+static void failure_mid_copy_rolls_back(void **state)
+{
+    tampered(*state,
+             "INSERT INTO fetch_log(client_id, secret_id, version, fetched_at) "
+             "VALUES (99, 1, 1, 0)",
+             KB_ERR_DB, "copying table fetch_log failed");
+}
+
 static void bad_arguments(void **state)
 {
     fx *f = *state;
@@ -454,6 +465,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(forged_anchor, setup, teardown),
         cmocka_unit_test_setup_teardown(unknown_table, setup, teardown),
         cmocka_unit_test_setup_teardown(other_columns, setup, teardown),
+        cmocka_unit_test_setup_teardown(failure_mid_copy_rolls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_arguments, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
