@@ -50,6 +50,7 @@
 #include "model.h"
 #include "rowmac.h"
 #include "store_impl.h"
+#include "store_sql.h"
 
 /* ---- schema (the same steps as store_sqlite.c, in PostgreSQL DDL) ---- */
 
@@ -232,8 +233,9 @@ struct cx;
 /* A statement: prepared on its connection on first execution (server-side, named by its slot),
  * executed at the first pst_step with the bound parameters, its rows then stepped through. */
 typedef struct {
-    struct cx *b;
-    const char *sql;
+    store_sql_stmt hd; /* the connection (the shared op layer's view) */
+    const char *sql;   /* the text prepared: the literal, or own */
+    char *own;         /* the literal with ?N placeholders turned into $N, when it had any */
     char name[16];
     bool prepared;
     int np; /* parameters ($1..$np) */
@@ -248,11 +250,9 @@ typedef struct {
 } pst;
 
 typedef struct cx {
-    store *st;
-    char *conninfo; /* shared, owned by the pool */
+    store_sql_cx sc; /* store, row-MAC context, writer (the shared op layer's view) */
+    char *conninfo;  /* shared, owned by the pool */
     PGconn *conn;
-    rowmac_ctx *mac;
-    bool writer;
     bool in_tx;
     bool bump;       /* this write transaction moves store_generation */
     int64_t changes; /* rows changed by the last statement */
@@ -268,6 +268,7 @@ typedef struct cx {
 } cx;
 
 typedef struct {
+    store_sql_pool sp; /* the shared op layer's driver */
     char *conninfo;
     cx *writer;
     pthread_mutex_t wmu;
@@ -285,6 +286,8 @@ typedef struct {
 
 #define SEEN_SLOTS 4096
 #define PQ(st) ((pq *)(st)->impl)
+
+static const store_sql_driver pg_driver; /* the statement interface below, for store_sql*.c */
 
 static bool cx_ok(const cx *b)
 {
@@ -340,6 +343,7 @@ static void pst_free(pst *s)
     if (s == NULL)
         return;
     done(s);
+    free(s->own);
     free(s);
 }
 
@@ -355,6 +359,23 @@ static int count_params(const char *sql)
         }
     }
     return n;
+}
+
+/* The shared op layer's SQL numbers its placeholders ?N (store_sql.h): the same text with
+ * each ?N outside quotes as PostgreSQL's $N (same length). NULL: out of memory. */
+static char *sql_dollars(const char *sql)
+{
+    char *t = strdup(sql);
+    bool quoted = false;
+    if (t == NULL)
+        return NULL;
+    for (char *p = t; *p; p++) {
+        if (*p == '\'')
+            quoted = !quoted;
+        else if (!quoted && *p == '?' && p[1] >= '1' && p[1] <= '9')
+            *p = '$';
+    }
+    return t;
 }
 
 /* The connection's statement for sql (a string literal: found by address). */
@@ -378,10 +399,19 @@ static kb_err prep(cx *b, const char *sql, pst **out)
         KB_ENSURE(b->nstmts < STMT_SLOTS / 2, KB_ERR_INTERNAL);
         s = calloc(1, sizeof(*s));
         KB_ENSURE(s != NULL, KB_ERR_NOMEM);
-        s->b = b;
+        s->hd.b = &b->sc;
         s->sql = sql;
-        s->np = count_params(sql);
+        if (strchr(sql, '?') != NULL) {
+            s->own = sql_dollars(sql);
+            if (s->own == NULL) {
+                free(s);
+                return KB_ERR_NOMEM;
+            }
+            s->sql = s->own;
+        }
+        s->np = count_params(s->sql);
         if (s->np > PST_MAXP) {
+            free(s->own);
             free(s);
             return KB_ERR_INTERNAL;
         }
@@ -400,7 +430,7 @@ static kb_err prep(cx *b, const char *sql, pst **out)
  * keybridged_store_round_trips_total metric). */
 static void rt_count(const cx *b)
 {
-    atomic_fetch_add_explicit(&b->st->round_trips, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->sc.st->round_trips, 1, memory_order_relaxed);
 }
 
 static void rollback(cx *b)
@@ -418,7 +448,7 @@ static void note_result(cx *b, const PGresult *r)
 /* Execute (first call) and step to the next row: PST_ROW, PST_DONE or PST_ERROR (b->sqlstate). */
 static int pst_step(pst *s)
 {
-    cx *b = s->b;
+    cx *b = (cx *)s->hd.b;
     if (!s->ran) {
         ExecStatusType st;
         b->sqlstate[0] = '\0';
@@ -640,8 +670,6 @@ static kb_err run(cx *b, const char *sql)
 
 static kb_err state_advance_locked(cx *b, const uint8_t delta[ROWMAC_LEN], int64_t *counter);
 static void state_commit_external(store *st, int64_t counter);
-static kb_err audit_insert_locked(cx *b, const audit_event *ev, audit_mac_fn macfn, void *ctx,
-                                  int64_t *seq_out);
 
 static kb_err tx_begin(cx *b, bool write)
 {
@@ -680,7 +708,7 @@ static kb_err state_delta(cx *b, uint8_t delta[ROWMAC_LEN], bool *dirty)
         const char *t = col_ptr(s, 0);
         int n = col_len(s, 1);
         KB_ENSURE_OUT(rc, t != NULL, KB_ERR_DB);
-        KB_GUARD_OUT(rc, rowmac_state_elem(b->mac, t, col_ptr(s, 1), n > 0 ? (size_t)n : 0, e));
+        KB_GUARD_OUT(rc, rowmac_state_elem(b->sc.mac, t, col_ptr(s, 1), n > 0 ? (size_t)n : 0, e));
         rowmac_digest_add(delta, e, col_i64(s, 2) < 0);
         *dirty = true;
     }
@@ -724,17 +752,17 @@ static kb_err tx_end(cx *b, kb_err rc, store_audit *au)
     uint8_t delta[ROWMAC_LEN];
     bool dirty = false;
     if (rc == KB_OK && au != NULL)
-        rc = audit_insert_locked(b, &au->ev, au->mac, au->mac_ctx, &seq);
-    if (rc == KB_OK && b->writer)
+        rc = store_sql_audit_insert_locked(&b->sc, &au->ev, au->mac, au->mac_ctx, &seq);
+    if (rc == KB_OK && b->sc.writer)
         rc = state_delta(b, delta, &dirty);
     if (rc == KB_OK && dirty)
         rc = state_advance_locked(b, delta, &counter);
-    if (rc == KB_OK && b->writer && b->bump)
+    if (rc == KB_OK && b->sc.writer && b->bump)
         rc = generation_bump(b, &gen);
     if (rc == KB_OK)
         rc = run(b, "COMMIT");
     if (rc == KB_OK && gen > 0)
-        gen_saw(PQ(b->st), gen);
+        gen_saw(PQ(b->sc.st), gen);
     if (rc != KB_OK && b->conn != NULL && PQtransactionStatus(b->conn) != PQTRANS_IDLE)
         rollback(b);
     b->in_tx = false;
@@ -744,7 +772,7 @@ static kb_err tx_end(cx *b, kb_err rc, store_audit *au)
         au->written = true;
     }
     if (rc == KB_OK && dirty)
-        state_commit_external(b->st, counter);
+        state_commit_external(b->sc.st, counter);
     return rc;
 }
 
@@ -842,10 +870,10 @@ static kb_err cx_connect(cx *b)
     snprintf(set, sizeof(set),
              "SET client_min_messages = warning; SET lock_timeout = %d; "
              "SET statement_timeout = %d; SET idle_in_transaction_session_timeout = %d;%s",
-             b->st->cfg.busy_timeout_ms, STORE_PG_STMT_TIMEOUT_MS, STORE_PG_STMT_TIMEOUT_MS,
-             b->writer ? "" : " SET default_transaction_read_only = on;");
+             b->sc.st->cfg.busy_timeout_ms, STORE_PG_STMT_TIMEOUT_MS, STORE_PG_STMT_TIMEOUT_MS,
+             b->sc.writer ? "" : " SET default_transaction_read_only = on;");
     KB_GUARD(exec(b, set));
-    if (b->writer)
+    if (b->sc.writer)
         KB_GUARD(exec(b, "CREATE TEMP TABLE IF NOT EXISTS kb_state_delta(tbl text NOT NULL, "
                          "mac bytea NOT NULL, sign int NOT NULL) ON COMMIT DELETE ROWS"));
     b->last_used = time(NULL);
@@ -871,7 +899,7 @@ static void cx_ready(cx *b)
     if (b->conn == NULL && b->last_try.tv_sec != 0 && ms < STORE_PG_RETRY_MS)
         return;
     if (cx_connect(b) == KB_OK && schema_recheck(b) == KB_OK) {
-        kb_log(KB_LOG_INFO, "store_reconnected", "role", b->writer ? "writer" : "reader", NULL);
+        kb_log(KB_LOG_INFO, "store_reconnected", "role", b->sc.writer ? "writer" : "reader", NULL);
         memset(&b->last_try, 0, sizeof(b->last_try));
     } else if (b->conn != NULL) {
         cx_disconnect(b);
@@ -905,7 +933,7 @@ static void cx_put(pq *q, cx *b)
         rollback(b);
     b->in_tx = false;
     b->last_used = time(NULL);
-    if (b->writer) {
+    if (b->sc.writer) {
         pthread_mutex_unlock(&q->wmu);
         return;
     }
@@ -970,8 +998,8 @@ static kb_err load_secret(cx *b, pst *s, int c0, store_secret *out)
     KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
     KB_GUARD_OUT(rc, col_str(s, c0 + 7, &out->created_by));
     KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->updated_by));
-    KB_GUARD_OUT(rc, rowmac_secret(b->mac, out->id, out->name, out->owner_group_id, out->cloud_sync,
-                                   out->deleted_at, want));
+    KB_GUARD_OUT(rc, rowmac_secret(b->sc.mac, out->id, out->name, out->owner_group_id,
+                                   out->cloud_sync, out->deleted_at, want));
     if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("secrets", out->id, 0);
         rc = KB_ERR_INTEGRITY;
@@ -998,7 +1026,7 @@ static kb_err load_version(cx *b, pst *s, int c0, store_version *out)
     out->expires_at = col_i64(s, c0 + 5);
     KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->created_by));
     out->created_at = col_i64(s, c0 + 7);
-    KB_GUARD_OUT(rc, rowmac_version(b->mac, out->secret_id, out->version, out->checksum,
+    KB_GUARD_OUT(rc, rowmac_version(b->sc.mac, out->secret_id, out->version, out->checksum,
                                     sizeof(out->checksum), out->content_len, out->metadata,
                                     out->expires_at, out->created_by, out->created_at, want));
     if (!col_isint(s, c0 + 3) || !col_isint(s, c0 + 5) || !col_mac_ok(s, c0 + 8, want))
@@ -1016,7 +1044,7 @@ out:
 static kb_err latest_check(cx *b, pst *s, int c0, const store_secret *sec)
 {
     uint8_t want[ROWMAC_LEN];
-    KB_GUARD(rowmac_latest(b->mac, sec->id, sec->latest_version, want));
+    KB_GUARD(rowmac_latest(b->sc.mac, sec->id, sec->latest_version, want));
     if (!col_isint(s, c0 + 6) || !col_mac_ok(s, c0 + 12, want)) {
         store_log_integrity("secrets.latest_version", sec->id, sec->latest_version);
         return KB_ERR_INTEGRITY;
@@ -1064,7 +1092,7 @@ static kb_err load_client(cx *b, pst *s, int c0, store_client *out)
     KB_GUARD_OUT(rc, col_str(s, c0 + 5, &out->app_name));
     KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->description));
     KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->created_by));
-    KB_GUARD_OUT(rc, rowmac_client(b->mac, out->id, out->spiffe_id, out->enabled, out->admin,
+    KB_GUARD_OUT(rc, rowmac_client(b->sc.mac, out->id, out->spiffe_id, out->enabled, out->admin,
                                    out->cloud, out->app_name, want));
     if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("clients", out->id, 0);
@@ -1174,7 +1202,7 @@ static kb_err state_load(cx *b, int64_t *counter, uint8_t digest[ROWMAC_LEN])
             rc = KB_ERR_INTEGRITY;
         } else {
             memcpy(digest, col_ptr(s, 1), ROWMAC_LEN);
-            rc = rowmac_state(b->mac, *counter, digest, want);
+            rc = rowmac_state(b->sc.mac, *counter, digest, want);
             if (rc == KB_OK && !col_mac_ok(s, 2, want))
                 rc = KB_ERR_INTEGRITY;
         }
@@ -1194,7 +1222,7 @@ static kb_err state_store(cx *b, int64_t counter, const uint8_t digest[ROWMAC_LE
     pst *s = NULL;
     uint8_t mac[ROWMAC_LEN];
     kb_err rc;
-    KB_GUARD(rowmac_state(b->mac, counter, digest, mac));
+    KB_GUARD(rowmac_state(b->sc.mac, counter, digest, mac));
     KB_GUARD(prep(b,
                   "INSERT INTO store_state(id, counter, digest, mac) VALUES (1, $1, $2, $3) "
                   "ON CONFLICT(id) DO UPDATE SET counter = excluded.counter, "
@@ -1222,7 +1250,7 @@ static kb_err state_digest_full(cx *b, uint8_t out[ROWMAC_LEN])
             uint8_t e[ROWMAC_LEN];
             const void *mac = col_ptr(s, 0);
             int n = col_len(s, 0);
-            rc = rowmac_state_elem(b->mac, state_tables[t], mac, n > 0 ? (size_t)n : 0, e);
+            rc = rowmac_state_elem(b->sc.mac, state_tables[t], mac, n > 0 ? (size_t)n : 0, e);
             if (rc != KB_OK)
                 break;
             rowmac_digest_add(out, e, false);
@@ -1241,13 +1269,13 @@ static kb_err state_digest_full(cx *b, uint8_t out[ROWMAC_LEN])
 static kb_err state_advance_locked(cx *b, const uint8_t delta[ROWMAC_LEN], int64_t *counter)
 {
     uint8_t digest[ROWMAC_LEN];
-    int64_t c = 0, seen = atomic_load(&b->st->state_seen);
+    int64_t c = 0, seen = atomic_load(&b->sc.st->state_seen);
     KB_GUARD(state_load(b, &c, digest));
     if (c < seen) {
         log_counters("store_rollback_detected",
                      "the database's state counter went back while running (file replaced?)", c,
                      "seen_counter", seen);
-        store_fail(b->st, "state counter went back");
+        store_fail(b->sc.st, "state counter went back");
         return KB_ERR_UNAVAILABLE;
     }
     KB_ENSURE(c < INT64_MAX, KB_ERR_CONFLICT);
@@ -1277,7 +1305,7 @@ static void state_commit_external(store *st, int64_t counter)
  * seen. A higher one (another process wrote) is accepted once its MAC verifies. */
 static kb_err state_check(cx *b)
 {
-    store *st = b->st;
+    store *st = b->sc.st;
     int64_t floor = atomic_load(&st->state_seen), c;
     uint8_t digest[ROWMAC_LEN];
     pst *s = NULL;
@@ -1495,10 +1523,10 @@ static kb_err migrate_mac_versions(cx *b)
     while ((r = pst_step(s)) == PST_ROW) {
         const void *ck = col_ptr(s, 2);
         int ckn = col_len(s, 2);
-        KB_GUARD_OUT(rc,
-                     rowmac_version(b->mac, col_i64(s, 0), col_i64(s, 1), ck, ck ? (size_t)ckn : 0,
-                                    col_i64(s, 3), (const char *)col_ptr(s, 4), col_i64(s, 5),
-                                    (const char *)col_ptr(s, 6), col_i64(s, 7), mac));
+        KB_GUARD_OUT(rc, rowmac_version(b->sc.mac, col_i64(s, 0), col_i64(s, 1), ck,
+                                        ck ? (size_t)ckn : 0, col_i64(s, 3),
+                                        (const char *)col_ptr(s, 4), col_i64(s, 5),
+                                        (const char *)col_ptr(s, 6), col_i64(s, 7), mac));
         KB_GUARD_OUT(rc, bind_blob(u, 1, mac, sizeof(mac)));
         KB_GUARD_OUT(rc, bind_i64(u, 2, col_i64(s, 0)));
         KB_GUARD_OUT(rc, bind_i64(u, 3, col_i64(s, 1)));
@@ -1513,7 +1541,7 @@ static kb_err migrate_mac_versions(cx *b)
     KB_GUARD_OUT(rc, prep(b, "SELECT id, latest_version FROM secrets", &s));
     KB_GUARD_OUT(rc, prep(b, "UPDATE secrets SET latest_mac = $1 WHERE id = $2", &u));
     while ((r = pst_step(s)) == PST_ROW) {
-        KB_GUARD_OUT(rc, rowmac_latest(b->mac, col_i64(s, 0), col_i64(s, 1), mac));
+        KB_GUARD_OUT(rc, rowmac_latest(b->sc.mac, col_i64(s, 0), col_i64(s, 1), mac));
         KB_GUARD_OUT(rc, bind_blob(u, 1, mac, sizeof(mac)));
         KB_GUARD_OUT(rc, bind_i64(u, 2, col_i64(s, 0)));
         KB_GUARD_OUT(rc, step_done(b, u, "migrate_latest_mac"));
@@ -1557,7 +1585,7 @@ static kb_err migrate(cx *b)
             KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
         }
     }
-    if (cur < SCHEMA_VERSION && !b->st->cfg.migrate) {
+    if (cur < SCHEMA_VERSION && !b->sc.st->cfg.migrate) {
         kb_log(KB_LOG_ERROR, "store_schema_too_old", "msg",
                "the database schema is older than this binary: run `keybridged migrate` "
                "(once, from one host) before starting it",
@@ -1611,7 +1639,7 @@ static void cx_close(cx *b)
     if (b == NULL)
         return;
     cx_disconnect(b);
-    rowmac_ctx_free(b->mac);
+    rowmac_ctx_free(b->sc.mac);
     free(b);
 }
 
@@ -1623,10 +1651,11 @@ static kb_err cx_new(store *st, char *conninfo, bool writer, bool connect, cx **
     *out = NULL;
     b = calloc(1, sizeof(*b));
     KB_ENSURE(b != NULL, KB_ERR_NOMEM);
-    b->st = st;
+    b->sc.drv = &pg_driver;
+    b->sc.st = st;
     b->conninfo = conninfo;
-    b->writer = writer;
-    KB_GUARD_OUT(e, rowmac_ctx_new(st->cfg.row_mac_key, &b->mac));
+    b->sc.writer = writer;
+    KB_GUARD_OUT(e, rowmac_ctx_new(st->cfg.row_mac_key, &b->sc.mac));
     if (connect)
         KB_GUARD_OUT(e, cx_connect(b));
     *out = b;
@@ -1754,6 +1783,7 @@ static kb_err pg_open(store *st, const char *location)
     KB_ENSURE(location != NULL && location[0] != '\0', KB_ERR_CONFIG);
     q = calloc(1, sizeof(*q));
     KB_ENSURE(q != NULL, KB_ERR_NOMEM);
+    q->sp.drv = &pg_driver;
     pthread_mutex_init(&q->wmu, NULL);
     pthread_mutex_init(&q->pmu, NULL);
     pthread_cond_init(&q->pcv, NULL);
@@ -1849,7 +1879,7 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     KB_ENSURE_OUT(rc, strnlen(env.key_id, STORE_KEY_ID_MAX + 1) <= STORE_KEY_ID_MAX,
                   KB_ERR_TOO_LARGE);
     KB_GUARD_OUT(rc,
-                 rowmac_version(b->mac, id, ver, checksum, sizeof(checksum),
+                 rowmac_version(b->sc.mac, id, ver, checksum, sizeof(checksum),
                                 (int64_t)v->content_len, metadata, v->expires_at, actor, now, mac));
     KB_GUARD_OUT(rc, prep(b,
                           "INSERT INTO versions(secret_id, version, wrapped_key, key_id, sealed, "
@@ -1871,7 +1901,7 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     KB_GUARD_OUT(rc, step_done(b, s, "version_insert"));
     done(s);
     s = NULL;
-    KB_GUARD_OUT(rc, rowmac_latest(b->mac, id, ver, mac));
+    KB_GUARD_OUT(rc, rowmac_latest(b->sc.mac, id, ver, mac));
     KB_GUARD_OUT(rc, prep(b,
                           "UPDATE secrets SET latest_version = $1, updated_by = $2, "
                           "updated_at = $3, latest_mac = $5 WHERE id = $4",
@@ -1895,7 +1925,7 @@ static kb_err secret_write_flags(cx *b, const store_secret *sec, const char *act
     uint8_t mac[ROWMAC_LEN];
     pst *s = NULL;
     kb_err rc;
-    KB_GUARD(rowmac_secret(b->mac, sec->id, sec->name, sec->owner_group_id, sec->cloud_sync,
+    KB_GUARD(rowmac_secret(b->sc.mac, sec->id, sec->name, sec->owner_group_id, sec->cloud_sync,
                            sec->deleted_at, mac));
     KB_GUARD(prep(b,
                   "UPDATE secrets SET description = $1, owner_group_id = $2, cloud_sync = $3, "
@@ -2343,7 +2373,7 @@ static kb_err version_fetch(cx *b, const store_secret *sec, int64_t ver, store_r
                       &s));
         KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
         KB_GUARD_OUT(rc, step_row(b, s, "version_fetch_latest"));
-        KB_GUARD_OUT(rc, rowmac_latest(b->mac, sec->id, col_i64(s, VERSION_NCOLS + 3), want));
+        KB_GUARD_OUT(rc, rowmac_latest(b->sc.mac, sec->id, col_i64(s, VERSION_NCOLS + 3), want));
         if (!col_mac_ok(s, VERSION_NCOLS + 4, want)) {
             store_log_integrity("secrets.latest_version", sec->id, col_i64(s, VERSION_NCOLS + 3));
             KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
@@ -2474,9 +2504,9 @@ static kb_err group_row(cx *b, pst *s, void *ctx, void *item, const void *prev, 
     if (l->link != LINK_NONE) {
         uint8_t want[ROWMAC_LEN];
         if (l->link == LINK_MEMBERSHIP)
-            KB_GUARD(rowmac_membership(b->mac, l->fixed_id, gid, want));
+            KB_GUARD(rowmac_membership(b->sc.mac, l->fixed_id, gid, want));
         else
-            KB_GUARD(rowmac_grant(b->mac, gid, l->fixed_id, want));
+            KB_GUARD(rowmac_grant(b->sc.mac, gid, l->fixed_id, want));
         if (!col_mac_ok(s, GROUP_NCOLS, want)) {
             store_log_integrity(l->link == LINK_MEMBERSHIP ? "memberships" : "grants",
                                 l->link == LINK_MEMBERSHIP ? l->fixed_id : gid,
@@ -2542,7 +2572,7 @@ static kb_err client_write_mac(cx *b, const store_client *c, bool stored_cloud)
     uint8_t mac[ROWMAC_LEN];
     pst *s = NULL;
     kb_err rc;
-    KB_GUARD(rowmac_client(b->mac, c->id, c->spiffe_id, c->enabled, c->admin, stored_cloud,
+    KB_GUARD(rowmac_client(b->sc.mac, c->id, c->spiffe_id, c->enabled, c->admin, stored_cloud,
                            c->app_name, mac));
     KB_GUARD(prep(b,
                   "UPDATE clients SET enabled = $1, admin = $2, cloud = $3, app_name = $4, "
@@ -2625,7 +2655,7 @@ static kb_err client_row(cx *b, pst *s, void *ctx, void *item, const void *prev,
     if (group_id > 0) {
         uint8_t want[ROWMAC_LEN];
         int64_t cid = col_i64(s, 0);
-        KB_GUARD(rowmac_membership(b->mac, cid, group_id, want));
+        KB_GUARD(rowmac_membership(b->sc.mac, cid, group_id, want));
         if (!col_mac_ok(s, CLIENT_NCOLS, want)) {
             store_log_integrity("memberships", cid, group_id);
             *keep = false;
@@ -2884,14 +2914,14 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = $1", g));
     if (membership) {
         KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = $1", a));
-        KB_GUARD_OUT(rc, rowmac_membership(b->mac, a, g, mac));
+        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, a, g, mac));
         KB_GUARD_OUT(rc, prep(b,
                               "INSERT INTO memberships(client_id, group_id, mac) "
                               "VALUES ($1, $2, $3)",
                               &s));
     } else {
         KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = $1", a));
-        KB_GUARD_OUT(rc, rowmac_grant(b->mac, g, a, mac));
+        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, g, a, mac));
         KB_GUARD_OUT(
             rc, prep(b, "INSERT INTO grants(secret_id, group_id, mac) VALUES ($1, $2, $3)", &s));
     }
@@ -2978,7 +3008,7 @@ out:
 static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
 {
     KB_GUARD(client_fetch(b, NULL, client_id, c));
-    store_client_effective(b->st, c);
+    store_client_effective(b->sc.st, c);
     if (!c->enabled) {
         store_client_clear(c);
         return KB_ERR_DENIED;
@@ -3026,12 +3056,12 @@ static kb_err pg_readable_list(store *st, int64_t client_id, store_record **out,
 
         if (cnt > 0 && arr[cnt - 1].secret.id == sid)
             continue; /* already reachable through a verified path */
-        KB_GUARD_OUT(rc, rowmac_membership(b->mac, client_id, gid, want));
+        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, client_id, gid, want));
         if (!col_mac_ok(s, c0 + 1, want)) {
             store_log_integrity("memberships", client_id, gid);
             continue;
         }
-        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, sid, want));
+        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, gid, sid, want));
         if (!col_mac_ok(s, c0 + 2, want)) {
             store_log_integrity("grants", gid, sid);
             continue;
@@ -3099,13 +3129,13 @@ static kb_err readable_one(cx *b, const store_client *c, const char *name, int64
     while (!granted && (r = pst_step(s)) == PST_ROW) {
         uint8_t want[ROWMAC_LEN];
         int64_t gid = col_i64(s, 0);
-        KB_GUARD_OUT(rc, rowmac_membership(b->mac, c->id, gid, want));
+        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, c->id, gid, want));
         if (!col_mac_ok(s, 1, want)) {
             store_log_integrity("memberships", c->id, gid);
             tampered = true;
             continue;
         }
-        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, out->secret.id, want));
+        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, gid, out->secret.id, want));
         if (!col_mac_ok(s, 2, want)) {
             store_log_integrity("grants", gid, out->secret.id);
             tampered = true;
@@ -3158,38 +3188,7 @@ out:
     return rc;
 }
 
-/* ---- fetch log ---- */
-
-/* Upsert the fetch log row (writer, transaction or autocommit). */
-static kb_err fetch_upsert(cx *b, int64_t client_id, int64_t secret_id, int64_t version,
-                           int64_t now)
-{
-    pst *s = NULL;
-    kb_err rc;
-    KB_GUARD(prep(b,
-                  "INSERT INTO fetch_log(client_id, secret_id, version, fetched_at) "
-                  "VALUES ($1, $2, $3, $4) ON CONFLICT(client_id, secret_id) DO UPDATE "
-                  "SET version = excluded.version, fetched_at = excluded.fetched_at "
-                  "WHERE excluded.fetched_at >= fetch_log.fetched_at",
-                  &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, secret_id));
-    KB_GUARD_OUT(rc, bind_i64(s, 3, version));
-    KB_GUARD_OUT(rc, bind_i64(s, 4, now));
-    rc = step_done(b, s, "fetch_record");
-out:
-    done(s);
-    return rc;
-}
-
-static kb_err pg_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
-                              int64_t now)
-{
-    cx *b = WR(st);
-    kb_err rc = fetch_upsert(b, client_id, secret_id, version, now);
-    PUT(st, b);
-    return rc;
-}
+/* ---- fetch log (the upsert and fetch_record: store_sql_audit.c) ---- */
 
 static void fetches_free(void *arr, size_t n)
 {
@@ -3284,236 +3283,153 @@ out:
     return rc;
 }
 
-/* ---- audit ---- */
+/* ---- the shared op layer's statement interface (store_sql.h) on this layer ---- */
 
-static kb_err head_locked(cx *b, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
+_Static_assert(STORE_SQL_ROW == PST_ROW && STORE_SQL_DONE == PST_DONE, "step codes");
+
+#define PG_CX(x) ((cx *)(x))  /* sc is cx's first member */
+#define PG_ST(x) ((pst *)(x)) /* hd is pst's first member */
+
+static store_sql_cx *drv_wr_get(store *st)
+{
+    return &wr_get(PQ(st))->sc;
+}
+
+static store_sql_cx *drv_rd_get(store *st)
+{
+    return &rd_get(PQ(st))->sc;
+}
+
+static void drv_put(store *st, store_sql_cx *b)
+{
+    cx_put(PQ(st), PG_CX(b));
+}
+
+static kb_err drv_tx_begin(store_sql_cx *b, store_sql_tx mode)
+{
+    kb_err rc = tx_begin(PG_CX(b), mode != STORE_SQL_TX_READ);
+    if (rc == KB_OK && mode == STORE_SQL_TX_LOG)
+        PG_CX(b)->bump = false; /* logs change no listing */
+    return rc;
+}
+
+static kb_err drv_tx_end(store_sql_cx *b, kb_err rc, store_audit *au)
+{
+    return tx_end(PG_CX(b), rc, au);
+}
+
+static bool drv_in_tx(store_sql_cx *b)
+{
+    return PG_CX(b)->in_tx;
+}
+
+static kb_err drv_prep(store_sql_cx *b, const char *sql, store_sql_stmt **out)
 {
     pst *s = NULL;
-    kb_err rc;
-    *seq = 0;
-    memset(mac, 0, AUDIT_MAC_LEN);
-    KB_GUARD(prep(b, "SELECT seq, mac FROM audit_log ORDER BY seq DESC LIMIT 1", &s));
-    rc = step_row(b, s, "audit_head");
-    if (rc == KB_OK) {
-        *seq = col_i64(s, 0);
-        if (col_len(s, 1) == AUDIT_MAC_LEN)
-            memcpy(mac, col_ptr(s, 1), AUDIT_MAC_LEN);
-    } else if (rc == KB_ERR_NOT_FOUND) {
-        rc = KB_OK;
-    }
-    done(s);
-    return rc;
-}
-
-static kb_err pg_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
-{
-    cx *b;
-    kb_err rc;
-    b = RD(st);
-    rc = head_locked(b, seq, mac);
-    PUT(st, b);
-    return rc;
-}
-
-/* Append one row to the chain (writer, inside a write transaction: the write lock is taken
- * before the head is read, so two appenders, threads or processes, never extend the same head). */
-static kb_err audit_insert_locked(cx *b, const audit_event *ev, audit_mac_fn macfn, void *ctx,
-                                  int64_t *seq_out)
-{
-    pst *s = NULL;
-    uint8_t prev[AUDIT_MAC_LEN], mac[AUDIT_MAC_LEN];
-    int64_t seq = 0;
-    kb_err rc;
-    KB_ENSURE(b->writer && b->in_tx, KB_ERR_INTERNAL);
-    KB_GUARD_OUT(rc, head_locked(b, &seq, prev));
-    seq++;
-    KB_GUARD_OUT(rc, macfn(ctx, prev, seq, ev, mac));
-    KB_GUARD_OUT(rc, prep(b,
-                          "INSERT INTO audit_log(seq, time, identity, peer, action, object, "
-                          "version, result, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, seq));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, ev->time));
-    KB_GUARD_OUT(rc, bind_text(s, 3, ev->identity));
-    KB_GUARD_OUT(rc, bind_text(s, 4, ev->peer));
-    KB_GUARD_OUT(rc, bind_text(s, 5, ev->action));
-    KB_GUARD_OUT(rc, bind_text(s, 6, ev->object));
-    KB_GUARD_OUT(rc, bind_i64(s, 7, ev->version));
-    KB_GUARD_OUT(rc, bind_text(s, 8, ev->result));
-    KB_GUARD_OUT(rc, bind_blob(s, 9, mac, sizeof(mac)));
-    KB_GUARD_OUT(rc, step_done(b, s, "audit_insert"));
-    *seq_out = seq;
-out:
-    done(s);
-    return rc;
-}
-
-static kb_err pg_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch,
-                              store_audit_mac_fn macfn, void *ctx, int64_t *seq_out)
-{
-    cx *b;
-    int64_t seq = 0;
-    kb_err rc;
-    b = WR(st);
-    rc = tx_begin(b, true);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
-    }
-    b->bump = false; /* the audit log and fetch log do not change listings */
-    if (fetch != NULL)
-        KB_GUARD_OUT(rc,
-                     fetch_upsert(b, fetch->client_id, fetch->secret_id, fetch->version, ev->time));
-    KB_GUARD_OUT(rc, audit_insert_locked(b, ev, macfn, ctx, &seq));
-    if (seq_out)
-        *seq_out = seq;
-out:
-    rc = tx_end(b, rc, NULL);
-    PUT(st, b);
-    return rc;
-}
-
-static void audit_free(void *arr, size_t n)
-{
-    audit_rows_free(arr, n);
-}
-
-static kb_err audit_row_load(cx *b, pst *s, void *ctx, void *item, const void *prev, bool *keep)
-{
-    audit_row *a = item;
-    (void)b;
-    (void)ctx;
-    (void)prev;
-    (void)keep;
-    a->seq = col_i64(s, 0);
-    a->time = col_i64(s, 1);
-    KB_GUARD(col_str(s, 2, &a->identity));
-    KB_GUARD(col_str(s, 3, &a->peer));
-    KB_GUARD(col_str(s, 4, &a->action));
-    KB_GUARD(col_str(s, 5, &a->object));
-    a->version = col_i64(s, 6);
-    KB_GUARD(col_str(s, 7, &a->result));
-    /* A MAC of the wrong size stays all-zero: it will not verify. */
-    if (col_len(s, 8) == AUDIT_MAC_LEN)
-        memcpy(a->mac, col_ptr(s, 8), AUDIT_MAC_LEN);
+    *out = NULL;
+    KB_GUARD(prep(PG_CX(b), sql, &s));
+    *out = &s->hd;
     return KB_OK;
 }
 
-static kb_err collect_audit(cx *b, pst *s, audit_row **out, size_t *n)
+static int drv_step(store_sql_stmt *s)
 {
-    return collect(b, s, sizeof(**out), audit_row_load, NULL, audit_free, "audit_rows",
-                   (void **)out, n);
+    return pst_step(PG_ST(s));
 }
 
-#define AUDIT_COLS "seq, time, identity, peer, action, object, version, result, mac"
-
-static kb_err pg_audit_rows(store *st, int64_t after, size_t limit, audit_row **out, size_t *n)
+static void drv_done(store_sql_stmt *s)
 {
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    KB_GUARD_OUT(
-        rc,
-        prep(b, "SELECT " AUDIT_COLS " FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, after));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, (int64_t)limit));
-    rc = collect_audit(b, s, out, n);
-out:
-    done(s);
-    PUT(st, b);
-    return rc;
+    done(PG_ST(s));
 }
 
-static kb_err pg_audit_query(store *st, const audit_filter *f, audit_row **out, size_t *n)
+static kb_err drv_db_err(store_sql_cx *b, int rc, const char *what)
 {
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    KB_GUARD_OUT(rc,
-                 prep(b,
-                      "SELECT " AUDIT_COLS " FROM audit_log WHERE "
-                      "($1::text IS NULL OR object = $1::text) AND "
-                      "($2::text IS NULL OR identity = $2::text) AND "
-                      "($3::int8 = 0 OR time >= $3::int8) AND ($4::int8 = 0 OR time <= $4::int8) "
-                      "ORDER BY seq DESC LIMIT $5",
-                      &s));
-    if (f->object)
-        KB_GUARD_OUT(rc, bind_text(s, 1, f->object));
-    if (f->identity)
-        KB_GUARD_OUT(rc, bind_text(s, 2, f->identity));
-    KB_GUARD_OUT(rc, bind_i64(s, 3, f->since));
-    KB_GUARD_OUT(rc, bind_i64(s, 4, f->until));
-    KB_GUARD_OUT(rc, bind_i64(s, 5, (int64_t)f->limit));
-    rc = collect_audit(b, s, out, n);
-out:
-    done(s);
-    PUT(st, b);
-    return rc;
+    return db_err(PG_CX(b), rc, what);
 }
 
-static kb_err pg_anchor_put(store *st, const audit_anchor *a)
+static int64_t drv_changes(store_sql_cx *b)
 {
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = WR(st);
-    KB_GUARD_OUT(rc, prep(b,
-                          "INSERT INTO audit_anchors(seq, mac, time, sig) "
-                          "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, a->seq));
-    KB_GUARD_OUT(rc, bind_blob(s, 2, a->mac, AUDIT_MAC_LEN));
-    KB_GUARD_OUT(rc, bind_i64(s, 3, a->time));
-    KB_GUARD_OUT(rc, bind_blob(s, 4, a->sig, a->sig_len));
-    rc = step_done(b, s, "anchor_put");
-out:
-    done(s);
-    PUT(st, b);
-    return rc;
+    return PG_CX(b)->changes;
 }
 
-static void anchors_free(void *arr, size_t n)
+static kb_err drv_bind_text(store_sql_stmt *s, int i, const char *v)
 {
-    (void)n;
-    free(arr);
+    return bind_text(PG_ST(s), i, v);
 }
 
-static kb_err anchor_row(cx *b, pst *s, void *ctx, void *item, const void *prev, bool *keep)
+static kb_err drv_bind_blob(store_sql_stmt *s, int i, const void *p, size_t n)
 {
-    audit_anchor *a = item;
-    int sl = col_len(s, 3);
-    (void)b;
-    (void)ctx;
-    (void)prev;
-    (void)keep;
-    a->seq = col_i64(s, 0);
-    if (col_len(s, 1) == AUDIT_MAC_LEN)
-        memcpy(a->mac, col_ptr(s, 1), AUDIT_MAC_LEN);
-    a->time = col_i64(s, 2);
-    if (sl > 0 && sl <= AUDIT_SIG_MAX) {
-        memcpy(a->sig, col_ptr(s, 3), (size_t)sl);
-        a->sig_len = (size_t)sl;
-    }
-    return KB_OK;
+    return bind_blob(PG_ST(s), i, p, n);
 }
 
-static kb_err pg_anchor_list(store *st, audit_anchor **out, size_t *n)
+static kb_err drv_bind_i64(store_sql_stmt *s, int i, int64_t v)
 {
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    rc = prep(b, "SELECT seq, mac, time, sig FROM audit_anchors ORDER BY seq", &s);
-    if (rc == KB_OK)
-        rc = collect(b, s, sizeof(**out), anchor_row, NULL, anchors_free, "anchor_list",
-                     (void **)out, n);
-    done(s);
-    PUT(st, b);
-    return rc;
+    return bind_i64(PG_ST(s), i, v);
 }
 
+static kb_err drv_bind_null(store_sql_stmt *s, int i)
+{
+    return bind_null(PG_ST(s), i);
+}
+
+static int64_t drv_col_i64(store_sql_stmt *s, int i)
+{
+    return col_i64(PG_ST(s), i);
+}
+
+static bool drv_col_isint(store_sql_stmt *s, int i)
+{
+    return col_isint(PG_ST(s), i);
+}
+
+static const char *drv_col_text(store_sql_stmt *s, int i)
+{
+    return col_ptr(PG_ST(s), i); /* libpq ends every value with a NUL */
+}
+
+static const void *drv_col_blob(store_sql_stmt *s, int i)
+{
+    return col_ptr(PG_ST(s), i);
+}
+
+static size_t drv_col_len(store_sql_stmt *s, int i)
+{
+    int n = col_len(PG_ST(s), i);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* The statements whose SQL is PostgreSQL's own (store_sql_q). */
+static const char *const pg_sql[STORE_SQL_Q_COUNT] = {
+    [STORE_SQL_Q_AUDIT_QUERY] =
+        "SELECT " STORE_SQL_AUDIT_COLS " FROM audit_log WHERE "
+        "($1::text IS NULL OR object = $1::text) AND ($2::text IS NULL OR identity = $2::text) AND "
+        "($3::int8 = 0 OR time >= $3::int8) AND ($4::int8 = 0 OR time <= $4::int8) "
+        "ORDER BY seq DESC LIMIT $5",
+};
+
+static const store_sql_driver pg_driver = {
+    .wr_get = drv_wr_get,
+    .rd_get = drv_rd_get,
+    .put = drv_put,
+    .tx_begin = drv_tx_begin,
+    .tx_end = drv_tx_end,
+    .in_tx = drv_in_tx,
+    .prep = drv_prep,
+    .step = drv_step,
+    .done = drv_done,
+    .db_err = drv_db_err,
+    .changes = drv_changes,
+    .bind_text = drv_bind_text,
+    .bind_blob = drv_bind_blob,
+    .bind_i64 = drv_bind_i64,
+    .bind_null = drv_bind_null,
+    .col_i64 = drv_col_i64,
+    .col_isint = drv_col_isint,
+    .col_text = drv_col_text,
+    .col_blob = drv_col_blob,
+    .col_len = drv_col_len,
+    .sql = pg_sql,
+};
 const struct store_ops store_pg_ops = {
     .scheme = "postgresql",
     .schema_version = SCHEMA_VERSION,
@@ -3550,14 +3466,14 @@ const struct store_ops store_pg_ops = {
     .secret_groups = pg_secret_groups,
     .readable_list = pg_readable_list,
     .readable_get_batch = pg_readable_get_batch,
-    .fetch_record = pg_fetch_record,
+    .fetch_record = store_sql_fetch_record,
     .secret_status = pg_secret_status,
-    .audit_append = pg_audit_append,
-    .audit_rows = pg_audit_rows,
-    .audit_query = pg_audit_query,
-    .audit_head = pg_audit_head,
-    .anchor_put = pg_anchor_put,
-    .anchor_list = pg_anchor_list,
+    .audit_append = store_sql_audit_append,
+    .audit_rows = store_sql_audit_rows,
+    .audit_query = store_sql_audit_query,
+    .audit_head = store_sql_audit_head,
+    .anchor_put = store_sql_anchor_put,
+    .anchor_list = store_sql_anchor_list,
     .notify_sent = pg_notify_sent,
     .notify_mark = pg_notify_mark,
 };

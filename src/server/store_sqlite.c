@@ -12,9 +12,10 @@
  * database whose floor admits it and refuses one contracted past it (KB_ERR_SCHEMA).
  *
  * This file holds the schema and migrations, the connections, statements and transactions, the
- * row loaders, the state commitment and the ops table; the rows by concern are in
- * store_sqlite_secrets.c, store_sqlite_access.c and store_sqlite_audit.c, sharing
- * store_sqlite_int.h.
+ * row loaders, the state commitment, the shared op layer's statement interface (store_sql.h)
+ * and the ops table; the rows by concern are in store_sqlite_secrets.c and
+ * store_sqlite_access.c, sharing store_sqlite_int.h; the ops both backends share are in
+ * store_sql*.c.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -193,32 +194,42 @@ kb_err sq_db_err(cx *b, int rc, const char *what)
 /* The connection's cached statement for sql (a string literal), prepared on first use. The
  * caller hands it back with done() on every path: a statement left mid-step would pin an old
  * snapshot (and, on the writer, a transaction). */
-kb_err sq_prep(cx *b, const char *sql, sqlite3_stmt **s)
+static kb_err stmt_slot(cx *b, const char *sql, sq_stmt **out)
 {
     size_t h = (size_t)(((uintptr_t)sql >> 3) * (uintptr_t)0x9E3779B97F4A7C15u);
+    sqlite3_stmt *s = NULL;
     int rc;
-    *s = NULL;
+    *out = NULL;
     for (size_t i = 0; i < STMT_SLOTS; i++) {
         size_t k = (h + i) & (STMT_SLOTS - 1);
         if (b->stmts[k].sql == sql) {
-            *s = b->stmts[k].s;
+            *out = &b->stmts[k].st;
             return KB_OK;
         }
         if (b->stmts[k].sql != NULL)
             continue;
         /* Keep at least half the table empty so probes stay short. */
         KB_ENSURE(b->nstmts < STMT_SLOTS / 2, KB_ERR_INTERNAL);
-        rc = sqlite3_prepare_v3(b->db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL);
-        if (rc != SQLITE_OK) {
-            *s = NULL;
+        rc = sqlite3_prepare_v3(b->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL);
+        if (rc != SQLITE_OK)
             return sq_db_err(b, rc, "prepare");
-        }
         b->stmts[k].sql = sql;
-        b->stmts[k].s = *s;
+        b->stmts[k].st.hd.b = &b->sc;
+        b->stmts[k].st.s = s;
         b->nstmts++;
+        *out = &b->stmts[k].st;
         return KB_OK;
     }
     return KB_ERR_INTERNAL;
+}
+
+kb_err sq_prep(cx *b, const char *sql, sqlite3_stmt **s)
+{
+    sq_stmt *t;
+    *s = NULL;
+    KB_GUARD(stmt_slot(b, sql, &t));
+    *s = t->s;
+    return KB_OK;
 }
 
 static kb_err state_advance_locked(cx *b, int64_t *counter);
@@ -226,7 +237,7 @@ static void state_commit_external(store *st, int64_t counter);
 
 kb_err sq_tx_begin(cx *b, bool write)
 {
-    if (b->writer) {
+    if (b->sc.writer) {
         memset(b->delta, 0, sizeof(b->delta));
         b->dirty = false;
     }
@@ -246,15 +257,15 @@ kb_err sq_tx_end(cx *b, kb_err rc, store_audit *au)
     int64_t counter = 0, seq = 0;
     bool dirty;
     if (rc == KB_OK && au != NULL)
-        rc = sq_audit_insert_locked(b, &au->ev, au->mac, au->mac_ctx, &seq);
-    dirty = b->writer && b->dirty;
+        rc = store_sql_audit_insert_locked(&b->sc, &au->ev, au->mac, au->mac_ctx, &seq);
+    dirty = b->sc.writer && b->dirty;
     if (rc == KB_OK && dirty)
         rc = state_advance_locked(b, &counter);
     if (rc == KB_OK)
         rc = run(b, "COMMIT");
     if (rc != KB_OK && !sqlite3_get_autocommit(b->db))
         (void)sqlite3_exec(b->db, "ROLLBACK", NULL, NULL, NULL);
-    if (b->writer) {
+    if (b->sc.writer) {
         memset(b->delta, 0, sizeof(b->delta));
         b->dirty = false;
     }
@@ -263,7 +274,7 @@ kb_err sq_tx_end(cx *b, kb_err rc, store_audit *au)
         au->written = true;
     }
     if (rc == KB_OK && dirty)
-        state_commit_external(b->st, counter);
+        state_commit_external(b->sc.st, counter);
     return rc;
 }
 
@@ -328,7 +339,7 @@ void sq_cx_put(sq *q, cx *b)
     }
     if (!sqlite3_get_autocommit(b->db))
         (void)sqlite3_exec(b->db, "ROLLBACK", NULL, NULL, NULL);
-    if (b->writer) {
+    if (b->sc.writer) {
         pthread_mutex_unlock(&q->wmu);
         return;
     }
@@ -338,6 +349,150 @@ void sq_cx_put(sq *q, cx *b)
     pthread_cond_signal(&q->pcv);
     pthread_mutex_unlock(&q->pmu);
 }
+
+/* ---- the shared op layer's statement interface (store_sql.h) on SQLite ---- */
+
+_Static_assert(STORE_SQL_ROW == SQLITE_ROW && STORE_SQL_DONE == SQLITE_DONE, "step codes");
+
+#define SQ_CX(x) ((cx *)(x))           /* sc is cx's first member */
+#define SQ_ST(x) (((sq_stmt *)(x))->s) /* hd is sq_stmt's first member */
+
+static store_sql_cx *drv_wr_get(store *st)
+{
+    return &sq_wr_get(SQ(st))->sc;
+}
+
+static store_sql_cx *drv_rd_get(store *st)
+{
+    return &sq_rd_get(SQ(st))->sc;
+}
+
+static void drv_put(store *st, store_sql_cx *b)
+{
+    sq_cx_put(SQ(st), SQ_CX(b));
+}
+
+static kb_err drv_tx_begin(store_sql_cx *b, store_sql_tx mode)
+{
+    return sq_tx_begin(SQ_CX(b), mode != STORE_SQL_TX_READ);
+}
+
+static kb_err drv_tx_end(store_sql_cx *b, kb_err rc, store_audit *au)
+{
+    return sq_tx_end(SQ_CX(b), rc, au);
+}
+
+static bool drv_in_tx(store_sql_cx *b)
+{
+    return !sqlite3_get_autocommit(SQ_CX(b)->db);
+}
+
+static kb_err drv_prep(store_sql_cx *b, const char *sql, store_sql_stmt **out)
+{
+    sq_stmt *t;
+    *out = NULL;
+    KB_GUARD(stmt_slot(SQ_CX(b), sql, &t));
+    *out = &t->hd;
+    return KB_OK;
+}
+
+static int drv_step(store_sql_stmt *s)
+{
+    return sqlite3_step(SQ_ST(s));
+}
+
+static void drv_done(store_sql_stmt *s)
+{
+    done(SQ_ST(s));
+}
+
+static kb_err drv_db_err(store_sql_cx *b, int rc, const char *what)
+{
+    return sq_db_err(SQ_CX(b), rc, what);
+}
+
+static int64_t drv_changes(store_sql_cx *b)
+{
+    return sqlite3_changes64(SQ_CX(b)->db);
+}
+
+static kb_err drv_bind_text(store_sql_stmt *s, int i, const char *v)
+{
+    return bind_text(SQ_ST(s), i, v);
+}
+
+static kb_err drv_bind_blob(store_sql_stmt *s, int i, const void *p, size_t n)
+{
+    return bind_blob(SQ_ST(s), i, p, n);
+}
+
+static kb_err drv_bind_i64(store_sql_stmt *s, int i, int64_t v)
+{
+    return bind_i64(SQ_ST(s), i, v);
+}
+
+static kb_err drv_bind_null(store_sql_stmt *s, int i)
+{
+    return sqlite3_bind_null(SQ_ST(s), i) == SQLITE_OK ? KB_OK : KB_ERR_DB;
+}
+
+static int64_t drv_col_i64(store_sql_stmt *s, int i)
+{
+    return sqlite3_column_int64(SQ_ST(s), i);
+}
+
+static bool drv_col_isint(store_sql_stmt *s, int i)
+{
+    return sqlite3_column_type(SQ_ST(s), i) == SQLITE_INTEGER;
+}
+
+static const char *drv_col_text(store_sql_stmt *s, int i)
+{
+    return (const char *)sqlite3_column_text(SQ_ST(s), i);
+}
+
+static const void *drv_col_blob(store_sql_stmt *s, int i)
+{
+    return sqlite3_column_blob(SQ_ST(s), i);
+}
+
+static size_t drv_col_len(store_sql_stmt *s, int i)
+{
+    int n = sqlite3_column_bytes(SQ_ST(s), i);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* The statements whose SQL is SQLite's own (store_sql_q). */
+static const char *const sq_sql[STORE_SQL_Q_COUNT] = {
+    [STORE_SQL_Q_AUDIT_QUERY] = "SELECT " STORE_SQL_AUDIT_COLS " FROM audit_log WHERE "
+                                "(?1 IS NULL OR object = ?1) AND (?2 IS NULL OR identity = ?2) AND "
+                                "(?3 = 0 OR time >= ?3) AND (?4 = 0 OR time <= ?4) "
+                                "ORDER BY seq DESC LIMIT ?5",
+};
+
+static const store_sql_driver sq_driver = {
+    .wr_get = drv_wr_get,
+    .rd_get = drv_rd_get,
+    .put = drv_put,
+    .tx_begin = drv_tx_begin,
+    .tx_end = drv_tx_end,
+    .in_tx = drv_in_tx,
+    .prep = drv_prep,
+    .step = drv_step,
+    .done = drv_done,
+    .db_err = drv_db_err,
+    .changes = drv_changes,
+    .bind_text = drv_bind_text,
+    .bind_blob = drv_bind_blob,
+    .bind_i64 = drv_bind_i64,
+    .bind_null = drv_bind_null,
+    .col_i64 = drv_col_i64,
+    .col_isint = drv_col_isint,
+    .col_text = drv_col_text,
+    .col_blob = drv_col_blob,
+    .col_len = drv_col_len,
+    .sql = sq_sql,
+};
 
 /* ---- row loaders (column lists: store_sqlite_int.h) ---- */
 
@@ -359,8 +514,8 @@ kb_err sq_load_secret(cx *b, sqlite3_stmt *s, int c0, store_secret *out)
     KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
     KB_GUARD_OUT(rc, col_str(s, c0 + 7, &out->created_by));
     KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->updated_by));
-    KB_GUARD_OUT(rc, rowmac_secret(b->mac, out->id, out->name, out->owner_group_id, out->cloud_sync,
-                                   out->deleted_at, want));
+    KB_GUARD_OUT(rc, rowmac_secret(b->sc.mac, out->id, out->name, out->owner_group_id,
+                                   out->cloud_sync, out->deleted_at, want));
     if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("secrets", out->id, 0);
         rc = KB_ERR_INTEGRITY;
@@ -388,7 +543,7 @@ kb_err sq_load_version(cx *b, sqlite3_stmt *s, int c0, store_version *out)
     out->expires_at = sqlite3_column_int64(s, c0 + 5);
     KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->created_by));
     out->created_at = sqlite3_column_int64(s, c0 + 7);
-    KB_GUARD_OUT(rc, rowmac_version(b->mac, out->secret_id, out->version, out->checksum,
+    KB_GUARD_OUT(rc, rowmac_version(b->sc.mac, out->secret_id, out->version, out->checksum,
                                     sizeof(out->checksum), out->content_len, out->metadata,
                                     out->expires_at, out->created_by, out->created_at, want));
     if (sqlite3_column_type(s, c0 + 3) != SQLITE_INTEGER ||
@@ -407,7 +562,7 @@ out:
 static kb_err latest_check(cx *b, sqlite3_stmt *s, int c0, const store_secret *sec)
 {
     uint8_t want[ROWMAC_LEN];
-    KB_GUARD(rowmac_latest(b->mac, sec->id, sec->latest_version, want));
+    KB_GUARD(rowmac_latest(b->sc.mac, sec->id, sec->latest_version, want));
     if (sqlite3_column_type(s, c0 + 6) != SQLITE_INTEGER || !col_mac_ok(s, c0 + 12, want)) {
         store_log_integrity("secrets.latest_version", sec->id, sec->latest_version);
         return KB_ERR_INTEGRITY;
@@ -455,7 +610,7 @@ kb_err sq_load_client(cx *b, sqlite3_stmt *s, int c0, store_client *out)
     KB_GUARD_OUT(rc, col_str(s, c0 + 5, &out->app_name));
     KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->description));
     KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->created_by));
-    KB_GUARD_OUT(rc, rowmac_client(b->mac, out->id, out->spiffe_id, out->enabled, out->admin,
+    KB_GUARD_OUT(rc, rowmac_client(b->sc.mac, out->id, out->spiffe_id, out->enabled, out->admin,
                                    out->cloud, out->app_name, want));
     if (!strict || !col_mac_ok(s, c0 + 11, want)) {
         store_log_integrity("clients", out->id, 0);
@@ -575,7 +730,7 @@ static void state_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         return;
     }
     if (t == NULL ||
-        rowmac_state_elem(b->mac, (const char *)t, mac, n > 0 ? (size_t)n : 0, e) != KB_OK) {
+        rowmac_state_elem(b->sc.mac, (const char *)t, mac, n > 0 ? (size_t)n : 0, e) != KB_OK) {
         sqlite3_result_error(ctx, "kb_state failed", -1);
         return;
     }
@@ -617,7 +772,7 @@ static kb_err state_load(cx *b, int64_t *counter, uint8_t digest[ROWMAC_LEN])
             rc = KB_ERR_INTEGRITY;
         } else {
             memcpy(digest, sqlite3_column_blob(s, 1), ROWMAC_LEN);
-            rc = rowmac_state(b->mac, *counter, digest, want);
+            rc = rowmac_state(b->sc.mac, *counter, digest, want);
             if (rc == KB_OK && !col_mac_ok(s, 2, want))
                 rc = KB_ERR_INTEGRITY;
         }
@@ -637,7 +792,7 @@ static kb_err state_store(cx *b, int64_t counter, const uint8_t digest[ROWMAC_LE
     sqlite3_stmt *s = NULL;
     uint8_t mac[ROWMAC_LEN];
     kb_err rc;
-    KB_GUARD(rowmac_state(b->mac, counter, digest, mac));
+    KB_GUARD(rowmac_state(b->sc.mac, counter, digest, mac));
     KB_GUARD(sq_prep(b,
                      "INSERT INTO store_state(id, counter, digest, mac) VALUES (1, ?1, ?2, ?3) "
                      "ON CONFLICT(id) DO UPDATE SET counter = excluded.counter, "
@@ -665,7 +820,7 @@ static kb_err state_digest_full(cx *b, uint8_t out[ROWMAC_LEN])
             uint8_t e[ROWMAC_LEN];
             const void *mac = sqlite3_column_blob(s, 0);
             int n = sqlite3_column_bytes(s, 0);
-            rc = rowmac_state_elem(b->mac, state_tables[t], mac, n > 0 ? (size_t)n : 0, e);
+            rc = rowmac_state_elem(b->sc.mac, state_tables[t], mac, n > 0 ? (size_t)n : 0, e);
             if (rc != KB_OK)
                 break;
             rowmac_digest_add(out, e, false);
@@ -684,13 +839,13 @@ static kb_err state_digest_full(cx *b, uint8_t out[ROWMAC_LEN])
 static kb_err state_advance_locked(cx *b, int64_t *counter)
 {
     uint8_t digest[ROWMAC_LEN];
-    int64_t c = 0, seen = atomic_load(&b->st->state_seen);
+    int64_t c = 0, seen = atomic_load(&b->sc.st->state_seen);
     KB_GUARD(state_load(b, &c, digest));
     if (c < seen) {
         log_counters("store_rollback_detected",
                      "the database's state counter went back while running (file replaced?)", c,
                      "seen_counter", seen);
-        store_fail(b->st, "state counter went back");
+        store_fail(b->sc.st, "state counter went back");
         return KB_ERR_UNAVAILABLE;
     }
     KB_ENSURE(c < INT64_MAX, KB_ERR_CONFLICT);
@@ -720,7 +875,7 @@ static void state_commit_external(store *st, int64_t counter)
  * seen. A higher one (another process wrote) is accepted once its MAC verifies. */
 kb_err sq_state_check(cx *b)
 {
-    store *st = b->st;
+    store *st = b->sc.st;
     int64_t floor = atomic_load(&st->state_seen), c;
     uint8_t digest[ROWMAC_LEN];
     sqlite3_stmt *s = NULL;
@@ -907,8 +1062,8 @@ static kb_err migrate_mac_versions(cx *b)
         const void *ck = sqlite3_column_blob(s, 2);
         int ckn = sqlite3_column_bytes(s, 2);
         KB_GUARD_OUT(
-            rc, rowmac_version(b->mac, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), ck,
-                               ck ? (size_t)ckn : 0, sqlite3_column_int64(s, 3),
+            rc, rowmac_version(b->sc.mac, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1),
+                               ck, ck ? (size_t)ckn : 0, sqlite3_column_int64(s, 3),
                                (const char *)sqlite3_column_text(s, 4), sqlite3_column_int64(s, 5),
                                (const char *)sqlite3_column_text(s, 6), sqlite3_column_int64(s, 7),
                                mac));
@@ -926,8 +1081,8 @@ static kb_err migrate_mac_versions(cx *b)
     KB_GUARD_OUT(rc, sq_prep(b, "SELECT id, latest_version FROM secrets", &s));
     KB_GUARD_OUT(rc, sq_prep(b, "UPDATE secrets SET latest_mac = ?1 WHERE id = ?2", &u));
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        KB_GUARD_OUT(
-            rc, rowmac_latest(b->mac, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1), mac));
+        KB_GUARD_OUT(rc, rowmac_latest(b->sc.mac, sqlite3_column_int64(s, 0),
+                                       sqlite3_column_int64(s, 1), mac));
         KB_GUARD_OUT(rc, bind_blob(u, 1, mac, sizeof(mac)));
         KB_GUARD_OUT(rc, bind_i64(u, 2, sqlite3_column_int64(s, 0)));
         KB_GUARD_OUT(rc, step_done(b, u, "migrate_latest_mac"));
@@ -1014,9 +1169,9 @@ static void cx_close(cx *b)
     if (b == NULL)
         return;
     for (size_t i = 0; i < STMT_SLOTS; i++)
-        sqlite3_finalize(b->stmts[i].s);
+        sqlite3_finalize(b->stmts[i].st.s);
     sqlite3_close(b->db);
-    rowmac_ctx_free(b->mac);
+    rowmac_ctx_free(b->sc.mac);
     free(b);
 }
 
@@ -1051,7 +1206,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
         return SQLITE_OK;
     sqlite3_busy_handler(db, ckpt_busy, NULL);
     (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
-    sqlite3_busy_timeout(db, b->st->cfg.busy_timeout_ms); /* back to the configured wait */
+    sqlite3_busy_timeout(db, b->sc.st->cfg.busy_timeout_ms); /* back to the configured wait */
     return SQLITE_OK;
 }
 
@@ -1068,9 +1223,10 @@ static kb_err cx_open(store *st, const char *path, bool writer, cx **out)
     *out = NULL;
     b = calloc(1, sizeof(*b));
     KB_ENSURE(b != NULL, KB_ERR_NOMEM);
-    b->st = st;
-    b->writer = writer;
-    KB_GUARD_OUT(e, rowmac_ctx_new(st->cfg.row_mac_key, &b->mac));
+    b->sc.drv = &sq_driver;
+    b->sc.st = st;
+    b->sc.writer = writer;
+    KB_GUARD_OUT(e, rowmac_ctx_new(st->cfg.row_mac_key, &b->sc.mac));
     rc = sqlite3_open_v2(path, &b->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW, NULL);
     if (rc != SQLITE_OK) {
@@ -1152,6 +1308,7 @@ static kb_err sq_open(store *st, const char *path)
     close(fd);
     q = calloc(1, sizeof(*q));
     KB_ENSURE(q != NULL, KB_ERR_NOMEM);
+    q->sp.drv = &sq_driver;
     if (pthread_mutex_init(&q->wmu, NULL) != 0) {
         free(q);
         return KB_ERR_INTERNAL;
@@ -1256,14 +1413,14 @@ const struct store_ops store_sqlite_ops = {
     .secret_groups = sq_secret_groups,
     .readable_list = sq_readable_list,
     .readable_get_batch = sq_readable_get_batch,
-    .fetch_record = sq_fetch_record,
+    .fetch_record = store_sql_fetch_record,
     .secret_status = sq_secret_status,
-    .audit_append = sq_audit_append,
-    .audit_rows = sq_audit_rows,
-    .audit_query = sq_audit_query,
-    .audit_head = sq_audit_head,
-    .anchor_put = sq_anchor_put,
-    .anchor_list = sq_anchor_list,
+    .audit_append = store_sql_audit_append,
+    .audit_rows = store_sql_audit_rows,
+    .audit_query = store_sql_audit_query,
+    .audit_head = store_sql_audit_head,
+    .anchor_put = store_sql_anchor_put,
+    .anchor_list = store_sql_anchor_list,
     .notify_sent = sq_notify_sent,
     .notify_mark = sq_notify_mark,
 };

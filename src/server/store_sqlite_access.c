@@ -78,9 +78,9 @@ static kb_err group_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const voi
     if (l->link != LINK_NONE) {
         uint8_t want[ROWMAC_LEN];
         if (l->link == LINK_MEMBERSHIP)
-            KB_GUARD(rowmac_membership(b->mac, l->fixed_id, gid, want));
+            KB_GUARD(rowmac_membership(b->sc.mac, l->fixed_id, gid, want));
         else
-            KB_GUARD(rowmac_grant(b->mac, gid, l->fixed_id, want));
+            KB_GUARD(rowmac_grant(b->sc.mac, gid, l->fixed_id, want));
         if (!col_mac_ok(s, GROUP_NCOLS, want)) {
             store_log_integrity(l->link == LINK_MEMBERSHIP ? "memberships" : "grants",
                                 l->link == LINK_MEMBERSHIP ? l->fixed_id : gid,
@@ -146,7 +146,7 @@ static kb_err client_write_mac(cx *b, const store_client *c, bool stored_cloud)
     uint8_t mac[ROWMAC_LEN];
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    KB_GUARD(rowmac_client(b->mac, c->id, c->spiffe_id, c->enabled, c->admin, stored_cloud,
+    KB_GUARD(rowmac_client(b->sc.mac, c->id, c->spiffe_id, c->enabled, c->admin, stored_cloud,
                            c->app_name, mac));
     KB_GUARD(sq_prep(b,
                      "UPDATE clients SET enabled = ?1, admin = ?2, cloud = ?3, app_name = ?4, "
@@ -230,7 +230,7 @@ static kb_err client_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const vo
     if (group_id > 0) {
         uint8_t want[ROWMAC_LEN];
         int64_t cid = sqlite3_column_int64(s, 0);
-        KB_GUARD(rowmac_membership(b->mac, cid, group_id, want));
+        KB_GUARD(rowmac_membership(b->sc.mac, cid, group_id, want));
         if (!col_mac_ok(s, CLIENT_NCOLS, want)) {
             store_log_integrity("memberships", cid, group_id);
             *keep = false;
@@ -488,14 +488,14 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM groups WHERE id = ?1", g));
     if (membership) {
         KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM clients WHERE id = ?1", a));
-        KB_GUARD_OUT(rc, rowmac_membership(b->mac, a, g, mac));
+        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, a, g, mac));
         KB_GUARD_OUT(rc, sq_prep(b,
                                  "INSERT INTO memberships(client_id, group_id, mac) "
                                  "VALUES (?1, ?2, ?3)",
                                  &s));
     } else {
         KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM secrets WHERE id = ?1", a));
-        KB_GUARD_OUT(rc, rowmac_grant(b->mac, g, a, mac));
+        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, g, a, mac));
         KB_GUARD_OUT(
             rc, sq_prep(b, "INSERT INTO grants(secret_id, group_id, mac) VALUES (?1, ?2, ?3)", &s));
     }

@@ -1,10 +1,11 @@
 /* store_sqlite_int.h - private to the SQLite backend (store_sqlite*.c); nothing else includes it.
  *
  * The backend is split by concern: store_sqlite.c (schema and migrations, connections and the
- * reader pool, transactions, row loaders, the state commitment, the ops table),
- * store_sqlite_secrets.c (secrets, versions, client reads, fetch log, notifications),
- * store_sqlite_access.c (groups, clients, memberships, grants) and store_sqlite_audit.c (audit
- * log and anchors). Functions shared between them carry the sq_ prefix.
+ * reader pool, transactions, row loaders, the state commitment, the shared op layer's statement
+ * interface, the ops table), store_sqlite_secrets.c (secrets, versions, client reads,
+ * notifications) and store_sqlite_access.c (groups, clients, memberships, grants); the audit log
+ * and what else both backends share is in store_sql*.c (store_sql.h). Functions shared between
+ * them carry the sq_ prefix.
  */
 #ifndef KB_SERVER_STORE_SQLITE_INT_H
 #define KB_SERVER_STORE_SQLITE_INT_H
@@ -21,6 +22,7 @@
 #include "model.h"
 #include "rowmac.h"
 #include "store_impl.h"
+#include "store_sql.h"
 
 /* Prepared statements are kept per connection for its lifetime (SQLITE_PREPARE_PERSISTENT,
  * https://sqlite.org/c3ref/c_prepare_normalize.html): parsing and planning a statement cost more
@@ -28,11 +30,15 @@
  * which is always a string literal, so the lookup is a pointer hash, not a string compare. */
 #define STMT_SLOTS 128 /* power of two, over twice the number of distinct SQL texts */
 
+/* A cached statement: the shared op layer's header (store_sql.h) and SQLite's statement. */
+typedef struct {
+    store_sql_stmt hd;
+    sqlite3_stmt *s;
+} sq_stmt;
+
 typedef struct cx {
-    store *st;
+    store_sql_cx sc; /* store, row-MAC context, writer (the shared op layer's view) */
     sqlite3 *db;
-    rowmac_ctx *mac; /* this connection's keyed HMAC context (one user at a time, like db) */
-    bool writer;
     /* Writer only: the change to the state digest made by the open transaction, accumulated by
      * the kb_state() SQL function that the temporary triggers call (see state_triggers). */
     uint8_t delta[ROWMAC_LEN];
@@ -41,7 +47,7 @@ typedef struct cx {
     size_t nstmts;
     struct {
         const char *sql;
-        sqlite3_stmt *s;
+        sq_stmt st;
     } stmts[STMT_SLOTS];
 } cx;
 
@@ -51,6 +57,7 @@ typedef struct cx {
  * reader statement runs in its own snapshot, or in one BEGIN ... COMMIT where several reads must
  * agree (the client row and its listing; a batch get). */
 typedef struct {
+    store_sql_pool sp; /* the shared op layer's driver */
     cx *writer;
     pthread_mutex_t wmu;
     pthread_mutex_t pmu; /* guards idle */
@@ -249,9 +256,6 @@ kb_err sq_secrets_expiring(store *st, int64_t from, int64_t to, store_record **o
 kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t *n);
 kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *const *names,
                              const int64_t *versions, size_t n, store_record *out, kb_err *errs);
-kb_err sq_fetch_upsert(cx *b, int64_t client_id, int64_t secret_id, int64_t version, int64_t now);
-kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
-                       int64_t now);
 kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n);
 kb_err sq_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t window, bool *sent);
 kb_err sq_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window, int64_t now,
@@ -278,17 +282,5 @@ kb_err sq_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present
 kb_err sq_client_groups(store *st, int64_t client_id, store_group **out, size_t *n);
 kb_err sq_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n);
 kb_err sq_group_clients(store *st, int64_t group_id, store_client **out, size_t *n);
-
-/* ---- store_sqlite_audit.c ---- */
-
-kb_err sq_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN]);
-kb_err sq_audit_insert_locked(cx *b, const audit_event *ev, audit_mac_fn macfn, void *ctx,
-                              int64_t *seq_out);
-kb_err sq_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch,
-                       store_audit_mac_fn macfn, void *ctx, int64_t *seq_out);
-kb_err sq_audit_rows(store *st, int64_t after, size_t limit, audit_row **out, size_t *n);
-kb_err sq_audit_query(store *st, const audit_filter *f, audit_row **out, size_t *n);
-kb_err sq_anchor_put(store *st, const audit_anchor *a);
-kb_err sq_anchor_list(store *st, audit_anchor **out, size_t *n);
 
 #endif

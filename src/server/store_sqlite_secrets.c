@@ -32,7 +32,7 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     KB_ENSURE_OUT(rc, strnlen(env.key_id, STORE_KEY_ID_MAX + 1) <= STORE_KEY_ID_MAX,
                   KB_ERR_TOO_LARGE);
     KB_GUARD_OUT(rc,
-                 rowmac_version(b->mac, id, ver, checksum, sizeof(checksum),
+                 rowmac_version(b->sc.mac, id, ver, checksum, sizeof(checksum),
                                 (int64_t)v->content_len, metadata, v->expires_at, actor, now, mac));
     KB_GUARD_OUT(rc,
                  sq_prep(b,
@@ -55,7 +55,7 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     KB_GUARD_OUT(rc, step_done(b, s, "version_insert"));
     done(s);
     s = NULL;
-    KB_GUARD_OUT(rc, rowmac_latest(b->mac, id, ver, mac));
+    KB_GUARD_OUT(rc, rowmac_latest(b->sc.mac, id, ver, mac));
     KB_GUARD_OUT(rc, sq_prep(b,
                              "UPDATE secrets SET latest_version = ?1, updated_by = ?2, "
                              "updated_at = ?3, latest_mac = ?5 WHERE id = ?4",
@@ -79,7 +79,7 @@ static kb_err secret_write_flags(cx *b, const store_secret *sec, const char *act
     uint8_t mac[ROWMAC_LEN];
     sqlite3_stmt *s = NULL;
     kb_err rc;
-    KB_GUARD(rowmac_secret(b->mac, sec->id, sec->name, sec->owner_group_id, sec->cloud_sync,
+    KB_GUARD(rowmac_secret(b->sc.mac, sec->id, sec->name, sec->owner_group_id, sec->cloud_sync,
                            sec->deleted_at, mac));
     KB_GUARD(sq_prep(b,
                      "UPDATE secrets SET description = ?1, owner_group_id = ?2, cloud_sync = ?3, "
@@ -530,8 +530,8 @@ static kb_err version_fetch(cx *b, const store_secret *sec, int64_t ver, store_r
                          &s));
         KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
         KB_GUARD_OUT(rc, step_row(b, s, "version_fetch_latest"));
-        KB_GUARD_OUT(
-            rc, rowmac_latest(b->mac, sec->id, sqlite3_column_int64(s, VERSION_NCOLS + 3), want));
+        KB_GUARD_OUT(rc, rowmac_latest(b->sc.mac, sec->id,
+                                       sqlite3_column_int64(s, VERSION_NCOLS + 3), want));
         if (!col_mac_ok(s, VERSION_NCOLS + 4, want)) {
             store_log_integrity("secrets.latest_version", sec->id,
                                 sqlite3_column_int64(s, VERSION_NCOLS + 3));
@@ -599,7 +599,7 @@ out:
 static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
 {
     KB_GUARD(sq_client_fetch(b, NULL, client_id, c));
-    store_client_effective(b->st, c);
+    store_client_effective(b->sc.st, c);
     if (!c->enabled) {
         store_client_clear(c);
         return KB_ERR_DENIED;
@@ -647,12 +647,12 @@ kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t
 
         if (cnt > 0 && arr[cnt - 1].secret.id == sid)
             continue; /* already reachable through a verified path */
-        KB_GUARD_OUT(rc, rowmac_membership(b->mac, client_id, gid, want));
+        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, client_id, gid, want));
         if (!col_mac_ok(s, c0 + 1, want)) {
             store_log_integrity("memberships", client_id, gid);
             continue;
         }
-        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, sid, want));
+        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, gid, sid, want));
         if (!col_mac_ok(s, c0 + 2, want)) {
             store_log_integrity("grants", gid, sid);
             continue;
@@ -720,13 +720,13 @@ static kb_err readable_one(cx *b, const store_client *c, const char *name, int64
     while (!granted && (r = sqlite3_step(s)) == SQLITE_ROW) {
         uint8_t want[ROWMAC_LEN];
         int64_t gid = sqlite3_column_int64(s, 0);
-        KB_GUARD_OUT(rc, rowmac_membership(b->mac, c->id, gid, want));
+        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, c->id, gid, want));
         if (!col_mac_ok(s, 1, want)) {
             store_log_integrity("memberships", c->id, gid);
             tampered = true;
             continue;
         }
-        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, out->secret.id, want));
+        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, gid, out->secret.id, want));
         if (!col_mac_ok(s, 2, want)) {
             store_log_integrity("grants", gid, out->secret.id);
             tampered = true;
@@ -778,37 +778,7 @@ out:
     return rc;
 }
 
-/* ---- fetch log ---- */
-
-/* Upsert the fetch log row (writer, transaction or autocommit). */
-kb_err sq_fetch_upsert(cx *b, int64_t client_id, int64_t secret_id, int64_t version, int64_t now)
-{
-    sqlite3_stmt *s = NULL;
-    kb_err rc;
-    KB_GUARD(sq_prep(b,
-                     "INSERT INTO fetch_log(client_id, secret_id, version, fetched_at) "
-                     "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(client_id, secret_id) DO UPDATE "
-                     "SET version = excluded.version, fetched_at = excluded.fetched_at "
-                     "WHERE excluded.fetched_at >= fetch_log.fetched_at",
-                     &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, secret_id));
-    KB_GUARD_OUT(rc, bind_i64(s, 3, version));
-    KB_GUARD_OUT(rc, bind_i64(s, 4, now));
-    rc = step_done(b, s, "fetch_record");
-out:
-    done(s);
-    return rc;
-}
-
-kb_err sq_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
-                       int64_t now)
-{
-    cx *b = WR(st);
-    kb_err rc = sq_fetch_upsert(b, client_id, secret_id, version, now);
-    PUT(st, b);
-    return rc;
-}
+/* ---- fetch log (the upsert and fetch_record: store_sql_audit.c) ---- */
 
 static void fetches_free(void *arr, size_t n)
 {

@@ -1,0 +1,121 @@
+/* store_sql.h - the store ops written once for every SQL backend (docs/internals/store.md, "The
+ * shared op layer"). Only the backends (store_sqlite*.c, store_pg.c) and store_sql*.c include it.
+ *
+ * The bodies of the ops (row loaders and MAC checks, the audit chain, fetch log, ...) live in
+ * store_sql*.c over the small statement interface below; a backend supplies the connection and
+ * its pool, the schema and migrations, transactions (with the audit chain's write lock and the
+ * state digest: store_impl.h), this interface, and the text of the few statements whose SQL
+ * differs between dialects (store_sql_q). It puts the shared ops straight into its ops table.
+ *
+ * SQL in store_sql*.c is written once, in the common subset of SQLite and PostgreSQL, with
+ * numbered placeholders ?1, ?2 ... (SQLite's own syntax; the PostgreSQL backend turns each into
+ * $N once, when it prepares the statement). Statements are string literals: backends cache them
+ * per connection by the literal's address.
+ */
+#ifndef KB_SERVER_STORE_SQL_H
+#define KB_SERVER_STORE_SQL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/err.h"
+#include "rowmac.h"
+#include "store_impl.h"
+
+/* What step answers; anything else is a backend error code for db_err. */
+#define STORE_SQL_ROW 100  /* a row is ready (SQLITE_ROW) */
+#define STORE_SQL_DONE 101 /* no more rows (SQLITE_DONE) */
+
+typedef struct store_sql_cx store_sql_cx;
+typedef struct store_sql_stmt store_sql_stmt;
+
+/* What a transaction may do: read (one snapshot), write, or write only logs (audit, fetch and
+ * notification rows: no listing changes, so other replicas' listing caches stay valid). */
+typedef enum { STORE_SQL_TX_READ, STORE_SQL_TX_WRITE, STORE_SQL_TX_LOG } store_sql_tx;
+
+/* The statements whose text differs between dialects: each backend's table has one per entry. */
+typedef enum {
+    STORE_SQL_Q_AUDIT_QUERY, /* ?1 object or NULL, ?2 identity or NULL, ?3 since, ?4 until,
+                                ?5 limit (PostgreSQL needs the parameters' types spelled) */
+    STORE_SQL_Q_COUNT
+} store_sql_q;
+
+typedef struct store_sql_driver {
+    /* Connections: the writer (one at a time), a reader, handing either back. */
+    store_sql_cx *(*wr_get)(store *st);
+    store_sql_cx *(*rd_get)(store *st);
+    void (*put)(store *st, store_sql_cx *b);
+    /* Transactions: tx_end commits (rc == KB_OK: the audit row au first, through
+     * store_sql_audit_insert_locked, then the state row) or rolls back, and returns the result. */
+    kb_err (*tx_begin)(store_sql_cx *b, store_sql_tx mode);
+    kb_err (*tx_end)(store_sql_cx *b, kb_err rc, store_audit *au);
+    bool (*in_tx)(store_sql_cx *b);
+    /* Statements: the connection's cached statement for sql; step (STORE_SQL_ROW, _DONE or an
+     * error code); done resets it for its next use (rows and bound values dropped). */
+    kb_err (*prep)(store_sql_cx *b, const char *sql, store_sql_stmt **s);
+    int (*step)(store_sql_stmt *s);
+    void (*done)(store_sql_stmt *s);
+    /* The error for a failed step (KB_ERR_EXISTS on a unique key, KB_ERR_NOT_FOUND on a foreign
+     * key, else KB_ERR_DB, logged with what). */
+    kb_err (*db_err)(store_sql_cx *b, int rc, const char *what);
+    /* Rows changed by the connection's last statement. */
+    int64_t (*changes)(store_sql_cx *b);
+    /* Parameters, 1-based; text NULL binds "". */
+    kb_err (*bind_text)(store_sql_stmt *s, int i, const char *v);
+    kb_err (*bind_blob)(store_sql_stmt *s, int i, const void *p, size_t n);
+    kb_err (*bind_i64)(store_sql_stmt *s, int i, int64_t v);
+    kb_err (*bind_null)(store_sql_stmt *s, int i);
+    /* Columns of the current row, 0-based; NULL reads as 0 / NULL / 0 bytes. col_isint: the
+     * value is an integer (not NULL, not text), for the strict booleans. */
+    int64_t (*col_i64)(store_sql_stmt *s, int i);
+    bool (*col_isint)(store_sql_stmt *s, int i);
+    const char *(*col_text)(store_sql_stmt *s, int i); /* NUL-terminated */
+    const void *(*col_blob)(store_sql_stmt *s, int i);
+    size_t (*col_len)(store_sql_stmt *s, int i); /* after col_text or col_blob: their bytes */
+    /* STORE_SQL_Q_COUNT statements in this dialect (string literals). */
+    const char *const *sql;
+} store_sql_driver;
+
+/* First member of every backend connection. */
+struct store_sql_cx {
+    const store_sql_driver *drv;
+    store *st;
+    rowmac_ctx *mac; /* this connection's keyed HMAC context (one user at a time) */
+    bool writer;
+};
+
+/* First member of every backend statement. */
+struct store_sql_stmt {
+    store_sql_cx *b;
+};
+
+/* First member of every backend's state (st->impl): how the shared ops find the driver. */
+typedef struct {
+    const store_sql_driver *drv;
+} store_sql_pool;
+
+/* The audit_log columns that audit rows are read from, in audit_row's order. */
+#define STORE_SQL_AUDIT_COLS "seq, time, identity, peer, action, object, version, result, mac"
+
+/* ---- the shared ops (store_impl.h has their contracts) ---- */
+
+/* store_sql_audit.c */
+kb_err store_sql_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN]);
+/* Append one row to the chain: writer, inside a write transaction (whose write lock is taken
+ * before the head is read, so two appenders never extend the same head). Backends' tx_end. */
+kb_err store_sql_audit_insert_locked(store_sql_cx *b, const audit_event *ev, audit_mac_fn macfn,
+                                     void *ctx, int64_t *seq_out);
+kb_err store_sql_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch,
+                              store_audit_mac_fn macfn, void *ctx, int64_t *seq_out);
+kb_err store_sql_audit_rows(store *st, int64_t after, size_t limit, audit_row **out, size_t *n);
+kb_err store_sql_audit_query(store *st, const audit_filter *f, audit_row **out, size_t *n);
+kb_err store_sql_anchor_put(store *st, const audit_anchor *a);
+kb_err store_sql_anchor_list(store *st, audit_anchor **out, size_t *n);
+/* Upsert the fetch log row (writer, in a transaction or not). */
+kb_err store_sql_fetch_upsert(store_sql_cx *b, int64_t client_id, int64_t secret_id,
+                              int64_t version, int64_t now);
+kb_err store_sql_fetch_record(store *st, int64_t client_id, int64_t secret_id, int64_t version,
+                              int64_t now);
+
+#endif
