@@ -1588,7 +1588,12 @@ static int run_list(op_ctx *c, const json_t *in, json_t *out, const char *op, in
         after.num = from->num;
         after.text = from->text;
     }
-    e = cache_store_list(c->api->store, c->account, include_deleted, sort, desc, &after, !batch,
+    /* ListSecrets reads the kept texts; name, description and dates only for its filters (the
+     * sort column, for the NextToken key, in any case). */
+    e = cache_store_list(c->api->store, c->account, include_deleted, sort, desc, &after,
+                         batch                                         ? CACHE_LIST_SECRETS
+                         : ls->filters && json_array_size(ls->filters) ? CACHE_LIST_TEXTS
+                                                                       : CACHE_LIST_KEYS,
                          list_visit, ls);
     if (e != KB_OK || (batch && (ls->list == NULL || ls->errors == NULL))) {
         rc = fail_internal(c, e != KB_OK ? e : KB_ERR_NOMEM);

@@ -154,9 +154,9 @@ struct cache_store {
     kb_secret *key;
     kb_secret *token_key;
     sqlite3_stmt *q[Q__COUNT];
-    /* The list statements, one per (sort, descending, resuming, including deleted, with the
-     * texts): prepared on first use, like q. */
-    sqlite3_stmt *lq[4][2][2][2][2];
+    /* The list statements, one per (sort, descending, resuming, including deleted, what is
+     * read: cache_list_read): prepared on first use, like q. */
+    sqlite3_stmt *lq[4][2][2][2][3];
     /* Secrets whose tags or stages the open transaction changed: their list_tail is rendered
      * again before COMMIT (cache_store_commit), once per secret however many rows changed. */
     int64_t *dirty;
@@ -817,34 +817,49 @@ kb_err cache_store_purge_expired(cache_store *st, int64_t now_ms)
     return exec_id(st, Q_EXPIRED, now_ms, "purge");
 }
 
-/* A listed row with its texts (LIST_COLS): what ListSecrets uses of the secret. */
+/* A listed row with its texts (CACHE_LIST_TEXTS: LIST_COLS; CACHE_LIST_KEYS: id, the sort
+ * column, the texts): what ListSecrets uses of the secret. Every member of o is set. */
 #define LIST_COLS                                                                                  \
     "id, name, description, created_ms, changed_ms, accessed_ms, deleted_ms, list_head, list_tail"
 
-static void row_to_listed(sqlite3_stmt *s, cache_secret *o, cache_list_text *t)
+static void row_to_listed(sqlite3_stmt *s, cache_list_read what, cache_sort sort, cache_secret *o,
+                          cache_list_text *t)
 {
+    int tc = what == CACHE_LIST_TEXTS ? 7 : 2;
     o->id = sqlite3_column_int64(s, 0);
-    o->account[0] = o->arn[0] = o->kms_key_id[0] = '\0';
-    o->has_kms_key_id = 0;
-    copy_col(s, 1, o->name, sizeof(o->name), NULL);
-    copy_col(s, 2, o->description, sizeof(o->description), &o->has_description);
-    o->created_ms = sqlite3_column_int64(s, 3);
-    o->changed_ms = sqlite3_column_int64(s, 4);
-    o->accessed_ms = sqlite3_column_int64(s, 5);
-    o->deleted_ms = sqlite3_column_int64(s, 6);
-    o->deletion_ms = 0;
-    t->head = (const char *)sqlite3_column_blob(s, 7);
-    t->head_len = (size_t)sqlite3_column_bytes(s, 7);
-    t->tail = (const char *)sqlite3_column_blob(s, 8);
-    t->tail_len = (size_t)sqlite3_column_bytes(s, 8);
+    o->account[0] = o->arn[0] = o->kms_key_id[0] = o->name[0] = o->description[0] = '\0';
+    o->has_kms_key_id = o->has_description = 0;
+    o->created_ms = o->changed_ms = o->accessed_ms = o->deleted_ms = o->deletion_ms = 0;
+    if (what == CACHE_LIST_TEXTS) {
+        copy_col(s, 1, o->name, sizeof(o->name), NULL);
+        copy_col(s, 2, o->description, sizeof(o->description), &o->has_description);
+        o->created_ms = sqlite3_column_int64(s, 3);
+        o->changed_ms = sqlite3_column_int64(s, 4);
+        o->accessed_ms = sqlite3_column_int64(s, 5);
+        o->deleted_ms = sqlite3_column_int64(s, 6);
+    } else if (sort == CACHE_SORT_NAME) {
+        copy_col(s, 1, o->name, sizeof(o->name), NULL);
+    } else {
+        int64_t v = sqlite3_column_int64(s, 1);
+        if (sort == CACHE_SORT_CREATED)
+            o->created_ms = v;
+        else if (sort == CACHE_SORT_CHANGED)
+            o->changed_ms = v;
+        else
+            o->accessed_ms = v;
+    }
+    t->head = (const char *)sqlite3_column_blob(s, tc);
+    t->head_len = (size_t)sqlite3_column_bytes(s, tc);
+    t->tail = (const char *)sqlite3_column_blob(s, tc + 1);
+    t->tail_len = (size_t)sqlite3_column_bytes(s, tc + 1);
 }
 
 kb_err cache_store_list(cache_store *st, const char *account, int include_deleted, cache_sort sort,
-                        int descending, const cache_list_after *after, int texts,
+                        int descending, const cache_list_after *after, cache_list_read what,
                         cache_store_visit_fn fn, void *arg)
 {
     static const char *const cols[] = {"created_ms", "changed_ms", "accessed_ms", "name"};
-    char sql[512];
+    char sql[512], keys[64];
     sqlite3_stmt *s = NULL;
     kb_err rc = KB_OK;
     int r, resume = after != NULL && after->id != 0;
@@ -853,21 +868,26 @@ kb_err cache_store_list(cache_store *st, const char *account, int include_delete
     KB_ENSURE_REF(account);
     KB_ENSURE_REF(fn);
     KB_ENSURE((unsigned)sort < KB_ARRAY_LEN(cols), KB_ERR_INVALID);
+    KB_ENSURE((unsigned)what <= CACHE_LIST_KEYS, KB_ERR_INVALID);
     KB_ENSURE(!resume || sort != CACHE_SORT_NAME || after->text != NULL, KB_ERR_NULL);
     /* Cached per variant: the callback runs other statements (never a list) while it is open. */
-    s = st->lq[sort][descending != 0][resume][include_deleted != 0][texts != 0];
+    s = st->lq[sort][descending != 0][resume][include_deleted != 0][what];
     if (s == NULL) {
         /* Row-value comparison (SQLite >= 3.15) resumes the index range scan right after the
          * last key returned (https://www.sqlite.org/rowvalue.html#scrolling_window_queries). */
+        snprintf(keys, sizeof(keys), "id, %s, list_head, list_tail", cols[sort]);
         snprintf(sql, sizeof(sql),
                  "SELECT %s FROM secrets WHERE account = ?1%s%s%s%s ORDER BY %s %s, id %s",
-                 texts ? LIST_COLS : SECRET_COLS, include_deleted ? "" : " AND deleted_ms = 0",
-                 resume ? " AND (" : "", resume ? cols[sort] : "",
+                 what == CACHE_LIST_SECRETS ? SECRET_COLS
+                 : what == CACHE_LIST_TEXTS ? LIST_COLS
+                                            : keys,
+                 include_deleted ? "" : " AND deleted_ms = 0", resume ? " AND (" : "",
+                 resume ? cols[sort] : "",
                  resume ? (descending ? ", id) < (?2, ?3)" : ", id) > (?2, ?3)") : "", cols[sort],
                  descending ? "DESC" : "ASC", descending ? "DESC" : "ASC");
         if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
             return db_err(st, "list");
-        st->lq[sort][descending != 0][resume][include_deleted != 0][texts != 0] = s;
+        st->lq[sort][descending != 0][resume][include_deleted != 0][what] = s;
     }
     sec = malloc(sizeof(*sec)); /* every member is set by row_to_secret and row_to_listed */
     KB_ENSURE_OUT(rc, sec != NULL, KB_ERR_NOMEM);
@@ -882,11 +902,11 @@ kb_err cache_store_list(cache_store *st, const char *account, int include_delete
     while ((r = sqlite3_step(s)) == SQLITE_ROW) {
         cache_list_text t;
         int v;
-        if (texts)
-            row_to_listed(s, sec, &t);
-        else
+        if (what == CACHE_LIST_SECRETS)
             row_to_secret(s, sec);
-        v = fn(arg, sec, texts ? &t : NULL);
+        else
+            row_to_listed(s, what, sort, sec, &t);
+        v = fn(arg, sec, what == CACHE_LIST_SECRETS ? NULL : &t);
         KB_ENSURE_OUT(rc, v >= 0, KB_ERR_INTERNAL);
         if (v > 0)
             goto out;

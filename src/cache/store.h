@@ -121,17 +121,22 @@ typedef struct {
 /* The longest head or tail rendered (a write that would need more fails): the longest answer. */
 #define CACHE_LIST_TEXT_MAX ((size_t)32 * 1024 * 1024)
 
+/* What a listing reads of each secret: fewer columns, less work per row (a ListSecrets page). */
+typedef enum {
+    CACHE_LIST_SECRETS = 0, /* the whole secret; t NULL */
+    CACHE_LIST_TEXTS,       /* the texts (t); of the secret id, name, description and the dates */
+    CACHE_LIST_KEYS         /* the texts (t); of the secret id and the sort column only */
+} cache_list_read;
+
 /* Visit the account's secrets in order (ties by id), starting strictly after `after` (NULL or
  * id 0: from the start). The resume point is a key, not an offset: a page deep in a listing
- * costs a range scan of the index from there, not a walk over every earlier secret. With texts,
- * each secret comes with its ListSecrets texts (t) and only what ListSecrets reads of it: id,
- * name, description and the dates (account, arn and kms_key_id empty, deletion_ms 0); without,
- * the whole secret and t NULL. The callback returns 0 to go on, 1 to stop, or a negative value
- * on error (KB_ERR_INTERNAL). */
+ * costs a range scan of the index from there, not a walk over every earlier secret. `what` says
+ * which members of the secret are read (the others are empty or 0). The callback returns 0 to
+ * go on, 1 to stop, or a negative value on error (KB_ERR_INTERNAL). */
 typedef int (*cache_store_visit_fn)(void *arg, const cache_secret *s, const cache_list_text *t);
 KB_WUR kb_err cache_store_list(cache_store *st, const char *account, int include_deleted,
                                cache_sort sort, int descending, const cache_list_after *after,
-                               int texts, cache_store_visit_fn fn, void *arg);
+                               cache_list_read what, cache_store_visit_fn fn, void *arg);
 
 KB_WUR kb_err cache_store_tags_get(cache_store *st, int64_t id, cache_tag_list *out);
 

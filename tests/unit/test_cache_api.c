@@ -1691,7 +1691,12 @@ static void list_page_tags_stages(void **state)
         "{\"MaxResults\":3,\"SortBy\":\"name\"}",
         "{\"MaxResults\":3,\"SortBy\":\"name\",\"SortOrder\":\"desc\"}",
         "{\"MaxResults\":2,\"Filters\":[{\"Key\":\"tag-key\",\"Values\":[\"k\"]}]}",
-        "{\"MaxResults\":100,\"SortBy\":\"name\"}"};
+        "{\"MaxResults\":100,\"SortBy\":\"name\"}",
+        "{\"MaxResults\":3,\"SortBy\":\"last-changed-date\"}",
+        "{\"MaxResults\":3,\"SortBy\":\"last-changed-date\",\"SortOrder\":\"desc\"}",
+        "{\"MaxResults\":3,\"SortBy\":\"last-accessed-date\"}",
+        "{\"MaxResults\":2,\"SortBy\":\"created-date\",\"Filters\":[{\"Key\":\"name\","
+        "\"Values\":[\"!q\"]}]}"};
     fx *f = *state;
     char body[1024];
     for (size_t i = 0; i < KB_ARRAY_LEN(names); i++) {
@@ -1721,7 +1726,10 @@ static void list_page_tags_stages(void **state)
     }
     for (size_t q = 0; q < KB_ARRAY_LEN(queries); q++) {
         size_t seen = 0, pages = 0;
-        char *next = NULL;
+        char *next = NULL, names_seen[KB_ARRAY_LEN(names) + 1][8] = {{0}};
+        double last_changed = 0;
+        int by_changed = strstr(queries[q], "last-changed") != NULL,
+            desc = strstr(queries[q], "desc") != NULL;
         do {
             json_t *l, *e;
             size_t i;
@@ -1747,6 +1755,16 @@ static void list_page_tags_stages(void **state)
                     assert_string_equal(str(json_array_get(json_object_get(e, "Tags"), 2), "Key"),
                                         "a");
                 done(d);
+                /* each secret once, across pages, in the order asked for */
+                for (size_t k = 0; k < seen; k++)
+                    assert_string_not_equal(names_seen[k], str(e, "Name"));
+                assert_true(seen < KB_ARRAY_LEN(names));
+                snprintf(names_seen[seen], sizeof(names_seen[0]), "%s", str(e, "Name"));
+                if (by_changed) {
+                    double ch = json_real_value(json_object_get(e, "LastChangedDate"));
+                    assert_true(seen == 0 || (desc ? ch <= last_changed : ch >= last_changed));
+                    last_changed = ch;
+                }
                 seen++;
             }
             if (json_object_get(l, "NextToken"))
@@ -1754,8 +1772,11 @@ static void list_page_tags_stages(void **state)
             done(l);
             pages++;
         } while (next != NULL && pages < 10);
-        /* tag-key k: the secrets with 2 or 3 tags (i % 4 >= 2: z/9, a/1, y/8, d/4) */
-        assert_int_equal(seen, q == 4 ? 4 : KB_ARRAY_LEN(names));
+        /* tag-key k: the secrets with 2 or 3 tags (i % 4 >= 2: z/9, a/1, y/8, d/4); name !q:
+         * all but q/5 */
+        assert_int_equal(seen, q == 4                           ? 4
+                               : q == KB_ARRAY_LEN(queries) - 1 ? KB_ARRAY_LEN(names) - 1
+                                                                : KB_ARRAY_LEN(names));
     }
 }
 
