@@ -534,20 +534,15 @@ static kb_err bind_part(sqlite3_stmt *s, int i, const kb_dbuf *b, size_t at, siz
 }
 
 /* Render secret id's texts from its row, tags and stages into b: head is b[0, *head_len), tail
- * the rest. same (if not NULL) tells whether they equal the stored ones. KB_ERR_NOT_FOUND when
- * there is no such secret. */
-static kb_err render_texts(cache_store *st, int64_t id, kb_dbuf *b, size_t *head_len, int *same)
+ * the rest; sec is scratch for the row. same (if not NULL) tells whether they equal the stored
+ * ones. KB_ERR_NOT_FOUND when there is no such secret. */
+static kb_err render_texts(cache_store *st, int64_t id, cache_secret *sec, kb_dbuf *b,
+                           size_t *head_len, int *same)
 {
     sqlite3_stmt *s;
-    cache_secret *sec = malloc(sizeof(*sec));
     kb_err rc = KB_OK;
     int r;
-    KB_ENSURE(sec != NULL, KB_ERR_NOMEM);
-    rc = stmt(st, Q_BY_ID, &s);
-    if (rc != KB_OK) {
-        free(sec);
-        return rc;
-    }
+    KB_GUARD(stmt(st, Q_BY_ID, &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     r = sqlite3_step(s);
     if (r != SQLITE_ROW) {
@@ -567,7 +562,6 @@ static kb_err render_texts(cache_store *st, int64_t id, kb_dbuf *b, size_t *head
     }
 out:
     done(s);
-    free(sec);
     return rc;
 }
 
@@ -576,7 +570,11 @@ static kb_err store_texts(cache_store *st, int64_t id)
 {
     sqlite3_stmt *s;
     size_t hl = 0;
-    kb_err rc = render_texts(st, id, &st->render, &hl, NULL);
+    cache_secret *sec = malloc(sizeof(*sec));
+    kb_err rc;
+    KB_ENSURE(sec != NULL, KB_ERR_NOMEM);
+    rc = render_texts(st, id, sec, &st->render, &hl, NULL);
+    free(sec);
     if (rc == KB_ERR_NOT_FOUND)
         return KB_OK;
     KB_GUARD(rc);
@@ -676,20 +674,24 @@ kb_err cache_store_check_lists(cache_store *st, size_t *stale)
     int64_t *ids = NULL;
     size_t n = 0;
     kb_dbuf b;
+    cache_secret *sec = NULL;
     kb_err rc = KB_OK;
     KB_ENSURE_REF(st);
     KB_ENSURE_REF(stale);
     *stale = 0;
     KB_GUARD(all_ids(st, &ids, &n));
     kb_dbuf_init(&b, 2 * CACHE_LIST_TEXT_MAX);
+    sec = malloc(sizeof(*sec));
+    KB_ENSURE_OUT(rc, sec != NULL, KB_ERR_NOMEM);
     for (size_t i = 0; i < n; i++) {
         size_t hl = 0;
         int same = 0;
-        KB_GUARD_OUT(rc, render_texts(st, ids[i], &b, &hl, &same));
+        KB_GUARD_OUT(rc, render_texts(st, ids[i], sec, &b, &hl, &same));
         if (!same)
             (*stale)++;
     }
 out:
+    free(sec);
     kb_dbuf_free(&b);
     free(ids);
     return rc;
