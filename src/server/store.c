@@ -192,6 +192,8 @@ int store_schema_floor(const bool *expand_only, int steps, int from, int compat,
 {
     if (from < 0 || to > steps)
         return to; /* cannot happen for the backends' own tables; the strictest floor */
+    if (from >= to)
+        return compat; /* nothing applied (and from + 1 cannot overflow below) */
     for (int v = from + 1; v <= to; v++) {
         if (!expand_only[v - 1] && v > compat)
             compat = v;

@@ -1592,10 +1592,14 @@ static kb_err migrate(cx *b)
                "db_schema_version", have, "supported_schema_version", want, NULL);
         KB_ENSURE_OUT(rc, false, KB_ERR_SCHEMA);
     }
-    for (int v = cur + 1; v <= SCHEMA_VERSION; v++) {
-        KB_GUARD_OUT(rc, exec(b, migrations[v - 1]));
-        if (v == MIGRATION_VERSION_MACS)
-            KB_GUARD_OUT(rc, migrate_mac_versions(b));
+    /* Only when older: a newer database served as it is may be at any version (up to
+     * INT32_MAX), and cur + 1 must not overflow. */
+    if (cur < SCHEMA_VERSION) {
+        for (int v = cur + 1; v <= SCHEMA_VERSION; v++) {
+            KB_GUARD_OUT(rc, exec(b, migrations[v - 1]));
+            if (v == MIGRATION_VERSION_MACS)
+                KB_GUARD_OUT(rc, migrate_mac_versions(b));
+        }
     }
     if (cur < SCHEMA_VERSION) {
         pst *s = NULL;

@@ -1155,6 +1155,7 @@ static void schema_floor_follows_contracting_steps(void **state)
     assert_int_equal(store_schema_floor(steps, 6, 6, 4, 6), 4); /* nothing to apply */
     assert_int_equal(store_schema_floor(steps, 6, 0, 0, 7), 7); /* out of range: strictest */
     assert_int_equal(store_schema_floor(steps, 6, -1, 0, 6), 6);
+    assert_int_equal(store_schema_floor(steps, 6, INT32_MAX, 5, 6), 5);
     assert_kb(store_schema_gate_newer(7, 6, 6), KB_OK);
     assert_kb(store_schema_gate_newer(7, 5, 6), KB_OK);
     assert_kb(store_schema_gate_newer(7, 7, 6), KB_ERR_SCHEMA);
@@ -1250,6 +1251,11 @@ static void migration_serves_newer_db_within_floor(void **state)
     st = NULL;
     assert_int_equal(raw_count(f, "SELECT version FROM schema_version"), n + 1);
     assert_int_equal(raw_count(f, "SELECT floor_version FROM schema_compat"), n);
+    /* The largest version a database may hold, floor admitting this binary: served. */
+    set_schema(f, INT32_MAX, n);
+    assert_ok(store_open(f->url, &o, &st));
+    store_close(st);
+    st = NULL;
     /* Contracted past this binary: refused, either way. */
     set_schema(f, n + 2, n + 1);
     assert_kb(store_open(f->url, &o, &st), KB_ERR_SCHEMA);
