@@ -17,9 +17,13 @@
  *     the row-MAC key (which the database never sees) before COMMIT. A session without that
  *     table (psql, another program) cannot change those tables at all.
  *   - Listing caches across replicas: store_generation(id = 1, value) moves with every admin
- *     write; the cheap state check every request makes (state_check) reads it with the state
- *     counter in one statement and bumps this handle's store_generation when another replica
- *     moved it.
+ *     write and notifies STORE_PG_CHANNEL in the same transaction; each handle LISTENs and
+ *     drains the notifications without a round trip at the start of every request (listen_poll),
+ *     moving its store_generation when another replica wrote. The state check (state_check)
+ *     reads the database's generation with the state counter in one statement too. While the
+ *     listener is up and a state check passed within STORE_PG_CACHE_CHECK_MS, client rows are
+ *     answered from memory (pg_client_get), so a list from the listing cache makes no round
+ *     trip; otherwise every request runs the state check.
  *   - Outages: a connection that broke is reconnected on its next use (at most once per
  *     STORE_PG_RETRY_MS, so requests during an outage fail fast with KB_ERR_DB, HTTP 503); a
  *     reader idle for STORE_PG_IDLE_SECS is closed by store_verify and reopened on demand.
@@ -212,8 +216,11 @@ _Static_assert(KB_ARRAY_LEN(expand_only) == KB_ARRAY_LEN(migrations),
 #define STORE_PG_READERS_MAX 16        /* reader connections per handle */
 #define STORE_PG_STMT_TIMEOUT_MS 30000 /* no statement runs longer */
 #define STORE_PG_CONNECT_TIMEOUT "5"   /* seconds, unless the URL says otherwise */
-#define PST_MAXP 16                    /* parameters in one statement */
-#define STMT_SLOTS 128                 /* power of two, over twice the distinct SQL texts */
+#define STORE_PG_CHANNEL "kb_store_generation" /* NOTIFY channel of generation_bump */
+#define STORE_PG_CACHE_CHECK_MS 1000 /* cached answers need a state check at most this old */
+#define STORE_PG_CLIENT_SLOTS 1024   /* client rows cached per handle (power of 2) */
+#define PST_MAXP 16                  /* parameters in one statement */
+#define STMT_SLOTS 128               /* power of two, over twice the distinct SQL texts */
 
 const char *store_pg_migration(int version)
 {
@@ -278,6 +285,20 @@ typedef struct {
     cx **readers;
     size_t nreaders;
     _Atomic int64_t gen_seen; /* store_generation value last seen in the database */
+    /* The change listener and the client cache (see "cached client rows" below). */
+    pthread_mutex_t lmu;
+    PGconn *listen;             /* LISTEN STORE_PG_CHANNEL; NULL while broken */
+    bool listen_busy;           /* a thread is (re)connecting it, without lmu held */
+    bool listened;              /* it was up before: a reconnection may have missed changes */
+    struct timespec listen_try; /* last failed (re)connection */
+    _Atomic int writer_pid;     /* the writer's backend: its own notifications are skipped */
+    _Atomic int64_t checked_ms; /* CLOCK_MONOTONIC ms of the last state_check that passed */
+    pthread_mutex_t ccmu;
+    struct cc_entry {
+        char *spiffe_id; /* NULL: empty */
+        uint64_t gen;    /* store_generation read before the row was fetched */
+        store_client c;
+    } * cc;
     pthread_mutex_t smu;
     struct seen_entry {
         int64_t id, last_seen, last_list_at;
@@ -724,8 +745,10 @@ static kb_err generation_bump(cx *b, int64_t *gen)
 {
     pst *s = NULL;
     kb_err rc;
-    KB_GUARD(
-        prep(b, "UPDATE store_generation SET value = value + 1 WHERE id = 1 RETURNING value", &s));
+    KB_GUARD(prep(b,
+                  "UPDATE store_generation SET value = value + 1 WHERE id = 1 "
+                  "RETURNING value, pg_notify('" STORE_PG_CHANNEL "', '')",
+                  &s));
     rc = step_row(b, s, "generation_bump");
     if (rc == KB_OK)
         *gen = col_i64(s, 0);
@@ -873,6 +896,8 @@ static kb_err cx_connect(cx *b)
              b->sc.st->cfg.busy_timeout_ms, STORE_PG_STMT_TIMEOUT_MS, STORE_PG_STMT_TIMEOUT_MS,
              b->sc.writer ? "" : " SET default_transaction_read_only = on;");
     KB_GUARD(exec(b, set));
+    if (b->sc.writer && b->sc.st->impl != NULL)
+        atomic_store(&PQ(b->sc.st)->writer_pid, PQbackendPID(b->conn));
     if (b->sc.writer)
         KB_GUARD(exec(b, "CREATE TEMP TABLE IF NOT EXISTS kb_state_delta(tbl text NOT NULL, "
                          "mac bytea NOT NULL, sign int NOT NULL) ON COMMIT DELETE ROWS"));
@@ -1300,6 +1325,13 @@ static void state_commit_external(store *st, int64_t counter)
                "error", kb_err_str(rc), NULL);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* The read-path check, before a read's snapshot (floor is loaded first, so a commit this
  * handle already saw is in the snapshot): the state counter must not be below the highest one
  * seen. A higher one (another process wrote) is accepted once its MAC verifies. */
@@ -1328,8 +1360,10 @@ static kb_err state_check(cx *b)
             break;
         }
     }
-    if (rc == KB_OK && c == floor)
+    if (rc == KB_OK && c == floor) {
+        atomic_store(&PQ(st)->checked_ms, mono_ms());
         return KB_OK;
+    }
     if (rc == KB_OK || rc == KB_ERR_NOT_FOUND)
         rc = state_load(b, &c, digest);
     if (rc == KB_OK && c < floor) {
@@ -1344,6 +1378,7 @@ static kb_err state_check(cx *b)
     }
     KB_GUARD(rc);
     store_state_saw(st, c);
+    atomic_store(&PQ(st)->checked_ms, mono_ms());
     return KB_OK;
 }
 
@@ -1678,6 +1713,15 @@ static void pq_free(pq *q)
     free(q->readers);
     cx_close(q->writer);
     free(q->seen);
+    if (q->listen != NULL)
+        PQfinish(q->listen);
+    for (size_t i = 0; q->cc != NULL && i < STORE_PG_CLIENT_SLOTS; i++) {
+        free(q->cc[i].spiffe_id);
+        store_client_clear(&q->cc[i].c);
+    }
+    free(q->cc);
+    pthread_mutex_destroy(&q->lmu);
+    pthread_mutex_destroy(&q->ccmu);
     free(q->conninfo);
     pthread_mutex_destroy(&q->smu);
     pthread_cond_destroy(&q->pcv);
@@ -1792,8 +1836,12 @@ static kb_err pg_open(store *st, const char *location)
     pthread_mutex_init(&q->pmu, NULL);
     pthread_cond_init(&q->pcv, NULL);
     pthread_mutex_init(&q->smu, NULL);
+    pthread_mutex_init(&q->lmu, NULL);
+    pthread_mutex_init(&q->ccmu, NULL);
     q->seen = calloc(SEEN_SLOTS, sizeof(*q->seen));
     KB_ENSURE_OUT(e, q->seen != NULL, KB_ERR_NOMEM);
+    q->cc = calloc(STORE_PG_CLIENT_SLOTS, sizeof(*q->cc));
+    KB_ENSURE_OUT(e, q->cc != NULL, KB_ERR_NOMEM);
     /* "postgresql://..." is a libpq URI; "postgresql:host=... dbname=..." a key=value string. */
     url = malloc(strlen(location) + sizeof("postgresql:"));
     KB_ENSURE_OUT(e, url != NULL, KB_ERR_NOMEM);
@@ -2631,16 +2679,173 @@ out:
     return rc;
 }
 
+/* ---- cached client rows: no round trip for a request answered from caches ----
+ *
+ * Every request starts with store_client_get. While this handle LISTENs on STORE_PG_CHANNEL
+ * (generation_bump notifies it in the writing transaction, so every replica's change that can
+ * alter a listing or a client is announced at its COMMIT) and a state_check passed less than
+ * STORE_PG_CACHE_CHECK_MS ago, a client row fetched at the current store_generation is answered
+ * from memory: with the listing cache (api.c) a list then needs no database access at all.
+ * listen_poll drains what has arrived on the listening socket without waiting (PQconsumeInput
+ * on libpq's non-blocking socket): another replica's notification moves store_generation, which
+ * ends every cached row and listing. A broken listener (the database restarting) bypasses the
+ * cache until it is back, and reconnecting moves the generation too (notifications may have been
+ * missed); so does a listener that could not be set up at all. The window: a change committed
+ * elsewhere whose notification has not yet reached this socket (loopback: well under a
+ * millisecond) — the same a request that started just before that COMMIT would see. */
+
+static bool seen_get(pq *q, int64_t id, int64_t *ls, int64_t *lla);
+
+static bool cc_copy(store_client *dst, const store_client *src)
+{
+    *dst = *src;
+    dst->spiffe_id = strdup(src->spiffe_id ? src->spiffe_id : "");
+    dst->app_name = src->app_name ? strdup(src->app_name) : NULL;
+    dst->description = src->description ? strdup(src->description) : NULL;
+    dst->created_by = src->created_by ? strdup(src->created_by) : NULL;
+    if (dst->spiffe_id == NULL || (src->app_name && !dst->app_name) ||
+        (src->description && !dst->description) || (src->created_by && !dst->created_by)) {
+        store_client_clear(dst);
+        return false;
+    }
+    return true;
+}
+
+static struct cc_entry *cc_slot(pq *q, const char *spiffe_id)
+{
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    for (const char *p = spiffe_id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211u;
+    return &q->cc[h & (STORE_PG_CLIENT_SLOTS - 1)];
+}
+
+static bool cc_get(pq *q, const char *spiffe_id, uint64_t gen, store_client *out)
+{
+    struct cc_entry *e = cc_slot(q, spiffe_id);
+    bool hit;
+    pthread_mutex_lock(&q->ccmu);
+    hit = e->spiffe_id != NULL && e->gen == gen && strcmp(e->spiffe_id, spiffe_id) == 0 &&
+          cc_copy(out, &e->c);
+    pthread_mutex_unlock(&q->ccmu);
+    return hit;
+}
+
+static void cc_put(pq *q, const char *spiffe_id, uint64_t gen, const store_client *c)
+{
+    struct cc_entry *e = cc_slot(q, spiffe_id);
+    store_client copy;
+    char *key;
+    if (!cc_copy(&copy, c))
+        return;
+    key = strdup(spiffe_id);
+    if (key == NULL) {
+        store_client_clear(&copy);
+        return;
+    }
+    pthread_mutex_lock(&q->ccmu);
+    free(e->spiffe_id);
+    store_client_clear(&e->c);
+    e->spiffe_id = key;
+    e->gen = gen;
+    e->c = copy;
+    pthread_mutex_unlock(&q->ccmu);
+}
+
+/* (Re)open the listening connection, without lmu held (at most once per STORE_PG_RETRY_MS). */
+static void listen_connect(store *st, pq *q)
+{
+    PGconn *c;
+    PGresult *r;
+    bool ok;
+    atomic_fetch_add_explicit(&st->round_trips, 2, memory_order_relaxed); /* connect, LISTEN */
+    c = PQconnectdb(q->conninfo);
+    ok = c != NULL && PQstatus(c) == CONNECTION_OK;
+    if (ok) {
+        r = PQexec(c, "LISTEN " STORE_PG_CHANNEL);
+        ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+    }
+    if (!ok && c != NULL) {
+        PQfinish(c);
+        c = NULL;
+    }
+    pthread_mutex_lock(&q->lmu);
+    q->listen_busy = false;
+    if (c != NULL) {
+        q->listen = c;
+        memset(&q->listen_try, 0, sizeof(q->listen_try));
+        /* Changes made while nobody listened are unknown: everything cached ends. (No client row
+         * is cached before the first connection: nothing to end then.) */
+        if (q->listened)
+            atomic_fetch_add(&st->generation, 1);
+        q->listened = true;
+    } else {
+        clock_gettime(CLOCK_MONOTONIC, &q->listen_try);
+    }
+    pthread_mutex_unlock(&q->lmu);
+}
+
+/* Drain the notifications that have arrived (no round trip). True when the listener is up, so
+ * store_generation reflects every change whose notification reached this process. */
+static bool listen_poll(store *st, pq *q)
+{
+    bool up, moved = false, reconnect = false;
+    PGnotify *n;
+    pthread_mutex_lock(&q->lmu);
+    if (q->listen != NULL && !PQconsumeInput(q->listen)) {
+        PQfinish(q->listen); /* the database went away: nothing is cached until it is back */
+        q->listen = NULL;
+        clock_gettime(CLOCK_MONOTONIC, &q->listen_try);
+    }
+    up = q->listen != NULL;
+    while (up && (n = PQnotifies(q->listen)) != NULL) {
+        if (n->be_pid != atomic_load(&q->writer_pid))
+            moved = true;
+        PQfreemem(n);
+    }
+    if (!up && !q->listen_busy) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (q->listen_try.tv_sec == 0 || (now.tv_sec - q->listen_try.tv_sec) * 1000 +
+                                                 (now.tv_nsec - q->listen_try.tv_nsec) / 1000000 >=
+                                             STORE_PG_RETRY_MS) {
+            q->listen_busy = reconnect = true;
+        }
+    }
+    pthread_mutex_unlock(&q->lmu);
+    if (moved)
+        atomic_fetch_add(&st->generation, 1);
+    if (reconnect)
+        listen_connect(st, q);
+    return up;
+}
+
 static kb_err pg_client_get(store *st, const char *spiffe_id, int64_t id, store_client *out)
 {
+    pq *q = PQ(st);
     cx *b;
     kb_err rc;
+    bool up = spiffe_id != NULL && listen_poll(st, q);
+    uint64_t gen = atomic_load(&st->generation); /* after the poll, before the fetch */
+    if (up && mono_ms() - atomic_load(&q->checked_ms) < STORE_PG_CACHE_CHECK_MS &&
+        cc_get(q, spiffe_id, gen, out)) {
+        int64_t ls = 0, lla = 0;
+        /* The activity marker as this process last knew it (it does not move the generation). */
+        if (seen_get(q, out->id, &ls, &lla)) {
+            out->last_seen = ls > out->last_seen ? ls : out->last_seen;
+            out->last_list_at = lla > out->last_list_at ? lla : out->last_list_at;
+        }
+        return KB_OK;
+    }
     b = RD(st);
-    /* Every request starts here: the cheap half of the rollback check (one indexed row). */
+    /* Every request that is not answered from the cache starts here: the cheap half of the
+     * rollback check (one indexed row). */
     rc = state_check(b);
     if (rc == KB_OK)
         rc = client_fetch(b, spiffe_id, id, out);
     PUT(st, b);
+    if (rc == KB_OK && up)
+        cc_put(q, spiffe_id, gen, out);
     return rc;
 }
 

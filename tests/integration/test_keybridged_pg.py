@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pgserver import PgServer  # noqa
-from test_keybridged_api import ADMIN, BUILD, KEYBRIDGED, PKI, Server, curl, make_hsm  # noqa
+from test_keybridged_api import ADMIN, BUILD, KEYBRIDGED, PKI, Conn, Server, curl, make_hsm  # noqa
 
 KB = os.path.join(BUILD, "keybridge")
 READER = "spiffe://example.org/ns/app/sa/reader"
@@ -159,26 +159,55 @@ def main():
 
         for srv in servers:
             check(api(srv, pki, reader, "GET", "/readyz")[0] == 200, "/readyz 200 before")
-        # Database round trips (keybridged_store_round_trips_total): counted on every statement.
-        # Background work (maintenance, the metrics gauges) also counts, so each figure is the
-        # least of a few tries.
+        # Database round trips (keybridged_store_round_trips_total, issue 13's targets): a list
+        # served from the listing cache makes none (the client row is cached too, kept valid by
+        # LISTEN/NOTIFY); content reads are counted. A scrape's own store access (the expiry
+        # gauges: least of three back-to-back scrapes) is subtracted; other background work
+        # also counts, so each figure is the least of a few tries.
+        def scrape_cost(srv):
+            v = [round_trips(srv) for _ in range(4)]
+            return min(v[i + 1] - v[i] for i in range(3))
+
         def trips(srv, method, path, body=None, repeat=1):
             best = None
+            conn = Conn(srv, pki, reader)
+            cost = scrape_cost(srv)
             for _ in range(3):
                 a = round_trips(srv)
-                sts = {api(srv, pki, reader, method, path, body)[0] for _ in range(repeat)}
-                n = round_trips(srv) - a
+                sts = {conn.req(method, path, body)[0] for _ in range(repeat)}
+                n = round_trips(srv) - a - cost
                 best = n if best is None else min(best, n)
+            conn.close()
             print(f"round trips: {method} {path} x{repeat}: {best} {sorted(sts)}", flush=True)
             return best, sts
 
         listing(r2, pki, reader)
-        n, sts = trips(r2, "GET", "/v1/secrets", repeat=5)
-        check(sts == {200}, f"5 lists from the listing cache: {n} round trips")
+        n, sts = trips(r2, "GET", "/v1/secrets", repeat=10)
+        check(n == 0 and sts == {200}, f"10 lists from the listing cache: {n} round trips (0)")
         n, sts = trips(r2, "GET", "/v1/secrets/fresh")
         check(n > 0 and sts == {200}, f"a content read: {n} round trips (counted)")
         n, sts = trips(r2, "POST", "/v1/secrets:batchGet", {"names": ["fresh", acked[0]]})
         check(sts == {200}, f"batchGet of 2 secrets: {n} round trips")
+
+        # Replica 2 answers the reader from its caches; replica 1 disables the reader, then
+        # enables it again: replica 2 follows each change at once (the notification).
+        st, out = api(r1, pki, admin, "GET", f"/v1/admin/clients?spiffe_id={READER}")
+        rid = json.loads(out)["clients"][0]["id"] if st == 200 else 0
+        conn = Conn(r2, pki, reader)
+        for _ in range(3):
+            conn.req("GET", "/v1/secrets")
+        cost = scrape_cost(r2)
+        a = round_trips(r2)
+        st0 = conn.req("GET", "/v1/secrets")[0]
+        cached = round_trips(r2) - a - cost
+        st, _ = api(r1, pki, admin, "PATCH", f"/v1/admin/clients/{rid}", {"enabled": False})
+        st1 = conn.req("GET", "/v1/secrets")[0]
+        api(r1, pki, admin, "PATCH", f"/v1/admin/clients/{rid}", {"enabled": True})
+        st2 = conn.req("GET", "/v1/secrets")[0]
+        conn.close()
+        check(st == 200 and (st0, st1, st2) == (200, 403, 200),
+              f"replica 2, list answered from its caches ({cached} round trips), then the "
+              f"reader disabled and enabled on replica 1: {st0} {st1} {st2} (200 403 200)")
 
         # PostgreSQL restarts mid-run.
         pg.stop("fast")
