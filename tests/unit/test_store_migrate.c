@@ -12,6 +12,7 @@
 #include <openssl/hmac.h>
 
 #include "kbtest.h"
+#include "kbtest_softhsm.h"
 #include "kbtest_store.h"
 #include "lib/secbuf.h"
 #include "server/audit.h"
@@ -177,12 +178,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fx *f = *state;
-    char cmd[700];
     kb_secret_free(f->rowkey);
     kb_secret_free(f->auditkey);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "teardown: cannot remove %s\n", f->dir);
+    kbtest_softhsm_rmrf(f->dir);
     free(f->dir);
     free(f);
     return 0;
