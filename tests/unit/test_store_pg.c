@@ -333,6 +333,57 @@ static void round_trips_are_counted(void **state)
     store_close(st);
 }
 
+/* Two handles on one database (two replicas): a client row answered from the cache costs no
+ * round trip, and a change made through the other handle reaches this one through the
+ * notification, well within the state check's 1 s bound. */
+static void client_cache_follows_other_replicas(void **state)
+{
+    fx *f = *state;
+    store *a = NULL, *b = NULL;
+    store_opts o = opts(f, true);
+    store_client_new cn = {.spiffe_id = "spiffe://example.org/ns/cc/sa/one", .enabled = true};
+    store_client_patch p = STORE_CLIENT_PATCH_INIT;
+    store_client c;
+    int64_t id = 0;
+    uint64_t rt, gen;
+    bool seen = false;
+
+    if (!kbtest_pg())
+        skip();
+    assert_ok(store_open(f->url, &o, &a));
+    assert_ok(store_open(f->url, &o, &b));
+    assert_ok(store_client_create(b, &cn, ADMIN, T0, &id, NULL));
+    for (int i = 0; i < 2; i++) { /* the first fills the cache */
+        assert_ok(store_client_get(a, cn.spiffe_id, &c));
+        assert_true(c.enabled);
+        store_client_clear(&c);
+    }
+    rt = store_round_trips(a);
+    assert_ok(store_client_get(a, cn.spiffe_id, &c));
+    store_client_clear(&c);
+    assert_int_equal(store_round_trips(a) - rt, 0);
+    gen = store_generation(a);
+    p.enabled = 0;
+    assert_ok(store_client_update(b, id, &p, NULL));
+    for (int i = 0; i < 40 && !seen; i++) { /* 200 ms */
+        assert_ok(store_client_get(a, cn.spiffe_id, &c));
+        seen = !c.enabled;
+        store_client_clear(&c);
+        if (!seen)
+            usleep(5 * 1000);
+    }
+    assert_true(seen);
+    assert_true(store_generation(a) > gen);
+    /* Its own write is seen at once. */
+    p.enabled = 1;
+    assert_ok(store_client_update(a, id, &p, NULL));
+    assert_ok(store_client_get(a, cn.spiffe_id, &c));
+    assert_true(c.enabled);
+    store_client_clear(&c);
+    store_close(b);
+    store_close(a);
+}
+
 /* Under `pgserver.py run --ssl` (KB_PG_CA set; the server takes TLS connections only): the
  * verify-full URL opens the store; a CA that did not sign the server's certificate, and no TLS,
  * are refused. */
@@ -378,6 +429,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reconnect_rechecks_the_schema_floor, setup, teardown),
         cmocka_unit_test_setup_teardown(tls_verify_full, setup, teardown),
         cmocka_unit_test_setup_teardown(round_trips_are_counted, setup, teardown),
+        cmocka_unit_test_setup_teardown(client_cache_follows_other_replicas, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
