@@ -36,6 +36,9 @@
  *     next reconnect on, never runs on a schema it does not know.
  *   - Credentials: the password only from a 0600 passfile (the URI's passfile= or PGPASSFILE);
  *     a password in the URL or PGPASSWORD in the environment is refused (KB_ERR_CONFIG).
+ *   - The op bodies both backends share (audit log, groups, clients, memberships, grants) are
+ *     in store_sql*.c; this file implements their statement interface (store_sql.h: pg_driver,
+ *     near the end) and the statements whose SQL differs (pg_sql).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -275,7 +278,7 @@ typedef struct cx {
 } cx;
 
 typedef struct {
-    store_sql_pool sp; /* the shared op layer's driver */
+    store_sql_pool sp; /* the shared op layer's driver and client seen cache */
     char *conninfo;
     cx *writer;
     pthread_mutex_t wmu;
@@ -299,13 +302,8 @@ typedef struct {
         uint64_t gen;    /* store_generation read before the row was fetched */
         store_client c;
     } * cc;
-    pthread_mutex_t smu;
-    struct seen_entry {
-        int64_t id, last_seen, last_list_at;
-    } * seen;
 } pq;
 
-#define SEEN_SLOTS 4096
 #define PQ(st) ((pq *)(st)->impl)
 
 static const store_sql_driver pg_driver; /* the statement interface below, for store_sql*.c */
@@ -998,12 +996,6 @@ static void pool_trim(pq *q)
     "v.created_by, v.created_at, v.mac"
 #define VERSION_NCOLS 9
 #define ENV_COLS "v.wrapped_key, v.key_id, v.sealed"
-#define CLIENT_COLS                                                                                \
-    "c.id, c.spiffe_id, c.enabled, c.admin, c.cloud, c.app_name, c.description, c.last_seen, "     \
-    "c.last_list_at, c.created_by, c.created_at, c.mac"
-#define CLIENT_NCOLS 12
-#define GROUP_COLS "g.id, g.name, g.description, g.created_by, g.created_at"
-#define GROUP_NCOLS 5
 
 /* Load a secret row at column c0 and check its MAC: KB_ERR_INTEGRITY (logged) on mismatch. */
 static kb_err load_secret(cx *b, pst *s, int c0, store_secret *out)
@@ -1098,52 +1090,6 @@ out:
     return rc;
 }
 
-/* Load a client row at c0 as stored and check its MAC. The effective flags (cloud derived from the
- * prefixes, admin dropped for a cloud client) are store.c's policy: store_client_effective. */
-static kb_err load_client(cx *b, pst *s, int c0, store_client *out)
-{
-    uint8_t want[ROWMAC_LEN];
-    kb_err rc = KB_OK;
-    bool strict = true;
-    memset(out, 0, sizeof(*out));
-    out->id = col_i64(s, c0 + 0);
-    out->enabled = col_bool(s, c0 + 2, &strict);
-    out->admin = col_bool(s, c0 + 3, &strict);
-    out->cloud = col_bool(s, c0 + 4, &strict);
-    out->last_seen = col_i64(s, c0 + 7);
-    out->last_list_at = col_i64(s, c0 + 8);
-    out->created_at = col_i64(s, c0 + 10);
-    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->spiffe_id));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 5, &out->app_name));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->description));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->created_by));
-    KB_GUARD_OUT(rc, rowmac_client(b->sc.mac, out->id, out->spiffe_id, out->enabled, out->admin,
-                                   out->cloud, out->app_name, want));
-    if (!strict || !col_mac_ok(s, c0 + 11, want)) {
-        store_log_integrity("clients", out->id, 0);
-        KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
-    }
-out:
-    if (rc != KB_OK)
-        store_client_clear(out);
-    return rc;
-}
-
-static kb_err load_group(pst *s, int c0, store_group *out)
-{
-    kb_err rc = KB_OK;
-    memset(out, 0, sizeof(*out));
-    out->id = col_i64(s, c0 + 0);
-    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->name));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 3, &out->created_by));
-    out->created_at = col_i64(s, c0 + 4);
-out:
-    if (rc != KB_OK)
-        store_group_clear(out);
-    return rc;
-}
-
 /* Fetch one verified secret by name or id (lock held). */
 static kb_err secret_fetch(cx *b, const char *name, int64_t id, store_secret *out)
 {
@@ -1160,37 +1106,6 @@ static kb_err secret_fetch(cx *b, const char *name, int64_t id, store_secret *ou
         rc = step_row(b, s, "secret_fetch");
     if (rc == KB_OK)
         rc = load_secret(b, s, 0, out);
-    done(s);
-    return rc;
-}
-
-static kb_err client_fetch(cx *b, const char *spiffe_id, int64_t id, store_client *out)
-{
-    pst *s = NULL;
-    kb_err rc;
-    if (spiffe_id != NULL) {
-        KB_GUARD(prep(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.spiffe_id = $1", &s));
-        rc = bind_text(s, 1, spiffe_id);
-    } else {
-        KB_GUARD(prep(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.id = $1", &s));
-        rc = bind_i64(s, 1, id);
-    }
-    if (rc == KB_OK)
-        rc = step_row(b, s, "client_fetch");
-    if (rc == KB_OK)
-        rc = load_client(b, s, 0, out);
-    done(s);
-    return rc;
-}
-
-static kb_err exists(cx *b, const char *sql, int64_t id)
-{
-    pst *s = NULL;
-    kb_err rc;
-    KB_GUARD(prep(b, sql, &s));
-    rc = bind_i64(s, 1, id);
-    if (rc == KB_OK)
-        rc = step_row(b, s, "exists");
     done(s);
     return rc;
 }
@@ -1712,7 +1627,7 @@ static void pq_free(pq *q)
         cx_close(q->readers[i]);
     free(q->readers);
     cx_close(q->writer);
-    free(q->seen);
+    store_sql_pool_free(&q->sp);
     if (q->listen != NULL)
         PQfinish(q->listen);
     for (size_t i = 0; q->cc != NULL && i < STORE_PG_CLIENT_SLOTS; i++) {
@@ -1723,7 +1638,6 @@ static void pq_free(pq *q)
     pthread_mutex_destroy(&q->lmu);
     pthread_mutex_destroy(&q->ccmu);
     free(q->conninfo);
-    pthread_mutex_destroy(&q->smu);
     pthread_cond_destroy(&q->pcv);
     pthread_mutex_destroy(&q->pmu);
     pthread_mutex_destroy(&q->wmu);
@@ -1831,15 +1745,12 @@ static kb_err pg_open(store *st, const char *location)
     KB_ENSURE(location != NULL && location[0] != '\0', KB_ERR_CONFIG);
     q = calloc(1, sizeof(*q));
     KB_ENSURE(q != NULL, KB_ERR_NOMEM);
-    q->sp.drv = &pg_driver;
     pthread_mutex_init(&q->wmu, NULL);
     pthread_mutex_init(&q->pmu, NULL);
     pthread_cond_init(&q->pcv, NULL);
-    pthread_mutex_init(&q->smu, NULL);
     pthread_mutex_init(&q->lmu, NULL);
     pthread_mutex_init(&q->ccmu, NULL);
-    q->seen = calloc(SEEN_SLOTS, sizeof(*q->seen));
-    KB_ENSURE_OUT(e, q->seen != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(e, store_sql_pool_init(&q->sp, &pg_driver));
     q->cc = calloc(STORE_PG_CLIENT_SLOTS, sizeof(*q->cc));
     KB_ENSURE_OUT(e, q->cc != NULL, KB_ERR_NOMEM);
     /* "postgresql://..." is a libpq URI; "postgresql:host=... dbname=..." a key=value string. */
@@ -2016,7 +1927,8 @@ static kb_err pg_secret_create(store *st, const store_secret_new *sn, const stor
         return rc;
     }
     if (sn->owner_group_id > 0)
-        KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = $1", sn->owner_group_id));
+        KB_GUARD_OUT(
+            rc, store_sql_exists(&b->sc, "SELECT 1 FROM groups WHERE id = $1", sn->owner_group_id));
     KB_GUARD_OUT(rc, prep(b,
                           "INSERT INTO secrets(name, description, cloud_sync, created_by, "
                           "created_at, updated_by, updated_at, mac) "
@@ -2137,7 +2049,8 @@ static kb_err pg_secret_update(store *st, int64_t secret_id, const store_secret_
     if (p->cloud_sync >= 0)
         sec.cloud_sync = p->cloud_sync == 1;
     if (p->owner_group_id > 0)
-        KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = $1", p->owner_group_id));
+        KB_GUARD_OUT(
+            rc, store_sql_exists(&b->sc, "SELECT 1 FROM groups WHERE id = $1", p->owner_group_id));
     if (p->owner_group_id >= 0)
         sec.owner_group_id = p->owner_group_id;
     if (p->description != NULL) {
@@ -2393,7 +2306,7 @@ static kb_err pg_version_list(store *st, int64_t secret_id, store_version **out,
     kb_err rc;
 
     b = RD(st);
-    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = $1", secret_id));
+    KB_GUARD_OUT(rc, store_sql_exists(&b->sc, "SELECT 1 FROM secrets WHERE id = $1", secret_id));
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT " VERSION_COLS
                           " FROM versions v WHERE v.secret_id = $1 ORDER BY v.version DESC",
@@ -2487,198 +2400,6 @@ out:
     return rc;
 }
 
-/* ---- groups ---- */
-
-static kb_err pg_group_create(store *st, const char *name, const char *description,
-                              const char *actor, int64_t now, int64_t *id_out, store_audit *au)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = WR(st);
-    rc = tx_begin(b, true);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
-    }
-    KB_GUARD_OUT(rc, prep(b,
-                          "INSERT INTO groups(name, description, created_by, created_at) "
-                          "VALUES ($1, $2, $3, $4) RETURNING id",
-                          &s));
-    KB_GUARD_OUT(rc, bind_text(s, 1, name));
-    KB_GUARD_OUT(rc, bind_text(s, 2, description));
-    KB_GUARD_OUT(rc, bind_text(s, 3, actor));
-    KB_GUARD_OUT(rc, bind_i64(s, 4, now));
-    KB_GUARD_OUT(rc, step_row(b, s, "group_insert"));
-    *id_out = col_i64(s, 0);
-out:
-    done(s);
-    rc = tx_end(b, rc, au);
-    PUT(st, b);
-    return rc;
-}
-
-static kb_err pg_group_get(store *st, const char *name, store_group *out)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    KB_GUARD_OUT(rc, prep(b, "SELECT " GROUP_COLS " FROM groups g WHERE g.name = $1", &s));
-    KB_GUARD_OUT(rc, bind_text(s, 1, name));
-    KB_GUARD_OUT(rc, step_row(b, s, "group_get"));
-    rc = load_group(s, 0, out);
-out:
-    done(s);
-    PUT(st, b);
-    return rc;
-}
-
-/* Collect groups; with mac_kind set, column GROUP_NCOLS holds a membership or grant MAC bound to
- * (fixed_id, group id) that must verify, or the row is dropped. */
-enum { LINK_NONE, LINK_MEMBERSHIP, LINK_GRANT };
-
-typedef struct {
-    int link;
-    int64_t fixed_id;
-} group_link;
-
-static void groups_free(void *arr, size_t n)
-{
-    store_groups_free(arr, n);
-}
-
-static kb_err group_row(cx *b, pst *s, void *ctx, void *item, const void *prev, bool *keep)
-{
-    const group_link *l = ctx;
-    int64_t gid = col_i64(s, 0);
-    (void)prev;
-    if (l->link != LINK_NONE) {
-        uint8_t want[ROWMAC_LEN];
-        if (l->link == LINK_MEMBERSHIP)
-            KB_GUARD(rowmac_membership(b->sc.mac, l->fixed_id, gid, want));
-        else
-            KB_GUARD(rowmac_grant(b->sc.mac, gid, l->fixed_id, want));
-        if (!col_mac_ok(s, GROUP_NCOLS, want)) {
-            store_log_integrity(l->link == LINK_MEMBERSHIP ? "memberships" : "grants",
-                                l->link == LINK_MEMBERSHIP ? l->fixed_id : gid,
-                                l->link == LINK_MEMBERSHIP ? gid : l->fixed_id);
-            *keep = false;
-            return KB_OK;
-        }
-    }
-    return load_group(s, 0, item);
-}
-
-static kb_err collect_groups(cx *b, pst *s, int link, int64_t fixed_id, store_group **out,
-                             size_t *n)
-{
-    group_link l = {link, fixed_id};
-    return collect(b, s, sizeof(**out), group_row, &l, groups_free, "collect_groups", (void **)out,
-                   n);
-}
-
-static kb_err pg_group_list(store *st, store_group **out, size_t *n)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    rc = prep(b, "SELECT " GROUP_COLS " FROM groups g ORDER BY g.name", &s);
-    if (rc == KB_OK)
-        rc = collect_groups(b, s, LINK_NONE, 0, out, n);
-    done(s);
-    PUT(st, b);
-    return rc;
-}
-
-static kb_err pg_group_delete(store *st, int64_t group_id, store_audit *au)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = WR(st);
-    rc = tx_begin(b, true);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
-    }
-    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = $1", group_id));
-    /* An owner group is part of its secrets' MAC'd rows: refuse rather than rewrite them. */
-    rc = exists(b, "SELECT 1 FROM secrets WHERE owner_group_id = $1", group_id);
-    KB_ENSURE_OUT(rc, rc == KB_ERR_NOT_FOUND, rc == KB_OK ? KB_ERR_CONFLICT : rc);
-    KB_GUARD_OUT(rc, prep(b, "DELETE FROM groups WHERE id = $1", &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
-    rc = step_done(b, s, "group_delete");
-out:
-    done(s);
-    rc = tx_end(b, rc, au);
-    PUT(st, b);
-    return rc;
-}
-
-/* ---- clients ---- */
-
-static kb_err client_write_mac(cx *b, const store_client *c, bool stored_cloud)
-{
-    uint8_t mac[ROWMAC_LEN];
-    pst *s = NULL;
-    kb_err rc;
-    KB_GUARD(rowmac_client(b->sc.mac, c->id, c->spiffe_id, c->enabled, c->admin, stored_cloud,
-                           c->app_name, mac));
-    KB_GUARD(prep(b,
-                  "UPDATE clients SET enabled = $1, admin = $2, cloud = $3, app_name = $4, "
-                  "description = $5, mac = $6 WHERE id = $7",
-                  &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, c->enabled ? 1 : 0));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, c->admin ? 1 : 0));
-    KB_GUARD_OUT(rc, bind_i64(s, 3, stored_cloud ? 1 : 0));
-    KB_GUARD_OUT(rc, bind_text(s, 4, c->app_name));
-    KB_GUARD_OUT(rc, bind_text(s, 5, c->description));
-    KB_GUARD_OUT(rc, bind_blob(s, 6, mac, sizeof(mac)));
-    KB_GUARD_OUT(rc, bind_i64(s, 7, c->id));
-    rc = step_done(b, s, "client_update");
-out:
-    done(s);
-    return rc;
-}
-
-static kb_err pg_client_create(store *st, const store_client_new *cn, bool cloud, const char *actor,
-                               int64_t now, int64_t *id_out, store_audit *au)
-{
-    cx *b;
-    pst *s = NULL;
-    store_client c = {0};
-    kb_err rc;
-    b = WR(st);
-    rc = tx_begin(b, true);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
-    }
-    KB_GUARD_OUT(rc, prep(b,
-                          "INSERT INTO clients(spiffe_id, enabled, admin, cloud, created_by, "
-                          "created_at, mac) VALUES ($1, 0, 0, 0, $2, $3, ''::bytea) RETURNING id",
-                          &s));
-    KB_GUARD_OUT(rc, bind_text(s, 1, cn->spiffe_id));
-    KB_GUARD_OUT(rc, bind_text(s, 2, actor));
-    KB_GUARD_OUT(rc, bind_i64(s, 3, now));
-    KB_GUARD_OUT(rc, step_row(b, s, "client_insert"));
-    c.id = col_i64(s, 0);
-    c.spiffe_id = (char *)cn->spiffe_id;
-    c.enabled = cn->enabled;
-    c.admin = cn->admin;
-    c.app_name = (char *)(cn->app_name ? cn->app_name : "");
-    c.description = (char *)(cn->description ? cn->description : "");
-    KB_GUARD_OUT(rc, client_write_mac(b, &c, cloud));
-    *id_out = c.id;
-out:
-    done(s);
-    rc = tx_end(b, rc, au);
-    PUT(st, b);
-    return rc;
-}
-
 /* ---- cached client rows: no round trip for a request answered from caches ----
  *
  * Every request starts with store_client_get. While this handle LISTENs on STORE_PG_CHANNEL
@@ -2693,8 +2414,6 @@ out:
  * missed); so does a listener that could not be set up at all. The window: a change committed
  * elsewhere whose notification has not yet reached this socket (loopback: well under a
  * millisecond) — the same a request that started just before that COMMIT would see. */
-
-static bool seen_get(pq *q, int64_t id, int64_t *ls, int64_t *lla);
 
 static bool cc_copy(store_client *dst, const store_client *src)
 {
@@ -2831,7 +2550,7 @@ static kb_err pg_client_get(store *st, const char *spiffe_id, int64_t id, store_
         cc_get(q, spiffe_id, gen, out)) {
         int64_t ls = 0, lla = 0;
         /* The activity marker as this process last knew it (it does not move the generation). */
-        if (seen_get(q, out->id, &ls, &lla)) {
+        if (store_sql_seen_get(&q->sp, out->id, &ls, &lla)) {
             out->last_seen = ls > out->last_seen ? ls : out->last_seen;
             out->last_list_at = lla > out->last_list_at ? lla : out->last_list_at;
         }
@@ -2842,372 +2561,10 @@ static kb_err pg_client_get(store *st, const char *spiffe_id, int64_t id, store_
      * rollback check (one indexed row). */
     rc = state_check(b);
     if (rc == KB_OK)
-        rc = client_fetch(b, spiffe_id, id, out);
+        rc = store_sql_client_fetch(&b->sc, spiffe_id, id, out);
     PUT(st, b);
     if (rc == KB_OK && up)
         cc_put(q, spiffe_id, gen, out);
-    return rc;
-}
-
-static void clients_free(void *arr, size_t n)
-{
-    store_clients_free(arr, n);
-}
-
-/* A client row (ctx: a group id whose membership MAC, in the column after the client's, must
- * verify, or 0); rows failing a MAC are left out (logged). */
-static kb_err client_row(cx *b, pst *s, void *ctx, void *item, const void *prev, bool *keep)
-{
-    int64_t group_id = *(const int64_t *)ctx;
-    kb_err e;
-    (void)prev;
-    if (group_id > 0) {
-        uint8_t want[ROWMAC_LEN];
-        int64_t cid = col_i64(s, 0);
-        KB_GUARD(rowmac_membership(b->sc.mac, cid, group_id, want));
-        if (!col_mac_ok(s, CLIENT_NCOLS, want)) {
-            store_log_integrity("memberships", cid, group_id);
-            *keep = false;
-            return KB_OK;
-        }
-    }
-    e = load_client(b, s, 0, item);
-    if (e == KB_ERR_INTEGRITY) {
-        *keep = false;
-        return KB_OK;
-    }
-    return e;
-}
-
-static kb_err collect_clients(cx *b, pst *s, int64_t group_id, store_client **out, size_t *n)
-{
-    return collect(b, s, sizeof(**out), client_row, &group_id, clients_free, "collect_clients",
-                   (void **)out, n);
-}
-
-static kb_err pg_client_list(store *st, store_client **out, size_t *n)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    rc = prep(b, "SELECT " CLIENT_COLS " FROM clients c ORDER BY c.spiffe_id", &s);
-    if (rc == KB_OK)
-        rc = collect_clients(b, s, 0, out, n);
-    done(s);
-    PUT(st, b);
-    return rc;
-}
-
-static kb_err pg_client_update(store *st, int64_t client_id, const store_client_patch *p,
-                               store_audit *au)
-{
-    cx *b;
-    store_client c = {0};
-    char *keep_app = NULL, *keep_desc = NULL;
-    bool stored_cloud;
-    kb_err rc;
-    b = WR(st);
-    rc = tx_begin(b, true);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
-    }
-    KB_GUARD_OUT(rc, client_fetch(b, NULL, client_id, &c));
-    /* The stored cloud flag is what we re-MAC; the patch applies to the effective flags. */
-    stored_cloud = c.cloud;
-    store_client_effective(st, &c);
-    if (p->enabled >= 0)
-        c.enabled = p->enabled == 1;
-    if (p->admin >= 0)
-        c.admin = p->admin == 1;
-    KB_GUARD_OUT(rc, model_client_flags_check(c.admin, c.cloud));
-    if (p->app_name != NULL) {
-        keep_app = c.app_name;
-        c.app_name = (char *)p->app_name;
-    }
-    if (p->description != NULL) {
-        keep_desc = c.description;
-        c.description = (char *)p->description;
-    }
-    KB_GUARD_OUT(rc, client_write_mac(b, &c, stored_cloud));
-out:
-    if (keep_app)
-        c.app_name = keep_app;
-    if (keep_desc)
-        c.description = keep_desc;
-    store_client_clear(&c);
-    rc = tx_end(b, rc, au);
-    PUT(st, b);
-    return rc;
-}
-
-static kb_err delete_by_id(store *st, const char *sql, int64_t id, store_audit *au)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = WR(st);
-    /* A transaction, so the rows it removes (and their cascades) move the state row with it. */
-    rc = tx_begin(b, true);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
-    }
-    KB_GUARD_OUT(rc, prep(b, sql, &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
-    KB_GUARD_OUT(rc, step_done(b, s, "delete"));
-    KB_ENSURE_OUT(rc, b->changes > 0, KB_ERR_NOT_FOUND);
-out:
-    done(s);
-    rc = tx_end(b, rc, au);
-    PUT(st, b);
-    return rc;
-}
-
-static kb_err client_touch(store *st, int64_t client_id, int64_t now, bool listed)
-{
-    cx *b = WR(st);
-    pst *s = NULL;
-    kb_err rc;
-    /* Throttled so that a busy client does not turn every read into a write. */
-    KB_GUARD_OUT(rc, prep(b,
-                          "UPDATE clients SET "
-                          " last_seen = CASE WHEN last_seen <= $1::int8 - $3::int8 THEN $1::int8 "
-                          "  ELSE last_seen END,"
-                          " last_list_at = CASE WHEN $4::int8 <> 0 AND "
-                          "  last_list_at <= $1::int8 - $3::int8 THEN $1::int8 "
-                          "  ELSE last_list_at END "
-                          "WHERE id = $2 AND (last_seen <= $1::int8 - $3::int8 OR "
-                          " ($4::int8 <> 0 AND last_list_at <= $1::int8 - $3::int8))",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, now));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, client_id));
-    KB_GUARD_OUT(rc, bind_i64(s, 3, STORE_TOUCH_INTERVAL));
-    KB_GUARD_OUT(rc, bind_i64(s, 4, listed ? 1 : 0));
-    rc = step_done(b, s, "client_seen");
-out:
-    done(s);
-    PUT(st, b);
-    return rc;
-}
-
-/* The last_seen / last_list_at values this process last read for a client: lower bounds of the
- * stored ones (they only move forward, and ids are never reused), so when they say nothing is
- * due, nothing is, and the request needs no database access at all for its activity marker. */
-static bool seen_get(pq *q, int64_t id, int64_t *ls, int64_t *lla)
-{
-    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
-    bool hit;
-    pthread_mutex_lock(&q->smu);
-    hit = e->id == id;
-    if (hit) {
-        *ls = e->last_seen;
-        *lla = e->last_list_at;
-    }
-    pthread_mutex_unlock(&q->smu);
-    return hit;
-}
-
-static void seen_put(pq *q, int64_t id, int64_t ls, int64_t lla)
-{
-    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
-    pthread_mutex_lock(&q->smu);
-    e->id = id;
-    e->last_seen = ls;
-    e->last_list_at = lla;
-    pthread_mutex_unlock(&q->smu);
-}
-
-static void seen_forget(pq *q, int64_t id)
-{
-    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
-    pthread_mutex_lock(&q->smu);
-    if (e->id == id)
-        e->id = 0;
-    pthread_mutex_unlock(&q->smu);
-}
-
-static bool seen_due(int64_t ls, int64_t lla, int64_t now, bool listed)
-{
-    return ls <= now - STORE_TOUCH_INTERVAL || (listed && lla <= now - STORE_TOUCH_INTERVAL);
-}
-
-/* Called twice on every request (svc_client_auth, svc_client_list). Decided from the values
- * remembered above when possible, else on a reader, so the common case (a client seen within
- * the hour) never touches the database, let alone queues behind the writer. The UPDATE re-checks
- * the same conditions, so a race with another thread only skips a redundant write. A client
- * deleted by another process may still be answered KB_OK here until its entry is evicted:
- * the marker is advisory; access is decided by store_client_get and the reads. */
-static kb_err pg_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
-{
-    pq *q = PQ(st);
-    cx *b;
-    pst *s = NULL;
-    int64_t ls = 0, lla = 0;
-    kb_err rc;
-    if (seen_get(q, client_id, &ls, &lla) && !seen_due(ls, lla, now, listed))
-        return KB_OK;
-    b = RD(st);
-    KB_GUARD_OUT(rc, prep(b, "SELECT last_seen, last_list_at FROM clients WHERE id = $1", &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
-    KB_GUARD_OUT(rc, step_row(b, s, "client_seen_check"));
-    ls = col_i64(s, 0);
-    lla = col_i64(s, 1);
-out:
-    done(s);
-    PUT(st, b);
-    if (rc != KB_OK)
-        return rc;
-    if (!seen_due(ls, lla, now, listed)) {
-        seen_put(q, client_id, ls, lla);
-        return KB_OK;
-    }
-    /* Written values are re-read next time rather than guessed (the UPDATE may lose a race). */
-    seen_forget(q, client_id);
-    return client_touch(st, client_id, now, listed);
-}
-
-static kb_err pg_client_delete(store *st, int64_t client_id, store_audit *au)
-{
-    seen_forget(PQ(st), client_id);
-    return delete_by_id(st, "DELETE FROM clients WHERE id = $1", client_id, au);
-}
-
-static kb_err pg_clients_stale(store *st, int64_t before, store_client **out, size_t *n)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    KB_GUARD_OUT(rc, prep(b,
-                          "SELECT " CLIENT_COLS " FROM clients c WHERE c.last_list_at < $1 "
-                          "ORDER BY c.last_list_at, c.spiffe_id",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, before));
-    rc = collect_clients(b, s, 0, out, n);
-out:
-    done(s);
-    PUT(st, b);
-    return rc;
-}
-
-/* ---- memberships and grants ---- */
-
-static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool present,
-                       store_audit *au)
-{
-    cx *b;
-    pst *s = NULL;
-    uint8_t mac[ROWMAC_LEN];
-    kb_err rc;
-    b = WR(st);
-    rc = tx_begin(b, true);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
-    }
-    if (!present) {
-        KB_GUARD_OUT(rc, prep(b,
-                              membership ? "DELETE FROM memberships WHERE client_id = $1 AND "
-                                           "group_id = $2"
-                                         : "DELETE FROM grants WHERE secret_id = $1 AND "
-                                           "group_id = $2",
-                              &s));
-        KB_GUARD_OUT(rc, bind_i64(s, 1, a));
-        KB_GUARD_OUT(rc, bind_i64(s, 2, g));
-        KB_GUARD_OUT(rc, step_done(b, s, "link_delete"));
-        KB_ENSURE_OUT(rc, b->changes > 0, KB_ERR_NOT_FOUND);
-        goto out;
-    }
-    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = $1", g));
-    if (membership) {
-        KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM clients WHERE id = $1", a));
-        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, a, g, mac));
-        KB_GUARD_OUT(rc, prep(b,
-                              "INSERT INTO memberships(client_id, group_id, mac) "
-                              "VALUES ($1, $2, $3)",
-                              &s));
-    } else {
-        KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = $1", a));
-        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, g, a, mac));
-        KB_GUARD_OUT(
-            rc, prep(b, "INSERT INTO grants(secret_id, group_id, mac) VALUES ($1, $2, $3)", &s));
-    }
-    KB_GUARD_OUT(rc, bind_i64(s, 1, a));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, g));
-    KB_GUARD_OUT(rc, bind_blob(s, 3, mac, sizeof(mac)));
-    rc = step_done(b, s, "link_insert");
-out:
-    done(s);
-    rc = tx_end(b, rc, au);
-    PUT(st, b);
-    return rc;
-}
-
-static kb_err pg_membership_set(store *st, int64_t client_id, int64_t group_id, bool present,
-                                store_audit *au)
-{
-    return link_set(st, true, client_id, group_id, present, au);
-}
-
-static kb_err pg_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present,
-                           store_audit *au)
-{
-    return link_set(st, false, secret_id, group_id, present, au);
-}
-
-/* The groups linked to one row (a client's memberships or a secret's grants), verified by
- * collect_groups; owner_sql checks that the row itself exists. */
-static kb_err linked_groups(store *st, const char *owner_sql, const char *sql, int kind, int64_t id,
-                            store_group **out, size_t *n)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    KB_GUARD_OUT(rc, exists(b, owner_sql, id));
-    KB_GUARD_OUT(rc, prep(b, sql, &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, id));
-    rc = collect_groups(b, s, kind, id, out, n);
-out:
-    done(s);
-    PUT(st, b);
-    return rc;
-}
-
-static kb_err pg_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
-{
-    return linked_groups(st, "SELECT 1 FROM clients WHERE id = $1",
-                         "SELECT " GROUP_COLS ", m.mac FROM memberships m JOIN groups g ON "
-                         "g.id = m.group_id WHERE m.client_id = $1 ORDER BY g.name",
-                         LINK_MEMBERSHIP, client_id, out, n);
-}
-
-static kb_err pg_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)
-{
-    return linked_groups(st, "SELECT 1 FROM secrets WHERE id = $1",
-                         "SELECT " GROUP_COLS ", gr.mac FROM grants gr JOIN groups g ON "
-                         "g.id = gr.group_id WHERE gr.secret_id = $1 ORDER BY g.name",
-                         LINK_GRANT, secret_id, out, n);
-}
-
-static kb_err pg_group_clients(store *st, int64_t group_id, store_client **out, size_t *n)
-{
-    cx *b;
-    pst *s = NULL;
-    kb_err rc;
-    b = RD(st);
-    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM groups WHERE id = $1", group_id));
-    KB_GUARD_OUT(rc, prep(b,
-                          "SELECT " CLIENT_COLS ", m.mac FROM memberships m JOIN clients c ON "
-                          "c.id = m.client_id WHERE m.group_id = $1 ORDER BY c.spiffe_id",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
-    rc = collect_clients(b, s, group_id, out, n);
-out:
-    done(s);
-    PUT(st, b);
     return rc;
 }
 
@@ -3216,7 +2573,7 @@ out:
 /* The verified, enabled client (lock held). */
 static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
 {
-    KB_GUARD(client_fetch(b, NULL, client_id, c));
+    KB_GUARD(store_sql_client_fetch(&b->sc, NULL, client_id, c));
     store_client_effective(b->sc.st, c);
     if (!c->enabled) {
         store_client_clear(c);
@@ -3425,7 +2782,7 @@ static kb_err pg_secret_status(store *st, int64_t secret_id, store_fetch **out, 
     pst *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, exists(b, "SELECT 1 FROM secrets WHERE id = $1", secret_id));
+    KB_GUARD_OUT(rc, store_sql_exists(&b->sc, "SELECT 1 FROM secrets WHERE id = $1", secret_id));
     KB_GUARD_OUT(rc, prep(b,
                           "SELECT f.client_id, c.spiffe_id, f.secret_id, f.version, f.fetched_at "
                           "FROM fetch_log f JOIN clients c ON c.id = f.client_id "
@@ -3532,6 +2889,11 @@ static bool drv_in_tx(store_sql_cx *b)
     return PG_CX(b)->in_tx;
 }
 
+static kb_err drv_state_check(store_sql_cx *b)
+{
+    return state_check(PG_CX(b));
+}
+
 static kb_err drv_prep(store_sql_cx *b, const char *sql, store_sql_stmt **out)
 {
     pst *s = NULL;
@@ -3614,6 +2976,15 @@ static const char *const pg_sql[STORE_SQL_Q_COUNT] = {
         "($1::text IS NULL OR object = $1::text) AND ($2::text IS NULL OR identity = $2::text) AND "
         "($3::int8 = 0 OR time >= $3::int8) AND ($4::int8 = 0 OR time <= $4::int8) "
         "ORDER BY seq DESC LIMIT $5",
+    [STORE_SQL_Q_CLIENT_TOUCH] =
+        "UPDATE clients SET "
+        " last_seen = CASE WHEN last_seen <= $1::int8 - $3::int8 THEN $1::int8 "
+        "  ELSE last_seen END,"
+        " last_list_at = CASE WHEN $4::int8 <> 0 AND "
+        "  last_list_at <= $1::int8 - $3::int8 THEN $1::int8 "
+        "  ELSE last_list_at END "
+        "WHERE id = $2 AND (last_seen <= $1::int8 - $3::int8 OR "
+        " ($4::int8 <> 0 AND last_list_at <= $1::int8 - $3::int8))",
 };
 
 static const store_sql_driver pg_driver = {
@@ -3623,6 +2994,7 @@ static const store_sql_driver pg_driver = {
     .tx_begin = drv_tx_begin,
     .tx_end = drv_tx_end,
     .in_tx = drv_in_tx,
+    .state_check = drv_state_check,
     .prep = drv_prep,
     .step = drv_step,
     .done = drv_done,
@@ -3657,22 +3029,22 @@ const struct store_ops store_pg_ops = {
     .version_list = pg_version_list,
     .version_get = pg_version_get,
     .secrets_expiring = pg_secrets_expiring,
-    .group_create = pg_group_create,
-    .group_get = pg_group_get,
-    .group_list = pg_group_list,
-    .group_delete = pg_group_delete,
-    .client_create = pg_client_create,
+    .group_create = store_sql_group_create,
+    .group_get = store_sql_group_get,
+    .group_list = store_sql_group_list,
+    .group_delete = store_sql_group_delete,
+    .client_create = store_sql_client_create,
     .client_get = pg_client_get,
-    .client_list = pg_client_list,
-    .client_update = pg_client_update,
-    .client_delete = pg_client_delete,
-    .client_seen = pg_client_seen,
-    .clients_stale = pg_clients_stale,
-    .membership_set = pg_membership_set,
-    .client_groups = pg_client_groups,
-    .group_clients = pg_group_clients,
-    .grant_set = pg_grant_set,
-    .secret_groups = pg_secret_groups,
+    .client_list = store_sql_client_list,
+    .client_update = store_sql_client_update,
+    .client_delete = store_sql_client_delete,
+    .client_seen = store_sql_client_seen,
+    .clients_stale = store_sql_clients_stale,
+    .membership_set = store_sql_membership_set,
+    .client_groups = store_sql_client_groups,
+    .group_clients = store_sql_group_clients,
+    .grant_set = store_sql_grant_set,
+    .secret_groups = store_sql_secret_groups,
     .readable_list = pg_readable_list,
     .readable_get_batch = pg_readable_get_batch,
     .fetch_record = store_sql_fetch_record,

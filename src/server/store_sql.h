@@ -15,6 +15,7 @@
 #ifndef KB_SERVER_STORE_SQL_H
 #define KB_SERVER_STORE_SQL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -36,8 +37,10 @@ typedef enum { STORE_SQL_TX_READ, STORE_SQL_TX_WRITE, STORE_SQL_TX_LOG } store_s
 
 /* The statements whose text differs between dialects: each backend's table has one per entry. */
 typedef enum {
-    STORE_SQL_Q_AUDIT_QUERY, /* ?1 object or NULL, ?2 identity or NULL, ?3 since, ?4 until,
-                                ?5 limit (PostgreSQL needs the parameters' types spelled) */
+    STORE_SQL_Q_AUDIT_QUERY,  /* ?1 object or NULL, ?2 identity or NULL, ?3 since, ?4 until,
+                                 ?5 limit (PostgreSQL needs the parameters' types spelled) */
+    STORE_SQL_Q_CLIENT_TOUCH, /* ?1 now, ?2 client id, ?3 STORE_TOUCH_INTERVAL, ?4 listed 0/1:
+                                 last_seen (and with ?4 last_list_at) moved to now when due */
     STORE_SQL_Q_COUNT
 } store_sql_q;
 
@@ -51,6 +54,8 @@ typedef struct store_sql_driver {
     kb_err (*tx_begin)(store_sql_cx *b, store_sql_tx mode);
     kb_err (*tx_end)(store_sql_cx *b, kb_err rc, store_audit *au);
     bool (*in_tx)(store_sql_cx *b);
+    /* The cheap half of the rollback check that every request makes (store_client_get). */
+    kb_err (*state_check)(store_sql_cx *b);
     /* Statements: the connection's cached statement for sql; step (STORE_SQL_ROW, _DONE or an
      * error code); done resets it for its next use (rows and bound values dropped). */
     kb_err (*prep)(store_sql_cx *b, const char *sql, store_sql_stmt **s);
@@ -90,15 +95,57 @@ struct store_sql_stmt {
     store_sql_cx *b;
 };
 
-/* First member of every backend's state (st->impl): how the shared ops find the driver. */
+#define STORE_SQL_SEEN_SLOTS 4096 /* power of two */
+
+/* First member of every backend's state (st->impl): how the shared ops find the driver, and
+ * what they keep per handle (store_sql_pool_init, store_sql_pool_free). */
 typedef struct {
     const store_sql_driver *drv;
+    pthread_mutex_t smu; /* guards seen */
+    struct store_sql_seen {
+        int64_t id, last_seen, last_list_at;
+    } * seen; /* STORE_SQL_SEEN_SLOTS, direct-mapped by client id: see store_sql_client_seen */
 } store_sql_pool;
+
+/* store_sql.c */
+kb_err store_sql_pool_init(store_sql_pool *p, const store_sql_driver *drv);
+void store_sql_pool_free(store_sql_pool *p); /* a zeroed or initialised one */
+/* Fetch one verified client by SPIFFE ID (spiffe_id != NULL) or id, as stored. */
+kb_err store_sql_client_fetch(store_sql_cx *b, const char *spiffe_id, int64_t id,
+                              store_client *out);
+/* KB_OK when sql (SELECT 1 ... WHERE ... = ?1) finds a row for id, else KB_ERR_NOT_FOUND. */
+kb_err store_sql_exists(store_sql_cx *b, const char *sql, int64_t id);
 
 /* The audit_log columns that audit rows are read from, in audit_row's order. */
 #define STORE_SQL_AUDIT_COLS "seq, time, identity, peer, action, object, version, result, mac"
 
 /* ---- the shared ops (store_impl.h has their contracts) ---- */
+
+/* store_sql_access.c */
+kb_err store_sql_group_create(store *st, const char *name, const char *description,
+                              const char *actor, int64_t now, int64_t *id_out, store_audit *au);
+kb_err store_sql_group_get(store *st, const char *name, store_group *out);
+kb_err store_sql_group_list(store *st, store_group **out, size_t *n);
+kb_err store_sql_group_delete(store *st, int64_t group_id, store_audit *au);
+kb_err store_sql_client_create(store *st, const store_client_new *cn, bool cloud, const char *actor,
+                               int64_t now, int64_t *id_out, store_audit *au);
+kb_err store_sql_client_get(store *st, const char *spiffe_id, int64_t id, store_client *out);
+kb_err store_sql_client_list(store *st, store_client **out, size_t *n);
+kb_err store_sql_client_update(store *st, int64_t client_id, const store_client_patch *p,
+                               store_audit *au);
+kb_err store_sql_client_seen(store *st, int64_t client_id, int64_t now, bool listed);
+/* The last_seen / last_list_at this handle last read for a client (lower bounds of the stored
+ * ones); false when it has none. */
+bool store_sql_seen_get(store_sql_pool *q, int64_t id, int64_t *ls, int64_t *lla);
+kb_err store_sql_client_delete(store *st, int64_t client_id, store_audit *au);
+kb_err store_sql_clients_stale(store *st, int64_t before, store_client **out, size_t *n);
+kb_err store_sql_membership_set(store *st, int64_t client_id, int64_t group_id, bool present,
+                                store_audit *au);
+kb_err store_sql_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present,
+                           store_audit *au);
+kb_err store_sql_client_groups(store *st, int64_t client_id, store_group **out, size_t *n);
+kb_err store_sql_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n);
+kb_err store_sql_group_clients(store *st, int64_t group_id, store_client **out, size_t *n);
 
 /* store_sql_audit.c */
 kb_err store_sql_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN]);

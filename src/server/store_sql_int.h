@@ -18,6 +18,15 @@ typedef store_sql_stmt stmt;
 #define RD(st) DRV(st)->rd_get(st)
 #define PUT(st, b) DRV(st)->put((st), (b))
 #define SQL(b, q) ((b)->drv->sql[(q)])
+#define POOL(st) ((store_sql_pool *)(st)->impl)
+
+/* Column lists and their loaders (store_sql.c) side by side. */
+#define CLIENT_COLS                                                                                \
+    "c.id, c.spiffe_id, c.enabled, c.admin, c.cloud, c.app_name, c.description, c.last_seen, "     \
+    "c.last_list_at, c.created_by, c.created_at, c.mac"
+#define CLIENT_NCOLS 12
+#define GROUP_COLS "g.id, g.name, g.description, g.created_by, g.created_at"
+#define GROUP_NCOLS 5
 
 /* One row of a listing: decode the row at s into item (a zeroed slot of the array being built);
  * set *keep = false to leave it out (the slot must then be left all-zero, e.g. a row failing its
@@ -25,6 +34,11 @@ typedef store_sql_stmt stmt;
  * fails the listing; a half-filled slot is freed with the rest. */
 typedef kb_err (*row_fn)(cx *b, stmt *s, void *ctx, void *item, const void *prev, bool *keep);
 typedef void (*items_free_fn)(void *arr, size_t n);
+
+/* store_sql.c: a client row at column c0 as stored, its MAC checked (KB_ERR_INTEGRITY, logged,
+ * on mismatch); a group row at c0. */
+kb_err store_sql_load_client(cx *b, stmt *s, int c0, store_client *out);
+kb_err store_sql_load_group(stmt *s, int c0, store_group *out);
 
 /* store_sql.c: step s to its end, collecting the kept rows into a malloc'd array of elem-size
  * items (*out NULL when there are none). The one loop behind every multi-row read. */

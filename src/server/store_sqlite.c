@@ -12,9 +12,9 @@
  * database whose floor admits it and refuses one contracted past it (KB_ERR_SCHEMA).
  *
  * This file holds the schema and migrations, the connections, statements and transactions, the
- * row loaders, the state commitment, the shared op layer's statement interface (store_sql.h)
- * and the ops table; the rows by concern are in store_sqlite_secrets.c and
- * store_sqlite_access.c, sharing store_sqlite_int.h; the ops both backends share are in
+ * secret and version row loaders, the state commitment, the shared op layer's statement
+ * interface (store_sql.h) and the ops table; the secret ops are in store_sqlite_secrets.c,
+ * sharing store_sqlite_int.h; the ops both backends share (audit, access rows) are in
  * store_sql*.c.
  */
 #include <errno.h>
@@ -387,6 +387,11 @@ static bool drv_in_tx(store_sql_cx *b)
     return !sqlite3_get_autocommit(SQ_CX(b)->db);
 }
 
+static kb_err drv_state_check(store_sql_cx *b)
+{
+    return sq_state_check(SQ_CX(b));
+}
+
 static kb_err drv_prep(store_sql_cx *b, const char *sql, store_sql_stmt **out)
 {
     sq_stmt *t;
@@ -468,6 +473,11 @@ static const char *const sq_sql[STORE_SQL_Q_COUNT] = {
                                 "(?1 IS NULL OR object = ?1) AND (?2 IS NULL OR identity = ?2) AND "
                                 "(?3 = 0 OR time >= ?3) AND (?4 = 0 OR time <= ?4) "
                                 "ORDER BY seq DESC LIMIT ?5",
+    [STORE_SQL_Q_CLIENT_TOUCH] =
+        "UPDATE clients SET "
+        " last_seen = CASE WHEN last_seen <= ?1 - ?3 THEN ?1 ELSE last_seen END,"
+        " last_list_at = CASE WHEN ?4 AND last_list_at <= ?1 - ?3 THEN ?1 ELSE last_list_at END "
+        "WHERE id = ?2 AND (last_seen <= ?1 - ?3 OR (?4 AND last_list_at <= ?1 - ?3))",
 };
 
 static const store_sql_driver sq_driver = {
@@ -477,6 +487,7 @@ static const store_sql_driver sq_driver = {
     .tx_begin = drv_tx_begin,
     .tx_end = drv_tx_end,
     .in_tx = drv_in_tx,
+    .state_check = drv_state_check,
     .prep = drv_prep,
     .step = drv_step,
     .done = drv_done,
@@ -591,52 +602,6 @@ out:
     return rc;
 }
 
-/* Load a client row at c0 as stored and check its MAC. The effective flags (cloud derived from the
- * prefixes, admin dropped for a cloud client) are store.c's policy: store_client_effective. */
-kb_err sq_load_client(cx *b, sqlite3_stmt *s, int c0, store_client *out)
-{
-    uint8_t want[ROWMAC_LEN];
-    kb_err rc = KB_OK;
-    bool strict = true;
-    memset(out, 0, sizeof(*out));
-    out->id = sqlite3_column_int64(s, c0 + 0);
-    out->enabled = col_bool(s, c0 + 2, &strict);
-    out->admin = col_bool(s, c0 + 3, &strict);
-    out->cloud = col_bool(s, c0 + 4, &strict);
-    out->last_seen = sqlite3_column_int64(s, c0 + 7);
-    out->last_list_at = sqlite3_column_int64(s, c0 + 8);
-    out->created_at = sqlite3_column_int64(s, c0 + 10);
-    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->spiffe_id));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 5, &out->app_name));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->description));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->created_by));
-    KB_GUARD_OUT(rc, rowmac_client(b->sc.mac, out->id, out->spiffe_id, out->enabled, out->admin,
-                                   out->cloud, out->app_name, want));
-    if (!strict || !col_mac_ok(s, c0 + 11, want)) {
-        store_log_integrity("clients", out->id, 0);
-        KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
-    }
-out:
-    if (rc != KB_OK)
-        store_client_clear(out);
-    return rc;
-}
-
-kb_err sq_load_group(sqlite3_stmt *s, int c0, store_group *out)
-{
-    kb_err rc = KB_OK;
-    memset(out, 0, sizeof(*out));
-    out->id = sqlite3_column_int64(s, c0 + 0);
-    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->name));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 3, &out->created_by));
-    out->created_at = sqlite3_column_int64(s, c0 + 4);
-out:
-    if (rc != KB_OK)
-        store_group_clear(out);
-    return rc;
-}
-
 /* Fetch one verified secret by name or id (lock held). */
 kb_err sq_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out)
 {
@@ -653,37 +618,6 @@ kb_err sq_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out)
         rc = step_row(b, s, "secret_fetch");
     if (rc == KB_OK)
         rc = sq_load_secret(b, s, 0, out);
-    done(s);
-    return rc;
-}
-
-kb_err sq_client_fetch(cx *b, const char *spiffe_id, int64_t id, store_client *out)
-{
-    sqlite3_stmt *s = NULL;
-    kb_err rc;
-    if (spiffe_id != NULL) {
-        KB_GUARD(sq_prep(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.spiffe_id = ?1", &s));
-        rc = bind_text(s, 1, spiffe_id);
-    } else {
-        KB_GUARD(sq_prep(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.id = ?1", &s));
-        rc = bind_i64(s, 1, id);
-    }
-    if (rc == KB_OK)
-        rc = step_row(b, s, "client_fetch");
-    if (rc == KB_OK)
-        rc = sq_load_client(b, s, 0, out);
-    done(s);
-    return rc;
-}
-
-kb_err sq_exists(cx *b, const char *sql, int64_t id)
-{
-    sqlite3_stmt *s = NULL;
-    kb_err rc;
-    KB_GUARD(sq_prep(b, sql, &s));
-    rc = bind_i64(s, 1, id);
-    if (rc == KB_OK)
-        rc = step_row(b, s, "exists");
     done(s);
     return rc;
 }
@@ -1275,8 +1209,7 @@ static void sq_free(sq *q)
         cx_close(q->readers[i]);
     free(q->readers);
     cx_close(q->writer);
-    free(q->seen);
-    pthread_mutex_destroy(&q->smu);
+    store_sql_pool_free(&q->sp);
     pthread_cond_destroy(&q->pcv);
     pthread_mutex_destroy(&q->pmu);
     pthread_mutex_destroy(&q->wmu);
@@ -1312,7 +1245,6 @@ static kb_err sq_open(store *st, const char *path)
     close(fd);
     q = calloc(1, sizeof(*q));
     KB_ENSURE(q != NULL, KB_ERR_NOMEM);
-    q->sp.drv = &sq_driver;
     if (pthread_mutex_init(&q->wmu, NULL) != 0) {
         free(q);
         return KB_ERR_INTERNAL;
@@ -1328,15 +1260,7 @@ static kb_err sq_open(store *st, const char *path)
         free(q);
         return KB_ERR_INTERNAL;
     }
-    if (pthread_mutex_init(&q->smu, NULL) != 0) {
-        pthread_cond_destroy(&q->pcv);
-        pthread_mutex_destroy(&q->pmu);
-        pthread_mutex_destroy(&q->wmu);
-        free(q);
-        return KB_ERR_INTERNAL;
-    }
-    q->seen = calloc(SEEN_SLOTS, sizeof(*q->seen));
-    KB_ENSURE_OUT(e, q->seen != NULL, KB_ERR_NOMEM);
+    KB_GUARD_OUT(e, store_sql_pool_init(&q->sp, &sq_driver));
     /* The writer first: it sets WAL and migrates before any reader looks at the schema. */
     KB_GUARD_OUT(e, cx_open(st, path, true, &q->writer));
     want = readers_wanted();
@@ -1399,22 +1323,22 @@ const struct store_ops store_sqlite_ops = {
     .version_list = sq_version_list,
     .version_get = sq_version_get,
     .secrets_expiring = sq_secrets_expiring,
-    .group_create = sq_group_create,
-    .group_get = sq_group_get,
-    .group_list = sq_group_list,
-    .group_delete = sq_group_delete,
-    .client_create = sq_client_create,
-    .client_get = sq_client_get,
-    .client_list = sq_client_list,
-    .client_update = sq_client_update,
-    .client_delete = sq_client_delete,
-    .client_seen = sq_client_seen,
-    .clients_stale = sq_clients_stale,
-    .membership_set = sq_membership_set,
-    .client_groups = sq_client_groups,
-    .group_clients = sq_group_clients,
-    .grant_set = sq_grant_set,
-    .secret_groups = sq_secret_groups,
+    .group_create = store_sql_group_create,
+    .group_get = store_sql_group_get,
+    .group_list = store_sql_group_list,
+    .group_delete = store_sql_group_delete,
+    .client_create = store_sql_client_create,
+    .client_get = store_sql_client_get,
+    .client_list = store_sql_client_list,
+    .client_update = store_sql_client_update,
+    .client_delete = store_sql_client_delete,
+    .client_seen = store_sql_client_seen,
+    .clients_stale = store_sql_clients_stale,
+    .membership_set = store_sql_membership_set,
+    .client_groups = store_sql_client_groups,
+    .group_clients = store_sql_group_clients,
+    .grant_set = store_sql_grant_set,
+    .secret_groups = store_sql_secret_groups,
     .readable_list = sq_readable_list,
     .readable_get_batch = sq_readable_get_batch,
     .fetch_record = store_sql_fetch_record,

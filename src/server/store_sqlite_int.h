@@ -1,11 +1,11 @@
 /* store_sqlite_int.h - private to the SQLite backend (store_sqlite*.c); nothing else includes it.
  *
  * The backend is split by concern: store_sqlite.c (schema and migrations, connections and the
- * reader pool, transactions, row loaders, the state commitment, the shared op layer's statement
- * interface, the ops table), store_sqlite_secrets.c (secrets, versions, client reads,
- * notifications) and store_sqlite_access.c (groups, clients, memberships, grants); the audit log
- * and what else both backends share is in store_sql*.c (store_sql.h). Functions shared between
- * them carry the sq_ prefix.
+ * reader pool, transactions, secret and version row loaders, the state commitment, the shared op
+ * layer's statement interface, the ops table) and store_sqlite_secrets.c (secrets, versions,
+ * client reads, notifications); the audit log, groups, clients, memberships and grants, which
+ * both backends share, are in store_sql*.c (store_sql.h). Functions shared between them carry
+ * the sq_ prefix.
  */
 #ifndef KB_SERVER_STORE_SQLITE_INT_H
 #define KB_SERVER_STORE_SQLITE_INT_H
@@ -57,7 +57,7 @@ typedef struct cx {
  * reader statement runs in its own snapshot, or in one BEGIN ... COMMIT where several reads must
  * agree (the client row and its listing; a batch get). */
 typedef struct {
-    store_sql_pool sp; /* the shared op layer's driver */
+    store_sql_pool sp; /* the shared op layer's driver and client seen cache */
     cx *writer;
     pthread_mutex_t wmu;
     pthread_mutex_t pmu; /* guards idle */
@@ -65,13 +65,7 @@ typedef struct {
     cx *idle;
     cx **readers; /* all of them, for close */
     size_t nreaders;
-    pthread_mutex_t smu; /* guards seen */
-    struct seen_entry {
-        int64_t id, last_seen, last_list_at;
-    } * seen; /* SEEN_SLOTS, direct-mapped by client id: see sq_client_seen */
 } sq;
-
-#define SEEN_SLOTS 4096 /* power of two */
 
 #define SQ(st) ((sq *)(st)->impl)
 #define STORE_SQLITE_READERS_MAX 16
@@ -99,11 +93,7 @@ kb_err sq_load_secret(cx *b, sqlite3_stmt *s, int c0, store_secret *out);
 kb_err sq_load_version(cx *b, sqlite3_stmt *s, int c0, store_version *out);
 kb_err sq_load_latest(cx *b, sqlite3_stmt *s, store_record *rec);
 kb_err sq_load_env(sqlite3_stmt *s, int c0, store_envelope *out);
-kb_err sq_load_client(cx *b, sqlite3_stmt *s, int c0, store_client *out);
-kb_err sq_load_group(sqlite3_stmt *s, int c0, store_group *out);
 kb_err sq_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out);
-kb_err sq_client_fetch(cx *b, const char *spiffe_id, int64_t id, store_client *out);
-kb_err sq_exists(cx *b, const char *sql, int64_t id);
 kb_err sq_state_check(cx *b);
 
 /* Take the writer, take a reader, hand either back. */
@@ -225,12 +215,6 @@ static inline kb_err run(cx *b, const char *sql)
     "v.created_by, v.created_at, v.mac"
 #define VERSION_NCOLS 9
 #define ENV_COLS "v.wrapped_key, v.key_id, v.sealed"
-#define CLIENT_COLS                                                                                \
-    "c.id, c.spiffe_id, c.enabled, c.admin, c.cloud, c.app_name, c.description, c.last_seen, "     \
-    "c.last_list_at, c.created_by, c.created_at, c.mac"
-#define CLIENT_NCOLS 12
-#define GROUP_COLS "g.id, g.name, g.description, g.created_by, g.created_at"
-#define GROUP_NCOLS 5
 
 /* ---- store_sqlite_secrets.c ---- */
 
@@ -260,27 +244,5 @@ kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t 
 kb_err sq_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t window, bool *sent);
 kb_err sq_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window, int64_t now,
                       store_audit *au);
-
-/* ---- store_sqlite_access.c ---- */
-
-kb_err sq_group_create(store *st, const char *name, const char *description, const char *actor,
-                       int64_t now, int64_t *id_out, store_audit *au);
-kb_err sq_group_get(store *st, const char *name, store_group *out);
-kb_err sq_group_list(store *st, store_group **out, size_t *n);
-kb_err sq_group_delete(store *st, int64_t group_id, store_audit *au);
-kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud, const char *actor,
-                        int64_t now, int64_t *id_out, store_audit *au);
-kb_err sq_client_get(store *st, const char *spiffe_id, int64_t id, store_client *out);
-kb_err sq_client_list(store *st, store_client **out, size_t *n);
-kb_err sq_client_update(store *st, int64_t client_id, const store_client_patch *p, store_audit *au);
-kb_err sq_client_seen(store *st, int64_t client_id, int64_t now, bool listed);
-kb_err sq_client_delete(store *st, int64_t client_id, store_audit *au);
-kb_err sq_clients_stale(store *st, int64_t before, store_client **out, size_t *n);
-kb_err sq_membership_set(store *st, int64_t client_id, int64_t group_id, bool present,
-                         store_audit *au);
-kb_err sq_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present, store_audit *au);
-kb_err sq_client_groups(store *st, int64_t client_id, store_group **out, size_t *n);
-kb_err sq_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n);
-kb_err sq_group_clients(store *st, int64_t group_id, store_client **out, size_t *n);
 
 #endif

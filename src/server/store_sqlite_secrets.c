@@ -118,7 +118,8 @@ kb_err sq_secret_create(store *st, const store_secret_new *sn, const store_versi
         return rc;
     }
     if (sn->owner_group_id > 0)
-        KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM groups WHERE id = ?1", sn->owner_group_id));
+        KB_GUARD_OUT(
+            rc, store_sql_exists(&b->sc, "SELECT 1 FROM groups WHERE id = ?1", sn->owner_group_id));
     KB_GUARD_OUT(rc, sq_prep(b,
                              "INSERT INTO secrets(name, description, cloud_sync, created_by, "
                              "created_at, updated_by, updated_at, mac) "
@@ -239,7 +240,8 @@ kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_patch *
     if (p->cloud_sync >= 0)
         sec.cloud_sync = p->cloud_sync == 1;
     if (p->owner_group_id > 0)
-        KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM groups WHERE id = ?1", p->owner_group_id));
+        KB_GUARD_OUT(
+            rc, store_sql_exists(&b->sc, "SELECT 1 FROM groups WHERE id = ?1", p->owner_group_id));
     if (p->owner_group_id >= 0)
         sec.owner_group_id = p->owner_group_id;
     if (p->description != NULL) {
@@ -498,7 +500,7 @@ kb_err sq_version_list(store *st, int64_t secret_id, store_version **out, size_t
     kb_err rc;
 
     b = RD(st);
-    KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
+    KB_GUARD_OUT(rc, store_sql_exists(&b->sc, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
     KB_GUARD_OUT(rc, sq_prep(b,
                              "SELECT " VERSION_COLS
                              " FROM versions v WHERE v.secret_id = ?1 ORDER BY v.version DESC",
@@ -598,7 +600,7 @@ out:
 /* The verified, enabled client (lock held). */
 static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
 {
-    KB_GUARD(sq_client_fetch(b, NULL, client_id, c));
+    KB_GUARD(store_sql_client_fetch(&b->sc, NULL, client_id, c));
     store_client_effective(b->sc.st, c);
     if (!c->enabled) {
         store_client_clear(c);
@@ -806,7 +808,7 @@ kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t 
     sqlite3_stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
+    KB_GUARD_OUT(rc, store_sql_exists(&b->sc, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
     KB_GUARD_OUT(rc,
                  sq_prep(b,
                          "SELECT f.client_id, c.spiffe_id, f.secret_id, f.version, f.fetched_at "

@@ -1,55 +1,52 @@
-/* store_sqlite_access.c - the SQLite backend's access rows: groups, clients (and the
- * last-seen cache), memberships and grants. Every row here decides access, so each carries a
- * row MAC (rowmac.h) checked on read and counted in the state digest (store_sqlite.c).
+/* store_sql_access.c - the access rows for every SQL backend (store_sql.h): groups, clients
+ * (and the last-seen cache), memberships and grants. Every row here decides access, so each
+ * carries a row MAC (rowmac.h) checked on read and counted in the state digest (the backend's
+ * tx_end).
  */
-#include <inttypes.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "store_sqlite_int.h"
+#include "model.h"
+#include "store_sql_int.h"
 
 /* ---- groups ---- */
 
-kb_err sq_group_create(store *st, const char *name, const char *description, const char *actor,
-                       int64_t now, int64_t *id_out, store_audit *au)
+kb_err store_sql_group_create(store *st, const char *name, const char *description,
+                              const char *actor, int64_t now, int64_t *id_out, store_audit *au)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "INSERT INTO groups(name, description, created_by, created_at) "
-                             "VALUES (?1, ?2, ?3, ?4)",
-                             &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO groups(name, description, created_by, created_at) "
+                          "VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                          &s));
     KB_GUARD_OUT(rc, bind_text(s, 1, name));
     KB_GUARD_OUT(rc, bind_text(s, 2, description));
     KB_GUARD_OUT(rc, bind_text(s, 3, actor));
     KB_GUARD_OUT(rc, bind_i64(s, 4, now));
-    KB_GUARD_OUT(rc, step_done(b, s, "group_insert"));
-    *id_out = sqlite3_last_insert_rowid(b->db);
+    KB_GUARD_OUT(rc, step_row(b, s, "group_insert"));
+    *id_out = col_i64(s, 0);
 out:
     done(s);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-kb_err sq_group_get(store *st, const char *name, store_group *out)
+kb_err store_sql_group_get(store *st, const char *name, store_group *out)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, sq_prep(b, "SELECT " GROUP_COLS " FROM groups g WHERE g.name = ?1", &s));
+    KB_GUARD_OUT(rc, prep(b, "SELECT " GROUP_COLS " FROM groups g WHERE g.name = ?1", &s));
     KB_GUARD_OUT(rc, bind_text(s, 1, name));
     KB_GUARD_OUT(rc, step_row(b, s, "group_get"));
-    rc = sq_load_group(s, 0, out);
+    rc = store_sql_load_group(s, 0, out);
 out:
     done(s);
     PUT(st, b);
@@ -70,17 +67,17 @@ static void groups_free(void *arr, size_t n)
     store_groups_free(arr, n);
 }
 
-static kb_err group_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev, bool *keep)
+static kb_err group_row(cx *b, stmt *s, void *ctx, void *item, const void *prev, bool *keep)
 {
     const group_link *l = ctx;
-    int64_t gid = sqlite3_column_int64(s, 0);
+    int64_t gid = col_i64(s, 0);
     (void)prev;
     if (l->link != LINK_NONE) {
         uint8_t want[ROWMAC_LEN];
         if (l->link == LINK_MEMBERSHIP)
-            KB_GUARD(rowmac_membership(b->sc.mac, l->fixed_id, gid, want));
+            KB_GUARD(rowmac_membership(b->mac, l->fixed_id, gid, want));
         else
-            KB_GUARD(rowmac_grant(b->sc.mac, gid, l->fixed_id, want));
+            KB_GUARD(rowmac_grant(b->mac, gid, l->fixed_id, want));
         if (!col_mac_ok(s, GROUP_NCOLS, want)) {
             store_log_integrity(l->link == LINK_MEMBERSHIP ? "memberships" : "grants",
                                 l->link == LINK_MEMBERSHIP ? l->fixed_id : gid,
@@ -89,24 +86,24 @@ static kb_err group_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const voi
             return KB_OK;
         }
     }
-    return sq_load_group(s, 0, item);
+    return store_sql_load_group(s, 0, item);
 }
 
-static kb_err collect_groups(cx *b, sqlite3_stmt *s, int link, int64_t fixed_id, store_group **out,
+static kb_err collect_groups(cx *b, stmt *s, int link, int64_t fixed_id, store_group **out,
                              size_t *n)
 {
     group_link l = {link, fixed_id};
-    return sq_collect(b, s, sizeof(**out), group_row, &l, groups_free, "collect_groups",
-                      (void **)out, n);
+    return store_sql_collect(b, s, sizeof(**out), group_row, &l, groups_free, "collect_groups",
+                             (void **)out, n);
 }
 
-kb_err sq_group_list(store *st, store_group **out, size_t *n)
+kb_err store_sql_group_list(store *st, store_group **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    rc = sq_prep(b, "SELECT " GROUP_COLS " FROM groups g ORDER BY g.name", &s);
+    rc = prep(b, "SELECT " GROUP_COLS " FROM groups g ORDER BY g.name", &s);
     if (rc == KB_OK)
         rc = collect_groups(b, s, LINK_NONE, 0, out, n);
     done(s);
@@ -114,27 +111,27 @@ kb_err sq_group_list(store *st, store_group **out, size_t *n)
     return rc;
 }
 
-kb_err sq_group_delete(store *st, int64_t group_id, store_audit *au)
+kb_err store_sql_group_delete(store *st, int64_t group_id, store_audit *au)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM groups WHERE id = ?1", group_id));
+    KB_GUARD_OUT(rc, store_sql_exists(b, "SELECT 1 FROM groups WHERE id = ?1", group_id));
     /* An owner group is part of its secrets' MAC'd rows: refuse rather than rewrite them. */
-    rc = sq_exists(b, "SELECT 1 FROM secrets WHERE owner_group_id = ?1", group_id);
+    rc = store_sql_exists(b, "SELECT 1 FROM secrets WHERE owner_group_id = ?1", group_id);
     KB_ENSURE_OUT(rc, rc == KB_ERR_NOT_FOUND, rc == KB_OK ? KB_ERR_CONFLICT : rc);
-    KB_GUARD_OUT(rc, sq_prep(b, "DELETE FROM groups WHERE id = ?1", &s));
+    KB_GUARD_OUT(rc, prep(b, "DELETE FROM groups WHERE id = ?1", &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
     rc = step_done(b, s, "group_delete");
 out:
     done(s);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -144,14 +141,14 @@ out:
 static kb_err client_write_mac(cx *b, const store_client *c, bool stored_cloud)
 {
     uint8_t mac[ROWMAC_LEN];
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
-    KB_GUARD(rowmac_client(b->sc.mac, c->id, c->spiffe_id, c->enabled, c->admin, stored_cloud,
+    KB_GUARD(rowmac_client(b->mac, c->id, c->spiffe_id, c->enabled, c->admin, stored_cloud,
                            c->app_name, mac));
-    KB_GUARD(sq_prep(b,
-                     "UPDATE clients SET enabled = ?1, admin = ?2, cloud = ?3, app_name = ?4, "
-                     "description = ?5, mac = ?6 WHERE id = ?7",
-                     &s));
+    KB_GUARD(prep(b,
+                  "UPDATE clients SET enabled = ?1, admin = ?2, cloud = ?3, app_name = ?4, "
+                  "description = ?5, mac = ?6 WHERE id = ?7",
+                  &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, c->enabled ? 1 : 0));
     KB_GUARD_OUT(rc, bind_i64(s, 2, c->admin ? 1 : 0));
     KB_GUARD_OUT(rc, bind_i64(s, 3, stored_cloud ? 1 : 0));
@@ -165,28 +162,29 @@ out:
     return rc;
 }
 
-kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud, const char *actor,
-                        int64_t now, int64_t *id_out, store_audit *au)
+kb_err store_sql_client_create(store *st, const store_client_new *cn, bool cloud, const char *actor,
+                               int64_t now, int64_t *id_out, store_audit *au)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     store_client c = {0};
     kb_err rc;
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "INSERT INTO clients(spiffe_id, enabled, admin, cloud, created_by, "
-                             "created_at, mac) VALUES (?1, 0, 0, 0, ?2, ?3, x'')",
-                             &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO clients(spiffe_id, enabled, admin, cloud, created_by, "
+                          "created_at, mac) VALUES (?1, 0, 0, 0, ?2, ?3, ?4) RETURNING id",
+                          &s));
     KB_GUARD_OUT(rc, bind_text(s, 1, cn->spiffe_id));
     KB_GUARD_OUT(rc, bind_text(s, 2, actor));
     KB_GUARD_OUT(rc, bind_i64(s, 3, now));
-    KB_GUARD_OUT(rc, step_done(b, s, "client_insert"));
-    c.id = sqlite3_last_insert_rowid(b->db);
+    KB_GUARD_OUT(rc, bind_blob(s, 4, "", 0)); /* the MAC once the id is known */
+    KB_GUARD_OUT(rc, step_row(b, s, "client_insert"));
+    c.id = col_i64(s, 0);
     c.spiffe_id = (char *)cn->spiffe_id;
     c.enabled = cn->enabled;
     c.admin = cn->admin;
@@ -196,20 +194,20 @@ kb_err sq_client_create(store *st, const store_client_new *cn, bool cloud, const
     *id_out = c.id;
 out:
     done(s);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-kb_err sq_client_get(store *st, const char *spiffe_id, int64_t id, store_client *out)
+kb_err store_sql_client_get(store *st, const char *spiffe_id, int64_t id, store_client *out)
 {
     cx *b;
     kb_err rc;
     b = RD(st);
     /* Every request starts here: the cheap half of the rollback check (one indexed row). */
-    rc = sq_state_check(b);
+    rc = b->drv->state_check(b);
     if (rc == KB_OK)
-        rc = sq_client_fetch(b, spiffe_id, id, out);
+        rc = store_sql_client_fetch(b, spiffe_id, id, out);
     PUT(st, b);
     return rc;
 }
@@ -221,23 +219,22 @@ static void clients_free(void *arr, size_t n)
 
 /* A client row (ctx: a group id whose membership MAC, in the column after the client's, must
  * verify, or 0); rows failing a MAC are left out (logged). */
-static kb_err client_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
-                         bool *keep)
+static kb_err client_row(cx *b, stmt *s, void *ctx, void *item, const void *prev, bool *keep)
 {
     int64_t group_id = *(const int64_t *)ctx;
     kb_err e;
     (void)prev;
     if (group_id > 0) {
         uint8_t want[ROWMAC_LEN];
-        int64_t cid = sqlite3_column_int64(s, 0);
-        KB_GUARD(rowmac_membership(b->sc.mac, cid, group_id, want));
+        int64_t cid = col_i64(s, 0);
+        KB_GUARD(rowmac_membership(b->mac, cid, group_id, want));
         if (!col_mac_ok(s, CLIENT_NCOLS, want)) {
             store_log_integrity("memberships", cid, group_id);
             *keep = false;
             return KB_OK;
         }
     }
-    e = sq_load_client(b, s, 0, item);
+    e = store_sql_load_client(b, s, 0, item);
     if (e == KB_ERR_INTEGRITY) {
         *keep = false;
         return KB_OK;
@@ -245,20 +242,19 @@ static kb_err client_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const vo
     return e;
 }
 
-static kb_err collect_clients(cx *b, sqlite3_stmt *s, int64_t group_id, store_client **out,
-                              size_t *n)
+static kb_err collect_clients(cx *b, stmt *s, int64_t group_id, store_client **out, size_t *n)
 {
-    return sq_collect(b, s, sizeof(**out), client_row, &group_id, clients_free, "collect_clients",
-                      (void **)out, n);
+    return store_sql_collect(b, s, sizeof(**out), client_row, &group_id, clients_free,
+                             "collect_clients", (void **)out, n);
 }
 
-kb_err sq_client_list(store *st, store_client **out, size_t *n)
+kb_err store_sql_client_list(store *st, store_client **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    rc = sq_prep(b, "SELECT " CLIENT_COLS " FROM clients c ORDER BY c.spiffe_id", &s);
+    rc = prep(b, "SELECT " CLIENT_COLS " FROM clients c ORDER BY c.spiffe_id", &s);
     if (rc == KB_OK)
         rc = collect_clients(b, s, 0, out, n);
     done(s);
@@ -266,7 +262,8 @@ kb_err sq_client_list(store *st, store_client **out, size_t *n)
     return rc;
 }
 
-kb_err sq_client_update(store *st, int64_t client_id, const store_client_patch *p, store_audit *au)
+kb_err store_sql_client_update(store *st, int64_t client_id, const store_client_patch *p,
+                               store_audit *au)
 {
     cx *b;
     store_client c = {0};
@@ -274,12 +271,12 @@ kb_err sq_client_update(store *st, int64_t client_id, const store_client_patch *
     bool stored_cloud;
     kb_err rc;
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_client_fetch(b, NULL, client_id, &c));
+    KB_GUARD_OUT(rc, store_sql_client_fetch(b, NULL, client_id, &c));
     /* The stored cloud flag is what we re-MAC; the patch applies to the effective flags. */
     stored_cloud = c.cloud;
     store_client_effective(st, &c);
@@ -303,7 +300,7 @@ out:
     if (keep_desc)
         c.description = keep_desc;
     store_client_clear(&c);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -311,22 +308,22 @@ out:
 static kb_err delete_by_id(store *st, const char *sql, int64_t id, store_audit *au)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = WR(st);
     /* A transaction, so the rows it removes (and their cascades) move the state row with it. */
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_prep(b, sql, &s));
+    KB_GUARD_OUT(rc, prep(b, sql, &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, step_done(b, s, "delete"));
-    KB_ENSURE_OUT(rc, sqlite3_changes(b->db) > 0, KB_ERR_NOT_FOUND);
+    KB_ENSURE_OUT(rc, b->drv->changes(b) > 0, KB_ERR_NOT_FOUND);
 out:
     done(s);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
@@ -334,18 +331,10 @@ out:
 static kb_err client_touch(store *st, int64_t client_id, int64_t now, bool listed)
 {
     cx *b = WR(st);
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     /* Throttled so that a busy client does not turn every read into a write. */
-    KB_GUARD_OUT(rc,
-                 sq_prep(b,
-                         "UPDATE clients SET "
-                         " last_seen = CASE WHEN last_seen <= ?1 - ?3 THEN ?1 ELSE last_seen END,"
-                         " last_list_at = CASE WHEN ?4 AND last_list_at <= ?1 - ?3 THEN ?1 "
-                         "  ELSE last_list_at END "
-                         "WHERE id = ?2 AND (last_seen <= ?1 - ?3 OR (?4 AND "
-                         " last_list_at <= ?1 - ?3))",
-                         &s));
+    KB_GUARD_OUT(rc, prep(b, SQL(b, STORE_SQL_Q_CLIENT_TOUCH), &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, now));
     KB_GUARD_OUT(rc, bind_i64(s, 2, client_id));
     KB_GUARD_OUT(rc, bind_i64(s, 3, STORE_TOUCH_INTERVAL));
@@ -360,9 +349,9 @@ out:
 /* The last_seen / last_list_at values this process last read for a client: lower bounds of the
  * stored ones (they only move forward, and ids are never reused), so when they say nothing is
  * due, nothing is, and the request needs no database access at all for its activity marker. */
-static bool seen_get(sq *q, int64_t id, int64_t *ls, int64_t *lla)
+bool store_sql_seen_get(store_sql_pool *q, int64_t id, int64_t *ls, int64_t *lla)
 {
-    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
+    struct store_sql_seen *e = &q->seen[(uint64_t)id & (STORE_SQL_SEEN_SLOTS - 1)];
     bool hit;
     pthread_mutex_lock(&q->smu);
     hit = e->id == id;
@@ -374,9 +363,9 @@ static bool seen_get(sq *q, int64_t id, int64_t *ls, int64_t *lla)
     return hit;
 }
 
-static void seen_put(sq *q, int64_t id, int64_t ls, int64_t lla)
+static void seen_put(store_sql_pool *q, int64_t id, int64_t ls, int64_t lla)
 {
-    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
+    struct store_sql_seen *e = &q->seen[(uint64_t)id & (STORE_SQL_SEEN_SLOTS - 1)];
     pthread_mutex_lock(&q->smu);
     e->id = id;
     e->last_seen = ls;
@@ -384,9 +373,9 @@ static void seen_put(sq *q, int64_t id, int64_t ls, int64_t lla)
     pthread_mutex_unlock(&q->smu);
 }
 
-static void seen_forget(sq *q, int64_t id)
+static void seen_forget(store_sql_pool *q, int64_t id)
 {
-    struct seen_entry *e = &q->seen[(uint64_t)id & (SEEN_SLOTS - 1)];
+    struct store_sql_seen *e = &q->seen[(uint64_t)id & (STORE_SQL_SEEN_SLOTS - 1)];
     pthread_mutex_lock(&q->smu);
     if (e->id == id)
         e->id = 0;
@@ -404,21 +393,21 @@ static bool seen_due(int64_t ls, int64_t lla, int64_t now, bool listed)
  * the same conditions, so a race with another thread only skips a redundant write. A client
  * deleted by another process may still be answered KB_OK here until its entry is evicted:
  * the marker is advisory; access is decided by store_client_get and the reads. */
-kb_err sq_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
+kb_err store_sql_client_seen(store *st, int64_t client_id, int64_t now, bool listed)
 {
-    sq *q = SQ(st);
+    store_sql_pool *q = POOL(st);
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     int64_t ls = 0, lla = 0;
     kb_err rc;
-    if (seen_get(q, client_id, &ls, &lla) && !seen_due(ls, lla, now, listed))
+    if (store_sql_seen_get(q, client_id, &ls, &lla) && !seen_due(ls, lla, now, listed))
         return KB_OK;
     b = RD(st);
-    KB_GUARD_OUT(rc, sq_prep(b, "SELECT last_seen, last_list_at FROM clients WHERE id = ?1", &s));
+    KB_GUARD_OUT(rc, prep(b, "SELECT last_seen, last_list_at FROM clients WHERE id = ?1", &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
     KB_GUARD_OUT(rc, step_row(b, s, "client_seen_check"));
-    ls = sqlite3_column_int64(s, 0);
-    lla = sqlite3_column_int64(s, 1);
+    ls = col_i64(s, 0);
+    lla = col_i64(s, 1);
 out:
     done(s);
     PUT(st, b);
@@ -433,22 +422,22 @@ out:
     return client_touch(st, client_id, now, listed);
 }
 
-kb_err sq_client_delete(store *st, int64_t client_id, store_audit *au)
+kb_err store_sql_client_delete(store *st, int64_t client_id, store_audit *au)
 {
-    seen_forget(SQ(st), client_id);
+    seen_forget(POOL(st), client_id);
     return delete_by_id(st, "DELETE FROM clients WHERE id = ?1", client_id, au);
 }
 
-kb_err sq_clients_stale(store *st, int64_t before, store_client **out, size_t *n)
+kb_err store_sql_clients_stale(store *st, int64_t before, store_client **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "SELECT " CLIENT_COLS " FROM clients c WHERE c.last_list_at < ?1 "
-                             "ORDER BY c.last_list_at, c.spiffe_id",
-                             &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " CLIENT_COLS " FROM clients c WHERE c.last_list_at < ?1 "
+                          "ORDER BY c.last_list_at, c.spiffe_id",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, before));
     rc = collect_clients(b, s, 0, out, n);
 out:
@@ -463,41 +452,41 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
                        store_audit *au)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     uint8_t mac[ROWMAC_LEN];
     kb_err rc;
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
     if (!present) {
-        KB_GUARD_OUT(rc, sq_prep(b,
-                                 membership ? "DELETE FROM memberships WHERE client_id = ?1 AND "
-                                              "group_id = ?2"
-                                            : "DELETE FROM grants WHERE secret_id = ?1 AND "
-                                              "group_id = ?2",
-                                 &s));
+        KB_GUARD_OUT(rc, prep(b,
+                              membership ? "DELETE FROM memberships WHERE client_id = ?1 AND "
+                                           "group_id = ?2"
+                                         : "DELETE FROM grants WHERE secret_id = ?1 AND "
+                                           "group_id = ?2",
+                              &s));
         KB_GUARD_OUT(rc, bind_i64(s, 1, a));
         KB_GUARD_OUT(rc, bind_i64(s, 2, g));
         KB_GUARD_OUT(rc, step_done(b, s, "link_delete"));
-        KB_ENSURE_OUT(rc, sqlite3_changes(b->db) > 0, KB_ERR_NOT_FOUND);
+        KB_ENSURE_OUT(rc, b->drv->changes(b) > 0, KB_ERR_NOT_FOUND);
         goto out;
     }
-    KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM groups WHERE id = ?1", g));
+    KB_GUARD_OUT(rc, store_sql_exists(b, "SELECT 1 FROM groups WHERE id = ?1", g));
     if (membership) {
-        KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM clients WHERE id = ?1", a));
-        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, a, g, mac));
-        KB_GUARD_OUT(rc, sq_prep(b,
-                                 "INSERT INTO memberships(client_id, group_id, mac) "
-                                 "VALUES (?1, ?2, ?3)",
-                                 &s));
+        KB_GUARD_OUT(rc, store_sql_exists(b, "SELECT 1 FROM clients WHERE id = ?1", a));
+        KB_GUARD_OUT(rc, rowmac_membership(b->mac, a, g, mac));
+        KB_GUARD_OUT(rc, prep(b,
+                              "INSERT INTO memberships(client_id, group_id, mac) "
+                              "VALUES (?1, ?2, ?3)",
+                              &s));
     } else {
-        KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM secrets WHERE id = ?1", a));
-        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, g, a, mac));
+        KB_GUARD_OUT(rc, store_sql_exists(b, "SELECT 1 FROM secrets WHERE id = ?1", a));
+        KB_GUARD_OUT(rc, rowmac_grant(b->mac, g, a, mac));
         KB_GUARD_OUT(
-            rc, sq_prep(b, "INSERT INTO grants(secret_id, group_id, mac) VALUES (?1, ?2, ?3)", &s));
+            rc, prep(b, "INSERT INTO grants(secret_id, group_id, mac) VALUES (?1, ?2, ?3)", &s));
     }
     KB_GUARD_OUT(rc, bind_i64(s, 1, a));
     KB_GUARD_OUT(rc, bind_i64(s, 2, g));
@@ -505,18 +494,19 @@ static kb_err link_set(store *st, bool membership, int64_t a, int64_t g, bool pr
     rc = step_done(b, s, "link_insert");
 out:
     done(s);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-kb_err sq_membership_set(store *st, int64_t client_id, int64_t group_id, bool present,
-                         store_audit *au)
+kb_err store_sql_membership_set(store *st, int64_t client_id, int64_t group_id, bool present,
+                                store_audit *au)
 {
     return link_set(st, true, client_id, group_id, present, au);
 }
 
-kb_err sq_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present, store_audit *au)
+kb_err store_sql_grant_set(store *st, int64_t group_id, int64_t secret_id, bool present,
+                           store_audit *au)
 {
     return link_set(st, false, secret_id, group_id, present, au);
 }
@@ -527,11 +517,11 @@ static kb_err linked_groups(store *st, const char *owner_sql, const char *sql, i
                             store_group **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, sq_exists(b, owner_sql, id));
-    KB_GUARD_OUT(rc, sq_prep(b, sql, &s));
+    KB_GUARD_OUT(rc, store_sql_exists(b, owner_sql, id));
+    KB_GUARD_OUT(rc, prep(b, sql, &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     rc = collect_groups(b, s, kind, id, out, n);
 out:
@@ -540,7 +530,7 @@ out:
     return rc;
 }
 
-kb_err sq_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
+kb_err store_sql_client_groups(store *st, int64_t client_id, store_group **out, size_t *n)
 {
     return linked_groups(st, "SELECT 1 FROM clients WHERE id = ?1",
                          "SELECT " GROUP_COLS ", m.mac FROM memberships m JOIN groups g ON "
@@ -548,7 +538,7 @@ kb_err sq_client_groups(store *st, int64_t client_id, store_group **out, size_t 
                          LINK_MEMBERSHIP, client_id, out, n);
 }
 
-kb_err sq_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)
+kb_err store_sql_secret_groups(store *st, int64_t secret_id, store_group **out, size_t *n)
 {
     return linked_groups(st, "SELECT 1 FROM secrets WHERE id = ?1",
                          "SELECT " GROUP_COLS ", gr.mac FROM grants gr JOIN groups g ON "
@@ -556,17 +546,17 @@ kb_err sq_secret_groups(store *st, int64_t secret_id, store_group **out, size_t 
                          LINK_GRANT, secret_id, out, n);
 }
 
-kb_err sq_group_clients(store *st, int64_t group_id, store_client **out, size_t *n)
+kb_err store_sql_group_clients(store *st, int64_t group_id, store_client **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, sq_exists(b, "SELECT 1 FROM groups WHERE id = ?1", group_id));
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "SELECT " CLIENT_COLS ", m.mac FROM memberships m JOIN clients c ON "
-                             "c.id = m.client_id WHERE m.group_id = ?1 ORDER BY c.spiffe_id",
-                             &s));
+    KB_GUARD_OUT(rc, store_sql_exists(b, "SELECT 1 FROM groups WHERE id = ?1", group_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " CLIENT_COLS ", m.mac FROM memberships m JOIN clients c ON "
+                          "c.id = m.client_id WHERE m.group_id = ?1 ORDER BY c.spiffe_id",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, group_id));
     rc = collect_clients(b, s, group_id, out, n);
 out:
