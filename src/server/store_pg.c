@@ -265,6 +265,7 @@ typedef struct cx {
     PGconn *conn;
     bool in_tx;
     bool bump;       /* this write transaction moves store_generation */
+    bool log_only;   /* STORE_SQL_TX_LOG: no MACed table touched, no state delta to drain */
     int64_t changes; /* rows changed by the last statement */
     char sqlstate[6];
     struct timespec last_try; /* last reconnect attempt that failed */
@@ -694,11 +695,11 @@ static kb_err tx_begin(cx *b, bool write)
 {
     kb_err rc;
     if (write) {
-        KB_GUARD(run(b, "BEGIN"));
+        /* Every writer, on every replica, one at a time (see the top of the file): the lock is
+         * sent with BEGIN, one round trip. */
         b->in_tx = true;
         b->bump = true;
-        /* Every writer, on every replica, one at a time (see the top of the file). */
-        rc = run(b, "SELECT pg_advisory_xact_lock(" STORE_PG_WRITE_LOCK ")");
+        rc = exec(b, "BEGIN; SELECT pg_advisory_xact_lock(" STORE_PG_WRITE_LOCK ")");
     } else {
         KB_GUARD(run(b, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"));
         b->in_tx = true;
@@ -774,7 +775,10 @@ static kb_err tx_end(cx *b, kb_err rc, store_audit *au)
     bool dirty = false;
     if (rc == KB_OK && au != NULL)
         rc = store_sql_audit_insert_locked(&b->sc, &au->ev, au->mac, au->mac_ctx, &seq);
-    if (rc == KB_OK && b->sc.writer)
+    /* A log-only transaction (audit, fetch and notification rows) fires no kb_state trigger.
+     * Were one to, its rows would vanish at COMMIT (ON COMMIT DELETE ROWS) undigested and the
+     * next full check would refuse the store: loud, not silent. */
+    if (rc == KB_OK && b->sc.writer && !b->log_only)
         rc = state_delta(b, delta, &dirty);
     if (rc == KB_OK && dirty)
         rc = state_advance_locked(b, delta, &counter);
@@ -788,6 +792,7 @@ static kb_err tx_end(cx *b, kb_err rc, store_audit *au)
         rollback(b);
     b->in_tx = false;
     b->bump = false;
+    b->log_only = false;
     if (rc == KB_OK && au != NULL) {
         au->seq = seq;
         au->written = true;
@@ -2874,8 +2879,10 @@ static void drv_put(store *st, store_sql_cx *b)
 static kb_err drv_tx_begin(store_sql_cx *b, store_sql_tx mode)
 {
     kb_err rc = tx_begin(PG_CX(b), mode != STORE_SQL_TX_READ);
-    if (rc == KB_OK && mode == STORE_SQL_TX_LOG)
+    if (rc == KB_OK && mode == STORE_SQL_TX_LOG) {
         PG_CX(b)->bump = false; /* logs change no listing */
+        PG_CX(b)->log_only = true;
+    }
     return rc;
 }
 
