@@ -56,6 +56,121 @@ void store_sql_pool_free(store_sql_pool *p)
     pthread_mutex_destroy(&p->smu);
 }
 
+/* ---- secret and version row loaders ---- */
+
+/* Load a secret row at column c0 and check its MAC: KB_ERR_INTEGRITY (logged) on mismatch. */
+kb_err store_sql_load_secret(cx *b, stmt *s, int c0, store_secret *out)
+{
+    uint8_t want[ROWMAC_LEN];
+    kb_err rc = KB_OK;
+    bool strict = true;
+    memset(out, 0, sizeof(*out));
+    out->id = col_i64(s, c0 + 0);
+    out->owner_group_id = col_i64(s, c0 + 3);
+    out->cloud_sync = col_bool(s, c0 + 4, &strict);
+    out->deleted_at = col_i64(s, c0 + 5);
+    out->latest_version = col_i64(s, c0 + 6);
+    out->created_at = col_i64(s, c0 + 8);
+    out->updated_at = col_i64(s, c0 + 10);
+    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->name));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 7, &out->created_by));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->updated_by));
+    KB_GUARD_OUT(rc, rowmac_secret(b->mac, out->id, out->name, out->owner_group_id, out->cloud_sync,
+                                   out->deleted_at, want));
+    if (!strict || !col_mac_ok(s, c0 + 11, want)) {
+        store_log_integrity("secrets", out->id, 0);
+        rc = KB_ERR_INTEGRITY;
+    }
+out:
+    if (rc != KB_OK)
+        store_secret_clear(out);
+    return rc;
+}
+
+/* Load a version row at c0 and check its MAC: KB_ERR_INTEGRITY (logged) on mismatch. */
+kb_err store_sql_load_version(cx *b, stmt *s, int c0, store_version *out)
+{
+    uint8_t want[ROWMAC_LEN];
+    kb_err rc = KB_OK;
+    const void *ck = col_ptr(s, c0 + 2);
+    memset(out, 0, sizeof(*out));
+    out->secret_id = col_i64(s, c0 + 0);
+    out->version = col_i64(s, c0 + 1);
+    KB_ENSURE_OUT(rc, ck != NULL && col_len(s, c0 + 2) == STORE_CHECKSUM_LEN, KB_ERR_INTEGRITY);
+    memcpy(out->checksum, ck, STORE_CHECKSUM_LEN);
+    out->content_len = col_i64(s, c0 + 3);
+    KB_GUARD_OUT(rc, col_str(s, c0 + 4, &out->metadata));
+    out->expires_at = col_i64(s, c0 + 5);
+    KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->created_by));
+    out->created_at = col_i64(s, c0 + 7);
+    KB_GUARD_OUT(rc, rowmac_version(b->mac, out->secret_id, out->version, out->checksum,
+                                    sizeof(out->checksum), out->content_len, out->metadata,
+                                    out->expires_at, out->created_by, out->created_at, want));
+    if (!col_isint(s, c0 + 3) || !col_isint(s, c0 + 5) || !col_mac_ok(s, c0 + 8, want))
+        KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
+out:
+    if (rc == KB_ERR_INTEGRITY)
+        store_log_integrity("versions", out->secret_id, out->version);
+    if (rc != KB_OK)
+        store_version_clear(out);
+    return rc;
+}
+
+/* Check the latest_version of a secret row loaded at c0 against its own MAC (latest_mac):
+ * KB_ERR_INTEGRITY (logged) on mismatch. */
+static kb_err latest_check(cx *b, stmt *s, int c0, const store_secret *sec)
+{
+    uint8_t want[ROWMAC_LEN];
+    KB_GUARD(rowmac_latest(b->mac, sec->id, sec->latest_version, want));
+    if (!col_isint(s, c0 + 6) || !col_mac_ok(s, c0 + 12, want)) {
+        store_log_integrity("secrets.latest_version", sec->id, sec->latest_version);
+        return KB_ERR_INTEGRITY;
+    }
+    return KB_OK;
+}
+
+/* The version part of a (verified secret, latest version) row: latest_version and the version
+ * row both checked; KB_ERR_INTEGRITY (logged) if either fails. */
+kb_err store_sql_load_latest(cx *b, stmt *s, store_record *rec)
+{
+    KB_GUARD(latest_check(b, s, 0, &rec->secret));
+    return store_sql_load_version(b, s, SECRET_NCOLS, &rec->version);
+}
+
+kb_err store_sql_load_env(stmt *s, int c0, store_envelope *out)
+{
+    kb_err rc = KB_OK;
+    memset(out, 0, sizeof(*out));
+    KB_GUARD_OUT(rc, col_blob(s, c0 + 0, &out->wrapped_key, &out->wrapped_key_len));
+    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->key_id));
+    KB_GUARD_OUT(rc, col_blob(s, c0 + 2, &out->sealed, &out->sealed_len));
+out:
+    if (rc != KB_OK)
+        store_envelope_clear(out);
+    return rc;
+}
+
+/* Fetch one verified secret by name or id (lock held). */
+kb_err store_sql_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out)
+{
+    stmt *s = NULL;
+    kb_err rc;
+    if (name != NULL) {
+        KB_GUARD(prep(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.name = ?1", &s));
+        rc = bind_text(s, 1, name);
+    } else {
+        KB_GUARD(prep(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.id = ?1", &s));
+        rc = bind_i64(s, 1, id);
+    }
+    if (rc == KB_OK)
+        rc = step_row(b, s, "secret_fetch");
+    if (rc == KB_OK)
+        rc = store_sql_load_secret(b, s, 0, out);
+    done(s);
+    return rc;
+}
+
 /* ---- row loaders (column lists: store_sql_int.h) ---- */
 
 /* Load a client row at c0 as stored and check its MAC. The effective flags (cloud derived from the

@@ -121,6 +121,37 @@ kb_err store_sql_exists(store_sql_cx *b, const char *sql, int64_t id);
 
 /* ---- the shared ops (store_impl.h has their contracts) ---- */
 
+/* store_sql_secrets.c */
+kb_err store_sql_secret_create(store *st, const store_secret_new *sn, const store_version_new *v,
+                               const char *metadata, store_seal_fn seal, void *seal_ctx,
+                               const char *actor, int64_t now, int64_t *id_out, store_audit *au);
+kb_err store_sql_version_add(store *st, int64_t secret_id, const store_version_new *v,
+                             const char *metadata, store_seal_fn seal, void *seal_ctx,
+                             const char *actor, int64_t now, int64_t *version_out, store_audit *au);
+kb_err store_sql_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
+                               const char *actor, int64_t now, store_audit *au);
+kb_err store_sql_secret_set_deleted(store *st, int64_t secret_id, bool deleted, const char *actor,
+                                    int64_t now, store_audit *au);
+kb_err store_sql_secret_purge(store *st, int64_t secret_id, store_audit *au);
+kb_err store_sql_secret_get(store *st, const char *name, int64_t id, bool include_deleted,
+                            store_secret *out);
+kb_err store_sql_secret_list(store *st, bool include_deleted, store_record **out, size_t *n);
+kb_err store_sql_secret_list_page(store *st, bool include_deleted, const char *after, size_t limit,
+                                  store_record **out, size_t *n, char **next);
+kb_err store_sql_version_list(store *st, int64_t secret_id, store_version **out, size_t *n);
+kb_err store_sql_version_get(store *st, int64_t secret_id, int64_t version, store_record *out);
+kb_err store_sql_secrets_expiring(store *st, int64_t from, int64_t to, store_record **out,
+                                  size_t *n);
+kb_err store_sql_readable_list(store *st, int64_t client_id, store_record **out, size_t *n);
+kb_err store_sql_readable_get_batch(store *st, int64_t client_id, const char *const *names,
+                                    const int64_t *versions, size_t n, store_record *out,
+                                    kb_err *errs);
+kb_err store_sql_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n);
+kb_err store_sql_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t window,
+                             bool *sent);
+kb_err store_sql_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window,
+                             int64_t now, store_audit *au);
+
 /* store_sql_access.c */
 kb_err store_sql_group_create(store *st, const char *name, const char *description,
                               const char *actor, int64_t now, int64_t *id_out, store_audit *au);

@@ -21,6 +21,16 @@ typedef store_sql_stmt stmt;
 #define POOL(st) ((store_sql_pool *)(st)->impl)
 
 /* Column lists and their loaders (store_sql.c) side by side. */
+#define SECRET_COLS                                                                                \
+    "s.id, s.name, s.description, s.owner_group_id, s.cloud_sync, s.deleted_at, "                  \
+    "s.latest_version, s.created_by, s.created_at, s.updated_by, s.updated_at, s.mac, "            \
+    "s.latest_mac"
+#define SECRET_NCOLS 13
+#define VERSION_COLS                                                                               \
+    "v.secret_id, v.version, v.checksum, v.content_len, v.metadata, v.expires_at, "                \
+    "v.created_by, v.created_at, v.mac"
+#define VERSION_NCOLS 9
+#define ENV_COLS "v.wrapped_key, v.key_id, v.sealed"
 #define CLIENT_COLS                                                                                \
     "c.id, c.spiffe_id, c.enabled, c.admin, c.cloud, c.app_name, c.description, c.last_seen, "     \
     "c.last_list_at, c.created_by, c.created_at, c.mac"
@@ -39,6 +49,14 @@ typedef void (*items_free_fn)(void *arr, size_t n);
  * on mismatch); a group row at c0. */
 kb_err store_sql_load_client(cx *b, stmt *s, int c0, store_client *out);
 kb_err store_sql_load_group(stmt *s, int c0, store_group *out);
+/* A secret row at c0 (its MAC checked), a version row at c0 (its MAC checked), a secret row at 0
+ * with its latest version after it (latest_version's MAC checked too), an envelope at c0. */
+kb_err store_sql_load_secret(cx *b, stmt *s, int c0, store_secret *out);
+kb_err store_sql_load_version(cx *b, stmt *s, int c0, store_version *out);
+kb_err store_sql_load_latest(cx *b, stmt *s, store_record *rec);
+kb_err store_sql_load_env(stmt *s, int c0, store_envelope *out);
+/* Fetch one verified secret by name or id. */
+kb_err store_sql_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out);
 
 /* store_sql.c: step s to its end, collecting the kept rows into a malloc'd array of elem-size
  * items (*out NULL when there are none). The one loop behind every multi-row read. */
@@ -127,6 +145,11 @@ static inline const void *col_ptr(stmt *s, int i)
     return s->b->drv->col_blob(s, i);
 }
 
+static inline bool col_isint(stmt *s, int i)
+{
+    return s->b->drv->col_isint(s, i);
+}
+
 static inline size_t col_len(stmt *s, int i)
 {
     return s->b->drv->col_len(s, i);
@@ -155,7 +178,7 @@ static inline kb_err col_blob(stmt *s, int i, uint8_t **out, size_t *len)
 static inline bool col_bool(stmt *s, int i, bool *strict)
 {
     int64_t v = col_i64(s, i);
-    if (!s->b->drv->col_isint(s, i) || (v != 0 && v != 1))
+    if (!col_isint(s, i) || (v != 0 && v != 1))
         *strict = false;
     return v != 0;
 }

@@ -278,36 +278,6 @@ kb_err sq_tx_end(cx *b, kb_err rc, store_audit *au)
     return rc;
 }
 
-/* Step s to its end, collecting the kept rows into a malloc'd array of elem-size items (*out
- * NULL when there are none). The one loop behind every multi-row read. */
-kb_err sq_collect(cx *b, sqlite3_stmt *s, size_t elem, row_fn row, void *ctx,
-                  items_free_fn free_items, const char *what, void **out, size_t *n)
-{
-    char *arr = NULL;
-    size_t cnt = 0, cap = 0;
-    kb_err rc = KB_OK;
-    int r;
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
-        bool keep = true;
-        KB_GUARD_OUT(rc, kb_grow((void **)&arr, &cap, cnt, elem));
-        KB_GUARD_OUT(
-            rc, row(b, s, ctx, arr + cnt * elem, cnt > 0 ? arr + (cnt - 1) * elem : NULL, &keep));
-        if (keep)
-            cnt++;
-    }
-    if (r != SQLITE_DONE)
-        rc = sq_db_err(b, r, what);
-out:
-    if (rc != KB_OK) {
-        /* Slots past cnt are all-zero except a half-filled one: free it too. */
-        free_items(arr, cnt < cap ? cnt + 1 : cnt);
-        return rc;
-    }
-    *out = arr;
-    *n = cnt;
-    return KB_OK;
-}
-
 /* Take the writer (waits for the other writers of this process). */
 cx *sq_wr_get(sq *q)
 {
@@ -504,123 +474,6 @@ static const store_sql_driver sq_driver = {
     .col_len = drv_col_len,
     .sql = sq_sql,
 };
-
-/* ---- row loaders (column lists: store_sqlite_int.h) ---- */
-
-/* Load a secret row at column c0 and check its MAC: KB_ERR_INTEGRITY (logged) on mismatch. */
-kb_err sq_load_secret(cx *b, sqlite3_stmt *s, int c0, store_secret *out)
-{
-    uint8_t want[ROWMAC_LEN];
-    kb_err rc = KB_OK;
-    bool strict = true;
-    memset(out, 0, sizeof(*out));
-    out->id = sqlite3_column_int64(s, c0 + 0);
-    out->owner_group_id = sqlite3_column_int64(s, c0 + 3);
-    out->cloud_sync = col_bool(s, c0 + 4, &strict);
-    out->deleted_at = sqlite3_column_int64(s, c0 + 5);
-    out->latest_version = sqlite3_column_int64(s, c0 + 6);
-    out->created_at = sqlite3_column_int64(s, c0 + 8);
-    out->updated_at = sqlite3_column_int64(s, c0 + 10);
-    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->name));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 2, &out->description));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 7, &out->created_by));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 9, &out->updated_by));
-    KB_GUARD_OUT(rc, rowmac_secret(b->sc.mac, out->id, out->name, out->owner_group_id,
-                                   out->cloud_sync, out->deleted_at, want));
-    if (!strict || !col_mac_ok(s, c0 + 11, want)) {
-        store_log_integrity("secrets", out->id, 0);
-        rc = KB_ERR_INTEGRITY;
-    }
-out:
-    if (rc != KB_OK)
-        store_secret_clear(out);
-    return rc;
-}
-
-/* Load a version row at c0 and check its MAC: KB_ERR_INTEGRITY (logged) on mismatch. */
-kb_err sq_load_version(cx *b, sqlite3_stmt *s, int c0, store_version *out)
-{
-    uint8_t want[ROWMAC_LEN];
-    kb_err rc = KB_OK;
-    const void *ck = sqlite3_column_blob(s, c0 + 2);
-    memset(out, 0, sizeof(*out));
-    out->secret_id = sqlite3_column_int64(s, c0 + 0);
-    out->version = sqlite3_column_int64(s, c0 + 1);
-    KB_ENSURE_OUT(rc, ck != NULL && sqlite3_column_bytes(s, c0 + 2) == STORE_CHECKSUM_LEN,
-                  KB_ERR_INTEGRITY);
-    memcpy(out->checksum, ck, STORE_CHECKSUM_LEN);
-    out->content_len = sqlite3_column_int64(s, c0 + 3);
-    KB_GUARD_OUT(rc, col_str(s, c0 + 4, &out->metadata));
-    out->expires_at = sqlite3_column_int64(s, c0 + 5);
-    KB_GUARD_OUT(rc, col_str(s, c0 + 6, &out->created_by));
-    out->created_at = sqlite3_column_int64(s, c0 + 7);
-    KB_GUARD_OUT(rc, rowmac_version(b->sc.mac, out->secret_id, out->version, out->checksum,
-                                    sizeof(out->checksum), out->content_len, out->metadata,
-                                    out->expires_at, out->created_by, out->created_at, want));
-    if (sqlite3_column_type(s, c0 + 3) != SQLITE_INTEGER ||
-        sqlite3_column_type(s, c0 + 5) != SQLITE_INTEGER || !col_mac_ok(s, c0 + 8, want))
-        KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
-out:
-    if (rc == KB_ERR_INTEGRITY)
-        store_log_integrity("versions", out->secret_id, out->version);
-    if (rc != KB_OK)
-        store_version_clear(out);
-    return rc;
-}
-
-/* Check the latest_version of a secret row loaded at c0 against its own MAC (latest_mac):
- * KB_ERR_INTEGRITY (logged) on mismatch. */
-static kb_err latest_check(cx *b, sqlite3_stmt *s, int c0, const store_secret *sec)
-{
-    uint8_t want[ROWMAC_LEN];
-    KB_GUARD(rowmac_latest(b->sc.mac, sec->id, sec->latest_version, want));
-    if (sqlite3_column_type(s, c0 + 6) != SQLITE_INTEGER || !col_mac_ok(s, c0 + 12, want)) {
-        store_log_integrity("secrets.latest_version", sec->id, sec->latest_version);
-        return KB_ERR_INTEGRITY;
-    }
-    return KB_OK;
-}
-
-/* The version part of a (verified secret, latest version) row: latest_version and the version
- * row both checked; KB_ERR_INTEGRITY (logged) if either fails. */
-kb_err sq_load_latest(cx *b, sqlite3_stmt *s, store_record *rec)
-{
-    KB_GUARD(latest_check(b, s, 0, &rec->secret));
-    return sq_load_version(b, s, SECRET_NCOLS, &rec->version);
-}
-
-kb_err sq_load_env(sqlite3_stmt *s, int c0, store_envelope *out)
-{
-    kb_err rc = KB_OK;
-    memset(out, 0, sizeof(*out));
-    KB_GUARD_OUT(rc, col_blob(s, c0 + 0, &out->wrapped_key, &out->wrapped_key_len));
-    KB_GUARD_OUT(rc, col_str(s, c0 + 1, &out->key_id));
-    KB_GUARD_OUT(rc, col_blob(s, c0 + 2, &out->sealed, &out->sealed_len));
-out:
-    if (rc != KB_OK)
-        store_envelope_clear(out);
-    return rc;
-}
-
-/* Fetch one verified secret by name or id (lock held). */
-kb_err sq_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out)
-{
-    sqlite3_stmt *s = NULL;
-    kb_err rc;
-    if (name != NULL) {
-        KB_GUARD(sq_prep(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.name = ?1", &s));
-        rc = bind_text(s, 1, name);
-    } else {
-        KB_GUARD(sq_prep(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.id = ?1", &s));
-        rc = bind_i64(s, 1, id);
-    }
-    if (rc == KB_OK)
-        rc = step_row(b, s, "secret_fetch");
-    if (rc == KB_OK)
-        rc = sq_load_secret(b, s, 0, out);
-    done(s);
-    return rc;
-}
 
 /* ---- the state commitment (docs/internals/rollback.md) ---- */
 
@@ -1312,17 +1165,17 @@ const struct store_ops store_sqlite_ops = {
     .verify = sq_verify,
     .close = sq_close,
     .get_schema_version = sq_schema_version,
-    .secret_create = sq_secret_create,
-    .version_add = sq_version_add,
-    .secret_update = sq_secret_update,
-    .secret_set_deleted = sq_secret_set_deleted,
-    .secret_purge = sq_secret_purge,
-    .secret_get = sq_secret_get,
-    .secret_list = sq_secret_list,
-    .secret_list_page = sq_secret_list_page,
-    .version_list = sq_version_list,
-    .version_get = sq_version_get,
-    .secrets_expiring = sq_secrets_expiring,
+    .secret_create = store_sql_secret_create,
+    .version_add = store_sql_version_add,
+    .secret_update = store_sql_secret_update,
+    .secret_set_deleted = store_sql_secret_set_deleted,
+    .secret_purge = store_sql_secret_purge,
+    .secret_get = store_sql_secret_get,
+    .secret_list = store_sql_secret_list,
+    .secret_list_page = store_sql_secret_list_page,
+    .version_list = store_sql_version_list,
+    .version_get = store_sql_version_get,
+    .secrets_expiring = store_sql_secrets_expiring,
     .group_create = store_sql_group_create,
     .group_get = store_sql_group_get,
     .group_list = store_sql_group_list,
@@ -1339,16 +1192,16 @@ const struct store_ops store_sqlite_ops = {
     .group_clients = store_sql_group_clients,
     .grant_set = store_sql_grant_set,
     .secret_groups = store_sql_secret_groups,
-    .readable_list = sq_readable_list,
-    .readable_get_batch = sq_readable_get_batch,
+    .readable_list = store_sql_readable_list,
+    .readable_get_batch = store_sql_readable_get_batch,
     .fetch_record = store_sql_fetch_record,
-    .secret_status = sq_secret_status,
+    .secret_status = store_sql_secret_status,
     .audit_append = store_sql_audit_append,
     .audit_rows = store_sql_audit_rows,
     .audit_query = store_sql_audit_query,
     .audit_head = store_sql_audit_head,
     .anchor_put = store_sql_anchor_put,
     .anchor_list = store_sql_anchor_list,
-    .notify_sent = sq_notify_sent,
-    .notify_mark = sq_notify_mark,
+    .notify_sent = store_sql_notify_sent,
+    .notify_mark = store_sql_notify_mark,
 };

@@ -72,28 +72,13 @@ typedef struct {
 
 /* ---- connections, statements, transactions (store_sqlite.c) ---- */
 
-/* One row of a listing: decode the row at s into item (a zeroed slot of the array being built);
- * set *keep = false to leave it out (the slot must then be left all-zero, e.g. a row failing its
- * MAC, logged, or one a filter drops). prev is the last kept item (NULL for the first). Any error
- * fails the listing; a half-filled slot is freed with the rest. */
-typedef kb_err (*row_fn)(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
-                         bool *keep);
-typedef void (*items_free_fn)(void *arr, size_t n);
-
 kb_err sq_db_err(cx *b, int rc, const char *what);
 kb_err sq_prep(cx *b, const char *sql, sqlite3_stmt **s);
 kb_err sq_tx_begin(cx *b, bool write);
 kb_err sq_tx_end(cx *b, kb_err rc, store_audit *au);
-kb_err sq_collect(cx *b, sqlite3_stmt *s, size_t elem, row_fn row, void *ctx,
-                  items_free_fn free_items, const char *what, void **out, size_t *n);
 cx *sq_wr_get(sq *q);
 cx *sq_rd_get(sq *q);
 void sq_cx_put(sq *q, cx *b);
-kb_err sq_load_secret(cx *b, sqlite3_stmt *s, int c0, store_secret *out);
-kb_err sq_load_version(cx *b, sqlite3_stmt *s, int c0, store_version *out);
-kb_err sq_load_latest(cx *b, sqlite3_stmt *s, store_record *rec);
-kb_err sq_load_env(sqlite3_stmt *s, int c0, store_envelope *out);
-kb_err sq_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out);
 kb_err sq_state_check(cx *b);
 
 /* Take the writer, take a reader, hand either back. */
@@ -157,34 +142,6 @@ static inline kb_err bind_i64(sqlite3_stmt *s, int i, int64_t v)
     return sqlite3_bind_int64(s, i, v) == SQLITE_OK ? KB_OK : KB_ERR_DB;
 }
 
-static inline kb_err col_str(sqlite3_stmt *s, int i, char **out)
-{
-    const unsigned char *t = sqlite3_column_text(s, i);
-    *out = strdup(t ? (const char *)t : "");
-    return *out ? KB_OK : KB_ERR_NOMEM;
-}
-
-static inline kb_err col_blob(sqlite3_stmt *s, int i, uint8_t **out, size_t *len)
-{
-    const void *p = sqlite3_column_blob(s, i);
-    int n = sqlite3_column_bytes(s, i);
-    *out = malloc(n > 0 ? (size_t)n : 1);
-    KB_ENSURE(*out != NULL, KB_ERR_NOMEM);
-    if (n > 0)
-        memcpy(*out, p, (size_t)n);
-    *len = n > 0 ? (size_t)n : 0;
-    return KB_OK;
-}
-
-/* Booleans must be stored as exactly 0 or 1: anything else is tampering, not "true". */
-static inline bool col_bool(sqlite3_stmt *s, int i, bool *strict)
-{
-    int64_t v = sqlite3_column_int64(s, i);
-    if (sqlite3_column_type(s, i) != SQLITE_INTEGER || (v != 0 && v != 1))
-        *strict = false;
-    return v != 0;
-}
-
 static inline bool col_mac_ok(sqlite3_stmt *s, int i, const uint8_t want[ROWMAC_LEN])
 {
     const void *p = sqlite3_column_blob(s, i);
@@ -202,47 +159,5 @@ static inline kb_err run(cx *b, const char *sql)
     done(s);
     return rc;
 }
-
-/* ---- row loaders (column lists and their readers kept side by side in store_sqlite.c) ---- */
-
-#define SECRET_COLS                                                                                \
-    "s.id, s.name, s.description, s.owner_group_id, s.cloud_sync, s.deleted_at, "                  \
-    "s.latest_version, s.created_by, s.created_at, s.updated_by, s.updated_at, s.mac, "            \
-    "s.latest_mac"
-#define SECRET_NCOLS 13
-#define VERSION_COLS                                                                               \
-    "v.secret_id, v.version, v.checksum, v.content_len, v.metadata, v.expires_at, "                \
-    "v.created_by, v.created_at, v.mac"
-#define VERSION_NCOLS 9
-#define ENV_COLS "v.wrapped_key, v.key_id, v.sealed"
-
-/* ---- store_sqlite_secrets.c ---- */
-
-kb_err sq_secret_create(store *st, const store_secret_new *sn, const store_version_new *v,
-                        const char *metadata, store_seal_fn seal, void *seal_ctx, const char *actor,
-                        int64_t now, int64_t *id_out, store_audit *au);
-kb_err sq_version_add(store *st, int64_t secret_id, const store_version_new *v,
-                      const char *metadata, store_seal_fn seal, void *seal_ctx, const char *actor,
-                      int64_t now, int64_t *version_out, store_audit *au);
-kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
-                        const char *actor, int64_t now, store_audit *au);
-kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, const char *actor,
-                             int64_t now, store_audit *au);
-kb_err sq_secret_purge(store *st, int64_t secret_id, store_audit *au);
-kb_err sq_secret_get(store *st, const char *name, int64_t id, bool include_deleted,
-                     store_secret *out);
-kb_err sq_secret_list(store *st, bool include_deleted, store_record **out, size_t *n);
-kb_err sq_secret_list_page(store *st, bool include_deleted, const char *after, size_t limit,
-                           store_record **out, size_t *n, char **next);
-kb_err sq_version_list(store *st, int64_t secret_id, store_version **out, size_t *n);
-kb_err sq_version_get(store *st, int64_t secret_id, int64_t version, store_record *out);
-kb_err sq_secrets_expiring(store *st, int64_t from, int64_t to, store_record **out, size_t *n);
-kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t *n);
-kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *const *names,
-                             const int64_t *versions, size_t n, store_record *out, kb_err *errs);
-kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n);
-kb_err sq_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t window, bool *sent);
-kb_err sq_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window, int64_t now,
-                      store_audit *au);
 
 #endif

@@ -1,14 +1,10 @@
-/* store_sqlite_secrets.c - the SQLite backend's secrets and versions, the client reads (the
- * ACL query: what a client may list and fetch), the fetch log and the expiry notifications.
- * Connection, transaction and row-loading helpers are in store_sqlite.c (store_sqlite_int.h).
+/* store_sql_secrets.c - secrets and versions for every SQL backend (store_sql.h), the client
+ * reads (the ACL query: what a client may list and fetch), secret status from the fetch log and
+ * the expiry notifications; the secret and version row loaders are in store_sql.c.
  */
-#include <inttypes.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "lib/buf.h"
-#include "store_sqlite_int.h"
+#include "model.h"
+#include "store_sql_int.h"
 
 /* ---- secrets and versions ---- */
 
@@ -20,7 +16,7 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     store_envelope env = {0};
     uint8_t checksum[STORE_CHECKSUM_LEN] = {0};
     uint8_t mac[ROWMAC_LEN];
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
 
     KB_GUARD_OUT(rc, seal(seal_ctx, id, ver, &env, checksum));
@@ -32,14 +28,13 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     KB_ENSURE_OUT(rc, strnlen(env.key_id, STORE_KEY_ID_MAX + 1) <= STORE_KEY_ID_MAX,
                   KB_ERR_TOO_LARGE);
     KB_GUARD_OUT(rc,
-                 rowmac_version(b->sc.mac, id, ver, checksum, sizeof(checksum),
+                 rowmac_version(b->mac, id, ver, checksum, sizeof(checksum),
                                 (int64_t)v->content_len, metadata, v->expires_at, actor, now, mac));
-    KB_GUARD_OUT(rc,
-                 sq_prep(b,
-                         "INSERT INTO versions(secret_id, version, wrapped_key, key_id, sealed, "
-                         "checksum, content_len, metadata, expires_at, created_by, created_at, "
-                         "mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                         &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO versions(secret_id, version, wrapped_key, key_id, sealed, "
+                          "checksum, content_len, metadata, expires_at, created_by, created_at, "
+                          "mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, id));
     KB_GUARD_OUT(rc, bind_i64(s, 2, ver));
     KB_GUARD_OUT(rc, bind_blob(s, 3, env.wrapped_key, env.wrapped_key_len));
@@ -55,11 +50,11 @@ static kb_err insert_version(cx *b, int64_t id, int64_t ver, const store_version
     KB_GUARD_OUT(rc, step_done(b, s, "version_insert"));
     done(s);
     s = NULL;
-    KB_GUARD_OUT(rc, rowmac_latest(b->sc.mac, id, ver, mac));
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "UPDATE secrets SET latest_version = ?1, updated_by = ?2, "
-                             "updated_at = ?3, latest_mac = ?5 WHERE id = ?4",
-                             &s));
+    KB_GUARD_OUT(rc, rowmac_latest(b->mac, id, ver, mac));
+    KB_GUARD_OUT(rc, prep(b,
+                          "UPDATE secrets SET latest_version = ?1, updated_by = ?2, "
+                          "updated_at = ?3, latest_mac = ?5 WHERE id = ?4",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, ver));
     KB_GUARD_OUT(rc, bind_text(s, 2, actor));
     KB_GUARD_OUT(rc, bind_i64(s, 3, now));
@@ -77,19 +72,19 @@ out:
 static kb_err secret_write_flags(cx *b, const store_secret *sec, const char *actor, int64_t now)
 {
     uint8_t mac[ROWMAC_LEN];
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
-    KB_GUARD(rowmac_secret(b->sc.mac, sec->id, sec->name, sec->owner_group_id, sec->cloud_sync,
+    KB_GUARD(rowmac_secret(b->mac, sec->id, sec->name, sec->owner_group_id, sec->cloud_sync,
                            sec->deleted_at, mac));
-    KB_GUARD(sq_prep(b,
-                     "UPDATE secrets SET description = ?1, owner_group_id = ?2, cloud_sync = ?3, "
-                     "deleted_at = ?4, updated_by = ?5, updated_at = ?6, mac = ?7 WHERE id = ?8",
-                     &s));
+    KB_GUARD(prep(b,
+                  "UPDATE secrets SET description = ?1, owner_group_id = ?2, cloud_sync = ?3, "
+                  "deleted_at = ?4, updated_by = ?5, updated_at = ?6, mac = ?7 WHERE id = ?8",
+                  &s));
     KB_GUARD_OUT(rc, bind_text(s, 1, sec->description));
     if (sec->owner_group_id > 0)
         KB_GUARD_OUT(rc, bind_i64(s, 2, sec->owner_group_id));
     else
-        KB_ENSURE_OUT(rc, sqlite3_bind_null(s, 2) == SQLITE_OK, KB_ERR_DB);
+        KB_GUARD_OUT(rc, bind_null(s, 2));
     KB_GUARD_OUT(rc, bind_i64(s, 3, sec->cloud_sync ? 1 : 0));
     KB_GUARD_OUT(rc, bind_i64(s, 4, sec->deleted_at));
     KB_GUARD_OUT(rc, bind_text(s, 5, actor));
@@ -102,37 +97,38 @@ out:
     return rc;
 }
 
-kb_err sq_secret_create(store *st, const store_secret_new *sn, const store_version_new *v,
-                        const char *metadata, store_seal_fn seal, void *seal_ctx, const char *actor,
-                        int64_t now, int64_t *id_out, store_audit *au)
+kb_err store_sql_secret_create(store *st, const store_secret_new *sn, const store_version_new *v,
+                               const char *metadata, store_seal_fn seal, void *seal_ctx,
+                               const char *actor, int64_t now, int64_t *id_out, store_audit *au)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     store_secret sec = {0};
     kb_err rc;
 
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
     if (sn->owner_group_id > 0)
-        KB_GUARD_OUT(
-            rc, store_sql_exists(&b->sc, "SELECT 1 FROM groups WHERE id = ?1", sn->owner_group_id));
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "INSERT INTO secrets(name, description, cloud_sync, created_by, "
-                             "created_at, updated_by, updated_at, mac) "
-                             "VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?5, x'')",
-                             &s));
+        KB_GUARD_OUT(rc,
+                     store_sql_exists(b, "SELECT 1 FROM groups WHERE id = ?1", sn->owner_group_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO secrets(name, description, cloud_sync, created_by, "
+                          "created_at, updated_by, updated_at, mac) "
+                          "VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?5, ?6) RETURNING id",
+                          &s));
     KB_GUARD_OUT(rc, bind_text(s, 1, sn->name));
     KB_GUARD_OUT(rc, bind_text(s, 2, sn->description));
     KB_GUARD_OUT(rc, bind_i64(s, 3, sn->cloud_sync ? 1 : 0));
     KB_GUARD_OUT(rc, bind_text(s, 4, actor));
     KB_GUARD_OUT(rc, bind_i64(s, 5, now));
-    KB_GUARD_OUT(rc, step_done(b, s, "secret_insert"));
+    KB_GUARD_OUT(rc, bind_blob(s, 6, "", 0));
+    KB_GUARD_OUT(rc, step_row(b, s, "secret_insert"));
     /* The MAC binds the id, which exists only now: write it in the same transaction. */
-    sec.id = sqlite3_last_insert_rowid(b->db);
+    sec.id = col_i64(s, 0);
     sec.name = (char *)sn->name;
     sec.description = (char *)(sn->description ? sn->description : "");
     sec.owner_group_id = sn->owner_group_id;
@@ -144,22 +140,22 @@ kb_err sq_secret_create(store *st, const store_secret_new *sn, const store_versi
         au->ev.version = 1;
 out:
     done(s);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
 static kb_err max_content_len(cx *b, int64_t secret_id, int64_t *out)
 {
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     KB_GUARD(
-        sq_prep(b, "SELECT coalesce(max(content_len), 0) FROM versions WHERE secret_id = ?1", &s));
+        prep(b, "SELECT coalesce(max(content_len), 0) FROM versions WHERE secret_id = ?1", &s));
     rc = bind_i64(s, 1, secret_id);
     if (rc == KB_OK)
         rc = step_row(b, s, "max_content_len");
     if (rc == KB_OK)
-        *out = sqlite3_column_int64(s, 0);
+        *out = col_i64(s, 0);
     done(s);
     return rc;
 }
@@ -167,38 +163,38 @@ static kb_err max_content_len(cx *b, int64_t secret_id, int64_t *out)
 /* The content length of the secret's latest version (0 if it has none). */
 static kb_err latest_content_len(cx *b, int64_t secret_id, int64_t version, int64_t *out)
 {
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
-    KB_GUARD(sq_prep(b,
-                     "SELECT coalesce(max(content_len), 0) FROM versions WHERE secret_id = ?1 "
-                     "AND version = ?2",
-                     &s));
+    KB_GUARD(prep(b,
+                  "SELECT coalesce(max(content_len), 0) FROM versions WHERE secret_id = ?1 "
+                  "AND version = ?2",
+                  &s));
     rc = bind_i64(s, 1, secret_id);
     if (rc == KB_OK)
         rc = bind_i64(s, 2, version);
     if (rc == KB_OK)
         rc = step_row(b, s, "latest_content_len");
     if (rc == KB_OK)
-        *out = sqlite3_column_int64(s, 0);
+        *out = col_i64(s, 0);
     done(s);
     return rc;
 }
 
-kb_err sq_version_add(store *st, int64_t secret_id, const store_version_new *v,
-                      const char *metadata, store_seal_fn seal, void *seal_ctx, const char *actor,
-                      int64_t now, int64_t *version_out, store_audit *au)
+kb_err store_sql_version_add(store *st, int64_t secret_id, const store_version_new *v,
+                             const char *metadata, store_seal_fn seal, void *seal_ctx,
+                             const char *actor, int64_t now, int64_t *version_out, store_audit *au)
 {
     cx *b;
     store_secret sec = {0};
     kb_err rc;
 
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_secret_fetch(b, NULL, secret_id, &sec));
+    KB_GUARD_OUT(rc, store_sql_secret_fetch(b, NULL, secret_id, &sec));
     KB_ENSURE_OUT(rc, sec.deleted_at == 0, KB_ERR_CONFLICT);
     KB_GUARD_OUT(rc, model_content_len_check(v->content_len, st->cfg.content_max, sec.cloud_sync));
     KB_ENSURE_OUT(rc, sec.latest_version < INT64_MAX, KB_ERR_CONFLICT);
@@ -209,13 +205,13 @@ kb_err sq_version_add(store *st, int64_t secret_id, const store_version_new *v,
         au->ev.version = sec.latest_version + 1;
 out:
     store_secret_clear(&sec);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
-                        const char *actor, int64_t now, store_audit *au)
+kb_err store_sql_secret_update(store *st, int64_t secret_id, const store_secret_patch *p,
+                               const char *actor, int64_t now, store_audit *au)
 {
     cx *b;
     store_secret sec = {0};
@@ -223,12 +219,12 @@ kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_patch *
     kb_err rc;
 
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_secret_fetch(b, NULL, secret_id, &sec));
+    KB_GUARD_OUT(rc, store_sql_secret_fetch(b, NULL, secret_id, &sec));
     if (p->cloud_sync == 1 && !sec.cloud_sync) {
         int64_t maxlen = 0;
         KB_GUARD_OUT(rc, max_content_len(b, secret_id, &maxlen));
@@ -240,8 +236,8 @@ kb_err sq_secret_update(store *st, int64_t secret_id, const store_secret_patch *
     if (p->cloud_sync >= 0)
         sec.cloud_sync = p->cloud_sync == 1;
     if (p->owner_group_id > 0)
-        KB_GUARD_OUT(
-            rc, store_sql_exists(&b->sc, "SELECT 1 FROM groups WHERE id = ?1", p->owner_group_id));
+        KB_GUARD_OUT(rc,
+                     store_sql_exists(b, "SELECT 1 FROM groups WHERE id = ?1", p->owner_group_id));
     if (p->owner_group_id >= 0)
         sec.owner_group_id = p->owner_group_id;
     if (p->description != NULL) {
@@ -254,70 +250,70 @@ out:
         sec.description = old_desc;
     }
     store_secret_clear(&sec);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-kb_err sq_secret_set_deleted(store *st, int64_t secret_id, bool deleted, const char *actor,
-                             int64_t now, store_audit *au)
+kb_err store_sql_secret_set_deleted(store *st, int64_t secret_id, bool deleted, const char *actor,
+                                    int64_t now, store_audit *au)
 {
     cx *b;
     store_secret sec = {0};
     kb_err rc;
 
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_secret_fetch(b, NULL, secret_id, &sec));
+    KB_GUARD_OUT(rc, store_sql_secret_fetch(b, NULL, secret_id, &sec));
     KB_ENSURE_OUT(rc, (sec.deleted_at != 0) != deleted, KB_ERR_CONFLICT);
     sec.deleted_at = deleted ? now : 0;
     KB_GUARD_OUT(rc, secret_write_flags(b, &sec, actor, now));
 out:
     store_secret_clear(&sec);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-kb_err sq_secret_purge(store *st, int64_t secret_id, store_audit *au)
+kb_err store_sql_secret_purge(store *st, int64_t secret_id, store_audit *au)
 {
     cx *b;
     store_secret sec = {0};
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
 
     b = WR(st);
-    rc = sq_tx_begin(b, true);
+    rc = tx_begin(b, STORE_SQL_TX_WRITE);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_secret_fetch(b, NULL, secret_id, &sec));
+    KB_GUARD_OUT(rc, store_sql_secret_fetch(b, NULL, secret_id, &sec));
     KB_ENSURE_OUT(rc, sec.deleted_at != 0, KB_ERR_CONFLICT);
     /* ON DELETE CASCADE removes versions (envelopes), grants and the fetch log; secure_delete
      * overwrites the freed pages. */
-    KB_GUARD_OUT(rc, sq_prep(b, "DELETE FROM secrets WHERE id = ?1", &s));
+    KB_GUARD_OUT(rc, prep(b, "DELETE FROM secrets WHERE id = ?1", &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
     KB_GUARD_OUT(rc, step_done(b, s, "secret_purge"));
 out:
     done(s);
     store_secret_clear(&sec);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
 
-kb_err sq_secret_get(store *st, const char *name, int64_t id, bool include_deleted,
-                     store_secret *out)
+kb_err store_sql_secret_get(store *st, const char *name, int64_t id, bool include_deleted,
+                            store_secret *out)
 {
     cx *b;
     kb_err rc;
     b = RD(st);
-    rc = sq_secret_fetch(b, name, id, out);
+    rc = store_sql_secret_fetch(b, name, id, out);
     PUT(st, b);
     if (rc == KB_OK && !include_deleted && out->deleted_at != 0) {
         store_secret_clear(out);
@@ -340,13 +336,12 @@ static void records_free(void *arr, size_t n)
 
 /* A secret row and its latest version; rows failing a MAC (logged) or the filter, and repeats
  * of the previous secret, are left out. */
-static kb_err record_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
-                         bool *keep)
+static kb_err record_row(cx *b, stmt *s, void *ctx, void *item, const void *prev, bool *keep)
 {
     const records_filter *f = ctx;
     const store_record *last = prev;
     store_record *rec = item;
-    kb_err e = sq_load_secret(b, s, 0, &rec->secret);
+    kb_err e = store_sql_load_secret(b, s, 0, &rec->secret);
     *keep = false;
     if (e == KB_ERR_INTEGRITY)
         return KB_OK;
@@ -357,7 +352,7 @@ static kb_err record_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const vo
         store_record_clear(rec);
         return KB_OK;
     }
-    e = sq_load_latest(b, s, rec);
+    e = store_sql_load_latest(b, s, rec);
     if (e != KB_OK) {
         store_record_clear(rec);
         return e == KB_ERR_INTEGRITY ? KB_OK : e;
@@ -366,24 +361,24 @@ static kb_err record_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const vo
     return KB_OK;
 }
 
-static kb_err collect_records(cx *b, sqlite3_stmt *s, bool live_only, bool cloud_only,
-                              store_record **out, size_t *n)
+static kb_err collect_records(cx *b, stmt *s, bool live_only, bool cloud_only, store_record **out,
+                              size_t *n)
 {
     records_filter f = {live_only, cloud_only};
-    return sq_collect(b, s, sizeof(**out), record_row, &f, records_free, "collect_records",
-                      (void **)out, n);
+    return store_sql_collect(b, s, sizeof(**out), record_row, &f, records_free, "collect_records",
+                             (void **)out, n);
 }
 
-kb_err sq_secret_list(store *st, bool include_deleted, store_record **out, size_t *n)
+kb_err store_sql_secret_list(store *st, bool include_deleted, store_record **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    rc = sq_prep(b,
-                 "SELECT " SECRET_COLS ", " VERSION_COLS " FROM secrets s JOIN versions v ON "
-                 "v.secret_id = s.id AND v.version = s.latest_version ORDER BY s.name, s.id",
-                 &s);
+    rc = prep(b,
+              "SELECT " SECRET_COLS ", " VERSION_COLS " FROM secrets s JOIN versions v ON "
+              "v.secret_id = s.id AND v.version = s.latest_version ORDER BY s.name, s.id",
+              &s);
     if (rc == KB_OK)
         rc = collect_records(b, s, !include_deleted, false, out, n);
     done(s);
@@ -391,11 +386,11 @@ kb_err sq_secret_list(store *st, bool include_deleted, store_record **out, size_
     return rc;
 }
 
-kb_err sq_secret_list_page(store *st, bool include_deleted, const char *after, size_t limit,
-                           store_record **out, size_t *n, char **next)
+kb_err store_sql_secret_list_page(store *st, bool include_deleted, const char *after, size_t limit,
+                                  store_record **out, size_t *n, char **next)
 {
     cx *b = RD(st);
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     store_record *arr = NULL;
     size_t cnt = 0, cap = 0, seen = 0, lastcap = 0;
     char *last = NULL; /* name of the last row examined: the next page's cursor */
@@ -403,24 +398,23 @@ kb_err sq_secret_list_page(store *st, bool include_deleted, const char *after, s
     int r;
 
     /* Names are UNIQUE, so "name > cursor" pages without repeats or gaps. */
-    KB_GUARD_OUT(rc,
-                 sq_prep(b,
-                         "SELECT " SECRET_COLS ", " VERSION_COLS " FROM secrets s JOIN versions v "
-                         "ON v.secret_id = s.id AND v.version = s.latest_version "
-                         "WHERE s.name > ?1 ORDER BY s.name LIMIT ?2",
-                         &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " SECRET_COLS ", " VERSION_COLS " FROM secrets s JOIN versions v "
+                          "ON v.secret_id = s.id AND v.version = s.latest_version "
+                          "WHERE s.name > ?1 ORDER BY s.name LIMIT ?2",
+                          &s));
     KB_GUARD_OUT(rc, bind_text(s, 1, after));
     KB_GUARD_OUT(rc, bind_i64(s, 2, (int64_t)limit));
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+    while ((r = step(s)) == STORE_SQL_ROW) {
         store_record rec;
-        const unsigned char *nm = sqlite3_column_text(s, 1);
-        size_t nl = (size_t)sqlite3_column_bytes(s, 1);
+        const char *nm = col_text(s, 1);
+        size_t nl = col_len(s, 1);
         kb_err e;
         seen++;
         /* A name with a NUL inside (only by tampering) would make a cursor that does not
          * advance: refuse the page rather than loop. */
         if (nm == NULL || memchr(nm, 0, nl) != NULL) {
-            store_log_integrity("secrets", sqlite3_column_int64(s, 0), 0);
+            store_log_integrity("secrets", col_i64(s, 0), 0);
             KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
         }
         if (nl + 1 > lastcap) {
@@ -433,7 +427,7 @@ kb_err sq_secret_list_page(store *st, bool include_deleted, const char *after, s
             memcpy(last, nm, nl);
         last[nl] = '\0';
         memset(&rec, 0, sizeof(rec));
-        e = sq_load_secret(b, s, 0, &rec.secret);
+        e = store_sql_load_secret(b, s, 0, &rec.secret);
         if (e == KB_ERR_INTEGRITY)
             continue;
         KB_GUARD_OUT(rc, e);
@@ -441,7 +435,7 @@ kb_err sq_secret_list_page(store *st, bool include_deleted, const char *after, s
             store_secret_clear(&rec.secret);
             continue;
         }
-        e = sq_load_latest(b, s, &rec);
+        e = store_sql_load_latest(b, s, &rec);
         if (e == KB_ERR_INTEGRITY) {
             store_secret_clear(&rec.secret);
             continue;
@@ -454,8 +448,8 @@ kb_err sq_secret_list_page(store *st, bool include_deleted, const char *after, s
         }
         arr[cnt++] = rec;
     }
-    if (r != SQLITE_DONE)
-        rc = sq_db_err(b, r, "secret_list_page");
+    if (r != STORE_SQL_DONE)
+        rc = b->drv->db_err(b, r, "secret_list_page");
 out:
     done(s);
     PUT(st, b);
@@ -480,10 +474,9 @@ static void versions_free(void *arr, size_t n)
 }
 
 /* A version row; one failing its MAC is left out (logged). */
-static kb_err version_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev,
-                          bool *keep)
+static kb_err version_row(cx *b, stmt *s, void *ctx, void *item, const void *prev, bool *keep)
 {
-    kb_err e = sq_load_version(b, s, 0, item);
+    kb_err e = store_sql_load_version(b, s, 0, item);
     (void)ctx;
     (void)prev;
     if (e == KB_ERR_INTEGRITY) {
@@ -493,21 +486,21 @@ static kb_err version_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const v
     return e;
 }
 
-kb_err sq_version_list(store *st, int64_t secret_id, store_version **out, size_t *n)
+kb_err store_sql_version_list(store *st, int64_t secret_id, store_version **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
 
     b = RD(st);
-    KB_GUARD_OUT(rc, store_sql_exists(&b->sc, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "SELECT " VERSION_COLS
-                             " FROM versions v WHERE v.secret_id = ?1 ORDER BY v.version DESC",
-                             &s));
+    KB_GUARD_OUT(rc, store_sql_exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " VERSION_COLS
+                          " FROM versions v WHERE v.secret_id = ?1 ORDER BY v.version DESC",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
-    rc = sq_collect(b, s, sizeof(**out), version_row, NULL, versions_free, "version_list",
-                    (void **)out, n);
+    rc = store_sql_collect(b, s, sizeof(**out), version_row, NULL, versions_free, "version_list",
+                           (void **)out, n);
 out:
     done(s);
     PUT(st, b);
@@ -517,7 +510,7 @@ out:
 /* Version `ver` (0 = latest) of an already verified secret, with its envelope (lock held). */
 static kb_err version_fetch(cx *b, const store_secret *sec, int64_t ver, store_record *out)
 {
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     memset(&out->version, 0, sizeof(out->version));
     memset(&out->env, 0, sizeof(out->env));
@@ -525,31 +518,29 @@ static kb_err version_fetch(cx *b, const store_secret *sec, int64_t ver, store_r
         /* The latest version: latest_version must be the one the server wrote (latest_mac,
          * re-read here with the version row so both come from one statement). */
         uint8_t want[ROWMAC_LEN];
-        KB_GUARD(sq_prep(b,
-                         "SELECT " VERSION_COLS ", " ENV_COLS ", s.latest_version, s.latest_mac "
-                         "FROM secrets s JOIN versions v ON v.secret_id = s.id AND "
-                         "v.version = s.latest_version WHERE s.id = ?1",
-                         &s));
+        KB_GUARD(prep(b,
+                      "SELECT " VERSION_COLS ", " ENV_COLS ", s.latest_version, s.latest_mac "
+                      "FROM secrets s JOIN versions v ON v.secret_id = s.id AND "
+                      "v.version = s.latest_version WHERE s.id = ?1",
+                      &s));
         KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
         KB_GUARD_OUT(rc, step_row(b, s, "version_fetch_latest"));
-        KB_GUARD_OUT(rc, rowmac_latest(b->sc.mac, sec->id,
-                                       sqlite3_column_int64(s, VERSION_NCOLS + 3), want));
+        KB_GUARD_OUT(rc, rowmac_latest(b->mac, sec->id, col_i64(s, VERSION_NCOLS + 3), want));
         if (!col_mac_ok(s, VERSION_NCOLS + 4, want)) {
-            store_log_integrity("secrets.latest_version", sec->id,
-                                sqlite3_column_int64(s, VERSION_NCOLS + 3));
+            store_log_integrity("secrets.latest_version", sec->id, col_i64(s, VERSION_NCOLS + 3));
             KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
         }
     } else {
-        KB_GUARD(sq_prep(b,
-                         "SELECT " VERSION_COLS ", " ENV_COLS
-                         " FROM versions v WHERE v.secret_id = ?1 AND v.version = ?2",
-                         &s));
+        KB_GUARD(prep(b,
+                      "SELECT " VERSION_COLS ", " ENV_COLS
+                      " FROM versions v WHERE v.secret_id = ?1 AND v.version = ?2",
+                      &s));
         KB_GUARD_OUT(rc, bind_i64(s, 1, sec->id));
         KB_GUARD_OUT(rc, bind_i64(s, 2, ver));
         KB_GUARD_OUT(rc, step_row(b, s, "version_fetch"));
     }
-    KB_GUARD_OUT(rc, sq_load_version(b, s, 0, &out->version));
-    rc = sq_load_env(s, VERSION_NCOLS, &out->env);
+    KB_GUARD_OUT(rc, store_sql_load_version(b, s, 0, &out->version));
+    rc = store_sql_load_env(s, VERSION_NCOLS, &out->env);
     if (rc != KB_OK)
         store_version_clear(&out->version);
 out:
@@ -557,13 +548,13 @@ out:
     return rc;
 }
 
-kb_err sq_version_get(store *st, int64_t secret_id, int64_t version, store_record *out)
+kb_err store_sql_version_get(store *st, int64_t secret_id, int64_t version, store_record *out)
 {
     cx *b;
     kb_err rc;
     memset(out, 0, sizeof(*out));
     b = RD(st);
-    rc = sq_secret_fetch(b, NULL, secret_id, &out->secret);
+    rc = store_sql_secret_fetch(b, NULL, secret_id, &out->secret);
     if (rc == KB_OK) {
         rc = version_fetch(b, &out->secret, version, out);
         if (rc != KB_OK)
@@ -573,19 +564,20 @@ kb_err sq_version_get(store *st, int64_t secret_id, int64_t version, store_recor
     return rc;
 }
 
-kb_err sq_secrets_expiring(store *st, int64_t from, int64_t to, store_record **out, size_t *n)
+kb_err store_sql_secrets_expiring(store *st, int64_t from, int64_t to, store_record **out,
+                                  size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "SELECT " SECRET_COLS ", " VERSION_COLS
-                             " FROM secrets s JOIN versions v ON v.secret_id = s.id AND "
-                             "v.version = s.latest_version WHERE s.deleted_at = 0 AND "
-                             "v.expires_at > 0 AND v.expires_at BETWEEN ?1 AND ?2 "
-                             "ORDER BY v.expires_at, s.name",
-                             &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " SECRET_COLS ", " VERSION_COLS
+                          " FROM secrets s JOIN versions v ON v.secret_id = s.id AND "
+                          "v.version = s.latest_version WHERE s.deleted_at = 0 AND "
+                          "v.expires_at > 0 AND v.expires_at BETWEEN ?1 AND ?2 "
+                          "ORDER BY v.expires_at, s.name",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, from));
     KB_GUARD_OUT(rc, bind_i64(s, 2, to));
     rc = collect_records(b, s, true, false, out, n);
@@ -600,8 +592,8 @@ out:
 /* The verified, enabled client (lock held). */
 static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
 {
-    KB_GUARD(store_sql_client_fetch(&b->sc, NULL, client_id, c));
-    store_client_effective(b->sc.st, c);
+    KB_GUARD(store_sql_client_fetch(b, NULL, client_id, c));
+    store_client_effective(b->st, c);
     if (!c->enabled) {
         store_client_clear(c);
         return KB_ERR_DENIED;
@@ -609,10 +601,10 @@ static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
     return KB_OK;
 }
 
-kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t *n)
+kb_err store_sql_readable_list(store *st, int64_t client_id, store_record **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     store_record *arr = NULL;
     size_t cnt = 0, cap = 0;
     store_client c = {0};
@@ -620,47 +612,47 @@ kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t
     int r;
 
     b = RD(st);
-    rc = sq_tx_begin(b, false); /* one snapshot for the client row and the listing */
+    rc = tx_begin(b, STORE_SQL_TX_READ); /* one snapshot for the client row and the listing */
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_state_check(b));
+    KB_GUARD_OUT(rc, b->drv->state_check(b));
     KB_GUARD_OUT(rc, reader_client(b, client_id, &c));
     /* Every (membership, grant) path to every candidate secret, grouped by secret; each link and
      * the secret row are verified below, and the flags re-checked on verified values. */
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "SELECT " SECRET_COLS ", " VERSION_COLS ", m.group_id, m.mac, gr.mac "
-                             "FROM memberships m JOIN grants gr ON gr.group_id = m.group_id "
-                             "JOIN secrets s ON s.id = gr.secret_id "
-                             "JOIN versions v ON v.secret_id = s.id AND "
-                             "v.version = s.latest_version "
-                             "WHERE m.client_id = ?1 AND s.deleted_at = 0 "
-                             "ORDER BY s.name, s.id",
-                             &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT " SECRET_COLS ", " VERSION_COLS ", m.group_id, m.mac, gr.mac "
+                          "FROM memberships m JOIN grants gr ON gr.group_id = m.group_id "
+                          "JOIN secrets s ON s.id = gr.secret_id "
+                          "JOIN versions v ON v.secret_id = s.id AND "
+                          "v.version = s.latest_version "
+                          "WHERE m.client_id = ?1 AND s.deleted_at = 0 "
+                          "ORDER BY s.name, s.id",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
-    while ((r = sqlite3_step(s)) == SQLITE_ROW) {
+    while ((r = step(s)) == STORE_SQL_ROW) {
         const int c0 = SECRET_NCOLS + VERSION_NCOLS;
-        int64_t sid = sqlite3_column_int64(s, 0);
-        int64_t gid = sqlite3_column_int64(s, c0);
+        int64_t sid = col_i64(s, 0);
+        int64_t gid = col_i64(s, c0);
         uint8_t want[ROWMAC_LEN];
         store_record rec;
         kb_err e;
 
         if (cnt > 0 && arr[cnt - 1].secret.id == sid)
             continue; /* already reachable through a verified path */
-        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, client_id, gid, want));
+        KB_GUARD_OUT(rc, rowmac_membership(b->mac, client_id, gid, want));
         if (!col_mac_ok(s, c0 + 1, want)) {
             store_log_integrity("memberships", client_id, gid);
             continue;
         }
-        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, gid, sid, want));
+        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, sid, want));
         if (!col_mac_ok(s, c0 + 2, want)) {
             store_log_integrity("grants", gid, sid);
             continue;
         }
         memset(&rec, 0, sizeof(rec));
-        e = sq_load_secret(b, s, 0, &rec.secret);
+        e = store_sql_load_secret(b, s, 0, &rec.secret);
         if (e == KB_ERR_INTEGRITY)
             continue;
         KB_GUARD_OUT(rc, e);
@@ -668,7 +660,7 @@ kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t
             store_secret_clear(&rec.secret);
             continue;
         }
-        e = sq_load_latest(b, s, &rec);
+        e = store_sql_load_latest(b, s, &rec);
         if (e == KB_ERR_INTEGRITY) {
             store_secret_clear(&rec.secret);
             continue;
@@ -681,12 +673,12 @@ kb_err sq_readable_list(store *st, int64_t client_id, store_record **out, size_t
         }
         arr[cnt++] = rec;
     }
-    if (r != SQLITE_DONE)
-        rc = sq_db_err(b, r, "readable_list");
+    if (r != STORE_SQL_DONE)
+        rc = b->drv->db_err(b, r, "readable_list");
 out:
     done(s);
     store_client_clear(&c);
-    rc = sq_tx_end(b, rc, NULL);
+    rc = tx_end(b, rc, NULL);
     PUT(st, b);
     if (rc != KB_OK) {
         store_records_free(arr, cnt);
@@ -701,34 +693,34 @@ out:
 static kb_err readable_one(cx *b, const store_client *c, const char *name, int64_t version,
                            store_record *out)
 {
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     bool granted = false, tampered = false;
     kb_err rc;
-    int r = SQLITE_DONE;
+    int r = STORE_SQL_DONE;
 
     memset(out, 0, sizeof(*out));
-    rc = sq_secret_fetch(b, name, 0, &out->secret);
+    rc = store_sql_secret_fetch(b, name, 0, &out->secret);
     KB_ENSURE_OUT(rc, rc != KB_ERR_INTEGRITY, KB_ERR_TAMPERED); /* a forged secret row */
     KB_GUARD_OUT(rc, rc);
     KB_ENSURE_OUT(rc, out->secret.deleted_at == 0, KB_ERR_NOT_FOUND);
     KB_ENSURE_OUT(rc, !c->cloud || out->secret.cloud_sync, KB_ERR_NOT_FOUND);
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "SELECT m.group_id, m.mac, gr.mac FROM memberships m JOIN grants gr "
-                             "ON gr.group_id = m.group_id WHERE m.client_id = ?1 AND "
-                             "gr.secret_id = ?2",
-                             &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT m.group_id, m.mac, gr.mac FROM memberships m JOIN grants gr "
+                          "ON gr.group_id = m.group_id WHERE m.client_id = ?1 AND "
+                          "gr.secret_id = ?2",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, c->id));
     KB_GUARD_OUT(rc, bind_i64(s, 2, out->secret.id));
-    while (!granted && (r = sqlite3_step(s)) == SQLITE_ROW) {
+    while (!granted && (r = step(s)) == STORE_SQL_ROW) {
         uint8_t want[ROWMAC_LEN];
-        int64_t gid = sqlite3_column_int64(s, 0);
-        KB_GUARD_OUT(rc, rowmac_membership(b->sc.mac, c->id, gid, want));
+        int64_t gid = col_i64(s, 0);
+        KB_GUARD_OUT(rc, rowmac_membership(b->mac, c->id, gid, want));
         if (!col_mac_ok(s, 1, want)) {
             store_log_integrity("memberships", c->id, gid);
             tampered = true;
             continue;
         }
-        KB_GUARD_OUT(rc, rowmac_grant(b->sc.mac, gid, out->secret.id, want));
+        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, out->secret.id, want));
         if (!col_mac_ok(s, 2, want)) {
             store_log_integrity("grants", gid, out->secret.id);
             tampered = true;
@@ -736,8 +728,8 @@ static kb_err readable_one(cx *b, const store_client *c, const char *name, int64
         }
         granted = true;
     }
-    if (!granted && r != SQLITE_DONE)
-        KB_ENSURE_OUT(rc, false, sq_db_err(b, r, "readable_get"));
+    if (!granted && r != STORE_SQL_DONE)
+        KB_ENSURE_OUT(rc, false, b->drv->db_err(b, r, "readable_get"));
     KB_ENSURE_OUT(rc, granted, tampered ? KB_ERR_TAMPERED : KB_ERR_NOT_FOUND);
     rc = version_fetch(b, &out->secret, version, out);
 out:
@@ -747,19 +739,20 @@ out:
     return rc;
 }
 
-kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *const *names,
-                             const int64_t *versions, size_t n, store_record *out, kb_err *errs)
+kb_err store_sql_readable_get_batch(store *st, int64_t client_id, const char *const *names,
+                                    const int64_t *versions, size_t n, store_record *out,
+                                    kb_err *errs)
 {
     cx *b;
     store_client c = {0};
     kb_err rc;
     b = RD(st);
-    rc = sq_tx_begin(b, false);
+    rc = tx_begin(b, STORE_SQL_TX_READ);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_state_check(b));
+    KB_GUARD_OUT(rc, b->drv->state_check(b));
     KB_GUARD_OUT(rc, reader_client(b, client_id, &c));
     for (size_t i = 0; i < n; i++) {
         if (errs[i] != KB_OK)
@@ -775,7 +768,7 @@ kb_err sq_readable_get_batch(store *st, int64_t client_id, const char *const *na
     }
 out:
     store_client_clear(&c);
-    rc = sq_tx_end(b, rc, NULL);
+    rc = tx_end(b, rc, NULL);
     PUT(st, b);
     return rc;
 }
@@ -787,37 +780,36 @@ static void fetches_free(void *arr, size_t n)
     store_fetches_free(arr, n);
 }
 
-static kb_err fetch_row(cx *b, sqlite3_stmt *s, void *ctx, void *item, const void *prev, bool *keep)
+static kb_err fetch_row(cx *b, stmt *s, void *ctx, void *item, const void *prev, bool *keep)
 {
     store_fetch *f = item;
     (void)b;
     (void)ctx;
     (void)prev;
     (void)keep;
-    f->client_id = sqlite3_column_int64(s, 0);
+    f->client_id = col_i64(s, 0);
     KB_GUARD(col_str(s, 1, &f->spiffe_id));
-    f->secret_id = sqlite3_column_int64(s, 2);
-    f->version = sqlite3_column_int64(s, 3);
-    f->fetched_at = sqlite3_column_int64(s, 4);
+    f->secret_id = col_i64(s, 2);
+    f->version = col_i64(s, 3);
+    f->fetched_at = col_i64(s, 4);
     return KB_OK;
 }
 
-kb_err sq_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n)
+kb_err store_sql_secret_status(store *st, int64_t secret_id, store_fetch **out, size_t *n)
 {
     cx *b;
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
     b = RD(st);
-    KB_GUARD_OUT(rc, store_sql_exists(&b->sc, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
-    KB_GUARD_OUT(rc,
-                 sq_prep(b,
-                         "SELECT f.client_id, c.spiffe_id, f.secret_id, f.version, f.fetched_at "
-                         "FROM fetch_log f JOIN clients c ON c.id = f.client_id "
-                         "WHERE f.secret_id = ?1 ORDER BY c.spiffe_id",
-                         &s));
+    KB_GUARD_OUT(rc, store_sql_exists(b, "SELECT 1 FROM secrets WHERE id = ?1", secret_id));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT f.client_id, c.spiffe_id, f.secret_id, f.version, f.fetched_at "
+                          "FROM fetch_log f JOIN clients c ON c.id = f.client_id "
+                          "WHERE f.secret_id = ?1 ORDER BY c.spiffe_id",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
-    rc = sq_collect(b, s, sizeof(**out), fetch_row, NULL, fetches_free, "secret_status",
-                    (void **)out, n);
+    rc = store_sql_collect(b, s, sizeof(**out), fetch_row, NULL, fetches_free, "secret_status",
+                           (void **)out, n);
 out:
     done(s);
     PUT(st, b);
@@ -826,15 +818,16 @@ out:
 
 /* ---- expiry notifications (notify.h) ---- */
 
-kb_err sq_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t window, bool *sent)
+kb_err store_sql_notify_sent(store *st, int64_t secret_id, int64_t version, int64_t window,
+                             bool *sent)
 {
     cx *b = RD(st);
-    sqlite3_stmt *s = NULL;
+    stmt *s = NULL;
     kb_err rc;
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "SELECT 1 FROM notify_sent WHERE secret_id = ?1 AND version = ?2 "
-                             "AND window_secs = ?3",
-                             &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "SELECT 1 FROM notify_sent WHERE secret_id = ?1 AND version = ?2 "
+                          "AND window_secs = ?3",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
     KB_GUARD_OUT(rc, bind_i64(s, 2, version));
     KB_GUARD_OUT(rc, bind_i64(s, 3, window));
@@ -850,20 +843,20 @@ out:
 
 /* The mark and the delivery's audit row in one transaction: a crash can leave neither (the
  * webhook is sent again) but never a mark without its row or a row without its mark. */
-kb_err sq_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window, int64_t now,
-                      store_audit *au)
+kb_err store_sql_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t window,
+                             int64_t now, store_audit *au)
 {
     cx *b = WR(st);
-    sqlite3_stmt *s = NULL;
-    kb_err rc = sq_tx_begin(b, true);
+    stmt *s = NULL;
+    kb_err rc = tx_begin(b, STORE_SQL_TX_LOG);
     if (rc != KB_OK) {
         PUT(st, b);
         return rc;
     }
-    KB_GUARD_OUT(rc, sq_prep(b,
-                             "INSERT INTO notify_sent(secret_id, version, window_secs, sent_at) "
-                             "VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                             &s));
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO notify_sent(secret_id, version, window_secs, sent_at) "
+                          "VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                          &s));
     KB_GUARD_OUT(rc, bind_i64(s, 1, secret_id));
     KB_GUARD_OUT(rc, bind_i64(s, 2, version));
     KB_GUARD_OUT(rc, bind_i64(s, 3, window));
@@ -871,7 +864,7 @@ kb_err sq_notify_mark(store *st, int64_t secret_id, int64_t version, int64_t win
     rc = step_done(b, s, "notify_mark");
 out:
     done(s);
-    rc = sq_tx_end(b, rc, au);
+    rc = tx_end(b, rc, au);
     PUT(st, b);
     return rc;
 }
