@@ -149,11 +149,16 @@ in_root() { chroot "$R" "$@"; }
 hard=$(ulimit -Hl)
 ML=67108864
 [ "$hard" = unlimited ] || [ $((hard * 1024)) -ge $ML ] || ML=$((hard * 1024))
-as_user() { # as_user USER CMD...: the service user, with the unit's memlock limit and no caps
+user_argv() { # user_argv USER: UARGV = the prefix that runs a command as USER, with the unit's
+  # memlock limit and no caps (chroot, prlimit and setpriv each exec the next)
+  UARGV=(chroot "$R" prlimit "--memlock=$ML:$ML" --core=0:0
+    setpriv --reuid="$1" --regid="$1" --init-groups --inh-caps=-all --bounding-set=-all)
+}
+as_user() { # as_user USER CMD...
   local u="$1"
   shift
-  chroot "$R" prlimit --memlock=$ML:$ML --core=0:0 \
-    setpriv --reuid="$u" --regid="$u" --init-groups --inh-caps=-all --bounding-set=-all "$@"
+  user_argv "$u"
+  "${UARGV[@]}" "$@"
 }
 mkdir -p "$R/tmp/debs"
 cp "$D"/old/*.deb "$D"/new/*.deb "$R/tmp/debs/"
@@ -263,7 +268,10 @@ chmod 0644 "$R/tmp/content"
 klocal() { as_user keybridge /usr/bin/keybridge --local /etc/keybridge/keybridged.conf --as "$ADMIN" "$@"; }
 klocal secret create pkgtest --content-file /tmp/content >/dev/null 2>"$D/create.err" ||
   bad "secret create via --local: $(cat "$D/create.err")"
-as_user keybridge /usr/sbin/keybridged serve >"$D/serve.log" 2>&1 &
+# a simple command, not the as_user function: bash runs a function in the background in a forked
+# shell, so $! was that shell; killing it left keybridged running after the test
+user_argv keybridge
+"${UARGV[@]}" /usr/sbin/keybridged serve >"$D/serve.log" 2>&1 &
 spid=$!
 up=0
 for _ in $(seq 200); do
@@ -279,6 +287,8 @@ printf '[client]\nserver_url = https://127.0.0.1:%s\nserver_id = spiffe://%s/key
 got="$(in_root /usr/bin/keybridge --config /etc/keybridge/tls/admin.conf secret get pkgtest 2>&1)" ||
   bad "keybridge secret get over mTLS from the installed server: $got"
 grep -q "pkg-test-content-$PORT" <<<"$got" && ok || bad "secret content over mTLS: $got"
+[[ "$(readlink "/proc/$spid/exe" 2>/dev/null)" == */keybridged ]] && ok ||
+  bad "the server's pid is $(readlink "/proc/$spid/exe" 2>/dev/null), not keybridged: it would outlive the test"
 kill "$spid" 2>/dev/null || true
 wait "$spid" 2>/dev/null || true
 ( cd "$R/var/lib/keybridge" && sha256sum keybridged.db master.key ) >"$D/state.sum"
