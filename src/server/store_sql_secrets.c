@@ -417,7 +417,7 @@ kb_err store_sql_secret_list_page(store *st, bool include_deleted, const char *a
             store_log_integrity("secrets", col_i64(s, 0), 0);
             KB_ENSURE_OUT(rc, false, KB_ERR_INTEGRITY);
         }
-        if (nl + 1 > lastcap) {
+        if (nl >= lastcap) { /* room for nl bytes and the NUL (nl + 1 could wrap) */
             char *p = realloc(last, nl + 1);
             KB_ENSURE_OUT(rc, p != NULL, KB_ERR_NOMEM);
             last = p;
