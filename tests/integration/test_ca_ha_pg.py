@@ -194,7 +194,9 @@ def main():
                 time.sleep(0.5)
                 for i, p in enumerate(procs):
                     if p is not victim and p.poll() is not None:
-                        raise RuntimeError(f"replica {i} exited: {p.returncode}")
+                        with open(f"{w}/serve{i}.log", errors="replace") as f:
+                            tail = f.read()[-3000:]
+                        raise RuntimeError(f"replica {i} exited: {p.returncode}; its log:\n{tail}")
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
