@@ -151,20 +151,28 @@ out:
     return rc;
 }
 
+/* The one row a fetch by key (a text column, when key is not NULL) or by id selects: prepared,
+ * bound and stepped onto it (KB_ERR_NOT_FOUND when there is none). The caller loads the row and
+ * calls done(*out), which it must also do on error. */
+static kb_err fetch_row(cx *b, const char *by_key, const char *by_id, const char *key, int64_t id,
+                        const char *what, stmt **out)
+{
+    kb_err rc;
+    *out = NULL;
+    KB_GUARD(prep(b, key != NULL ? by_key : by_id, out));
+    rc = key != NULL ? bind_text(*out, 1, key) : bind_i64(*out, 1, id);
+    if (rc == KB_OK)
+        rc = step_row(b, *out, what);
+    return rc;
+}
+
 /* Fetch one verified secret by name or id (lock held). */
 kb_err store_sql_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out)
 {
     stmt *s = NULL;
-    kb_err rc;
-    if (name != NULL) {
-        KB_GUARD(prep(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.name = ?1", &s));
-        rc = bind_text(s, 1, name);
-    } else {
-        KB_GUARD(prep(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.id = ?1", &s));
-        rc = bind_i64(s, 1, id);
-    }
-    if (rc == KB_OK)
-        rc = step_row(b, s, "secret_fetch");
+    kb_err rc = fetch_row(b, "SELECT " SECRET_COLS " FROM secrets s WHERE s.name = ?1",
+                          "SELECT " SECRET_COLS " FROM secrets s WHERE s.id = ?1", name, id,
+                          "secret_fetch", &s);
     if (rc == KB_OK)
         rc = store_sql_load_secret(b, s, 0, out);
     done(s);
@@ -222,16 +230,9 @@ out:
 kb_err store_sql_client_fetch(cx *b, const char *spiffe_id, int64_t id, store_client *out)
 {
     stmt *s = NULL;
-    kb_err rc;
-    if (spiffe_id != NULL) {
-        KB_GUARD(prep(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.spiffe_id = ?1", &s));
-        rc = bind_text(s, 1, spiffe_id);
-    } else {
-        KB_GUARD(prep(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.id = ?1", &s));
-        rc = bind_i64(s, 1, id);
-    }
-    if (rc == KB_OK)
-        rc = step_row(b, s, "client_fetch");
+    kb_err rc = fetch_row(b, "SELECT " CLIENT_COLS " FROM clients c WHERE c.spiffe_id = ?1",
+                          "SELECT " CLIENT_COLS " FROM clients c WHERE c.id = ?1", spiffe_id, id,
+                          "client_fetch", &s);
     if (rc == KB_OK)
         rc = store_sql_load_client(b, s, 0, out);
     done(s);
