@@ -244,20 +244,31 @@ kb_err audit_anchor_now(audit_log *a, int64_t now)
     return KB_OK;
 }
 
-static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
+static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fetch, size_t n,
                      int64_t *seq_out);
 
 kb_err audit_append(audit_log *a, const audit_event *ev, int64_t *seq_out)
 {
-    return append(a, ev, NULL, seq_out);
+    return append(a, ev, NULL, 1, seq_out);
+}
+
+kb_err audit_append_reads(audit_log *a, const audit_event *ev, const audit_fetch *fetch, size_t n,
+                          int64_t *seq_out)
+{
+    KB_ENSURE_REF(ev);
+    KB_ENSURE_REF(fetch);
+    KB_ENSURE(n >= 1, KB_ERR_INVALID);
+    KB_ENSURE(n <= AUDIT_READS_MAX, KB_ERR_TOO_LARGE);
+    for (size_t i = 0; i < n; i++)
+        KB_ENSURE(fetch[i].client_id > 0 && fetch[i].secret_id > 0 && fetch[i].version > 0,
+                  KB_ERR_INVALID);
+    return append(a, ev, fetch, n, seq_out);
 }
 
 kb_err audit_append_read(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
                          int64_t *seq_out)
 {
-    KB_ENSURE_REF(fetch);
-    KB_ENSURE(fetch->client_id > 0 && fetch->secret_id > 0 && fetch->version > 0, KB_ERR_INVALID);
-    return append(a, ev, fetch, seq_out);
+    return audit_append_reads(a, ev, fetch, 1, seq_out);
 }
 
 static kb_err event_check(const audit_event *ev)
@@ -309,17 +320,18 @@ void audit_change_end(audit_log *a, store_audit *au, kb_err rc)
                NULL);
 }
 
-static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
+static kb_err append(audit_log *a, const audit_event *ev, const audit_fetch *fetch, size_t n,
                      int64_t *seq_out)
 {
     int64_t seq = 0;
 
     KB_ENSURE_REF(a);
-    KB_GUARD(event_check(ev));
-    KB_GUARD(a->st->ops->audit_append(a->st, ev, fetch, append_mac, a, &seq));
+    for (size_t i = 0; i < n; i++)
+        KB_GUARD(event_check(&ev[i]));
+    KB_GUARD(a->st->ops->audit_append(a->st, ev, fetch, n, append_mac, a, &seq));
     if (seq_out)
         *seq_out = seq;
-    anchor_if_due(a, seq, ev->time);
+    anchor_if_due(a, seq, ev[n - 1].time);
     return KB_OK;
 }
 

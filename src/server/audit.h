@@ -142,6 +142,12 @@ typedef struct {
  * neither; one commit per read). */
 KB_WUR kb_err audit_append_read(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
                                 int64_t *seq_out);
+/* n content reads (a batch), 1 <= n <= AUDIT_READS_MAX: ev[i] and fetch[i] for each, all rows
+ * and records in one store transaction, chained in order (all or none); *seq_out is the last
+ * row's seq. */
+#define AUDIT_READS_MAX STORE_BATCH_MAX
+KB_WUR kb_err audit_append_reads(audit_log *a, const audit_event *ev, const audit_fetch *fetch,
+                                 size_t n, int64_t *seq_out);
 /* Sign and store the current head now (no-op on an empty log). */
 KB_WUR kb_err audit_anchor_now(audit_log *a, int64_t now);
 /* Write the latest stored anchor as JSON {"seq","mac","sig","time"} (hex) to path (0600,

@@ -825,11 +825,12 @@ kb_err svc_client_list(svc *s, const svc_actor *a, const store_client *c, store_
     return rc;
 }
 
-/* Unwrap a readable record, log the fetch and audit the read. A forged access row (membership,
- * grant or secret row failing its MAC: KB_ERR_TAMPERED from the store) is logged and audited as
- * such, then answered exactly like a missing name. */
-static kb_err read_record(svc *s, const svc_actor *a, const store_client *c, const char *name,
-                          store_record *rec, kb_err found, kb_secret **content)
+/* Unwrap a readable record (KB_OK: *content is set, the read still to be committed by
+ * commit_reads). A forged access row (membership, grant or secret row failing its MAC:
+ * KB_ERR_TAMPERED from the store) is logged and audited as such, then answered exactly like a
+ * missing name; any other failure is audited here and rec cleared. */
+static kb_err open_read(svc *s, const svc_actor *a, const store_client *c, const char *name,
+                        store_record *rec, kb_err found, kb_secret **content)
 {
     kb_err rc = found;
     *content = NULL;
@@ -843,46 +844,78 @@ static kb_err read_record(svc *s, const svc_actor *a, const store_client *c, con
     }
     if (rc == KB_OK)
         rc = open_record(s, a, c->cloud, rec, content);
-    if (rc == KB_OK) {
-        /* The fetch record and the audit row in one transaction; content is only handed out
-         * once both are committed. */
-        audit_event ev = {.time = a->now,
-                          .identity = a->identity,
-                          .peer = a->peer,
-                          .action = "secret.read",
-                          .object = name,
-                          .version = rec->version.version,
-                          .result = kb_err_str(KB_OK)};
-        audit_fetch fr = {c->id, rec->secret.id, rec->version.version};
-        rc = audit_append_read(s->audit, &ev, &fr, NULL);
-        if (rc != KB_OK) {
-            kb_log(KB_LOG_ERROR, "audit_append_failed", "action", "secret.read", "error",
-                   kb_err_str(rc), NULL);
-            kb_secret_free(*content);
-            *content = NULL;
-            store_record_clear(rec);
-            return rc;
-        }
+    if (rc == KB_OK)
         return KB_OK;
-    }
     /* Over budget: deferred, nothing read, nothing recorded (see svc_secret_create). */
     if (rc != KB_ERR_LIMIT)
         svc_audit_event(s, a, "secret.read", name, 0, rc);
-    if (rc != KB_OK) {
-        if (rc == KB_ERR_INTEGRITY)
-            kb_log(KB_LOG_ERROR, "secret_integrity_failure", "secret", name, NULL);
-        store_record_clear(rec);
-    }
+    if (rc == KB_ERR_INTEGRITY)
+        kb_log(KB_LOG_ERROR, "secret_integrity_failure", "secret", name, NULL);
+    store_record_clear(rec);
     return rc;
+}
+
+/* The opened reads (errs[i] == KB_OK) of n: their fetch records and audit rows in one store
+ * transaction; content is only handed out once they are committed. If that fails, every opened
+ * read fails with its error (content freed, record cleared). */
+static void commit_reads(svc *s, const svc_actor *a, const store_client *c,
+                         const char *const *names, size_t n, store_record *rec, kb_secret **content,
+                         kb_err *errs)
+{
+    audit_event *ev = NULL;
+    audit_fetch *fr = NULL;
+    size_t k = 0;
+    kb_err rc = KB_OK;
+
+    for (size_t i = 0; i < n; i++)
+        k += errs[i] == KB_OK;
+    if (k == 0)
+        return;
+    ev = calloc(k, sizeof(*ev));
+    fr = calloc(k, sizeof(*fr));
+    if (ev == NULL || fr == NULL)
+        rc = KB_ERR_NOMEM;
+    k = 0;
+    for (size_t i = 0; rc == KB_OK && i < n; i++) {
+        if (errs[i] != KB_OK)
+            continue;
+        ev[k] = (audit_event){.time = a->now,
+                              .identity = a->identity,
+                              .peer = a->peer,
+                              .action = "secret.read",
+                              .object = names[i],
+                              .version = rec[i].version.version,
+                              .result = kb_err_str(KB_OK)};
+        fr[k] = (audit_fetch){c->id, rec[i].secret.id, rec[i].version.version};
+        k++;
+    }
+    if (rc == KB_OK)
+        rc = audit_append_reads(s->audit, ev, fr, k, NULL);
+    free(ev);
+    free(fr);
+    if (rc == KB_OK)
+        return;
+    kb_log(KB_LOG_ERROR, "audit_append_failed", "action", "secret.read", "error", kb_err_str(rc),
+           NULL);
+    for (size_t i = 0; i < n; i++) {
+        if (errs[i] != KB_OK)
+            continue;
+        kb_secret_free(content[i]);
+        content[i] = NULL;
+        store_record_clear(&rec[i]);
+        errs[i] = rc;
+    }
 }
 
 kb_err svc_client_read(svc *s, const svc_actor *a, const store_client *c, const char *name,
                        int64_t version, store_record *rec, kb_secret **content)
 {
-    kb_err found;
+    kb_err rc;
     memset(rec, 0, sizeof(*rec));
-    found = store_readable_get(s->st, c->id, name, version, rec);
-    return read_record(s, a, c, name, rec, found, content);
+    rc = store_readable_get(s->st, c->id, name, version, rec);
+    rc = open_read(s, a, c, name, rec, rc, content);
+    commit_reads(s, a, c, &name, 1, rec, content, &rc);
+    return rc;
 }
 
 kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_client *c,
@@ -893,7 +926,8 @@ kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_client *c,
     memset(rec, 0, n * sizeof(*rec));
     KB_GUARD(store_readable_get_batch(s->st, c->id, names, n, rec, errs));
     for (size_t i = 0; i < n; i++)
-        errs[i] = read_record(s, a, c, names[i], &rec[i], errs[i], &content[i]);
+        errs[i] = open_read(s, a, c, names[i], &rec[i], errs[i], &content[i]);
+    commit_reads(s, a, c, names, n, rec, content, errs);
     return KB_OK;
 }
 

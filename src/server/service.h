@@ -133,7 +133,8 @@ KB_WUR kb_err svc_client_list(svc *s, const svc_actor *a, const store_client *c,
 KB_WUR kb_err svc_client_read(svc *s, const svc_actor *a, const store_client *c, const char *name,
                               int64_t version, store_record *rec, kb_secret **content);
 /* Batch read: rec[i], content[i], errs[i] for each of n names (n <= STORE_BATCH_MAX). Names the
- * budget cannot cover get errs[i] = KB_ERR_LIMIT (deferred); the others are served. */
+ * budget cannot cover get errs[i] = KB_ERR_LIMIT (deferred); the others are served, their fetch
+ * records and audit rows committed in one store transaction (if that fails, each fails). */
 KB_WUR kb_err svc_client_read_batch(svc *s, const svc_actor *a, const store_client *c,
                                     const char *const *names, size_t n, store_record *rec,
                                     kb_secret **content, kb_err *errs);

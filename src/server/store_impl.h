@@ -108,9 +108,11 @@ struct store_ops {
                            int64_t now);
     kb_err (*secret_status)(store *st, int64_t secret_id, store_fetch **out, size_t *n);
 
-    /* With fetch != NULL, the fetch record (fetch_record's row) is written in the same
-     * transaction as the audit row: a content read commits both or neither. */
-    kb_err (*audit_append)(store *st, const audit_event *ev, const audit_fetch *fetch,
+    /* Append n >= 1 rows (ev[0..n-1], chained in that order) in one transaction; *seq_out is
+     * the last one's seq. With fetch != NULL (n entries), the fetch records (fetch_record's rows)
+     * are written in the same transaction: content reads commit their rows and records all
+     * together or none. */
+    kb_err (*audit_append)(store *st, const audit_event *ev, const audit_fetch *fetch, size_t n,
                            store_audit_mac_fn mac, void *ctx, int64_t *seq_out);
     /* Rows with seq > after, ascending, at most limit. */
     kb_err (*audit_rows)(store *st, int64_t after, size_t limit, audit_row **out, size_t *n);

@@ -117,9 +117,7 @@ out:
     return rc;
 }
 
-/* Check the latest_version of a secret row loaded at c0 against its own MAC (latest_mac):
- * KB_ERR_INTEGRITY (logged) on mismatch. */
-static kb_err latest_check(cx *b, stmt *s, int c0, const store_secret *sec)
+kb_err store_sql_latest_check(cx *b, stmt *s, int c0, const store_secret *sec)
 {
     uint8_t want[ROWMAC_LEN];
     KB_GUARD(rowmac_latest(b->mac, sec->id, sec->latest_version, want));
@@ -134,7 +132,7 @@ static kb_err latest_check(cx *b, stmt *s, int c0, const store_secret *sec)
  * row both checked; KB_ERR_INTEGRITY (logged) if either fails. */
 kb_err store_sql_load_latest(cx *b, stmt *s, store_record *rec)
 {
-    KB_GUARD(latest_check(b, s, 0, &rec->secret));
+    KB_GUARD(store_sql_latest_check(b, s, 0, &rec->secret));
     return store_sql_load_version(b, s, SECRET_NCOLS, &rec->version);
 }
 

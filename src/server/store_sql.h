@@ -184,7 +184,7 @@ kb_err store_sql_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
  * before the head is read, so two appenders never extend the same head). Backends' tx_end. */
 kb_err store_sql_audit_insert_locked(store_sql_cx *b, const audit_event *ev, audit_mac_fn macfn,
                                      void *ctx, int64_t *seq_out);
-kb_err store_sql_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch,
+kb_err store_sql_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch, size_t n,
                               store_audit_mac_fn macfn, void *ctx, int64_t *seq_out);
 kb_err store_sql_audit_rows(store *st, int64_t after, size_t limit, audit_row **out, size_t *n);
 kb_err store_sql_audit_query(store *st, const audit_filter *f, audit_row **out, size_t *n);

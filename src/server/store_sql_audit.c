@@ -35,8 +35,10 @@ kb_err store_sql_audit_head(store *st, int64_t *seq, uint8_t mac[AUDIT_MAC_LEN])
     return rc;
 }
 
-kb_err store_sql_audit_insert_locked(cx *b, const audit_event *ev, audit_mac_fn macfn, void *ctx,
-                                     int64_t *seq_out)
+/* Append ev[0..n-1] after the head (writer, write lock held), each row's MAC chained to the one
+ * before it; *seq_out is the last row's seq. */
+static kb_err insert_rows_locked(cx *b, const audit_event *ev, size_t n, audit_mac_fn macfn,
+                                 void *ctx, int64_t *seq_out)
 {
     stmt *s = NULL;
     uint8_t prev[AUDIT_MAC_LEN], mac[AUDIT_MAC_LEN];
@@ -44,34 +46,46 @@ kb_err store_sql_audit_insert_locked(cx *b, const audit_event *ev, audit_mac_fn 
     kb_err rc;
     KB_ENSURE(b->writer && b->drv->in_tx(b), KB_ERR_INTERNAL);
     KB_GUARD_OUT(rc, head_locked(b, &seq, prev));
-    seq++;
-    KB_GUARD_OUT(rc, macfn(ctx, prev, seq, ev, mac));
-    KB_GUARD_OUT(rc, prep(b,
-                          "INSERT INTO audit_log(seq, time, identity, peer, action, object, "
-                          "version, result, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, seq));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, ev->time));
-    KB_GUARD_OUT(rc, bind_text(s, 3, ev->identity));
-    KB_GUARD_OUT(rc, bind_text(s, 4, ev->peer));
-    KB_GUARD_OUT(rc, bind_text(s, 5, ev->action));
-    KB_GUARD_OUT(rc, bind_text(s, 6, ev->object));
-    KB_GUARD_OUT(rc, bind_i64(s, 7, ev->version));
-    KB_GUARD_OUT(rc, bind_text(s, 8, ev->result));
-    KB_GUARD_OUT(rc, bind_blob(s, 9, mac, sizeof(mac)));
-    KB_GUARD_OUT(rc, step_done(b, s, "audit_insert"));
+    for (size_t i = 0; i < n; i++) {
+        seq++;
+        KB_GUARD_OUT(rc, macfn(ctx, prev, seq, &ev[i], mac));
+        KB_GUARD_OUT(rc, prep(b,
+                              "INSERT INTO audit_log(seq, time, identity, peer, action, object, "
+                              "version, result, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                              &s));
+        KB_GUARD_OUT(rc, bind_i64(s, 1, seq));
+        KB_GUARD_OUT(rc, bind_i64(s, 2, ev[i].time));
+        KB_GUARD_OUT(rc, bind_text(s, 3, ev[i].identity));
+        KB_GUARD_OUT(rc, bind_text(s, 4, ev[i].peer));
+        KB_GUARD_OUT(rc, bind_text(s, 5, ev[i].action));
+        KB_GUARD_OUT(rc, bind_text(s, 6, ev[i].object));
+        KB_GUARD_OUT(rc, bind_i64(s, 7, ev[i].version));
+        KB_GUARD_OUT(rc, bind_text(s, 8, ev[i].result));
+        KB_GUARD_OUT(rc, bind_blob(s, 9, mac, sizeof(mac)));
+        KB_GUARD_OUT(rc, step_done(b, s, "audit_insert"));
+        done(s);
+        s = NULL;
+        memcpy(prev, mac, sizeof(prev));
+    }
     *seq_out = seq;
 out:
     done(s);
     return rc;
 }
 
-kb_err store_sql_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch,
+kb_err store_sql_audit_insert_locked(cx *b, const audit_event *ev, audit_mac_fn macfn, void *ctx,
+                                     int64_t *seq_out)
+{
+    return insert_rows_locked(b, ev, 1, macfn, ctx, seq_out);
+}
+
+kb_err store_sql_audit_append(store *st, const audit_event *ev, const audit_fetch *fetch, size_t n,
                               store_audit_mac_fn macfn, void *ctx, int64_t *seq_out)
 {
     cx *b;
     int64_t seq = 0;
     kb_err rc;
+    KB_ENSURE(n >= 1, KB_ERR_INVALID);
     b = WR(st);
     /* The audit log and fetch log change no listing. */
     rc = tx_begin(b, STORE_SQL_TX_LOG);
@@ -79,10 +93,10 @@ kb_err store_sql_audit_append(store *st, const audit_event *ev, const audit_fetc
         PUT(st, b);
         return rc;
     }
-    if (fetch != NULL)
-        KB_GUARD_OUT(rc, store_sql_fetch_upsert(b, fetch->client_id, fetch->secret_id,
-                                                fetch->version, ev->time));
-    KB_GUARD_OUT(rc, store_sql_audit_insert_locked(b, ev, macfn, ctx, &seq));
+    for (size_t i = 0; fetch != NULL && i < n; i++)
+        KB_GUARD_OUT(rc, store_sql_fetch_upsert(b, fetch[i].client_id, fetch[i].secret_id,
+                                                fetch[i].version, ev[i].time));
+    KB_GUARD_OUT(rc, insert_rows_locked(b, ev, n, macfn, ctx, &seq));
     if (seq_out)
         *seq_out = seq;
 out:

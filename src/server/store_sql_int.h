@@ -54,6 +54,9 @@ kb_err store_sql_load_group(stmt *s, int c0, store_group *out);
 kb_err store_sql_load_secret(cx *b, stmt *s, int c0, store_secret *out);
 kb_err store_sql_load_version(cx *b, stmt *s, int c0, store_version *out);
 kb_err store_sql_load_latest(cx *b, stmt *s, store_record *rec);
+/* The latest_version of a secret row at c0 (already loaded into sec) against its own MAC
+ * (latest_mac): KB_ERR_INTEGRITY (logged) on mismatch. */
+kb_err store_sql_latest_check(cx *b, stmt *s, int c0, const store_secret *sec);
 kb_err store_sql_load_env(stmt *s, int c0, store_envelope *out);
 /* Fetch one verified secret by name or id. */
 kb_err store_sql_secret_fetch(cx *b, const char *name, int64_t id, store_secret *out);

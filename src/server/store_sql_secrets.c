@@ -3,6 +3,7 @@
  * the expiry notifications; the secret and version row loaders are in store_sql.c.
  */
 #include "lib/buf.h"
+#include "lib/log.h"
 #include "model.h"
 #include "store_sql_int.h"
 
@@ -689,52 +690,173 @@ out:
     return KB_OK;
 }
 
-/* One readable secret for a verified client (lock and snapshot held). */
-static kb_err readable_one(cx *b, const store_client *c, const char *name, int64_t version,
-                           store_record *out)
+/* The read of one name for a client, in one statement (one snapshot; on PostgreSQL one round
+ * trip, with no transaction around it): the state counter, the client row, the secret row, the
+ * version asked for (?3 = 0: the latest) with its envelope, and each (membership, grant) path
+ * from the client to the secret. The LEFT JOINs keep one row when the secret, the version or
+ * every path is missing; a secret the client reaches through k of its groups gives k rows, the
+ * same secret and version in each. Every row and link is verified in C as it is read. */
+#define RD_C0 1
+#define RD_S0 (RD_C0 + CLIENT_NCOLS)
+#define RD_V0 (RD_S0 + SECRET_NCOLS)
+#define RD_E0 (RD_V0 + VERSION_NCOLS)
+#define RD_A0 (RD_E0 + 3)
+static const char readable_sql[] =
+    "SELECT st.counter, " CLIENT_COLS ", " SECRET_COLS ", " VERSION_COLS ", " ENV_COLS
+    ", m.group_id, m.mac, gr.mac "
+    "FROM store_state st JOIN clients c ON c.id = ?1 "
+    "LEFT JOIN secrets s ON s.name = ?2 "
+    "LEFT JOIN versions v ON v.secret_id = s.id AND "
+    "v.version = CASE WHEN CAST(?3 AS BIGINT) = 0 THEN s.latest_version "
+    "ELSE CAST(?3 AS BIGINT) END "
+    "LEFT JOIN memberships m ON m.client_id = c.id AND m.group_id IN "
+    "(SELECT g2.group_id FROM grants g2 WHERE g2.secret_id = s.id) "
+    "LEFT JOIN grants gr ON gr.group_id = m.group_id AND gr.secret_id = s.id "
+    "WHERE st.id = 1";
+
+/* What one readable_get_batch call shares between its names. */
+typedef struct {
+    int64_t client_id;
+    int64_t floor;    /* the state counter seen before the first statement */
+    bool state_ok;    /* the state check has passed for this call */
+    bool have_client; /* c is loaded, verified, effective and enabled */
+    store_client c;
+} read_call;
+
+/* The call-level half of a read row: the state counter (a read that sees a counter other than
+ * the one already seen runs the full check; one below it is a rollback) and the client row
+ * (verified once per call). */
+static kb_err read_call_check(cx *b, stmt *s, read_call *call)
+{
+    if (!call->state_ok) {
+        int64_t c = col_i64(s, 0);
+        if (c != call->floor) {
+            KB_GUARD(b->drv->state_check(b));
+            if (c < call->floor) {
+                kb_log(KB_LOG_ERROR, "store_read_snapshot_old", "msg",
+                       "a read saw a state counter below the one already seen: refused", NULL);
+                return KB_ERR_UNAVAILABLE;
+            }
+        }
+        call->state_ok = true;
+    }
+    if (!call->have_client) {
+        KB_GUARD(store_sql_load_client(b, s, RD_C0, &call->c));
+        store_client_effective(b->st, &call->c);
+        if (!call->c.enabled) {
+            store_client_clear(&call->c);
+            return KB_ERR_DENIED;
+        }
+        call->have_client = true;
+    }
+    return KB_OK;
+}
+
+/* The state check and the client, the old way: for a statement that found no row (no state
+ * row, or no such client) and a call that looked up no name at all. */
+static kb_err read_call_slow(cx *b, read_call *call)
+{
+    KB_GUARD(b->drv->state_check(b));
+    call->state_ok = true;
+    if (!call->have_client) {
+        KB_GUARD(reader_client(b, call->client_id, &call->c));
+        call->have_client = true;
+    }
+    return KB_OK;
+}
+
+/* Is the current row's path (membership, grant) present and both links verified? */
+static kb_err path_check(cx *b, stmt *s, int64_t client_id, int64_t secret_id, bool *granted,
+                         bool *tampered)
+{
+    uint8_t want[ROWMAC_LEN];
+    int64_t gid = col_i64(s, RD_A0);
+    *granted = false;
+    if (!col_isint(s, RD_A0))
+        return KB_OK; /* no path: the LEFT JOIN's NULLs */
+    KB_GUARD(rowmac_membership(b->mac, client_id, gid, want));
+    if (!col_mac_ok(s, RD_A0 + 1, want)) {
+        store_log_integrity("memberships", client_id, gid);
+        *tampered = true;
+        return KB_OK;
+    }
+    KB_GUARD(rowmac_grant(b->mac, gid, secret_id, want));
+    if (!col_mac_ok(s, RD_A0 + 2, want)) {
+        store_log_integrity("grants", gid, secret_id);
+        *tampered = true;
+        return KB_OK;
+    }
+    *granted = true;
+    return KB_OK;
+}
+
+/* One name: *one gets its outcome (KB_OK with out filled, KB_ERR_NOT_FOUND, KB_ERR_TAMPERED for
+ * a forged secret row or forged links on every path, KB_ERR_INTEGRITY for a forged version or
+ * latest_version); the return value is the call's (state, client, database). */
+static kb_err readable_one(cx *b, read_call *call, const char *name, int64_t version,
+                           store_record *out, kb_err *one)
 {
     stmt *s = NULL;
     bool granted = false, tampered = false;
     kb_err rc;
-    int r = STORE_SQL_DONE;
+    int r;
 
     memset(out, 0, sizeof(*out));
-    rc = store_sql_secret_fetch(b, name, 0, &out->secret);
-    KB_ENSURE_OUT(rc, rc != KB_ERR_INTEGRITY, KB_ERR_TAMPERED); /* a forged secret row */
-    KB_GUARD_OUT(rc, rc);
-    KB_ENSURE_OUT(rc, out->secret.deleted_at == 0, KB_ERR_NOT_FOUND);
-    KB_ENSURE_OUT(rc, !c->cloud || out->secret.cloud_sync, KB_ERR_NOT_FOUND);
-    KB_GUARD_OUT(rc, prep(b,
-                          "SELECT m.group_id, m.mac, gr.mac FROM memberships m JOIN grants gr "
-                          "ON gr.group_id = m.group_id WHERE m.client_id = ?1 AND "
-                          "gr.secret_id = ?2",
-                          &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, c->id));
-    KB_GUARD_OUT(rc, bind_i64(s, 2, out->secret.id));
-    while (!granted && (r = step(s)) == STORE_SQL_ROW) {
-        uint8_t want[ROWMAC_LEN];
-        int64_t gid = col_i64(s, 0);
-        KB_GUARD_OUT(rc, rowmac_membership(b->mac, c->id, gid, want));
-        if (!col_mac_ok(s, 1, want)) {
-            store_log_integrity("memberships", c->id, gid);
-            tampered = true;
-            continue;
-        }
-        KB_GUARD_OUT(rc, rowmac_grant(b->mac, gid, out->secret.id, want));
-        if (!col_mac_ok(s, 2, want)) {
-            store_log_integrity("grants", gid, out->secret.id);
-            tampered = true;
-            continue;
-        }
-        granted = true;
+    *one = KB_ERR_NOT_FOUND;
+    KB_GUARD_OUT(rc, prep(b, readable_sql, &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, call->client_id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, name));
+    KB_GUARD_OUT(rc, bind_i64(s, 3, version));
+    r = step(s);
+    if (r == STORE_SQL_DONE) {
+        /* No state row or no such client: the slow path names which. */
+        done(s);
+        s = NULL;
+        KB_GUARD_OUT(rc, read_call_slow(b, call));
+        goto out; /* the client appeared since: this name is not found */
     }
-    if (!granted && r != STORE_SQL_DONE)
-        KB_ENSURE_OUT(rc, false, b->drv->db_err(b, r, "readable_get"));
-    KB_ENSURE_OUT(rc, granted, tampered ? KB_ERR_TAMPERED : KB_ERR_NOT_FOUND);
-    rc = version_fetch(b, &out->secret, version, out);
+    KB_ENSURE_OUT(rc, r == STORE_SQL_ROW, b->drv->db_err(b, r, "readable_get"));
+    KB_GUARD_OUT(rc, read_call_check(b, s, call));
+    if (!col_isint(s, RD_S0))
+        goto out; /* no such secret */
+    rc = store_sql_load_secret(b, s, RD_S0, &out->secret);
+    if (rc == KB_ERR_INTEGRITY) {
+        *one = KB_ERR_TAMPERED; /* a forged secret row */
+        rc = KB_OK;
+        goto out;
+    }
+    KB_GUARD_OUT(rc, rc);
+    if (out->secret.deleted_at != 0 || (call->c.cloud && !out->secret.cloud_sync))
+        goto out;
+    /* Every row carries the same secret and version: step until a verified path. */
+    for (;;) {
+        KB_GUARD_OUT(rc, path_check(b, s, call->client_id, out->secret.id, &granted, &tampered));
+        if (granted)
+            break;
+        r = step(s);
+        if (r == STORE_SQL_DONE)
+            break;
+        KB_ENSURE_OUT(rc, r == STORE_SQL_ROW, b->drv->db_err(b, r, "readable_get"));
+    }
+    if (!granted) {
+        *one = tampered ? KB_ERR_TAMPERED : KB_ERR_NOT_FOUND;
+        goto out;
+    }
+    if (!col_isint(s, RD_V0))
+        goto out; /* no such version */
+    if (version == 0) {
+        *one = store_sql_latest_check(b, s, RD_S0, &out->secret);
+        if (*one != KB_OK)
+            goto out;
+    }
+    *one = store_sql_load_version(b, s, RD_V0, &out->version);
+    if (*one == KB_OK)
+        *one = store_sql_load_env(s, RD_E0, &out->env);
 out:
     done(s);
-    if (rc != KB_OK)
+    if (rc == KB_OK && (*one == KB_ERR_NOMEM || *one == KB_ERR_DB))
+        rc = *one; /* not an answer about this name */
+    if (rc != KB_OK || *one != KB_OK)
         store_record_clear(out);
     return rc;
 }
@@ -743,32 +865,43 @@ kb_err store_sql_readable_get_batch(store *st, int64_t client_id, const char *co
                                     const int64_t *versions, size_t n, store_record *out,
                                     kb_err *errs)
 {
+    read_call call = {.client_id = client_id};
+    bool looked = false, tx = n > 1;
     cx *b;
-    store_client c = {0};
-    kb_err rc;
+    kb_err rc = KB_OK;
+
     b = RD(st);
-    rc = tx_begin(b, STORE_SQL_TX_READ);
-    if (rc != KB_OK) {
-        PUT(st, b);
-        return rc;
+    /* One name: one statement, its own snapshot, no transaction. Several: one read transaction,
+     * so the batch is one snapshot, the state checked first within it. */
+    if (tx) {
+        rc = tx_begin(b, STORE_SQL_TX_READ);
+        if (rc != KB_OK) {
+            PUT(st, b);
+            return rc;
+        }
+        KB_GUARD_OUT(rc, b->drv->state_check(b));
+        call.state_ok = true;
+    } else {
+        call.floor = atomic_load(&st->state_seen);
     }
-    KB_GUARD_OUT(rc, b->drv->state_check(b));
-    KB_GUARD_OUT(rc, reader_client(b, client_id, &c));
     for (size_t i = 0; i < n; i++) {
         if (errs[i] != KB_OK)
             continue;
-        errs[i] = readable_one(b, &c, names[i], versions[i], &out[i]);
-        /* A database failure fails the whole batch; per-name outcomes do not. */
-        if (errs[i] == KB_ERR_DB || errs[i] == KB_ERR_NOMEM) {
-            rc = errs[i];
+        looked = true;
+        rc = readable_one(b, &call, names[i], versions[i], &out[i], &errs[i]);
+        if (rc != KB_OK) {
+            /* The client, the state or the database: the whole call fails. */
             for (size_t k = 0; k <= i; k++)
                 store_record_clear(&out[k]);
             goto out;
         }
     }
+    if (!looked)
+        rc = read_call_slow(b, &call);
 out:
-    store_client_clear(&c);
-    rc = tx_end(b, rc, NULL);
+    store_client_clear(&call.c);
+    if (tx)
+        rc = tx_end(b, rc, NULL);
     PUT(st, b);
     return rc;
 }

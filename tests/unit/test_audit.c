@@ -654,6 +654,63 @@ static world make_world(fx *f)
     return w;
 }
 
+/* A batch of content reads: all fetch records and audit rows in one transaction, chained in
+ * order; one bad fetch record (a foreign key the database refuses) leaves none of them, and the
+ * chain goes on from the same head. */
+static void batch_reads_commit_all_or_none(void **state)
+{
+    fx *f = *state;
+    world w = make_world(f);
+    audit_event ev[3];
+    audit_fetch fr[3];
+    audit_report r;
+    int64_t head, seq = 0, rows;
+    const char *names[3] = {"s1", "s1", "s1"};
+
+    for (int i = 0; i < 3; i++) {
+        ev[i] = (audit_event){.time = T0 + i,
+                              .identity = APP_ID,
+                              .peer = "127.0.0.1:4000",
+                              .action = "secret.read",
+                              .object = names[i],
+                              .version = 2 - (i & 1),
+                              .result = "ok"};
+        fr[i] = (audit_fetch){w.c, w.sid, 2 - (i & 1)};
+    }
+    head = count_rows(f, "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
+    rows = count_rows(f, "SELECT COUNT(*) FROM audit_log");
+    /* The last record refers to a secret that does not exist: nothing is written. */
+    fr[2].secret_id = w.sid + 1000;
+    assert_true(audit_append_reads(f->a, ev, fr, 3, &seq) != KB_OK);
+    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM audit_log"), rows);
+    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM fetch_log"), 0);
+    /* Bad arguments change nothing either. */
+    fr[2].secret_id = 0;
+    assert_kb(audit_append_reads(f->a, ev, fr, 3, &seq), KB_ERR_INVALID);
+    fr[2].secret_id = w.sid;
+    assert_kb(audit_append_reads(f->a, ev, fr, 0, &seq), KB_ERR_INVALID);
+    assert_kb(audit_append_reads(f->a, ev, fr, AUDIT_READS_MAX + 1, &seq), KB_ERR_TOO_LARGE);
+    assert_kb(audit_append_reads(f->a, ev, NULL, 3, &seq), KB_ERR_NULL);
+    ev[1].action = "";
+    assert_kb(audit_append_reads(f->a, ev, fr, 3, &seq), KB_ERR_INVALID);
+    ev[1].action = "secret.read";
+    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM audit_log"), rows);
+    /* All three: consecutive seqs after the same head, in order; one fetch row per (client,
+     * secret) holding the last read's version and time; the chain verifies. */
+    assert_ok(audit_append_reads(f->a, ev, fr, 3, &seq));
+    assert_int_equal(seq, head + 3);
+    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM audit_log"), rows + 3);
+    assert_int_equal(count_rows(f, "SELECT version FROM audit_log WHERE seq = (SELECT MAX(seq) - 1 "
+                                   "FROM audit_log)"),
+                     1);
+    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM fetch_log"), 1);
+    assert_int_equal(count_rows(f, "SELECT version FROM fetch_log"), 2);
+    assert_int_equal(count_rows(f, "SELECT fetched_at FROM fetch_log"), T0 + 2);
+    assert_ok(audit_verify(f->a, NULL, &r));
+    assert_true(r.ok);
+    assert_int_equal(r.rows, rows + 3);
+}
+
 /* Every change op writes its audit row in its own transaction: one row per change, the version
  * a secret op made is in its row, and the chain verifies. */
 static void change_ops_write_their_audit_row(void **state)
@@ -860,6 +917,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(clean_chain_verifies, setup, teardown),
         cmocka_unit_test_setup_teardown(read_commits_fetch_and_audit_together, setup, teardown),
+        cmocka_unit_test_setup_teardown(batch_reads_commit_all_or_none, setup, teardown),
         cmocka_unit_test_setup_teardown(change_ops_write_their_audit_row, setup, teardown),
         cmocka_unit_test_setup_teardown(failed_audit_rolls_the_change_back, setup, teardown),
         cmocka_unit_test_setup_teardown(change_with_bad_audit_is_refused, setup, teardown),

@@ -486,6 +486,75 @@ static void audit_trail_is_complete_and_verifies(void **state)
     assert_true(rep.ok);
 }
 
+static int64_t count_sql(const char *db, const char *sql)
+{
+    sqlite3 *h;
+    sqlite3_stmt *s;
+    int64_t v = -1;
+    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &s, NULL), SQLITE_OK);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+    return v;
+}
+
+/* A batch read commits the fetch records and audit rows of every name it serves in one
+ * transaction, and hands out content only after it: when that commit fails (a trigger makes
+ * the database refuse one name's fetch record), no name of the batch gets content, and nothing of
+ * it is recorded; once the database accepts them, all are served and recorded together. */
+static void batch_read_commits_once(void **state)
+{
+    fx *f = *state;
+    svc_actor a = actor(APP);
+    store_client c;
+    store_record rec[3];
+    kb_secret *content[3] = {NULL, NULL, NULL};
+    kb_err errs[3];
+    const char *names[] = {"b1", "b2", "nope"};
+    int64_t rows;
+
+    create_secret(f, "b1", "one", false);
+    create_secret(f, "b2", "two", false);
+    assert_ok(svc_client_auth(f->s, &a, &c));
+    /* Only b2's record is refused: b1's, which comes first, goes with it. */
+    exec_sql(f->db, "CREATE TRIGGER t_no_fetch BEFORE INSERT ON fetch_log WHEN NEW.secret_id = "
+                    "(SELECT id FROM secrets WHERE name = 'b2') "
+                    "BEGIN SELECT RAISE(ABORT, 'no fetch records'); END");
+    rows = count_sql(f->db, "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
+                            "action = 'secret.read'");
+    assert_ok(svc_client_read_batch(f->s, &a, &c, names, 3, rec, content, errs));
+    assert_int_equal(errs[0], KB_ERR_DB);
+    assert_int_equal(errs[1], KB_ERR_DB);
+    assert_int_equal(errs[2], KB_ERR_NOT_FOUND);
+    for (int i = 0; i < 3; i++) {
+        assert_null(content[i]);
+        assert_null(rec[i].env.sealed);
+    }
+    assert_int_equal(count_sql(f->db, "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
+                                      "action = 'secret.read'"),
+                     rows);
+    assert_int_equal(count_sql(f->db, "SELECT COUNT(*) FROM fetch_log"), 0);
+
+    exec_sql(f->db, "DROP TRIGGER t_no_fetch");
+    assert_ok(svc_client_read_batch(f->s, &a, &c, names, 3, rec, content, errs));
+    assert_int_equal(errs[0], KB_OK);
+    assert_int_equal(errs[1], KB_OK);
+    assert_int_equal(errs[2], KB_ERR_NOT_FOUND);
+    assert_memory_equal(kb_secret_cdata(content[0]), "one", 3);
+    assert_memory_equal(kb_secret_cdata(content[1]), "two", 3);
+    for (int i = 0; i < 3; i++) {
+        kb_secret_free(content[i]);
+        store_record_clear(&rec[i]);
+    }
+    assert_int_equal(count_sql(f->db, "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
+                                      "action = 'secret.read'"),
+                     rows + 2);
+    assert_int_equal(count_sql(f->db, "SELECT COUNT(*) FROM fetch_log"), 2);
+    store_client_clear(&c);
+}
+
 static void open_fails_cleanly(void **state)
 {
     (void)state;
@@ -543,6 +612,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(tampered_ciphertext_is_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(tampered_access_rows_fail_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(audit_trail_is_complete_and_verifies, setup, teardown),
+        cmocka_unit_test_setup_teardown(batch_read_commits_once, setup, teardown),
         cmocka_unit_test(open_fails_cleanly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

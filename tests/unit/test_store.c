@@ -323,6 +323,72 @@ static void batch_get(void **state)
               KB_ERR_TOO_LARGE);
 }
 
+/* A read is one statement with a row per (membership, grant) path: the client reads through any
+ * verified path, a forged link on one path leaves the others, forged links on all of them make
+ * it TAMPERED. And the call-level answers: unknown client, disabled client with no valid name. */
+static void reads_through_several_paths(void **state)
+{
+    fx *f = *state;
+    world w;
+    store_record r, out[3];
+    kb_err errs[3];
+    const char *twice[] = {"db-pass", "db-pass", "api-key"};
+    const char *bad[] = {".bad", "../x"};
+    char sql[512];
+
+    build_world(f, &w);
+    assert_ok(store_membership_add(f->st, w.api, w.g2, NULL));
+    assert_ok(store_grant_add(f->st, w.g2, w.s_local, NULL));
+    assert_ok(store_readable_get(f->st, w.api, "db-pass", 0, &r));
+    store_record_clear(&r);
+    for (int k = 0; k < 2; k++) {
+        int64_t forged = k == 0 ? w.g : w.g2;
+        /* Forge (group, db-pass)'s grant with the MAC of payments' grant of api-key. */
+        snprintf(sql, sizeof(sql),
+                 "UPDATE grants SET mac = (SELECT g3.mac FROM grants g3 WHERE g3.group_id = %lld "
+                 "AND g3.secret_id = %lld) WHERE group_id = %lld AND secret_id = %lld",
+                 (long long)w.g, (long long)w.s_cloud, (long long)forged, (long long)w.s_local);
+        raw_sql(f, sql);
+        if (k == 0) {
+            /* The other path still verifies: readable, alone and twice in a batch. */
+            assert_ok(store_readable_get(f->st, w.api, "db-pass", 0, &r));
+            assert_int_equal(r.secret.id, w.s_local);
+            assert_non_null(r.env.sealed);
+            store_record_clear(&r);
+            assert_ok(store_readable_get_batch(f->st, w.api, twice, 3, out, errs));
+            for (int i = 0; i < 3; i++) {
+                assert_int_equal(errs[i], KB_OK);
+                store_record_clear(&out[i]);
+            }
+        }
+    }
+    /* Both paths forged. */
+    assert_kb(store_readable_get(f->st, w.api, "db-pass", 0, &r), KB_ERR_TAMPERED);
+    assert_ok(store_readable_get_batch(f->st, w.api, twice, 3, out, errs));
+    assert_int_equal(errs[0], KB_ERR_TAMPERED);
+    assert_int_equal(errs[1], KB_ERR_TAMPERED);
+    assert_int_equal(errs[2], KB_OK);
+    assert_non_null(out[2].env.sealed);
+    assert_null(out[0].env.sealed);
+    for (int i = 0; i < 3; i++)
+        store_record_clear(&out[i]);
+
+    /* No such client: the whole call, one name or several. */
+    assert_kb(store_readable_get(f->st, 9999, "api-key", 0, &r), KB_ERR_NOT_FOUND);
+    assert_kb(store_readable_get_batch(f->st, 9999, twice, 3, out, errs), KB_ERR_NOT_FOUND);
+    /* A disabled client is refused even when no name was valid enough to look up. */
+    store_client_patch p = STORE_CLIENT_PATCH_INIT;
+    p.enabled = 0;
+    assert_ok(store_client_update(f->st, w.api, &p, NULL));
+    assert_kb(store_readable_get_batch(f->st, w.api, bad, 2, out, errs), KB_ERR_DENIED);
+    assert_kb(store_readable_get_batch(f->st, w.api, twice, 3, out, errs), KB_ERR_DENIED);
+    p.enabled = 1;
+    assert_ok(store_client_update(f->st, w.api, &p, NULL));
+    assert_ok(store_readable_get_batch(f->st, w.api, bad, 2, out, errs));
+    assert_int_equal(errs[0], KB_ERR_INVALID);
+    assert_int_equal(errs[1], KB_ERR_INVALID);
+}
+
 static void versions_only_go_up(void **state)
 {
     fx *f = *state;
@@ -1382,6 +1448,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(notify_sent_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(client_reads_follow_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(batch_get, setup, teardown),
+        cmocka_unit_test_setup_teardown(reads_through_several_paths, setup, teardown),
         cmocka_unit_test_setup_teardown(versions_only_go_up, setup, teardown),
         cmocka_unit_test_setup_teardown(validation_and_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(cloud_sync_needs_content_and_short_app_names, setup,
@@ -1413,6 +1480,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(notify_sent_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(client_reads_follow_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(batch_get, setup, teardown),
+        cmocka_unit_test_setup_teardown(reads_through_several_paths, setup, teardown),
         cmocka_unit_test_setup_teardown(versions_only_go_up, setup, teardown),
         cmocka_unit_test_setup_teardown(validation_and_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(cloud_sync_needs_content_and_short_app_names, setup,
