@@ -223,7 +223,9 @@ _Static_assert(KB_ARRAY_LEN(expand_only) == KB_ARRAY_LEN(migrations),
 #define STORE_PG_CACHE_CHECK_MS 1000 /* cached answers need a state check at most this old */
 #define STORE_PG_CLIENT_SLOTS 1024   /* client rows cached per handle (power of 2) */
 #define PST_MAXP 16                  /* parameters in one statement */
-#define STMT_SLOTS 128               /* power of two, over twice the distinct SQL texts */
+#define STORE_PG_PIPE_MAX 256 /* unanswered commands before a sync (blocking-mode deadlock) */
+#define PIPE_CAP (STORE_PG_PIPE_MAX + 8) /* + BEGIN, lock, a PREPARE and its query, ROLLBACK */
+#define STMT_SLOTS 128                   /* power of two, over twice the distinct SQL texts */
 
 const char *store_pg_migration(int version)
 {
@@ -268,6 +270,24 @@ typedef struct cx {
     bool log_only;   /* STORE_SQL_TX_LOG: no MACed table touched, no state delta to drain */
     int64_t changes; /* rows changed by the last statement */
     char sqlstate[6];
+    char errmsg[256];     /* the failed result's message ("": PQerrorMessage) */
+    const char *err_what; /* the deferred statement that failed (NULL: the one stepped) */
+    /* A statement of this transaction failed (its SQLSTATE, "" when none): PostgreSQL aborted
+     * the transaction, whatever the caller made of the error (a deferred failure can come back
+     * from a SELECT whose caller reads KB_ERR_NOT_FOUND as "no row"): tx_end fails with it. */
+    bool tx_failed;
+    char tx_sqlstate[6];
+    /* The pipeline (see "the pipeline" below): a BEGIN not yet sent, and the commands sent
+     * whose results are not yet read. */
+    const char *begin_sql; /* deferred BEGIN (NULL: none or sent) */
+    bool begin_lock;       /* followed by the writers' advisory lock */
+    bool piped;            /* in libpq pipeline mode */
+    bool broken;           /* the protocol state is unknown: reconnect before the next use */
+    int nq;
+    struct pipe_ent {
+        pst *prep;        /* a PQsendPrepare for this statement (NULL: a query) */
+        const char *what; /* for the log */
+    } q[PIPE_CAP];
     struct timespec last_try; /* last reconnect attempt that failed */
     time_t last_used;
     struct cx *next_idle;
@@ -311,21 +331,33 @@ static const store_sql_driver pg_driver; /* the statement interface below, for s
 
 static bool cx_ok(const cx *b)
 {
-    return b->conn != NULL && PQstatus(b->conn) == CONNECTION_OK;
+    return b->conn != NULL && !b->broken && PQstatus(b->conn) == CONNECTION_OK;
+}
+
+/* A unique key (23505) is KB_ERR_EXISTS, a foreign key (23503) KB_ERR_NOT_FOUND, the rest
+ * KB_ERR_DB. */
+static kb_err sqlstate_err(const char *sqlstate)
+{
+    if (strcmp(sqlstate, "23505") == 0)
+        return KB_ERR_EXISTS;
+    if (strcmp(sqlstate, "23503") == 0)
+        return KB_ERR_NOT_FOUND;
+    return KB_ERR_DB;
 }
 
 static kb_err db_err(cx *b, int rc, const char *what)
 {
     (void)rc;
-    if (strcmp(b->sqlstate, "23505") == 0)
-        return KB_ERR_EXISTS;
-    if (strcmp(b->sqlstate, "23503") == 0)
-        return KB_ERR_NOT_FOUND;
+    if (sqlstate_err(b->sqlstate) != KB_ERR_DB)
+        return sqlstate_err(b->sqlstate);
     /* PQerrorMessage names tables, constraints and the server, never bound values (they are
      * sent out of line). */
     kb_log(KB_LOG_ERROR, "store_db_error", "op", what, "sqlstate",
            b->sqlstate[0] ? b->sqlstate : "-", "detail",
-           b->conn ? PQerrorMessage(b->conn) : "not connected", NULL);
+           b->errmsg[0] ? b->errmsg
+           : b->conn    ? PQerrorMessage(b->conn)
+                        : "not connected",
+           "deferred_op", b->err_what ? b->err_what : "-", NULL);
     return KB_ERR_DB;
 }
 
@@ -405,6 +437,8 @@ static kb_err prep(cx *b, const char *sql, pst **out)
     *out = NULL;
     if (!cx_ok(b)) {
         b->sqlstate[0] = '\0';
+        b->errmsg[0] = '\0';
+        b->err_what = NULL;
         return db_err(b, PST_ERROR, "connection");
     }
     for (size_t i = 0; i < STMT_SLOTS; i++) {
@@ -453,16 +487,201 @@ static void rt_count(const cx *b)
     atomic_fetch_add_explicit(&b->sc.st->round_trips, 1, memory_order_relaxed);
 }
 
-static void rollback(cx *b)
-{
-    rt_count(b);
-    PQclear(PQexec(b->conn, "ROLLBACK"));
-}
-
 static void note_result(cx *b, const PGresult *r)
 {
     const char *ss = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    const char *m = r ? PQresultErrorMessage(r) : NULL;
     snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", ss ? ss : "");
+    snprintf(b->errmsg, sizeof(b->errmsg), "%s", m ? m : "");
+}
+
+static void err_clear(cx *b)
+{
+    b->sqlstate[0] = '\0';
+    b->errmsg[0] = '\0';
+    b->err_what = NULL;
+}
+
+/* A statement failed: inside a transaction, the transaction has failed with it. */
+static void tx_fail(cx *b)
+{
+    if (b->in_tx && !b->tx_failed) {
+        b->tx_failed = true;
+        memcpy(b->tx_sqlstate, b->sqlstate, sizeof(b->tx_sqlstate));
+    }
+}
+
+/* ---- the pipeline (libpq pipeline mode) ----
+ *
+ * A transaction's BEGIN (and a writer's advisory lock) is not sent by tx_begin: it waits in
+ * begin_sql for the first statement that goes to the server. Statements whose rows nobody reads
+ * (step_later: audit and fetch-log inserts, the state row) are sent without waiting, their
+ * results left unread (q lists them in order). The next statement that needs its answer (any
+ * pst_step, COMMIT included) goes out behind them with a sync: one round trip for the whole
+ * flight. Its results are read in order; the first failure is the error of that statement (the
+ * server skips everything after it up to the sync: PGRES_PIPELINE_ABORTED), the transaction is
+ * then aborted and tx_end rolls it back. A statement used for the first time is prepared in the
+ * same flight (PQsendPrepare; a failed or skipped prepare leaves it unprepared). After each
+ * flight the connection leaves pipeline mode, so PQexec (exec, session setup, migrations) and
+ * the plain path (PQexecPrepared) meet an idle connection. In blocking mode the client could
+ * deadlock writing commands while the server's results fill the socket (libpq's warning): at
+ * STORE_PG_PIPE_MAX unanswered commands the flight is synced and drained inside the
+ * transaction. A lost connection mid-flight fails the statement (no result: no wait) and marks
+ * the connection broken: cx_ready reopens it. */
+
+static bool pipe_push(cx *b, pst *prep, const char *what)
+{
+    if (b->nq >= PIPE_CAP)
+        return false;
+    b->q[b->nq].prep = prep;
+    b->q[b->nq].what = what;
+    b->nq++;
+    return true;
+}
+
+/* The protocol state is no longer known (a send failed, a result is missing, the connection
+ * dropped): nothing more is sent on it, cx_ready reopens it before its next use. */
+static void pipe_broken(cx *b)
+{
+    b->broken = true;
+    b->nq = 0;
+    b->begin_sql = NULL;
+}
+
+/* Into pipeline mode, the deferred BEGIN (and lock) sent first. */
+static bool pipe_open(cx *b)
+{
+    const char *begin = b->begin_sql;
+    if (!cx_ok(b))
+        return false;
+    if (!b->piped) {
+        if (PQenterPipelineMode(b->conn) != 1) {
+            pipe_broken(b);
+            return false;
+        }
+        b->piped = true;
+    }
+    b->begin_sql = NULL;
+    if (begin != NULL &&
+        (PQsendQueryParams(b->conn, begin, 0, NULL, NULL, NULL, NULL, 0) != 1 ||
+         !pipe_push(b, NULL, "begin") ||
+         (b->begin_lock &&
+          (PQsendQueryParams(b->conn, "SELECT pg_advisory_xact_lock(" STORE_PG_WRITE_LOCK ")", 0,
+                             NULL, NULL, NULL, NULL, 0) != 1 ||
+           !pipe_push(b, NULL, "write_lock"))))) {
+        pipe_broken(b);
+        return false;
+    }
+    return true;
+}
+
+/* Send s with its bound values (libpq copies them), prepared first when it is not yet. */
+static bool pipe_send(cx *b, pst *s, const char *what)
+{
+    if (!pipe_open(b))
+        return false;
+    if (!s->prepared) {
+        if (PQsendPrepare(b->conn, s->name, s->sql, s->np, NULL) != 1 || !pipe_push(b, s, what)) {
+            pipe_broken(b);
+            return false;
+        }
+        s->prepared = true; /* for the query behind it; undone when the prepare fails */
+    }
+    if (PQsendQueryPrepared(b->conn, s->name, s->np, (const char *const *)s->vals, s->lens, s->fmts,
+                            1) != 1 ||
+        !pipe_push(b, NULL, what)) {
+        pipe_broken(b);
+        return false;
+    }
+    return true;
+}
+
+/* Sync what was sent (one round trip) and read every result in order; keep (the statement
+ * that needs its answer, sent last) gets its result. False when anything failed: sqlstate and
+ * errmsg are the first failure's, err_what its statement's (NULL: keep itself). The connection
+ * leaves pipeline mode. */
+static bool pipe_sync(cx *b, pst *keep)
+{
+    bool ok = true;
+    PGresult *r;
+    if (!b->piped)
+        return true;
+    if (!cx_ok(b))
+        goto broken;
+    rt_count(b);
+    if (PQpipelineSync(b->conn) != 1)
+        goto broken;
+    for (int i = 0; i < b->nq; i++) {
+        const struct pipe_ent *e = &b->q[i];
+        bool got = false;
+        /* Each command's results end with a NULL; a lost connection gives an error and NULLs. */
+        while ((r = PQgetResult(b->conn)) != NULL) {
+            ExecStatusType st = PQresultStatus(r);
+            got = true;
+            if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+                if (e->prep != NULL)
+                    e->prep->prepared = false;
+                if (ok && st != PGRES_PIPELINE_ABORTED) {
+                    note_result(b, r);
+                    b->err_what = e->what;
+                }
+                ok = false;
+            } else if (keep != NULL && i == b->nq - 1) {
+                PQclear(keep->res);
+                keep->res = r;
+                r = NULL;
+            }
+            PQclear(r);
+        }
+        if (!got || PQstatus(b->conn) != CONNECTION_OK)
+            goto broken;
+    }
+    r = PQgetResult(b->conn); /* the sync's own result (no NULL after it) */
+    if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+        PQclear(r);
+        goto broken;
+    }
+    PQclear(r);
+    if (PQexitPipelineMode(b->conn) != 1)
+        goto broken;
+    b->piped = false;
+    b->nq = 0;
+    return ok;
+broken:
+    pipe_broken(b);
+    if (keep != NULL) {
+        PQclear(keep->res);
+        keep->res = NULL;
+    }
+    return false;
+}
+
+/* Roll the transaction back, whatever is queued: a BEGIN never sent is forgotten, commands sent
+ * are drained with a ROLLBACK behind them (one round trip, results ignored), and a transaction
+ * still open after that (aborted in that flight, so the ROLLBACK was skipped) gets its own. The
+ * error already noted (sqlstate) is kept. */
+static void rollback(cx *b)
+{
+    char ss[sizeof(b->sqlstate)], msg[sizeof(b->errmsg)];
+    const char *what = b->err_what;
+    memcpy(ss, b->sqlstate, sizeof(ss));
+    memcpy(msg, b->errmsg, sizeof(msg));
+    b->begin_sql = NULL;
+    if (b->piped) {
+        if (!cx_ok(b) ||
+            PQsendQueryParams(b->conn, "ROLLBACK", 0, NULL, NULL, NULL, NULL, 0) != 1 ||
+            !pipe_push(b, NULL, "rollback"))
+            pipe_broken(b);
+        else
+            (void)pipe_sync(b, NULL);
+    }
+    if (cx_ok(b) && PQtransactionStatus(b->conn) != PQTRANS_IDLE) {
+        rt_count(b);
+        PQclear(PQexec(b->conn, "ROLLBACK"));
+    }
+    memcpy(b->sqlstate, ss, sizeof(ss));
+    memcpy(b->errmsg, msg, sizeof(msg));
+    b->err_what = what;
 }
 
 /* Execute (first call) and step to the next row: PST_ROW, PST_DONE or PST_ERROR (b->sqlstate). */
@@ -471,28 +690,28 @@ static int pst_step(pst *s)
     cx *b = (cx *)s->hd.b;
     if (!s->ran) {
         ExecStatusType st;
-        b->sqlstate[0] = '\0';
+        err_clear(b);
         if (!cx_ok(b))
             return PST_ERROR;
-        if (!s->prepared) {
-            PGresult *r;
-            rt_count(b);
-            r = PQprepare(b->conn, s->name, s->sql, s->np, NULL);
-            bool ok = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK;
-            note_result(b, r);
-            PQclear(r);
-            if (!ok)
+        if (b->piped || b->begin_sql != NULL || !s->prepared) {
+            /* One round trip: what is queued, the PREPARE of a first use, and s. */
+            if (!pipe_send(b, s, NULL) || !pipe_sync(b, s)) {
+                PQclear(s->res);
+                s->res = NULL;
+                tx_fail(b);
                 return PST_ERROR;
-            s->prepared = true;
+            }
+        } else {
+            rt_count(b);
+            s->res = PQexecPrepared(b->conn, s->name, s->np, (const char *const *)s->vals, s->lens,
+                                    s->fmts, 1);
         }
-        rt_count(b);
-        s->res = PQexecPrepared(b->conn, s->name, s->np, (const char *const *)s->vals, s->lens,
-                                s->fmts, 1);
         st = s->res ? PQresultStatus(s->res) : PGRES_FATAL_ERROR;
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
             note_result(b, s->res);
             PQclear(s->res);
             s->res = NULL;
+            tx_fail(b);
             return PST_ERROR;
         }
         s->ran = true;
@@ -511,15 +730,23 @@ static kb_err exec(cx *b, const char *sql)
 {
     PGresult *r;
     ExecStatusType st;
+    err_clear(b);
     if (!cx_ok(b))
         return db_err(b, PST_ERROR, "exec");
+    /* PQexec cannot run in pipeline mode: what is queued goes first, its failure is this one. */
+    if ((b->piped || b->begin_sql != NULL) && (!pipe_open(b) || !pipe_sync(b, NULL))) {
+        tx_fail(b);
+        return db_err(b, PST_ERROR, "exec");
+    }
     rt_count(b);
     r = PQexec(b->conn, sql);
     st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     note_result(b, r);
     PQclear(r);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        tx_fail(b);
         return db_err(b, PST_ERROR, "exec");
+    }
     return KB_OK;
 }
 
@@ -539,6 +766,22 @@ static kb_err step_row(cx *b, pst *s, const char *what)
     if (rc == PST_DONE)
         return KB_ERR_NOT_FOUND;
     return db_err(b, rc, what);
+}
+
+/* Execute s without waiting for its answer (store_sql.h step_later): inside a transaction it
+ * is sent in the pipeline and checked with the next statement that needs an answer, or COMMIT
+ * (a failure fails that statement); outside one it runs at once, as step_done. */
+static kb_err step_later(cx *b, pst *s, const char *what)
+{
+    if (!b->in_tx)
+        return step_done(b, s, what);
+    err_clear(b);
+    if (!cx_ok(b) || !pipe_send(b, s, what) ||
+        (b->nq >= STORE_PG_PIPE_MAX && !pipe_sync(b, NULL))) {
+        tx_fail(b);
+        return db_err(b, PST_ERROR, what);
+    }
+    return KB_OK;
 }
 
 static kb_err bind_raw(pst *s, int i, const void *p, size_t n, int fmt)
@@ -651,39 +894,27 @@ static bool col_mac_ok(pst *s, int i, const uint8_t want[ROWMAC_LEN])
     return rowmac_equal(want, p, n > 0 ? (size_t)n : 0);
 }
 
-static kb_err run(cx *b, const char *sql)
-{
-    pst *s = NULL;
-    kb_err rc;
-    KB_GUARD(prep(b, sql, &s));
-    rc = step_done(b, s, sql);
-    done(s);
-    return rc;
-}
-
 static kb_err state_advance_locked(cx *b, const uint8_t delta[ROWMAC_LEN], int64_t *counter);
 static void state_commit_external(store *st, int64_t counter);
 
+/* Open a transaction: nothing is sent yet. BEGIN (and for a write, the advisory lock that puts
+ * every writer on every replica one at a time: see the top of the file) goes out with the
+ * transaction's first statement, in its round trip (see "the pipeline"); a lock that cannot be
+ * had fails that statement. */
 static kb_err tx_begin(cx *b, bool write)
 {
-    kb_err rc;
-    if (write) {
-        /* Every writer, on every replica, one at a time (see the top of the file): the lock is
-         * sent with BEGIN, one round trip. */
-        b->in_tx = true;
+    if (!cx_ok(b)) {
+        err_clear(b);
+        return db_err(b, PST_ERROR, "begin");
+    }
+    KB_ENSURE(!b->in_tx && !b->piped && b->begin_sql == NULL, KB_ERR_INTERNAL);
+    b->in_tx = true;
+    b->tx_failed = false;
+    if (write)
         b->bump = true;
-        rc = exec(b, "BEGIN; SELECT pg_advisory_xact_lock(" STORE_PG_WRITE_LOCK ")");
-    } else {
-        KB_GUARD(run(b, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"));
-        b->in_tx = true;
-        rc = KB_OK;
-    }
-    if (rc != KB_OK) {
-        if (b->conn != NULL)
-            rollback(b);
-        b->in_tx = false;
-    }
-    return rc;
+    b->begin_sql = write ? "BEGIN" : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    b->begin_lock = write;
+    return KB_OK;
 }
 
 /* The digest delta of this transaction's access-deciding row changes, reported by the
@@ -738,6 +969,23 @@ static void gen_saw(pq *q, int64_t gen)
         ;
 }
 
+/* COMMIT, with everything still queued in its flight. PostgreSQL answers COMMIT of a
+ * transaction that has failed with ROLLBACK, not an error: that is a failure too. */
+static kb_err commit(cx *b)
+{
+    pst *s = NULL;
+    kb_err rc;
+    KB_GUARD(prep(b, "COMMIT", &s));
+    rc = step_done(b, s, "COMMIT");
+    if (rc == KB_OK && strcmp(PQcmdStatus(s->res), "COMMIT") != 0) {
+        err_clear(b);
+        snprintf(b->errmsg, sizeof(b->errmsg), "COMMIT answered %s", PQcmdStatus(s->res));
+        rc = db_err(b, PST_ERROR, "COMMIT");
+    }
+    done(s);
+    return rc;
+}
+
 /* Commit (rc == KB_OK) or roll back, as store_sqlite.c's tx_end: the audit row first, then (a
  * write that changed access-deciding rows) the state row, the store generation, COMMIT, and the
  * external commitment after it. */
@@ -745,25 +993,34 @@ static kb_err tx_end(cx *b, kb_err rc, store_audit *au)
 {
     int64_t counter = 0, seq = 0, gen = 0;
     uint8_t delta[ROWMAC_LEN];
-    bool dirty = false;
-    if (rc == KB_OK && au != NULL)
+    bool dirty = false, caller_failed = rc != KB_OK;
+    if (rc == KB_OK && au != NULL && !b->tx_failed)
         rc = store_sql_audit_insert_locked(&b->sc, &au->ev, au->mac, au->mac_ctx, &seq);
     /* A log-only transaction (audit, fetch and notification rows) fires no kb_state trigger.
      * Were one to, its rows would vanish at COMMIT (ON COMMIT DELETE ROWS) undigested and the
      * next full check would refuse the store: loud, not silent. */
-    if (rc == KB_OK && b->sc.writer && !b->log_only)
+    if (rc == KB_OK && b->sc.writer && !b->log_only && !b->tx_failed)
         rc = state_delta(b, delta, &dirty);
     if (rc == KB_OK && dirty)
         rc = state_advance_locked(b, delta, &counter);
     if (rc == KB_OK && b->sc.writer && b->bump)
         rc = generation_bump(b, &gen);
-    if (rc == KB_OK)
-        rc = run(b, "COMMIT");
+    if (rc == KB_OK && !b->tx_failed)
+        rc = commit(b);
+    /* A statement failed and its caller went on (a deferred failure read as "no row"), or
+     * failures followed it: the first one is the cause, not its echoes. */
+    if (!caller_failed && b->tx_failed && rc == KB_OK) {
+        memcpy(b->sqlstate, b->tx_sqlstate, sizeof(b->sqlstate));
+        rc = db_err(b, PST_ERROR, "transaction");
+    } else if (!caller_failed && b->tx_failed) {
+        rc = sqlstate_err(b->tx_sqlstate); /* logged already */
+    }
     if (rc == KB_OK && gen > 0)
         gen_saw(PQ(b->sc.st), gen);
-    if (rc != KB_OK && b->conn != NULL && PQtransactionStatus(b->conn) != PQTRANS_IDLE)
-        rollback(b);
+    if (rc != KB_OK && b->conn != NULL)
+        rollback(b); /* a deferred statement's failure included */
     b->in_tx = false;
+    b->tx_failed = false;
     b->bump = false;
     b->log_only = false;
     if (rc == KB_OK && au != NULL) {
@@ -794,6 +1051,10 @@ static void cx_disconnect(cx *b)
         PQfinish(b->conn);
     b->conn = NULL;
     b->in_tx = false;
+    b->piped = false;
+    b->broken = false;
+    b->nq = 0;
+    b->begin_sql = NULL;
 }
 
 static void notice_quiet(void *arg, const char *msg)
@@ -884,8 +1145,12 @@ static cx *rd_get(pq *q)
 
 static void cx_put(pq *q, cx *b)
 {
-    if (b->conn != NULL && PQtransactionStatus(b->conn) != PQTRANS_IDLE)
-        rollback(b);
+    if (b->conn != NULL)
+        rollback(b); /* nothing queued or open: no round trip */
+    /* A connection whose protocol state was lost may still hold a transaction (and the write
+     * lock) on the server: closed now, not at its next use (cx_ready reopens it). */
+    if (b->broken)
+        cx_disconnect(b);
     b->in_tx = false;
     b->last_used = time(NULL);
     if (b->sc.writer) {
@@ -977,7 +1242,7 @@ static kb_err state_store(cx *b, int64_t counter, const uint8_t digest[ROWMAC_LE
     KB_GUARD_OUT(rc, bind_i64(s, 1, counter));
     KB_GUARD_OUT(rc, bind_blob(s, 2, digest, ROWMAC_LEN));
     KB_GUARD_OUT(rc, bind_blob(s, 3, mac, ROWMAC_LEN));
-    rc = step_done(b, s, "state_store");
+    rc = step_later(b, s, "state_store"); /* checked with the generation bump or COMMIT */
 out:
     done(s);
     return rc;
@@ -1858,6 +2123,11 @@ static int drv_step(store_sql_stmt *s)
     return pst_step(PG_ST(s));
 }
 
+static kb_err drv_step_later(store_sql_stmt *s, const char *what)
+{
+    return step_later(PG_CX(s->b), PG_ST(s), what);
+}
+
 static void drv_done(store_sql_stmt *s)
 {
     done(PG_ST(s));
@@ -1947,6 +2217,7 @@ static const store_sql_driver pg_driver = {
     .state_check = drv_state_check,
     .prep = drv_prep,
     .step = drv_step,
+    .step_later = drv_step_later,
     .done = drv_done,
     .db_err = drv_db_err,
     .changes = drv_changes,

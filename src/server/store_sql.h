@@ -60,6 +60,12 @@ typedef struct store_sql_driver {
      * error code); done resets it for its next use (rows and bound values dropped). */
     kb_err (*prep)(store_sql_cx *b, const char *sql, store_sql_stmt **s);
     int (*step)(store_sql_stmt *s);
+    /* Execute a statement whose rows are not wanted. Inside a transaction a backend may send it
+     * now and check its result with the next statement that needs an answer, or at COMMIT: a
+     * failure then fails that statement or the COMMIT (the transaction rolls back), logged with
+     * what. Outside a transaction it runs at once, like step. changes() is undefined after it;
+     * the bound values may be dropped (done) at once. */
+    kb_err (*step_later)(store_sql_stmt *s, const char *what);
     void (*done)(store_sql_stmt *s);
     /* The error for a failed step (KB_ERR_EXISTS on a unique key, KB_ERR_NOT_FOUND on a foreign
      * key, else KB_ERR_DB, logged with what). */

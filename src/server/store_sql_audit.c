@@ -62,7 +62,7 @@ static kb_err insert_rows_locked(cx *b, const audit_event *ev, size_t n, audit_m
         KB_GUARD_OUT(rc, bind_i64(s, 7, ev[i].version));
         KB_GUARD_OUT(rc, bind_text(s, 8, ev[i].result));
         KB_GUARD_OUT(rc, bind_blob(s, 9, mac, sizeof(mac)));
-        KB_GUARD_OUT(rc, step_done(b, s, "audit_insert"));
+        KB_GUARD_OUT(rc, step_later(b, s, "audit_insert"));
         done(s);
         s = NULL;
         memcpy(prev, mac, sizeof(prev));
@@ -256,7 +256,7 @@ kb_err store_sql_fetch_upsert(cx *b, int64_t client_id, int64_t secret_id, int64
     KB_GUARD_OUT(rc, bind_i64(s, 2, secret_id));
     KB_GUARD_OUT(rc, bind_i64(s, 3, version));
     KB_GUARD_OUT(rc, bind_i64(s, 4, now));
-    rc = step_done(b, s, "fetch_record");
+    rc = step_later(b, s, "fetch_record");
 out:
     done(s);
     return rc;

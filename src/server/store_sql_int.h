@@ -102,6 +102,14 @@ static inline kb_err step_done(cx *b, stmt *s, const char *what)
     return b->drv->db_err(b, rc, what);
 }
 
+/* Step a statement whose rows nobody reads, leaving the backend free to send it now and check
+ * it with the next statement that needs an answer or at COMMIT (store_sql.h): a failure may
+ * then come back from that statement or from tx_end. Not for a statement followed by changes(). */
+static inline kb_err step_later(cx *b, stmt *s, const char *what)
+{
+    return b->drv->step_later(s, what);
+}
+
 /* STORE_SQL_ROW -> KB_OK, STORE_SQL_DONE -> KB_ERR_NOT_FOUND. */
 static inline kb_err step_row(cx *b, stmt *s, const char *what)
 {

@@ -376,6 +376,14 @@ static int drv_step(store_sql_stmt *s)
     return sqlite3_step(SQ_ST(s));
 }
 
+static kb_err drv_step_later(store_sql_stmt *s, const char *what)
+{
+    int rc = sqlite3_step(SQ_ST(s)); /* in process: nothing to defer */
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+        return KB_OK;
+    return sq_db_err(SQ_CX(s->b), rc, what);
+}
+
 static void drv_done(store_sql_stmt *s)
 {
     done(SQ_ST(s));
@@ -460,6 +468,7 @@ static const store_sql_driver sq_driver = {
     .state_check = drv_state_check,
     .prep = drv_prep,
     .step = drv_step,
+    .step_later = drv_step_later,
     .done = drv_done,
     .db_err = drv_db_err,
     .changes = drv_changes,
