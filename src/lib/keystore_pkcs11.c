@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -41,6 +42,10 @@
 #define PIN_MAX 256
 #define MAC_SUFFIX "-mac"
 #define COUNTER_DIGITS 20 /* the label: UINT64_MAX has 20 decimal digits */
+/* Opening a token is tried this many times when it failed the way a token file being rewritten by
+ * another process makes it fail (see kb_p11_start), waiting 25, 50, 100, 200 ms in between. */
+#define P11_START_ATTEMPTS 5
+#define P11_RETRY_FIRST_MS 25L
 
 /* ---- module registry ---------------------------------------------------------------------- */
 
@@ -173,7 +178,7 @@ static void pin_hash(const uint8_t salt[16], const kb_secret *pin, uint8_t out[3
 /* Log in on session s. Called with the keystore's sessions open; the registry lock serialises
  * logins so the record of the accepted PIN matches the module's state. */
 static kb_err module_login(struct p11_module *m, CK_SLOT_ID slot, const char *token_label,
-                           CK_SESSION_HANDLE s, const kb_secret *pin)
+                           CK_SESSION_HANDLE s, const kb_secret *pin, int may_retry, int *again)
 {
     struct p11_login *l;
     uint8_t h[32] = {0};
@@ -212,6 +217,11 @@ static kb_err module_login(struct p11_module *m, CK_SLOT_ID slot, const char *to
                "user PIN rejected (wrong, locked, expired or not initialised)", "ckr",
                rv_hex(rv, hb), NULL);
         rc = KB_ERR_AUTH;
+    } else if (rv == CKR_GENERAL_ERROR && may_retry) {
+        /* not a PIN verdict: SoftHSM2 answers so when it cannot read its token file (the
+         * caller logs and retries, see kb_p11_start) */
+        *again = 1;
+        rc = KB_ERR_HSM;
     } else {
         kb_log(KB_LOG_ERROR, "pkcs11_login_failed", "token", token_label, "call", "C_Login", "ckr",
                rv_hex(rv, hb), NULL);
@@ -561,7 +571,10 @@ static int label_eq(const unsigned char padded[TOKEN_LABEL_LEN], const char *lab
     return 1;
 }
 
-static kb_err find_slot(CK_FUNCTION_LIST_PTR f, const char *token_label, CK_SLOT_ID *slot)
+/* The one initialised token labelled token_label. quiet: a missing token is not logged (the
+ * caller will look again). */
+static kb_err find_slot(CK_FUNCTION_LIST_PTR f, const char *token_label, CK_SLOT_ID *slot,
+                        int quiet)
 {
     CK_SLOT_ID *slots = NULL;
     CK_ULONG n = 0;
@@ -595,10 +608,26 @@ static kb_err find_slot(CK_FUNCTION_LIST_PTR f, const char *token_label, CK_SLOT
 out:
     if (rv != CKR_OK)
         kb_p11_log_rv("pkcs11_slot_list_failed", "C_GetSlotList", rv);
-    else if (rc == KB_ERR_NOT_FOUND)
+    else if (rc == KB_ERR_NOT_FOUND && !quiet)
         kb_log(KB_LOG_ERROR, "pkcs11_token_not_found", "token", token_label, NULL);
     free(slots);
     return rc;
+}
+
+/* Before attempt+1: 25 ms, doubling. */
+static void retry_wait(int attempt)
+{
+    struct timespec ts = {0, (P11_RETRY_FIRST_MS << (attempt - 1)) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void log_retry(const char *token_label, const char *why, int attempt)
+{
+    char n[16];
+
+    snprintf(n, sizeof(n), "%d", attempt);
+    kb_log(KB_LOG_WARN, "pkcs11_token_retry", "token", token_label, "why", why, "attempt", n,
+           NULL);
 }
 
 kb_err kb_pkcs11_token_check(const char *module, const char *token_label)
@@ -609,10 +638,14 @@ kb_err kb_pkcs11_token_check(const char *module, const char *token_label)
 
     KB_ENSURE_REF(module);
     KB_ENSURE_REF(token_label);
-    KB_GUARD(module_acquire(module, &m));
-    rc = find_slot(m->f, token_label, &slot);
-    module_release(m);
-    return rc;
+    for (int i = 1;; i++) {
+        KB_GUARD(module_acquire(module, &m));
+        rc = find_slot(m->f, token_label, &slot, i < P11_START_ATTEMPTS);
+        module_release(m);
+        if (rc != KB_ERR_NOT_FOUND || i == P11_START_ATTEMPTS)
+            return rc;
+        retry_wait(i); /* as kb_p11_start: the token file may be being rewritten */
+    }
 }
 
 /* The one object matching tmpl: KB_ERR_NOT_FOUND if none, KB_ERR_CONFLICT (logged with what)
@@ -743,11 +776,14 @@ static kb_err generate_key(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const ch
 
 /* Load the module, find the token, open the session pool and log in. rw: sessions may create
  * objects (init). */
-kb_err kb_p11_start(const char *module, const char *token_label, const kb_secret *pin, int rw,
-                    struct p11_ks **out)
+/* One try of kb_p11_start; *why is set (and nothing logged) when it failed the way a token file
+ * being rewritten makes it fail and this is not the last attempt. */
+static kb_err p11_start_once(const char *module, const char *token_label, const kb_secret *pin,
+                             int rw, int last, const char **why, struct p11_ks **out)
 {
     struct p11_ks *k = NULL;
     CK_FLAGS flags = CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0);
+    int again = 0;
     kb_err rc = KB_OK;
     CK_RV rv;
 
@@ -771,7 +807,10 @@ kb_err kb_p11_start(const char *module, const char *token_label, const kb_secret
         free(k);
         return rc;
     }
-    KB_GUARD_OUT(rc, find_slot(k->mod->f, token_label, &k->slot));
+    rc = find_slot(k->mod->f, token_label, &k->slot, !last);
+    if (rc == KB_ERR_NOT_FOUND && !last)
+        *why = "token not listed";
+    KB_GUARD_OUT(rc, rc);
     for (int i = 0; i < POOL_SIZE; i++) {
         rv = k->mod->f->C_OpenSession(k->slot, flags, NULL, NULL, &k->sess[i]);
         if (rv != CKR_OK) {
@@ -781,12 +820,40 @@ kb_err kb_p11_start(const char *module, const char *token_label, const kb_secret
         }
         k->nsess++;
     }
-    KB_GUARD_OUT(rc, module_login(k->mod, k->slot, token_label, k->sess[0], pin));
+    rc = module_login(k->mod, k->slot, token_label, k->sess[0], pin, !last, &again);
+    if (again)
+        *why = "C_Login: CKR_GENERAL_ERROR";
+    KB_GUARD_OUT(rc, rc);
     *out = k;
     k = NULL;
 out:
-    kb_p11_free(k);
+    kb_p11_free(k); /* the last reference: C_Finalize, so a retry reads the token files again */
     return rc;
+}
+
+/* SoftHSM2 2.6.1 (the Debian 12 package) rewrites the token's token.object on every successful
+ * C_Login: under the file's lock it truncates it, unlocks, and only then writes it (the stdio
+ * buffer is flushed by fclose; fixed upstream after 2.6.1, SoftHSMv2 PR 578). Another process
+ * that reads the file in that gap sees an empty file: at C_Initialize the token is not listed
+ * (KB_ERR_NOT_FOUND: keybridge-ca serve replicas started together exited 5), at C_Login the
+ * module answers CKR_GENERAL_ERROR before it looks at the PIN. The gap ends with the writer's
+ * next system call, so these two failures are retried a few times (a PIN verdict never is),
+ * each time from C_Initialize when no other keystore of this process holds the module. A token
+ * that really is absent costs 375 ms more before the same error. */
+kb_err kb_p11_start(const char *module, const char *token_label, const kb_secret *pin, int rw,
+                    struct p11_ks **out)
+{
+    const char *why;
+    kb_err rc;
+
+    for (int i = 1;; i++) {
+        why = NULL;
+        rc = p11_start_once(module, token_label, pin, rw, i == P11_START_ATTEMPTS, &why, out);
+        if (rc == KB_OK || why == NULL)
+            return rc;
+        log_retry(token_label, why, i);
+        retry_wait(i);
+    }
 }
 
 kb_err kb_keystore_init_pkcs11(const char *module, const char *token_label, const char *key_label,

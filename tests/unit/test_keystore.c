@@ -5,8 +5,11 @@
  * initialises keys in the token that directory already holds (made by tests/lib/softhsm.sh,
  * label in KB_KEEP_TOKEN_LABEL) and leaves them there for pkcs11-tool to inspect.
  */
+#include <dirent.h>
+#include <poll.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 
 #include "kbtest.h"
@@ -719,6 +722,92 @@ static void p11_state_counter(void **state)
     kbtest_softhsm_remove(&t);
 }
 
+/* SoftHSM2 2.6.1 (Debian 12) rewrites token.object on every C_Login: under the file's lock it
+ * truncates it, unlocks, and only then writes the 320 bytes (stdio flush at fclose; fixed
+ * upstream by SoftHSMv2 PR 578, not in 2.6.1). Another process's C_Initialize that reads the
+ * file in that gap lists no such token (keybridge-ca serve replicas started together exited with
+ * NOT_FOUND). Here the gap is held open: token.object is empty when the open starts and is
+ * written back once SoftHSM2 has read it (inotify), as the other process's write would land. */
+struct rewrite {
+    char path[1024];
+    char buf[4096];
+    ssize_t len;
+    int ino;
+};
+
+static void *rewrite_after_read(void *arg)
+{
+    struct rewrite *r = arg;
+    struct pollfd pfd = {.fd = r->ino, .events = POLLIN};
+    char ev[4096];
+    int fd;
+
+    /* the first read of the empty file by C_Initialize (5 s: never hang the test) */
+    if (poll(&pfd, 1, 5000) == 1)
+        (void)read(r->ino, ev, sizeof(ev));
+    fd = open(r->path, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (pwrite(fd, r->buf, (size_t)r->len, 0) != r->len)
+            r->len = -1;
+        close(fd);
+    }
+    return NULL;
+}
+
+static void token_object_path(const kbtest_softhsm *t, char *out, size_t len)
+{
+    char tokens[640];
+    DIR *d;
+    struct dirent *e;
+
+    out[0] = '\0';
+    snprintf(tokens, sizeof(tokens), "%s/tokens", t->dir);
+    d = opendir(tokens);
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            snprintf(out, len, "%s/%s/token.object", tokens, e->d_name);
+    closedir(d);
+    assert_true(out[0] != '\0');
+}
+
+static void p11_open_outlasts_a_token_file_being_rewritten(void **state)
+{
+    (void)state;
+    kbtest_softhsm t;
+    kb_keystore *ks = NULL;
+    kb_secret *pin;
+    struct rewrite r;
+    pthread_t tid;
+    int fd;
+
+    assert_int_equal(kbtest_softhsm_make(&t, "kb-rewrite"), 0);
+    pin = pin_of(&t);
+    assert_ok(kb_keystore_init_pkcs11(MODULE, t.label, KEY, pin));
+    memset(&r, 0, sizeof(r));
+    token_object_path(&t, r.path, sizeof(r.path));
+    fd = open(r.path, O_RDWR | O_CLOEXEC);
+    assert_true(fd >= 0);
+    r.len = read(fd, r.buf, sizeof(r.buf));
+    assert_true(r.len > 0 && r.len < (ssize_t)sizeof(r.buf));
+    assert_int_equal(ftruncate(fd, 0), 0); /* what the other process's C_Login leaves */
+    close(fd);
+    r.ino = inotify_init1(IN_CLOEXEC);
+    assert_true(r.ino >= 0);
+    assert_true(inotify_add_watch(r.ino, r.path, IN_CLOSE_NOWRITE) >= 0);
+    assert_int_equal(pthread_create(&tid, NULL, rewrite_after_read, &r), 0);
+    assert_ok(kb_keystore_open_pkcs11(MODULE, t.label, KEY, pin, &ks));
+    assert_int_equal(pthread_join(tid, NULL), 0);
+    assert_true(r.len > 0);
+    close(r.ino);
+    kb_keystore_free(ks);
+    /* a token that really is absent is still NOT_FOUND (after the retries) */
+    assert_kb(kb_keystore_open_pkcs11(MODULE, "kb-absent", KEY, pin, &ks), KB_ERR_NOT_FOUND);
+    assert_null(ks);
+    kb_secret_free(pin);
+    kbtest_softhsm_remove(&t);
+}
+
 int main(void)
 {
     /* Expected failures would log; the asserts check them. KB_TEST_LOG=1 shows the logs. */
@@ -739,6 +828,7 @@ int main(void)
         cmocka_unit_test(p11_missing_token_module_or_key),
         cmocka_unit_test(p11_and_file_blobs_are_not_interchangeable),
         cmocka_unit_test(p11_concurrent_calls),
+        cmocka_unit_test(p11_open_outlasts_a_token_file_being_rewritten),
         cmocka_unit_test(file_state_counter),
         cmocka_unit_test(p11_state_counter),
     };
