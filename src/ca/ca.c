@@ -175,6 +175,9 @@ static kb_err state_load(ca_authority *ca, struct ca_state **out)
         sk = NULL;
     }
     if (active == NULL) {
+        char nb[24];
+        snprintf(nb, sizeof(nb), "%zu", n);
+        kb_log(KB_LOG_ERROR, "ca_no_active_generation", "generations", nb, NULL);
         rc = KB_ERR_NOT_FOUND;
         goto out;
     }
@@ -268,6 +271,9 @@ kb_err ca_open(ca_store *st, const ca_keys *keys, ca_authority **out)
         ca->keys = *keys;
     pthread_rwlock_init(&ca->lk, NULL);
     rc = ca_store_trust_domain(st, ca->td, sizeof(ca->td));
+    if (rc == KB_ERR_NOT_FOUND)
+        kb_log(KB_LOG_ERROR, "ca_trust_domain_missing", "msg",
+               "the store holds no trust domain (keybridge-ca init sets it)", NULL);
     if (rc == KB_OK)
         rc = state_load(ca, &ca->s);
     if (rc != KB_OK) {

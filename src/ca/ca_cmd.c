@@ -107,8 +107,8 @@ const char *ca_ctx_explain(ca_ctx *x, kb_err rc, char *buf, size_t len)
         return "the active generation needs another [ca] key (acm-pca generations: [ca] key = "
                "acm-pca)";
     if (rc == KB_ERR_NOT_FOUND)
-        return "the active CA's key was not found (in the token named by [pkcs11] token, or "
-               "the key file in [ca] key_dir)";
+        return "the active CA's key or its token was not found (the [pkcs11] token, or the key "
+               "file in [ca] key_dir): the log line before this one names what";
     if (rc == KB_ERR_AUTH)
         return "refused: the PKCS#11 PIN ([pkcs11] pin_file), or the stored CA certificate "
                "(the log names the check)";

@@ -626,8 +626,7 @@ static void log_retry(const char *token_label, const char *why, int attempt)
     char n[16];
 
     snprintf(n, sizeof(n), "%d", attempt);
-    kb_log(KB_LOG_WARN, "pkcs11_token_retry", "token", token_label, "why", why, "attempt", n,
-           NULL);
+    kb_log(KB_LOG_WARN, "pkcs11_token_retry", "token", token_label, "why", why, "attempt", n, NULL);
 }
 
 kb_err kb_pkcs11_token_check(const char *module, const char *token_label)

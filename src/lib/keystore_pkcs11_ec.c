@@ -249,7 +249,11 @@ kb_err kb_keystore_ec_open(const char *module, const char *token_label, const ch
         kb_log(KB_LOG_ERROR, "pkcs11_key_not_found", "token", token_label, "key", label, NULL);
     KB_GUARD_OUT(rc, rc);
     KB_GUARD_OUT(rc, check_ec_priv(e->ks->mod->f, e->ks->sess[0], e->priv, label));
-    KB_GUARD_OUT(rc, find_ec_obj(e->ks->mod->f, e->ks->sess[0], label, CKO_PUBLIC_KEY, &hpub));
+    rc = find_ec_obj(e->ks->mod->f, e->ks->sess[0], label, CKO_PUBLIC_KEY, &hpub);
+    if (rc == KB_ERR_NOT_FOUND)
+        kb_log(KB_LOG_ERROR, "pkcs11_key_not_found", "token", token_label, "key", label, "msg",
+               "the private key is there, its public key object is not", NULL);
+    KB_GUARD_OUT(rc, rc);
     KB_GUARD_OUT(rc, ec_pub_from_token(e->ks->mod->f, e->ks->sess[0], hpub, &pub));
     rc = kb_ec_signer_new(&p11_ec_ops, e, pub, out);
     e = NULL;

@@ -45,6 +45,8 @@ expect_fail "scheme\|character" "$W/bad.ini" init --trust-domain "spiffe://examp
 [ -z "$(ls -A "$W/keys-bad")" ] || fail "a key was created for a refused trust domain"
 # issue before init: no active CA
 expect_fail "no active CA: run keybridge-ca init" "$W/bad.ini" issue --spiffe-id spiffe://example.org/a --out "$W/x"
+# ... and the log line at the failing point names what was not found
+expect_fail '"event":"ca_trust_domain_missing"' "$W/bad.ini" issue --spiffe-id spiffe://example.org/a --out "$W/x"
 # init into another trust domain's database
 expect_fail "already belongs to trust domain $L63" "$W/ou.ini" init --trust-domain example.org
 
