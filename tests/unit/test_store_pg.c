@@ -669,6 +669,37 @@ static void pipeline_long_flight(void **state)
     d->put(p.st, b);
     assert_kb(rc, KB_ERR_NOT_FOUND);
     assert_int_equal(kbtest_pg_int("SELECT fetched_at FROM fetch_log"), T0 + 999);
+
+    /* A batch read of the most names (AUDIT_READS_MAX): 1,000 fetch upserts and 1,000 chained
+     * audit rows in one transaction: 8 round trips (was over 2,000: one per row). */
+    {
+        audit_event *ev = calloc(AUDIT_READS_MAX, sizeof(*ev));
+        audit_fetch *fe = calloc(AUDIT_READS_MAX, sizeof(*fe));
+        int64_t seq = 0, rows = kbtest_pg_int("SELECT count(*) FROM audit_log");
+        assert_non_null(ev);
+        assert_non_null(fe);
+        for (size_t i = 0; i < AUDIT_READS_MAX; i++) {
+            ev[i] = (audit_event){.time = T0 + 2000 + (int64_t)i,
+                                  .identity = "spiffe://example.org/ns/p/sa/reader",
+                                  .peer = "127.0.0.1:1",
+                                  .action = "secret.get",
+                                  .object = "piped",
+                                  .version = 1,
+                                  .result = "ok"};
+            fe[i] = (audit_fetch){.client_id = p.client, .secret_id = p.secret, .version = 1};
+        }
+        a = store_round_trips(p.st);
+        assert_ok(audit_append_reads(p.a, ev, fe, AUDIT_READS_MAX, &seq));
+        printf("a batch read's log write of %d names: %llu round trips\n", AUDIT_READS_MAX,
+               (unsigned long long)(store_round_trips(p.st) - a));
+        assert_int_equal(store_round_trips(p.st) - a, 8);
+        assert_int_equal(kbtest_pg_int("SELECT count(*) FROM audit_log"), rows + AUDIT_READS_MAX);
+        assert_int_equal(seq, rows + AUDIT_READS_MAX);
+        assert_int_equal(kbtest_pg_int("SELECT fetched_at FROM fetch_log"), T0 + 2999);
+        free(ev);
+        free(fe);
+    }
+    chain_ok(&p);
     pipe_close_fx(&p);
 }
 
