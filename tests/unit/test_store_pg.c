@@ -297,9 +297,10 @@ static void reconnect_rechecks_the_schema_floor(void **state)
     store_close(st);
 }
 
-/* store_round_trips (keybridged_store_round_trips_total) counts every statement sent: a write
- * is at least BEGIN, the writers' advisory lock, its INSERT and COMMIT; a read at least one.
- * SQLite makes none. */
+/* store_round_trips (keybridged_store_round_trips_total) counts every wait for the server: a
+ * secret create is at least its INSERTs (BEGIN and the writers' advisory lock ride with the
+ * first), the state delta and COMMIT; a read at least one. SQLite makes none. The exact counts
+ * are pipeline_round_trips'. */
 static void round_trips_are_counted(void **state)
 {
     fx *f = *state;
