@@ -2191,6 +2191,9 @@ static size_t drv_col_len(store_sql_stmt *s, int i)
 
 /* The statements whose SQL is PostgreSQL's own (store_sql_q). */
 static const char *const pg_sql[STORE_SQL_Q_COUNT] = {
+    [STORE_SQL_Q_READABLE] = STORE_SQL_READABLE(
+        "(SELECT CAST(e->>0 AS BIGINT) AS i, e->>1 AS name, CAST(e->>2 AS BIGINT) AS ver "
+        "FROM jsonb_array_elements(CAST(?2 AS JSONB)) AS x(e)) nm"),
     [STORE_SQL_Q_AUDIT_QUERY] =
         "SELECT " STORE_SQL_AUDIT_COLS " FROM audit_log WHERE "
         "($1::text IS NULL OR object = $1::text) AND ($2::text IS NULL OR identity = $2::text) AND "

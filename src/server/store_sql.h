@@ -37,6 +37,8 @@ typedef enum { STORE_SQL_TX_READ, STORE_SQL_TX_WRITE, STORE_SQL_TX_LOG } store_s
 
 /* The statements whose text differs between dialects: each backend's table has one per entry. */
 typedef enum {
+    STORE_SQL_Q_READABLE,     /* STORE_SQL_READABLE(the dialect's STORE_SQL_NAMES): ?1 client id,
+                                 ?2 the names as JSON [[index, "name", version], ...] */
     STORE_SQL_Q_AUDIT_QUERY,  /* ?1 object or NULL, ?2 identity or NULL, ?3 since, ?4 until,
                                  ?5 limit (PostgreSQL needs the parameters' types spelled) */
     STORE_SQL_Q_CLIENT_TOUCH, /* ?1 now, ?2 client id, ?3 STORE_TOUCH_INTERVAL, ?4 listed 0/1:
@@ -121,6 +123,38 @@ kb_err store_sql_client_fetch(store_sql_cx *b, const char *spiffe_id, int64_t id
                               store_client *out);
 /* KB_OK when sql (SELECT 1 ... WHERE ... = ?1) finds a row for id, else KB_ERR_NOT_FOUND. */
 kb_err store_sql_exists(store_sql_cx *b, const char *sql, int64_t id);
+
+/* Column lists of the row loaders (store_sql.c, store_sql_int.h): secrets s, versions v (with
+ * the envelope), clients c. */
+#define STORE_SQL_SECRET_COLS                                                                      \
+    "s.id, s.name, s.description, s.owner_group_id, s.cloud_sync, s.deleted_at, "                  \
+    "s.latest_version, s.created_by, s.created_at, s.updated_by, s.updated_at, s.mac, "            \
+    "s.latest_mac"
+#define STORE_SQL_VERSION_COLS                                                                     \
+    "v.secret_id, v.version, v.checksum, v.content_len, v.metadata, v.expires_at, "                \
+    "v.created_by, v.created_at, v.mac"
+#define STORE_SQL_ENV_COLS "v.wrapped_key, v.key_id, v.sealed"
+#define STORE_SQL_CLIENT_COLS                                                                      \
+    "c.id, c.spiffe_id, c.enabled, c.admin, c.cloud, c.app_name, c.description, c.last_seen, "     \
+    "c.last_list_at, c.created_by, c.created_at, c.mac"
+
+/* The content read (store_sql_readable_get_batch, docs/internals/store.md "The content read"):
+ * every asked name of one call in one statement. names is the dialect's table expression
+ * `(...) nm` with columns i (the caller's index), name and ver (0: the latest) from the JSON
+ * text ?2. Per name, in order of i: the state counter, the client row, the secret row, the
+ * version with its envelope, and each (membership, grant) path from the client to the secret;
+ * the LEFT JOINs keep one row when the secret, the version or every path is missing. */
+#define STORE_SQL_READABLE(names)                                                                  \
+    "SELECT st.counter, nm.i, " STORE_SQL_CLIENT_COLS ", " STORE_SQL_SECRET_COLS                   \
+    ", " STORE_SQL_VERSION_COLS ", " STORE_SQL_ENV_COLS ", m.group_id, m.mac, gr.mac "             \
+    "FROM store_state st JOIN clients c ON c.id = ?1 CROSS JOIN " names " "                        \
+    "LEFT JOIN secrets s ON s.name = nm.name "                                                     \
+    "LEFT JOIN versions v ON v.secret_id = s.id AND "                                              \
+    "v.version = CASE WHEN nm.ver = 0 THEN s.latest_version ELSE nm.ver END "                      \
+    "LEFT JOIN memberships m ON m.client_id = c.id AND m.group_id IN "                             \
+    "(SELECT g2.group_id FROM grants g2 WHERE g2.secret_id = s.id) "                               \
+    "LEFT JOIN grants gr ON gr.group_id = m.group_id AND gr.secret_id = s.id "                     \
+    "WHERE st.id = 1 ORDER BY nm.i"
 
 /* The audit_log columns that audit rows are read from, in audit_row's order. */
 #define STORE_SQL_AUDIT_COLS "seq, time, identity, peer, action, object, version, result, mac"

@@ -20,20 +20,13 @@ typedef store_sql_stmt stmt;
 #define SQL(b, q) ((b)->drv->sql[(q)])
 #define POOL(st) ((store_sql_pool *)(st)->impl)
 
-/* Column lists and their loaders (store_sql.c) side by side. */
-#define SECRET_COLS                                                                                \
-    "s.id, s.name, s.description, s.owner_group_id, s.cloud_sync, s.deleted_at, "                  \
-    "s.latest_version, s.created_by, s.created_at, s.updated_by, s.updated_at, s.mac, "            \
-    "s.latest_mac"
+/* Column lists (store_sql.h) and their loaders (store_sql.c) side by side. */
+#define SECRET_COLS STORE_SQL_SECRET_COLS
 #define SECRET_NCOLS 13
-#define VERSION_COLS                                                                               \
-    "v.secret_id, v.version, v.checksum, v.content_len, v.metadata, v.expires_at, "                \
-    "v.created_by, v.created_at, v.mac"
+#define VERSION_COLS STORE_SQL_VERSION_COLS
 #define VERSION_NCOLS 9
-#define ENV_COLS "v.wrapped_key, v.key_id, v.sealed"
-#define CLIENT_COLS                                                                                \
-    "c.id, c.spiffe_id, c.enabled, c.admin, c.cloud, c.app_name, c.description, c.last_seen, "     \
-    "c.last_list_at, c.created_by, c.created_at, c.mac"
+#define ENV_COLS STORE_SQL_ENV_COLS
+#define CLIENT_COLS STORE_SQL_CLIENT_COLS
 #define CLIENT_NCOLS 12
 #define GROUP_COLS "g.id, g.name, g.description, g.created_by, g.created_at"
 #define GROUP_NCOLS 5

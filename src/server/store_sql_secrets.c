@@ -2,7 +2,10 @@
  * reads (the ACL query: what a client may list and fetch), secret status from the fetch log and
  * the expiry notifications; the secret and version row loaders are in store_sql.c.
  */
+#include <inttypes.h>
+
 #include "lib/buf.h"
+#include "lib/json.h"
 #include "lib/log.h"
 #include "model.h"
 #include "store_sql_int.h"
@@ -690,82 +693,53 @@ out:
     return KB_OK;
 }
 
-/* The read of one name for a client, in one statement (one snapshot; on PostgreSQL one round
- * trip, with no transaction around it): the state counter, the client row, the secret row, the
- * version asked for (?3 = 0: the latest) with its envelope, and each (membership, grant) path
- * from the client to the secret. The LEFT JOINs keep one row when the secret, the version or
- * every path is missing; a secret the client reaches through k of its groups gives k rows, the
- * same secret and version in each. Every row and link is verified in C as it is read. */
-#define RD_C0 1
+/* Columns of STORE_SQL_READABLE (store_sql.h). */
+#define RD_I 1
+#define RD_C0 2
 #define RD_S0 (RD_C0 + CLIENT_NCOLS)
 #define RD_V0 (RD_S0 + SECRET_NCOLS)
 #define RD_E0 (RD_V0 + VERSION_NCOLS)
 #define RD_A0 (RD_E0 + 3)
-static const char readable_sql[] =
-    "SELECT st.counter, " CLIENT_COLS ", " SECRET_COLS ", " VERSION_COLS ", " ENV_COLS
-    ", m.group_id, m.mac, gr.mac "
-    "FROM store_state st JOIN clients c ON c.id = ?1 "
-    "LEFT JOIN secrets s ON s.name = ?2 "
-    "LEFT JOIN versions v ON v.secret_id = s.id AND "
-    "v.version = CASE WHEN CAST(?3 AS BIGINT) = 0 THEN s.latest_version "
-    "ELSE CAST(?3 AS BIGINT) END "
-    "LEFT JOIN memberships m ON m.client_id = c.id AND m.group_id IN "
-    "(SELECT g2.group_id FROM grants g2 WHERE g2.secret_id = s.id) "
-    "LEFT JOIN grants gr ON gr.group_id = m.group_id AND gr.secret_id = s.id "
-    "WHERE st.id = 1";
 
 /* What one readable_get_batch call shares between its names. */
 typedef struct {
     int64_t client_id;
-    int64_t floor;    /* the state counter seen before the first statement */
-    bool state_ok;    /* the state check has passed for this call */
-    bool have_client; /* c is loaded, verified, effective and enabled */
-    store_client c;
+    int64_t floor;  /* the state counter seen before the statement */
+    store_client c; /* loaded, verified, effective and enabled */
 } read_call;
 
-/* The call-level half of a read row: the state counter (a read that sees a counter other than
- * the one already seen runs the full check; one below it is a rollback) and the client row
- * (verified once per call). */
+/* The call-level half of the first row: the state counter (one other than the one already seen
+ * runs the full check; one below it is a rollback, refused even if the check then passes) and
+ * the client row. */
 static kb_err read_call_check(cx *b, stmt *s, read_call *call)
 {
-    if (!call->state_ok) {
-        int64_t c = col_i64(s, 0);
-        if (c != call->floor) {
-            KB_GUARD(b->drv->state_check(b));
-            if (c < call->floor) {
-                kb_log(KB_LOG_ERROR, "store_read_snapshot_old", "msg",
-                       "a read saw a state counter below the one already seen: refused", NULL);
-                return KB_ERR_UNAVAILABLE;
-            }
+    int64_t c = col_i64(s, 0);
+    if (c != call->floor) {
+        KB_GUARD(b->drv->state_check(b));
+        if (c < call->floor) {
+            kb_log(KB_LOG_ERROR, "store_read_snapshot_old", "msg",
+                   "a read saw a state counter below the one already seen: refused", NULL);
+            return KB_ERR_UNAVAILABLE;
         }
-        call->state_ok = true;
     }
-    if (!call->have_client) {
-        KB_GUARD(store_sql_load_client(b, s, RD_C0, &call->c));
-        store_client_effective(b->st, &call->c);
-        if (!call->c.enabled) {
-            store_client_clear(&call->c);
-            return KB_ERR_DENIED;
-        }
-        call->have_client = true;
+    KB_GUARD(store_sql_load_client(b, s, RD_C0, &call->c));
+    store_client_effective(b->st, &call->c);
+    if (!call->c.enabled) {
+        store_client_clear(&call->c);
+        return KB_ERR_DENIED;
     }
     return KB_OK;
 }
 
-/* The state check and the client, the old way: for a statement that found no row (no state
- * row, or no such client) and a call that looked up no name at all. */
+/* The state check and the client the old way, which name the failure: for a statement that
+ * found no row (no state row, or no such client) and a call that looked up no name. */
 static kb_err read_call_slow(cx *b, read_call *call)
 {
     KB_GUARD(b->drv->state_check(b));
-    call->state_ok = true;
-    if (!call->have_client) {
-        KB_GUARD(reader_client(b, call->client_id, &call->c));
-        call->have_client = true;
-    }
-    return KB_OK;
+    return reader_client(b, call->client_id, &call->c);
 }
 
-/* Is the current row's path (membership, grant) present and both links verified? */
+/* Is the current row's path (membership, grant) present with both links verified? */
 static kb_err path_check(cx *b, stmt *s, int64_t client_id, int64_t secret_id, bool *granted,
                          bool *tampered)
 {
@@ -790,118 +764,137 @@ static kb_err path_check(cx *b, stmt *s, int64_t client_id, int64_t secret_id, b
     return KB_OK;
 }
 
-/* One name: *one gets its outcome (KB_OK with out filled, KB_ERR_NOT_FOUND, KB_ERR_TAMPERED for
- * a forged secret row or forged links on every path, KB_ERR_INTEGRITY for a forged version or
- * latest_version); the return value is the call's (state, client, database). */
-static kb_err readable_one(cx *b, read_call *call, const char *name, int64_t version,
-                           store_record *out, kb_err *one)
+/* The version part of the current row, for a granted read (*one: KB_OK, KB_ERR_NOT_FOUND for no
+ * such version, KB_ERR_INTEGRITY for a forged version row or latest_version). */
+static kb_err read_version(cx *b, stmt *s, int64_t version, store_record *out)
 {
-    stmt *s = NULL;
-    bool granted = false, tampered = false;
-    kb_err rc;
-    int r;
+    if (!col_isint(s, RD_V0))
+        return KB_ERR_NOT_FOUND;
+    if (version == 0)
+        KB_GUARD(store_sql_latest_check(b, s, RD_S0, &out->secret));
+    KB_GUARD(store_sql_load_version(b, s, RD_V0, &out->version));
+    return store_sql_load_env(s, RD_E0, &out->env);
+}
+
+/* The rows of one asked name (the statement is on its first; on return *r is the next step's
+ * result, on the next name's first row or past the end). *one gets the outcome: KB_OK with out
+ * filled, KB_ERR_NOT_FOUND, KB_ERR_TAMPERED (a forged secret row, or forged links on every
+ * path), KB_ERR_INTEGRITY (a forged version or latest_version). The return value is the call's
+ * (memory, database). */
+static kb_err name_rows(cx *b, stmt *s, const read_call *call, int64_t version, store_record *out,
+                        kb_err *one, int *r)
+{
+    int64_t i = col_i64(s, RD_I);
+    bool eligible = false, granted = false, tampered = false;
+    kb_err rc = KB_OK;
 
     memset(out, 0, sizeof(*out));
     *one = KB_ERR_NOT_FOUND;
-    KB_GUARD_OUT(rc, prep(b, readable_sql, &s));
-    KB_GUARD_OUT(rc, bind_i64(s, 1, call->client_id));
-    KB_GUARD_OUT(rc, bind_text(s, 2, name));
-    KB_GUARD_OUT(rc, bind_i64(s, 3, version));
-    r = step(s);
-    if (r == STORE_SQL_DONE) {
-        /* No state row or no such client: the slow path names which. */
-        done(s);
-        s = NULL;
-        KB_GUARD_OUT(rc, read_call_slow(b, call));
-        goto out; /* the client appeared since: this name is not found */
+    if (col_isint(s, RD_S0)) {
+        kb_err e = store_sql_load_secret(b, s, RD_S0, &out->secret);
+        if (e == KB_ERR_INTEGRITY)
+            *one = KB_ERR_TAMPERED; /* a forged secret row */
+        else
+            KB_GUARD_OUT(rc, e);
+        eligible =
+            e == KB_OK && out->secret.deleted_at == 0 && (!call->c.cloud || out->secret.cloud_sync);
     }
-    KB_ENSURE_OUT(rc, r == STORE_SQL_ROW, b->drv->db_err(b, r, "readable_get"));
-    KB_GUARD_OUT(rc, read_call_check(b, s, call));
-    if (!col_isint(s, RD_S0))
-        goto out; /* no such secret */
-    rc = store_sql_load_secret(b, s, RD_S0, &out->secret);
-    if (rc == KB_ERR_INTEGRITY) {
-        *one = KB_ERR_TAMPERED; /* a forged secret row */
-        rc = KB_OK;
-        goto out;
-    }
-    KB_GUARD_OUT(rc, rc);
-    if (out->secret.deleted_at != 0 || (call->c.cloud && !out->secret.cloud_sync))
-        goto out;
-    /* Every row carries the same secret and version: step until a verified path. */
+    /* Every row of the name carries the same secret and version: the first verified path
+     * decides, the rest are stepped over. */
     for (;;) {
-        KB_GUARD_OUT(rc, path_check(b, s, call->client_id, out->secret.id, &granted, &tampered));
-        if (granted)
+        if (eligible && !granted) {
+            KB_GUARD_OUT(rc,
+                         path_check(b, s, call->client_id, out->secret.id, &granted, &tampered));
+            if (granted)
+                *one = read_version(b, s, version, out);
+        }
+        *r = step(s);
+        if (*r != STORE_SQL_ROW || col_i64(s, RD_I) != i)
             break;
-        r = step(s);
-        if (r == STORE_SQL_DONE)
-            break;
-        KB_ENSURE_OUT(rc, r == STORE_SQL_ROW, b->drv->db_err(b, r, "readable_get"));
     }
-    if (!granted) {
-        *one = tampered ? KB_ERR_TAMPERED : KB_ERR_NOT_FOUND;
-        goto out;
-    }
-    if (!col_isint(s, RD_V0))
-        goto out; /* no such version */
-    if (version == 0) {
-        *one = store_sql_latest_check(b, s, RD_S0, &out->secret);
-        if (*one != KB_OK)
-            goto out;
-    }
-    *one = store_sql_load_version(b, s, RD_V0, &out->version);
-    if (*one == KB_OK)
-        *one = store_sql_load_env(s, RD_E0, &out->env);
-out:
-    done(s);
-    if (rc == KB_OK && (*one == KB_ERR_NOMEM || *one == KB_ERR_DB))
+    if (eligible && !granted && tampered)
+        *one = KB_ERR_TAMPERED;
+    if (*one == KB_ERR_NOMEM || *one == KB_ERR_DB)
         rc = *one; /* not an answer about this name */
+out:
     if (rc != KB_OK || *one != KB_OK)
         store_record_clear(out);
     return rc;
+}
+
+/* The asked names (errs[i] == KB_OK) as the JSON STORE_SQL_READABLE reads: [[i, "name", ver]].
+ * *m: how many. */
+static kb_err names_json(const char *const *names, const int64_t *versions, size_t n,
+                         const kb_err *errs, kb_dbuf *q, size_t *m)
+{
+    *m = 0;
+    KB_GUARD(kb_dbuf_addc(q, '['));
+    for (size_t i = 0; i < n; i++) {
+        if (errs[i] != KB_OK)
+            continue;
+        KB_GUARD(kb_dbuf_addf(q, "%s[%zu,", *m > 0 ? "," : "", i));
+        KB_GUARD(kb_json_put_str(q, names[i], strlen(names[i])));
+        KB_GUARD(kb_dbuf_addf(q, ",%" PRId64 "]", versions[i]));
+        (*m)++;
+    }
+    return kb_dbuf_addc(q, ']');
 }
 
 kb_err store_sql_readable_get_batch(store *st, int64_t client_id, const char *const *names,
                                     const int64_t *versions, size_t n, store_record *out,
                                     kb_err *errs)
 {
-    read_call call = {.client_id = client_id};
-    bool looked = false, tx = n > 1;
+    read_call call = {.client_id = client_id, .floor = atomic_load(&st->state_seen)};
+    kb_dbuf q;
+    size_t m = 0, seen = 0;
+    int64_t prev = -1;
+    stmt *s = NULL;
     cx *b;
-    kb_err rc = KB_OK;
+    kb_err rc;
+    int r;
 
+    kb_dbuf_init(&q, STORE_BATCH_MAX * (MODEL_NAME_MAX + 48) + 2);
     b = RD(st);
-    /* One name: one statement, its own snapshot, no transaction. Several: one read transaction,
-     * so the batch is one snapshot, the state checked first within it. */
-    if (tx) {
-        rc = tx_begin(b, STORE_SQL_TX_READ);
-        if (rc != KB_OK) {
-            PUT(st, b);
-            return rc;
-        }
-        KB_GUARD_OUT(rc, b->drv->state_check(b));
-        call.state_ok = true;
-    } else {
-        call.floor = atomic_load(&st->state_seen);
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (errs[i] != KB_OK)
-            continue;
-        looked = true;
-        rc = readable_one(b, &call, names[i], versions[i], &out[i], &errs[i]);
-        if (rc != KB_OK) {
-            /* The client, the state or the database: the whole call fails. */
-            for (size_t k = 0; k <= i; k++)
-                store_record_clear(&out[k]);
-            goto out;
-        }
-    }
-    if (!looked)
+    /* One statement for every name: one snapshot, one round trip, no transaction. */
+    KB_GUARD_OUT(rc, names_json(names, versions, n, errs, &q, &m));
+    if (m == 0) {
         rc = read_call_slow(b, &call);
+        goto out;
+    }
+    KB_GUARD_OUT(rc, prep(b, SQL(b, STORE_SQL_Q_READABLE), &s));
+    KB_GUARD_OUT(rc, bind_i64(s, 1, client_id));
+    KB_GUARD_OUT(rc, bind_text(s, 2, kb_dbuf_str(&q)));
+    r = step(s);
+    if (r == STORE_SQL_DONE) {
+        /* No state row or no such client: the slow path names which. If both are there now
+         * (the client was created since), the names were not found. */
+        done(s);
+        s = NULL;
+        KB_GUARD_OUT(rc, read_call_slow(b, &call));
+        for (size_t i = 0; i < n; i++)
+            if (errs[i] == KB_OK)
+                errs[i] = KB_ERR_NOT_FOUND;
+        goto out;
+    }
+    KB_ENSURE_OUT(rc, r == STORE_SQL_ROW, b->drv->db_err(b, r, "readable_get"));
+    KB_GUARD_OUT(rc, read_call_check(b, s, &call));
+    while (r == STORE_SQL_ROW) {
+        int64_t i = col_i64(s, RD_I);
+        /* Names come in the order given, each asked once. */
+        KB_ENSURE_OUT(rc, i > prev && (uint64_t)i < n && errs[i] == KB_OK, KB_ERR_INTERNAL);
+        prev = i;
+        seen++;
+        KB_GUARD_OUT(rc, name_rows(b, s, &call, versions[i], &out[i], &errs[i], &r));
+    }
+    KB_ENSURE_OUT(rc, r == STORE_SQL_DONE, b->drv->db_err(b, r, "readable_get"));
+    KB_ENSURE_OUT(rc, seen == m, KB_ERR_INTERNAL);
 out:
+    done(s);
+    if (rc != KB_OK)
+        for (size_t i = 0; i < n; i++)
+            store_record_clear(&out[i]);
     store_client_clear(&call.c);
-    if (tx)
-        rc = tx_end(b, rc, NULL);
+    kb_dbuf_free(&q);
     PUT(st, b);
     return rc;
 }

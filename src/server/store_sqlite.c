@@ -447,6 +447,9 @@ static size_t drv_col_len(store_sql_stmt *s, int i)
 
 /* The statements whose SQL is SQLite's own (store_sql_q). */
 static const char *const sq_sql[STORE_SQL_Q_COUNT] = {
+    [STORE_SQL_Q_READABLE] = STORE_SQL_READABLE(
+        "(SELECT json_extract(value, '$[0]') AS i, json_extract(value, '$[1]') AS name, "
+        "json_extract(value, '$[2]') AS ver FROM json_each(?2)) nm"),
     [STORE_SQL_Q_AUDIT_QUERY] = "SELECT " STORE_SQL_AUDIT_COLS " FROM audit_log WHERE "
                                 "(?1 IS NULL OR object = ?1) AND (?2 IS NULL OR identity = ?2) AND "
                                 "(?3 = 0 OR time >= ?3) AND (?4 = 0 OR time <= ?4) "
