@@ -708,25 +708,31 @@ typedef struct {
     store_client c; /* loaded, verified, effective and enabled */
 } read_call;
 
-/* The call-level half of the first row: the state counter (one other than the one already seen
- * runs the full check; one below it is a rollback, refused even if the check then passes) and
- * the client row. */
-static kb_err read_call_check(cx *b, stmt *s, read_call *call)
+/* The client row of the first row (every row carries it), verified once per call. */
+static kb_err read_call_client(cx *b, stmt *s, read_call *call)
 {
-    int64_t c = col_i64(s, 0);
-    if (c != call->floor) {
-        KB_GUARD(b->drv->state_check(b));
-        if (c < call->floor) {
-            kb_log(KB_LOG_ERROR, "store_read_snapshot_old", "msg",
-                   "a read saw a state counter below the one already seen: refused", NULL);
-            return KB_ERR_UNAVAILABLE;
-        }
-    }
     KB_GUARD(store_sql_load_client(b, s, RD_C0, &call->c));
     store_client_effective(b->st, &call->c);
     if (!call->c.enabled) {
         store_client_clear(&call->c);
         return KB_ERR_DENIED;
+    }
+    return KB_OK;
+}
+
+/* The state counter c the statement read, once it is reset (on SQLite a statement still
+ * stepping holds its snapshot, which the full check must not share): the one already seen is
+ * accepted; any other runs the full check, and one below the counter seen before the statement
+ * (a rolled-back database) is refused even if the check then passes. */
+static kb_err read_call_state(cx *b, const read_call *call, int64_t c)
+{
+    if (c == call->floor)
+        return KB_OK;
+    KB_GUARD(b->drv->state_check(b));
+    if (c < call->floor) {
+        kb_log(KB_LOG_ERROR, "store_read_snapshot_old", "msg",
+               "a read saw a state counter below the one already seen: refused", NULL);
+        return KB_ERR_UNAVAILABLE;
     }
     return KB_OK;
 }
@@ -847,7 +853,7 @@ kb_err store_sql_readable_get_batch(store *st, int64_t client_id, const char *co
     read_call call = {.client_id = client_id, .floor = atomic_load(&st->state_seen)};
     kb_dbuf q;
     size_t m = 0, seen = 0;
-    int64_t prev = -1;
+    int64_t prev = -1, counter;
     stmt *s = NULL;
     cx *b;
     kb_err rc;
@@ -877,7 +883,8 @@ kb_err store_sql_readable_get_batch(store *st, int64_t client_id, const char *co
         goto out;
     }
     KB_ENSURE_OUT(rc, r == STORE_SQL_ROW, b->drv->db_err(b, r, "readable_get"));
-    KB_GUARD_OUT(rc, read_call_check(b, s, &call));
+    counter = col_i64(s, 0);
+    KB_GUARD_OUT(rc, read_call_client(b, s, &call));
     while (r == STORE_SQL_ROW) {
         int64_t i = col_i64(s, RD_I);
         /* Names come in the order given, each asked once. */
@@ -888,6 +895,9 @@ kb_err store_sql_readable_get_batch(store *st, int64_t client_id, const char *co
     }
     KB_ENSURE_OUT(rc, r == STORE_SQL_DONE, b->drv->db_err(b, r, "readable_get"));
     KB_ENSURE_OUT(rc, seen == m, KB_ERR_INTERNAL);
+    done(s);
+    s = NULL;
+    rc = read_call_state(b, &call, counter);
 out:
     done(s);
     if (rc != KB_OK)
