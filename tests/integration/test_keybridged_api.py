@@ -107,9 +107,21 @@ commonName = optional
         return pem, key
 
 
+def store_url(d):
+    """The store a test's keybridged uses: a SQLite file in d, or with KB_TEST_STORE=pg the
+    PostgreSQL database of `pgserver.py run` ($KB_PG_URL; ctest's integration-pg/* variants)."""
+    if os.environ.get("KB_TEST_STORE") == "pg":
+        url = os.environ.get("KB_PG_URL")
+        if not url:
+            raise RuntimeError("KB_TEST_STORE=pg needs KB_PG_URL (run under pgserver.py run)")
+        return url
+    return f"sqlite:{d}/kb.db"
+
+
 class Server:
     def __init__(self, d, pki, hsm):
         self.d = d
+        self.store = store_url(d)
         self.port = free_port()
         self.mport = free_port()
         self.conf = f"{d}/keybridged.conf"
@@ -124,7 +136,7 @@ bundle_file = {pki.bundle}
 trust_domain = {TD}
 metrics_listen = 127.0.0.1:{self.mport}
 [store]
-url = sqlite:{d}/kb.db
+url = {self.store}
 [hsm]
 keystore = pkcs11
 module = {hsm['module']}
@@ -145,6 +157,8 @@ cloud_prefixes = /lambda/
         for _ in range(200):
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                if not self.store.startswith("sqlite:") and os.path.exists(f"{self.d}/kb.db"):
+                    raise RuntimeError("a PostgreSQL run made a SQLite file")
                 return
             except OSError:
                 if self.proc.poll() is not None:
