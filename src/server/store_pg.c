@@ -2191,9 +2191,21 @@ static size_t drv_col_len(store_sql_stmt *s, int i)
 
 /* The statements whose SQL is PostgreSQL's own (store_sql_q). */
 static const char *const pg_sql[STORE_SQL_Q_COUNT] = {
+    /* The secret, its version and the paths are LATERAL subqueries that cannot be flattened
+     * (LIMIT, OFFSET): looked up per name by index. As plain joins the planner, guessing 100
+     * names, hashed the whole secrets or versions table (or every path of the client) on each
+     * read (test_store_pg content_read_looks_names_up_by_index). */
     [STORE_SQL_Q_READABLE] = STORE_SQL_READABLE(
         "(SELECT CAST(e->>0 AS BIGINT) AS i, e->>1 AS name, CAST(e->>2 AS BIGINT) AS ver "
-        "FROM jsonb_array_elements(CAST(?2 AS JSONB)) AS x(e)) nm"),
+        "FROM jsonb_array_elements(CAST(?2 AS JSONB)) AS x(e)) nm",
+        "LEFT JOIN LATERAL (SELECT s1.* FROM secrets s1 WHERE s1.name = nm.name LIMIT 1) s "
+        "ON true "
+        "LEFT JOIN LATERAL (SELECT v1.* FROM versions v1 WHERE v1.secret_id = s.id AND "
+        "v1.version = " STORE_SQL_READABLE_VER " LIMIT 1) v ON true "
+        "LEFT JOIN LATERAL (SELECT m1.group_id, m1.mac AS mmac, g1.mac AS gmac FROM grants g1 "
+        "JOIN memberships m1 ON m1.group_id = g1.group_id WHERE g1.secret_id = s.id AND "
+        "m1.client_id = c.id OFFSET 0) p ON true",
+        "p.group_id, p.mmac, p.gmac"),
     [STORE_SQL_Q_AUDIT_QUERY] =
         "SELECT " STORE_SQL_AUDIT_COLS " FROM audit_log WHERE "
         "($1::text IS NULL OR object = $1::text) AND ($2::text IS NULL OR identity = $2::text) AND "

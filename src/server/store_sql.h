@@ -141,19 +141,19 @@ kb_err store_sql_exists(store_sql_cx *b, const char *sql, int64_t id);
 /* The content read (store_sql_readable_get_batch, docs/internals/store.md "The content read"):
  * every asked name of one call in one statement. names is the dialect's table expression
  * `(...) nm` with columns i (the caller's index), name and ver (0: the latest) from the JSON
- * text ?2. Per name, in order of i: the state counter, the client row, the secret row, the
- * version with its envelope, and each (membership, grant) path from the client to the secret;
- * the LEFT JOINs keep one row when the secret, the version or every path is missing. */
-#define STORE_SQL_READABLE(names)                                                                  \
+ * text ?2. joins LEFT JOINs, per name, the secret named nm.name as s, its version
+ * STORE_SQL_READABLE_VER as v, and each (membership, grant) path from the client c to s, whose
+ * group id, membership MAC and grant MAC are pathcols. Per name, in order of i: the state
+ * counter, the client row, the secret row, the version with its envelope, and each path; the
+ * LEFT JOINs keep one row when the secret, the version or every path is missing. The joins are
+ * the dialect's so that each planner looks a name's rows up by index: PostgreSQL guesses 100
+ * rows for any JSON table and, given plain joins, hashed the whole secrets or versions table
+ * (and every path of the client) on each read. */
+#define STORE_SQL_READABLE_VER "CASE WHEN nm.ver = 0 THEN s.latest_version ELSE nm.ver END"
+#define STORE_SQL_READABLE(names, joins, pathcols)                                                 \
     "SELECT st.counter, nm.i, " STORE_SQL_CLIENT_COLS ", " STORE_SQL_SECRET_COLS                   \
-    ", " STORE_SQL_VERSION_COLS ", " STORE_SQL_ENV_COLS ", m.group_id, m.mac, gr.mac "             \
-    "FROM store_state st JOIN clients c ON c.id = ?1 CROSS JOIN " names " "                        \
-    "LEFT JOIN secrets s ON s.name = nm.name "                                                     \
-    "LEFT JOIN versions v ON v.secret_id = s.id AND "                                              \
-    "v.version = CASE WHEN nm.ver = 0 THEN s.latest_version ELSE nm.ver END "                      \
-    "LEFT JOIN memberships m ON m.client_id = c.id AND m.group_id IN "                             \
-    "(SELECT g2.group_id FROM grants g2 WHERE g2.secret_id = s.id) "                               \
-    "LEFT JOIN grants gr ON gr.group_id = m.group_id AND gr.secret_id = s.id "                     \
+    ", " STORE_SQL_VERSION_COLS ", " STORE_SQL_ENV_COLS ", " pathcols " "                          \
+    "FROM store_state st JOIN clients c ON c.id = ?1 CROSS JOIN " names " " joins " "              \
     "WHERE st.id = 1 ORDER BY nm.i"
 
 /* The audit_log columns that audit rows are read from, in audit_row's order. */

@@ -449,7 +449,15 @@ static size_t drv_col_len(store_sql_stmt *s, int i)
 static const char *const sq_sql[STORE_SQL_Q_COUNT] = {
     [STORE_SQL_Q_READABLE] = STORE_SQL_READABLE(
         "(SELECT json_extract(value, '$[0]') AS i, json_extract(value, '$[1]') AS name, "
-        "json_extract(value, '$[2]') AS ver FROM json_each(?2)) nm"),
+        "json_extract(value, '$[2]') AS ver FROM json_each(?2)) nm",
+        /* Per name, by index: the secret, its version, the secret's grants (grants_by_secret)
+         * each probing the client's membership by primary key. */
+        "LEFT JOIN secrets s ON s.name = nm.name "
+        "LEFT JOIN versions v ON v.secret_id = s.id AND v.version = " STORE_SQL_READABLE_VER " "
+        "LEFT JOIN memberships m ON m.client_id = c.id AND m.group_id IN "
+        "(SELECT g2.group_id FROM grants g2 WHERE g2.secret_id = s.id) "
+        "LEFT JOIN grants gr ON gr.group_id = m.group_id AND gr.secret_id = s.id",
+        "m.group_id, m.mac, gr.mac"),
     [STORE_SQL_Q_AUDIT_QUERY] = "SELECT " STORE_SQL_AUDIT_COLS " FROM audit_log WHERE "
                                 "(?1 IS NULL OR object = ?1) AND (?2 IS NULL OR identity = ?2) AND "
                                 "(?3 = 0 OR time >= ?3) AND (?4 = 0 OR time <= ?4) "

@@ -20,6 +20,7 @@
 
 #include "kbtest.h"
 #include "kbtest_store.h"
+#include "lib/buf.h"
 #include "lib/err.h"
 #include "lib/secbuf.h"
 #include "server/audit.h"
@@ -704,6 +705,88 @@ static void pipeline_long_flight(void **state)
     pipe_close_fx(&p);
 }
 
+/* The content read's plan (STORE_SQL_READABLE) finds a name's rows by index, generic plan or
+ * not: PostgreSQL guesses 100 rows for the JSON table of names, and the plain joins were planned
+ * as a hash of the whole secrets table (and a subplan per membership of the client), so one
+ * name cost a scan of every secret (20,000 secrets: 14 ms a read; 1,000 names, 300 groups:
+ * 580 ms). */
+static void content_read_looks_names_up_by_index(void **state)
+{
+    fx *f = *state;
+    pfx p;
+    const store_sql_driver *d;
+    PGconn *c;
+    char sql[8192], q[256];
+    size_t n;
+
+    if (!kbtest_pg())
+        skip();
+    pipe_open_fx(f, &p);
+    /* A store of some size (rows as the attacker writes them: only the plan is looked at). */
+    assert_int_equal(
+        kbtest_pg_sql(
+            "INSERT INTO groups(name, created_by, created_at) SELECT 'pg' || g, 'x', 0 "
+            "FROM generate_series(1, 40) g; "
+            "INSERT INTO clients(spiffe_id, enabled, admin, cloud, created_by, created_at, mac) "
+            "SELECT 'spiffe://example.org/ns/p/sa/c' || k, 1, 0, 0, 'x', 0, ''::bytea "
+            "FROM generate_series(1, 2000) k; "
+            "INSERT INTO memberships(client_id, group_id, mac) SELECT c.id, g.id, ''::bytea "
+            "FROM clients c, groups g WHERE g.name LIKE 'pg%' AND (c.spiffe_id LIKE '%/sa/reader' "
+            "OR (c.spiffe_id LIKE '%/sa/c%' AND g.id % 20 = c.id % 20)); "
+            "INSERT INTO secrets(name, cloud_sync, latest_version, created_by, created_at, "
+            "updated_by, updated_at, mac) SELECT 'ps' || k, 0, 1, 'x', 0, 'x', 0, ''::bytea "
+            "FROM generate_series(1, 3000) k; "
+            "INSERT INTO versions(secret_id, version, wrapped_key, key_id, sealed, checksum, "
+            "content_len, metadata, created_by, created_at) SELECT s.id, v, ''::bytea, 'k', "
+            "''::bytea, ''::bytea, 0, '', 'x', 0 FROM secrets s, generate_series(1, 3) v "
+            "WHERE s.name LIKE 'ps%'; "
+            "INSERT INTO grants(group_id, secret_id, mac) SELECT g.id, s.id, ''::bytea "
+            "FROM secrets s JOIN groups g ON g.name = 'pg' || (s.id % 40 + 1) "
+            "WHERE s.name LIKE 'ps%'; "
+            "ANALYZE"),
+        0);
+    d = ((const store_sql_pool *)p.st->impl)->drv;
+    /* The statement as the backend prepares it: ?N -> $N (it has no quoted text). */
+    n = (size_t)snprintf(sql, sizeof(sql), "PREPARE kb_plan(bigint, text) AS %s",
+                         d->sql[STORE_SQL_Q_READABLE]);
+    assert_true(n < sizeof(sql));
+    for (char *t = sql; *t; t++)
+        if (*t == '?' && t[1] >= '1' && t[1] <= '9')
+            *t = '$';
+    c = kbtest_pg_admin();
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    PQclear(PQexec(c, sql));
+    for (int mode = 0; mode < 2; mode++) {
+        PGresult *r;
+        kb_dbuf plan;
+        kb_dbuf_init(&plan, 1 << 20);
+        PQclear(PQexec(c, mode == 0 ? "SET plan_cache_mode = force_generic_plan"
+                                    : "SET plan_cache_mode = force_custom_plan"));
+        snprintf(q, sizeof(q),
+                 "EXPLAIN EXECUTE kb_plan(%lld, '[[0,\"ps7\",0],[1,\"piped\",1],[2,\"none\",0]]')",
+                 (long long)p.client);
+        r = PQexec(c, q);
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        for (int i = 0; i < PQntuples(r); i++) {
+            assert_ok(kb_dbuf_addstr(&plan, PQgetvalue(r, i, 0)));
+            assert_ok(kb_dbuf_addc(&plan, '\n'));
+        }
+        PQclear(r);
+        if (strstr(kb_dbuf_str(&plan), "Seq Scan on secrets") != NULL ||
+            strstr(kb_dbuf_str(&plan), "Seq Scan on versions") != NULL ||
+            strstr(kb_dbuf_str(&plan), "Seq Scan on grants") != NULL ||
+            strstr(kb_dbuf_str(&plan), "Seq Scan on memberships") != NULL ||
+            strstr(kb_dbuf_str(&plan), "Hash") != NULL ||
+            strstr(kb_dbuf_str(&plan), "SubPlan") != NULL) {
+            printf("%s plan:\n%s", mode == 0 ? "generic" : "custom", kb_dbuf_str(&plan));
+            fail_msg("the content read scans or hashes a whole table");
+        }
+        kb_dbuf_free(&plan);
+    }
+    PQfinish(c);
+    pipe_close_fx(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -719,6 +802,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(pipeline_on_a_dropped_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(pipeline_long_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(content_read_looks_names_up_by_index, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
