@@ -350,8 +350,8 @@ static kb_err db_err(cx *b, int rc, const char *what)
     (void)rc;
     if (sqlstate_err(b->sqlstate) != KB_ERR_DB)
         return sqlstate_err(b->sqlstate);
-    /* PQerrorMessage names tables, constraints and the server, never bound values (they are
-     * sent out of line). */
+    /* The result's primary message (note_result), else the connection's message (a connection
+     * failure: the server, never row values). */
     kb_log(KB_LOG_ERROR, "store_db_error", "op", what, "sqlstate",
            b->sqlstate[0] ? b->sqlstate : "-", "detail",
            b->errmsg[0] ? b->errmsg
@@ -487,12 +487,21 @@ static void rt_count(const cx *b)
     atomic_fetch_add_explicit(&b->sc.st->round_trips, 1, memory_order_relaxed);
 }
 
+/* The failure of r, for the log: SQLSTATE, the primary message and the constraint and table it
+ * names. Never the DETAIL or the full message: PostgreSQL puts row values there ("Failing row
+ * contains (...)", "Key (name)=(...)"), which may be a secret's envelope. */
 static void note_result(cx *b, const PGresult *r)
 {
     const char *ss = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    const char *m = r ? PQresultErrorMessage(r) : NULL;
+    const char *m = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *con = r ? PQresultErrorField(r, PG_DIAG_CONSTRAINT_NAME) : NULL;
+    const char *tbl = r ? PQresultErrorField(r, PG_DIAG_TABLE_NAME) : NULL;
+    char where[160] = "";
     snprintf(b->sqlstate, sizeof(b->sqlstate), "%s", ss ? ss : "");
-    snprintf(b->errmsg, sizeof(b->errmsg), "%s", m ? m : "");
+    if (con != NULL || tbl != NULL)
+        snprintf(where, sizeof(where), " (%s%s%s%s)", con ? "constraint " : "", con ? con : "",
+                 con && tbl ? ", table " : (tbl ? "table " : ""), tbl ? tbl : "");
+    snprintf(b->errmsg, sizeof(b->errmsg), "%s%s", m ? m : "", where);
 }
 
 static void err_clear(cx *b)

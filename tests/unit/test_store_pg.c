@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "kbtest.h"
+#include "lib/log.h"
 #include "kbtest_store.h"
 #include "lib/buf.h"
 #include "lib/err.h"
@@ -555,7 +556,8 @@ static void pipeline_round_trips(void **state)
 
 static const char *const fail_fetch_sql =
     "CREATE FUNCTION kb_test_refuse() RETURNS trigger LANGUAGE plpgsql AS "
-    "$f$ BEGIN RAISE EXCEPTION 'refused by test'; END $f$; "
+    "$f$ BEGIN RAISE EXCEPTION 'refused by test' USING DETAIL = 'row value kb-marker-77'; "
+    "END $f$; "
     "CREATE TRIGGER kb_test_refuse BEFORE INSERT OR UPDATE ON fetch_log "
     "FOR EACH ROW EXECUTE FUNCTION kb_test_refuse()";
 
@@ -575,7 +577,22 @@ static void pipeline_deferred_failure_fails_the_append(void **state)
     assert_ok(read_append(&p, p.client, T0, &seq));
     rows = kbtest_pg_int("SELECT count(*) FROM audit_log");
     assert_int_equal(kbtest_pg_sql(fail_fetch_sql), 0);
+    /* The log line names the failure, never the DETAIL, where PostgreSQL puts row values
+     * ("Failing row contains (...)"). */
+    char logpath[] = "/tmp/kbtest-pglog.XXXXXX", logbuf[8192];
+    int lfd = mkstemp(logpath);
+    ssize_t got;
+    assert_true(lfd >= 0);
+    kb_log_set_fd(lfd);
     assert_kb(read_append(&p, p.client, T0 + 1, &seq2), KB_ERR_DB);
+    kb_log_set_fd(2);
+    got = pread(lfd, logbuf, sizeof(logbuf) - 1, 0);
+    close(lfd);
+    unlink(logpath);
+    assert_true(got > 0);
+    logbuf[got] = '\0';
+    assert_non_null(strstr(logbuf, "refused by test"));
+    assert_null(strstr(logbuf, "kb-marker-77"));
     assert_int_equal(kbtest_pg_int("SELECT count(*) FROM audit_log"), rows);
     assert_int_equal(kbtest_pg_int("SELECT fetched_at FROM fetch_log"), T0);
     assert_int_equal(kbtest_pg_sql("DROP TRIGGER kb_test_refuse ON fetch_log; "
