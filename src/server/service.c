@@ -897,13 +897,16 @@ static void commit_reads(svc *s, const svc_actor *a, const store_client *c,
         return;
     kb_log(KB_LOG_ERROR, "audit_append_failed", "action", "secret.read", "error", kb_err_str(rc),
            NULL);
+    /* Whatever the store said (a foreign key is KB_ERR_NOT_FOUND: a client or secret removed
+     * since the read), the names were readable: answer "try again" (503), never "not found",
+     * which a Keywhiz client takes as the secret gone for the whole batch. */
     for (size_t i = 0; i < n; i++) {
         if (errs[i] != KB_OK)
             continue;
         kb_secret_free(content[i]);
         content[i] = NULL;
         store_record_clear(&rec[i]);
-        errs[i] = rc;
+        errs[i] = KB_ERR_UNAVAILABLE;
     }
 }
 
