@@ -113,14 +113,14 @@ code="$(curl -sS -k -o /dev/null -w '%{http_code}' --cert "$W/client/svid.pem" -
 sed "s/^bundle_listen = .*/bundle_listen = 127.0.0.1:99999/; s/^listen = .*/listen = 127.0.0.1:$(freeport)/" \
   "$W/ca.ini" >"$W/clash.ini"
 if err="$(timeout 10 "$B" -c "$W/clash.ini" serve 2>&1 >/dev/null)"; then fail "serve started with bundle_listen port 99999"; fi
-echo "$err" | grep -q "bundle_listen 127.0.0.1:99999" || fail "bad bundle_listen message: $err"
+grep -q "bundle_listen 127.0.0.1:99999" <<<"$err" || fail "bad bundle_listen message: $err"
 # server SVID names: bad syntax is a config error; a name the policy does not allow is refused
 sed "s/^svid_dns = .*/svid_dns = localhost, Bad_Name/; s/^bundle_listen = .*//; s/^listen = .*/listen = 127.0.0.1:$(freeport)/" \
   "$W/ca.ini" >"$W/badname.ini"
 if err="$(timeout 10 "$B" -c "$W/badname.ini" serve 2>&1 >/dev/null)"; then fail "serve accepted svid_dns Bad_Name"; fi
-echo "$err" | grep -q "svid_dns: 'Bad_Name'" || fail "svid_dns message: $err"
+grep -q "svid_dns: 'Bad_Name'" <<<"$err" || fail "svid_dns message: $err"
 sed "s/^svid_dns = .*/svid_dns = evil.org/; s/^bundle_listen = .*//; s/^listen = .*/listen = 127.0.0.1:$(freeport)/" \
   "$W/ca.ini" >"$W/polname.ini"
 if err="$(timeout 10 "$B" -c "$W/polname.ini" serve 2>&1 >/dev/null)"; then fail "serve accepted svid_dns evil.org"; fi
-echo "$err" | grep -q "DNS name evil.org refused" || fail "svid_dns policy message: $err"
+grep -q "DNS name evil.org refused" <<<"$err" || fail "svid_dns policy message: $err"
 echo ok

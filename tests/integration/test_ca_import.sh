@@ -53,7 +53,7 @@ refused() { # msg chain
   if err="$(ca import --generation 1 --chain "$chain" --roots "$W/root.pem" 2>&1 >/dev/null)"; then
     fail "imported $chain"
   fi
-  echo "$err" | grep -qi -- "$msg" || fail "message for $chain was: $err (want: $msg)"
+  grep -qi -- "$msg" <<<"$err" || fail "message for $chain was: $err (want: $msg)"
   # still pending: nothing signs
   if ca issue --spiffe-id spiffe://example.org/a --out "$W/none" >/dev/null 2>&1; then
     fail "a CA is active after the refused import of $chain"

@@ -46,7 +46,7 @@ ca init --trust-domain example.org >/dev/null 2>&1 || fail init
 refused() { # msg args...
   local msg="$1" err; shift
   if err="$(ca register "$@" 2>&1 >/dev/null)"; then fail "accepted: $*"; fi
-  echo "$err" | grep -qi -- "$msg" || fail "message for $* was: $err (want $msg)"
+  grep -qi -- "$msg" <<<"$err" || fail "message for $* was: $err (want $msg)"
 }
 refused "outside the policy's dir_root" --spiffe-id spiffe://example.org/ns/a --target "dir:$W/elsewhere/a"
 refused "no policy rule" --spiffe-id spiffe://example.org/other/a --target "dir:$W/svids/a"
@@ -70,16 +70,16 @@ cp "$W/good.json" "$W/policy.json"
 R1="$(ca register --spiffe-id spiffe://example.org/ns/a --target "dir:$W/svids/a" --ttl 10m --renewable 2>/dev/null)"
 R2="$(ca register --spiffe-id spiffe://example.org/ns/b --target "dir:$W/svids/b" --ttl 10m 2>/dev/null)"
 if ca register --spiffe-id spiffe://example.org/ns/a --target "dir:$W/svids/a" >/dev/null 2>&1; then fail "duplicate registration"; fi
-ca renew-once 2>/dev/null | grep -q "renewed 2 failed 0" || fail "renew-once"
+ca renew-once 2>/dev/null | grep "renewed 2 failed 0" >/dev/null || fail "renew-once"
 for r in a b; do
   for f in svid.pem svid.key bundle.pem; do
     [ "$(stat -L -c %a "$W/svids/$r/$f")" = 600 ] || fail "$r/$f not 0600"
   done
   openssl verify -purpose sslclient -CAfile "$W/svids/$r/bundle.pem" "$W/svids/$r/svid.pem" >/dev/null || fail verify
 done
-ca list | grep -q "spiffe://example.org/ns/a" || fail list
+ca list | grep "spiffe://example.org/ns/a" >/dev/null || fail list
 # nothing due: a second pass renews nothing
-ca renew-once 2>/dev/null | grep -q "renewed 0 failed 0" || fail "second pass renewed"
+ca renew-once 2>/dev/null | grep "renewed 0 failed 0" >/dev/null || fail "second pass renewed"
 # dir: layout (docs/keybridge-ca.md): stable names are links into `current`, which names one
 # complete generation; --force renews every registration; the previous generation is kept, older
 # ones removed
@@ -90,10 +90,10 @@ done
 [ "$(stat -c %a "$W/svids/a/.gen-1")" = 700 ] || fail ".gen-1 not 0700"
 exec 7<"$W/svids/a/svid.key" # an open fd of generation 1 stays valid across renewals
 if ca renew-once --bogus >/dev/null 2>&1; then fail "renew-once accepted --bogus"; fi
-ca renew-once --force 2>/dev/null | grep -q "renewed 2 failed 0" || fail "renew-once --force"
+ca renew-once --force 2>/dev/null | grep "renewed 2 failed 0" >/dev/null || fail "renew-once --force"
 [ "$(readlink "$W/svids/a/current")" = .gen-2 ] || fail "forced renewal did not switch to .gen-2"
 [ -d "$W/svids/a/.gen-1" ] || fail "previous generation removed too early"
-ca renew-once --force 2>/dev/null | grep -q "renewed 2 failed 0" || fail "renew-once --force (2)"
+ca renew-once --force 2>/dev/null | grep "renewed 2 failed 0" >/dev/null || fail "renew-once --force (2)"
 [ "$(cd "$W/svids/a" && ls -d .gen-*)" = "$(printf '.gen-2\n.gen-3')" ] || fail "generations: $(ls -A "$W/svids/a")"
 grep -q "PRIVATE KEY" <&7 || fail "open fd of a removed generation lost its content"
 exec 7<&-
@@ -103,7 +103,7 @@ ca remove --id "$R2" >/dev/null 2>&1 || fail remove
 [ ! -e "$W/svids/b/svid.pem" ] && [ ! -e "$W/svids/b/svid.key" ] || fail "remove left files"
 # nothing at all is left: no links (dangling or not), no generation directory, no lock
 [ -z "$(ls -A "$W/svids/b")" ] || fail "remove left: $(ls -A "$W/svids/b")"
-ca audit | grep -q "spiffe://example.org/ns/b" || fail "audit"
+ca audit | grep "spiffe://example.org/ns/b" >/dev/null || fail "audit"
 
 # --- generation check: remove during a renewal ---
 R3="$(ca register --spiffe-id spiffe://example.org/ns/c --target "dir:$W/svids/c" --ttl 10m 2>/dev/null)"
@@ -152,7 +152,7 @@ rq() { python3 "$W/req.py" "$@"; }
 # [server] svid_ttl: the CA's own SVID lifetime; out of range (30s..30d) is a config error
 sed 's/^\[server\]$/[server]\nsvid_ttl = 10s/' "$W/ca.ini" >"$W/badttl.ini"
 if err="$("$B" -c "$W/badttl.ini" serve 2>&1 >/dev/null)"; then fail "serve accepted svid_ttl = 10s"; fi
-echo "$err" | grep -q "svid_ttl" || fail "svid_ttl refusal did not name the key: $err"
+grep -q "svid_ttl" <<<"$err" || fail "svid_ttl refusal did not name the key: $err"
 sed -i 's/^\[server\]$/[server]\nsvid_ttl = 60s/' "$W/ca.ini"
 grep -q "^svid_ttl = 60s" "$W/ca.ini" || fail "could not set svid_ttl"
 "$B" -c "$W/ca.ini" serve >"$W/serve.out" 2>"$W/serve.log" &  # not through ca(): $! must be the server itself
@@ -229,7 +229,7 @@ grep -q "keybridge_ca_svid_min_remaining_seconds" "$W/m.txt" || fail metrics
 # --- rotation ---
 cp "$W/svids/a/svid.pem" "$W/old.pem"
 G="$(ca rotate prepare 2>/dev/null | awk '{print $2}')"
-ca bundle | grep -c "BEGIN CERTIFICATE" | grep -q 2 || fail "prepared CA not in the bundle"
+ca bundle | grep -c "BEGIN CERTIFICATE" | grep 2 >/dev/null || fail "prepared CA not in the bundle"
 ca rotate activate --generation "$G" >/dev/null 2>&1 || fail activate
 # The daemon notices and rewrites every stored SVID (bundle changed). Wait for the condition
 # itself - the stored leaf signed by the new CA, with both CAs in its bundle - not for the file to
@@ -250,6 +250,6 @@ openssl verify -purpose sslclient -CAfile "$W/svids/a/bundle.pem" "$W/svids/a/sv
 openssl verify -purpose sslclient -CAfile "$W/svids/a/bundle.pem" "$W/old.pem" >/dev/null || fail "old leaf after rotation"
 # and the leaf chains to the new (active) CA: its issuer is the CA generation just activated
 [ "$(openssl x509 -in "$W/svids/a/svid.pem" -noout -issuer)" = "$new_issuer" ] || fail "leaf changed under us"
-echo "$new_issuer" | grep -q "keybridge CA $G" || fail "new leaf not signed by generation $G: $new_issuer"
+grep -q "keybridge CA $G" <<<"$new_issuer" || fail "new leaf not signed by generation $G: $new_issuer"
 kill "$PID"; wait "$PID" || true; PID=""
 echo ok

@@ -27,7 +27,7 @@ if [ "${1:-}" != --inside ]; then
     echo "package_deb: needs root (dpkg in a chroot); 0 passed, 0 failed, 1 skipped"
     exit 0
   fi
-  if ldd "$B/keybridged" | grep -qE 'libasan|libubsan'; then
+  if ldd "$B/keybridged" | grep -E 'libasan|libubsan' >/dev/null; then
     # A package of sanitizer binaries is not what ships; the plain build runs this test.
     echo "package_deb: sanitizer build; 0 passed, 0 failed, 1 skipped"
     exit 0
@@ -82,8 +82,8 @@ if [ "${1:-}" != --inside ]; then
     done >"$D/static.$p"
     [ -s "$D/static.$p" ] && bad "$p: $(cat "$D/static.$p")" || ok
     # programs 0755, configuration, units and pages 0644
-    grep -E '\./usr/s?bin/'"$p"'$' <<<"$listing" | grep -q '^-rwxr-xr-x' || bad "$p: program not 0755"
-    if grep -E '\.(conf|service|gz)$' <<<"$listing" | grep -v '^-rw-r--r--' | grep -q .; then
+    grep -E '\./usr/s?bin/'"$p"'$' <<<"$listing" | grep '^-rwxr-xr-x' >/dev/null || bad "$p: program not 0755"
+    if grep -E '\.(conf|service|gz)$' <<<"$listing" | grep -v '^-rw-r--r--' | grep . >/dev/null; then
       bad "$p: a configuration file, unit or page is not 0644"
     fi
     # conffiles: exactly the configuration, which the package ships
@@ -197,8 +197,8 @@ for u in "${DAEMONS[@]}"; do
     bad "$u --check-config: $(cat "$D/check.err")"
   ok
 done
-in_root id -nG keybridge | grep -qw softhsm || bad "keybridge is not in group softhsm (SoftHSM2 tokens)"
-in_root id -nG keybridge-ca | grep -qw softhsm || bad "keybridge-ca is not in group softhsm"
+in_root id -nG keybridge | grep -w softhsm >/dev/null || bad "keybridge is not in group softhsm (SoftHSM2 tokens)"
+in_root id -nG keybridge-ca | grep -w softhsm >/dev/null || bad "keybridge-ca is not in group softhsm"
 in_root /usr/bin/keybridge --config /etc/keybridge/keybridge.conf --check-config >/dev/null 2>&1 ||
   bad "keybridge --check-config"
 # man finds the installed pages by name
@@ -310,7 +310,7 @@ for p in "${PKGS[@]}"; do
 done
 (cd "$R/var/lib/keybridge" && sha256sum -c --quiet "$D/state.sum") || bad "the upgrade changed /var/lib/keybridge"
 grep -q 'changed by the administrator' "$conf" || bad "the upgrade overwrote the changed conffile"
-if find "$R/etc/keybridge" -name '*.dpkg-*' | grep -q .; then
+if find "$R/etc/keybridge" -name '*.dpkg-*' | grep . >/dev/null; then
   bad "conffile copies left: $(find "$R/etc/keybridge" -name '*.dpkg-*')"
 fi
 got="$(klocal secret get pkgtest 2>&1)" || bad "secret get after the upgrade: $got"
