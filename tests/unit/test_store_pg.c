@@ -614,6 +614,34 @@ static void pipeline_deferred_failure_fails_the_append(void **state)
     pipe_close_fx(&p);
 }
 
+/* The same failure on a fresh connection, where the flight also carries the statements' first
+ * PREPAREs: the ones the server skipped after the failure must be prepared again, not taken as
+ * prepared (the next append would then fail with "prepared statement does not exist"). */
+static void pipeline_failure_before_first_prepare(void **state)
+{
+    fx *f = *state;
+    pfx p;
+    int64_t seq = 0;
+
+    if (!kbtest_pg())
+        skip();
+    pipe_open_fx(f, &p);
+    assert_int_equal(kbtest_pg_sql(fail_fetch_sql), 0);
+    assert_kb(read_append(&p, p.client, T0, &seq), KB_ERR_DB);
+    assert_kb(read_append(&p, p.client, T0 + 1, &seq), KB_ERR_DB);
+    assert_int_equal(kbtest_pg_int("SELECT count(*) FROM audit_log"), 0);
+    assert_int_equal(kbtest_pg_sql("DROP TRIGGER kb_test_refuse ON fetch_log; "
+                                   "DROP FUNCTION kb_test_refuse()"),
+                     0);
+    assert_ok(read_append(&p, p.client, T0 + 2, &seq));
+    assert_int_equal(seq, 1);
+    assert_ok(read_append(&p, p.client, T0 + 3, &seq));
+    assert_int_equal(seq, 2);
+    assert_int_equal(kbtest_pg_int("SELECT fetched_at FROM fetch_log"), T0 + 3);
+    chain_ok(&p);
+    pipe_close_fx(&p);
+}
+
 /* The backend killed under an idle writer: the next append sends its deferred BEGIN, lock and
  * upsert into a dead connection. It fails at once (no hang), and the store reconnects. */
 static void pipeline_on_a_dropped_connection(void **state)
@@ -817,6 +845,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(pipeline_round_trips, setup, teardown),
         cmocka_unit_test_setup_teardown(pipeline_deferred_failure_fails_the_append, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(pipeline_failure_before_first_prepare, setup, teardown),
         cmocka_unit_test_setup_teardown(pipeline_on_a_dropped_connection, setup, teardown),
         cmocka_unit_test_setup_teardown(pipeline_long_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(content_read_looks_names_up_by_index, setup, teardown),
