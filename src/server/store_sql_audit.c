@@ -46,13 +46,13 @@ static kb_err insert_rows_locked(cx *b, const audit_event *ev, size_t n, audit_m
     kb_err rc;
     KB_ENSURE(b->writer && b->drv->in_tx(b), KB_ERR_INTERNAL);
     KB_GUARD_OUT(rc, head_locked(b, &seq, prev));
+    KB_GUARD_OUT(rc, prep(b,
+                          "INSERT INTO audit_log(seq, time, identity, peer, action, object, "
+                          "version, result, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                          &s));
     for (size_t i = 0; i < n; i++) {
         seq++;
         KB_GUARD_OUT(rc, macfn(ctx, prev, seq, &ev[i], mac));
-        KB_GUARD_OUT(rc, prep(b,
-                              "INSERT INTO audit_log(seq, time, identity, peer, action, object, "
-                              "version, result, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                              &s));
         KB_GUARD_OUT(rc, bind_i64(s, 1, seq));
         KB_GUARD_OUT(rc, bind_i64(s, 2, ev[i].time));
         KB_GUARD_OUT(rc, bind_text(s, 3, ev[i].identity));
@@ -63,8 +63,7 @@ static kb_err insert_rows_locked(cx *b, const audit_event *ev, size_t n, audit_m
         KB_GUARD_OUT(rc, bind_text(s, 8, ev[i].result));
         KB_GUARD_OUT(rc, bind_blob(s, 9, mac, sizeof(mac)));
         KB_GUARD_OUT(rc, step_later(b, s, "audit_insert"));
-        done(s);
-        s = NULL;
+        done(s); /* reset for the next row */
         memcpy(prev, mac, sizeof(prev));
     }
     *seq_out = seq;

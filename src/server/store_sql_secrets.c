@@ -593,16 +593,23 @@ out:
 
 /* ---- client reads ---- */
 
-/* The verified, enabled client (lock held). */
-static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
+/* A loaded client as a reader: its effective flags (store.c's policy), and refused when
+ * disabled (c cleared). */
+static kb_err reader_usable(cx *b, store_client *c)
 {
-    KB_GUARD(store_sql_client_fetch(b, NULL, client_id, c));
     store_client_effective(b->st, c);
     if (!c->enabled) {
         store_client_clear(c);
         return KB_ERR_DENIED;
     }
     return KB_OK;
+}
+
+/* The verified, enabled client by id (lock held). */
+static kb_err reader_client(cx *b, int64_t client_id, store_client *c)
+{
+    KB_GUARD(store_sql_client_fetch(b, NULL, client_id, c));
+    return reader_usable(b, c);
 }
 
 kb_err store_sql_readable_list(store *st, int64_t client_id, store_record **out, size_t *n)
@@ -712,12 +719,7 @@ typedef struct {
 static kb_err read_call_client(cx *b, stmt *s, read_call *call)
 {
     KB_GUARD(store_sql_load_client(b, s, RD_C0, &call->c));
-    store_client_effective(b->st, &call->c);
-    if (!call->c.enabled) {
-        store_client_clear(&call->c);
-        return KB_ERR_DENIED;
-    }
-    return KB_OK;
+    return reader_usable(b, &call->c);
 }
 
 /* The state counter c the statement read, once it is reset (on SQLite a statement still

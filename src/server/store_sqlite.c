@@ -378,10 +378,7 @@ static int drv_step(store_sql_stmt *s)
 
 static kb_err drv_step_later(store_sql_stmt *s, const char *what)
 {
-    int rc = sqlite3_step(SQ_ST(s)); /* in process: nothing to defer */
-    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
-        return KB_OK;
-    return sq_db_err(SQ_CX(s->b), rc, what);
+    return step_done(SQ_CX(s->b), SQ_ST(s), what); /* in process: nothing to defer */
 }
 
 static void drv_done(store_sql_stmt *s)
