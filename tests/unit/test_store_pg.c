@@ -469,15 +469,21 @@ static void pipe_close_fx(pfx *p)
     kb_secret_free(p->akey);
 }
 
+/* The reader's read of "piped" at time t, as its audit row says it. */
+static audit_event reader_event(int64_t t)
+{
+    return (audit_event){.time = t,
+                         .identity = "spiffe://example.org/ns/p/sa/reader",
+                         .peer = "127.0.0.1:1",
+                         .action = "secret.get",
+                         .object = "piped",
+                         .version = 1,
+                         .result = "ok"};
+}
+
 static kb_err read_append(pfx *p, int64_t client, int64_t t, int64_t *seq)
 {
-    audit_event ev = {.time = t,
-                      .identity = "spiffe://example.org/ns/p/sa/reader",
-                      .peer = "127.0.0.1:1",
-                      .action = "secret.get",
-                      .object = "piped",
-                      .version = 1,
-                      .result = "ok"};
+    audit_event ev = reader_event(t);
     audit_fetch fe = {.client_id = client, .secret_id = p->secret, .version = 1};
     return audit_append_read(p->a, &ev, &fe, seq);
 }
@@ -676,6 +682,22 @@ static void pipeline_on_a_dropped_connection(void **state)
     pipe_close_fx(&p);
 }
 
+/* 1,000 fetch upserts at t0.. in one log-only transaction, the one at bad_at (-1: none) for a
+ * client that does not exist; tx_end's answer (a failure is found by the sync at the bound,
+ * which step_later returns, or at COMMIT). */
+static kb_err upsert_flight(pfx *p, int bad_at, int64_t t0)
+{
+    const store_sql_driver *d = ((const store_sql_pool *)p->st->impl)->drv;
+    store_sql_cx *b = d->wr_get(p->st);
+    kb_err rc = d->tx_begin(b, STORE_SQL_TX_LOG);
+    for (int i = 0; i < 1000 && rc == KB_OK; i++)
+        rc = store_sql_fetch_upsert(b, i == bad_at ? p->client + 1000 : p->client, p->secret, 1,
+                                    t0 + i);
+    rc = d->tx_end(b, rc, NULL);
+    d->put(p->st, b);
+    return rc;
+}
+
 /* 1,000 deferred upserts in one transaction (as a batch read's fetch rows): synced every
  * STORE_PG_PIPE_MAX (256) commands (no blocking-mode deadlock): 3 flights at the bound and the
  * COMMIT's (was 1,003 round trips); the last value wins. One that fails (no such client) in the
@@ -684,37 +706,19 @@ static void pipeline_long_flight(void **state)
 {
     fx *f = *state;
     pfx p;
-    const store_sql_driver *d;
-    store_sql_cx *b;
     uint64_t a;
-    kb_err rc = KB_OK;
 
     if (!kbtest_pg())
         skip();
     pipe_open_fx(f, &p);
-    d = ((const store_sql_pool *)p.st->impl)->drv;
     a = store_round_trips(p.st);
-    b = d->wr_get(p.st);
-    assert_ok(d->tx_begin(b, STORE_SQL_TX_LOG));
-    for (int i = 0; i < 1000 && rc == KB_OK; i++)
-        rc = store_sql_fetch_upsert(b, p.client, p.secret, 1, T0 + i);
-    assert_ok(rc);
-    assert_ok(d->tx_end(b, rc, NULL));
-    d->put(p.st, b);
+    assert_ok(upsert_flight(&p, -1, T0));
     printf("1000 deferred upserts in one transaction: %llu round trips\n",
            (unsigned long long)(store_round_trips(p.st) - a));
     assert_int_equal(store_round_trips(p.st) - a, 4);
     assert_int_equal(kbtest_pg_int("SELECT fetched_at FROM fetch_log"), T0 + 999);
 
-    b = d->wr_get(p.st);
-    assert_ok(d->tx_begin(b, STORE_SQL_TX_LOG));
-    for (int i = 0; i < 1000 && rc == KB_OK; i++)
-        rc = store_sql_fetch_upsert(b, i == 600 ? p.client + 1000 : p.client, p.secret, 1,
-                                    T0 + 1000 + i);
-    /* Found by the sync at the bound (step_later returns it) or at COMMIT. */
-    rc = d->tx_end(b, rc, NULL);
-    d->put(p.st, b);
-    assert_kb(rc, KB_ERR_NOT_FOUND);
+    assert_kb(upsert_flight(&p, 600, T0 + 1000), KB_ERR_NOT_FOUND);
     assert_int_equal(kbtest_pg_int("SELECT fetched_at FROM fetch_log"), T0 + 999);
 
     /* A batch read of the most names (AUDIT_READS_MAX): 1,000 fetch upserts and 1,000 chained
@@ -726,13 +730,7 @@ static void pipeline_long_flight(void **state)
         assert_non_null(ev);
         assert_non_null(fe);
         for (size_t i = 0; i < AUDIT_READS_MAX; i++) {
-            ev[i] = (audit_event){.time = T0 + 2000 + (int64_t)i,
-                                  .identity = "spiffe://example.org/ns/p/sa/reader",
-                                  .peer = "127.0.0.1:1",
-                                  .action = "secret.get",
-                                  .object = "piped",
-                                  .version = 1,
-                                  .result = "ok"};
+            ev[i] = reader_event(T0 + 2000 + (int64_t)i);
             fe[i] = (audit_fetch){.client_id = p.client, .secret_id = p.secret, .version = 1};
         }
         a = store_round_trips(p.st);
