@@ -14,7 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
 #include <libpq-fe.h>
+#include <sqlite3.h>
 
 static inline bool kbtest_pg(void)
 {
@@ -107,6 +113,24 @@ static inline int kbtest_store_url(char *url, size_t n, const char *path)
                          "AS $f$ SELECT substring(decode(md5(random()::text) || "
                          "md5(random()::text) || md5(random()::text) || md5(random()::text), "
                          "'hex') FROM 1 FOR n) $f$");
+}
+
+/* The first column of sql's first row as an integer (-1: no row), read as the attacker would:
+ * from the PostgreSQL database (kbtest_pg_int), else from the SQLite file at path. */
+static inline int64_t kbtest_store_int(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int64_t v = -1;
+    if (kbtest_pg())
+        return kbtest_pg_int(sql);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
 }
 
 #endif

@@ -583,22 +583,6 @@ static kb_err mac_fails(void *ctx, const uint8_t prev[AUDIT_MAC_LEN], int64_t se
     return KB_ERR_IO;
 }
 
-static int64_t count_rows(fx *f, const char *sql)
-{
-    sqlite3 *db;
-    sqlite3_stmt *s;
-    int64_t n = -1;
-    if (kbtest_pg())
-        return kbtest_pg_int(sql);
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
-    if (sqlite3_step(s) == SQLITE_ROW)
-        n = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-    return n;
-}
-
 static store_audit change(fx *f, const char *action, const char *object)
 {
     audit_event ev = {.time = T0,
@@ -677,13 +661,13 @@ static void batch_reads_commit_all_or_none(void **state)
                               .result = "ok"};
         fr[i] = (audit_fetch){w.c, w.sid, 2 - (i & 1)};
     }
-    head = count_rows(f, "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
-    rows = count_rows(f, "SELECT COUNT(*) FROM audit_log");
+    head = kbtest_store_int(f->path, "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
+    rows = kbtest_store_int(f->path, "SELECT COUNT(*) FROM audit_log");
     /* The last record refers to a secret that does not exist: nothing is written. */
     fr[2].secret_id = w.sid + 1000;
     assert_true(audit_append_reads(f->a, ev, fr, 3, &seq) != KB_OK);
-    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM audit_log"), rows);
-    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM fetch_log"), 0);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT COUNT(*) FROM audit_log"), rows);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT COUNT(*) FROM fetch_log"), 0);
     /* Bad arguments change nothing either. */
     fr[2].secret_id = 0;
     assert_kb(audit_append_reads(f->a, ev, fr, 3, &seq), KB_ERR_INVALID);
@@ -694,18 +678,19 @@ static void batch_reads_commit_all_or_none(void **state)
     ev[1].action = "";
     assert_kb(audit_append_reads(f->a, ev, fr, 3, &seq), KB_ERR_INVALID);
     ev[1].action = "secret.read";
-    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM audit_log"), rows);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT COUNT(*) FROM audit_log"), rows);
     /* All three: consecutive seqs after the same head, in order; one fetch row per (client,
      * secret) holding the last read's version and time; the chain verifies. */
     assert_ok(audit_append_reads(f->a, ev, fr, 3, &seq));
     assert_int_equal(seq, head + 3);
-    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM audit_log"), rows + 3);
-    assert_int_equal(count_rows(f, "SELECT version FROM audit_log WHERE seq = (SELECT MAX(seq) - 1 "
-                                   "FROM audit_log)"),
-                     1);
-    assert_int_equal(count_rows(f, "SELECT COUNT(*) FROM fetch_log"), 1);
-    assert_int_equal(count_rows(f, "SELECT version FROM fetch_log"), 2);
-    assert_int_equal(count_rows(f, "SELECT fetched_at FROM fetch_log"), T0 + 2);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT COUNT(*) FROM audit_log"), rows + 3);
+    assert_int_equal(
+        kbtest_store_int(f->path, "SELECT version FROM audit_log WHERE seq = (SELECT MAX(seq) - 1 "
+                                  "FROM audit_log)"),
+        1);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT COUNT(*) FROM fetch_log"), 1);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT version FROM fetch_log"), 2);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT fetched_at FROM fetch_log"), T0 + 2);
     assert_ok(audit_verify(f->a, NULL, &r));
     assert_true(r.ok);
     assert_int_equal(r.rows, rows + 3);
@@ -749,11 +734,14 @@ static void change_ops_write_their_audit_row(void **state)
     assert_int_equal(au.seq, 16);
     audit_change_end(f->a, &au, KB_OK); /* written: appends nothing */
 
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), 16);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log WHERE result <> 'ok'"), 0);
-    assert_int_equal(count_rows(f, "SELECT version FROM audit_log WHERE action = 'secret.put'"), 2);
-    assert_int_equal(count_rows(f, "SELECT version FROM audit_log WHERE action = 'secret.create'"),
-                     1);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM audit_log"), 16);
+    assert_int_equal(
+        kbtest_store_int(f->path, "SELECT count(*) FROM audit_log WHERE result <> 'ok'"), 0);
+    assert_int_equal(
+        kbtest_store_int(f->path, "SELECT version FROM audit_log WHERE action = 'secret.put'"), 2);
+    assert_int_equal(
+        kbtest_store_int(f->path, "SELECT version FROM audit_log WHERE action = 'secret.create'"),
+        1);
     assert_ok(audit_verify(f->a, NULL, &r));
     assert_true(r.ok);
     assert_int_equal(r.rows, 16);
@@ -826,17 +814,17 @@ static void failed_audit_rolls_the_change_back(void **state)
     au = broken(f, "group.delete");
     assert_kb(store_grant_remove(f->st, w.g, w.sid, NULL), KB_OK);
     assert_kb(store_membership_remove(f->st, w.c, w.g, NULL), KB_OK);
-    rows = count_rows(f, "SELECT count(*) FROM audit_log"); /* NULL au: no rows above */
+    rows = kbtest_store_int(f->path, "SELECT count(*) FROM audit_log"); /* NULL au: no rows above */
     assert_kb(store_group_delete(f->st, w.g, &au), KB_ERR_IO);
     assert_ok(store_group_get(f->st, "g", &grp));
     store_group_clear(&grp);
     assert_int_equal(mac_calls, 11);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), rows);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM audit_log"), rows);
 
     /* The failure row is appended on its own (nothing was changed), then the chain goes on. */
     audit_change_end(f->a, &au, KB_ERR_IO);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log WHERE action = "
-                                   "'group.delete' AND result = 'io'"),
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM audit_log WHERE action = "
+                                               "'group.delete' AND result = 'io'"),
                      1);
     au = change(f, "group.delete", "g");
     assert_ok(store_group_delete(f->st, w.g, &au));
@@ -857,7 +845,7 @@ static void notify_mark_commits_with_its_audit_row(void **state)
     world w = make_world(f);
     store_audit au;
     bool sent = true;
-    int64_t rows = count_rows(f, "SELECT count(*) FROM audit_log");
+    int64_t rows = kbtest_store_int(f->path, "SELECT count(*) FROM audit_log");
     audit_report r;
 
     au = broken(f, "secret.expiry_notify");
@@ -866,8 +854,8 @@ static void notify_mark_commits_with_its_audit_row(void **state)
     assert_false(au.written);
     assert_ok(store_notify_sent(f->st, w.sid, 2, 604800, &sent));
     assert_false(sent);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM notify_sent"), 0);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), rows);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM notify_sent"), 0);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM audit_log"), rows);
 
     au = change(f, "secret.expiry_notify", "s1");
     au.ev.version = 2;
@@ -877,15 +865,16 @@ static void notify_mark_commits_with_its_audit_row(void **state)
     audit_change_end(f->a, &au, KB_OK); /* written: appends nothing */
     assert_ok(store_notify_sent(f->st, w.sid, 2, 604800, &sent));
     assert_true(sent);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log WHERE action = "
-                                   "'secret.expiry_notify' AND version = 2 AND result = 'ok'"),
+    assert_int_equal(kbtest_store_int(f->path,
+                                      "SELECT count(*) FROM audit_log WHERE action = "
+                                      "'secret.expiry_notify' AND version = 2 AND result = 'ok'"),
                      1);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), rows + 1);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM audit_log"), rows + 1);
     /* a bad argument writes neither */
     au = change(f, "secret.expiry_notify", "s1");
     assert_kb(store_notify_mark(f->st, w.sid, 0, 604800, T0, &au), KB_ERR_INVALID);
     assert_false(au.written);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), rows + 1);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM audit_log"), rows + 1);
     assert_ok(audit_verify(f->a, NULL, &r));
     assert_true(r.ok);
 }
@@ -908,7 +897,7 @@ static void change_with_bad_audit_is_refused(void **state)
     ev.action = "";
     assert_kb(audit_change_begin(f->a, &ev, &au), KB_ERR_INVALID);
     assert_kb(store_group_get(f->st, "g", &grp), KB_ERR_NOT_FOUND);
-    assert_int_equal(count_rows(f, "SELECT count(*) FROM audit_log"), 0);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM audit_log"), 0);
 }
 
 int main(void)

@@ -11,6 +11,7 @@
 #include <openssl/pem.h>
 
 #include "kbtest.h"
+#include "kbtest_store.h"
 #include "lib/json.h"
 #include "server/expiry.h"
 #include "server/server_config.h"
@@ -486,20 +487,6 @@ static void audit_trail_is_complete_and_verifies(void **state)
     assert_true(rep.ok);
 }
 
-static int64_t count_sql(const char *db, const char *sql)
-{
-    sqlite3 *h;
-    sqlite3_stmt *s;
-    int64_t v = -1;
-    assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(h, sql, -1, &s, NULL), SQLITE_OK);
-    if (sqlite3_step(s) == SQLITE_ROW)
-        v = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(h);
-    return v;
-}
-
 /* A batch read commits the fetch records and audit rows of every name it serves in one
  * transaction, and hands out content only after it: when that commit fails (a trigger makes
  * the database refuse one name's fetch record), no name of the batch gets content, and nothing of
@@ -522,8 +509,8 @@ static void batch_read_commits_once(void **state)
     exec_sql(f->db, "CREATE TRIGGER t_no_fetch BEFORE INSERT ON fetch_log WHEN NEW.secret_id = "
                     "(SELECT id FROM secrets WHERE name = 'b2') "
                     "BEGIN SELECT RAISE(ABORT, 'no fetch records'); END");
-    rows = count_sql(f->db, "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
-                            "action = 'secret.read'");
+    rows = kbtest_store_int(f->db, "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
+                                   "action = 'secret.read'");
     assert_ok(svc_client_read_batch(f->s, &a, &c, names, 3, rec, content, errs));
     assert_int_equal(errs[0], KB_ERR_UNAVAILABLE); /* retryable, not "not found" */
     assert_int_equal(errs[1], KB_ERR_UNAVAILABLE);
@@ -532,10 +519,11 @@ static void batch_read_commits_once(void **state)
         assert_null(content[i]);
         assert_null(rec[i].env.sealed);
     }
-    assert_int_equal(count_sql(f->db, "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
+    assert_int_equal(kbtest_store_int(f->db,
+                                      "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
                                       "action = 'secret.read'"),
                      rows);
-    assert_int_equal(count_sql(f->db, "SELECT COUNT(*) FROM fetch_log"), 0);
+    assert_int_equal(kbtest_store_int(f->db, "SELECT COUNT(*) FROM fetch_log"), 0);
 
     exec_sql(f->db, "DROP TRIGGER t_no_fetch");
     assert_ok(svc_client_read_batch(f->s, &a, &c, names, 3, rec, content, errs));
@@ -548,10 +536,11 @@ static void batch_read_commits_once(void **state)
         kb_secret_free(content[i]);
         store_record_clear(&rec[i]);
     }
-    assert_int_equal(count_sql(f->db, "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
+    assert_int_equal(kbtest_store_int(f->db,
+                                      "SELECT COUNT(*) FROM audit_log WHERE result = 'ok' AND "
                                       "action = 'secret.read'"),
                      rows + 2);
-    assert_int_equal(count_sql(f->db, "SELECT COUNT(*) FROM fetch_log"), 2);
+    assert_int_equal(kbtest_store_int(f->db, "SELECT COUNT(*) FROM fetch_log"), 2);
     store_client_clear(&c);
 }
 

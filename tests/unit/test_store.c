@@ -139,22 +139,6 @@ static void raw_sql(fx *f, const char *sql)
     sqlite3_close(db);
 }
 
-static int64_t raw_count(fx *f, const char *sql)
-{
-    sqlite3 *db;
-    sqlite3_stmt *s;
-    int64_t v = -1;
-    if (kbtest_pg())
-        return kbtest_pg_int(sql);
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
-    if (sqlite3_step(s) == SQLITE_ROW)
-        v = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-    return v;
-}
-
 /* A small world: group "payments" with client "api" (DC) and "fn" (cloud), secret "db-pass"
  * (local only) and "api-key" (cloud_sync), both granted to payments. */
 typedef struct {
@@ -669,9 +653,12 @@ static void soft_delete_restore_purge(void **state)
     assert_ok(store_secret_purge(f->st, w.s_local, NULL));
     assert_kb(store_secret_get(f->st, "db-pass", true, &s), KB_ERR_NOT_FOUND);
     /* Versions, envelopes, grants and fetch log went with it. */
-    assert_int_equal(raw_count(f, "SELECT count(*) FROM versions WHERE secret_id = 1"), 0);
-    assert_int_equal(raw_count(f, "SELECT count(*) FROM grants WHERE secret_id = 1"), 0);
-    assert_int_equal(raw_count(f, "SELECT count(*) FROM fetch_log WHERE secret_id = 1"), 0);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM versions WHERE secret_id = 1"),
+                     0);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM grants WHERE secret_id = 1"),
+                     0);
+    assert_int_equal(
+        kbtest_store_int(f->path, "SELECT count(*) FROM fetch_log WHERE secret_id = 1"), 0);
     assert_kb(store_secret_purge(f->st, w.s_local, NULL), KB_ERR_NOT_FOUND);
     /* The name is free again; the new secret gets a new id (ids are never reused). */
     int64_t again = mk_secret(f, "db-pass", false, NULL);
@@ -704,7 +691,7 @@ static void notify_sent_rows(void **state)
     assert_kb(store_notify_mark(f->st, 0, 1, 60, T0, NULL), KB_ERR_INVALID);
     assert_kb(store_notify_sent(f->st, w.s_local, 1, -1, &sent), KB_ERR_INVALID);
     assert_kb(store_notify_mark(f->st, 9999, 1, 60, T0, NULL), KB_ERR_NOT_FOUND); /* FK */
-    assert_int_equal(raw_count(f, "SELECT count(*) FROM notify_sent"), 1);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM notify_sent"), 1);
     /* survives a reopen */
     store_close(f->st);
     store_opts o = opts_for(f);
@@ -713,7 +700,7 @@ static void notify_sent_rows(void **state)
     assert_true(sent);
     assert_ok(store_secret_delete(f->st, w.s_local, ADMIN, T0 + 7, NULL));
     assert_ok(store_secret_purge(f->st, w.s_local, NULL));
-    assert_int_equal(raw_count(f, "SELECT count(*) FROM notify_sent"), 0);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM notify_sent"), 0);
 }
 
 static void groups_and_owner(void **state)
@@ -1161,14 +1148,16 @@ static void migration_macs_existing_versions(void **state)
             "ALTER TABLE versions DROP COLUMN mac; ALTER TABLE secrets DROP COLUMN latest_mac;"
             "DROP TABLE notify_sent; DROP TABLE schema_compat; DROP INDEX secrets_by_owner_group; "
             "UPDATE schema_version SET version = 3");
-    assert_int_equal(raw_count(f, "SELECT count(*) FROM pragma_table_info('versions') "
-                                  "WHERE name = 'mac'"),
+    assert_int_equal(kbtest_store_int(f->path, "SELECT count(*) FROM pragma_table_info('versions') "
+                                               "WHERE name = 'mac'"),
                      0);
     assert_ok(store_open(f->url, &o, &f->st));
     assert_ok(store_schema_version(f->st, &v));
     assert_int_equal(v, store_schema_version_supported());
-    assert_int_equal(raw_count(f, "SELECT count(*) FROM versions WHERE length(mac) = 32"), 2);
-    assert_int_equal(raw_count(f, "SELECT count(*) FROM secrets WHERE length(latest_mac) = 32"), 2);
+    assert_int_equal(
+        kbtest_store_int(f->path, "SELECT count(*) FROM versions WHERE length(mac) = 32"), 2);
+    assert_int_equal(
+        kbtest_store_int(f->path, "SELECT count(*) FROM secrets WHERE length(latest_mac) = 32"), 2);
     assert_ok(store_readable_get(f->st, w.api, "db-pass", 0, &r));
     assert_string_equal(r.version.metadata, "{\"mode\":\"0400\"}");
     store_record_clear(&r);
@@ -1235,11 +1224,12 @@ static void step6_records_the_floor_and_indexes_owners(void **state)
     sqlite3 *db;
     sqlite3_stmt *s;
     bool indexed = false;
-    assert_int_equal(raw_count(f, "SELECT version FROM schema_version"), 6);
-    assert_int_equal(raw_count(f, "SELECT floor_version FROM schema_compat"), 5);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT version FROM schema_version"), 6);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT floor_version FROM schema_compat"), 5);
     if (kbtest_pg()) {
-        assert_int_equal(raw_count(f, "SELECT count(*) FROM pg_indexes WHERE indexname = "
-                                      "'secrets_by_owner_group'"),
+        assert_int_equal(kbtest_store_int(f->path,
+                                          "SELECT count(*) FROM pg_indexes WHERE indexname = "
+                                          "'secrets_by_owner_group'"),
                          1);
         return;
     }
@@ -1315,8 +1305,8 @@ static void migration_serves_newer_db_within_floor(void **state)
     assert_ok(store_open(f->url, &o, &st));
     store_close(st);
     st = NULL;
-    assert_int_equal(raw_count(f, "SELECT version FROM schema_version"), n + 1);
-    assert_int_equal(raw_count(f, "SELECT floor_version FROM schema_compat"), n);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT version FROM schema_version"), n + 1);
+    assert_int_equal(kbtest_store_int(f->path, "SELECT floor_version FROM schema_compat"), n);
     /* The largest version a database may hold, floor admitting this binary: served. */
     set_schema(f, INT32_MAX, n);
     assert_ok(store_open(f->url, &o, &st));
